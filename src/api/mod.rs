@@ -1,0 +1,12 @@
+//! Client-facing protocol servers. Each one decodes its protocol, validates, and calls the
+//! protocol-neutral [`crate::node::NodeHandle`]; none re-implements routing, retries or
+//! consistency. Today: gRPC ([`grpc`]). HTTP/JSON and RESP will sit beside it.
+
+pub mod grpc;
+
+/// The generated protobuf types and gRPC stubs of `proto/paxosdb.proto`.
+pub mod pb {
+    tonic::include_proto!("paxosdb.v1");
+    /// Encoded descriptors for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("paxosdb_descriptor");
+}

@@ -1,0 +1,104 @@
+//! `paxosdb bench`: a closed-loop load generator against a running cluster. N concurrent
+//! workers each issue one request at a time (a get with probability `--read-ratio`, else a
+//! put of `--value-size` bytes over `--keys` keys) for `--duration`, then it prints
+//! throughput and latency percentiles. Errors are counted, not retried beyond the
+//! client's own retries.
+
+use super::{client, parse_duration, Cli};
+use crate::error::Result;
+use clap::Args;
+use hdrhistogram::Histogram;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent workers (each has one request in flight).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Fraction of operations that are (linearizable) reads, 0.0 to 1.0.
+    #[arg(long, default_value_t = 0.0)]
+    pub read_ratio: f64,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Reads are served stale (locally) instead of linearizable.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
+    let c = client(cli)?;
+    let value = vec![b'x'; a.value_size];
+    let deadline = Instant::now() + a.duration;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..a.concurrency.max(1) {
+        let (c, value, read_ratio, keys, stale) =
+            (c.clone(), value.clone(), a.read_ratio, a.keys.max(1), a.stale);
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let (mut errors, mut reads, mut writes) = (0u64, 0u64, 0u64);
+            let mut n = w as u64;
+            while Instant::now() < deadline {
+                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let key = format!("bench-{:08}", (n >> 16) % keys);
+                let is_read = ((n >> 40) as f64 / (1u64 << 24) as f64) < read_ratio;
+                let t = Instant::now();
+                let ok = if is_read {
+                    reads += 1;
+                    c.get(key.as_bytes(), stale).await.is_ok()
+                } else {
+                    writes += 1;
+                    c.put(key.as_bytes(), &value, false).await.is_ok()
+                };
+                if ok {
+                    let _ = h.record(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            (h, errors, reads, writes)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let (mut errors, mut reads, mut writes) = (0, 0, 0);
+    for t in tasks {
+        if let Ok((h, e, r, w)) = t.await {
+            let _ = hist.add(&h);
+            errors += e;
+            reads += r;
+            writes += w;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ok = hist.len();
+    println!(
+        "concurrency={} value_size={} read_ratio={} duration={:.1}s",
+        a.concurrency, a.value_size, a.read_ratio, secs
+    );
+    println!(
+        "ops={} ({} reads, {} writes) errors={} throughput={:.0} ops/s",
+        ok,
+        reads,
+        writes,
+        errors,
+        ok as f64 / secs
+    );
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "latency ms: p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.9)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.value_at_quantile(0.999)),
+        ms(hist.max())
+    );
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,145 @@
+//! `paxosdb cluster up`: a local cluster on loopback, in the foreground.
+//!
+//! Each node is a child process running `paxosdb server` (the same binary), with its data
+//! in `DIR/node-N`; its log lines are printed prefixed with `[nN]`. Ctrl-C (or SIGTERM)
+//! sends SIGTERM to every node and waits for them to stop cleanly. Starting again on the
+//! same directory keeps the data. Node N listens for clients on `127.0.0.1:(BASE+N)` and
+//! for peers on `127.0.0.1:(BASE+100+N)`.
+
+use super::Cli;
+use crate::error::{Error, Result};
+use clap::{Args, Subcommand};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Run a local cluster in the foreground until Ctrl-C.
+    Up(UpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Number of nodes (3 or 5 recommended).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Directory holding one data directory per node.
+    #[arg(long, default_value = "paxosdb-data")]
+    pub data_dir: PathBuf,
+    /// Node N serves clients on BASE+N and peers on BASE+100+N.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+}
+
+pub async fn run(_cli: &Cli, cmd: &ClusterCommand) -> Result<ExitCode> {
+    match cmd {
+        ClusterCommand::Up(a) => up(a).await,
+    }
+}
+
+fn prefix_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tag: String) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("{tag} {line}");
+        }
+    });
+}
+
+async fn up(a: &UpArgs) -> Result<ExitCode> {
+    if !(2..=9).contains(&a.nodes) {
+        return Err(Error::invalid("--nodes must be between 2 and 9 (3 or 5 recommended)"));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Internal(format!("cannot find own executable: {e}")))?;
+    let port = |n: u64, off: u64| a.base_port as u64 + off + n;
+    let peers: Vec<String> = (1..=a.nodes)
+        .map(|n| format!("{n}=127.0.0.1:{}", port(n, 100)))
+        .collect();
+    let peers = peers.join(",");
+    std::fs::create_dir_all(&a.data_dir)?;
+    let mut children: Vec<(u64, Child)> = Vec::new();
+    for n in 1..=a.nodes {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("server")
+            .args(["--id", &n.to_string()])
+            .args(["--peers", &peers])
+            .args(["--client-addr", &format!("127.0.0.1:{}", port(n, 0))])
+            .arg("--data-dir")
+            .arg(a.data_dir.join(format!("node-{n}")))
+            .env_remove("PAXOSDB_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Internal(format!("cannot start node {n}: {e}")))?;
+        prefix_lines(child.stdout.take().expect("piped"), format!("[n{n}]"));
+        prefix_lines(child.stderr.take().expect("piped"), format!("[n{n}]"));
+        children.push((n, child));
+    }
+    let endpoints: Vec<String> = (1..=a.nodes).map(|n| format!("127.0.0.1:{}", port(n, 0))).collect();
+    println!(
+        "paxosdb: {}-node cluster starting, data in {}",
+        a.nodes,
+        a.data_dir.display()
+    );
+    for n in 1..=a.nodes {
+        println!("  node {n}: client 127.0.0.1:{}  peer 127.0.0.1:{}", port(n, 0), port(n, 100));
+    }
+    let default_eps = a.base_port == 7000 && a.nodes == 3;
+    let env_hint = if default_eps {
+        String::new()
+    } else {
+        format!("export PAXOSDB_ENDPOINTS={}; ", endpoints.join(","))
+    };
+    println!("Try, in another terminal:  {env_hint}paxosdb put hello world && paxosdb get hello && paxosdb status");
+    println!("Press Ctrl-C to stop all nodes.");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Internal(format!("signal handler: {e}")))?;
+    let mut alive: Vec<bool> = vec![true; children.len()];
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                for (i, (n, child)) in children.iter_mut().enumerate() {
+                    if alive[i] {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            alive[i] = false;
+                            println!("paxosdb: node {n} exited ({status})");
+                        }
+                    }
+                }
+                if alive.iter().all(|a| !a) {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
+    println!("paxosdb: stopping all nodes");
+    for (_, child) in &children {
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for (n, child) in children.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                println!("paxosdb: node {n} did not stop in 10s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    println!("paxosdb: cluster stopped; data kept in {}", a.data_dir.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,195 @@
+//! Client commands: put, get, delete, cas, scan. Plain output by default, `--json` for
+//! scripts. Keys and values are taken and printed as UTF-8 text (lossy on output).
+
+use super::{client, Cli};
+use crate::client::CasExpect;
+use crate::command::{ScanRange, Versioned};
+use crate::error::{Error, Result};
+use clap::Args;
+use serde_json::json;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    pub key: String,
+    pub value: String,
+    /// Also print the previous value and version.
+    #[arg(long)]
+    pub prev: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    pub key: String,
+    /// Serve from the contacted node's local copy (may be behind; reports its index).
+    #[arg(long)]
+    pub stale: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    pub key: String,
+    #[arg(long)]
+    pub prev: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CasArgs {
+    pub key: String,
+    /// Expected current value.
+    #[arg(long, conflicts_with = "expect_version", required_unless_present = "expect_version")]
+    pub expect: Option<String>,
+    /// Expected current version (0 = the key must be absent).
+    #[arg(long)]
+    pub expect_version: Option<u64>,
+    /// The value to store if the comparison holds.
+    #[arg(long = "new")]
+    pub new_value: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// Keys starting with this prefix.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub prefix: Option<String>,
+    /// First key (inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End key (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// At most this many rows (default 1000, at most 10000).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    #[arg(long)]
+    pub stale: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn vjson(v: &Option<Versioned>) -> serde_json::Value {
+    match v {
+        Some(v) => json!({"value": text(&v.value), "version": v.version}),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn print_json(v: serde_json::Value) {
+    println!("{v}");
+}
+
+pub async fn put(cli: &Cli, a: &PutArgs) -> Result<ExitCode> {
+    let r = client(cli)?.put(a.key.as_bytes(), a.value.as_bytes(), a.prev).await?;
+    if a.json {
+        print_json(json!({"version": r.version, "prev": vjson(&r.prev)}));
+    } else {
+        println!("OK version={}", r.version);
+        if let Some(p) = &r.prev {
+            println!("prev={} prev_version={}", text(&p.value), p.version);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(cli: &Cli, a: &GetArgs) -> Result<ExitCode> {
+    let (v, applied) = client(cli)?.get(a.key.as_bytes(), a.stale).await?;
+    if a.json {
+        let mut out = json!({"key": a.key, "found": v.is_some(), "applied_index": applied});
+        if let Some(v) = &v {
+            out["value"] = json!(text(&v.value));
+            out["version"] = json!(v.version);
+        }
+        print_json(out);
+        return Ok(if v.is_some() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    match v {
+        Some(v) => {
+            println!("{}", text(&v.value));
+            if a.stale {
+                eprintln!("(stale read: version {}, node applied index {applied})", v.version);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("error: key {:?} not found", a.key);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub async fn delete(cli: &Cli, a: &DeleteArgs) -> Result<ExitCode> {
+    let r = client(cli)?.delete(a.key.as_bytes(), a.prev).await?;
+    if a.json {
+        print_json(json!({"deleted": r.deleted, "prev": vjson(&r.prev)}));
+    } else {
+        println!("{}", if r.deleted { "deleted" } else { "not found (nothing deleted)" });
+        if let Some(p) = &r.prev {
+            println!("prev={} prev_version={}", text(&p.value), p.version);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cas(cli: &Cli, a: &CasArgs) -> Result<ExitCode> {
+    let expect = match (&a.expect, a.expect_version) {
+        (Some(v), None) => CasExpect::Value(v.as_bytes().to_vec()),
+        (None, Some(v)) => CasExpect::Version(v),
+        _ => return Err(Error::invalid("give exactly one of --expect or --expect-version")),
+    };
+    let r = client(cli)?.cas(a.key.as_bytes(), expect, a.new_value.as_bytes()).await?;
+    if a.json {
+        print_json(json!({"succeeded": r.succeeded, "version": r.version, "current": vjson(&r.current)}));
+    } else if r.succeeded {
+        println!("OK version={}", r.version);
+    } else {
+        match &r.current {
+            Some(c) => eprintln!(
+                "compare failed: current value={} version={}",
+                text(&c.value),
+                c.version
+            ),
+            None => eprintln!("compare failed: key is absent (version 0)"),
+        }
+    }
+    Ok(if r.succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn scan(cli: &Cli, a: &ScanArgs) -> Result<ExitCode> {
+    let range = match (&a.prefix, &a.from, &a.to) {
+        (Some(p), None, None) => ScanRange::Prefix(p.as_bytes().to_vec()),
+        (None, from, to) => ScanRange::Range {
+            from: from.clone().unwrap_or_default().into_bytes(),
+            to: to.clone().map(String::into_bytes),
+        },
+        _ => return Err(Error::invalid("use --prefix, or --from/--to, not both")),
+    };
+    let r = client(cli)?.scan(&range, a.limit, a.stale).await?;
+    if a.json {
+        let items: Vec<_> = r
+            .items
+            .iter()
+            .map(|kv| json!({"key": text(&kv.key), "value": text(&kv.value), "version": kv.version}))
+            .collect();
+        print_json(json!({"items": items, "more": r.more, "applied_index": r.applied_index}));
+    } else {
+        for kv in &r.items {
+            println!("{}\t{}", text(&kv.key), text(&kv.value));
+        }
+        if r.more {
+            eprintln!("(more rows; raise --limit or continue with --from)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

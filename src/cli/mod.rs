@@ -1,0 +1,135 @@
+//! The `paxosdb` command line: one binary for the server, the client commands, a local
+//! cluster and a benchmark.
+//!
+//! Exit codes: 0 success; 1 the operation answered "no" (missing key, failed compare) or
+//! failed; 2 bad usage. Errors go to stderr as one line.
+
+mod bench;
+mod cluster;
+mod kv;
+mod server;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// The default endpoints: the client ports of `paxosdb cluster up`.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+#[derive(Parser, Debug)]
+#[command(name = "paxosdb", version, about = "A replicated, strongly consistent key-value database")]
+pub struct Cli {
+    /// Client endpoints (gRPC host:port of the nodes), comma separated.
+    #[arg(long, global = true, env = "PAXOSDB_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
+    pub endpoints: String,
+    /// Total time a client command may take, retries included (e.g. 10s, 500ms).
+    #[arg(long, global = true, env = "PAXOSDB_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one node.
+    Server(server::ServerArgs),
+    /// Store a value.
+    Put(kv::PutArgs),
+    /// Print the value of a key (exit 1 if the key is missing).
+    Get(kv::GetArgs),
+    /// Delete a key.
+    Delete(kv::DeleteArgs),
+    /// Compare-and-swap (exit 1 with the current value if the comparison fails).
+    Cas(kv::CasArgs),
+    /// List keys by prefix or range.
+    Scan(kv::ScanArgs),
+    /// Show every node: id, addresses, role, indexes, pid.
+    Status(status::StatusArgs),
+    /// Local cluster management.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Load generator: prints throughput and latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+pub(crate) fn endpoints(cli: &Cli) -> Vec<String> {
+    cli.endpoints
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
+    crate::client::Client::with_options(
+        &endpoints(cli),
+        crate::client::ClientOptions {
+            timeout: cli.timeout,
+            ..Default::default()
+        },
+    )
+}
+
+/// Sets up logging: `RUST_LOG` or `PAXOSDB_LOG` choose the level (default info for the
+/// server, warn for client commands).
+pub fn init_logging(default: &str) {
+    let filter = std::env::var("PAXOSDB_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_server = matches!(cli.command, Command::Server(_));
+    init_logging(if is_server { "info" } else { "warn" });
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match &cli.command {
+            Command::Server(a) => server::run(a).await,
+            Command::Put(a) => kv::put(&cli, a).await,
+            Command::Get(a) => kv::get(&cli, a).await,
+            Command::Delete(a) => kv::delete(&cli, a).await,
+            Command::Cas(a) => kv::cas(&cli, a).await,
+            Command::Scan(a) => kv::scan(&cli, a).await,
+            Command::Status(a) => status::run(&cli, a).await,
+            Command::Cluster(c) => cluster::run(&cli, c).await,
+            Command::Bench(a) => bench::run(&cli, a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `paxosdb server`: runs one node until SIGINT or SIGTERM, then shuts down cleanly.
+
+use crate::config::{parse_peers, Config};
+use crate::error::{Error, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TOML configuration file; flags and PAXOSDB_* variables override its values.
+    #[arg(long, env = "PAXOSDB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a member of --peers).
+    #[arg(long, env = "PAXOSDB_ID")]
+    pub id: Option<u64>,
+    /// Every member with its peer address: 1=host:port,2=host:port,3=host:port.
+    #[arg(long, env = "PAXOSDB_PEERS")]
+    pub peers: Option<String>,
+    /// Address for the client API (gRPC).
+    #[arg(long, env = "PAXOSDB_CLIENT_ADDR")]
+    pub client_addr: Option<String>,
+    /// Data directory (created if missing).
+    #[arg(long, env = "PAXOSDB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest value accepted, in bytes (default 1 MiB).
+    #[arg(long, env = "PAXOSDB_MAX_VALUE_SIZE")]
+    pub max_value_size: Option<usize>,
+}
+
+/// Builds the configuration from the file (if any) and the flags.
+pub fn build_config(a: &ServerArgs) -> Result<Config> {
+    let mut cfg = match &a.config {
+        Some(path) => Config::from_toml_file(path)?,
+        None => {
+            let missing = |what: &str| Error::Config(format!("{what} is required (or --config FILE)"));
+            Config::new(
+                a.id.ok_or_else(|| missing("--id"))?,
+                parse_peers(a.peers.as_deref().ok_or_else(|| missing("--peers"))?)?,
+                a.client_addr.clone().ok_or_else(|| missing("--client-addr"))?,
+                a.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
+            )
+        }
+    };
+    if let Some(id) = a.id {
+        cfg.id = id;
+    }
+    if let Some(p) = &a.peers {
+        cfg.peers = parse_peers(p)?;
+    }
+    if let Some(c) = &a.client_addr {
+        cfg.client_addr = c.clone();
+    }
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(v) = a.max_value_size {
+        cfg.max_value_size = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
+    let cfg = build_config(a)?;
+    let server = crate::server::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Internal(format!("signal handler: {e}")))?;
+    let mut watch = tokio::time::interval(std::time::Duration::from_millis(200));
+    let code = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break ExitCode::SUCCESS }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break ExitCode::SUCCESS }
+            _ = watch.tick() => {
+                if !server.node_alive() {
+                    tracing::error!("the node thread stopped unexpectedly; exiting");
+                    break ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    server.shutdown().await;
+    Ok(code)
+}

@@ -1,0 +1,112 @@
+//! `paxosdb status`: asks every endpoint for its view and prints one row per member:
+//! id, role (leader/follower/candidate/unreachable), decided and applied index, process
+//! id, and every listener (peer, grpc, ...).
+
+use super::{client, endpoints, Cli};
+use crate::api::pb;
+use crate::error::Result;
+use clap::Args;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Row {
+    id: u64,
+    role: String,
+    decided: Option<u64>,
+    applied: Option<u64>,
+    pid: Option<u32>,
+    listeners: BTreeMap<String, String>,
+}
+
+pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
+    let eps = endpoints(cli);
+    let c = client(cli)?;
+    let answers = futures::future::join_all((0..eps.len()).map(|i| {
+        let c = c.clone();
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(3), c.status_of(i))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+        }
+    }))
+    .await;
+
+    let mut rows: BTreeMap<u64, Row> = BTreeMap::new();
+    let mut seen_eps: Vec<String> = Vec::new();
+    let ok: Vec<&pb::StatusResponse> = answers.iter().flatten().collect();
+    for st in &ok {
+        for m in &st.members {
+            let row = rows.entry(m.id).or_insert_with(|| Row {
+                id: m.id,
+                role: "unreachable".into(),
+                ..Default::default()
+            });
+            row.listeners.insert("peer".into(), m.peer_addr.clone());
+            for l in &m.listeners {
+                row.listeners.insert(l.name.clone(), l.addr.clone());
+            }
+        }
+    }
+    for st in &ok {
+        let row = rows.entry(st.id).or_default();
+        row.id = st.id;
+        row.role = st.role.clone();
+        row.decided = Some(st.decided_index);
+        row.applied = Some(st.applied_index);
+        row.pid = Some(st.pid);
+        for l in &st.listeners {
+            row.listeners.insert(l.name.clone(), l.addr.clone());
+            seen_eps.push(l.addr.clone());
+        }
+    }
+    // Endpoints that answered nothing and match no known member.
+    let known: Vec<String> = rows.values().flat_map(|r| r.listeners.values().cloned()).collect();
+    let mut unknown: Vec<&String> = Vec::new();
+    for (ep, ans) in eps.iter().zip(&answers) {
+        if ans.is_none() && !known.contains(ep) {
+            unknown.push(ep);
+        }
+    }
+
+    if a.json {
+        let nodes: Vec<_> = rows
+            .values()
+            .map(|r| {
+                json!({"id": r.id, "role": r.role, "decided_index": r.decided,
+                       "applied_index": r.applied, "pid": r.pid, "listeners": r.listeners})
+            })
+            .collect();
+        println!("{}", json!({"nodes": nodes, "unreachable_endpoints": unknown}));
+    } else {
+        println!(
+            "{:<4} {:<12} {:>9} {:>9} {:>8}  LISTENERS",
+            "ID", "ROLE", "DECIDED", "APPLIED", "PID"
+        );
+        let dash = || "-".to_string();
+        for r in rows.values() {
+            let ls: Vec<String> = r.listeners.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "{:<4} {:<12} {:>9} {:>9} {:>8}  {}",
+                r.id,
+                r.role,
+                r.decided.map_or_else(dash, |v| v.to_string()),
+                r.applied.map_or_else(dash, |v| v.to_string()),
+                r.pid.map_or_else(dash, |v| v.to_string()),
+                ls.join(" ")
+            );
+        }
+        for ep in &unknown {
+            println!("{:<4} {:<12} {:>9} {:>9} {:>8}  grpc={ep}", "?", "unreachable", "-", "-", "-");
+        }
+    }
+    Ok(if ok.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

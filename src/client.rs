@@ -1,0 +1,395 @@
+//! The Rust client library.
+//!
+//! A [`Client`] knows several endpoints and needs no idea of who leads: any node accepts
+//! any request. It sticks to the endpoint that last answered, moves to the next one when
+//! a node is unreachable or has no quorum, and retries with backoff until its timeout.
+//!
+//! Writes run in a *session* (client id, sequence number) taken from a small pool, one
+//! write in flight per session. A retried write keeps its session, so the cluster applies
+//! it at most once and answers the retry with the original result. When the timeout runs
+//! out on a write, the error is [`Error::OutcomeUnknown`] — the write may or may not have
+//! happened — never a plain failure.
+
+use crate::api::grpc::from_status;
+use crate::api::pb;
+use crate::command::{KeyValue, ScanRange, Versioned};
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// A session: writes in it are applied at most once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+impl Session {
+    /// A new session with a random id.
+    pub fn new() -> Session {
+        Session {
+            client_id: rand::random::<u64>().max(1),
+            seq: 0,
+        }
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Result of a put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    pub version: u64,
+    pub prev: Option<Versioned>,
+}
+
+/// Result of a delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteResult {
+    pub deleted: bool,
+    pub prev: Option<Versioned>,
+}
+
+/// Result of a compare-and-swap. A failed comparison is a value, not an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CasResult {
+    pub succeeded: bool,
+    /// New version on success; current version (0 = absent) on failure.
+    pub version: u64,
+    /// Current value on failure.
+    pub current: Option<Versioned>,
+}
+
+/// Result of a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanResult {
+    pub items: Vec<KeyValue>,
+    pub more: bool,
+    pub applied_index: u64,
+}
+
+/// What a compare-and-swap compares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasExpect {
+    Value(Vec<u8>),
+    Version(u64),
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    preferred: AtomicUsize,
+    sessions: Mutex<Vec<Session>>,
+    timeout: Duration,
+}
+
+/// A cloneable, thread-safe client.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// Options for [`Client::with_options`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Total time a request may take, retries included.
+    pub timeout: Duration,
+    /// Time one attempt on one node may take.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(6),
+        }
+    }
+}
+
+impl Client {
+    /// A client for `endpoints` (`host:port` of the nodes' gRPC listeners).
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client> {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    pub fn with_options<S: AsRef<str>>(endpoints: &[S], opts: ClientOptions) -> Result<Client> {
+        if endpoints.is_empty() {
+            return Err(Error::invalid("at least one endpoint is needed"));
+        }
+        let mut channels = Vec::new();
+        let mut names = Vec::new();
+        for e in endpoints {
+            let e = e.as_ref().trim();
+            let url = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+            let ep = Endpoint::from_shared(url)
+                .map_err(|err| Error::invalid(format!("endpoint {e:?}: {err}")))?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(opts.attempt_timeout)
+                .tcp_nodelay(true);
+            channels.push(ep.connect_lazy());
+            names.push(e.to_string());
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints: names,
+                channels,
+                preferred: AtomicUsize::new(0),
+                sessions: Mutex::new(Vec::new()),
+                timeout: opts.timeout,
+            }),
+        })
+    }
+
+    /// The endpoints this client knows.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    fn take_session(&self) -> Session {
+        let mut s = self.inner.sessions.lock().unwrap().pop().unwrap_or_default();
+        s.seq += 1;
+        s
+    }
+
+    fn return_session(&self, s: Session) {
+        self.inner.sessions.lock().unwrap().push(s);
+    }
+
+    /// Runs `f` against endpoints until it succeeds, fails for good, or time runs out.
+    /// `write` decides what a timeout means: outcome unknown (write) or unavailable.
+    async fn call<T, F, Fut>(&self, write: bool, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let n = self.inner.channels.len();
+        let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
+        let mut backoff = Duration::from_millis(10);
+        let mut last = String::new();
+        loop {
+            match f(self.inner.channels[idx].clone()).await {
+                Ok(v) => {
+                    self.inner.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(status) => {
+                    let err = from_status(&status);
+                    if !err.is_retryable() {
+                        return Err(err);
+                    }
+                    tracing::debug!(endpoint = %self.inner.endpoints[idx], "retrying: {err}");
+                    last = err.to_string();
+                }
+            }
+            if start.elapsed() >= self.inner.timeout {
+                let why = format!(
+                    "no answer within {:?} from {}: {}",
+                    self.inner.timeout,
+                    self.inner.endpoints.join(","),
+                    last
+                );
+                return Err(if write {
+                    Error::OutcomeUnknown(why)
+                } else {
+                    Error::Unavailable(why)
+                });
+            }
+            idx = (idx + 1) % n;
+            // A full round over all nodes without an answer: back off before the next one.
+            if idx == self.inner.preferred.load(Ordering::Relaxed) % n {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Runs a write in a pooled session.
+    async fn write<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Channel, pb::Session) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let s = self.take_session();
+        let res = self.write_in(s, f).await;
+        self.return_session(s);
+        res
+    }
+
+    async fn write_in<T, F, Fut>(&self, s: Session, f: F) -> Result<T>
+    where
+        F: Fn(Channel, pb::Session) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let ps = pb::Session {
+            client_id: s.client_id,
+            seq: s.seq,
+        };
+        self.call(true, |ch| f(ch, ps)).await
+    }
+
+    /// Stores `value` under `key`; returns the new version (and the previous value if
+    /// `return_prev`).
+    pub async fn put(&self, key: &[u8], value: &[u8], return_prev: bool) -> Result<PutResult> {
+        self.write(|ch, session| {
+            let req = pb::PutRequest {
+                session: Some(session),
+                key: key.to_vec(),
+                value: value.to_vec(),
+                return_prev,
+            };
+            async move { pb::kv_client::KvClient::new(ch).put(req).await }
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            PutResult {
+                version: r.version,
+                prev: r.prev.map(from_pb),
+            }
+        })
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &[u8], return_prev: bool) -> Result<DeleteResult> {
+        self.write(|ch, session| {
+            let req = pb::DeleteRequest {
+                session: Some(session),
+                key: key.to_vec(),
+                return_prev,
+            };
+            async move { pb::kv_client::KvClient::new(ch).delete(req).await }
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            DeleteResult {
+                deleted: r.deleted,
+                prev: r.prev.map(from_pb),
+            }
+        })
+    }
+
+    /// Sets `key` to `new_value` if the comparison holds.
+    pub async fn cas(&self, key: &[u8], expect: CasExpect, new_value: &[u8]) -> Result<CasResult> {
+        let s = self.take_session();
+        let res = self.cas_in_session(s, key, expect, new_value).await;
+        self.return_session(s);
+        res
+    }
+
+    /// A compare-and-swap in an explicit session: calling it again with the same session
+    /// is a retry, applied at most once.
+    pub async fn cas_in_session(
+        &self,
+        session: Session,
+        key: &[u8],
+        expect: CasExpect,
+        new_value: &[u8],
+    ) -> Result<CasResult> {
+        self.write_in(session, |ch, session| {
+            let req = pb::CasRequest {
+                session: Some(session),
+                key: key.to_vec(),
+                expect: Some(match &expect {
+                    CasExpect::Value(v) => pb::cas_request::Expect::ExpectValue(v.clone()),
+                    CasExpect::Version(v) => pb::cas_request::Expect::ExpectVersion(*v),
+                }),
+                new_value: new_value.to_vec(),
+            };
+            async move { pb::kv_client::KvClient::new(ch).compare_and_swap(req).await }
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            CasResult {
+                succeeded: r.succeeded,
+                version: r.version,
+                current: r.current.map(from_pb),
+            }
+        })
+    }
+
+    /// Reads `key`; `stale` reads the contacted node's local copy. Returns the value and
+    /// the applied index it reflects.
+    pub async fn get(&self, key: &[u8], stale: bool) -> Result<(Option<Versioned>, u64)> {
+        self.call(false, |ch| {
+            let req = pb::GetRequest {
+                key: key.to_vec(),
+                stale,
+            };
+            async move { pb::kv_client::KvClient::new(ch).get(req).await }
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            (r.kv.map(from_pb), r.applied_index)
+        })
+    }
+
+    /// Scans a range, at most `limit` rows (0 = server default).
+    pub async fn scan(&self, range: &ScanRange, limit: u32, stale: bool) -> Result<ScanResult> {
+        self.call(false, |ch| {
+            let req = pb::ScanRequest {
+                range: Some(match range {
+                    ScanRange::Prefix(p) => pb::scan_request::Range::Prefix(p.clone()),
+                    ScanRange::Range { from, to } => {
+                        pb::scan_request::Range::KeyRange(pb::KeyRange {
+                            from: from.clone(),
+                            to: to.clone().unwrap_or_default(),
+                        })
+                    }
+                }),
+                limit,
+                stale,
+            };
+            async move { pb::kv_client::KvClient::new(ch).scan(req).await }
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            ScanResult {
+                items: r
+                    .items
+                    .into_iter()
+                    .map(|kv| KeyValue {
+                        key: kv.key,
+                        value: kv.value,
+                        version: kv.version,
+                    })
+                    .collect(),
+                more: r.more,
+                applied_index: r.applied_index,
+            }
+        })
+    }
+
+    /// The status of the node at endpoint `i` (no retries, no failover).
+    pub async fn status_of(&self, i: usize) -> Result<pb::StatusResponse> {
+        let ch = self
+            .inner
+            .channels
+            .get(i)
+            .ok_or_else(|| Error::invalid("no such endpoint"))?
+            .clone();
+        pb::cluster_client::ClusterClient::new(ch)
+            .status(pb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| from_status(&s))
+    }
+}
+
+fn from_pb(v: pb::Versioned) -> Versioned {
+    Versioned {
+        value: v.value,
+        version: v.version,
+    }
+}

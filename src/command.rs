@@ -1,0 +1,221 @@
+//! The replicated vocabulary: what goes into the log and what comes back out of it.
+//!
+//! A [`LogEntry`] is one OmniPaxos log entry. It carries a *batch* of client [`Command`]s
+//! (group commit: one entry, one fsync per node, many commands) and identifies the node
+//! that proposed it (`proposer`, `batch_id`), which is how that node knows its linearizable
+//! reads waiting on this entry may now be answered. An entry with no commands is a pure
+//! read barrier.
+//!
+//! Every [`Command`] carries a session (`client_id`, `seq`); the state machine applies a
+//! session's command at most once and remembers its result for retries.
+
+use omnipaxos::macros::Entry;
+use serde::{Deserialize, Serialize};
+
+/// A node's identifier within the cluster (never 0).
+pub type NodeId = u64;
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Entry)]
+pub struct LogEntry {
+    /// The node that proposed the entry.
+    pub proposer: NodeId,
+    /// The proposer's sequence number for this batch; with `proposer` it names the entry.
+    pub batch_id: u64,
+    /// The client commands, applied in order.
+    pub commands: Vec<Command>,
+}
+
+/// A client write with its session, as replicated in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub client_id: u64,
+    pub seq: u64,
+    pub op: WriteOp,
+}
+
+/// A state-changing operation on the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        return_prev: bool,
+    },
+    Delete {
+        key: Vec<u8>,
+        return_prev: bool,
+    },
+    Cas {
+        key: Vec<u8>,
+        expect: Expect,
+        new_value: Vec<u8>,
+    },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } | WriteOp::Cas { key, .. } => {
+                key
+            }
+        }
+    }
+
+    /// Approximate encoded size, used to bound batch sizes.
+    pub fn size(&self) -> usize {
+        match self {
+            WriteOp::Put { key, value, .. } => key.len() + value.len() + 16,
+            WriteOp::Delete { key, .. } => key.len() + 16,
+            WriteOp::Cas {
+                key,
+                expect,
+                new_value,
+            } => {
+                let e = match expect {
+                    Expect::Value(v) => v.len(),
+                    Expect::Version(_) => 8,
+                };
+                key.len() + new_value.len() + e + 16
+            }
+        }
+    }
+}
+
+/// What a compare-and-swap compares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// The current value equals this (an absent key never matches).
+    Value(Vec<u8>),
+    /// The current version equals this (an absent key has version 0).
+    Version(u64),
+}
+
+/// A stored value with its version: the revision of the key's last write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// The outcome of an applied [`WriteOp`]. Deterministic: every node computes the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteResult {
+    Put {
+        version: u64,
+        prev: Option<Versioned>,
+    },
+    Delete {
+        deleted: bool,
+        prev: Option<Versioned>,
+    },
+    Cas {
+        succeeded: bool,
+        /// The new version on success, the current one (0 = absent) on failure.
+        version: u64,
+        /// The current value on failure.
+        current: Option<Versioned>,
+    },
+    /// The command was not applied (for example an older sequence number of a session
+    /// that has moved on). Nothing changed.
+    Rejected(String),
+}
+
+/// A key range for scans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanRange {
+    /// Every key starting with these bytes.
+    Prefix(Vec<u8>),
+    /// `from` inclusive to `to` exclusive; `None` means unbounded.
+    Range {
+        from: Vec<u8>,
+        to: Option<Vec<u8>>,
+    },
+}
+
+impl ScanRange {
+    /// The first key of the range.
+    pub fn start(&self) -> &[u8] {
+        match self {
+            ScanRange::Prefix(p) => p,
+            ScanRange::Range { from, .. } => from,
+        }
+    }
+
+    /// True when `key` (at or after `start()`) is still inside the range.
+    pub fn contains_from_start(&self, key: &[u8]) -> bool {
+        match self {
+            ScanRange::Prefix(p) => key.starts_with(p),
+            ScanRange::Range { to: Some(to), .. } => key < to.as_slice(),
+            ScanRange::Range { to: None, .. } => true,
+        }
+    }
+}
+
+/// One row of a scan result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// Size limits for keys and values, checked before anything is proposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key: usize,
+    pub max_value: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key: 4 * 1024,
+            max_value: 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    pub fn check_key(&self, key: &[u8]) -> crate::Result<()> {
+        if key.is_empty() {
+            return Err(crate::Error::invalid("key must not be empty"));
+        }
+        if key.len() > self.max_key {
+            return Err(crate::Error::invalid(format!(
+                "key is {} bytes; the limit is {} bytes",
+                key.len(),
+                self.max_key
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn check_value(&self, value: &[u8]) -> crate::Result<()> {
+        if value.len() > self.max_value {
+            return Err(crate::Error::invalid(format!(
+                "value is {} bytes; the limit is {} bytes (see --max-value-size)",
+                value.len(),
+                self.max_value
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validates a write before it is proposed.
+    pub fn check_write(&self, op: &WriteOp) -> crate::Result<()> {
+        self.check_key(op.key())?;
+        match op {
+            WriteOp::Put { value, .. } => self.check_value(value),
+            WriteOp::Delete { .. } => Ok(()),
+            WriteOp::Cas {
+                expect, new_value, ..
+            } => {
+                if let Expect::Value(v) = expect {
+                    self.check_value(v)?;
+                }
+                self.check_value(new_value)
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Server configuration: where a node listens, who its peers are, where it keeps data.
+//!
+//! A [`Config`] comes from a TOML file, command-line flags or `PAXOSDB_*` environment
+//! variables (flags and variables win over the file). [`Config::validate`] refuses a wrong
+//! configuration at start with one line that says what to fix; a node never starts half
+//! configured.
+
+use crate::command::{Limits, NodeId};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The member's node id (non-zero, unique).
+    pub id: NodeId,
+    /// The address other nodes reach it at for replication traffic (host:port).
+    pub addr: String,
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must be one of `peers`.
+    pub id: NodeId,
+    /// Every member of the cluster, this node included, with its peer address.
+    pub peers: Vec<Member>,
+    /// Address of the client API (gRPC), e.g. `127.0.0.1:7001`.
+    pub client_addr: String,
+    /// Directory for this node's RocksDB; used by one process at a time.
+    pub data_dir: PathBuf,
+    /// Largest accepted key, in bytes.
+    #[serde(default = "default_max_key")]
+    pub max_key_size: usize,
+    /// Largest accepted value, in bytes.
+    #[serde(default = "default_max_value")]
+    pub max_value_size: usize,
+    /// Milliseconds between OmniPaxos ticks.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Ticks between leader-election heartbeat rounds; a leader silent for about one round
+    /// is replaced.
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: u64,
+    /// How long the node waits for a request to be decided and applied before answering
+    /// "outcome unknown" (writes) or "unavailable" (reads), in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// A proposal not decided after this many milliseconds is proposed again (OmniPaxos may
+    /// lose a proposal forwarded to a leader that just failed; sessions make this safe).
+    #[serde(default = "default_repropose_ms")]
+    pub repropose_ms: u64,
+    /// Most commands in one log entry (one fsync on each node covers them all).
+    #[serde(default = "default_max_batch")]
+    pub max_batch_commands: usize,
+    /// Largest peer frame accepted, in bytes; a larger one closes the connection.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+}
+
+fn default_max_key() -> usize {
+    Limits::default().max_key
+}
+fn default_max_value() -> usize {
+    Limits::default().max_value
+}
+fn default_tick_ms() -> u64 {
+    10
+}
+fn default_election_ticks() -> u64 {
+    10
+}
+fn default_request_timeout_ms() -> u64 {
+    5000
+}
+fn default_repropose_ms() -> u64 {
+    1000
+}
+fn default_max_batch() -> usize {
+    4096
+}
+fn default_max_frame() -> usize {
+    256 * 1024 * 1024
+}
+
+impl Config {
+    /// A configuration with defaults for everything but identity, peers and places.
+    pub fn new(id: NodeId, peers: Vec<Member>, client_addr: String, data_dir: PathBuf) -> Self {
+        Config {
+            id,
+            peers,
+            client_addr,
+            data_dir,
+            max_key_size: default_max_key(),
+            max_value_size: default_max_value(),
+            tick_ms: default_tick_ms(),
+            election_ticks: default_election_ticks(),
+            request_timeout_ms: default_request_timeout_ms(),
+            repropose_ms: default_repropose_ms(),
+            max_batch_commands: default_max_batch(),
+            max_frame_bytes: default_max_frame(),
+        }
+    }
+
+    /// Reads a TOML file.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key: self.max_key_size,
+            max_value: self.max_value_size,
+        }
+    }
+
+    /// This node's peer address.
+    pub fn own_peer_addr(&self) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|m| m.id == self.id)
+            .map(|m| m.addr.as_str())
+    }
+
+    /// Checks the configuration; the error says what to fix.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.id == 0 {
+            return bad("node id must be a positive integer (--id)".into());
+        }
+        if self.peers.len() < 2 {
+            return bad(format!(
+                "a cluster needs at least 2 members (3 or 5 recommended); --peers lists {}",
+                self.peers.len()
+            ));
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for m in &self.peers {
+            if m.id == 0 {
+                return bad("peer ids must be positive integers".into());
+            }
+            if !ids.insert(m.id) {
+                return bad(format!("node id {} appears twice in --peers", m.id));
+            }
+            let addr = resolve(&m.addr, &format!("peer address of node {}", m.id))?;
+            if !addrs.insert(addr) {
+                return bad(format!("peer address {} appears twice in --peers", m.addr));
+            }
+        }
+        if !ids.contains(&self.id) {
+            return bad(format!(
+                "this node's id {} is not in --peers (members: {})",
+                self.id,
+                self.peers
+                    .iter()
+                    .map(|m| m.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let client = resolve(&self.client_addr, "client address (--client-addr)")?;
+        if addrs.contains(&client) {
+            return bad(format!(
+                "client address {} is also a peer address; give each listener its own port",
+                self.client_addr
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("a data directory is required (--data-dir)".into());
+        }
+        if self.tick_ms == 0 || self.election_ticks == 0 {
+            return bad("tick_ms and election_ticks must be positive".into());
+        }
+        if self.max_key_size == 0 || self.max_batch_commands == 0 {
+            return bad("max_key_size and max_batch_commands must be positive".into());
+        }
+        if self.max_value_size + self.max_key_size + 1024 > self.max_frame_bytes {
+            return bad("max_frame_bytes must exceed max_value_size plus max_key_size".into());
+        }
+        Ok(())
+    }
+}
+
+/// Resolves `host:port` to one socket address, or says which setting is wrong.
+pub fn resolve(addr: &str, what: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Config(format!("{what} {addr:?} is not a valid host:port")))
+}
+
+/// Parses `1=host:port,2=host:port,...`.
+pub fn parse_peers(spec: &str) -> Result<Vec<Member>> {
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|item| {
+            let (id, addr) = item.trim().split_once('=').ok_or_else(|| {
+                Error::Config(format!("peer {item:?} must look like ID=HOST:PORT"))
+            })?;
+            let id = id
+                .trim()
+                .parse()
+                .map_err(|_| Error::Config(format!("peer id {id:?} is not a positive integer")))?;
+            Ok(Member {
+                id,
+                addr: addr.trim().to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::new(
+            1,
+            parse_peers("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103").unwrap(),
+            "127.0.0.1:7001".into(),
+            "data".into(),
+        )
+    }
+
+    #[test]
+    fn valid_config_passes() {
+        cfg().validate().unwrap();
+    }
+
+    #[test]
+    fn wrong_configs_are_refused_with_reason() {
+        let mut c = cfg();
+        c.id = 4;
+        assert!(c.validate().unwrap_err().to_string().contains("not in --peers"));
+        let mut c = cfg();
+        c.peers[2].id = 2;
+        assert!(c.validate().unwrap_err().to_string().contains("appears twice"));
+        let mut c = cfg();
+        c.peers[2].addr = "127.0.0.1:7102".into();
+        assert!(c.validate().unwrap_err().to_string().contains("appears twice"));
+        let mut c = cfg();
+        c.client_addr = "127.0.0.1:7101".into();
+        assert!(c.validate().unwrap_err().to_string().contains("also a peer"));
+        let mut c = cfg();
+        c.peers[0].addr = "nonsense".into();
+        assert!(c.validate().unwrap_err().to_string().contains("not a valid"));
+        assert!(parse_peers("1:127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn toml_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, toml::to_string(&cfg()).unwrap()).unwrap();
+        assert_eq!(Config::from_toml_file(&path).unwrap(), cfg());
+        std::fs::write(&path, "id = 1\nbogus = 2\n").unwrap();
+        assert!(Config::from_toml_file(&path).is_err());
+    }
+}

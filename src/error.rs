@@ -1,0 +1,71 @@
+//! The one error type of paxosdb, grouped by how a caller reacts to it.
+//!
+//! - *Retry*: [`Error::Unavailable`] — nothing happened; the same request may be sent again,
+//!   to this node or another.
+//! - *Unknown outcome*: [`Error::OutcomeUnknown`] — a write may or may not have been applied.
+//!   Retrying it with the same session (client id, sequence number) is safe and returns the
+//!   original result if it was applied. Never report this as a failure.
+//! - *Fix the request*: [`Error::InvalidInput`] — bad key, value, argument; nothing changed.
+//! - *Fix the setup*: [`Error::Config`] — wrong configuration or a data directory in use.
+//! - *Bug or broken disk*: [`Error::Internal`] and [`Error::Storage`].
+//!
+//! Expected outcomes (a missing key, a failed compare) are values, never errors.
+
+use std::fmt;
+
+/// Result alias used throughout paxosdb.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, grouped by the caller's reaction (see module docs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Nothing was done (no leader, no quorum, node shutting down, peer unreachable):
+    /// safe to retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request timed out or the connection broke after it was sent: the write may or
+    /// may not have been applied. Retry with the same session to learn the result.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The request is malformed or exceeds a limit; nothing changed.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The configuration is wrong or the data directory cannot be used.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// A disk or database error.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A bug: an invariant did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True when the same request may simply be sent again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::OutcomeUnknown(_))
+    }
+
+    pub(crate) fn invalid(msg: impl fmt::Display) -> Self {
+        Error::InvalidInput(msg.to_string())
+    }
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Storage(e.into_string())
+    }
+}
+
+impl From<bincode::Error> for Error {
+    fn from(e: bincode::Error) -> Self {
+        Error::Internal(format!("encoding: {e}"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}

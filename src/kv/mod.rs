@@ -1,0 +1,311 @@
+//! The replicated state machine: a versioned key-value store on the node's RocksDB.
+//!
+//! [`StateMachine`] is the seam between the node and whatever it replicates (the KV store
+//! today, SQLite later). [`KvStore`] implements it on the [`CF_KV`] and [`CF_SM`] column
+//! families.
+//!
+//! Invariants:
+//! - `apply(index, ..)` writes the user data, the client sessions, the revision counter and
+//!   the applied index in **one** RocksDB batch: after a crash the store is exactly the
+//!   state after some applied index, so a restart resumes from there and never re-applies.
+//! - Apply is deterministic: it reads only the store and the entry (no clock, no
+//!   randomness, no node-local state), so every node reaches the same state.
+//! - A session's command is applied at most once: `seq` equal to the session's last one
+//!   returns the remembered result; an older `seq` is rejected without effect.
+//! - Every applied write that changes a key takes the next revision; a key's version is the
+//!   revision of its last write (an absent key has version 0).
+
+use crate::command::{Command, Expect, KeyValue, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::error::{Error, Result};
+use crate::storage::db::{read_u64, u64_key, CF_KV, CF_SM};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Something that applies decided log entries in order.
+pub trait StateMachine: Send + 'static {
+    /// Number of log entries applied so far (the next entry to apply has this index).
+    fn applied_index(&self) -> u64;
+    /// Applies the commands of the log entry at `index`, which must equal
+    /// `applied_index()`, atomically with advancing the applied index. Returns one result
+    /// per command.
+    fn apply(&mut self, index: u64, commands: &[Command]) -> Result<Vec<WriteResult>>;
+}
+
+const K_APPLIED: &[u8] = b"applied";
+const K_REVISION: &[u8] = b"revision";
+const SESSION_PREFIX: u8 = b's';
+
+fn session_key(client_id: u64) -> [u8; 9] {
+    let mut k = [SESSION_PREFIX; 9];
+    k[1..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+fn encode_value(v: &Versioned) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + v.value.len());
+    out.extend_from_slice(&v.version.to_be_bytes());
+    out.extend_from_slice(&v.value);
+    out
+}
+
+fn decode_value(bytes: &[u8]) -> Result<Versioned> {
+    if bytes.len() < 8 {
+        return Err(Error::Storage("corrupt value record".into()));
+    }
+    Ok(Versioned {
+        version: read_u64(&bytes[..8])?,
+        value: bytes[8..].to_vec(),
+    })
+}
+
+/// The versioned key-value store. Cheap to clone; reads may run on any thread while one
+/// owner applies.
+#[derive(Clone)]
+pub struct KvStore {
+    db: Arc<DB>,
+    applied: u64,
+    revision: u64,
+}
+
+impl KvStore {
+    /// Opens the store in `db`, resuming from its persisted applied index.
+    pub fn open(db: Arc<DB>) -> Result<KvStore> {
+        let sm = db.cf_handle(CF_SM).expect("sm column family");
+        let applied = match db.get_cf(sm, K_APPLIED)? {
+            Some(v) => read_u64(&v)?,
+            None => 0,
+        };
+        let revision = match db.get_cf(sm, K_REVISION)? {
+            Some(v) => read_u64(&v)?,
+            None => 0,
+        };
+        Ok(KvStore {
+            db,
+            applied,
+            revision,
+        })
+    }
+
+    /// The last revision handed out.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn kv_cf(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_KV).expect("kv column family")
+    }
+
+    fn sm_cf(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_SM).expect("sm column family")
+    }
+
+    fn applied_at(&self, snap: &rocksdb::Snapshot) -> Result<u64> {
+        Ok(match snap.get_cf(self.sm_cf(), K_APPLIED)? {
+            Some(v) => read_u64(&v)?,
+            None => 0,
+        })
+    }
+
+    /// Reads one key from a consistent snapshot; returns it with the applied index the
+    /// snapshot reflects.
+    pub fn get(&self, key: &[u8]) -> Result<(Option<Versioned>, u64)> {
+        let snap = self.db.snapshot();
+        let applied = self.applied_at(&snap)?;
+        let value = match snap.get_cf(self.kv_cf(), key)? {
+            Some(b) => Some(decode_value(&b)?),
+            None => None,
+        };
+        Ok((value, applied))
+    }
+
+    /// Scans `range` in key order, at most `limit` rows, from a consistent snapshot.
+    /// Returns the rows, whether more rows exist, and the applied index.
+    pub fn scan(&self, range: &ScanRange, limit: usize) -> Result<(Vec<KeyValue>, bool, u64)> {
+        let snap = self.db.snapshot();
+        let applied = self.applied_at(&snap)?;
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snap);
+        let iter = self.db.iterator_cf_opt(
+            self.kv_cf(),
+            opts,
+            IteratorMode::From(range.start(), Direction::Forward),
+        );
+        let mut rows = Vec::new();
+        let mut more = false;
+        for item in iter {
+            let (k, v) = item?;
+            if !range.contains_from_start(&k) {
+                break;
+            }
+            if rows.len() == limit {
+                more = true;
+                break;
+            }
+            let v = decode_value(&v)?;
+            rows.push(KeyValue {
+                key: k.to_vec(),
+                value: v.value,
+                version: v.version,
+            });
+        }
+        Ok((rows, more, applied))
+    }
+
+    fn load_session(&self, client_id: u64) -> Result<Option<(u64, WriteResult)>> {
+        match self.db.get_cf(self.sm_cf(), session_key(client_id))? {
+            Some(b) => Ok(Some(bincode::deserialize(&b)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The writes of one entry, staged in memory so later commands see earlier ones.
+struct Overlay<'a> {
+    store: &'a KvStore,
+    /// Key → (current value, written by this entry).
+    keys: HashMap<Vec<u8>, (Option<Versioned>, bool)>,
+    sessions: HashMap<u64, (u64, WriteResult)>,
+    revision: u64,
+}
+
+impl Overlay<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>> {
+        if let Some((v, _)) = self.keys.get(key) {
+            return Ok(v.clone());
+        }
+        let v = match self.store.db.get_cf(self.store.kv_cf(), key)? {
+            Some(b) => Some(decode_value(&b)?),
+            None => None,
+        };
+        self.keys.insert(key.to_vec(), (v.clone(), false));
+        Ok(v)
+    }
+
+    fn session(&mut self, client_id: u64) -> Result<Option<(u64, WriteResult)>> {
+        if let Some(s) = self.sessions.get(&client_id) {
+            return Ok(Some(s.clone()));
+        }
+        self.store.load_session(client_id)
+    }
+
+    fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
+        self.revision += 1;
+        let version = self.revision;
+        let value = value.map(|value| Versioned { value, version });
+        self.keys.insert(key.to_vec(), (value, true));
+        version
+    }
+
+    fn execute(&mut self, op: &WriteOp) -> Result<WriteResult> {
+        Ok(match op {
+            WriteOp::Put {
+                key,
+                value,
+                return_prev,
+            } => {
+                let prev = if *return_prev { self.get(key)? } else { None };
+                let version = self.set(key, Some(value.clone()));
+                WriteResult::Put { version, prev }
+            }
+            WriteOp::Delete { key, return_prev } => {
+                let cur = self.get(key)?;
+                let deleted = cur.is_some();
+                if deleted {
+                    self.set(key, None);
+                }
+                WriteResult::Delete {
+                    deleted,
+                    prev: if *return_prev { cur } else { None },
+                }
+            }
+            WriteOp::Cas {
+                key,
+                expect,
+                new_value,
+            } => {
+                let cur = self.get(key)?;
+                let matches = match (expect, &cur) {
+                    (Expect::Value(v), Some(c)) => &c.value == v,
+                    (Expect::Value(_), None) => false,
+                    (Expect::Version(v), Some(c)) => c.version == *v,
+                    (Expect::Version(v), None) => *v == 0,
+                };
+                if matches {
+                    let version = self.set(key, Some(new_value.clone()));
+                    WriteResult::Cas {
+                        succeeded: true,
+                        version,
+                        current: None,
+                    }
+                } else {
+                    WriteResult::Cas {
+                        succeeded: false,
+                        version: cur.as_ref().map_or(0, |c| c.version),
+                        current: cur,
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl StateMachine for KvStore {
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    fn apply(&mut self, index: u64, commands: &[Command]) -> Result<Vec<WriteResult>> {
+        if index != self.applied {
+            return Err(Error::Internal(format!(
+                "apply of entry {index} but {} entries are applied",
+                self.applied
+            )));
+        }
+        let mut overlay = Overlay {
+            store: self,
+            keys: HashMap::new(),
+            sessions: HashMap::new(),
+            revision: self.revision,
+        };
+        let mut results = Vec::with_capacity(commands.len());
+        for cmd in commands {
+            let result = match overlay.session(cmd.client_id)? {
+                Some((last, res)) if last == cmd.seq => res,
+                Some((last, _)) if last > cmd.seq => WriteResult::Rejected(format!(
+                    "sequence number {} of client {} is older than its last applied one ({last})",
+                    cmd.seq, cmd.client_id
+                )),
+                _ => {
+                    let res = overlay.execute(&cmd.op)?;
+                    overlay
+                        .sessions
+                        .insert(cmd.client_id, (cmd.seq, res.clone()));
+                    res
+                }
+            };
+            results.push(result);
+        }
+        let (keys, sessions, revision) = (overlay.keys, overlay.sessions, overlay.revision);
+        let mut batch = WriteBatch::default();
+        let kv = self.kv_cf();
+        for (k, (v, _)) in keys.into_iter().filter(|(_, (_, dirty))| *dirty) {
+            match v {
+                Some(v) => batch.put_cf(kv, k, encode_value(&v)),
+                None => batch.delete_cf(kv, k),
+            }
+        }
+        let sm = self.sm_cf();
+        for (client, s) in sessions {
+            batch.put_cf(sm, session_key(client), bincode::serialize(&s)?);
+        }
+        batch.put_cf(sm, K_APPLIED, u64_key(index + 1));
+        batch.put_cf(sm, K_REVISION, u64_key(revision));
+        // Not synced on purpose: the log entry is already durable; if this batch is lost
+        // in an OS crash, the applied index is lost with it and the entry is applied again.
+        self.db.write(batch)?;
+        self.applied = index + 1;
+        self.revision = revision;
+        Ok(results)
+    }
+}

@@ -1,0 +1,28 @@
+//! paxosdb: a replicated, strongly consistent key-value database.
+//!
+//! Every node keeps a full copy of the data in RocksDB. Changes are first ordered in a
+//! replicated log (OmniPaxos) and then applied by every node in the same order. The crate
+//! is organised by layer, top to bottom:
+//!
+//! - [`api`]: the gRPC service (decode, validate, call the node);
+//! - [`client`]: the Rust client library (leader-agnostic, retries, sessions);
+//! - [`node`]: the task that owns the OmniPaxos instance, batches commands, applies
+//!   decided entries and answers waiters; [`server`] wires a node to its listeners;
+//! - [`transport`]: peer-to-peer TCP with framed messages;
+//! - [`kv`]: the state machine; [`storage`]: the log storage and the RocksDB home.
+//!
+//! `docs/architecture.md` follows a write and a read through these layers.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod kv;
+pub mod node;
+pub mod server;
+pub mod storage;
+pub mod transport;
+
+pub use error::{Error, Result};

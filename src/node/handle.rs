@@ -1,0 +1,151 @@
+//! [`NodeHandle`]: the protocol-neutral API every listener (gRPC today, HTTP and Redis
+//! later) calls. It validates input, hands writes and read barriers to the node thread,
+//! and serves reads from the local state machine once their barrier is applied.
+//!
+//! Nothing here retries: a write either gets its applied result, an error saying nothing
+//! happened, or [`Error::OutcomeUnknown`].
+
+use super::Event;
+use crate::command::{Command, KeyValue, Limits, NodeId, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::error::{Error, Result};
+use crate::kv::KvStore;
+use std::sync::mpsc::Sender;
+use tokio::sync::oneshot;
+
+/// Largest number of rows one scan returns.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+/// Rows a scan returns when no limit is given.
+pub const DEFAULT_SCAN_LIMIT: usize = 1000;
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started (the default).
+    Linearizable,
+    /// This node's local copy, possibly behind; the answer reports its applied index.
+    Stale,
+}
+
+/// A node's role as it sees itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    /// No leader known, or this node is still becoming leader.
+    Candidate,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+        }
+    }
+}
+
+/// A snapshot of the node's consensus state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub decided_index: u64,
+    pub applied_index: u64,
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) tx: Sender<Event>,
+    pub(crate) kv: KvStore,
+    pub(crate) limits: Limits,
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the node is shutting down".into())
+}
+
+impl NodeHandle {
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Replicates one write and returns its result once it is decided and applied here.
+    pub async fn write(&self, client_id: u64, seq: u64, op: WriteOp) -> Result<WriteResult> {
+        if client_id == 0 || seq == 0 {
+            return Err(Error::invalid(
+                "a write needs a session: client_id and seq must be non-zero",
+            ));
+        }
+        self.limits.check_write(&op)?;
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command { client_id, seq, op };
+        self.tx.send(Event::Write { cmd, reply }).map_err(|_| stopped())?;
+        match rx.await {
+            Ok(Ok(WriteResult::Rejected(why))) => Err(Error::InvalidInput(why)),
+            Ok(r) => r,
+            Err(_) => Err(Error::OutcomeUnknown(
+                "the node stopped while the write was in flight".into(),
+            )),
+        }
+    }
+
+    /// Waits until this node's state reflects every write acknowledged before the call.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Event::ReadBarrier { reply }).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    async fn prepare_read(&self, consistency: Consistency) -> Result<()> {
+        match consistency {
+            Consistency::Linearizable => self.read_barrier().await,
+            Consistency::Stale => Ok(()),
+        }
+    }
+
+    /// Reads one key; returns the value (if any) and the applied index it reflects.
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<(Option<Versioned>, u64)> {
+        self.limits.check_key(key)?;
+        self.prepare_read(consistency).await?;
+        self.kv.get(key)
+    }
+
+    /// Scans a range; returns rows, whether more exist, and the applied index.
+    pub async fn scan(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<KeyValue>, bool, u64)> {
+        let limit = match limit {
+            0 => DEFAULT_SCAN_LIMIT,
+            n => n.min(MAX_SCAN_LIMIT),
+        };
+        if let ScanRange::Range { from, to: Some(to) } = range {
+            if to < from {
+                return Err(Error::invalid("scan range end is before its start"));
+            }
+        }
+        self.prepare_read(consistency).await?;
+        self.kv.scan(range, limit)
+    }
+
+    /// This node's consensus state.
+    pub async fn status(&self) -> Result<NodeStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Event::Status { reply }).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// Asks the node thread to stop.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Event::Shutdown);
+    }
+}

@@ -1,0 +1,212 @@
+//! Starting and stopping a complete node: data directory, RocksDB, storage, state
+//! machine, node thread, peer transport and client listeners.
+//!
+//! Start-up order matters: the configuration is validated, the data directory locked and
+//! checked to belong to this node id, and every listener bound *before* anything runs, so a
+//! misconfigured node fails at once with one clear line. Every listener is described the
+//! same way (name, address) and reported by `status` and to peers.
+
+use crate::api::{grpc, pb};
+use crate::command::NodeId;
+use crate::config::{resolve, Config};
+use crate::error::{Error, Result};
+use crate::kv::{KvStore, StateMachine};
+use crate::node::{Core, CoreConfig, NodeHandle};
+use crate::storage::db::{DataDir, CF_META};
+use crate::storage::rocks::RocksStorage;
+use crate::transport::{self, PeerTable, TransportConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Static facts about a running server, shared with the API services.
+pub struct ServerInfo {
+    pub config: Config,
+    /// This node's listeners, name → address.
+    pub listeners: Vec<(String, String)>,
+    pub peers: PeerTable,
+}
+
+/// A node that is up and serving.
+pub struct RunningServer {
+    pub handle: NodeHandle,
+    pub info: Arc<ServerInfo>,
+    pub client_addr: SocketAddr,
+    node_thread: Option<std::thread::JoinHandle<()>>,
+    grpc_stop: Option<oneshot::Sender<()>>,
+    grpc_task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: DataDir,
+}
+
+async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
+    let sa = resolve(addr, what)?;
+    TcpListener::bind(sa)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {addr} ({what}): {e}")))
+}
+
+/// Records the node id and member ids in a new data directory, or checks that an existing
+/// one was made for this node and cluster.
+fn check_identity(db: &rocksdb::DB, cfg: &Config) -> Result<()> {
+    let meta = db.cf_handle(CF_META).expect("meta column family");
+    let mut ids: Vec<NodeId> = cfg.peers.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    let want = format!("node={} members={:?}", cfg.id, ids);
+    match db.get_cf(meta, b"identity")? {
+        Some(have) if have == want.as_bytes() => Ok(()),
+        Some(have) => Err(Error::Config(format!(
+            "data directory {} belongs to {}, but this node is configured as {want}; \
+             use the matching --id/--peers or another --data-dir",
+            cfg.data_dir.display(),
+            String::from_utf8_lossy(&have)
+        ))),
+        None => {
+            let mut opts = rocksdb::WriteOptions::default();
+            opts.set_sync(true);
+            let mut b = rocksdb::WriteBatch::default();
+            b.put_cf(meta, b"identity", want.as_bytes());
+            db.write_opt(b, &opts)?;
+            Ok(())
+        }
+    }
+}
+
+/// Starts a node from `cfg`. Must be called inside a Tokio runtime.
+pub async fn start(cfg: Config) -> Result<RunningServer> {
+    cfg.validate()?;
+    let dir = DataDir::lock(&cfg.data_dir)?;
+    let db = dir.open_db()?;
+    check_identity(&db, &cfg)?;
+    let storage = RocksStorage::open(db.clone())?;
+    let kv = KvStore::open(db.clone())?;
+
+    let own_peer = cfg.own_peer_addr().expect("validated").to_string();
+    let peer_listener = bind(&own_peer, "peer address").await?;
+    let client_listener = bind(&cfg.client_addr, "client address").await?;
+    let client_addr = client_listener.local_addr()?;
+    let listeners = vec![
+        ("grpc".to_string(), client_addr.to_string()),
+        ("peer".to_string(), peer_listener.local_addr()?.to_string()),
+    ];
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let table = PeerTable::default();
+    let tcfg = TransportConfig {
+        id: cfg.id,
+        peers: cfg.peers.iter().map(|m| (m.id, m.addr.clone())).collect(),
+        listeners: listeners.clone(),
+        max_frame: cfg.max_frame_bytes,
+    };
+    let net = transport::start_senders(&tcfg, tx.clone(), table.clone());
+    tracing::info!(
+        id = cfg.id,
+        applied = kv.applied_index(),
+        "node starting; data in {}",
+        cfg.data_dir.display()
+    );
+    let core = Core::new(
+        CoreConfig {
+            id: cfg.id,
+            nodes: cfg.peers.iter().map(|m| m.id).collect(),
+            tick: Duration::from_millis(cfg.tick_ms),
+            election_ticks: cfg.election_ticks,
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            repropose_after: Duration::from_millis(cfg.repropose_ms),
+            max_batch_commands: cfg.max_batch_commands,
+            max_batch_bytes: (cfg.max_frame_bytes / 4).max(cfg.max_value_size * 2),
+            first_batch_id: rand::random::<u64>() >> 1,
+        },
+        storage,
+        Box::new(kv.clone()),
+        Box::new(net),
+    )?;
+    let node_thread = std::thread::Builder::new()
+        .name(format!("paxosdb-node-{}", cfg.id))
+        .spawn(move || core.run(rx))
+        .map_err(|e| Error::Internal(format!("cannot start node thread: {e}")))?;
+
+    let handle = NodeHandle {
+        tx,
+        kv,
+        limits: cfg.limits(),
+    };
+    let info = Arc::new(ServerInfo {
+        config: cfg,
+        listeners,
+        peers: table.clone(),
+    });
+    let accept = tokio::spawn(transport::accept_loop(
+        peer_listener,
+        tcfg,
+        handle.tx.clone(),
+        table,
+    ));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
+    let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
+        node: handle.clone(),
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(64 * 1024 * 1024);
+    let cluster_svc = pb::cluster_server::ClusterServer::new(grpc::ClusterService {
+        node: handle.clone(),
+        info: info.clone(),
+    });
+    let (grpc_stop, stop_rx) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(client_listener);
+    let grpc_task = tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(reflection)
+            .add_service(kv_svc)
+            .add_service(cluster_svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    });
+    tracing::info!(id = info.config.id, grpc = %client_addr, peer = %own_peer, "node serving");
+    Ok(RunningServer {
+        handle,
+        info,
+        client_addr,
+        node_thread: Some(node_thread),
+        grpc_stop: Some(grpc_stop),
+        grpc_task,
+        tasks: vec![accept],
+        _dir: dir,
+    })
+}
+
+impl RunningServer {
+    /// True while the node thread runs (it stops only on shutdown or a fatal error).
+    pub fn node_alive(&self) -> bool {
+        self.node_thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops listeners and the node thread, and releases the data directory.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.grpc_stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.grpc_task).await;
+        self.grpc_task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.handle.shutdown();
+        if let Some(t) = self.node_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        tracing::info!(id = self.info.config.id, "node stopped");
+    }
+}

@@ -1,0 +1,133 @@
+//! An in-memory `omnipaxos::storage::Storage`, the twin of [`super::rocks::RocksStorage`].
+//!
+//! Used by tests and the simulation. It keeps the same global-index semantics: the log
+//! holds entries `[first, next)`; trimming advances `first`. Every operation is infallible,
+//! so `write_atomically` is atomic by construction.
+
+use super::{interval_present, Res};
+use crate::command::LogEntry;
+use omnipaxos::ballot_leader_election::Ballot;
+use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp};
+
+/// The log and Paxos metadata, in memory.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    first: usize,
+    log: Vec<LogEntry>,
+    promise: Option<Ballot>,
+    accepted_round: Option<Ballot>,
+    decided: usize,
+    compacted: usize,
+    stopsign: Option<StopSign>,
+    snapshot: Option<NoSnapshot>,
+}
+
+impl MemStorage {
+    fn next(&self) -> usize {
+        self.first + self.log.len()
+    }
+
+    fn apply(&mut self, op: StorageOp<LogEntry>) {
+        match op {
+            StorageOp::AppendEntry(e) => self.log.push(e),
+            StorageOp::AppendEntries(mut es) => self.log.append(&mut es),
+            StorageOp::AppendOnPrefix(from, mut es) => {
+                if from < self.first {
+                    // Everything before `from` that we still hold is replaced.
+                    self.log.clear();
+                    self.first = from;
+                } else {
+                    self.log.truncate(from - self.first);
+                    // A gap (from > next) cannot be represented; OmniPaxos never asks it.
+                    if from > self.next() {
+                        self.log.clear();
+                        self.first = from;
+                    }
+                }
+                self.log.append(&mut es);
+            }
+            StorageOp::SetPromise(b) => self.promise = Some(b),
+            StorageOp::SetDecidedIndex(i) => self.decided = i,
+            StorageOp::SetAcceptedRound(b) => self.accepted_round = Some(b),
+            StorageOp::SetCompactedIdx(i) => self.compacted = i,
+            StorageOp::Trim(idx) => {
+                if idx > self.first {
+                    let n = (idx - self.first).min(self.log.len());
+                    self.log.drain(..n);
+                    self.first = idx;
+                }
+            }
+            StorageOp::SetStopsign(s) => self.stopsign = s,
+            StorageOp::SetSnapshot(s) => self.snapshot = s,
+        }
+    }
+}
+
+impl Storage<LogEntry> for MemStorage {
+    fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> Res<()> {
+        for op in ops {
+            self.apply(op);
+        }
+        Ok(())
+    }
+    fn append_entry(&mut self, entry: LogEntry) -> Res<()> {
+        self.write_atomically(vec![StorageOp::AppendEntry(entry)])
+    }
+    fn append_entries(&mut self, entries: Vec<LogEntry>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::AppendEntries(entries)])
+    }
+    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::AppendOnPrefix(from_idx, entries)])
+    }
+    fn set_promise(&mut self, n_prom: Ballot) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetPromise(n_prom)])
+    }
+    fn set_decided_idx(&mut self, ld: usize) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetDecidedIndex(ld)])
+    }
+    fn get_decided_idx(&self) -> Res<usize> {
+        Ok(self.decided)
+    }
+    fn set_accepted_round(&mut self, na: Ballot) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetAcceptedRound(na)])
+    }
+    fn get_accepted_round(&self) -> Res<Option<Ballot>> {
+        Ok(self.accepted_round)
+    }
+    fn get_entries(&self, from: usize, to: usize) -> Res<Vec<LogEntry>> {
+        if !interval_present(from, to, self.first, self.next()) {
+            return Ok(vec![]);
+        }
+        Ok(self.log[from - self.first..to - self.first].to_vec())
+    }
+    fn get_log_len(&self) -> Res<usize> {
+        Ok(self.next().saturating_sub(self.compacted))
+    }
+    fn get_suffix(&self, from: usize) -> Res<Vec<LogEntry>> {
+        self.get_entries(from, self.next())
+    }
+    fn get_promise(&self) -> Res<Option<Ballot>> {
+        Ok(self.promise)
+    }
+    fn set_stopsign(&mut self, s: Option<StopSign>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetStopsign(s)])
+    }
+    fn get_stopsign(&self) -> Res<Option<StopSign>> {
+        Ok(self.stopsign.clone())
+    }
+    fn trim(&mut self, idx: usize) -> Res<()> {
+        self.write_atomically(vec![StorageOp::Trim(idx)])
+    }
+    fn set_compacted_idx(&mut self, idx: usize) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetCompactedIdx(idx)])
+    }
+    fn get_compacted_idx(&self) -> Res<usize> {
+        Ok(self.compacted)
+    }
+    fn set_snapshot(&mut self, snapshot: Option<NoSnapshot>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetSnapshot(snapshot)])
+    }
+    fn get_snapshot(&self) -> Res<Option<NoSnapshot>> {
+        Ok(self.snapshot)
+    }
+}

@@ -1,0 +1,252 @@
+//! `omnipaxos::storage::Storage` on the node's RocksDB.
+//!
+//! Layout: [`CF_LOG`] maps a big-endian global index to a bincode [`LogEntry`];
+//! [`CF_META`] holds the Paxos metadata under short names. The log bounds `[first, next)`
+//! are stored in the same batches as the entries they describe.
+//!
+//! Invariants:
+//! - every write, single operation or `write_atomically`, is one RocksDB `WriteBatch`
+//!   written with `sync = true`: when a call returns, its effect survives a crash, and a
+//!   failed call changed nothing (OmniPaxos relies on both);
+//! - the in-memory cache of metadata is replaced only after the batch is durable.
+
+use super::db::{read_u64, u64_key, CF_LOG, CF_META};
+use super::{interval_present, storage_err, Res};
+use crate::command::LogEntry;
+use crate::error::{Error, Result};
+use omnipaxos::ballot_leader_election::Ballot;
+use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
+
+const K_FIRST: &[u8] = b"log_first";
+const K_NEXT: &[u8] = b"log_next";
+const K_PROMISE: &[u8] = b"promise";
+const K_ACCEPTED: &[u8] = b"accepted_round";
+const K_DECIDED: &[u8] = b"decided";
+const K_COMPACTED: &[u8] = b"compacted";
+const K_STOPSIGN: &[u8] = b"stopsign";
+const K_SNAPSHOT: &[u8] = b"snapshot";
+
+#[derive(Clone, Debug, Default)]
+struct Meta {
+    first: usize,
+    next: usize,
+    promise: Option<Ballot>,
+    accepted_round: Option<Ballot>,
+    decided: usize,
+    compacted: usize,
+    stopsign: Option<StopSign>,
+    snapshot: Option<NoSnapshot>,
+}
+
+/// The durable OmniPaxos storage of one node.
+pub struct RocksStorage {
+    db: Arc<DB>,
+    meta: Meta,
+    sync: WriteOptions,
+}
+
+fn enc<T: Serialize>(v: &T) -> Res<Vec<u8>> {
+    bincode::serialize(v).map_err(storage_err)
+}
+
+impl RocksStorage {
+    /// Loads the log bounds and metadata from `db`.
+    pub fn open(db: Arc<DB>) -> Result<RocksStorage> {
+        let cf = db.cf_handle(CF_META).expect("meta column family");
+        let get_u64 = |k: &[u8]| -> Result<usize> {
+            Ok(match db.get_cf(cf, k)? {
+                Some(v) => read_u64(&v)? as usize,
+                None => 0,
+            })
+        };
+        fn get_obj<T: DeserializeOwned>(db: &DB, k: &[u8]) -> Result<Option<T>> {
+            let cf = db.cf_handle(CF_META).expect("meta column family");
+            match db.get_cf(cf, k)? {
+                Some(v) => Ok(Some(bincode::deserialize(&v).map_err(|e| {
+                    Error::Storage(format!("corrupt metadata {}: {e}", String::from_utf8_lossy(k)))
+                })?)),
+                None => Ok(None),
+            }
+        }
+        let meta = Meta {
+            first: get_u64(K_FIRST)?,
+            next: get_u64(K_NEXT)?,
+            decided: get_u64(K_DECIDED)?,
+            compacted: get_u64(K_COMPACTED)?,
+            promise: get_obj(&db, K_PROMISE)?,
+            accepted_round: get_obj(&db, K_ACCEPTED)?,
+            stopsign: get_obj::<Option<StopSign>>(&db, K_STOPSIGN)?.flatten(),
+            snapshot: get_obj::<Option<NoSnapshot>>(&db, K_SNAPSHOT)?.flatten(),
+        };
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        Ok(RocksStorage { db, meta, sync })
+    }
+
+    fn log_cf(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_LOG).expect("log column family")
+    }
+
+    fn meta_cf(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_META).expect("meta column family")
+    }
+
+    /// Adds one operation to `batch`, updating the staged metadata `m`.
+    fn stage(&self, op: StorageOp<LogEntry>, batch: &mut WriteBatch, m: &mut Meta) -> Res<()> {
+        let (log, meta) = (self.log_cf(), self.meta_cf());
+        match op {
+            StorageOp::AppendEntry(e) => {
+                batch.put_cf(log, u64_key(m.next as u64), enc(&e)?);
+                m.next += 1;
+            }
+            StorageOp::AppendEntries(es) => {
+                for e in es {
+                    batch.put_cf(log, u64_key(m.next as u64), enc(&e)?);
+                    m.next += 1;
+                }
+            }
+            StorageOp::AppendOnPrefix(from, es) => {
+                if from < m.next {
+                    batch.delete_range_cf(log, u64_key(from as u64), u64_key(m.next as u64));
+                }
+                if from < m.first || from > m.next {
+                    batch.delete_range_cf(log, u64_key(m.first as u64), u64_key(from as u64));
+                    m.first = from;
+                }
+                m.next = from;
+                for e in es {
+                    batch.put_cf(log, u64_key(m.next as u64), enc(&e)?);
+                    m.next += 1;
+                }
+            }
+            StorageOp::SetPromise(b) => {
+                batch.put_cf(meta, K_PROMISE, enc(&b)?);
+                m.promise = Some(b);
+            }
+            StorageOp::SetDecidedIndex(i) => {
+                batch.put_cf(meta, K_DECIDED, u64_key(i as u64));
+                m.decided = i;
+            }
+            StorageOp::SetAcceptedRound(b) => {
+                batch.put_cf(meta, K_ACCEPTED, enc(&b)?);
+                m.accepted_round = Some(b);
+            }
+            StorageOp::SetCompactedIdx(i) => {
+                batch.put_cf(meta, K_COMPACTED, u64_key(i as u64));
+                m.compacted = i;
+            }
+            StorageOp::Trim(idx) => {
+                if idx > m.first {
+                    batch.delete_range_cf(log, u64_key(m.first as u64), u64_key(idx as u64));
+                    m.first = idx;
+                    m.next = m.next.max(idx);
+                }
+            }
+            StorageOp::SetStopsign(s) => {
+                batch.put_cf(meta, K_STOPSIGN, enc(&s)?);
+                m.stopsign = s;
+            }
+            StorageOp::SetSnapshot(s) => {
+                batch.put_cf(meta, K_SNAPSHOT, enc(&s)?);
+                m.snapshot = s;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Storage<LogEntry> for RocksStorage {
+    fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> Res<()> {
+        let mut batch = WriteBatch::default();
+        let mut staged = self.meta.clone();
+        for op in ops {
+            self.stage(op, &mut batch, &mut staged)?;
+        }
+        if (staged.first, staged.next) != (self.meta.first, self.meta.next) {
+            let meta = self.meta_cf();
+            batch.put_cf(meta, K_FIRST, u64_key(staged.first as u64));
+            batch.put_cf(meta, K_NEXT, u64_key(staged.next as u64));
+        }
+        self.db.write_opt(batch, &self.sync).map_err(storage_err)?;
+        self.meta = staged;
+        Ok(())
+    }
+    fn append_entry(&mut self, entry: LogEntry) -> Res<()> {
+        self.write_atomically(vec![StorageOp::AppendEntry(entry)])
+    }
+    fn append_entries(&mut self, entries: Vec<LogEntry>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::AppendEntries(entries)])
+    }
+    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::AppendOnPrefix(from_idx, entries)])
+    }
+    fn set_promise(&mut self, n_prom: Ballot) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetPromise(n_prom)])
+    }
+    fn set_decided_idx(&mut self, ld: usize) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetDecidedIndex(ld)])
+    }
+    fn get_decided_idx(&self) -> Res<usize> {
+        Ok(self.meta.decided)
+    }
+    fn set_accepted_round(&mut self, na: Ballot) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetAcceptedRound(na)])
+    }
+    fn get_accepted_round(&self) -> Res<Option<Ballot>> {
+        Ok(self.meta.accepted_round)
+    }
+    fn get_entries(&self, from: usize, to: usize) -> Res<Vec<LogEntry>> {
+        if !interval_present(from, to, self.meta.first, self.meta.next) {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::with_capacity(to - from);
+        let iter = self.db.iterator_cf(
+            self.log_cf(),
+            rocksdb::IteratorMode::From(&u64_key(from as u64), rocksdb::Direction::Forward),
+        );
+        for item in iter.take(to - from) {
+            let (_, v) = item.map_err(storage_err)?;
+            out.push(bincode::deserialize(&v).map_err(storage_err)?);
+        }
+        if out.len() != to - from {
+            return Err(storage_err(format!(
+                "log is missing entries in [{from}, {to}): found {}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+    fn get_log_len(&self) -> Res<usize> {
+        Ok(self.meta.next.saturating_sub(self.meta.compacted))
+    }
+    fn get_suffix(&self, from: usize) -> Res<Vec<LogEntry>> {
+        self.get_entries(from, self.meta.next)
+    }
+    fn get_promise(&self) -> Res<Option<Ballot>> {
+        Ok(self.meta.promise)
+    }
+    fn set_stopsign(&mut self, s: Option<StopSign>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetStopsign(s)])
+    }
+    fn get_stopsign(&self) -> Res<Option<StopSign>> {
+        Ok(self.meta.stopsign.clone())
+    }
+    fn trim(&mut self, idx: usize) -> Res<()> {
+        self.write_atomically(vec![StorageOp::Trim(idx)])
+    }
+    fn set_compacted_idx(&mut self, idx: usize) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetCompactedIdx(idx)])
+    }
+    fn get_compacted_idx(&self) -> Res<usize> {
+        Ok(self.meta.compacted)
+    }
+    fn set_snapshot(&mut self, snapshot: Option<NoSnapshot>) -> Res<()> {
+        self.write_atomically(vec![StorageOp::SetSnapshot(snapshot)])
+    }
+    fn get_snapshot(&self) -> Res<Option<NoSnapshot>> {
+        Ok(self.meta.snapshot)
+    }
+}

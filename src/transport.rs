@@ -1,0 +1,289 @@
+//! Peer-to-peer TCP transport for OmniPaxos messages.
+//!
+//! Wire format: every frame is a 4-byte big-endian length followed by that many bytes of
+//! bincode. The first frame on a connection is a [`Hello`] (magic, protocol version, sender
+//! and receiver ids, the sender's listeners and pid); every later frame is one
+//! `omnipaxos::messages::Message`. Connections are one-way: each node dials every peer and
+//! sends on that connection; it receives on the connections peers dialed.
+//!
+//! Invariants:
+//! - one sender task per peer owns that peer's outgoing connection; it reconnects with
+//!   exponential backoff and tells the node `Reconnected(pid)` after every successful
+//!   reconnect, so OmniPaxos can resynchronise;
+//! - a frame that is oversized, undecodable, from an unknown node, or whose message claims
+//!   another sender closes that connection and is logged; the node keeps running;
+//! - sending never blocks the node: a full queue drops the message (OmniPaxos resends).
+
+use crate::command::{LogEntry, NodeId};
+use crate::node::{Event, Network};
+use bincode::Options;
+use omnipaxos::messages::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc as tmpsc;
+
+const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
+const PROTOCOL_VERSION: u32 = 1;
+const QUEUE_PER_PEER: usize = 16 * 1024;
+
+/// The first frame on every peer connection.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub magic: u64,
+    pub version: u32,
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's listeners, name → address (e.g. "grpc" → "127.0.0.1:7001").
+    pub listeners: Vec<(String, String)>,
+    pub pid: u32,
+}
+
+/// What this node knows of a peer, for status reports.
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    pub listeners: Vec<(String, String)>,
+    pub pid: u32,
+    /// Our outgoing connection to it is up.
+    pub connected: bool,
+}
+
+/// Shared view of the peers, updated by the transport tasks.
+pub type PeerTable = Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>;
+
+fn codec(limit: usize) -> impl Options {
+    bincode::DefaultOptions::new().with_limit(limit as u64)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    value: &T,
+    limit: usize,
+) -> std::io::Result<()> {
+    let bytes = codec(limit)
+        .serialize(value)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    w.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    w.write_all(&bytes).await
+}
+
+/// Reads one frame; an oversized or undecodable frame is an `InvalidData` error.
+pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    limit: usize,
+) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {limit}"),
+        ));
+    }
+    // Grow as bytes arrive instead of trusting the length prefix with an allocation.
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    let n = r.take(len as u64).read_to_end(&mut buf).await?;
+    if n != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    codec(limit)
+        .deserialize(&buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The sending half handed to the node: one queue per peer.
+pub struct PeerSender {
+    queues: HashMap<NodeId, tmpsc::Sender<Message<LogEntry>>>,
+}
+
+impl Network for PeerSender {
+    fn send(&self, msg: Message<LogEntry>) {
+        if let Some(q) = self.queues.get(&msg.get_receiver()) {
+            // Full or closed: drop; OmniPaxos resends on its timers.
+            let _ = q.try_send(msg);
+        }
+    }
+}
+
+/// Settings the transport needs.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub id: NodeId,
+    pub peers: Vec<(NodeId, String)>,
+    pub listeners: Vec<(String, String)>,
+    pub max_frame: usize,
+}
+
+/// Starts the sender task of every peer; returns the node-facing sender.
+pub fn start_senders(cfg: &TransportConfig, events: mpsc::Sender<Event>, table: PeerTable) -> PeerSender {
+    let mut queues = HashMap::new();
+    for (pid, addr) in cfg.peers.iter().filter(|(pid, _)| *pid != cfg.id) {
+        let (tx, rx) = tmpsc::channel(QUEUE_PER_PEER);
+        queues.insert(*pid, tx);
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            from: cfg.id,
+            to: *pid,
+            listeners: cfg.listeners.clone(),
+            pid: std::process::id(),
+        };
+        tokio::spawn(sender_task(
+            *pid,
+            addr.clone(),
+            hello,
+            rx,
+            events.clone(),
+            table.clone(),
+            cfg.max_frame,
+        ));
+    }
+    PeerSender { queues }
+}
+
+async fn sender_task(
+    pid: NodeId,
+    addr: String,
+    hello: Hello,
+    mut rx: tmpsc::Receiver<Message<LogEntry>>,
+    events: mpsc::Sender<Event>,
+    table: PeerTable,
+    max_frame: usize,
+) {
+    let mut backoff = Duration::from_millis(20);
+    let mut ever_connected = false;
+    loop {
+        let stream = match TcpStream::connect(&addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer = pid, %addr, "connect failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // Keep the queue from filling with stale messages while the peer is away.
+                while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut w = BufWriter::new(stream);
+        if write_frame(&mut w, &hello, max_frame).await.is_err() || w.flush().await.is_err() {
+            continue;
+        }
+        backoff = Duration::from_millis(20);
+        tracing::info!(peer = pid, %addr, "connected to peer");
+        set_connected(&table, pid, true);
+        if ever_connected && events.send(Event::Reconnected(pid)).is_err() {
+            return;
+        }
+        ever_connected = true;
+        loop {
+            let Some(msg) = rx.recv().await else { return };
+            let mut res = write_frame(&mut w, &msg, max_frame).await;
+            while res.is_ok() {
+                match rx.try_recv() {
+                    Ok(msg) => res = write_frame(&mut w, &msg, max_frame).await,
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = res.and(w.flush().await) {
+                tracing::warn!(peer = pid, "connection lost: {e}");
+                break;
+            }
+        }
+        set_connected(&table, pid, false);
+    }
+}
+
+fn set_connected(table: &PeerTable, pid: NodeId, up: bool) {
+    table.lock().unwrap().entry(pid).or_default().connected = up;
+}
+
+/// Accepts peer connections on `listener` and feeds their messages to the node.
+pub async fn accept_loop(
+    listener: TcpListener,
+    cfg: TransportConfig,
+    events: mpsc::Sender<Event>,
+    table: PeerTable,
+) {
+    let cfg = Arc::new(cfg);
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("peer accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (cfg, events, table) = (cfg.clone(), events.clone(), table.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_peer(stream, &cfg, &events, &table).await {
+                tracing::warn!(%remote, "peer connection closed: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_peer(
+    stream: TcpStream,
+    cfg: &TransportConfig,
+    events: &mpsc::Sender<Event>,
+    table: &PeerTable,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let mut r = tokio::io::BufReader::new(stream);
+    let hello: Hello = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r, 64 * 1024))
+        .await
+        .map_err(|_| "no hello within 5s".to_string())?
+        .map_err(|e| format!("bad hello: {e}"))?;
+    if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "not a paxosdb peer of protocol {PROTOCOL_VERSION} (magic {:#x}, version {})",
+            hello.magic, hello.version
+        ));
+    }
+    if hello.to != cfg.id {
+        return Err(format!("peer {} wanted node {}, this is node {}", hello.from, hello.to, cfg.id));
+    }
+    if hello.from == cfg.id || !cfg.peers.iter().any(|(id, _)| *id == hello.from) {
+        return Err(format!("node {} is not a member of this cluster", hello.from));
+    }
+    let from = hello.from;
+    {
+        let mut t = table.lock().unwrap();
+        let info = t.entry(from).or_default();
+        info.listeners = hello.listeners;
+        info.pid = hello.pid;
+    }
+    loop {
+        let msg: Message<LogEntry> = match read_frame(&mut r, cfg.max_frame).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("from node {from}: {e}")),
+        };
+        if msg.get_sender() != from || msg.get_receiver() != cfg.id {
+            return Err(format!(
+                "node {from} sent a message claiming {} → {}",
+                msg.get_sender(),
+                msg.get_receiver()
+            ));
+        }
+        if events.send(Event::Peer(msg)).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Binds the peer listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
