@@ -173,7 +173,7 @@ impl Client {
         let n = self.inner.channels.len();
         let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
         let mut backoff = Duration::from_millis(10);
-        let mut last = String::new();
+        let mut last: String;
         loop {
             match f(self.inner.channels[idx].clone()).await {
                 Ok(v) => {
