@@ -127,7 +127,11 @@ impl Client {
         let mut names = Vec::new();
         for e in endpoints {
             let e = e.as_ref().trim();
-            let url = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+            let url = if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            };
             let ep = Endpoint::from_shared(url)
                 .map_err(|err| Error::invalid(format!("endpoint {e:?}: {err}")))?
                 .connect_timeout(Duration::from_millis(500))
@@ -153,7 +157,13 @@ impl Client {
     }
 
     fn take_session(&self) -> Session {
-        let mut s = self.inner.sessions.lock().unwrap().pop().unwrap_or_default();
+        let mut s = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or_default();
         s.seq += 1;
         s
     }

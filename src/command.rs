@@ -127,10 +127,7 @@ pub enum ScanRange {
     /// Every key starting with these bytes.
     Prefix(Vec<u8>),
     /// `from` inclusive to `to` exclusive; `None` means unbounded.
-    Range {
-        from: Vec<u8>,
-        to: Option<Vec<u8>>,
-    },
+    Range { from: Vec<u8>, to: Option<Vec<u8>> },
 }
 
 impl ScanRange {

@@ -240,19 +240,39 @@ mod tests {
     fn wrong_configs_are_refused_with_reason() {
         let mut c = cfg();
         c.id = 4;
-        assert!(c.validate().unwrap_err().to_string().contains("not in --peers"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not in --peers"));
         let mut c = cfg();
         c.peers[2].id = 2;
-        assert!(c.validate().unwrap_err().to_string().contains("appears twice"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
         let mut c = cfg();
         c.peers[2].addr = "127.0.0.1:7102".into();
-        assert!(c.validate().unwrap_err().to_string().contains("appears twice"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
         let mut c = cfg();
         c.client_addr = "127.0.0.1:7101".into();
-        assert!(c.validate().unwrap_err().to_string().contains("also a peer"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("also a peer"));
         let mut c = cfg();
         c.peers[0].addr = "nonsense".into();
-        assert!(c.validate().unwrap_err().to_string().contains("not a valid"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid"));
         assert!(parse_peers("1:127.0.0.1:1").is_err());
     }
 

@@ -121,7 +121,11 @@ pub struct TransportConfig {
 }
 
 /// Starts the sender task of every peer; returns the node-facing sender.
-pub fn start_senders(cfg: &TransportConfig, events: mpsc::Sender<Event>, table: PeerTable) -> PeerSender {
+pub fn start_senders(
+    cfg: &TransportConfig,
+    events: mpsc::Sender<Event>,
+    table: PeerTable,
+) -> PeerSender {
     let mut queues = HashMap::new();
     for (pid, addr) in cfg.peers.iter().filter(|(pid, _)| *pid != cfg.id) {
         let (tx, rx) = tmpsc::channel(QUEUE_PER_PEER);
@@ -252,10 +256,16 @@ async fn serve_peer(
         ));
     }
     if hello.to != cfg.id {
-        return Err(format!("peer {} wanted node {}, this is node {}", hello.from, hello.to, cfg.id));
+        return Err(format!(
+            "peer {} wanted node {}, this is node {}",
+            hello.from, hello.to, cfg.id
+        ));
     }
     if hello.from == cfg.id || !cfg.peers.iter().any(|(id, _)| *id == hello.from) {
-        return Err(format!("node {} is not a member of this cluster", hello.from));
+        return Err(format!(
+            "node {} is not a member of this cluster",
+            hello.from
+        ));
     }
     let from = hello.from;
     {

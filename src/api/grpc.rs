@@ -70,7 +70,12 @@ impl pb::kv_server::Kv for KvService {
             value: r.value,
             return_prev: r.return_prev,
         };
-        match self.node.write(client_id, seq, op).await.map_err(to_status)? {
+        match self
+            .node
+            .write(client_id, seq, op)
+            .await
+            .map_err(to_status)?
+        {
             WriteResult::Put { version, prev } => Ok(Response::new(pb::PutResponse {
                 version,
                 prev: pb_versioned(prev),
@@ -81,7 +86,11 @@ impl pb::kv_server::Kv for KvService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.into_inner();
-        let c = if r.stale { Consistency::Stale } else { Consistency::Linearizable };
+        let c = if r.stale {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
         let (kv, applied_index) = self.node.get(&r.key, c).await.map_err(to_status)?;
         Ok(Response::new(pb::GetResponse {
             kv: pb_versioned(kv),
@@ -99,7 +108,12 @@ impl pb::kv_server::Kv for KvService {
             key: r.key,
             return_prev: r.return_prev,
         };
-        match self.node.write(client_id, seq, op).await.map_err(to_status)? {
+        match self
+            .node
+            .write(client_id, seq, op)
+            .await
+            .map_err(to_status)?
+        {
             WriteResult::Delete { deleted, prev } => Ok(Response::new(pb::DeleteResponse {
                 deleted,
                 prev: pb_versioned(prev),
@@ -117,14 +131,23 @@ impl pb::kv_server::Kv for KvService {
         let expect = match r.expect {
             Some(pb::cas_request::Expect::ExpectValue(v)) => Expect::Value(v),
             Some(pb::cas_request::Expect::ExpectVersion(v)) => Expect::Version(v),
-            None => return Err(Status::invalid_argument("CAS needs expect_value or expect_version")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "CAS needs expect_value or expect_version",
+                ))
+            }
         };
         let op = WriteOp::Cas {
             key: r.key,
             expect,
             new_value: r.new_value,
         };
-        match self.node.write(client_id, seq, op).await.map_err(to_status)? {
+        match self
+            .node
+            .write(client_id, seq, op)
+            .await
+            .map_err(to_status)?
+        {
             WriteResult::Cas {
                 succeeded,
                 version,
@@ -138,7 +161,10 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
-    async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let r = req.into_inner();
         let range = match r.range {
             Some(pb::scan_request::Range::Prefix(p)) => ScanRange::Prefix(p),
@@ -148,7 +174,11 @@ impl pb::kv_server::Kv for KvService {
             },
             None => ScanRange::Prefix(vec![]),
         };
-        let c = if r.stale { Consistency::Stale } else { Consistency::Linearizable };
+        let c = if r.stale {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
         let (rows, more, applied_index) = self
             .node
             .scan(&range, r.limit as usize, c)

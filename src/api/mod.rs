@@ -8,5 +8,6 @@ pub mod grpc;
 pub mod pb {
     tonic::include_proto!("paxosdb.v1");
     /// Encoded descriptors for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("paxosdb_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("paxosdb_descriptor");
 }

@@ -40,14 +40,21 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..a.concurrency.max(1) {
-        let (c, value, read_ratio, keys, stale) =
-            (c.clone(), value.clone(), a.read_ratio, a.keys.max(1), a.stale);
+        let (c, value, read_ratio, keys, stale) = (
+            c.clone(),
+            value.clone(),
+            a.read_ratio,
+            a.keys.max(1),
+            a.stale,
+        );
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("histogram");
             let (mut errors, mut reads, mut writes) = (0u64, 0u64, 0u64);
             let mut n = w as u64;
             while Instant::now() < deadline {
-                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let key = format!("bench-{:08}", (n >> 16) % keys);
                 let is_read = ((n >> 40) as f64 / (1u64 << 24) as f64) < read_ratio;
                 let t = Instant::now();
@@ -100,5 +107,9 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         ms(hist.value_at_quantile(0.999)),
         ms(hist.max())
     );
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -53,7 +53,9 @@ fn prefix_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tag: Str
 
 async fn up(a: &UpArgs) -> Result<ExitCode> {
     if !(2..=9).contains(&a.nodes) {
-        return Err(Error::invalid("--nodes must be between 2 and 9 (3 or 5 recommended)"));
+        return Err(Error::invalid(
+            "--nodes must be between 2 and 9 (3 or 5 recommended)",
+        ));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Error::Internal(format!("cannot find own executable: {e}")))?;
@@ -85,14 +87,20 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
         prefix_lines(child.stderr.take().expect("piped"), format!("[n{n}]"));
         children.push((n, child));
     }
-    let endpoints: Vec<String> = (1..=a.nodes).map(|n| format!("127.0.0.1:{}", port(n, 0))).collect();
+    let endpoints: Vec<String> = (1..=a.nodes)
+        .map(|n| format!("127.0.0.1:{}", port(n, 0)))
+        .collect();
     println!(
         "paxosdb: {}-node cluster starting, data in {}",
         a.nodes,
         a.data_dir.display()
     );
     for n in 1..=a.nodes {
-        println!("  node {n}: client 127.0.0.1:{}  peer 127.0.0.1:{}", port(n, 0), port(n, 100));
+        println!(
+            "  node {n}: client 127.0.0.1:{}  peer 127.0.0.1:{}",
+            port(n, 0),
+            port(n, 100)
+        );
     }
     let default_eps = a.base_port == 7000 && a.nodes == 3;
     let env_hint = if default_eps {
@@ -140,6 +148,9 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             }
         }
     }
-    println!("paxosdb: cluster stopped; data kept in {}", a.data_dir.display());
+    println!(
+        "paxosdb: cluster stopped; data kept in {}",
+        a.data_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -43,7 +43,11 @@ pub struct DeleteArgs {
 pub struct CasArgs {
     pub key: String,
     /// Expected current value.
-    #[arg(long, conflicts_with = "expect_version", required_unless_present = "expect_version")]
+    #[arg(
+        long,
+        conflicts_with = "expect_version",
+        required_unless_present = "expect_version"
+    )]
     pub expect: Option<String>,
     /// Expected current version (0 = the key must be absent).
     #[arg(long)]
@@ -91,7 +95,9 @@ fn print_json(v: serde_json::Value) {
 }
 
 pub async fn put(cli: &Cli, a: &PutArgs) -> Result<ExitCode> {
-    let r = client(cli)?.put(a.key.as_bytes(), a.value.as_bytes(), a.prev).await?;
+    let r = client(cli)?
+        .put(a.key.as_bytes(), a.value.as_bytes(), a.prev)
+        .await?;
     if a.json {
         print_json(json!({"version": r.version, "prev": vjson(&r.prev)}));
     } else {
@@ -112,13 +118,20 @@ pub async fn get(cli: &Cli, a: &GetArgs) -> Result<ExitCode> {
             out["version"] = json!(v.version);
         }
         print_json(out);
-        return Ok(if v.is_some() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if v.is_some() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     match v {
         Some(v) => {
             println!("{}", text(&v.value));
             if a.stale {
-                eprintln!("(stale read: version {}, node applied index {applied})", v.version);
+                eprintln!(
+                    "(stale read: version {}, node applied index {applied})",
+                    v.version
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -134,7 +147,14 @@ pub async fn delete(cli: &Cli, a: &DeleteArgs) -> Result<ExitCode> {
     if a.json {
         print_json(json!({"deleted": r.deleted, "prev": vjson(&r.prev)}));
     } else {
-        println!("{}", if r.deleted { "deleted" } else { "not found (nothing deleted)" });
+        println!(
+            "{}",
+            if r.deleted {
+                "deleted"
+            } else {
+                "not found (nothing deleted)"
+            }
+        );
         if let Some(p) = &r.prev {
             println!("prev={} prev_version={}", text(&p.value), p.version);
         }
@@ -146,11 +166,19 @@ pub async fn cas(cli: &Cli, a: &CasArgs) -> Result<ExitCode> {
     let expect = match (&a.expect, a.expect_version) {
         (Some(v), None) => CasExpect::Value(v.as_bytes().to_vec()),
         (None, Some(v)) => CasExpect::Version(v),
-        _ => return Err(Error::invalid("give exactly one of --expect or --expect-version")),
+        _ => {
+            return Err(Error::invalid(
+                "give exactly one of --expect or --expect-version",
+            ))
+        }
     };
-    let r = client(cli)?.cas(a.key.as_bytes(), expect, a.new_value.as_bytes()).await?;
+    let r = client(cli)?
+        .cas(a.key.as_bytes(), expect, a.new_value.as_bytes())
+        .await?;
     if a.json {
-        print_json(json!({"succeeded": r.succeeded, "version": r.version, "current": vjson(&r.current)}));
+        print_json(
+            json!({"succeeded": r.succeeded, "version": r.version, "current": vjson(&r.current)}),
+        );
     } else if r.succeeded {
         println!("OK version={}", r.version);
     } else {
@@ -163,7 +191,11 @@ pub async fn cas(cli: &Cli, a: &CasArgs) -> Result<ExitCode> {
             None => eprintln!("compare failed: key is absent (version 0)"),
         }
     }
-    Ok(if r.succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if r.succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub async fn scan(cli: &Cli, a: &ScanArgs) -> Result<ExitCode> {
@@ -180,7 +212,9 @@ pub async fn scan(cli: &Cli, a: &ScanArgs) -> Result<ExitCode> {
         let items: Vec<_> = r
             .items
             .iter()
-            .map(|kv| json!({"key": text(&kv.key), "value": text(&kv.value), "version": kv.version}))
+            .map(
+                |kv| json!({"key": text(&kv.key), "value": text(&kv.value), "version": kv.version}),
+            )
             .collect();
         print_json(json!({"items": items, "more": r.more, "applied_index": r.applied_index}));
     } else {

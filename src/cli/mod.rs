@@ -17,7 +17,11 @@ use std::process::ExitCode;
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
 #[derive(Parser, Debug)]
-#[command(name = "paxosdb", version, about = "A replicated, strongly consistent key-value database")]
+#[command(
+    name = "paxosdb",
+    version,
+    about = "A replicated, strongly consistent key-value database"
+)]
 pub struct Cli {
     /// Client endpoints (gRPC host:port of the nodes), comma separated.
     #[arg(long, global = true, env = "PAXOSDB_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
@@ -106,7 +110,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(cli.command, Command::Server(_));
     init_logging(if is_server { "info" } else { "warn" });
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");

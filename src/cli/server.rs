@@ -33,11 +33,14 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     let mut cfg = match &a.config {
         Some(path) => Config::from_toml_file(path)?,
         None => {
-            let missing = |what: &str| Error::Config(format!("{what} is required (or --config FILE)"));
+            let missing =
+                |what: &str| Error::Config(format!("{what} is required (or --config FILE)"));
             Config::new(
                 a.id.ok_or_else(|| missing("--id"))?,
                 parse_peers(a.peers.as_deref().ok_or_else(|| missing("--peers"))?)?,
-                a.client_addr.clone().ok_or_else(|| missing("--client-addr"))?,
+                a.client_addr
+                    .clone()
+                    .ok_or_else(|| missing("--client-addr"))?,
                 a.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
             )
         }

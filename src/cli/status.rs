@@ -69,7 +69,10 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
         }
     }
     // Endpoints that answered nothing and match no known member.
-    let known: Vec<String> = rows.values().flat_map(|r| r.listeners.values().cloned()).collect();
+    let known: Vec<String> = rows
+        .values()
+        .flat_map(|r| r.listeners.values().cloned())
+        .collect();
     let mut unknown: Vec<&String> = Vec::new();
     for (ep, ans) in eps.iter().zip(&answers) {
         if ans.is_none() && !known.contains(ep) {
@@ -85,7 +88,10 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
                        "applied_index": r.applied, "pid": r.pid, "listeners": r.listeners})
             })
             .collect();
-        println!("{}", json!({"nodes": nodes, "unreachable_endpoints": unknown}));
+        println!(
+            "{}",
+            json!({"nodes": nodes, "unreachable_endpoints": unknown})
+        );
     } else {
         println!(
             "{:<4} {:<12} {:>9} {:>9} {:>8}  LISTENERS",
@@ -93,7 +99,11 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
         );
         let dash = || "-".to_string();
         for r in rows.values() {
-            let ls: Vec<String> = r.listeners.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let ls: Vec<String> = r
+                .listeners
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             println!(
                 "{:<4} {:<12} {:>9} {:>9} {:>8}  {}",
                 r.id,
@@ -105,8 +115,15 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
             );
         }
         for ep in &unknown {
-            println!("{:<4} {:<12} {:>9} {:>9} {:>8}  grpc={ep}", "?", "unreachable", "-", "-", "-");
+            println!(
+                "{:<4} {:<12} {:>9} {:>9} {:>8}  grpc={ep}",
+                "?", "unreachable", "-", "-", "-"
+            );
         }
     }
-    Ok(if ok.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if ok.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -6,7 +6,9 @@
 //! happened, or [`Error::OutcomeUnknown`].
 
 use super::Event;
-use crate::command::{Command, KeyValue, Limits, NodeId, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::command::{
+    Command, KeyValue, Limits, NodeId, ScanRange, Versioned, WriteOp, WriteResult,
+};
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
 use std::sync::mpsc::Sender;
@@ -82,7 +84,9 @@ impl NodeHandle {
         self.limits.check_write(&op)?;
         let (reply, rx) = oneshot::channel();
         let cmd = Command { client_id, seq, op };
-        self.tx.send(Event::Write { cmd, reply }).map_err(|_| stopped())?;
+        self.tx
+            .send(Event::Write { cmd, reply })
+            .map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(WriteResult::Rejected(why))) => Err(Error::InvalidInput(why)),
             Ok(r) => r,
@@ -95,7 +99,9 @@ impl NodeHandle {
     /// Waits until this node's state reflects every write acknowledged before the call.
     pub async fn read_barrier(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Event::ReadBarrier { reply }).map_err(|_| stopped())?;
+        self.tx
+            .send(Event::ReadBarrier { reply })
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -140,7 +146,9 @@ impl NodeHandle {
     /// This node's consensus state.
     pub async fn status(&self) -> Result<NodeStatus> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Event::Status { reply }).map_err(|_| stopped())?;
+        self.tx
+            .send(Event::Status { reply })
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
 

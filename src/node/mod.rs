@@ -377,7 +377,9 @@ impl<S: Storage<LogEntry>> Core<S> {
                         }
                     }
                     PaxosEntry::StopSign(..) => {
-                        tracing::warn!("stop sign at {index}: reconfiguration is not supported yet");
+                        tracing::warn!(
+                            "stop sign at {index}: reconfiguration is not supported yet"
+                        );
                         return;
                     }
                     other => {

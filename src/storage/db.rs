@@ -33,7 +33,10 @@ impl DataDir {
     /// Creates the directory if needed and locks it for this process.
     pub fn lock(path: &Path) -> Result<DataDir> {
         std::fs::create_dir_all(path).map_err(|e| {
-            Error::Config(format!("cannot create data directory {}: {e}", path.display()))
+            Error::Config(format!(
+                "cannot create data directory {}: {e}",
+                path.display()
+            ))
         })?;
         let lock_path = path.join("paxosdb.lock");
         let mut file = OpenOptions::new()

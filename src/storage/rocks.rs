@@ -66,7 +66,10 @@ impl RocksStorage {
             let cf = db.cf_handle(CF_META).expect("meta column family");
             match db.get_cf(cf, k)? {
                 Some(v) => Ok(Some(bincode::deserialize(&v).map_err(|e| {
-                    Error::Storage(format!("corrupt metadata {}: {e}", String::from_utf8_lossy(k)))
+                    Error::Storage(format!(
+                        "corrupt metadata {}: {e}",
+                        String::from_utf8_lossy(k)
+                    ))
                 })?)),
                 None => Ok(None),
             }

@@ -1,0 +1,240 @@
+//! Test harness for end-to-end tests: a cluster of real `paxosdb server` processes on
+//! loopback, each with its own data directory and log file, that tests can kill with
+//! SIGKILL, restart, and talk to through the real client library.
+//!
+//! Nothing here sleeps to synchronise: waits poll a condition until a deadline and fail
+//! with a message saying what did not happen.
+
+#![allow(dead_code)]
+
+use paxosdb::client::{Client, ClientOptions};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_paxosdb");
+
+/// Finds `n` distinct free TCP ports on 127.0.0.1.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub peers: String,
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until they agree on a leader.
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(2 * n);
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| Node {
+                id: i as u64 + 1,
+                client_addr: format!("127.0.0.1:{}", ports[i]),
+                peer_addr: format!("127.0.0.1:{}", ports[n + i]),
+                data_dir: dir.path().join(format!("node-{}", i + 1)),
+                log: dir.path().join(format!("node-{}.log", i + 1)),
+                child: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster { dir, nodes, peers };
+        for id in 1..=n as u64 {
+            c.spawn(id);
+        }
+        c.wait_for_leader().await;
+        c
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// The command line that starts node `id`.
+    pub fn server_command(&self, id: u64) -> Command {
+        let n = self.node(id);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server")
+            .args(["--id", &id.to_string()])
+            .args(["--peers", &self.peers])
+            .args(["--client-addr", &n.client_addr])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .env("PAXOSDB_LOG", "info");
+        cmd
+    }
+
+    /// Starts (or restarts) node `id`, appending its output to its log file.
+    pub fn spawn(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.node(id).log)
+            .expect("log file");
+        let child = self
+            .server_command(id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn paxosdb server");
+        self.nodes[id as usize - 1].child = Some(child);
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts a killed node.
+    pub async fn restart(&mut self, id: u64) {
+        assert!(self.node(id).child.is_none(), "node {id} is still running");
+        self.spawn(id);
+        let c = self.client_for(id);
+        eventually(
+            Duration::from_secs(20),
+            &format!("node {id} answers after restart"),
+            || {
+                let c = c.clone();
+                async move { c.status_of(0).await.ok() }
+            },
+        )
+        .await;
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// A client that knows every node.
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoints()).unwrap()
+    }
+
+    /// A client bound to one node (its own retries stay on that node).
+    pub fn client_for(&self, id: u64) -> Client {
+        Client::with_options(
+            &[self.node(id).client_addr.clone()],
+            ClientOptions {
+                timeout: Duration::from_secs(10),
+                attempt_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running node answers and they agree on one leader; returns it.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let running = self.running();
+        eventually(
+            Duration::from_secs(30),
+            "a leader that every running node knows",
+            || {
+                let running = running.clone();
+                async move {
+                    let mut leader = None;
+                    let mut leaders = 0;
+                    let mut agreed = true;
+                    for id in &running {
+                        let st = self.client_for(*id).status_of(0).await.ok()?;
+                        if st.role == "leader" {
+                            leaders += 1;
+                            leader = Some(st.id);
+                        }
+                        agreed &= st.leader_id != 0;
+                    }
+                    let leader = leader?;
+                    (leaders == 1 && agreed).then_some(leader)
+                }
+            },
+        )
+        .await
+    }
+
+    /// The running node that says it is the leader.
+    pub async fn leader(&self) -> u64 {
+        self.wait_for_leader().await
+    }
+
+    /// Node `id`'s applied index.
+    pub async fn applied(&self, id: u64) -> Option<u64> {
+        self.client_for(id)
+            .status_of(0)
+            .await
+            .ok()
+            .map(|s| s.applied_index)
+    }
+
+    /// The log of node `id`, for assertion messages.
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.node(id).data_dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
