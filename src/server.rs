@@ -160,7 +160,16 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         info: info.clone(),
     });
     let (grpc_stop, stop_rx) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(client_listener);
+    // Small responses must not wait for Nagle's algorithm (≈40 ms stalls otherwise).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+        |conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        },
+    );
     let grpc_task = tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .add_service(reflection)

@@ -387,3 +387,62 @@ async fn cluster_up_runs_stops_on_sigint_and_keeps_data() {
     .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_log_entries_group_commit() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let c = cluster.client_for(leader);
+    c.put(b"warm-up", b"x", false).await.unwrap();
+    let before = cluster.applied(leader).await.unwrap();
+    let writes = 256u64;
+    let results = futures::future::join_all((0..writes).map(|i| {
+        let c = c.clone();
+        async move { c.put(format!("gc-{i}").as_bytes(), b"v", false).await }
+    }))
+    .await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    let entries = cluster.applied(leader).await.unwrap() - before;
+    // One log entry (one fsync per node) per write would be `writes` entries.
+    assert!(
+        entries * 4 <= writes,
+        "{writes} concurrent writes took {entries} log entries; batching should need far fewer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_server_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let cluster = Cluster::start(3).await;
+    let url = format!("http://{}", cluster.nodes[0].client_addr);
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["paxosdb.v1.Kv", "paxosdb.v1.Cluster"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+}
