@@ -309,3 +309,6 @@ impl StateMachine for KvStore {
         Ok(results)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -178,6 +178,25 @@ fn check_append_on_prefix<S: Storage<LogEntry>>(s: &mut S) {
     assert_eq!(s.get_entries(0, 2).unwrap(), vec![]);
 }
 
+/// `append_on_prefix` from an index before the first held one (OmniPaxos does not ask
+/// this, but the trait allows it) succeeds and replaces the whole log; it must neither
+/// fail nor leave half of its effect behind.
+fn check_append_on_prefix_before_first<S: Storage<LogEntry>>(s: &mut S) {
+    s.append_entries(entries(0..6)).unwrap();
+    s.trim(4).unwrap();
+    s.set_compacted_idx(4).unwrap();
+    s.append_on_prefix(2, entries(20..22)).unwrap();
+    assert_eq!(s.get_entries(2, 4).unwrap(), entries(20..22));
+    assert_eq!(s.get_suffix(2).unwrap(), entries(20..22));
+    assert_eq!(
+        s.get_entries(4, 5).unwrap(),
+        vec![],
+        "old entries 4 and 5 are gone"
+    );
+    s.append_entry(entry(22)).unwrap();
+    assert_eq!(s.get_entries(2, 5).unwrap(), entries(20..23));
+}
+
 /// Trimming keeps global indexes; the log length counts from the compacted index.
 fn check_trim_and_compaction<S: Storage<LogEntry>>(s: &mut S) {
     s.append_entries(entries(0..10)).unwrap();
@@ -361,6 +380,7 @@ conformance!(
     check_append_and_read,
     check_absent_intervals_are_empty,
     check_append_on_prefix,
+    check_append_on_prefix_before_first,
     check_trim_and_compaction,
     check_metadata,
     check_write_atomically,
@@ -516,7 +536,7 @@ proptest! {
                     }
                 }
                 Op::Reopen => {
-                    rocks = None;
+                    drop(rocks.take()); // closes RocksDB before it is opened again
                     rocks = Some(open_rocks(&path));
                 }
             }

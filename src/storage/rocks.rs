@@ -115,8 +115,13 @@ impl RocksStorage {
                 if from < m.next {
                     batch.delete_range_cf(log, u64_key(from as u64), u64_key(m.next as u64));
                 }
-                if from < m.first || from > m.next {
+                // A gap after the log: drop what is held (the range above covers the case
+                // `from < first`, and RocksDB refuses an inverted range in the middle of a
+                // batch after applying the operations before it, so none may be staged).
+                if from > m.next {
                     batch.delete_range_cf(log, u64_key(m.first as u64), u64_key(from as u64));
+                }
+                if from < m.first || from > m.next {
                     m.first = from;
                 }
                 m.next = from;

@@ -1,0 +1,459 @@
+//! Tests of [`KvStore`] against a model: a `BTreeMap` of key → (value, version) with a
+//! revision counter and client sessions.
+//!
+//! The property test applies random entries of 1–4 puts, deletes and compare-and-swaps
+//! (value and version expectations) from three clients with increasing sequence numbers,
+//! including retries of a client's last command (same result, no change) and older
+//! sequence numbers (rejected, no change); interleaves point reads, prefix and range scans
+//! with limits; and at random points closes the store and its RocksDB and reopens them
+//! from the same directory. After every step the store must equal the model.
+
+use super::{KvStore, StateMachine};
+use crate::command::{Command, Expect, KeyValue, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::storage::db::open_db;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The keys commands write (prefixes of each other, so prefix scans have work to do).
+const KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"ba", b"c"];
+/// Keys that are read: the written ones and one never written.
+const READ_KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"ba", b"c", b"d"];
+const VALUES: &[&[u8]] = &[b"", b"x", b"y", b"zz"];
+const PREFIXES: &[&[u8]] = &[b"", b"a", b"ab", b"b", b"c", b"d"];
+const BOUNDS: &[&[u8]] = &[b"", b"a", b"aa", b"ab", b"abc", b"b", b"bb", b"c", b"d"];
+
+/// What a compare-and-swap expects, resolved against the model when the command is built.
+#[derive(Clone, Debug)]
+enum ExpectSpec {
+    CurrentValue,
+    CurrentVersion,
+    Value(usize),
+    Version(u64),
+}
+
+#[derive(Clone, Debug)]
+enum OpSpec {
+    Put {
+        key: usize,
+        value: usize,
+        return_prev: bool,
+    },
+    Delete {
+        key: usize,
+        return_prev: bool,
+    },
+    Cas {
+        key: usize,
+        expect: ExpectSpec,
+        value: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum CmdSpec {
+    /// A new command: the client's last sequence number plus `gap`.
+    Fresh { client: u64, gap: u64, op: OpSpec },
+    /// The client's last applied command again: same client id, seq and operation.
+    Retry { client: u64 },
+    /// A sequence number `back` below the client's last one.
+    Old { client: u64, back: u64, op: OpSpec },
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Entry(Vec<CmdSpec>),
+    Get(usize),
+    ScanPrefix {
+        prefix: usize,
+        limit: usize,
+    },
+    ScanRange {
+        from: usize,
+        to: Option<usize>,
+        limit: usize,
+    },
+    Restart,
+}
+
+/// The reference: what the store must contain and answer.
+#[derive(Default)]
+struct Model {
+    data: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+    revision: u64,
+    applied: u64,
+    /// Client → its last applied command and that command's result.
+    sessions: HashMap<u64, (Command, WriteResult)>,
+}
+
+impl Model {
+    fn current(&self, key: &[u8]) -> Option<Versioned> {
+        self.data.get(key).map(|(value, version)| Versioned {
+            value: value.clone(),
+            version: *version,
+        })
+    }
+
+    fn last_seq(&self, client: u64) -> u64 {
+        self.sessions.get(&client).map_or(0, |(c, _)| c.seq)
+    }
+
+    fn make_op(&self, op: &OpSpec) -> WriteOp {
+        match op {
+            OpSpec::Put {
+                key,
+                value,
+                return_prev,
+            } => WriteOp::Put {
+                key: KEYS[*key].to_vec(),
+                value: VALUES[*value].to_vec(),
+                return_prev: *return_prev,
+            },
+            OpSpec::Delete { key, return_prev } => WriteOp::Delete {
+                key: KEYS[*key].to_vec(),
+                return_prev: *return_prev,
+            },
+            OpSpec::Cas { key, expect, value } => {
+                let cur = self.current(KEYS[*key]);
+                let expect = match expect {
+                    ExpectSpec::CurrentValue => {
+                        Expect::Value(cur.map_or_else(Vec::new, |c| c.value))
+                    }
+                    ExpectSpec::CurrentVersion => Expect::Version(cur.map_or(0, |c| c.version)),
+                    ExpectSpec::Value(v) => Expect::Value(VALUES[*v].to_vec()),
+                    ExpectSpec::Version(v) => Expect::Version(*v),
+                };
+                WriteOp::Cas {
+                    key: KEYS[*key].to_vec(),
+                    expect,
+                    new_value: VALUES[*value].to_vec(),
+                }
+            }
+        }
+    }
+
+    /// The concrete command for `spec`, or `None` when the client's history does not allow
+    /// it (a retry or an older seq before the client wrote anything).
+    fn make_command(&self, spec: &CmdSpec) -> Option<Command> {
+        match spec {
+            CmdSpec::Fresh { client, gap, op } => Some(Command {
+                client_id: *client,
+                seq: self.last_seq(*client) + gap,
+                op: self.make_op(op),
+            }),
+            CmdSpec::Retry { client } => self.sessions.get(client).map(|(c, _)| c.clone()),
+            CmdSpec::Old { client, back, op } => {
+                let last = self.last_seq(*client);
+                (last > *back).then(|| Command {
+                    client_id: *client,
+                    seq: last - back,
+                    op: self.make_op(op),
+                })
+            }
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
+        self.revision += 1;
+        match value {
+            Some(v) => self.data.insert(key.to_vec(), (v, self.revision)),
+            None => self.data.remove(key),
+        };
+        self.revision
+    }
+
+    fn execute(&mut self, op: &WriteOp) -> WriteResult {
+        match op {
+            WriteOp::Put {
+                key,
+                value,
+                return_prev,
+            } => {
+                let prev = self.current(key).filter(|_| *return_prev);
+                let version = self.set(key, Some(value.clone()));
+                WriteResult::Put { version, prev }
+            }
+            WriteOp::Delete { key, return_prev } => {
+                let cur = self.current(key);
+                let deleted = cur.is_some();
+                if deleted {
+                    self.set(key, None);
+                }
+                WriteResult::Delete {
+                    deleted,
+                    prev: cur.filter(|_| *return_prev),
+                }
+            }
+            WriteOp::Cas {
+                key,
+                expect,
+                new_value,
+            } => {
+                let cur = self.current(key);
+                let matches = match (expect, &cur) {
+                    (Expect::Value(v), Some(c)) => c.value == *v,
+                    (Expect::Value(_), None) => false,
+                    (Expect::Version(v), c) => c.as_ref().map_or(0, |c| c.version) == *v,
+                };
+                if matches {
+                    WriteResult::Cas {
+                        succeeded: true,
+                        version: self.set(key, Some(new_value.clone())),
+                        current: None,
+                    }
+                } else {
+                    WriteResult::Cas {
+                        succeeded: false,
+                        version: cur.as_ref().map_or(0, |c| c.version),
+                        current: cur,
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: &Command) -> WriteResult {
+        match self.sessions.get(&cmd.client_id) {
+            Some((last, res)) if last.seq == cmd.seq => res.clone(),
+            Some((last, _)) if last.seq > cmd.seq => WriteResult::Rejected(String::new()),
+            _ => {
+                let res = self.execute(&cmd.op);
+                self.sessions
+                    .insert(cmd.client_id, (cmd.clone(), res.clone()));
+                res
+            }
+        }
+    }
+
+    /// Rows of `range` in key order: at most `limit`, and whether more exist.
+    fn scan(&self, range: &ScanRange, limit: usize) -> (Vec<KeyValue>, bool) {
+        let all: Vec<KeyValue> = self
+            .data
+            .iter()
+            .filter(|(k, _)| match range {
+                ScanRange::Prefix(p) => k.starts_with(p),
+                ScanRange::Range { from, to } => *k >= from && to.as_ref().is_none_or(|to| *k < to),
+            })
+            .map(|(k, (v, version))| KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+                version: *version,
+            })
+            .collect();
+        let more = all.len() > limit;
+        (all.into_iter().take(limit).collect(), more)
+    }
+}
+
+fn open_store(path: &Path) -> KvStore {
+    KvStore::open(open_db(path).unwrap()).unwrap()
+}
+
+/// The whole store must equal the model.
+fn check_state(kv: &KvStore, model: &Model, what: &str) -> Result<(), TestCaseError> {
+    prop_assert_eq!(kv.applied_index(), model.applied, "applied index {}", what);
+    prop_assert_eq!(kv.revision(), model.revision, "revision {}", what);
+    let everything = ScanRange::Range {
+        from: vec![],
+        to: None,
+    };
+    let (rows, more, applied) = kv.scan(&everything, 1000).unwrap();
+    prop_assert_eq!(rows, model.scan(&everything, 1000).0, "data {}", what);
+    prop_assert!(!more);
+    prop_assert_eq!(applied, model.applied);
+    Ok(())
+}
+
+fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut kv = open_store(&path);
+    let mut model = Model::default();
+    for (step, action) in actions.into_iter().enumerate() {
+        let what = format!("at step {step}: {action:?}");
+        match &action {
+            Action::Entry(specs) => {
+                let mut cmds = Vec::new();
+                let mut expected = Vec::new();
+                for spec in specs {
+                    if let Some(cmd) = model.make_command(spec) {
+                        let remembered = match spec {
+                            CmdSpec::Retry { client } => model.sessions.get(client).cloned(),
+                            _ => None,
+                        };
+                        let res = model.apply(&cmd);
+                        if let Some((_, original)) = remembered {
+                            prop_assert_eq!(&res, &original, "a retry answers the original");
+                        }
+                        expected.push(res);
+                        cmds.push(cmd);
+                    }
+                }
+                let got = kv.apply(model.applied, &cmds).unwrap();
+                model.applied += 1;
+                prop_assert_eq!(got.len(), expected.len(), "{}", what);
+                for ((got, want), cmd) in got.iter().zip(&expected).zip(&cmds) {
+                    match want {
+                        WriteResult::Rejected(_) => prop_assert!(
+                            matches!(got, WriteResult::Rejected(_)),
+                            "{:?} must be rejected, got {:?} ({})",
+                            cmd,
+                            got,
+                            what
+                        ),
+                        _ => prop_assert_eq!(got, want, "{:?} {}", cmd, what),
+                    }
+                }
+                check_state(&kv, &model, &what)?;
+            }
+            Action::Get(k) => {
+                let (v, applied) = kv.get(READ_KEYS[*k]).unwrap();
+                prop_assert_eq!(v, model.current(READ_KEYS[*k]), "{}", what);
+                prop_assert_eq!(applied, model.applied);
+            }
+            Action::ScanPrefix { prefix, limit } => {
+                let range = ScanRange::Prefix(PREFIXES[*prefix].to_vec());
+                let (rows, more, applied) = kv.scan(&range, *limit).unwrap();
+                prop_assert_eq!((rows, more), model.scan(&range, *limit), "{}", what);
+                prop_assert_eq!(applied, model.applied);
+            }
+            Action::ScanRange { from, to, limit } => {
+                let range = ScanRange::Range {
+                    from: BOUNDS[*from].to_vec(),
+                    to: to.map(|t| BOUNDS[t].to_vec()),
+                };
+                let (rows, more, applied) = kv.scan(&range, *limit).unwrap();
+                prop_assert_eq!((rows, more), model.scan(&range, *limit), "{}", what);
+                prop_assert_eq!(applied, model.applied);
+            }
+            Action::Restart => {
+                drop(kv); // the only handle on the DB: RocksDB closes
+                kv = open_store(&path);
+                check_state(&kv, &model, &what)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn op_spec() -> impl Strategy<Value = OpSpec> {
+    let expect = prop_oneof![
+        2 => Just(ExpectSpec::CurrentValue),
+        2 => Just(ExpectSpec::CurrentVersion),
+        1 => (0..VALUES.len()).prop_map(ExpectSpec::Value),
+        1 => (0u64..6).prop_map(ExpectSpec::Version),
+    ];
+    prop_oneof![
+        3 => (0..KEYS.len(), 0..VALUES.len(), any::<bool>())
+            .prop_map(|(key, value, return_prev)| OpSpec::Put { key, value, return_prev }),
+        2 => (0..KEYS.len(), any::<bool>())
+            .prop_map(|(key, return_prev)| OpSpec::Delete { key, return_prev }),
+        3 => (0..KEYS.len(), expect, 0..VALUES.len())
+            .prop_map(|(key, expect, value)| OpSpec::Cas { key, expect, value }),
+    ]
+}
+
+fn cmd_spec() -> impl Strategy<Value = CmdSpec> {
+    prop_oneof![
+        6 => (1u64..=3, 1u64..=3, op_spec())
+            .prop_map(|(client, gap, op)| CmdSpec::Fresh { client, gap, op }),
+        2 => (1u64..=3).prop_map(|client| CmdSpec::Retry { client }),
+        1 => (1u64..=3, 1u64..=3, op_spec())
+            .prop_map(|(client, back, op)| CmdSpec::Old { client, back, op }),
+    ]
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        10 => proptest::collection::vec(cmd_spec(), 1..=4).prop_map(Action::Entry),
+        2 => (0..READ_KEYS.len()).prop_map(Action::Get),
+        2 => (0..PREFIXES.len(), 0usize..5)
+            .prop_map(|(prefix, limit)| Action::ScanPrefix { prefix, limit }),
+        2 => (0..BOUNDS.len(), proptest::option::of(0..BOUNDS.len()), 0usize..5)
+            .prop_map(|(from, to, limit)| Action::ScanRange { from, to, limit }),
+        1 => Just(Action::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn kv_store_matches_model(actions in proptest::collection::vec(action(), 1..60)) {
+        run(actions)?;
+    }
+}
+
+fn put(client_id: u64, seq: u64, key: &[u8], value: &[u8]) -> Command {
+    Command {
+        client_id,
+        seq,
+        op: WriteOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            return_prev: true,
+        },
+    }
+}
+
+/// An entry applied at the wrong index is refused and changes nothing.
+#[test]
+fn apply_at_wrong_index_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = open_store(&dir.path().join("db"));
+    assert_eq!(kv.applied_index(), 0);
+    assert!(kv.apply(1, &[put(1, 1, b"k", b"v")]).is_err(), "ahead");
+    assert_eq!(kv.applied_index(), 0);
+    assert_eq!(kv.get(b"k").unwrap(), (None, 0));
+
+    kv.apply(0, &[put(1, 1, b"k", b"v1")]).unwrap();
+    let before = (kv.get(b"k").unwrap(), kv.revision());
+    for index in [0, 2, 7] {
+        let err = kv.apply(index, &[put(1, 2, b"k", b"v2"), put(2, 1, b"j", b"w")]);
+        assert!(err.is_err(), "apply at {index} with 1 applied must fail");
+        assert_eq!(kv.applied_index(), 1);
+        assert_eq!((kv.get(b"k").unwrap(), kv.revision()), before);
+        assert_eq!(kv.get(b"j").unwrap(), (None, 1));
+    }
+    // Nothing of the refused commands was recorded: the session of client 1 still
+    // executes seq 2 as new.
+    let res = kv.apply(1, &[put(1, 2, b"k", b"v2")]).unwrap();
+    assert_eq!(
+        res,
+        vec![WriteResult::Put {
+            version: 2,
+            prev: Some(Versioned {
+                value: b"v1".to_vec(),
+                version: 1
+            }),
+        }]
+    );
+}
+
+/// Sessions survive a restart: a retry after reopening returns the original result.
+#[test]
+fn sessions_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut kv = open_store(&path);
+    let first = kv.apply(0, &[put(9, 5, b"k", b"v")]).unwrap();
+    kv.apply(1, &[put(8, 1, b"k", b"w")]).unwrap();
+    drop(kv);
+    let mut kv = open_store(&path);
+    assert_eq!(kv.applied_index(), 2);
+    assert_eq!(kv.revision(), 2);
+    assert_eq!(kv.apply(2, &[put(9, 5, b"k", b"v")]).unwrap(), first);
+    assert!(matches!(
+        kv.apply(3, &[put(9, 4, b"k", b"old")]).unwrap()[..],
+        [WriteResult::Rejected(_)]
+    ));
+    let (v, applied) = kv.get(b"k").unwrap();
+    assert_eq!(applied, 4);
+    assert_eq!(
+        v,
+        Some(Versioned {
+            value: b"w".to_vec(),
+            version: 2
+        })
+    );
+}
