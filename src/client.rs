@@ -27,11 +27,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session with a random id.
+    /// A new session with a random id, at its first sequence number (1).
     pub fn new() -> Session {
         Session {
             client_id: rand::random::<u64>().max(1),
-            seq: 0,
+            seq: 1,
+        }
+    }
+
+    /// The session for the next command: same client id, next sequence number.
+    pub fn next(self) -> Session {
+        Session {
+            seq: self.seq + 1,
+            ..self
         }
     }
 }
@@ -157,15 +165,8 @@ impl Client {
     }
 
     fn take_session(&self) -> Session {
-        let mut s = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap()
-            .pop()
-            .unwrap_or_default();
-        s.seq += 1;
-        s
+        let pooled = self.inner.sessions.lock().unwrap().pop();
+        pooled.map_or_else(Session::new, Session::next)
     }
 
     fn return_session(&self, s: Session) {
@@ -255,7 +256,7 @@ impl Client {
                 value: value.to_vec(),
                 return_prev,
             };
-            async move { pb::kv_client::KvClient::new(ch).put(req).await }
+            async move { kv_client(ch).put(req).await }
         })
         .await
         .map(|r| {
@@ -275,7 +276,7 @@ impl Client {
                 key: key.to_vec(),
                 return_prev,
             };
-            async move { pb::kv_client::KvClient::new(ch).delete(req).await }
+            async move { kv_client(ch).delete(req).await }
         })
         .await
         .map(|r| {
@@ -314,7 +315,7 @@ impl Client {
                 }),
                 new_value: new_value.to_vec(),
             };
-            async move { pb::kv_client::KvClient::new(ch).compare_and_swap(req).await }
+            async move { kv_client(ch).compare_and_swap(req).await }
         })
         .await
         .map(|r| {
@@ -335,7 +336,7 @@ impl Client {
                 key: key.to_vec(),
                 stale,
             };
-            async move { pb::kv_client::KvClient::new(ch).get(req).await }
+            async move { kv_client(ch).get(req).await }
         })
         .await
         .map(|r| {
@@ -360,7 +361,7 @@ impl Client {
                 limit,
                 stale,
             };
-            async move { pb::kv_client::KvClient::new(ch).scan(req).await }
+            async move { kv_client(ch).scan(req).await }
         })
         .await
         .map(|r| {
@@ -395,6 +396,13 @@ impl Client {
             .map(|r| r.into_inner())
             .map_err(|s| from_status(&s))
     }
+}
+
+/// Largest response accepted: a scan answer or a value is bounded well below this.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+fn kv_client(ch: Channel) -> pb::kv_client::KvClient<Channel> {
+    pb::kv_client::KvClient::new(ch).max_decoding_message_size(MAX_RESPONSE)
 }
 
 fn from_pb(v: pb::Versioned) -> Versioned {

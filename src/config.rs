@@ -183,8 +183,12 @@ impl Config {
         if self.max_key_size == 0 || self.max_batch_commands == 0 {
             return bad("max_key_size and max_batch_commands must be positive".into());
         }
-        if self.max_value_size + self.max_key_size + 1024 > self.max_frame_bytes {
-            return bad("max_frame_bytes must exceed max_value_size plus max_key_size".into());
+        // A batch (a quarter of a frame) must hold the largest command: a CAS with two values.
+        if 2 * self.max_value_size + self.max_key_size + 4096 > self.max_frame_bytes / 4 {
+            return bad(
+                "max_frame_bytes must be at least 4 × (2 × max_value_size + max_key_size + 4 KiB)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -116,7 +116,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             repropose_after: Duration::from_millis(cfg.repropose_ms),
             max_batch_commands: cfg.max_batch_commands,
-            max_batch_bytes: (cfg.max_frame_bytes / 4).max(cfg.max_value_size * 2),
+            max_batch_bytes: cfg.max_frame_bytes / 4,
             first_batch_id: rand::random::<u64>() >> 1,
         },
         storage,
@@ -149,6 +149,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    // Older tools (some grpcurl builds) only speak the v1alpha reflection protocol.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
     let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
         node: handle.clone(),
@@ -173,6 +178,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let grpc_task = tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(kv_svc)
             .add_service(cluster_svc)
             .serve_with_incoming_shutdown(incoming, async {

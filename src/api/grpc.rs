@@ -46,6 +46,7 @@ fn pb_versioned(v: Option<Versioned>) -> Option<pb::Versioned> {
     })
 }
 
+#[allow(clippy::result_large_err)] // tonic handlers return Status by value
 fn session(s: Option<pb::Session>) -> Result<(u64, u64), Status> {
     s.map(|s| (s.client_id, s.seq))
         .ok_or_else(|| Status::invalid_argument("a write needs a session {client_id, seq}"))

@@ -32,6 +32,9 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: u64, commands: &[Command]) -> Result<Vec<WriteResult>>;
 }
 
+/// A scan stops (reporting `more`) once its rows hold this many bytes.
+pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
+
 const K_APPLIED: &[u8] = b"applied";
 const K_REVISION: &[u8] = b"revision";
 const SESSION_PREFIX: u8 = b's';
@@ -119,7 +122,8 @@ impl KvStore {
         Ok((value, applied))
     }
 
-    /// Scans `range` in key order, at most `limit` rows, from a consistent snapshot.
+    /// Scans `range` in key order, at most `limit` rows and about [`MAX_SCAN_BYTES`],
+    /// from a consistent snapshot.
     /// Returns the rows, whether more rows exist, and the applied index.
     pub fn scan(&self, range: &ScanRange, limit: usize) -> Result<(Vec<KeyValue>, bool, u64)> {
         let snap = self.db.snapshot();
@@ -133,16 +137,18 @@ impl KvStore {
         );
         let mut rows = Vec::new();
         let mut more = false;
+        let mut bytes = 0;
         for item in iter {
             let (k, v) = item?;
             if !range.contains_from_start(&k) {
                 break;
             }
-            if rows.len() == limit {
+            if rows.len() == limit || bytes >= MAX_SCAN_BYTES {
                 more = true;
                 break;
             }
             let v = decode_value(&v)?;
+            bytes += k.len() + v.value.len();
             rows.push(KeyValue {
                 key: k.to_vec(),
                 value: v.value,

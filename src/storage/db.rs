@@ -46,7 +46,7 @@ impl DataDir {
             .truncate(false)
             .open(&lock_path)
             .map_err(|e| Error::Config(format!("cannot open {}: {e}", lock_path.display())))?;
-        // SAFETY-free: flock on a valid fd owned by `file`.
+        // SAFETY: flock only reads the descriptor, which `file` keeps open.
         let rc = unsafe { libc_flock(file.as_raw_fd()) };
         if rc != 0 {
             let mut holder = String::new();

@@ -7,7 +7,8 @@
 //! Invariants:
 //! - every write, single operation or `write_atomically`, is one RocksDB `WriteBatch`
 //!   written with `sync = true`: when a call returns, its effect survives a crash, and a
-//!   failed call changed nothing (OmniPaxos relies on both);
+//!   failed call changed nothing (OmniPaxos relies on both). The one exception is
+//!   `set_decided_idx` alone, which is derivable (see there) and not synced;
 //! - the in-memory cache of metadata is replaced only after the batch is durable.
 
 use super::db::{read_u64, u64_key, CF_LOG, CF_META};
@@ -46,6 +47,7 @@ pub struct RocksStorage {
     db: Arc<DB>,
     meta: Meta,
     sync: WriteOptions,
+    nosync: WriteOptions,
 }
 
 fn enc<T: Serialize>(v: &T) -> Res<Vec<u8>> {
@@ -86,7 +88,12 @@ impl RocksStorage {
         };
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        Ok(RocksStorage { db, meta, sync })
+        Ok(RocksStorage {
+            db,
+            meta,
+            sync,
+            nosync: WriteOptions::default(),
+        })
     }
 
     fn log_cf(&self) -> &rocksdb::ColumnFamily {
@@ -166,8 +173,9 @@ impl RocksStorage {
     }
 }
 
-impl Storage<LogEntry> for RocksStorage {
-    fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> Res<()> {
+impl RocksStorage {
+    /// Writes `ops` as one batch; `sync` decides whether it is fsynced before returning.
+    fn commit(&mut self, ops: Vec<StorageOp<LogEntry>>, sync: bool) -> Res<()> {
         let mut batch = WriteBatch::default();
         let mut staged = self.meta.clone();
         for op in ops {
@@ -178,9 +186,16 @@ impl Storage<LogEntry> for RocksStorage {
             batch.put_cf(meta, K_FIRST, u64_key(staged.first as u64));
             batch.put_cf(meta, K_NEXT, u64_key(staged.next as u64));
         }
-        self.db.write_opt(batch, &self.sync).map_err(storage_err)?;
+        let opts = if sync { &self.sync } else { &self.nosync };
+        self.db.write_opt(batch, opts).map_err(storage_err)?;
         self.meta = staged;
         Ok(())
+    }
+}
+
+impl Storage<LogEntry> for RocksStorage {
+    fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> Res<()> {
+        self.commit(ops, true)
     }
     fn append_entry(&mut self, entry: LogEntry) -> Res<()> {
         self.write_atomically(vec![StorageOp::AppendEntry(entry)])
@@ -195,7 +210,10 @@ impl Storage<LogEntry> for RocksStorage {
         self.write_atomically(vec![StorageOp::SetPromise(n_prom)])
     }
     fn set_decided_idx(&mut self, ld: usize) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetDecidedIndex(ld)])
+        // Not synced: the decided index can be re-learned from the (synced) accepted log,
+        // and the WAL is ordered, so after an OS crash the applied index (written later)
+        // is never ahead of the recovered decided index. A process crash loses nothing.
+        self.commit(vec![StorageOp::SetDecidedIndex(ld)], false)
     }
     fn get_decided_idx(&self) -> Res<usize> {
         Ok(self.meta.decided)
