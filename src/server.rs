@@ -48,15 +48,20 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Config(format!("cannot listen on {addr} ({what}): {e}")))
 }
 
-/// Records the node id and member ids in a new data directory, or checks that an existing
-/// one was made for this node and cluster.
-fn check_identity(db: &rocksdb::DB, cfg: &Config) -> Result<()> {
+/// Records the node id and member ids (and a random incarnation) in a new data directory,
+/// or checks that an existing one was made for this node and cluster. Returns the
+/// incarnation.
+fn check_identity(db: &rocksdb::DB, cfg: &Config) -> Result<u64> {
     let meta = db.cf_handle(CF_META).expect("meta column family");
     let mut ids: Vec<NodeId> = cfg.peers.iter().map(|m| m.id).collect();
     ids.sort_unstable();
     let want = format!("node={} members={:?}", cfg.id, ids);
+    let incarnation = match db.get_cf(meta, b"incarnation")? {
+        Some(v) => crate::storage::db::read_u64(&v)?,
+        None => rand::random::<u64>().max(1),
+    };
     match db.get_cf(meta, b"identity")? {
-        Some(have) if have == want.as_bytes() => Ok(()),
+        Some(have) if have == want.as_bytes() => Ok(incarnation),
         Some(have) => Err(Error::Config(format!(
             "data directory {} belongs to {}, but this node is configured as {want}; \
              use the matching --id/--peers or another --data-dir",
@@ -68,10 +73,35 @@ fn check_identity(db: &rocksdb::DB, cfg: &Config) -> Result<()> {
             opts.set_sync(true);
             let mut b = rocksdb::WriteBatch::default();
             b.put_cf(meta, b"identity", want.as_bytes());
+            b.put_cf(meta, b"incarnation", incarnation.to_be_bytes());
             db.write_opt(b, &opts)?;
-            Ok(())
+            Ok(incarnation)
         }
     }
+}
+
+/// Remembers the incarnation each peer first showed and refuses a different one later.
+fn incarnation_check(db: Arc<rocksdb::DB>) -> transport::IncarnationCheck {
+    Arc::new(move |peer: NodeId, inc: u64| {
+        let meta = db.cf_handle(CF_META).expect("meta column family");
+        let key = format!("peer_incarnation/{peer}");
+        let known = db.get_cf(meta, key.as_bytes()).map_err(|e| e.to_string())?;
+        match known {
+            Some(v) if v.as_slice() == inc.to_be_bytes() => Ok(()),
+            Some(_) => Err(format!(
+                "node {peer} came back with a different data directory (it was wiped or \
+                 replaced); refusing it, because a node that forgot its log must not vote. \
+                 Restore its data, or remove it and add a new node"
+            )),
+            None => {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                let mut b = rocksdb::WriteBatch::default();
+                b.put_cf(meta, key.as_bytes(), inc.to_be_bytes());
+                db.write_opt(b, &opts).map_err(|e| e.to_string())
+            }
+        }
+    })
 }
 
 /// Starts a node from `cfg`. Must be called inside a Tokio runtime.
@@ -79,7 +109,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     cfg.validate()?;
     let dir = DataDir::lock(&cfg.data_dir)?;
     let db = dir.open_db()?;
-    check_identity(&db, &cfg)?;
+    let incarnation = check_identity(&db, &cfg)?;
     let storage = RocksStorage::open(db.clone())?;
     let kv = KvStore::open(db.clone())?;
 
@@ -99,6 +129,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         peers: cfg.peers.iter().map(|m| (m.id, m.addr.clone())).collect(),
         listeners: listeners.clone(),
         max_frame: cfg.max_frame_bytes,
+        bind_ip: resolve(&own_peer, "peer address").ok().map(|a| a.ip()),
+        incarnation,
     };
     let net = transport::start_senders(&tcfg, tx.clone(), table.clone());
     tracing::info!(
@@ -143,6 +175,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         tcfg,
         handle.tx.clone(),
         table,
+        incarnation_check(db.clone()),
     ));
 
     let reflection = tonic_reflection::server::Builder::configure()

@@ -41,7 +41,14 @@ pub struct Hello {
     /// The sender's listeners, name → address (e.g. "grpc" → "127.0.0.1:7001").
     pub listeners: Vec<(String, String)>,
     pub pid: u32,
+    /// Random id of the sender's data directory, fixed when it was created. A node whose
+    /// data directory was wiped comes back with a new one and is refused: it forgot what
+    /// it promised and accepted, and letting it vote could lose acknowledged writes.
+    pub incarnation: u64,
 }
+
+/// Checks a peer's data-directory incarnation (and records it the first time).
+pub type IncarnationCheck = Arc<dyn Fn(NodeId, u64) -> Result<(), String> + Send + Sync>;
 
 /// What this node knows of a peer, for status reports.
 #[derive(Clone, Debug, Default)]
@@ -118,6 +125,11 @@ pub struct TransportConfig {
     pub peers: Vec<(NodeId, String)>,
     pub listeners: Vec<(String, String)>,
     pub max_frame: usize,
+    /// Source address for outgoing peer connections: this node's peer IP, so that peers
+    /// (and firewall rules in fault tests) see connections come from the node's address.
+    pub bind_ip: Option<std::net::IpAddr>,
+    /// This node's data-directory incarnation, sent in every hello.
+    pub incarnation: u64,
 }
 
 /// Starts the sender task of every peer; returns the node-facing sender.
@@ -137,10 +149,12 @@ pub fn start_senders(
             to: *pid,
             listeners: cfg.listeners.clone(),
             pid: std::process::id(),
+            incarnation: cfg.incarnation,
         };
         tokio::spawn(sender_task(
             *pid,
             addr.clone(),
+            cfg.bind_ip,
             hello,
             rx,
             events.clone(),
@@ -151,9 +165,29 @@ pub fn start_senders(
     PeerSender { queues }
 }
 
+/// Connects to `addr`, from `bind_ip` when given.
+async fn connect(addr: &str, bind_ip: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} does not resolve")))?;
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(ip) = bind_ip.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == target.is_ipv4())
+    {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(target).await
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn sender_task(
     pid: NodeId,
     addr: String,
+    bind_ip: Option<std::net::IpAddr>,
     hello: Hello,
     mut rx: tmpsc::Receiver<Message<LogEntry>>,
     events: mpsc::Sender<Event>,
@@ -163,7 +197,7 @@ async fn sender_task(
     let mut backoff = Duration::from_millis(20);
     let mut ever_connected = false;
     loop {
-        let stream = match TcpStream::connect(&addr).await {
+        let stream = match connect(&addr, bind_ip).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer = pid, %addr, "connect failed: {e}");
@@ -180,6 +214,8 @@ async fn sender_task(
         let _ = stream.set_nodelay(true);
         let mut w = BufWriter::new(stream);
         if write_frame(&mut w, &hello, max_frame).await.is_err() || w.flush().await.is_err() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
             continue;
         }
         backoff = Duration::from_millis(20);
@@ -217,6 +253,7 @@ pub async fn accept_loop(
     cfg: TransportConfig,
     events: mpsc::Sender<Event>,
     table: PeerTable,
+    check: IncarnationCheck,
 ) {
     let cfg = Arc::new(cfg);
     loop {
@@ -228,9 +265,10 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let (cfg, events, table) = (cfg.clone(), events.clone(), table.clone());
+        let (cfg, events, table, check) =
+            (cfg.clone(), events.clone(), table.clone(), check.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(stream, &cfg, &events, &table).await {
+            if let Err(e) = serve_peer(stream, &cfg, &events, &table, &check).await {
                 tracing::warn!(%remote, "peer connection closed: {e}");
             }
         });
@@ -242,6 +280,7 @@ async fn serve_peer(
     cfg: &TransportConfig,
     events: &mpsc::Sender<Event>,
     table: &PeerTable,
+    check: &IncarnationCheck,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let mut r = tokio::io::BufReader::new(stream);
@@ -268,6 +307,7 @@ async fn serve_peer(
         ));
     }
     let from = hello.from;
+    check(from, hello.incarnation)?;
     {
         let mut t = table.lock().unwrap();
         let info = t.entry(from).or_default();

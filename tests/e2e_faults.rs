@@ -249,3 +249,34 @@ async fn retried_cas_after_leader_kill_is_applied_at_most_once() {
         .unwrap();
     assert_eq!(v.unwrap().value, b"2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_with_wiped_data_directory_is_refused_by_its_peers() {
+    let mut cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    for i in 0..20 {
+        c.put(format!("w{i}").as_bytes(), b"v", false)
+            .await
+            .unwrap();
+    }
+    let leader = cluster.leader().await;
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill(victim);
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
+    cluster.restart(victim).await;
+    eventually(
+        Duration::from_secs(20),
+        "the leader refuses the wiped node",
+        || {
+            let log = cluster.log_of(leader);
+            async move {
+                log.contains("came back with a different data directory")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // The others go on; the wiped node learns nothing and so can vote for nothing.
+    c.put(b"after-wipe", b"ok", false).await.unwrap();
+    assert_eq!(cluster.applied(victim).await, Some(0));
+}

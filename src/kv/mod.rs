@@ -1,8 +1,9 @@
-//! The replicated state machine: a versioned key-value store on the node's RocksDB.
+//! The replicated state machine: a versioned key-value store.
 //!
 //! [`StateMachine`] is the seam between the node and whatever it replicates (the KV store
-//! today, SQLite later). [`KvStore`] implements it on the [`CF_KV`] and [`CF_SM`] column
-//! families.
+//! today, SQLite later). [`KvStore`] implements it over a [`backend::Backend`]: the node's
+//! RocksDB (the `kv` and `sm` column families) in production, or memory in tests and the
+//! simulation — the same code above the bytes.
 //!
 //! Invariants:
 //! - `apply(index, ..)` writes the user data, the client sessions, the revision counter and
@@ -17,10 +18,13 @@
 
 use crate::command::{Command, Expect, KeyValue, ScanRange, Versioned, WriteOp, WriteResult};
 use crate::error::{Error, Result};
-use crate::storage::db::{read_u64, u64_key, CF_KV, CF_SM};
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use crate::storage::db::{read_u64, u64_key};
+use backend::{Backend, MemSpaces, RawWrite, ReadView, Space};
+use rocksdb::DB;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+pub mod backend;
 
 /// Something that applies decided log entries in order.
 pub trait StateMachine: Send + 'static {
@@ -63,28 +67,35 @@ fn decode_value(bytes: &[u8]) -> Result<Versioned> {
 }
 
 /// The versioned key-value store. Cheap to clone; reads may run on any thread while one
-/// owner applies.
+/// owner applies (a clone's `applied_index()` is not kept current; reads report the
+/// applied index of the view they read).
 #[derive(Clone)]
 pub struct KvStore {
-    db: Arc<DB>,
+    backend: Backend,
     applied: u64,
     revision: u64,
 }
 
+fn read_counter(v: Option<Vec<u8>>) -> Result<u64> {
+    v.map_or(Ok(0), |v| read_u64(&v))
+}
+
 impl KvStore {
-    /// Opens the store in `db`, resuming from its persisted applied index.
+    /// Opens the store in the node's RocksDB, resuming from its persisted applied index.
     pub fn open(db: Arc<DB>) -> Result<KvStore> {
-        let sm = db.cf_handle(CF_SM).expect("sm column family");
-        let applied = match db.get_cf(sm, K_APPLIED)? {
-            Some(v) => read_u64(&v)?,
-            None => 0,
-        };
-        let revision = match db.get_cf(sm, K_REVISION)? {
-            Some(v) => read_u64(&v)?,
-            None => 0,
-        };
+        Self::with_backend(Backend::Rocks(db))
+    }
+
+    /// A store in memory, resuming from whatever `spaces` holds.
+    pub fn open_memory(spaces: Arc<RwLock<MemSpaces>>) -> Result<KvStore> {
+        Self::with_backend(Backend::Memory(spaces))
+    }
+
+    fn with_backend(backend: Backend) -> Result<KvStore> {
+        let applied = read_counter(backend.get(Space::Sm, K_APPLIED)?)?;
+        let revision = read_counter(backend.get(Space::Sm, K_REVISION)?)?;
         Ok(KvStore {
-            db,
+            backend,
             applied,
             revision,
         })
@@ -95,71 +106,51 @@ impl KvStore {
         self.revision
     }
 
-    fn kv_cf(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_KV).expect("kv column family")
-    }
-
-    fn sm_cf(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_SM).expect("sm column family")
-    }
-
-    fn applied_at(&self, snap: &rocksdb::Snapshot) -> Result<u64> {
-        Ok(match snap.get_cf(self.sm_cf(), K_APPLIED)? {
-            Some(v) => read_u64(&v)?,
-            None => 0,
+    /// Reads one key from a consistent view; returns it with the applied index the view
+    /// reflects.
+    pub fn get(&self, key: &[u8]) -> Result<(Option<Versioned>, u64)> {
+        self.backend.view(|v| {
+            let applied = read_counter(v.get(Space::Sm, K_APPLIED)?)?;
+            let value = v
+                .get(Space::Kv, key)?
+                .map(|b| decode_value(&b))
+                .transpose()?;
+            Ok((value, applied))
         })
     }
 
-    /// Reads one key from a consistent snapshot; returns it with the applied index the
-    /// snapshot reflects.
-    pub fn get(&self, key: &[u8]) -> Result<(Option<Versioned>, u64)> {
-        let snap = self.db.snapshot();
-        let applied = self.applied_at(&snap)?;
-        let value = match snap.get_cf(self.kv_cf(), key)? {
-            Some(b) => Some(decode_value(&b)?),
-            None => None,
-        };
-        Ok((value, applied))
-    }
-
     /// Scans `range` in key order, at most `limit` rows and about [`MAX_SCAN_BYTES`],
-    /// from a consistent snapshot.
-    /// Returns the rows, whether more rows exist, and the applied index.
+    /// from a consistent view. Returns the rows, whether more rows exist, and the applied
+    /// index.
     pub fn scan(&self, range: &ScanRange, limit: usize) -> Result<(Vec<KeyValue>, bool, u64)> {
-        let snap = self.db.snapshot();
-        let applied = self.applied_at(&snap)?;
-        let mut opts = ReadOptions::default();
-        opts.set_snapshot(&snap);
-        let iter = self.db.iterator_cf_opt(
-            self.kv_cf(),
-            opts,
-            IteratorMode::From(range.start(), Direction::Forward),
-        );
-        let mut rows = Vec::new();
-        let mut more = false;
-        let mut bytes = 0;
-        for item in iter {
-            let (k, v) = item?;
-            if !range.contains_from_start(&k) {
-                break;
-            }
-            if rows.len() == limit || bytes >= MAX_SCAN_BYTES {
-                more = true;
-                break;
-            }
-            let v = decode_value(&v)?;
-            bytes += k.len() + v.value.len();
-            rows.push(KeyValue {
-                key: k.to_vec(),
-                value: v.value,
-                version: v.version,
-            });
-        }
-        Ok((rows, more, applied))
+        self.backend.view(|v: &dyn ReadView| {
+            let applied = read_counter(v.get(Space::Sm, K_APPLIED)?)?;
+            let mut rows = Vec::new();
+            let mut more = false;
+            let mut bytes = 0;
+            v.scan_from(Space::Kv, range.start(), &mut |k, val| {
+                if !range.contains_from_start(k) {
+                    return Ok(false);
+                }
+                if rows.len() == limit || bytes >= MAX_SCAN_BYTES {
+                    more = true;
+                    return Ok(false);
+                }
+                let val = decode_value(val)?;
+                bytes += k.len() + val.value.len();
+                rows.push(KeyValue {
+                    key: k.to_vec(),
+                    value: val.value,
+                    version: val.version,
+                });
+                Ok(true)
+            })?;
+            Ok((rows, more, applied))
+        })
     }
 
     fn load_session(&self, client_id: u64) -> Result<Option<(u64, WriteResult)>> {
-        match self.db.get_cf(self.sm_cf(), session_key(client_id))? {
+        match self.backend.get(Space::Sm, &session_key(client_id))? {
             Some(b) => Ok(Some(bincode::deserialize(&b)?)),
             None => Ok(None),
         }
@@ -180,7 +171,7 @@ impl Overlay<'_> {
         if let Some((v, _)) = self.keys.get(key) {
             return Ok(v.clone());
         }
-        let v = match self.store.db.get_cf(self.store.kv_cf(), key)? {
+        let v = match self.store.backend.get(Space::Kv, key)? {
             Some(b) => Some(decode_value(&b)?),
             None => None,
         };
@@ -293,23 +284,31 @@ impl StateMachine for KvStore {
             results.push(result);
         }
         let (keys, sessions, revision) = (overlay.keys, overlay.sessions, overlay.revision);
-        let mut batch = WriteBatch::default();
-        let kv = self.kv_cf();
-        for (k, (v, _)) in keys.into_iter().filter(|(_, (_, dirty))| *dirty) {
-            match v {
-                Some(v) => batch.put_cf(kv, k, encode_value(&v)),
-                None => batch.delete_cf(kv, k),
-            }
+        let mut writes: Vec<RawWrite> = keys
+            .into_iter()
+            .filter(|(_, (_, dirty))| *dirty)
+            .map(|(k, (v, _))| (Space::Kv, k, v.as_ref().map(encode_value)))
+            .collect();
+        for (client, sess) in sessions {
+            writes.push((
+                Space::Sm,
+                session_key(client).to_vec(),
+                Some(bincode::serialize(&sess)?),
+            ));
         }
-        let sm = self.sm_cf();
-        for (client, s) in sessions {
-            batch.put_cf(sm, session_key(client), bincode::serialize(&s)?);
-        }
-        batch.put_cf(sm, K_APPLIED, u64_key(index + 1));
-        batch.put_cf(sm, K_REVISION, u64_key(revision));
+        writes.push((
+            Space::Sm,
+            K_APPLIED.to_vec(),
+            Some(u64_key(index + 1).to_vec()),
+        ));
+        writes.push((
+            Space::Sm,
+            K_REVISION.to_vec(),
+            Some(u64_key(revision).to_vec()),
+        ));
         // Not synced on purpose: the log entry is already durable; if this batch is lost
         // in an OS crash, the applied index is lost with it and the entry is applied again.
-        self.db.write(batch)?;
+        self.backend.write(writes)?;
         self.applied = index + 1;
         self.revision = revision;
         Ok(results)

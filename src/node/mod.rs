@@ -151,14 +151,14 @@ impl<S: Storage<LogEntry>> Core<S> {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(ev) => {
-                    if !self.handle(ev) {
+                    if !self.handle(ev, Instant::now()) {
                         return;
                     }
                     // Drain what else is waiting, so that it joins this round's batch.
                     for _ in 0..100_000 {
                         match rx.try_recv() {
                             Ok(ev) => {
-                                if !self.handle(ev) {
+                                if !self.handle(ev, Instant::now()) {
                                     return;
                                 }
                             }
@@ -171,8 +171,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.paxos.tick();
-                self.on_tick(now);
+                self.tick(now);
                 next_tick = now + self.cfg.tick;
             }
             self.step(now);
@@ -187,9 +186,15 @@ impl<S: Storage<LogEntry>> Core<S> {
         self.flush_outgoing();
     }
 
-    /// Handles one event; false means stop.
-    pub fn handle(&mut self, ev: Event) -> bool {
-        let now = Instant::now();
+    /// One logical clock tick: OmniPaxos timers, request deadlines, re-proposals. `now`
+    /// is passed in (never read from the clock here) so that a simulation can drive time.
+    pub fn tick(&mut self, now: Instant) {
+        self.paxos.tick();
+        self.on_tick(now);
+    }
+
+    /// Handles one event received at `now`; false means stop.
+    pub fn handle(&mut self, ev: Event, now: Instant) -> bool {
         match ev {
             Event::Peer(msg) => self.paxos.handle_incoming(msg),
             Event::Reconnected(pid) => self.paxos.reconnected(pid),
@@ -231,6 +236,23 @@ impl<S: Storage<LogEntry>> Core<S> {
             decided_index: self.paxos.get_decided_idx() as u64,
             applied_index: self.sm.applied_index(),
         }
+    }
+
+    /// The decided log entries in `[from, to)` that are still in the log (for checkers).
+    pub fn decided_entries(&self, from: u64, to: u64) -> Vec<LogEntry> {
+        let to = to.min(self.paxos.get_decided_idx() as u64);
+        if from >= to {
+            return vec![];
+        }
+        self.paxos
+            .read_entries(from as usize..to as usize)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| match e {
+                PaxosEntry::Decided(e) => Some(e),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Expires waiters past their deadline and re-proposes what is overdue.
