@@ -38,6 +38,9 @@ impl MemSpaces {
     }
 }
 
+/// Called for each (key, value) of a scan; returns false to stop.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// A consistent, read-only view.
 pub trait ReadView {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -46,7 +49,7 @@ pub trait ReadView {
         &self,
         space: Space,
         start: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        f: &mut Visitor<'_>,
     ) -> Result<()>;
 }
 
@@ -79,7 +82,7 @@ impl ReadView for RocksView<'_> {
         &self,
         space: Space,
         start: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        f: &mut Visitor<'_>,
     ) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&self.snap);
@@ -107,7 +110,7 @@ impl ReadView for MemSpaces {
         &self,
         space: Space,
         start: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        f: &mut Visitor<'_>,
     ) -> Result<()> {
         for (k, v) in self.space(space).range(start.to_vec()..) {
             if !f(k, v)? {
