@@ -14,6 +14,7 @@
 //! `docs/architecture.md` follows a write and a read through these layers.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod command;
