@@ -148,10 +148,16 @@ pub fn step(
         (Input::Cas { expect, new }, out) => {
             let matches = state.as_ref() == Some(expect);
             match out {
-                None => Some(if matches { Some(new.clone()) } else { state.clone() }),
-                Some(Output::Swapped(s)) if *s == matches => {
-                    Some(if matches { Some(new.clone()) } else { state.clone() })
-                }
+                None => Some(if matches {
+                    Some(new.clone())
+                } else {
+                    state.clone()
+                }),
+                Some(Output::Swapped(s)) if *s == matches => Some(if matches {
+                    Some(new.clone())
+                } else {
+                    state.clone()
+                }),
                 _ => None,
             }
         }
