@@ -36,6 +36,7 @@ pub struct BenchArgs {
 pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let c = client(cli)?;
     let value = vec![b'x'; a.value_size];
+    let entries_before = decided(&c).await;
     let deadline = Instant::now() + a.duration;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -85,6 +86,10 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let entries = match (entries_before, decided(&c).await) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
     let ok = hist.len();
     println!(
         "concurrency={} value_size={} read_ratio={} duration={:.1}s",
@@ -98,6 +103,13 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         errors,
         ok as f64 / secs
     );
+    if entries > 0 {
+        println!(
+            "log entries={} (one fsync per node each): {:.1} ops per entry",
+            entries,
+            ok as f64 / entries as f64
+        );
+    }
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
         "latency ms: p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
@@ -112,4 +124,15 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The highest decided index any endpoint reports.
+async fn decided(c: &crate::client::Client) -> Option<u64> {
+    let mut best = None;
+    for i in 0..c.endpoints().len() {
+        if let Ok(st) = c.status_of(i).await {
+            best = best.max(Some(st.decided_index));
+        }
+    }
+    best
 }
