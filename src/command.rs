@@ -51,14 +51,53 @@ pub enum WriteOp {
         expect: Expect,
         new_value: Vec<u8>,
     },
+    /// Stores `value` if `cond` holds; always reports the previous value.
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: SetCond,
+    },
+    /// Adds `delta` to the key's value read as a decimal i64 (absent = 0).
+    Incr {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Appends `suffix` to the key's value (absent = empty).
+    Append {
+        key: Vec<u8>,
+        suffix: Vec<u8>,
+    },
+    /// Stores every pair, atomically (all in one apply).
+    MultiPut {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
+/// When a [`WriteOp::Set`] applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetCond {
+    Always,
+    /// Only if the key is absent (Redis `NX`).
+    IfAbsent,
+    /// Only if the key exists (Redis `XX`).
+    IfPresent,
+}
+
+/// Largest value an `Append` may produce; larger appends are rejected. A constant, not a
+/// setting, because apply must decide the same on every node.
+pub const MAX_APPEND_RESULT: usize = 64 * 1024 * 1024;
+
 impl WriteOp {
-    pub fn key(&self) -> &[u8] {
+    /// Every key the operation writes.
+    pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } | WriteOp::Cas { key, .. } => {
-                key
-            }
+            WriteOp::Put { key, .. }
+            | WriteOp::Delete { key, .. }
+            | WriteOp::Cas { key, .. }
+            | WriteOp::Set { key, .. }
+            | WriteOp::Incr { key, .. }
+            | WriteOp::Append { key, .. } => vec![key],
+            WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
         }
     }
 
@@ -78,6 +117,10 @@ impl WriteOp {
                 };
                 key.len() + new_value.len() + e + 16
             }
+            WriteOp::Set { key, value, .. } => key.len() + value.len() + 16,
+            WriteOp::Incr { key, .. } => key.len() + 24,
+            WriteOp::Append { key, suffix } => key.len() + suffix.len() + 16,
+            WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum(),
         }
     }
 }
@@ -116,8 +159,28 @@ pub enum WriteResult {
         /// The current value on failure.
         current: Option<Versioned>,
     },
-    /// The command was not applied (for example an older sequence number of a session
-    /// that has moved on). Nothing changed.
+    Set {
+        applied: bool,
+        /// The new version if applied, else the current one (0 = absent).
+        version: u64,
+        prev: Option<Versioned>,
+    },
+    Incr {
+        value: i64,
+        version: u64,
+    },
+    Append {
+        /// Length of the value after the append.
+        len: u64,
+        version: u64,
+    },
+    MultiPut {
+        /// The version all the pairs now have.
+        version: u64,
+    },
+    /// The command was not applied (an older sequence number of a session that has moved
+    /// on, or an operation its data does not allow, such as INCR of a non-number).
+    /// Nothing changed.
     Rejected(String),
 }
 
@@ -201,10 +264,26 @@ impl Limits {
 
     /// Validates a write before it is proposed.
     pub fn check_write(&self, op: &WriteOp) -> crate::Result<()> {
-        self.check_key(op.key())?;
+        let keys = op.keys();
+        if keys.is_empty() {
+            return Err(crate::Error::invalid("the operation names no key"));
+        }
+        for k in keys {
+            self.check_key(k)?;
+        }
         match op {
-            WriteOp::Put { value, .. } => self.check_value(value),
-            WriteOp::Delete { .. } => Ok(()),
+            WriteOp::Put { value, .. } | WriteOp::Set { value, .. } => self.check_value(value),
+            WriteOp::Append { suffix, .. } => self.check_value(suffix),
+            WriteOp::MultiPut { pairs } => {
+                let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if total > 4 * self.max_value {
+                    return Err(crate::Error::invalid(format!(
+                        "a multi-put of {total} bytes exceeds 4 × the value limit"
+                    )));
+                }
+                pairs.iter().try_for_each(|(_, v)| self.check_value(v))
+            }
+            WriteOp::Delete { .. } | WriteOp::Incr { .. } => Ok(()),
             WriteOp::Cas {
                 expect, new_value, ..
             } => {

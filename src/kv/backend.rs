@@ -45,12 +45,7 @@ pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 pub trait ReadView {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Visits keys of `space` from `start` in order until `f` returns false.
-    fn scan_from(
-        &self,
-        space: Space,
-        start: &[u8],
-        f: &mut Visitor<'_>,
-    ) -> Result<()>;
+    fn scan_from(&self, space: Space, start: &[u8], f: &mut Visitor<'_>) -> Result<()>;
 }
 
 /// The store's bytes.
@@ -78,12 +73,7 @@ impl ReadView for RocksView<'_> {
         Ok(self.snap.get_cf(cf(self.db, space), key)?)
     }
 
-    fn scan_from(
-        &self,
-        space: Space,
-        start: &[u8],
-        f: &mut Visitor<'_>,
-    ) -> Result<()> {
+    fn scan_from(&self, space: Space, start: &[u8], f: &mut Visitor<'_>) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&self.snap);
         let iter = self.db.iterator_cf_opt(
@@ -106,12 +96,7 @@ impl ReadView for MemSpaces {
         Ok(self.space(space).get(key).cloned())
     }
 
-    fn scan_from(
-        &self,
-        space: Space,
-        start: &[u8],
-        f: &mut Visitor<'_>,
-    ) -> Result<()> {
+    fn scan_from(&self, space: Space, start: &[u8], f: &mut Visitor<'_>) -> Result<()> {
         for (k, v) in self.space(space).range(start.to_vec()..) {
             if !f(k, v)? {
                 break;

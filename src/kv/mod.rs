@@ -13,10 +13,17 @@
 //!   randomness, no node-local state), so every node reaches the same state.
 //! - A session's command is applied at most once: `seq` equal to the session's last one
 //!   returns the remembered result; an older `seq` is rejected without effect.
+//! - Sessions expire deterministically: a session not used in the last
+//!   [`SESSION_TTL_ENTRIES`] log entries is forgotten (swept every [`SESSION_SWEEP_EVERY`]
+//!   entries, by log index, never by clock), so the session table stays bounded. A retry
+//!   arriving after that would be applied again; clients retry within seconds.
 //! - Every applied write that changes a key takes the next revision; a key's version is the
 //!   revision of its last write (an absent key has version 0).
 
-use crate::command::{Command, Expect, KeyValue, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::command::{
+    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+    MAX_APPEND_RESULT,
+};
 use crate::error::{Error, Result};
 use crate::storage::db::{read_u64, u64_key};
 use backend::{Backend, MemSpaces, RawWrite, ReadView, Space};
@@ -42,11 +49,36 @@ pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
 const K_APPLIED: &[u8] = b"applied";
 const K_REVISION: &[u8] = b"revision";
 const SESSION_PREFIX: u8 = b's';
+const EXPIRY_PREFIX: u8 = b'e';
+
+/// A session unused for this many log entries is forgotten.
+pub const SESSION_TTL_ENTRIES: u64 = 200_000;
+/// How often (in log entries) expired sessions are swept.
+pub const SESSION_SWEEP_EVERY: u64 = 128;
+/// Most sessions one sweep removes (the rest wait for the next sweep).
+const SWEEP_MAX: usize = 10_000;
 
 fn session_key(client_id: u64) -> [u8; 9] {
     let mut k = [SESSION_PREFIX; 9];
     k[1..].copy_from_slice(&client_id.to_be_bytes());
     k
+}
+
+/// Index of sessions by last use: `e` + last index + client id.
+fn expiry_key(last_index: u64, client_id: u64) -> [u8; 17] {
+    let mut k = [EXPIRY_PREFIX; 17];
+    k[1..9].copy_from_slice(&last_index.to_be_bytes());
+    k[9..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// What the store remembers of a session.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct SessionRecord {
+    seq: u64,
+    result: WriteResult,
+    /// The log index of the entry that last used the session.
+    last_index: u64,
 }
 
 fn encode_value(v: &Versioned) -> Vec<u8> {
@@ -149,7 +181,7 @@ impl KvStore {
         })
     }
 
-    fn load_session(&self, client_id: u64) -> Result<Option<(u64, WriteResult)>> {
+    fn load_session(&self, client_id: u64) -> Result<Option<SessionRecord>> {
         match self.backend.get(Space::Sm, &session_key(client_id))? {
             Some(b) => Ok(Some(bincode::deserialize(&b)?)),
             None => Ok(None),
@@ -162,7 +194,10 @@ struct Overlay<'a> {
     store: &'a KvStore,
     /// Key → (current value, written by this entry).
     keys: HashMap<Vec<u8>, (Option<Versioned>, bool)>,
-    sessions: HashMap<u64, (u64, WriteResult)>,
+    /// Sessions used by this entry (already carrying this entry's index).
+    sessions: HashMap<u64, SessionRecord>,
+    /// Expiry-index keys made stale by this entry.
+    stale_expiry: Vec<[u8; 17]>,
     revision: u64,
 }
 
@@ -179,11 +214,32 @@ impl Overlay<'_> {
         Ok(v)
     }
 
-    fn session(&mut self, client_id: u64) -> Result<Option<(u64, WriteResult)>> {
+    fn session(&mut self, client_id: u64) -> Result<Option<SessionRecord>> {
         if let Some(s) = self.sessions.get(&client_id) {
             return Ok(Some(s.clone()));
         }
         self.store.load_session(client_id)
+    }
+
+    /// Records that the session's last command is `seq` with `result`, at `index`.
+    fn record_session(
+        &mut self,
+        client_id: u64,
+        old: Option<&SessionRecord>,
+        seq: u64,
+        result: WriteResult,
+        index: u64,
+    ) {
+        if let Some(old) = old.filter(|o| o.last_index != index) {
+            self.stale_expiry
+                .push(expiry_key(old.last_index, client_id));
+        }
+        let rec = SessionRecord {
+            seq,
+            result,
+            last_index: index,
+        };
+        self.sessions.insert(client_id, rec);
     }
 
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
@@ -243,7 +299,96 @@ impl Overlay<'_> {
                     }
                 }
             }
+            WriteOp::Set { key, value, cond } => {
+                let prev = self.get(key)?;
+                let applies = match cond {
+                    SetCond::Always => true,
+                    SetCond::IfAbsent => prev.is_none(),
+                    SetCond::IfPresent => prev.is_some(),
+                };
+                let version = if applies {
+                    self.set(key, Some(value.clone()))
+                } else {
+                    prev.as_ref().map_or(0, |p| p.version)
+                };
+                WriteResult::Set {
+                    applied: applies,
+                    version,
+                    prev,
+                }
+            }
+            WriteOp::Incr { key, delta } => {
+                let cur = match self.get(key)? {
+                    None => Some(0i64),
+                    Some(v) => std::str::from_utf8(&v.value)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok()),
+                };
+                match cur.and_then(|c| c.checked_add(*delta)) {
+                    Some(value) => {
+                        let version = self.set(key, Some(value.to_string().into_bytes()));
+                        WriteResult::Incr { value, version }
+                    }
+                    None => {
+                        WriteResult::Rejected("value is not an integer or out of range".to_string())
+                    }
+                }
+            }
+            WriteOp::Append { key, suffix } => {
+                let mut value = self.get(key)?.map(|v| v.value).unwrap_or_default();
+                if value.len() + suffix.len() > MAX_APPEND_RESULT {
+                    return Ok(WriteResult::Rejected(format!(
+                        "append would make the value larger than {MAX_APPEND_RESULT} bytes"
+                    )));
+                }
+                value.extend_from_slice(suffix);
+                let len = value.len() as u64;
+                let version = self.set(key, Some(value));
+                WriteResult::Append { len, version }
+            }
+            WriteOp::MultiPut { pairs } => {
+                // One revision for the whole multi-put: it is one atomic write.
+                self.revision += 1;
+                let version = self.revision;
+                for (k, v) in pairs {
+                    let value = Some(Versioned {
+                        value: v.clone(),
+                        version,
+                    });
+                    self.keys.insert(k.clone(), (value, true));
+                }
+                WriteResult::MultiPut { version }
+            }
         })
+    }
+}
+
+impl KvStore {
+    /// Sessions to forget at `index`: unused for [`SESSION_TTL_ENTRIES`] entries and not
+    /// touched by this entry. Only every [`SESSION_SWEEP_EVERY`] entries.
+    fn expired_sessions(
+        &self,
+        index: u64,
+        touched: &HashMap<u64, SessionRecord>,
+    ) -> Result<Vec<([u8; 17], u64)>> {
+        if index % SESSION_SWEEP_EVERY != 0 || index < SESSION_TTL_ENTRIES {
+            return Ok(vec![]);
+        }
+        let end = expiry_key(index - SESSION_TTL_ENTRIES, 0);
+        let mut out = Vec::new();
+        self.backend.view(|v| {
+            v.scan_from(Space::Sm, &[EXPIRY_PREFIX], &mut |k, _| {
+                if k.len() != 17 || k >= end.as_slice() || out.len() >= SWEEP_MAX {
+                    return Ok(false);
+                }
+                let client = u64::from_be_bytes(k[9..].try_into().expect("17-byte key"));
+                if !touched.contains_key(&client) {
+                    out.push((k.try_into().expect("17-byte key"), client));
+                }
+                Ok(true)
+            })
+        })?;
+        Ok(out)
     }
 }
 
@@ -263,38 +408,47 @@ impl StateMachine for KvStore {
             store: self,
             keys: HashMap::new(),
             sessions: HashMap::new(),
+            stale_expiry: Vec::new(),
             revision: self.revision,
         };
         let mut results = Vec::with_capacity(commands.len());
         for cmd in commands {
-            let result = match overlay.session(cmd.client_id)? {
-                Some((last, res)) if last == cmd.seq => res,
-                Some((last, _)) if last > cmd.seq => WriteResult::Rejected(format!(
-                    "sequence number {} of client {} is older than its last applied one ({last})",
-                    cmd.seq, cmd.client_id
+            let session = overlay.session(cmd.client_id)?;
+            let result = match &session {
+                Some(s) if s.seq == cmd.seq => s.result.clone(),
+                Some(s) if s.seq > cmd.seq => WriteResult::Rejected(format!(
+                    "sequence number {} of client {} is older than its last applied one ({})",
+                    cmd.seq, cmd.client_id, s.seq
                 )),
-                _ => {
-                    let res = overlay.execute(&cmd.op)?;
-                    overlay
-                        .sessions
-                        .insert(cmd.client_id, (cmd.seq, res.clone()));
-                    res
-                }
+                _ => overlay.execute(&cmd.op)?,
             };
+            if session.as_ref().is_none_or(|s| s.seq < cmd.seq) {
+                let client = cmd.client_id;
+                overlay.record_session(client, session.as_ref(), cmd.seq, result.clone(), index);
+            }
             results.push(result);
         }
+        let expired = self.expired_sessions(index, &overlay.sessions)?;
         let (keys, sessions, revision) = (overlay.keys, overlay.sessions, overlay.revision);
         let mut writes: Vec<RawWrite> = keys
             .into_iter()
             .filter(|(_, (_, dirty))| *dirty)
             .map(|(k, (v, _))| (Space::Kv, k, v.as_ref().map(encode_value)))
             .collect();
-        for (client, sess) in sessions {
+        for k in overlay.stale_expiry {
+            writes.push((Space::Sm, k.to_vec(), None));
+        }
+        for (client, rec) in sessions {
+            writes.push((Space::Sm, expiry_key(index, client).to_vec(), Some(vec![])));
             writes.push((
                 Space::Sm,
                 session_key(client).to_vec(),
-                Some(bincode::serialize(&sess)?),
+                Some(bincode::serialize(&rec)?),
             ));
+        }
+        for (ekey, client) in expired {
+            writes.push((Space::Sm, ekey.to_vec(), None));
+            writes.push((Space::Sm, session_key(client).to_vec(), None));
         }
         writes.push((
             Space::Sm,

@@ -9,7 +9,9 @@
 //! from the same directory. After every step the store must equal the model.
 
 use super::{KvStore, StateMachine};
-use crate::command::{Command, Expect, KeyValue, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::command::{
+    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+};
 use crate::storage::db::open_db;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +21,8 @@ use std::path::Path;
 const KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"ba", b"c"];
 /// Keys that are read: the written ones and one never written.
 const READ_KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"ba", b"c", b"d"];
-const VALUES: &[&[u8]] = &[b"", b"x", b"y", b"zz"];
+const VALUES: &[&[u8]] = &[b"", b"x", b"y", b"zz", b"7", b"-12"];
+const CONDS: &[SetCond] = &[SetCond::Always, SetCond::IfAbsent, SetCond::IfPresent];
 const PREFIXES: &[&[u8]] = &[b"", b"a", b"ab", b"b", b"c", b"d"];
 const BOUNDS: &[&[u8]] = &[b"", b"a", b"aa", b"ab", b"abc", b"b", b"bb", b"c", b"d"];
 
@@ -48,6 +51,20 @@ enum OpSpec {
         expect: ExpectSpec,
         value: usize,
     },
+    Set {
+        key: usize,
+        value: usize,
+        cond: usize,
+    },
+    Incr {
+        key: usize,
+        delta: i64,
+    },
+    Append {
+        key: usize,
+        value: usize,
+    },
+    MultiPut(Vec<(usize, usize)>),
 }
 
 #[derive(Clone, Debug)]
@@ -129,6 +146,25 @@ impl Model {
                     new_value: VALUES[*value].to_vec(),
                 }
             }
+            OpSpec::Set { key, value, cond } => WriteOp::Set {
+                key: KEYS[*key].to_vec(),
+                value: VALUES[*value].to_vec(),
+                cond: CONDS[*cond],
+            },
+            OpSpec::Incr { key, delta } => WriteOp::Incr {
+                key: KEYS[*key].to_vec(),
+                delta: *delta,
+            },
+            OpSpec::Append { key, value } => WriteOp::Append {
+                key: KEYS[*key].to_vec(),
+                suffix: VALUES[*value].to_vec(),
+            },
+            OpSpec::MultiPut(pairs) => WriteOp::MultiPut {
+                pairs: pairs
+                    .iter()
+                    .map(|(k, v)| (KEYS[*k].to_vec(), VALUES[*v].to_vec()))
+                    .collect(),
+            },
         }
     }
 
@@ -207,6 +243,55 @@ impl Model {
                         version: cur.as_ref().map_or(0, |c| c.version),
                         current: cur,
                     }
+                }
+            }
+            WriteOp::Set { key, value, cond } => {
+                let prev = self.current(key);
+                let applied = match cond {
+                    SetCond::Always => true,
+                    SetCond::IfAbsent => prev.is_none(),
+                    SetCond::IfPresent => prev.is_some(),
+                };
+                let version = if applied {
+                    self.set(key, Some(value.clone()))
+                } else {
+                    prev.as_ref().map_or(0, |p| p.version)
+                };
+                WriteResult::Set {
+                    applied,
+                    version,
+                    prev,
+                }
+            }
+            WriteOp::Incr { key, delta } => {
+                let cur = match self.current(key) {
+                    None => Some(0i64),
+                    Some(v) => String::from_utf8(v.value).ok().and_then(|s| s.parse().ok()),
+                };
+                match cur.and_then(|c: i64| c.checked_add(*delta)) {
+                    Some(value) => WriteResult::Incr {
+                        value,
+                        version: self.set(key, Some(value.to_string().into_bytes())),
+                    },
+                    None => WriteResult::Rejected(String::new()),
+                }
+            }
+            WriteOp::Append { key, suffix } => {
+                let mut v = self.current(key).map(|c| c.value).unwrap_or_default();
+                v.extend_from_slice(suffix);
+                let len = v.len() as u64;
+                WriteResult::Append {
+                    len,
+                    version: self.set(key, Some(v)),
+                }
+            }
+            WriteOp::MultiPut { pairs } => {
+                self.revision += 1;
+                for (k, v) in pairs {
+                    self.data.insert(k.clone(), (v.clone(), self.revision));
+                }
+                WriteResult::MultiPut {
+                    version: self.revision,
                 }
             }
         }
@@ -350,6 +435,14 @@ fn op_spec() -> impl Strategy<Value = OpSpec> {
             .prop_map(|(key, return_prev)| OpSpec::Delete { key, return_prev }),
         3 => (0..KEYS.len(), expect, 0..VALUES.len())
             .prop_map(|(key, expect, value)| OpSpec::Cas { key, expect, value }),
+        2 => (0..KEYS.len(), 0..VALUES.len(), 0..CONDS.len())
+            .prop_map(|(key, value, cond)| OpSpec::Set { key, value, cond }),
+        2 => (0..KEYS.len(), prop_oneof![Just(i64::MAX), -5i64..5])
+            .prop_map(|(key, delta)| OpSpec::Incr { key, delta }),
+        1 => (0..KEYS.len(), 0..VALUES.len())
+            .prop_map(|(key, value)| OpSpec::Append { key, value }),
+        1 => proptest::collection::vec((0..KEYS.len(), 0..VALUES.len()), 1..4)
+            .prop_map(OpSpec::MultiPut),
     ]
 }
 
@@ -455,5 +548,43 @@ fn sessions_survive_restart() {
             value: b"w".to_vec(),
             version: 2
         })
+    );
+}
+
+#[test]
+fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
+    use super::{SESSION_SWEEP_EVERY, SESSION_TTL_ENTRIES};
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let incr = |client_id, seq| Command {
+        client_id,
+        seq,
+        op: WriteOp::Incr {
+            key: b"n".to_vec(),
+            delta: 1,
+        },
+    };
+    let apply = |kv: &mut KvStore, cmds: &[Command]| kv.apply(kv.applied_index(), cmds).unwrap();
+    let value = |kv: &KvStore| kv.get(b"n").unwrap().0.map(|v| v.value);
+    apply(&mut kv, &[incr(1, 1)]);
+    // Client 2 keeps using its session; client 1 goes quiet.
+    let mut seq2 = 0;
+    while kv.applied_index() < SESSION_TTL_ENTRIES + SESSION_SWEEP_EVERY {
+        if kv.applied_index() % 50_000 == 1 {
+            seq2 += 1;
+            apply(&mut kv, &[incr(2, seq2)]);
+        } else {
+            apply(&mut kv, &[]);
+        }
+    }
+    let total = 1 + seq2 as i64;
+    assert_eq!(value(&kv), Some(total.to_string().into_bytes()));
+    // A retry of client 2's last command is still recognised: no second increment.
+    apply(&mut kv, &[incr(2, seq2)]);
+    assert_eq!(value(&kv), Some(total.to_string().into_bytes()));
+    // Client 1's session was forgotten: the same command now counts as new.
+    let late = apply(&mut kv, &[incr(1, 1)]);
+    assert!(
+        matches!(late[0], WriteResult::Incr { value, .. } if value == total + 1),
+        "{late:?}"
     );
 }
