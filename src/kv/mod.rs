@@ -371,7 +371,7 @@ impl KvStore {
         index: u64,
         touched: &HashMap<u64, SessionRecord>,
     ) -> Result<Vec<([u8; 17], u64)>> {
-        if index % SESSION_SWEEP_EVERY != 0 || index < SESSION_TTL_ENTRIES {
+        if !index.is_multiple_of(SESSION_SWEEP_EVERY) || index < SESSION_TTL_ENTRIES {
             return Ok(vec![]);
         }
         let end = expiry_key(index - SESSION_TTL_ENTRIES, 0);
