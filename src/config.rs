@@ -32,6 +32,14 @@ pub struct Config {
     pub peers: Vec<Member>,
     /// Address of the client API (gRPC), e.g. `127.0.0.1:7001`.
     pub client_addr: String,
+    /// Address of the HTTP/JSON API. Unset: the client address's host, port 8080.
+    /// `"off"` disables it.
+    #[serde(default)]
+    pub http_addr: Option<String>,
+    /// Address of the Redis-protocol (RESP) listener. Unset: the client address's host,
+    /// port 6379. `"off"` disables it.
+    #[serde(default)]
+    pub resp_addr: Option<String>,
     /// Directory for this node's RocksDB; used by one process at a time.
     pub data_dir: PathBuf,
     /// Largest accepted key, in bytes.
@@ -95,6 +103,8 @@ impl Config {
             id,
             peers,
             client_addr,
+            http_addr: None,
+            resp_addr: None,
             data_dir,
             max_key_size: default_max_key(),
             max_value_size: default_max_value(),
@@ -119,6 +129,30 @@ impl Config {
         Limits {
             max_key: self.max_key_size,
             max_value: self.max_value_size,
+        }
+    }
+
+    /// The HTTP listener address, or `None` when it is off.
+    pub fn http_listen(&self) -> Option<String> {
+        self.optional_listener(&self.http_addr, 8080)
+    }
+
+    /// The RESP listener address, or `None` when it is off.
+    pub fn resp_listen(&self) -> Option<String> {
+        self.optional_listener(&self.resp_addr, 6379)
+    }
+
+    fn optional_listener(&self, set: &Option<String>, default_port: u16) -> Option<String> {
+        match set.as_deref() {
+            Some("off") => None,
+            Some(a) => Some(a.to_string()),
+            None => {
+                let host = self
+                    .client_addr
+                    .rsplit_once(':')
+                    .map_or("127.0.0.1", |(h, _)| h);
+                Some(format!("{host}:{default_port}"))
+            }
         }
     }
 
@@ -167,12 +201,21 @@ impl Config {
                     .join(", ")
             ));
         }
-        let client = resolve(&self.client_addr, "client address (--client-addr)")?;
-        if addrs.contains(&client) {
-            return bad(format!(
-                "client address {} is also a peer address; give each listener its own port",
-                self.client_addr
-            ));
+        let mut listeners = vec![("client address (--client-addr)", self.client_addr.clone())];
+        if let Some(a) = self.http_listen() {
+            listeners.push(("HTTP address (--http-addr)", a));
+        }
+        if let Some(a) = self.resp_listen() {
+            listeners.push(("RESP address (--resp-addr)", a));
+        }
+        for (what, addr) in &listeners {
+            let sa = resolve(addr, what)?;
+            if !addrs.insert(sa) {
+                return bad(format!(
+                    "{what} {addr} is already used by another listener or peer; \
+                     give each listener its own port (or \"off\")"
+                ));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return bad("a data directory is required (--data-dir)".into());
@@ -269,7 +312,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("also a peer"));
+            .contains("already used"));
         let mut c = cfg();
         c.peers[0].addr = "nonsense".into();
         assert!(c

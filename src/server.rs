@@ -36,6 +36,9 @@ pub struct RunningServer {
     pub client_addr: SocketAddr,
     node_thread: Option<std::thread::JoinHandle<()>>,
     grpc_stop: Option<oneshot::Sender<()>>,
+    /// Tells the HTTP and RESP servers to stop.
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    protocol_tasks: Vec<tokio::task::JoinHandle<()>>,
     grpc_task: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: DataDir,
@@ -117,10 +120,24 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let peer_listener = bind(&own_peer, "peer address").await?;
     let client_listener = bind(&cfg.client_addr, "client address").await?;
     let client_addr = client_listener.local_addr()?;
-    let listeners = vec![
+    let http_listener = match cfg.http_listen() {
+        Some(a) => Some(bind(&a, "HTTP address").await?),
+        None => None,
+    };
+    let resp_listener = match cfg.resp_listen() {
+        Some(a) => Some(bind(&a, "RESP address").await?),
+        None => None,
+    };
+    let mut listeners = vec![
         ("grpc".to_string(), client_addr.to_string()),
         ("peer".to_string(), peer_listener.local_addr()?.to_string()),
     ];
+    if let Some(l) = &http_listener {
+        listeners.push(("http".to_string(), l.local_addr()?.to_string()));
+    }
+    if let Some(l) = &resp_listener {
+        listeners.push(("resp".to_string(), l.local_addr()?.to_string()));
+    }
 
     let (tx, rx) = std::sync::mpsc::channel();
     let table = PeerTable::default();
@@ -222,13 +239,38 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             tracing::error!("gRPC server failed: {e}");
         }
     });
-    tracing::info!(id = info.config.id, grpc = %client_addr, peer = %own_peer, "node serving");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut protocol_tasks = Vec::new();
+    if let Some(l) = http_listener {
+        protocol_tasks.push(tokio::spawn(crate::api::http::serve(
+            l,
+            handle.clone(),
+            info.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(l) = resp_listener {
+        protocol_tasks.push(tokio::spawn(crate::api::resp::serve(
+            l,
+            handle.clone(),
+            info.clone(),
+            stop_rx,
+        )));
+    }
+    let shown: Vec<String> = info
+        .listeners
+        .iter()
+        .map(|(n, a)| format!("{n}={a}"))
+        .collect();
+    tracing::info!(id = info.config.id, "node serving: {}", shown.join(" "));
     Ok(RunningServer {
         handle,
         info,
         client_addr,
         node_thread: Some(node_thread),
         grpc_stop: Some(grpc_stop),
+        stop_tx,
+        protocol_tasks,
         grpc_task,
         tasks: vec![accept],
         _dir: dir,
@@ -246,8 +288,12 @@ impl RunningServer {
         if let Some(stop) = self.grpc_stop.take() {
             let _ = stop.send(());
         }
+        let _ = self.stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.grpc_task).await;
         self.grpc_task.abort();
+        for t in self.protocol_tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         for t in &self.tasks {
             t.abort();
         }

@@ -232,12 +232,14 @@ async fn three_nodes_in_one_process_replicate_writes() {
         .collect();
     let mut servers: Vec<RunningServer> = Vec::new();
     for i in 0..N {
-        let cfg = Config::new(
+        let mut cfg = Config::new(
             i as u64 + 1,
             peers.clone(),
             format!("127.0.0.1:{}", ports[i]),
             dirs[i].path().join("data"),
         );
+        cfg.http_addr = Some("off".into());
+        cfg.resp_addr = Some("off".into());
         servers.push(server::start(cfg).await.unwrap());
     }
     let clients: Vec<Client> = servers

@@ -3,6 +3,8 @@
 //! consistency. Today: gRPC ([`grpc`]). HTTP/JSON and RESP will sit beside it.
 
 pub mod grpc;
+pub mod http;
+pub mod resp;
 
 /// The generated protobuf types and gRPC stubs of `proto/paxosdb.proto`.
 pub mod pb {

@@ -3,8 +3,12 @@
 //! Each node is a child process running `paxosdb server` (the same binary), with its data
 //! in `DIR/node-N`; its log lines are printed prefixed with `[nN]`. Ctrl-C (or SIGTERM)
 //! sends SIGTERM to every node and waits for them to stop cleanly. Starting again on the
-//! same directory keeps the data. Node N listens for clients on `127.0.0.1:(BASE+N)` and
-//! for peers on `127.0.0.1:(BASE+100+N)`.
+//! same directory keeps the data.
+//!
+//! Ports of node N with the default `--base-port 7000`: gRPC 7000+N, peers 7100+N, HTTP
+//! 8079+N (node 1 on 8080) and Redis protocol 6378+N (node 1 on 6379, so a bare
+//! `redis-cli` reaches node 1). With another base B: gRPC B+N, peers B+100+N, HTTP
+//! B+200+N, RESP B+300+N.
 
 use super::Cli;
 use crate::error::{Error, Result};
@@ -60,6 +64,21 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Internal(format!("cannot find own executable: {e}")))?;
     let port = |n: u64, off: u64| a.base_port as u64 + off + n;
+    let default_ports = a.base_port == 7000;
+    let http_port = |n: u64| {
+        if default_ports {
+            8079 + n
+        } else {
+            port(n, 200)
+        }
+    };
+    let resp_port = |n: u64| {
+        if default_ports {
+            6378 + n
+        } else {
+            port(n, 300)
+        }
+    };
     let peers: Vec<String> = (1..=a.nodes)
         .map(|n| format!("{n}=127.0.0.1:{}", port(n, 100)))
         .collect();
@@ -72,6 +91,10 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             .args(["--id", &n.to_string()])
             .args(["--peers", &peers])
             .args(["--client-addr", &format!("127.0.0.1:{}", port(n, 0))])
+            .args(["--http-addr", &format!("127.0.0.1:{}", http_port(n))])
+            .args(["--resp-addr", &format!("127.0.0.1:{}", resp_port(n))])
+            .env_remove("PAXOSDB_HTTP_ADDR")
+            .env_remove("PAXOSDB_RESP_ADDR")
             .arg("--data-dir")
             .arg(a.data_dir.join(format!("node-{n}")))
             .env_remove("PAXOSDB_CONFIG")
@@ -97,8 +120,10 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
     );
     for n in 1..=a.nodes {
         println!(
-            "  node {n}: client 127.0.0.1:{}  peer 127.0.0.1:{}",
+            "  node {n}: grpc 127.0.0.1:{}  http 127.0.0.1:{}  redis 127.0.0.1:{}  peer 127.0.0.1:{}",
             port(n, 0),
+            http_port(n),
+            resp_port(n),
             port(n, 100)
         );
     }

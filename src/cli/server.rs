@@ -20,6 +20,12 @@ pub struct ServerArgs {
     /// Address for the client API (gRPC).
     #[arg(long, env = "PAXOSDB_CLIENT_ADDR")]
     pub client_addr: Option<String>,
+    /// Address for the HTTP/JSON API (default: client host, port 8080; "off" disables).
+    #[arg(long, env = "PAXOSDB_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Address for the Redis protocol (default: client host, port 6379; "off" disables).
+    #[arg(long, env = "PAXOSDB_RESP_ADDR")]
+    pub resp_addr: Option<String>,
     /// Data directory (created if missing).
     #[arg(long, env = "PAXOSDB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -53,6 +59,12 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if let Some(c) = &a.client_addr {
         cfg.client_addr = c.clone();
+    }
+    if let Some(h) = &a.http_addr {
+        cfg.http_addr = Some(h.clone());
+    }
+    if let Some(r) = &a.resp_addr {
+        cfg.resp_addr = Some(r.clone());
     }
     if let Some(d) = &a.data_dir {
         cfg.data_dir = d.clone();

@@ -48,6 +48,8 @@ where
 pub struct Node {
     pub id: u64,
     pub client_addr: String,
+    pub http_addr: String,
+    pub resp_addr: String,
     pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -64,11 +66,13 @@ impl Cluster {
     /// Starts `n` nodes and waits until they agree on a leader.
     pub async fn start(n: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(2 * n);
+        let ports = free_ports(4 * n);
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
                 id: i as u64 + 1,
                 client_addr: format!("127.0.0.1:{}", ports[i]),
+                http_addr: format!("127.0.0.1:{}", ports[2 * n + i]),
+                resp_addr: format!("127.0.0.1:{}", ports[3 * n + i]),
                 peer_addr: format!("127.0.0.1:{}", ports[n + i]),
                 data_dir: dir.path().join(format!("node-{}", i + 1)),
                 log: dir.path().join(format!("node-{}.log", i + 1)),
@@ -100,6 +104,8 @@ impl Cluster {
             .args(["--id", &id.to_string()])
             .args(["--peers", &self.peers])
             .args(["--client-addr", &n.client_addr])
+            .args(["--http-addr", &n.http_addr])
+            .args(["--resp-addr", &n.resp_addr])
             .arg("--data-dir")
             .arg(&n.data_dir)
             .env("PAXOSDB_LOG", "info");
