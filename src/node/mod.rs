@@ -32,7 +32,7 @@ use omnipaxos::messages::Message;
 use omnipaxos::storage::Storage;
 use omnipaxos::util::LogEntry as PaxosEntry;
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -94,8 +94,10 @@ pub struct Core<S: Storage<LogEntry>> {
     paxos: OmniPaxos<LogEntry, S>,
     sm: Box<dyn StateMachine>,
     net: Box<dyn Network>,
-    /// Writes by session, until applied here or timed out.
-    writes: HashMap<(u64, u64), WriteWaiter>,
+    /// Writes by session, until applied here or timed out. Ordered (not a HashMap): the
+    /// tick re-proposes overdue writes in iteration order, and a randomly seeded order
+    /// would make the proposed batches, and so a simulation run, irreproducible.
+    writes: BTreeMap<(u64, u64), WriteWaiter>,
     /// Sessions waiting to go into the next batch, in arrival order.
     to_propose: Vec<(u64, u64)>,
     /// Reads waiting for the next batch.
@@ -136,7 +138,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             paxos,
             sm,
             net,
-            writes: HashMap::new(),
+            writes: BTreeMap::new(),
             to_propose: Vec::new(),
             reads: Vec::new(),
             barriers: BTreeMap::new(),
