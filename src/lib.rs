@@ -9,7 +9,8 @@
 //! - [`node`]: the task that owns the OmniPaxos instance, batches commands, applies
 //!   decided entries and answers waiters; [`server`] wires a node to its listeners;
 //! - [`transport`]: peer-to-peer TCP with framed messages;
-//! - [`kv`]: the state machine; [`storage`]: the log storage and the RocksDB home.
+//! - [`kv`]: the state machine; [`storage`]: the log storage and the RocksDB home;
+//! - [`check`] and [`sim`]: the linearizability checker and the deterministic simulation.
 //!
 //! `docs/architecture.md` follows a write and a read through these layers.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod kv;
 pub mod node;
 pub mod server;
+pub mod sim;
 pub mod storage;
 pub mod transport;
 

@@ -8,6 +8,7 @@ mod bench;
 mod cluster;
 mod kv;
 mod server;
+mod sim;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,8 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Load generator: prints throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Deterministic simulation campaign: many seeds, faults, checks (see `sim` docs).
+    Sim(sim::SimArgs),
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
@@ -131,6 +134,7 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(&cli, a).await,
             Command::Cluster(c) => cluster::run(&cli, c).await,
             Command::Bench(a) => bench::run(&cli, a).await,
+            Command::Sim(a) => sim::run(a).await,
         }
     });
     match result {

@@ -1,0 +1,379 @@
+//! Simulated clients and the history they record.
+//!
+//! Each client has one session (`client_id`, and a `seq` that grows with every new
+//! write; a retry keeps its `seq`, as the real client does) and at most one operation in
+//! flight: put, get, compare-and-swap or delete on a small key set, sent to a random live
+//! node. A get is a linearizable read: `Event::ReadBarrier`, then `KvStore::get` on that
+//! node's store.
+//!
+//! Every operation is recorded once, as a [`crate::check::Operation`] with virtual call and
+//! return times (microseconds): `Ok` with what it returned; `Fail` if the node rejected
+//! it (it certainly did not happen); `Info` if an attempt was lost (timeout, crashed node)
+//! and no retry with the same session returned an answer — an answer to a retry completes
+//! the operation with that retry's return time. After an `Info` the client continues as a
+//! new checker process (its lost operation may still take effect at any later time).
+//! A read that is not answered had no effect and is retried or dropped.
+
+use super::world::Node;
+use crate::check::{Input, Operation, Outcome, Output};
+use crate::command::{Command, Expect, WriteOp, WriteResult};
+use crate::node::Event;
+use crate::Result;
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot::{self, error::TryRecvError};
+
+/// Attempts of one operation while faults are on, before it is given up as `Info`.
+const MAX_ATTEMPTS: u32 = 3;
+
+enum Rx {
+    Write(oneshot::Receiver<Result<WriteResult>>),
+    Read(oneshot::Receiver<Result<()>>),
+    /// Not sent yet, or lost: (re)send at this time.
+    RetryAt(Duration),
+}
+
+struct Pending {
+    key: Vec<u8>,
+    input: Input,
+    /// The write with its session; None for a get.
+    cmd: Option<Command>,
+    call: Duration,
+    node: usize,
+    attempts: u32,
+    lost: bool,
+    rx: Rx,
+}
+
+struct Client {
+    session: u64,
+    seq: u64,
+    proc: u64,
+    pending: Option<Pending>,
+    next_at: Duration,
+}
+
+/// All clients, their history and their counters.
+pub struct Clients {
+    clients: Vec<Client>,
+    keys: usize,
+    next_proc: u64,
+    /// Recently written values per key (CAS expectations come from here).
+    recent: Vec<Vec<Vec<u8>>>,
+    pub history: Vec<Operation>,
+    /// Operations called at or after this time must complete within `bound`.
+    pub live_from: Option<Duration>,
+    pub bound: Duration,
+    pub liveness_violation: Option<String>,
+    /// Bug injection: answer gets from the local store without a read barrier.
+    pub stale_reads: bool,
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+impl Clients {
+    pub fn new(n: usize, keys: usize, rng: &mut StdRng) -> Clients {
+        Clients {
+            clients: (0..n as u64)
+                .map(|i| Client {
+                    session: 1000 + i,
+                    seq: 0,
+                    proc: i,
+                    pending: None,
+                    next_at: Duration::from_millis(rng.gen_range(0..50)),
+                })
+                .collect(),
+            keys,
+            next_proc: n as u64,
+            recent: vec![Vec::new(); keys],
+            history: Vec::new(),
+            live_from: None,
+            bound: Duration::from_secs(10),
+            liveness_violation: None,
+            stale_reads: false,
+        }
+    }
+
+    /// When a client next wants to act (new operation or retry).
+    pub fn next_time(&self, issuing: bool) -> Option<Duration> {
+        self.clients
+            .iter()
+            .filter_map(|c| match &c.pending {
+                Some(Pending {
+                    rx: Rx::RetryAt(t), ..
+                }) => Some(*t),
+                Some(_) => None,
+                None => issuing.then_some(c.next_at),
+            })
+            .min()
+    }
+
+    /// True while some operation is unfinished.
+    pub fn busy(&self) -> bool {
+        self.clients.iter().any(|c| c.pending.is_some())
+    }
+
+    /// Collects answers, retries lost attempts and, if `issuing`, starts new operations.
+    pub fn act(
+        &mut self,
+        now: Duration,
+        base: Instant,
+        rng: &mut StdRng,
+        nodes: &mut [Node],
+        issuing: bool,
+    ) {
+        for i in 0..self.clients.len() {
+            self.poll(i, now, rng, nodes);
+            let c = &self.clients[i];
+            let resend =
+                matches!(&c.pending, Some(Pending { rx: Rx::RetryAt(t), .. }) if *t <= now);
+            if resend {
+                self.send(i, now, base, rng, nodes);
+            } else if c.pending.is_none() && issuing && c.next_at <= now {
+                self.start(i, now, rng);
+                self.send(i, now, base, rng, nodes);
+            }
+        }
+    }
+
+    fn start(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
+        let k = rng.gen_range(0..self.keys);
+        let key = format!("k{k}").into_bytes();
+        let c = &mut self.clients[i];
+        let value = format!("{}.{}", c.session, c.seq + 1).into_bytes();
+        let roll = rng.gen_range(0..100);
+        let (input, op) = if roll < 40 {
+            (Input::Get, None)
+        } else if roll < 65 {
+            let op = WriteOp::Put {
+                key: key.clone(),
+                value: value.clone(),
+                return_prev: false,
+            };
+            (Input::Put(value.clone()), Some(op))
+        } else if roll < 85 {
+            let recent = &self.recent[k];
+            let expect = if recent.is_empty() || rng.gen_bool(0.2) {
+                b"none".to_vec()
+            } else {
+                recent[rng.gen_range(0..recent.len())].clone()
+            };
+            let op = WriteOp::Cas {
+                key: key.clone(),
+                expect: Expect::Value(expect.clone()),
+                new_value: value.clone(),
+            };
+            (
+                Input::Cas {
+                    expect,
+                    new: value.clone(),
+                },
+                Some(op),
+            )
+        } else {
+            let op = WriteOp::Delete {
+                key: key.clone(),
+                return_prev: false,
+            };
+            (Input::Delete, Some(op))
+        };
+        let cmd = op.map(|op| {
+            c.seq += 1;
+            Command {
+                client_id: c.session,
+                seq: c.seq,
+                op,
+            }
+        });
+        if cmd.is_some() {
+            let r = &mut self.recent[k];
+            r.push(value);
+            if r.len() > 4 {
+                r.remove(0);
+            }
+        }
+        c.pending = Some(Pending {
+            key,
+            input,
+            cmd,
+            call: now,
+            node: 0,
+            attempts: 0,
+            lost: false,
+            rx: Rx::RetryAt(now),
+        });
+    }
+
+    /// Sends the pending operation of client `i` to a random live node.
+    fn send(
+        &mut self,
+        i: usize,
+        now: Duration,
+        base: Instant,
+        rng: &mut StdRng,
+        nodes: &mut [Node],
+    ) {
+        let live: Vec<usize> = (0..nodes.len()).filter(|&n| nodes[n].is_up()).collect();
+        let stale = self.stale_reads;
+        let p = self.clients[i].pending.as_mut().unwrap();
+        if live.is_empty() {
+            // Connection refused everywhere: nothing was sent; try again later.
+            p.rx = Rx::RetryAt(now + Duration::from_millis(100));
+            return;
+        }
+        let node = live[rng.gen_range(0..live.len())];
+        p.node = node;
+        p.attempts += 1;
+        let at = base + now;
+        let core = nodes[node].core.as_mut().unwrap();
+        match &p.cmd {
+            Some(cmd) => {
+                let (tx, rx) = oneshot::channel();
+                core.handle(
+                    Event::Write {
+                        cmd: cmd.clone(),
+                        reply: tx,
+                    },
+                    at,
+                );
+                p.rx = Rx::Write(rx);
+            }
+            None => {
+                let (tx, rx) = oneshot::channel();
+                if stale {
+                    let _ = tx.send(Ok(()));
+                } else {
+                    core.handle(Event::ReadBarrier { reply: tx }, at);
+                }
+                p.rx = Rx::Read(rx);
+            }
+        }
+        if stale && p.cmd.is_none() {
+            self.poll(i, now, rng, nodes);
+        }
+    }
+
+    /// Takes the answer of client `i`'s attempt, if one arrived.
+    fn poll(&mut self, i: usize, now: Duration, rng: &mut StdRng, nodes: &[Node]) {
+        let Some(p) = self.clients[i].pending.as_mut() else {
+            return;
+        };
+        let answer = match &mut p.rx {
+            Rx::RetryAt(_) => return,
+            Rx::Write(rx) => match rx.try_recv() {
+                Err(TryRecvError::Empty) => return,
+                Ok(Ok(r)) => Some(outcome(r, p.lost)),
+                // A timeout (outcome unknown) or a crashed node.
+                Ok(Err(_)) | Err(TryRecvError::Closed) => None,
+            },
+            Rx::Read(rx) => match rx.try_recv() {
+                Err(TryRecvError::Empty) => return,
+                // The node crashed between answering the barrier and the read.
+                Ok(Ok(())) if nodes[p.node].kv.is_none() => None,
+                Ok(Ok(())) => {
+                    let kv = nodes[p.node].kv.as_ref().unwrap();
+                    let (v, _) = kv.get(&p.key).expect("memory reads do not fail");
+                    Some(Outcome::Ok(Output::Value(v.map(|v| v.value))))
+                }
+                Ok(Err(_)) | Err(TryRecvError::Closed) => None,
+            },
+        };
+        match answer {
+            Some(outcome) => {
+                let think = rng.gen_range(0..30);
+                self.finish(i, outcome, now, think)
+            }
+            None => {
+                p.lost = true;
+                let live = self.live_from.is_some_and(|t| p.call >= t);
+                if p.attempts >= MAX_ATTEMPTS && !live {
+                    let outcome = if p.cmd.is_some() {
+                        Outcome::Info
+                    } else {
+                        Outcome::Fail
+                    };
+                    self.finish(i, outcome, now, 0);
+                } else {
+                    p.rx = Rx::RetryAt(now + Duration::from_millis(rng.gen_range(10..200)));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, i: usize, outcome: Outcome, now: Duration, think_ms: u64) {
+        let c = &mut self.clients[i];
+        let p = c.pending.take().unwrap();
+        if let Some(from) = self.live_from {
+            if p.call >= from && now - p.call > self.bound && self.liveness_violation.is_none() {
+                self.liveness_violation = Some(format!(
+                    "operation {:?} on {:?} called at {:?} after healing took {:?}",
+                    p.input,
+                    String::from_utf8_lossy(&p.key),
+                    p.call,
+                    now - p.call
+                ));
+            }
+        }
+        let info = outcome == Outcome::Info;
+        if !(outcome == Outcome::Fail && p.cmd.is_none()) {
+            self.history.push(Operation {
+                client: c.proc,
+                key: p.key,
+                input: p.input,
+                call: us(p.call),
+                ret: (!info).then(|| us(now)),
+                outcome,
+            });
+        }
+        if info {
+            c.proc = self.next_proc;
+            self.next_proc += 1;
+        }
+        c.next_at = now + Duration::from_millis(think_ms);
+    }
+
+    /// Ends the run: unfinished writes become `Info`, unfinished reads are dropped.
+    /// Returns a liveness complaint about operations still pending that had to finish.
+    pub fn close(&mut self, now: Duration) -> Option<String> {
+        let mut complaint = None;
+        for i in 0..self.clients.len() {
+            let Some(p) = &self.clients[i].pending else {
+                continue;
+            };
+            if self.live_from.is_some_and(|t| p.call >= t) && complaint.is_none() {
+                complaint = Some(format!(
+                    "operation {:?} called at {:?} after healing never completed",
+                    p.input, p.call
+                ));
+            }
+            let outcome = if p.cmd.is_some() {
+                Outcome::Info
+            } else {
+                Outcome::Fail
+            };
+            self.finish(i, outcome, now, 0);
+        }
+        complaint
+    }
+
+    pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.history.iter().filter(|o| f(&o.outcome)).count()
+    }
+}
+
+/// The checker's outcome of a write's answer; `lost`: an earlier attempt was lost.
+fn outcome(r: WriteResult, lost: bool) -> Outcome {
+    match r {
+        WriteResult::Rejected(_) if lost => Outcome::Info,
+        WriteResult::Rejected(_) => Outcome::Fail,
+        WriteResult::Put { .. } => Outcome::Ok(Output::Written),
+        WriteResult::Delete { deleted, .. } => Outcome::Ok(Output::Deleted(deleted)),
+        WriteResult::Cas { succeeded, .. } => Outcome::Ok(Output::Swapped(succeeded)),
+        // Kinds of writes the simulation never issues.
+        #[allow(unreachable_patterns)]
+        _ => Outcome::Info,
+    }
+}

@@ -1,0 +1,211 @@
+//! Deterministic simulation (testing tier 2 of the design): several real node
+//! [`Core`](crate::node::Core)s — OmniPaxos over an in-memory log, the KV state machine
+//! over its memory backend, the same code the server runs — in one thread, over a
+//! simulated network, in virtual time, driven by one seeded random generator.
+//!
+//! A run ([`run`]) has four phases:
+//!
+//! 1. **faults** (`fault_time`): clients issue operations while the nemesis drops,
+//!    delays and reorders messages (FIFO per link, as TCP; `chaos` also duplicates and
+//!    reorders within a link), partitions the network (full split,
+//!    one-way, quorum-loss, constrained election, chained), and crashes and restarts
+//!    nodes — a process crash, or a machine crash that also loses what was not synced;
+//! 2. **heal**: every node up, every link up, calm network; clients go on issuing for
+//!    `live_time`, and each operation called now must complete within `liveness_bound`;
+//! 3. **drain**: clients stop issuing; their operations finish;
+//! 4. **quiesce**: run until every node has decided and applied the same log.
+//!
+//! Checked: one decided log (every decided entry any node reports is compared, during the
+//! run and pairwise at the end); no node's decided index goes back (across a machine
+//! crash it may, because production does not fsync it — monotonicity is then checked
+//! from the restored value on); all replicas' bytes equal after quiescence; liveness
+//! after healing; the client history linearizable per key ([`crate::check`]).
+//!
+//! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
+//! sim::tests::replay -- --nocapture` or `paxosdb sim --seed <N>` replays it exactly.
+
+mod checks;
+mod clients;
+mod net;
+mod storage;
+mod world;
+
+#[cfg(test)]
+mod tests;
+
+pub use checks::{common_prefix, linearizable, replicas_equal, DecidedMonotonic, LogOracle};
+pub use net::{Shape, Weather};
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+use world::World;
+
+/// A known bug to inject, to show that the checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Node 1's log stores every put with a different value.
+    TamperLog,
+    /// Node 1's state machine skips a command now and then.
+    SkipApply,
+    /// Gets are served from the local store without a read barrier.
+    StaleReads,
+    /// Node 1's state is changed behind the state machine's back before the final check.
+    DivergeState,
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub fault_time: Duration,
+    pub live_time: Duration,
+    pub liveness_bound: Duration,
+    /// Check the history for linearizability.
+    pub linearizability: bool,
+    /// Hash every delivered message into the trace hash (for determinism tests).
+    pub trace: bool,
+    /// Also duplicate and reorder messages on one link, which the production transport
+    /// never does and OmniPaxos does not tolerate (see `net`).
+    pub chaos: bool,
+    pub bug: Option<Bug>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 3,
+            clients: 4,
+            keys: 3,
+            fault_time: Duration::from_secs(5),
+            live_time: Duration::from_secs(2),
+            liveness_bound: Duration::from_secs(10),
+            linearizability: true,
+            trace: false,
+            chaos: false,
+            bug: None,
+        }
+    }
+}
+
+/// The figures of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub seed: u64,
+    /// Operations recorded in the history.
+    pub ops: usize,
+    pub ok: usize,
+    pub info: usize,
+    pub fail: usize,
+    /// Operations the linearizability checker examined (0 when skipped).
+    pub checked: usize,
+    pub faults: u64,
+    pub messages: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    /// Length of the decided log.
+    pub decided: usize,
+    pub virtual_ms: u64,
+    /// Hash of the history, the decided log and (with `trace`) every delivered message.
+    pub trace_hash: u64,
+}
+
+/// A failed run.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub reason: String,
+    /// The nemesis' actions up to the failure.
+    pub faults: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sim seed={} failed: {}", self.seed, self.reason)
+    }
+}
+
+/// Runs one seed and checks it.
+pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunStats, Failure> {
+    let mut w = World::new(seed, cfg.clone());
+    let result = phases(&mut w);
+    result
+        .map(|s| RunStats { seed, ..s })
+        .map_err(|reason| Failure {
+            seed,
+            reason,
+            faults: std::mem::take(&mut w.fault_log),
+        })
+}
+
+fn phases(w: &mut World) -> Result<RunStats, String> {
+    let cfg = w.cfg.clone();
+    w.run_until(cfg.fault_time, true, true, |_| false)?;
+    w.heal();
+    w.clients.live_from = Some(w.now);
+    w.run_until(w.now + cfg.live_time, false, true, |_| false)?;
+    let end = w.now + cfg.liveness_bound + Duration::from_secs(1);
+    w.run_until(end, false, false, |w| !w.clients.busy())?;
+    if let Some(complaint) = w.clients.close(w.now) {
+        return Err(format!("liveness: {complaint}"));
+    }
+    if let Some(v) = w.clients.liveness_violation.take() {
+        return Err(format!("liveness: {v}"));
+    }
+    let end = w.now + Duration::from_secs(30);
+    if !w.run_until(end, false, false, World::converged)? {
+        return Err("liveness: the replicas did not converge within 30 s after healing".into());
+    }
+    final_checks(w)
+}
+
+fn final_checks(w: &mut World) -> Result<RunStats, String> {
+    let mut logs = Vec::new();
+    let mut states = Vec::new();
+    if w.cfg.bug == Some(Bug::DivergeState) {
+        let kv = w.nodes[0].durable.lock().unwrap().kv.clone();
+        kv.write()
+            .unwrap()
+            .kv
+            .insert(b"k0".to_vec(), b"diverged".to_vec());
+    }
+    for (i, node) in w.nodes.iter().enumerate() {
+        let core = node.core.as_ref().expect("all nodes are up after healing");
+        let decided = core.status().decided_index;
+        logs.push((i as u64 + 1, core.decided_entries(0, decided)));
+        let spaces = node.durable.lock().unwrap().kv.read().unwrap().clone();
+        states.push((i as u64 + 1, spaces));
+    }
+    common_prefix(&logs)?;
+    replicas_equal(&states)?;
+    let history = &w.clients.history;
+    let checked = if w.cfg.linearizability {
+        linearizable(history, crate::check::DEFAULT_BUDGET)?
+    } else {
+        0
+    };
+    let mut h = std::mem::take(&mut w.trace);
+    for op in history {
+        (op.client, &op.key, op.call, op.ret).hash(&mut h);
+        format!("{:?}{:?}", op.input, op.outcome).hash(&mut h);
+    }
+    format!("{:?}", logs[0].1).hash(&mut h);
+    let count = |o: fn(&crate::check::Outcome) -> bool| w.clients.count(o);
+    use crate::check::Outcome;
+    Ok(RunStats {
+        seed: 0,
+        ops: history.len(),
+        ok: count(|o| matches!(o, Outcome::Ok(_))),
+        info: count(|o| *o == Outcome::Info),
+        fail: count(|o| *o == Outcome::Fail),
+        checked,
+        faults: w.faults,
+        messages: w.net.sent,
+        dropped: w.net.dropped,
+        duplicated: w.net.duplicated,
+        decided: logs[0].1.len(),
+        virtual_ms: w.now.as_millis() as u64,
+        trace_hash: h.finish(),
+    })
+}

@@ -1,0 +1,337 @@
+//! The simulated world: the nodes, the network, the clients, virtual time and the nemesis.
+//!
+//! Time is virtual: `base + now`, where `base` is read once and `now` only moves forward
+//! to the next thing that happens (a message arrives, a node's 10 ms tick, a client acts,
+//! a fault is due). Nothing sleeps and nothing reads the clock to decide. Each round:
+//! deliver due messages, tick due nodes, let clients act, `step` every live core and route
+//! what it sent, check the log invariants, and maybe inject a fault. All randomness comes
+//! from one `StdRng` seeded with the run's seed, so a seed replays exactly.
+
+use super::checks::{DecidedMonotonic, LogOracle};
+use super::clients::Clients;
+use super::net::{Outbox, Shape, SimNet, Weather};
+use super::storage::{Durable, SimStorage};
+use super::{Bug, SimConfig};
+use crate::command::{Command, NodeId, WriteResult};
+use crate::kv::{KvStore, StateMachine};
+use crate::node::{Core, CoreConfig, Event, Role};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One simulated node: its current life (`core`, `kv`) and what survives it (`durable`).
+pub struct Node {
+    pub core: Option<Core<SimStorage>>,
+    /// A reader over the node's state machine (what the node's API serves gets from).
+    pub kv: Option<KvStore>,
+    pub durable: Arc<Mutex<Durable>>,
+    outbox: Outbox,
+    next_tick: Duration,
+}
+
+impl Node {
+    pub fn is_up(&self) -> bool {
+        self.core.is_some()
+    }
+}
+
+/// Bug injection for the checker self-tests: drops the first command of every third
+/// entry that has commands.
+struct SkipApply(KvStore);
+
+impl StateMachine for SkipApply {
+    fn applied_index(&self) -> u64 {
+        self.0.applied_index()
+    }
+    fn apply(&mut self, index: u64, commands: &[Command]) -> crate::Result<Vec<WriteResult>> {
+        let skip = index % 3 == 2 && !commands.is_empty();
+        self.0.apply(index, &commands[skip as usize..])
+    }
+}
+
+pub struct World {
+    pub cfg: SimConfig,
+    pub rng: StdRng,
+    base: Instant,
+    pub now: Duration,
+    pub nodes: Vec<Node>,
+    pub net: SimNet,
+    pub clients: Clients,
+    pub oracle: LogOracle,
+    mono: DecidedMonotonic,
+    next_fault: Duration,
+    pub faults: u64,
+    /// What the nemesis did, for the failure report.
+    pub fault_log: Vec<String>,
+    pub trace: DefaultHasher,
+}
+
+const TICK: Duration = Duration::from_millis(10);
+
+impl World {
+    pub fn new(seed: u64, cfg: SimConfig) -> World {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = cfg.nodes;
+        let mut clients = Clients::new(cfg.clients, cfg.keys, &mut rng);
+        clients.bound = cfg.liveness_bound;
+        clients.stale_reads = cfg.bug == Some(Bug::StaleReads);
+        let mut w = World {
+            base: Instant::now(),
+            now: Duration::ZERO,
+            nodes: Vec::new(),
+            net: SimNet::new(n),
+            clients,
+            oracle: LogOracle::new(n),
+            mono: DecidedMonotonic::new(n),
+            next_fault: Duration::from_millis(rng.gen_range(200..1000)),
+            faults: 0,
+            fault_log: Vec::new(),
+            trace: DefaultHasher::new(),
+            rng,
+            cfg,
+        };
+        for i in 0..n {
+            let durable = Durable::new();
+            durable.lock().unwrap().tamper = w.cfg.bug == Some(Bug::TamperLog) && i == 0;
+            w.nodes.push(Node {
+                core: None,
+                kv: None,
+                durable,
+                outbox: Outbox::default(),
+                next_tick: Duration::ZERO,
+            });
+            w.start(i);
+        }
+        w
+    }
+
+    fn at(&self) -> Instant {
+        self.base + self.now
+    }
+
+    /// Starts node `i` from its durable state, with a fresh first batch id.
+    fn start(&mut self, i: usize) {
+        let cfg = CoreConfig {
+            id: i as NodeId + 1,
+            nodes: (1..=self.cfg.nodes as NodeId).collect(),
+            tick: TICK,
+            election_ticks: 10,
+            request_timeout: Duration::from_secs(5),
+            repropose_after: Duration::from_secs(1),
+            max_batch_commands: 4096,
+            max_batch_bytes: 64 << 20,
+            first_batch_id: self.rng.gen::<u64>() >> 1,
+        };
+        let node = &mut self.nodes[i];
+        let spaces = node.durable.lock().unwrap().kv.clone();
+        let kv = KvStore::open_memory(spaces).expect("memory store opens");
+        let sm: Box<dyn StateMachine> = if self.cfg.bug == Some(Bug::SkipApply) && i == 0 {
+            Box::new(SkipApply(kv.clone()))
+        } else {
+            Box::new(kv.clone())
+        };
+        let storage = SimStorage(node.durable.clone());
+        let core = Core::new(cfg, storage, sm, Box::new(node.outbox.clone()))
+            .expect("the simulated configuration is valid");
+        node.core = Some(core);
+        node.kv = Some(kv);
+        node.next_tick = self.now + TICK;
+    }
+
+    /// Crashes node `i`: its core, waiters and unsent messages are gone; a machine crash
+    /// also loses what was not synced (see `storage`).
+    fn crash(&mut self, i: usize, machine: bool) {
+        let node = &mut self.nodes[i];
+        node.core = None;
+        node.kv = None;
+        node.outbox.take();
+        self.net.drop_node(i);
+        if machine {
+            let decided = node.durable.lock().unwrap().lose_unsynced() as u64;
+            self.mono.reset(i, decided);
+            self.oracle.rewind(i, decided);
+        }
+        self.log(format!("crash node {} (machine: {machine})", i + 1));
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.start(i);
+        self.log(format!("restart node {}", i + 1));
+        for j in 0..self.nodes.len() {
+            if j != i && self.net.link_up(i, j) && self.net.link_up(j, i) {
+                self.reconnected(j, i);
+            }
+        }
+    }
+
+    /// Tells node `to` that its connection to node `peer` came back.
+    fn reconnected(&mut self, to: usize, peer: usize) {
+        let at = self.at();
+        if let Some(core) = self.nodes[to].core.as_mut() {
+            core.handle(Event::Reconnected(peer as NodeId + 1), at);
+        }
+    }
+
+    fn set_links(&mut self, up: Vec<Vec<bool>>) {
+        for (a, b) in self.net.set_links(up) {
+            self.reconnected(a, b);
+            self.reconnected(b, a);
+        }
+    }
+
+    fn log(&mut self, what: String) {
+        self.fault_log.push(format!("{:?}: {what}", self.now));
+    }
+
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .find(|&i| matches!(&self.nodes[i].core, Some(c) if c.status().role == Role::Leader))
+    }
+
+    /// One nemesis action.
+    fn inject_fault(&mut self) {
+        let n = self.nodes.len();
+        let up: Vec<usize> = (0..n).filter(|&i| self.nodes[i].is_up()).collect();
+        let down: Vec<usize> = (0..n).filter(|&i| !self.nodes[i].is_up()).collect();
+        let leader = self.leader();
+        let roll = self.rng.gen_range(0..100);
+        if roll < 30 {
+            let shape = *Shape::ALL.choose(&mut self.rng).unwrap();
+            let links = self.net.shape(shape, leader, &mut self.rng);
+            self.log(format!(
+                "partition {shape:?} (leader {:?})",
+                leader.map(|l| l + 1)
+            ));
+            self.set_links(links);
+        } else if roll < 42 {
+            self.log("heal the network".into());
+            let links = self.net.all_up();
+            self.set_links(links);
+        } else if roll < 62 && down.len() < n.div_ceil(2) {
+            let victim = match leader {
+                Some(l) if roll < 50 => l,
+                _ => *up.choose(&mut self.rng).unwrap(),
+            };
+            let machine = self.rng.gen_bool(0.5);
+            self.crash(victim, machine);
+        } else if roll < 85 && !down.is_empty() {
+            let i = *down.choose(&mut self.rng).unwrap();
+            self.restart(i);
+        } else {
+            self.net.weather = if self.rng.gen_bool(0.3) {
+                Weather::CALM
+            } else {
+                Weather::random(&mut self.rng, self.cfg.chaos)
+            };
+            self.log(format!("weather {:?}", self.net.weather));
+        }
+        self.faults += 1;
+    }
+
+    /// Ends every fault: all nodes up, all links up, calm weather.
+    pub fn heal(&mut self) {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_up() {
+                self.restart(i);
+            }
+        }
+        let links = self.net.all_up();
+        self.set_links(links);
+        self.net.weather = Weather::CALM;
+        self.log("heal everything".into());
+    }
+
+    /// Checks the log invariants on every live node.
+    fn observe(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let Some(core) = &self.nodes[i].core else {
+                continue;
+            };
+            let decided = core.status().decided_index;
+            self.mono.observe(i, decided)?;
+            let from = self.oracle.checked_to(i);
+            if decided > from {
+                let entries = core.decided_entries(from, decided);
+                self.oracle.observe(i, from, &entries)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `end`, or until `stop` holds. Returns whether `stop` held.
+    pub fn run_until(
+        &mut self,
+        end: Duration,
+        faults: bool,
+        issuing: bool,
+        stop: fn(&World) -> bool,
+    ) -> Result<bool, String> {
+        loop {
+            if stop(self) {
+                return Ok(true);
+            }
+            let ticks = self.nodes.iter().filter(|n| n.is_up()).map(|n| n.next_tick);
+            let next = ticks
+                .chain(self.net.next_time())
+                .chain(self.clients.next_time(issuing))
+                .chain(faults.then_some(self.next_fault))
+                .min()
+                .unwrap_or(end);
+            if next > end {
+                self.now = end;
+                return Ok(false);
+            }
+            self.now = self.now.max(next);
+            let (now, at) = (self.now, self.at());
+            while let Some((to, msg)) = self.net.pop_due(now) {
+                if let Some(core) = self.nodes[to].core.as_mut() {
+                    if self.cfg.trace {
+                        (now, to).hash(&mut self.trace);
+                        bincode::serialize(&msg).unwrap().hash(&mut self.trace);
+                    }
+                    core.handle(Event::Peer(msg), at);
+                }
+            }
+            for node in &mut self.nodes {
+                if let Some(core) = node.core.as_mut() {
+                    if node.next_tick <= now {
+                        core.tick(at);
+                        node.next_tick += TICK;
+                    }
+                }
+            }
+            let base = self.base;
+            self.clients
+                .act(now, base, &mut self.rng, &mut self.nodes, issuing);
+            for i in 0..self.nodes.len() {
+                if let Some(core) = self.nodes[i].core.as_mut() {
+                    core.step(at);
+                    for msg in self.nodes[i].outbox.take() {
+                        self.net.submit(&mut self.rng, now, msg);
+                    }
+                }
+            }
+            self.observe()?;
+            if faults && self.next_fault <= now {
+                self.inject_fault();
+                self.next_fault = now + Duration::from_millis(self.rng.gen_range(100..1500));
+            }
+        }
+    }
+
+    /// All nodes up and at the same decided and applied index.
+    pub fn converged(&self) -> bool {
+        let mut idx = self.nodes.iter().map(|n| {
+            n.core.as_ref().map(|c| {
+                let s = c.status();
+                (s.decided_index, s.applied_index)
+            })
+        });
+        let first = idx.next().flatten();
+        first.is_some_and(|(d, a)| d == a) && idx.all(|x| x == first)
+    }
+}
