@@ -1,10 +1,89 @@
-//! The Redis-protocol (RESP) server (placeholder until it is built: accepts and closes connections).
+//! The Redis-protocol (RESP) server: `redis-cli`, `redis-benchmark` and Redis client
+//! libraries talk to paxosdb through it.
+//!
+//! Layout (after mini-redis): [`frame`] parses and encodes RESP frames with limits,
+//! [`connection`] buffers one client's bytes, [`parse`] and [`cmd`] turn a request into a
+//! [`cmd::Command`], and [`exec`] runs it against the protocol-neutral
+//! [`NodeHandle`], which does all routing, replication and consistency.
+//!
+//! Each client connection is its own task and its own session: a random non-zero client id
+//! with a sequence counter, so a retried write is applied at most once. Commands of one
+//! connection run one at a time, in order, which keeps one write in flight per session and
+//! pipelined replies in request order.
+//!
+//! A malformed or oversized request gets `-ERR Protocol error: ...` and its connection is
+//! closed; other connections are unaffected. Nothing a client sends can panic the server.
+//!
+//! Shutdown: when the watch channel turns true the listener stops accepting, idle
+//! connections close at once, busy ones after their current command (bounded wait).
+
+pub mod cmd;
+pub mod connection;
+pub mod exec;
+pub mod frame;
+pub mod glob;
+pub mod parse;
 
 use crate::node::NodeHandle;
 use crate::server::ServerInfo;
-use std::sync::Arc;
-use tokio::net::TcpListener;
+use connection::Connection;
+use frame::{Frame, FrameLimits};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How many SCAN cursors a node remembers (the oldest are forgotten first).
+pub const MAX_CURSORS: usize = 16 * 1024;
+
+/// SCAN cursors. Redis clients expect a cursor to be a decimal integer that fits in 64
+/// bits (redis-py parses it with `int`, redis-cli with `strtoull`), but a position in
+/// paxosdb is a key of up to 4 KiB, so the node keeps cursor → last key returned, for the
+/// most recent [`MAX_CURSORS`] cursors. A cursor is valid on the node that issued it.
+#[derive(Default)]
+pub struct Cursors {
+    keys: HashMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
+}
+
+impl Cursors {
+    /// Remembers `last_key` and returns a new cursor for it (non-zero, below 2^63).
+    pub fn insert(&mut self, last_key: Vec<u8>) -> u64 {
+        let id = loop {
+            let id = (rand::random::<u64>() >> 1).max(1);
+            if !self.keys.contains_key(&id) {
+                break id;
+            }
+        };
+        while self.order.len() >= MAX_CURSORS {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        self.keys.insert(id, last_key);
+        self.order.push_back(id);
+        id
+    }
+
+    pub fn get(&self, id: u64) -> Option<Vec<u8>> {
+        self.keys.get(&id).cloned()
+    }
+}
+
+/// What every connection of one server shares.
+pub struct Shared {
+    pub node: NodeHandle,
+    pub info: Arc<ServerInfo>,
+    pub limits: FrameLimits,
+    pub cursors: Mutex<Cursors>,
+    pub next_conn_id: AtomicU64,
+    pub clients: AtomicU64,
+    pub port: u16,
+    pub started: Instant,
+}
 
 /// Serves RESP on `listener` until `shutdown` turns true.
 pub async fn serve(
@@ -13,11 +92,100 @@ pub async fn serve(
     info: Arc<ServerInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = (node, info);
+    let limits = FrameLimits::for_max_value(node.limits().max_value);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let shared = Arc::new(Shared {
+        node,
+        info,
+        limits,
+        cursors: Mutex::new(Cursors::default()),
+        next_conn_id: AtomicU64::new(1),
+        clients: AtomicU64::new(0),
+        port,
+        started: Instant::now(),
+    });
+    let mut conns = JoinSet::new();
     loop {
+        if *shutdown.borrow() {
+            break;
+        }
         tokio::select! {
+            r = shutdown.changed() => if r.is_err() { break },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(handle(stream, shared.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!("RESP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(3), drain)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
+}
+
+/// Runs one client connection to its end.
+async fn handle(stream: TcpStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let mut session = exec::Session::new(id);
+    let mut conn = Connection::new(stream, shared.limits);
+    run(&mut conn, &mut session, &shared, &mut shutdown).await;
+    conn.close().await;
+    shared.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run(
+    conn: &mut Connection,
+    session: &mut exec::Session,
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    loop {
+        // Answer everything already buffered (a pipeline), in order, then write once.
+        loop {
+            match conn.next_request() {
+                Ok(Some(words)) => {
+                    let (reply, after) = session.run(shared, words).await;
+                    conn.queue(&reply, session.resp3);
+                    if after == exec::After::Close {
+                        return;
+                    }
+                    if conn.queued() >= connection::FLUSH_AT && conn.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(msg) => {
+                    tracing::debug!(conn = session.id, "RESP protocol error: {msg}");
+                    conn.queue(
+                        &Frame::error(format!("ERR Protocol error: {msg}")),
+                        session.resp3,
+                    );
+                    return;
+                }
+            }
+        }
+        if conn.flush().await.is_err() || *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            r = conn.fill() => match r {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            },
             _ = shutdown.changed() => return,
-            conn = listener.accept() => drop(conn),
         }
     }
 }
