@@ -22,6 +22,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod nemesis;
 pub mod node;
 pub mod server;
 pub mod sim;

@@ -7,6 +7,7 @@
 mod bench;
 mod cluster;
 mod kv;
+mod nemesis;
 mod server;
 mod sim;
 mod status;
@@ -57,6 +58,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Deterministic simulation campaign: many seeds, faults, checks (see `sim` docs).
     Sim(sim::SimArgs),
+    /// Fault test: a local cluster under kills, pauses and partitions, history checked.
+    Nemesis(nemesis::NemesisArgs),
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
@@ -135,6 +138,7 @@ pub fn main() -> ExitCode {
             Command::Cluster(c) => cluster::run(&cli, c).await,
             Command::Bench(a) => bench::run(&cli, a).await,
             Command::Sim(a) => sim::run(a).await,
+            Command::Nemesis(a) => nemesis::run(a).await,
         }
     });
     match result {

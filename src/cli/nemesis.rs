@@ -1,0 +1,112 @@
+//! `paxosdb nemesis`: starts a local cluster of this binary, runs a workload under faults,
+//! and checks the history (see `paxosdb::nemesis`). Exit code 0 when valid, 1 on a
+//! violation (the offending history's path is printed), 2 on bad usage.
+
+use crate::error::{Error, Result};
+use crate::nemesis::{faults, Options, Workload};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct NemesisArgs {
+    /// Faults to inject, comma separated: all, none, kill, pause, partition, or single
+    /// faults (kill-random, kill-leader, kill-majority, pause-random, pause-leader,
+    /// partition-leader, partition-halves, quorum-loss, constrained-election, chained).
+    #[arg(long, default_value = "all")]
+    pub nemesis: String,
+    /// Workload: register (put/get/cas, checked for linearizability) or set (CAS-append,
+    /// nothing lost or duplicated).
+    #[arg(long, default_value = "register")]
+    pub workload: Workload,
+    /// How long the workload runs (e.g. 60s, 10m).
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
+    pub time_limit: Duration,
+    /// Stop after this many operations (0 = only the time limit).
+    #[arg(long, default_value_t = 0)]
+    pub ops: u64,
+    /// Cluster size: 3 or 5.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5)]
+    pub clients: usize,
+    /// Seed for the nemesis's and the clients' choices (default: random, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How long each fault lasts.
+    #[arg(long, default_value = "4s", value_parser = super::parse_duration)]
+    pub fault_duration: Duration,
+    /// How long the cluster runs healed between faults.
+    #[arg(long, default_value = "3s", value_parser = super::parse_duration)]
+    pub heal_duration: Duration,
+    /// Client timeout per operation; after it the outcome is unknown (info).
+    #[arg(long, default_value = "3s", value_parser = super::parse_duration)]
+    pub op_timeout: Duration,
+    /// Directory for the run directory (node data and logs); default the temp dir.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the run directory even when the run passes.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also print the summary as JSON on stdout (after the text).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
+    let binary = std::env::current_exe()
+        .map_err(|e| Error::Internal(format!("cannot find this binary: {e}")))?;
+    let faults = match faults::parse_faults(&a.nemesis) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let mut opts = Options::new(binary);
+    opts.nodes = a.nodes;
+    opts.clients = a.clients;
+    opts.time_limit = a.time_limit;
+    opts.op_limit = a.ops;
+    opts.seed = seed;
+    opts.workload = a.workload;
+    opts.faults = faults;
+    opts.fault_duration = a.fault_duration;
+    opts.heal_duration = a.heal_duration;
+    opts.op_timeout = a.op_timeout;
+    opts.dir = a.dir.clone();
+    opts.keep = a.keep;
+    eprintln!(
+        "nemesis: seed {seed}, {} nodes, {} clients, {:?}, faults {}",
+        a.nodes, a.clients, a.time_limit, a.nemesis
+    );
+    // Ctrl-C or SIGTERM drops the run: its guards heal the network and kill the nodes.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Internal(format!("signal handler: {e}")))?;
+    let summary = tokio::select! {
+        r = crate::nemesis::run(&opts) => r?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: cleaning up");
+            return Ok(ExitCode::from(130));
+        }
+        _ = term.recv() => {
+            eprintln!("terminated: cleaning up");
+            return Ok(ExitCode::from(143));
+        }
+    };
+    print!("{}", summary.render());
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    }
+    Ok(if summary.is_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,709 @@
+//! The real-process fault tester (Jepsen-style): `paxosdb nemesis`.
+//!
+//! [`run`] starts a 3- or 5-node cluster of the `paxosdb` binary on loopback (node `i` on
+//! `127.0.0.i`, see [`cluster`]), runs concurrent clients that record every operation
+//! ([`workload`]), and meanwhile injects faults ([`faults`]): `kill -9` and restart,
+//! SIGSTOP/SIGCONT, and iptables partitions ([`firewall`]; skipped with a printed reason
+//! when not root or without iptables). Each fault lasts `fault_duration`, then everything
+//! heals for `heal_duration`; when several families are enabled, a round sometimes
+//! combines two faults. Every nemesis event is logged with its time.
+//!
+//! At the end all faults are healed, the cluster must become healthy, and then:
+//! - the history is checked for linearizability per key ([`crate::check::check`]);
+//! - the set workload's final linearizable reads must hold every acknowledged element
+//!   exactly once ([`workload::check_set`]);
+//! - every replica must reach the same applied index and hold the same values for every
+//!   key the run touched.
+//!
+//! A violation keeps the run directory (node logs and data) and writes `violation.json`
+//! there with the offending per-key histories.
+
+pub mod cluster;
+pub mod faults;
+pub mod firewall;
+pub mod workload;
+
+use crate::check::{self, Input, Operation, Outcome, Output, Report};
+use crate::client::{Client, ClientOptions};
+use crate::error::{Error, Result};
+use cluster::ProcCluster;
+use faults::{Family, Fault};
+use firewall::Firewall;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use workload::{Element, SetReport, Shared};
+
+/// Which workload the clients run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Workload {
+    Register,
+    Set,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "register" => Ok(Workload::Register),
+            "set" => Ok(Workload::Set),
+            _ => Err(format!("unknown workload {s:?} (register or set)")),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The `paxosdb` binary the nodes run.
+    pub binary: PathBuf,
+    pub nodes: usize,
+    pub clients: usize,
+    pub time_limit: Duration,
+    /// Stop after this many operations (0 = only the time limit).
+    pub op_limit: u64,
+    pub seed: u64,
+    pub workload: Workload,
+    pub faults: BTreeSet<Fault>,
+    /// How long each fault lasts.
+    pub fault_duration: Duration,
+    /// How long the cluster runs healed between faults.
+    pub heal_duration: Duration,
+    /// Client timeout per operation (retries included); then the outcome is unknown.
+    pub op_timeout: Duration,
+    /// Where run directories go (default: the system temp dir).
+    pub dir: Option<PathBuf>,
+    /// Keep the run directory even when the run passes.
+    pub keep: bool,
+    /// Print nemesis events as they happen.
+    pub verbose: bool,
+}
+
+impl Options {
+    pub fn new(binary: PathBuf) -> Options {
+        Options {
+            binary,
+            nodes: 3,
+            clients: 5,
+            time_limit: Duration::from_secs(60),
+            op_limit: 0,
+            seed: 0,
+            workload: Workload::Register,
+            faults: Fault::ALL.into_iter().collect(),
+            fault_duration: Duration::from_secs(4),
+            heal_duration: Duration::from_secs(3),
+            op_timeout: Duration::from_secs(3),
+            dir: None,
+            keep: false,
+            verbose: true,
+        }
+    }
+}
+
+/// One thing the nemesis did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    /// Seconds since the start of the run.
+    pub at: f64,
+    /// The fault name, or "heal".
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Everything a run found out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub seed: u64,
+    pub nodes: usize,
+    pub clients: usize,
+    pub workload: Workload,
+    pub elapsed: f64,
+    pub ops: usize,
+    pub ok: usize,
+    pub fail: usize,
+    pub info: usize,
+    pub events: Vec<Event>,
+    /// Faults injected, by name.
+    pub injected: BTreeMap<String, usize>,
+    /// Nemesis families not run, with the reason.
+    pub skipped: Vec<String>,
+    pub linearizability: Option<Report>,
+    /// Why the checker gave no report (it failed).
+    pub check_error: Option<String>,
+    pub set: Option<SetReport>,
+    /// Replicas that disagree after healing (empty = converged).
+    pub divergence: Vec<String>,
+    pub run_dir: PathBuf,
+    pub violation_file: Option<PathBuf>,
+}
+
+impl Summary {
+    /// True when the history is linearizable, the set is intact and the replicas agree.
+    pub fn is_valid(&self) -> bool {
+        self.linearizability
+            .as_ref()
+            .is_some_and(|r| r.is_linearizable())
+            && self.set.as_ref().is_none_or(|s| s.is_valid())
+            && self.divergence.is_empty()
+    }
+
+    /// Faults injected of a family.
+    pub fn injected_of(&self, family: Family) -> usize {
+        self.injected
+            .iter()
+            .filter(|(name, _)| {
+                Fault::ALL
+                    .iter()
+                    .any(|f| f.name() == name.as_str() && f.family() == family)
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// A few lines for a human.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let w = match self.workload {
+            Workload::Register => "register",
+            Workload::Set => "set",
+        };
+        s += &format!(
+            "nemesis run: {} nodes, {} clients, {w} workload, {:.1}s, seed {}\n",
+            self.nodes, self.clients, self.elapsed, self.seed
+        );
+        s += &format!(
+            "ops: {} (ok {}, fail {}, info {})\n",
+            self.ops, self.ok, self.fail, self.info
+        );
+        let injected: Vec<String> = self
+            .injected
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        s += &format!(
+            "nemesis events: {} ({} faults: {})\n",
+            self.events.len(),
+            self.injected.values().sum::<usize>(),
+            if injected.is_empty() {
+                "none".to_string()
+            } else {
+                injected.join(", ")
+            }
+        );
+        for sk in &self.skipped {
+            s += &format!("skipped: {sk}\n");
+        }
+        match (&self.linearizability, &self.check_error) {
+            (Some(r), _) => {
+                s += &format!(
+                    "linearizability: {} keys, {} ops: {}\n",
+                    r.keys,
+                    r.operations,
+                    if r.is_linearizable() {
+                        "linearizable".to_string()
+                    } else {
+                        format!(
+                            "VIOLATION on {:?}, undecided {:?}",
+                            r.violations.keys().collect::<Vec<_>>(),
+                            r.unknown
+                        )
+                    }
+                )
+            }
+            (None, Some(e)) => s += &format!("linearizability: not checked: {e}\n"),
+            (None, None) => s += "linearizability: not checked\n",
+        }
+        if let Some(set) = &self.set {
+            s += &format!(
+                "set: {} acknowledged, {} unknown ({} present), {} failed; lost {:?}, duplicated {:?}, unexpected {:?}, unreadable {:?}\n",
+                set.acked, set.unknown, set.unknown_present, set.absent,
+                set.lost, set.duplicated, set.unexpected, set.unreadable
+            );
+        }
+        if self.divergence.is_empty() {
+            s += "replicas: converged\n";
+        } else {
+            s += &format!("replicas: DIVERGED: {}\n", self.divergence.join("; "));
+        }
+        if let Some(f) = &self.violation_file {
+            s += &format!("violation history: {}\n", f.display());
+        }
+        s += &format!(
+            "verdict: {}\n",
+            if self.is_valid() { "VALID" } else { "INVALID" }
+        );
+        s
+    }
+}
+
+/// The event log, shared by the nemesis and the final phase.
+struct Events {
+    start: Instant,
+    verbose: bool,
+    list: Mutex<Vec<Event>>,
+}
+
+impl Events {
+    fn log(&self, kind: &str, detail: String) {
+        let at = self.start.elapsed().as_secs_f64();
+        if self.verbose {
+            eprintln!("[{at:8.3}s] {kind}: {detail}");
+        }
+        self.list.lock().unwrap().push(Event {
+            at,
+            kind: kind.to_string(),
+            detail,
+        });
+    }
+}
+
+/// Runs one nemesis test and returns what it found. Errors are setup failures (the
+/// cluster would not start, the binary is missing); a violation is a valid `Summary`
+/// whose `is_valid()` is false.
+pub async fn run(opts: &Options) -> Result<Summary> {
+    if opts.nodes != 3 && opts.nodes != 5 {
+        return Err(Error::invalid("--nodes must be 3 or 5"));
+    }
+    if opts.clients == 0 {
+        return Err(Error::invalid("--clients must be at least 1"));
+    }
+    let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let run_dir = base.join(format!(
+        "paxosdb-nemesis-{}-{}-{:x}",
+        std::process::id(),
+        opts.seed,
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&run_dir)?;
+    let result = run_in(opts, run_dir.clone()).await;
+    let keep = opts.keep || !matches!(&result, Ok(s) if s.is_valid());
+    if !keep {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    } else if opts.verbose {
+        eprintln!("run directory kept: {}", run_dir.display());
+    }
+    result
+}
+
+async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut skipped = Vec::new();
+    let mut faults: Vec<Fault> = opts.faults.iter().copied().collect();
+    let wants_partition = faults.iter().any(|f| f.family() == Family::Partition);
+    let firewall = if wants_partition {
+        match Firewall::unavailable() {
+            None => Some(Firewall::create().map_err(Error::Internal)?),
+            Some(why) => {
+                let msg = format!("partition nemesis: {why}");
+                eprintln!("skipping the {msg}");
+                skipped.push(msg);
+                faults.retain(|f| f.family() != Family::Partition);
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let cluster = ProcCluster::start(&opts.binary, &run_dir, opts.nodes)?;
+    let cluster = tokio::sync::Mutex::new(cluster);
+    wait_healthy(
+        &cluster,
+        Duration::from_secs(60),
+        "the cluster to elect a leader",
+    )
+    .await?;
+
+    let start = Instant::now();
+    let events = Events {
+        start,
+        verbose: opts.verbose,
+        list: Mutex::new(Vec::new()),
+    };
+    let endpoints = cluster.lock().await.endpoints();
+    let set_generations = opts.time_limit.as_secs() / workload::SET_GENERATION.as_secs() + 1;
+    let shared = Arc::new(Shared {
+        start,
+        history: Mutex::new(Vec::new()),
+        elements: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+        started: AtomicU64::new(0),
+        op_limit: opts.op_limit,
+        next_process: AtomicU64::new(opts.clients as u64 + 1),
+        set_generations,
+    });
+    let client_for_worker = |w: usize| -> Result<Client> {
+        let mut eps = endpoints.clone();
+        let n = eps.len();
+        eps.rotate_left(w % n);
+        Client::with_options(
+            &eps,
+            ClientOptions {
+                timeout: opts.op_timeout,
+                attempt_timeout: (opts.op_timeout / 2).max(Duration::from_millis(300)),
+            },
+        )
+    };
+
+    if opts.workload == Workload::Set {
+        create_set_keys(&shared, &client_for_worker(0)?, set_generations).await?;
+    }
+
+    // Workers.
+    let mut workers = Vec::new();
+    for w in 0..opts.clients {
+        let client = client_for_worker(w)?;
+        let worker_rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1 + w as u64));
+        let shared = shared.clone();
+        let id = w as u64 + 1;
+        let kind = opts.workload;
+        workers.push(tokio::spawn(async move {
+            match kind {
+                Workload::Register => {
+                    workload::register_worker(shared, client, worker_rng, id).await
+                }
+                Workload::Set => workload::set_worker(shared, client, worker_rng, id).await,
+            }
+        }));
+    }
+
+    let deadline = start + opts.time_limit;
+    let nemesis = nemesis_loop(
+        &cluster,
+        firewall.as_ref(),
+        &faults,
+        &events,
+        &shared,
+        deadline,
+        opts,
+        &mut rng,
+    );
+    let stopper = async {
+        while Instant::now() < deadline && !shared.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shared.stop.store(true, Ordering::Relaxed);
+    };
+    let (nemesis_result, ()) = tokio::join!(nemesis, stopper);
+    for w in workers {
+        w.await
+            .map_err(|e| Error::Internal(format!("worker panicked: {e}")))?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+
+    // Heal everything, whatever happened above.
+    {
+        let mut c = cluster.lock().await;
+        let healed = faults::heal_all(&mut c, firewall.as_ref()).map_err(Error::Internal)?;
+        if !healed.is_empty() {
+            events.log("heal", format!("final: {healed}"));
+        }
+    }
+    nemesis_result?;
+    wait_healthy(
+        &cluster,
+        Duration::from_secs(60),
+        "the cluster to recover after healing",
+    )
+    .await?;
+
+    // Final reads (linearizable, recorded in the history too).
+    let final_client = client_for_worker(0)?;
+    let set = if opts.workload == Workload::Set {
+        let elements: Vec<Element> = shared.elements.lock().unwrap().clone();
+        let mut finals = BTreeMap::new();
+        for g in 0..set_generations {
+            for slot in 0..workload::SET_KEYS {
+                let key = workload::set_key(g, slot);
+                let v = final_read(&shared, &final_client, key.as_bytes()).await;
+                finals.insert(key, v);
+            }
+        }
+        Some(workload::check_set(&elements, &finals))
+    } else {
+        None
+    };
+
+    let history: Vec<Operation> = shared.history.lock().unwrap().clone();
+    let divergence = {
+        let c = cluster.lock().await;
+        let keys: BTreeSet<Vec<u8>> = history.iter().map(|o| o.key.clone()).collect();
+        compare_replicas(&c, &keys).await
+    };
+    drop(cluster);
+    drop(firewall);
+
+    let (ok, fail, info) = history
+        .iter()
+        .fold((0, 0, 0), |(ok, fail, info), o| match o.outcome {
+            Outcome::Ok(_) => (ok + 1, fail, info),
+            Outcome::Fail => (ok, fail + 1, info),
+            Outcome::Info => (ok, fail, info + 1),
+        });
+    let checked = history.clone();
+    let (linearizability, check_error) =
+        match tokio::task::spawn_blocking(move || check::check(&checked, check::DEFAULT_BUDGET))
+            .await
+        {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(format!("the checker failed: {e}"))),
+        };
+    let events = events.list.into_inner().unwrap();
+    let mut injected = BTreeMap::new();
+    for e in &events {
+        if Fault::ALL.iter().any(|f| f.name() == e.kind) {
+            *injected.entry(e.kind.clone()).or_insert(0) += 1;
+        }
+    }
+    let mut summary = Summary {
+        seed: opts.seed,
+        nodes: opts.nodes,
+        clients: opts.clients,
+        workload: opts.workload,
+        elapsed,
+        ops: history.len(),
+        ok,
+        fail,
+        info,
+        events,
+        injected,
+        skipped,
+        linearizability,
+        check_error,
+        set,
+        divergence,
+        run_dir: run_dir.clone(),
+        violation_file: None,
+    };
+    if !summary.is_valid() {
+        let path = run_dir.join("violation.json");
+        let offending: BTreeMap<String, Vec<Operation>> = match &summary.linearizability {
+            Some(r) if !r.violations.is_empty() => r.violations.clone(),
+            // No per-key verdict to point at: keep the whole history.
+            _ => {
+                let mut all: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
+                for o in &history {
+                    all.entry(String::from_utf8_lossy(&o.key).into_owned())
+                        .or_default()
+                        .push(o.clone());
+                }
+                all
+            }
+        };
+        let doc = serde_json::json!({
+            "summary": &summary,
+            "histories": offending,
+            "elements": &*shared.elements.lock().unwrap(),
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
+        summary.violation_file = Some(path);
+    }
+    Ok(summary)
+}
+
+/// Waits until every node answers and they agree on a leader.
+async fn wait_healthy(
+    cluster: &tokio::sync::Mutex<ProcCluster>,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cluster.lock().await.healthy().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Internal(format!(
+                "timed out after {timeout:?} waiting for {what}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates every set key with the empty set before the workers start (recorded as puts).
+async fn create_set_keys(shared: &Shared, client: &Client, generations: u64) -> Result<()> {
+    let keys: Vec<String> = (0..generations)
+        .flat_map(|g| (0..workload::SET_KEYS).map(move |s| workload::set_key(g, s)))
+        .collect();
+    for chunk in keys.chunks(32) {
+        let puts = chunk.iter().map(|key| async move {
+            let call = shared.now();
+            client
+                .put(key.as_bytes(), workload::SET_EMPTY.as_bytes(), false)
+                .await
+                .map_err(|e| Error::Internal(format!("creating set key {key}: {e}")))?;
+            Ok::<_, Error>(Operation {
+                client: 0,
+                key: key.clone().into_bytes(),
+                input: Input::Put(workload::SET_EMPTY.as_bytes().to_vec()),
+                call,
+                ret: Some(shared.now()),
+                outcome: Outcome::Ok(Output::Written),
+            })
+        });
+        for op in futures::future::join_all(puts).await {
+            shared.history.lock().unwrap().push(op?);
+        }
+    }
+    Ok(())
+}
+
+/// A linearizable read after healing, retried for up to a minute; recorded in the history.
+/// None if it never succeeded.
+async fn final_read(shared: &Shared, client: &Client, key: &[u8]) -> Option<Option<Vec<u8>>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let call = shared.now();
+        if let Ok((v, _)) = client.get(key, false).await {
+            let v = v.map(|v| v.value);
+            shared.history.lock().unwrap().push(Operation {
+                client: 0,
+                key: key.to_vec(),
+                input: Input::Get,
+                call,
+                ret: Some(shared.now()),
+                outcome: Outcome::Ok(Output::Value(v.clone())),
+            });
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Waits until every node has applied the same index, then compares every node's local
+/// copy of `keys`. Returns the disagreements.
+async fn compare_replicas(c: &ProcCluster, keys: &BTreeSet<Vec<u8>>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stable = 0;
+    let mut last = Vec::new();
+    loop {
+        let applied = c.applied().await;
+        let all_same = applied.iter().all(|a| a.is_some() && *a == applied[0]);
+        stable = if all_same && applied == last {
+            stable + 1
+        } else {
+            0
+        };
+        last = applied;
+        if stable >= 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return vec![format!("applied indexes did not converge: {last:?}")];
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut out = Vec::new();
+    let clients: Vec<(u64, Client)> = c
+        .ids()
+        .into_iter()
+        .map(|id| (id, c.client_for(id, Duration::from_secs(5))))
+        .collect();
+    for key in keys {
+        let mut values = Vec::new();
+        for (id, client) in &clients {
+            match client.get(key, true).await {
+                Ok((v, _)) => values.push((*id, v.map(|v| v.value))),
+                Err(e) => {
+                    out.push(format!(
+                        "node {id} cannot read {}: {e}",
+                        String::from_utf8_lossy(key)
+                    ));
+                }
+            }
+        }
+        if values.windows(2).any(|w| w[0].1 != w[1].1) {
+            let shown: Vec<String> = values
+                .iter()
+                .map(|(id, v)| {
+                    format!(
+                        "node {id}: {:?}",
+                        v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())
+                    )
+                })
+                .collect();
+            out.push(format!(
+                "key {}: {}",
+                String::from_utf8_lossy(key),
+                shown.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// Sleeps until `until` or until the run stops, whichever is first.
+async fn sleep_until_or_stop(until: Instant, shared: &Shared) {
+    while Instant::now() < until && !shared.stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+    }
+}
+
+/// Injects faults until the run stops: fault, wait, heal, wait. Faults are drawn from a
+/// shuffled bag so that every enabled fault runs before any repeats; with several
+/// families enabled, one round in three adds a second fault of another family.
+#[allow(clippy::too_many_arguments)]
+async fn nemesis_loop(
+    cluster: &tokio::sync::Mutex<ProcCluster>,
+    firewall: Option<&Firewall>,
+    faults: &[Fault],
+    events: &Events,
+    shared: &Shared,
+    deadline: Instant,
+    opts: &Options,
+    rng: &mut StdRng,
+) -> Result<()> {
+    if faults.is_empty() {
+        return Ok(());
+    }
+    let families: BTreeSet<Family> = faults.iter().map(|f| f.family()).collect();
+    let mut bag: Vec<Fault> = Vec::new();
+    // Let the workload get going before the first fault.
+    sleep_until_or_stop(Instant::now() + opts.heal_duration / 2, shared).await;
+    while !shared.stop.load(Ordering::Relaxed) {
+        // Leave time to heal before the end of the run.
+        if Instant::now() + opts.fault_duration / 2 > deadline {
+            break;
+        }
+        if bag.is_empty() {
+            bag = faults.to_vec();
+            bag.shuffle(rng);
+        }
+        let first = bag.pop().unwrap();
+        let mut round = vec![first];
+        if families.len() > 1 && rng.gen_ratio(1, 3) {
+            let second: Vec<Fault> = faults
+                .iter()
+                .copied()
+                .filter(|f| f.family() != first.family())
+                .collect();
+            round.extend(second.choose(rng));
+        }
+        {
+            let mut c = cluster.lock().await;
+            for f in round {
+                match faults::apply(f, &mut c, firewall, rng).await {
+                    Ok(what) => events.log(f.name(), what),
+                    Err(e) => events.log("error", format!("{f}: {e}")),
+                }
+            }
+        }
+        sleep_until_or_stop(Instant::now() + opts.fault_duration, shared).await;
+        {
+            let mut c = cluster.lock().await;
+            let healed = faults::heal_all(&mut c, firewall).map_err(Error::Internal)?;
+            events.log("heal", healed);
+        }
+        sleep_until_or_stop(Instant::now() + opts.heal_duration, shared).await;
+    }
+    Ok(())
+}

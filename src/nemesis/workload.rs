@@ -1,0 +1,357 @@
+//! The client workloads of a nemesis run, and the final check of the set workload.
+//!
+//! Each worker is one logical client with one operation in flight. Every operation is
+//! recorded as a [`check::Operation`]: invoked at `call`, and `Ok` / `Fail` / `Info` at
+//! `ret`. An error that leaves the outcome open (a timeout, a lost connection, anything
+//! but a refusal) is `Info`, and the worker continues as a *new* client id (the old
+//! operation may still be in flight, so that process never returns).
+//!
+//! - *register*: get / put / compare-and-swap on a handful of keys, with values unique in
+//!   the run. Keys are retired after a few hundred operations so that each key's history
+//!   stays small enough to check.
+//! - *set*: every worker adds unique elements to a few keys by CAS-append (read the value,
+//!   compare-and-swap it for itself plus `,element`). The keys exist before the workers
+//!   start. After the run, a linearizable read of every key must show each acknowledged
+//!   element exactly once, no element twice, and no element whose every attempt
+//!   certainly failed; elements whose outcome is unknown may be present or absent.
+
+use crate::check::{Input, Operation, Outcome, Output};
+use crate::client::{CasExpect, Client};
+use crate::error::Error;
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Register keys in use at once.
+pub const REGISTER_KEYS: u64 = 5;
+/// Operations on each register key before it is retired.
+pub const OPS_PER_KEY: u64 = 250;
+/// Set keys in use at once.
+pub const SET_KEYS: u64 = 4;
+/// A new generation of set keys starts this often (keeps values short).
+pub const SET_GENERATION: Duration = Duration::from_secs(10);
+/// The initial value of every set key.
+pub const SET_EMPTY: &str = "s";
+
+/// Shared state of the workers: the clock, the history, the stop signal.
+pub struct Shared {
+    pub start: Instant,
+    pub history: Mutex<Vec<Operation>>,
+    pub elements: Mutex<Vec<Element>>,
+    pub stop: AtomicBool,
+    /// Operations started, and the limit (0 = none).
+    pub started: AtomicU64,
+    pub op_limit: u64,
+    /// Next fresh client id (after an `Info`).
+    pub next_process: AtomicU64,
+    /// Set keys generations created before the run.
+    pub set_generations: u64,
+}
+
+impl Shared {
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn record(&self, op: Operation) {
+        self.history.lock().unwrap().push(op);
+    }
+
+    /// Claims the next operation; false when the run is over.
+    fn next_op(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        if self.op_limit > 0 && n >= self.op_limit {
+            self.stop.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn fresh_process(&self) -> u64 {
+        self.next_process.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// How a write's error is recorded: a refusal certainly did nothing; anything else
+/// (timeout, lost connection, internal error) may have taken effect.
+fn write_error_outcome(e: &Error) -> Outcome {
+    match e {
+        Error::InvalidInput(_) | Error::Unavailable(_) => Outcome::Fail,
+        _ => Outcome::Info,
+    }
+}
+
+/// One worker of the register workload.
+pub async fn register_worker(shared: Arc<Shared>, client: Client, mut rng: StdRng, id: u64) {
+    let mut process = id;
+    let mut seq = 0u64;
+    let mut last_seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    while shared.next_op() {
+        let n = shared.started.load(Ordering::Relaxed);
+        let generation = n / (REGISTER_KEYS * OPS_PER_KEY);
+        let key = format!("r/{generation}/{}", rng.gen_range(0..REGISTER_KEYS)).into_bytes();
+        seq += 1;
+        let value = format!("{process}.{seq}").into_bytes();
+        let roll = rng.gen_range(0..10);
+        let call = shared.now();
+        let (input, outcome) = if roll < 4 {
+            let r = client.get(&key, false).await;
+            let out = match r {
+                Ok((v, _)) => {
+                    let v = v.map(|v| v.value);
+                    if let Some(v) = &v {
+                        last_seen.insert(key.clone(), v.clone());
+                    }
+                    Outcome::Ok(Output::Value(v))
+                }
+                // A read changes nothing; its failure is recorded as unknown all the same.
+                Err(_) => Outcome::Info,
+            };
+            (Input::Get, out)
+        } else if roll < 7 || !last_seen.contains_key(&key) {
+            let r = client.put(&key, &value, false).await;
+            let out = match r {
+                Ok(_) => Outcome::Ok(Output::Written),
+                Err(e) => write_error_outcome(&e),
+            };
+            (Input::Put(value.clone()), out)
+        } else {
+            let expect = last_seen[&key].clone();
+            let r = client
+                .cas(&key, CasExpect::Value(expect.clone()), &value)
+                .await;
+            let out = match r {
+                Ok(r) => Outcome::Ok(Output::Swapped(r.succeeded)),
+                Err(e) => write_error_outcome(&e),
+            };
+            (
+                Input::Cas {
+                    expect,
+                    new: value.clone(),
+                },
+                out,
+            )
+        };
+        let info = outcome == Outcome::Info;
+        shared.record(Operation {
+            client: process,
+            key,
+            input,
+            call,
+            ret: (!info).then(|| shared.now()),
+            outcome,
+        });
+        if info {
+            process = shared.fresh_process();
+        }
+    }
+}
+
+/// The name of set key `slot` of generation `generation`.
+pub fn set_key(generation: u64, slot: u64) -> String {
+    format!("set/{generation}/{slot}")
+}
+
+/// What became of one element the set workload tried to add.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElementStatus {
+    /// A compare-and-swap adding it was acknowledged: it must be there, once.
+    Acked,
+    /// Its last attempt had an unknown outcome: it may be there (once) or not.
+    Unknown,
+    /// Every attempt certainly failed: it must not be there.
+    Absent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Element {
+    pub element: String,
+    pub key: String,
+    pub status: ElementStatus,
+}
+
+/// One worker of the set workload.
+pub async fn set_worker(shared: Arc<Shared>, client: Client, mut rng: StdRng, id: u64) {
+    let mut process = id;
+    let mut seq = 0u64;
+    'elements: while shared.next_op() {
+        seq += 1;
+        let element = format!("{process}.{seq}");
+        let slot = rng.gen_range(0..SET_KEYS);
+        let mut status = ElementStatus::Absent;
+        let mut key = String::new();
+        for _attempt in 0..8 {
+            let generation = (shared.start.elapsed().as_secs() / SET_GENERATION.as_secs())
+                .min(shared.set_generations - 1);
+            key = set_key(generation, slot);
+            let call = shared.now();
+            let current = match client.get(key.as_bytes(), false).await {
+                Ok((v, _)) => {
+                    let v = v.map(|v| v.value);
+                    shared.record(Operation {
+                        client: process,
+                        key: key.clone().into_bytes(),
+                        input: Input::Get,
+                        call,
+                        ret: Some(shared.now()),
+                        outcome: Outcome::Ok(Output::Value(v.clone())),
+                    });
+                    v
+                }
+                Err(_) => {
+                    shared.record(Operation {
+                        client: process,
+                        key: key.clone().into_bytes(),
+                        input: Input::Get,
+                        call,
+                        ret: None,
+                        outcome: Outcome::Info,
+                    });
+                    process = shared.fresh_process();
+                    // Nothing was attempted for this element: forget it.
+                    continue 'elements;
+                }
+            };
+            let Some(current) = current else {
+                // Set keys are created before the run; absence is itself suspicious and
+                // shows up in the history check. Do not create the key here.
+                break;
+            };
+            let mut new = current.clone();
+            new.extend_from_slice(format!(",{element}").as_bytes());
+            let call = shared.now();
+            let r = client
+                .cas(key.as_bytes(), CasExpect::Value(current.clone()), &new)
+                .await;
+            let outcome = match &r {
+                Ok(r) => Outcome::Ok(Output::Swapped(r.succeeded)),
+                Err(e) => write_error_outcome(e),
+            };
+            let info = outcome == Outcome::Info;
+            shared.record(Operation {
+                client: process,
+                key: key.clone().into_bytes(),
+                input: Input::Cas {
+                    expect: current,
+                    new,
+                },
+                call,
+                ret: (!info).then(|| shared.now()),
+                outcome: outcome.clone(),
+            });
+            match outcome {
+                Outcome::Ok(Output::Swapped(true)) => {
+                    status = ElementStatus::Acked;
+                    break;
+                }
+                Outcome::Ok(_) => continue, // someone else appended first: read again
+                Outcome::Fail => break,
+                Outcome::Info => {
+                    status = ElementStatus::Unknown;
+                    process = shared.fresh_process();
+                    break;
+                }
+            }
+        }
+        shared.elements.lock().unwrap().push(Element {
+            element,
+            key,
+            status,
+        });
+    }
+}
+
+/// The verdict of the set workload's final read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetReport {
+    pub acked: usize,
+    pub unknown: usize,
+    pub absent: usize,
+    /// Unknown-outcome elements found present.
+    pub unknown_present: usize,
+    /// Acknowledged elements missing from the final read.
+    pub lost: Vec<String>,
+    /// Elements present more than once.
+    pub duplicated: Vec<String>,
+    /// Elements present although every attempt certainly failed, or never attempted.
+    pub unexpected: Vec<String>,
+    /// Keys that could not be read at the end, or that did not hold a set.
+    pub unreadable: Vec<String>,
+}
+
+impl SetReport {
+    pub fn is_valid(&self) -> bool {
+        self.lost.is_empty()
+            && self.duplicated.is_empty()
+            && self.unexpected.is_empty()
+            && self.unreadable.is_empty()
+    }
+}
+
+/// Checks the final values of the set keys (`None` = could not be read, `Some(None)` =
+/// absent) against what the workers recorded.
+pub fn check_set(
+    elements: &[Element],
+    finals: &BTreeMap<String, Option<Option<Vec<u8>>>>,
+) -> SetReport {
+    let mut report = SetReport::default();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, value) in finals {
+        let value = match value {
+            Some(Some(v)) => String::from_utf8_lossy(v).into_owned(),
+            _ => {
+                report.unreadable.push(key.clone());
+                continue;
+            }
+        };
+        let mut parts = value.split(',');
+        if parts.next() != Some(SET_EMPTY) {
+            report.unreadable.push(key.clone());
+            continue;
+        }
+        for e in parts {
+            *seen.entry(e.to_string()).or_default() += 1;
+        }
+    }
+    let mut known = BTreeMap::new();
+    for e in elements {
+        known.insert(e.element.as_str(), &e.status);
+        let count = seen.get(&e.element).copied().unwrap_or(0);
+        match e.status {
+            ElementStatus::Acked => {
+                report.acked += 1;
+                if count == 0 {
+                    report.lost.push(e.element.clone());
+                }
+            }
+            ElementStatus::Unknown => {
+                report.unknown += 1;
+                if count > 0 {
+                    report.unknown_present += 1;
+                }
+            }
+            ElementStatus::Absent => {
+                report.absent += 1;
+                if count > 0 {
+                    report.unexpected.push(e.element.clone());
+                }
+            }
+        }
+    }
+    for (e, count) in &seen {
+        if *count > 1 {
+            report.duplicated.push(e.clone());
+        }
+        if !known.contains_key(e.as_str()) {
+            report.unexpected.push(e.clone());
+        }
+    }
+    report
+}

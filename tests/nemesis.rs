@@ -1,0 +1,232 @@
+//! Short nemesis runs on real processes: each fault family alone (kill, pause, and
+//! partition when root with iptables), the set workload under all of them through the
+//! real command line, and the set check shown to catch a lost, a duplicated and a
+//! phantom element. The long soak is `paxosdb nemesis --nemesis all --time-limit 600s`.
+
+use paxosdb::nemesis::faults::{parse_faults, Family};
+use paxosdb::nemesis::firewall::{chain_exists, Firewall};
+use paxosdb::nemesis::workload::{check_set, Element, ElementStatus, SET_EMPTY};
+use paxosdb::nemesis::{run, Options, Summary, Workload};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_paxosdb");
+
+fn short(nemesis: &str, seed: u64) -> Options {
+    let mut o = Options::new(PathBuf::from(BIN));
+    o.faults = parse_faults(nemesis).unwrap();
+    o.seed = seed;
+    o.time_limit = Duration::from_secs(14);
+    o.fault_duration = Duration::from_millis(2500);
+    o.heal_duration = Duration::from_millis(1200);
+    o.op_timeout = Duration::from_secs(2);
+    o
+}
+
+fn assert_ran(s: &Summary, family: Family) {
+    let text = s.render();
+    assert!(s.is_valid(), "verdict invalid:\n{text}");
+    assert!(s.ok >= 100, "too few ok operations:\n{text}");
+    assert!(
+        s.injected_of(family) >= 1,
+        "no {} fault injected:\n{text}",
+        family.name()
+    );
+    let report = s.linearizability.as_ref().unwrap();
+    assert!(report.keys >= 1 && report.operations == s.ops, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nemesis_register_workload_is_linearizable() {
+    let s = run(&short("kill", 11)).await.expect("run");
+    assert_ran(&s, Family::Kill);
+    // Every kill shape ran (the fault bag draws each before repeating).
+    for f in ["kill-random", "kill-leader", "kill-majority"] {
+        assert!(s.injected.contains_key(f), "{f} missing:\n{}", s.render());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_nemesis_register_workload_is_linearizable() {
+    let s = run(&short("pause", 12)).await.expect("run");
+    assert_ran(&s, Family::Pause);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_nemesis_register_workload_is_linearizable() {
+    if let Some(why) = Firewall::unavailable() {
+        eprintln!("skipping the partition nemesis test: {why}");
+        return;
+    }
+    let mut o = short("partition", 13);
+    // Five shapes of 2.5 s each with 1.2 s healed in between need about 19 s.
+    o.time_limit = Duration::from_secs(20);
+    let s = run(&o).await.expect("run");
+    assert_ran(&s, Family::Partition);
+    for f in [
+        "partition-leader",
+        "partition-halves",
+        "quorum-loss",
+        "constrained-election",
+        "chained",
+    ] {
+        assert!(s.injected.contains_key(f), "{f} missing:\n{}", s.render());
+    }
+}
+
+#[test]
+fn firewall_chain_is_removed_when_dropped() {
+    if let Some(why) = Firewall::unavailable() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let fw = Firewall::create().unwrap();
+    let chain = fw.chain().to_string();
+    let a = paxosdb::nemesis::firewall::Endpoint {
+        ip: "127.0.0.2".parse().unwrap(),
+        port: 1,
+    };
+    let b = paxosdb::nemesis::firewall::Endpoint {
+        ip: "127.0.0.3".parse().unwrap(),
+        port: 2,
+    };
+    fw.cut(a, b).unwrap();
+    assert_eq!(fw.rules(), 2);
+    assert!(chain_exists(&chain));
+    // A panic while the firewall is up still removes the chain.
+    let r = std::panic::catch_unwind(move || {
+        let _fw = fw;
+        panic!("boom");
+    });
+    assert!(r.is_err());
+    assert!(!chain_exists(&chain), "chain {chain} left behind");
+}
+
+/// The set workload under every fault family, through the real command line: exit code
+/// 0, a VALID verdict, elements acknowledged.
+#[test]
+fn set_workload_under_all_faults_via_cli() {
+    let out = std::process::Command::new(BIN)
+        .args(["nemesis", "--nemesis", "all", "--workload", "set"])
+        .args(["--time-limit", "14s", "--seed", "14", "--json"])
+        .args(["--fault-duration", "2500ms", "--heal-duration", "1200ms"])
+        .args(["--op-timeout", "2s"])
+        .output()
+        .expect("run paxosdb nemesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("verdict: VALID"), "{stdout}");
+    let json = stdout.lines().last().unwrap();
+    let s: Summary = serde_json::from_str(json).expect("summary JSON");
+    assert_eq!(s.workload, Workload::Set);
+    assert!(s.ok >= 100, "{stdout}");
+    let set = s.set.as_ref().expect("set report");
+    assert!(set.acked >= 50, "{stdout}");
+    assert!(s.injected.values().sum::<usize>() >= 3, "{stdout}");
+}
+
+fn element(e: &str, key: &str, status: ElementStatus) -> Element {
+    Element {
+        element: e.into(),
+        key: key.into(),
+        status,
+    }
+}
+
+/// The set check is not vacuous: a lost acknowledged element, a duplicated one and one
+/// that was never added are each reported; unknown ones may go either way.
+#[test]
+fn set_check_reports_lost_duplicated_and_phantom_elements() {
+    let elements = vec![
+        element("1.1", "set/0/0", ElementStatus::Acked),
+        element("1.2", "set/0/0", ElementStatus::Acked),
+        element("2.1", "set/0/1", ElementStatus::Unknown),
+        element("2.2", "set/0/1", ElementStatus::Unknown),
+        element("3.1", "set/0/1", ElementStatus::Absent),
+    ];
+    let finals = |a: &str, b: &str| -> BTreeMap<String, Option<Option<Vec<u8>>>> {
+        [
+            ("set/0/0".to_string(), Some(Some(a.as_bytes().to_vec()))),
+            ("set/0/1".to_string(), Some(Some(b.as_bytes().to_vec()))),
+        ]
+        .into_iter()
+        .collect()
+    };
+    // Everything as it should be: one unknown present, one absent.
+    let ok = check_set(&elements, &finals(&format!("{SET_EMPTY},1.1,1.2"), "s,2.1"));
+    assert!(ok.is_valid(), "{ok:?}");
+    assert_eq!((ok.acked, ok.unknown, ok.unknown_present), (2, 2, 1));
+
+    // 1.2 acknowledged but gone.
+    let lost = check_set(&elements, &finals("s,1.1", "s,2.1,2.2"));
+    assert!(!lost.is_valid());
+    assert_eq!(lost.lost, vec!["1.2".to_string()]);
+
+    // An unknown element applied twice (a retry applied again).
+    let dup = check_set(&elements, &finals("s,1.1,1.2", "s,2.1,2.1"));
+    assert_eq!(dup.duplicated, vec!["2.1".to_string()]);
+    assert!(!dup.is_valid());
+
+    // An element whose every attempt failed, and one nobody wrote.
+    let phantom = check_set(&elements, &finals("s,1.1,1.2,9.9", "s,3.1"));
+    assert_eq!(
+        phantom.unexpected,
+        vec!["3.1".to_string(), "9.9".to_string()]
+    );
+    assert!(!phantom.is_valid());
+
+    // A key that cannot be read at the end is not a pass.
+    let mut f = finals("s,1.1,1.2", "s");
+    f.insert("set/0/2".into(), None);
+    let unreadable = check_set(&elements, &f);
+    assert_eq!(unreadable.unreadable, vec!["set/0/2".to_string()]);
+    assert!(!unreadable.is_valid());
+}
+
+/// A violation is reported: a fabricated register history that reads a value nobody
+/// wrote is not linearizable, and the summary would be INVALID.
+#[test]
+fn register_check_reports_a_stale_read() {
+    use paxosdb::check::{check, Input, Operation, Outcome, Output};
+    let op = |client, input, call, ret, outcome| Operation {
+        client,
+        key: b"r/0/0".to_vec(),
+        input,
+        call,
+        ret: Some(ret),
+        outcome,
+    };
+    let history = vec![
+        op(
+            1,
+            Input::Put(b"a".to_vec()),
+            0,
+            10,
+            Outcome::Ok(Output::Written),
+        ),
+        op(
+            2,
+            Input::Put(b"b".to_vec()),
+            20,
+            30,
+            Outcome::Ok(Output::Written),
+        ),
+        // After b was acknowledged, a read still sees a: a stale read.
+        op(
+            3,
+            Input::Get,
+            40,
+            50,
+            Outcome::Ok(Output::Value(Some(b"a".to_vec()))),
+        ),
+    ];
+    let r = check(&history, 100_000);
+    assert!(!r.is_linearizable());
+    assert!(r.violations.contains_key("r/0/0"));
+}
