@@ -230,3 +230,41 @@ fn register_check_reports_a_stale_read() {
     assert!(!r.is_linearizable());
     assert!(r.violations.contains_key("r/0/0"));
 }
+
+/// The whole pipeline can fail: with deliberately stale (local) reads, a short run under
+/// pauses of the leader is found not linearizable, the verdict is INVALID, and the
+/// offending per-key history is written to the printed file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_are_caught_and_the_history_is_saved() {
+    let mut o = short("pause-leader", 15);
+    o.time_limit = Duration::from_secs(10);
+    o.stale_reads = true;
+    let s = run(&o).await.expect("run");
+    let text = s.render();
+    assert!(!s.is_valid(), "stale reads went unnoticed:\n{text}");
+    assert!(text.contains("verdict: INVALID"), "{text}");
+    let report = s.linearizability.as_ref().expect("checked");
+    assert!(!report.violations.is_empty(), "{text}");
+    let path = s.violation_file.as_ref().expect("violation file");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read violation file")).unwrap();
+    let histories = doc["histories"].as_object().expect("histories");
+    assert!(!histories.is_empty());
+    for key in report.violations.keys() {
+        assert!(histories[key].as_array().is_some_and(|ops| !ops.is_empty()));
+    }
+    let _ = std::fs::remove_dir_all(&s.run_dir);
+}
+
+/// Five nodes, every fault family combined (partitions only when root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_under_all_faults_are_linearizable() {
+    let mut o = short("all", 16);
+    o.nodes = 5;
+    o.time_limit = Duration::from_secs(16);
+    let s = run(&o).await.expect("run");
+    let text = s.render();
+    assert!(s.is_valid(), "verdict invalid:\n{text}");
+    assert!(s.ok >= 100, "too few ok operations:\n{text}");
+    assert!(s.injected.values().sum::<usize>() >= 3, "{text}");
+}

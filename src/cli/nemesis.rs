@@ -50,6 +50,10 @@ pub struct NemesisArgs {
     /// Keep the run directory even when the run passes.
     #[arg(long)]
     pub keep: bool,
+    /// Deliberately unsafe: the workload reads nodes' local copies (stale reads), to see
+    /// the checker report a violation.
+    #[arg(long)]
+    pub stale_reads: bool,
     /// Also print the summary as JSON on stdout (after the text).
     #[arg(long)]
     pub json: bool,
@@ -79,6 +83,7 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
     opts.op_timeout = a.op_timeout;
     opts.dir = a.dir.clone();
     opts.keep = a.keep;
+    opts.stale_reads = a.stale_reads;
     eprintln!(
         "nemesis: seed {seed}, {} nodes, {} clients, {:?}, faults {}",
         a.nodes, a.clients, a.time_limit, a.nemesis

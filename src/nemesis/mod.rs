@@ -83,6 +83,9 @@ pub struct Options {
     pub keep: bool,
     /// Print nemesis events as they happen.
     pub verbose: bool,
+    /// Deliberately unsafe stale (local) reads in the workload, to show the checker
+    /// catches them. The final reads stay linearizable.
+    pub stale_reads: bool,
 }
 
 impl Options {
@@ -102,6 +105,7 @@ impl Options {
             dir: None,
             keep: false,
             verbose: true,
+            stale_reads: false,
         }
     }
 }
@@ -337,6 +341,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         op_limit: opts.op_limit,
         next_process: AtomicU64::new(opts.clients as u64 + 1),
         set_generations,
+        stale_reads: opts.stale_reads,
     });
     let client_for_worker = |w: usize| -> Result<Client> {
         let mut eps = endpoints.clone();

@@ -50,6 +50,9 @@ pub struct Shared {
     pub next_process: AtomicU64,
     /// Set keys generations created before the run.
     pub set_generations: u64,
+    /// Deliberately unsafe: workers read the contacted node's local copy (no leadership
+    /// proof), to show that the checks catch stale reads.
+    pub stale_reads: bool,
 }
 
 impl Shared {
@@ -102,7 +105,7 @@ pub async fn register_worker(shared: Arc<Shared>, client: Client, mut rng: StdRn
         let roll = rng.gen_range(0..10);
         let call = shared.now();
         let (input, outcome) = if roll < 4 {
-            let r = client.get(&key, false).await;
+            let r = client.get(&key, shared.stale_reads).await;
             let out = match r {
                 Ok((v, _)) => {
                     let v = v.map(|v| v.value);
@@ -192,7 +195,7 @@ pub async fn set_worker(shared: Arc<Shared>, client: Client, mut rng: StdRng, id
                 .min(shared.set_generations - 1);
             key = set_key(generation, slot);
             let call = shared.now();
-            let current = match client.get(key.as_bytes(), false).await {
+            let current = match client.get(key.as_bytes(), shared.stale_reads).await {
                 Ok((v, _)) => {
                     let v = v.map(|v| v.value);
                     shared.record(Operation {
