@@ -325,6 +325,8 @@ impl Session {
                 WriteResult::Set { applied, .. } => Frame::Integer(applied as i64),
                 r => return Err(unexpected(r)),
             },
+            // A key that could never be stored is simply absent, as for reads.
+            Command::GetDel(key) if shared.node.limits().check_key(&key).is_err() => Frame::Null,
             Command::GetDel(key) => match self
                 .write(
                     shared,
@@ -342,6 +344,9 @@ impl Session {
                 // One write per key (each atomic on its own), like Redis's count reply.
                 let mut deleted = 0;
                 for key in keys {
+                    if shared.node.limits().check_key(&key).is_err() {
+                        continue;
+                    }
                     match self
                         .write(
                             shared,
