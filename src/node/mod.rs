@@ -129,9 +129,19 @@ impl<S: Storage<LogEntry>> Core<S> {
                 ..Default::default()
             },
         };
-        let paxos = op_config
+        let mut paxos = op_config
             .build(storage)
             .map_err(|e| Error::Config(format!("OmniPaxos configuration: {e}")))?;
+        // A node that restarts with a promise for its *own* ballot must take over with a
+        // higher one. OmniPaxos 0.2.4 restarts its election module with a low ballot and
+        // keeps the promised one as "leader"; if that ballot never won (the node crashed
+        // during its Prepare) the real leader ignores the node's PrepareReq (its ballot is
+        // higher than the leader's) and, as the others are happy with their leader, no
+        // election ever happens: the node stays behind and unavailable for good
+        // (deterministic simulation, seed 153).
+        if paxos.get_promise().pid == cfg.id {
+            paxos.try_become_leader();
+        }
         Ok(Core {
             next_batch_id: cfg.first_batch_id,
             cfg,
