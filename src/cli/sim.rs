@@ -42,6 +42,7 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
     };
     let started = Instant::now();
     let (mut ops, mut checked, mut info, mut faults, mut failed) = (0, 0, 0, 0, 0u64);
+    let (mut crashes, mut partitions, mut lost) = (0, 0, 0);
     for &seed in &seeds {
         let cfg = SimConfig {
             nodes: a.nodes.unwrap_or(if seed % 4 == 3 { 5 } else { 3 }),
@@ -57,6 +58,9 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
                 checked += s.checked;
                 info += s.info;
                 faults += s.faults;
+                crashes += s.crashes;
+                partitions += s.partitions;
+                lost += s.lost_attempts;
                 if a.seed.is_some() {
                     println!("sim seed={seed} passed: {s:?}");
                 }
@@ -76,7 +80,8 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
     }
     println!(
         "sim: {} seeds, {ops} operations ({checked} checked for linearizability, {info} info), \
-         {faults} faults injected, {failed} violations, {:.1}s",
+         {faults} faults injected ({crashes} crashes, {partitions} partitions), \
+         {lost} client attempts lost, {failed} violations, {:.1}s",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );

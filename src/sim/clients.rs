@@ -24,7 +24,8 @@ use rand::Rng;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 
-/// Attempts of one operation while faults are on, before it is given up as `Info`.
+/// Most attempts of one operation while faults are on, before it is given up as `Info`
+/// (each operation draws its own limit, 1 to this).
 const MAX_ATTEMPTS: u32 = 3;
 
 enum Rx {
@@ -42,6 +43,7 @@ struct Pending {
     call: Duration,
     node: usize,
     attempts: u32,
+    max_attempts: u32,
     lost: bool,
     rx: Rx,
 }
@@ -68,6 +70,8 @@ pub struct Clients {
     pub liveness_violation: Option<String>,
     /// Bug injection: answer gets from the local store without a read barrier.
     pub stale_reads: bool,
+    /// Attempts that got no answer (timeout or crashed node).
+    pub lost_attempts: u64,
 }
 
 fn us(d: Duration) -> u64 {
@@ -94,6 +98,7 @@ impl Clients {
             bound: Duration::from_secs(10),
             liveness_violation: None,
             stale_reads: false,
+            lost_attempts: 0,
         }
     }
 
@@ -202,6 +207,7 @@ impl Clients {
             call: now,
             node: 0,
             attempts: 0,
+            max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
             lost: false,
             rx: Rx::RetryAt(now),
         });
@@ -288,8 +294,9 @@ impl Clients {
             }
             None => {
                 p.lost = true;
+                self.lost_attempts += 1;
                 let live = self.live_from.is_some_and(|t| p.call >= t);
-                if p.attempts >= MAX_ATTEMPTS && !live {
+                if p.attempts >= p.max_attempts && !live {
                     let outcome = if p.cmd.is_some() {
                         Outcome::Info
                     } else {
@@ -345,8 +352,12 @@ impl Clients {
             };
             if self.live_from.is_some_and(|t| p.call >= t) && complaint.is_none() {
                 complaint = Some(format!(
-                    "operation {:?} called at {:?} after healing never completed",
-                    p.input, p.call
+                    "operation {:?} called at {:?} after healing never completed \
+                     ({} attempts, last to node {})",
+                    p.input,
+                    p.call,
+                    p.attempts,
+                    p.node + 1
                 ));
             }
             let outcome = if p.cmd.is_some() {

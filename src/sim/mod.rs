@@ -101,6 +101,10 @@ pub struct RunStats {
     /// Operations the linearizability checker examined (0 when skipped).
     pub checked: usize,
     pub faults: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    /// Client attempts that got no answer (timeouts, crashed nodes).
+    pub lost_attempts: u64,
     pub messages: u64,
     pub dropped: u64,
     pub duplicated: u64,
@@ -130,13 +134,15 @@ impl std::fmt::Display for Failure {
 pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunStats, Failure> {
     let mut w = World::new(seed, cfg.clone());
     let result = phases(&mut w);
-    result
-        .map(|s| RunStats { seed, ..s })
-        .map_err(|reason| Failure {
+    result.map(|s| RunStats { seed, ..s }).map_err(|reason| {
+        let mut faults = std::mem::take(&mut w.fault_log);
+        faults.extend(w.describe());
+        Failure {
             seed,
             reason,
-            faults: std::mem::take(&mut w.fault_log),
-        })
+            faults,
+        }
+    })
 }
 
 fn phases(w: &mut World) -> Result<RunStats, String> {
@@ -201,6 +207,13 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
         fail: count(|o| *o == Outcome::Fail),
         checked,
         faults: w.faults,
+        crashes: w.fault_log.iter().filter(|l| l.contains(": crash")).count() as u64,
+        partitions: w
+            .fault_log
+            .iter()
+            .filter(|l| l.contains(": partition"))
+            .count() as u64,
+        lost_attempts: w.clients.lost_attempts,
         messages: w.net.sent,
         dropped: w.net.dropped,
         duplicated: w.net.duplicated,

@@ -15,6 +15,7 @@ use super::{Bug, SimConfig};
 use crate::command::{Command, NodeId, WriteResult};
 use crate::kv::{KvStore, StateMachine};
 use crate::node::{Core, CoreConfig, Event, Role};
+use omnipaxos::storage::Storage;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -318,9 +319,39 @@ impl World {
             self.observe()?;
             if faults && self.next_fault <= now {
                 self.inject_fault();
-                self.next_fault = now + Duration::from_millis(self.rng.gen_range(100..1500));
+                self.next_fault = now + Duration::from_millis(self.rng.gen_range(100..4000));
             }
         }
+    }
+
+    /// One line per node: role, leader, decided and applied index (for failure reports).
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = vec![format!("at {:?}:", self.now)];
+        for (i, n) in self.nodes.iter().enumerate() {
+            out.push(match &n.core {
+                Some(c) => {
+                    let s = c.status();
+                    let d = n.durable.lock().unwrap();
+                    let ballot = |b: Option<omnipaxos::ballot_leader_election::Ballot>| {
+                        b.map(|b| (b.n, b.pid))
+                    };
+                    format!(
+                        "node {}: {} (leader {:?}), decided {}, applied {}, promise {:?}, \
+                         accepted round {:?}, log length {}",
+                        i + 1,
+                        s.role.as_str(),
+                        s.leader,
+                        s.decided_index,
+                        s.applied_index,
+                        ballot(d.log.get_promise().unwrap()),
+                        ballot(d.log.get_accepted_round().unwrap()),
+                        d.log.get_log_len().unwrap(),
+                    )
+                }
+                None => format!("node {}: down", i + 1),
+            });
+        }
+        out
     }
 
     /// All nodes up and at the same decided and applied index.
