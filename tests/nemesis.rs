@@ -268,3 +268,14 @@ async fn five_nodes_under_all_faults_are_linearizable() {
     assert!(s.ok >= 100, "too few ok operations:\n{text}");
     assert!(s.injected.values().sum::<usize>() >= 3, "{text}");
 }
+
+#[test]
+fn nemesis_names_parse() {
+    assert_eq!(parse_faults("all").unwrap().len(), 10);
+    assert!(parse_faults("none").unwrap().is_empty());
+    let kill = parse_faults("kill").unwrap();
+    assert_eq!(kill.len(), 3);
+    assert!(kill.iter().all(|f| f.family() == Family::Kill));
+    assert_eq!(parse_faults("pause,quorum-loss").unwrap().len(), 3);
+    assert!(parse_faults("kill,frobnicate").is_err());
+}

@@ -301,9 +301,9 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     let mut faults: Vec<Fault> = opts.faults.iter().copied().collect();
     let wants_partition = faults.iter().any(|f| f.family() == Family::Partition);
     let firewall = if wants_partition {
-        match Firewall::unavailable() {
-            None => Some(Firewall::create().map_err(Error::Internal)?),
-            Some(why) => {
+        match Firewall::unavailable().map_or_else(Firewall::create, Err) {
+            Ok(fw) => Some(fw),
+            Err(why) => {
                 let msg = format!("partition nemesis: {why}");
                 eprintln!("skipping the {msg}");
                 skipped.push(msg);
