@@ -133,6 +133,10 @@ async fn redis_cli_commands_error_shapes_and_reads_across_nodes() {
         cli(&n1, &["INCR", "k"]),
         "ERR value is not an integer or out of range"
     );
+    assert_eq!(cli(&n1, &["TYPE", "k"]), "string");
+    assert_eq!(cli(&n1, &["TYPE", "zz"]), "none");
+    assert_eq!(cli(&n1, &["TTL", "k"]), "-1");
+    assert_eq!(cli(&n1, &["PTTL", "zz"]), "-2");
     assert_eq!(cli(&n1, &["SELECT", "0"]), "OK");
     assert_eq!(cli(&n1, &["SELECT", "1"]), "ERR DB index is out of range");
     // Probing commands clients send.

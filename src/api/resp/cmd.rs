@@ -79,6 +79,9 @@ pub const COMMANDS: &[Spec] = &[
     spec("cas", 4, W, ONEKEY),
     spec("casver", 4, W, ONEKEY),
     spec("getver", 2, R, ONEKEY),
+    spec("type", 2, R, ONEKEY),
+    spec("ttl", 2, R, ONEKEY),
+    spec("pttl", 2, R, ONEKEY),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {
@@ -140,6 +143,10 @@ pub enum Command {
     CasVer(Vec<u8>, u64, Vec<u8>),
     /// `GETVER key`: `[value, version]`, or nil.
     GetVer(Vec<u8>),
+    /// `TYPE key`: `string` or `none`.
+    Type(Vec<u8>),
+    /// `TTL key` / `PTTL key`: -1 (no expiry) or -2 (absent).
+    Ttl(Vec<u8>),
 }
 
 /// The message Redis gives for an unknown command.
@@ -300,6 +307,8 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
             Command::CasVer(key, v, a.bytes()?)
         }
         "getver" => Command::GetVer(a.bytes()?),
+        "type" => Command::Type(a.bytes()?),
+        "ttl" | "pttl" => Command::Ttl(a.bytes()?),
         other => {
             return Err(Frame::error(format!(
                 "ERR command '{other}' is listed but not implemented"

@@ -267,6 +267,19 @@ impl Session {
                 }
                 None => Frame::Null,
             },
+            Command::Type(k) => Frame::Simple(
+                match self.get(shared, &k, self.consistency).await? {
+                    Some(_) => "string",
+                    None => "none",
+                }
+                .into(),
+            ),
+            Command::Ttl(k) => {
+                Frame::Integer(match self.get(shared, &k, self.consistency).await? {
+                    Some(_) => -1,
+                    None => -2,
+                })
+            }
             Command::Strlen(k) => Frame::Integer(
                 self.get(shared, &k, self.consistency)
                     .await?
