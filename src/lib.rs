@@ -4,7 +4,8 @@
 //! replicated log (OmniPaxos) and then applied by every node in the same order. The crate
 //! is organised by layer, top to bottom:
 //!
-//! - [`api`]: the gRPC service (decode, validate, call the node);
+//! - [`api`]: the protocol servers, gRPC, HTTP/JSON and Redis (decode, validate, call
+//!   the node); [`metrics`]: request, consensus and fsync metrics for `/metrics`;
 //! - [`client`]: the Rust client library (leader-agnostic, retries, sessions);
 //! - [`node`]: the task that owns the OmniPaxos instance, batches commands, applies
 //!   decided entries and answers waiters; [`server`] wires a node to its listeners;
@@ -22,6 +23,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod metrics;
 pub mod nemesis;
 pub mod node;
 pub mod server;

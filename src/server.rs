@@ -11,6 +11,7 @@ use crate::command::NodeId;
 use crate::config::{resolve, Config};
 use crate::error::{Error, Result};
 use crate::kv::{KvStore, StateMachine};
+use crate::metrics::Metrics;
 use crate::node::{Core, CoreConfig, NodeHandle};
 use crate::storage::db::{DataDir, CF_META};
 use crate::storage::rocks::RocksStorage;
@@ -27,6 +28,8 @@ pub struct ServerInfo {
     /// This node's listeners, name → address.
     pub listeners: Vec<(String, String)>,
     pub peers: PeerTable,
+    /// Request, consensus and storage metrics, served by HTTP `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A node that is up and serving.
@@ -113,7 +116,9 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let dir = DataDir::lock(&cfg.data_dir)?;
     let db = dir.open_db()?;
     let incarnation = check_identity(&db, &cfg)?;
-    let storage = RocksStorage::open(db.clone())?;
+    let metrics = Metrics::new();
+    let mut storage = RocksStorage::open(db.clone())?;
+    storage.set_metrics(metrics.clone());
     let kv = KvStore::open(db.clone())?;
 
     let own_peer = cfg.own_peer_addr().expect("validated").to_string();
@@ -156,7 +161,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         "node starting; data in {}",
         cfg.data_dir.display()
     );
-    let core = Core::new(
+    let mut core = Core::new(
         CoreConfig {
             id: cfg.id,
             nodes: cfg.peers.iter().map(|m| m.id).collect(),
@@ -172,6 +177,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         Box::new(kv.clone()),
         Box::new(net),
     )?;
+    core.set_metrics(metrics.clone());
     let node_thread = std::thread::Builder::new()
         .name(format!("paxosdb-node-{}", cfg.id))
         .spawn(move || core.run(rx))
@@ -186,6 +192,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         config: cfg,
         listeners,
         peers: table.clone(),
+        metrics,
     });
     let accept = tokio::spawn(transport::accept_loop(
         peer_listener,
@@ -207,6 +214,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
         node: handle.clone(),
+        metrics: info.metrics.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(64 * 1024 * 1024);

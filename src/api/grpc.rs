@@ -4,10 +4,13 @@
 //! Error mapping, by how the caller reacts: `INVALID_ARGUMENT` (fix the request),
 //! `UNAVAILABLE` (nothing happened, retry), `DEADLINE_EXCEEDED` (a write's outcome is
 //! unknown; retry with the same session), `INTERNAL` (a bug or a broken disk).
+//!
+//! Every call is timed into [`Metrics`] as protocol `grpc`.
 
 use super::pb;
 use crate::command::{Expect, ScanRange, Versioned, WriteOp, WriteResult};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::node::{Consistency, NodeHandle};
 use crate::server::ServerInfo;
 use std::sync::Arc;
@@ -59,144 +62,167 @@ fn unexpected(r: WriteResult) -> Status {
 /// Serves the KV API over a node.
 pub struct KvService {
     pub node: NodeHandle,
+    pub metrics: Arc<Metrics>,
 }
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let r = req.into_inner();
-        let (client_id, seq) = session(r.session)?;
-        let op = WriteOp::Put {
-            key: r.key,
-            value: r.value,
-            return_prev: r.return_prev,
-        };
-        match self
-            .node
-            .write(client_id, seq, op)
+        self.metrics
+            .timed("grpc", "put", async move {
+                let r = req.into_inner();
+                let (client_id, seq) = session(r.session)?;
+                let op = WriteOp::Put {
+                    key: r.key,
+                    value: r.value,
+                    return_prev: r.return_prev,
+                };
+                match self
+                    .node
+                    .write(client_id, seq, op)
+                    .await
+                    .map_err(to_status)?
+                {
+                    WriteResult::Put { version, prev } => Ok(Response::new(pb::PutResponse {
+                        version,
+                        prev: pb_versioned(prev),
+                    })),
+                    other => Err(unexpected(other)),
+                }
+            })
             .await
-            .map_err(to_status)?
-        {
-            WriteResult::Put { version, prev } => Ok(Response::new(pb::PutResponse {
-                version,
-                prev: pb_versioned(prev),
-            })),
-            other => Err(unexpected(other)),
-        }
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let r = req.into_inner();
-        let c = if r.stale {
-            Consistency::Stale
-        } else {
-            Consistency::Linearizable
-        };
-        let (kv, applied_index) = self.node.get(&r.key, c).await.map_err(to_status)?;
-        Ok(Response::new(pb::GetResponse {
-            kv: pb_versioned(kv),
-            applied_index,
-        }))
+        self.metrics
+            .timed("grpc", "get", async move {
+                let r = req.into_inner();
+                let c = if r.stale {
+                    Consistency::Stale
+                } else {
+                    Consistency::Linearizable
+                };
+                let (kv, applied_index) = self.node.get(&r.key, c).await.map_err(to_status)?;
+                Ok(Response::new(pb::GetResponse {
+                    kv: pb_versioned(kv),
+                    applied_index,
+                }))
+            })
+            .await
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let r = req.into_inner();
-        let (client_id, seq) = session(r.session)?;
-        let op = WriteOp::Delete {
-            key: r.key,
-            return_prev: r.return_prev,
-        };
-        match self
-            .node
-            .write(client_id, seq, op)
+        self.metrics
+            .timed("grpc", "delete", async move {
+                let r = req.into_inner();
+                let (client_id, seq) = session(r.session)?;
+                let op = WriteOp::Delete {
+                    key: r.key,
+                    return_prev: r.return_prev,
+                };
+                match self
+                    .node
+                    .write(client_id, seq, op)
+                    .await
+                    .map_err(to_status)?
+                {
+                    WriteResult::Delete { deleted, prev } => {
+                        Ok(Response::new(pb::DeleteResponse {
+                            deleted,
+                            prev: pb_versioned(prev),
+                        }))
+                    }
+                    other => Err(unexpected(other)),
+                }
+            })
             .await
-            .map_err(to_status)?
-        {
-            WriteResult::Delete { deleted, prev } => Ok(Response::new(pb::DeleteResponse {
-                deleted,
-                prev: pb_versioned(prev),
-            })),
-            other => Err(unexpected(other)),
-        }
     }
 
     async fn compare_and_swap(
         &self,
         req: Request<pb::CasRequest>,
     ) -> Result<Response<pb::CasResponse>, Status> {
-        let r = req.into_inner();
-        let (client_id, seq) = session(r.session)?;
-        let expect = match r.expect {
-            Some(pb::cas_request::Expect::ExpectValue(v)) => Expect::Value(v),
-            Some(pb::cas_request::Expect::ExpectVersion(v)) => Expect::Version(v),
-            None => {
-                return Err(Status::invalid_argument(
-                    "CAS needs expect_value or expect_version",
-                ))
-            }
-        };
-        let op = WriteOp::Cas {
-            key: r.key,
-            expect,
-            new_value: r.new_value,
-        };
-        match self
-            .node
-            .write(client_id, seq, op)
+        self.metrics
+            .timed("grpc", "cas", async move {
+                let r = req.into_inner();
+                let (client_id, seq) = session(r.session)?;
+                let expect = match r.expect {
+                    Some(pb::cas_request::Expect::ExpectValue(v)) => Expect::Value(v),
+                    Some(pb::cas_request::Expect::ExpectVersion(v)) => Expect::Version(v),
+                    None => {
+                        return Err(Status::invalid_argument(
+                            "CAS needs expect_value or expect_version",
+                        ))
+                    }
+                };
+                let op = WriteOp::Cas {
+                    key: r.key,
+                    expect,
+                    new_value: r.new_value,
+                };
+                match self
+                    .node
+                    .write(client_id, seq, op)
+                    .await
+                    .map_err(to_status)?
+                {
+                    WriteResult::Cas {
+                        succeeded,
+                        version,
+                        current,
+                    } => Ok(Response::new(pb::CasResponse {
+                        succeeded,
+                        version,
+                        current: pb_versioned(current),
+                    })),
+                    other => Err(unexpected(other)),
+                }
+            })
             .await
-            .map_err(to_status)?
-        {
-            WriteResult::Cas {
-                succeeded,
-                version,
-                current,
-            } => Ok(Response::new(pb::CasResponse {
-                succeeded,
-                version,
-                current: pb_versioned(current),
-            })),
-            other => Err(unexpected(other)),
-        }
     }
 
     async fn scan(
         &self,
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let r = req.into_inner();
-        let range = match r.range {
-            Some(pb::scan_request::Range::Prefix(p)) => ScanRange::Prefix(p),
-            Some(pb::scan_request::Range::KeyRange(kr)) => ScanRange::Range {
-                from: kr.from,
-                to: if kr.to.is_empty() { None } else { Some(kr.to) },
-            },
-            None => ScanRange::Prefix(vec![]),
-        };
-        let c = if r.stale {
-            Consistency::Stale
-        } else {
-            Consistency::Linearizable
-        };
-        let (rows, more, applied_index) = self
-            .node
-            .scan(&range, r.limit as usize, c)
+        self.metrics
+            .timed("grpc", "scan", async move {
+                let r = req.into_inner();
+                let range = match r.range {
+                    Some(pb::scan_request::Range::Prefix(p)) => ScanRange::Prefix(p),
+                    Some(pb::scan_request::Range::KeyRange(kr)) => ScanRange::Range {
+                        from: kr.from,
+                        to: if kr.to.is_empty() { None } else { Some(kr.to) },
+                    },
+                    None => ScanRange::Prefix(vec![]),
+                };
+                let c = if r.stale {
+                    Consistency::Stale
+                } else {
+                    Consistency::Linearizable
+                };
+                let (rows, more, applied_index) = self
+                    .node
+                    .scan(&range, r.limit as usize, c)
+                    .await
+                    .map_err(to_status)?;
+                Ok(Response::new(pb::ScanResponse {
+                    items: rows
+                        .into_iter()
+                        .map(|kv| pb::KeyValue {
+                            key: kv.key,
+                            value: kv.value,
+                            version: kv.version,
+                        })
+                        .collect(),
+                    more,
+                    applied_index,
+                }))
+            })
             .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ScanResponse {
-            items: rows
-                .into_iter()
-                .map(|kv| pb::KeyValue {
-                    key: kv.key,
-                    value: kv.value,
-                    version: kv.version,
-                })
-                .collect(),
-            more,
-            applied_index,
-        }))
     }
 }
 
@@ -212,45 +238,50 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let st = self.node.status().await.map_err(to_status)?;
-        let listeners = |l: &[(String, String)]| {
-            l.iter()
-                .map(|(name, addr)| pb::Listener {
-                    name: name.clone(),
-                    addr: addr.clone(),
-                })
-                .collect::<Vec<_>>()
-        };
-        let peers = self.info.peers.lock().unwrap().clone();
-        let members = self
-            .info
-            .config
-            .peers
-            .iter()
-            .map(|m| {
-                let known = peers.get(&m.id);
-                pb::Member {
-                    id: m.id,
-                    peer_addr: m.addr.clone(),
-                    listeners: if m.id == st.id {
-                        listeners(&self.info.listeners)
-                    } else {
-                        known.map(|p| listeners(&p.listeners)).unwrap_or_default()
-                    },
-                    connected: m.id == st.id || known.is_some_and(|p| p.connected),
-                }
+        self.info
+            .metrics
+            .timed("grpc", "status", async move {
+                let st = self.node.status().await.map_err(to_status)?;
+                let listeners = |l: &[(String, String)]| {
+                    l.iter()
+                        .map(|(name, addr)| pb::Listener {
+                            name: name.clone(),
+                            addr: addr.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let peers = self.info.peers.lock().unwrap().clone();
+                let members = self
+                    .info
+                    .config
+                    .peers
+                    .iter()
+                    .map(|m| {
+                        let known = peers.get(&m.id);
+                        pb::Member {
+                            id: m.id,
+                            peer_addr: m.addr.clone(),
+                            listeners: if m.id == st.id {
+                                listeners(&self.info.listeners)
+                            } else {
+                                known.map(|p| listeners(&p.listeners)).unwrap_or_default()
+                            },
+                            connected: m.id == st.id || known.is_some_and(|p| p.connected),
+                        }
+                    })
+                    .collect();
+                Ok(Response::new(pb::StatusResponse {
+                    id: st.id,
+                    role: st.role.as_str().to_string(),
+                    leader_id: st.leader.unwrap_or(0),
+                    decided_index: st.decided_index,
+                    applied_index: st.applied_index,
+                    pid: std::process::id(),
+                    listeners: listeners(&self.info.listeners),
+                    members,
+                    data_dir: self.info.config.data_dir.display().to_string(),
+                }))
             })
-            .collect();
-        Ok(Response::new(pb::StatusResponse {
-            id: st.id,
-            role: st.role.as_str().to_string(),
-            leader_id: st.leader.unwrap_or(0),
-            decided_index: st.decided_index,
-            applied_index: st.applied_index,
-            pid: std::process::id(),
-            listeners: listeners(&self.info.listeners),
-            members,
-            data_dir: self.info.config.data_dir.display().to_string(),
-        }))
+            .await
     }
 }

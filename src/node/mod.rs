@@ -23,17 +23,19 @@
 
 mod handle;
 
-pub use handle::{Consistency, NodeHandle, NodeStatus, Role};
+pub use handle::{Consistency, NodeHandle, NodeStatus, Role, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 
 use crate::command::{Command, LogEntry, NodeId, WriteResult};
 use crate::error::{Error, Result};
 use crate::kv::StateMachine;
+use crate::metrics::Metrics;
 use omnipaxos::messages::Message;
 use omnipaxos::storage::Storage;
 use omnipaxos::util::LogEntry as PaxosEntry;
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -106,6 +108,8 @@ pub struct Core<S: Storage<LogEntry>> {
     barriers: BTreeMap<u64, Barrier>,
     next_batch_id: u64,
     outgoing: Vec<Message<LogEntry>>,
+    /// Gauges updated once per round, when set (a server sets it; simulations need not).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S: Storage<LogEntry>> Core<S> {
@@ -153,7 +157,13 @@ impl<S: Storage<LogEntry>> Core<S> {
             reads: Vec::new(),
             barriers: BTreeMap::new(),
             outgoing: Vec::new(),
+            metrics: None,
         })
+    }
+
+    /// Reports decided/applied index and leader changes to `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// Runs until `Shutdown` arrives or every sender is gone.
@@ -196,6 +206,11 @@ impl<S: Storage<LogEntry>> Core<S> {
         self.flush_outgoing();
         self.apply_decided();
         self.flush_outgoing();
+        if let Some(m) = &self.metrics {
+            let leader = self.paxos.get_current_leader().map(|(pid, _)| pid);
+            let decided = self.paxos.get_decided_idx() as u64;
+            m.observe_core(decided, self.sm.applied_index(), leader, self.cfg.id);
+        }
     }
 
     /// One logical clock tick: OmniPaxos timers, request deadlines, re-proposals. `now`

@@ -15,6 +15,7 @@ use super::db::{read_u64, u64_key, CF_LOG, CF_META};
 use super::{interval_present, storage_err, Res};
 use crate::command::LogEntry;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp};
 use rocksdb::{WriteBatch, WriteOptions, DB};
@@ -48,6 +49,8 @@ pub struct RocksStorage {
     meta: Meta,
     sync: WriteOptions,
     nosync: WriteOptions,
+    /// Where synced-write latency and the log length go, when set.
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn enc<T: Serialize>(v: &T) -> Res<Vec<u8>> {
@@ -93,7 +96,14 @@ impl RocksStorage {
             meta,
             sync,
             nosync: WriteOptions::default(),
+            metrics: None,
         })
+    }
+
+    /// Records each synced write's latency and the log length in `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        metrics.set_log_entries(self.meta.next.saturating_sub(self.meta.first) as u64);
+        self.metrics = Some(metrics);
     }
 
     fn log_cf(&self) -> &rocksdb::ColumnFamily {
@@ -187,7 +197,14 @@ impl RocksStorage {
             batch.put_cf(meta, K_NEXT, u64_key(staged.next as u64));
         }
         let opts = if sync { &self.sync } else { &self.nosync };
+        let started = std::time::Instant::now();
         self.db.write_opt(batch, opts).map_err(storage_err)?;
+        if let Some(m) = &self.metrics {
+            if sync {
+                m.observe_fsync(started.elapsed());
+            }
+            m.set_log_entries(staged.next.saturating_sub(staged.first) as u64);
+        }
         self.meta = staged;
         Ok(())
     }

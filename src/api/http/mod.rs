@@ -1,10 +1,123 @@
-//! The HTTP/JSON API (placeholder until it is built: accepts and closes connections).
+//! The HTTP/JSON API (axum over hyper, HTTP/1.1), described by `docs/openapi.json`, which
+//! is also served at `/openapi.json`.
+//!
+//! Like every protocol server it only decodes, validates and calls the protocol-neutral
+//! [`NodeHandle`]; routing to the leader, batching, retries inside the cluster and
+//! linearizable reads all happen below it.
+//!
+//! - [`kv`]: `GET/PUT/DELETE /v1/kv/{key}`, `GET /v1/kv` (scan);
+//! - [`cluster`]: `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`;
+//! - [`decode`]: path, query and header decoding and the bytes-in-JSON scheme (fuzzed);
+//! - [`error`]: the JSON error body and the status code of every error.
+//!
+//! Every request is timed into [`crate::metrics::Metrics`] as protocol `http`. There is no
+//! `POST /v1/txn`: the core has no multi-key compare-then-else operation yet.
+
+pub mod cluster;
+pub mod decode;
+pub mod error;
+#[cfg(test)]
+mod fuzz;
+pub mod kv;
 
 use crate::node::NodeHandle;
 use crate::server::ServerInfo;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use error::ApiError;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: NodeHandle,
+    pub info: Arc<ServerInfo>,
+}
+
+/// The router with every endpoint, the metrics layer and JSON fallbacks.
+pub fn router(state: AppState) -> Router {
+    let key_routes = get(kv::get_key).put(kv::put_key).delete(kv::delete_key);
+    Router::new()
+        .route("/v1/kv", get(kv::scan))
+        // `/v1/kv/` (empty key) gets the same handlers, which answer 400.
+        .route("/v1/kv/", key_routes.clone())
+        .route("/v1/kv/*key", key_routes)
+        .route("/v1/status", get(cluster::status))
+        .route("/healthz", get(cluster::healthz))
+        .route("/readyz", get(cluster::readyz))
+        .route("/metrics", get(cluster::metrics))
+        .route("/openapi.json", get(cluster::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not support that method; see /openapi.json",
+    )
+}
+
+/// The operation name a request is counted under in the metrics.
+pub fn op_name(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    conditional: bool,
+) -> &'static str {
+    let q = query.unwrap_or("");
+    match path {
+        "/v1/kv" => "scan",
+        "/v1/status" => "status",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/openapi.json" => "openapi",
+        p if p.starts_with(decode::KV_PREFIX) => match *method {
+            Method::GET | Method::HEAD => "get",
+            Method::PUT if conditional || q.split('&').any(|p| p.starts_with("cas=")) => "cas",
+            Method::PUT => "put",
+            Method::DELETE => "delete",
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
+/// Times every request. An error is a 5xx, or a 4xx other than 404 (missing key) and 409
+/// (failed compare), which are answers, not errors.
+async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let conditional = h.contains_key("if-match") || h.contains_key("if-none-match");
+    let op = op_name(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        conditional,
+    );
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let st = resp.status();
+    let ok = st.is_success() || st == StatusCode::NOT_FOUND || st == StatusCode::CONFLICT;
+    s.info
+        .metrics
+        .observe_request("http", op, start.elapsed(), ok);
+    resp
+}
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
 pub async fn serve(
@@ -13,11 +126,19 @@ pub async fn serve(
     info: Arc<ServerInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = (node, info);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            conn = listener.accept() => drop(conn),
+    let app = router(AppState { node, info });
+    let stop = async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
         }
+    };
+    let res = axum::serve(listener, app.into_make_service())
+        .tcp_nodelay(true)
+        .with_graceful_shutdown(stop)
+        .await;
+    if let Err(e) = res {
+        tracing::error!("HTTP server failed: {e}");
     }
 }

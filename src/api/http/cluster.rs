@@ -1,0 +1,132 @@
+//! Cluster and operations endpoints: `/v1/status`, `/healthz`, `/readyz`, `/metrics` and
+//! `/openapi.json`.
+//!
+//! - `/healthz` answers 200 whenever the process serves HTTP (liveness);
+//! - `/readyz` answers 200 only when a linearizable read barrier completes within
+//!   [`READY_TIMEOUT`], i.e. this node can serve linearizable requests now (readiness);
+//! - `/v1/status` is the same data as the gRPC `Cluster.Status`.
+
+use super::error::ApiError;
+use super::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// How long `/readyz` waits for a read barrier.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The OpenAPI document, kept in the repository at `docs/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+fn listeners(l: &[(String, String)]) -> Value {
+    l.iter()
+        .map(|(name, addr)| json!({ "name": name, "addr": addr }))
+        .collect()
+}
+
+/// `GET /v1/status`.
+pub async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let st = s.node.status().await?;
+    let peers = s.info.peers.lock().unwrap().clone();
+    let members: Vec<Value> = s
+        .info
+        .config
+        .peers
+        .iter()
+        .map(|m| {
+            let known = peers.get(&m.id);
+            let (l, connected) = if m.id == st.id {
+                (listeners(&s.info.listeners), true)
+            } else {
+                (
+                    known.map(|p| listeners(&p.listeners)).unwrap_or(json!([])),
+                    known.is_some_and(|p| p.connected),
+                )
+            };
+            json!({ "id": m.id, "peer_addr": m.addr, "listeners": l, "connected": connected })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": st.id,
+        "role": st.role.as_str(),
+        "leader": st.leader,
+        "decided_index": st.decided_index,
+        "applied_index": st.applied_index,
+        "pid": std::process::id(),
+        "data_dir": s.info.config.data_dir.display().to_string(),
+        "listeners": listeners(&s.info.listeners),
+        "members": members,
+    }))
+    .into_response())
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`.
+pub async fn readyz(State(s): State<AppState>) -> Result<Response, ApiError> {
+    match tokio::time::timeout(READY_TIMEOUT, s.node.read_barrier()).await {
+        Ok(Ok(())) => {
+            let applied = s
+                .info
+                .metrics
+                .applied_index
+                .load(std::sync::atomic::Ordering::Relaxed);
+            Ok(Json(json!({ "ready": true, "applied_index": applied })).into_response())
+        }
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("a linearizable read cannot be served: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("a linearizable read barrier did not complete within {READY_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// Total size of the files in `dir` (RocksDB keeps its files flat in one directory);
+/// a few dozen `stat`s, cheap enough per scrape.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `GET /metrics`, in the Prometheus text format.
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    let dir = s.info.config.data_dir.join("db");
+    let bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
+        .await
+        .unwrap_or(0);
+    let body = s.info.metrics.render(&[(
+        "paxosdb_rocksdb_bytes",
+        "Bytes of this node's RocksDB files (log, metadata and data).",
+        bytes,
+    )]);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

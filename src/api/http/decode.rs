@@ -1,0 +1,333 @@
+//! Decoding what an HTTP client sends: the key in the path, query parameters, the session
+//! and precondition headers; and encoding bytes into JSON.
+//!
+//! Everything here is a pure function over strings and bytes, so that the fuzz test
+//! (`fuzz.rs`) can throw arbitrary input at it. Decoding is strict: a malformed escape, an
+//! unknown or repeated query parameter, or a number with a sign or spaces is a 400, never
+//! silently ignored (a typo such as `?consistncy=stale` must not turn into a default).
+//!
+//! Bytes in JSON: a key or value that is valid UTF-8 is a JSON string under `key` /
+//! `value`; anything else is standard base64 (with padding) under `key_base64` /
+//! `value_base64`. Exactly one of each pair is present.
+
+use super::error::ApiError;
+use crate::command::{Limits, ScanRange};
+use crate::node::Consistency;
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+/// The path prefix of single-key operations.
+pub const KV_PREFIX: &str = "/v1/kv/";
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`, as in query strings).
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<Vec<u8>, ApiError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let h = b.get(i + 1).copied().and_then(hex);
+                let l = b.get(i + 2).copied().and_then(hex);
+                match (h, l) {
+                    (Some(h), Some(l)) => out.push(h << 4 | l),
+                    _ => return Err(ApiError::bad("malformed %-escape in the URL")),
+                }
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The key of a `/v1/kv/{key}` path: everything after the prefix, %-decoded (so a key may
+/// hold `/` and, escaped, any byte), checked against the limits (empty: 400; long: 413).
+pub fn key_from_path(path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
+    let raw = path
+        .strip_prefix(KV_PREFIX)
+        .ok_or_else(|| ApiError::bad("expected a path /v1/kv/{key}"))?;
+    let key = percent_decode(raw, false)?;
+    check_key(&key, limits)?;
+    Ok(key)
+}
+
+pub fn check_key(key: &[u8], limits: &Limits) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad("the key must not be empty"));
+    }
+    if key.len() > limits.max_key {
+        return Err(ApiError::too_large(format!(
+            "the key is {} bytes; the limit is {} bytes",
+            key.len(),
+            limits.max_key
+        )));
+    }
+    Ok(())
+}
+
+/// Splits a query string into decoded (name, value) pairs, allowing only `allowed` names,
+/// each at most once.
+pub fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let Some(q) = q else { return Ok(out) };
+    for part in q.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        let name = String::from_utf8(percent_decode(name, true)?)
+            .map_err(|_| ApiError::bad("a query parameter name is not UTF-8"))?;
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::bad(format!(
+                "unknown query parameter {name:?}; allowed here: {}",
+                allowed.join(", ")
+            )));
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(ApiError::bad(format!(
+                "query parameter {name:?} given twice"
+            )));
+        }
+        out.push((name, percent_decode(value, true)?));
+    }
+    Ok(out)
+}
+
+fn param<'a>(pairs: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// A strict unsigned decimal: digits only, no sign, no spaces, fits in a u64.
+pub fn parse_u64(what: &str, v: &[u8]) -> Result<u64, ApiError> {
+    let ok = !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit);
+    ok.then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+        .flatten()
+        .ok_or_else(|| ApiError::bad(format!("{what} must be an unsigned decimal integer")))
+}
+
+fn consistency(pairs: &[(String, Vec<u8>)]) -> Result<Consistency, ApiError> {
+    match param(pairs, "consistency") {
+        None | Some(b"linearizable") => Ok(Consistency::Linearizable),
+        Some(b"stale") => Ok(Consistency::Stale),
+        Some(_) => Err(ApiError::bad(
+            "consistency must be \"linearizable\" (the default) or \"stale\"",
+        )),
+    }
+}
+
+/// `GET /v1/kv/{key}` parameters.
+pub fn get_params(q: Option<&str>) -> Result<Consistency, ApiError> {
+    consistency(&parse_query(q, &["consistency"])?)
+}
+
+/// `PUT /v1/kv/{key}` parameters: the `cas` version, if any.
+pub fn put_params(q: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let pairs = parse_query(q, &["cas"])?;
+    param(&pairs, "cas")
+        .map(|v| parse_u64("cas", v))
+        .transpose()
+}
+
+/// `DELETE /v1/kv/{key}` takes no parameters.
+pub fn delete_params(q: Option<&str>) -> Result<(), ApiError> {
+    parse_query(q, &[]).map(|_| ())
+}
+
+/// A parsed `GET /v1/kv` (scan) request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScanParams {
+    pub range: ScanRange,
+    /// 0 = the default page size.
+    pub limit: usize,
+    pub consistency: Consistency,
+}
+
+/// Largest `limit` a scan accepts.
+pub const MAX_LIMIT: u64 = crate::node::MAX_SCAN_LIMIT as u64;
+
+/// The first key after every key that starts with `p`; `None` when there is none.
+pub fn prefix_end(p: &[u8]) -> Option<Vec<u8>> {
+    let mut end = p.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// `GET /v1/kv` parameters: `prefix`, or `from`/`to` (end exclusive), `limit`, `consistency`.
+pub fn scan_params(q: Option<&str>, limits: &Limits) -> Result<ScanParams, ApiError> {
+    let pairs = parse_query(q, &["prefix", "from", "to", "limit", "consistency"])?;
+    let prefix = param(&pairs, "prefix");
+    let from = param(&pairs, "from");
+    let to = param(&pairs, "to");
+    for k in [prefix, from, to].into_iter().flatten() {
+        if k.len() > limits.max_key {
+            return Err(ApiError::too_large(format!(
+                "a scan bound is {} bytes; the key limit is {} bytes",
+                k.len(),
+                limits.max_key
+            )));
+        }
+    }
+    let range = match (prefix, from, to) {
+        (Some(p), None, None) => ScanRange::Prefix(p.to_vec()),
+        _ => {
+            // A prefix together with from/to means both: the intersection of the ranges.
+            let mut lo = from.unwrap_or_default().to_vec();
+            let mut hi = to.map(<[u8]>::to_vec);
+            if let Some(p) = prefix {
+                lo = lo.max(p.to_vec());
+                hi = match (hi, prefix_end(p)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            // An empty or inverted range has no rows (not an error).
+            if matches!(&hi, Some(h) if *h < lo) {
+                hi = Some(lo.clone());
+            }
+            ScanRange::Range { from: lo, to: hi }
+        }
+    };
+    let limit = match param(&pairs, "limit") {
+        None => 0,
+        Some(v) => match parse_u64("limit", v)? {
+            n @ 1..=MAX_LIMIT => n as usize,
+            _ => return Err(ApiError::bad(format!("limit must be 1 to {MAX_LIMIT}"))),
+        },
+    };
+    Ok(ScanParams {
+        range,
+        limit,
+        consistency: consistency(&pairs)?,
+    })
+}
+
+/// A write session from the `X-Paxosdb-Client-Id` and `X-Paxosdb-Seq` headers: both or
+/// neither, both non-zero. `None` means the server picks a fresh random session.
+pub fn session(
+    client_id: Option<&[u8]>,
+    seq: Option<&[u8]>,
+) -> Result<Option<(u64, u64)>, ApiError> {
+    match (client_id, seq) {
+        (None, None) => Ok(None),
+        (Some(c), Some(s)) => {
+            let c = parse_u64("X-Paxosdb-Client-Id", c)?;
+            let s = parse_u64("X-Paxosdb-Seq", s)?;
+            if c == 0 || s == 0 {
+                return Err(ApiError::bad(
+                    "X-Paxosdb-Client-Id and X-Paxosdb-Seq must be non-zero",
+                ));
+            }
+            Ok(Some((c, s)))
+        }
+        _ => Err(ApiError::bad(
+            "send both X-Paxosdb-Client-Id and X-Paxosdb-Seq, or neither",
+        )),
+    }
+}
+
+/// The condition of a conditional PUT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// Store only if the key's version is this (0 = only if absent).
+    Version(u64),
+    /// Store only if the key exists (`If-Match: *`).
+    Exists,
+    /// Conditions that cannot all hold (such as `If-Match: *` with `If-None-Match: *`).
+    Never,
+}
+
+impl Precondition {
+    /// Both conditions at once.
+    pub fn and(self, other: Precondition) -> Precondition {
+        use Precondition::*;
+        match (self, other) {
+            (Never, _) | (_, Never) => Never,
+            (Version(a), Version(b)) if a == b => Version(a),
+            (Version(_), Version(_)) => Never,
+            (Exists, Exists) => Exists,
+            (Exists, Version(0)) | (Version(0), Exists) => Never,
+            (Exists, Version(v)) | (Version(v), Exists) => Version(v),
+        }
+    }
+}
+
+/// Combines `?cas=`, `If-Match` and `If-None-Match` into at most one condition.
+/// `If-Match: "7"` (quotes optional) means version 7; `If-Match: *` means the key exists;
+/// `If-None-Match: *` means it is absent (version 0). All given conditions must hold;
+/// contradictory ones combine to [`Precondition::Never`].
+pub fn precondition(
+    cas: Option<u64>,
+    if_match: Option<&[u8]>,
+    if_none_match: Option<&[u8]>,
+) -> Result<Option<Precondition>, ApiError> {
+    let mut conds = Vec::new();
+    if let Some(v) = cas {
+        conds.push(Precondition::Version(v));
+    }
+    if let Some(h) = if_match {
+        if h == b"*" {
+            conds.push(Precondition::Exists);
+        } else {
+            let inner = h
+                .strip_prefix(b"\"")
+                .and_then(|x| x.strip_suffix(b"\""))
+                .unwrap_or(h);
+            let what = "If-Match (one version of at most 19 digits, such as \"7\")";
+            if inner.len() > 19 {
+                return Err(ApiError::bad(format!("{what} is too long")));
+            }
+            conds.push(Precondition::Version(parse_u64(what, inner)?));
+        }
+    }
+    if let Some(h) = if_none_match {
+        if h != b"*" {
+            return Err(ApiError::bad("only If-None-Match: * is supported"));
+        }
+        conds.push(Precondition::Version(0));
+    }
+    Ok(conds.into_iter().reduce(Precondition::and))
+}
+
+/// Puts `bytes` into `obj` as `{name}` (UTF-8) or `{name}_base64` (anything else).
+pub fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => obj.insert(name.to_string(), Value::String(s.to_string())),
+        Err(_) => obj.insert(
+            format!("{name}_base64"),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+}
+
+/// A key/value/version object in the JSON scheme above.
+pub fn entry_json(key: Option<&[u8]>, value: &[u8], version: u64) -> Map<String, Value> {
+    let mut o = Map::new();
+    if let Some(k) = key {
+        put_bytes(&mut o, "key", k);
+    }
+    put_bytes(&mut o, "value", value);
+    o.insert("version".into(), version.into());
+    o
+}

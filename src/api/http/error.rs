@@ -1,0 +1,100 @@
+//! HTTP error responses: `{"error": {"code": "...", "message": "...", ...}}` with the
+//! status that tells the client how to react.
+//!
+//! | status | code | meaning |
+//! |---|---|---|
+//! | 400 | `invalid_input` | fix the request; nothing changed |
+//! | 404 | `not_found` | no such key (or no such route) |
+//! | 409 | `compare_failed` | a conditional write's condition did not hold; `current` shows the key |
+//! | 413 | `too_large` | key, value or body over the limit; nothing changed |
+//! | 503 | `unavailable` | no leader or quorum, shutting down: nothing happened, retry (`Retry-After`) |
+//! | 503 | `outcome_unknown` | a write may or may not have been applied: retry with the same session headers |
+//! | 500 | `internal` | a bug or a broken disk |
+
+use crate::error::Error;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+/// An error answer, ready to be sent.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra fields of the `error` object (such as `current` for a failed compare).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn bad(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn with(mut self, name: &str, v: impl Into<Value>) -> Self {
+        self.extra.insert(name.to_string(), v.into());
+        self
+    }
+
+    /// Maps a node error. Input errors about a size limit become 413 (the HTTP layer
+    /// checks sizes first, so this is a fallback).
+    pub fn from_node(e: Error) -> Self {
+        match e {
+            Error::InvalidInput(m) if m.contains("limit") => ApiError::too_large(m),
+            Error::InvalidInput(m) => ApiError::bad(m),
+            Error::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+            Error::OutcomeUnknown(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!(
+                    "{m}; the write may or may not have been applied: retry with the same \
+                     X-Paxosdb-Client-Id and X-Paxosdb-Seq headers (echoed in this response) \
+                     to learn its outcome"
+                ),
+            ),
+            e @ (Error::Config(_) | Error::Storage(_) | Error::Internal(_)) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut err = Map::new();
+        err.insert("code".into(), self.code.into());
+        err.insert("message".into(), self.message.into());
+        err.extend(self.extra);
+        let mut resp = (self.status, axum::Json(json!({ "error": err }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::from_node(e)
+    }
+}

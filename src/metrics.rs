@@ -1,0 +1,316 @@
+//! Process metrics, rendered in the Prometheus text format by the HTTP `/metrics` endpoint.
+//!
+//! One [`Metrics`] per server, shared as `Arc<Metrics>` (in [`crate::server::ServerInfo`]).
+//! Everything is atomics and fixed-bucket histograms, so recording is a few relaxed atomic
+//! adds and never blocks; only the first request of a new (protocol, operation) pair takes
+//! a write lock to create its counters.
+//!
+//! Who feeds what:
+//! - every protocol server calls [`Metrics::observe_request`] once per request (gRPC and
+//!   HTTP today; RESP can do the same);
+//! - the node core calls [`Metrics::observe_core`] once per loop round (decided and applied
+//!   index, leader; a change of known leader counts as a leader change);
+//! - the log storage records each synced write's latency ([`Metrics::observe_fsync`]) and
+//!   the number of entries in the log ([`Metrics::set_log_entries`]).
+
+use crate::command::NodeId;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the histogram buckets; the last bucket is `+Inf`.
+pub const BUCKETS: [f64; 15] = [
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with the fixed [`BUCKETS`].
+#[derive(Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; index `BUCKETS.len()` is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Appends the `_bucket`, `_sum` and `_count` lines; `labels` is `k="v",…` or empty.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
+    }
+}
+
+/// Counters of one (protocol, operation) pair.
+#[derive(Default)]
+pub struct RequestStats {
+    pub errors: AtomicU64,
+    pub latency: Histogram,
+}
+
+/// Every metric of one server process.
+#[derive(Default)]
+pub struct Metrics {
+    requests: RwLock<BTreeMap<(&'static str, &'static str), Arc<RequestStats>>>,
+    pub decided_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    /// The leader this node last knew, 0 for none.
+    pub leader: AtomicU64,
+    pub is_leader: AtomicU64,
+    pub leader_changes: AtomicU64,
+    pub fsync: Histogram,
+    pub log_entries: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Records one served request. `ok` is false when the request ended in an error (an
+    /// expected answer such as a missing key or a failed compare is not an error).
+    pub fn observe_request(&self, protocol: &'static str, op: &'static str, d: Duration, ok: bool) {
+        let stats = self.stats(protocol, op);
+        stats.latency.observe(d);
+        if !ok {
+            stats.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The counters of one (protocol, operation) pair, created on first use.
+    pub fn stats(&self, protocol: &'static str, op: &'static str) -> Arc<RequestStats> {
+        if let Some(s) = self.requests.read().unwrap().get(&(protocol, op)) {
+            return s.clone();
+        }
+        self.requests
+            .write()
+            .unwrap()
+            .entry((protocol, op))
+            .or_default()
+            .clone()
+    }
+
+    /// Runs `fut` and records it as one request of `protocol`/`op`; `Err` counts as an error.
+    pub async fn timed<T, E>(
+        &self,
+        protocol: &'static str,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let start = std::time::Instant::now();
+        let r = fut.await;
+        self.observe_request(protocol, op, start.elapsed(), r.is_ok());
+        r
+    }
+
+    /// The core's view, once per loop round: a different known leader is a leader change.
+    pub fn observe_core(&self, decided: u64, applied: u64, leader: Option<NodeId>, me: NodeId) {
+        self.decided_index.store(decided, Relaxed);
+        self.applied_index.store(applied, Relaxed);
+        let l = leader.unwrap_or(0);
+        let before = self.leader.swap(l, Relaxed);
+        if l != 0 && before != l {
+            self.leader_changes.fetch_add(1, Relaxed);
+        }
+        self.is_leader.store(u64::from(l == me && l != 0), Relaxed);
+    }
+
+    pub fn observe_fsync(&self, d: Duration) {
+        self.fsync.observe(d);
+    }
+
+    pub fn set_log_entries(&self, n: u64) {
+        self.log_entries.store(n, Relaxed);
+    }
+
+    /// Renders everything in the Prometheus text exposition format (version 0.0.4).
+    /// `extra` gauges (name, help, value) are appended, for values measured at scrape time.
+    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
+        let mut out = String::with_capacity(8192);
+        let requests: Vec<_> = self
+            .requests
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let label = |(p, o): (&str, &str)| format!("protocol=\"{p}\",op=\"{o}\"");
+        header(
+            &mut out,
+            "paxosdb_requests_total",
+            "counter",
+            "Requests served, by protocol and operation.",
+        );
+        for (k, s) in &requests {
+            let _ = writeln!(
+                out,
+                "paxosdb_requests_total{{{}}} {}",
+                label(*k),
+                s.latency.count()
+            );
+        }
+        header(
+            &mut out,
+            "paxosdb_request_errors_total",
+            "counter",
+            "Requests that ended in an error (a missing key or failed compare is not one).",
+        );
+        for (k, s) in &requests {
+            let e = s.errors.load(Relaxed);
+            let _ = writeln!(out, "paxosdb_request_errors_total{{{}}} {e}", label(*k));
+        }
+        header(
+            &mut out,
+            "paxosdb_request_duration_seconds",
+            "histogram",
+            "Request latency, by protocol and operation.",
+        );
+        for (k, s) in &requests {
+            s.latency
+                .render(&mut out, "paxosdb_request_duration_seconds", &label(*k));
+        }
+        let gauges: [(&str, &str, &str, u64); 6] = [
+            (
+                "paxosdb_decided_index",
+                "gauge",
+                "Log index up to which entries are decided.",
+                self.decided_index.load(Relaxed),
+            ),
+            (
+                "paxosdb_applied_index",
+                "gauge",
+                "Log index up to which entries are applied here.",
+                self.applied_index.load(Relaxed),
+            ),
+            (
+                "paxosdb_leader_id",
+                "gauge",
+                "The leader this node knows (0 = none).",
+                self.leader.load(Relaxed),
+            ),
+            (
+                "paxosdb_is_leader",
+                "gauge",
+                "1 when this node is the leader.",
+                self.is_leader.load(Relaxed),
+            ),
+            (
+                "paxosdb_leader_changes_total",
+                "counter",
+                "Times this node saw a new leader.",
+                self.leader_changes.load(Relaxed),
+            ),
+            (
+                "paxosdb_log_entries",
+                "gauge",
+                "Entries in this node's replicated log storage.",
+                self.log_entries.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        header(
+            &mut out,
+            "paxosdb_fsync_duration_seconds",
+            "histogram",
+            "Latency of synced (fsynced) log writes.",
+        );
+        self.fsync
+            .render(&mut out, "paxosdb_fsync_duration_seconds", "");
+        for (name, help, v) in extra {
+            header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let mut s = String::new();
+        h.render(&mut s, "x", "");
+        assert!(s.contains("x_bucket{le=\"0.0001\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"0.005\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"10\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
+        assert!(s.contains("x_count 3\n"), "{s}");
+    }
+
+    #[test]
+    fn render_has_requests_and_core_gauges() {
+        let m = Metrics::new();
+        m.observe_request("http", "get", Duration::from_millis(2), true);
+        m.observe_request("http", "get", Duration::from_millis(2), false);
+        m.observe_core(7, 6, Some(2), 1);
+        m.observe_core(8, 8, Some(3), 1);
+        m.observe_core(8, 8, None, 1);
+        let s = m.render(&[("paxosdb_data_dir_bytes", "Bytes on disk.", 42)]);
+        assert!(
+            s.contains("paxosdb_requests_total{protocol=\"http\",op=\"get\"} 2\n"),
+            "{s}"
+        );
+        assert!(s.contains("paxosdb_request_errors_total{protocol=\"http\",op=\"get\"} 1\n"));
+        assert!(s.contains(
+            "paxosdb_request_duration_seconds_bucket{protocol=\"http\",op=\"get\",le=\"+Inf\"} 2\n"
+        ));
+        assert!(s.contains("paxosdb_decided_index 8\n"));
+        assert!(s.contains("paxosdb_leader_changes_total 2\n"), "{s}");
+        assert!(s.contains("paxosdb_data_dir_bytes 42\n"));
+        // Every sample line is `name{labels} value` or `name value` with a numeric value.
+        for line in s.lines().filter(|l| !l.starts_with('#')) {
+            let v = line.rsplit(' ').next().unwrap();
+            assert!(v.parse::<f64>().is_ok(), "bad sample line {line:?}");
+        }
+    }
+}
