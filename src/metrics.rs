@@ -94,6 +94,8 @@ pub struct Metrics {
     pub leader: AtomicU64,
     pub is_leader: AtomicU64,
     pub leader_changes: AtomicU64,
+    /// The last established leader, 0 for none yet.
+    established_leader: AtomicU64,
     pub fsync: Histogram,
     pub log_entries: AtomicU64,
 }
@@ -139,16 +141,28 @@ impl Metrics {
         r
     }
 
-    /// The core's view, once per loop round: a different known leader is a leader change.
-    pub fn observe_core(&self, decided: u64, applied: u64, leader: Option<NodeId>, me: NodeId) {
+    /// The core's view, once per loop round. `leader` is the node this one promised to
+    /// follow and whether that leader is established (accepting); a leader change is an
+    /// established leader other than the last established one (the ballots a node promises
+    /// during an election do not count).
+    pub fn observe_core(
+        &self,
+        decided: u64,
+        applied: u64,
+        leader: Option<(NodeId, bool)>,
+        me: NodeId,
+    ) {
         self.decided_index.store(decided, Relaxed);
         self.applied_index.store(applied, Relaxed);
-        let l = leader.unwrap_or(0);
-        let before = self.leader.swap(l, Relaxed);
-        if l != 0 && before != l {
-            self.leader_changes.fetch_add(1, Relaxed);
+        let l = leader.map_or(0, |(l, _)| l);
+        self.leader.store(l, Relaxed);
+        if let Some((l, true)) = leader {
+            if self.established_leader.swap(l, Relaxed) != l {
+                self.leader_changes.fetch_add(1, Relaxed);
+            }
         }
-        self.is_leader.store(u64::from(l == me && l != 0), Relaxed);
+        self.is_leader
+            .store(u64::from(leader == Some((me, true))), Relaxed);
     }
 
     pub fn observe_fsync(&self, d: Duration) {
@@ -233,7 +247,7 @@ impl Metrics {
             (
                 "paxosdb_leader_changes_total",
                 "counter",
-                "Times this node saw a new leader.",
+                "Times this node saw a new established leader.",
                 self.leader_changes.load(Relaxed),
             ),
             (
@@ -292,8 +306,11 @@ mod tests {
         let m = Metrics::new();
         m.observe_request("http", "get", Duration::from_millis(2), true);
         m.observe_request("http", "get", Duration::from_millis(2), false);
-        m.observe_core(7, 6, Some(2), 1);
-        m.observe_core(8, 8, Some(3), 1);
+        m.observe_core(7, 6, Some((2, false)), 1);
+        m.observe_core(7, 6, Some((2, true)), 1);
+        m.observe_core(8, 8, Some((3, false)), 1);
+        m.observe_core(8, 8, Some((3, true)), 1);
+        m.observe_core(8, 8, Some((3, true)), 1);
         m.observe_core(8, 8, None, 1);
         let s = m.render(&[("paxosdb_data_dir_bytes", "Bytes on disk.", 42)]);
         assert!(

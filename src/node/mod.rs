@@ -207,7 +207,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         self.apply_decided();
         self.flush_outgoing();
         if let Some(m) = &self.metrics {
-            let leader = self.paxos.get_current_leader().map(|(pid, _)| pid);
+            let leader = self.paxos.get_current_leader();
             let decided = self.paxos.get_decided_idx() as u64;
             m.observe_core(decided, self.sm.applied_index(), leader, self.cfg.id);
         }
