@@ -12,7 +12,10 @@
 //!   reconnect, so OmniPaxos can resynchronise;
 //! - a frame that is oversized, undecodable, from an unknown node, or whose message claims
 //!   another sender closes that connection and is logged; the node keeps running;
-//! - sending never blocks the node: a full queue drops the message (OmniPaxos resends).
+//! - sending never blocks the node: a full queue drops the message (OmniPaxos resends);
+//! - links stay FIFO (OmniPaxos relies on it): messages may be lost, never reordered —
+//!   a sender uses one connection at a time, and once a peer has reconnected, the reader
+//!   of its older connection delivers nothing more.
 
 use crate::command::{LogEntry, NodeId};
 use crate::node::{Event, Network};
@@ -57,6 +60,10 @@ pub struct PeerInfo {
     pub pid: u32,
     /// Our outgoing connection to it is up.
     pub connected: bool,
+    /// Generation of its newest inbound connection. A reader whose connection is no
+    /// longer the newest stops delivering: OmniPaxos assumes FIFO links, and messages
+    /// still buffered on an old connection must not arrive after newer ones.
+    pub inbound_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Shared view of the peers, updated by the transport tasks.
@@ -308,12 +315,15 @@ async fn serve_peer(
     }
     let from = hello.from;
     check(from, hello.incarnation)?;
-    {
+    let (generation, mine) = {
         let mut t = table.lock().unwrap();
         let info = t.entry(from).or_default();
         info.listeners = hello.listeners;
         info.pid = hello.pid;
-    }
+        let g = info.inbound_generation.clone();
+        let mine = g.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        (g, mine)
+    };
     loop {
         let msg: Message<LogEntry> = match read_frame(&mut r, cfg.max_frame).await {
             Ok(m) => m,
@@ -326,6 +336,10 @@ async fn serve_peer(
                 msg.get_sender(),
                 msg.get_receiver()
             ));
+        }
+        if generation.load(std::sync::atomic::Ordering::SeqCst) != mine {
+            // A newer connection from this peer exists: drop the rest of this one.
+            return Ok(());
         }
         if events.send(Event::Peer(msg)).is_err() {
             return Ok(());
