@@ -201,6 +201,13 @@ async fn sessions_and_errors() {
     assert_eq!(r.status, 400);
     let r = request(a, "PUT", "/v1/kv/k", &[("If-Match", "\"1\", \"2\"")], b"x");
     assert_eq!(r.status, 400);
+    let r = request(a, "DELETE", "/v1/kv/s", &[("If-Match", "\"1\"")], b"");
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_input".into()),
+        "{}",
+        r.text()
+    );
 
     // Too large: keys over 4 KiB, values over 1 MiB (refused before the body is read).
     let long = "k".repeat(5000);

@@ -203,6 +203,11 @@ pub async fn delete_key(
 ) -> Result<Response, ApiError> {
     let key = decode::key_from_path(uri.path(), &s.node.limits())?;
     decode::delete_params(uri.query())?;
+    if headers.contains_key("if-match") || headers.contains_key("if-none-match") {
+        // Ignoring the condition would delete unconditionally what the client meant to
+        // delete only if unchanged.
+        return Err(ApiError::bad("conditional deletes are not supported yet"));
+    }
     let sess = session(&headers)?;
     let op = WriteOp::Delete {
         key,
