@@ -51,6 +51,8 @@ pub enum Bug {
     StaleReads,
     /// Node 1's state is changed behind the state machine's back before the final check.
     DivergeState,
+    /// Node 1 ignores every peer message: requests sent to it never complete.
+    DeafNode,
 }
 
 /// What to simulate.

@@ -135,6 +135,12 @@ fn diverged_state_is_caught_by_the_replica_check() {
 }
 
 #[test]
+fn a_deaf_node_is_caught_by_the_liveness_check() {
+    let f = caught(Bug::DeafNode, 3);
+    assert!(f.reason.starts_with("liveness"), "{f}");
+}
+
+#[test]
 fn stale_reads_are_caught_by_the_linearizability_check() {
     let f = caught(Bug::StaleReads, 30);
     assert!(f.reason.contains("not linearizable"), "{f}");

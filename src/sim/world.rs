@@ -289,6 +289,9 @@ impl World {
             self.now = self.now.max(next);
             let (now, at) = (self.now, self.at());
             while let Some((to, msg)) = self.net.pop_due(now) {
+                if to == 0 && self.cfg.bug == Some(Bug::DeafNode) {
+                    continue;
+                }
                 if let Some(core) = self.nodes[to].core.as_mut() {
                     if self.cfg.trace {
                         (now, to).hash(&mut self.trace);
