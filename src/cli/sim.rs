@@ -62,7 +62,8 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
                 partitions += s.partitions;
                 lost += s.lost_attempts;
                 if a.seed.is_some() {
-                    println!("sim seed={seed} passed: {s:?}");
+                    s.fault_log.iter().for_each(|l| println!("  {l}"));
+                    println!("sim seed={seed} passed: {} ops, {} faults", s.ops, s.faults);
                 }
             }
             Ok(Err(f)) => {

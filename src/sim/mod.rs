@@ -115,6 +115,8 @@ pub struct RunStats {
     pub virtual_ms: u64,
     /// Hash of the history, the decided log and (with `trace`) every delivered message.
     pub trace_hash: u64,
+    /// What the nemesis did, with virtual times.
+    pub fault_log: Vec<String>,
 }
 
 /// A failed run.
@@ -222,5 +224,6 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
         decided: logs[0].1.len(),
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),
+        fault_log: w.fault_log.clone(),
     })
 }

@@ -63,7 +63,10 @@ fn replay() {
         cfg.nodes = n as usize;
     }
     match run(seed, &cfg) {
-        Ok(s) => eprintln!("sim seed={seed} passed: {s:?}"),
+        Ok(s) => {
+            s.fault_log.iter().for_each(|l| eprintln!("  {l}"));
+            eprintln!("sim seed={seed} passed: {} ops, {} faults", s.ops, s.faults);
+        }
         Err(f) => fail(f),
     }
 }

@@ -147,16 +147,26 @@ impl World {
     /// also loses what was not synced (see `storage`).
     fn crash(&mut self, i: usize, machine: bool) {
         let node = &mut self.nodes[i];
+        let before = node.core.as_ref().map(|c| c.status());
         node.core = None;
         node.kv = None;
         node.outbox.take();
         self.net.drop_node(i);
+        let mut what = "process".to_string();
         if machine {
             let decided = node.durable.lock().unwrap().lose_unsynced() as u64;
+            let spaces = node.durable.lock().unwrap().kv.clone();
+            let applied = KvStore::open_memory(spaces).map_or(0, |kv| kv.applied_index());
+            if let Some(s) = before {
+                what = format!(
+                    "machine: decided {} -> {decided}, applied {} -> {applied}",
+                    s.decided_index, s.applied_index
+                );
+            }
             self.mono.reset(i, decided);
             self.oracle.rewind(i, decided);
         }
-        self.log(format!("crash node {} (machine: {machine})", i + 1));
+        self.log(format!("crash node {} ({what})", i + 1));
     }
 
     fn restart(&mut self, i: usize) {
