@@ -6,6 +6,10 @@
 //! reads waiting on this entry may now be answered. An entry with no commands is a pure
 //! read barrier.
 //!
+//! Byte strings are serialized as bytes (`serde_bytes`), not as sequences of numbers:
+//! bincode then copies them in one go, which matters for megabyte values (the encoding
+//! on disk and on the wire is the same either way).
+//!
 //! Every [`Command`] carries a session (`client_id`, `seq`); the state machine applies a
 //! session's command at most once and remembers its result for retries.
 
@@ -38,39 +42,47 @@ pub struct Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         return_prev: bool,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         return_prev: bool,
     },
     Cas {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expect: Expect,
+        #[serde(with = "serde_bytes")]
         new_value: Vec<u8>,
     },
     /// Stores `value` if `cond` holds; always reports the previous value.
     Set {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         cond: SetCond,
     },
     /// Adds `delta` to the key's value read as a decimal i64 (absent = 0).
     Incr {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         delta: i64,
     },
     /// Appends `suffix` to the key's value (absent = empty).
     Append {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         suffix: Vec<u8>,
     },
     /// Stores every pair, atomically (all in one apply).
-    MultiPut {
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
-    },
+    MultiPut { pairs: Vec<(Vec<u8>, Vec<u8>)> },
 }
 
 /// When a [`WriteOp::Set`] applies.
@@ -129,7 +141,7 @@ impl WriteOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expect {
     /// The current value equals this (an absent key never matches).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The current version equals this (an absent key has version 0).
     Version(u64),
 }
@@ -137,6 +149,7 @@ pub enum Expect {
 /// A stored value with its version: the revision of the key's last write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: u64,
 }
@@ -215,7 +228,9 @@ impl ScanRange {
 /// One row of a scan result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: u64,
 }
