@@ -145,6 +145,12 @@ async fn bad_client_input_is_refused_and_changes_nothing() {
     );
     assert!(c.get(b"big", false).await.unwrap().0.is_none());
 
+    // A value exactly at the limit is accepted, replicated and read back elsewhere.
+    let max = vec![b'm'; 1024 * 1024];
+    cluster.client_for(1).put(b"max", &max, false).await.unwrap();
+    let (v, _) = cluster.client_for(2).get(b"max", false).await.unwrap();
+    assert_eq!(v.unwrap().value.len(), max.len());
+
     // Garbage on the client port: the connection dies, the node keeps serving.
     for id in 1..=3 {
         let addr = &cluster.nodes[id - 1].client_addr;
