@@ -147,7 +147,11 @@ async fn bad_client_input_is_refused_and_changes_nothing() {
 
     // A value exactly at the limit is accepted, replicated and read back elsewhere.
     let max = vec![b'm'; 1024 * 1024];
-    cluster.client_for(1).put(b"max", &max, false).await.unwrap();
+    cluster
+        .client_for(1)
+        .put(b"max", &max, false)
+        .await
+        .unwrap();
     let (v, _) = cluster.client_for(2).get(b"max", false).await.unwrap();
     assert_eq!(v.unwrap().value.len(), max.len());
 
