@@ -315,7 +315,7 @@ async fn cluster_up_runs_stops_on_sigint_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     // Find a base port whose 12 ports (gRPC, peer, HTTP, RESP of 3 nodes) are free.
     let base = loop {
-        let b = 20000 + (rand::random::<u16>() % 20000);
+        let b = 10000 + (rand::random::<u16>() % 20000); // below the ephemeral range
         let free = [1, 2, 3, 101, 102, 103, 201, 202, 203, 301, 302, 303]
             .iter()
             .all(|o| std::net::TcpListener::bind(("127.0.0.1", b + o)).is_ok());

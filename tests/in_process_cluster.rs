@@ -4,46 +4,17 @@
 //! each write at once, stale reads on every node must converge to the same values, and
 //! scans must return the same rows everywhere. Then all nodes shut down cleanly.
 
+mod common;
+
+use common::{eventually, free_ports};
 use paxosdb::client::{CasExpect, Client};
 use paxosdb::command::{KeyValue, ScanRange, Versioned};
 use paxosdb::config::{Config, Member};
 use paxosdb::server::{self, RunningServer};
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const N: usize = 3;
-
-/// `n` distinct free ports on 127.0.0.1 (all bound at once, then released).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-/// Polls `f` until it returns `Some`, or panics after `timeout` saying what did not happen.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Reads `key` linearizably through every node except `writer` and checks the value.
 async fn assert_seen_by_others(

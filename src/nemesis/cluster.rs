@@ -35,12 +35,20 @@ pub struct ProcCluster {
     peers: String,
 }
 
-/// A free TCP port on `ip` (free now; the caller binds it soon after).
+/// A free TCP port on `ip` (free now; the caller binds it soon after). Taken below the
+/// kernel's ephemeral range (32768+), so that no outgoing connection's source port takes
+/// it between now and the node's bind — or its rebind after a kill and restart.
 fn free_port(ip: Ipv4Addr, held: &mut Vec<TcpListener>) -> std::io::Result<u16> {
-    let l = TcpListener::bind(SocketAddrV4::new(ip, 0))?;
-    let port = l.local_addr()?.port();
-    held.push(l);
-    Ok(port)
+    for _ in 0..10_000 {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        if let Ok(l) = TcpListener::bind(SocketAddrV4::new(ip, port)) {
+            held.push(l);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free port below the ephemeral range",
+    ))
 }
 
 impl ProcCluster {

@@ -16,13 +16,18 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_paxosdb");
 
-/// Finds `n` distinct free TCP ports on 127.0.0.1.
+/// Finds `n` distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral range
+/// (32768+): a port from that range, once released, can be taken as the source port of
+/// any outgoing connection before a node binds it (or rebinds it after a restart).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
+    let mut held: Vec<TcpListener> = Vec::new();
+    while held.len() < n {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
 }
