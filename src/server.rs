@@ -32,6 +32,42 @@ pub struct ServerInfo {
     pub metrics: Arc<Metrics>,
 }
 
+/// One member as this node sees it, for status reports (every protocol shows the same).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub peer_addr: String,
+    /// Its listeners: our own for this node, otherwise what its hello announced.
+    pub listeners: Vec<(String, String)>,
+    /// This node itself, or a peer our outgoing connection reaches.
+    pub connected: bool,
+}
+
+impl ServerInfo {
+    /// Every configured member, as this node sees it.
+    pub fn members(&self) -> Vec<MemberView> {
+        let peers = self.peers.lock().unwrap().clone();
+        self.config
+            .peers
+            .iter()
+            .map(|m| {
+                let known = peers.get(&m.id);
+                let own = m.id == self.config.id;
+                MemberView {
+                    id: m.id,
+                    peer_addr: m.addr.clone(),
+                    listeners: if own {
+                        self.listeners.clone()
+                    } else {
+                        known.map(|p| p.listeners.clone()).unwrap_or_default()
+                    },
+                    connected: own || known.is_some_and(|p| p.connected),
+                }
+            })
+            .collect()
+    }
+}
+
 /// A node that is up and serving.
 pub struct RunningServer {
     pub handle: NodeHandle,

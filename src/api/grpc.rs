@@ -250,24 +250,15 @@ impl pb::cluster_server::Cluster for ClusterService {
                         })
                         .collect::<Vec<_>>()
                 };
-                let peers = self.info.peers.lock().unwrap().clone();
                 let members = self
                     .info
-                    .config
-                    .peers
-                    .iter()
-                    .map(|m| {
-                        let known = peers.get(&m.id);
-                        pb::Member {
-                            id: m.id,
-                            peer_addr: m.addr.clone(),
-                            listeners: if m.id == st.id {
-                                listeners(&self.info.listeners)
-                            } else {
-                                known.map(|p| listeners(&p.listeners)).unwrap_or_default()
-                            },
-                            connected: m.id == st.id || known.is_some_and(|p| p.connected),
-                        }
+                    .members()
+                    .into_iter()
+                    .map(|m| pb::Member {
+                        id: m.id,
+                        peer_addr: m.peer_addr,
+                        listeners: listeners(&m.listeners),
+                        connected: m.connected,
                     })
                     .collect();
                 Ok(Response::new(pb::StatusResponse {

@@ -30,23 +30,13 @@ fn listeners(l: &[(String, String)]) -> Value {
 /// `GET /v1/status`.
 pub async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
     let st = s.node.status().await?;
-    let peers = s.info.peers.lock().unwrap().clone();
     let members: Vec<Value> = s
         .info
-        .config
-        .peers
-        .iter()
+        .members()
+        .into_iter()
         .map(|m| {
-            let known = peers.get(&m.id);
-            let (l, connected) = if m.id == st.id {
-                (listeners(&s.info.listeners), true)
-            } else {
-                (
-                    known.map(|p| listeners(&p.listeners)).unwrap_or(json!([])),
-                    known.is_some_and(|p| p.connected),
-                )
-            };
-            json!({ "id": m.id, "peer_addr": m.addr, "listeners": l, "connected": connected })
+            let l = listeners(&m.listeners);
+            json!({ "id": m.id, "peer_addr": m.peer_addr, "listeners": l, "connected": m.connected })
         })
         .collect();
     Ok(Json(json!({
