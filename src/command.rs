@@ -95,9 +95,13 @@ pub enum SetCond {
     IfPresent,
 }
 
+/// The phrase every "this session's seq names another command" error contains, so that
+/// protocol layers can report it under their own code (HTTP: `session_reused`).
+pub const SESSION_REUSED: &str = "was already used for a different command";
+
 /// Largest value an `Append` may produce; larger appends are rejected. A constant, not a
 /// setting, because apply must decide the same on every node.
-pub const MAX_APPEND_RESULT: usize = 64 * 1024 * 1024;
+pub const MAX_APPEND_RESULT: usize = 16 * 1024 * 1024;
 
 impl WriteOp {
     /// Every key the operation writes.
@@ -191,10 +195,12 @@ pub enum WriteResult {
         /// The version all the pairs now have.
         version: u64,
     },
-    /// The command was not applied (an older sequence number of a session that has moved
-    /// on, or an operation its data does not allow, such as INCR of a non-number).
-    /// Nothing changed.
+    /// The command was not applied: the data does not allow it (INCR of a non-number), or
+    /// its session's seq was already used for a different command. Nothing changed.
     Rejected(String),
+    /// The session has moved past this seq: this command was not applied now, and whether
+    /// an earlier attempt of it was is no longer known. An unknown outcome, not a failure.
+    Superseded(String),
 }
 
 /// A key range for scans.

@@ -161,9 +161,13 @@ async fn sessions_and_errors() {
     // A retry with the same session is applied at most once and gets the first answer.
     let sess = [("X-Paxosdb-Client-Id", "4242"), ("X-Paxosdb-Seq", "1")];
     let first = ok_json(&request(a, "PUT", "/v1/kv/s", &sess, b"one"))["version"].clone();
-    let retry = request(b, "PUT", "/v1/kv/s", &sess, b"two");
+    let retry = request(b, "PUT", "/v1/kv/s", &sess, b"one");
     assert_eq!(ok_json(&retry)["version"], first);
     assert_eq!(retry.header("x-paxosdb-client-id"), Some("4242"));
+    // The same session for a different write is refused, not answered with the first
+    // write's result (which would silently drop this one).
+    let reuse = request(b, "PUT", "/v1/kv/s", &sess, b"two");
+    assert_eq!((reuse.status, reuse.code()), (400, "session_reused".into()));
     assert_eq!(ok_json(&get(b, "/v1/kv/s"))["value"], "one");
     let r = request(a, "DELETE", "/v1/kv/s", &sess, b"");
     assert_eq!(

@@ -22,7 +22,7 @@
 
 use crate::command::{
     Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
-    MAX_APPEND_RESULT,
+    MAX_APPEND_RESULT, SESSION_REUSED,
 };
 use crate::error::{Error, Result};
 use crate::storage::db::{read_u64, u64_key};
@@ -54,9 +54,10 @@ const EXPIRY_PREFIX: u8 = b'e';
 /// A session unused for this many log entries is forgotten.
 pub const SESSION_TTL_ENTRIES: u64 = 200_000;
 /// How often (in log entries) expired sessions are swept.
-pub const SESSION_SWEEP_EVERY: u64 = 128;
-/// Most sessions one sweep removes (the rest wait for the next sweep).
-const SWEEP_MAX: usize = 10_000;
+pub const SESSION_SWEEP_EVERY: u64 = 1;
+/// Most sessions one sweep removes (the rest wait for the next sweep). Above the most
+/// sessions one entry can create (one per command), so the table cannot outgrow sweeping.
+const SWEEP_MAX: usize = 8192;
 
 fn session_key(client_id: u64) -> [u8; 9] {
     let mut k = [SESSION_PREFIX; 9];
@@ -79,6 +80,17 @@ struct SessionRecord {
     result: WriteResult,
     /// The log index of the entry that last used the session.
     last_index: u64,
+    /// Fingerprint of the command `seq` named, to tell a retry from a reuse of the seq.
+    digest: u64,
+}
+
+/// A deterministic fingerprint of a write (FNV-1a over its encoding): the same on every
+/// node and in every process, unlike the standard library's randomly keyed hasher.
+fn digest(op: &WriteOp) -> u64 {
+    let bytes = bincode::serialize(op).unwrap_or_default();
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn encode_value(v: &Versioned) -> Vec<u8> {
@@ -224,12 +236,12 @@ impl Overlay<'_> {
     /// Records that the session's last command is `seq` with `result`, at `index`.
     fn record_session(
         &mut self,
-        client_id: u64,
+        cmd: &Command,
         old: Option<&SessionRecord>,
-        seq: u64,
         result: WriteResult,
         index: u64,
     ) {
+        let (client_id, seq) = (cmd.client_id, cmd.seq);
         if let Some(old) = old.filter(|o| o.last_index != index) {
             self.stale_expiry
                 .push(expiry_key(old.last_index, client_id));
@@ -238,6 +250,7 @@ impl Overlay<'_> {
             seq,
             result,
             last_index: index,
+            digest: digest(&cmd.op),
         };
         self.sessions.insert(client_id, rec);
     }
@@ -415,16 +428,20 @@ impl StateMachine for KvStore {
         for cmd in commands {
             let session = overlay.session(cmd.client_id)?;
             let result = match &session {
-                Some(s) if s.seq == cmd.seq => s.result.clone(),
-                Some(s) if s.seq > cmd.seq => WriteResult::Rejected(format!(
-                    "sequence number {} of client {} is older than its last applied one ({})",
+                Some(s) if s.seq == cmd.seq && s.digest == digest(&cmd.op) => s.result.clone(),
+                Some(s) if s.seq == cmd.seq => WriteResult::Rejected(format!(
+                    "session ({}, {}) {SESSION_REUSED}",
+                    cmd.client_id, cmd.seq
+                )),
+                Some(s) if s.seq > cmd.seq => WriteResult::Superseded(format!(
+                    "sequence number {} of client {} is older than its last applied one ({}); \
+                     whether it was applied earlier is no longer known",
                     cmd.seq, cmd.client_id, s.seq
                 )),
                 _ => overlay.execute(&cmd.op)?,
             };
             if session.as_ref().is_none_or(|s| s.seq < cmd.seq) {
-                let client = cmd.client_id;
-                overlay.record_session(client, session.as_ref(), cmd.seq, result.clone(), index);
+                overlay.record_session(cmd, session.as_ref(), result.clone(), index);
             }
             results.push(result);
         }

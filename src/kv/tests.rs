@@ -300,7 +300,7 @@ impl Model {
     fn apply(&mut self, cmd: &Command) -> WriteResult {
         match self.sessions.get(&cmd.client_id) {
             Some((last, res)) if last.seq == cmd.seq => res.clone(),
-            Some((last, _)) if last.seq > cmd.seq => WriteResult::Rejected(String::new()),
+            Some((last, _)) if last.seq > cmd.seq => WriteResult::Superseded(String::new()),
             _ => {
                 let res = self.execute(&cmd.op);
                 self.sessions
@@ -379,6 +379,13 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got.len(), expected.len(), "{}", what);
                 for ((got, want), cmd) in got.iter().zip(&expected).zip(&cmds) {
                     match want {
+                        WriteResult::Superseded(_) => prop_assert!(
+                            matches!(got, WriteResult::Superseded(_)),
+                            "{:?} must be superseded, got {:?} ({})",
+                            cmd,
+                            got,
+                            what
+                        ),
                         WriteResult::Rejected(_) => prop_assert!(
                             matches!(got, WriteResult::Rejected(_)),
                             "{:?} must be rejected, got {:?} ({})",
@@ -538,7 +545,7 @@ fn sessions_survive_restart() {
     assert_eq!(kv.apply(2, &[put(9, 5, b"k", b"v")]).unwrap(), first);
     assert!(matches!(
         kv.apply(3, &[put(9, 4, b"k", b"old")]).unwrap()[..],
-        [WriteResult::Rejected(_)]
+        [WriteResult::Superseded(_)]
     ));
     let (v, applied) = kv.get(b"k").unwrap();
     assert_eq!(applied, 4);
@@ -587,4 +594,25 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
         matches!(late[0], WriteResult::Incr { value, .. } if value == total + 1),
         "{late:?}"
     );
+}
+
+#[test]
+fn a_seq_reused_for_a_different_command_is_rejected_not_answered_with_the_old_result() {
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let put = |key: &[u8]| Command {
+        client_id: 9,
+        seq: 1,
+        op: WriteOp::Put {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            return_prev: false,
+        },
+    };
+    let first = kv.apply(0, &[put(b"a")]).unwrap();
+    // The same command again is a retry: the original answer.
+    assert_eq!(kv.apply(1, &[put(b"a")]).unwrap(), first);
+    // Another command under the same seq must not be "answered" by the first's result.
+    let reused = kv.apply(2, &[put(b"b")]).unwrap();
+    assert!(matches!(reused[0], WriteResult::Rejected(_)), "{reused:?}");
+    assert!(kv.get(b"b").unwrap().0.is_none());
 }

@@ -89,6 +89,7 @@ impl NodeHandle {
             .map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(WriteResult::Rejected(why))) => Err(Error::InvalidInput(why)),
+            Ok(Ok(WriteResult::Superseded(why))) => Err(Error::OutcomeUnknown(why)),
             Ok(r) => r,
             Err(_) => Err(Error::OutcomeUnknown(
                 "the node stopped while the write was in flight".into(),

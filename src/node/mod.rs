@@ -228,6 +228,19 @@ impl<S: Storage<LogEntry>> Core<S> {
             Event::Write { cmd, reply } => {
                 let deadline = now + self.cfg.request_timeout;
                 let key = (cmd.client_id, cmd.seq);
+                if let Some(w) = self.writes.get(&key) {
+                    if w.cmd != cmd {
+                        // A session has one command per seq; answering this one with the
+                        // other's result would silently lose it.
+                        let _ = reply.send(Err(Error::InvalidInput(format!(
+                            "session ({}, {}) {}",
+                            cmd.client_id,
+                            cmd.seq,
+                            crate::command::SESSION_REUSED
+                        ))));
+                        return true;
+                    }
+                }
                 let waiter = self.writes.entry(key).or_insert_with(|| WriteWaiter {
                     cmd,
                     replies: Vec::new(),
@@ -409,8 +422,8 @@ impl<S: Storage<LogEntry>> Core<S> {
             }
             let to = decided.min(from + 1024);
             let entries = match self.paxos.read_entries(from as usize..to as usize) {
-                Some(e) => e,
-                None => {
+                Some(e) if !e.is_empty() => e,
+                _ => {
                     tracing::error!("decided entries [{from}, {to}) cannot be read");
                     return;
                 }

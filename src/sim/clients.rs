@@ -378,6 +378,7 @@ impl Clients {
 /// The checker's outcome of a write's answer; `lost`: an earlier attempt was lost.
 fn outcome(r: WriteResult, lost: bool) -> Outcome {
     match r {
+        WriteResult::Superseded(_) => Outcome::Info,
         WriteResult::Rejected(_) if lost => Outcome::Info,
         WriteResult::Rejected(_) => Outcome::Fail,
         WriteResult::Put { .. } => Outcome::Ok(Output::Written),

@@ -57,6 +57,9 @@ impl ApiError {
     /// checks sizes first, so this is a fallback).
     pub fn from_node(e: Error) -> Self {
         match e {
+            Error::InvalidInput(m) if m.contains(crate::command::SESSION_REUSED) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "session_reused", m)
+            }
             Error::InvalidInput(m) if m.contains("limit") => ApiError::too_large(m),
             Error::InvalidInput(m) => ApiError::bad(m),
             Error::Unavailable(m) => {
