@@ -185,6 +185,7 @@ impl Client {
         let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
         let mut backoff = Duration::from_millis(10);
         let mut last: String;
+        let mut ambiguous = false;
         loop {
             match f(self.inner.channels[idx].clone()).await {
                 Ok(v) => {
@@ -194,8 +195,17 @@ impl Client {
                 Err(status) => {
                     let err = from_status(&status);
                     if !err.is_retryable() {
-                        return Err(err);
+                        // After an attempt whose outcome was unknown, a definite-looking
+                        // error on a retry says nothing about that first attempt.
+                        return Err(match err {
+                            Error::InvalidInput(_) if !ambiguous => err,
+                            e if write && ambiguous => Error::OutcomeUnknown(format!(
+                                "an earlier attempt's outcome is unknown; then: {e}"
+                            )),
+                            e => e,
+                        });
                     }
+                    ambiguous |= matches!(err, Error::OutcomeUnknown(_));
                     tracing::debug!(endpoint = %self.inner.endpoints[idx], "retrying: {err}");
                     last = err.to_string();
                 }

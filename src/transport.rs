@@ -33,6 +33,8 @@ use tokio::sync::mpsc as tmpsc;
 const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
 const PROTOCOL_VERSION: u32 = 1;
 const QUEUE_PER_PEER: usize = 16 * 1024;
+/// Largest [`Hello`] frame accepted, in bytes.
+pub const MAX_HELLO_FRAME: usize = 64 * 1024;
 
 /// The first frame on every peer connection.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -263,7 +265,11 @@ pub async fn accept_loop(
     check: IncarnationCheck,
 ) {
     let cfg = Arc::new(cfg);
+    // The connection tasks live in this set: when the accept loop is aborted (shutdown),
+    // dropping the set aborts them too, so none keeps the node's database open.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -274,7 +280,7 @@ pub async fn accept_loop(
         };
         let (cfg, events, table, check) =
             (cfg.clone(), events.clone(), table.clone(), check.clone());
-        tokio::spawn(async move {
+        conns.spawn(async move {
             if let Err(e) = serve_peer(stream, &cfg, &events, &table, &check).await {
                 tracing::warn!(%remote, "peer connection closed: {e}");
             }
@@ -291,10 +297,11 @@ async fn serve_peer(
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let mut r = tokio::io::BufReader::new(stream);
-    let hello: Hello = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r, 64 * 1024))
-        .await
-        .map_err(|_| "no hello within 5s".to_string())?
-        .map_err(|e| format!("bad hello: {e}"))?;
+    let hello: Hello =
+        tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r, MAX_HELLO_FRAME))
+            .await
+            .map_err(|_| "no hello within 5s".to_string())?
+            .map_err(|e| format!("bad hello: {e}"))?;
     if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
         return Err(format!(
             "not a paxosdb peer of protocol {PROTOCOL_VERSION} (magic {:#x}, version {})",

@@ -1,5 +1,5 @@
-//! [`NodeHandle`]: the protocol-neutral API every listener (gRPC today, HTTP and Redis
-//! later) calls. It validates input, hands writes and read barriers to the node thread,
+//! [`NodeHandle`]: the protocol-neutral API every listener (gRPC, HTTP/JSON, Redis
+//! protocol) calls. It validates input, hands writes and read barriers to the node thread,
 //! and serves reads from the local state machine once their barrier is applied.
 //!
 //! Nothing here retries: a write either gets its applied result, an error saying nothing

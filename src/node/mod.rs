@@ -357,7 +357,10 @@ impl<S: Storage<LogEntry>> Core<S> {
         }
         let mut keys = std::mem::take(&mut self.to_propose).into_iter().peekable();
         let mut first = true;
-        while first || keys.peek().is_some() {
+        // OmniPaxos sends everything appended in one round to a follower as one message:
+        // bound the round's bytes (a quarter of a frame), and leave the rest for the next.
+        let mut round_bytes = 0;
+        while first || (keys.peek().is_some() && round_bytes < self.cfg.max_batch_bytes) {
             let mut commands = Vec::new();
             let mut bytes = 0;
             while let Some(key) = keys.peek() {
@@ -390,12 +393,14 @@ impl<S: Storage<LogEntry>> Core<S> {
                 break;
             }
             first = false;
+            round_bytes += bytes;
             self.append(LogEntry {
                 proposer: self.cfg.id,
                 batch_id,
                 commands,
             });
         }
+        self.to_propose.extend(keys);
     }
 
     fn append(&mut self, entry: LogEntry) {
