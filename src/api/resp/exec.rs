@@ -188,6 +188,8 @@ impl Session {
                 .await
                 .map_err(error_reply)?;
             rows.iter().for_each(|r| f(&r.key));
+            // A whole-keyspace walk must not hold a runtime thread for its full length.
+            tokio::task::yield_now().await;
             match rows.last() {
                 Some(last) if more => from = successor(&last.key),
                 _ => return Ok(()),
