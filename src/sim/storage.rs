@@ -109,29 +109,15 @@ impl SimStorage {
 }
 
 impl Storage<LogEntry> for SimStorage {
+    crate::storage::storage_setters!();
     fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> StorageResult<()> {
         self.write(ops)
-    }
-    fn append_entry(&mut self, entry: LogEntry) -> StorageResult<()> {
-        self.write(vec![StorageOp::AppendEntry(entry)])
-    }
-    fn append_entries(&mut self, entries: Vec<LogEntry>) -> StorageResult<()> {
-        self.write(vec![StorageOp::AppendEntries(entries)])
-    }
-    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> StorageResult<()> {
-        self.write(vec![StorageOp::AppendOnPrefix(from_idx, entries)])
-    }
-    fn set_promise(&mut self, n_prom: Ballot) -> StorageResult<()> {
-        self.write(vec![StorageOp::SetPromise(n_prom)])
     }
     fn set_decided_idx(&mut self, ld: usize) -> StorageResult<()> {
         self.write(vec![StorageOp::SetDecidedIndex(ld)])
     }
     fn get_decided_idx(&self) -> StorageResult<usize> {
         self.read(|s| s.get_decided_idx())
-    }
-    fn set_accepted_round(&mut self, na: Ballot) -> StorageResult<()> {
-        self.write(vec![StorageOp::SetAcceptedRound(na)])
     }
     fn get_accepted_round(&self) -> StorageResult<Option<Ballot>> {
         self.read(|s| s.get_accepted_round())
@@ -148,23 +134,11 @@ impl Storage<LogEntry> for SimStorage {
     fn get_promise(&self) -> StorageResult<Option<Ballot>> {
         self.read(|s| s.get_promise())
     }
-    fn set_stopsign(&mut self, s: Option<StopSign>) -> StorageResult<()> {
-        self.write(vec![StorageOp::SetStopsign(s)])
-    }
     fn get_stopsign(&self) -> StorageResult<Option<StopSign>> {
         self.read(|s| s.get_stopsign())
     }
-    fn trim(&mut self, idx: usize) -> StorageResult<()> {
-        self.write(vec![StorageOp::Trim(idx)])
-    }
-    fn set_compacted_idx(&mut self, idx: usize) -> StorageResult<()> {
-        self.write(vec![StorageOp::SetCompactedIdx(idx)])
-    }
     fn get_compacted_idx(&self) -> StorageResult<usize> {
         self.read(|s| s.get_compacted_idx())
-    }
-    fn set_snapshot(&mut self, snapshot: Option<NoSnapshot>) -> StorageResult<()> {
-        self.write(vec![StorageOp::SetSnapshot(snapshot)])
     }
     fn get_snapshot(&self) -> StorageResult<Option<NoSnapshot>> {
         self.read(|s| s.get_snapshot())

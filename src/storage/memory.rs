@@ -64,32 +64,18 @@ impl MemStorage {
 }
 
 impl Storage<LogEntry> for MemStorage {
+    super::storage_setters!();
     fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> Res<()> {
         for op in ops {
             self.apply(op);
         }
         Ok(())
     }
-    fn append_entry(&mut self, entry: LogEntry) -> Res<()> {
-        self.write_atomically(vec![StorageOp::AppendEntry(entry)])
-    }
-    fn append_entries(&mut self, entries: Vec<LogEntry>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::AppendEntries(entries)])
-    }
-    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::AppendOnPrefix(from_idx, entries)])
-    }
-    fn set_promise(&mut self, n_prom: Ballot) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetPromise(n_prom)])
-    }
     fn set_decided_idx(&mut self, ld: usize) -> Res<()> {
         self.write_atomically(vec![StorageOp::SetDecidedIndex(ld)])
     }
     fn get_decided_idx(&self) -> Res<usize> {
         Ok(self.decided)
-    }
-    fn set_accepted_round(&mut self, na: Ballot) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetAcceptedRound(na)])
     }
     fn get_accepted_round(&self) -> Res<Option<Ballot>> {
         Ok(self.accepted_round)
@@ -109,23 +95,11 @@ impl Storage<LogEntry> for MemStorage {
     fn get_promise(&self) -> Res<Option<Ballot>> {
         Ok(self.promise)
     }
-    fn set_stopsign(&mut self, s: Option<StopSign>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetStopsign(s)])
-    }
     fn get_stopsign(&self) -> Res<Option<StopSign>> {
         Ok(self.stopsign.clone())
     }
-    fn trim(&mut self, idx: usize) -> Res<()> {
-        self.write_atomically(vec![StorageOp::Trim(idx)])
-    }
-    fn set_compacted_idx(&mut self, idx: usize) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetCompactedIdx(idx)])
-    }
     fn get_compacted_idx(&self) -> Res<usize> {
         Ok(self.compacted)
-    }
-    fn set_snapshot(&mut self, snapshot: Option<NoSnapshot>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetSnapshot(snapshot)])
     }
     fn get_snapshot(&self) -> Res<Option<NoSnapshot>> {
         Ok(self.snapshot)

@@ -13,6 +13,69 @@
 //! `i` keeps index `i` after a prefix is trimmed; `get_log_len` counts the entries after the
 //! compacted index.
 
+/// The single-operation setters of `omnipaxos::storage::Storage`, each routed through
+/// `write_atomically`: an implementation writes its batch logic once and uses this inside
+/// its `impl Storage<LogEntry>` (every setter but `set_decided_idx`, whose durability is a
+/// per-implementation choice).
+macro_rules! storage_setters {
+    () => {
+        fn append_entry(
+            &mut self,
+            entry: $crate::command::LogEntry,
+        ) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::AppendEntry(entry)])
+        }
+        fn append_entries(
+            &mut self,
+            entries: Vec<$crate::command::LogEntry>,
+        ) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::AppendEntries(
+                entries,
+            )])
+        }
+        fn append_on_prefix(
+            &mut self,
+            from_idx: usize,
+            entries: Vec<$crate::command::LogEntry>,
+        ) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::AppendOnPrefix(
+                from_idx, entries,
+            )])
+        }
+        fn set_promise(
+            &mut self,
+            n_prom: ::omnipaxos::ballot_leader_election::Ballot,
+        ) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::SetPromise(n_prom)])
+        }
+        fn set_accepted_round(
+            &mut self,
+            na: ::omnipaxos::ballot_leader_election::Ballot,
+        ) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::SetAcceptedRound(na)])
+        }
+        fn set_stopsign(
+            &mut self,
+            s: Option<::omnipaxos::storage::StopSign>,
+        ) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::SetStopsign(s)])
+        }
+        fn trim(&mut self, idx: usize) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::Trim(idx)])
+        }
+        fn set_compacted_idx(&mut self, idx: usize) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::SetCompactedIdx(idx)])
+        }
+        fn set_snapshot(
+            &mut self,
+            snapshot: Option<::omnipaxos::storage::NoSnapshot>,
+        ) -> ::omnipaxos::storage::StorageResult<()> {
+            self.write_atomically(vec![::omnipaxos::storage::StorageOp::SetSnapshot(snapshot)])
+        }
+    };
+}
+pub(crate) use storage_setters;
+
 pub mod db;
 pub mod memory;
 pub mod rocks;

@@ -211,20 +211,9 @@ impl RocksStorage {
 }
 
 impl Storage<LogEntry> for RocksStorage {
+    super::storage_setters!();
     fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> Res<()> {
         self.commit(ops, true)
-    }
-    fn append_entry(&mut self, entry: LogEntry) -> Res<()> {
-        self.write_atomically(vec![StorageOp::AppendEntry(entry)])
-    }
-    fn append_entries(&mut self, entries: Vec<LogEntry>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::AppendEntries(entries)])
-    }
-    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::AppendOnPrefix(from_idx, entries)])
-    }
-    fn set_promise(&mut self, n_prom: Ballot) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetPromise(n_prom)])
     }
     fn set_decided_idx(&mut self, ld: usize) -> Res<()> {
         // Not synced: the decided index can be re-learned from the (synced) accepted log,
@@ -234,9 +223,6 @@ impl Storage<LogEntry> for RocksStorage {
     }
     fn get_decided_idx(&self) -> Res<usize> {
         Ok(self.meta.decided)
-    }
-    fn set_accepted_round(&mut self, na: Ballot) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetAcceptedRound(na)])
     }
     fn get_accepted_round(&self) -> Res<Option<Ballot>> {
         Ok(self.meta.accepted_round)
@@ -271,23 +257,11 @@ impl Storage<LogEntry> for RocksStorage {
     fn get_promise(&self) -> Res<Option<Ballot>> {
         Ok(self.meta.promise)
     }
-    fn set_stopsign(&mut self, s: Option<StopSign>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetStopsign(s)])
-    }
     fn get_stopsign(&self) -> Res<Option<StopSign>> {
         Ok(self.meta.stopsign.clone())
     }
-    fn trim(&mut self, idx: usize) -> Res<()> {
-        self.write_atomically(vec![StorageOp::Trim(idx)])
-    }
-    fn set_compacted_idx(&mut self, idx: usize) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetCompactedIdx(idx)])
-    }
     fn get_compacted_idx(&self) -> Res<usize> {
         Ok(self.meta.compacted)
-    }
-    fn set_snapshot(&mut self, snapshot: Option<NoSnapshot>) -> Res<()> {
-        self.write_atomically(vec![StorageOp::SetSnapshot(snapshot)])
     }
     fn get_snapshot(&self) -> Res<Option<NoSnapshot>> {
         Ok(self.meta.snapshot)
