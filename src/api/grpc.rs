@@ -65,30 +65,45 @@ pub struct KvService {
     pub metrics: Arc<Metrics>,
 }
 
+impl KvService {
+    /// Runs `op` in the request's session; `answer` turns its result into the response,
+    /// or hands back a result of another kind (which would be a bug).
+    #[allow(clippy::result_large_err)] // tonic handlers return Status by value
+    async fn write<T>(
+        &self,
+        session_field: Option<pb::Session>,
+        op: WriteOp,
+        answer: impl FnOnce(WriteResult) -> Result<T, WriteResult>,
+    ) -> Result<Response<T>, Status> {
+        let (client_id, seq) = session(session_field)?;
+        let result = self
+            .node
+            .write(client_id, seq, op)
+            .await
+            .map_err(to_status)?;
+        answer(result).map(Response::new).map_err(unexpected)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.metrics
             .timed("grpc", "put", async move {
                 let r = req.into_inner();
-                let (client_id, seq) = session(r.session)?;
                 let op = WriteOp::Put {
                     key: r.key,
                     value: r.value,
                     return_prev: r.return_prev,
                 };
-                match self
-                    .node
-                    .write(client_id, seq, op)
-                    .await
-                    .map_err(to_status)?
-                {
-                    WriteResult::Put { version, prev } => Ok(Response::new(pb::PutResponse {
+                self.write(r.session, op, |res| match res {
+                    WriteResult::Put { version, prev } => Ok(pb::PutResponse {
                         version,
                         prev: pb_versioned(prev),
-                    })),
-                    other => Err(unexpected(other)),
-                }
+                    }),
+                    other => Err(other),
+                })
+                .await
             })
             .await
     }
@@ -118,25 +133,18 @@ impl pb::kv_server::Kv for KvService {
         self.metrics
             .timed("grpc", "delete", async move {
                 let r = req.into_inner();
-                let (client_id, seq) = session(r.session)?;
                 let op = WriteOp::Delete {
                     key: r.key,
                     return_prev: r.return_prev,
                 };
-                match self
-                    .node
-                    .write(client_id, seq, op)
-                    .await
-                    .map_err(to_status)?
-                {
-                    WriteResult::Delete { deleted, prev } => {
-                        Ok(Response::new(pb::DeleteResponse {
-                            deleted,
-                            prev: pb_versioned(prev),
-                        }))
-                    }
-                    other => Err(unexpected(other)),
-                }
+                self.write(r.session, op, |res| match res {
+                    WriteResult::Delete { deleted, prev } => Ok(pb::DeleteResponse {
+                        deleted,
+                        prev: pb_versioned(prev),
+                    }),
+                    other => Err(other),
+                })
+                .await
             })
             .await
     }
@@ -148,7 +156,6 @@ impl pb::kv_server::Kv for KvService {
         self.metrics
             .timed("grpc", "cas", async move {
                 let r = req.into_inner();
-                let (client_id, seq) = session(r.session)?;
                 let expect = match r.expect {
                     Some(pb::cas_request::Expect::ExpectValue(v)) => Expect::Value(v),
                     Some(pb::cas_request::Expect::ExpectVersion(v)) => Expect::Version(v),
@@ -163,23 +170,19 @@ impl pb::kv_server::Kv for KvService {
                     expect,
                     new_value: r.new_value,
                 };
-                match self
-                    .node
-                    .write(client_id, seq, op)
-                    .await
-                    .map_err(to_status)?
-                {
+                self.write(r.session, op, |res| match res {
                     WriteResult::Cas {
                         succeeded,
                         version,
                         current,
-                    } => Ok(Response::new(pb::CasResponse {
+                    } => Ok(pb::CasResponse {
                         succeeded,
                         version,
                         current: pb_versioned(current),
-                    })),
-                    other => Err(unexpected(other)),
-                }
+                    }),
+                    other => Err(other),
+                })
+                .await
             })
             .await
     }
