@@ -461,8 +461,13 @@ impl<S: Storage<LogEntry>> Core<S> {
     fn apply_one(&mut self, index: u64, entry: LogEntry) -> Result<()> {
         let results = self.sm.apply(index, &entry.commands)?;
         for (cmd, result) in entry.commands.iter().zip(results) {
-            if let Some(w) = self.writes.remove(&(cmd.client_id, cmd.seq)) {
-                for (reply, _) in w.replies {
+            // Only a waiter for this very command: a waiter for another command under the
+            // same session (a reused seq) must wait for its own entry, which refuses it,
+            // instead of taking this one's answer (a retry's duplicate entry can be decided
+            // after the original answered and the seq was reused).
+            let key = (cmd.client_id, cmd.seq);
+            if self.writes.get(&key).is_some_and(|w| w.cmd == *cmd) {
+                for (reply, _) in self.writes.remove(&key).into_iter().flat_map(|w| w.replies) {
                     let _ = reply.send(Ok(result.clone()));
                 }
             }

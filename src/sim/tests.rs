@@ -305,3 +305,119 @@ fn a_node_restarting_with_its_own_promise_takes_over() {
         "{prepares:?}"
     );
 }
+
+/// The race behind a flaky HTTP test, directly: a follower's retry of a write is answered
+/// by the original entry while the follower's own duplicate entry is still in flight; the
+/// client then reuses the seq for another write. When the duplicate is decided it must not
+/// answer the new write (with the first write's result, silently dropping it): the new
+/// write waits for its own entry, which refuses the reused seq.
+#[test]
+fn a_late_duplicate_does_not_answer_a_reused_session() {
+    use crate::command::WriteResult;
+    use crate::kv::KvStore;
+    use crate::node::{Core, CoreConfig, Event};
+    use crate::storage::memory::MemStorage;
+    use std::sync::{Arc, RwLock};
+    use std::time::{Duration, Instant};
+    use tokio::sync::oneshot;
+
+    let ids = [1u64, 2, 3];
+    let mut cores = Vec::new();
+    let mut outboxes = Vec::new();
+    for id in ids {
+        let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
+        let outbox = net::Outbox::default();
+        let cfg = CoreConfig {
+            id,
+            nodes: ids.to_vec(),
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            request_timeout: Duration::from_secs(3600),
+            repropose_after: Duration::from_secs(3600),
+            max_batch_commands: 16,
+            max_batch_bytes: 1 << 20,
+            first_batch_id: id << 32,
+        };
+        let core = Core::new(
+            cfg,
+            MemStorage::default(),
+            Box::new(kv),
+            Box::new(outbox.clone()),
+        );
+        cores.push(core.unwrap());
+        outboxes.push(outbox);
+    }
+    let mut now = Instant::now();
+    let mut held: Vec<omnipaxos::messages::Message<LogEntry>> = Vec::new();
+    // One round: step everyone, deliver everything (messages from `mute` are held back).
+    let round =
+        |cores: &mut Vec<Core<MemStorage>>, mute: Option<u64>, held: &mut Vec<_>, now: Instant| {
+            for _ in 0..5 {
+                for c in cores.iter_mut() {
+                    c.step(now);
+                }
+                for (i, ob) in outboxes.iter().enumerate() {
+                    for m in ob.take() {
+                        if mute == Some(ids[i]) {
+                            held.push(m);
+                        } else {
+                            let to = m.get_receiver();
+                            cores[(to - 1) as usize].handle(Event::Peer(m), now);
+                        }
+                    }
+                }
+            }
+        };
+    let mut leader = None;
+    for _ in 0..500 {
+        now += Duration::from_millis(10);
+        for c in cores.iter_mut() {
+            c.tick(now);
+        }
+        round(&mut cores, None, &mut held, now);
+        leader = cores[0].status().leader;
+        if leader.is_some() && cores.iter().all(|c| c.status().leader == leader) {
+            break;
+        }
+    }
+    let leader = leader.expect("a leader is elected");
+    let f = ids.iter().copied().find(|&i| i != leader).unwrap();
+    let (li, fi) = ((leader - 1) as usize, (f - 1) as usize);
+    let write = |v: &str| Command {
+        client_id: 4242,
+        seq: 1,
+        op: WriteOp::Put {
+            key: b"s".to_vec(),
+            value: v.as_bytes().to_vec(),
+            return_prev: false,
+        },
+    };
+    let send = |core: &mut Core<MemStorage>, cmd: Command| {
+        let (reply, rx) = oneshot::channel();
+        core.handle(Event::Write { cmd, reply }, now);
+        rx
+    };
+
+    // The follower proposes the retry, but its forward is held back; the original goes
+    // through the leader and answers both.
+    let mut retry = send(&mut cores[fi], write("one"));
+    round(&mut cores, Some(f), &mut held, now);
+    let mut original = send(&mut cores[li], write("one"));
+    round(&mut cores, Some(f), &mut held, now);
+    let first = original.try_recv().expect("original answered").unwrap();
+    assert_eq!(retry.try_recv().expect("retry answered").unwrap(), first);
+
+    // The seq is reused for another write on the follower; then the held duplicate and the
+    // new write are delivered, in order.
+    let mut reuse = send(&mut cores[fi], write("two"));
+    round(&mut cores, Some(f), &mut held, now);
+    for m in std::mem::take(&mut held) {
+        let to = m.get_receiver();
+        cores[(to - 1) as usize].handle(Event::Peer(m), now);
+    }
+    round(&mut cores, None, &mut held, now);
+    match reuse.try_recv().expect("reuse answered") {
+        Ok(WriteResult::Rejected(why)) => assert!(why.contains(crate::command::SESSION_REUSED)),
+        other => panic!("the reused seq got {other:?}, not a refusal"),
+    }
+}
