@@ -4,12 +4,22 @@
 //!
 //! Two key spaces exist: [`Space::Kv`] for user data and [`Space::Sm`] for the state
 //! machine's own metadata (applied index, revision, sessions).
+//!
+//! In RocksDB each space exists in two slots of column families (see
+//! [`crate::storage::db`]); [`RocksSpaces`] resolves a space to the live slot's column
+//! family. All clones of a [`Backend`] share the live slot, so every reader sees a
+//! switch (`kv::staging`) as soon as it happened. A view resolves the slot once, together
+//! with taking its snapshot, so it reads one consistent state even across a switch.
 
-use crate::error::Result;
-use crate::storage::db::{CF_KV, CF_SM};
+use crate::error::{Error, Result};
+use crate::storage::db::{CF_KV, CF_KV_B, CF_META, CF_SM, CF_SM_B};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+/// Key in [`CF_META`] of the live slot (one byte, 0 = A, 1 = B; absent = A).
+pub(super) const SLOT_KEY: &[u8] = b"sm_slot";
 
 /// A key space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,12 +32,34 @@ pub enum Space {
 pub type RawWrite = (Space, Vec<u8>, Option<Vec<u8>>);
 
 /// The in-memory spaces. `Clone` gives a point-in-time copy (the simulation uses it to
-/// model what survives a crash).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// model what survives a crash). Equality compares the live state only (`kv`, `sm`),
+/// never a staged one.
+#[derive(Clone, Debug, Default)]
 pub struct MemSpaces {
     pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
     pub sm: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// A state being received from a peer (see `kv::staging`).
+    pub(super) staging: MemStaging,
 }
+
+/// The memory backend's inactive slot.
+#[derive(Clone, Debug, Default)]
+pub(super) struct MemStaging {
+    pub(super) kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub(super) sm: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// `Some(applied)` once the staged state is complete.
+    pub(super) complete: Option<u64>,
+    /// Import generation: bumped by a new import and by an install.
+    pub(super) generation: u64,
+}
+
+impl PartialEq for MemSpaces {
+    fn eq(&self, other: &Self) -> bool {
+        self.kv == other.kv && self.sm == other.sm
+    }
+}
+
+impl Eq for MemSpaces {}
 
 impl MemSpaces {
     fn space(&self, s: Space) -> &BTreeMap<Vec<u8>, Vec<u8>> {
@@ -51,33 +83,92 @@ pub trait ReadView {
 /// The store's bytes.
 #[derive(Clone)]
 pub enum Backend {
-    Rocks(Arc<DB>),
+    Rocks(Arc<RocksSpaces>),
     Memory(Arc<RwLock<MemSpaces>>),
 }
 
-fn cf(db: &DB, s: Space) -> &rocksdb::ColumnFamily {
-    let name = match s {
-        Space::Kv => CF_KV,
-        Space::Sm => CF_SM,
-    };
-    db.cf_handle(name).expect("column family exists")
+/// The node's RocksDB with the live slot of the state machine's column families.
+pub struct RocksSpaces {
+    pub(super) db: Arc<DB>,
+    /// The live slot (0 = A, 1 = B). Write-locked only while a switch flips it, so that a
+    /// view's snapshot and slot always belong together.
+    pub(super) slot: RwLock<u8>,
+    /// The import generation, bumped by a new import and by an install; held while
+    /// staged data is written or installed, so a superseded importer cannot write.
+    pub(super) import: Mutex<u64>,
+    /// The background compaction of a cleared slot, joined on drop.
+    pub(super) cleanup: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RocksSpaces {
+    /// Reads the live slot from [`CF_META`].
+    pub(super) fn open(db: Arc<DB>) -> Result<RocksSpaces> {
+        let meta = db.cf_handle(CF_META).expect("column family exists");
+        let slot = match db.get_cf(meta, SLOT_KEY)?.as_deref() {
+            None | Some([0]) => 0,
+            Some([1]) => 1,
+            Some(other) => {
+                return Err(Error::Storage(format!(
+                    "corrupt live slot marker {other:?} in the meta column family"
+                )))
+            }
+        };
+        Ok(RocksSpaces {
+            db,
+            slot: RwLock::new(slot),
+            import: Mutex::new(0),
+            cleanup: Mutex::new(None),
+        })
+    }
+
+    /// The live slot now.
+    pub(super) fn live(&self) -> u8 {
+        *self.slot.read().unwrap()
+    }
+
+    /// The column family of `space` in `slot`.
+    pub(super) fn cf(&self, slot: u8, space: Space) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(cf_name(slot, space))
+            .expect("column family exists")
+    }
+}
+
+/// The column family holding `space` in `slot`.
+pub(super) fn cf_name(slot: u8, space: Space) -> &'static str {
+    match (slot, space) {
+        (0, Space::Kv) => CF_KV,
+        (0, Space::Sm) => CF_SM,
+        (_, Space::Kv) => CF_KV_B,
+        (_, Space::Sm) => CF_SM_B,
+    }
+}
+
+impl Drop for RocksSpaces {
+    fn drop(&mut self) {
+        // Whoever reopens the database after dropping the store must find it closed.
+        if let Some(h) = self.cleanup.get_mut().unwrap().take() {
+            let _ = h.join();
+        }
+    }
 }
 
 struct RocksView<'a> {
-    db: &'a DB,
+    r: &'a RocksSpaces,
+    slot: u8,
     snap: rocksdb::Snapshot<'a>,
 }
 
 impl ReadView for RocksView<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.snap.get_cf(cf(self.db, space), key)?)
+        Ok(self.snap.get_cf(self.r.cf(self.slot, space), key)?)
     }
 
     fn scan_from(&self, space: Space, start: &[u8], f: &mut Visitor<'_>) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&self.snap);
-        let iter = self.db.iterator_cf_opt(
-            cf(self.db, space),
+        let iter = self.r.db.iterator_cf_opt(
+            self.r.cf(self.slot, space),
             opts,
             IteratorMode::From(start, Direction::Forward),
         );
@@ -110,7 +201,7 @@ impl Backend {
     /// A point read outside any view (the applier's own reads).
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self {
-            Backend::Rocks(db) => Ok(db.get_cf(cf(db, space), key)?),
+            Backend::Rocks(r) => Ok(r.db.get_cf(r.cf(r.live(), space), key)?),
             Backend::Memory(m) => m.read().unwrap().get(space, key),
         }
     }
@@ -118,26 +209,45 @@ impl Backend {
     /// Runs `f` on a consistent view of both spaces.
     pub fn view<R>(&self, f: impl FnOnce(&dyn ReadView) -> Result<R>) -> Result<R> {
         match self {
-            Backend::Rocks(db) => f(&RocksView {
-                db,
-                snap: db.snapshot(),
-            }),
+            Backend::Rocks(r) => f(&rocks_view(r)),
             Backend::Memory(m) => f(&*m.read().unwrap()),
+        }
+    }
+
+    /// Like [`Backend::view`], but `f` may run long (and block) without holding up
+    /// writers: the memory backend hands `f` a copy instead of holding its lock.
+    pub fn detached_view<R>(&self, f: impl FnOnce(&dyn ReadView) -> Result<R>) -> Result<R> {
+        match self {
+            Backend::Rocks(r) => f(&rocks_view(r)),
+            Backend::Memory(m) => {
+                let copy = {
+                    let m = m.read().unwrap();
+                    MemSpaces {
+                        kv: m.kv.clone(),
+                        sm: m.sm.clone(),
+                        staging: MemStaging::default(),
+                    }
+                };
+                f(&copy)
+            }
         }
     }
 
     /// Applies `writes` atomically (not synced: see the state machine docs).
     pub fn write(&self, writes: Vec<RawWrite>) -> Result<()> {
         match self {
-            Backend::Rocks(db) => {
+            Backend::Rocks(r) => {
+                // Holding the slot keeps a switch from slipping between resolving the
+                // column families and writing.
+                let slot = r.slot.read().unwrap();
                 let mut batch = WriteBatch::default();
                 for (space, k, v) in writes {
                     match v {
-                        Some(v) => batch.put_cf(cf(db, space), k, v),
-                        None => batch.delete_cf(cf(db, space), k),
+                        Some(v) => batch.put_cf(r.cf(*slot, space), k, v),
+                        None => batch.delete_cf(r.cf(*slot, space), k),
                     }
                 }
-                Ok(db.write(batch)?)
+                Ok(r.db.write(batch)?)
             }
             Backend::Memory(m) => {
                 let mut m = m.write().unwrap();
@@ -154,5 +264,17 @@ impl Backend {
                 Ok(())
             }
         }
+    }
+}
+
+/// A view of `r`'s live slot: the slot and the snapshot are taken under the slot lock, so
+/// they agree; the lock is released before the view is used.
+fn rocks_view(r: &RocksSpaces) -> RocksView<'_> {
+    let guard = r.slot.read().unwrap();
+    let snap = r.db.snapshot();
+    RocksView {
+        r,
+        slot: *guard,
+        snap,
     }
 }

@@ -19,6 +19,9 @@
 //!   arriving after that would be applied again; clients retry within seconds.
 //! - Every applied write that changes a key takes the next revision; a key's version is the
 //!   revision of its last write (an absent key has version 0).
+//! - A node that fell behind a compacted log receives a peer's whole state instead
+//!   ([`transfer`]): it is staged beside the live state and replaces it in one atomic
+//!   switch ([`StateMachine::install_staged`]).
 
 use crate::command::{
     Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
@@ -26,12 +29,16 @@ use crate::command::{
 };
 use crate::error::{Error, Result};
 use crate::storage::db::{read_u64, u64_key};
-use backend::{Backend, MemSpaces, RawWrite, ReadView, Space};
+use backend::{Backend, MemSpaces, RawWrite, ReadView, RocksSpaces, Space};
 use rocksdb::DB;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 pub mod backend;
+mod staging;
+pub mod transfer;
+
+pub use transfer::{Importer, StateChunk, StateEnd, StatePart, CHUNK_BYTES};
 
 /// Something that applies decided log entries in order.
 pub trait StateMachine: Send + 'static {
@@ -41,6 +48,15 @@ pub trait StateMachine: Send + 'static {
     /// `applied_index()`, atomically with advancing the applied index. Returns one result
     /// per command.
     fn apply(&mut self, index: u64, commands: &[Command]) -> Result<Vec<WriteResult>>;
+    /// Atomically replaces the live state by the completely staged one (one synced write
+    /// that flips the active slot and clears the staged marker), reloads cached counters,
+    /// and returns the new applied index. Fails, changing nothing, if no complete staged
+    /// state exists.
+    fn install_staged(&mut self) -> Result<u64> {
+        Err(Error::Internal(
+            "state transfer is not supported by this state machine".into(),
+        ))
+    }
 }
 
 /// A scan stops (reporting `more`) once its rows hold this many bytes.
@@ -120,14 +136,16 @@ pub struct KvStore {
     revision: u64,
 }
 
-fn read_counter(v: Option<Vec<u8>>) -> Result<u64> {
+pub(super) fn read_counter(v: Option<Vec<u8>>) -> Result<u64> {
     v.map_or(Ok(0), |v| read_u64(&v))
 }
 
 impl KvStore {
     /// Opens the store in the node's RocksDB, resuming from its persisted applied index.
+    /// Staged data of an unfinished state transfer is discarded. Open the store once per
+    /// database and clone it: clones share the live slot, separately opened stores do not.
     pub fn open(db: Arc<DB>) -> Result<KvStore> {
-        Self::with_backend(Backend::Rocks(db))
+        Self::with_backend(Backend::Rocks(Arc::new(RocksSpaces::open(db)?)))
     }
 
     /// A store in memory, resuming from whatever `spaces` holds.
@@ -136,6 +154,7 @@ impl KvStore {
     }
 
     fn with_backend(backend: Backend) -> Result<KvStore> {
+        backend.discard_unfinished()?;
         let applied = read_counter(backend.get(Space::Sm, K_APPLIED)?)?;
         let revision = read_counter(backend.get(Space::Sm, K_REVISION)?)?;
         Ok(KvStore {
@@ -484,7 +503,16 @@ impl StateMachine for KvStore {
         self.revision = revision;
         Ok(results)
     }
+
+    fn install_staged(&mut self) -> Result<u64> {
+        self.backend.install_staged()?;
+        self.applied = read_counter(self.backend.get(Space::Sm, K_APPLIED)?)?;
+        self.revision = read_counter(self.backend.get(Space::Sm, K_REVISION)?)?;
+        Ok(self.applied)
+    }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transfer_tests;

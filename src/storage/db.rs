@@ -5,6 +5,12 @@
 //! identity), [`CF_KV`] (user keys → version + value) and [`CF_SM`] (state machine
 //! metadata: applied index, revision, client sessions).
 //!
+//! The state machine's two column families exist twice, as slots: A = ([`CF_KV`],
+//! [`CF_SM`]) and B = ([`CF_KV_B`], [`CF_SM_B`]). One slot is live; the other receives a
+//! state transferred from a peer and becomes live in one atomic write (see
+//! `kv::transfer`). Which slot is live is recorded in [`CF_META`] (absent = A, so data
+//! directories from before the slots keep working).
+//!
 //! Invariant: a data directory is used by at most one process. [`DataDir::lock`] takes an
 //! exclusive `flock` on `paxosdb.lock` (which records the holder's pid) and keeps it until
 //! the `DataDir` is dropped; a second process gets a clear error naming the holder.
@@ -21,6 +27,10 @@ pub const CF_LOG: &str = "log";
 pub const CF_META: &str = "meta";
 pub const CF_KV: &str = "kv";
 pub const CF_SM: &str = "sm";
+/// Slot B of the user keys (see the module docs).
+pub const CF_KV_B: &str = "kv_b";
+/// Slot B of the state machine metadata.
+pub const CF_SM_B: &str = "sm_b";
 
 /// A locked data directory. Dropping it releases the lock.
 #[derive(Debug)]
@@ -91,7 +101,7 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOG, CF_META, CF_KV, CF_SM]
+    let cfs = [CF_LOG, CF_META, CF_KV, CF_SM, CF_KV_B, CF_SM_B]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs)
