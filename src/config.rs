@@ -69,6 +69,16 @@ pub struct Config {
     /// Largest peer frame accepted, in bytes; a larger one closes the connection.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: usize,
+    /// The log is trimmed in steps of at least this many applied entries (0 = never trim).
+    #[serde(default = "default_compact_every")]
+    pub compact_every_entries: u64,
+    /// Most applied entries a node keeps for peers that are behind. A peer further behind
+    /// (down for long) catches up by receiving the whole state instead of entries.
+    #[serde(default = "default_log_keep_entries")]
+    pub log_keep_entries: u64,
+    /// The same limit in bytes of commands (approximate).
+    #[serde(default = "default_log_keep_bytes")]
+    pub log_keep_bytes: u64,
 }
 
 fn default_max_key() -> usize {
@@ -95,6 +105,15 @@ fn default_max_batch() -> usize {
 fn default_max_frame() -> usize {
     256 * 1024 * 1024
 }
+fn default_compact_every() -> u64 {
+    1_000
+}
+fn default_log_keep_entries() -> u64 {
+    100_000
+}
+fn default_log_keep_bytes() -> u64 {
+    256 * 1024 * 1024
+}
 
 impl Config {
     /// A configuration with defaults for everything but identity, peers and places.
@@ -114,6 +133,17 @@ impl Config {
             repropose_ms: default_repropose_ms(),
             max_batch_commands: default_max_batch(),
             max_frame_bytes: default_max_frame(),
+            compact_every_entries: default_compact_every(),
+            log_keep_entries: default_log_keep_entries(),
+            log_keep_bytes: default_log_keep_bytes(),
+        }
+    }
+
+    pub fn compaction(&self) -> crate::node::CompactionPolicy {
+        crate::node::CompactionPolicy {
+            every_entries: self.compact_every_entries,
+            keep_entries: self.log_keep_entries,
+            keep_bytes: self.log_keep_bytes,
         }
     }
 

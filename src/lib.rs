@@ -29,6 +29,7 @@ pub mod node;
 pub mod server;
 pub mod sim;
 pub mod storage;
+pub mod transfer;
 pub mod transport;
 
 pub use error::{Error, Result};

@@ -190,7 +190,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         bind_ip: resolve(&own_peer, "peer address").ok().map(|a| a.ip()),
         incarnation,
     };
-    let net = transport::start_senders(&tcfg, tx.clone(), table.clone());
+    let mut net = transport::start_senders(&tcfg, tx.clone(), table.clone());
+    net.set_fetcher(crate::transfer::fetcher(
+        tokio::runtime::Handle::current(),
+        tcfg.clone(),
+        kv.clone(),
+        tx.clone(),
+    ));
     tracing::info!(
         id = cfg.id,
         applied = kv.applied_index(),
@@ -208,12 +214,19 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             max_batch_commands: cfg.max_batch_commands,
             max_batch_bytes: cfg.max_frame_bytes / 4,
             first_batch_id: rand::random::<u64>() >> 1,
+            compaction: cfg.compaction(),
         },
         storage,
         Box::new(kv.clone()),
         Box::new(net),
     )?;
     core.set_metrics(metrics.clone());
+    let (reopen_db, reopen_metrics) = (db.clone(), metrics.clone());
+    core.set_reopen(Box::new(move || {
+        let mut s = RocksStorage::open(reopen_db.clone())?;
+        s.set_metrics(reopen_metrics.clone());
+        Ok(s)
+    }));
     let node_thread = std::thread::Builder::new()
         .name(format!("paxosdb-node-{}", cfg.id))
         .spawn(move || core.run(rx))
@@ -236,6 +249,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         handle.tx.clone(),
         table,
         incarnation_check(db.clone()),
+        Arc::new(handle.kv.clone()),
     ));
 
     let reflection = tonic_reflection::server::Builder::configure()

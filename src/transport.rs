@@ -1,10 +1,13 @@
-//! Peer-to-peer TCP transport for OmniPaxos messages.
+//! Peer-to-peer TCP transport for OmniPaxos messages and node notes.
 //!
 //! Wire format: every frame is a 4-byte big-endian length followed by that many bytes of
 //! bincode. The first frame on a connection is a [`Hello`] (magic, protocol version, sender
-//! and receiver ids, the sender's listeners and pid); every later frame is one
-//! `omnipaxos::messages::Message`. Connections are one-way: each node dials every peer and
-//! sends on that connection; it receives on the connections peers dialed.
+//! and receiver ids, the sender's listeners and pid, and the connection's [`Purpose`]).
+//! On a replication connection every later frame is one [`PeerMsg`]: an OmniPaxos
+//! `Message` or a node [`Note`]. Replication connections are one-way: each node dials
+//! every peer and sends on that connection; it receives on the connections peers dialed.
+//! A state-fetch connection is handed to [`crate::transfer`], which streams this node's
+//! state back on it.
 //!
 //! Invariants:
 //! - one sender task per peer owns that peer's outgoing connection; it reconnects with
@@ -18,7 +21,8 @@
 //!   of its older connection delivers nothing more.
 
 use crate::command::{LogEntry, NodeId};
-use crate::node::{Event, Network};
+use crate::node::{Event, Network, Note};
+use crate::transfer::StateSource;
 use bincode::Options;
 use omnipaxos::messages::Message;
 use serde::{Deserialize, Serialize};
@@ -31,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc as tmpsc;
 
 const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
-const PROTOCOL_VERSION: u32 = 1;
+const PROTOCOL_VERSION: u32 = 2;
 const QUEUE_PER_PEER: usize = 16 * 1024;
 /// Largest [`Hello`] frame accepted, in bytes.
 pub const MAX_HELLO_FRAME: usize = 64 * 1024;
@@ -50,6 +54,23 @@ pub struct Hello {
     /// data directory was wiped comes back with a new one and is refused: it forgot what
     /// it promised and accepted, and letting it vote could lose acknowledged writes.
     pub incarnation: u64,
+    pub purpose: Purpose,
+}
+
+/// What a peer connection is for.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Purpose {
+    /// A stream of [`PeerMsg`]s from the dialer.
+    Replication,
+    /// The dialer fetches this node's state (see [`crate::transfer`]).
+    FetchState,
+}
+
+/// One frame on a replication connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerMsg {
+    Paxos(Message<LogEntry>),
+    Note(Note),
 }
 
 /// Checks a peer's data-directory incarnation (and records it the first time).
@@ -113,16 +134,42 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Starts fetching a peer's state in the background (see [`crate::transfer::fetcher`]).
+pub type Fetcher = Box<dyn Fn(NodeId) + Send>;
+
 /// The sending half handed to the node: one queue per peer.
 pub struct PeerSender {
-    queues: HashMap<NodeId, tmpsc::Sender<Message<LogEntry>>>,
+    queues: HashMap<NodeId, tmpsc::Sender<PeerMsg>>,
+    fetcher: Option<Fetcher>,
+}
+
+impl PeerSender {
+    /// Where [`Network::fetch_state`] goes.
+    pub fn set_fetcher(&mut self, f: Fetcher) {
+        self.fetcher = Some(f);
+    }
+
+    fn enqueue(&self, to: NodeId, msg: PeerMsg) {
+        if let Some(q) = self.queues.get(&to) {
+            // Full or closed: drop; OmniPaxos resends on its timers, notes are periodic.
+            let _ = q.try_send(msg);
+        }
+    }
 }
 
 impl Network for PeerSender {
     fn send(&self, msg: Message<LogEntry>) {
-        if let Some(q) = self.queues.get(&msg.get_receiver()) {
-            // Full or closed: drop; OmniPaxos resends on its timers.
-            let _ = q.try_send(msg);
+        self.enqueue(msg.get_receiver(), PeerMsg::Paxos(msg));
+    }
+
+    fn send_note(&self, to: NodeId, note: Note) {
+        self.enqueue(to, PeerMsg::Note(note));
+    }
+
+    fn fetch_state(&self, from: NodeId) {
+        match &self.fetcher {
+            Some(f) => f(from),
+            None => tracing::error!(from, "no state fetcher configured"),
         }
     }
 }
@@ -141,6 +188,22 @@ pub struct TransportConfig {
     pub incarnation: u64,
 }
 
+impl TransportConfig {
+    /// The hello this node sends to `to`.
+    pub fn hello(&self, to: NodeId, purpose: Purpose) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            from: self.id,
+            to,
+            listeners: self.listeners.clone(),
+            pid: std::process::id(),
+            incarnation: self.incarnation,
+            purpose,
+        }
+    }
+}
+
 /// Starts the sender task of every peer; returns the node-facing sender.
 pub fn start_senders(
     cfg: &TransportConfig,
@@ -151,15 +214,7 @@ pub fn start_senders(
     for (pid, addr) in cfg.peers.iter().filter(|(pid, _)| *pid != cfg.id) {
         let (tx, rx) = tmpsc::channel(QUEUE_PER_PEER);
         queues.insert(*pid, tx);
-        let hello = Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            from: cfg.id,
-            to: *pid,
-            listeners: cfg.listeners.clone(),
-            pid: std::process::id(),
-            incarnation: cfg.incarnation,
-        };
+        let hello = cfg.hello(*pid, Purpose::Replication);
         tokio::spawn(sender_task(
             *pid,
             addr.clone(),
@@ -171,11 +226,14 @@ pub fn start_senders(
             cfg.max_frame,
         ));
     }
-    PeerSender { queues }
+    PeerSender {
+        queues,
+        fetcher: None,
+    }
 }
 
 /// Connects to `addr`, from `bind_ip` when given.
-async fn connect(addr: &str, bind_ip: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+pub async fn connect(addr: &str, bind_ip: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
     let target = tokio::net::lookup_host(addr)
         .await?
         .next()
@@ -198,7 +256,7 @@ async fn sender_task(
     addr: String,
     bind_ip: Option<std::net::IpAddr>,
     hello: Hello,
-    mut rx: tmpsc::Receiver<Message<LogEntry>>,
+    mut rx: tmpsc::Receiver<PeerMsg>,
     events: mpsc::Sender<Event>,
     table: PeerTable,
     max_frame: usize,
@@ -263,6 +321,7 @@ pub async fn accept_loop(
     events: mpsc::Sender<Event>,
     table: PeerTable,
     check: IncarnationCheck,
+    source: Arc<dyn StateSource>,
 ) {
     let cfg = Arc::new(cfg);
     // The connection tasks live in this set: when the accept loop is aborted (shutdown),
@@ -278,10 +337,15 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let (cfg, events, table, check) =
-            (cfg.clone(), events.clone(), table.clone(), check.clone());
+        let (cfg, events, table, check, source) = (
+            cfg.clone(),
+            events.clone(),
+            table.clone(),
+            check.clone(),
+            source.clone(),
+        );
         conns.spawn(async move {
-            if let Err(e) = serve_peer(stream, &cfg, &events, &table, &check).await {
+            if let Err(e) = serve_peer(stream, &cfg, &events, &table, &check, source).await {
                 tracing::warn!(%remote, "peer connection closed: {e}");
             }
         });
@@ -294,6 +358,7 @@ async fn serve_peer(
     events: &mpsc::Sender<Event>,
     table: &PeerTable,
     check: &IncarnationCheck,
+    source: Arc<dyn StateSource>,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let mut r = tokio::io::BufReader::new(stream);
@@ -322,6 +387,15 @@ async fn serve_peer(
     }
     let from = hello.from;
     check(from, hello.incarnation)?;
+    if hello.purpose == Purpose::FetchState {
+        tracing::info!(
+            peer = from,
+            "sending this node's state to a peer that is behind"
+        );
+        return crate::transfer::serve(r.into_inner(), source, cfg.max_frame)
+            .await
+            .map_err(|e| format!("state transfer to node {from}: {e}"));
+    }
     let (generation, mine) = {
         let mut t = table.lock().unwrap();
         let info = t.entry(from).or_default();
@@ -332,23 +406,29 @@ async fn serve_peer(
         (g, mine)
     };
     loop {
-        let msg: Message<LogEntry> = match read_frame(&mut r, cfg.max_frame).await {
+        let msg: PeerMsg = match read_frame(&mut r, cfg.max_frame).await {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(format!("from node {from}: {e}")),
         };
-        if msg.get_sender() != from || msg.get_receiver() != cfg.id {
-            return Err(format!(
-                "node {from} sent a message claiming {} → {}",
-                msg.get_sender(),
-                msg.get_receiver()
-            ));
-        }
+        let event = match msg {
+            PeerMsg::Paxos(msg) => {
+                if msg.get_sender() != from || msg.get_receiver() != cfg.id {
+                    return Err(format!(
+                        "node {from} sent a message claiming {} → {}",
+                        msg.get_sender(),
+                        msg.get_receiver()
+                    ));
+                }
+                Event::Peer(msg)
+            }
+            PeerMsg::Note(note) => Event::Note { from, note },
+        };
         if generation.load(std::sync::atomic::Ordering::SeqCst) != mine {
             // A newer connection from this peer exists: drop the rest of this one.
             return Ok(());
         }
-        if events.send(Event::Peer(msg)).is_err() {
+        if events.send(event).is_err() {
             return Ok(());
         }
     }

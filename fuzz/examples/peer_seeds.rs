@@ -1,5 +1,5 @@
 //! Writes the seed corpus of the `peer_frame` target: real peer streams (a `Hello` frame,
-//! then `Message<LogEntry>` frames) encoded with `transport::write_frame`, as a node sends
+//! then `PeerMsg` frames) encoded with `transport::write_frame`, as a node sends
 //! them. `cargo run --example peer_seeds -- corpus/peer_frame` (from `fuzz/`).
 
 use futures::executor::block_on;
@@ -13,14 +13,15 @@ use omnipaxos::messages::sequence_paxos::{
 use omnipaxos::messages::Message;
 use omnipaxos::util::SequenceNumber;
 use paxosdb::command::{Command, LogEntry, SetCond, WriteOp};
-use paxosdb::transport::{write_frame, Hello, MAX_HELLO_FRAME};
+use paxosdb::node::Note;
+use paxosdb::transport::{write_frame, Hello, PeerMsg, Purpose, MAX_HELLO_FRAME};
 
 const LIMIT: usize = 256 * 1024 * 1024;
 
 fn hello(from: u64, to: u64) -> Hello {
     Hello {
         magic: 0x7061_786f_7364_6231,
-        version: 1,
+        version: 2,
         from,
         to,
         listeners: vec![
@@ -29,6 +30,7 @@ fn hello(from: u64, to: u64) -> Hello {
         ],
         pid: 4242,
         incarnation: 0x1234_5678_9abc_def0,
+        purpose: Purpose::Replication,
     }
 }
 
@@ -168,6 +170,21 @@ fn main() {
             paxos(PaxosMsg::ProposalForward(vec![entry(3)])),
         ),
     ];
+    let mut messages: Vec<(&str, PeerMsg)> = messages
+        .into_iter()
+        .map(|(n, m)| (n, PeerMsg::Paxos(m)))
+        .collect();
+    messages.push((
+        "progress",
+        PeerMsg::Note(Note::Progress {
+            applied: 100,
+            compacted: 40,
+        }),
+    ));
+    messages.push((
+        "need_state",
+        PeerMsg::Note(Note::NeedState { compacted: 40 }),
+    ));
     let mut all = Vec::new();
     block_on(write_frame(&mut all, &hello(1, 2), MAX_HELLO_FRAME)).unwrap();
     for (name, m) in &messages {

@@ -1,8 +1,9 @@
 //! Peer frame decoding (`paxosdb::transport::read_frame`): what another node — or anything
 //! that connects to the peer port — sends. Like `serve_peer`, the input is read as one
-//! `Hello` frame (limit `MAX_HELLO_FRAME`) followed by `Message<LogEntry>` frames (limit:
-//! the default `max_frame_bytes`) until the first error. The same bytes are also read as
-//! messages from the start, so message decoding does not depend on a valid hello.
+//! `Hello` frame (limit `MAX_HELLO_FRAME`) followed by `PeerMsg` frames (limit: the default
+//! `max_frame_bytes`) until the first error. The same bytes are also read as messages from
+//! the start, so message decoding does not depend on a valid hello, and as the frames of a
+//! state transfer (`StatePart`, whose chunks are also CRC-checked).
 //!
 //! `read_frame` is async over `AsyncRead`; a `&[u8]` never blocks, so
 //! `futures::executor::block_on` runs it without a runtime.
@@ -14,10 +15,9 @@
 
 use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
-use omnipaxos::messages::Message;
-use paxosdb::command::LogEntry;
 use paxosdb::config::Config;
-use paxosdb::transport::{read_frame, write_frame, Hello, MAX_HELLO_FRAME};
+use paxosdb::kv::transfer::StatePart;
+use paxosdb::transport::{read_frame, write_frame, Hello, PeerMsg, MAX_HELLO_FRAME};
 use std::sync::OnceLock;
 
 fn max_frame() -> usize {
@@ -33,11 +33,24 @@ fn encode<T: serde::Serialize>(value: &T, limit: usize) -> Vec<u8> {
 
 fn read_messages(mut r: &[u8]) {
     let limit = max_frame();
-    while let Ok(msg) = block_on(read_frame::<_, Message<LogEntry>>(&mut r, limit)) {
+    while let Ok(msg) = block_on(read_frame::<_, PeerMsg>(&mut r, limit)) {
         let bytes = encode(&msg, limit);
-        let again: Message<LogEntry> =
+        let again: PeerMsg =
             block_on(read_frame(&mut bytes.as_slice(), limit)).expect("re-encoded decodes");
         assert_eq!(encode(&again, limit), bytes);
+    }
+}
+
+fn read_state_parts(mut r: &[u8]) {
+    let limit = max_frame();
+    while let Ok(part) = block_on(read_frame::<_, StatePart>(&mut r, limit)) {
+        if let StatePart::Chunk(c) = &part {
+            let _ = c.verify();
+        }
+        let bytes = encode(&part, limit);
+        let again: StatePart =
+            block_on(read_frame(&mut bytes.as_slice(), limit)).expect("re-encoded decodes");
+        assert_eq!(again, part);
     }
 }
 
@@ -51,4 +64,5 @@ fuzz_target!(|data: &[u8]| {
         read_messages(r);
     }
     read_messages(data);
+    read_state_parts(data);
 });

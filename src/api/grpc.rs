@@ -274,6 +274,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                     listeners: listeners(&self.info.listeners),
                     members,
                     data_dir: self.info.config.data_dir.display().to_string(),
+                    compacted_index: st.compacted_index,
+                    catching_up_from: st.catching_up_from.unwrap_or(0),
                 }))
             })
             .await

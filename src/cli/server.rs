@@ -32,6 +32,16 @@ pub struct ServerArgs {
     /// Largest value accepted, in bytes (default 1 MiB).
     #[arg(long, env = "PAXOSDB_MAX_VALUE_SIZE")]
     pub max_value_size: Option<usize>,
+    /// Trim the log in steps of at least this many applied entries (default 1000; 0 = never).
+    #[arg(long, env = "PAXOSDB_COMPACT_EVERY_ENTRIES")]
+    pub compact_every_entries: Option<u64>,
+    /// Most applied log entries kept for lagging peers (default 100000); a peer further
+    /// behind catches up by a state transfer.
+    #[arg(long, env = "PAXOSDB_LOG_KEEP_ENTRIES")]
+    pub log_keep_entries: Option<u64>,
+    /// Most bytes of applied log kept for lagging peers (default 256 MiB).
+    #[arg(long, env = "PAXOSDB_LOG_KEEP_BYTES")]
+    pub log_keep_bytes: Option<u64>,
 }
 
 /// Builds the configuration from the file (if any) and the flags.
@@ -71,6 +81,15 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if let Some(v) = a.max_value_size {
         cfg.max_value_size = v;
+    }
+    if let Some(v) = a.compact_every_entries {
+        cfg.compact_every_entries = v;
+    }
+    if let Some(v) = a.log_keep_entries {
+        cfg.log_keep_entries = v;
+    }
+    if let Some(v) = a.log_keep_bytes {
+        cfg.log_keep_bytes = v;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -22,6 +22,8 @@ struct Row {
     role: String,
     decided: Option<u64>,
     applied: Option<u64>,
+    compacted: Option<u64>,
+    catching_up_from: Option<u64>,
     pid: Option<u32>,
     listeners: BTreeMap<String, String>,
 }
@@ -62,6 +64,11 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
         row.role = st.role.clone();
         row.decided = Some(st.decided_index);
         row.applied = Some(st.applied_index);
+        row.compacted = Some(st.compacted_index);
+        row.catching_up_from = Some(st.catching_up_from).filter(|&p| p != 0);
+        if let Some(p) = row.catching_up_from {
+            row.role = format!("catch-up<-{p}");
+        }
         row.pid = Some(st.pid);
         for l in &st.listeners {
             row.listeners.insert(l.name.clone(), l.addr.clone());
@@ -85,7 +92,9 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
             .values()
             .map(|r| {
                 json!({"id": r.id, "role": r.role, "decided_index": r.decided,
-                       "applied_index": r.applied, "pid": r.pid, "listeners": r.listeners})
+                       "applied_index": r.applied, "compacted_index": r.compacted,
+                       "catching_up_from": r.catching_up_from,
+                       "pid": r.pid, "listeners": r.listeners})
             })
             .collect();
         println!(
@@ -94,8 +103,8 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
         );
     } else {
         println!(
-            "{:<4} {:<12} {:>9} {:>9} {:>8}  LISTENERS",
-            "ID", "ROLE", "DECIDED", "APPLIED", "PID"
+            "{:<4} {:<12} {:>9} {:>9} {:>9} {:>8}  LISTENERS",
+            "ID", "ROLE", "DECIDED", "APPLIED", "LOG FROM", "PID"
         );
         let dash = || "-".to_string();
         for r in rows.values() {
@@ -105,19 +114,20 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             println!(
-                "{:<4} {:<12} {:>9} {:>9} {:>8}  {}",
+                "{:<4} {:<12} {:>9} {:>9} {:>9} {:>8}  {}",
                 r.id,
                 r.role,
                 r.decided.map_or_else(dash, |v| v.to_string()),
                 r.applied.map_or_else(dash, |v| v.to_string()),
+                r.compacted.map_or_else(dash, |v| v.to_string()),
                 r.pid.map_or_else(dash, |v| v.to_string()),
                 ls.join(" ")
             );
         }
         for ep in &unknown {
             println!(
-                "{:<4} {:<12} {:>9} {:>9} {:>8}  grpc={ep}",
-                "?", "unreachable", "-", "-", "-"
+                "{:<4} {:<12} {:>9} {:>9} {:>9} {:>8}  grpc={ep}",
+                "?", "unreachable", "-", "-", "-", "-"
             );
         }
     }

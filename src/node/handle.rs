@@ -55,6 +55,10 @@ pub struct NodeStatus {
     pub leader: Option<NodeId>,
     pub decided_index: u64,
     pub applied_index: u64,
+    /// The log holds entries from here on; earlier ones are in the state machine only.
+    pub compacted_index: u64,
+    /// The peer whose state this node is fetching, while it catches up.
+    pub catching_up_from: Option<NodeId>,
 }
 
 /// A cloneable handle to a running node.

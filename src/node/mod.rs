@@ -19,10 +19,18 @@
 //! - a waiter that is not answered within the request timeout gets
 //!   [`Error::OutcomeUnknown`] (writes) or [`Error::Unavailable`] (reads), never a failure;
 //! - undecided proposals are re-proposed after `repropose_ms`; the sessions in the state
-//!   machine make a duplicate harmless.
+//!   machine make a duplicate harmless;
+//! - the log is trimmed only below the applied index (see [`compaction`]); a node whose
+//!   decided index fell below a peer's trimmed log catches up by a state transfer: it goes
+//!   silent for consensus, the host fetches the state into a staging area, and the core
+//!   installs it atomically, then restarts OmniPaxos on a log that starts where the
+//!   installed state ends. A crash between the two steps is finished at the next start
+//!   (an applied index above the decided one means "reset the log to it").
 
+mod compaction;
 mod handle;
 
+pub use compaction::{CompactionPolicy, Note};
 pub use handle::{Consistency, NodeHandle, NodeStatus, Role, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 
 use crate::command::{Command, LogEntry, NodeId, WriteResult};
@@ -39,10 +47,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Where the node sends its outgoing OmniPaxos messages. Sending never blocks; a message
-/// that cannot be delivered is dropped (OmniPaxos resends what matters).
+/// Where the node sends its outgoing messages. Sending never blocks; a message that cannot
+/// be delivered is dropped (OmniPaxos resends what matters; notes are periodic).
 pub trait Network: Send + 'static {
     fn send(&self, msg: Message<LogEntry>);
+    /// Sends a node-level note (progress, "fetch my state"). The simulation has none.
+    fn send_note(&self, _to: NodeId, _note: Note) {}
+    /// Asks the host to fetch `from`'s state machine into the staging area and report
+    /// [`Event::StateFetched`]. The simulation has no state transfer.
+    fn fetch_state(&self, _from: NodeId) {}
 }
 
 /// Everything the node thread reacts to.
@@ -51,6 +64,11 @@ pub enum Event {
     Peer(Message<LogEntry>),
     /// The connection to a peer was re-established.
     Reconnected(NodeId),
+    /// A node-level note from a peer.
+    Note { from: NodeId, note: Note },
+    /// The state fetch asked for by [`Network::fetch_state`] ended: the staged state's
+    /// applied index, or why it failed.
+    StateFetched(Result<u64>),
     /// A client write to replicate.
     Write {
         cmd: Command,
@@ -77,7 +95,14 @@ pub struct CoreConfig {
     pub max_batch_bytes: usize,
     /// First batch id; must differ across restarts of a node (a random start does).
     pub first_batch_id: u64,
+    pub compaction: CompactionPolicy,
 }
+
+/// Opens the node's log storage again (to restart OmniPaxos after a state transfer).
+pub type Reopen<S> = Box<dyn FnMut() -> Result<S> + Send>;
+
+/// Ticks between two progress notes to the peers.
+const PROGRESS_EVERY_TICKS: u64 = 10;
 
 struct WriteWaiter {
     cmd: Command,
@@ -110,6 +135,83 @@ pub struct Core<S: Storage<LogEntry>> {
     outgoing: Vec<Message<LogEntry>>,
     /// Gauges updated once per round, when set (a server sets it; simulations need not).
     metrics: Option<Arc<Metrics>>,
+    trimmer: compaction::Trimmer,
+    ticks: u64,
+    /// Set while this node fetches a peer's state: the peer and when it started.
+    catching_up: Option<(NodeId, Instant)>,
+    reopen: Option<Reopen<S>>,
+}
+
+/// Builds the OmniPaxos instance of `cfg` over `storage`, first finishing an interrupted
+/// state installation (a state machine ahead of the decided log: the log is reset to
+/// start where the state ends).
+fn build_paxos<S: Storage<LogEntry>>(
+    cfg: &CoreConfig,
+    mut storage: S,
+    applied: u64,
+) -> Result<OmniPaxos<LogEntry, S>> {
+    let decided = storage.get_decided_idx().map_err(storage_error)? as u64;
+    if applied > decided {
+        reset_log(&mut storage, applied)?;
+    }
+    let op_config = OmniPaxosConfig {
+        cluster_config: ClusterConfig {
+            configuration_id: 1,
+            nodes: cfg.nodes.clone(),
+            flexible_quorum: None,
+        },
+        server_config: ServerConfig {
+            pid: cfg.id,
+            election_tick_timeout: cfg.election_ticks,
+            resend_message_tick_timeout: cfg.election_ticks * 5,
+            ..Default::default()
+        },
+    };
+    let mut paxos = op_config
+        .build(storage)
+        .map_err(|e| Error::Config(format!("OmniPaxos configuration: {e}")))?;
+    // A node that restarts with a promise for its *own* ballot must take over with a
+    // higher one. OmniPaxos 0.2.4 restarts its election module with a low ballot and
+    // keeps the promised one as "leader"; if that ballot never won (the node crashed
+    // during its Prepare) the real leader ignores the node's PrepareReq (its ballot is
+    // higher than the leader's) and, as the others are happy with their leader, no
+    // election ever happens: the node stays behind and unavailable for good
+    // (deterministic simulation, seed 153).
+    if paxos.get_promise().pid == cfg.id {
+        paxos.try_become_leader();
+    }
+    Ok(paxos)
+}
+
+/// Makes the log start at `at`: entries below it are dropped and counted as decided (an
+/// installed state covers them). Accepted entries at or above `at`, the accepted round and
+/// the promise are kept: forgetting what this node accepted could lose a chosen entry.
+fn reset_log<S: Storage<LogEntry>>(storage: &mut S, at: u64) -> Result<()> {
+    use omnipaxos::storage::StorageOp;
+    let decided = storage.get_decided_idx().map_err(storage_error)?;
+    let at = at as usize;
+    tracing::info!(
+        at,
+        decided,
+        "log reset to start where the installed state ends"
+    );
+    storage
+        .write_atomically(vec![
+            StorageOp::Trim(at),
+            StorageOp::SetCompactedIdx(at),
+            StorageOp::SetDecidedIndex(decided.max(at)),
+        ])
+        .map_err(storage_error)
+}
+
+fn catching_up() -> Error {
+    Error::Unavailable(
+        "this node is catching up by a state transfer; another node can serve this now".into(),
+    )
+}
+
+fn storage_error(e: Box<dyn std::error::Error>) -> Error {
+    Error::Storage(e.to_string())
 }
 
 impl<S: Storage<LogEntry>> Core<S> {
@@ -120,32 +222,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         sm: Box<dyn StateMachine>,
         net: Box<dyn Network>,
     ) -> Result<Self> {
-        let op_config = OmniPaxosConfig {
-            cluster_config: ClusterConfig {
-                configuration_id: 1,
-                nodes: cfg.nodes.clone(),
-                flexible_quorum: None,
-            },
-            server_config: ServerConfig {
-                pid: cfg.id,
-                election_tick_timeout: cfg.election_ticks,
-                resend_message_tick_timeout: cfg.election_ticks * 5,
-                ..Default::default()
-            },
-        };
-        let mut paxos = op_config
-            .build(storage)
-            .map_err(|e| Error::Config(format!("OmniPaxos configuration: {e}")))?;
-        // A node that restarts with a promise for its *own* ballot must take over with a
-        // higher one. OmniPaxos 0.2.4 restarts its election module with a low ballot and
-        // keeps the promised one as "leader"; if that ballot never won (the node crashed
-        // during its Prepare) the real leader ignores the node's PrepareReq (its ballot is
-        // higher than the leader's) and, as the others are happy with their leader, no
-        // election ever happens: the node stays behind and unavailable for good
-        // (deterministic simulation, seed 153).
-        if paxos.get_promise().pid == cfg.id {
-            paxos.try_become_leader();
-        }
+        let paxos = build_paxos(&cfg, storage, sm.applied_index())?;
         Ok(Core {
             next_batch_id: cfg.first_batch_id,
             cfg,
@@ -158,7 +235,17 @@ impl<S: Storage<LogEntry>> Core<S> {
             barriers: BTreeMap::new(),
             outgoing: Vec::new(),
             metrics: None,
+            trimmer: compaction::Trimmer::default(),
+            ticks: 0,
+            catching_up: None,
+            reopen: None,
         })
+    }
+
+    /// Lets the core reopen its log storage, which a state transfer needs (without it, a
+    /// node told to fetch a peer's state only logs that it cannot).
+    pub fn set_reopen(&mut self, reopen: Reopen<S>) {
+        self.reopen = Some(reopen);
     }
 
     /// Reports decided/applied index and leader changes to `metrics` from now on.
@@ -216,15 +303,162 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// One logical clock tick: OmniPaxos timers, request deadlines, re-proposals. `now`
     /// is passed in (never read from the clock here) so that a simulation can drive time.
     pub fn tick(&mut self, now: Instant) {
-        self.paxos.tick();
+        // A node fetching a state is silent for consensus: it has no log to offer, and
+        // must not be elected leader meanwhile.
+        if self.catching_up.is_none() {
+            self.paxos.tick();
+        }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(PROGRESS_EVERY_TICKS) {
+            let note = Note::Progress {
+                applied: self.sm.applied_index(),
+                compacted: self.paxos.get_compacted_idx() as u64,
+            };
+            for &p in self.cfg.nodes.iter().filter(|&&p| p != self.cfg.id) {
+                self.net.send_note(p, note.clone());
+            }
+        }
         self.on_tick(now);
+        self.maybe_trim();
+    }
+
+    /// Trims the log as far as the compaction policy allows.
+    fn maybe_trim(&mut self) {
+        if self.catching_up.is_some() {
+            return;
+        }
+        let applied = self.sm.applied_index();
+        let compacted = self.paxos.get_compacted_idx() as u64;
+        let id = self.cfg.id;
+        let peers: Vec<NodeId> = self
+            .cfg
+            .nodes
+            .iter()
+            .copied()
+            .filter(|&p| p != id)
+            .collect();
+        let policy = self.cfg.compaction;
+        if let Some(to) = self.trimmer.target(&policy, &peers, applied, compacted) {
+            self.paxos.handle_incoming(compaction::local_trim(id, to));
+            let now_compacted = self.paxos.get_compacted_idx() as u64;
+            if now_compacted < to {
+                tracing::warn!(to, now_compacted, "log trim did not take effect");
+            } else {
+                tracing::debug!(from = compacted, to, "log trimmed");
+            }
+            self.trimmer.trimmed(now_compacted);
+        }
+    }
+
+    /// A peer's log starts above our decided index: fetch its state.
+    fn need_state(&mut self, from: NodeId, compacted: u64, now: Instant) {
+        let decided = self.paxos.get_decided_idx() as u64;
+        if decided >= compacted || self.catching_up.is_some() {
+            return;
+        }
+        if self.reopen.is_none() {
+            tracing::error!(
+                from,
+                "behind a compacted log, but this node cannot fetch a state"
+            );
+            return;
+        }
+        tracing::warn!(
+            from,
+            decided,
+            peer_compacted = compacted,
+            "this node is behind the peer's compacted log: fetching its state"
+        );
+        self.catching_up = Some((from, now));
+        self.fail_waiters();
+        self.net.fetch_state(from);
+    }
+
+    /// Answers every waiting request: this node stops serving while it catches up.
+    fn fail_waiters(&mut self) {
+        for (_, w) in std::mem::take(&mut self.writes) {
+            for (reply, _) in w.replies {
+                let _ = reply.send(Err(Error::OutcomeUnknown(
+                    "this node started catching up by a state transfer while the write was \
+                     in flight; retry with the same session to learn its outcome"
+                        .into(),
+                )));
+            }
+        }
+        self.to_propose.clear();
+        let reads = std::mem::take(&mut self.reads).into_iter().chain(
+            std::mem::take(&mut self.barriers)
+                .into_values()
+                .flat_map(|b| b.replies),
+        );
+        for (reply, _) in reads {
+            let _ = reply.send(Err(catching_up()));
+        }
+    }
+
+    /// The state fetch ended: install the staged state and restart OmniPaxos on a log that
+    /// starts where it ends.
+    fn state_fetched(&mut self, res: Result<u64>) {
+        let Some((from, started)) = self.catching_up.take() else {
+            return;
+        };
+        let applied = match res.and_then(|_| self.sm.install_staged()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    from,
+                    "state transfer failed: {e}; retrying when asked again"
+                );
+                return;
+            }
+        };
+        // The state is installed (durably); a failure from here on is finished by the
+        // next start, which resets the log because applied > decided.
+        let reopened = self
+            .reopen
+            .as_mut()
+            .map(|f| f())
+            .unwrap_or_else(|| Err(Error::Internal("no storage reopener".into())));
+        match reopened.and_then(|st| build_paxos(&self.cfg, st, applied)) {
+            Ok(paxos) => self.paxos = paxos,
+            Err(e) => panic!("restarting OmniPaxos after installing a state failed: {e}"),
+        }
+        self.trimmer = compaction::Trimmer::default();
+        tracing::info!(
+            from,
+            applied,
+            secs = started.elapsed().as_secs_f64(),
+            "state installed; following the log from here"
+        );
     }
 
     /// Handles one event received at `now`; false means stop.
     pub fn handle(&mut self, ev: Event, now: Instant) -> bool {
         match ev {
-            Event::Peer(msg) => self.paxos.handle_incoming(msg),
+            Event::Peer(_) if self.catching_up.is_some() => {}
+            Event::Peer(msg) => {
+                let compacted = self.paxos.get_compacted_idx() as u64;
+                match compaction::guard(&msg, compacted) {
+                    compaction::Verdict::Deliver => self.paxos.handle_incoming(msg),
+                    compaction::Verdict::Drop => {}
+                    compaction::Verdict::SendState => {
+                        self.net
+                            .send_note(msg.get_sender(), Note::NeedState { compacted });
+                    }
+                }
+            }
             Event::Reconnected(pid) => self.paxos.reconnected(pid),
+            Event::Note { from, note } => match note {
+                Note::Progress { applied, .. } => self.trimmer.peer_progress(from, applied),
+                Note::NeedState { compacted } => self.need_state(from, compacted, now),
+            },
+            Event::StateFetched(res) => self.state_fetched(res),
+            Event::Write { reply, .. } if self.catching_up.is_some() => {
+                let _ = reply.send(Err(catching_up()));
+            }
+            Event::ReadBarrier { reply } if self.catching_up.is_some() => {
+                let _ = reply.send(Err(catching_up()));
+            }
             Event::Write { cmd, reply } => {
                 let deadline = now + self.cfg.request_timeout;
                 let key = (cmd.client_id, cmd.seq);
@@ -275,6 +509,8 @@ impl<S: Storage<LogEntry>> Core<S> {
             leader: self.paxos.get_current_leader().map(|(pid, _)| pid),
             decided_index: self.paxos.get_decided_idx() as u64,
             applied_index: self.sm.applied_index(),
+            compacted_index: self.paxos.get_compacted_idx() as u64,
+            catching_up_from: self.catching_up.map(|(p, _)| p),
         }
     }
 
@@ -460,6 +696,13 @@ impl<S: Storage<LogEntry>> Core<S> {
 
     fn apply_one(&mut self, index: u64, entry: LogEntry) -> Result<()> {
         let results = self.sm.apply(index, &entry.commands)?;
+        let bytes = entry
+            .commands
+            .iter()
+            .map(|c| c.op.size() as u64 + 24)
+            .sum::<u64>()
+            + 24;
+        self.trimmer.applied(index, bytes);
         for (cmd, result) in entry.commands.iter().zip(results) {
             // Only a waiter for this very command: a waiter for another command under the
             // same session (a reused seq) must wait for its own entry, which refuses it,

@@ -285,6 +285,7 @@ fn a_node_restarting_with_its_own_promise_takes_over() {
         max_batch_commands: 16,
         max_batch_bytes: 1 << 20,
         first_batch_id: 1,
+        compaction: crate::node::CompactionPolicy::OFF,
     };
     let mut core = Core::new(cfg, storage, Box::new(kv), Box::new(outbox.clone())).unwrap();
     core.step(Instant::now());
@@ -337,6 +338,7 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
             max_batch_commands: 16,
             max_batch_bytes: 1 << 20,
             first_batch_id: id << 32,
+            compaction: crate::node::CompactionPolicy::OFF,
         };
         let core = Core::new(
             cfg,

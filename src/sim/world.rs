@@ -126,6 +126,7 @@ impl World {
             max_batch_commands: 4096,
             max_batch_bytes: 64 << 20,
             first_batch_id: self.rng.gen::<u64>() >> 1,
+            compaction: crate::node::CompactionPolicy::OFF,
         };
         let node = &mut self.nodes[i];
         let spaces = node.durable.lock().unwrap().kv.clone();

@@ -65,11 +65,18 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub peers: String,
+    /// Extra environment of every server (PAXOSDB_* settings).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Starts `n` nodes and waits until they agree on a leader.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Starts `n` nodes with extra `PAXOSDB_*` settings.
+    pub async fn start_with(n: usize, env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(4 * n);
         let nodes: Vec<Node> = (0..n)
@@ -89,7 +96,16 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.peer_addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster { dir, nodes, peers };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut c = Cluster {
+            dir,
+            nodes,
+            peers,
+            env,
+        };
         for id in 1..=n as u64 {
             c.spawn(id);
         }
@@ -113,7 +129,8 @@ impl Cluster {
             .args(["--resp-addr", &n.resp_addr])
             .arg("--data-dir")
             .arg(&n.data_dir)
-            .env("PAXOSDB_LOG", "info");
+            .env("PAXOSDB_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

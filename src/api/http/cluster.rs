@@ -45,6 +45,8 @@ pub async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
         "leader": st.leader,
         "decided_index": st.decided_index,
         "applied_index": st.applied_index,
+        "compacted_index": st.compacted_index,
+        "catching_up_from": st.catching_up_from,
         "pid": std::process::id(),
         "data_dir": s.info.config.data_dir.display().to_string(),
         "listeners": listeners(&s.info.listeners),

@@ -1,0 +1,168 @@
+//! State transfer over the network: a node behind a peer's compacted log fetches the
+//! peer's whole state machine instead of log entries.
+//!
+//! The fetching node dials the peer's peer port with a [`Hello`] whose purpose is
+//! [`Purpose::FetchState`] (the same membership and incarnation checks as replication).
+//! The serving node exports a consistent point-in-time copy of its state
+//! ([`crate::kv::transfer`]) as a stream of [`StatePart`] frames — chunks of about 1 MiB,
+//! each with a CRC, then an end frame with counts and a digest over everything — and the
+//! fetching node writes each chunk into its staging area as it arrives.
+//!
+//! Invariants:
+//! - neither side holds the whole state in memory: the exporter runs on a blocking thread
+//!   and hands chunks through a channel of [`IN_FLIGHT`] chunks, so TCP back-pressure
+//!   slows the export down; the importer writes each chunk before reading the next;
+//! - the live state of the fetching node is untouched until the node core installs the
+//!   complete, verified staged state in one atomic switch; a broken connection, a bad CRC,
+//!   a missing end frame or a wrong digest fails the fetch, and the next fetch starts
+//!   over with an empty staging area;
+//! - a stalled transfer fails after [`STALL`] without a frame.
+
+use crate::command::NodeId;
+use crate::error::{Error, Result};
+use crate::kv::transfer::StatePart;
+use crate::kv::KvStore;
+use crate::node::Event;
+use crate::transport::{self, read_frame, write_frame, Hello, Purpose, TransportConfig};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+
+/// Chunks exported ahead of the network.
+pub const IN_FLIGHT: usize = 4;
+/// A transfer that sees no frame for this long fails.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// Something whose state can be streamed to a peer.
+pub trait StateSource: Send + Sync + 'static {
+    /// Streams a consistent copy to `sink` (see [`KvStore::export`]).
+    fn export(&self, sink: &mut dyn FnMut(StatePart) -> Result<()>) -> Result<()>;
+}
+
+impl StateSource for KvStore {
+    fn export(&self, sink: &mut dyn FnMut(StatePart) -> Result<()>) -> Result<()> {
+        KvStore::export(self, sink)
+    }
+}
+
+/// Serves one state fetch on `stream` (after its hello was checked).
+pub async fn serve(
+    stream: TcpStream,
+    source: Arc<dyn StateSource>,
+    max_frame: usize,
+) -> Result<()> {
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<StatePart>(IN_FLIGHT);
+    let export = tokio::task::spawn_blocking(move || {
+        source.export(&mut |part| {
+            tx.blocking_send(part)
+                .map_err(|_| Error::Unavailable("the fetching peer went away".into()))
+        })
+    });
+    let mut w = BufWriter::new(stream);
+    let mut bytes = 0u64;
+    while let Some(part) = rx.recv().await {
+        if let StatePart::Chunk(c) = &part {
+            bytes += c
+                .pairs
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>();
+        }
+        write_frame(&mut w, &part, max_frame).await?;
+    }
+    w.flush().await?;
+    // Dropping the receiver above ends a blocked export; its result says why it ended.
+    export
+        .await
+        .map_err(|e| Error::Internal(format!("state export task: {e}")))??;
+    tracing::info!(
+        bytes,
+        secs = started.elapsed().as_secs_f64(),
+        "state sent to a peer"
+    );
+    Ok(())
+}
+
+/// Fetches `peer`'s state at `addr` into `kv`'s staging area; returns its applied index.
+pub async fn fetch(addr: &str, cfg: &TransportConfig, peer: NodeId, kv: KvStore) -> Result<u64> {
+    let started = Instant::now();
+    let stream = transport::connect(addr, cfg.bind_ip).await?;
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut w = BufWriter::new(w);
+    let hello: Hello = cfg.hello(peer, Purpose::FetchState);
+    write_frame(&mut w, &hello, transport::MAX_HELLO_FRAME).await?;
+    w.flush().await?;
+    let mut r = BufReader::with_capacity(1 << 20, r);
+    let mut importer = Some(blocking(move || kv.importer()).await?);
+    let mut bytes = 0u64;
+    loop {
+        let part: StatePart = tokio::time::timeout(STALL, read_frame(&mut r, cfg.max_frame))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!("no state frame from node {peer} for {STALL:?}"))
+            })?
+            .map_err(|e| Error::Unavailable(format!("state stream from node {peer}: {e}")))?;
+        let mut imp = importer.take().expect("importer present until the end");
+        match part {
+            StatePart::Chunk(c) => {
+                bytes += c
+                    .pairs
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
+                importer = Some(
+                    blocking(move || {
+                        imp.chunk(c)?;
+                        Ok(imp)
+                    })
+                    .await?,
+                );
+            }
+            StatePart::End(end) => {
+                let applied = blocking(move || imp.finish(end)).await?;
+                tracing::info!(
+                    peer,
+                    applied,
+                    bytes,
+                    secs = started.elapsed().as_secs_f64(),
+                    "state received and staged"
+                );
+                return Ok(applied);
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("state import task: {e}")))?
+}
+
+/// The node's [`crate::transport::Fetcher`]: fetches in the background on `rt` and reports
+/// [`Event::StateFetched`] to the node.
+pub fn fetcher(
+    rt: tokio::runtime::Handle,
+    cfg: TransportConfig,
+    kv: KvStore,
+    events: mpsc::Sender<Event>,
+) -> transport::Fetcher {
+    Box::new(move |peer| {
+        let (cfg, kv, events) = (cfg.clone(), kv.clone(), events.clone());
+        rt.spawn(async move {
+            let res = match cfg.peers.iter().find(|(id, _)| *id == peer) {
+                Some((_, addr)) => fetch(addr, &cfg, peer, kv).await,
+                None => Err(Error::Internal(format!("node {peer} is not a peer"))),
+            };
+            if let Err(e) = &res {
+                tracing::warn!(peer, "state fetch failed: {e}");
+                // Do not come back at once: the peer asks again on its next resend.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let _ = events.send(Event::StateFetched(res));
+        });
+    })
+}
