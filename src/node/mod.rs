@@ -402,7 +402,16 @@ impl<S: Storage<LogEntry>> Core<S> {
         let Some((from, started)) = self.catching_up.take() else {
             return;
         };
-        let applied = match res.and_then(|_| self.sm.install_staged()) {
+        let current = self.sm.applied_index();
+        let res = res.and_then(|staged| {
+            if staged <= current {
+                return Err(Error::Internal(format!(
+                    "the fetched state (applied {staged}) is not ahead of this node's ({current})"
+                )));
+            }
+            self.sm.install_staged()
+        });
+        let applied = match res {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(

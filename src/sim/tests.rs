@@ -423,3 +423,48 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
         other => panic!("the reused seq got {other:?}, not a refusal"),
     }
 }
+
+/// The second half of a state installation, as a restart finishes it: a state machine
+/// ahead of the decided log (the state was switched in, the crash came before the log
+/// reset) makes the core start its log where the state ends, keeping the promise.
+#[test]
+fn a_state_ahead_of_the_log_resets_the_log_at_start() {
+    use crate::kv::KvStore;
+    use crate::node::{Core, CoreConfig};
+    use crate::storage::memory::MemStorage;
+    use omnipaxos::ballot_leader_election::Ballot;
+    use omnipaxos::storage::Storage;
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    let spaces = Arc::new(RwLock::new(MemSpaces::default()));
+    let mut kv = KvStore::open_memory(spaces.clone()).unwrap();
+    for i in 0..10 {
+        crate::kv::StateMachine::apply(&mut kv, i, &[]).unwrap();
+    }
+    let mut storage = MemStorage::default();
+    storage
+        .append_entries(vec![entry(1, "a"), entry(2, "b")])
+        .unwrap();
+    storage.set_decided_idx(2).unwrap();
+    let promise = Ballot::with(1, 7, 0, 3);
+    storage.set_promise(promise).unwrap();
+    let cfg = CoreConfig {
+        id: 2,
+        nodes: vec![1, 2, 3],
+        tick: Duration::from_millis(10),
+        election_ticks: 10,
+        request_timeout: Duration::from_secs(5),
+        repropose_after: Duration::from_secs(1),
+        max_batch_commands: 16,
+        max_batch_bytes: 1 << 20,
+        first_batch_id: 1,
+        compaction: crate::node::CompactionPolicy::OFF,
+    };
+    let core = Core::new(cfg, storage, Box::new(kv), Box::new(net::Outbox::default())).unwrap();
+    let st = core.status();
+    assert_eq!(
+        (st.decided_index, st.applied_index, st.compacted_index),
+        (10, 10, 10)
+    );
+}
