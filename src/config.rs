@@ -79,6 +79,11 @@ pub struct Config {
     /// The same limit in bytes of commands (approximate).
     #[serde(default = "default_log_keep_bytes")]
     pub log_keep_bytes: u64,
+    /// Peer address of a member of a running cluster to join. A new node (empty data
+    /// directory) waits there until `paxosdb cluster add-node` adds it, then fetches the
+    /// cluster's state. `peers` then only needs this node's own entry.
+    #[serde(default)]
+    pub join: Option<String>,
 }
 
 fn default_max_key() -> usize {
@@ -136,6 +141,7 @@ impl Config {
             compact_every_entries: default_compact_every(),
             log_keep_entries: default_log_keep_entries(),
             log_keep_bytes: default_log_keep_bytes(),
+            join: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod membership;
 pub mod metrics;
 pub mod nemesis;
 pub mod node;

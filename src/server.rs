@@ -11,11 +11,12 @@ use crate::command::NodeId;
 use crate::config::{resolve, Config};
 use crate::error::{Error, Result};
 use crate::kv::{KvStore, StateMachine};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::{Core, CoreConfig, NodeHandle};
 use crate::storage::db::{DataDir, CF_META};
 use crate::storage::rocks::RocksStorage;
-use crate::transport::{self, PeerTable, TransportConfig};
+use crate::transport::{self, PeerTable, SharedMembership, TransportConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,10 @@ pub struct ServerInfo {
     pub peers: PeerTable,
     /// Request, consensus and storage metrics, served by HTTP `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The node's RocksDB, for gauges measured at scrape time (the log's on-disk size).
+    pub db: Arc<rocksdb::DB>,
+    /// The membership in force (it changes with `paxosdb cluster add-node` and friends).
+    pub membership: SharedMembership,
 }
 
 /// One member as this node sees it, for status reports (every protocol shows the same).
@@ -44,11 +49,12 @@ pub struct MemberView {
 }
 
 impl ServerInfo {
-    /// Every configured member, as this node sees it.
+    /// Every member of the configuration in force, as this node sees it.
     pub fn members(&self) -> Vec<MemberView> {
         let peers = self.peers.lock().unwrap().clone();
-        self.config
-            .peers
+        let membership = self.membership.read().unwrap().clone();
+        membership
+            .members
             .iter()
             .map(|m| {
                 let known = peers.get(&m.id);
@@ -93,17 +99,21 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
 /// Records the node id and member ids (and a random incarnation) in a new data directory,
 /// or checks that an existing one was made for this node and cluster. Returns the
 /// incarnation.
-fn check_identity(db: &rocksdb::DB, cfg: &Config) -> Result<u64> {
+/// Once a membership change is recorded, the members may differ from `--peers` (which
+/// then only matters for the node's own address): only the node id is checked.
+fn check_identity(db: &rocksdb::DB, cfg: &Config, changed: bool) -> Result<u64> {
     let meta = db.cf_handle(CF_META).expect("meta column family");
     let mut ids: Vec<NodeId> = cfg.peers.iter().map(|m| m.id).collect();
     ids.sort_unstable();
     let want = format!("node={} members={:?}", cfg.id, ids);
+    let node_part = format!("node={} ", cfg.id);
     let incarnation = match db.get_cf(meta, b"incarnation")? {
         Some(v) => crate::storage::db::read_u64(&v)?,
         None => rand::random::<u64>().max(1),
     };
     match db.get_cf(meta, b"identity")? {
         Some(have) if have == want.as_bytes() => Ok(incarnation),
+        Some(have) if changed && have.starts_with(node_part.as_bytes()) => Ok(incarnation),
         Some(have) => Err(Error::Config(format!(
             "data directory {} belongs to {}, but this node is configured as {want}; \
              use the matching --id/--peers or another --data-dir",
@@ -151,11 +161,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     cfg.validate()?;
     let dir = DataDir::lock(&cfg.data_dir)?;
     let db = dir.open_db()?;
-    let incarnation = check_identity(&db, &cfg)?;
+    let mut kv = KvStore::open(db.clone())?;
+    let incarnation = check_identity(&db, &cfg, kv.membership()?.is_some())?;
     let metrics = Metrics::new();
     let mut storage = RocksStorage::open(db.clone())?;
     storage.set_metrics(metrics.clone());
-    let kv = KvStore::open(db.clone())?;
 
     let own_peer = cfg.own_peer_addr().expect("validated").to_string();
     let peer_listener = bind(&own_peer, "peer address").await?;
@@ -184,18 +194,40 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let table = PeerTable::default();
     let tcfg = TransportConfig {
         id: cfg.id,
-        peers: cfg.peers.iter().map(|m| (m.id, m.addr.clone())).collect(),
         listeners: listeners.clone(),
         max_frame: cfg.max_frame_bytes,
         bind_ip: resolve(&own_peer, "peer address").ok().map(|a| a.ip()),
         incarnation,
     };
-    let mut net = transport::start_senders(&tcfg, tx.clone(), table.clone());
+    if let Some(join) = &cfg.join {
+        if kv.membership()?.is_none() && kv.applied_index() == 0 {
+            crate::transfer::join(join, &tcfg, &mut kv).await?;
+        }
+    }
+    let membership = kv
+        .membership()?
+        .unwrap_or_else(|| Membership::initial(&cfg.peers));
+    if !membership.contains(cfg.id) {
+        return Err(Error::Config(crate::node::removed_message(
+            cfg.id,
+            &membership,
+        )));
+    }
+    if membership.config_id > 1 {
+        tracing::info!(
+            config = membership.config_id,
+            members = %membership.describe(),
+            "membership recorded by the cluster is in force (--peers names only this node's address)"
+        );
+    }
+    let shared: SharedMembership = Arc::new(std::sync::RwLock::new(membership));
+    let mut net = transport::start_senders(&tcfg, tx.clone(), table.clone(), shared.clone());
     net.set_fetcher(crate::transfer::fetcher(
         tokio::runtime::Handle::current(),
         tcfg.clone(),
         kv.clone(),
         tx.clone(),
+        shared.clone(),
     ));
     tracing::info!(
         id = cfg.id,
@@ -206,7 +238,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let mut core = Core::new(
         CoreConfig {
             id: cfg.id,
-            nodes: cfg.peers.iter().map(|m| m.id).collect(),
+            members: cfg.peers.clone(),
             tick: Duration::from_millis(cfg.tick_ms),
             election_ticks: cfg.election_ticks,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
@@ -242,6 +274,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         listeners,
         peers: table.clone(),
         metrics,
+        db: db.clone(),
+        membership: shared.clone(),
     });
     let accept = tokio::spawn(transport::accept_loop(
         peer_listener,
@@ -250,6 +284,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         table,
         incarnation_check(db.clone()),
         Arc::new(handle.kv.clone()),
+        shared.clone(),
     ));
 
     let reflection = tonic_reflection::server::Builder::configure()

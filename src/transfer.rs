@@ -22,8 +22,12 @@ use crate::command::NodeId;
 use crate::error::{Error, Result};
 use crate::kv::transfer::StatePart;
 use crate::kv::KvStore;
+use crate::kv::StateMachine;
 use crate::node::Event;
-use crate::transport::{self, read_frame, write_frame, Hello, Purpose, TransportConfig};
+use crate::transport::{
+    self, read_frame, write_frame, Hello, MembershipReply, Purpose, SharedMembership,
+    TransportConfig,
+};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -149,13 +153,15 @@ pub fn fetcher(
     cfg: TransportConfig,
     kv: KvStore,
     events: mpsc::Sender<Event>,
+    membership: SharedMembership,
 ) -> transport::Fetcher {
     Box::new(move |peer| {
         let (cfg, kv, events) = (cfg.clone(), kv.clone(), events.clone());
+        let addr = membership.read().unwrap().addr_of(peer).map(str::to_string);
         rt.spawn(async move {
-            let res = match cfg.peers.iter().find(|(id, _)| *id == peer) {
-                Some((_, addr)) => fetch(addr, &cfg, peer, kv).await,
-                None => Err(Error::Internal(format!("node {peer} is not a peer"))),
+            let res = match addr {
+                Some(addr) => fetch(&addr, &cfg, peer, kv).await,
+                None => Err(Error::Internal(format!("node {peer} is not a member"))),
             };
             if let Err(e) = &res {
                 tracing::warn!(peer, "state fetch failed: {e}");
@@ -165,4 +171,63 @@ pub fn fetcher(
             let _ = events.send(Event::StateFetched(res));
         });
     })
+}
+
+/// Asks the node at `addr` for the membership in force.
+pub async fn query_membership(addr: &str, cfg: &TransportConfig) -> Result<MembershipReply> {
+    let mut stream = transport::connect(addr, cfg.bind_ip).await?;
+    let hello = cfg.hello(0, Purpose::Membership);
+    write_frame(&mut stream, &hello, transport::MAX_HELLO_FRAME).await?;
+    stream.flush().await?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_frame(&mut stream, transport::MAX_HELLO_FRAME),
+    )
+    .await
+    .map_err(|_| Error::Unavailable(format!("{addr} did not answer the membership query")))??;
+    Ok(reply)
+}
+
+/// Joins a running cluster through the member at `join`: waits until a membership change
+/// added this node, then fetches and installs that member's state (which records the
+/// membership). Returns once this node's state is installed.
+pub async fn join(join: &str, cfg: &TransportConfig, kv: &mut KvStore) -> Result<()> {
+    let mut announced = false;
+    loop {
+        match query_membership(join, cfg).await {
+            Ok(r) if r.membership.contains(cfg.id) => {
+                let addr = r.membership.addr_of(r.id).unwrap_or(join).to_string();
+                tracing::info!(
+                    from = r.id,
+                    config = r.membership.config_id,
+                    "this node is a member now: fetching the cluster's state"
+                );
+                match fetch(&addr, cfg, r.id, kv.clone()).await {
+                    Ok(_) => {
+                        let mut installed = kv.clone();
+                        *kv = blocking(move || {
+                            installed.install_staged()?;
+                            Ok(installed)
+                        })
+                        .await?;
+                        return Ok(());
+                    }
+                    Err(e) => tracing::warn!("state fetch from node {} failed: {e}", r.id),
+                }
+            }
+            Ok(r) => {
+                if !announced {
+                    tracing::info!(
+                        "waiting to be added to the cluster (members: {}): run \
+                         `paxosdb cluster add-node {} <this node's peer address>`",
+                        r.membership.describe(),
+                        cfg.id
+                    );
+                    announced = true;
+                }
+            }
+            Err(e) => tracing::warn!("cannot reach {join} to join: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -7,7 +7,14 @@
 //! `Message` or a node [`Note`]. Replication connections are one-way: each node dials
 //! every peer and sends on that connection; it receives on the connections peers dialed.
 //! A state-fetch connection is handed to [`crate::transfer`], which streams this node's
-//! state back on it.
+//! state back on it; a membership query gets one [`MembershipReply`] frame (this is how a
+//! node that is joining learns when it was added).
+//!
+//! Who is a peer follows the membership in force ([`SharedMembership`], updated by the
+//! node when a configuration change is applied): senders are started for new members and
+//! stopped for removed ones, and only members may connect (for anything but a membership
+//! query). OmniPaxos messages carry the sender's configuration id, so a node can tell a
+//! peer that is still in an older configuration.
 //!
 //! Invariants:
 //! - one sender task per peer owns that peer's outgoing connection; it reconnects with
@@ -21,6 +28,7 @@
 //!   of its older connection delivers nothing more.
 
 use crate::command::{LogEntry, NodeId};
+use crate::membership::Membership;
 use crate::node::{Event, Network, Note};
 use crate::transfer::StateSource;
 use bincode::Options;
@@ -28,14 +36,14 @@ use omnipaxos::messages::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc as tmpsc;
 
 const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
-const PROTOCOL_VERSION: u32 = 2;
+const PROTOCOL_VERSION: u32 = 3;
 const QUEUE_PER_PEER: usize = 16 * 1024;
 /// Largest [`Hello`] frame accepted, in bytes.
 pub const MAX_HELLO_FRAME: usize = 64 * 1024;
@@ -64,14 +72,31 @@ pub enum Purpose {
     Replication,
     /// The dialer fetches this node's state (see [`crate::transfer`]).
     FetchState,
+    /// The dialer asks for the membership in force (it may not be a member yet).
+    Membership,
 }
 
 /// One frame on a replication connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerMsg {
-    Paxos(Message<LogEntry>),
+    /// An OmniPaxos message of the sender's configuration `config`.
+    Paxos {
+        config: u32,
+        msg: Message<LogEntry>,
+    },
     Note(Note),
 }
+
+/// The answer to a membership query.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MembershipReply {
+    /// The node that answered.
+    pub id: NodeId,
+    pub membership: Membership,
+}
+
+/// The membership in force, shared by the node, the transport and status reports.
+pub type SharedMembership = Arc<RwLock<Membership>>;
 
 /// Checks a peer's data-directory incarnation (and records it the first time).
 pub type IncarnationCheck = Arc<dyn Fn(NodeId, u64) -> Result<(), String> + Send + Sync>;
@@ -139,18 +164,26 @@ pub type Fetcher = Box<dyn Fn(NodeId) + Send>;
 
 /// The sending half handed to the node: one queue per peer.
 pub struct PeerSender {
-    queues: HashMap<NodeId, tmpsc::Sender<PeerMsg>>,
+    queues: Mutex<HashMap<NodeId, tmpsc::Sender<PeerMsg>>>,
     fetcher: Option<Fetcher>,
+    my_id: NodeId,
+    membership: SharedMembership,
+    /// Starts the sender task of a new peer.
+    start: Box<dyn Fn(NodeId, String) -> tmpsc::Sender<PeerMsg> + Send>,
 }
 
 impl PeerSender {
+    fn me(&self) -> NodeId {
+        self.my_id
+    }
+
     /// Where [`Network::fetch_state`] goes.
     pub fn set_fetcher(&mut self, f: Fetcher) {
         self.fetcher = Some(f);
     }
 
     fn enqueue(&self, to: NodeId, msg: PeerMsg) {
-        if let Some(q) = self.queues.get(&to) {
+        if let Some(q) = self.queues.lock().unwrap().get(&to) {
             // Full or closed: drop; OmniPaxos resends on its timers, notes are periodic.
             let _ = q.try_send(msg);
         }
@@ -159,7 +192,22 @@ impl PeerSender {
 
 impl Network for PeerSender {
     fn send(&self, msg: Message<LogEntry>) {
-        self.enqueue(msg.get_receiver(), PeerMsg::Paxos(msg));
+        let config = self.membership.read().unwrap().config_id;
+        self.enqueue(msg.get_receiver(), PeerMsg::Paxos { config, msg });
+    }
+
+    fn set_membership(&self, m: &Membership) {
+        *self.membership.write().unwrap() = m.clone();
+        let mut queues = self.queues.lock().unwrap();
+        // Dropping a queue ends its sender task.
+        queues.retain(|id, _| m.contains(*id));
+        let me = self.me();
+        for member in &m.members {
+            if member.id != me && !queues.contains_key(&member.id) {
+                tracing::info!(peer = member.id, addr = %member.addr, "new peer");
+                queues.insert(member.id, (self.start)(member.id, member.addr.clone()));
+            }
+        }
     }
 
     fn send_note(&self, to: NodeId, note: Note) {
@@ -178,7 +226,6 @@ impl Network for PeerSender {
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
     pub id: NodeId,
-    pub peers: Vec<(NodeId, String)>,
     pub listeners: Vec<(String, String)>,
     pub max_frame: usize,
     /// Source address for outgoing peer connections: this node's peer IP, so that peers
@@ -204,31 +251,44 @@ impl TransportConfig {
     }
 }
 
-/// Starts the sender task of every peer; returns the node-facing sender.
+/// Starts the sender task of every member but this node; returns the node-facing
+/// sender. Must be called inside a Tokio runtime.
 pub fn start_senders(
     cfg: &TransportConfig,
     events: mpsc::Sender<Event>,
     table: PeerTable,
+    membership: SharedMembership,
 ) -> PeerSender {
-    let mut queues = HashMap::new();
-    for (pid, addr) in cfg.peers.iter().filter(|(pid, _)| *pid != cfg.id) {
+    let rt = tokio::runtime::Handle::current();
+    let tcfg = cfg.clone();
+    let start = move |pid: NodeId, addr: String| {
         let (tx, rx) = tmpsc::channel(QUEUE_PER_PEER);
-        queues.insert(*pid, tx);
-        let hello = cfg.hello(*pid, Purpose::Replication);
-        tokio::spawn(sender_task(
-            *pid,
-            addr.clone(),
-            cfg.bind_ip,
+        let hello = tcfg.hello(pid, Purpose::Replication);
+        rt.spawn(sender_task(
+            pid,
+            addr,
+            tcfg.bind_ip,
             hello,
             rx,
             events.clone(),
             table.clone(),
-            cfg.max_frame,
+            tcfg.max_frame,
         ));
-    }
+        tx
+    };
+    let m = membership.read().unwrap().clone();
+    let queues = m
+        .members
+        .iter()
+        .filter(|p| p.id != cfg.id)
+        .map(|p| (p.id, start(p.id, p.addr.clone())))
+        .collect();
     PeerSender {
-        queues,
+        queues: Mutex::new(queues),
         fetcher: None,
+        my_id: cfg.id,
+        membership,
+        start: Box::new(start),
     }
 }
 
@@ -322,6 +382,7 @@ pub async fn accept_loop(
     table: PeerTable,
     check: IncarnationCheck,
     source: Arc<dyn StateSource>,
+    membership: SharedMembership,
 ) {
     let cfg = Arc::new(cfg);
     // The connection tasks live in this set: when the accept loop is aborted (shutdown),
@@ -337,29 +398,50 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let (cfg, events, table, check, source) = (
+        let (cfg, events, table, check, source, membership) = (
             cfg.clone(),
             events.clone(),
             table.clone(),
             check.clone(),
             source.clone(),
+            membership.clone(),
         );
         conns.spawn(async move {
-            if let Err(e) = serve_peer(stream, &cfg, &events, &table, &check, source).await {
+            let peer = Peer {
+                cfg: &cfg,
+                events: &events,
+                table: &table,
+                check: &check,
+                membership: &membership,
+            };
+            if let Err(e) = serve_peer(stream, peer, source).await {
                 tracing::warn!(%remote, "peer connection closed: {e}");
             }
         });
     }
 }
 
+/// What a connection task needs of the node.
+struct Peer<'a> {
+    cfg: &'a TransportConfig,
+    events: &'a mpsc::Sender<Event>,
+    table: &'a PeerTable,
+    check: &'a IncarnationCheck,
+    membership: &'a SharedMembership,
+}
+
 async fn serve_peer(
     stream: TcpStream,
-    cfg: &TransportConfig,
-    events: &mpsc::Sender<Event>,
-    table: &PeerTable,
-    check: &IncarnationCheck,
+    p: Peer<'_>,
     source: Arc<dyn StateSource>,
 ) -> Result<(), String> {
+    let Peer {
+        cfg,
+        events,
+        table,
+        check,
+        membership,
+    } = p;
     let _ = stream.set_nodelay(true);
     let mut r = tokio::io::BufReader::new(stream);
     let hello: Hello =
@@ -373,13 +455,24 @@ async fn serve_peer(
             hello.magic, hello.version
         ));
     }
+    if hello.purpose == Purpose::Membership {
+        let reply = MembershipReply {
+            id: cfg.id,
+            membership: membership.read().unwrap().clone(),
+        };
+        let mut w = r.into_inner();
+        write_frame(&mut w, &reply, MAX_HELLO_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        return w.flush().await.map_err(|e| e.to_string());
+    }
     if hello.to != cfg.id {
         return Err(format!(
             "peer {} wanted node {}, this is node {}",
             hello.from, hello.to, cfg.id
         ));
     }
-    if hello.from == cfg.id || !cfg.peers.iter().any(|(id, _)| *id == hello.from) {
+    if hello.from == cfg.id || !membership.read().unwrap().contains(hello.from) {
         return Err(format!(
             "node {} is not a member of this cluster",
             hello.from
@@ -412,7 +505,7 @@ async fn serve_peer(
             Err(e) => return Err(format!("from node {from}: {e}")),
         };
         let event = match msg {
-            PeerMsg::Paxos(msg) => {
+            PeerMsg::Paxos { config, msg } => {
                 if msg.get_sender() != from || msg.get_receiver() != cfg.id {
                     return Err(format!(
                         "node {from} sent a message claiming {} → {}",
@@ -420,7 +513,7 @@ async fn serve_peer(
                         msg.get_receiver()
                     ));
                 }
-                Event::Peer(msg)
+                Event::Peer { config, msg }
             }
             PeerMsg::Note(note) => Event::Note { from, note },
         };

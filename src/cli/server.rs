@@ -42,6 +42,11 @@ pub struct ServerArgs {
     /// Most bytes of applied log kept for lagging peers (default 256 MiB).
     #[arg(long, env = "PAXOSDB_LOG_KEEP_BYTES")]
     pub log_keep_bytes: Option<u64>,
+    /// Join a running cluster through this member's peer address (a new node: --peers
+    /// then names only this node, e.g. 4=127.0.0.1:7104). It waits until
+    /// `paxosdb cluster add-node` adds it, then copies the cluster's state.
+    #[arg(long, env = "PAXOSDB_JOIN")]
+    pub join: Option<String>,
 }
 
 /// Builds the configuration from the file (if any) and the flags.
@@ -90,6 +95,9 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if let Some(v) = a.log_keep_bytes {
         cfg.log_keep_bytes = v;
+    }
+    if let Some(j) = &a.join {
+        cfg.join = Some(j.clone());
     }
     cfg.validate()?;
     Ok(cfg)

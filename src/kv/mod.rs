@@ -28,6 +28,7 @@ use crate::command::{
     MAX_APPEND_RESULT, SESSION_REUSED,
 };
 use crate::error::{Error, Result};
+use crate::membership::Membership;
 use crate::storage::db::{read_u64, u64_key};
 use backend::{Backend, MemSpaces, RawWrite, ReadView, RocksSpaces, Space};
 use rocksdb::DB;
@@ -57,12 +58,26 @@ pub trait StateMachine: Send + 'static {
             "state transfer is not supported by this state machine".into(),
         ))
     }
+    /// The membership set by the last applied configuration change (`None`: the initial
+    /// one, from the server's configuration).
+    fn membership(&self) -> Result<Option<Membership>> {
+        Ok(None)
+    }
+    /// Applies the configuration change decided at `index` (a stop sign): records `m`
+    /// atomically with advancing the applied index past it.
+    fn apply_membership(&mut self, index: u64, m: &Membership) -> Result<()> {
+        let _ = (index, m);
+        Err(Error::Internal(
+            "membership changes are not supported by this state machine".into(),
+        ))
+    }
 }
 
 /// A scan stops (reporting `more`) once its rows hold this many bytes.
 pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
 
 const K_APPLIED: &[u8] = b"applied";
+const K_MEMBERSHIP: &[u8] = b"membership";
 const K_REVISION: &[u8] = b"revision";
 const SESSION_PREFIX: u8 = b's';
 const EXPIRY_PREFIX: u8 = b'e';
@@ -502,6 +517,39 @@ impl StateMachine for KvStore {
         self.applied = index + 1;
         self.revision = revision;
         Ok(results)
+    }
+
+    fn membership(&self) -> Result<Option<Membership>> {
+        self.backend
+            .get(Space::Sm, K_MEMBERSHIP)?
+            .map(|b| {
+                bincode::deserialize(&b)
+                    .map_err(|e| Error::Storage(format!("corrupt membership record: {e}")))
+            })
+            .transpose()
+    }
+
+    fn apply_membership(&mut self, index: u64, m: &Membership) -> Result<()> {
+        if index != self.applied {
+            return Err(Error::Internal(format!(
+                "membership change at {index} but {} entries are applied",
+                self.applied
+            )));
+        }
+        self.backend.write(vec![
+            (
+                Space::Sm,
+                K_MEMBERSHIP.to_vec(),
+                Some(bincode::serialize(m)?),
+            ),
+            (
+                Space::Sm,
+                K_APPLIED.to_vec(),
+                Some(u64_key(index + 1).to_vec()),
+            ),
+        ])?;
+        self.applied = index + 1;
+        Ok(())
     }
 
     fn install_staged(&mut self) -> Result<u64> {

@@ -35,6 +35,8 @@ pub enum Role {
     Follower,
     /// No leader known, or this node is still becoming leader.
     Candidate,
+    /// A membership change removed this node; it serves nothing.
+    Removed,
 }
 
 impl Role {
@@ -43,6 +45,7 @@ impl Role {
             Role::Leader => "leader",
             Role::Follower => "follower",
             Role::Candidate => "candidate",
+            Role::Removed => "removed",
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct NodeStatus {
     pub compacted_index: u64,
     /// The peer whose state this node is fetching, while it catches up.
     pub catching_up_from: Option<NodeId>,
+    /// The membership in force.
+    pub membership: crate::membership::Membership,
 }
 
 /// A cloneable handle to a running node.
@@ -155,6 +160,22 @@ impl NodeHandle {
             .send(Event::Status { reply })
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
+    }
+
+    /// Adds `add` and removes `remove` in one configuration change; returns the new
+    /// membership once this node applied it.
+    pub async fn change_membership(
+        &self,
+        add: Vec<crate::config::Member>,
+        remove: Vec<NodeId>,
+    ) -> Result<crate::membership::Membership> {
+        let (ev, rx) = Event::change(add, remove);
+        self.tx.send(ev).map_err(|_| stopped())?;
+        rx.await.map_err(|_| {
+            Error::OutcomeUnknown(
+                "the node stopped while the membership change was in flight".into(),
+            )
+        })?
     }
 
     /// Asks the node thread to stop.

@@ -25,22 +25,33 @@
 //!   silent for consensus, the host fetches the state into a staging area, and the core
 //!   installs it atomically, then restarts OmniPaxos on a log that starts where the
 //!   installed state ends. A crash between the two steps is finished at the next start
-//!   (an applied index above the decided one means "reset the log to it").
+//!   (an applied index above the decided one means "reset the log to it");
+//! - membership changes are stop signs in the log; applying one records the next
+//!   membership in the state machine and restarts OmniPaxos in the next configuration on a
+//!   fresh log (see [`reconfig`] and [`paxos`]). Applied indexes are global: they keep
+//!   counting across configurations ([`Membership::base`] is where one's log starts).
 
+mod apply;
+mod catchup;
 mod compaction;
 mod handle;
+mod paxos;
+mod reconfig;
 
 pub use compaction::{CompactionPolicy, Note};
 pub use handle::{Consistency, NodeHandle, NodeStatus, Role, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+pub use reconfig::removed_message;
 
 use crate::command::{Command, LogEntry, NodeId, WriteResult};
+use crate::config::Member;
 use crate::error::{Error, Result};
 use crate::kv::StateMachine;
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use omnipaxos::messages::Message;
 use omnipaxos::storage::Storage;
 use omnipaxos::util::LogEntry as PaxosEntry;
-use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
+use omnipaxos::OmniPaxos;
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -56,12 +67,15 @@ pub trait Network: Send + 'static {
     /// Asks the host to fetch `from`'s state machine into the staging area and report
     /// [`Event::StateFetched`]. The simulation has no state transfer.
     fn fetch_state(&self, _from: NodeId) {}
+    /// The membership in force changed (or is announced at start): whom to talk to, and
+    /// the configuration id to tag OmniPaxos messages with.
+    fn set_membership(&self, _m: &Membership) {}
 }
 
 /// Everything the node thread reacts to.
 pub enum Event {
-    /// A message from a peer.
-    Peer(Message<LogEntry>),
+    /// An OmniPaxos message from a peer running configuration `config`.
+    Peer { config: u32, msg: Message<LogEntry> },
     /// The connection to a peer was re-established.
     Reconnected(NodeId),
     /// A node-level note from a peer.
@@ -78,6 +92,12 @@ pub enum Event {
     ReadBarrier { reply: oneshot::Sender<Result<()>> },
     /// A status snapshot.
     Status { reply: oneshot::Sender<NodeStatus> },
+    /// Add and remove members, in one configuration change.
+    ChangeMembership {
+        add: Vec<Member>,
+        remove: Vec<NodeId>,
+        reply: oneshot::Sender<Result<Membership>>,
+    },
     /// Stop the loop.
     Shutdown,
 }
@@ -86,7 +106,9 @@ pub enum Event {
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub id: NodeId,
-    pub nodes: Vec<NodeId>,
+    /// The initial membership (configuration 1); a later one recorded by the state
+    /// machine takes precedence.
+    pub members: Vec<Member>,
     pub tick: Duration,
     pub election_ticks: u64,
     pub request_timeout: Duration,
@@ -115,6 +137,14 @@ struct Barrier {
     proposed_at: Instant,
 }
 
+/// A membership change this node proposed, waiting for its stop sign to be applied.
+struct PendingChange {
+    /// The configuration id it creates.
+    target: u32,
+    reply: oneshot::Sender<Result<Membership>>,
+    deadline: Instant,
+}
+
 /// The consensus core of one node.
 pub struct Core<S: Storage<LogEntry>> {
     cfg: CoreConfig,
@@ -140,78 +170,11 @@ pub struct Core<S: Storage<LogEntry>> {
     /// Set while this node fetches a peer's state: the peer and when it started.
     catching_up: Option<(NodeId, Instant)>,
     reopen: Option<Reopen<S>>,
-}
-
-/// Builds the OmniPaxos instance of `cfg` over `storage`, first finishing an interrupted
-/// state installation (a state machine ahead of the decided log: the log is reset to
-/// start where the state ends).
-fn build_paxos<S: Storage<LogEntry>>(
-    cfg: &CoreConfig,
-    mut storage: S,
-    applied: u64,
-) -> Result<OmniPaxos<LogEntry, S>> {
-    let decided = storage.get_decided_idx().map_err(storage_error)? as u64;
-    if applied > decided {
-        reset_log(&mut storage, applied)?;
-    }
-    let op_config = OmniPaxosConfig {
-        cluster_config: ClusterConfig {
-            configuration_id: 1,
-            nodes: cfg.nodes.clone(),
-            flexible_quorum: None,
-        },
-        server_config: ServerConfig {
-            pid: cfg.id,
-            election_tick_timeout: cfg.election_ticks,
-            resend_message_tick_timeout: cfg.election_ticks * 5,
-            ..Default::default()
-        },
-    };
-    let mut paxos = op_config
-        .build(storage)
-        .map_err(|e| Error::Config(format!("OmniPaxos configuration: {e}")))?;
-    // A node that restarts with a promise for its *own* ballot must take over with a
-    // higher one. OmniPaxos 0.2.4 restarts its election module with a low ballot and
-    // keeps the promised one as "leader"; if that ballot never won (the node crashed
-    // during its Prepare) the real leader ignores the node's PrepareReq (its ballot is
-    // higher than the leader's) and, as the others are happy with their leader, no
-    // election ever happens: the node stays behind and unavailable for good
-    // (deterministic simulation, seed 153).
-    if paxos.get_promise().pid == cfg.id {
-        paxos.try_become_leader();
-    }
-    Ok(paxos)
-}
-
-/// Makes the log start at `at`: entries below it are dropped and counted as decided (an
-/// installed state covers them). Accepted entries at or above `at`, the accepted round and
-/// the promise are kept: forgetting what this node accepted could lose a chosen entry.
-fn reset_log<S: Storage<LogEntry>>(storage: &mut S, at: u64) -> Result<()> {
-    use omnipaxos::storage::StorageOp;
-    let decided = storage.get_decided_idx().map_err(storage_error)?;
-    let at = at as usize;
-    tracing::info!(
-        at,
-        decided,
-        "log reset to start where the installed state ends"
-    );
-    storage
-        .write_atomically(vec![
-            StorageOp::Trim(at),
-            StorageOp::SetCompactedIdx(at),
-            StorageOp::SetDecidedIndex(decided.max(at)),
-        ])
-        .map_err(storage_error)
-}
-
-fn catching_up() -> Error {
-    Error::Unavailable(
-        "this node is catching up by a state transfer; another node can serve this now".into(),
-    )
-}
-
-fn storage_error(e: Box<dyn std::error::Error>) -> Error {
-    Error::Storage(e.to_string())
+    /// The membership in force.
+    membership: Membership,
+    /// Why this node no longer serves, once a membership change removed it.
+    removed: Option<String>,
+    change: Option<PendingChange>,
 }
 
 impl<S: Storage<LogEntry>> Core<S> {
@@ -222,7 +185,14 @@ impl<S: Storage<LogEntry>> Core<S> {
         sm: Box<dyn StateMachine>,
         net: Box<dyn Network>,
     ) -> Result<Self> {
-        let paxos = build_paxos(&cfg, storage, sm.applied_index())?;
+        let membership = sm
+            .membership()?
+            .unwrap_or_else(|| Membership::initial(&cfg.members));
+        if !membership.contains(cfg.id) {
+            return Err(Error::Config(removed_message(cfg.id, &membership)));
+        }
+        let paxos = paxos::build(&cfg, &membership, storage, sm.applied_index())?;
+        net.set_membership(&membership);
         Ok(Core {
             next_batch_id: cfg.first_batch_id,
             cfg,
@@ -239,6 +209,9 @@ impl<S: Storage<LogEntry>> Core<S> {
             ticks: 0,
             catching_up: None,
             reopen: None,
+            membership,
+            removed: None,
+            change: None,
         })
     }
 
@@ -295,7 +268,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         self.flush_outgoing();
         if let Some(m) = &self.metrics {
             let leader = self.paxos.get_current_leader();
-            let decided = self.paxos.get_decided_idx() as u64;
+            let decided = self.global(self.paxos.get_decided_idx());
             m.observe_core(decided, self.sm.applied_index(), leader, self.cfg.id);
         }
     }
@@ -303,154 +276,51 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// One logical clock tick: OmniPaxos timers, request deadlines, re-proposals. `now`
     /// is passed in (never read from the clock here) so that a simulation can drive time.
     pub fn tick(&mut self, now: Instant) {
-        // A node fetching a state is silent for consensus: it has no log to offer, and
-        // must not be elected leader meanwhile.
-        if self.catching_up.is_none() {
+        // A node fetching a state (or removed) is silent for consensus: it has no log to
+        // offer, and must not be elected leader.
+        if self.silenced().is_none() {
             self.paxos.tick();
         }
         self.ticks += 1;
         if self.ticks.is_multiple_of(PROGRESS_EVERY_TICKS) {
             let note = Note::Progress {
                 applied: self.sm.applied_index(),
-                compacted: self.paxos.get_compacted_idx() as u64,
+                compacted: self.global(self.paxos.get_compacted_idx()),
             };
-            for &p in self.cfg.nodes.iter().filter(|&&p| p != self.cfg.id) {
+            for p in self
+                .membership
+                .ids()
+                .into_iter()
+                .filter(|&p| p != self.cfg.id)
+            {
                 self.net.send_note(p, note.clone());
             }
         }
         self.on_tick(now);
+        self.expire_change(now);
         self.maybe_trim();
-    }
-
-    /// Trims the log as far as the compaction policy allows.
-    fn maybe_trim(&mut self) {
-        if self.catching_up.is_some() {
-            return;
-        }
-        let applied = self.sm.applied_index();
-        let compacted = self.paxos.get_compacted_idx() as u64;
-        let id = self.cfg.id;
-        let peers: Vec<NodeId> = self
-            .cfg
-            .nodes
-            .iter()
-            .copied()
-            .filter(|&p| p != id)
-            .collect();
-        let policy = self.cfg.compaction;
-        if let Some(to) = self.trimmer.target(&policy, &peers, applied, compacted) {
-            self.paxos.handle_incoming(compaction::local_trim(id, to));
-            let now_compacted = self.paxos.get_compacted_idx() as u64;
-            if now_compacted < to {
-                tracing::warn!(to, now_compacted, "log trim did not take effect");
-            } else {
-                tracing::debug!(from = compacted, to, "log trimmed");
-            }
-            self.trimmer.trimmed(now_compacted);
-        }
-    }
-
-    /// A peer's log starts above our decided index: fetch its state.
-    fn need_state(&mut self, from: NodeId, compacted: u64, now: Instant) {
-        let decided = self.paxos.get_decided_idx() as u64;
-        if decided >= compacted || self.catching_up.is_some() {
-            return;
-        }
-        if self.reopen.is_none() {
-            tracing::error!(
-                from,
-                "behind a compacted log, but this node cannot fetch a state"
-            );
-            return;
-        }
-        tracing::warn!(
-            from,
-            decided,
-            peer_compacted = compacted,
-            "this node is behind the peer's compacted log: fetching its state"
-        );
-        self.catching_up = Some((from, now));
-        self.fail_waiters();
-        self.net.fetch_state(from);
-    }
-
-    /// Answers every waiting request: this node stops serving while it catches up.
-    fn fail_waiters(&mut self) {
-        for (_, w) in std::mem::take(&mut self.writes) {
-            for (reply, _) in w.replies {
-                let _ = reply.send(Err(Error::OutcomeUnknown(
-                    "this node started catching up by a state transfer while the write was \
-                     in flight; retry with the same session to learn its outcome"
-                        .into(),
-                )));
-            }
-        }
-        self.to_propose.clear();
-        let reads = std::mem::take(&mut self.reads).into_iter().chain(
-            std::mem::take(&mut self.barriers)
-                .into_values()
-                .flat_map(|b| b.replies),
-        );
-        for (reply, _) in reads {
-            let _ = reply.send(Err(catching_up()));
-        }
-    }
-
-    /// The state fetch ended: install the staged state and restart OmniPaxos on a log that
-    /// starts where it ends.
-    fn state_fetched(&mut self, res: Result<u64>) {
-        let Some((from, started)) = self.catching_up.take() else {
-            return;
-        };
-        let current = self.sm.applied_index();
-        let res = res.and_then(|staged| {
-            if staged <= current {
-                return Err(Error::Internal(format!(
-                    "the fetched state (applied {staged}) is not ahead of this node's ({current})"
-                )));
-            }
-            self.sm.install_staged()
-        });
-        let applied = match res {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(
-                    from,
-                    "state transfer failed: {e}; retrying when asked again"
-                );
-                return;
-            }
-        };
-        // The state is installed (durably); a failure from here on is finished by the
-        // next start, which resets the log because applied > decided.
-        let reopened = self
-            .reopen
-            .as_mut()
-            .map(|f| f())
-            .unwrap_or_else(|| Err(Error::Internal("no storage reopener".into())));
-        match reopened.and_then(|st| build_paxos(&self.cfg, st, applied)) {
-            Ok(paxos) => self.paxos = paxos,
-            Err(e) => panic!("restarting OmniPaxos after installing a state failed: {e}"),
-        }
-        self.trimmer = compaction::Trimmer::default();
-        tracing::info!(
-            from,
-            applied,
-            secs = started.elapsed().as_secs_f64(),
-            "state installed; following the log from here"
-        );
     }
 
     /// Handles one event received at `now`; false means stop.
     pub fn handle(&mut self, ev: Event, now: Instant) -> bool {
         match ev {
-            Event::Peer(_) if self.catching_up.is_some() => {}
-            Event::Peer(msg) => {
-                let compacted = self.paxos.get_compacted_idx() as u64;
-                match compaction::guard(&msg, compacted) {
+            Event::Peer { .. } if self.silenced().is_some() => {}
+            Event::Peer { config, msg } if config < self.membership.config_id => {
+                // The sender is still in a configuration we left: its log ended at our
+                // base at the latest; it catches up by fetching our state.
+                let compacted = self.membership.base;
+                self.net
+                    .send_note(msg.get_sender(), Note::NeedState { compacted });
+            }
+            // From a newer configuration: we will learn of it (that node tells us).
+            Event::Peer { config, .. } if config > self.membership.config_id => {}
+            Event::Peer { msg, .. } => {
+                let local = self.paxos.get_compacted_idx() as u64;
+                match compaction::guard(&msg, local) {
                     compaction::Verdict::Deliver => self.paxos.handle_incoming(msg),
                     compaction::Verdict::Drop => {}
                     compaction::Verdict::SendState => {
+                        let compacted = self.membership.base + local;
                         self.net
                             .send_note(msg.get_sender(), Note::NeedState { compacted });
                     }
@@ -462,11 +332,14 @@ impl<S: Storage<LogEntry>> Core<S> {
                 Note::NeedState { compacted } => self.need_state(from, compacted, now),
             },
             Event::StateFetched(res) => self.state_fetched(res),
-            Event::Write { reply, .. } if self.catching_up.is_some() => {
-                let _ = reply.send(Err(catching_up()));
+            Event::Write { reply, .. } if self.silenced().is_some() => {
+                let _ = reply.send(Err(self.silenced().expect("checked")));
             }
-            Event::ReadBarrier { reply } if self.catching_up.is_some() => {
-                let _ = reply.send(Err(catching_up()));
+            Event::ReadBarrier { reply } if self.silenced().is_some() => {
+                let _ = reply.send(Err(self.silenced().expect("checked")));
+            }
+            Event::ChangeMembership { add, remove, reply } => {
+                self.propose_change(add, remove, reply, now)
             }
             Event::Write { cmd, reply } => {
                 let deadline = now + self.cfg.request_timeout;
@@ -508,6 +381,7 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// This node's view of the cluster.
     pub fn status(&self) -> NodeStatus {
         let role = match self.paxos.get_current_leader() {
+            _ if self.removed.is_some() => Role::Removed,
             Some((pid, true)) if pid == self.cfg.id => Role::Leader,
             Some((pid, _)) if pid != self.cfg.id => Role::Follower,
             _ => Role::Candidate,
@@ -516,15 +390,18 @@ impl<S: Storage<LogEntry>> Core<S> {
             id: self.cfg.id,
             role,
             leader: self.paxos.get_current_leader().map(|(pid, _)| pid),
-            decided_index: self.paxos.get_decided_idx() as u64,
+            decided_index: self.global(self.paxos.get_decided_idx()),
             applied_index: self.sm.applied_index(),
-            compacted_index: self.paxos.get_compacted_idx() as u64,
+            compacted_index: self.global(self.paxos.get_compacted_idx()),
             catching_up_from: self.catching_up.map(|(p, _)| p),
+            membership: self.membership.clone(),
         }
     }
 
     /// The decided log entries in `[from, to)` that are still in the log (for checkers).
     pub fn decided_entries(&self, from: u64, to: u64) -> Vec<LogEntry> {
+        let base = self.membership.base;
+        let (from, to) = (from.saturating_sub(base), to.saturating_sub(base));
         let to = to.min(self.paxos.get_decided_idx() as u64);
         if from >= to {
             return vec![];
@@ -660,77 +537,5 @@ impl<S: Storage<LogEntry>> Core<S> {
         for msg in self.outgoing.drain(..) {
             self.net.send(msg);
         }
-    }
-
-    /// Applies decided entries in order and answers their waiters.
-    fn apply_decided(&mut self) {
-        loop {
-            let decided = self.paxos.get_decided_idx() as u64;
-            let from = self.sm.applied_index();
-            if from >= decided {
-                return;
-            }
-            let to = decided.min(from + 1024);
-            let entries = match self.paxos.read_entries(from as usize..to as usize) {
-                Some(e) if !e.is_empty() => e,
-                _ => {
-                    tracing::error!("decided entries [{from}, {to}) cannot be read");
-                    return;
-                }
-            };
-            for (i, entry) in entries.into_iter().enumerate() {
-                let index = from + i as u64;
-                match entry {
-                    PaxosEntry::Decided(e) => {
-                        if let Err(err) = self.apply_one(index, e) {
-                            // A state machine that cannot apply must not go on: stop here
-                            // so that nothing is answered from a state that skipped one.
-                            panic!("applying entry {index} failed: {err}");
-                        }
-                    }
-                    PaxosEntry::StopSign(..) => {
-                        tracing::warn!(
-                            "stop sign at {index}: reconfiguration is not supported yet"
-                        );
-                        return;
-                    }
-                    other => {
-                        tracing::error!("entry {index} is not applicable here: {other:?}");
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    fn apply_one(&mut self, index: u64, entry: LogEntry) -> Result<()> {
-        let results = self.sm.apply(index, &entry.commands)?;
-        let bytes = entry
-            .commands
-            .iter()
-            .map(|c| c.op.size() as u64 + 24)
-            .sum::<u64>()
-            + 24;
-        self.trimmer.applied(index, bytes);
-        for (cmd, result) in entry.commands.iter().zip(results) {
-            // Only a waiter for this very command: a waiter for another command under the
-            // same session (a reused seq) must wait for its own entry, which refuses it,
-            // instead of taking this one's answer (a retry's duplicate entry can be decided
-            // after the original answered and the seq was reused).
-            let key = (cmd.client_id, cmd.seq);
-            if self.writes.get(&key).is_some_and(|w| w.cmd == *cmd) {
-                for (reply, _) in self.writes.remove(&key).into_iter().flat_map(|w| w.replies) {
-                    let _ = reply.send(Ok(result.clone()));
-                }
-            }
-        }
-        if entry.proposer == self.cfg.id {
-            if let Some(b) = self.barriers.remove(&entry.batch_id) {
-                for (reply, _) in b.replies {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-        }
-        Ok(())
     }
 }

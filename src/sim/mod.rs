@@ -24,6 +24,16 @@
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
 //! sim::tests::replay -- --nocapture` or `paxosdb sim --seed <N>` replays it exactly.
 
+/// Members 1..=n (the simulation's nodes have no addresses).
+pub fn members(n: crate::command::NodeId) -> Vec<crate::config::Member> {
+    (1..=n)
+        .map(|id| crate::config::Member {
+            id,
+            addr: format!("sim-{id}"),
+        })
+        .collect()
+}
+
 mod checks;
 mod clients;
 mod net;

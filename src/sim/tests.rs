@@ -277,7 +277,7 @@ fn a_node_restarting_with_its_own_promise_takes_over() {
     let outbox = net::Outbox::default();
     let cfg = CoreConfig {
         id: 2,
-        nodes: vec![1, 2, 3],
+        members: super::members(3),
         tick: Duration::from_millis(10),
         election_ticks: 10,
         request_timeout: Duration::from_secs(5),
@@ -330,7 +330,7 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
         let outbox = net::Outbox::default();
         let cfg = CoreConfig {
             id,
-            nodes: ids.to_vec(),
+            members: super::members(3),
             tick: Duration::from_millis(10),
             election_ticks: 10,
             request_timeout: Duration::from_secs(3600),
@@ -364,7 +364,7 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
                             held.push(m);
                         } else {
                             let to = m.get_receiver();
-                            cores[(to - 1) as usize].handle(Event::Peer(m), now);
+                            cores[(to - 1) as usize].handle(Event::Peer { config: 1, msg: m }, now);
                         }
                     }
                 }
@@ -415,7 +415,7 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
     round(&mut cores, Some(f), &mut held, now);
     for m in std::mem::take(&mut held) {
         let to = m.get_receiver();
-        cores[(to - 1) as usize].handle(Event::Peer(m), now);
+        cores[(to - 1) as usize].handle(Event::Peer { config: 1, msg: m }, now);
     }
     round(&mut cores, None, &mut held, now);
     match reuse.try_recv().expect("reuse answered") {
@@ -451,7 +451,7 @@ fn a_state_ahead_of_the_log_resets_the_log_at_start() {
     storage.set_promise(promise).unwrap();
     let cfg = CoreConfig {
         id: 2,
-        nodes: vec![1, 2, 3],
+        members: super::members(3),
         tick: Duration::from_millis(10),
         election_ticks: 10,
         request_timeout: Duration::from_secs(5),

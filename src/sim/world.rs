@@ -118,7 +118,7 @@ impl World {
     fn start(&mut self, i: usize) {
         let cfg = CoreConfig {
             id: i as NodeId + 1,
-            nodes: (1..=self.cfg.nodes as NodeId).collect(),
+            members: crate::sim::members(self.cfg.nodes as NodeId),
             tick: TICK,
             election_ticks: 10,
             request_timeout: Duration::from_secs(5),
@@ -308,7 +308,7 @@ impl World {
                         (now, to).hash(&mut self.trace);
                         bincode::serialize(&msg).unwrap().hash(&mut self.trace);
                     }
-                    core.handle(Event::Peer(msg), at);
+                    core.handle(Event::Peer { config: 1, msg }, at);
                 }
             }
             for node in &mut self.nodes {

@@ -1,0 +1,147 @@
+//! The core's side of log compaction and state transfer: trimming its own log, going
+//! silent to fetch a peer's state when it fell behind that peer's trimmed log, and
+//! installing the fetched state. (The policy is in [`super::compaction`], the streaming in
+//! `crate::transfer`.)
+//!
+//! All indexes here are global (counting across configurations) unless named local.
+
+use super::{compaction, Core};
+use crate::command::{LogEntry, NodeId};
+use crate::error::{Error, Result};
+use omnipaxos::storage::Storage;
+use std::time::Instant;
+
+impl<S: Storage<LogEntry>> Core<S> {
+    /// Why this node does not serve requests now, if it does not.
+    pub(super) fn silenced(&self) -> Option<Error> {
+        if let Some(why) = &self.removed {
+            return Some(Error::Unavailable(why.clone()));
+        }
+        self.catching_up.map(|(p, _)| {
+            Error::Unavailable(format!(
+                "this node is catching up by fetching node {p}'s state; another node can \
+                 serve this now"
+            ))
+        })
+    }
+
+    /// Trims the log as far as the compaction policy allows.
+    pub(super) fn maybe_trim(&mut self) {
+        if self.silenced().is_some() {
+            return;
+        }
+        let base = self.membership.base;
+        let applied = self.sm.applied_index();
+        let compacted = self.global(self.paxos.get_compacted_idx());
+        let id = self.cfg.id;
+        let peers: Vec<NodeId> = self
+            .membership
+            .ids()
+            .into_iter()
+            .filter(|&p| p != id)
+            .collect();
+        let policy = self.cfg.compaction;
+        if let Some(to) = self.trimmer.target(&policy, &peers, applied, compacted) {
+            self.paxos
+                .handle_incoming(compaction::local_trim(id, to - base));
+            let now_compacted = self.global(self.paxos.get_compacted_idx());
+            if now_compacted < to {
+                tracing::warn!(to, now_compacted, "log trim did not take effect");
+            } else {
+                tracing::debug!(from = compacted, to, "log trimmed");
+            }
+            self.trimmer.trimmed(now_compacted);
+        }
+    }
+
+    /// A peer's log (or configuration) starts at `compacted`, above our decided index:
+    /// fetch its state.
+    pub(super) fn need_state(&mut self, from: NodeId, compacted: u64, now: Instant) {
+        let decided = self.global(self.paxos.get_decided_idx());
+        if decided >= compacted || self.silenced().is_some() {
+            return;
+        }
+        if self.reopen.is_none() {
+            tracing::error!(
+                from,
+                "behind a compacted log, but this node cannot fetch a state"
+            );
+            return;
+        }
+        tracing::warn!(
+            from,
+            decided,
+            peer_compacted = compacted,
+            "this node is behind the peer's compacted log: fetching its state"
+        );
+        self.catching_up = Some((from, now));
+        self.fail_waiters();
+        self.net.fetch_state(from);
+    }
+
+    /// Answers every waiting request: this node stops serving for now.
+    pub(super) fn fail_waiters(&mut self) {
+        let why = self.silenced().map_or_else(
+            || "this node stopped serving".to_string(),
+            |e| e.to_string(),
+        );
+        for (_, w) in std::mem::take(&mut self.writes) {
+            for (reply, _) in w.replies {
+                let _ = reply.send(Err(Error::OutcomeUnknown(format!(
+                    "{why}; the write was in flight: retry with the same session to learn \
+                     its outcome"
+                ))));
+            }
+        }
+        self.to_propose.clear();
+        let reads = std::mem::take(&mut self.reads).into_iter().chain(
+            std::mem::take(&mut self.barriers)
+                .into_values()
+                .flat_map(|b| b.replies),
+        );
+        for (reply, _) in reads {
+            let _ = reply.send(Err(Error::Unavailable(why.clone())));
+        }
+    }
+
+    /// The state fetch ended: install the staged state and restart OmniPaxos on a log that
+    /// starts where it ends (in the configuration the state records).
+    pub(super) fn state_fetched(&mut self, res: Result<u64>) {
+        let Some((from, started)) = self.catching_up.take() else {
+            return;
+        };
+        let current = self.sm.applied_index();
+        let res = res.and_then(|staged| {
+            if staged <= current {
+                return Err(Error::Internal(format!(
+                    "the fetched state (applied {staged}) is not ahead of this node's ({current})"
+                )));
+            }
+            self.sm.install_staged()
+        });
+        let applied = match res {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    from,
+                    "state transfer failed: {e}; retrying when asked again"
+                );
+                return;
+            }
+        };
+        // The state is installed (durably); a failure from here on is finished by the
+        // next start, which rebuilds the log from the state machine's position.
+        let membership = match self.sm.membership() {
+            Ok(m) => m.unwrap_or_else(|| self.membership.clone()),
+            Err(e) => panic!("reading the installed membership failed: {e}"),
+        };
+        tracing::info!(
+            from,
+            applied,
+            config = membership.config_id,
+            secs = started.elapsed().as_secs_f64(),
+            "state installed; following the log from here"
+        );
+        self.enter(membership);
+    }
+}

@@ -1,0 +1,149 @@
+//! Membership changes seen from the core: proposing one, and entering a new membership
+//! (after applying its stop sign, or after installing a state that records it).
+//!
+//! A change is proposed as an OmniPaxos stop sign naming the next configuration, with the
+//! members' addresses as metadata; while it is pending, OmniPaxos refuses new entries, so
+//! writes wait (they are re-proposed in the next configuration). One change at a time.
+//! The caller is answered when this node applies the stop sign; after the request timeout
+//! it is told the outcome is unknown (the change may still be decided).
+
+use super::{Core, Event, PendingChange};
+use crate::command::{LogEntry, NodeId};
+use crate::config::Member;
+use crate::error::{Error, Result};
+use crate::membership::Membership;
+use omnipaxos::storage::Storage;
+use omnipaxos::ClusterConfig;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+impl<S: Storage<LogEntry>> Core<S> {
+    /// Proposes adding `add` and removing `remove`.
+    pub(super) fn propose_change(
+        &mut self,
+        add: Vec<Member>,
+        remove: Vec<NodeId>,
+        reply: oneshot::Sender<Result<Membership>>,
+        now: Instant,
+    ) {
+        if let Some(e) = self.silenced() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if self.change.is_some() {
+            let _ = reply.send(Err(Error::Unavailable(
+                "another membership change is in progress on this node; retry when it ends".into(),
+            )));
+            return;
+        }
+        let members = match self.membership.changed(&add, &remove) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let target = self.membership.config_id + 1;
+        let next = ClusterConfig {
+            configuration_id: target,
+            nodes: members.iter().map(|m| m.id).collect(),
+            flexible_quorum: None,
+        };
+        let metadata = Membership::encode_members(&members);
+        if let Err(e) = self.paxos.reconfigure(next, Some(metadata)) {
+            let _ = reply.send(Err(Error::Unavailable(format!(
+                "a membership change is already being decided: {e:?}"
+            ))));
+            return;
+        }
+        tracing::info!(
+            target,
+            members = %Membership { config_id: target, base: 0, members }.describe(),
+            "membership change proposed"
+        );
+        self.change = Some(PendingChange {
+            target,
+            reply,
+            deadline: now + self.cfg.request_timeout,
+        });
+    }
+
+    /// Times out a pending change.
+    pub(super) fn expire_change(&mut self, now: Instant) {
+        if self.change.as_ref().is_some_and(|c| c.deadline <= now) {
+            let c = self.change.take().expect("checked");
+            let _ = c.reply.send(Err(Error::OutcomeUnknown(
+                "the membership change was not decided within the request timeout; it may \
+                 still be: check `paxosdb status` before retrying"
+                    .into(),
+            )));
+        }
+    }
+
+    /// Switches to membership `next`: this node's OmniPaxos instance restarts in that
+    /// configuration, or the node stops serving if it is no longer a member.
+    pub(super) fn enter(&mut self, next: Membership) {
+        self.membership = next.clone();
+        self.net.set_membership(&next);
+        if let Some(c) = self.change.take() {
+            if c.target <= next.config_id {
+                let _ = c.reply.send(Ok(next.clone()));
+            } else {
+                self.change = Some(c);
+            }
+        }
+        if !next.contains(self.cfg.id) {
+            self.removed = Some(removed_message(self.cfg.id, &next));
+            tracing::warn!("{}", self.removed.as_deref().unwrap_or_default());
+            if let Some(c) = self.change.take() {
+                let _ = c.reply.send(Err(Error::Unavailable(
+                    self.removed.clone().unwrap_or_default(),
+                )));
+            }
+            self.fail_waiters();
+            return;
+        }
+        if let Err(e) = self.rebuild() {
+            panic!(
+                "restarting OmniPaxos in configuration {} failed: {e}",
+                next.config_id
+            );
+        }
+        // What was proposed in the old configuration and not decided goes again.
+        for (key, w) in self.writes.iter_mut() {
+            if w.proposed_at.take().is_some() {
+                self.to_propose.push(*key);
+            }
+        }
+        let barriers: Vec<u64> = self.barriers.keys().copied().collect();
+        for batch_id in barriers {
+            self.append(LogEntry {
+                proposer: self.cfg.id,
+                batch_id,
+                commands: vec![],
+            });
+        }
+    }
+}
+
+/// What a removed node says when asked to serve.
+pub fn removed_message(id: NodeId, m: &Membership) -> String {
+    format!(
+        "node {id} was removed from the cluster in configuration {} (members: {}); it no \
+         longer serves requests. To reuse it, start it with an empty data directory and \
+         --join, then `paxosdb cluster add-node`",
+        m.config_id,
+        m.describe()
+    )
+}
+
+impl Event {
+    /// A membership change request.
+    pub fn change(
+        add: Vec<Member>,
+        remove: Vec<NodeId>,
+    ) -> (Event, oneshot::Receiver<Result<Membership>>) {
+        let (reply, rx) = oneshot::channel();
+        (Event::ChangeMembership { add, remove, reply }, rx)
+    }
+}
