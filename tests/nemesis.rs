@@ -1,12 +1,13 @@
 //! Short nemesis runs on real processes: each fault family alone (kill, pause, and
 //! partition when root with iptables), the set workload under all of them through the
-//! real command line, and the set check shown to catch a lost, a duplicated and a
+//! real command line, the same two with a tiny log budget so that nodes catch up by state
+//! transfers under the faults, and the set check shown to catch a lost, a duplicated and a
 //! phantom element. The long soak is `paxosdb nemesis --nemesis all --time-limit 600s`.
 
 use paxosdb::nemesis::faults::{parse_faults, Family};
 use paxosdb::nemesis::firewall::{chain_exists, Firewall};
 use paxosdb::nemesis::workload::{check_set, Element, ElementStatus, SET_EMPTY};
-use paxosdb::nemesis::{run, Options, Summary, Workload};
+use paxosdb::nemesis::{run, LogBudget, Options, Summary, Workload};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,18 +104,19 @@ fn firewall_chain_is_removed_when_dropped() {
     assert!(!chain_exists(&chain), "chain {chain} left behind");
 }
 
-/// The set workload under every fault family, through the real command line: exit code
-/// 0, a VALID verdict, elements acknowledged.
-#[test]
-fn set_workload_under_all_faults_via_cli() {
+/// Runs the set workload under every fault family through the real command line (with
+/// `extra` arguments) and returns its summary and text, after checking exit code 0 and a
+/// VALID verdict.
+fn set_workload_via_cli(seed: u64, extra: &[&str]) -> (Summary, String) {
     let out = std::process::Command::new(BIN)
         .args(["nemesis", "--nemesis", "all", "--workload", "set"])
-        .args(["--time-limit", "14s", "--seed", "14", "--json"])
+        .args(["--time-limit", "14s", "--seed", &seed.to_string(), "--json"])
         .args(["--fault-duration", "2500ms", "--heal-duration", "1200ms"])
         .args(["--op-timeout", "2s"])
+        .args(extra)
         .output()
         .expect("run paxosdb nemesis");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -124,11 +126,58 @@ fn set_workload_under_all_faults_via_cli() {
     assert!(stdout.contains("verdict: VALID"), "{stdout}");
     let json = stdout.lines().last().unwrap();
     let s: Summary = serde_json::from_str(json).expect("summary JSON");
+    (s, stdout)
+}
+
+/// The set workload under every fault family, through the real command line: exit code
+/// 0, a VALID verdict, elements acknowledged.
+#[test]
+fn set_workload_under_all_faults_via_cli() {
+    let (s, stdout) = set_workload_via_cli(14, &[]);
     assert_eq!(s.workload, Workload::Set);
     assert!(s.ok >= 100, "{stdout}");
     let set = s.set.as_ref().expect("set report");
     assert!(set.acked >= 50, "{stdout}");
     assert!(s.injected.values().sum::<usize>() >= 3, "{stdout}");
+}
+
+/// A node that is killed, paused or cut off falls more than 40 entries behind within a
+/// fault of 2.5 s, so with the tiny log budget it catches up by a state transfer, and the
+/// next faults hit nodes that trim their logs every 10 entries and send or install
+/// states.
+fn assert_transferred(s: &Summary) {
+    let text = s.render();
+    assert!(
+        s.state_transfers.installed >= 1,
+        "no state transfer happened:\n{text}"
+    );
+    assert!(s.crashes.is_empty(), "{text}");
+}
+
+/// kill -9 of random nodes, of the leader and of a majority while the nodes trim their
+/// logs every 10 entries and catch up by state transfers: still linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nemesis_with_a_tiny_log_budget_transfers_states_and_is_linearizable() {
+    let mut o = short("kill", 17);
+    o.log_budget = LogBudget::Tiny;
+    let s = run(&o).await.expect("run");
+    assert_ran(&s, Family::Kill);
+    assert_eq!(s.log_budget, LogBudget::Tiny);
+    assert_transferred(&s);
+}
+
+/// The set workload under every fault family with the tiny log budget, through the real
+/// command line (`--log-budget tiny`): nothing lost or duplicated across state transfers.
+#[test]
+fn set_workload_under_all_faults_with_a_tiny_log_budget_via_cli() {
+    let (s, stdout) = set_workload_via_cli(18, &["--log-budget", "tiny"]);
+    assert_eq!(s.log_budget, LogBudget::Tiny);
+    assert!(stdout.contains("tiny log budget"), "{stdout}");
+    assert!(s.ok >= 100, "{stdout}");
+    let set = s.set.as_ref().expect("set report");
+    assert!(set.acked >= 50, "{stdout}");
+    assert!(s.injected.values().sum::<usize>() >= 3, "{stdout}");
+    assert_transferred(&s);
 }
 
 fn element(e: &str, key: &str, status: ElementStatus) -> Element {

@@ -3,7 +3,7 @@
 //! violation (the offending history's path is printed), 2 on bad usage.
 
 use crate::error::{Error, Result};
-use crate::nemesis::{faults, Options, Workload};
+use crate::nemesis::{faults, LogBudget, Options, Workload};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,11 @@ pub struct NemesisArgs {
     /// the checker report a violation.
     #[arg(long)]
     pub stale_reads: bool,
+    /// Log compaction of the servers: default (their defaults) or tiny (trim every 10
+    /// entries, keep 40 for laggards: nodes behind catch up by state transfers under the
+    /// faults).
+    #[arg(long, default_value = "default")]
+    pub log_budget: LogBudget,
     /// Also print the summary as JSON on stdout (after the text).
     #[arg(long)]
     pub json: bool,
@@ -84,9 +89,14 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
     opts.dir = a.dir.clone();
     opts.keep = a.keep;
     opts.stale_reads = a.stale_reads;
+    opts.log_budget = a.log_budget;
     eprintln!(
-        "nemesis: seed {seed}, {} nodes, {} clients, {:?}, faults {}",
-        a.nodes, a.clients, a.time_limit, a.nemesis
+        "nemesis: seed {seed}, {} nodes, {} clients, {:?}, faults {}, {} log budget",
+        a.nodes,
+        a.clients,
+        a.time_limit,
+        a.nemesis,
+        a.log_budget.name()
     );
     // Ctrl-C or SIGTERM drops the run: its guards heal the network and kill the nodes.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

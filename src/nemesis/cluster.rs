@@ -33,6 +33,8 @@ pub struct ProcCluster {
     pub dir: PathBuf,
     pub nodes: Vec<ProcNode>,
     peers: String,
+    /// Extra environment of every server process (e.g. the log budget).
+    env: Vec<(String, String)>,
 }
 
 /// A free TCP port on `ip` (free now; the caller binds it soon after). Taken below the
@@ -52,8 +54,14 @@ fn free_port(ip: Ipv4Addr, held: &mut Vec<TcpListener>) -> std::io::Result<u16> 
 }
 
 impl ProcCluster {
-    /// Lays out `n` nodes under `dir` and starts them (does not wait for a leader).
-    pub fn start(binary: &Path, dir: &Path, n: usize) -> std::io::Result<ProcCluster> {
+    /// Lays out `n` nodes under `dir` and starts them (does not wait for a leader). Every
+    /// server process, restarts included, gets `env` on top of the inherited environment.
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<ProcCluster> {
         let mut held = Vec::new();
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -92,6 +100,10 @@ impl ProcCluster {
             dir: dir.to_path_buf(),
             nodes,
             peers,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for id in 1..=n as u64 {
             c.spawn(id)?;
@@ -133,6 +145,7 @@ impl ProcCluster {
             .arg("--data-dir")
             .arg(&n.data_dir)
             .env("PAXOSDB_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -175,6 +188,24 @@ impl ProcCluster {
             .filter(|n| n.paused)
             .map(|n| n.id)
             .collect()
+    }
+
+    /// Reaps nodes whose process exited by itself (a panic, an abort): they count as
+    /// killed from now on, so that healing restarts them. Returns each with its exit
+    /// status. Paused nodes are stopped, not exited, and are not reported.
+    pub fn reap_exited(&mut self) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for n in &mut self.nodes {
+            let exited = match n.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => status.to_string(),
+                Some(Err(e)) => format!("cannot wait for it: {e}"),
+                Some(Ok(None)) | None => continue,
+            };
+            n.child = None;
+            n.paused = false;
+            out.push((n.id, exited));
+        }
+        out
     }
 
     /// SIGKILLs node `id` and reaps it. Returns false if it was not running.

@@ -13,7 +13,17 @@
 //! - the set workload's final linearizable reads must hold every acknowledged element
 //!   exactly once ([`workload::check_set`]);
 //! - every replica must reach the same applied index and hold the same values for every
-//!   key the run touched.
+//!   key the run touched;
+//! - no node process may have exited by itself (a panic, an abort) at any time: such a
+//!   node is noted as a crash when the nemesis next looks, restarted by the next heal, and
+//!   makes the run invalid.
+//!
+//! With [`LogBudget::Tiny`] (`--log-budget tiny`) every server trims its log in steps of 10
+//! entries and keeps at most 40 applied entries for laggards, so a node that is killed,
+//! paused or cut off for a moment falls behind the others' compacted logs and catches up
+//! by a state transfer: the faults then hit nodes while they trim and while they send or
+//! install states. The summary counts the state transfers the node logs show
+//! ([`StateTransfers`]) under either budget.
 //!
 //! A violation keeps the run directory (node logs and data) and writes `violation.json`
 //! there with the offending per-key histories.
@@ -58,6 +68,96 @@ impl std::str::FromStr for Workload {
     }
 }
 
+/// How much log the servers keep: the compaction settings every node of a run gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogBudget {
+    /// The servers' defaults (trim in steps of 1000 entries, keep 100000 for laggards):
+    /// a short run never trims far enough to need a state transfer.
+    #[default]
+    Default,
+    /// Trim in steps of 10 entries and keep at most 40 for laggards, so that a node killed,
+    /// paused or cut off for a moment falls behind the others' logs and must catch up by a
+    /// state transfer, and faults hit nodes while they trim and while they send or install
+    /// states.
+    Tiny,
+}
+
+impl LogBudget {
+    /// The environment that sets this budget on a server (empty: the defaults).
+    pub fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            LogBudget::Default => &[],
+            LogBudget::Tiny => &[
+                ("PAXOSDB_COMPACT_EVERY_ENTRIES", "10"),
+                ("PAXOSDB_LOG_KEEP_ENTRIES", "40"),
+            ],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogBudget::Default => "default",
+            LogBudget::Tiny => "tiny",
+        }
+    }
+}
+
+impl std::str::FromStr for LogBudget {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "default" => Ok(LogBudget::Default),
+            "tiny" => Ok(LogBudget::Tiny),
+            _ => Err(format!("unknown log budget {s:?} (tiny or default)")),
+        }
+    }
+}
+
+/// State transfers seen in the node logs of a run (see [`count_state_transfers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateTransfers {
+    /// A node found itself behind a peer's compacted log and began fetching its state.
+    pub started: usize,
+    /// A fetched state was installed.
+    pub installed: usize,
+    /// A fetch or an install failed (the node retries when asked again). Transfers cut
+    /// short by a kill leave no line: they are `started - installed - failed`.
+    pub failed: usize,
+    /// A node finished sending its state to a peer.
+    pub sent: usize,
+}
+
+/// Counts the state transfer lines in every `node-*.log` under `run_dir`.
+pub fn count_state_transfers(run_dir: &std::path::Path) -> StateTransfers {
+    let mut t = StateTransfers::default();
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return t;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("node-") && name.ends_with(".log")) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            if line.contains("fetching its state") {
+                t.started += 1;
+            } else if line.contains("state installed") {
+                t.installed += 1;
+            } else if line.contains("state transfer failed") {
+                // A failed fetch logs "state fetch failed" and then this line too.
+                t.failed += 1;
+            } else if line.contains("state sent to a peer") {
+                t.sent += 1;
+            }
+        }
+    }
+    t
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -86,6 +186,8 @@ pub struct Options {
     /// Deliberately unsafe stale (local) reads in the workload, to show the checker
     /// catches them. The final reads stay linearizable.
     pub stale_reads: bool,
+    /// The servers' log compaction settings.
+    pub log_budget: LogBudget,
 }
 
 impl Options {
@@ -106,6 +208,7 @@ impl Options {
             keep: false,
             verbose: true,
             stale_reads: false,
+            log_budget: LogBudget::Default,
         }
     }
 }
@@ -127,6 +230,8 @@ pub struct Summary {
     pub nodes: usize,
     pub clients: usize,
     pub workload: Workload,
+    #[serde(default)]
+    pub log_budget: LogBudget,
     pub elapsed: f64,
     pub ops: usize,
     pub ok: usize,
@@ -143,6 +248,13 @@ pub struct Summary {
     pub set: Option<SetReport>,
     /// Replicas that disagree after healing (empty = converged).
     pub divergence: Vec<String>,
+    /// Nodes whose process exited by itself during the run (a panic, an abort), with the
+    /// time and exit status; each was restarted, and each makes the run invalid.
+    #[serde(default)]
+    pub crashes: Vec<String>,
+    /// State transfers the nodes logged during the run.
+    #[serde(default)]
+    pub state_transfers: StateTransfers,
     pub run_dir: PathBuf,
     pub violation_file: Option<PathBuf>,
 }
@@ -155,6 +267,7 @@ impl Summary {
             .is_some_and(|r| r.is_linearizable())
             && self.set.as_ref().is_none_or(|s| s.is_valid())
             && self.divergence.is_empty()
+            && self.crashes.is_empty()
     }
 
     /// Faults injected of a family.
@@ -178,8 +291,12 @@ impl Summary {
             Workload::Set => "set",
         };
         s += &format!(
-            "nemesis run: {} nodes, {} clients, {w} workload, {:.1}s, seed {}\n",
-            self.nodes, self.clients, self.elapsed, self.seed
+            "nemesis run: {} nodes, {} clients, {w} workload, {} log budget, {:.1}s, seed {}\n",
+            self.nodes,
+            self.clients,
+            self.log_budget.name(),
+            self.elapsed,
+            self.seed
         );
         s += &format!(
             "ops: {} (ok {}, fail {}, info {})\n",
@@ -230,6 +347,14 @@ impl Summary {
                 set.lost, set.duplicated, set.unexpected, set.unreadable
             );
         }
+        for c in &self.crashes {
+            s += &format!("CRASH: {c}\n");
+        }
+        let t = &self.state_transfers;
+        s += &format!(
+            "state transfers: {} installed, {} failed, {} started, {} sent\n",
+            t.installed, t.failed, t.started, t.sent
+        );
         if self.divergence.is_empty() {
             s += "replicas: converged\n";
         } else {
@@ -251,9 +376,23 @@ struct Events {
     start: Instant,
     verbose: bool,
     list: Mutex<Vec<Event>>,
+    crashes: Mutex<Vec<String>>,
 }
 
 impl Events {
+    /// Notes every node that exited by itself (it is restarted by the next heal).
+    fn reap(&self, c: &mut ProcCluster) {
+        for (id, status) in c.reap_exited() {
+            let at = self.start.elapsed().as_secs_f64();
+            let what = format!(
+                "node {id} exited by itself ({status}), noticed at {at:.3}s; see {}",
+                c.node(id).log.display()
+            );
+            self.log("crash", what.clone());
+            self.crashes.lock().unwrap().push(what);
+        }
+    }
+
     fn log(&self, kind: &str, detail: String) {
         let at = self.start.elapsed().as_secs_f64();
         if self.verbose {
@@ -315,12 +454,13 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         None
     };
 
-    let cluster = ProcCluster::start(&opts.binary, &run_dir, opts.nodes)?;
+    let cluster = ProcCluster::start(&opts.binary, &run_dir, opts.nodes, opts.log_budget.env())?;
     let cluster = tokio::sync::Mutex::new(cluster);
     wait_healthy(
         &cluster,
         Duration::from_secs(60),
         "the cluster to elect a leader",
+        None,
     )
     .await?;
 
@@ -329,6 +469,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         start,
         verbose: opts.verbose,
         list: Mutex::new(Vec::new()),
+        crashes: Mutex::new(Vec::new()),
     };
     let endpoints = cluster.lock().await.endpoints();
     let set_generations = opts.time_limit.as_secs() / workload::SET_GENERATION.as_secs() + 1;
@@ -405,6 +546,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     // Heal everything, whatever happened above.
     {
         let mut c = cluster.lock().await;
+        events.reap(&mut c);
         let healed = faults::heal_all(&mut c, firewall.as_ref()).map_err(Error::Internal)?;
         if !healed.is_empty() {
             events.log("heal", format!("final: {healed}"));
@@ -415,6 +557,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         &cluster,
         Duration::from_secs(60),
         "the cluster to recover after healing",
+        Some(&events),
     )
     .await?;
 
@@ -437,12 +580,16 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
 
     let history: Vec<Operation> = shared.history.lock().unwrap().clone();
     let divergence = {
-        let c = cluster.lock().await;
+        let mut c = cluster.lock().await;
         let keys: BTreeSet<Vec<u8>> = history.iter().map(|o| o.key.clone()).collect();
-        compare_replicas(&c, &keys).await
+        let divergence = compare_replicas(&c, &keys).await;
+        events.reap(&mut c);
+        divergence
     };
     drop(cluster);
     drop(firewall);
+    // Every node is gone: its log is complete.
+    let state_transfers = count_state_transfers(&run_dir);
 
     let (ok, fail, info) = history
         .iter()
@@ -459,6 +606,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             Ok(r) => (Some(r), None),
             Err(e) => (None, Some(format!("the checker failed: {e}"))),
         };
+    let crashes = events.crashes.into_inner().unwrap();
     let events = events.list.into_inner().unwrap();
     let mut injected = BTreeMap::new();
     for e in &events {
@@ -471,6 +619,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         nodes: opts.nodes,
         clients: opts.clients,
         workload: opts.workload,
+        log_budget: opts.log_budget,
         elapsed,
         ops: history.len(),
         ok,
@@ -483,6 +632,8 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         check_error,
         set,
         divergence,
+        crashes,
+        state_transfers,
         run_dir: run_dir.clone(),
         violation_file: None,
     };
@@ -512,16 +663,29 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Waits until every node answers and they agree on a leader.
+/// Waits until every node answers and they agree on a leader. With `events`, a node that
+/// exits by itself meanwhile is noted as a crash and restarted.
 async fn wait_healthy(
     cluster: &tokio::sync::Mutex<ProcCluster>,
     timeout: Duration,
     what: &str,
+    events: Option<&Events>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if cluster.lock().await.healthy().await {
-            return Ok(());
+        {
+            let mut c = cluster.lock().await;
+            if let Some(events) = events {
+                events.reap(&mut c);
+                let killed = c.killed();
+                for id in killed {
+                    c.spawn(id)?;
+                    events.log("heal", format!("restarted crashed node {id}"));
+                }
+            }
+            if c.healthy().await {
+                return Ok(());
+            }
         }
         if Instant::now() > deadline {
             return Err(Error::Internal(format!(
@@ -695,6 +859,7 @@ async fn nemesis_loop(
         }
         {
             let mut c = cluster.lock().await;
+            events.reap(&mut c);
             for f in round {
                 match faults::apply(f, &mut c, firewall, rng).await {
                     Ok(what) => events.log(f.name(), what),
@@ -705,6 +870,7 @@ async fn nemesis_loop(
         sleep_until_or_stop(Instant::now() + opts.fault_duration, shared).await;
         {
             let mut c = cluster.lock().await;
+            events.reap(&mut c);
             let healed = faults::heal_all(&mut c, firewall).map_err(Error::Internal)?;
             events.log("heal", healed);
         }
