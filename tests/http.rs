@@ -323,6 +323,8 @@ async fn cluster_endpoints_and_metrics() {
         "paxosdb_decided_index ",
         "paxosdb_log_entries ",
         "paxosdb_rocksdb_bytes ",
+        "# TYPE paxosdb_log_disk_bytes gauge\n",
+        "paxosdb_log_disk_bytes ",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }
@@ -333,6 +335,8 @@ async fn cluster_endpoints_and_metrics() {
     assert!(sample("paxosdb_fsync_duration_seconds_count") > 0.0);
     assert!(sample("paxosdb_applied_index ") >= 2.0);
     assert!(sample("paxosdb_leader_changes_total ") >= 1.0);
+    // The log column family holds the entries just written (in its memtable at least).
+    assert!(sample("paxosdb_log_disk_bytes ") > 0.0);
 
     let doc = ok_json(&get(a, "/openapi.json"));
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

@@ -8,6 +8,8 @@
 
 use super::error::ApiError;
 use super::AppState;
+use crate::metrics::cf_disk_bytes;
+use crate::storage::db::CF_LOG;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -100,14 +102,23 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// `GET /metrics`, in the Prometheus text format.
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let dir = s.info.config.data_dir.join("db");
-    let bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
-        .await
-        .unwrap_or(0);
-    let body = s.info.metrics.render(&[(
-        "paxosdb_rocksdb_bytes",
-        "Bytes of this node's RocksDB files (log, metadata and data).",
-        bytes,
-    )]);
+    let db = s.info.db.clone();
+    let (bytes, log_bytes) =
+        tokio::task::spawn_blocking(move || (dir_bytes(&dir), cf_disk_bytes(&db, CF_LOG)))
+            .await
+            .unwrap_or((0, 0));
+    let body = s.info.metrics.render(&[
+        (
+            "paxosdb_rocksdb_bytes",
+            "Bytes of this node's RocksDB files (log, metadata and data).",
+            bytes,
+        ),
+        (
+            "paxosdb_log_disk_bytes",
+            "Bytes of the replicated log column family: SST files plus memtables.",
+            log_bytes,
+        ),
+    ]);
     (
         [(
             header::CONTENT_TYPE,
