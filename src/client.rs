@@ -392,6 +392,39 @@ impl Client {
         })
     }
 
+    /// Adds `add` (id, peer address) and removes `remove` in one membership change,
+    /// through the first endpoint that answers. Not retried once a node took it: an
+    /// `OutcomeUnknown` error means it may still happen (check the status).
+    pub async fn change_membership(
+        &self,
+        add: &[(u64, String)],
+        remove: &[u64],
+    ) -> Result<pb::ChangeMembershipResponse> {
+        let req = pb::ChangeMembershipRequest {
+            add: add
+                .iter()
+                .map(|(id, addr)| pb::MemberAddr {
+                    id: *id,
+                    peer_addr: addr.clone(),
+                })
+                .collect(),
+            remove: remove.to_vec(),
+        };
+        let mut last = Error::Unavailable("no endpoints".into());
+        for ch in &self.inner.channels {
+            let mut c = pb::cluster_client::ClusterClient::new(ch.clone());
+            match c.change_membership(req.clone()).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(s) => match from_status(&s) {
+                    // This node cannot take it now (down, catching up, removed): next.
+                    e @ Error::Unavailable(_) => last = e,
+                    e => return Err(e),
+                },
+            }
+        }
+        Err(last)
+    }
+
     /// The status of the node at endpoint `i` (no retries, no failover).
     pub async fn status_of(&self, i: usize) -> Result<pb::StatusResponse> {
         let ch = self

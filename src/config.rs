@@ -206,11 +206,16 @@ impl Config {
         if self.id == 0 {
             return bad("node id must be a positive integer (--id)".into());
         }
-        if self.peers.len() < 2 {
+        // A joining node names only itself: it learns the members from the cluster.
+        if self.peers.len() < 2 && self.join.is_none() {
             return bad(format!(
-                "a cluster needs at least 2 members (3 or 5 recommended); --peers lists {}",
+                "a cluster needs at least 2 members (3 or 5 recommended); --peers lists {} \
+                 (a node joining a running cluster takes --join MEMBER_PEER_ADDR)",
                 self.peers.len()
             ));
+        }
+        if self.join.as_deref().is_some_and(|j| j.trim().is_empty()) {
+            return bad("--join needs a member's peer address (host:port)".into());
         }
         let mut ids = HashSet::new();
         let mut addrs = HashSet::new();

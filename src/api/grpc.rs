@@ -237,6 +237,42 @@ pub struct ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        let r = req.into_inner();
+        let add = r
+            .add
+            .into_iter()
+            .map(|m| crate::config::Member {
+                id: m.id,
+                addr: m.peer_addr,
+            })
+            .collect();
+        self.info
+            .metrics
+            .timed("grpc", "change_membership", async move {
+                let m = self
+                    .node
+                    .change_membership(add, r.remove)
+                    .await
+                    .map_err(to_status)?;
+                Ok(Response::new(pb::ChangeMembershipResponse {
+                    config_id: m.config_id,
+                    members: m
+                        .members
+                        .into_iter()
+                        .map(|m| pb::MemberAddr {
+                            id: m.id,
+                            peer_addr: m.addr,
+                        })
+                        .collect(),
+                }))
+            })
+            .await
+    }
+
     async fn status(
         &self,
         _req: Request<pb::StatusRequest>,
@@ -276,6 +312,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                     data_dir: self.info.config.data_dir.display().to_string(),
                     compacted_index: st.compacted_index,
                     catching_up_from: st.catching_up_from.unwrap_or(0),
+                    config_id: st.membership.config_id,
                 }))
             })
             .await

@@ -1,4 +1,5 @@
-//! `paxosdb cluster up`: a local cluster on loopback, in the foreground.
+//! `paxosdb cluster up`: a local cluster on loopback, in the foreground (and the
+//! membership subcommands, in [`super::members`]).
 //!
 //! Each node is a child process running `paxosdb server` (the same binary), with its data
 //! in `DIR/node-N`; its log lines are printed prefixed with `[nN]`. Ctrl-C (or SIGTERM)
@@ -25,6 +26,12 @@ use tokio::process::{Child, Command};
 pub enum ClusterCommand {
     /// Run a local cluster in the foreground until Ctrl-C.
     Up(UpArgs),
+    /// Add a node (start it first with --join MEMBER_PEER_ADDR).
+    AddNode(super::members::AddNodeArgs),
+    /// Remove a member; it stops serving.
+    RemoveNode(super::members::RemoveNodeArgs),
+    /// Replace a member by a new node in one change (start the new one with --join).
+    ReplaceNode(super::members::ReplaceNodeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -40,9 +47,15 @@ pub struct UpArgs {
     pub base_port: u16,
 }
 
-pub async fn run(_cli: &Cli, cmd: &ClusterCommand) -> Result<ExitCode> {
+pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> Result<ExitCode> {
+    use super::members::change;
     match cmd {
         ClusterCommand::Up(a) => up(a).await,
+        ClusterCommand::AddNode(a) => change(cli, &[(a.id, a.addr.clone())], &[], a.json).await,
+        ClusterCommand::RemoveNode(a) => change(cli, &[], &[a.id], a.json).await,
+        ClusterCommand::ReplaceNode(a) => {
+            change(cli, &[(a.id, a.addr.clone())], &[a.old], a.json).await
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 mod bench;
 mod cluster;
 mod kv;
+mod members;
 mod nemesis;
 mod server;
 mod sim;

@@ -45,6 +45,7 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
     let mut rows: BTreeMap<u64, Row> = BTreeMap::new();
     let mut seen_eps: Vec<String> = Vec::new();
     let ok: Vec<&pb::StatusResponse> = answers.iter().flatten().collect();
+    let config = ok.iter().map(|s| s.config_id).max().unwrap_or(0);
     for st in &ok {
         for m in &st.members {
             let row = rows.entry(m.id).or_insert_with(|| Row {
@@ -99,7 +100,7 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            json!({"nodes": nodes, "unreachable_endpoints": unknown})
+            json!({"config_id": config, "nodes": nodes, "unreachable_endpoints": unknown})
         );
     } else {
         println!(
@@ -129,6 +130,9 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
                 "{:<4} {:<12} {:>9} {:>9} {:>9} {:>8}  grpc={ep}",
                 "?", "unreachable", "-", "-", "-", "-"
             );
+        }
+        if config > 1 {
+            println!("membership configuration {config}");
         }
     }
     Ok(if ok.is_empty() {

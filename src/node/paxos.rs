@@ -10,8 +10,18 @@
 //!   fresh OmniPaxos log, and ballots do not order across configurations. A node cannot
 //!   have accepted anything in a configuration it never promised in, so nothing is lost;
 //! - a state machine ahead of the decided log (an installed state) resets the log to
-//!   start where the state ends, keeping the accepted entries above it, the accepted round
-//!   and the promise — forgetting what this node accepted could lose a chosen entry.
+//!   start where the state ends, keeping the promise. What the node tells a leader it
+//!   accepted must stay true, because OmniPaxos' leader computes from it where to sync
+//!   the node from:
+//!   - accepted entries above the state's end are kept with their accepted round:
+//!     forgetting them could lose a chosen entry, and they are a genuine claim;
+//!   - if the state covers every accepted entry, the node claims the state's prefix
+//!     under a ballot below every real one (round 0, this node's id). Keeping the old
+//!     round with the longer log would claim a log that round never had, and a leader
+//!     that elected itself with that round as the highest would sync the node from
+//!     that round's end, below the installed state (nemesis, seeds 34 and 44). A ballot
+//!     below every real one never hides a real accepted entry, and makes the leader sync
+//!     from the node's decided index.
 //!
 //! Both are single synced writes, and both are decided from durable state alone, so a
 //! crash anywhere in a state installation or a configuration switch is finished by the
@@ -51,7 +61,8 @@ pub(super) fn build<S: Storage<LogEntry>>(
     let local_applied = applied.saturating_sub(m.base);
     let decided = storage.get_decided_idx().map_err(storage_error)? as u64;
     if local_applied > decided {
-        reset_log(&mut storage, local_applied)?;
+        let below_all = Ballot::with(m.config_id, 0, 0, cfg.id);
+        reset_log(&mut storage, local_applied, below_all)?;
     }
     let op_config = OmniPaxosConfig {
         cluster_config: ClusterConfig {
@@ -83,22 +94,30 @@ pub(super) fn build<S: Storage<LogEntry>>(
 }
 
 /// Makes the log start at local index `at`: entries below it are dropped and counted as
-/// decided (an installed state covers them).
-fn reset_log<S: Storage<LogEntry>>(storage: &mut S, at: u64) -> Result<()> {
+/// decided (an installed state covers them). If no accepted entry remains, the accepted
+/// round becomes `below_all` (see the module docs).
+fn reset_log<S: Storage<LogEntry>>(storage: &mut S, at: u64, below_all: Ballot) -> Result<()> {
     let decided = storage.get_decided_idx().map_err(storage_error)?;
+    let accepted = storage.get_compacted_idx().map_err(storage_error)?
+        + storage.get_log_len().map_err(storage_error)?;
     let at = at as usize;
+    let mut ops = vec![
+        StorageOp::Trim(at),
+        StorageOp::SetCompactedIdx(at),
+        StorageOp::SetDecidedIndex(decided.max(at)),
+    ];
+    let keeps_accepted = accepted > at;
+    if !keeps_accepted {
+        ops.push(StorageOp::SetAcceptedRound(below_all));
+    }
     tracing::info!(
         at,
         decided,
+        accepted,
+        keeps_accepted,
         "log reset to start where the installed state ends"
     );
-    storage
-        .write_atomically(vec![
-            StorageOp::Trim(at),
-            StorageOp::SetCompactedIdx(at),
-            StorageOp::SetDecidedIndex(decided.max(at)),
-        ])
-        .map_err(storage_error)
+    storage.write_atomically(ops).map_err(storage_error)
 }
 
 /// Forgets an older configuration's log and Paxos state.

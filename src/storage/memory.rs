@@ -90,6 +90,7 @@ impl Storage<LogEntry> for MemStorage {
         Ok(self.next().saturating_sub(self.compacted))
     }
     fn get_suffix(&self, from: usize) -> Res<Vec<LogEntry>> {
+        super::check_suffix_start(from, self.first)?;
         self.get_entries(from, self.next())
     }
     fn get_promise(&self) -> Res<Option<Ballot>> {

@@ -97,3 +97,15 @@ pub(crate) fn interval_present(from: usize, to: usize, first: usize, next: usize
 }
 
 pub(crate) type Res<T> = StorageResult<T>;
+
+/// A suffix read to sync a peer must not start in the trimmed prefix: an empty answer
+/// would truncate the peer's log. paxosdb's message guard keeps OmniPaxos from asking;
+/// this turns a slip into a loud error instead of a silently shortened log.
+pub(crate) fn check_suffix_start(from: usize, first: usize) -> Res<()> {
+    if from < first {
+        return Err(storage_err(format!(
+            "log suffix from {from} requested, but the log was trimmed below {first}"
+        )));
+    }
+    Ok(())
+}

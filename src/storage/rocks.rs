@@ -252,6 +252,7 @@ impl Storage<LogEntry> for RocksStorage {
         Ok(self.meta.next.saturating_sub(self.meta.compacted))
     }
     fn get_suffix(&self, from: usize) -> Res<Vec<LogEntry>> {
+        super::check_suffix_start(from, self.meta.first)?;
         self.get_entries(from, self.meta.next)
     }
     fn get_promise(&self) -> Res<Option<Ballot>> {

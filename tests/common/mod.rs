@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod workload;
+
 use paxosdb::client::{Client, ClientOptions};
 use std::future::Future;
 use std::net::TcpListener;
@@ -59,6 +61,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// For a node added later: the peer address of the member it joins through.
+    pub join: Option<String>,
 }
 
 pub struct Cluster {
@@ -89,6 +93,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{}", i + 1)),
                 log: dir.path().join(format!("node-{}.log", i + 1)),
                 child: None,
+                join: None,
             })
             .collect();
         let peers = nodes
@@ -121,9 +126,13 @@ impl Cluster {
     pub fn server_command(&self, id: u64) -> Command {
         let n = self.node(id);
         let mut cmd = Command::new(BIN);
+        let peers = match &n.join {
+            Some(_) => format!("{id}={}", n.peer_addr),
+            None => self.peers.clone(),
+        };
         cmd.arg("server")
             .args(["--id", &id.to_string()])
-            .args(["--peers", &self.peers])
+            .args(["--peers", &peers])
             .args(["--client-addr", &n.client_addr])
             .args(["--http-addr", &n.http_addr])
             .args(["--resp-addr", &n.resp_addr])
@@ -131,6 +140,9 @@ impl Cluster {
             .arg(&n.data_dir)
             .env("PAXOSDB_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(j) = &n.join {
+            cmd.args(["--join", j]);
+        }
         cmd
     }
 
@@ -149,6 +161,28 @@ impl Cluster {
             .spawn()
             .expect("spawn paxosdb server");
         self.nodes[id as usize - 1].child = Some(child);
+    }
+
+    /// Starts a new node `id` (the next one) that joins through node `via`; it waits to
+    /// be added by a membership change. Returns its peer address.
+    pub fn spawn_joiner(&mut self, id: u64, via: u64) -> String {
+        assert_eq!(id as usize, self.nodes.len() + 1, "joiners get the next id");
+        let ports = free_ports(4);
+        let node = Node {
+            id,
+            client_addr: format!("127.0.0.1:{}", ports[0]),
+            peer_addr: format!("127.0.0.1:{}", ports[1]),
+            http_addr: format!("127.0.0.1:{}", ports[2]),
+            resp_addr: format!("127.0.0.1:{}", ports[3]),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+            join: Some(self.node(via).peer_addr.clone()),
+        };
+        let addr = node.peer_addr.clone();
+        self.nodes.push(node);
+        self.spawn(id);
+        addr
     }
 
     /// SIGKILLs node `id` and reaps it.

@@ -49,6 +49,7 @@ pub async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
         "applied_index": st.applied_index,
         "compacted_index": st.compacted_index,
         "catching_up_from": st.catching_up_from,
+        "config_id": st.membership.config_id,
         "pid": std::process::id(),
         "data_dir": s.info.config.data_dir.display().to_string(),
         "listeners": listeners(&s.info.listeners),

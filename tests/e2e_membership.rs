@@ -1,0 +1,181 @@
+//! Membership changes on real processes, under a concurrent write workload whose
+//! acknowledged writes must all be present at the end.
+//!
+//! The script: grow 3 → 5 (new nodes started with --join, added with the real CLI, each
+//! copying the cluster's state by itself), shrink 5 → 3 (removed nodes stop serving and
+//! say why, also after a restart), replace a node; and kill -9 the leader in the middle
+//! of a change, and the new node in the middle of its join: the cluster finishes the
+//! change or drops it, and a retry completes it.
+
+mod common;
+
+use common::workload::{assert_contains_all, read_all, Writers};
+use common::{eventually, Cluster, BIN};
+use std::time::Duration;
+
+/// Runs the CLI against nodes `via`, expecting success; returns its stdout.
+async fn cli(c: &Cluster, via: &[u64], args: &[&str]) -> String {
+    let endpoints: Vec<String> = via
+        .iter()
+        .map(|&id| c.nodes[id as usize - 1].client_addr.clone())
+        .collect();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).env("PAXOSDB_ENDPOINTS", endpoints.join(","));
+    let out = cmd.output().await.expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "paxosdb {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Waits until node `id` serves (leader or follower) in configuration `config` or later.
+async fn serves(c: &Cluster, id: u64, config: u32) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("node {id} serves in configuration {config}"),
+        || async move {
+            let st = c.client_for(id).status_of(0).await.ok()?;
+            (st.config_id >= config && (st.role == "leader" || st.role == "follower")).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until node `id` says it was removed.
+async fn removed(c: &Cluster, id: u64) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("node {id} reports that it was removed"),
+        || async move {
+            let st = c.client_for(id).status_of(0).await.ok()?;
+            (st.role == "removed").then_some(())
+        },
+    )
+    .await;
+    // Writes are refused with the reason (stale reads of its last state still work).
+    let w = c.client_for(id).put(b"x", b"y", false).await.unwrap_err();
+    assert!(w.to_string().contains("removed from the cluster"), "{w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grow_shrink_and_replace_under_writes() {
+    let mut c = Cluster::start(3).await;
+    let writers = Writers::start(c.client(), 3, "w/");
+    writers.wait_for(30, "writes before the changes").await;
+
+    // Grow 3 → 5.
+    let a4 = c.spawn_joiner(4, 1);
+    let out = cli(&c, &[1, 2, 3], &["cluster", "add-node", "4", &a4]).await;
+    assert!(out.contains("configuration 2"), "{out}");
+    serves(&c, 4, 2).await;
+    let a5 = c.spawn_joiner(5, 2);
+    let out = cli(&c, &[2], &["cluster", "add-node", "5", &a5]).await;
+    assert!(out.contains("configuration 3"), "{out}");
+    serves(&c, 5, 3).await;
+    let n = writers.acked();
+    writers.wait_for(n + 30, "writes with five members").await;
+    // The new node serves linearizable reads of what was written before it existed.
+    let five = c.client_for(5);
+    let (v, _) = five.get(b"w/00-000000", false).await.unwrap();
+    assert_eq!(v.expect("first write").value, b"v0-0");
+    let st = five.status_of(0).await.unwrap();
+    assert_eq!(st.members.len(), 5, "{st:?}");
+
+    // Shrink 5 → 3.
+    let out = cli(&c, &[1], &["cluster", "remove-node", "5", "--json"]).await;
+    assert!(out.contains("\"config_id\":4"), "{out}");
+    removed(&c, 5).await;
+    c.kill(5);
+    let out = cli(&c, &[4], &["cluster", "remove-node", "4"]).await;
+    assert!(out.contains("configuration 5"), "{out}");
+    removed(&c, 4).await;
+    c.kill(4);
+
+    // Replace node 3 by node 6 in one change.
+    let a6 = c.spawn_joiner(6, 1);
+    let out = cli(&c, &[1, 2], &["cluster", "replace-node", "3", "6", &a6]).await;
+    assert!(out.contains("configuration 6"), "{out}");
+    serves(&c, 6, 6).await;
+    removed(&c, 3).await;
+    c.kill(3);
+    let n = writers.acked();
+    writers
+        .wait_for(n + 30, "writes after the replacement")
+        .await;
+
+    let acked = writers.finish().await;
+    let have = read_all(&c.client_for(6), "w/").await;
+    assert_contains_all(&have, &acked);
+
+    // A removed node refuses to start again, and says why.
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::from(c.server_command(3)).output(),
+    )
+    .await
+    .expect("a removed node exits")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed from the cluster"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_and_new_node_killed_during_a_change() {
+    let mut c = Cluster::start(3).await;
+    let writers = Writers::start(c.client(), 2, "w/");
+    writers.wait_for(20, "writes before the change").await;
+
+    // Kill the leader right after it took the change.
+    let leader = c.leader().await;
+    let a4 = c.spawn_joiner(4, 1);
+    let via = c.client_for(leader);
+    let change = tokio::spawn(async move { via.change_membership(&[(4, a4)], &[]).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.kill(leader);
+    let first = change.await.unwrap();
+    c.restart(leader).await;
+    // Finished or dropped: the old members agree; a retry completes a dropped change.
+    let config = eventually(
+        Duration::from_secs(30),
+        "the members agree on one configuration",
+        || {
+            let c = &c;
+            async move {
+                let mut configs = Vec::new();
+                for id in 1..=3 {
+                    configs.push(c.client_for(id).status_of(0).await.ok()?.config_id);
+                }
+                configs
+                    .windows(2)
+                    .all(|w| w[0] == w[1])
+                    .then_some(configs[0])
+            }
+        },
+    )
+    .await;
+    if config == 1 {
+        assert!(first.is_err(), "an acknowledged change was lost: {first:?}");
+        let a4 = c.nodes[3].peer_addr.clone();
+        cli(&c, &[1, 2, 3], &["cluster", "add-node", "4", &a4]).await;
+    }
+    serves(&c, 4, 2).await;
+
+    // Kill the new node and restart it: it keeps its membership and catches up.
+    c.kill(4);
+    let n = writers.acked();
+    writers
+        .wait_for(n + 20, "writes while the new node is down")
+        .await;
+    c.restart(4).await;
+    serves(&c, 4, 2).await;
+
+    let acked = writers.finish().await;
+    for id in [1, 4] {
+        let have = read_all(&c.client_for(id), "w/").await;
+        assert_contains_all(&have, &acked);
+    }
+}
