@@ -282,7 +282,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             self.paxos.tick();
         }
         self.ticks += 1;
-        if self.ticks.is_multiple_of(PROGRESS_EVERY_TICKS) {
+        if self.ticks.is_multiple_of(PROGRESS_EVERY_TICKS) && self.removed.is_none() {
             let note = Note::Progress {
                 applied: self.sm.applied_index(),
                 compacted: self.global(self.paxos.get_compacted_idx()),
