@@ -553,7 +553,8 @@ impl Session {
             match shared.node.status().await {
                 Ok(st) => out.push_str(&format!(
                     "role:{}\r\npaxos_role:{}\r\nleader_id:{}\r\nmembers:{}\r\n\
-                     decided_index:{}\r\napplied_index:{}\r\n",
+                     config_id:{}\r\ndecided_index:{}\r\napplied_index:{}\r\n\
+                     compacted_index:{}\r\n",
                     if st.role == Role::Leader {
                         "master"
                     } else {
@@ -561,9 +562,11 @@ impl Session {
                     },
                     st.role.as_str(),
                     st.leader.unwrap_or(0),
-                    cfg.peers.len(),
+                    st.membership.members.len(),
+                    st.membership.config_id,
                     st.decided_index,
                     st.applied_index,
+                    st.compacted_index,
                 )),
                 Err(e) => out.push_str(&format!("role:unknown\r\nerror:{e}\r\n")),
             }
