@@ -1,14 +1,16 @@
 //! `paxosdb bench`: a closed-loop load generator against a running cluster. N concurrent
 //! workers each issue one request at a time (a get with probability `--read-ratio`, else a
-//! put of `--value-size` bytes over `--keys` keys) for `--duration`, then it prints
-//! throughput and latency percentiles. Errors are counted, not retried beyond the
-//! client's own retries.
+//! put of `--value-size` bytes over `--keys` keys) for `--duration`, or until `--ops`
+//! operations were issued, then it prints throughput and latency percentiles. Errors are
+//! counted, not retried beyond the client's own retries.
 
 use super::{client, parse_duration, Cli};
 use crate::error::Result;
 use clap::Args;
 use hdrhistogram::Histogram;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
@@ -19,9 +21,13 @@ pub struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
+    /// How long to run (default 10s; without a limit when --ops is given).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many operations in total (a --duration given as well still caps
+    /// the run).
+    #[arg(long)]
+    pub ops: Option<u64>,
     /// Fraction of operations that are (linearizable) reads, 0.0 to 1.0.
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
@@ -31,32 +37,51 @@ pub struct BenchArgs {
     /// Reads are served stale (locally) instead of linearizable.
     #[arg(long)]
     pub stale: bool,
+    /// Take keys in order (operation i uses key i mod --keys) instead of at random, so
+    /// that --ops N over --keys >= N writes N distinct keys (to load a given data size).
+    #[arg(long)]
+    pub sequential_keys: bool,
 }
 
 pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let c = client(cli)?;
     let value = vec![b'x'; a.value_size];
     let entries_before = decided(&c).await;
-    let deadline = Instant::now() + a.duration;
+    let duration = match (a.duration, a.ops) {
+        (Some(d), _) => d,
+        (None, Some(_)) => Duration::from_secs(100 * 365 * 24 * 3600),
+        (None, None) => Duration::from_secs(10),
+    };
+    let deadline = Instant::now() + duration;
+    // Operations handed out so far, against --ops.
+    let issued = Arc::new(AtomicU64::new(0));
+    let max_ops = a.ops.unwrap_or(u64::MAX);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..a.concurrency.max(1) {
-        let (c, value, read_ratio, keys, stale) = (
+        let (c, value, read_ratio, keys, stale, issued, sequential) = (
             c.clone(),
             value.clone(),
             a.read_ratio,
             a.keys.max(1),
             a.stale,
+            issued.clone(),
+            a.sequential_keys,
         );
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("histogram");
             let (mut errors, mut reads, mut writes) = (0u64, 0u64, 0u64);
             let mut n = w as u64;
-            while Instant::now() < deadline {
+            loop {
+                let i = issued.fetch_add(1, Relaxed);
+                if i >= max_ops || Instant::now() >= deadline {
+                    break;
+                }
                 n = n
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let key = format!("bench-{:08}", (n >> 16) % keys);
+                let k = if sequential { i } else { n >> 16 };
+                let key = format!("bench-{:08}", k % keys);
                 let is_read = ((n >> 40) as f64 / (1u64 << 24) as f64) < read_ratio;
                 let t = Instant::now();
                 let ok = if is_read {
