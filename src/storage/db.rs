@@ -96,11 +96,20 @@ unsafe fn libc_flock(fd: i32) -> i32 {
     nix::libc::flock(fd, nix::libc::LOCK_EX | nix::libc::LOCK_NB)
 }
 
+/// Most bytes of write-ahead log kept before RocksDB flushes memtables to free it.
+pub const MAX_TOTAL_WAL_BYTES: u64 = 128 * 1024 * 1024;
+
 /// Opens the RocksDB at `path` with all paxosdb column families.
 pub fn open_db(path: &Path) -> Result<Arc<DB>> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    // All column families share one write-ahead log, and a WAL file is freed only once
+    // every family's memtable holding its writes was flushed. `meta` and `sm` take small
+    // writes that rarely fill a memtable, so without a cap the WAL grew without bound
+    // (2.4 GiB after 1.3M writes, and a 15 s replay at restart): past this size RocksDB
+    // flushes the families that hold the oldest WAL file.
+    opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
     let cfs = [CF_LOG, CF_META, CF_KV, CF_SM, CF_KV_B, CF_SM_B]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
