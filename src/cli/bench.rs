@@ -45,7 +45,14 @@ pub struct BenchArgs {
 
 pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let c = client(cli)?;
-    let value = vec![b'x'; a.value_size];
+    // Values are slices of a random pool at varying offsets: they do not compress, so the
+    // data on disk is as large as the data written (identical values would shrink to
+    // almost nothing under RocksDB's block compression).
+    let pool: Arc<Vec<u8>> = Arc::new(
+        (0..(a.value_size * 4).max(1 << 20))
+            .map(|_| rand::random::<u8>())
+            .collect(),
+    );
     let entries_before = decided(&c).await;
     let duration = match (a.duration, a.ops) {
         (Some(d), _) => d,
@@ -58,10 +65,11 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let max_ops = a.ops.unwrap_or(u64::MAX);
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let value_size = a.value_size;
     for w in 0..a.concurrency.max(1) {
-        let (c, value, read_ratio, keys, stale, issued, sequential) = (
+        let (c, pool, read_ratio, keys, stale, issued, sequential) = (
             c.clone(),
-            value.clone(),
+            pool.clone(),
             a.read_ratio,
             a.keys.max(1),
             a.stale,
@@ -89,7 +97,11 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
                     c.get(key.as_bytes(), stale).await.is_ok()
                 } else {
                     writes += 1;
-                    c.put(key.as_bytes(), &value, false).await.is_ok()
+                    let size = pool.len().min(value_size);
+                    let off = (n >> 20) as usize % (pool.len() - size + 1);
+                    c.put(key.as_bytes(), &pool[off..off + size], false)
+                        .await
+                        .is_ok()
                 };
                 if ok {
                     let _ = h.record(t.elapsed().as_micros() as u64);
