@@ -1,6 +1,6 @@
-//! Short nemesis runs on real processes: each fault family alone (kill, pause, and
-//! partition when root with iptables), the set workload under all of them through the
-//! real command line, the same two with a tiny log budget so that nodes catch up by state
+//! Short nemesis runs on real processes: each fault family alone (kill, pause,
+//! membership, and partition when root with iptables), the set workload under all of them
+//! (membership changes included) through the real command line, the same two with a tiny log budget so that nodes catch up by state
 //! transfers under the faults, and the set check shown to catch a lost, a duplicated and a
 //! phantom element. The long soak is `paxosdb nemesis --nemesis all --time-limit 600s`.
 
@@ -76,6 +76,42 @@ async fn partition_nemesis_register_workload_is_linearizable() {
     }
 }
 
+/// Nodes replaced, removed and added while the register workload runs: linearizable,
+/// at least one change took effect, and the nemesis knows the final members (the
+/// replicas compared and the final reads made are theirs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_nemesis_register_workload_is_linearizable() {
+    let mut o = short("membership", 19);
+    o.time_limit = Duration::from_secs(16);
+    let s = run(&o).await.expect("run");
+    assert_ran(&s, Family::Membership);
+    assert_membership_changed(&s);
+    // Both shapes ran (the fault bag draws each before repeating).
+    for f in ["replace", "shrink-grow"] {
+        assert!(s.injected.contains_key(f), "{f} missing:\n{}", s.render());
+    }
+}
+
+/// At least one membership change took effect, and the run knows the members it ended
+/// with.
+fn assert_membership_changed(s: &Summary) {
+    let text = s.render();
+    let m = &s.membership;
+    assert!(
+        m.took_effect() >= 1,
+        "no membership change took effect:\n{text}"
+    );
+    assert!(text.contains("membership changes: "), "{text}");
+    assert!(!m.added.is_empty() && !m.removed.is_empty(), "{text}");
+    assert!(m.final_config > 1, "{text}");
+    assert!(m.final_members.len() >= 2, "{text}");
+    assert!(
+        m.removed.iter().all(|id| !m.final_members.contains(id)),
+        "{text}"
+    );
+    assert_eq!(m.unresolved, 0, "{text}");
+}
+
 #[test]
 fn firewall_chain_is_removed_when_dropped() {
     if let Some(why) = Firewall::unavailable() {
@@ -104,13 +140,19 @@ fn firewall_chain_is_removed_when_dropped() {
     assert!(!chain_exists(&chain), "chain {chain} left behind");
 }
 
-/// Runs the set workload under every fault family through the real command line (with
-/// `extra` arguments) and returns its summary and text, after checking exit code 0 and a
-/// VALID verdict.
+/// Runs the set workload under every fault family through the real command line for 14 s
+/// (with `extra` arguments, which may set another `--time-limit`) and returns its summary
+/// and text, after checking exit code 0 and a VALID verdict.
 fn set_workload_via_cli(seed: u64, extra: &[&str]) -> (Summary, String) {
+    let time_limit: &[&str] = if extra.contains(&"--time-limit") {
+        &[]
+    } else {
+        &["--time-limit", "14s"]
+    };
     let out = std::process::Command::new(BIN)
         .args(["nemesis", "--nemesis", "all", "--workload", "set"])
-        .args(["--time-limit", "14s", "--seed", &seed.to_string(), "--json"])
+        .args(time_limit)
+        .args(["--seed", &seed.to_string(), "--json"])
         .args(["--fault-duration", "2500ms", "--heal-duration", "1200ms"])
         .args(["--op-timeout", "2s"])
         .args(extra)
@@ -139,6 +181,21 @@ fn set_workload_under_all_faults_via_cli() {
     let set = s.set.as_ref().expect("set report");
     assert!(set.acked >= 50, "{stdout}");
     assert!(s.injected.values().sum::<usize>() >= 3, "{stdout}");
+}
+
+/// The set workload under every fault family, membership changes included: the seed
+/// draws `replace` first (with or without partitions), so kills, pauses and partitions
+/// hit clusters that changed members, sometimes during the change. Nothing acknowledged
+/// is lost on the final members.
+#[test]
+fn set_workload_under_all_faults_with_membership_changes_via_cli() {
+    let (s, stdout) = set_workload_via_cli(21, &["--time-limit", "18s"]);
+    assert!(s.ok >= 100, "{stdout}");
+    let set = s.set.as_ref().expect("set report");
+    assert!(set.acked >= 50, "{stdout}");
+    assert!(s.injected_of(Family::Membership) >= 1, "{stdout}");
+    assert!(s.injected.values().sum::<usize>() >= 3, "{stdout}");
+    assert_membership_changed(&s);
 }
 
 /// A node that is killed, paused or cut off falls more than 40 entries behind within a
@@ -320,7 +377,11 @@ async fn five_nodes_under_all_faults_are_linearizable() {
 
 #[test]
 fn nemesis_names_parse() {
-    assert_eq!(parse_faults("all").unwrap().len(), 10);
+    assert_eq!(parse_faults("all").unwrap().len(), 12);
+    let membership = parse_faults("membership").unwrap();
+    assert_eq!(membership.len(), 2);
+    assert!(membership.iter().all(|f| f.family() == Family::Membership));
+    assert_eq!(parse_faults("replace,shrink-grow").unwrap(), membership);
     assert!(parse_faults("none").unwrap().is_empty());
     let kill = parse_faults("kill").unwrap();
     assert_eq!(kill.len(), 3);

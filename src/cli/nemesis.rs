@@ -11,9 +11,10 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct NemesisArgs {
-    /// Faults to inject, comma separated: all, none, kill, pause, partition, or single
-    /// faults (kill-random, kill-leader, kill-majority, pause-random, pause-leader,
-    /// partition-leader, partition-halves, quorum-loss, constrained-election, chained).
+    /// Faults to inject, comma separated: all, none, kill, pause, partition, membership,
+    /// or single faults (kill-random, kill-leader, kill-majority, pause-random,
+    /// pause-leader, partition-leader, partition-halves, quorum-loss,
+    /// constrained-election, chained, replace, shrink-grow).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
     /// Workload: register (put/get/cas, checked for linearizability) or set (CAS-append,

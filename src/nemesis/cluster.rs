@@ -5,6 +5,14 @@
 //! node's own peer IP). So a firewall rule naming two nodes' IPs and peer ports cuts
 //! exactly the link between them while clients still reach every node.
 //!
+//! Nodes added at run time by the membership nemesis (see [`super::membership`]) get the
+//! next id and IP (`127.0.0.N`), fresh ports and an empty data directory, and start with
+//! `--join`. Every node has a [`Role`]: the cluster tracks which nodes are members of the
+//! configuration in force (`config_id`), which one is joining, and which are retired
+//! (removed from the cluster, or never added); retired nodes are stopped and never
+//! restarted. Health, convergence, clients and heals use the current members; faults
+//! target members and a joining node.
+//!
 //! The cluster owns its children: dropping it SIGKILLs every node (paused ones included).
 
 use crate::client::{Client, ClientOptions};
@@ -14,6 +22,17 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// Where a node stands in the cluster's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A member of the configuration in force.
+    Member,
+    /// Started with `--join`; a membership change adding it is being made.
+    Joining,
+    /// Removed from the cluster, or never added: stopped for good.
+    Retired,
+}
 
 /// One node: where it listens, where it keeps its data, and its process if running.
 pub struct ProcNode {
@@ -25,14 +44,29 @@ pub struct ProcNode {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
+    pub role: Role,
+    /// The peer address of the member a node added at run time joins through (renewed
+    /// at every start); None for the initial nodes.
+    pub join: Option<String>,
+    /// Its `--peers`: every initial node for the initial nodes, itself for a joiner.
+    peers: String,
     status: Client,
+}
+
+impl ProcNode {
+    pub fn peer_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.peer_port)
+    }
 }
 
 pub struct ProcCluster {
     pub binary: PathBuf,
     pub dir: PathBuf,
     pub nodes: Vec<ProcNode>,
-    peers: String,
+    /// The configuration in force as last learned from the nodes (1 at the start).
+    pub config_id: u32,
+    /// How many members the cluster started with (membership faults keep it that size).
+    pub size: usize,
     /// Extra environment of every server process (e.g. the log budget).
     env: Vec<(String, String)>,
 }
@@ -65,41 +99,23 @@ impl ProcCluster {
         let mut held = Vec::new();
         let mut nodes = Vec::new();
         for i in 0..n {
-            let ip = Ipv4Addr::new(127, 0, 0, i as u8 + 1);
-            let peer_port = free_port(ip, &mut held)?;
-            let client_port = free_port(ip, &mut held)?;
-            let client_addr = format!("{ip}:{client_port}");
-            let status = Client::with_options(
-                std::slice::from_ref(&client_addr),
-                ClientOptions {
-                    timeout: Duration::from_millis(700),
-                    attempt_timeout: Duration::from_millis(700),
-                },
-            )
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-            nodes.push(ProcNode {
-                id: i as u64 + 1,
-                ip,
-                peer_port,
-                client_addr,
-                data_dir: dir.join(format!("node-{}", i + 1)),
-                log: dir.join(format!("node-{}.log", i + 1)),
-                child: None,
-                paused: false,
-                status,
-            });
+            nodes.push(lay_out(dir, i as u64 + 1, &mut held)?);
         }
         drop(held);
         let peers = nodes
             .iter()
-            .map(|n| format!("{}={}:{}", n.id, n.ip, n.peer_port))
+            .map(|n| format!("{}={}", n.id, n.peer_addr()))
             .collect::<Vec<_>>()
             .join(",");
+        for n in &mut nodes {
+            n.peers = peers.clone();
+        }
         let mut c = ProcCluster {
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
             nodes,
-            peers,
+            config_id: 1,
+            size: n,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -111,6 +127,82 @@ impl ProcCluster {
         Ok(c)
     }
 
+    /// Lays out a fresh node with the next unused id (new IP, ports and empty data
+    /// directory) and starts it with `--join` through member `via`: it waits until a
+    /// membership change adds it. Returns its id.
+    pub fn add_joiner(&mut self, via: u64) -> std::io::Result<u64> {
+        let id = self.nodes.len() as u64 + 1;
+        if id > 254 {
+            return Err(std::io::Error::other("no loopback IP left for a new node"));
+        }
+        let mut held = Vec::new();
+        let mut n = lay_out(&self.dir, id, &mut held)?;
+        drop(held);
+        n.peers = format!("{id}={}", n.peer_addr());
+        n.join = Some(self.node(via).peer_addr());
+        n.role = Role::Joining;
+        self.nodes.push(n);
+        self.spawn(id)?;
+        Ok(id)
+    }
+
+    /// Stops node `id` for good (it was removed, or will never be added).
+    pub fn retire(&mut self, id: u64) {
+        self.kill(id);
+        self.node_mut(id).role = Role::Retired;
+    }
+
+    /// Takes in the membership the cluster reports: configuration `config_id` with
+    /// `members`. Nodes named become members (a retired one comes back and is restarted
+    /// by the next heal); members not named are removed: retired and stopped. A joining
+    /// node not named stays joining (its change is still being made). Returns what
+    /// changed, for the event log.
+    pub fn set_membership(&mut self, config_id: u32, members: &[u64]) -> Vec<String> {
+        let mut out = Vec::new();
+        self.config_id = self.config_id.max(config_id);
+        for i in 0..self.nodes.len() {
+            let id = self.nodes[i].id;
+            let named = members.contains(&id);
+            match (self.nodes[i].role, named) {
+                (Role::Member, true) | (Role::Retired, false) | (Role::Joining, false) => {}
+                (Role::Joining, true) => {
+                    self.nodes[i].role = Role::Member;
+                    out.push(format!("node {id} is a member"));
+                }
+                (Role::Retired, true) => {
+                    self.nodes[i].role = Role::Member;
+                    out.push(format!("retired node {id} is a member after all"));
+                }
+                (Role::Member, false) => {
+                    let was_running = self.nodes[i].child.is_some();
+                    self.retire(id);
+                    out.push(if was_running {
+                        format!("stopped removed node {id}")
+                    } else {
+                        format!("node {id} (down) was removed")
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The newest membership any running node reports: (configuration, member ids).
+    pub async fn reported_membership(&self) -> Option<(u32, Vec<u64>)> {
+        let answers = futures::future::join_all(
+            self.ids()
+                .into_iter()
+                .map(|id| async move { self.status(id).await }),
+        )
+        .await;
+        answers
+            .into_iter()
+            .flatten()
+            .filter(|st| st.config_id > 0 && !st.members.is_empty())
+            .max_by_key(|st| st.config_id)
+            .map(|st| (st.config_id, st.members.iter().map(|m| m.id).collect()))
+    }
+
     pub fn node(&self, id: u64) -> &ProcNode {
         &self.nodes[id as usize - 1]
     }
@@ -119,25 +211,62 @@ impl ProcCluster {
         &mut self.nodes[id as usize - 1]
     }
 
+    /// The nodes faults may hit: the members and a joining node (not the retired).
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.role != Role::Retired)
+            .map(|n| n.id)
+            .collect()
     }
 
+    /// The members of the configuration in force.
+    pub fn members(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Member)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The members' client endpoints.
     pub fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Member)
+            .map(|n| n.client_addr.clone())
+            .collect()
     }
 
-    /// Starts node `id` (again), appending its output to its log file.
+    /// Starts node `id` (again), appending its output to its log file. A node added at
+    /// run time joins through a running member (its data directory may still be empty).
     pub fn spawn(&mut self, id: u64) -> std::io::Result<()> {
+        if let Some(join) = self.node(id).join.clone() {
+            if !self.joinable(&join) {
+                let via = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != id && n.role == Role::Member && n.child.is_some())
+                    .min_by_key(|n| n.paused)
+                    .map(|n| n.peer_addr());
+                if let Some(via) = via {
+                    self.node_mut(id).join = Some(via);
+                }
+            }
+        }
         let n = self.node(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&n.log)?;
-        let child = Command::new(&self.binary)
-            .arg("server")
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("server")
             .args(["--id", &id.to_string()])
-            .args(["--peers", &self.peers])
+            .args(["--peers", &n.peers]);
+        if let Some(join) = &n.join {
+            cmd.args(["--join", join]);
+        }
+        let child = cmd
             .args(["--client-addr", &n.client_addr])
             // The workload speaks gRPC only; the other listeners would collide between
             // runs sharing the machine.
@@ -156,11 +285,18 @@ impl ProcCluster {
         Ok(())
     }
 
+    /// True when `peer_addr` is a running member's: a new node can join through it.
+    pub fn joinable(&self, peer_addr: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.role == Role::Member && n.child.is_some() && n.peer_addr() == peer_addr)
+    }
+
     /// Nodes whose process exists (paused or not).
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.role != Role::Retired && n.child.is_some())
             .map(|n| n.id)
             .collect()
     }
@@ -169,15 +305,16 @@ impl ProcCluster {
     pub fn live(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some() && !n.paused)
+            .filter(|n| n.role != Role::Retired && n.child.is_some() && !n.paused)
             .map(|n| n.id)
             .collect()
     }
 
+    /// Members and a joining node whose process is not running.
     pub fn killed(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_none())
+            .filter(|n| n.role != Role::Retired && n.child.is_none())
             .map(|n| n.id)
             .collect()
     }
@@ -275,10 +412,10 @@ impl ProcCluster {
             .map(|(id, _)| id)
     }
 
-    /// True when every node answers and all agree on one leader that says it leads.
+    /// True when every member answers and all agree on one leader that says it leads.
     pub async fn healthy(&self) -> bool {
         let answers = futures::future::join_all(
-            self.ids()
+            self.members()
                 .into_iter()
                 .map(|id| async move { self.status(id).await }),
         )
@@ -298,10 +435,10 @@ impl ProcCluster {
             .any(|st| st.id == l && st.role == "leader")
     }
 
-    /// The applied index of every node (None where a node does not answer).
+    /// The applied index of every member (None where a member does not answer).
     pub async fn applied(&self) -> Vec<Option<u64>> {
         futures::future::join_all(
-            self.ids()
+            self.members()
                 .into_iter()
                 .map(|id| async move { self.status(id).await.map(|s| s.applied_index) }),
         )
@@ -319,6 +456,36 @@ impl ProcCluster {
         )
         .expect("valid endpoint")
     }
+}
+
+/// A node `id` under `dir` with fresh ports on `127.0.0.id`, not started.
+fn lay_out(dir: &Path, id: u64, held: &mut Vec<TcpListener>) -> std::io::Result<ProcNode> {
+    let ip = Ipv4Addr::new(127, 0, 0, id as u8);
+    let peer_port = free_port(ip, held)?;
+    let client_port = free_port(ip, held)?;
+    let client_addr = format!("{ip}:{client_port}");
+    let status = Client::with_options(
+        std::slice::from_ref(&client_addr),
+        ClientOptions {
+            timeout: Duration::from_millis(700),
+            attempt_timeout: Duration::from_millis(700),
+        },
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(ProcNode {
+        id,
+        ip,
+        peer_port,
+        client_addr,
+        data_dir: dir.join(format!("node-{id}")),
+        log: dir.join(format!("node-{id}.log")),
+        child: None,
+        paused: false,
+        role: Role::Member,
+        join: None,
+        peers: String::new(),
+        status,
+    })
 }
 
 impl Drop for ProcCluster {

@@ -13,6 +13,16 @@
 //!   only, the rest stay connected among themselves (a new leader must come from them);
 //! - `chained`: only the link between L and one follower is cut (L — X — F: F hears of L
 //!   only through others).
+//!
+//! The `membership` family changes the cluster's members while the workload runs (run by
+//! [`super::membership`], not by [`apply`]); a change is made while the round's other
+//! fault, if any, hits the cluster:
+//!
+//! - `replace`: a fresh node (next id, new ports, empty data directory) is started with
+//!   `--join`, and one change replaces a member by it (the leader one time in three); the
+//!   removed node is stopped once the change is applied;
+//! - `shrink-grow`: one change removes a member (the leader one time in three), a second
+//!   adds a fresh node, so the cluster keeps its size.
 
 use super::cluster::ProcCluster;
 use super::firewall::{Endpoint, Firewall};
@@ -33,6 +43,8 @@ pub enum Fault {
     QuorumLoss,
     ConstrainedElection,
     Chained,
+    Replace,
+    ShrinkGrow,
 }
 
 /// The fault families that `--nemesis` names.
@@ -41,10 +53,11 @@ pub enum Family {
     Kill,
     Pause,
     Partition,
+    Membership,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::KillRandom,
         Fault::KillLeader,
         Fault::KillMajority,
@@ -55,6 +68,8 @@ impl Fault {
         Fault::QuorumLoss,
         Fault::ConstrainedElection,
         Fault::Chained,
+        Fault::Replace,
+        Fault::ShrinkGrow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +84,8 @@ impl Fault {
             Fault::QuorumLoss => "quorum-loss",
             Fault::ConstrainedElection => "constrained-election",
             Fault::Chained => "chained",
+            Fault::Replace => "replace",
+            Fault::ShrinkGrow => "shrink-grow",
         }
     }
 
@@ -76,6 +93,7 @@ impl Fault {
         match self {
             Fault::KillRandom | Fault::KillLeader | Fault::KillMajority => Family::Kill,
             Fault::PauseRandom | Fault::PauseLeader => Family::Pause,
+            Fault::Replace | Fault::ShrinkGrow => Family::Membership,
             _ => Family::Partition,
         }
     }
@@ -93,19 +111,20 @@ impl Family {
             Family::Kill => "kill",
             Family::Pause => "pause",
             Family::Partition => "partition",
+            Family::Membership => "membership",
         }
     }
 }
 
-/// Parses `--nemesis`: a comma-separated list of families (`kill`, `pause`, `partition`),
-/// single faults (`kill-leader`, `quorum-loss`, ...), `all`, or `none`.
+/// Parses `--nemesis`: a comma-separated list of families (`kill`, `pause`, `partition`,
+/// `membership`), single faults (`kill-leader`, `quorum-loss`, ...), `all`, or `none`.
 pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, String> {
     let mut out = BTreeSet::new();
     for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         match word {
             "none" => {}
             "all" => out.extend(Fault::ALL),
-            "kill" | "pause" | "partition" => {
+            "kill" | "pause" | "partition" | "membership" => {
                 out.extend(Fault::ALL.into_iter().filter(|f| f.family().name() == word))
             }
             _ => match Fault::ALL.into_iter().find(|f| f.name() == word) {
@@ -115,7 +134,7 @@ pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, String> {
                 None => {
                     let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
                     return Err(format!(
-                        "unknown nemesis {word:?}; use all, none, kill, pause, partition or one of {}",
+                        "unknown nemesis {word:?}; use all, none, kill, pause, partition, membership or one of {}",
                         names.join(", ")
                     ));
                 }
@@ -153,6 +172,9 @@ pub async fn apply<R: Rng>(
     fw: Option<&Firewall>,
     rng: &mut R,
 ) -> Result<String, String> {
+    if fault.family() == Family::Membership {
+        return Err(format!("{fault} is made by the membership nemesis"));
+    }
     let ids = c.ids();
     let n = ids.len();
     // The leader, or a random live node when none is known.
@@ -232,9 +254,15 @@ pub async fn apply<R: Rng>(
     }
 }
 
-/// Undoes every fault: restarts killed nodes, resumes paused ones, removes all cuts.
-/// Returns a description of what was healed (empty if nothing was broken).
-pub fn heal_all(c: &mut ProcCluster, fw: Option<&Firewall>) -> Result<String, String> {
+/// Undoes every fault: restarts killed nodes (but those in `hold`: a node an unresolved
+/// membership change may have removed, which would refuse to start), resumes paused ones,
+/// removes all cuts. Returns a description of what was healed (empty if nothing was
+/// broken).
+pub fn heal_all(
+    c: &mut ProcCluster,
+    fw: Option<&Firewall>,
+    hold: &[u64],
+) -> Result<String, String> {
     let mut parts = Vec::new();
     let paused = c.paused();
     for &id in &paused {
@@ -243,7 +271,8 @@ pub fn heal_all(c: &mut ProcCluster, fw: Option<&Firewall>) -> Result<String, St
     if !paused.is_empty() {
         parts.push(format!("resumed {paused:?}"));
     }
-    let killed = c.killed();
+    let mut killed = c.killed();
+    killed.retain(|id| !hold.contains(id));
     for &id in &killed {
         c.spawn(id)
             .map_err(|e| format!("restarting node {id}: {e}"))?;

@@ -3,17 +3,23 @@
 //! [`run`] starts a 3- or 5-node cluster of the `paxosdb` binary on loopback (node `i` on
 //! `127.0.0.i`, see [`cluster`]), runs concurrent clients that record every operation
 //! ([`workload`]), and meanwhile injects faults ([`faults`]): `kill -9` and restart,
-//! SIGSTOP/SIGCONT, and iptables partitions ([`firewall`]; skipped with a printed reason
-//! when not root or without iptables). Each fault lasts `fault_duration`, then everything
-//! heals for `heal_duration`; when several families are enabled, a round sometimes
-//! combines two faults. Every nemesis event is logged with its time.
+//! SIGSTOP/SIGCONT, iptables partitions ([`firewall`]; skipped with a printed reason
+//! when not root or without iptables), and membership changes ([`membership`]: a member
+//! replaced by a fresh node, or removed and a fresh node added). Each fault lasts
+//! `fault_duration`, then everything heals for `heal_duration`; when several families
+//! are enabled, a round sometimes combines two faults (a membership change with a kill,
+//! a pause or a partition that lands during the change). Every nemesis event is logged
+//! with its time. Nodes added at run time join the cluster the nemesis drives: clients,
+//! heals, fault targets, final reads and the replica comparison use the current members.
 //!
 //! At the end all faults are healed, the cluster must become healthy, and then:
 //! - the history is checked for linearizability per key ([`crate::check::check`]);
 //! - the set workload's final linearizable reads must hold every acknowledged element
 //!   exactly once ([`workload::check_set`]);
-//! - every replica must reach the same applied index and hold the same values for every
-//!   key the run touched;
+//! - every replica (of the final members) must reach the same applied index and hold the
+//!   same values for every key the run touched;
+//! - every membership change must be resolved (applied or not), and none answered with
+//!   an error may have happened;
 //! - no node process may have exited by itself (a panic, an abort) at any time: such a
 //!   node is noted as a crash when the nemesis next looks, restarted by the next heal, and
 //!   makes the run invalid.
@@ -31,6 +37,7 @@
 pub mod cluster;
 pub mod faults;
 pub mod firewall;
+pub mod membership;
 pub mod workload;
 
 use crate::check::{self, Input, Operation, Outcome, Output, Report};
@@ -39,6 +46,7 @@ use crate::error::{Error, Result};
 use cluster::ProcCluster;
 use faults::{Family, Fault};
 use firewall::Firewall;
+use membership::MembershipStats;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -48,7 +56,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use workload::{Element, SetReport, Shared};
+use workload::{Element, Endpoints, SetReport, Shared, WorkerClient};
 
 /// Which workload the clients run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,12 +263,16 @@ pub struct Summary {
     /// State transfers the nodes logged during the run.
     #[serde(default)]
     pub state_transfers: StateTransfers,
+    /// Membership changes made by the membership nemesis.
+    #[serde(default)]
+    pub membership: MembershipStats,
     pub run_dir: PathBuf,
     pub violation_file: Option<PathBuf>,
 }
 
 impl Summary {
-    /// True when the history is linearizable, the set is intact and the replicas agree.
+    /// True when the history is linearizable, the set is intact, the replicas agree, no
+    /// node crashed, and every membership change was answered truthfully and resolved.
     pub fn is_valid(&self) -> bool {
         self.linearizability
             .as_ref()
@@ -268,6 +280,8 @@ impl Summary {
             && self.set.as_ref().is_none_or(|s| s.is_valid())
             && self.divergence.is_empty()
             && self.crashes.is_empty()
+            && self.membership.failed_but_applied == 0
+            && self.membership.unresolved == 0
     }
 
     /// Faults injected of a family.
@@ -355,6 +369,9 @@ impl Summary {
             "state transfers: {} installed, {} failed, {} started, {} sent\n",
             t.installed, t.failed, t.started, t.sent
         );
+        if self.membership.attempted > 0 {
+            s += &format!("{}\n", self.membership.render());
+        }
         if self.divergence.is_empty() {
             s += "replicas: converged\n";
         } else {
@@ -371,18 +388,39 @@ impl Summary {
     }
 }
 
+/// The reason a node gave for not starting, if it exited because a membership change had
+/// removed it: its log ends with that error.
+fn refused_as_removed(log: &std::path::Path) -> Option<String> {
+    let bytes = std::fs::read(log).ok()?;
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    let text = String::from_utf8_lossy(tail);
+    let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    (last.starts_with("error: ") && last.contains("was removed from the cluster"))
+        .then(|| last.to_string())
+}
+
 /// The event log, shared by the nemesis and the final phase.
 struct Events {
     start: Instant,
     verbose: bool,
     list: Mutex<Vec<Event>>,
     crashes: Mutex<Vec<String>>,
+    membership: Mutex<MembershipStats>,
 }
 
 impl Events {
     /// Notes every node that exited by itself (it is restarted by the next heal).
     fn reap(&self, c: &mut ProcCluster) {
         for (id, status) in c.reap_exited() {
+            if let Some(why) = refused_as_removed(&c.node(id).log) {
+                // Restarted before the nemesis learned that a change removed it.
+                c.retire(id);
+                self.log(
+                    "membership",
+                    format!("node {id} refused to start, it was removed: {why}"),
+                );
+                continue;
+            }
             let at = self.start.elapsed().as_secs_f64();
             let what = format!(
                 "node {id} exited by itself ({status}), noticed at {at:.3}s; see {}",
@@ -470,6 +508,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         verbose: opts.verbose,
         list: Mutex::new(Vec::new()),
         crashes: Mutex::new(Vec::new()),
+        membership: Mutex::new(MembershipStats::default()),
     };
     let endpoints = cluster.lock().await.endpoints();
     let set_generations = opts.time_limit.as_secs() / workload::SET_GENERATION.as_secs() + 1;
@@ -483,28 +522,24 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         next_process: AtomicU64::new(opts.clients as u64 + 1),
         set_generations,
         stale_reads: opts.stale_reads,
-    });
-    let client_for_worker = |w: usize| -> Result<Client> {
-        let mut eps = endpoints.clone();
-        let n = eps.len();
-        eps.rotate_left(w % n);
-        Client::with_options(
-            &eps,
+        endpoints: Endpoints::new(
+            endpoints,
             ClientOptions {
                 timeout: opts.op_timeout,
                 attempt_timeout: (opts.op_timeout / 2).max(Duration::from_millis(300)),
             },
-        )
-    };
+        ),
+    });
 
     if opts.workload == Workload::Set {
-        create_set_keys(&shared, &client_for_worker(0)?, set_generations).await?;
+        let (_, client) = shared.endpoints.client(0)?;
+        create_set_keys(&shared, &client, set_generations).await?;
     }
 
     // Workers.
     let mut workers = Vec::new();
     for w in 0..opts.clients {
-        let client = client_for_worker(w)?;
+        let client = WorkerClient::new(&shared.endpoints, w)?;
         let worker_rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1 + w as u64));
         let shared = shared.clone();
         let id = w as u64 + 1;
@@ -547,7 +582,8 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     {
         let mut c = cluster.lock().await;
         events.reap(&mut c);
-        let healed = faults::heal_all(&mut c, firewall.as_ref()).map_err(Error::Internal)?;
+        membership::sync(&mut c, &shared, &events).await;
+        let healed = faults::heal_all(&mut c, firewall.as_ref(), &[]).map_err(Error::Internal)?;
         if !healed.is_empty() {
             events.log("heal", format!("final: {healed}"));
         }
@@ -557,12 +593,19 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         &cluster,
         Duration::from_secs(60),
         "the cluster to recover after healing",
-        Some(&events),
+        Some((&events, shared.as_ref())),
     )
     .await?;
 
-    // Final reads (linearizable, recorded in the history too).
-    let final_client = client_for_worker(0)?;
+    // Final reads (linearizable, recorded in the history too), from the final members.
+    {
+        let mut c = cluster.lock().await;
+        membership::sync(&mut c, &shared, &events).await;
+        let mut st = events.membership.lock().unwrap();
+        st.final_members = c.members();
+        st.final_config = c.config_id;
+    }
+    let (_, final_client) = shared.endpoints.client(0)?;
     let set = if opts.workload == Workload::Set {
         let elements: Vec<Element> = shared.elements.lock().unwrap().clone();
         let mut finals = BTreeMap::new();
@@ -607,6 +650,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             Err(e) => (None, Some(format!("the checker failed: {e}"))),
         };
     let crashes = events.crashes.into_inner().unwrap();
+    let membership = events.membership.into_inner().unwrap();
     let events = events.list.into_inner().unwrap();
     let mut injected = BTreeMap::new();
     for e in &events {
@@ -634,6 +678,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         divergence,
         crashes,
         state_transfers,
+        membership,
         run_dir: run_dir.clone(),
         violation_file: None,
     };
@@ -663,20 +708,22 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Waits until every node answers and they agree on a leader. With `events`, a node that
-/// exits by itself meanwhile is noted as a crash and restarted.
+/// Waits until every member answers and they agree on a leader. With `events`, a node
+/// that exits by itself meanwhile is noted as a crash and restarted, and a newer
+/// configuration the nodes report is taken in.
 async fn wait_healthy(
     cluster: &tokio::sync::Mutex<ProcCluster>,
     timeout: Duration,
     what: &str,
-    events: Option<&Events>,
+    events: Option<(&Events, &Shared)>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         {
             let mut c = cluster.lock().await;
-            if let Some(events) = events {
+            if let Some((events, shared)) = events {
                 events.reap(&mut c);
+                membership::sync(&mut c, shared, events).await;
                 let killed = c.killed();
                 for id in killed {
                     c.spawn(id)?;
@@ -747,8 +794,8 @@ async fn final_read(shared: &Shared, client: &Client, key: &[u8]) -> Option<Opti
     None
 }
 
-/// Waits until every node has applied the same index, then compares every node's local
-/// copy of `keys`. Returns the disagreements.
+/// Waits until every member has applied the same index, then compares every member's
+/// local copy of `keys`. Returns the disagreements.
 async fn compare_replicas(c: &ProcCluster, keys: &BTreeSet<Vec<u8>>) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut stable = 0;
@@ -772,7 +819,7 @@ async fn compare_replicas(c: &ProcCluster, keys: &BTreeSet<Vec<u8>>) -> Vec<Stri
     }
     let mut out = Vec::new();
     let clients: Vec<(u64, Client)> = c
-        .ids()
+        .members()
         .into_iter()
         .map(|id| (id, c.client_for(id, Duration::from_secs(5))))
         .collect();
@@ -819,7 +866,11 @@ async fn sleep_until_or_stop(until: Instant, shared: &Shared) {
 
 /// Injects faults until the run stops: fault, wait, heal, wait. Faults are drawn from a
 /// shuffled bag so that every enabled fault runs before any repeats; with several
-/// families enabled, one round in three adds a second fault of another family.
+/// families enabled, one round in three adds a second fault of another family. A
+/// membership change is sent first when its fault comes first, and the round's other
+/// fault follows within 400 ms, so that it hits the cluster during the change; the change
+/// is settled (resolved when its outcome is unknown) after the heal, before the next
+/// round.
 #[allow(clippy::too_many_arguments)]
 async fn nemesis_loop(
     cluster: &tokio::sync::Mutex<ProcCluster>,
@@ -857,22 +908,48 @@ async fn nemesis_loop(
                 .collect();
             round.extend(second.choose(rng));
         }
+        let mut change = None;
         {
             let mut c = cluster.lock().await;
             events.reap(&mut c);
-            for f in round {
+            membership::sync(&mut c, shared, events).await;
+            let n = round.len();
+            for (i, f) in round.into_iter().enumerate() {
+                if f.family() == Family::Membership {
+                    match membership::begin(f, &mut c, events, rng).await {
+                        Ok((inflight, what)) => {
+                            events.log(f.name(), what);
+                            change = Some(inflight);
+                        }
+                        Err(e) => events.log("error", format!("{f}: {e}")),
+                    }
+                    if i + 1 < n {
+                        let delay = Duration::from_millis(rng.gen_range(0..=400));
+                        tokio::time::sleep(delay).await;
+                    }
+                    continue;
+                }
                 match faults::apply(f, &mut c, firewall, rng).await {
                     Ok(what) => events.log(f.name(), what),
                     Err(e) => events.log("error", format!("{f}: {e}")),
                 }
             }
         }
-        sleep_until_or_stop(Instant::now() + opts.fault_duration, shared).await;
+        let fault_end = Instant::now() + opts.fault_duration;
+        if let Some(inflight) = change.as_mut() {
+            membership::drive(inflight, cluster, shared, events, fault_end).await;
+        }
+        sleep_until_or_stop(fault_end, shared).await;
         {
             let mut c = cluster.lock().await;
             events.reap(&mut c);
-            let healed = faults::heal_all(&mut c, firewall).map_err(Error::Internal)?;
+            membership::sync(&mut c, shared, events).await;
+            let hold = change.as_ref().map(|f| f.hold()).unwrap_or_default();
+            let healed = faults::heal_all(&mut c, firewall, &hold).map_err(Error::Internal)?;
             events.log("heal", healed);
+        }
+        if let Some(inflight) = change {
+            membership::finish(inflight, cluster, shared, events).await;
         }
         sleep_until_or_stop(Instant::now() + opts.heal_duration, shared).await;
     }

@@ -4,7 +4,9 @@
 //! recorded as a [`check::Operation`]: invoked at `call`, and `Ok` / `Fail` / `Info` at
 //! `ret`. An error that leaves the outcome open (a timeout, a lost connection, anything
 //! but a refusal) is `Info`, and the worker continues as a *new* client id (the old
-//! operation may still be in flight, so that process never returns).
+//! operation may still be in flight, so that process never returns). A worker's client
+//! talks to the cluster's current members ([`Endpoints`]): after a membership change,
+//! its next operation goes through a client for the new members.
 //!
 //! - *register*: get / put / compare-and-swap on a handful of keys, with values unique in
 //!   the run. Keys are retired after a few hundred operations so that each key's history
@@ -16,7 +18,7 @@
 //!   certainly failed; elements whose outcome is unknown may be present or absent.
 
 use crate::check::{Input, Operation, Outcome, Output};
-use crate::client::{CasExpect, Client};
+use crate::client::{CasExpect, Client, ClientOptions};
 use crate::error::Error;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -37,6 +39,78 @@ pub const SET_GENERATION: Duration = Duration::from_secs(10);
 /// The initial value of every set key.
 pub const SET_EMPTY: &str = "s";
 
+/// The client endpoints of the cluster's current members, renewed by the nemesis after
+/// every membership change; workers rebuild their clients when they change.
+pub struct Endpoints {
+    /// (version, endpoints); the version grows with every change.
+    current: Mutex<(u64, Vec<String>)>,
+    opts: ClientOptions,
+}
+
+impl Endpoints {
+    pub fn new(endpoints: Vec<String>, opts: ClientOptions) -> Endpoints {
+        Endpoints {
+            current: Mutex::new((0, endpoints)),
+            opts,
+        }
+    }
+
+    /// Sets the members' endpoints (a no-op when unchanged).
+    pub fn set(&self, endpoints: Vec<String>) {
+        let mut cur = self.current.lock().unwrap();
+        if cur.1 != endpoints && !endpoints.is_empty() {
+            cur.0 += 1;
+            cur.1 = endpoints;
+        }
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.current.lock().unwrap().1.clone()
+    }
+
+    fn version(&self) -> u64 {
+        self.current.lock().unwrap().0
+    }
+
+    /// A client for the current endpoints, starting at the `rotate`-th (spreads workers
+    /// over the nodes), with its version.
+    pub fn client(&self, rotate: usize) -> crate::error::Result<(u64, Client)> {
+        let (version, mut eps) = self.current.lock().unwrap().clone();
+        let n = eps.len().max(1);
+        eps.rotate_left(rotate % n);
+        Ok((version, Client::with_options(&eps, self.opts.clone())?))
+    }
+}
+
+/// A worker's client, rebuilt for the new members after a membership change.
+pub struct WorkerClient {
+    rotate: usize,
+    version: u64,
+    client: Client,
+}
+
+impl WorkerClient {
+    pub fn new(endpoints: &Endpoints, rotate: usize) -> crate::error::Result<WorkerClient> {
+        let (version, client) = endpoints.client(rotate)?;
+        Ok(WorkerClient {
+            rotate,
+            version,
+            client,
+        })
+    }
+
+    /// The client for the current members.
+    fn get(&mut self, endpoints: &Endpoints) -> Client {
+        if endpoints.version() != self.version {
+            if let Ok((version, client)) = endpoints.client(self.rotate) {
+                self.version = version;
+                self.client = client;
+            }
+        }
+        self.client.clone()
+    }
+}
+
 /// Shared state of the workers: the clock, the history, the stop signal.
 pub struct Shared {
     pub start: Instant,
@@ -53,6 +127,8 @@ pub struct Shared {
     /// Deliberately unsafe: workers read the contacted node's local copy (no leadership
     /// proof), to show that the checks catch stale reads.
     pub stale_reads: bool,
+    /// The current members' endpoints.
+    pub endpoints: Endpoints,
 }
 
 impl Shared {
@@ -92,11 +168,17 @@ fn write_error_outcome(e: &Error) -> Outcome {
 }
 
 /// One worker of the register workload.
-pub async fn register_worker(shared: Arc<Shared>, client: Client, mut rng: StdRng, id: u64) {
+pub async fn register_worker(
+    shared: Arc<Shared>,
+    mut client: WorkerClient,
+    mut rng: StdRng,
+    id: u64,
+) {
     let mut process = id;
     let mut seq = 0u64;
     let mut last_seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     while shared.next_op() {
+        let client = client.get(&shared.endpoints);
         let n = shared.started.load(Ordering::Relaxed);
         let generation = n / (REGISTER_KEYS * OPS_PER_KEY);
         let key = format!("r/{generation}/{}", rng.gen_range(0..REGISTER_KEYS)).into_bytes();
@@ -181,7 +263,7 @@ pub struct Element {
 }
 
 /// One worker of the set workload.
-pub async fn set_worker(shared: Arc<Shared>, client: Client, mut rng: StdRng, id: u64) {
+pub async fn set_worker(shared: Arc<Shared>, mut client: WorkerClient, mut rng: StdRng, id: u64) {
     let mut process = id;
     let mut seq = 0u64;
     'elements: while shared.next_op() {
@@ -191,6 +273,7 @@ pub async fn set_worker(shared: Arc<Shared>, client: Client, mut rng: StdRng, id
         let mut status = ElementStatus::Absent;
         let mut key = String::new();
         for _attempt in 0..8 {
+            let client = client.get(&shared.endpoints);
             let generation = (shared.start.elapsed().as_secs() / SET_GENERATION.as_secs())
                 .min(shared.set_generations - 1);
             key = set_key(generation, slot);
