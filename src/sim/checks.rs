@@ -3,7 +3,14 @@
 //!
 //! - [`LogOracle`]: one decided log. Every decided entry any node ever reports is compared
 //!   with the first report for that index (so a divergence is caught even if the node
-//!   later crashes), and [`common_prefix`] compares the final logs pairwise.
+//!   later crashes), and [`common_prefix`] compares the final logs pairwise where they
+//!   overlap. With log compaction a node's log starts at its compacted index: the world
+//!   observes every node after every round, and a node trims only entries it applied in
+//!   an earlier round, so every entry a node decides is compared before it can be trimmed.
+//!   The one legitimate gap is a state install, which moves a node's log start past
+//!   entries it never decided: [`LogOracle::skip`] allows it only then, and only up to
+//!   the known decided log (an installed state covering entries no node was seen to
+//!   decide is a violation).
 //! - [`DecidedMonotonic`]: a node's decided index never goes back.
 //! - [`replicas_equal`]: after quiescence, all state machines hold the same bytes.
 //! - [`linearizable`]: the client history, through [`crate::check::check`].
@@ -36,6 +43,31 @@ impl LogOracle {
     /// Re-check `node` from `to` on (after it restarted with an older decided index).
     pub fn rewind(&mut self, node: usize, to: u64) {
         self.checked[node] = self.checked[node].min(to);
+    }
+
+    /// `node`'s log now starts at `to`, above what was compared: allowed only if `install`
+    /// (it installed a fetched state) and only within the known decided log.
+    pub fn skip(&mut self, node: usize, to: u64, install: bool) -> Result<(), String> {
+        let from = self.checked[node];
+        if to <= from {
+            return Ok(());
+        }
+        if !install {
+            return Err(format!(
+                "node {} trimmed its log to {to} without installing a state, but entries \
+                 from {from} on were never compared",
+                node + 1
+            ));
+        }
+        if to > self.log.len() as u64 {
+            return Err(format!(
+                "node {} installed a state ending at {to}, beyond the known decided log of {}",
+                node + 1,
+                self.log.len()
+            ));
+        }
+        self.checked[node] = to;
+        Ok(())
     }
 
     /// Length of the longest decided log seen.
@@ -74,14 +106,22 @@ impl LogOracle {
     }
 }
 
-/// Every pair of logs agrees on their common prefix.
-pub fn common_prefix(logs: &[(NodeId, Vec<LogEntry>)]) -> Result<(), String> {
-    for (i, (a, la)) in logs.iter().enumerate() {
-        for (b, lb) in &logs[i + 1..] {
-            if let Some(k) = la.iter().zip(lb).position(|(x, y)| x != y) {
+/// Every pair of logs agrees where both have entries. A log is (node, index of its first
+/// entry, entries): with compaction each starts at its node's compacted index.
+pub fn common_prefix(logs: &[(NodeId, u64, Vec<LogEntry>)]) -> Result<(), String> {
+    for (i, (a, sa, la)) in logs.iter().enumerate() {
+        for (b, sb, lb) in &logs[i + 1..] {
+            let start = (*sa).max(*sb);
+            let (xa, xb) = ((start - sa) as usize, (start - sb) as usize);
+            if xa >= la.len() || xb >= lb.len() {
+                continue;
+            }
+            if let Some(k) = la[xa..].iter().zip(&lb[xb..]).position(|(x, y)| x != y) {
                 return Err(format!(
-                    "nodes {a} and {b} decided different entries at index {k}: {:?} vs {:?}",
-                    la[k], lb[k]
+                    "nodes {a} and {b} decided different entries at index {}: {:?} vs {:?}",
+                    start + k as u64,
+                    la[xa + k],
+                    lb[xb + k]
                 ));
             }
         }

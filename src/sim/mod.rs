@@ -15,8 +15,13 @@
 //! 3. **drain**: clients stop issuing; their operations finish;
 //! 4. **quiesce**: run until every node has decided and applied the same log.
 //!
+//! With a compaction policy ([`SimConfig::compaction`]; [`LogBudget`]) the nodes trim their
+//! logs as the server does, exchange progress notes over the simulated network, and a node
+//! that falls behind a peer's trimmed log catches up by a simulated state transfer (see
+//! `world`), so crashes and partitions hit nodes while they trim, send and install states.
+//!
 //! Checked: one decided log (every decided entry any node reports is compared, during the
-//! run and pairwise at the end); no node's decided index goes back (across a machine
+//! run and pairwise at the end, over what the logs still hold); no node's decided index goes back (across a machine
 //! crash it may, because production does not fsync it — monotonicity is then checked
 //! from the restored value on); all replicas' bytes equal after quiescence; liveness
 //! after healing; the client history linearizable per key ([`crate::check`]).
@@ -46,6 +51,8 @@ mod tests;
 pub use checks::{common_prefix, linearizable, replicas_equal, DecidedMonotonic, LogOracle};
 pub use net::{Shape, Weather};
 
+use crate::node::CompactionPolicy;
+
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 use world::World;
@@ -63,6 +70,57 @@ pub enum Bug {
     DivergeState,
     /// Node 1 ignores every peer message: requests sent to it never complete.
     DeafNode,
+    /// Node 1, after installing a fetched state, resets its log but keeps its old accepted
+    /// round (the false claim the nemesis found; see `node::paxos`). Needs compaction.
+    StaleAcceptedRound,
+}
+
+/// How much log the simulated nodes keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogBudget {
+    /// No compaction.
+    Off,
+    /// A tiny budget for every seed ([`tiny_policy`]).
+    Tiny,
+    /// Tiny for half the seeds (`seed % 8 < 4`, which includes half the 5-node seeds of
+    /// the default mix), off for the others.
+    Mixed,
+}
+
+impl LogBudget {
+    /// The policy of `seed`'s run.
+    pub fn policy(self, seed: u64) -> CompactionPolicy {
+        match self {
+            LogBudget::Off => CompactionPolicy::OFF,
+            LogBudget::Tiny => tiny_policy(seed),
+            LogBudget::Mixed if seed % 8 < 4 => tiny_policy(seed),
+            LogBudget::Mixed => CompactionPolicy::OFF,
+        }
+    }
+}
+
+impl std::str::FromStr for LogBudget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(LogBudget::Off),
+            "tiny" => Ok(LogBudget::Tiny),
+            "mixed" => Ok(LogBudget::Mixed),
+            _ => Err(format!("unknown log budget {s:?} (off, tiny or mixed)")),
+        }
+    }
+}
+
+/// A tiny log budget, varied by seed: trim in steps of 5 to 10 entries, keep 20 to 40
+/// applied entries for laggards (and, for a third of the seeds, about 1 KiB of them), so a
+/// node that is down or cut off for a moment falls behind its peers' trimmed logs.
+pub fn tiny_policy(seed: u64) -> CompactionPolicy {
+    let h = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    CompactionPolicy {
+        every_entries: 5 + h % 6,
+        keep_entries: 20 + (h / 6) % 21,
+        keep_bytes: if (h / 126).is_multiple_of(3) { 1024 } else { u64::MAX },
+    }
 }
 
 /// What to simulate.
@@ -72,6 +130,8 @@ pub struct SimConfig {
     pub clients: usize,
     pub keys: usize,
     pub fault_time: Duration,
+    /// Longest gap between two nemesis actions (each gap is uniform in 100 ms..this).
+    pub max_fault_gap: Duration,
     pub live_time: Duration,
     pub liveness_bound: Duration,
     /// Check the history for linearizability.
@@ -82,6 +142,8 @@ pub struct SimConfig {
     /// never does and OmniPaxos does not tolerate (see `net`).
     pub chaos: bool,
     pub bug: Option<Bug>,
+    /// Log compaction of every node (`CompactionPolicy::OFF`: none).
+    pub compaction: CompactionPolicy,
 }
 
 impl Default for SimConfig {
@@ -91,12 +153,31 @@ impl Default for SimConfig {
             clients: 4,
             keys: 3,
             fault_time: Duration::from_secs(5),
+            max_fault_gap: Duration::from_secs(4),
             live_time: Duration::from_secs(2),
             liveness_bound: Duration::from_secs(10),
             linearizability: true,
             trace: false,
             chaos: false,
             bug: None,
+            compaction: CompactionPolicy::OFF,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The configuration of `seed` in a campaign (the CI test's and `paxosdb sim`'s): 3
+    /// nodes, 5 for every fourth seed; the log budget's policy for the seed, and a busier
+    /// nemesis (a fault every 100 ms to 1.5 s) when it trims, so that nodes fall behind
+    /// the trimmed logs while faults go on.
+    pub fn for_seed(seed: u64, budget: LogBudget) -> SimConfig {
+        let compaction = budget.policy(seed);
+        let compacting = compaction != CompactionPolicy::OFF;
+        SimConfig {
+            nodes: if seed % 4 == 3 { 5 } else { 3 },
+            compaction,
+            max_fault_gap: Duration::from_millis(if compacting { 1500 } else { 4000 }),
+            ..SimConfig::default()
         }
     }
 }
@@ -121,7 +202,13 @@ pub struct RunStats {
     pub dropped: u64,
     pub duplicated: u64,
     /// Length of the decided log.
-    pub decided: usize,
+    pub decided: u64,
+    /// State fetches started, installed and failed.
+    pub fetches: u64,
+    pub fetched: u64,
+    pub fetch_failures: u64,
+    /// Highest compacted index of any node at the end.
+    pub compacted: u64,
     pub virtual_ms: u64,
     /// Hash of the history, the decided log and (with `trace`) every delivered message.
     pub trace_hash: u64,
@@ -147,7 +234,16 @@ impl std::fmt::Display for Failure {
 /// Runs one seed and checks it.
 pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunStats, Failure> {
     let mut w = World::new(seed, cfg.clone());
-    let result = phases(&mut w);
+    // OmniPaxos' own assertions panic: report them as this seed's failure.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| phases(&mut w)))
+        .unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("panicked: {what}"))
+        });
     result.map(|s| RunStats { seed, ..s }).map_err(|reason| {
         let mut faults = std::mem::take(&mut w.fault_log);
         faults.extend(w.describe());
@@ -190,10 +286,13 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
             .kv
             .insert(b"k0".to_vec(), b"diverged".to_vec());
     }
+    let mut compacted = 0;
     for (i, node) in w.nodes.iter().enumerate() {
         let core = node.core.as_ref().expect("all nodes are up after healing");
-        let decided = core.status().decided_index;
-        logs.push((i as u64 + 1, core.decided_entries(0, decided)));
+        let s = core.status();
+        let entries = core.decided_entries(s.compacted_index, s.decided_index);
+        compacted = compacted.max(s.compacted_index);
+        logs.push((i as u64 + 1, s.compacted_index, entries));
         let spaces = node.durable.lock().unwrap().kv.read().unwrap().clone();
         states.push((i as u64 + 1, spaces));
     }
@@ -210,7 +309,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
         (op.client, &op.key, op.call, op.ret).hash(&mut h);
         format!("{:?}{:?}", op.input, op.outcome).hash(&mut h);
     }
-    format!("{:?}", logs[0].1).hash(&mut h);
+    format!("{:?}", logs[0]).hash(&mut h);
     let count = |o: fn(&crate::check::Outcome) -> bool| w.clients.count(o);
     use crate::check::Outcome;
     Ok(RunStats {
@@ -231,7 +330,11 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
         messages: w.net.sent,
         dropped: w.net.dropped,
         duplicated: w.net.duplicated,
-        decided: logs[0].1.len(),
+        decided: w.oracle.len() as u64,
+        fetches: w.fetches,
+        fetched: w.fetched,
+        fetch_failures: w.fetch_failures,
+        compacted,
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),
         fault_log: w.fault_log.clone(),

@@ -2,7 +2,10 @@
 //!
 //! A node's `Core` sends through an [`Outbox`] (its `Network`): the message is only queued.
 //! The world then hands it to [`SimNet::submit`], which drops and delays it with the
-//! seeded probabilities of the current [`Weather`]. Random delays reorder messages across
+//! seeded probabilities of the current [`Weather`]. Node-level notes (progress, "fetch my
+//! state") travel the same way, on the same links, under the same rules, as OmniPaxos
+//! messages ([`Packet`]); state fetches asked for through the outbox are run by the world
+//! (see `world`). Random delays reorder messages across
 //! links; on one directed link delivery is FIFO, like the production transport (one TCP
 //! connection per direction, which may lose a message when its queue is full or the
 //! connection breaks, but never reorders or duplicates). A message crosses a link only if
@@ -19,7 +22,7 @@
 //! of the OmniPaxos paper (quorum-loss, constrained election, chained).
 
 use crate::command::{LogEntry, NodeId};
-use crate::node::Network;
+use crate::node::{Network, Note};
 use omnipaxos::messages::Message;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -28,18 +31,41 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What a core sent since the world last looked.
+#[derive(Default)]
+pub struct Sent {
+    pub msgs: Vec<Message<LogEntry>>,
+    /// Notes: (to, note).
+    pub notes: Vec<(NodeId, Note)>,
+    /// State fetches asked for: the peer to fetch from.
+    pub fetches: Vec<NodeId>,
+}
+
 /// A node's `Network`: queues what the core sends, for the world to route.
 #[derive(Clone, Default)]
-pub struct Outbox(pub Arc<Mutex<Vec<Message<LogEntry>>>>);
+pub struct Outbox(pub Arc<Mutex<Sent>>);
 
 impl Network for Outbox {
     fn send(&self, msg: Message<LogEntry>) {
-        self.0.lock().unwrap().push(msg);
+        self.0.lock().unwrap().msgs.push(msg);
+    }
+    fn send_note(&self, to: NodeId, note: Note) {
+        self.0.lock().unwrap().notes.push((to, note));
+    }
+    fn fetch_state(&self, from: NodeId) {
+        self.0.lock().unwrap().fetches.push(from);
     }
 }
 
 impl Outbox {
+    /// The OmniPaxos messages sent (notes and fetches stay).
+    #[cfg(test)]
     pub fn take(&self) -> Vec<Message<LogEntry>> {
+        std::mem::take(&mut self.0.lock().unwrap().msgs)
+    }
+
+    /// Everything sent.
+    pub fn take_all(&self) -> Sent {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
 }
@@ -107,10 +133,17 @@ impl Shape {
     ];
 }
 
+/// What crosses a link: an OmniPaxos message or a node-level note.
+#[derive(Clone, Debug)]
+pub enum Packet {
+    Paxos(Message<LogEntry>),
+    Note(Note),
+}
+
 struct InFlight {
     from: usize,
     to: usize,
-    msg: Message<LogEntry>,
+    packet: Packet,
 }
 
 /// Messages in flight and the state of every link. Nodes are indexes `0..n` (id - 1).
@@ -148,8 +181,20 @@ impl SimNet {
 
     /// Routes one message sent at `now`.
     pub fn submit(&mut self, rng: &mut StdRng, now: Duration, msg: Message<LogEntry>) {
-        self.sent += 1;
         let (from, to) = (idx(msg.get_sender()), idx(msg.get_receiver()));
+        self.submit_packet(rng, now, from, to, Packet::Paxos(msg));
+    }
+
+    /// Routes one packet sent at `now` on link (`from`, `to`) (node indexes).
+    pub fn submit_packet(
+        &mut self,
+        rng: &mut StdRng,
+        now: Duration,
+        from: usize,
+        to: usize,
+        packet: Packet,
+    ) {
+        self.sent += 1;
         if to >= self.n || !self.up[from][to] || rng.gen_bool(self.weather.drop) {
             self.dropped += 1;
             return;
@@ -171,9 +216,9 @@ impl SimNet {
                 at = at.max(self.last_at[from][to] + Duration::from_micros(1));
                 self.last_at[from][to] = at;
             }
-            let msg = msg.clone();
+            let packet = packet.clone();
             self.queue
-                .insert((at, self.next_seq), InFlight { from, to, msg });
+                .insert((at, self.next_seq), InFlight { from, to, packet });
             self.next_seq += 1;
         }
     }
@@ -190,15 +235,15 @@ impl SimNet {
         self.queue.keys().next().map(|(t, _)| *t)
     }
 
-    /// The next message due at `now` whose link is still up: (to, message).
-    pub fn pop_due(&mut self, now: Duration) -> Option<(usize, Message<LogEntry>)> {
+    /// The next packet due at `now` whose link is still up: (from, to, packet).
+    pub fn pop_due(&mut self, now: Duration) -> Option<(usize, usize, Packet)> {
         while let Some(entry) = self.queue.first_entry() {
             if entry.key().0 > now {
                 return None;
             }
             let m = entry.remove();
             if self.up[m.from][m.to] {
-                return Some((m.to, m.msg));
+                return Some((m.from, m.to, m.packet));
             }
             self.dropped += 1;
         }

@@ -14,8 +14,16 @@
 //! back to the last sync point (the applied index then is at most the decided index, and
 //! the node re-applies from its log).
 //!
+//! The state machine's own synced writes are sync points too: completing a staged state
+//! (`Importer::finish` writes its marker synced) and installing it (`install_staged`
+//! flips the live slot in one synced write); the world and its state-machine wrapper call
+//! [`Durable::sync_point`] after them. Staged chunks are never synced: a crash before the
+//! marker leaves at most unfinished staging, which `KvStore::open_memory` discards.
+//!
 //! For the checker self-tests, [`Durable::tamper`] makes this node's log store a
-//! different value than it was sent (a node that "applies a different entry").
+//! different value than it was sent (a node that "applies a different entry"), and
+//! [`Durable::stale_accepted_round`] makes a log reset after a state install keep the old
+//! accepted round (the bug the nemesis found, see `node::paxos`).
 
 use crate::command::{LogEntry, WriteOp};
 use crate::kv::backend::MemSpaces;
@@ -35,6 +43,11 @@ pub struct Durable {
     pub synced_decided: usize,
     /// Bug injection: store every put with a different value.
     pub tamper: bool,
+    /// Bug injection: a log reset (a trim to the installed state's end) keeps the old
+    /// accepted round instead of the one below every real ballot.
+    pub stale_accepted_round: bool,
+    /// Fetched states this node installed (in all its lives).
+    pub installs: u64,
 }
 
 impl Durable {
@@ -45,6 +58,8 @@ impl Durable {
             synced_kv: MemSpaces::default(),
             synced_decided: 0,
             tamper: false,
+            stale_accepted_round: false,
+            installs: 0,
         }))
     }
 
@@ -59,7 +74,8 @@ impl Durable {
         decided
     }
 
-    fn sync_point(&mut self) {
+    /// A synced write happened: everything written so far is durable.
+    pub fn sync_point(&mut self) {
         self.synced_kv = self.kv.read().unwrap().clone();
         self.synced_decided = self.log.get_decided_idx().unwrap_or(0);
     }
@@ -95,6 +111,12 @@ impl SimStorage {
         let synced = !(ops.len() == 1 && matches!(ops[0], StorageOp::SetDecidedIndex(_)));
         for op in &mut ops {
             d.tamper_op(op);
+        }
+        let resets = ops
+            .iter()
+            .any(|o| matches!(o, StorageOp::SetCompactedIdx(_)));
+        if d.stale_accepted_round && resets {
+            ops.retain(|o| !matches!(o, StorageOp::SetAcceptedRound(_)));
         }
         d.log.write_atomically(ops)?;
         if synced {

@@ -6,14 +6,27 @@
 //! deliver due messages, tick due nodes, let clients act, `step` every live core and route
 //! what it sent, check the log invariants, and maybe inject a fault. All randomness comes
 //! from one `StdRng` seeded with the run's seed, so a seed replays exactly.
+//!
+//! State transfer ([`Network::fetch_state`](crate::node::Network)) is a simulated transfer
+//! that takes some virtual time. At its start the peer's state is exported (the copy is
+//! of that moment) and its chunks are written to the fetching node's staging area (never
+//! synced); when it ends the import is finished (a synced marker) and the node gets
+//! `Event::StateFetched(Ok(applied))`. It fails if the link between the two is down, in
+//! either direction, at the start or at the end, or if the peer crashes meanwhile: the
+//! fetching node then gets `StateFetched(Err)` after a 1 s back-off, as the server's
+//! fetcher does. A crash of the fetching node ends the transfer; what it staged stays
+//! unfinished, and the restarted store discards it.
 
 use super::checks::{DecidedMonotonic, LogOracle};
 use super::clients::Clients;
-use super::net::{Outbox, Shape, SimNet, Weather};
+use super::net::{idx, Outbox, Packet, Shape, SimNet, Weather};
 use super::storage::{Durable, SimStorage};
 use super::{Bug, SimConfig};
 use crate::command::{Command, NodeId, WriteResult};
+use crate::error::{Error, Result as DbResult};
+use crate::kv::transfer::{Importer, StateEnd, StatePart};
 use crate::kv::{KvStore, StateMachine};
+use crate::membership::Membership;
 use crate::node::{Core, CoreConfig, Event, Role};
 use omnipaxos::storage::Storage;
 use rand::rngs::StdRng;
@@ -40,19 +53,51 @@ impl Node {
     }
 }
 
-/// Bug injection for the checker self-tests: drops the first command of every third
-/// entry that has commands.
-struct SkipApply(KvStore);
+/// A node's state machine: its `KvStore`, with the store's synced writes made sync points
+/// of the node's durable state, and the state-machine bug injections.
+struct SimSm {
+    kv: KvStore,
+    durable: Arc<Mutex<Durable>>,
+    /// Bug injection: drop the first command of every third entry that has commands.
+    skip_apply: bool,
+}
 
-impl StateMachine for SkipApply {
+impl StateMachine for SimSm {
     fn applied_index(&self) -> u64 {
-        self.0.applied_index()
+        self.kv.applied_index()
     }
-    fn apply(&mut self, index: u64, commands: &[Command]) -> crate::Result<Vec<WriteResult>> {
-        let skip = index % 3 == 2 && !commands.is_empty();
-        self.0.apply(index, &commands[skip as usize..])
+    fn apply(&mut self, index: u64, commands: &[Command]) -> DbResult<Vec<WriteResult>> {
+        let skip = self.skip_apply && index % 3 == 2 && !commands.is_empty();
+        self.kv.apply(index, &commands[skip as usize..])
+    }
+    fn install_staged(&mut self) -> DbResult<u64> {
+        let applied = self.kv.install_staged()?;
+        let mut d = self.durable.lock().unwrap();
+        d.sync_point();
+        d.installs += 1;
+        Ok(applied)
+    }
+    fn membership(&self) -> DbResult<Option<Membership>> {
+        self.kv.membership()
+    }
+    fn apply_membership(&mut self, index: u64, m: &Membership) -> DbResult<()> {
+        self.kv.apply_membership(index, m)
     }
 }
+
+/// A state fetch under way.
+struct Transfer {
+    /// Node indexes.
+    fetcher: usize,
+    from: usize,
+    /// When it ends (or, failed, when the fetching node hears of it).
+    due: Duration,
+    /// The import under way and the end of the export; or why it failed.
+    state: Result<(Importer, StateEnd), String>,
+}
+
+/// How long a failed fetch waits before it reports (as `crate::transfer::fetcher` does).
+const FETCH_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct World {
     pub cfg: SimConfig,
@@ -69,6 +114,13 @@ pub struct World {
     /// What the nemesis did, for the failure report.
     pub fault_log: Vec<String>,
     pub trace: DefaultHasher,
+    transfers: Vec<Transfer>,
+    /// Per node: its durable install count when last observed.
+    installs_seen: Vec<u64>,
+    /// State fetches started, installed (`StateFetched(Ok)`), failed (`StateFetched(Err)`).
+    pub fetches: u64,
+    pub fetched: u64,
+    pub fetch_failures: u64,
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -92,12 +144,21 @@ impl World {
             faults: 0,
             fault_log: Vec::new(),
             trace: DefaultHasher::new(),
+            transfers: Vec::new(),
+            installs_seen: vec![0; n],
+            fetches: 0,
+            fetched: 0,
+            fetch_failures: 0,
             rng,
             cfg,
         };
         for i in 0..n {
             let durable = Durable::new();
-            durable.lock().unwrap().tamper = w.cfg.bug == Some(Bug::TamperLog) && i == 0;
+            {
+                let mut d = durable.lock().unwrap();
+                d.tamper = w.cfg.bug == Some(Bug::TamperLog) && i == 0;
+                d.stale_accepted_round = w.cfg.bug == Some(Bug::StaleAcceptedRound) && i == 0;
+            }
             w.nodes.push(Node {
                 core: None,
                 kv: None,
@@ -126,19 +187,21 @@ impl World {
             max_batch_commands: 4096,
             max_batch_bytes: 64 << 20,
             first_batch_id: self.rng.gen::<u64>() >> 1,
-            compaction: crate::node::CompactionPolicy::OFF,
+            compaction: self.cfg.compaction,
         };
         let node = &mut self.nodes[i];
         let spaces = node.durable.lock().unwrap().kv.clone();
         let kv = KvStore::open_memory(spaces).expect("memory store opens");
-        let sm: Box<dyn StateMachine> = if self.cfg.bug == Some(Bug::SkipApply) && i == 0 {
-            Box::new(SkipApply(kv.clone()))
-        } else {
-            Box::new(kv.clone())
+        let sm = SimSm {
+            kv: kv.clone(),
+            durable: node.durable.clone(),
+            skip_apply: self.cfg.bug == Some(Bug::SkipApply) && i == 0,
         };
         let storage = SimStorage(node.durable.clone());
-        let core = Core::new(cfg, storage, sm, Box::new(node.outbox.clone()))
+        let mut core = Core::new(cfg, storage, Box::new(sm), Box::new(node.outbox.clone()))
             .expect("the simulated configuration is valid");
+        let durable = node.durable.clone();
+        core.set_reopen(Box::new(move || Ok(SimStorage(durable.clone()))));
         node.core = Some(core);
         node.kv = Some(kv);
         node.next_tick = self.now + TICK;
@@ -151,8 +214,17 @@ impl World {
         let before = node.core.as_ref().map(|c| c.status());
         node.core = None;
         node.kv = None;
-        node.outbox.take();
+        node.outbox.take_all();
         self.net.drop_node(i);
+        // The fetching node's transfers die with it; a peer's crash breaks the
+        // connection: the fetching node hears of it after the back-off.
+        self.transfers.retain(|t| t.fetcher != i);
+        for t in &mut self.transfers {
+            if t.from == i && t.state.is_ok() {
+                t.state = Err(format!("node {} crashed during the transfer", i + 1));
+                t.due = self.now + FETCH_BACKOFF;
+            }
+        }
         let mut what = "process".to_string();
         if machine {
             let decided = node.durable.lock().unwrap().lose_unsynced() as u64;
@@ -192,6 +264,103 @@ impl World {
         for (a, b) in self.net.set_links(up) {
             self.reconnected(a, b);
             self.reconnected(b, a);
+        }
+    }
+
+    /// Node `i` asked to fetch peer `from`'s state.
+    fn start_fetch(&mut self, i: usize, from: NodeId) {
+        self.fetches += 1;
+        let from = idx(from);
+        let took = Duration::from_millis(self.rng.gen_range(5..300));
+        let state = self.export(i, from);
+        let due = match &state {
+            Ok(_) => self.now + took,
+            Err(_) => self.now + FETCH_BACKOFF,
+        };
+        let what = match &state {
+            Ok((_, end)) => format!("state at {}", end.applied),
+            Err(e) => format!("failing: {e}"),
+        };
+        self.log(format!("node {} fetches node {}'s {what}", i + 1, from + 1));
+        self.transfers.push(Transfer {
+            fetcher: i,
+            from,
+            due,
+            state,
+        });
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.net.link_up(a, b) && self.net.link_up(b, a)
+    }
+
+    /// The start of a transfer: the peer's state as of now, written to `i`'s staging.
+    fn export(&mut self, i: usize, from: usize) -> Result<(Importer, StateEnd), String> {
+        if from >= self.nodes.len() || from == i {
+            return Err(format!("no peer {}", from + 1));
+        }
+        if !self.linked(i, from) {
+            return Err(format!("node {} is unreachable", from + 1));
+        }
+        let Some(source) = self.nodes[from].kv.as_ref() else {
+            return Err(format!("node {} is down", from + 1));
+        };
+        let mut parts = Vec::new();
+        source
+            .export(&mut |p| {
+                parts.push(p);
+                Ok(())
+            })
+            .map_err(|e| format!("export: {e}"))?;
+        let kv = self.nodes[i].kv.as_ref().expect("a fetching node is up");
+        let mut importer = kv.importer().map_err(|e| format!("import: {e}"))?;
+        let mut end = None;
+        for part in parts {
+            match part {
+                StatePart::Chunk(c) => importer.chunk(c).map_err(|e| format!("import: {e}"))?,
+                StatePart::End(e) => end = Some(e),
+            }
+        }
+        let end = end.ok_or("the export has no end")?;
+        Ok((importer, end))
+    }
+
+    /// Ends the transfers due at `now`.
+    fn finish_fetches(&mut self) {
+        let at = self.at();
+        while let Some(k) = self.transfers.iter().position(|t| t.due <= self.now) {
+            let t = self.transfers.remove(k);
+            let res = match t.state {
+                Ok(_) if !self.linked(t.fetcher, t.from) => {
+                    // Broken at the end: heard of after the back-off.
+                    self.transfers.push(Transfer {
+                        state: Err(format!("node {} became unreachable", t.from + 1)),
+                        due: self.now + FETCH_BACKOFF,
+                        ..t
+                    });
+                    continue;
+                }
+                Ok((importer, end)) => importer.finish(end).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let node = &mut self.nodes[t.fetcher];
+            let core = node.core.as_mut().expect("a fetching node is up");
+            if res.is_ok() {
+                // The staged-complete marker is a synced write.
+                node.durable.lock().unwrap().sync_point();
+                self.fetched += 1;
+            } else {
+                self.fetch_failures += 1;
+            }
+            if self.cfg.trace {
+                (self.now, t.fetcher, format!("{res:?}")).hash(&mut self.trace);
+            }
+            let what = match &res {
+                Ok(applied) => format!("fetched the state at {applied}"),
+                Err(e) => format!("state fetch failed: {e}"),
+            };
+            core.handle(Event::StateFetched(res.map_err(Error::Unavailable)), at);
+            self.log(format!("node {} {what}", t.fetcher + 1));
         }
     }
 
@@ -257,14 +426,20 @@ impl World {
         self.log("heal everything".into());
     }
 
-    /// Checks the log invariants on every live node.
+    /// Checks the log invariants on every live node (after every round, so before a node
+    /// can trim what it decided in it: see `checks`).
     fn observe(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             let Some(core) = &self.nodes[i].core else {
                 continue;
             };
-            let decided = core.status().decided_index;
+            let status = core.status();
+            let decided = status.decided_index;
             self.mono.observe(i, decided)?;
+            let installs = self.nodes[i].durable.lock().unwrap().installs;
+            let installed = installs > self.installs_seen[i];
+            self.installs_seen[i] = installs;
+            self.oracle.skip(i, status.compacted_index, installed)?;
             let from = self.oracle.checked_to(i);
             if decided > from {
                 let entries = core.decided_entries(from, decided);
@@ -289,6 +464,7 @@ impl World {
             let ticks = self.nodes.iter().filter(|n| n.is_up()).map(|n| n.next_tick);
             let next = ticks
                 .chain(self.net.next_time())
+                .chain(self.transfers.iter().map(|t| t.due))
                 .chain(self.clients.next_time(issuing))
                 .chain(faults.then_some(self.next_fault))
                 .min()
@@ -299,18 +475,31 @@ impl World {
             }
             self.now = self.now.max(next);
             let (now, at) = (self.now, self.at());
-            while let Some((to, msg)) = self.net.pop_due(now) {
+            while let Some((from, to, packet)) = self.net.pop_due(now) {
                 if to == 0 && self.cfg.bug == Some(Bug::DeafNode) {
                     continue;
                 }
                 if let Some(core) = self.nodes[to].core.as_mut() {
                     if self.cfg.trace {
                         (now, to).hash(&mut self.trace);
-                        bincode::serialize(&msg).unwrap().hash(&mut self.trace);
+                        match &packet {
+                            Packet::Paxos(m) => bincode::serialize(m),
+                            Packet::Note(n) => bincode::serialize(n),
+                        }
+                        .unwrap()
+                        .hash(&mut self.trace);
                     }
-                    core.handle(Event::Peer { config: 1, msg }, at);
+                    let ev = match packet {
+                        Packet::Paxos(msg) => Event::Peer { config: 1, msg },
+                        Packet::Note(note) => Event::Note {
+                            from: from as NodeId + 1,
+                            note,
+                        },
+                    };
+                    core.handle(ev, at);
                 }
             }
+            self.finish_fetches();
             for node in &mut self.nodes {
                 if let Some(core) = node.core.as_mut() {
                     if node.next_tick <= now {
@@ -325,15 +514,26 @@ impl World {
             for i in 0..self.nodes.len() {
                 if let Some(core) = self.nodes[i].core.as_mut() {
                     core.step(at);
-                    for msg in self.nodes[i].outbox.take() {
+                    let sent = self.nodes[i].outbox.take_all();
+                    for msg in sent.msgs {
                         self.net.submit(&mut self.rng, now, msg);
+                    }
+                    for (to, note) in sent.notes {
+                        let packet = Packet::Note(note);
+                        self.net
+                            .submit_packet(&mut self.rng, now, i, idx(to), packet);
+                    }
+                    for from in sent.fetches {
+                        self.start_fetch(i, from);
                     }
                 }
             }
             self.observe()?;
             if faults && self.next_fault <= now {
                 self.inject_fault();
-                self.next_fault = now + Duration::from_millis(self.rng.gen_range(100..4000));
+                let gap = self.cfg.max_fault_gap.as_millis() as u64;
+                self.next_fault =
+                    now + Duration::from_millis(self.rng.gen_range(100..gap.max(101)));
             }
         }
     }
