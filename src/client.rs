@@ -410,19 +410,26 @@ impl Client {
                 .collect(),
             remove: remove.to_vec(),
         };
+        // `Unavailable` means nothing happened (node down, no leader yet, catching up,
+        // removed): try the next node, and go round again until the timeout.
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
         let mut last = Error::Unavailable("no endpoints".into());
-        for ch in &self.inner.channels {
-            let mut c = pb::cluster_client::ClusterClient::new(ch.clone());
-            match c.change_membership(req.clone()).await {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(s) => match from_status(&s) {
-                    // This node cannot take it now (down, catching up, removed): next.
-                    e @ Error::Unavailable(_) => last = e,
-                    e => return Err(e),
-                },
+        loop {
+            for ch in &self.inner.channels {
+                let mut c = pb::cluster_client::ClusterClient::new(ch.clone());
+                match c.change_membership(req.clone()).await {
+                    Ok(resp) => return Ok(resp.into_inner()),
+                    Err(s) => match from_status(&s) {
+                        e @ Error::Unavailable(_) => last = e,
+                        e => return Err(e),
+                    },
+                }
             }
+            if tokio::time::Instant::now() + Duration::from_millis(200) > deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(last)
     }
 
     /// The status of the node at endpoint `i` (no retries, no failover).

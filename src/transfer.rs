@@ -188,15 +188,26 @@ pub async fn query_membership(addr: &str, cfg: &TransportConfig) -> Result<Membe
     Ok(reply)
 }
 
-/// Joins a running cluster through the member at `join`: waits until a membership change
-/// added this node, then fetches and installs that member's state (which records the
-/// membership). Returns once this node's state is installed.
+/// Joins a running cluster through the members at `join` (comma-separated peer
+/// addresses): waits until a membership change added this node, then fetches and installs
+/// a member's state (which records the membership). Asks the given addresses and every
+/// member it has heard of in turn, so one member leaving does not strand the joiner.
+/// Returns once this node's state is installed.
 pub async fn join(join: &str, cfg: &TransportConfig, kv: &mut KvStore) -> Result<()> {
+    let mut candidates: Vec<String> = join
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if candidates.is_empty() {
+        return Err(Error::Config("--join needs a member's peer address".into()));
+    }
     let mut announced = false;
-    loop {
-        match query_membership(join, cfg).await {
+    for attempt in 0usize.. {
+        let via = candidates[attempt % candidates.len()].clone();
+        match query_membership(&via, cfg).await {
             Ok(r) if r.membership.contains(cfg.id) => {
-                let addr = r.membership.addr_of(r.id).unwrap_or(join).to_string();
+                let addr = r.membership.addr_of(r.id).unwrap_or(&via).to_string();
                 tracing::info!(
                     from = r.id,
                     config = r.membership.config_id,
@@ -225,9 +236,15 @@ pub async fn join(join: &str, cfg: &TransportConfig, kv: &mut KvStore) -> Result
                     );
                     announced = true;
                 }
+                for m in &r.membership.members {
+                    if m.id != cfg.id && !candidates.contains(&m.addr) {
+                        candidates.push(m.addr.clone());
+                    }
+                }
             }
-            Err(e) => tracing::warn!("cannot reach {join} to join: {e}"),
+            Err(e) => tracing::warn!("cannot reach {via} to join: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    unreachable!("the join loop only ends by returning")
 }

@@ -42,9 +42,10 @@ pub struct ServerArgs {
     /// Most bytes of applied log kept for lagging peers (default 256 MiB).
     #[arg(long, env = "PAXOSDB_LOG_KEEP_BYTES")]
     pub log_keep_bytes: Option<u64>,
-    /// Join a running cluster through this member's peer address (a new node: --peers
-    /// then names only this node, e.g. 4=127.0.0.1:7104). It waits until
-    /// `paxosdb cluster add-node` adds it, then copies the cluster's state.
+    /// Join a running cluster through this member's peer address (or several, comma
+    /// separated). A new node: --peers then names only this node, e.g.
+    /// 4=127.0.0.1:7104. It waits until `paxosdb cluster add-node` adds it, then copies
+    /// the cluster's state.
     #[arg(long, env = "PAXOSDB_JOIN")]
     pub join: Option<String>,
 }

@@ -3,7 +3,8 @@
 //!
 //! A change is proposed as an OmniPaxos stop sign naming the next configuration, with the
 //! members' addresses as metadata; while it is pending, OmniPaxos refuses new entries, so
-//! writes wait (they are re-proposed in the next configuration). One change at a time.
+//! writes wait (they are re-proposed in the next configuration). One change at a time,
+//! and only while a leader is known (see `propose_change`).
 //! The caller is answered when this node applies the stop sign; after the request timeout
 //! it is told the outcome is unknown (the change may still be decided).
 
@@ -34,6 +35,17 @@ impl<S: Storage<LogEntry>> Core<S> {
             let _ = reply.send(Err(Error::Unavailable(
                 "another membership change is in progress on this node; retry when it ends".into(),
             )));
+            return;
+        }
+        // OmniPaxos keeps a change proposed where no leader is known in a local buffer and
+        // proposes it only if this node becomes leader, maybe much later (nemesis). Then
+        // "not decided within the timeout" would not mean "dropped". So: only with a
+        // leader, to which it is forwarded (or which this node is).
+        if self.paxos.get_current_leader().is_none() {
+            let _ = reply.send(Err(Error::Unavailable(format!(
+                "no leader is known yet in configuration {}; nothing was changed, retry",
+                self.membership.config_id
+            ))));
             return;
         }
         let members = match self.membership.changed(&add, &remove) {
