@@ -39,7 +39,7 @@ pub struct CompactionPolicy {
 }
 
 impl CompactionPolicy {
-    /// No compaction at all (the simulation, which has no state transfer).
+    /// No compaction at all.
     pub const OFF: CompactionPolicy = CompactionPolicy {
         every_entries: 0,
         keep_entries: u64::MAX,

@@ -62,10 +62,10 @@ use tokio::sync::oneshot;
 /// be delivered is dropped (OmniPaxos resends what matters; notes are periodic).
 pub trait Network: Send + 'static {
     fn send(&self, msg: Message<LogEntry>);
-    /// Sends a node-level note (progress, "fetch my state"). The simulation has none.
+    /// Sends a node-level note (progress, "fetch my state").
     fn send_note(&self, _to: NodeId, _note: Note) {}
     /// Asks the host to fetch `from`'s state machine into the staging area and report
-    /// [`Event::StateFetched`]. The simulation has no state transfer.
+    /// [`Event::StateFetched`].
     fn fetch_state(&self, _from: NodeId) {}
     /// The membership in force changed (or is announced at start): whom to talk to, and
     /// the configuration id to tag OmniPaxos messages with.

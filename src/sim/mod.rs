@@ -119,7 +119,11 @@ pub fn tiny_policy(seed: u64) -> CompactionPolicy {
     CompactionPolicy {
         every_entries: 5 + h % 6,
         keep_entries: 20 + (h / 6) % 21,
-        keep_bytes: if (h / 126).is_multiple_of(3) { 1024 } else { u64::MAX },
+        keep_bytes: if (h / 126).is_multiple_of(3) {
+            1024
+        } else {
+            u64::MAX
+        },
     }
 }
 
