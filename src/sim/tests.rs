@@ -315,31 +315,20 @@ fn chaos_breaks_the_fifo_assumption_of_omnipaxos() {
 #[test]
 fn a_node_restarting_with_its_own_promise_takes_over() {
     use crate::kv::KvStore;
-    use crate::node::{Core, CoreConfig};
+    use crate::node::Core;
     use crate::storage::memory::MemStorage;
     use omnipaxos::ballot_leader_election::Ballot;
     use omnipaxos::messages::sequence_paxos::PaxosMsg;
     use omnipaxos::messages::Message;
     use omnipaxos::storage::Storage;
     use std::sync::{Arc, RwLock};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     let mut storage = MemStorage::default();
     storage.set_promise(Ballot::with(1, 4, 0, 2)).unwrap();
     let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
     let outbox = net::Outbox::default();
-    let cfg = CoreConfig {
-        id: 2,
-        members: super::members(3),
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        request_timeout: Duration::from_secs(5),
-        repropose_after: Duration::from_secs(1),
-        max_batch_commands: 16,
-        max_batch_bytes: 1 << 20,
-        first_batch_id: 1,
-        compaction: crate::node::CompactionPolicy::OFF,
-    };
+    let cfg = one_core_config(2);
     let mut core = Core::new(cfg, storage, Box::new(kv), Box::new(outbox.clone())).unwrap();
     core.step(Instant::now());
     let prepares: Vec<_> = outbox
@@ -382,16 +371,10 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
         let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
         let outbox = net::Outbox::default();
         let cfg = CoreConfig {
-            id,
-            members: super::members(3),
-            tick: Duration::from_millis(10),
-            election_ticks: 10,
             request_timeout: Duration::from_secs(3600),
             repropose_after: Duration::from_secs(3600),
-            max_batch_commands: 16,
-            max_batch_bytes: 1 << 20,
             first_batch_id: id << 32,
-            compaction: crate::node::CompactionPolicy::OFF,
+            ..one_core_config(id)
         };
         let core = Core::new(
             cfg,
@@ -483,12 +466,11 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
 #[test]
 fn a_state_ahead_of_the_log_resets_the_log_at_start() {
     use crate::kv::KvStore;
-    use crate::node::{Core, CoreConfig};
+    use crate::node::Core;
     use crate::storage::memory::MemStorage;
     use omnipaxos::ballot_leader_election::Ballot;
     use omnipaxos::storage::Storage;
     use std::sync::{Arc, RwLock};
-    use std::time::Duration;
 
     let spaces = Arc::new(RwLock::new(MemSpaces::default()));
     let mut kv = KvStore::open_memory(spaces.clone()).unwrap();
@@ -502,22 +484,27 @@ fn a_state_ahead_of_the_log_resets_the_log_at_start() {
     storage.set_decided_idx(2).unwrap();
     let promise = Ballot::with(1, 7, 0, 3);
     storage.set_promise(promise).unwrap();
-    let cfg = CoreConfig {
-        id: 2,
-        members: super::members(3),
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        request_timeout: Duration::from_secs(5),
-        repropose_after: Duration::from_secs(1),
-        max_batch_commands: 16,
-        max_batch_bytes: 1 << 20,
-        first_batch_id: 1,
-        compaction: crate::node::CompactionPolicy::OFF,
-    };
+    let cfg = one_core_config(2);
     let core = Core::new(cfg, storage, Box::new(kv), Box::new(net::Outbox::default())).unwrap();
     let st = core.status();
     assert_eq!(
         (st.decided_index, st.applied_index, st.compacted_index),
         (10, 10, 10)
     );
+}
+
+/// The configuration of one core of a hand-driven 3-node cluster, without compaction.
+fn one_core_config(id: crate::command::NodeId) -> crate::node::CoreConfig {
+    crate::node::CoreConfig {
+        id,
+        members: super::members(3),
+        tick: std::time::Duration::from_millis(10),
+        election_ticks: 10,
+        request_timeout: std::time::Duration::from_secs(5),
+        repropose_after: std::time::Duration::from_secs(1),
+        max_batch_commands: 16,
+        max_batch_bytes: 1 << 20,
+        first_batch_id: 1,
+        compaction: crate::node::CompactionPolicy::OFF,
+    }
 }
