@@ -232,6 +232,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     tracing::info!(
         id = cfg.id,
         applied = kv.applied_index(),
+        log = %storage.describe(),
         "node starting; data in {}",
         cfg.data_dir.display()
     );

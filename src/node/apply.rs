@@ -29,7 +29,25 @@ impl<S: Storage<LogEntry>> Core<S> {
             let entries = match self.paxos.read_entries(from as usize..to as usize) {
                 Some(e) if !e.is_empty() => e,
                 _ => {
-                    tracing::error!("decided entries [{from}, {to}) cannot be read");
+                    let each: Vec<String> = (from..to)
+                        .map(|i| {
+                            format!(
+                                "{i}: {:?}",
+                                self.paxos.read(i as usize).map(|e| match e {
+                                    PaxosEntry::Decided(_) => "decided".to_string(),
+                                    PaxosEntry::Undecided(_) => "undecided".to_string(),
+                                    PaxosEntry::StopSign(_, d) => format!("stopsign decided={d}"),
+                                    other => format!("{other:?}"),
+                                })
+                            )
+                        })
+                        .collect();
+                    tracing::error!(
+                        "decided entries [{from}, {to}) cannot be read: {}; compacted {}, reconfigured {:?}",
+                        each.join(", "),
+                        self.paxos.get_compacted_idx(),
+                        self.paxos.is_reconfigured().map(|s| s.next_config.configuration_id)
+                    );
                     return;
                 }
             };

@@ -36,6 +36,7 @@ mod catchup;
 mod compaction;
 mod handle;
 mod paxos;
+mod quirks;
 mod reconfig;
 
 pub use compaction::{CompactionPolicy, Note};
@@ -314,7 +315,12 @@ impl<S: Storage<LogEntry>> Core<S> {
             }
             // From a newer configuration: we will learn of it (that node tells us).
             Event::Peer { config, .. } if config > self.membership.config_id => {}
-            Event::Peer { msg, .. } => {
+            Event::Peer { mut msg, config } => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    quirks::debug_peer_message(config, &msg);
+                }
+                let paxos = &self.paxos;
+                quirks::fix_stop_sign_sync(&mut msg, |i| paxos.read(i));
                 let local = self.paxos.get_compacted_idx() as u64;
                 match compaction::guard(&msg, local) {
                     compaction::Verdict::Deliver => self.paxos.handle_incoming(msg),

@@ -100,6 +100,24 @@ impl RocksStorage {
         })
     }
 
+    /// The log bounds and Paxos metadata, for the start-up log line.
+    pub fn describe(&self) -> String {
+        let m = &self.meta;
+        format!(
+            "entries [{}, {}), compacted {}, decided {}, promise {:?}, accepted round {:?}, stop sign {}",
+            m.first,
+            m.next,
+            m.compacted,
+            m.decided,
+            m.promise.map(|b| (b.config_id, b.n, b.pid)),
+            m.accepted_round.map(|b| (b.config_id, b.n, b.pid)),
+            m.stopsign.as_ref().map_or("none".to_string(), |s| format!(
+                "to configuration {}",
+                s.next_config.configuration_id
+            ))
+        )
+    }
+
     /// Records each synced write's latency and the log length in `metrics` from now on.
     pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
         metrics.set_log_entries(self.meta.next.saturating_sub(self.meta.first) as u64);

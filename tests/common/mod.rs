@@ -138,7 +138,10 @@ impl Cluster {
             .args(["--resp-addr", &n.resp_addr])
             .arg("--data-dir")
             .arg(&n.data_dir)
-            .env("PAXOSDB_LOG", "info")
+            .env(
+                "PAXOSDB_LOG",
+                std::env::var("PAXOSDB_TEST_LOG").unwrap_or("info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(j) = &n.join {
             cmd.args(["--join", j]);
