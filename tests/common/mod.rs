@@ -21,11 +21,20 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_paxosdb");
 /// Finds `n` distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral range
 /// (32768+): a port from that range, once released, can be taken as the source port of
 /// any outgoing connection before a node binds it (or rebinds it after a restart).
+/// A port is handed out at most once per test process: tests run in parallel, and a port
+/// released by one test's check could otherwise be picked by another before the first
+/// test's node binds it.
 pub fn free_ports(n: usize) -> Vec<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
     let mut held: Vec<TcpListener> = Vec::new();
     while held.len() < n {
         let port = 10_000 + rand::random::<u16>() % 22_000;
+        if given.contains(&port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
             held.push(l);
         }
     }
@@ -242,31 +251,61 @@ impl Cluster {
     }
 
     /// Waits until every running node answers and they agree on one leader; returns it.
+    /// On a timeout, fails with every node's status and the end of its log.
     pub async fn wait_for_leader(&self) -> u64 {
         let running = self.running();
-        eventually(
-            Duration::from_secs(30),
-            "a leader that every running node knows",
-            || {
-                let running = running.clone();
-                async move {
-                    let mut leader = None;
-                    let mut leaders = 0;
-                    let mut agreed = true;
-                    for id in &running {
-                        let st = self.client_for(*id).status_of(0).await.ok()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut leader = None;
+            let mut leaders = 0;
+            let mut agreed = true;
+            let mut answered = true;
+            for id in &running {
+                match self.client_for(*id).status_of(0).await {
+                    Ok(st) => {
                         if st.role == "leader" {
                             leaders += 1;
                             leader = Some(st.id);
                         }
                         agreed &= st.leader_id != 0;
                     }
-                    let leader = leader?;
-                    (leaders == 1 && agreed).then_some(leader)
+                    Err(_) => answered = false,
                 }
-            },
-        )
-        .await
+            }
+            if let (true, true, 1, Some(l)) = (answered, agreed, leaders, leader) {
+                return l;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after 30s waiting for a leader that every running node knows\n{}",
+                    self.diagnose().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every node's status and the last lines of its log, for failure messages.
+    pub async fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let st = self.client_for(n.id).status_of(0).await.map(|s| {
+                (
+                    s.role,
+                    s.leader_id,
+                    s.config_id,
+                    s.decided_index,
+                    s.applied_index,
+                )
+            });
+            out.push_str(&format!("node {} ({}): {st:?}\n", n.id, n.client_addr));
+            let log = self.log_of(n.id);
+            let lines: Vec<&str> = log.lines().collect();
+            for l in &lines[lines.len().saturating_sub(12)..] {
+                out.push_str(&format!("  {l}\n"));
+            }
+        }
+        out
     }
 
     /// The running node that says it is the leader.
