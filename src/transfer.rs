@@ -68,11 +68,7 @@ pub async fn serve(
     let mut bytes = 0u64;
     while let Some(part) = rx.recv().await {
         if let StatePart::Chunk(c) = &part {
-            bytes += c
-                .pairs
-                .iter()
-                .map(|(k, v)| (k.len() + v.len()) as u64)
-                .sum::<u64>();
+            bytes += c.payload_bytes();
         }
         write_frame(&mut w, &part, max_frame).await?;
     }
@@ -112,11 +108,7 @@ pub async fn fetch(addr: &str, cfg: &TransportConfig, peer: NodeId, kv: KvStore)
         let mut imp = importer.take().expect("importer present until the end");
         match part {
             StatePart::Chunk(c) => {
-                bytes += c
-                    .pairs
-                    .iter()
-                    .map(|(k, v)| (k.len() + v.len()) as u64)
-                    .sum::<u64>();
+                bytes += c.payload_bytes();
                 importer = Some(
                     blocking(move || {
                         imp.chunk(c)?;

@@ -99,6 +99,14 @@ fn chunk_crc(seq: u64, space: u8, pairs: &[(Vec<u8>, Vec<u8>)]) -> u32 {
 }
 
 impl StateChunk {
+    /// Bytes of keys and values it carries.
+    pub fn payload_bytes(&self) -> u64 {
+        self.pairs
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+
     /// A chunk with its CRC.
     pub(super) fn seal(seq: u64, space: u8, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StateChunk {
         let crc = chunk_crc(seq, space, &pairs);

@@ -34,14 +34,16 @@ impl<S: Storage<LogEntry>> Core<S> {
         let applied = self.sm.applied_index();
         let compacted = self.global(self.paxos.get_compacted_idx());
         let id = self.cfg.id;
-        let peers: Vec<NodeId> = self
+        let peers = self
             .membership
-            .ids()
-            .into_iter()
-            .filter(|&p| p != id)
-            .collect();
-        let policy = self.cfg.compaction;
-        if let Some(to) = self.trimmer.target(&policy, &peers, applied, compacted) {
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|&p| p != id);
+        if let Some(to) = self
+            .trimmer
+            .target(&self.cfg.compaction, peers, applied, compacted)
+        {
             self.paxos
                 .handle_incoming(compaction::local_trim(id, to - base));
             let now_compacted = self.global(self.paxos.get_compacted_idx());

@@ -79,40 +79,33 @@ impl Trimmer {
 
     /// The index to trim below, if a trim is due: at most `applied`; at least up to what
     /// every node in `peers` has applied; beyond that as far as the keep limits demand.
+    /// Called every tick: cheap unless a trim of at least one step is possible.
     pub fn target(
-        &mut self,
+        &self,
         policy: &CompactionPolicy,
-        peers: &[NodeId],
+        peers: impl IntoIterator<Item = NodeId>,
         applied: u64,
         compacted: u64,
     ) -> Option<u64> {
-        if policy.every_entries == 0 {
+        if policy.every_entries == 0 || applied < compacted.saturating_add(policy.every_entries) {
             return None;
         }
         let everyone = peers
-            .iter()
-            .map(|p| self.peer_applied.get(p).copied().unwrap_or(0))
+            .into_iter()
+            .map(|p| self.peer_applied.get(&p).copied().unwrap_or(0))
             .fold(applied, u64::min);
         let mut target = everyone.max(applied.saturating_sub(policy.keep_entries));
-        // Bytes kept: the entries in [target, applied) that this process saw applied.
-        let kept = |t: u64, sizes: &VecDeque<(u64, u64)>, total: u64| {
-            total
-                - sizes
-                    .iter()
-                    .take_while(|(i, _)| *i < t)
-                    .map(|(_, b)| b)
-                    .sum::<u64>()
-        };
-        if kept(target, &self.sizes, self.bytes) > policy.keep_bytes {
-            let mut total = kept(target, &self.sizes, self.bytes);
-            let from = target;
-            for (i, b) in self.sizes.iter().filter(|(i, _)| *i >= from) {
-                if total <= policy.keep_bytes {
-                    break;
-                }
-                total -= b;
-                target = i + 1;
-            }
+        // One pass: drop the sizes below the target, then trim further while the bytes
+        // kept (entries in [target, applied) seen applied by this process) exceed the limit.
+        let mut kept = self.bytes;
+        let mut sizes = self.sizes.iter().peekable();
+        while let Some((_, b)) = sizes.next_if(|(i, _)| *i < target) {
+            kept -= b;
+        }
+        while kept > policy.keep_bytes {
+            let Some((i, b)) = sizes.next() else { break };
+            kept -= b;
+            target = i + 1;
         }
         let target = target.min(applied);
         (target >= compacted.saturating_add(policy.every_entries)).then_some(target)
@@ -181,17 +174,17 @@ mod tests {
         }
         t.peer_progress(2, 30);
         // Node 3 never reported: nothing is known to be safe beyond the keep limits.
-        assert_eq!(t.target(&POLICY, &[2, 3], 50, 0), None);
+        assert_eq!(t.target(&POLICY, [2, 3], 50, 0), None);
         t.peer_progress(3, 25);
-        assert_eq!(t.target(&POLICY, &[2, 3], 50, 0), Some(25));
+        assert_eq!(t.target(&POLICY, [2, 3], 50, 0), Some(25));
         t.trimmed(25);
         // Less than a step more: wait.
         t.peer_progress(3, 34);
-        assert_eq!(t.target(&POLICY, &[2, 3], 50, 25), None);
+        assert_eq!(t.target(&POLICY, [2, 3], 50, 25), None);
         t.peer_progress(3, 40);
-        assert_eq!(t.target(&POLICY, &[2, 3], 50, 25), None, "node 2 is at 30");
+        assert_eq!(t.target(&POLICY, [2, 3], 50, 25), None, "node 2 is at 30");
         t.peer_progress(2, 45);
-        assert_eq!(t.target(&POLICY, &[2, 3], 50, 25), Some(40));
+        assert_eq!(t.target(&POLICY, [2, 3], 50, 25), Some(40));
     }
 
     #[test]
@@ -203,13 +196,13 @@ mod tests {
         t.peer_progress(2, 500);
         // Node 3 is down at 3: keep 100 entries for it, no more.
         t.peer_progress(3, 3);
-        assert_eq!(t.target(&POLICY, &[2, 3], 500, 0), Some(400));
+        assert_eq!(t.target(&POLICY, [2, 3], 500, 0), Some(400));
         // Big entries: the byte limit trims further.
         let mut t = Trimmer::default();
         for i in 0..50 {
             t.applied(i, 100);
         }
-        assert_eq!(t.target(&POLICY, &[2], 50, 0), Some(40));
+        assert_eq!(t.target(&POLICY, [2], 50, 0), Some(40));
         t.trimmed(40);
         assert_eq!(t.bytes, 1000);
     }
@@ -218,7 +211,7 @@ mod tests {
     fn never_trims_unapplied_entries_or_when_off() {
         let mut t = Trimmer::default();
         t.peer_progress(2, 1_000);
-        assert_eq!(t.target(&POLICY, &[2], 20, 0), Some(20));
-        assert_eq!(t.target(&CompactionPolicy::OFF, &[2], 20, 0), None);
+        assert_eq!(t.target(&POLICY, [2], 20, 0), Some(20));
+        assert_eq!(t.target(&CompactionPolicy::OFF, [2], 20, 0), None);
     }
 }
