@@ -84,6 +84,42 @@ pub struct Config {
     /// cluster's state. `peers` then only needs this node's own entry.
     #[serde(default)]
     pub join: Option<String>,
+    /// Most client connections open at once over gRPC, HTTP and RESP together. One more is
+    /// answered with a clear refusal and closed (RESP `-ERR max number of clients
+    /// reached`, HTTP 503). Also kept below the process's open-file limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client connection that sends nothing for this many milliseconds is closed
+    /// (0 = never).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// An HTTP request whose headers have not all arrived this many milliseconds after its
+    /// first byte is refused, and the connection closed.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Most bytes of client writes this node holds at once (queued for the node thread,
+    /// waiting to be proposed, or in flight). A write beyond it is refused at once with a
+    /// retryable "overloaded" error (RESP `-BUSY`, HTTP 429, gRPC `RESOURCE_EXHAUSTED`),
+    /// and nothing of it is applied.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
+    /// Most bytes of messages queued for one peer; beyond it messages are dropped
+    /// (OmniPaxos sends again what matters).
+    #[serde(default = "default_max_peer_queue_bytes")]
+    pub max_peer_queue_bytes: u64,
+    /// Largest reply one request may build (RESP `MGET`, `KEYS`, scans); a larger one is
+    /// refused with an error that says so.
+    #[serde(default = "default_max_reply_bytes")]
+    pub max_reply_bytes: usize,
+    /// Below this many free bytes on the data directory's file system the node refuses
+    /// new client writes (retryable), keeps serving reads, and resumes once space returns.
+    #[serde(default = "default_min_free_disk_bytes")]
+    pub min_free_disk_bytes: u64,
+    /// Acknowledge writes without waiting for fsync. UNSAFE: a power loss can lose
+    /// acknowledged writes. For benchmarks and for showing that the power-loss test
+    /// catches exactly this.
+    #[serde(default)]
+    pub unsafe_no_fsync: bool,
 }
 
 fn default_max_key() -> usize {
@@ -117,7 +153,28 @@ fn default_log_keep_entries() -> u64 {
     100_000
 }
 fn default_log_keep_bytes() -> u64 {
-    256 * 1024 * 1024
+    32 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_inflight_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_peer_queue_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_reply_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_min_free_disk_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 impl Config {
@@ -142,6 +199,14 @@ impl Config {
             log_keep_entries: default_log_keep_entries(),
             log_keep_bytes: default_log_keep_bytes(),
             join: None,
+            max_connections: default_max_connections(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            header_timeout_ms: default_header_timeout_ms(),
+            max_inflight_bytes: default_max_inflight_bytes(),
+            max_peer_queue_bytes: default_max_peer_queue_bytes(),
+            max_reply_bytes: default_max_reply_bytes(),
+            min_free_disk_bytes: default_min_free_disk_bytes(),
+            unsafe_no_fsync: false,
         }
     }
 
@@ -271,6 +336,25 @@ impl Config {
         if 2 * self.max_value_size + self.max_key_size + 4096 > self.max_frame_bytes / 4 {
             return bad(
                 "max_frame_bytes must be at least 4 × (2 × max_value_size + max_key_size + 4 KiB)"
+                    .into(),
+            );
+        }
+        if self.log_keep_bytes > (self.max_frame_bytes / 4) as u64 {
+            return bad(format!(
+                "log_keep_bytes ({}) must be at most a quarter of max_frame_bytes ({}): a \
+                 peer that is behind is sent the kept log in one message",
+                self.log_keep_bytes, self.max_frame_bytes
+            ));
+        }
+        if self.max_connections == 0 || self.max_inflight_bytes == 0 || self.max_reply_bytes == 0
+        {
+            return bad("max_connections, max_inflight_bytes and max_reply_bytes must be positive".into());
+        }
+        // One write of the largest size must be admissible.
+        if self.max_inflight_bytes < (2 * self.max_value_size + self.max_key_size) as u64 {
+            return bad(
+                "max_inflight_bytes must hold at least one write of the largest size \
+                 (2 × max_value_size + max_key_size)"
                     .into(),
             );
         }

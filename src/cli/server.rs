@@ -39,7 +39,8 @@ pub struct ServerArgs {
     /// behind catches up by a state transfer.
     #[arg(long, env = "PAXOSDB_LOG_KEEP_ENTRIES")]
     pub log_keep_entries: Option<u64>,
-    /// Most bytes of applied log kept for lagging peers (default 256 MiB).
+    /// Most bytes of applied log kept for lagging peers (default 32 MiB; at most a quarter
+    /// of the peer frame limit, so that catching a peer up always fits in a frame).
     #[arg(long, env = "PAXOSDB_LOG_KEEP_BYTES")]
     pub log_keep_bytes: Option<u64>,
     /// Join a running cluster through this member's peer address (or several, comma
@@ -48,6 +49,33 @@ pub struct ServerArgs {
     /// the cluster's state.
     #[arg(long, env = "PAXOSDB_JOIN")]
     pub join: Option<String>,
+    /// Most client connections at once, over gRPC, HTTP and RESP together (default 4096).
+    #[arg(long, env = "PAXOSDB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Close a client connection idle for this many milliseconds (default 300000; 0 = never).
+    #[arg(long, env = "PAXOSDB_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Refuse an HTTP request whose headers take longer than this many milliseconds
+    /// (default 10000).
+    #[arg(long, env = "PAXOSDB_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Most bytes of client writes held by this node at once; more are refused as
+    /// overloaded, retryable (default 64 MiB).
+    #[arg(long, env = "PAXOSDB_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<u64>,
+    /// Most bytes queued for one peer (default 64 MiB).
+    #[arg(long, env = "PAXOSDB_MAX_PEER_QUEUE_BYTES")]
+    pub max_peer_queue_bytes: Option<u64>,
+    /// Largest reply one request may build, in bytes (default 64 MiB).
+    #[arg(long, env = "PAXOSDB_MAX_REPLY_BYTES")]
+    pub max_reply_bytes: Option<usize>,
+    /// Refuse client writes while the data directory's file system has less free space
+    /// than this, in bytes (default 64 MiB).
+    #[arg(long, env = "PAXOSDB_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+    /// Acknowledge writes without fsync. UNSAFE: a power loss can lose acknowledged writes.
+    #[arg(long, env = "PAXOSDB_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
 }
 
 /// Builds the configuration from the file (if any) and the flags.
@@ -99,6 +127,30 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if let Some(j) = &a.join {
         cfg.join = Some(j.clone());
+    }
+    if let Some(v) = a.max_connections {
+        cfg.max_connections = v;
+    }
+    if let Some(v) = a.idle_timeout_ms {
+        cfg.idle_timeout_ms = v;
+    }
+    if let Some(v) = a.header_timeout_ms {
+        cfg.header_timeout_ms = v;
+    }
+    if let Some(v) = a.max_inflight_bytes {
+        cfg.max_inflight_bytes = v;
+    }
+    if let Some(v) = a.max_peer_queue_bytes {
+        cfg.max_peer_queue_bytes = v;
+    }
+    if let Some(v) = a.max_reply_bytes {
+        cfg.max_reply_bytes = v;
+    }
+    if let Some(v) = a.min_free_disk_bytes {
+        cfg.min_free_disk_bytes = v;
+    }
+    if a.unsafe_no_fsync {
+        cfg.unsafe_no_fsync = true;
     }
     cfg.validate()?;
     Ok(cfg)
