@@ -74,12 +74,15 @@ pub enum WriteOp {
         key: Vec<u8>,
         delta: i64,
     },
-    /// Appends `suffix` to the key's value (absent = empty).
+    /// Appends `suffix` to the key's value (absent = empty), unless the value would then
+    /// be longer than `max_len` (the proposing node's value limit, carried in the command
+    /// so that every node decides the same, whatever its own configuration).
     Append {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
         suffix: Vec<u8>,
+        max_len: u64,
     },
     /// Stores every pair, atomically (all in one apply).
     MultiPut { pairs: Vec<(Vec<u8>, Vec<u8>)> },
@@ -98,10 +101,6 @@ pub enum SetCond {
 /// The phrase every "this session's seq names another command" error contains, so that
 /// protocol layers can report it under their own code (HTTP: `session_reused`).
 pub const SESSION_REUSED: &str = "was already used for a different command";
-
-/// Largest value an `Append` may produce; larger appends are rejected. A constant, not a
-/// setting, because apply must decide the same on every node.
-pub const MAX_APPEND_RESULT: usize = 16 * 1024 * 1024;
 
 impl WriteOp {
     /// Every key the operation writes.
@@ -135,7 +134,7 @@ impl WriteOp {
             }
             WriteOp::Set { key, value, .. } => key.len() + value.len() + 16,
             WriteOp::Incr { key, .. } => key.len() + 24,
-            WriteOp::Append { key, suffix } => key.len() + suffix.len() + 16,
+            WriteOp::Append { key, suffix, .. } => key.len() + suffix.len() + 24,
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum(),
         }
     }
@@ -198,8 +197,11 @@ pub enum WriteResult {
     /// The command was not applied: the data does not allow it (INCR of a non-number), or
     /// its session's seq was already used for a different command. Nothing changed.
     Rejected(String),
-    /// The session has moved past this seq: this command was not applied now, and whether
-    /// an earlier attempt of it was is no longer known. An unknown outcome, not a failure.
+    /// The session can no longer tell this command's outcome in full: either the session
+    /// has moved past this seq (this command was not applied now, and whether an earlier
+    /// attempt was is no longer known), or it was applied earlier but the value its
+    /// result carried was too large to keep and has been overwritten since. An unknown
+    /// outcome, not a failure.
     Superseded(String),
 }
 
@@ -294,7 +296,17 @@ impl Limits {
         }
         match op {
             WriteOp::Put { value, .. } | WriteOp::Set { value, .. } => self.check_value(value),
-            WriteOp::Append { suffix, .. } => self.check_value(suffix),
+            WriteOp::Append {
+                suffix, max_len, ..
+            } => {
+                if *max_len > self.max_value as u64 {
+                    return Err(crate::Error::invalid(format!(
+                        "an append may not grow a value beyond the value limit of {} bytes",
+                        self.max_value
+                    )));
+                }
+                self.check_value(suffix)
+            }
             WriteOp::MultiPut { pairs } => {
                 let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
                 if total > 4 * self.max_value {

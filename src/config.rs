@@ -346,9 +346,10 @@ impl Config {
                 self.log_keep_bytes, self.max_frame_bytes
             ));
         }
-        if self.max_connections == 0 || self.max_inflight_bytes == 0 || self.max_reply_bytes == 0
-        {
-            return bad("max_connections, max_inflight_bytes and max_reply_bytes must be positive".into());
+        if self.max_connections == 0 || self.max_inflight_bytes == 0 || self.max_reply_bytes == 0 {
+            return bad(
+                "max_connections, max_inflight_bytes and max_reply_bytes must be positive".into(),
+            );
         }
         // One write of the largest size must be admissible.
         if self.max_inflight_bytes < (2 * self.max_value_size + self.max_key_size) as u64 {

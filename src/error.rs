@@ -1,7 +1,8 @@
 //! The one error type of paxosdb, grouped by how a caller reacts to it.
 //!
 //! - *Retry*: [`Error::Unavailable`] — nothing happened; the same request may be sent again,
-//!   to this node or another.
+//!   to this node or another. [`Error::Overloaded`] likewise, after a short pause: the node
+//!   refused the request at its door because a bound on queued work was reached.
 //! - *Unknown outcome*: [`Error::OutcomeUnknown`] — a write may or may not have been applied.
 //!   Retrying it with the same session (client id, sequence number) is safe and returns the
 //!   original result if it was applied. Never report this as a failure.
@@ -23,6 +24,11 @@ pub enum Error {
     /// safe to retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The node refused the request because a bound on the work it holds was reached
+    /// (bytes of writes in flight, disk nearly full): nothing was done; retry after a
+    /// short pause, here or on another node.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// The request timed out or the connection broke after it was sent: the write may or
     /// may not have been applied. Retry with the same session to learn the result.
     #[error("outcome unknown: {0}")]
@@ -44,7 +50,10 @@ pub enum Error {
 impl Error {
     /// True when the same request may simply be sent again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::OutcomeUnknown(_))
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::Overloaded(_) | Error::OutcomeUnknown(_)
+        )
     }
 
     pub(crate) fn invalid(msg: impl fmt::Display) -> Self {

@@ -100,6 +100,16 @@ pub struct Metrics {
     established_leader: AtomicU64,
     pub fsync: Histogram,
     pub log_entries: AtomicU64,
+    /// Peer messages not sent because their queue was full (OmniPaxos resends).
+    pub peer_dropped: AtomicU64,
+    /// Peer messages not sent because they were over the frame limit.
+    pub peer_oversized: AtomicU64,
+    /// Client connections open now, over every listener.
+    pub connections: AtomicU64,
+    /// Client connections refused at the connection limit.
+    pub connections_refused: AtomicU64,
+    /// Client connections closed for being idle (or slow to send a request's headers).
+    pub connections_timed_out: AtomicU64,
 }
 
 impl Metrics {
@@ -221,7 +231,7 @@ impl Metrics {
             s.latency
                 .render(&mut out, "paxosdb_request_duration_seconds", &label(*k));
         }
-        let gauges: [(&str, &str, &str, u64); 6] = [
+        let gauges: [(&str, &str, &str, u64); 11] = [
             (
                 "paxosdb_decided_index",
                 "gauge",
@@ -257,6 +267,36 @@ impl Metrics {
                 "gauge",
                 "Entries in this node's replicated log storage.",
                 self.log_entries.load(Relaxed),
+            ),
+            (
+                "paxosdb_peer_messages_dropped_total",
+                "counter",
+                "Peer messages not sent because the peer's queue was full.",
+                self.peer_dropped.load(Relaxed),
+            ),
+            (
+                "paxosdb_peer_messages_oversized_total",
+                "counter",
+                "Peer messages not sent because they were over the frame limit.",
+                self.peer_oversized.load(Relaxed),
+            ),
+            (
+                "paxosdb_client_connections",
+                "gauge",
+                "Client connections open now (gRPC, HTTP and RESP).",
+                self.connections.load(Relaxed),
+            ),
+            (
+                "paxosdb_client_connections_refused_total",
+                "counter",
+                "Client connections refused at the connection limit.",
+                self.connections_refused.load(Relaxed),
+            ),
+            (
+                "paxosdb_client_connections_timed_out_total",
+                "counter",
+                "Client connections closed as idle or too slow to send headers.",
+                self.connections_timed_out.load(Relaxed),
             ),
         ];
         for (name, kind, help, v) in gauges {

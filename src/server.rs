@@ -6,6 +6,7 @@
 //! misconfigured node fails at once with one clear line. Every listener is described the
 //! same way (name, address) and reported by `status` and to peers.
 
+use crate::api::conn::ConnLimiter;
 use crate::api::{grpc, pb};
 use crate::command::NodeId;
 use crate::config::{resolve, Config};
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::kv::{KvStore, StateMachine};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::node::admission::{free_bytes, Admission};
 use crate::node::{Core, CoreConfig, NodeHandle};
 use crate::storage::db::{DataDir, CF_META};
 use crate::storage::rocks::RocksStorage;
@@ -35,6 +37,8 @@ pub struct ServerInfo {
     pub db: Arc<rocksdb::DB>,
     /// The membership in force (it changes with `paxosdb cluster add-node` and friends).
     pub membership: SharedMembership,
+    /// The client connection limit and idle timeout, shared by every listener.
+    pub conns: Arc<ConnLimiter>,
 }
 
 /// One member as this node sees it, for status reports (every protocol shows the same).
@@ -79,7 +83,8 @@ pub struct RunningServer {
     pub handle: NodeHandle,
     pub info: Arc<ServerInfo>,
     pub client_addr: SocketAddr,
-    node_thread: Option<std::thread::JoinHandle<()>>,
+    /// Ends with the reason the node stopped, if it stopped on a fatal error.
+    node_thread: Option<std::thread::JoinHandle<Option<String>>>,
     grpc_stop: Option<oneshot::Sender<()>>,
     /// Tells the HTTP and RESP servers to stop.
     stop_tx: tokio::sync::watch::Sender<bool>,
@@ -156,6 +161,76 @@ fn incarnation_check(db: Arc<rocksdb::DB>) -> transport::IncarnationCheck {
     })
 }
 
+/// The message of a panic payload.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// How the server process ends after the node thread stopped on `why`: the line for the
+/// operator and the exit code (3: the data directory could not be written, 1: anything
+/// else). The reason arrives as text because a failed write inside OmniPaxos is a panic
+/// carrying the storage error's message.
+pub fn fatal_exit(why: &str) -> (String, u8) {
+    if why.contains("No space left on device") || why.contains("ENOSPC") {
+        (
+            format!(
+                "the disk holding the data directory is full; the node stopped rather than \
+                 run on a log it cannot write (nothing acknowledged is lost: every \
+                 acknowledged write is on a majority). Free space and restart it: it catches \
+                 up from its peers. Cause: {why}"
+            ),
+            3,
+        )
+    } else if why.contains("storage error") || why.contains("IO error") {
+        (
+            format!(
+                "a write to the data directory failed; the node stopped rather than run on \
+                 a log it cannot write. Fix the disk and restart it. Cause: {why}"
+            ),
+            3,
+        )
+    } else {
+        (format!("the node stopped on an internal error: {why}"), 1)
+    }
+}
+
+/// Bytes of commands per log entry and per round: a quarter of a frame, but not more than
+/// 8 MiB beyond what the largest command needs (a round is one message to each follower,
+/// and it is held by each until applied).
+fn max_batch_bytes(cfg: &Config) -> usize {
+    let largest = 2 * cfg.max_value_size + cfg.max_key_size + 4096;
+    (cfg.max_frame_bytes / 4).min(largest.max(8 << 20))
+}
+
+/// Every second, closes the door to client writes while the data directory's file system
+/// has less than `floor` bytes free, and opens it again once it has more.
+async fn watch_disk(dir: std::path::PathBuf, floor: u64, admission: Arc<Admission>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let d = dir.clone();
+        let free = tokio::task::spawn_blocking(move || free_bytes(&d)).await;
+        let Ok(Ok(free)) = free else { continue };
+        let low = free < floor;
+        if low != admission.disk_low() {
+            if low {
+                tracing::error!(
+                    free,
+                    min_free_disk_bytes = floor,
+                    "the data directory's file system is nearly full: refusing client writes \
+                     until space is freed (reads go on)"
+                );
+            } else {
+                tracing::warn!(free, "free space is back: taking client writes again");
+            }
+            admission.set_disk_low(low);
+        }
+    }
+}
+
 /// Starts a node from `cfg`. Must be called inside a Tokio runtime.
 pub async fn start(cfg: Config) -> Result<RunningServer> {
     cfg.validate()?;
@@ -196,6 +271,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         id: cfg.id,
         listeners: listeners.clone(),
         max_frame: cfg.max_frame_bytes,
+        max_queue_bytes: cfg.max_peer_queue_bytes,
         bind_ip: resolve(&own_peer, "peer address").ok().map(|a| a.ip()),
         incarnation,
     };
@@ -222,6 +298,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     }
     let shared: SharedMembership = Arc::new(std::sync::RwLock::new(membership));
     let mut net = transport::start_senders(&tcfg, tx.clone(), table.clone(), shared.clone());
+    net.set_metrics(metrics.clone());
     net.set_fetcher(crate::transfer::fetcher(
         tokio::runtime::Handle::current(),
         tcfg.clone(),
@@ -245,7 +322,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             repropose_after: Duration::from_millis(cfg.repropose_ms),
             max_batch_commands: cfg.max_batch_commands,
-            max_batch_bytes: cfg.max_frame_bytes / 4,
+            max_batch_bytes: max_batch_bytes(&cfg),
             first_batch_id: rand::random::<u64>() >> 1,
             compaction: cfg.compaction(),
         },
@@ -262,14 +339,24 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     }));
     let node_thread = std::thread::Builder::new()
         .name(format!("paxosdb-node-{}", cfg.id))
-        .spawn(move || core.run(rx))
+        .spawn(move || {
+            // A panic here (a failed disk write inside OmniPaxos, a broken invariant) ends
+            // the node thread; its message goes to the server, which exits saying why.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run(rx)))
+                .err()
+                .map(|p| panic_text(p.as_ref()))
+        })
         .map_err(|e| Error::Internal(format!("cannot start node thread: {e}")))?;
 
+    let admission = Admission::new(cfg.max_inflight_bytes);
     let handle = NodeHandle {
         tx,
         kv,
         limits: cfg.limits(),
+        admission: admission.clone(),
     };
+    let idle = (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms));
+    let conns = ConnLimiter::new(cfg.max_connections, idle, metrics.clone());
     let info = Arc::new(ServerInfo {
         config: cfg,
         listeners,
@@ -277,7 +364,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         metrics,
         db: db.clone(),
         membership: shared.clone(),
+        conns,
     });
+    let disk = tokio::spawn(watch_disk(
+        info.config.data_dir.clone(),
+        info.config.min_free_disk_bytes,
+        admission,
+    ));
     let accept = tokio::spawn(transport::accept_loop(
         peer_listener,
         tcfg,
@@ -309,14 +402,19 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         info: info.clone(),
     });
     let (grpc_stop, stop_rx) = oneshot::channel::<()>();
+    // Each connection takes a place in the connection limit (one over it is closed at
+    // once: the client sees UNAVAILABLE and tries another node) and times out when idle.
     // Small responses must not wait for Nagle's algorithm (≈40 ms stalls otherwise).
-    let incoming = tokio_stream::StreamExt::map(
+    let grpc_conns = info.conns.clone();
+    let incoming = tokio_stream::StreamExt::filter_map(
         tokio_stream::wrappers::TcpListenerStream::new(client_listener),
-        |conn| {
-            if let Ok(c) = &conn {
+        move |conn| match conn {
+            Ok(c) => {
+                let place = grpc_conns.admit()?;
                 let _ = c.set_nodelay(true);
+                Some(Ok(grpc_conns.guard(c, place)))
             }
-            conn
+            Err(e) => Some(Err(e)),
         },
     );
     let grpc_task = tokio::spawn(async move {
@@ -366,7 +464,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         stop_tx,
         protocol_tasks,
         grpc_task,
-        tasks: vec![accept],
+        tasks: vec![accept, disk],
         _dir: dir,
     })
 }
@@ -375,6 +473,17 @@ impl RunningServer {
     /// True while the node thread runs (it stops only on shutdown or a fatal error).
     pub fn node_alive(&self) -> bool {
         self.node_thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Why the node thread stopped, once it has stopped on a fatal error.
+    pub fn fatal(&mut self) -> Option<String> {
+        if self.node_alive() {
+            return None;
+        }
+        let t = self.node_thread.take()?;
+        t.join()
+            .unwrap_or_else(|p| Some(panic_text(p.as_ref())))
+            .or_else(|| Some("the node thread ended".into()))
     }
 
     /// Stops listeners and the node thread, and releases the data directory.

@@ -23,6 +23,15 @@
 //! - a frame that is oversized, undecodable, from an unknown node, or whose message claims
 //!   another sender closes that connection and is logged; the node keeps running;
 //! - sending never blocks the node: a full queue drops the message (OmniPaxos resends);
+//!   queues are bounded in bytes (`max_peer_queue_bytes` per peer) as well as in messages;
+//! - no frame over `max_frame` is ever written: a message that would be larger is not
+//!   sent, and the node is told ([`Network::take_oversized`]) so it can make that peer
+//!   catch up by a state transfer instead (a sync of a long log is the one message that can
+//!   grow that large);
+//! - received messages wait for the node thread in a byte budget shared by all peers
+//!   (the inbox): a reader that would exceed it stops reading its socket until the node
+//!   has handled earlier messages, so a flood from peers becomes TCP back-pressure, not
+//!   memory;
 //! - links stay FIFO (OmniPaxos relies on it): messages may be lost, never reordered —
 //!   a sender uses one connection at a time, and once a peer has reconnected, the reader
 //!   of its older connection delivers nothing more.
@@ -36,11 +45,13 @@ use omnipaxos::messages::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc as tmpsc;
+use tokio::sync::Semaphore;
 
 const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
 const PROTOCOL_VERSION: u32 = 3;
@@ -139,6 +150,14 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
     limit: usize,
 ) -> std::io::Result<T> {
+    read_frame_sized(r, limit).await.map(|(v, _)| v)
+}
+
+/// [`read_frame`], also returning the frame's length in bytes.
+pub async fn read_frame_sized<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    limit: usize,
+) -> std::io::Result<(T, usize)> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -156,20 +175,33 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     }
     codec(limit)
         .deserialize(&buf)
+        .map(|v| (v, len))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Starts fetching a peer's state in the background (see [`crate::transfer::fetcher`]).
 pub type Fetcher = Box<dyn Fn(NodeId) + Send>;
 
+/// One peer's outgoing queue: messages with their encoded sizes, and the bytes queued.
+#[derive(Clone)]
+pub struct PeerQueue {
+    tx: tmpsc::Sender<(PeerMsg, usize)>,
+    bytes: Arc<AtomicU64>,
+}
+
 /// The sending half handed to the node: one queue per peer.
 pub struct PeerSender {
-    queues: Mutex<HashMap<NodeId, tmpsc::Sender<PeerMsg>>>,
+    queues: Mutex<HashMap<NodeId, PeerQueue>>,
     fetcher: Option<Fetcher>,
     my_id: NodeId,
     membership: SharedMembership,
+    max_frame: usize,
+    max_queue_bytes: u64,
+    /// Peers a message was too large to send to, since the node last asked.
+    oversized: Mutex<Vec<NodeId>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Starts the sender task of a new peer.
-    start: Box<dyn Fn(NodeId, String) -> tmpsc::Sender<PeerMsg> + Send>,
+    start: Box<dyn Fn(NodeId, String) -> PeerQueue + Send>,
 }
 
 impl PeerSender {
@@ -182,10 +214,43 @@ impl PeerSender {
         self.fetcher = Some(f);
     }
 
+    /// Counts dropped and oversized messages in `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
     fn enqueue(&self, to: NodeId, msg: PeerMsg) {
-        if let Some(q) = self.queues.lock().unwrap().get(&to) {
-            // Full or closed: drop; OmniPaxos resends on its timers, notes are periodic.
-            let _ = q.try_send(msg);
+        let Some(q) = self.queues.lock().unwrap().get(&to).cloned() else {
+            return;
+        };
+        // The encoded size, without encoding (a walk over lengths); over the frame limit
+        // is an error here, never a frame that the peer would refuse.
+        let size = match codec(self.max_frame).serialized_size(&msg) {
+            Ok(n) => n as usize,
+            Err(_) => {
+                tracing::warn!(
+                    peer = to,
+                    limit = self.max_frame,
+                    "a message for this peer is over the frame limit; not sent (the peer \
+                     will catch up by a state transfer)"
+                );
+                if let Some(m) = &self.metrics {
+                    m.peer_oversized.fetch_add(1, Ordering::Relaxed);
+                }
+                self.oversized.lock().unwrap().push(to);
+                return;
+            }
+        };
+        // Full (in bytes or messages) or closed: drop; OmniPaxos resends on its timers,
+        // notes are periodic.
+        let queued = q.bytes.fetch_add(size as u64, Ordering::SeqCst);
+        if (queued > 0 && queued + size as u64 > self.max_queue_bytes)
+            || q.tx.try_send((msg, size)).is_err()
+        {
+            q.bytes.fetch_sub(size as u64, Ordering::SeqCst);
+            if let Some(m) = &self.metrics {
+                m.peer_dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -214,6 +279,10 @@ impl Network for PeerSender {
         self.enqueue(to, PeerMsg::Note(note));
     }
 
+    fn take_oversized(&self) -> Vec<NodeId> {
+        std::mem::take(&mut *self.oversized.lock().unwrap())
+    }
+
     fn fetch_state(&self, from: NodeId) {
         match &self.fetcher {
             Some(f) => f(from),
@@ -228,6 +297,8 @@ pub struct TransportConfig {
     pub id: NodeId,
     pub listeners: Vec<(String, String)>,
     pub max_frame: usize,
+    /// Most bytes queued for one peer, and received from all peers but not yet handled.
+    pub max_queue_bytes: u64,
     /// Source address for outgoing peer connections: this node's peer IP, so that peers
     /// (and firewall rules in fault tests) see connections come from the node's address.
     pub bind_ip: Option<std::net::IpAddr>,
@@ -263,18 +334,22 @@ pub fn start_senders(
     let tcfg = cfg.clone();
     let start = move |pid: NodeId, addr: String| {
         let (tx, rx) = tmpsc::channel(QUEUE_PER_PEER);
+        let bytes = Arc::new(AtomicU64::new(0));
         let hello = tcfg.hello(pid, Purpose::Replication);
         rt.spawn(sender_task(
             pid,
             addr,
             tcfg.bind_ip,
             hello,
-            rx,
+            Outbox {
+                rx,
+                bytes: bytes.clone(),
+            },
             events.clone(),
             table.clone(),
             tcfg.max_frame,
         ));
-        tx
+        PeerQueue { tx, bytes }
     };
     let m = membership.read().unwrap().clone();
     let queues = m
@@ -288,6 +363,10 @@ pub fn start_senders(
         fetcher: None,
         my_id: cfg.id,
         membership,
+        max_frame: cfg.max_frame,
+        max_queue_bytes: cfg.max_queue_bytes,
+        oversized: Mutex::new(Vec::new()),
+        metrics: None,
         start: Box::new(start),
     }
 }
@@ -310,13 +389,37 @@ pub async fn connect(addr: &str, bind_ip: Option<std::net::IpAddr>) -> std::io::
     socket.connect(target).await
 }
 
+/// The receiving end of a peer's queue, which gives back the bytes of what it takes.
+struct Outbox {
+    rx: tmpsc::Receiver<(PeerMsg, usize)>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    fn took(&self, size: usize) {
+        self.bytes.fetch_sub(size as u64, Ordering::SeqCst);
+    }
+
+    fn try_recv(&mut self) -> Option<PeerMsg> {
+        let (msg, size) = self.rx.try_recv().ok()?;
+        self.took(size);
+        Some(msg)
+    }
+
+    async fn recv(&mut self) -> Option<PeerMsg> {
+        let (msg, size) = self.rx.recv().await?;
+        self.took(size);
+        Some(msg)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn sender_task(
     pid: NodeId,
     addr: String,
     bind_ip: Option<std::net::IpAddr>,
     hello: Hello,
-    mut rx: tmpsc::Receiver<PeerMsg>,
+    mut rx: Outbox,
     events: mpsc::Sender<Event>,
     table: PeerTable,
     max_frame: usize,
@@ -331,8 +434,8 @@ async fn sender_task(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 // Keep the queue from filling with stale messages while the peer is away.
-                while rx.try_recv().is_ok() {}
-                if rx.is_closed() {
+                while rx.try_recv().is_some() {}
+                if rx.rx.is_closed() {
                     return;
                 }
                 continue;
@@ -357,8 +460,8 @@ async fn sender_task(
             let mut res = write_frame(&mut w, &msg, max_frame).await;
             while res.is_ok() {
                 match rx.try_recv() {
-                    Ok(msg) => res = write_frame(&mut w, &msg, max_frame).await,
-                    Err(_) => break,
+                    Some(msg) => res = write_frame(&mut w, &msg, max_frame).await,
+                    None => break,
                 }
             }
             if let Err(e) = res.and(w.flush().await) {
@@ -384,6 +487,9 @@ pub async fn accept_loop(
     source: Arc<dyn StateSource>,
     membership: SharedMembership,
 ) {
+    let inbox = Arc::new(Semaphore::new(
+        cfg.max_queue_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
+    ));
     let cfg = Arc::new(cfg);
     // The connection tasks live in this set: when the accept loop is aborted (shutdown),
     // dropping the set aborts them too, so none keeps the node's database open.
@@ -398,13 +504,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let (cfg, events, table, check, source, membership) = (
+        let (cfg, events, table, check, source, membership, inbox) = (
             cfg.clone(),
             events.clone(),
             table.clone(),
             check.clone(),
             source.clone(),
             membership.clone(),
+            inbox.clone(),
         );
         conns.spawn(async move {
             let peer = Peer {
@@ -413,6 +520,7 @@ pub async fn accept_loop(
                 table: &table,
                 check: &check,
                 membership: &membership,
+                inbox: &inbox,
             };
             if let Err(e) = serve_peer(stream, peer, source).await {
                 tracing::warn!(%remote, "peer connection closed: {e}");
@@ -428,6 +536,8 @@ struct Peer<'a> {
     table: &'a PeerTable,
     check: &'a IncarnationCheck,
     membership: &'a SharedMembership,
+    /// Bytes of received messages the node thread has not handled yet.
+    inbox: &'a Arc<Semaphore>,
 }
 
 async fn serve_peer(
@@ -441,6 +551,7 @@ async fn serve_peer(
         table,
         check,
         membership,
+        inbox,
     } = p;
     let _ = stream.set_nodelay(true);
     let mut r = tokio::io::BufReader::new(stream);
@@ -499,7 +610,7 @@ async fn serve_peer(
         (g, mine)
     };
     loop {
-        let msg: PeerMsg = match read_frame(&mut r, cfg.max_frame).await {
+        let (msg, len): (PeerMsg, usize) = match read_frame_sized(&mut r, cfg.max_frame).await {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(format!("from node {from}: {e}")),
@@ -521,7 +632,15 @@ async fn serve_peer(
             // A newer connection from this peer exists: drop the rest of this one.
             return Ok(());
         }
-        if events.send(event).is_err() {
+        // Wait for room in the inbox (back-pressure on this peer's socket meanwhile).
+        let cost = len
+            .max(64)
+            .min(cfg.max_queue_bytes.min(Semaphore::MAX_PERMITS as u64) as usize)
+            .min(u32::MAX as usize) as u32;
+        let Ok(permit) = inbox.clone().acquire_many_owned(cost).await else {
+            return Ok(());
+        };
+        if events.send(Event::Held(Box::new(event), permit)).is_err() {
             return Ok(());
         }
     }

@@ -21,6 +21,7 @@ pub fn to_status(e: Error) -> Status {
     match e {
         Error::InvalidInput(m) => Status::invalid_argument(m),
         Error::Unavailable(m) => Status::unavailable(m),
+        Error::Overloaded(m) => Status::resource_exhausted(format!("overloaded: {m}")),
         Error::OutcomeUnknown(m) => Status::deadline_exceeded(format!("outcome unknown: {m}")),
         e @ (Error::Config(_) | Error::Storage(_) | Error::Internal(_)) => {
             Status::internal(e.to_string())
@@ -38,6 +39,7 @@ pub fn from_status(s: &Status) -> Error {
         }
         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Error::OutcomeUnknown(m),
         Code::Unavailable => Error::Unavailable(m),
+        Code::ResourceExhausted => Error::Overloaded(m),
         _ => Error::Internal(format!("{:?}: {m}", s.code())),
     }
 }

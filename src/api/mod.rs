@@ -1,7 +1,9 @@
 //! Client-facing protocol servers. Each one decodes its protocol, validates, and calls the
 //! protocol-neutral [`crate::node::NodeHandle`]; none re-implements routing, retries or
-//! consistency. Today: gRPC ([`grpc`]). HTTP/JSON and RESP will sit beside it.
+//! consistency: gRPC ([`grpc`]), HTTP/JSON ([`http`]) and the Redis protocol ([`resp`]).
+//! They share one connection limit and idle timeout ([`conn`]).
 
+pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod resp;

@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one node.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Store a value.
     Put(kv::PutArgs),
     /// Print the value of a key (exit 1 if the key is missing).

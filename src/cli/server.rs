@@ -158,7 +158,13 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
 
 pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
     let cfg = build_config(a)?;
-    let server = crate::server::start(cfg).await?;
+    // Panics are logged like everything else (the node thread's one is also reported
+    // below, with what to do about it).
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current().name().unwrap_or("?").to_string();
+        tracing::error!(thread, "panic: {info}");
+    }));
+    let mut server = crate::server::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Internal(format!("signal handler: {e}")))?;
     let mut watch = tokio::time::interval(std::time::Duration::from_millis(200));
@@ -167,9 +173,11 @@ pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break ExitCode::SUCCESS }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break ExitCode::SUCCESS }
             _ = watch.tick() => {
-                if !server.node_alive() {
-                    tracing::error!("the node thread stopped unexpectedly; exiting");
-                    break ExitCode::FAILURE;
+                if let Some(why) = server.fatal() {
+                    let (line, code) = crate::server::fatal_exit(&why);
+                    tracing::error!("{line}");
+                    eprintln!("paxosdb: {line}");
+                    break ExitCode::from(code);
                 }
             }
         }

@@ -24,8 +24,7 @@
 //!   switch ([`StateMachine::install_staged`]).
 
 use crate::command::{
-    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
-    MAX_APPEND_RESULT, SESSION_REUSED,
+    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult, SESSION_REUSED,
 };
 use crate::error::{Error, Result};
 use crate::membership::Membership;
@@ -108,11 +107,69 @@ fn expiry_key(last_index: u64, client_id: u64) -> [u8; 17] {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct SessionRecord {
     seq: u64,
+    /// The result, without a value longer than [`SESSION_VALUE_KEEP`] (see `elided`).
     result: WriteResult,
     /// The log index of the entry that last used the session.
     last_index: u64,
     /// Fingerprint of the command `seq` named, to tell a retry from a reuse of the seq.
     digest: u64,
+    /// The value the result carried (a previous or current value) was longer than
+    /// [`SESSION_VALUE_KEEP`] and is not kept: only its version is.
+    elided: bool,
+}
+
+/// The record layout before `elided` existed (read for records written by older versions).
+#[derive(serde::Deserialize)]
+struct SessionRecordV1 {
+    seq: u64,
+    result: WriteResult,
+    last_index: u64,
+    digest: u64,
+}
+
+impl SessionRecord {
+    fn decode(bytes: &[u8]) -> Result<SessionRecord> {
+        if let Ok(r) = bincode::deserialize::<SessionRecord>(bytes) {
+            return Ok(r);
+        }
+        let old: SessionRecordV1 = bincode::deserialize(bytes)?;
+        Ok(SessionRecord {
+            seq: old.seq,
+            result: old.result,
+            last_index: old.last_index,
+            digest: old.digest,
+            elided: false,
+        })
+    }
+}
+
+/// Longest value a session record keeps in its remembered result. A failed compare or a
+/// `--prev` write returns a value; keeping megabytes of them for [`SESSION_TTL_ENTRIES`]
+/// entries per client would fill the disk, so only the version of a longer one is kept,
+/// and a retry reads the value back while the key still has that version.
+pub const SESSION_VALUE_KEEP: usize = 1024;
+
+/// The value a result carries, if any (every result carries at most one).
+fn result_value(r: &mut WriteResult) -> Option<&mut Versioned> {
+    match r {
+        WriteResult::Put { prev, .. }
+        | WriteResult::Delete { prev, .. }
+        | WriteResult::Set { prev, .. } => prev.as_mut(),
+        WriteResult::Cas { current, .. } => current.as_mut(),
+        _ => None,
+    }
+}
+
+/// `result` as a session record keeps it, and whether its value was dropped.
+fn remembered(mut result: WriteResult) -> (WriteResult, bool) {
+    let elided = match result_value(&mut result) {
+        Some(v) if v.value.len() > SESSION_VALUE_KEEP => {
+            v.value = Vec::new();
+            true
+        }
+        _ => false,
+    };
+    (result, elided)
 }
 
 /// A deterministic fingerprint of a write (FNV-1a over its encoding): the same on every
@@ -229,7 +286,7 @@ impl KvStore {
 
     fn load_session(&self, client_id: u64) -> Result<Option<SessionRecord>> {
         match self.backend.get(Space::Sm, &session_key(client_id))? {
-            Some(b) => Ok(Some(bincode::deserialize(&b)?)),
+            Some(b) => Ok(Some(SessionRecord::decode(&b)?)),
             None => Ok(None),
         }
     }
@@ -280,13 +337,42 @@ impl Overlay<'_> {
             self.stale_expiry
                 .push(expiry_key(old.last_index, client_id));
         }
+        let (result, elided) = remembered(result);
         let rec = SessionRecord {
             seq,
             result,
             last_index: index,
             digest: digest(&cmd.op),
+            elided,
         };
         self.sessions.insert(client_id, rec);
+    }
+
+    /// The remembered result of a retried command. A value the record did not keep is
+    /// read back while the key still has the remembered version (a version names one
+    /// write, so the value is the same); once the key moved on, the value is gone and the
+    /// retry learns only that the write was applied.
+    fn recall(&mut self, rec: &SessionRecord, op: &WriteOp) -> Result<WriteResult> {
+        let mut result = rec.result.clone();
+        if !rec.elided {
+            return Ok(result);
+        }
+        let key = op.keys().first().map(|k| k.to_vec()).unwrap_or_default();
+        let now = self.get(&key)?;
+        let Some(v) = result_value(&mut result) else {
+            return Ok(result);
+        };
+        match now {
+            Some(cur) if cur.version == v.version => {
+                v.value = cur.value;
+                Ok(result)
+            }
+            _ => Ok(WriteResult::Superseded(format!(
+                "this command was applied earlier, but the value it returned (version {}) \
+                 has since been overwritten and was too large to keep for retries",
+                v.version
+            ))),
+        }
     }
 
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
@@ -381,11 +467,17 @@ impl Overlay<'_> {
                     }
                 }
             }
-            WriteOp::Append { key, suffix } => {
+            WriteOp::Append {
+                key,
+                suffix,
+                max_len,
+            } => {
                 let mut value = self.get(key)?.map(|v| v.value).unwrap_or_default();
-                if value.len() + suffix.len() > MAX_APPEND_RESULT {
+                if (value.len() + suffix.len()) as u64 > *max_len {
                     return Ok(WriteResult::Rejected(format!(
-                        "append would make the value larger than {MAX_APPEND_RESULT} bytes"
+                        "append would make the value {} bytes, over the value limit of \
+                         {max_len} bytes; nothing was appended",
+                        value.len() + suffix.len()
                     )));
                 }
                 value.extend_from_slice(suffix);
@@ -462,7 +554,9 @@ impl StateMachine for KvStore {
         for cmd in commands {
             let session = overlay.session(cmd.client_id)?;
             let result = match &session {
-                Some(s) if s.seq == cmd.seq && s.digest == digest(&cmd.op) => s.result.clone(),
+                Some(s) if s.seq == cmd.seq && s.digest == digest(&cmd.op) => {
+                    overlay.recall(s, &cmd.op)?
+                }
                 Some(s) if s.seq == cmd.seq => WriteResult::Rejected(format!(
                     "session ({}, {}) {SESSION_REUSED}",
                     cmd.client_id, cmd.seq

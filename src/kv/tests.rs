@@ -158,6 +158,7 @@ impl Model {
             OpSpec::Append { key, value } => WriteOp::Append {
                 key: KEYS[*key].to_vec(),
                 suffix: VALUES[*value].to_vec(),
+                max_len: 1 << 20,
             },
             OpSpec::MultiPut(pairs) => WriteOp::MultiPut {
                 pairs: pairs
@@ -276,7 +277,7 @@ impl Model {
                     None => WriteResult::Rejected(String::new()),
                 }
             }
-            WriteOp::Append { key, suffix } => {
+            WriteOp::Append { key, suffix, .. } => {
                 let mut v = self.current(key).map(|c| c.value).unwrap_or_default();
                 v.extend_from_slice(suffix);
                 let len = v.len() as u64;

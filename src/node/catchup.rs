@@ -56,6 +56,34 @@ impl<S: Storage<LogEntry>> Core<S> {
         }
     }
 
+    /// A message to `peer` was over the frame limit: the log it needs (a sync from its
+    /// decided index) is too long to send. Trim ours up to what this node applied — only
+    /// peers that are behind needed those entries, and they get the state instead — and
+    /// tell `peer` to fetch our state.
+    pub(super) fn too_far_behind(&mut self, peer: NodeId) {
+        if self.silenced().is_some() {
+            return;
+        }
+        let base = self.membership.base;
+        let applied = self.sm.applied_index();
+        let compacted = self.global(self.paxos.get_compacted_idx());
+        if applied > compacted {
+            self.paxos
+                .handle_incoming(compaction::local_trim(self.cfg.id, applied - base));
+            let now_compacted = self.global(self.paxos.get_compacted_idx());
+            self.trimmer.trimmed(now_compacted);
+            tracing::warn!(
+                peer,
+                from = compacted,
+                to = now_compacted,
+                "log trimmed so that a peer too far behind catches up by a state transfer"
+            );
+        }
+        let compacted = self.global(self.paxos.get_compacted_idx());
+        self.net
+            .send_note(peer, compaction::Note::NeedState { compacted });
+    }
+
     /// A peer's log (or configuration) starts at `compacted`, above our decided index:
     /// fetch its state.
     pub(super) fn need_state(&mut self, from: NodeId, compacted: u64, now: Instant) {

@@ -87,7 +87,13 @@ impl Trimmer {
         applied: u64,
         compacted: u64,
     ) -> Option<u64> {
-        if policy.every_entries == 0 || applied < compacted.saturating_add(policy.every_entries) {
+        if policy.every_entries == 0 {
+            return None;
+        }
+        // Cheap unless a step is possible or the log holds more bytes than it may keep.
+        if applied < compacted.saturating_add(policy.every_entries)
+            && self.bytes <= policy.keep_bytes
+        {
             return None;
         }
         let everyone = peers
@@ -102,13 +108,18 @@ impl Trimmer {
         while let Some((_, b)) = sizes.next_if(|(i, _)| *i < target) {
             kept -= b;
         }
+        let mut by_bytes = false;
         while kept > policy.keep_bytes {
             let Some((i, b)) = sizes.next() else { break };
             kept -= b;
             target = i + 1;
+            by_bytes = true;
         }
         let target = target.min(applied);
-        (target >= compacted.saturating_add(policy.every_entries)).then_some(target)
+        // Steps keep trims rare; but a log over its byte limit is trimmed whatever the
+        // step (a few huge entries must not stay because they are few).
+        let step = target >= compacted.saturating_add(policy.every_entries);
+        (step || (by_bytes && target > compacted)).then_some(target)
     }
 
     /// Forgets the sizes of entries below `compacted`.
@@ -205,6 +216,23 @@ mod tests {
         assert_eq!(t.target(&POLICY, [2], 50, 0), Some(40));
         t.trimmed(40);
         assert_eq!(t.bytes, 1000);
+    }
+
+    #[test]
+    fn a_log_over_its_byte_limit_is_trimmed_even_below_a_step() {
+        let mut t = Trimmer::default();
+        // Five entries of 400 bytes: fewer than a step (10), but 2000 bytes > 1000.
+        for i in 0..5 {
+            t.applied(i, 400);
+        }
+        t.peer_progress(2, 0);
+        assert_eq!(t.target(&POLICY, [2], 5, 0), Some(3));
+        t.trimmed(3);
+        assert_eq!(
+            t.target(&POLICY, [2], 5, 3),
+            None,
+            "800 bytes kept: under the limit"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Nothing here retries: a write either gets its applied result, an error saying nothing
 //! happened, or [`Error::OutcomeUnknown`].
 
+use super::admission::Admission;
 use super::Event;
 use crate::command::{
     Command, KeyValue, Limits, NodeId, ScanRange, Versioned, WriteOp, WriteResult,
@@ -12,6 +13,7 @@ use crate::command::{
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Largest number of rows one scan returns.
@@ -72,6 +74,8 @@ pub struct NodeHandle {
     pub(crate) tx: Sender<Event>,
     pub(crate) kv: KvStore,
     pub(crate) limits: Limits,
+    /// The bound on client work this node holds (shared by every listener).
+    pub(crate) admission: Arc<Admission>,
 }
 
 fn stopped() -> Error {
@@ -83,6 +87,11 @@ impl NodeHandle {
         self.limits
     }
 
+    /// The node's admission control (in-flight bytes, disk floor).
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
     /// Replicates one write and returns its result once it is decided and applied here.
     pub async fn write(&self, client_id: u64, seq: u64, op: WriteOp) -> Result<WriteResult> {
         if client_id == 0 || seq == 0 {
@@ -91,6 +100,8 @@ impl NodeHandle {
             ));
         }
         self.limits.check_write(&op)?;
+        // Held until the answer is back: the bytes of unanswered writes stay bounded.
+        let _ticket = self.admission.write(op.size())?;
         let (reply, rx) = oneshot::channel();
         let cmd = Command { client_id, seq, op };
         self.tx
@@ -108,6 +119,7 @@ impl NodeHandle {
 
     /// Waits until this node's state reflects every write acknowledged before the call.
     pub async fn read_barrier(&self) -> Result<()> {
+        let _ticket = self.admission.read()?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Event::ReadBarrier { reply })

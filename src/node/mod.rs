@@ -31,6 +31,7 @@
 //!   fresh log (see [`reconfig`] and [`paxos`]). Applied indexes are global: they keep
 //!   counting across configurations ([`Membership::base`] is where one's log starts).
 
+pub mod admission;
 mod apply;
 mod catchup;
 mod compaction;
@@ -71,6 +72,11 @@ pub trait Network: Send + 'static {
     /// The membership in force changed (or is announced at start): whom to talk to, and
     /// the configuration id to tag OmniPaxos messages with.
     fn set_membership(&self, _m: &Membership) {}
+    /// Peers that a message was too large to send to since the last call (the sync of a
+    /// log longer than a frame): the core makes them catch up by a state transfer.
+    fn take_oversized(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
 }
 
 /// Everything the node thread reacts to.
@@ -101,6 +107,8 @@ pub enum Event {
     },
     /// Stop the loop.
     Shutdown,
+    /// An event holding a share of a bounded budget (the peer inbox) until it is handled.
+    Held(Box<Event>, tokio::sync::OwnedSemaphorePermit),
 }
 
 /// Timing and batching knobs of the core.
@@ -305,6 +313,8 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// Handles one event received at `now`; false means stop.
     pub fn handle(&mut self, ev: Event, now: Instant) -> bool {
         match ev {
+            // The permit goes back once the event is handled.
+            Event::Held(ev, _permit) => return self.handle(*ev, now),
             Event::Peer { .. } if self.silenced().is_some() => {}
             Event::Peer { config, msg } if config < self.membership.config_id => {
                 // The sender is still in a configuration we left: its log ended at our
@@ -542,6 +552,9 @@ impl<S: Storage<LogEntry>> Core<S> {
         self.paxos.take_outgoing_messages(&mut self.outgoing);
         for msg in self.outgoing.drain(..) {
             self.net.send(msg);
+        }
+        for peer in self.net.take_oversized() {
+            self.too_far_behind(peer);
         }
     }
 }

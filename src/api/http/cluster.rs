@@ -119,6 +119,24 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             "Bytes of the replicated log column family: SST files plus memtables.",
             log_bytes,
         ),
+        (
+            "paxosdb_inflight_bytes",
+            "Bytes of client requests admitted and not answered yet (max_inflight_bytes).",
+            s.node.admission().in_flight(),
+        ),
+        (
+            "paxosdb_overload_refusals",
+            "Client requests refused as overloaded since start (in-flight bytes or disk).",
+            s.node
+                .admission()
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "paxosdb_disk_low",
+            "1 while the data directory's file system is below min_free_disk_bytes free.",
+            u64::from(s.node.admission().disk_low()),
+        ),
     ]);
     (
         [(

@@ -65,6 +65,7 @@ impl ApiError {
             Error::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
+            Error::Overloaded(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", m),
             Error::OutcomeUnknown(m) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "outcome_unknown",
@@ -88,7 +89,9 @@ impl IntoResponse for ApiError {
         err.insert("message".into(), self.message.into());
         err.extend(self.extra);
         let mut resp = (self.status, axum::Json(json!({ "error": err }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
         }

@@ -29,10 +29,13 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use error::ApiError;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -119,26 +122,72 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
     resp
 }
 
-/// Serves HTTP on `listener` until `shutdown` turns true.
+/// Serves HTTP on `listener` until `shutdown` turns true. Each connection takes a place
+/// in the node's connection limit (refused with a 503 beyond it), must send a request's
+/// headers within `header_timeout_ms`, and is closed when idle for `idle_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
     node: NodeHandle,
     info: Arc<ServerInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let conns = info.conns.clone();
+    let header_timeout = Duration::from_millis(info.config.header_timeout_ms.max(1));
     let app = router(AppState { node, info });
-    let stop = async move {
-        while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                return;
-            }
+    let mut tasks = JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
         }
-    };
-    let res = axum::serve(listener, app.into_make_service())
-        .tcp_nodelay(true)
-        .with_graceful_shutdown(stop)
-        .await;
-    if let Err(e) = res {
-        tracing::error!("HTTP server failed: {e}");
+        let (stream, _) = tokio::select! {
+            r = shutdown.changed() => if r.is_err() { break } else { continue },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(place) = conns.admit() else {
+            conns.refuse(stream, refused());
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(conns.guard(stream, place));
+        let svc = TowerToHyperService::new(app.clone());
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
     }
+    drop(listener);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+}
+
+/// The 503 a connection over the limit gets (built once).
+fn refused() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(crate::api::conn::refused_http)
 }

@@ -48,6 +48,7 @@ pub fn error_reply(e: Error) -> Frame {
     match e {
         Error::InvalidInput(m) => Frame::error(format!("ERR {m}")),
         Error::Unavailable(m) => Frame::error(format!("TRYAGAIN {m}")),
+        Error::Overloaded(m) => Frame::error(format!("BUSY {m}")),
         Error::OutcomeUnknown(m) => Frame::error(format!(
             "ERR outcome unknown: {m}; the command may or may not have been applied"
         )),
@@ -406,7 +407,13 @@ impl Session {
                 }
             }
             Command::Append(key, suffix) => {
-                match self.write(shared, WriteOp::Append { key, suffix }).await? {
+                let max_len = shared.node.limits().max_value as u64;
+                let op = WriteOp::Append {
+                    key,
+                    suffix,
+                    max_len,
+                };
+                match self.write(shared, op).await? {
                     WriteResult::Append { len, .. } => Frame::Integer(len as i64),
                     r => return Err(unexpected(r)),
                 }

@@ -14,6 +14,10 @@
 //! A malformed or oversized request gets `-ERR Protocol error: ...` and its connection is
 //! closed; other connections are unaffected. Nothing a client sends can panic the server.
 //!
+//! Connections: each takes a place in the node's connection limit (beyond it the client
+//! gets `-ERR max number of clients reached` and is closed) and is closed once it has sent
+//! nothing for the idle timeout (see [`crate::api::conn`]).
+//!
 //! Shutdown: when the watch channel turns true the listener stops accepting, idle
 //! connections close at once, busy ones after their current command (bounded wait).
 
@@ -113,8 +117,12 @@ pub async fn serve(
             r = shutdown.changed() => if r.is_err() { break },
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Some(place) = shared.info.conns.admit() else {
+                        shared.info.conns.refuse(stream, crate::api::conn::REFUSED_RESP);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(handle(stream, shared.clone(), shutdown.clone()));
+                    conns.spawn(handle(stream, place, shared.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
@@ -136,7 +144,12 @@ pub async fn serve(
 }
 
 /// Runs one client connection to its end.
-async fn handle(stream: TcpStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn handle(
+    stream: TcpStream,
+    _place: crate::api::conn::Place,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let mut session = exec::Session::new(id);
@@ -180,12 +193,18 @@ async fn run(
         if conn.flush().await.is_err() || *shutdown.borrow() {
             return;
         }
+        let idle = shared.info.conns.idle();
         tokio::select! {
             r = conn.fill() => match r {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return,
             },
             _ = shutdown.changed() => return,
+            // Idle for too long: close (Redis' `timeout`, on by default here).
+            _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {
+                shared.info.conns.timed_out();
+                return;
+            }
         }
     }
 }
