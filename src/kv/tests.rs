@@ -617,3 +617,95 @@ fn a_seq_reused_for_a_different_command_is_rejected_not_answered_with_the_old_re
     assert!(matches!(reused[0], WriteResult::Rejected(_)), "{reused:?}");
     assert!(kv.get(b"b").unwrap().0.is_none());
 }
+
+/// Issue #8: a failed compare returns the current value; its session record must not keep
+/// a large one (100 failed CAS against a 16 MiB value used to add 1.7 GiB on every node).
+/// A retry still gets the full answer while the key keeps that version, and an unknown
+/// outcome (never a wrong value) once it moved on.
+#[test]
+fn session_records_keep_versions_not_large_values() {
+    use super::backend::Space;
+    use super::SESSION_VALUE_KEEP;
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let big = vec![7u8; 256 * 1024];
+    kv.apply(0, &[put(1, 1, b"big", &big)]).unwrap();
+    let cas = |client_id| Command {
+        client_id,
+        seq: 1,
+        op: WriteOp::Cas {
+            key: b"big".to_vec(),
+            expect: Expect::Version(99),
+            new_value: b"new".to_vec(),
+        },
+    };
+    let failed = WriteResult::Cas {
+        succeeded: false,
+        version: 1,
+        current: Some(Versioned {
+            value: big.clone(),
+            version: 1,
+        }),
+    };
+    for c in 0..100u64 {
+        let index = kv.applied_index();
+        assert_eq!(kv.apply(index, &[cas(100 + c)]).unwrap(), vec![failed.clone()]);
+    }
+    let mut session_bytes = 0;
+    kv.backend
+        .view(|v| {
+            v.scan_from(Space::Sm, b"s", &mut |k, val| {
+                if k.first() == Some(&b's') {
+                    session_bytes += val.len();
+                }
+                Ok(true)
+            })
+        })
+        .unwrap();
+    assert!(
+        session_bytes < 101 * (SESSION_VALUE_KEEP + 256),
+        "101 session records take {session_bytes} bytes"
+    );
+    // A retry while the key is unchanged: the full original answer, value included.
+    let index = kv.applied_index();
+    assert_eq!(kv.apply(index, &[cas(100)]).unwrap(), vec![failed.clone()]);
+    // Small values are kept as they are (a retry never needs the key).
+    let index = kv.applied_index();
+    let first = kv.apply(index, &[put(2, 1, b"small", b"s1")]).unwrap();
+    let index = kv.applied_index();
+    let second = kv.apply(index, &[put(2, 2, b"small", b"s2")]).unwrap();
+    let index = kv.applied_index();
+    kv.apply(index, &[put(3, 1, b"small", b"s3")]).unwrap();
+    let index = kv.applied_index();
+    assert_eq!(kv.apply(index, &[put(2, 2, b"small", b"s2")]).unwrap(), second);
+    assert_ne!(first, second);
+    // Once the big value is overwritten, a retry cannot return it: unknown, not wrong.
+    let index = kv.applied_index();
+    kv.apply(index, &[put(4, 1, b"big", b"other")]).unwrap();
+    let index = kv.applied_index();
+    let late = kv.apply(index, &[cas(101)]).unwrap();
+    assert!(matches!(late[0], WriteResult::Superseded(_)), "{late:?}");
+    // Nothing of the retries was applied again.
+    assert_eq!(kv.get(b"big").unwrap().0.unwrap().value, b"other".to_vec());
+}
+
+/// Issue #8: `APPEND` cannot grow a value past the limit the proposer carried.
+#[test]
+fn append_beyond_the_value_limit_is_rejected_and_changes_nothing() {
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let append = |seq, suffix: &[u8]| Command {
+        client_id: 5,
+        seq,
+        op: WriteOp::Append {
+            key: b"log".to_vec(),
+            suffix: suffix.to_vec(),
+            max_len: 10,
+        },
+    };
+    let r = kv.apply(0, &[append(1, b"12345678")]).unwrap();
+    assert!(matches!(r[0], WriteResult::Append { len: 8, .. }), "{r:?}");
+    let r = kv.apply(1, &[append(2, b"abc")]).unwrap();
+    assert!(matches!(r[0], WriteResult::Rejected(_)), "{r:?}");
+    assert_eq!(kv.get(b"log").unwrap().0.unwrap().value, b"12345678".to_vec());
+    let r = kv.apply(2, &[append(3, b"ab")]).unwrap();
+    assert!(matches!(r[0], WriteResult::Append { len: 10, .. }), "{r:?}");
+}
