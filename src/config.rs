@@ -76,9 +76,11 @@ pub struct Config {
     /// (down for long) catches up by receiving the whole state instead of entries.
     #[serde(default = "default_log_keep_entries")]
     pub log_keep_entries: u64,
-    /// The same limit in bytes of commands (approximate).
-    #[serde(default = "default_log_keep_bytes")]
-    pub log_keep_bytes: u64,
+    /// The same limit in bytes of commands (approximate). Unset: 32 MiB, or a quarter of
+    /// `max_frame_bytes` if that is less (a peer that is behind is sent the kept log in one
+    /// message, which must fit in a frame).
+    #[serde(default)]
+    pub log_keep_bytes: Option<u64>,
     /// Peer address of a member of a running cluster to join. A new node (empty data
     /// directory) waits there until `paxosdb cluster add-node` adds it, then fetches the
     /// cluster's state. `peers` then only needs this node's own entry.
@@ -152,9 +154,6 @@ fn default_compact_every() -> u64 {
 fn default_log_keep_entries() -> u64 {
     100_000
 }
-fn default_log_keep_bytes() -> u64 {
-    32 * 1024 * 1024
-}
 fn default_max_connections() -> usize {
     4096
 }
@@ -197,7 +196,7 @@ impl Config {
             max_frame_bytes: default_max_frame(),
             compact_every_entries: default_compact_every(),
             log_keep_entries: default_log_keep_entries(),
-            log_keep_bytes: default_log_keep_bytes(),
+            log_keep_bytes: None,
             join: None,
             max_connections: default_max_connections(),
             idle_timeout_ms: default_idle_timeout_ms(),
@@ -214,8 +213,14 @@ impl Config {
         crate::node::CompactionPolicy {
             every_entries: self.compact_every_entries,
             keep_entries: self.log_keep_entries,
-            keep_bytes: self.log_keep_bytes,
+            keep_bytes: self.log_keep_bytes(),
         }
+    }
+
+    /// The bytes of applied log kept for laggards (see `log_keep_bytes`).
+    pub fn log_keep_bytes(&self) -> u64 {
+        self.log_keep_bytes
+            .unwrap_or_else(|| (32 << 20).min(self.max_frame_bytes as u64 / 4))
     }
 
     /// Reads a TOML file.
@@ -339,11 +344,12 @@ impl Config {
                     .into(),
             );
         }
-        if self.log_keep_bytes > (self.max_frame_bytes / 4) as u64 {
+        if self.log_keep_bytes() > (self.max_frame_bytes / 4) as u64 {
             return bad(format!(
                 "log_keep_bytes ({}) must be at most a quarter of max_frame_bytes ({}): a \
                  peer that is behind is sent the kept log in one message",
-                self.log_keep_bytes, self.max_frame_bytes
+                self.log_keep_bytes(),
+                self.max_frame_bytes
             ));
         }
         if self.max_connections == 0 || self.max_inflight_bytes == 0 || self.max_reply_bytes == 0 {

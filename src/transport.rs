@@ -650,3 +650,86 @@ async fn serve_peer(
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, WriteOp};
+    use crate::config::Member;
+    use crate::metrics::Metrics;
+    use omnipaxos::ballot_leader_election::Ballot;
+    use omnipaxos::messages::sequence_paxos::{AcceptDecide, PaxosMessage, PaxosMsg};
+
+    /// An AcceptDecide from 1 to 2 carrying `bytes` of value.
+    fn accept(bytes: usize) -> Message<LogEntry> {
+        let entry = LogEntry {
+            proposer: 1,
+            batch_id: 1,
+            commands: vec![Command {
+                client_id: 1,
+                seq: 1,
+                op: WriteOp::Put {
+                    key: b"k".to_vec(),
+                    value: vec![0; bytes],
+                    return_prev: false,
+                },
+            }],
+        };
+        Message::SequencePaxos(PaxosMessage {
+            from: 1,
+            to: 2,
+            msg: PaxosMsg::AcceptDecide(AcceptDecide {
+                n: Ballot::default(),
+                seq_num: Default::default(),
+                decided_idx: 0,
+                entries: vec![entry],
+            }),
+        })
+    }
+
+    /// Issue #8: a message over the frame limit is never written (the connection was
+    /// treated as lost and the same message rebuilt forever); the node learns which peer
+    /// it was for. A peer that does not read gets at most its byte budget queued.
+    #[tokio::test]
+    async fn oversized_messages_are_reported_and_queues_are_bounded_in_bytes() {
+        // A peer that accepts connections but never reads them.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let members = vec![
+            Member {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+            },
+            Member {
+                id: 2,
+                addr: silent.local_addr().unwrap().to_string(),
+            },
+        ];
+        let cfg = TransportConfig {
+            id: 1,
+            listeners: vec![],
+            max_frame: 64 * 1024,
+            max_queue_bytes: 256 * 1024,
+            bind_ip: None,
+            incarnation: 1,
+        };
+        let (events, _rx) = mpsc::channel();
+        let membership = Arc::new(RwLock::new(Membership::initial(&members)));
+        let mut net = start_senders(&cfg, events, PeerTable::default(), membership);
+        let metrics = Metrics::new();
+        net.set_metrics(metrics.clone());
+
+        net.send(accept(100 * 1024));
+        assert_eq!(net.take_oversized(), vec![2]);
+        assert_eq!(net.take_oversized(), Vec::<NodeId>::new());
+        assert_eq!(metrics.peer_oversized.load(Ordering::Relaxed), 1);
+
+        // 40 KiB each: far more than the socket buffers and the 256 KiB budget hold.
+        for _ in 0..2000 {
+            net.send(accept(40 * 1024));
+        }
+        let queued = net.queues.lock().unwrap()[&2].bytes.load(Ordering::SeqCst);
+        assert!(queued <= cfg.max_queue_bytes, "{queued} bytes queued");
+        assert!(metrics.peer_dropped.load(Ordering::Relaxed) > 1000);
+        assert!(net.take_oversized().is_empty());
+    }
+}

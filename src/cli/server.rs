@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// the cluster's state.
     #[arg(long, env = "PAXOSDB_JOIN")]
     pub join: Option<String>,
+    /// Largest peer frame, in bytes (default 256 MiB); must hold 4 batches of the largest
+    /// write.
+    #[arg(long, env = "PAXOSDB_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
     /// Most client connections at once, over gRPC, HTTP and RESP together (default 4096).
     #[arg(long, env = "PAXOSDB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -123,10 +127,13 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
         cfg.log_keep_entries = v;
     }
     if let Some(v) = a.log_keep_bytes {
-        cfg.log_keep_bytes = v;
+        cfg.log_keep_bytes = Some(v);
     }
     if let Some(j) = &a.join {
         cfg.join = Some(j.clone());
+    }
+    if let Some(v) = a.max_frame_bytes {
+        cfg.max_frame_bytes = v;
     }
     if let Some(v) = a.max_connections {
         cfg.max_connections = v;

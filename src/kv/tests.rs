@@ -648,7 +648,10 @@ fn session_records_keep_versions_not_large_values() {
     };
     for c in 0..100u64 {
         let index = kv.applied_index();
-        assert_eq!(kv.apply(index, &[cas(100 + c)]).unwrap(), vec![failed.clone()]);
+        assert_eq!(
+            kv.apply(index, &[cas(100 + c)]).unwrap(),
+            vec![failed.clone()]
+        );
     }
     let mut session_bytes = 0;
     kv.backend
@@ -676,7 +679,10 @@ fn session_records_keep_versions_not_large_values() {
     let index = kv.applied_index();
     kv.apply(index, &[put(3, 1, b"small", b"s3")]).unwrap();
     let index = kv.applied_index();
-    assert_eq!(kv.apply(index, &[put(2, 2, b"small", b"s2")]).unwrap(), second);
+    assert_eq!(
+        kv.apply(index, &[put(2, 2, b"small", b"s2")]).unwrap(),
+        second
+    );
     assert_ne!(first, second);
     // Once the big value is overwritten, a retry cannot return it: unknown, not wrong.
     let index = kv.applied_index();
@@ -705,7 +711,10 @@ fn append_beyond_the_value_limit_is_rejected_and_changes_nothing() {
     assert!(matches!(r[0], WriteResult::Append { len: 8, .. }), "{r:?}");
     let r = kv.apply(1, &[append(2, b"abc")]).unwrap();
     assert!(matches!(r[0], WriteResult::Rejected(_)), "{r:?}");
-    assert_eq!(kv.get(b"log").unwrap().0.unwrap().value, b"12345678".to_vec());
+    assert_eq!(
+        kv.get(b"log").unwrap().0.unwrap().value,
+        b"12345678".to_vec()
+    );
     let r = kv.apply(2, &[append(3, b"ab")]).unwrap();
     assert!(matches!(r[0], WriteResult::Append { len: 10, .. }), "{r:?}");
 }
