@@ -14,8 +14,9 @@
 //! (followers hold what leaders send them, and leaders only send what some node admitted).
 //!
 //! Invariants:
-//! - a write holds its [`Ticket`] until its answer is back (or its waiter is dropped), so
-//!   the bytes admitted and not yet answered never exceed the budget;
+//! - a write's [`Ticket`] travels with it to the node thread and stays with its waiter
+//!   until the waiter is answered or expires (not merely until the client stops waiting),
+//!   so the bytes of writes the node holds never exceed the budget;
 //! - a refusal happens before anything is sent to the node thread: an `Overloaded` write
 //!   certainly changed nothing;
 //! - one write of the largest allowed size always fits in an empty budget (checked by

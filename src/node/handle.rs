@@ -100,13 +100,13 @@ impl NodeHandle {
             ));
         }
         self.limits.check_write(&op)?;
-        // Held until the answer is back: the bytes of unanswered writes stay bounded.
-        let _ticket = self.admission.write(op.size())?;
+        // Held by the node until the write's waiter is gone: the bytes of unanswered
+        // writes stay bounded even when clients hang up.
+        let ticket = self.admission.write(op.size())?;
         let (reply, rx) = oneshot::channel();
         let cmd = Command { client_id, seq, op };
-        self.tx
-            .send(Event::Write { cmd, reply })
-            .map_err(|_| stopped())?;
+        let ev = Event::Admitted(Box::new(Event::Write { cmd, reply }), ticket);
+        self.tx.send(ev).map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(WriteResult::Rejected(why))) => Err(Error::InvalidInput(why)),
             Ok(Ok(WriteResult::Superseded(why))) => Err(Error::OutcomeUnknown(why)),

@@ -109,6 +109,9 @@ pub enum Event {
     Shutdown,
     /// An event holding a share of a bounded budget (the peer inbox) until it is handled.
     Held(Box<Event>, tokio::sync::OwnedSemaphorePermit),
+    /// A client request with its admission ticket: a write keeps it until its waiter is
+    /// answered or expires (a client that hangs up must not free the bytes early).
+    Admitted(Box<Event>, admission::Ticket),
 }
 
 /// Timing and batching knobs of the core.
@@ -139,6 +142,9 @@ struct WriteWaiter {
     cmd: Command,
     replies: Vec<(oneshot::Sender<Result<WriteResult>>, Instant)>,
     proposed_at: Option<Instant>,
+    /// The admission tickets of the requests waiting here: their bytes count against the
+    /// node's budget until the waiter is gone, even if a client stopped waiting.
+    _tickets: Vec<admission::Ticket>,
 }
 
 struct Barrier {
@@ -315,6 +321,17 @@ impl<S: Storage<LogEntry>> Core<S> {
         match ev {
             // The permit goes back once the event is handled.
             Event::Held(ev, _permit) => return self.handle(*ev, now),
+            Event::Admitted(ev, ticket) => {
+                let key = match &*ev {
+                    Event::Write { cmd, .. } => Some((cmd.client_id, cmd.seq)),
+                    _ => None,
+                };
+                let go_on = self.handle(*ev, now);
+                if let Some(w) = key.and_then(|k| self.writes.get_mut(&k)) {
+                    w._tickets.push(ticket);
+                }
+                return go_on;
+            }
             Event::Peer { .. } if self.silenced().is_some() => {}
             Event::Peer { config, msg } if config < self.membership.config_id => {
                 // The sender is still in a configuration we left: its log ended at our
@@ -377,6 +394,7 @@ impl<S: Storage<LogEntry>> Core<S> {
                     cmd,
                     replies: Vec::new(),
                     proposed_at: None,
+                    _tickets: Vec::new(),
                 });
                 if waiter.proposed_at.is_none() && waiter.replies.is_empty() {
                     self.to_propose.push(key);
