@@ -27,7 +27,8 @@
 //! after healing; the client history linearizable per key ([`crate::check`]).
 //!
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
-//! sim::tests::replay -- --nocapture` or `paxosdb sim --seed <N>` replays it exactly.
+//! sim::tests::replay -- --ignored --nocapture` or `paxosdb sim --seed <N>` replays it
+//! exactly.
 
 /// Members 1..=n (the simulation's nodes have no addresses).
 pub fn members(n: crate::command::NodeId) -> Vec<crate::config::Member> {
