@@ -47,9 +47,8 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
         None => (a.first..a.first + a.seeds).collect(),
     };
     let started = Instant::now();
-    let (mut ops, mut checked, mut info, mut faults, mut failed) = (0, 0, 0, 0, 0u64);
-    let (mut crashes, mut partitions, mut lost) = (0, 0, 0);
-    let (mut fetches, mut fetched, mut compacted_runs) = (0, 0, 0);
+    let mut totals = sim::Totals::default();
+    let mut failed = 0u64;
     for &seed in &seeds {
         let base = SimConfig::for_seed(seed, a.log_budget);
         let cfg = SimConfig {
@@ -62,16 +61,7 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
         // `sim::run` reports panics as failures; this also catches one in the checker.
         match std::panic::catch_unwind(|| sim::run(seed, &cfg)) {
             Ok(Ok(s)) => {
-                ops += s.ops;
-                checked += s.checked;
-                info += s.info;
-                faults += s.faults;
-                crashes += s.crashes;
-                partitions += s.partitions;
-                lost += s.lost_attempts;
-                fetches += s.fetches;
-                fetched += s.fetched;
-                compacted_runs += u64::from(s.compacted > 0);
+                totals.add(&s);
                 if a.seed.is_some() {
                     s.fault_log.iter().for_each(|l| println!("  {l}"));
                     println!(
@@ -94,11 +84,9 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
             }
         }
     }
+    // The totals are of the runs that passed.
     println!(
-        "sim: {} seeds, {ops} operations ({checked} checked for linearizability, {info} info), \
-         {faults} faults injected ({crashes} crashes, {partitions} partitions), \
-         {lost} client attempts lost, {compacted_runs} runs with trimmed logs, {fetches} state \
-         fetches ({fetched} installed), {failed} violations, {:.1}s",
+        "sim: {} seeds run; passed: {totals}; {failed} violations, {:.1}s",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );

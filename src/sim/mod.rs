@@ -27,7 +27,8 @@
 //! after healing; the client history linearizable per key ([`crate::check`]).
 //!
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
-//! sim::tests::replay -- --nocapture` or `paxosdb sim --seed <N>` replays it exactly.
+//! sim::tests::replay -- --ignored --nocapture` or `paxosdb sim --seed <N>` replays it
+//! exactly.
 
 /// Members 1..=n (the simulation's nodes have no addresses).
 pub fn members(n: crate::command::NodeId) -> Vec<crate::config::Member> {
@@ -148,6 +149,12 @@ pub struct SimConfig {
     pub bug: Option<Bug>,
     /// Log compaction of every node (`CompactionPolicy::OFF`: none).
     pub compaction: CompactionPolicy,
+    /// The nemesis aims crashes at state transfers: when a transfer starts, the next
+    /// fault comes before it ends, and a fault while a transfer is under way crashes its
+    /// fetching or its sending node, in turn (a process or a machine crash).
+    /// Without it, transfers (tens of ms) and faults (every 100 ms to seconds) almost
+    /// never meet.
+    pub crash_transfers: bool,
 }
 
 impl Default for SimConfig {
@@ -165,6 +172,7 @@ impl Default for SimConfig {
             chaos: false,
             bug: None,
             compaction: CompactionPolicy::OFF,
+            crash_transfers: false,
         }
     }
 }
@@ -173,7 +181,8 @@ impl SimConfig {
     /// The configuration of `seed` in a campaign (the CI test's and `paxosdb sim`'s): 3
     /// nodes, 5 for every fourth seed; the log budget's policy for the seed, and a busier
     /// nemesis (a fault every 100 ms to 1.5 s) when it trims, so that nodes fall behind
-    /// the trimmed logs while faults go on.
+    /// the trimmed logs while faults go on, and crashes aimed at the state transfers
+    /// ([`SimConfig::crash_transfers`]).
     pub fn for_seed(seed: u64, budget: LogBudget) -> SimConfig {
         let compaction = budget.policy(seed);
         let compacting = compaction != CompactionPolicy::OFF;
@@ -181,6 +190,7 @@ impl SimConfig {
             nodes: if seed % 4 == 3 { 5 } else { 3 },
             compaction,
             max_fault_gap: Duration::from_millis(if compacting { 1500 } else { 4000 }),
+            crash_transfers: compacting,
             ..SimConfig::default()
         }
     }
@@ -211,6 +221,14 @@ pub struct RunStats {
     pub fetches: u64,
     pub fetched: u64,
     pub fetch_failures: u64,
+    /// Fetched states the nodes installed (`install_staged`, counted by the store).
+    pub installs: u64,
+    /// Transfers under way cut by a crash of the fetching node, and of the sending node.
+    pub fetcher_crashes: u64,
+    pub sender_crashes: u64,
+    /// Machine crashes, and those that dropped a write not yet synced.
+    pub machine_crashes: u64,
+    pub lossy_machine_crashes: u64,
     /// Highest compacted index of any node at the end.
     pub compacted: u64,
     pub virtual_ms: u64,
@@ -218,6 +236,84 @@ pub struct RunStats {
     pub trace_hash: u64,
     /// What the nemesis did, with virtual times.
     pub fault_log: Vec<String>,
+}
+
+/// The figures of many runs added up: what a campaign covered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub seeds: u64,
+    pub ops: usize,
+    pub checked: usize,
+    /// Operations whose outcome stayed unknown (timed out, node crashed).
+    pub info: usize,
+    pub faults: u64,
+    pub crashes: u64,
+    pub machine_crashes: u64,
+    /// Machine crashes that dropped a write not yet synced.
+    pub lossy_machine_crashes: u64,
+    pub partitions: u64,
+    pub lost_attempts: u64,
+    /// Runs in which some node trimmed its log.
+    pub trimmed_runs: u64,
+    pub fetches: u64,
+    pub fetched: u64,
+    pub fetch_failures: u64,
+    pub installs: u64,
+    /// Transfers under way cut by a crash of the fetching node, and of the sending node.
+    pub fetcher_crashes: u64,
+    pub sender_crashes: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, s: &RunStats) {
+        self.seeds += 1;
+        self.ops += s.ops;
+        self.checked += s.checked;
+        self.info += s.info;
+        self.faults += s.faults;
+        self.crashes += s.crashes;
+        self.machine_crashes += s.machine_crashes;
+        self.lossy_machine_crashes += s.lossy_machine_crashes;
+        self.partitions += s.partitions;
+        self.lost_attempts += s.lost_attempts;
+        self.trimmed_runs += u64::from(s.compacted > 0);
+        self.fetches += s.fetches;
+        self.fetched += s.fetched;
+        self.fetch_failures += s.fetch_failures;
+        self.installs += s.installs;
+        self.fetcher_crashes += s.fetcher_crashes;
+        self.sender_crashes += s.sender_crashes;
+    }
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} seeds, {} operations ({} checked, {} with unknown outcome), {} faults ({} \
+             crashes, {} of them machine crashes, {} losing unsynced writes; {} partitions), \
+             {} client attempts lost, {} runs with trimmed logs, {} state fetches ({} \
+             completed, {} installed, {} failed; {} cut by a crash of the fetcher, {} by a \
+             crash of the sender)",
+            self.seeds,
+            self.ops,
+            self.checked,
+            self.info,
+            self.faults,
+            self.crashes,
+            self.machine_crashes,
+            self.lossy_machine_crashes,
+            self.partitions,
+            self.lost_attempts,
+            self.trimmed_runs,
+            self.fetches,
+            self.fetched,
+            self.installs,
+            self.fetch_failures,
+            self.fetcher_crashes,
+            self.sender_crashes,
+        )
+    }
 }
 
 /// A failed run.
@@ -338,6 +434,15 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
         fetches: w.fetches,
         fetched: w.fetched,
         fetch_failures: w.fetch_failures,
+        installs: w
+            .nodes
+            .iter()
+            .map(|n| n.durable.lock().unwrap().installs)
+            .sum(),
+        fetcher_crashes: w.fetcher_crashes,
+        sender_crashes: w.sender_crashes,
+        machine_crashes: w.machine_crashes,
+        lossy_machine_crashes: w.lossy_machine_crashes,
         compacted,
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),

@@ -15,7 +15,9 @@
 //! either direction, at the start or at the end, or if the peer crashes meanwhile: the
 //! fetching node then gets `StateFetched(Err)` after a 1 s back-off, as the server's
 //! fetcher does. A crash of the fetching node ends the transfer; what it staged stays
-//! unfinished, and the restarted store discards it.
+//! unfinished, and the restarted store discards it. With
+//! [`SimConfig::crash_transfers`] the nemesis aims crashes at transfers under way, which
+//! the regular fault schedule almost never hits (see `World::aim_at_transfer`).
 
 use super::checks::{DecidedMonotonic, LogOracle};
 use super::clients::Clients;
@@ -121,6 +123,16 @@ pub struct World {
     pub fetches: u64,
     pub fetched: u64,
     pub fetch_failures: u64,
+    /// Transfers under way (not already failed) cut by a crash of the fetching node, and
+    /// by a crash of the node sending its state.
+    pub fetcher_crashes: u64,
+    pub sender_crashes: u64,
+    /// Machine crashes, and those that did drop a write not yet synced (a decided index
+    /// or state machine writes newer than the last sync point).
+    pub machine_crashes: u64,
+    pub lossy_machine_crashes: u64,
+    /// Crashes aimed at transfers so far (see `aim_at_transfer`), from a per-seed start.
+    aims: u64,
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -149,6 +161,11 @@ impl World {
             fetches: 0,
             fetched: 0,
             fetch_failures: 0,
+            fetcher_crashes: 0,
+            sender_crashes: 0,
+            machine_crashes: 0,
+            lossy_machine_crashes: 0,
+            aims: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63,
             rng,
             cfg,
         };
@@ -218,15 +235,29 @@ impl World {
         self.net.drop_node(i);
         // The fetching node's transfers die with it; a peer's crash breaks the
         // connection: the fetching node hears of it after the back-off.
+        let under_way = |t: &Transfer| t.state.is_ok();
+        self.fetcher_crashes += self
+            .transfers
+            .iter()
+            .filter(|t| t.fetcher == i && under_way(t))
+            .count() as u64;
         self.transfers.retain(|t| t.fetcher != i);
         for t in &mut self.transfers {
-            if t.from == i && t.state.is_ok() {
+            if t.from == i && under_way(t) {
                 t.state = Err(format!("node {} crashed during the transfer", i + 1));
                 t.due = self.now + FETCH_BACKOFF;
+                self.sender_crashes += 1;
             }
         }
         let mut what = "process".to_string();
         if machine {
+            self.machine_crashes += 1;
+            let lossy = {
+                let d = node.durable.lock().unwrap();
+                let decided = d.log.get_decided_idx().unwrap_or(0);
+                decided > d.synced_decided || *d.kv.read().unwrap() != d.synced_kv
+            };
+            self.lossy_machine_crashes += u64::from(lossy);
             let decided = node.durable.lock().unwrap().lose_unsynced() as u64;
             let spaces = node.durable.lock().unwrap().kv.clone();
             let applied = KvStore::open_memory(spaces).map_or(0, |kv| kv.applied_index());
@@ -282,6 +313,12 @@ impl World {
             Err(e) => format!("failing: {e}"),
         };
         self.log(format!("node {} fetches node {}'s {what}", i + 1, from + 1));
+        if self.cfg.crash_transfers && state.is_ok() {
+            // The next fault comes while this transfer is under way.
+            let at =
+                self.now + Duration::from_millis(self.rng.gen_range(0..took.as_millis() as u64));
+            self.next_fault = self.next_fault.min(at);
+        }
         self.transfers.push(Transfer {
             fetcher: i,
             from,
@@ -373,11 +410,42 @@ impl World {
             .find(|&i| matches!(&self.nodes[i].core, Some(c) if c.status().role == Role::Leader))
     }
 
+    /// With `crash_transfers`, while a transfer is under way: crashes its fetching or its
+    /// sending node, in turn (as many nodes may be down as for any crash). Returns whether
+    /// it did.
+    fn aim_at_transfer(&mut self, down: usize) -> bool {
+        let under_way: Vec<(usize, usize)> = self
+            .transfers
+            .iter()
+            .filter(|t| t.state.is_ok())
+            .map(|t| (t.fetcher, t.from))
+            .collect();
+        if under_way.is_empty() || down >= self.nodes.len().div_ceil(2) {
+            return false;
+        }
+        let (fetcher, from) = *under_way.choose(&mut self.rng).unwrap();
+        // Both ends in turn, from a seed-dependent start (most runs aim once or twice):
+        // each crash path is taken about as often.
+        self.aims += 1;
+        let victim = if self.aims.is_multiple_of(2) {
+            fetcher
+        } else {
+            from
+        };
+        let machine = self.rng.gen_bool(0.5);
+        self.crash(victim, machine);
+        true
+    }
+
     /// One nemesis action.
     fn inject_fault(&mut self) {
         let n = self.nodes.len();
         let up: Vec<usize> = (0..n).filter(|&i| self.nodes[i].is_up()).collect();
         let down: Vec<usize> = (0..n).filter(|&i| !self.nodes[i].is_up()).collect();
+        if self.cfg.crash_transfers && self.aim_at_transfer(down.len()) {
+            self.faults += 1;
+            return;
+        }
         let leader = self.leader();
         let roll = self.rng.gen_range(0..100);
         if roll < 30 {
