@@ -199,6 +199,8 @@ pub struct PeerSender {
     max_queue_bytes: u64,
     /// Peers a message was too large to send to, since the node last asked.
     oversized: Mutex<Vec<NodeId>>,
+    /// A proposal forward was dropped since the node last asked.
+    forward_lost: std::sync::atomic::AtomicBool,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Starts the sender task of a new peer.
     start: Box<dyn Fn(NodeId, String) -> PeerQueue + Send>,
@@ -220,7 +222,16 @@ impl PeerSender {
     }
 
     fn enqueue(&self, to: NodeId, msg: PeerMsg) {
+        use omnipaxos::messages::sequence_paxos::PaxosMsg;
+        let forward = matches!(
+            &msg,
+            PeerMsg::Paxos { msg: Message::SequencePaxos(m), .. }
+                if matches!(m.msg, PaxosMsg::ProposalForward(_))
+        );
         let Some(q) = self.queues.lock().unwrap().get(&to).cloned() else {
+            if forward {
+                self.forward_lost.store(true, Ordering::SeqCst);
+            }
             return;
         };
         // The encoded size, without encoding (a walk over lengths); over the frame limit
@@ -238,6 +249,9 @@ impl PeerSender {
                     m.peer_oversized.fetch_add(1, Ordering::Relaxed);
                 }
                 self.oversized.lock().unwrap().push(to);
+                if forward {
+                    self.forward_lost.store(true, Ordering::SeqCst);
+                }
                 return;
             }
         };
@@ -248,6 +262,9 @@ impl PeerSender {
             || q.tx.try_send((msg, size)).is_err()
         {
             q.bytes.fetch_sub(size as u64, Ordering::SeqCst);
+            if forward {
+                self.forward_lost.store(true, Ordering::SeqCst);
+            }
             if let Some(m) = &self.metrics {
                 m.peer_dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -281,6 +298,10 @@ impl Network for PeerSender {
 
     fn take_oversized(&self) -> Vec<NodeId> {
         std::mem::take(&mut *self.oversized.lock().unwrap())
+    }
+
+    fn take_forward_lost(&self) -> bool {
+        self.forward_lost.swap(false, Ordering::SeqCst)
     }
 
     fn fetch_state(&self, from: NodeId) {
@@ -366,6 +387,7 @@ pub fn start_senders(
         max_frame: cfg.max_frame,
         max_queue_bytes: cfg.max_queue_bytes,
         oversized: Mutex::new(Vec::new()),
+        forward_lost: std::sync::atomic::AtomicBool::new(false),
         metrics: None,
         start: Box::new(start),
     }

@@ -36,8 +36,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once per process: the size of the server's arguments costs nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one node.

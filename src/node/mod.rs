@@ -77,6 +77,12 @@ pub trait Network: Send + 'static {
     fn take_oversized(&self) -> Vec<NodeId> {
         Vec::new()
     }
+    /// True when, since the last call, a proposal forwarded to the leader was dropped
+    /// before it left this node (a full queue): the core re-proposes what is waiting
+    /// without the usual patience.
+    fn take_forward_lost(&self) -> bool {
+        false
+    }
 }
 
 /// Everything the node thread reacts to.
@@ -142,6 +148,8 @@ struct WriteWaiter {
     cmd: Command,
     replies: Vec<(oneshot::Sender<Result<WriteResult>>, Instant)>,
     proposed_at: Option<Instant>,
+    /// [`Core::lost_epoch`] when it was proposed.
+    epoch: u64,
     /// The admission tickets of the requests waiting here: their bytes count against the
     /// node's budget until the waiter is gone, even if a client stopped waiting.
     _tickets: Vec<admission::Ticket>,
@@ -190,7 +198,19 @@ pub struct Core<S: Storage<LogEntry>> {
     /// Why this node no longer serves, once a membership change removed it.
     removed: Option<String>,
     change: Option<PendingChange>,
+    /// Counts the events that can lose a proposal (a new leader, a reconnection, a
+    /// forward dropped here): a write proposed in an older epoch may be lost and is
+    /// re-proposed after `repropose_after`; one proposed in this epoch is only slow, and
+    /// gets [`PATIENCE`] times longer (re-proposing slow writes under load duplicated
+    /// every waiting write in the log and collapsed throughput).
+    lost_epoch: u64,
+    /// The leader last seen, to notice a change.
+    last_leader: Option<NodeId>,
 }
+
+/// How many re-propose periods a write proposed in the current epoch waits before it is
+/// proposed again anyway (a loss this node could not see).
+const PATIENCE: u32 = 3;
 
 impl<S: Storage<LogEntry>> Core<S> {
     /// Builds the core over `storage` (which may hold a previous life's log) and `sm`.
@@ -227,6 +247,8 @@ impl<S: Storage<LogEntry>> Core<S> {
             membership,
             removed: None,
             change: None,
+            lost_epoch: 0,
+            last_leader: None,
         })
     }
 
@@ -359,7 +381,10 @@ impl<S: Storage<LogEntry>> Core<S> {
                     }
                 }
             }
-            Event::Reconnected(pid) => self.paxos.reconnected(pid),
+            Event::Reconnected(pid) => {
+                self.lost_epoch += 1;
+                self.paxos.reconnected(pid)
+            }
             Event::Note { from, note } => match note {
                 Note::Progress { applied, .. } => self.trimmer.peer_progress(from, applied),
                 Note::NeedState { compacted } => self.need_state(from, compacted, now),
@@ -394,6 +419,7 @@ impl<S: Storage<LogEntry>> Core<S> {
                     cmd,
                     replies: Vec::new(),
                     proposed_at: None,
+                    epoch: 0,
                     _tickets: Vec::new(),
                 });
                 if waiter.proposed_at.is_none() && waiter.replies.is_empty() {
@@ -454,6 +480,7 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// Expires waiters past their deadline and re-proposes what is overdue.
     fn on_tick(&mut self, now: Instant) {
         let repropose = self.cfg.repropose_after;
+        let epoch = self.lost_epoch;
         let mut overdue = Vec::new();
         self.writes.retain(|key, w| {
             let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut w.replies)
@@ -470,7 +497,12 @@ impl<S: Storage<LogEntry>> Core<S> {
             if w.replies.is_empty() {
                 return false;
             }
-            if matches!(w.proposed_at, Some(at) if now.duration_since(at) >= repropose) {
+            let wait = if w.epoch == epoch {
+                repropose * PATIENCE
+            } else {
+                repropose
+            };
+            if matches!(w.proposed_at, Some(at) if now.duration_since(at) >= wait) {
                 w.proposed_at = None;
                 overdue.push(*key);
             }
@@ -530,6 +562,7 @@ impl<S: Storage<LogEntry>> Core<S> {
                 if let Some(w) = self.writes.get_mut(&key) {
                     if w.proposed_at.is_none() {
                         w.proposed_at = Some(now);
+                        w.epoch = self.lost_epoch;
                         bytes += w.cmd.op.size();
                         commands.push(w.cmd.clone());
                     }
@@ -573,6 +606,11 @@ impl<S: Storage<LogEntry>> Core<S> {
         }
         for peer in self.net.take_oversized() {
             self.too_far_behind(peer);
+        }
+        let leader = self.paxos.get_current_leader().map(|(l, _)| l);
+        if leader != self.last_leader || self.net.take_forward_lost() {
+            self.last_leader = leader;
+            self.lost_epoch += 1;
         }
     }
 }
