@@ -77,6 +77,19 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Compiles a `KEYS` / `SCAN MATCH` / `CONFIG GET` pattern, once per command; refuses one
+/// longer than twice the largest key (compiling costs memory in its length).
+fn compile(shared: &Shared, pattern: &[u8]) -> Result<glob::Glob, Frame> {
+    let max = glob::max_pattern_len(shared.node.limits().max_key);
+    if pattern.len() > max {
+        return Err(Frame::error(format!(
+            "ERR pattern is {} bytes; the limit is {max} bytes (twice the largest key)",
+            pattern.len()
+        )));
+    }
+    Ok(glob::Glob::new(pattern))
+}
+
 /// The smallest key after `key`.
 fn successor(key: &[u8]) -> Vec<u8> {
     let mut k = key.to_vec();
@@ -238,17 +251,30 @@ impl Session {
             Command::ClientGetName => bulk_or_null(self.name.clone()),
             Command::ClientSetInfo => Frame::ok(),
             Command::ClientId => Frame::Integer(self.id as i64),
-            Command::ConfigGet(patterns) => Frame::Map(
-                CONFIG
-                    .iter()
-                    .filter(|(k, _)| {
-                        patterns
-                            .iter()
-                            .any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
-                    })
-                    .map(|(k, v)| (Frame::bulk(*k), Frame::bulk(*v)))
-                    .collect(),
-            ),
+            Command::ConfigGet(patterns) => {
+                // Each pattern compiled once; a request may carry a million of them.
+                let mut found = [false; CONFIG.len()];
+                for (n, p) in patterns.iter().enumerate() {
+                    if found.iter().all(|&f| f) {
+                        break;
+                    }
+                    let g = compile(shared, &p.to_ascii_lowercase())?;
+                    for (f, (k, _)) in found.iter_mut().zip(CONFIG) {
+                        *f |= g.matches(k.as_bytes());
+                    }
+                    if n % 256 == 255 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Frame::Map(
+                    CONFIG
+                        .iter()
+                        .zip(found)
+                        .filter(|(_, f)| *f)
+                        .map(|((k, v), _)| (Frame::bulk(*k), Frame::bulk(*v)))
+                        .collect(),
+                )
+            }
             Command::Info(sections) => Frame::Bulk(self.info(shared, &sections).await?.into()),
             Command::ReadOnly => {
                 self.consistency = Consistency::Stale;
@@ -434,9 +460,10 @@ impl Session {
                 }
             }
             Command::Keys(pattern) => {
+                let glob = compile(shared, &pattern)?;
                 let mut keys = Vec::new();
                 self.each_key(shared, &glob::literal_prefix(&pattern), |k| {
-                    if glob::matches(&pattern, k) {
+                    if glob.matches(k) {
                         keys.push(Frame::bulk(k));
                     }
                 })
@@ -468,6 +495,7 @@ impl Session {
         count: usize,
         only_strings: bool,
     ) -> Reply {
+        let glob = pattern.as_deref().map(|p| compile(shared, p)).transpose()?;
         let prefix = pattern
             .as_deref()
             .map(glob::literal_prefix)
@@ -494,7 +522,7 @@ impl Session {
         };
         let keys = rows
             .into_iter()
-            .filter(|r| only_strings && pattern.as_deref().is_none_or(|p| glob::matches(p, &r.key)))
+            .filter(|r| only_strings && glob.as_ref().is_none_or(|g| g.matches(&r.key)))
             .map(|r| Frame::Bulk(r.key))
             .collect();
         Ok(Frame::Array(vec![
