@@ -1,6 +1,8 @@
 //! The Redis protocol end to end: real `paxosdb server` processes driven by real Redis
 //! clients (redis-cli, redis-benchmark, redis-py, all installed by `scripts/setup`) and by
-//! raw TCP for pipelining and malformed input.
+//! raw TCP for pipelining and malformed input; also what one hostile or careless client
+//! must not be able to do: run commands after a refused MULTI, build a reply beyond
+//! `max_reply_bytes`, or freeze a node with a KEYS pattern.
 
 mod common;
 
