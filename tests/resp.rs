@@ -1,6 +1,8 @@
 //! The Redis protocol end to end: real `paxosdb server` processes driven by real Redis
 //! clients (redis-cli, redis-benchmark, redis-py, all installed by `scripts/setup`) and by
-//! raw TCP for pipelining and malformed input.
+//! raw TCP for pipelining and malformed input; also what one hostile or careless client
+//! must not be able to do: run commands after a refused MULTI, build a reply beyond
+//! `max_reply_bytes`, or freeze a node with a KEYS pattern.
 
 mod common;
 
@@ -264,6 +266,53 @@ async fn pipelining_and_protocol_errors() {
     ));
     assert_eq!(cli(&addr, &["PING"]), "PONG", "the server still serves");
 
+    // MULTI (redis-py's pipeline(), ioredis' multi()): paxosdb has no transactions, so
+    // nothing up to EXEC runs, and EXEC says the transaction was discarded; a client that
+    // retries cannot apply the writes twice.
+    let not_run = err(paxosdb::api::resp::exec::NOT_EXECUTED);
+    s.write_all(b"MULTI\r\nSET tx:a 1\r\nINCR tx:n\r\nMULTI\r\nGET\r\nEXEC\r\n")
+        .await
+        .unwrap();
+    let want = [
+        Frame::ok(),
+        not_run.clone(),
+        not_run.clone(),
+        err("ERR MULTI calls can not be nested"),
+        err("ERR wrong number of arguments for 'get' command"),
+        err("EXECABORT Transaction discarded because of previous errors."),
+    ];
+    for w in want {
+        assert_eq!(read_frame(&mut s, &mut buf).await, Some(w));
+    }
+    // Read through another connection: neither write happened.
+    assert_eq!(cli(&addr, &["EXISTS", "tx:a", "tx:n"]), "0");
+    // EXEC ended the MULTI; DISCARD ends one too; outside MULTI they are errors.
+    s.write_all(
+        b"SET tx:b 2\r\nDISCARD\r\nEXEC\r\nMULTI\r\nSET tx:c 3\r\nDISCARD\r\nGET tx:c\r\n\
+          GET tx:b\r\nWATCH tx:b\r\nUNWATCH\r\n",
+    )
+    .await
+    .unwrap();
+    let want = [
+        Frame::ok(),
+        err("ERR DISCARD without MULTI"),
+        err("ERR EXEC without MULTI"),
+        Frame::ok(),
+        not_run,
+        Frame::ok(),
+        Frame::Null,
+        Frame::bulk("2"),
+    ];
+    for w in want {
+        assert_eq!(read_frame(&mut s, &mut buf).await, Some(w));
+    }
+    for _ in 0..2 {
+        match read_frame(&mut s, &mut buf).await {
+            Some(Frame::Error(m)) => assert!(m.contains("not supported"), "{m}"),
+            other => panic!("expected WATCH/UNWATCH to be refused, got {other:?}"),
+        }
+    }
+
     // QUIT answers OK and closes.
     s.write_all(b"QUIT\r\n").await.unwrap();
     assert_eq!(read_frame(&mut s, &mut buf).await, Some(Frame::ok()));
@@ -330,4 +379,172 @@ async fn redis_benchmark_and_redis_py() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The peak resident memory of a process, in bytes (Linux `VmHWM`).
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn request(words: &[&[u8]]) -> Vec<u8> {
+    Frame::Array(words.iter().map(|w| Frame::bulk(*w)).collect()).to_bytes(false)
+}
+
+/// Overload from one client: a 27 KB MGET that asks for a 3 GiB reply is refused by the
+/// reply budget (`--max-reply-bytes`), a pipeline of large replies is written out as it
+/// goes, and a KEYS pattern crafted for a backtracking matcher is answered at once. The
+/// node keeps serving throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_budget_pipelines_and_hostile_patterns() {
+    const BUDGET: usize = 4 * 1024 * 1024;
+    let c = Cluster::start_with(3, &[("PAXOSDB_MAX_REPLY_BYTES", &BUDGET.to_string())]).await;
+    let addr = c.nodes[0].resp_addr.clone();
+    let pid = c.nodes[0].child.as_ref().expect("running").id();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+
+    let big = vec![b'v'; 1024 * 1024];
+    s.write_all(&request(&[b"SET", b"big", &big]))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s, &mut buf).await, Some(Frame::ok()));
+
+    // MGET big × 3000: a 27 KB request for a 3 GiB reply.
+    let mut words: Vec<&[u8]> = vec![b"MGET"];
+    words.extend(std::iter::repeat_n(&b"big"[..], 3000));
+    let mget = request(&words);
+    assert!(mget.len() < 30_000, "{}", mget.len());
+    s.write_all(&mget).await.unwrap();
+    match read_frame(&mut s, &mut buf).await {
+        Some(Frame::Error(m)) => assert!(
+            m.starts_with(&format!(
+                "ERR reply would exceed max_reply_bytes ({BUDGET} bytes)"
+            )),
+            "{m}"
+        ),
+        other => panic!("expected the reply budget error, got {other:?}"),
+    }
+    // Within the budget MGET works, and the node still answers.
+    s.write_all(&request(&[b"MGET", b"big", b"nothing", b"big"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut s, &mut buf).await,
+        Some(Frame::Array(vec![
+            Frame::Bulk(big.clone()),
+            Frame::Null,
+            Frame::Bulk(big.clone())
+        ]))
+    );
+    s.write_all(&request(&[b"GET", b"big"])).await.unwrap();
+    assert_eq!(
+        read_frame(&mut s, &mut buf).await,
+        Some(Frame::Bulk(big.clone()))
+    );
+
+    // A pipeline of 300 × GET big (300 MiB of replies): the server writes replies out as
+    // they pass 1 MiB instead of holding them all.
+    let mut pipeline = Vec::new();
+    for _ in 0..300 {
+        pipeline.extend_from_slice(&request(&[b"GET", b"big"]));
+    }
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&pipeline).await.unwrap();
+        wr
+    });
+    let mut got = 0;
+    let mut rbuf = Vec::new();
+    while got < 300 {
+        match parse(&rbuf, &FrameLimits::default()) {
+            Ok((f, used)) => {
+                assert_eq!(f, Frame::Bulk(big.clone()));
+                rbuf.drain(..used);
+                got += 1;
+                continue;
+            }
+            Err(FrameError::Incomplete) => {}
+            Err(e) => panic!("bad RESP: {e}"),
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), rd.read_buf(&mut rbuf))
+            .await
+            .expect("replies keep coming")
+            .unwrap();
+        assert!(n > 0, "connection closed after {got} replies");
+    }
+    let s = rd.reunite(writer.await.unwrap()).unwrap();
+    drop(s);
+
+    // KEYS with `*` + 4000 × `a` + `b` over 4 KiB keys: the backtracking matcher spent
+    // up to 8 million steps per key here, on the runtime. Now it is answered at once,
+    // with exactly the matching keys; SCAN MATCH too.
+    let pattern = format!("*{}b", "a".repeat(4000));
+    let mut matching = Vec::new();
+    for batch in 0..3 {
+        let mut mset = vec!["MSET".to_string()];
+        for i in 0..100 {
+            let mut key = format!("h:{batch}{i:02}:");
+            let tail = if i % 50 == 7 { "b" } else { "a" };
+            key.push_str(&"a".repeat(4096 - key.len() - 1));
+            key.push_str(tail);
+            if tail == "b" {
+                matching.push(key.clone());
+            }
+            mset.extend([key, "1".to_string()]);
+        }
+        let words: Vec<&[u8]> = mset.iter().map(|w| w.as_bytes()).collect();
+        let mut t = TcpStream::connect(&addr).await.unwrap();
+        let mut tbuf = Vec::new();
+        t.write_all(&request(&words)).await.unwrap();
+        assert_eq!(read_frame(&mut t, &mut tbuf).await, Some(Frame::ok()));
+    }
+    matching.sort();
+    assert_eq!(matching.len(), 6);
+    let mut k = TcpStream::connect(&addr).await.unwrap();
+    let mut kbuf = Vec::new();
+    let want = Frame::Array(matching.iter().map(|m| Frame::bulk(m.as_str())).collect());
+    k.write_all(&request(&[b"KEYS", pattern.as_bytes()]))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut k, &mut kbuf).await, Some(want.clone()));
+    k.write_all(&request(&[
+        b"SCAN",
+        b"0",
+        b"MATCH",
+        pattern.as_bytes(),
+        b"COUNT",
+        b"10000",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(
+        read_frame(&mut k, &mut kbuf).await,
+        Some(Frame::Array(vec![Frame::bulk("0"), want]))
+    );
+    // A pattern longer than twice the largest key is refused.
+    let long = "*".repeat(8193);
+    k.write_all(&request(&[b"KEYS", long.as_bytes()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut k, &mut kbuf).await,
+        Some(err(
+            "ERR pattern is 8193 bytes; the limit is 8192 bytes (twice the largest key)"
+        ))
+    );
+    assert_eq!(cli(&addr, &["PING"]), "PONG");
+    assert_eq!(cli(&addr, &["STRLEN", "big"]), (1024 * 1024).to_string());
+
+    // Memory (about 50 MiB here): building the 3 GiB MGET reply, or holding all 300
+    // pipelined replies, would show.
+    if let Some(peak) = peak_rss(pid) {
+        assert!(
+            peak < 256 * 1024 * 1024,
+            "node peak RSS {} MiB",
+            peak / (1024 * 1024)
+        );
+    }
 }

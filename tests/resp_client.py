@@ -4,7 +4,7 @@
 Usage: resp_client.py HOST PORT [OTHER_PORT]
 
 Uses RESP2 and RESP3 (HELLO 3) connections, plain commands, a pipeline, the paxosdb CAS
-commands through execute_command, and scan_iter. OTHER_PORT (another node) checks that a
+commands through execute_command, scan_iter, and a refused MULTI/EXEC pipeline. OTHER_PORT (another node) checks that a
 write through one node is read through the other. Exits non-zero on the first mismatch.
 """
 import sys
@@ -78,6 +78,35 @@ def run(r, prefix, other=None):
     if other is not None:
         r.set(k("across"), "seen")
         check("read through another node", other.get(k("across")), b"seen")
+    refused_transaction(r, other, k)
+
+
+def refused_transaction(r, other, k):
+    """pipeline(transaction=True) sends MULTI, the commands, EXEC. paxosdb has no
+    transactions yet: it must raise, and none of the commands may have been applied (a
+    retry would otherwise apply them twice)."""
+    p = r.pipeline(transaction=True)
+    p.set(k("tx-a"), "1")
+    p.incr(k("tx-n"))
+    try:
+        p.execute()
+        print("MISMATCH a MULTI/EXEC pipeline did not raise", file=sys.stderr)
+        sys.exit(1)
+    except redis.ResponseError as e:
+        check("transaction error says why", "not supported" in str(e), True)
+    # Read through another connection (another node if there is one).
+    reader = other if other is not None else redis.Redis(
+        host=r.connection_pool.connection_kwargs["host"],
+        port=r.connection_pool.connection_kwargs["port"],
+        socket_timeout=20,
+    )
+    check("transaction SET not applied", reader.get(k("tx-a")), None)
+    check("transaction INCR not applied", reader.get(k("tx-n")), None)
+    check("transaction keys absent", r.exists(k("tx-a"), k("tx-n")), 0)
+    # The connection is usable again (EXEC ended the MULTI).
+    check("after transaction", r.set(k("after-tx"), "ok"), True)
+    check("after transaction get", r.get(k("after-tx")), b"ok")
+    check("after transaction incr", r.incr(k("tx-n")), 1)
 
 
 def main():

@@ -40,6 +40,7 @@ const ALLKEYS: (i64, i64, i64) = (1, -1, 1);
 const R: &[&str] = &["readonly", "fast"];
 const W: &[&str] = &["write", "denyoom", "fast"];
 const C: &[&str] = &["fast", "loading", "stale"];
+const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 /// Every command, in the order `COMMAND` lists them.
 pub const COMMANDS: &[Spec] = &[
@@ -82,6 +83,17 @@ pub const COMMANDS: &[Spec] = &[
     spec("type", 2, R, ONEKEY),
     spec("ttl", 2, R, ONEKEY),
     spec("pttl", 2, R, ONEKEY),
+    // Transactions are not supported yet; these exist to refuse them safely (exec.rs).
+    spec("multi", 1, TX, NOKEYS),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NOKEYS,
+    ),
+    spec("discard", 1, TX, NOKEYS),
+    spec("watch", -2, TX, ALLKEYS),
+    spec("unwatch", 1, TX, NOKEYS),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {
@@ -147,6 +159,14 @@ pub enum Command {
     Type(Vec<u8>),
     /// `TTL key` / `PTTL key`: -1 (no expiry) or -2 (absent).
     Ttl(Vec<u8>),
+    /// `MULTI`: the commands that follow, up to `EXEC` or `DISCARD`, are refused.
+    Multi,
+    Exec,
+    Discard,
+    /// `WATCH key...`: refused.
+    Watch,
+    /// `UNWATCH`: refused.
+    Unwatch,
 }
 
 /// The message Redis gives for an unknown command.
@@ -309,6 +329,14 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
         "getver" => Command::GetVer(a.bytes()?),
         "type" => Command::Type(a.bytes()?),
         "ttl" | "pttl" => Command::Ttl(a.bytes()?),
+        "multi" => Command::Multi,
+        "exec" => Command::Exec,
+        "discard" => Command::Discard,
+        "watch" => {
+            a.rest();
+            Command::Watch
+        }
+        "unwatch" => Command::Unwatch,
         other => {
             return Err(Frame::error(format!(
                 "ERR command '{other}' is listed but not implemented"

@@ -6,24 +6,36 @@
 //! [`Connection::flush`], so replies leave in request order and a pipeline costs one write
 //! per batch rather than one per command.
 //!
-//! Memory stays bounded: the read buffer never holds more than one frame's limit
-//! (`max_frame`) plus one read, and queued replies are flushed once they pass
-//! [`FLUSH_AT`].
+//! Memory stays bounded (invariants): the read buffer never holds more than one frame's
+//! limit (`max_frame`) plus one read; queued replies are written out once they pass
+//! [`FLUSH_AT`] (the caller checks [`Connection::queued`] after every command), so a
+//! pipeline of many large replies holds at most about one reply (itself capped by
+//! `max_reply_bytes`) plus [`FLUSH_AT`]; and a large reply that was encoded as it was
+//! built ([`Frame::Encoded`]) is queued as it is, without being copied again.
 
-use super::frame::{parse_request, Frame, FrameError, FrameLimits};
+use super::frame::{parse_request, Encoded, Frame, FrameError, FrameLimits};
+use std::collections::VecDeque;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Queued reply bytes after which the caller should flush before running more commands.
 pub const FLUSH_AT: usize = 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// An encoded reply at least this large is queued without copying.
+const KEEP_AS_IS: usize = 64 * 1024;
 
 pub struct Connection {
     stream: TcpStream,
     rbuf: Vec<u8>,
     /// Bytes of `rbuf` already parsed.
     consumed: usize,
+    /// Large encoded replies and the small ones queued before them, in order; written
+    /// before `wbuf`.
+    chunks: VecDeque<Encoded>,
+    /// Small replies queued after the last chunk.
     wbuf: Vec<u8>,
+    /// Bytes in `chunks` and `wbuf`.
+    queued: usize,
     limits: FrameLimits,
 }
 
@@ -33,7 +45,9 @@ impl Connection {
             stream,
             rbuf: Vec::with_capacity(16 * 1024),
             consumed: 0,
+            chunks: VecDeque::new(),
             wbuf: Vec::with_capacity(16 * 1024),
+            queued: 0,
             limits,
         }
     }
@@ -70,19 +84,39 @@ impl Connection {
     }
 
     /// Queues a reply.
-    pub fn queue(&mut self, frame: &Frame, resp3: bool) {
-        frame.encode(&mut self.wbuf, resp3);
+    pub fn queue(&mut self, frame: Frame, resp3: bool) {
+        match frame {
+            Frame::Encoded(e) if e.len() >= KEEP_AS_IS => {
+                if !self.wbuf.is_empty() {
+                    let before = std::mem::replace(&mut self.wbuf, Vec::with_capacity(16 * 1024));
+                    self.chunks.push_back(Encoded::from_vec(before));
+                }
+                self.queued += e.len();
+                self.chunks.push_back(e);
+            }
+            f => {
+                let before = self.wbuf.len();
+                f.encode(&mut self.wbuf, resp3);
+                self.queued += self.wbuf.len() - before;
+            }
+        }
     }
 
     /// Bytes of replies queued and not yet written.
     pub fn queued(&self) -> usize {
-        self.wbuf.len()
+        self.queued
     }
 
-    /// Writes every queued reply.
+    /// Writes every queued reply, in order.
     pub async fn flush(&mut self) -> std::io::Result<()> {
+        while let Some(chunk) = self.chunks.front() {
+            self.stream.write_all(chunk.as_bytes()).await?;
+            self.queued -= chunk.len();
+            self.chunks.pop_front();
+        }
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            self.queued -= self.wbuf.len();
             self.wbuf.clear();
             if self.wbuf.capacity() > 4 * FLUSH_AT {
                 self.wbuf.shrink_to(16 * 1024);

@@ -6,6 +6,21 @@
 //! read barrier and then read locally, so each reflects every write acknowledged before
 //! the command started. They are not snapshots: a concurrent write may or may not show.
 //!
+//! Bounded work and memory per command (invariants):
+//! - a multi-value reply (MGET, KEYS, SCAN, COMMAND INFO) is encoded as it is built, by
+//!   [`ArrayEncoder`], and refused with `-ERR reply would exceed max_reply_bytes ...` as
+//!   soon as it would pass `max_reply_bytes`; it is never built whole and then encoded;
+//! - a glob pattern is compiled once per command and longer than twice the largest key
+//!   is refused; a page of keys that needs more than a moment's matching is matched on
+//!   the blocking pool, and key walks (KEYS, DBSIZE, INFO) yield between pages, and
+//!   MGET / EXISTS every [`YIELD_EVERY`] keys, so no command holds a runtime thread long.
+//!
+//! Transactions: there are none yet. `MULTI` answers OK and puts the connection in a state
+//! where every command up to `EXEC` or `DISCARD` is answered with an error and NOT run;
+//! `EXEC` then answers `-EXECABORT` (what Redis answers when queuing failed) and `DISCARD`
+//! `+OK`. So a client's MULTI/EXEC block is applied entirely or (always, for now) not at
+//! all, never half, and a retry cannot apply it twice. `WATCH`/`UNWATCH` are refused.
+//!
 //! Errors, by how a Redis client should react:
 //! - invalid input → `-ERR <message>` (nothing changed);
 //! - unavailable (no leader, no quorum) → `-TRYAGAIN <message>` (nothing changed; retry);
@@ -14,13 +29,27 @@
 //! - internal or storage → `-ERR internal: ...`.
 
 use super::cmd::{self, Command, Spec, COMMANDS};
-use super::frame::Frame;
-use super::glob;
+use super::frame::{ArrayEncoder, Frame, OverBudget};
+use super::glob::{self, Glob};
 use super::Shared;
-use crate::command::{Expect, ScanRange, SetCond, WriteOp, WriteResult};
+use crate::command::{Expect, KeyValue, ScanRange, SetCond, WriteOp, WriteResult};
 use crate::error::Error;
 use crate::node::{Consistency, Role, MAX_SCAN_LIMIT};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The reply to each command sent after `MULTI`: none of them runs.
+pub const NOT_EXECUTED: &str =
+    "ERR MULTI/EXEC transactions are not supported yet; command not executed \
+     (EXEC or DISCARD ends the MULTI)";
+/// The reply to `EXEC` after `MULTI`, as Redis words it when queuing failed.
+pub const EXEC_ABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+
+/// Matching work (word steps, see [`Glob::work_bound`]) that runs on the async runtime;
+/// a page of keys needing more is matched on the blocking pool.
+const INLINE_MATCH_WORK: u64 = 64 * 1024;
+/// Keys read between two yields to the runtime in multi-key commands.
+const YIELD_EVERY: usize = 256;
 
 /// Whether the connection continues after a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +68,92 @@ pub struct Session {
     next_seq: u64,
     consistency: Consistency,
     name: Option<Vec<u8>>,
+    /// After `MULTI`, until `EXEC` or `DISCARD`: commands are refused, not run.
+    in_multi: bool,
 }
 
 type Reply = Result<Frame, Frame>;
+
+/// The refusal of a reply larger than `max_reply_bytes`.
+pub fn too_big(e: OverBudget) -> Frame {
+    Frame::error(format!(
+        "ERR reply would exceed max_reply_bytes ({} bytes); ask for fewer keys",
+        e.budget
+    ))
+}
+
+/// Encodes the keys of `rows` that match `glob` (all of them if None) into `out`. When
+/// that is more than a moment's work (long patterns over long keys), it runs on the
+/// blocking pool so the runtime's threads keep serving other connections.
+async fn encode_matching(
+    glob: Option<&Arc<Glob>>,
+    rows: Vec<KeyValue>,
+    mut out: ArrayEncoder,
+) -> Result<ArrayEncoder, Frame> {
+    let work: u64 = match glob {
+        Some(g) => rows.iter().map(|r| g.work_bound(r.key.len())).sum(),
+        None => 0,
+    };
+    let run = move |glob: Option<Arc<Glob>>, mut out: ArrayEncoder| {
+        for r in rows {
+            if glob.as_ref().is_none_or(|g| g.matches(&r.key)) {
+                out.bulk(&r.key)?;
+            }
+        }
+        Ok::<_, OverBudget>(out)
+    };
+    let glob = glob.cloned();
+    if work <= INLINE_MATCH_WORK {
+        out = run(glob, out).map_err(too_big)?;
+    } else {
+        out = tokio::task::spawn_blocking(move || run(glob, out))
+            .await
+            .map_err(|e| Frame::error(format!("ERR internal: key matching failed: {e}")))?
+            .map_err(too_big)?;
+    }
+    Ok(out)
+}
+
+/// A walk over every key that starts with a prefix, one scan page at a time.
+struct KeyWalk {
+    from: Vec<u8>,
+    to: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl KeyWalk {
+    fn new(prefix: &[u8]) -> KeyWalk {
+        KeyWalk {
+            from: prefix.to_vec(),
+            to: prefix_end(prefix),
+            done: false,
+        }
+    }
+
+    /// The next page of rows (read locally: the caller takes the read barrier), or None
+    /// at the end. Yields to the runtime after each page, so a whole-keyspace walk never
+    /// holds a runtime thread for its full length.
+    async fn next_page(&mut self, shared: &Shared) -> Result<Option<Vec<KeyValue>>, Frame> {
+        if self.done {
+            return Ok(None);
+        }
+        let range = ScanRange::Range {
+            from: std::mem::take(&mut self.from),
+            to: self.to.clone(),
+        };
+        let (rows, more, _) = shared
+            .node
+            .scan(&range, MAX_SCAN_LIMIT, Consistency::Stale)
+            .await
+            .map_err(error_reply)?;
+        match rows.last() {
+            Some(last) if more => self.from = successor(&last.key),
+            _ => self.done = true,
+        }
+        tokio::task::yield_now().await;
+        Ok(Some(rows))
+    }
+}
 
 /// Maps a node error to the Redis error reply a client should see.
 pub fn error_reply(e: Error) -> Frame {
@@ -76,6 +188,19 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// Compiles a `KEYS` / `SCAN MATCH` / `CONFIG GET` pattern, once per command; refuses one
+/// longer than twice the largest key (compiling costs memory in its length).
+fn compile(shared: &Shared, pattern: &[u8]) -> Result<glob::Glob, Frame> {
+    let max = glob::max_pattern_len(shared.node.limits().max_key);
+    if pattern.len() > max {
+        return Err(Frame::error(format!(
+            "ERR pattern is {} bytes; the limit is {max} bytes (twice the largest key)",
+            pattern.len()
+        )));
+    }
+    Ok(glob::Glob::new(pattern))
 }
 
 /// The smallest key after `key`.
@@ -122,17 +247,48 @@ impl Session {
             next_seq: 1,
             consistency: Consistency::Linearizable,
             name: None,
+            in_multi: false,
         }
     }
 
     /// Parses and runs one request.
     pub async fn run(&mut self, shared: &Shared, words: Vec<Vec<u8>>) -> (Frame, After) {
-        match cmd::parse(words) {
+        let parsed = cmd::parse(words);
+        if self.in_multi {
+            if matches!(parsed, Ok(Command::Quit)) {
+                self.in_multi = false;
+                return (Frame::ok(), After::Close);
+            }
+            return (self.refuse_in_multi(parsed), After::Continue);
+        }
+        match parsed {
             Ok(Command::Quit) => (Frame::ok(), After::Close),
             Ok(c) => match self.execute(shared, c).await {
                 Ok(f) | Err(f) => (f, After::Continue),
             },
             Err(e) => (e, After::Continue),
+        }
+    }
+
+    /// Answers a command sent after `MULTI` without running it. paxosdb has no
+    /// transactions yet: a client that sends MULTI, commands, EXEC (redis-py's
+    /// `pipeline()`, ioredis' `multi()`) must not see the commands applied one by one
+    /// and then the EXEC fail, or its retry applies them twice. As in Redis when queuing
+    /// fails, every command gets an error and EXEC answers EXECABORT.
+    fn refuse_in_multi(&mut self, parsed: Result<Command, Frame>) -> Frame {
+        match parsed {
+            Ok(Command::Exec) => {
+                self.in_multi = false;
+                Frame::error(EXEC_ABORT)
+            }
+            Ok(Command::Discard) => {
+                self.in_multi = false;
+                Frame::ok()
+            }
+            Ok(Command::Multi) => Frame::error("ERR MULTI calls can not be nested"),
+            Ok(_) => Frame::error(NOT_EXECUTED),
+            // A malformed command gets its own error; it does not run either.
+            Err(e) => e,
         }
     }
 
@@ -168,34 +324,15 @@ impl Session {
         Ok(())
     }
 
-    /// Calls `f` with every key that starts with `prefix`, in order.
-    async fn each_key(
-        &self,
-        shared: &Shared,
-        prefix: &[u8],
-        mut f: impl FnMut(&[u8]),
-    ) -> Result<(), Frame> {
+    /// Counts the keys that start with `prefix`.
+    async fn count_keys(&self, shared: &Shared, prefix: &[u8]) -> Result<u64, Frame> {
         self.barrier(shared).await?;
-        let to = prefix_end(prefix);
-        let mut from = prefix.to_vec();
-        loop {
-            let range = ScanRange::Range {
-                from,
-                to: to.clone(),
-            };
-            let (rows, more, _) = shared
-                .node
-                .scan(&range, MAX_SCAN_LIMIT, Consistency::Stale)
-                .await
-                .map_err(error_reply)?;
-            rows.iter().for_each(|r| f(&r.key));
-            // A whole-keyspace walk must not hold a runtime thread for its full length.
-            tokio::task::yield_now().await;
-            match rows.last() {
-                Some(last) if more => from = successor(&last.key),
-                _ => return Ok(()),
-            }
+        let mut walk = KeyWalk::new(prefix);
+        let mut n = 0;
+        while let Some(rows) = walk.next_page(shared).await? {
+            n += rows.len() as u64;
         }
+        Ok(n)
     }
 
     async fn execute(&mut self, shared: &Shared, c: Command) -> Reply {
@@ -222,16 +359,17 @@ impl Session {
             Command::CommandList => Frame::Array(COMMANDS.iter().map(command_entry).collect()),
             Command::CommandCount => Frame::Integer(COMMANDS.len() as i64),
             Command::CommandDocs => Frame::Map(vec![]),
-            Command::CommandInfo(names) => Frame::Array(
-                names
-                    .iter()
-                    .map(|n| {
-                        cmd::lookup(&String::from_utf8_lossy(n))
-                            .map(command_entry)
-                            .unwrap_or(Frame::Null)
-                    })
-                    .collect(),
-            ),
+            Command::CommandInfo(names) => {
+                // Up to a million names: encoded as they come, within the reply budget.
+                let mut out = ArrayEncoder::new(shared.max_reply_bytes, self.resp3);
+                for n in &names {
+                    let entry = cmd::lookup(&String::from_utf8_lossy(n))
+                        .map(command_entry)
+                        .unwrap_or(Frame::Null);
+                    out.push(&entry).map_err(too_big)?;
+                }
+                out.finish()
+            }
             Command::ClientSetName(n) => {
                 self.name = (!n.is_empty()).then_some(n);
                 Frame::ok()
@@ -239,17 +377,30 @@ impl Session {
             Command::ClientGetName => bulk_or_null(self.name.clone()),
             Command::ClientSetInfo => Frame::ok(),
             Command::ClientId => Frame::Integer(self.id as i64),
-            Command::ConfigGet(patterns) => Frame::Map(
-                CONFIG
-                    .iter()
-                    .filter(|(k, _)| {
-                        patterns
-                            .iter()
-                            .any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
-                    })
-                    .map(|(k, v)| (Frame::bulk(*k), Frame::bulk(*v)))
-                    .collect(),
-            ),
+            Command::ConfigGet(patterns) => {
+                // Each pattern compiled once; a request may carry a million of them.
+                let mut found = [false; CONFIG.len()];
+                for (n, p) in patterns.iter().enumerate() {
+                    if found.iter().all(|&f| f) {
+                        break;
+                    }
+                    let g = compile(shared, &p.to_ascii_lowercase())?;
+                    for (f, (k, _)) in found.iter_mut().zip(CONFIG) {
+                        *f |= g.matches(k.as_bytes());
+                    }
+                    if n % 256 == 255 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Frame::Map(
+                    CONFIG
+                        .iter()
+                        .zip(found)
+                        .filter(|(_, f)| *f)
+                        .map(|((k, v), _)| (Frame::bulk(*k), Frame::bulk(*v)))
+                        .collect(),
+                )
+            }
             Command::Info(sections) => Frame::Bulk(self.info(shared, &sections).await?.into()),
             Command::ReadOnly => {
                 self.consistency = Consistency::Stale;
@@ -382,19 +533,30 @@ impl Session {
             Command::Exists(keys) => {
                 self.barrier(shared).await?;
                 let mut n = 0;
-                for k in keys {
-                    n += self.get(shared, &k, Consistency::Stale).await?.is_some() as i64;
+                for (i, k) in keys.iter().enumerate() {
+                    n += self.get(shared, k, Consistency::Stale).await?.is_some() as i64;
+                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Frame::Integer(n)
             }
             Command::MGet(keys) => {
                 self.barrier(shared).await?;
-                let mut out = Vec::with_capacity(keys.len());
-                for k in keys {
-                    let v = self.get(shared, &k, Consistency::Stale).await?;
-                    out.push(bulk_or_null(v.map(|v| v.value)));
+                // Each value is encoded as soon as it is read and then dropped; the reply
+                // is refused as soon as it would pass the budget.
+                let mut out = ArrayEncoder::new(shared.max_reply_bytes, self.resp3);
+                for (i, k) in keys.iter().enumerate() {
+                    match self.get(shared, k, Consistency::Stale).await? {
+                        Some(v) => out.bulk(&v.value),
+                        None => out.null(),
+                    }
+                    .map_err(too_big)?;
+                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                        tokio::task::yield_now().await;
+                    }
                 }
-                Frame::Array(out)
+                out.finish()
             }
             Command::MSet(pairs) => match self.write(shared, WriteOp::MultiPut { pairs }).await? {
                 WriteResult::MultiPut { .. } => Frame::ok(),
@@ -441,19 +603,28 @@ impl Session {
                 }
             }
             Command::Keys(pattern) => {
-                let mut keys = Vec::new();
-                self.each_key(shared, &glob::literal_prefix(&pattern), |k| {
-                    if glob::matches(&pattern, k) {
-                        keys.push(Frame::bulk(k));
-                    }
-                })
-                .await?;
-                Frame::Array(keys)
+                let glob = Arc::new(compile(shared, &pattern)?);
+                let glob = (!glob.matches_all()).then_some(glob);
+                self.barrier(shared).await?;
+                let mut walk = KeyWalk::new(&glob::literal_prefix(&pattern));
+                let mut out = ArrayEncoder::new(shared.max_reply_bytes, self.resp3);
+                while let Some(rows) = walk.next_page(shared).await? {
+                    out = encode_matching(glob.as_ref(), rows, out).await?;
+                }
+                out.finish()
             }
-            Command::DbSize => {
-                let mut n = 0i64;
-                self.each_key(shared, b"", |_| n += 1).await?;
-                Frame::Integer(n)
+            Command::DbSize => Frame::Integer(self.count_keys(shared, b"").await? as i64),
+            Command::Multi => {
+                self.in_multi = true;
+                Frame::ok()
+            }
+            Command::Exec => return Err(Frame::error("ERR EXEC without MULTI")),
+            Command::Discard => return Err(Frame::error("ERR DISCARD without MULTI")),
+            Command::Watch | Command::Unwatch => {
+                return Err(Frame::error(
+                    "ERR WATCH and UNWATCH are not supported: paxosdb has no MULTI/EXEC \
+                     transactions yet (use CAS or CASVER for conditional writes)",
+                ))
             }
             Command::Scan {
                 cursor,
@@ -475,6 +646,7 @@ impl Session {
         count: usize,
         only_strings: bool,
     ) -> Reply {
+        let glob = pattern.as_deref().map(|p| compile(shared, p)).transpose()?;
         let prefix = pattern
             .as_deref()
             .map(glob::literal_prefix)
@@ -499,15 +671,15 @@ impl Session {
             Some(last) if more => shared.cursors.lock().unwrap().insert(last.key.clone()),
             _ => 0,
         };
-        let keys = rows
-            .into_iter()
-            .filter(|r| only_strings && pattern.as_deref().is_none_or(|p| glob::matches(p, &r.key)))
-            .map(|r| Frame::Bulk(r.key))
-            .collect();
-        Ok(Frame::Array(vec![
-            Frame::bulk(next.to_string()),
-            Frame::Array(keys),
-        ]))
+        let mut out = ArrayEncoder::new(shared.max_reply_bytes, self.resp3);
+        if only_strings {
+            let glob = glob.map(Arc::new).filter(|g| !g.matches_all());
+            out = encode_matching(glob.as_ref(), rows, out).await?;
+        }
+        // The reply is `[cursor, [keys...]]`.
+        let mut head = b"*2\r\n".to_vec();
+        Frame::bulk(next.to_string()).encode(&mut head, self.resp3);
+        Ok(out.finish_after(&head))
     }
 
     async fn hello(&self, shared: &Shared) -> Frame {
@@ -580,8 +752,7 @@ impl Session {
             out.push_str("\r\n");
         }
         if want("keyspace") {
-            let mut n = 0u64;
-            self.each_key(shared, b"", |_| n += 1).await?;
+            let n = self.count_keys(shared, b"").await?;
             out.push_str("# Keyspace\r\n");
             if n > 0 {
                 out.push_str(&format!("db0:keys={n},expires=0,avg_ttl=0\r\n"));
@@ -605,6 +776,99 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff\xff"), None);
         assert_eq!(prefix_end(b""), None);
+    }
+
+    fn words(w: &[&str]) -> Vec<Vec<u8>> {
+        w.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    fn rows(keys: &[Vec<u8>]) -> Vec<KeyValue> {
+        keys.iter()
+            .map(|k| KeyValue {
+                key: k.clone(),
+                value: Vec::new(),
+                version: 1,
+            })
+            .collect()
+    }
+
+    /// After MULTI nothing runs: every command is answered with an error, EXEC with
+    /// EXECABORT and DISCARD with OK (both leave the state), a nested MULTI is refused.
+    #[test]
+    fn commands_after_multi_are_refused_not_run() {
+        let mut s = Session::new(1);
+        s.in_multi = true;
+        let mut refuse = |w: &[&str]| s.refuse_in_multi(cmd::parse(words(w)));
+        for w in [
+            &["SET", "k", "v"][..],
+            &["INCR", "n"],
+            &["GET", "k"],
+            &["WATCH", "k"],
+            &["HELLO", "3"],
+        ] {
+            assert_eq!(refuse(w), Frame::error(NOT_EXECUTED), "{w:?}");
+        }
+        assert_eq!(
+            refuse(&["MULTI"]),
+            Frame::error("ERR MULTI calls can not be nested")
+        );
+        assert_eq!(
+            refuse(&["GET"]),
+            Frame::error("ERR wrong number of arguments for 'get' command")
+        );
+        assert_eq!(refuse(&["EXEC"]), Frame::error(EXEC_ABORT));
+        assert!(!s.in_multi, "EXEC leaves the MULTI state");
+        s.in_multi = true;
+        assert_eq!(
+            s.refuse_in_multi(cmd::parse(words(&["discard"]))),
+            Frame::ok()
+        );
+        assert!(!s.in_multi, "DISCARD leaves the MULTI state");
+        assert!(!s.resp3, "HELLO 3 after MULTI did not run");
+    }
+
+    /// KEYS' matching step: the crafted pattern over a page of 4 KiB keys is matched off
+    /// the runtime, finds exactly the matching keys, and respects the reply budget.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn matching_a_page_of_keys() {
+        let pat = format!("*{}b", "a".repeat(4000));
+        let glob = Arc::new(Glob::new(pat.as_bytes()));
+        let mut keys: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| {
+                let mut k = vec![b'a'; 4096];
+                k[..4].copy_from_slice(&i.to_be_bytes());
+                k
+            })
+            .collect();
+        for i in [10, 1500] {
+            *keys[i].last_mut().unwrap() = b'b';
+        }
+        assert!(
+            rows(&keys)
+                .iter()
+                .map(|r| glob.work_bound(r.key.len()))
+                .sum::<u64>()
+                > INLINE_MATCH_WORK
+        );
+        let out = encode_matching(Some(&glob), rows(&keys), ArrayEncoder::new(1 << 20, false))
+            .await
+            .unwrap();
+        let want = Frame::Array(vec![
+            Frame::Bulk(keys[10].clone()),
+            Frame::Bulk(keys[1500].clone()),
+        ]);
+        assert_eq!(out.finish().to_bytes(false), want.to_bytes(false));
+        // Every key matches `*`: 2000 × 4 KiB do not fit in 1 MiB.
+        match encode_matching(None, rows(&keys), ArrayEncoder::new(1 << 20, false)).await {
+            Err(Frame::Error(m)) => {
+                assert!(
+                    m.starts_with("ERR reply would exceed max_reply_bytes (1048576 bytes)"),
+                    "{m}"
+                )
+            }
+            Err(other) => panic!("expected the reply budget error, got {other:?}"),
+            Ok(out) => panic!("expected the reply budget error, got {} keys", out.len()),
+        }
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //! words, as typed into `telnet`).
 //!
 //! Encoding follows the connection's protocol version: in RESP2, maps become flat arrays,
-//! booleans integers, doubles bulk strings and null `$-1`.
+//! booleans integers, doubles bulk strings and null `$-1`. Replies with many or large
+//! elements (MGET, KEYS, SCAN) are encoded as they are built, by [`ArrayEncoder`], within
+//! a byte budget, and carried as [`Frame::Encoded`] bytes, so a reply is never built twice
+//! and never grows past `max_reply_bytes`.
 
 use std::fmt;
 
@@ -43,6 +46,164 @@ pub enum Frame {
     Boolean(bool),
     /// RESP3 `,1.5` (a bulk string in RESP2).
     Double(f64),
+    /// A reply already encoded for its connection's protocol version (built by
+    /// [`ArrayEncoder`]); written out as it is. The parser never produces it.
+    Encoded(Encoded),
+}
+
+/// Encoded reply bytes: `buf[start..]` (the bytes before `start` are unused headroom).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Encoded {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Encoded {
+    /// Wraps bytes that are already a valid encoding.
+    pub fn from_vec(buf: Vec<u8>) -> Encoded {
+        Encoded { buf, start: 0 }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.as_bytes();
+        let shown = String::from_utf8_lossy(&b[..b.len().min(256)]);
+        write!(f, "Encoded({} bytes: {shown:?})", b.len())
+    }
+}
+
+/// The reply to build would pass its byte budget (`max_reply_bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverBudget {
+    pub budget: usize,
+}
+
+/// Room kept before an [`ArrayEncoder`]'s elements for the headers written last.
+const HEADROOM: usize = 64;
+
+/// Builds an array reply by encoding each element as it comes, straight into the bytes
+/// that will be written, within a byte budget.
+///
+/// Invariants: the elements are encoded once and never held in a second structure; the
+/// encoded elements never exceed `budget` bytes (an element that would pass it is refused
+/// with [`OverBudget`] before it is copied); the element count, which comes first on the
+/// wire, is written at the end into headroom kept at the front, so finishing does not
+/// copy the reply either.
+pub struct ArrayEncoder {
+    buf: Vec<u8>,
+    count: usize,
+    budget: usize,
+    resp3: bool,
+}
+
+impl ArrayEncoder {
+    pub fn new(budget: usize, resp3: bool) -> ArrayEncoder {
+        ArrayEncoder {
+            buf: vec![0; HEADROOM],
+            count: 0,
+            budget,
+            resp3,
+        }
+    }
+
+    /// Bytes of elements encoded so far.
+    pub fn bytes(&self) -> usize {
+        self.buf.len() - HEADROOM
+    }
+
+    /// Elements encoded so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn charge(&self, n: usize) -> Result<(), OverBudget> {
+        if self.bytes().saturating_add(n) > self.budget {
+            Err(OverBudget {
+                budget: self.budget,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends a bulk string.
+    pub fn bulk(&mut self, b: &[u8]) -> Result<(), OverBudget> {
+        self.charge(decimal_len(b.len()) + b.len() + 5)?;
+        header(&mut self.buf, b'$', b.len() as i64);
+        self.buf.extend_from_slice(b);
+        self.buf.extend_from_slice(b"\r\n");
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Appends a null (`$-1` in RESP2, `_` in RESP3).
+    pub fn null(&mut self) -> Result<(), OverBudget> {
+        self.push(&Frame::Null)
+    }
+
+    /// Appends any frame (for small ones: it is built already; only its encoding counts).
+    pub fn push(&mut self, f: &Frame) -> Result<(), OverBudget> {
+        let before = self.buf.len();
+        f.encode(&mut self.buf, self.resp3);
+        if self.bytes() > self.budget {
+            self.buf.truncate(before);
+            return Err(OverBudget {
+                budget: self.budget,
+            });
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The array as a reply.
+    pub fn finish(self) -> Frame {
+        self.finish_after(&[])
+    }
+
+    /// The array as the last element of a reply whose encoding starts with `head` (e.g.
+    /// `*2\r\n$1\r\n0\r\n` for SCAN's `[cursor, [keys...]]`).
+    pub fn finish_after(mut self, head: &[u8]) -> Frame {
+        let mut top = head.to_vec();
+        header(&mut top, b'*', self.count as i64);
+        if top.len() <= HEADROOM {
+            let start = HEADROOM - top.len();
+            self.buf[start..HEADROOM].copy_from_slice(&top);
+            Frame::Encoded(Encoded {
+                buf: self.buf,
+                start,
+            })
+        } else {
+            top.extend_from_slice(&self.buf[HEADROOM..]);
+            Frame::Encoded(Encoded::from_vec(top))
+        }
+    }
+}
+
+/// Digits of `n` in decimal.
+fn decimal_len(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
 }
 
 impl Frame {
@@ -101,6 +262,7 @@ impl Frame {
                     Frame::Bulk(s.into_bytes()).encode(out, false);
                 }
             }
+            Frame::Encoded(e) => out.extend_from_slice(e.as_bytes()),
         }
     }
 
@@ -133,9 +295,9 @@ fn line(out: &mut Vec<u8>, kind: u8, s: &str) {
 }
 
 fn header(out: &mut Vec<u8>, kind: u8, n: i64) {
-    out.push(kind);
-    out.extend_from_slice(n.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{}{n}\r\n", kind as char);
 }
 
 /// Why a frame could not be parsed.
@@ -256,6 +418,7 @@ fn kind_char(f: &Frame) -> char {
         Frame::Map(_) => '%',
         Frame::Boolean(_) => '#',
         Frame::Double(_) => ',',
+        Frame::Encoded(_) => '?',
     }
 }
 

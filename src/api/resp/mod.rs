@@ -82,6 +82,8 @@ pub struct Shared {
     pub node: NodeHandle,
     pub info: Arc<ServerInfo>,
     pub limits: FrameLimits,
+    /// Largest reply one request may build (`max_reply_bytes`).
+    pub max_reply_bytes: usize,
     pub cursors: Mutex<Cursors>,
     pub next_conn_id: AtomicU64,
     pub clients: AtomicU64,
@@ -100,6 +102,7 @@ pub async fn serve(
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let shared = Arc::new(Shared {
         node,
+        max_reply_bytes: info.config.max_reply_bytes,
         info,
         limits,
         cursors: Mutex::new(Cursors::default()),
@@ -171,7 +174,7 @@ async fn run(
             match conn.next_request() {
                 Ok(Some(words)) => {
                     let (reply, after) = session.run(shared, words).await;
-                    conn.queue(&reply, session.resp3);
+                    conn.queue(reply, session.resp3);
                     if after == exec::After::Close {
                         return;
                     }
@@ -183,7 +186,7 @@ async fn run(
                 Err(msg) => {
                     tracing::debug!(conn = session.id, "RESP protocol error: {msg}");
                     conn.queue(
-                        &Frame::error(format!("ERR Protocol error: {msg}")),
+                        Frame::error(format!("ERR Protocol error: {msg}")),
                         session.resp3,
                     );
                     return;

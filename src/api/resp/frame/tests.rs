@@ -324,3 +324,83 @@ fn fuzz_never_panics_or_overclaims() {
         }
     }
 }
+
+/// The encoder's bytes are exactly what encoding the built frame would give.
+#[test]
+fn array_encoder_matches_frame_encoding() {
+    for resp3 in [false, true] {
+        let items = vec![
+            Frame::bulk("a"),
+            Frame::Null,
+            Frame::Bulk(vec![0xff; 300]),
+            Frame::Bulk(Vec::new()),
+            Frame::Integer(7),
+        ];
+        let mut enc = ArrayEncoder::new(usize::MAX, resp3);
+        for f in &items {
+            match f {
+                Frame::Bulk(b) => enc.bulk(b).unwrap(),
+                Frame::Null => enc.null().unwrap(),
+                other => enc.push(other).unwrap(),
+            }
+        }
+        assert_eq!(enc.len(), items.len());
+        let want = Frame::Array(items.clone()).to_bytes(resp3);
+        let got = enc.finish().to_bytes(resp3);
+        assert_eq!(got, want, "resp3={resp3}");
+        // Nested as SCAN nests it: [cursor, [keys...]].
+        let mut enc = ArrayEncoder::new(usize::MAX, resp3);
+        for i in 0..1000 {
+            enc.bulk(format!("key:{i}").as_bytes()).unwrap();
+        }
+        let mut head = b"*2\r\n".to_vec();
+        Frame::bulk(u64::MAX.to_string()).encode(&mut head, resp3);
+        let got = enc.finish_after(&head).to_bytes(resp3);
+        let want = Frame::Array(vec![
+            Frame::bulk(u64::MAX.to_string()),
+            Frame::Array((0..1000).map(|i| Frame::bulk(format!("key:{i}"))).collect()),
+        ]);
+        assert_eq!(got, want.to_bytes(resp3));
+        assert_eq!(parse(&got, &FrameLimits::default()).unwrap().0, want);
+    }
+    // A head longer than the headroom still gives the right bytes.
+    let mut enc = ArrayEncoder::new(usize::MAX, false);
+    enc.bulk(b"x").unwrap();
+    let head = Frame::bulk(vec![b'h'; 200]).to_bytes(false);
+    let got = enc.finish_after(&head).to_bytes(false);
+    assert_eq!(got, [head, b"*1\r\n$1\r\nx\r\n".to_vec()].concat());
+}
+
+/// The MGET that used to run a node out of memory: 3000 × a 1 MiB value. The encoder
+/// refuses the element that would pass the budget, having held at most the budget.
+#[test]
+fn array_encoder_stops_at_the_budget() {
+    let value = vec![b'v'; 1024 * 1024];
+    let budget = 64 * 1024 * 1024;
+    let mut enc = ArrayEncoder::new(budget, false);
+    let mut accepted = 0;
+    let err = (0..3000)
+        .find_map(|_| match enc.bulk(&value) {
+            Ok(()) => {
+                accepted += 1;
+                None
+            }
+            Err(e) => Some(e),
+        })
+        .expect("refused before 3000 values");
+    assert_eq!(err, OverBudget { budget });
+    assert_eq!(accepted, 63, "63 values and their framing fit in 64 MiB");
+    assert!(enc.bytes() <= budget);
+    assert_eq!(enc.bytes(), 63 * (value.len() + "$1048576\r\n\r\n".len()));
+    // The refused element left nothing behind; smaller ones still fit.
+    enc.bulk(b"small").unwrap();
+    assert_eq!(enc.len(), 64);
+    // Exactly at the budget is allowed (`$4\r\nabcd\r\n` is 10 bytes), a byte more is not.
+    assert!(ArrayEncoder::new(9, false).bulk(b"abcd").is_err());
+    let mut enc = ArrayEncoder::new(10, false);
+    enc.bulk(b"abcd").unwrap();
+    assert_eq!(enc.bytes(), 10);
+    assert!(enc.null().is_err());
+    assert!(enc.push(&Frame::Integer(1)).is_err());
+    assert_eq!(enc.bytes(), 10, "a refused frame is rolled back");
+}
