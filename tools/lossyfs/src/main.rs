@@ -23,8 +23,8 @@ fn main() {
     }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let mount = match lossyfs::mount(std::path::Path::new(mountpoint)) {
         Ok(m) => m,
@@ -33,7 +33,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("lossyfs: mounted on {mountpoint}; control file {mountpoint}/{}", lossyfs::CTL_NAME);
+    println!(
+        "lossyfs: mounted on {mountpoint}; control file {mountpoint}/{}",
+        lossyfs::CTL_NAME
+    );
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -741,9 +741,7 @@ impl State {
                 Ok(())
             }
             ["space", n] => {
-                let n = n
-                    .parse::<u64>()
-                    .map_err(|e| format!("space {n:?}: {e}"))?;
+                let n = n.parse::<u64>().map_err(|e| format!("space {n:?}: {e}"))?;
                 self.set_space(Some(n));
                 Ok(())
             }
@@ -766,8 +764,9 @@ impl State {
             s.enospc,
             s.stale_handle_errors,
             self.used,
-            self.capacity
-                .map_or("unlimited".to_string(), |c| c.saturating_sub(self.used).to_string()),
+            self.capacity.map_or("unlimited".to_string(), |c| c
+                .saturating_sub(self.used)
+                .to_string()),
             self.handles.len(),
             self.inodes.len(),
         )
@@ -821,8 +820,15 @@ mod tests {
         st.fsyncdir(ROOT).unwrap();
         st.write(fh, 5, b" world").unwrap();
         st.crash();
-        assert_eq!(contents(&mut st, ROOT, "b"), Some(vec![]), "data never synced");
-        assert!(st.write(fh, 0, b"x").is_err(), "handle from before the crash");
+        assert_eq!(
+            contents(&mut st, ROOT, "b"),
+            Some(vec![]),
+            "data never synced"
+        );
+        assert!(
+            st.write(fh, 0, b"x").is_err(),
+            "handle from before the crash"
+        );
 
         let fh = st.open(ino, 0).unwrap();
         st.write(fh, 0, b"hello world").unwrap();
@@ -871,13 +877,15 @@ mod tests {
         st.fsyncdir(d).unwrap();
         st.fsyncdir(ROOT).unwrap();
         st.release(ofh);
-        st.rename(d, name("tmp"), d, name("CURRENT"), false).unwrap();
+        st.rename(d, name("tmp"), d, name("CURRENT"), false)
+            .unwrap();
         assert_eq!(contents(&mut st, d, "CURRENT"), Some(b"new".to_vec()));
         st.crash();
         // The rename was not synced: the old file is back, and so is tmp.
         assert_eq!(contents(&mut st, d, "CURRENT"), Some(b"old".to_vec()));
         assert_eq!(contents(&mut st, d, "tmp"), Some(b"new".to_vec()));
-        st.rename(d, name("tmp"), d, name("CURRENT"), false).unwrap();
+        st.rename(d, name("tmp"), d, name("CURRENT"), false)
+            .unwrap();
         st.fsyncdir(d).unwrap();
         st.unlink(d, name("CURRENT")).unwrap();
         st.crash();
