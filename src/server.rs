@@ -241,6 +241,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let metrics = Metrics::new();
     let mut storage = RocksStorage::open(db.clone())?;
     storage.set_metrics(metrics.clone());
+    storage.set_unsafe_no_fsync(cfg.unsafe_no_fsync);
+    if cfg.unsafe_no_fsync {
+        tracing::warn!("UNSAFE: --unsafe-no-fsync: the replicated log is written WITHOUT fsync; a power loss or OS crash can LOSE ACKNOWLEDGED WRITES. Never use this for data you keep.");
+    }
 
     let own_peer = cfg.own_peer_addr().expect("validated").to_string();
     let peer_listener = bind(&own_peer, "peer address").await?;
@@ -332,9 +336,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     )?;
     core.set_metrics(metrics.clone());
     let (reopen_db, reopen_metrics) = (db.clone(), metrics.clone());
+    let no_fsync = cfg.unsafe_no_fsync;
     core.set_reopen(Box::new(move || {
         let mut s = RocksStorage::open(reopen_db.clone())?;
         s.set_metrics(reopen_metrics.clone());
+        s.set_unsafe_no_fsync(no_fsync);
         Ok(s)
     }));
     let node_thread = std::thread::Builder::new()

@@ -40,14 +40,21 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Creates the directory if needed and locks it for this process.
+    /// Creates the directory if needed (durably: its parent is synced) and locks it for
+    /// this process.
     pub fn lock(path: &Path) -> Result<DataDir> {
+        let existed = path.is_dir();
         std::fs::create_dir_all(path).map_err(|e| {
             Error::Config(format!(
                 "cannot create data directory {}: {e}",
                 path.display()
             ))
         })?;
+        if !existed {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let lock_path = path.join("paxosdb.lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -88,8 +95,20 @@ impl DataDir {
 
     /// Opens (or creates) the node's RocksDB inside this directory.
     pub fn open_db(&self) -> Result<Arc<DB>> {
-        open_db(&self.path.join("db"))
+        let db = open_db(&self.path.join("db"))?;
+        // RocksDB syncs what is inside `db/`, but not the entry that names `db/` itself:
+        // without this, a power loss soon after the first start loses the whole database
+        // (found by the power-loss test, tests/e2e_powerloss.rs).
+        sync_dir(&self.path)?;
+        Ok(db)
     }
+}
+
+/// Makes the entries of directory `dir` (files created, renamed or removed in it) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Storage(format!("syncing directory {}: {e}", dir.display())))
 }
 
 unsafe fn libc_flock(fd: i32) -> i32 {

@@ -10,6 +10,11 @@
 //!   failed call changed nothing (OmniPaxos relies on both). The one exception is
 //!   `set_decided_idx` alone, which is derivable (see there) and not synced;
 //! - the in-memory cache of metadata is replaced only after the batch is durable.
+//!
+//! `--unsafe-no-fsync` ([`RocksStorage::set_unsafe_no_fsync`]) breaks the first invariant
+//! on purpose: every batch is written unsynced, so an OS crash or power loss can lose
+//! acknowledged writes. It exists for benchmarks and to show that the power-loss test
+//! (`tests/e2e_powerloss.rs`) catches exactly this.
 
 use super::db::{read_u64, u64_key, CF_LOG, CF_META};
 use super::{interval_present, storage_err, Res};
@@ -51,6 +56,8 @@ pub struct RocksStorage {
     nosync: WriteOptions,
     /// Where synced-write latency and the log length go, when set.
     metrics: Option<Arc<Metrics>>,
+    /// `--unsafe-no-fsync`: no batch is synced.
+    unsafe_no_fsync: bool,
 }
 
 fn enc<T: Serialize>(v: &T) -> Res<Vec<u8>> {
@@ -97,6 +104,7 @@ impl RocksStorage {
             sync,
             nosync: WriteOptions::default(),
             metrics: None,
+            unsafe_no_fsync: false,
         })
     }
 
@@ -116,6 +124,12 @@ impl RocksStorage {
                 s.next_config.configuration_id
             ))
         )
+    }
+
+    /// UNSAFE when `on`: writes every batch without fsync from now on, so that a power
+    /// loss can lose acknowledged writes (`--unsafe-no-fsync`).
+    pub fn set_unsafe_no_fsync(&mut self, on: bool) {
+        self.unsafe_no_fsync = on;
     }
 
     /// Records each synced write's latency and the log length in `metrics` from now on.
@@ -204,6 +218,7 @@ impl RocksStorage {
 impl RocksStorage {
     /// Writes `ops` as one batch; `sync` decides whether it is fsynced before returning.
     fn commit(&mut self, ops: Vec<StorageOp<LogEntry>>, sync: bool) -> Res<()> {
+        let sync = sync && !self.unsafe_no_fsync;
         let mut batch = WriteBatch::default();
         let mut staged = self.meta.clone();
         for op in ops {

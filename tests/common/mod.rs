@@ -132,6 +132,50 @@ impl Cluster {
         c
     }
 
+    /// Starts one node per entry of `data_dirs`, each keeping its data there (e.g. on a
+    /// test file system), with extra `PAXOSDB_*` settings, and waits for a leader. Logs
+    /// stay in the cluster's own temporary directory.
+    pub async fn start_in(data_dirs: Vec<PathBuf>, env: &[(&str, &str)]) -> Cluster {
+        let n = data_dirs.len();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(4 * n);
+        let nodes: Vec<Node> = data_dirs
+            .into_iter()
+            .enumerate()
+            .map(|(i, data_dir)| Node {
+                id: i as u64 + 1,
+                client_addr: format!("127.0.0.1:{}", ports[i]),
+                http_addr: format!("127.0.0.1:{}", ports[2 * n + i]),
+                resp_addr: format!("127.0.0.1:{}", ports[3 * n + i]),
+                peer_addr: format!("127.0.0.1:{}", ports[n + i]),
+                data_dir,
+                log: dir.path().join(format!("node-{}.log", i + 1)),
+                child: None,
+                join: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut c = Cluster {
+            dir,
+            nodes,
+            peers,
+            env,
+        };
+        for id in 1..=n as u64 {
+            c.spawn(id);
+        }
+        c.wait_for_leader().await;
+        c
+    }
+
     fn node(&self, id: u64) -> &Node {
         &self.nodes[id as usize - 1]
     }
