@@ -164,7 +164,7 @@ fn default_header_timeout_ms() -> u64 {
     10_000
 }
 fn default_max_inflight_bytes() -> u64 {
-    64 * 1024 * 1024
+    32 * 1024 * 1024
 }
 fn default_max_peer_queue_bytes() -> u64 {
     64 * 1024 * 1024

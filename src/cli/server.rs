@@ -64,7 +64,7 @@ pub struct ServerArgs {
     #[arg(long, env = "PAXOSDB_HEADER_TIMEOUT_MS")]
     pub header_timeout_ms: Option<u64>,
     /// Most bytes of client writes held by this node at once; more are refused as
-    /// overloaded, retryable (default 64 MiB).
+    /// overloaded, retryable (default 32 MiB).
     #[arg(long, env = "PAXOSDB_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<u64>,
     /// Most bytes queued for one peer (default 64 MiB).
