@@ -18,8 +18,13 @@
 //!   decided and applied here — so reads are linearizable on any node, leader or not;
 //! - a waiter that is not answered within the request timeout gets
 //!   [`Error::OutcomeUnknown`] (writes) or [`Error::Unavailable`] (reads), never a failure;
-//! - undecided proposals are re-proposed after `repropose_ms`; the sessions in the state
-//!   machine make a duplicate harmless;
+//! - undecided proposals are re-proposed after `repropose_ms` when something that can
+//!   lose a proposal happened since (a new leader, a reconnection, a dropped forward),
+//!   and after [`PATIENCE`] times that otherwise; the sessions in the state machine make a
+//!   duplicate harmless;
+//! - what the node holds is bounded: client writes by their admission tickets (held by
+//!   their waiters), peer messages by the transport's queues and inbox (see
+//!   [`admission`] and `crate::transport`);
 //! - the log is trimmed only below the applied index (see [`compaction`]); a node whose
 //!   decided index fell below a peer's trimmed log catches up by a state transfer: it goes
 //!   silent for consensus, the host fetches the state into a staging area, and the core
