@@ -18,10 +18,9 @@
 
 mod common;
 
-use common::workload::{read_all, Writers};
+use common::workload::{read_all, read_all_with, Writers};
 use common::Cluster;
 use paxosdb::client::{Client, ClientOptions};
-use paxosdb::command::ScanRange;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -89,29 +88,7 @@ fn writer_client(c: &Cluster) -> Client {
 
 /// Every key under `prefix` as node `id` has it now (stale read: its own state).
 async fn stale_read_all(c: &Cluster, id: u64, prefix: &str) -> BTreeMap<String, String> {
-    let client = c.client_for(id);
-    let mut out = BTreeMap::new();
-    let mut from = prefix.as_bytes().to_vec();
-    loop {
-        let range = ScanRange::Range {
-            from: from.clone(),
-            to: Some(format!("{prefix}~").into_bytes()),
-        };
-        let r = client.scan(&range, 1000, true).await.expect("stale scan");
-        for kv in &r.items {
-            out.insert(
-                String::from_utf8(kv.key.clone()).unwrap(),
-                String::from_utf8(kv.value.clone()).unwrap(),
-            );
-        }
-        match (r.more, r.items.last()) {
-            (true, Some(last)) => {
-                from = last.key.clone();
-                from.push(0);
-            }
-            _ => return out,
-        }
-    }
+    read_all_with(&c.client_for(id), prefix, true).await
 }
 
 /// Acknowledged keys that are missing or hold another value.

@@ -148,6 +148,15 @@ impl ConnLimiter {
     }
 }
 
+/// Waits up to `within` for a stopped listener's connection tasks to end, then aborts
+/// the rest.
+pub async fn drain(mut tasks: tokio::task::JoinSet<()>, within: Duration) {
+    let wait = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(within, wait).await.is_err() {
+        tasks.abort_all();
+    }
+}
+
 /// The process's soft open-file limit, after raising it to the hard limit.
 pub fn open_file_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

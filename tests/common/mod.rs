@@ -95,6 +95,19 @@ impl Cluster {
 
     /// Starts `n` nodes with extra `PAXOSDB_*` settings.
     pub async fn start_with(n: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_at(n, None, env).await
+    }
+
+    /// Starts one node per entry of `data_dirs`, each keeping its data there (e.g. on a
+    /// test file system), with extra `PAXOSDB_*` settings, and waits for a leader. Logs
+    /// stay in the cluster's own temporary directory.
+    pub async fn start_in(data_dirs: Vec<PathBuf>, env: &[(&str, &str)]) -> Cluster {
+        Self::start_at(data_dirs.len(), Some(data_dirs), env).await
+    }
+
+    /// `n` nodes, with their data in `data_dirs` or else in the cluster's temporary
+    /// directory; starts them and waits for a leader.
+    async fn start_at(n: usize, data_dirs: Option<Vec<PathBuf>>, env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(4 * n);
         let nodes: Vec<Node> = (0..n)
@@ -104,51 +117,10 @@ impl Cluster {
                 http_addr: format!("127.0.0.1:{}", ports[2 * n + i]),
                 resp_addr: format!("127.0.0.1:{}", ports[3 * n + i]),
                 peer_addr: format!("127.0.0.1:{}", ports[n + i]),
-                data_dir: dir.path().join(format!("node-{}", i + 1)),
-                log: dir.path().join(format!("node-{}.log", i + 1)),
-                child: None,
-                join: None,
-            })
-            .collect();
-        let peers = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.peer_addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut c = Cluster {
-            dir,
-            nodes,
-            peers,
-            env,
-        };
-        for id in 1..=n as u64 {
-            c.spawn(id);
-        }
-        c.wait_for_leader().await;
-        c
-    }
-
-    /// Starts one node per entry of `data_dirs`, each keeping its data there (e.g. on a
-    /// test file system), with extra `PAXOSDB_*` settings, and waits for a leader. Logs
-    /// stay in the cluster's own temporary directory.
-    pub async fn start_in(data_dirs: Vec<PathBuf>, env: &[(&str, &str)]) -> Cluster {
-        let n = data_dirs.len();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(4 * n);
-        let nodes: Vec<Node> = data_dirs
-            .into_iter()
-            .enumerate()
-            .map(|(i, data_dir)| Node {
-                id: i as u64 + 1,
-                client_addr: format!("127.0.0.1:{}", ports[i]),
-                http_addr: format!("127.0.0.1:{}", ports[2 * n + i]),
-                resp_addr: format!("127.0.0.1:{}", ports[3 * n + i]),
-                peer_addr: format!("127.0.0.1:{}", ports[n + i]),
-                data_dir,
+                data_dir: match &data_dirs {
+                    Some(d) => d[i].clone(),
+                    None => dir.path().join(format!("node-{}", i + 1)),
+                },
                 log: dir.path().join(format!("node-{}.log", i + 1)),
                 child: None,
                 join: None,

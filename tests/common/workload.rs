@@ -11,6 +11,12 @@ use std::time::Duration;
 
 /// Every key under `prefix` with its value, read linearizably through `c`.
 pub async fn read_all(c: &Client, prefix: &str) -> BTreeMap<String, String> {
+    read_all_with(c, prefix, false).await
+}
+
+/// Every key under `prefix` with its value, read through `c`: linearizably, or `stale`
+/// (the node's own state as it is now).
+pub async fn read_all_with(c: &Client, prefix: &str, stale: bool) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut from = prefix.as_bytes().to_vec();
     loop {
@@ -21,7 +27,7 @@ pub async fn read_all(c: &Client, prefix: &str) -> BTreeMap<String, String> {
                     to: Some(format!("{prefix}~").into_bytes()),
                 },
                 1000,
-                false,
+                stale,
             )
             .await
             .expect("scan");

@@ -177,13 +177,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
-        tasks.abort_all();
-    }
+    crate::api::conn::drain(tasks, Duration::from_secs(5)).await;
 }
 
 /// The 503 a connection over the limit gets (built once).

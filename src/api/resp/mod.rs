@@ -137,13 +137,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(3), drain)
-        .await
-        .is_err()
-    {
-        conns.abort_all();
-    }
+    crate::api::conn::drain(conns, Duration::from_secs(3)).await;
 }
 
 /// Runs one client connection to its end.
