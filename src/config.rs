@@ -122,6 +122,15 @@ pub struct Config {
     /// catches exactly this.
     #[serde(default)]
     pub unsafe_no_fsync: bool,
+    /// Directory with the cluster CA (`ca.pem`) and this node's certificate and key
+    /// (`node-<id>.pem`, `node-<id>-key.pem`), made by `paxosdb certs`. Set: every peer
+    /// connection is mutual TLS and a peer must prove its node id with its certificate.
+    #[serde(default)]
+    pub peer_tls_dir: Option<PathBuf>,
+    /// Allow listening on non-loopback addresses without TLS (peers and clients are then
+    /// not authenticated: anyone who reaches a port can act as a member or a client).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_max_key() -> usize {
@@ -206,6 +215,8 @@ impl Config {
             max_reply_bytes: default_max_reply_bytes(),
             min_free_disk_bytes: default_min_free_disk_bytes(),
             unsafe_no_fsync: false,
+            peer_tls_dir: None,
+            insecure: false,
         }
     }
 
@@ -344,6 +355,26 @@ impl Config {
                     .into(),
             );
         }
+        // Without TLS, a port anyone can reach is a port anyone can act through.
+        if !self.insecure {
+            let own = self.own_peer_addr().unwrap_or_default();
+            if self.peer_tls_dir.is_none() && !is_loopback(own) {
+                return bad(format!(
+                    "peer address {own} is not a loopback address, and peer connections \
+                     are not authenticated without TLS: give --peer-tls-dir DIR (make one \
+                     with `paxosdb certs`), or --insecure to accept the risk"
+                ));
+            }
+            for (what, addr) in &listeners {
+                if !is_loopback(addr) {
+                    return bad(format!(
+                        "{what} {addr} is not a loopback address, and client connections \
+                         are neither encrypted nor authenticated yet: listen on loopback, or \
+                         give --insecure to accept the risk"
+                    ));
+                }
+            }
+        }
         if self.log_keep_bytes() > (self.max_frame_bytes / 4) as u64 {
             return bad(format!(
                 "log_keep_bytes ({}) must be at most a quarter of max_frame_bytes ({}): a \
@@ -367,6 +398,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// True when `addr` (host:port) resolves to a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| a.ip().is_loopback())
 }
 
 /// Resolves `host:port` to one socket address, or says which setting is wrong.
@@ -453,6 +492,24 @@ mod tests {
             .to_string()
             .contains("not a valid"));
         assert!(parse_peers("1:127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn non_loopback_listeners_need_tls_or_insecure() {
+        let mut c = cfg();
+        c.peers = parse_peers("1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101").unwrap();
+        c.client_addr = "127.0.0.1:7001".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--peer-tls-dir"), "{e}");
+        c.peer_tls_dir = Some("tls".into());
+        c.validate().unwrap();
+        c.client_addr = "0.0.0.0:7001".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--insecure"), "{e}");
+        c.insecure = true;
+        c.validate().unwrap();
+        c.peer_tls_dir = None;
+        c.validate().unwrap();
     }
 
     #[test]

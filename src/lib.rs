@@ -30,6 +30,7 @@ pub mod node;
 pub mod server;
 pub mod sim;
 pub mod storage;
+pub mod tls;
 pub mod transfer;
 pub mod transport;
 

@@ -278,7 +278,17 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         max_queue_bytes: cfg.max_peer_queue_bytes,
         bind_ip: resolve(&own_peer, "peer address").ok().map(|a| a.ip()),
         incarnation,
+        tls: match &cfg.peer_tls_dir {
+            Some(dir) => Some(crate::tls::PeerTls::load(dir, cfg.id)?),
+            None => None,
+        },
     };
+    if tcfg.tls.is_none() {
+        tracing::warn!(
+            "peer connections are plain TCP: any process that reaches the peer port can act \
+             as a member (use --peer-tls-dir)"
+        );
+    }
     if let Some(join) = &cfg.join {
         if kv.membership()?.is_none() && kv.applied_index() == 0 {
             crate::transfer::join(join, &tcfg, &mut kv).await?;

@@ -31,7 +31,6 @@ use crate::transport::{
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
 
 /// Chunks exported ahead of the network.
 pub const IN_FLIGHT: usize = 4;
@@ -52,7 +51,7 @@ impl StateSource for KvStore {
 
 /// Serves one state fetch on `stream` (after its hello was checked).
 pub async fn serve(
-    stream: TcpStream,
+    stream: transport::PeerStream,
     source: Arc<dyn StateSource>,
     max_frame: usize,
 ) -> Result<()> {
@@ -88,9 +87,8 @@ pub async fn serve(
 /// Fetches `peer`'s state at `addr` into `kv`'s staging area; returns its applied index.
 pub async fn fetch(addr: &str, cfg: &TransportConfig, peer: NodeId, kv: KvStore) -> Result<u64> {
     let started = Instant::now();
-    let stream = transport::connect(addr, cfg.bind_ip).await?;
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    let stream = transport::dial(addr, cfg, peer).await?;
+    let (r, w) = tokio::io::split(stream);
     let mut w = BufWriter::new(w);
     let hello: Hello = cfg.hello(peer, Purpose::FetchState);
     write_frame(&mut w, &hello, transport::MAX_HELLO_FRAME).await?;
@@ -167,7 +165,7 @@ pub fn fetcher(
 
 /// Asks the node at `addr` for the membership in force.
 pub async fn query_membership(addr: &str, cfg: &TransportConfig) -> Result<MembershipReply> {
-    let mut stream = transport::connect(addr, cfg.bind_ip).await?;
+    let mut stream = transport::dial(addr, cfg, 0).await?;
     let hello = cfg.hello(0, Purpose::Membership);
     write_frame(&mut stream, &hello, transport::MAX_HELLO_FRAME).await?;
     stream.flush().await?;

@@ -179,6 +179,25 @@ pub async fn read_frame_sized<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// A stream a peer connection can be read and written through.
+pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+
+/// A peer connection: TLS when the cluster has certificates, else plain TCP.
+pub type PeerStream = Box<dyn PeerIo>;
+
+/// Connects to the peer port at `addr` of node `to` (0: whichever member answers there),
+/// from this node's peer IP, over TLS when `cfg` has it (checking that the node reached
+/// is `to`, or a member of the cluster).
+pub async fn dial(addr: &str, cfg: &TransportConfig, to: NodeId) -> std::io::Result<PeerStream> {
+    let tcp = connect(addr, cfg.bind_ip).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(match &cfg.tls {
+        Some(tls) => Box::new(tls.connect(tcp, to).await?),
+        None => Box::new(tcp),
+    })
+}
+
 /// Starts fetching a peer's state in the background (see [`crate::transfer::fetcher`]).
 pub type Fetcher = Box<dyn Fn(NodeId) + Send>;
 
@@ -325,6 +344,8 @@ pub struct TransportConfig {
     pub bind_ip: Option<std::net::IpAddr>,
     /// This node's data-directory incarnation, sent in every hello.
     pub incarnation: u64,
+    /// Mutual TLS for every peer connection (`None`: plain TCP, loopback or `--insecure`).
+    pub tls: Option<Arc<crate::tls::PeerTls>>,
 }
 
 impl TransportConfig {
@@ -356,12 +377,10 @@ pub fn start_senders(
     let start = move |pid: NodeId, addr: String| {
         let (tx, rx) = tmpsc::channel(QUEUE_PER_PEER);
         let bytes = Arc::new(AtomicU64::new(0));
-        let hello = tcfg.hello(pid, Purpose::Replication);
         rt.spawn(sender_task(
             pid,
             addr,
-            tcfg.bind_ip,
-            hello,
+            tcfg.clone(),
             Outbox {
                 rx,
                 bytes: bytes.clone(),
@@ -439,8 +458,7 @@ impl Outbox {
 async fn sender_task(
     pid: NodeId,
     addr: String,
-    bind_ip: Option<std::net::IpAddr>,
-    hello: Hello,
+    cfg: TransportConfig,
     mut rx: Outbox,
     events: mpsc::Sender<Event>,
     table: PeerTable,
@@ -449,7 +467,7 @@ async fn sender_task(
     let mut backoff = Duration::from_millis(20);
     let mut ever_connected = false;
     loop {
-        let stream = match connect(&addr, bind_ip).await {
+        let stream = match dial(&addr, &cfg, pid).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer = pid, %addr, "connect failed: {e}");
@@ -463,8 +481,8 @@ async fn sender_task(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let mut w = BufWriter::new(stream);
+        let hello = cfg.hello(pid, Purpose::Replication);
         if write_frame(&mut w, &hello, max_frame).await.is_err() || w.flush().await.is_err() {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -576,6 +594,18 @@ async fn serve_peer(
         inbox,
     } = p;
     let _ = stream.set_nodelay(true);
+    // With TLS, nothing is read before the peer proved it holds a certificate of the
+    // cluster; its identity is checked against the hello below.
+    let (stream, cert): (PeerStream, _) = match &cfg.tls {
+        Some(tls) => {
+            let (s, cert) = tokio::time::timeout(Duration::from_secs(5), tls.accept(stream))
+                .await
+                .map_err(|_| "no TLS handshake within 5s".to_string())?
+                .map_err(|e| format!("TLS handshake refused: {e}"))?;
+            (Box::new(s), Some(cert))
+        }
+        None => (Box::new(stream), None),
+    };
     let mut r = tokio::io::BufReader::new(stream);
     let hello: Hello =
         tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r, MAX_HELLO_FRAME))
@@ -587,6 +617,10 @@ async fn serve_peer(
             "not a paxosdb peer of protocol {PROTOCOL_VERSION} (magic {:#x}, version {})",
             hello.magic, hello.version
         ));
+    }
+    if let (Some(cert), true) = (&cert, hello.purpose != Purpose::Membership) {
+        crate::tls::PeerTls::check_identity(cert, hello.from)
+            .map_err(|e| format!("hello from node {}: {e}", hello.from))?;
     }
     if hello.purpose == Purpose::Membership {
         let reply = MembershipReply {
@@ -733,6 +767,7 @@ mod tests {
             max_queue_bytes: 256 * 1024,
             bind_ip: None,
             incarnation: 1,
+            tls: None,
         };
         let (events, _rx) = mpsc::channel();
         let membership = Arc::new(RwLock::new(Membership::initial(&members)));

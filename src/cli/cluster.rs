@@ -97,6 +97,19 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
         .collect();
     let peers = peers.join(",");
     std::fs::create_dir_all(&a.data_dir)?;
+    // Peers talk mutual TLS with a throwaway CA kept beside the data.
+    let tls = a.data_dir.join("tls");
+    if !tls.join("ca.pem").exists() {
+        let ids: Vec<u64> = (1..=a.nodes).collect();
+        crate::tls::generate(&tls, &ids)?;
+    }
+    if let Some(n) = (1..=a.nodes).find(|&n| !crate::tls::files(&tls, n).1.exists()) {
+        return Err(Error::Config(format!(
+            "{} has no certificate for node {n} (it was made for fewer nodes); use another \
+             --data-dir, or make one with `paxosdb certs`",
+            tls.display()
+        )));
+    }
     let mut children: Vec<(u64, Child)> = Vec::new();
     for n in 1..=a.nodes {
         let mut cmd = Command::new(&exe);
@@ -110,6 +123,8 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             .env_remove("PAXOSDB_RESP_ADDR")
             .arg("--data-dir")
             .arg(a.data_dir.join(format!("node-{n}")))
+            .arg("--peer-tls-dir")
+            .arg(&tls)
             .env_remove("PAXOSDB_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

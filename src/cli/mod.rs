@@ -61,6 +61,41 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Fault test: a local cluster under kills, pauses and partitions, history checked.
     Nemesis(nemesis::NemesisArgs),
+    /// Create a cluster CA and a certificate for every node (peer mutual TLS).
+    Certs(CertsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CertsArgs {
+    /// Directory to write ca.pem, ca-key.pem, node-N.pem and node-N-key.pem into.
+    #[arg(long, default_value = "paxosdb-tls")]
+    pub dir: std::path::PathBuf,
+    /// The node ids to make certificates for, comma separated.
+    #[arg(long, default_value = "1,2,3")]
+    pub nodes: String,
+}
+
+fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
+    let ids = a
+        .nodes
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| crate::error::Error::invalid(format!("{s:?} is not a node id")))
+        })
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    crate::tls::generate(&a.dir, &ids)?;
+    println!(
+        "wrote a cluster CA and certificates for nodes {} to {}; give each node \
+         --peer-tls-dir with ca.pem and its own node-N.pem and node-N-key.pem \
+         (keep ca-key.pem off the nodes)",
+        a.nodes,
+        a.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
@@ -140,6 +175,7 @@ pub fn main() -> ExitCode {
             Command::Bench(a) => bench::run(&cli, a).await,
             Command::Sim(a) => sim::run(a).await,
             Command::Nemesis(a) => nemesis::run(a).await,
+            Command::Certs(a) => certs(a),
         }
     });
     match result {

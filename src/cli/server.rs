@@ -77,6 +77,13 @@ pub struct ServerArgs {
     /// than this, in bytes (default 64 MiB).
     #[arg(long, env = "PAXOSDB_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// Directory with the cluster CA and this node's certificate (`paxosdb certs`): peers
+    /// then talk mutual TLS and must prove their node id.
+    #[arg(long, env = "PAXOSDB_PEER_TLS_DIR")]
+    pub peer_tls_dir: Option<PathBuf>,
+    /// Allow non-loopback listeners without TLS (anyone reaching a port is then trusted).
+    #[arg(long, env = "PAXOSDB_INSECURE")]
+    pub insecure: bool,
     /// Acknowledge writes without fsync. UNSAFE: a power loss can lose acknowledged writes.
     #[arg(long, env = "PAXOSDB_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
@@ -158,6 +165,12 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if a.unsafe_no_fsync {
         cfg.unsafe_no_fsync = true;
+    }
+    if let Some(d) = &a.peer_tls_dir {
+        cfg.peer_tls_dir = Some(d.clone());
+    }
+    if a.insecure {
+        cfg.insecure = true;
     }
     cfg.validate()?;
     Ok(cfg)
