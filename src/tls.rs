@@ -179,24 +179,15 @@ impl PeerTls {
     }
 }
 
-/// Writes a new cluster CA and a certificate and key for every id in `ids` into `dir`
-/// (created if missing). Refuses to overwrite an existing CA.
-pub fn generate(dir: &Path, ids: &[NodeId]) -> Result<()> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let gen = |e: rcgen::Error| Error::Internal(format!("certificate generation: {e}"));
-    std::fs::create_dir_all(dir)?;
-    let ca_path = dir.join("ca.pem");
-    if ca_path.exists() {
-        return Err(Error::Config(format!(
-            "{} exists already; use another directory (a new CA would not be trusted by \
-             nodes holding the old one)",
-            ca_path.display()
-        )));
-    }
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+fn gen_err(e: rcgen::Error) -> Error {
+    Error::Internal(format!("certificate generation: {e}"))
+}
+
+/// The cluster CA's parameters: the same every time, so that a CA certificate made again
+/// from the saved key (`ca-key.pem`) issues certificates the original `ca.pem` verifies.
+fn ca_params() -> Result<rcgen::CertificateParams> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
         .push(DnType::CommonName, "paxosdb cluster CA");
@@ -205,27 +196,74 @@ pub fn generate(dir: &Path, ids: &[NodeId]) -> Result<()> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_key = KeyPair::generate().map_err(gen)?;
-    let ca_cert = ca.self_signed(&ca_key).map_err(gen)?;
+    Ok(ca)
+}
+
+/// Writes node `id`'s certificate and key into `dir`, issued by `ca`.
+fn issue(dir: &Path, id: NodeId, ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> Result<()> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let (_, cert_path, key_path) = files(dir, id);
+    if cert_path.exists() {
+        return Err(Error::Config(format!(
+            "{} exists already",
+            cert_path.display()
+        )));
+    }
+    let mut p =
+        CertificateParams::new(vec![node_name(id), CLUSTER_NAME.to_string()]).map_err(gen_err)?;
+    p.distinguished_name
+        .push(DnType::CommonName, format!("paxosdb node {id}"));
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = p.signed_by(&key, ca, ca_key).map_err(gen_err)?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_path, cert.pem())?;
+    Ok(())
+}
+
+/// Writes a new cluster CA and a certificate and key for every id in `ids` into `dir`
+/// (created if missing). Refuses to overwrite an existing CA.
+pub fn generate(dir: &Path, ids: &[NodeId]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ca_path = dir.join("ca.pem");
+    if ca_path.exists() {
+        return Err(Error::Config(format!(
+            "{} exists already; use another directory, or --add to make certificates for \
+             more nodes with this CA",
+            ca_path.display()
+        )));
+    }
+    let ca_key = rcgen::KeyPair::generate().map_err(gen_err)?;
+    let ca = ca_params()?.self_signed(&ca_key).map_err(gen_err)?;
     for &id in ids {
-        let mut p =
-            CertificateParams::new(vec![node_name(id), CLUSTER_NAME.to_string()]).map_err(gen)?;
-        p.distinguished_name
-            .push(DnType::CommonName, format!("paxosdb node {id}"));
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().map_err(gen)?;
-        let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(gen)?;
-        let (_, cert_path, key_path) = files(dir, id);
-        std::fs::write(&cert_path, cert.pem())?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        issue(dir, id, &ca, &ca_key)?;
     }
     // The CA's key is what lets someone mint members: keep it beside, readable by the
     // owner only, so that more nodes can be added later (`paxosdb certs --add`).
     write_private(&dir.join("ca-key.pem"), ca_key.serialize_pem().as_bytes())?;
-    std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(&ca_path, ca.pem())?;
+    Ok(())
+}
+
+/// Writes certificates for more nodes (`ids`) with the CA already in `dir` (its key,
+/// `ca-key.pem`, must be there).
+pub fn add(dir: &Path, ids: &[NodeId]) -> Result<()> {
+    let key_path = dir.join("ca-key.pem");
+    let pem = std::fs::read_to_string(&key_path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the CA key {}: {e} (certificates for new nodes are made where the \
+             CA key is)",
+            key_path.display()
+        ))
+    })?;
+    let ca_key = rcgen::KeyPair::from_pem(&pem).map_err(gen_err)?;
+    let ca = ca_params()?.self_signed(&ca_key).map_err(gen_err)?;
+    for &id in ids {
+        issue(dir, id, &ca, &ca_key)?;
+    }
     Ok(())
 }
 
@@ -291,7 +329,13 @@ mod tests {
         assert!(e.contains("does not name node 3"), "{e}");
         // A node of another cluster (another CA): the handshake fails.
         assert!(dial(a.path(), 1, b.path(), 2, 2).await.is_err());
-        // Regenerating over an existing CA is refused.
+        // Regenerating over an existing CA is refused; adding a node with it works.
         assert!(generate(a.path(), &[4]).is_err());
+        add(a.path(), &[4]).unwrap();
+        assert!(
+            add(a.path(), &[4]).is_err(),
+            "node 4 has a certificate already"
+        );
+        dial(a.path(), 1, a.path(), 4, 4).await.unwrap();
     }
 }

@@ -73,6 +73,9 @@ pub struct CertsArgs {
     /// The node ids to make certificates for, comma separated.
     #[arg(long, default_value = "1,2,3")]
     pub nodes: String,
+    /// Make certificates for these nodes with the CA already in --dir (to add members).
+    #[arg(long)]
+    pub add: bool,
 }
 
 fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
@@ -87,11 +90,15 @@ fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
                 .ok_or_else(|| crate::error::Error::invalid(format!("{s:?} is not a node id")))
         })
         .collect::<crate::error::Result<Vec<_>>>()?;
-    crate::tls::generate(&a.dir, &ids)?;
+    if a.add {
+        crate::tls::add(&a.dir, &ids)?;
+    } else {
+        crate::tls::generate(&a.dir, &ids)?;
+    }
     println!(
-        "wrote a cluster CA and certificates for nodes {} to {}; give each node \
-         --peer-tls-dir with ca.pem and its own node-N.pem and node-N-key.pem \
-         (keep ca-key.pem off the nodes)",
+        "wrote {}certificates for nodes {} to {}; give each node --peer-tls-dir with \
+         ca.pem and its own node-N.pem and node-N-key.pem (keep ca-key.pem off the nodes)",
+        if a.add { "" } else { "a cluster CA and " },
         a.nodes,
         a.dir.display()
     );
