@@ -466,11 +466,22 @@ async fn sender_task(
 ) {
     let mut backoff = Duration::from_millis(20);
     let mut ever_connected = false;
+    // A TLS refusal (wrong CA, wrong identity) is a setup problem worth a warning, but
+    // not one every backoff round: at most every 30 s.
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let stream = match dial(&addr, &cfg, pid).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(peer = pid, %addr, "connect failed: {e}");
+                let tls_refused = e.kind() == std::io::ErrorKind::InvalidData;
+                if tls_refused
+                    && last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+                {
+                    tracing::warn!(peer = pid, %addr, "TLS session to the peer refused: {e}");
+                    last_warning = Some(std::time::Instant::now());
+                } else {
+                    tracing::debug!(peer = pid, %addr, "connect failed: {e}");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 // Keep the queue from filling with stale messages while the peer is away.
