@@ -96,12 +96,23 @@ fn metric(c: &Cluster, id: u64, name: &str) -> Option<u64> {
 }
 
 /// Waits until node `id` holds an admitted, unanswered client request: the request
-/// reached the node and its waiter exists.
+/// reached the node and its waiter exists. Call [`nothing_in_flight`] before sending it,
+/// so that an earlier request cannot be taken for it.
 async fn request_in_flight(c: &Cluster, id: u64) {
     eventually(
         Duration::from_secs(10),
         &format!("a request in flight on node {id}"),
         || async move { (metric(c, id, "paxosdb_inflight_bytes")? > 0).then_some(()) },
+    )
+    .await;
+}
+
+/// Waits until node `id` holds no admitted, unanswered client request.
+async fn nothing_in_flight(c: &Cluster, id: u64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("no request in flight on node {id}"),
+        || async move { (metric(c, id, "paxosdb_inflight_bytes")? == 0).then_some(()) },
     )
     .await;
 }
@@ -132,6 +143,7 @@ async fn retried_cas_after_leader_kill_is_applied_at_most_once() {
         client_id: 4242,
         seq: 1,
     };
+    nothing_in_flight(&cluster, leader).await;
     for &f in &followers {
         signal(&cluster, f, Signal::SIGSTOP);
     }
@@ -188,6 +200,7 @@ async fn retried_cas_after_leader_kill_is_applied_at_most_once() {
     for &f in &followers2 {
         signal(&cluster, f, Signal::SIGSTOP);
     }
+    nothing_in_flight(&cluster, leader2).await;
     let doomed = impatient_client(&cluster, leader2);
     let attempt = tokio::spawn(async move {
         doomed
