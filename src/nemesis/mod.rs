@@ -415,7 +415,7 @@ impl Summary {
         }
         if !self.short_of_target.is_empty() {
             s += &format!(
-                "TARGET NOT REACHED (each fault {} times) before the cap of {:.0}s: {}\n",
+                "TARGET NOT REACHED (each fault {} times) before the time limit, at {:.1}s: {}\n",
                 self.min_each,
                 self.elapsed,
                 self.short_of_target.join(", ")
