@@ -7,8 +7,12 @@ mod common;
 
 use common::workload::{assert_contains_all, read_all, Writers};
 use common::{eventually, Cluster};
-use paxosdb::client::{CasExpect, Session};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use paxosdb::client::{CasExpect, Client, ClientOptions, Session};
 use paxosdb::command::ScanRange;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,56 +77,144 @@ async fn all_nodes_killed_and_restarted_keep_every_acknowledged_write() {
     assert_contains_all(&have, &acked);
 }
 
+/// Sends `sig` to node `id`'s process (which must be running).
+fn signal(c: &Cluster, id: u64, sig: Signal) {
+    let child = c.nodes[id as usize - 1].child.as_ref().expect("node runs");
+    kill(Pid::from_raw(child.id() as i32), sig).expect("signal the node");
+}
+
+/// Metric `name` of node `id`, read from its HTTP `/metrics`.
+fn metric(c: &Cluster, id: u64, name: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(&c.nodes[id as usize - 1].http_addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until node `id` holds an admitted, unanswered client request: the request
+/// reached the node and its waiter exists. Call [`nothing_in_flight`] before sending it,
+/// so that an earlier request cannot be taken for it.
+async fn request_in_flight(c: &Cluster, id: u64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("a request in flight on node {id}"),
+        || async move { (metric(c, id, "paxosdb_inflight_bytes")? > 0).then_some(()) },
+    )
+    .await;
+}
+
+/// Waits until node `id` holds no admitted, unanswered client request.
+async fn nothing_in_flight(c: &Cluster, id: u64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("no request in flight on node {id}"),
+        || async move { (metric(c, id, "paxosdb_inflight_bytes")? == 0).then_some(()) },
+    )
+    .await;
+}
+
+/// A client of node `id` alone whose attempts end within a second.
+fn impatient_client(c: &Cluster, id: u64) -> Client {
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(1),
+        attempt_timeout: Duration::from_secs(1),
+    };
+    Client::with_options(&[c.nodes[id as usize - 1].client_addr.clone()], opts).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retried_cas_after_leader_kill_is_applied_at_most_once() {
     let mut cluster = Cluster::start(3).await;
     let c = cluster.client();
     c.put(b"counter", b"0", false).await.unwrap();
+    let (v, _) = c.get(b"counter", false).await.unwrap();
+    let before = v.unwrap().version;
 
-    // The CAS is acknowledged by the leader, which dies before the client "sees" it:
-    // the client retries the same session on another node.
+    // A CAS whose answer is lost: the followers are stopped, so the leader proposes it and
+    // waits; the client gives up (its connection is dropped) while it waits; then the
+    // followers resume and the CAS is decided and applied with nobody to answer.
     let leader = cluster.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
     let session = Session {
         client_id: 4242,
         seq: 1,
     };
-    let first = cluster
-        .client_for(leader)
-        .cas_in_session(session, b"counter", CasExpect::Value(b"0".to_vec()), b"1")
-        .await
-        .unwrap();
-    assert!(first.succeeded);
-    cluster.kill(leader);
-    let other = (1..=3).find(|id| *id != leader).unwrap();
+    nothing_in_flight(&cluster, leader).await;
+    for &f in &followers {
+        signal(&cluster, f, Signal::SIGSTOP);
+    }
+    let to_leader = cluster.client_for(leader);
+    let lost = tokio::spawn(async move {
+        to_leader
+            .cas_in_session(session, b"counter", CasExpect::Value(b"0".to_vec()), b"1")
+            .await
+    });
+    request_in_flight(&cluster, leader).await;
+    lost.abort();
+    assert!(
+        lost.await.unwrap_err().is_cancelled(),
+        "the answer was read"
+    );
+    for &f in &followers {
+        signal(&cluster, f, Signal::SIGCONT);
+    }
+    let applied = eventually(Duration::from_secs(20), "the lost CAS is applied", || {
+        let c = c.clone();
+        async move {
+            let (v, _) = c.get(b"counter", false).await.ok()?;
+            v.filter(|v| v.value == b"1")
+        }
+    })
+    .await;
+    assert!(applied.version > before);
+    // The retry, in the same session and on another node, gets the original result.
+    // Applied again, it would compare "0" with "1" and fail.
+    let other = followers[0];
     let retry = cluster
         .client_for(other)
         .cas_in_session(session, b"counter", CasExpect::Value(b"0".to_vec()), b"1")
         .await
         .unwrap();
-    // Applied twice, the retry would compare "0" with "1" and fail.
-    assert_eq!(retry, first, "the retry must get the original result");
+    assert!(
+        retry.succeeded,
+        "the retry must get the original result: {retry:?}"
+    );
+    assert_eq!(retry.version, applied.version, "{retry:?}");
     let (v, _) = c.get(b"counter", false).await.unwrap();
     let v = v.unwrap();
     assert_eq!(v.value, b"1");
-    assert_eq!(v.version, first.version, "no second write happened");
+    assert_eq!(v.version, applied.version, "no second write happened");
 
-    // A CAS sent to a leader that is killed right away, retried elsewhere until answered:
-    // whatever happened to the first attempt, the counter moves by exactly one.
-    cluster.restart(leader).await;
-    let leader2 = cluster.wait_for_leader().await;
+    // A CAS that reached a leader which is killed before it is decided (the followers are
+    // stopped), retried elsewhere in the same session: applied exactly once.
+    let leader2 = cluster.leader().await;
+    let followers2: Vec<u64> = (1..=3).filter(|&id| id != leader2).collect();
     let s2 = Session {
         client_id: 4242,
         seq: 2,
     };
-    let doomed = cluster.client_for(leader2);
+    for &f in &followers2 {
+        signal(&cluster, f, Signal::SIGSTOP);
+    }
+    nothing_in_flight(&cluster, leader2).await;
+    let doomed = impatient_client(&cluster, leader2);
     let attempt = tokio::spawn(async move {
         doomed
             .cas_in_session(s2, b"counter", CasExpect::Value(b"1".to_vec()), b"2")
             .await
     });
+    request_in_flight(&cluster, leader2).await;
     cluster.kill(leader2);
-    let _ = attempt.await; // outcome unknown: the node died
-    let survivor = (1..=3).find(|id| *id != leader2).unwrap();
+    for &f in &followers2 {
+        signal(&cluster, f, Signal::SIGCONT);
+    }
+    let first = attempt.await.unwrap();
+    assert!(first.is_err(), "answered without a majority: {first:?}");
+    let survivor = followers2[0];
     let answer = cluster
         .client_for(survivor)
         .cas_in_session(s2, b"counter", CasExpect::Value(b"1".to_vec()), b"2")
@@ -137,7 +229,9 @@ async fn retried_cas_after_leader_kill_is_applied_at_most_once() {
         .get(b"counter", false)
         .await
         .unwrap();
-    assert_eq!(v.unwrap().value, b"2");
+    let v = v.unwrap();
+    assert_eq!(v.value, b"2");
+    assert_eq!(v.version, answer.version, "applied once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,7 +11,16 @@ mod common;
 
 use common::workload::{assert_contains_all, read_all, Writers};
 use common::{eventually, Cluster, BIN};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use paxosdb::client::{Client, ClientOptions};
 use std::time::Duration;
+
+/// Sends `sig` to node `id`'s process (which must be running).
+fn signal(c: &Cluster, id: u64, sig: Signal) {
+    let child = c.nodes[id as usize - 1].child.as_ref().expect("node runs");
+    kill(Pid::from_raw(child.id() as i32), sig).expect("signal the node");
+}
 
 /// Runs the CLI against nodes `via`, expecting success; returns its stdout.
 async fn cli(c: &Cluster, via: &[u64], args: &[&str]) -> String {
@@ -154,31 +163,61 @@ async fn leader_and_new_node_killed_during_a_change() {
     let writers = Writers::start(c.client(), 2, "w/");
     writers.wait_for(20, "writes before the change").await;
 
-    // Kill the leader right after it took the change.
+    // Kill the leader after it took the change and before it could be decided: with both
+    // followers stopped (SIGSTOP), the leader proposes the stop sign (it logs so) but no
+    // majority can accept it.
     let leader = c.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
     let a4 = c.spawn_joiner(4, 1);
-    let via = c.client_for(leader);
+    // A short client timeout: the attempt ends soon after the kill, and is not sent again
+    // to the restarted leader.
+    let via = Client::with_options(
+        &[c.nodes[leader as usize - 1].client_addr.clone()],
+        ClientOptions {
+            timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(1),
+        },
+    )
+    .unwrap();
+    for &f in &followers {
+        signal(&c, f, Signal::SIGSTOP);
+    }
     let change = tokio::spawn(async move { via.change_membership(&[(4, a4)], &[]).await });
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the leader proposes the change",
+        || {
+            let log = c.log_of(leader);
+            async move { log.contains("membership change proposed").then_some(()) }
+        },
+    )
+    .await;
     c.kill(leader);
+    for &f in &followers {
+        signal(&c, f, Signal::SIGCONT);
+    }
+    // No majority accepted the change before the leader died: the client cannot have been
+    // told it succeeded. (If it says so, the change was answered before it was decided.)
     let first = change.await.unwrap();
+    assert!(
+        first.is_err(),
+        "the change was answered as done without a majority: {first:?}"
+    );
     c.restart(leader).await;
-    // Finished or dropped — and if it looks dropped it may still be in flight, so the
-    // retry is told "already a member" when the first attempt won after all.
-    // An unknown outcome is retried as a user would: until it succeeds or says so.
-    if first.is_err() {
-        let a4 = c.nodes[3].peer_addr.clone();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match c.client().change_membership(&[(4, a4.clone())], &[]).await {
-                Ok(m) => break assert_eq!(m.config_id, 2, "{m:?}"),
-                Err(e) if e.to_string().contains("already a member") => break,
-                Err(paxosdb::Error::OutcomeUnknown(e)) if attempts < 5 => {
-                    eprintln!("retrying an unknown outcome: {e}")
-                }
-                Err(e) => panic!("adding node 4 failed: {e}"),
+    // The cluster dropped the change, or finished it if the restarted leader's copy of
+    // the stop sign won the next election: the retry, as a user would make it (until it
+    // succeeds or says so), completes it either way.
+    let a4 = c.nodes[3].peer_addr.clone();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match c.client().change_membership(&[(4, a4.clone())], &[]).await {
+            Ok(m) => break assert_eq!(m.config_id, 2, "{m:?}"),
+            Err(e) if e.to_string().contains("already a member") => break,
+            Err(paxosdb::Error::OutcomeUnknown(e)) if attempts < 5 => {
+                eprintln!("retrying an unknown outcome: {e}")
             }
+            Err(e) => panic!("adding node 4 failed: {e}"),
         }
     }
     // Every old member, the restarted leader included, ends in configuration 2.

@@ -1,6 +1,7 @@
 //! `paxosdb nemesis`: starts a local cluster of this binary, runs a workload under faults,
-//! and checks the history (see `paxosdb::nemesis`). Exit code 0 when valid, 1 on a
-//! violation (the offending history's path is printed), 2 on bad usage.
+//! and checks the history (see `paxosdb::nemesis`). Exit code 0 when valid and complete, 1
+//! on a violation (the offending history's path is printed) or an incomplete run (a fault
+//! that could not be injected, a `--min-faults-each` target not reached), 2 on bad usage.
 
 use crate::error::{Error, Result};
 use crate::nemesis::{faults, LogBudget, Options, Workload};
@@ -60,6 +61,11 @@ pub struct NemesisArgs {
     /// faults).
     #[arg(long, default_value = "default")]
     pub log_budget: LogBudget,
+    /// Go on until every enabled fault was injected at least this many times, then stop;
+    /// --time-limit is then a cap, and a run that reaches it first fails (0: run for
+    /// --time-limit).
+    #[arg(long, default_value_t = 0)]
+    pub min_faults_each: usize,
     /// Also print the summary as JSON on stdout (after the text).
     #[arg(long)]
     pub json: bool,
@@ -91,6 +97,7 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
     opts.keep = a.keep;
     opts.stale_reads = a.stale_reads;
     opts.log_budget = a.log_budget;
+    opts.min_each = a.min_faults_each;
     eprintln!(
         "nemesis: seed {seed}, {} nodes, {} clients, {:?}, faults {}, {} log budget",
         a.nodes,
@@ -120,7 +127,7 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
             serde_json::to_string(&summary).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
         );
     }
-    Ok(if summary.is_valid() {
+    Ok(if summary.is_valid() && summary.is_complete() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -19,6 +19,7 @@ use crate::client::{Client, ClientOptions};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -148,7 +149,8 @@ impl ProcCluster {
 
     /// Stops node `id` for good (it was removed, or will never be added).
     pub fn retire(&mut self, id: u64) {
-        self.kill(id);
+        // Retiring a node that is already down (killed, or refused to start) is normal.
+        let _ = self.kill(id);
         self.node_mut(id).role = Role::Retired;
     }
 
@@ -345,41 +347,61 @@ impl ProcCluster {
         out
     }
 
-    /// SIGKILLs node `id` and reaps it. Returns false if it was not running.
-    pub fn kill(&mut self, id: u64) -> bool {
+    /// SIGKILLs node `id` and reaps it. An error if it was not running (already killed,
+    /// or exited by itself and not yet reaped) or the signal or the reaping failed: the
+    /// fault the caller meant did not happen as meant.
+    pub fn kill(&mut self, id: u64) -> Result<(), String> {
         let n = self.node_mut(id);
         n.paused = false;
-        match n.child.take() {
-            Some(mut child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                true
-            }
-            None => false,
+        let mut child = n
+            .child
+            .take()
+            .ok_or_else(|| format!("node {id} is not running"))?;
+        // An error here means the process had already exited (or the signal failed):
+        // either way this kill is not what stopped it.
+        let killed = child
+            .kill()
+            .map_err(|e| format!("SIGKILL to node {id} failed: {e}"));
+        let status = child
+            .wait()
+            .map_err(|e| format!("reaping node {id} failed: {e}"))?;
+        killed?;
+        // A process that exits by itself before the signal lands reports its own status.
+        match status.signal() {
+            Some(9) => Ok(()),
+            _ => Err(format!(
+                "node {id} had exited by itself ({status}) before the kill"
+            )),
         }
     }
 
-    fn signal(&mut self, id: u64, sig: Signal) -> bool {
+    fn signal(&mut self, id: u64, sig: Signal) -> Result<(), String> {
         match &self.node(id).child {
-            Some(child) => kill(Pid::from_raw(child.id() as i32), sig).is_ok(),
-            None => false,
+            Some(child) => kill(Pid::from_raw(child.id() as i32), sig)
+                .map_err(|e| format!("{sig} to node {id} failed: {e}")),
+            None => Err(format!("node {id} is not running")),
         }
     }
 
-    /// SIGSTOPs node `id`.
-    pub fn pause(&mut self, id: u64) -> bool {
-        let ok = !self.node(id).paused && self.signal(id, Signal::SIGSTOP);
-        if ok {
-            self.node_mut(id).paused = true;
+    /// SIGSTOPs node `id`. An error if it is already paused, not running, or the signal
+    /// failed.
+    pub fn pause(&mut self, id: u64) -> Result<(), String> {
+        if self.node(id).paused {
+            return Err(format!("node {id} is already paused"));
         }
-        ok
+        self.signal(id, Signal::SIGSTOP)?;
+        self.node_mut(id).paused = true;
+        Ok(())
     }
 
     /// SIGCONTs node `id`.
-    pub fn resume(&mut self, id: u64) -> bool {
-        let ok = self.node(id).paused && self.signal(id, Signal::SIGCONT);
+    pub fn resume(&mut self, id: u64) -> Result<(), String> {
+        let was = self.node(id).paused;
         self.node_mut(id).paused = false;
-        ok
+        if !was {
+            return Err(format!("node {id} is not paused"));
+        }
+        self.signal(id, Signal::SIGCONT)
     }
 
     /// Node `id`'s status, or None if it does not answer quickly.

@@ -190,7 +190,7 @@ pub async fn apply<R: Rng>(
             } else {
                 *ids.choose(rng).unwrap()
             };
-            c.kill(target);
+            c.kill(target)?;
             Ok(format!("killed node {target} (leader was {leader})"))
         }
         Fault::KillMajority => {
@@ -198,8 +198,13 @@ pub async fn apply<R: Rng>(
             victims.shuffle(rng);
             victims.truncate(n / 2 + 1);
             victims.sort();
-            for &v in &victims {
-                c.kill(v);
+            // Every victim is killed even if one fails: the others are down either way.
+            let failed: Vec<String> = victims.iter().filter_map(|&v| c.kill(v).err()).collect();
+            if !failed.is_empty() {
+                return Err(format!(
+                    "killing {victims:?} (leader was {leader}): {}",
+                    failed.join("; ")
+                ));
             }
             Ok(format!("killed nodes {victims:?} (leader was {leader})"))
         }
@@ -209,7 +214,7 @@ pub async fn apply<R: Rng>(
             } else {
                 *ids.choose(rng).unwrap()
             };
-            c.pause(target);
+            c.pause(target)?;
             Ok(format!("paused node {target} (leader was {leader})"))
         }
         _ => {
@@ -266,7 +271,7 @@ pub fn heal_all(
     let mut parts = Vec::new();
     let paused = c.paused();
     for &id in &paused {
-        c.resume(id);
+        c.resume(id)?;
     }
     if !paused.is_empty() {
         parts.push(format!("resumed {paused:?}"));

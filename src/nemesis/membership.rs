@@ -377,7 +377,9 @@ pub(super) async fn sync(c: &mut ProcCluster, shared: &Shared, events: &Events) 
         .collect();
     for id in stuck {
         if c.status(id).await.is_none() {
-            c.kill(id);
+            if let Err(e) = c.kill(id) {
+                events.log("error", format!("restarting stuck joiner {id}: {e}"));
+            }
             match c.spawn(id) {
                 Ok(()) => events.log(
                     "membership",

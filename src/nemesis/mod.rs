@@ -31,6 +31,12 @@
 //! install states. The summary counts the state transfers the node logs show
 //! ([`StateTransfers`]) under either budget.
 //!
+//! A run lasts `time_limit`, or with [`Options::min_each`] until every enabled fault was
+//! injected that many times, the time limit then being a cap: a run that hits the cap
+//! first, or in which a fault could not be injected (a kill or pause that failed, a
+//! firewall rule refused), is reported incomplete ([`Summary::is_complete`]) and fails
+//! the command like a violation, because it did not test what it says it did.
+//!
 //! A violation keeps the run directory (node logs and data) and writes `violation.json`
 //! there with the offending per-key histories.
 
@@ -196,6 +202,10 @@ pub struct Options {
     pub stale_reads: bool,
     /// The servers' log compaction settings.
     pub log_budget: LogBudget,
+    /// Go on until every enabled fault has been injected at least this many times, then
+    /// stop (0: run for `time_limit`). With it, `time_limit` is only a cap: a run that
+    /// reaches it first is incomplete ([`Summary::short_of_target`]).
+    pub min_each: usize,
 }
 
 impl Options {
@@ -217,6 +227,7 @@ impl Options {
             verbose: true,
             stale_reads: false,
             log_budget: LogBudget::Default,
+            min_each: 0,
         }
     }
 }
@@ -266,6 +277,18 @@ pub struct Summary {
     /// Membership changes made by the membership nemesis.
     #[serde(default)]
     pub membership: MembershipStats,
+    /// Faults that could not be injected as meant (a kill of a node that was not running,
+    /// a signal or a firewall rule that failed, a membership change not sent), with why.
+    /// Each makes the run incomplete: it did not test what it says.
+    #[serde(default)]
+    pub injection_errors: Vec<String>,
+    /// [`Options::min_each`] of the run (0: it ran for its time limit).
+    #[serde(default)]
+    pub min_each: usize,
+    /// With `min_each`: each fault injected fewer times than that before the run hit its
+    /// cap (the time limit), with its count. Makes the run incomplete.
+    #[serde(default)]
+    pub short_of_target: Vec<String>,
     pub run_dir: PathBuf,
     pub violation_file: Option<PathBuf>,
 }
@@ -282,6 +305,13 @@ impl Summary {
             && self.crashes.is_empty()
             && self.membership.failed_but_applied == 0
             && self.membership.unresolved == 0
+    }
+
+    /// True when the nemesis did what it was asked: every fault it drew was injected, and
+    /// with `min_each` every enabled fault reached that count before the cap. A run can be
+    /// valid and incomplete; only a valid and complete one passes.
+    pub fn is_complete(&self) -> bool {
+        self.injection_errors.is_empty() && self.short_of_target.is_empty()
     }
 
     /// Faults injected of a family.
@@ -380,6 +410,20 @@ impl Summary {
         if let Some(f) = &self.violation_file {
             s += &format!("violation history: {}\n", f.display());
         }
+        for e in &self.injection_errors {
+            s += &format!("INJECTION FAILED: {e}\n");
+        }
+        if !self.short_of_target.is_empty() {
+            s += &format!(
+                "TARGET NOT REACHED (each fault {} times) before the time limit, at {:.1}s: {}\n",
+                self.min_each,
+                self.elapsed,
+                self.short_of_target.join(", ")
+            );
+        }
+        if !self.is_complete() {
+            s += "nemesis: INCOMPLETE\n";
+        }
         s += &format!(
             "verdict: {}\n",
             if self.is_valid() { "VALID" } else { "INVALID" }
@@ -406,6 +450,8 @@ struct Events {
     list: Mutex<Vec<Event>>,
     crashes: Mutex<Vec<String>>,
     membership: Mutex<MembershipStats>,
+    /// Faults that could not be injected (see [`Summary::injection_errors`]).
+    errors: Mutex<Vec<String>>,
 }
 
 impl Events {
@@ -429,6 +475,13 @@ impl Events {
             self.log("crash", what.clone());
             self.crashes.lock().unwrap().push(what);
         }
+    }
+
+    /// A fault that could not be injected: logged, and reported in the summary.
+    fn injection_failed(&self, fault: Fault, why: String) {
+        let what = format!("{fault}: {why}");
+        self.log("error", what.clone());
+        self.errors.lock().unwrap().push(what);
     }
 
     fn log(&self, kind: &str, detail: String) {
@@ -463,7 +516,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     ));
     std::fs::create_dir_all(&run_dir)?;
     let result = run_in(opts, run_dir.clone()).await;
-    let keep = opts.keep || !matches!(&result, Ok(s) if s.is_valid());
+    let keep = opts.keep || !matches!(&result, Ok(s) if s.is_valid() && s.is_complete());
     if !keep {
         let _ = std::fs::remove_dir_all(&run_dir);
     } else if opts.verbose {
@@ -509,6 +562,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         list: Mutex::new(Vec::new()),
         crashes: Mutex::new(Vec::new()),
         membership: Mutex::new(MembershipStats::default()),
+        errors: Mutex::new(Vec::new()),
     };
     let endpoints = cluster.lock().await.endpoints();
     let set_generations = opts.time_limit.as_secs() / workload::SET_GENERATION.as_secs() + 1;
@@ -650,6 +704,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             Err(e) => (None, Some(format!("the checker failed: {e}"))),
         };
     let crashes = events.crashes.into_inner().unwrap();
+    let injection_errors = events.errors.into_inner().unwrap();
     let membership = events.membership.into_inner().unwrap();
     let events = events.list.into_inner().unwrap();
     let mut injected = BTreeMap::new();
@@ -658,6 +713,16 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             *injected.entry(e.kind.clone()).or_insert(0) += 1;
         }
     }
+    let short_of_target: Vec<String> = if opts.min_each == 0 {
+        Vec::new()
+    } else {
+        faults
+            .iter()
+            .map(|f| (f.name(), injected.get(f.name()).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n < opts.min_each)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect()
+    };
     let mut summary = Summary {
         seed: opts.seed,
         nodes: opts.nodes,
@@ -679,6 +744,9 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         crashes,
         state_transfers,
         membership,
+        injection_errors,
+        min_each: opts.min_each,
+        short_of_target,
         run_dir: run_dir.clone(),
         violation_file: None,
     };
@@ -864,8 +932,10 @@ async fn sleep_until_or_stop(until: Instant, shared: &Shared) {
     }
 }
 
-/// Injects faults until the run stops: fault, wait, heal, wait. Faults are drawn from a
-/// shuffled bag so that every enabled fault runs before any repeats; with several
+/// Injects faults until the run stops: fault, wait, heal, wait. With
+/// [`Options::min_each`], the run stops once every enabled fault was injected that many
+/// times (a fault whose injection failed does not count, and is drawn again). Faults are
+/// drawn from a shuffled bag so that every enabled fault runs before any repeats; with several
 /// families enabled, one round in three adds a second fault of another family. A
 /// membership change is sent first when its fault comes first, and the round's other
 /// fault follows within 400 ms, so that it hits the cluster during the change; the change
@@ -887,6 +957,14 @@ async fn nemesis_loop(
     }
     let families: BTreeSet<Family> = faults.iter().map(|f| f.family()).collect();
     let mut bag: Vec<Fault> = Vec::new();
+    // Successful injections so far, for `min_each`.
+    let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
+    let target_reached = |injected: &BTreeMap<Fault, usize>| {
+        opts.min_each > 0
+            && faults
+                .iter()
+                .all(|f| injected.get(f).copied().unwrap_or(0) >= opts.min_each)
+    };
     // Let the workload get going before the first fault.
     sleep_until_or_stop(Instant::now() + opts.heal_duration / 2, shared).await;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -895,7 +973,15 @@ async fn nemesis_loop(
             break;
         }
         if bag.is_empty() {
-            bag = faults.to_vec();
+            // With a target, only the faults still short of it (a failed injection is
+            // drawn again); without, all of them.
+            bag = faults
+                .iter()
+                .copied()
+                .filter(|f| {
+                    opts.min_each == 0 || injected.get(f).copied().unwrap_or(0) < opts.min_each
+                })
+                .collect();
             bag.shuffle(rng);
         }
         let first = bag.pop().unwrap();
@@ -919,9 +1005,10 @@ async fn nemesis_loop(
                     match membership::begin(f, &mut c, events, rng).await {
                         Ok((inflight, what)) => {
                             events.log(f.name(), what);
+                            *injected.entry(f).or_insert(0) += 1;
                             change = Some(inflight);
                         }
-                        Err(e) => events.log("error", format!("{f}: {e}")),
+                        Err(e) => events.injection_failed(f, e.to_string()),
                     }
                     if i + 1 < n {
                         let delay = Duration::from_millis(rng.gen_range(0..=400));
@@ -930,8 +1017,11 @@ async fn nemesis_loop(
                     continue;
                 }
                 match faults::apply(f, &mut c, firewall, rng).await {
-                    Ok(what) => events.log(f.name(), what),
-                    Err(e) => events.log("error", format!("{f}: {e}")),
+                    Ok(what) => {
+                        events.log(f.name(), what);
+                        *injected.entry(f).or_insert(0) += 1;
+                    }
+                    Err(e) => events.injection_failed(f, e),
                 }
             }
         }
@@ -950,6 +1040,13 @@ async fn nemesis_loop(
         }
         if let Some(inflight) = change {
             membership::finish(inflight, cluster, shared, events).await;
+        }
+        if target_reached(&injected) {
+            // Every fault ran often enough: the workload sees the healed cluster for a
+            // moment, then the run ends.
+            sleep_until_or_stop(Instant::now() + opts.heal_duration / 2, shared).await;
+            shared.stop.store(true, Ordering::Relaxed);
+            break;
         }
         sleep_until_or_stop(Instant::now() + opts.heal_duration, shared).await;
     }
