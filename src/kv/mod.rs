@@ -657,4 +657,4 @@ impl StateMachine for KvStore {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod transfer_tests;
+pub(crate) mod transfer_tests;
