@@ -98,16 +98,16 @@ async fn send(s: &mut TcpStream, msg: &PeerMsg) {
     s.flush().await.unwrap();
 }
 
-/// Node 2 closed this connection (within 3 s).
+/// Node 2 closed this connection (within [`SOON`]).
 async fn closed_by_node2(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 16];
     matches!(
-        tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await,
+        tokio::time::timeout(SOON, s.read(&mut buf)).await,
         Ok(Ok(0)) | Ok(Err(_))
     )
 }
 
-const SOON: Duration = Duration::from_secs(3);
+const SOON: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(300);
 
 /// The FIFO invariant: once a peer has a newer connection, what its older connection
