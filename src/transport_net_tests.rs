@@ -142,15 +142,19 @@ async fn an_older_connections_reader_delivers_nothing_once_a_newer_one_exists() 
 }
 
 /// Node 1's real sender: its connection breaks on the wire, it reconnects, tells its node,
-/// and what it sends afterwards arrives, in order, with nothing older after it.
+/// and what it sends afterwards arrives, in order. The note the break caught is still in
+/// flight on the old connection and reaches node 2 only after the newer ones did: node 2
+/// must drop it, not deliver it out of order (the FIFO invariant, end to end).
 #[tokio::test]
 async fn a_reconnect_after_a_broken_connection_delivers_later_messages_in_order() {
     let (addr2, rx) = node2().await;
-    // Frame 0 is the hello, frames 1..=5 are notes 1..=5: the connection breaks at note 6.
-    let proxy = Proxy::start(
+    // Frame 0 is the hello, frames 1..=5 are notes 1..=5: the connection breaks at note 6,
+    // which the proxy delivers on the old connection HOLD later.
+    const HOLD: Duration = Duration::from_secs(3);
+    let mut proxy = Proxy::start(
         addr2,
         Arc::new(|conn, dir, frame| match (conn, dir, frame) {
-            (0, Dir::ToServer, 6) => Action::Cut,
+            (0, Dir::ToServer, 6) => Action::Hold(HOLD),
             _ => Action::Forward,
         }),
     )
@@ -171,7 +175,7 @@ async fn a_reconnect_after_a_broken_connection_delivers_later_messages_in_order(
             },
         )
     };
-    for n in 1..=5 {
+    for n in 1..=6 {
         send_note(n);
     }
     let mut got = Vec::new();
@@ -181,10 +185,11 @@ async fn a_reconnect_after_a_broken_connection_delivers_later_messages_in_order(
         got.push(n);
     }
     assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    proxy.wait_seen(0, Dir::ToServer, 6).await;
+    let held = Instant::now();
 
     // Keep sending until node 1 is told the connection came back.
-    let started = Instant::now();
-    let mut n = 5;
+    let mut n = 6;
     loop {
         n += 1;
         send_note(n);
@@ -192,20 +197,37 @@ async fn a_reconnect_after_a_broken_connection_delivers_later_messages_in_order(
         match rx1.try_recv() {
             Ok(Event::Reconnected(2)) => break,
             Ok(_) => panic!("node 1 got an event other than Reconnected(2)"),
-            Err(_) => assert!(started.elapsed() < SOON, "no reconnect"),
+            Err(_) => assert!(
+                held.elapsed() < HOLD / 2,
+                "no reconnect while note 6 was held"
+            ),
         }
     }
     let last_before = n;
     for m in last_before + 1..=last_before + 10 {
         send_note(m);
     }
-    while let Some((from, m)) = next_note(&rx, QUIET).await {
+    while got.last() != Some(&(last_before + 10)) {
+        let (from, m) = next_note(&rx, SOON).await.expect("the later notes arrive");
+        assert_eq!(from, 1);
+        got.push(m);
+    }
+    assert!(
+        held.elapsed() < HOLD,
+        "the later notes arrived while note 6 was held"
+    );
+    // Now note 6 reaches node 2 on the old connection; it must not be delivered.
+    tokio::time::sleep(HOLD.saturating_sub(held.elapsed())).await;
+    while let Some((from, m)) = next_note(&rx, Duration::from_millis(500)).await {
         assert_eq!(from, 1);
         got.push(m);
     }
     // Lost around the break, maybe; reordered or repeated, never.
     assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
-    assert!(!got.contains(&6), "note 6 was cut on the wire: {got:?}");
+    assert!(
+        !got.contains(&6),
+        "note 6 came on the old connection: {got:?}"
+    );
     let after: Vec<u64> = got.iter().copied().filter(|&m| m > last_before).collect();
     assert_eq!(
         after,
