@@ -140,7 +140,7 @@ async fn a_fetch_over_tcp_copies_data_versions_and_sessions() {
     let (_pa, a, _pb, mut b, (retry, answer)) = stores();
     let live = dump(&b);
     let (addr, _server) = serve_state(Arc::new(a.clone())).await;
-    let (res, took) = fetch(addr, &b, NO_STALL).await;
+    let (res, _) = fetch(addr, &b, NO_STALL).await;
     assert_eq!(res.unwrap(), a.applied_index());
     assert_eq!(dump(&b), live, "a fetch only stages");
     b.install_staged().unwrap();
@@ -149,7 +149,6 @@ async fn a_fetch_over_tcp_copies_data_versions_and_sessions() {
     assert!(inactive_is_empty(&b));
     // The sessions came along: a retry on the receiver gets the original answer.
     assert_eq!(apply(&mut b, &[retry]), vec![answer]);
-    eprintln!("transfer of {} MB took {took:?}", 5);
 }
 
 /// Stops an export after `after` parts until released (the serving side is then stuck
