@@ -22,6 +22,8 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+pub(crate) mod fault_proxy;
 pub mod kv;
 pub mod membership;
 pub mod metrics;

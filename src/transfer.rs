@@ -16,7 +16,8 @@
 //!   complete, verified staged state in one atomic switch; a broken connection, a bad CRC,
 //!   a missing end frame or a wrong digest fails the fetch, and the next fetch starts
 //!   over with an empty staging area;
-//! - a stalled transfer fails after [`STALL`] without a frame.
+//! - a stalled transfer fails after [`STALL`] without a frame ([`fetch_with_stall`] takes
+//!   another limit; only tests use it).
 
 use crate::command::NodeId;
 use crate::error::{Error, Result};
@@ -85,7 +86,19 @@ pub async fn serve(
 }
 
 /// Fetches `peer`'s state at `addr` into `kv`'s staging area; returns its applied index.
+/// Fails after [`STALL`] without a frame.
 pub async fn fetch(addr: &str, cfg: &TransportConfig, peer: NodeId, kv: KvStore) -> Result<u64> {
+    fetch_with_stall(addr, cfg, peer, kv, STALL).await
+}
+
+/// [`fetch`], failing once no frame arrived for `stall` (tests use a short one).
+pub async fn fetch_with_stall(
+    addr: &str,
+    cfg: &TransportConfig,
+    peer: NodeId,
+    kv: KvStore,
+    stall: Duration,
+) -> Result<u64> {
     let started = Instant::now();
     let stream = transport::dial(addr, cfg, peer).await?;
     let (r, w) = tokio::io::split(stream);
@@ -97,10 +110,10 @@ pub async fn fetch(addr: &str, cfg: &TransportConfig, peer: NodeId, kv: KvStore)
     let mut importer = Some(blocking(move || kv.importer()).await?);
     let mut bytes = 0u64;
     loop {
-        let part: StatePart = tokio::time::timeout(STALL, read_frame(&mut r, cfg.max_frame))
+        let part: StatePart = tokio::time::timeout(stall, read_frame(&mut r, cfg.max_frame))
             .await
             .map_err(|_| {
-                Error::Unavailable(format!("no state frame from node {peer} for {STALL:?}"))
+                Error::Unavailable(format!("no state frame from node {peer} for {stall:?}"))
             })?
             .map_err(|e| Error::Unavailable(format!("state stream from node {peer}: {e}")))?;
         let mut imp = importer.take().expect("importer present until the end");
@@ -238,3 +251,7 @@ pub async fn join(join: &str, cfg: &TransportConfig, kv: &mut KvStore) -> Result
     }
     unreachable!("the join loop only ends by returning")
 }
+
+#[cfg(test)]
+#[path = "transfer_net_tests.rs"]
+mod net_tests;

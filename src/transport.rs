@@ -801,3 +801,7 @@ mod tests {
         assert!(net.take_oversized().is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "transport_net_tests.rs"]
+mod net_tests;

@@ -16,7 +16,12 @@
 //! - Sessions expire deterministically: a session not used in the last
 //!   [`SESSION_TTL_ENTRIES`] log entries is forgotten (swept every [`SESSION_SWEEP_EVERY`]
 //!   entries, by log index, never by clock), so the session table stays bounded. A retry
-//!   arriving after that would be applied again; clients retry within seconds.
+//!   arriving after that would be applied again; clients retry within seconds. Exactly: a
+//!   session last used by the entry at index `L` is swept by the entry at `L + TTL + 1`,
+//!   after that entry's own commands ran, and answering a duplicate (a retry, or the same
+//!   command decided in two entries) does not count as a use; so a duplicate decided at
+//!   `L + TTL + 1` at the latest gets the remembered answer, one decided later is applied
+//!   again.
 //! - Every applied write that changes a key takes the next revision; a key's version is the
 //!   revision of its last write (an absent key has version 0).
 //! - A node that fell behind a compacted log receives a peer's whole state instead
@@ -657,4 +662,4 @@ impl StateMachine for KvStore {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod transfer_tests;
+pub(crate) mod transfer_tests;

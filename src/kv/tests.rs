@@ -597,6 +597,88 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
     );
 }
 
+/// Issue #14: session expiry meets a duplicate — a client's retry, or the same command
+/// proposed twice and decided in two log entries (the state machine cannot tell them
+/// apart). A session last used by the entry at index `L` is swept by the entry at
+/// `L + SESSION_TTL_ENTRIES + 1`, after that entry's own commands ran; a recognised
+/// duplicate does not count as a use. So a duplicate decided at `L + TTL + 1` at the latest
+/// is suppressed (the original answer, no second effect), and one decided at
+/// `L + TTL + 2` or later is applied again.
+mod duplicates_and_expiry {
+    use super::super::SESSION_TTL_ENTRIES as TTL;
+    use super::*;
+
+    fn incr(client_id: u64) -> Command {
+        Command {
+            client_id,
+            seq: 1,
+            op: WriteOp::Incr {
+                key: b"n".to_vec(),
+                delta: 1,
+            },
+        }
+    }
+
+    fn apply(kv: &mut KvStore, cmds: &[Command]) -> Vec<WriteResult> {
+        kv.apply(kv.applied_index(), cmds).unwrap()
+    }
+
+    fn counter(kv: &KvStore) -> i64 {
+        let v = kv.get(b"n").unwrap().0.unwrap().value;
+        String::from_utf8(v).unwrap().parse().unwrap()
+    }
+
+    /// Empty entries until the next one applied has index `index`.
+    fn skip_to(kv: &mut KvStore, index: u64) {
+        while kv.applied_index() < index {
+            apply(kv, &[]);
+        }
+    }
+
+    fn answer(value: i64, version: u64) -> WriteResult {
+        WriteResult::Incr { value, version }
+    }
+
+    /// Client 1 increments at entry 0, client 2 at entry 1; client 1 retries at
+    /// entry 100 000, which is suppressed and does not extend its session.
+    fn history() -> KvStore {
+        let mut kv = KvStore::open_memory(Default::default()).unwrap();
+        assert_eq!(apply(&mut kv, &[incr(1)]), vec![answer(1, 1)]);
+        assert_eq!(apply(&mut kv, &[incr(2)]), vec![answer(2, 2)]);
+        skip_to(&mut kv, 100_000);
+        assert_eq!(apply(&mut kv, &[incr(1)]), vec![answer(1, 1)], "a retry");
+        assert_eq!(counter(&kv), 2);
+        kv
+    }
+
+    #[test]
+    fn a_duplicate_just_before_its_session_expires_is_suppressed() {
+        let mut kv = history();
+        // Client 1's session (last used at 0) lives through entry TTL + 1.
+        skip_to(&mut kv, TTL + 1);
+        assert_eq!(apply(&mut kv, &[incr(1)]), vec![answer(1, 1)]);
+        assert_eq!(counter(&kv), 2, "no second increment");
+        // Client 2's (last used at 1) through TTL + 2, though client 1's ended at TTL + 1.
+        assert_eq!(apply(&mut kv, &[incr(2)]), vec![answer(2, 2)]);
+        assert_eq!(counter(&kv), 2);
+    }
+
+    #[test]
+    fn a_duplicate_after_its_session_expired_is_applied_again() {
+        let mut kv = history();
+        // The retry at entry 100 000 did not extend the session: it ended at TTL + 1.
+        skip_to(&mut kv, TTL + 2);
+        let again = apply(&mut kv, &[incr(1)]);
+        assert_eq!(again, vec![answer(3, 3)], "applied a second time");
+        assert_eq!(counter(&kv), 3);
+        // It opened a new session: a duplicate right after is suppressed again.
+        assert_eq!(apply(&mut kv, &[incr(1)]), vec![answer(3, 3)]);
+        // Client 2's session ended with entry TTL + 2: its duplicate counts again too.
+        assert_eq!(apply(&mut kv, &[incr(2)]), vec![answer(4, 4)]);
+        assert_eq!(counter(&kv), 4);
+    }
+}
+
 #[test]
 fn a_seq_reused_for_a_different_command_is_rejected_not_answered_with_the_old_result() {
     let mut kv = KvStore::open_memory(Default::default()).unwrap();

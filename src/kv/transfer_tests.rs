@@ -10,20 +10,20 @@ use crate::storage::db::open_db;
 use std::sync::{Arc, RwLock};
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Rocks,
     Memory,
 }
 
 /// Where a store lives, so that it can be reopened.
-struct Place {
+pub(crate) struct Place {
     kind: Kind,
     dir: tempfile::TempDir,
     mem: Arc<RwLock<MemSpaces>>,
 }
 
 impl Place {
-    fn new(kind: Kind) -> Place {
+    pub(crate) fn new(kind: Kind) -> Place {
         Place {
             kind,
             dir: tempfile::tempdir().unwrap(),
@@ -32,7 +32,7 @@ impl Place {
     }
 
     /// Opens the store (again: drop every clone of the previous one first).
-    fn open(&self) -> KvStore {
+    pub(crate) fn open(&self) -> KvStore {
         match self.kind {
             Kind::Rocks => KvStore::open(open_db(&self.dir.path().join("db")).unwrap()).unwrap(),
             Kind::Memory => KvStore::open_memory(self.mem.clone()).unwrap(),
@@ -55,11 +55,11 @@ macro_rules! both {
     };
 }
 
-fn cmd(client_id: u64, seq: u64, op: WriteOp) -> Command {
+pub(crate) fn cmd(client_id: u64, seq: u64, op: WriteOp) -> Command {
     Command { client_id, seq, op }
 }
 
-fn put(key: &str, value: &str) -> WriteOp {
+pub(crate) fn put(key: &str, value: &str) -> WriteOp {
     WriteOp::Put {
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
@@ -68,14 +68,14 @@ fn put(key: &str, value: &str) -> WriteOp {
 }
 
 /// Applies one entry at the next index.
-fn apply(kv: &mut KvStore, commands: &[Command]) -> Vec<WriteResult> {
+pub(crate) fn apply(kv: &mut KvStore, commands: &[Command]) -> Vec<WriteResult> {
     let index = kv.applied_index();
     kv.apply(index, commands).unwrap()
 }
 
 /// Puts, overwrites, deletes, a multi-put, an increment, from several sessions. Returns
 /// a command of a session and its result, to retry later.
-fn populate(kv: &mut KvStore, tag: &str) -> (Command, WriteResult) {
+pub(crate) fn populate(kv: &mut KvStore, tag: &str) -> (Command, WriteResult) {
     apply(kv, &[cmd(1, 1, put("a", tag)), cmd(2, 1, put("b", "x"))]);
     apply(kv, &[cmd(1, 2, put("a", &format!("{tag}-2")))]);
     let del = WriteOp::Delete {
@@ -106,7 +106,7 @@ fn populate(kv: &mut KvStore, tag: &str) -> (Command, WriteResult) {
 }
 
 /// The whole state as exported (both spaces, raw, and the applied index).
-fn dump(kv: &KvStore) -> Vec<StatePart> {
+pub(crate) fn dump(kv: &KvStore) -> Vec<StatePart> {
     let mut parts = Vec::new();
     kv.export(&mut |p| {
         parts.push(p);
@@ -138,7 +138,7 @@ fn stage(from: &KvStore, to: &KvStore) -> u64 {
 }
 
 /// Every row, page by page (a scan stops at about `MAX_SCAN_BYTES`).
-fn all_rows(kv: &KvStore) -> Vec<KeyValue> {
+pub(crate) fn all_rows(kv: &KvStore) -> Vec<KeyValue> {
     let mut all: Vec<KeyValue> = Vec::new();
     loop {
         let from = all.last().map_or(vec![], |r| [&r.key[..], &[0]].concat());
@@ -152,7 +152,7 @@ fn all_rows(kv: &KvStore) -> Vec<KeyValue> {
 }
 
 /// The two stores hold the same state, byte for byte, and answer reads alike.
-fn assert_same(a: &KvStore, b: &KvStore) {
+pub(crate) fn assert_same(a: &KvStore, b: &KvStore) {
     assert_eq!(dump(a), dump(b));
     assert_eq!(all_rows(a), all_rows(b));
     assert_eq!(a.applied_index(), b.applied_index());
@@ -161,7 +161,7 @@ fn assert_same(a: &KvStore, b: &KvStore) {
 }
 
 /// Nothing is left in the inactive slot.
-fn inactive_is_empty(kv: &KvStore) -> bool {
+pub(crate) fn inactive_is_empty(kv: &KvStore) -> bool {
     match &kv.backend {
         Backend::Rocks(r) => [Space::Kv, Space::Sm].into_iter().all(|s| {
             let cf = r.cf(1 - r.live(), s);
