@@ -18,7 +18,7 @@ fn cfg(id: NodeId) -> TransportConfig {
         max_frame: LIMIT,
         max_queue_bytes: 1 << 20,
         bind_ip: None,
-        incarnation: id,
+        incarnation: id,        tls: None,
     }
 }
 
