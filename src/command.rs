@@ -75,18 +75,33 @@ pub enum WriteOp {
         delta: i64,
     },
     /// Appends `suffix` to the key's value (absent = empty), unless the value would then
-    /// be longer than `max_len` (the proposing node's value limit, carried in the command
-    /// so that every node decides the same, whatever its own configuration).
+    /// be longer than [`LEGACY_APPEND_MAX`]. Only in logs written before [`WriteOp::AppendUpTo`]
+    /// existed; nothing proposes it any more (kept so that such logs still decode and apply
+    /// as they did).
     Append {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        suffix: Vec<u8>,
+    },
+    /// Stores every pair, atomically (all in one apply).
+    MultiPut { pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    /// Appends `suffix` to the key's value (absent = empty), unless the value would then
+    /// be longer than `max_len` (the proposing node's value limit, carried in the command
+    /// so that every node decides the same, whatever its own configuration). A new variant
+    /// at the end, so that log entries written before it decode unchanged.
+    AppendUpTo {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
         suffix: Vec<u8>,
         max_len: u64,
     },
-    /// Stores every pair, atomically (all in one apply).
-    MultiPut { pairs: Vec<(Vec<u8>, Vec<u8>)> },
 }
+
+/// The largest value a legacy [`WriteOp::Append`] may produce (what apply decided before
+/// appends carried their limit).
+pub const LEGACY_APPEND_MAX: u64 = 16 * 1024 * 1024;
 
 /// When a [`WriteOp::Set`] applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +126,8 @@ impl WriteOp {
             | WriteOp::Cas { key, .. }
             | WriteOp::Set { key, .. }
             | WriteOp::Incr { key, .. }
-            | WriteOp::Append { key, .. } => vec![key],
+            | WriteOp::Append { key, .. }
+            | WriteOp::AppendUpTo { key, .. } => vec![key],
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
         }
     }
@@ -134,7 +150,9 @@ impl WriteOp {
             }
             WriteOp::Set { key, value, .. } => key.len() + value.len() + 16,
             WriteOp::Incr { key, .. } => key.len() + 24,
-            WriteOp::Append { key, suffix, .. } => key.len() + suffix.len() + 24,
+            WriteOp::Append { key, suffix } | WriteOp::AppendUpTo { key, suffix, .. } => {
+                key.len() + suffix.len() + 24
+            }
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum(),
         }
     }
@@ -296,7 +314,8 @@ impl Limits {
         }
         match op {
             WriteOp::Put { value, .. } | WriteOp::Set { value, .. } => self.check_value(value),
-            WriteOp::Append {
+            WriteOp::Append { suffix, .. } => self.check_value(suffix),
+            WriteOp::AppendUpTo {
                 suffix, max_len, ..
             } => {
                 if *max_len > self.max_value as u64 {

@@ -95,8 +95,9 @@ pub struct Config {
     /// (0 = never).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
-    /// An HTTP request whose headers have not all arrived this many milliseconds after its
-    /// first byte is refused, and the connection closed.
+    /// An HTTP connection must deliver each request's headers within this many
+    /// milliseconds of the server starting to wait for them (so an idle keep-alive
+    /// connection is also closed after this long); otherwise it is closed.
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
     /// Most bytes of client writes this node holds at once (queued for the node thread,
@@ -383,17 +384,19 @@ impl Config {
                 self.max_frame_bytes
             ));
         }
-        if self.max_connections == 0 || self.max_inflight_bytes == 0 || self.max_reply_bytes == 0 {
-            return bad(
-                "max_connections, max_inflight_bytes and max_reply_bytes must be positive".into(),
-            );
+        // (A write larger than max_inflight_bytes is still admitted into an empty budget.)
+        if self.max_connections == 0
+            || self.max_inflight_bytes == 0
+            || self.max_reply_bytes == 0
+            || self.max_peer_queue_bytes == 0
+        {
+            return bad("max_connections, max_inflight_bytes, max_reply_bytes and \
+                 max_peer_queue_bytes must be positive"
+                .into());
         }
-        // One write of the largest size must be admissible.
-        if self.max_inflight_bytes < (2 * self.max_value_size + self.max_key_size) as u64 {
+        if self.max_frame_bytes > u32::MAX as usize {
             return bad(
-                "max_inflight_bytes must hold at least one write of the largest size \
-                 (2 × max_value_size + max_key_size)"
-                    .into(),
+                "max_frame_bytes must be below 4 GiB (frames carry a 32-bit length)".into(),
             );
         }
         Ok(())

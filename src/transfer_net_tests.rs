@@ -35,7 +35,8 @@ fn fetch_cfg() -> TransportConfig {
         max_frame: 16 << 20,
         max_queue_bytes: 64 << 20,
         bind_ip: None,
-        incarnation: 2,        tls: None,
+        incarnation: 2,
+        tls: None,
     }
 }
 

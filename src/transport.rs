@@ -54,8 +54,14 @@ use tokio::sync::mpsc as tmpsc;
 use tokio::sync::Semaphore;
 
 const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
-const PROTOCOL_VERSION: u32 = 3;
+const PROTOCOL_VERSION: u32 = 4;
 const QUEUE_PER_PEER: usize = 16 * 1024;
+/// How long a peer may take for the TLS handshake, and again for its hello.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+/// Peer connections that have not yet passed the handshake and the hello checks: beyond
+/// this many, a new connection is closed at once (a connect flood must not use up the
+/// file descriptors RocksDB needs).
+const MAX_UNAUTHENTICATED: usize = 64;
 /// Largest [`Hello`] frame accepted, in bytes.
 pub const MAX_HELLO_FRAME: usize = 64 * 1024;
 
@@ -193,7 +199,11 @@ pub async fn dial(addr: &str, cfg: &TransportConfig, to: NodeId) -> std::io::Res
     let tcp = connect(addr, cfg.bind_ip).await?;
     let _ = tcp.set_nodelay(true);
     Ok(match &cfg.tls {
-        Some(tls) => Box::new(tls.connect(tcp, to).await?),
+        Some(tls) => Box::new(
+            tokio::time::timeout(HANDSHAKE, tls.connect(tcp, to))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
+        ),
         None => Box::new(tcp),
     })
 }
@@ -541,6 +551,7 @@ pub async fn accept_loop(
     let inbox = Arc::new(Semaphore::new(
         cfg.max_queue_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
     ));
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     let cfg = Arc::new(cfg);
     // The connection tasks live in this set: when the accept loop is aborted (shutdown),
     // dropping the set aborts them too, so none keeps the node's database open.
@@ -554,6 +565,10 @@ pub async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(pending) = unauthenticated.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "too many peer connections in their handshake; closed");
+            continue;
         };
         let (cfg, events, table, check, source, membership, inbox) = (
             cfg.clone(),
@@ -573,7 +588,7 @@ pub async fn accept_loop(
                 membership: &membership,
                 inbox: &inbox,
             };
-            if let Err(e) = serve_peer(stream, peer, source).await {
+            if let Err(e) = serve_peer(stream, peer, source, pending).await {
                 tracing::warn!(%remote, "peer connection closed: {e}");
             }
         });
@@ -595,6 +610,7 @@ async fn serve_peer(
     stream: TcpStream,
     p: Peer<'_>,
     source: Arc<dyn StateSource>,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), String> {
     let Peer {
         cfg,
@@ -609,7 +625,7 @@ async fn serve_peer(
     // cluster; its identity is checked against the hello below.
     let (stream, cert): (PeerStream, _) = match &cfg.tls {
         Some(tls) => {
-            let (s, cert) = tokio::time::timeout(Duration::from_secs(5), tls.accept(stream))
+            let (s, cert) = tokio::time::timeout(HANDSHAKE, tls.accept(stream))
                 .await
                 .map_err(|_| "no TLS handshake within 5s".to_string())?
                 .map_err(|e| format!("TLS handshake refused: {e}"))?;
@@ -658,6 +674,8 @@ async fn serve_peer(
     }
     let from = hello.from;
     check(from, hello.incarnation)?;
+    // Past the checks: this connection no longer counts as one in its handshake.
+    drop(pending);
     if hello.purpose == Purpose::FetchState {
         tracing::info!(
             peer = from,

@@ -18,7 +18,8 @@ fn cfg(id: NodeId) -> TransportConfig {
         max_frame: LIMIT,
         max_queue_bytes: 1 << 20,
         bind_ip: None,
-        incarnation: id,        tls: None,
+        incarnation: id,
+        tls: None,
     }
 }
 

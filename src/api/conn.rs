@@ -9,8 +9,9 @@
 //! which the server raises to its hard limit at start.
 //!
 //! [`Guarded`] wraps an accepted stream: it holds the connection's place in the limit and
-//! fails a read with `TimedOut` once nothing has been read or written for the idle timeout,
-//! which ends the connection in every protocol server.
+//! fails a read or a write with `TimedOut` once nothing has been read or written for the
+//! idle timeout (a client that sends nothing, or stops reading its replies), which ends
+//! the connection in every protocol server.
 //!
 //! Invariants:
 //! - open client connections never exceed the limit: a place is taken before the
@@ -191,6 +192,19 @@ impl<S> Guarded<S> {
             d.as_mut().reset(Instant::now() + idle);
         }
     }
+
+    /// After the inner stream said `Pending`: the idle deadline, if it has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        let d = self.deadline.as_mut()?;
+        if d.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.metrics.connections_timed_out.fetch_add(1, Relaxed);
+        Some(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client connection idle for too long (sending nothing, or reading nothing)",
+        ))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
@@ -207,18 +221,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => {
-                if let Some(d) = self.deadline.as_mut() {
-                    if d.as_mut().poll(cx).is_ready() {
-                        self.metrics.connections_timed_out.fetch_add(1, Relaxed);
-                        return Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "client connection idle for too long",
-                        )));
-                    }
-                }
-                Poll::Pending
-            }
+            Poll::Pending => match self.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
         }
     }
 }
@@ -232,6 +238,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.active();
+        }
+        // A client that stops reading must not hold a reply (and its place) forever.
+        if r.is_pending() {
+            if let Some(e) = self.expired(cx) {
+                return Poll::Ready(Err(e));
+            }
         }
         r
     }
@@ -252,6 +264,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.active();
+        }
+        if r.is_pending() {
+            if let Some(e) = self.expired(cx) {
+                return Poll::Ready(Err(e));
+            }
         }
         r
     }

@@ -29,7 +29,8 @@
 //!   switch ([`StateMachine::install_staged`]).
 
 use crate::command::{
-    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult, SESSION_REUSED,
+    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+    LEGACY_APPEND_MAX, SESSION_REUSED,
 };
 use crate::error::{Error, Result};
 use crate::membership::Membership;
@@ -152,7 +153,7 @@ impl SessionRecord {
 /// `--prev` write returns a value; keeping megabytes of them for [`SESSION_TTL_ENTRIES`]
 /// entries per client would fill the disk, so only the version of a longer one is kept,
 /// and a retry reads the value back while the key still has that version.
-pub const SESSION_VALUE_KEEP: usize = 1024;
+pub const SESSION_VALUE_KEEP: usize = 64 * 1024;
 
 /// The value a result carries, if any (every result carries at most one).
 fn result_value(r: &mut WriteResult) -> Option<&mut Versioned> {
@@ -380,6 +381,22 @@ impl Overlay<'_> {
         }
     }
 
+    /// Appends `suffix` to `key`'s value unless the result would be over `max_len`.
+    fn append(&mut self, key: &[u8], suffix: &[u8], max_len: u64) -> Result<WriteResult> {
+        let mut value = self.get(key)?.map(|v| v.value).unwrap_or_default();
+        if (value.len() + suffix.len()) as u64 > max_len {
+            return Ok(WriteResult::Rejected(format!(
+                "append would make the value {} bytes, over the value limit of {max_len} \
+                 bytes; nothing was appended",
+                value.len() + suffix.len()
+            )));
+        }
+        value.extend_from_slice(suffix);
+        let len = value.len() as u64;
+        let version = self.set(key, Some(value));
+        Ok(WriteResult::Append { len, version })
+    }
+
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
         self.revision += 1;
         let version = self.revision;
@@ -472,24 +489,12 @@ impl Overlay<'_> {
                     }
                 }
             }
-            WriteOp::Append {
+            WriteOp::Append { key, suffix } => self.append(key, suffix, LEGACY_APPEND_MAX)?,
+            WriteOp::AppendUpTo {
                 key,
                 suffix,
                 max_len,
-            } => {
-                let mut value = self.get(key)?.map(|v| v.value).unwrap_or_default();
-                if (value.len() + suffix.len()) as u64 > *max_len {
-                    return Ok(WriteResult::Rejected(format!(
-                        "append would make the value {} bytes, over the value limit of \
-                         {max_len} bytes; nothing was appended",
-                        value.len() + suffix.len()
-                    )));
-                }
-                value.extend_from_slice(suffix);
-                let len = value.len() as u64;
-                let version = self.set(key, Some(value));
-                WriteResult::Append { len, version }
-            }
+            } => self.append(key, suffix, *max_len)?,
             WriteOp::MultiPut { pairs } => {
                 // One revision for the whole multi-put: it is one atomic write.
                 self.revision += 1;

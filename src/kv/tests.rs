@@ -155,7 +155,7 @@ impl Model {
                 key: KEYS[*key].to_vec(),
                 delta: *delta,
             },
-            OpSpec::Append { key, value } => WriteOp::Append {
+            OpSpec::Append { key, value } => WriteOp::AppendUpTo {
                 key: KEYS[*key].to_vec(),
                 suffix: VALUES[*value].to_vec(),
                 max_len: 1 << 20,
@@ -277,7 +277,7 @@ impl Model {
                     None => WriteResult::Rejected(String::new()),
                 }
             }
-            WriteOp::Append { key, suffix, .. } => {
+            WriteOp::AppendUpTo { key, suffix, .. } | WriteOp::Append { key, suffix } => {
                 let mut v = self.current(key).map(|c| c.value).unwrap_or_default();
                 v.extend_from_slice(suffix);
                 let len = v.len() as u64;
@@ -783,7 +783,7 @@ fn append_beyond_the_value_limit_is_rejected_and_changes_nothing() {
     let append = |seq, suffix: &[u8]| Command {
         client_id: 5,
         seq,
-        op: WriteOp::Append {
+        op: WriteOp::AppendUpTo {
             key: b"log".to_vec(),
             suffix: suffix.to_vec(),
             max_len: 10,

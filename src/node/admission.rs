@@ -19,8 +19,8 @@
 //!   so the bytes of writes the node holds never exceed the budget;
 //! - a refusal happens before anything is sent to the node thread: an `Overloaded` write
 //!   certainly changed nothing;
-//! - one write of the largest allowed size always fits in an empty budget (checked by
-//!   `Config::validate`), so a big write is delayed by load, never refused for good.
+//! - a write always fits in an empty budget (its cost is capped at the budget), so a big
+//!   write is delayed by load, never refused for good.
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -108,8 +108,15 @@ impl Trimmer {
         while let Some((_, b)) = sizes.next_if(|(i, _)| *i < target) {
             kept -= b;
         }
+        // Over the limit: trim down to three quarters of it, so that a log held at its
+        // byte limit (a peer down, big entries) is not trimmed again every tick.
         let mut by_bytes = false;
-        while kept > policy.keep_bytes {
+        let floor = if kept > policy.keep_bytes {
+            policy.keep_bytes / 4 * 3
+        } else {
+            kept
+        };
+        while kept > floor {
             let Some((i, b)) = sizes.next() else { break };
             kept -= b;
             target = i + 1;
@@ -213,26 +220,37 @@ mod tests {
         for i in 0..50 {
             t.applied(i, 100);
         }
-        assert_eq!(t.target(&POLICY, [2], 50, 0), Some(40));
-        t.trimmed(40);
-        assert_eq!(t.bytes, 1000);
+        // Over the limit, it trims to three quarters of it (750 bytes).
+        assert_eq!(t.target(&POLICY, [2], 50, 0), Some(43));
+        t.trimmed(43);
+        assert_eq!(t.bytes, 700);
     }
 
     #[test]
     fn a_log_over_its_byte_limit_is_trimmed_even_below_a_step() {
         let mut t = Trimmer::default();
-        // Five entries of 400 bytes: fewer than a step (10), but 2000 bytes > 1000.
+        // Five entries of 400 bytes: fewer than a step (10), but 2000 bytes > 1000; trimmed
+        // to under three quarters of the limit.
         for i in 0..5 {
             t.applied(i, 400);
         }
         t.peer_progress(2, 0);
-        assert_eq!(t.target(&POLICY, [2], 5, 0), Some(3));
-        t.trimmed(3);
+        assert_eq!(t.target(&POLICY, [2], 5, 0), Some(4));
+        t.trimmed(4);
         assert_eq!(
-            t.target(&POLICY, [2], 5, 3),
+            t.target(&POLICY, [2], 5, 4),
             None,
-            "800 bytes kept: under the limit"
+            "400 bytes kept: under the limit"
         );
+        // Growing back over the limit trims again; up to it, nothing happens.
+        t.applied(5, 400);
+        assert_eq!(
+            t.target(&POLICY, [2], 6, 4),
+            None,
+            "800 bytes: under the limit"
+        );
+        t.applied(6, 400);
+        assert_eq!(t.target(&POLICY, [2], 7, 4), Some(6));
     }
 
     #[test]

@@ -348,17 +348,13 @@ impl<S: Storage<LogEntry>> Core<S> {
         match ev {
             // The permit goes back once the event is handled.
             Event::Held(ev, _permit) => return self.handle(*ev, now),
-            Event::Admitted(ev, ticket) => {
-                let key = match &*ev {
-                    Event::Write { cmd, .. } => Some((cmd.client_id, cmd.seq)),
-                    _ => None,
-                };
-                let go_on = self.handle(*ev, now);
-                if let Some(w) = key.and_then(|k| self.writes.get_mut(&k)) {
-                    w._tickets.push(ticket);
+            Event::Admitted(ev, ticket) => match *ev {
+                Event::Write { cmd, reply } if self.silenced().is_none() => {
+                    self.write(cmd, reply, Some(ticket), now)
                 }
-                return go_on;
-            }
+                // Answered at once: the ticket goes back now.
+                ev => return self.handle(ev, now),
+            },
             Event::Peer { .. } if self.silenced().is_some() => {}
             Event::Peer { config, msg } if config < self.membership.config_id => {
                 // The sender is still in a configuration we left: its log ended at our
@@ -404,34 +400,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             Event::ChangeMembership { add, remove, reply } => {
                 self.propose_change(add, remove, reply, now)
             }
-            Event::Write { cmd, reply } => {
-                let deadline = now + self.cfg.request_timeout;
-                let key = (cmd.client_id, cmd.seq);
-                if let Some(w) = self.writes.get(&key) {
-                    if w.cmd != cmd {
-                        // A session has one command per seq; answering this one with the
-                        // other's result would silently lose it.
-                        let _ = reply.send(Err(Error::InvalidInput(format!(
-                            "session ({}, {}) {}",
-                            cmd.client_id,
-                            cmd.seq,
-                            crate::command::SESSION_REUSED
-                        ))));
-                        return true;
-                    }
-                }
-                let waiter = self.writes.entry(key).or_insert_with(|| WriteWaiter {
-                    cmd,
-                    replies: Vec::new(),
-                    proposed_at: None,
-                    epoch: 0,
-                    _tickets: Vec::new(),
-                });
-                if waiter.proposed_at.is_none() && waiter.replies.is_empty() {
-                    self.to_propose.push(key);
-                }
-                waiter.replies.push((reply, deadline));
-            }
+            Event::Write { cmd, reply } => self.write(cmd, reply, None, now),
             Event::ReadBarrier { reply } => {
                 self.reads.push((reply, now + self.cfg.request_timeout));
             }
@@ -441,6 +410,43 @@ impl<S: Storage<LogEntry>> Core<S> {
             Event::Shutdown => return false,
         }
         true
+    }
+
+    /// Registers a client write (or a retry of one still waiting here) and its ticket.
+    fn write(
+        &mut self,
+        cmd: Command,
+        reply: oneshot::Sender<Result<WriteResult>>,
+        ticket: Option<admission::Ticket>,
+        now: Instant,
+    ) {
+        let deadline = now + self.cfg.request_timeout;
+        let key = (cmd.client_id, cmd.seq);
+        if let Some(w) = self.writes.get(&key) {
+            if w.cmd != cmd {
+                // A session has one command per seq; answering this one with the other's
+                // result would silently lose it. (Its ticket goes back with it.)
+                let _ = reply.send(Err(Error::InvalidInput(format!(
+                    "session ({}, {}) {}",
+                    cmd.client_id,
+                    cmd.seq,
+                    crate::command::SESSION_REUSED
+                ))));
+                return;
+            }
+        }
+        let waiter = self.writes.entry(key).or_insert_with(|| WriteWaiter {
+            cmd,
+            replies: Vec::new(),
+            proposed_at: None,
+            epoch: 0,
+            _tickets: Vec::new(),
+        });
+        if waiter.proposed_at.is_none() && waiter.replies.is_empty() {
+            self.to_propose.push(key);
+        }
+        waiter.replies.push((reply, deadline));
+        waiter._tickets.extend(ticket);
     }
 
     /// This node's view of the cluster.

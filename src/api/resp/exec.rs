@@ -570,7 +570,7 @@ impl Session {
             }
             Command::Append(key, suffix) => {
                 let max_len = shared.node.limits().max_value as u64;
-                let op = WriteOp::Append {
+                let op = WriteOp::AppendUpTo {
                     key,
                     suffix,
                     max_len,

@@ -140,6 +140,21 @@ pub async fn serve(
     crate::api::conn::drain(conns, Duration::from_secs(3)).await;
 }
 
+/// Writes the queued replies out; false when the connection is broken, or the client
+/// read nothing for the idle timeout (it must not hold its replies and its place forever).
+async fn flushed(conn: &mut Connection, shared: &Shared) -> bool {
+    match shared.info.conns.idle() {
+        None => conn.flush().await.is_ok(),
+        Some(idle) => match tokio::time::timeout(idle, conn.flush()).await {
+            Ok(r) => r.is_ok(),
+            Err(_) => {
+                shared.info.conns.timed_out();
+                false
+            }
+        },
+    }
+}
+
 /// Runs one client connection to its end.
 async fn handle(
     stream: TcpStream,
@@ -172,7 +187,7 @@ async fn run(
                     if after == exec::After::Close {
                         return;
                     }
-                    if conn.queued() >= connection::FLUSH_AT && conn.flush().await.is_err() {
+                    if conn.queued() >= connection::FLUSH_AT && !flushed(conn, shared).await {
                         return;
                     }
                 }
@@ -187,7 +202,7 @@ async fn run(
                 }
             }
         }
-        if conn.flush().await.is_err() || *shutdown.borrow() {
+        if !flushed(conn, shared).await || *shutdown.borrow() {
             return;
         }
         let idle = shared.info.conns.idle();
