@@ -59,7 +59,10 @@ pub enum Outcome {
 }
 
 /// One client operation of a history. Times are in any monotonic unit (nanoseconds since
-/// the start of the run, simulated ticks, ...), the same for all operations.
+/// the start of the run, event numbers, ...), the same for all operations. Equal times
+/// count as concurrent (either order is allowed), so a coarse clock hides violations
+/// between an operation returning and another called at the same tick: the simulation
+/// numbers every call and return instead, which never ties.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     /// The client (process) that issued it; a client has one operation in flight.

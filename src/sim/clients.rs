@@ -6,9 +6,12 @@
 //! node. A get is a linearizable read: `Event::ReadBarrier`, then `KvStore::get` on that
 //! node's store.
 //!
-//! Every operation is recorded once, as a [`crate::check::Operation`] with virtual call and
-//! return times (microseconds): `Ok` with what it returned; `Fail` if the node rejected
-//! it (it certainly did not happen); `Info` if an attempt was lost (timeout, crashed node)
+//! Every operation is recorded once, as a [`crate::check::Operation`] whose call and return
+//! times are event numbers: one counter numbers every call and every return in the order
+//! they happen (all answers that arrived are taken before the calls of the same round), so
+//! real-time order is exact — virtual time has ties (a return and a call in the same
+//! round), which the checker would treat as concurrency. An operation ends `Ok` with what
+//! it returned; `Fail` if the node rejected it (it certainly did not happen); `Info` if an attempt was lost (timeout, crashed node)
 //! and no retry with the same session returned an answer — an answer to a retry completes
 //! the operation with that retry's return time. After an `Info` the client continues as a
 //! new checker process (its lost operation may still take effect at any later time).
@@ -40,7 +43,10 @@ struct Pending {
     input: Input,
     /// The write with its session; None for a get.
     cmd: Option<Command>,
+    /// Virtual time of the call (for the liveness bound).
     call: Duration,
+    /// Event number of the call (the history's time).
+    call_event: u64,
     node: usize,
     attempts: u32,
     max_attempts: u32,
@@ -72,13 +78,19 @@ pub struct Clients {
     pub stale_reads: bool,
     /// Attempts that got no answer (timeout or crashed node).
     pub lost_attempts: u64,
-}
-
-fn us(d: Duration) -> u64 {
-    d.as_micros() as u64
+    /// The last event number handed out (see [`Clients::event`]).
+    events: u64,
 }
 
 impl Clients {
+    /// The next event number: every call and every return of the history gets one, in
+    /// the order they happen, so the history's real-time order is exact (no two events
+    /// tie, as calls and returns within one round of virtual time would).
+    fn event(&mut self) -> u64 {
+        self.events += 1;
+        self.events
+    }
+
     pub fn new(n: usize, keys: usize, rng: &mut StdRng) -> Clients {
         Clients {
             clients: (0..n as u64)
@@ -99,6 +111,7 @@ impl Clients {
             liveness_violation: None,
             stale_reads: false,
             lost_attempts: 0,
+            events: 0,
         }
     }
 
@@ -130,8 +143,13 @@ impl Clients {
         nodes: &mut [Node],
         issuing: bool,
     ) {
+        // Every answer that arrived is taken (its return event numbered) before any new
+        // call of this round: those answers came out of earlier steps of the nodes, so
+        // they did return before these calls were made.
         for i in 0..self.clients.len() {
             self.poll(i, now, rng, nodes);
+        }
+        for i in 0..self.clients.len() {
             let c = &self.clients[i];
             let resend =
                 matches!(&c.pending, Some(Pending { rx: Rx::RetryAt(t), .. }) if *t <= now);
@@ -200,11 +218,13 @@ impl Clients {
                 r.remove(0);
             }
         }
-        c.pending = Some(Pending {
+        let call_event = self.event();
+        self.clients[i].pending = Some(Pending {
             key,
             input,
             cmd,
             call: now,
+            call_event,
             node: 0,
             attempts: 0,
             max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
@@ -311,6 +331,7 @@ impl Clients {
     }
 
     fn finish(&mut self, i: usize, outcome: Outcome, now: Duration, think_ms: u64) {
+        let ret_event = self.event();
         let c = &mut self.clients[i];
         let p = c.pending.take().unwrap();
         if let Some(from) = self.live_from {
@@ -330,8 +351,8 @@ impl Clients {
                 client: c.proc,
                 key: p.key,
                 input: p.input,
-                call: us(p.call),
-                ret: (!info).then(|| us(now)),
+                call: p.call_event,
+                ret: (!info).then_some(ret_event),
                 outcome,
             });
         }
