@@ -2,8 +2,9 @@
 //!
 //! Each client has one session (`client_id`, and a `seq` that grows with every new
 //! write; a retry keeps its `seq`, as the real client does) and at most one operation in
-//! flight: put, get, compare-and-swap or delete on a small key set, sent to a random live
-//! node. A get is a linearizable read: `Event::ReadBarrier`, then `KvStore::get` on that
+//! flight: put, get, compare-and-swap or delete on a few register keys (`k0`, ...), or an
+//! append of a unique element (`,<session>.<seq>`) or a get on a set key (`s0`), sent to a
+//! random live node. A get is a linearizable read: `Event::ReadBarrier`, then `KvStore::get` on that
 //! node's store.
 //!
 //! Every operation is recorded once, as a [`crate::check::Operation`] whose call and return
@@ -17,6 +18,7 @@
 //! new checker process (its lost operation may still take effect at any later time).
 //! A read that is not answered had no effect and is retried or dropped.
 
+use super::checks::SET_SEPARATOR;
 use super::world::Node;
 use crate::check::{Input, Operation, Outcome, Output};
 use crate::command::{Command, Expect, WriteOp, WriteResult};
@@ -26,6 +28,14 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot::{self, error::TryRecvError};
+
+/// The share of operations on the set keys (`s0`, ...): appends of unique elements and
+/// reads, checked by `checks::set_valid` as well as for linearizability.
+const SET_SHARE: f64 = 0.2;
+/// How many set keys there are.
+pub const SET_KEYS: usize = 1;
+/// The value limit appends carry (`WriteOp::Append::max_len`); set values stay far below.
+const MAX_VALUE: u64 = 1 << 20;
 
 /// Most attempts of one operation while faults are on, before it is given up as `Info`
 /// (each operation draws its own limit, 1 to this).
@@ -163,12 +173,25 @@ impl Clients {
     }
 
     fn start(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
-        let k = rng.gen_range(0..self.keys);
-        let key = format!("k{k}").into_bytes();
+        let set = rng.gen_bool(SET_SHARE);
+        let k = rng.gen_range(0..if set { SET_KEYS } else { self.keys });
+        let key = format!("{}{k}", if set { "s" } else { "k" }).into_bytes();
         let c = &mut self.clients[i];
         let value = format!("{}.{}", c.session, c.seq + 1).into_bytes();
         let roll = rng.gen_range(0..100);
-        let (input, op) = if roll < 40 {
+        let (input, op) = if set && roll < 40 {
+            (Input::Get, None)
+        } else if set {
+            // A unique element (the session and seq of its command).
+            let mut suffix = vec![SET_SEPARATOR];
+            suffix.extend_from_slice(&value);
+            let op = WriteOp::Append {
+                key: key.clone(),
+                suffix: suffix.clone(),
+                max_len: MAX_VALUE,
+            };
+            (Input::Append(suffix), Some(op))
+        } else if roll < 40 {
             (Input::Get, None)
         } else if roll < 65 {
             let op = WriteOp::Put {
@@ -211,7 +234,7 @@ impl Clients {
                 op,
             }
         });
-        if cmd.is_some() {
+        if cmd.is_some() && !set {
             let r = &mut self.recent[k];
             r.push(value);
             if r.len() > 4 {
@@ -391,6 +414,13 @@ impl Clients {
         complaint
     }
 
+    /// The set keys.
+    pub fn set_keys() -> Vec<Vec<u8>> {
+        (0..SET_KEYS)
+            .map(|k| format!("s{k}").into_bytes())
+            .collect()
+    }
+
     pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.history.iter().filter(|o| f(&o.outcome)).count()
     }
@@ -405,6 +435,7 @@ fn outcome(r: WriteResult, lost: bool) -> Outcome {
         WriteResult::Put { .. } => Outcome::Ok(Output::Written),
         WriteResult::Delete { deleted, .. } => Outcome::Ok(Output::Deleted(deleted)),
         WriteResult::Cas { succeeded, .. } => Outcome::Ok(Output::Swapped(succeeded)),
+        WriteResult::Append { len, .. } => Outcome::Ok(Output::Appended(len)),
         // Kinds of writes the simulation never issues.
         #[allow(unreachable_patterns)]
         _ => Outcome::Info,

@@ -49,7 +49,10 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-pub use checks::{common_prefix, linearizable, replicas_equal, DecidedMonotonic, LogOracle};
+pub use checks::{
+    common_prefix, linearizable, replicas_equal, set_valid, DecidedMonotonic, Kind, LogOracle,
+    Violation,
+};
 pub use net::{Shape, Weather};
 
 use crate::node::CompactionPolicy;
@@ -67,13 +70,19 @@ pub enum Bug {
     SkipApply,
     /// Gets are served from the local store without a read barrier.
     StaleReads,
-    /// Node 1's state is changed behind the state machine's back before the final check.
+    /// Node 1's state is changed behind the state machine's back at apply time (a bogus
+    /// element appended to the set key now and then), so that the final comparison has
+    /// to find it after further operations, crashes and state transfers.
     DivergeState,
     /// Node 1 ignores every peer message: requests sent to it never complete.
     DeafNode,
     /// Node 1, after installing a fetched state, resets its log but keeps its old accepted
     /// round (the false claim the nemesis found; see `node::paxos`). Needs compaction.
     StaleAcceptedRound,
+    /// Every node's state machine ignores sessions (`KvStore::no_dedup`): a retried or
+    /// re-proposed write applies again. Test builds only: the switch exists only there.
+    #[cfg(test)]
+    NoDedup,
 }
 
 /// How much log the simulated nodes keep.
@@ -320,6 +329,9 @@ impl std::fmt::Display for Totals {
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub seed: u64,
+    /// Which checker failed.
+    pub kind: Kind,
+    /// Its message.
     pub reason: String,
     /// The nemesis' actions up to the failure.
     pub faults: Vec<String>,
@@ -342,20 +354,22 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunStats, Failure> {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(format!("panicked: {what}"))
+            Err(Violation::new(Kind::Panic, format!("panicked: {what}")))
         });
-    result.map(|s| RunStats { seed, ..s }).map_err(|reason| {
+    result.map(|s| RunStats { seed, ..s }).map_err(|v| {
         let mut faults = std::mem::take(&mut w.fault_log);
         faults.extend(w.describe());
         Failure {
             seed,
-            reason,
+            kind: v.kind,
+            reason: v.message,
             faults,
         }
     })
 }
 
-fn phases(w: &mut World) -> Result<RunStats, String> {
+fn phases(w: &mut World) -> Result<RunStats, Violation> {
+    let liveness = |m: String| Violation::new(Kind::Liveness, format!("liveness: {m}"));
     let cfg = w.cfg.clone();
     w.run_until(cfg.fault_time, true, true, |_| false)?;
     w.heal();
@@ -364,28 +378,23 @@ fn phases(w: &mut World) -> Result<RunStats, String> {
     let end = w.now + cfg.liveness_bound + Duration::from_secs(1);
     w.run_until(end, false, false, |w| !w.clients.busy())?;
     if let Some(complaint) = w.clients.close(w.now) {
-        return Err(format!("liveness: {complaint}"));
+        return Err(liveness(complaint));
     }
     if let Some(v) = w.clients.liveness_violation.take() {
-        return Err(format!("liveness: {v}"));
+        return Err(liveness(v));
     }
     let end = w.now + Duration::from_secs(30);
     if !w.run_until(end, false, false, World::converged)? {
-        return Err("liveness: the replicas did not converge within 30 s after healing".into());
+        return Err(liveness(
+            "the replicas did not converge within 30 s after healing".into(),
+        ));
     }
     final_checks(w)
 }
 
-fn final_checks(w: &mut World) -> Result<RunStats, String> {
+fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     let mut logs = Vec::new();
     let mut states = Vec::new();
-    if w.cfg.bug == Some(Bug::DivergeState) {
-        let kv = w.nodes[0].durable.lock().unwrap().kv.clone();
-        kv.write()
-            .unwrap()
-            .kv
-            .insert(b"k0".to_vec(), b"diverged".to_vec());
-    }
     let mut compacted = 0;
     for (i, node) in w.nodes.iter().enumerate() {
         let core = node.core.as_ref().expect("all nodes are up after healing");
@@ -399,6 +408,19 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
     common_prefix(&logs)?;
     replicas_equal(&states)?;
     let history = &w.clients.history;
+    // The replicas are equal: the set keys' final values are node 1's.
+    let reader = w.nodes[0]
+        .kv
+        .as_ref()
+        .expect("all nodes are up after healing");
+    let finals = clients::Clients::set_keys()
+        .into_iter()
+        .map(|k| {
+            let (v, _) = reader.get(&k).expect("memory reads do not fail");
+            (k, v.map(|v| v.value))
+        })
+        .collect();
+    set_valid(history, &finals)?;
     let checked = if w.cfg.linearizability {
         linearizable(history, crate::check::DEFAULT_BUDGET)?
     } else {

@@ -19,7 +19,7 @@
 //! [`SimConfig::crash_transfers`] the nemesis aims crashes at transfers under way, which
 //! the regular fault schedule almost never hits (see `World::aim_at_transfer`).
 
-use super::checks::{DecidedMonotonic, LogOracle};
+use super::checks::{DecidedMonotonic, LogOracle, Violation};
 use super::clients::Clients;
 use super::net::{idx, Outbox, Packet, Shape, SimNet, Weather};
 use super::storage::{Durable, SimStorage};
@@ -62,6 +62,9 @@ struct SimSm {
     durable: Arc<Mutex<Durable>>,
     /// Bug injection: drop the first command of every third entry that has commands.
     skip_apply: bool,
+    /// Bug injection: after applying an entry whose index ends in 25 or 75, append a
+    /// bogus element to the set key `s0` behind the state machine's back.
+    diverge: bool,
 }
 
 impl StateMachine for SimSm {
@@ -70,7 +73,16 @@ impl StateMachine for SimSm {
     }
     fn apply(&mut self, index: u64, commands: &[Command]) -> DbResult<Vec<WriteResult>> {
         let skip = self.skip_apply && index % 3 == 2 && !commands.is_empty();
-        self.kv.apply(index, &commands[skip as usize..])
+        let results = self.kv.apply(index, &commands[skip as usize..])?;
+        if self.diverge && index % 50 == 25 {
+            let spaces = self.durable.lock().unwrap().kv.clone();
+            let mut spaces = spaces.write().unwrap();
+            // A stored value is its version then its bytes: this appends to the bytes.
+            if let Some(v) = spaces.kv.get_mut(b"s0".as_slice()) {
+                v.extend_from_slice(b",diverged");
+            }
+        }
+        Ok(results)
     }
     fn install_staged(&mut self) -> DbResult<u64> {
         let applied = self.kv.install_staged()?;
@@ -208,11 +220,17 @@ impl World {
         };
         let node = &mut self.nodes[i];
         let spaces = node.durable.lock().unwrap().kv.clone();
-        let kv = KvStore::open_memory(spaces).expect("memory store opens");
+        #[allow(unused_mut)]
+        let mut kv = KvStore::open_memory(spaces).expect("memory store opens");
+        #[cfg(test)]
+        {
+            kv.no_dedup = self.cfg.bug == Some(Bug::NoDedup);
+        }
         let sm = SimSm {
             kv: kv.clone(),
             durable: node.durable.clone(),
             skip_apply: self.cfg.bug == Some(Bug::SkipApply) && i == 0,
+            diverge: self.cfg.bug == Some(Bug::DivergeState) && i == 0,
         };
         let storage = SimStorage(node.durable.clone());
         let mut core = Core::new(cfg, storage, Box::new(sm), Box::new(node.outbox.clone()))
@@ -496,7 +514,7 @@ impl World {
 
     /// Checks the log invariants on every live node (after every round, so before a node
     /// can trim what it decided in it: see `checks`).
-    fn observe(&mut self) -> Result<(), String> {
+    fn observe(&mut self) -> Result<(), Violation> {
         for i in 0..self.nodes.len() {
             let Some(core) = &self.nodes[i].core else {
                 continue;
@@ -524,7 +542,7 @@ impl World {
         faults: bool,
         issuing: bool,
         stop: fn(&World) -> bool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, Violation> {
         loop {
             if stop(self) {
                 return Ok(true);
