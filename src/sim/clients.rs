@@ -265,7 +265,9 @@ impl Clients {
         rng: &mut StdRng,
         nodes: &mut [Node],
     ) {
-        let live: Vec<usize> = (0..nodes.len()).filter(|&n| nodes[n].is_up()).collect();
+        let live: Vec<usize> = (0..nodes.len())
+            .filter(|&n| nodes[n].is_running())
+            .collect();
         let stale = self.stale_reads;
         let p = self.clients[i].pending.as_mut().unwrap();
         if live.is_empty() {

@@ -8,8 +8,10 @@
 //! 1. **faults** (`fault_time`): clients issue operations while the nemesis drops,
 //!    delays and reorders messages (FIFO per link, as TCP; `chaos` also duplicates and
 //!    reorders within a link), partitions the network (full split,
-//!    one-way, quorum-loss, constrained election, chained), and crashes and restarts
-//!    nodes — a process crash, or a machine crash that also loses what was not synced;
+//!    one-way, quorum-loss, constrained election, chained), crashes and restarts
+//!    nodes — a process crash, or a machine crash that also loses what was not synced —
+//!    and pauses and resumes them (as SIGSTOP/SIGCONT: a paused node takes no steps and
+//!    fires no timers, keeps its state, and gets what arrived meanwhile when it resumes);
 //! 2. **heal**: every node up, every link up, calm network; clients go on issuing for
 //!    `live_time`, and each operation called now must complete within `liveness_bound`;
 //! 3. **drain**: clients stop issuing; their operations finish;
@@ -24,7 +26,11 @@
 //! run and pairwise at the end, over what the logs still hold); no node's decided index goes back (across a machine
 //! crash it may, because production does not fsync it — monotonicity is then checked
 //! from the restored value on); all replicas' bytes equal after quiescence; liveness
-//! after healing; the client history linearizable per key ([`crate::check`]).
+//! after healing; no node claims more of a round's log than that round's leader had
+//! ([`AcceptedClaims`](checks::AcceptedClaims)); the set workload's appends neither lost
+//! nor duplicated ([`set_valid`]); the client history linearizable per key
+//! ([`crate::check`]), in exact real-time order (calls and returns are numbered events).
+//! Each checker fails with its own [`Kind`] of [`Violation`].
 //!
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
 //! sim::tests::replay -- --ignored --nocapture` or `paxosdb sim --seed <N>` replays it
@@ -238,6 +244,8 @@ pub struct RunStats {
     /// Machine crashes, and those that dropped a write not yet synced.
     pub machine_crashes: u64,
     pub lossy_machine_crashes: u64,
+    /// Pauses of a node (it stops taking steps and keeps its state, then resumes).
+    pub pauses: u64,
     /// Highest compacted index of any node at the end.
     pub compacted: u64,
     pub virtual_ms: u64,
@@ -260,6 +268,7 @@ pub struct Totals {
     pub machine_crashes: u64,
     /// Machine crashes that dropped a write not yet synced.
     pub lossy_machine_crashes: u64,
+    pub pauses: u64,
     pub partitions: u64,
     pub lost_attempts: u64,
     /// Runs in which some node trimmed its log.
@@ -283,6 +292,7 @@ impl Totals {
         self.crashes += s.crashes;
         self.machine_crashes += s.machine_crashes;
         self.lossy_machine_crashes += s.lossy_machine_crashes;
+        self.pauses += s.pauses;
         self.partitions += s.partitions;
         self.lost_attempts += s.lost_attempts;
         self.trimmed_runs += u64::from(s.compacted > 0);
@@ -300,7 +310,8 @@ impl std::fmt::Display for Totals {
         write!(
             f,
             "{} seeds, {} operations ({} checked, {} with unknown outcome), {} faults ({} \
-             crashes, {} of them machine crashes, {} losing unsynced writes; {} partitions), \
+             crashes, {} of them machine crashes, {} losing unsynced writes; {} pauses; {} \
+             partitions), \
              {} client attempts lost, {} runs with trimmed logs, {} state fetches ({} \
              completed, {} installed, {} failed; {} cut by a crash of the fetcher, {} by a \
              crash of the sender)",
@@ -312,6 +323,7 @@ impl std::fmt::Display for Totals {
             self.crashes,
             self.machine_crashes,
             self.lossy_machine_crashes,
+            self.pauses,
             self.partitions,
             self.lost_attempts,
             self.trimmed_runs,
@@ -465,6 +477,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         sender_crashes: w.sender_crashes,
         machine_crashes: w.machine_crashes,
         lossy_machine_crashes: w.lossy_machine_crashes,
+        pauses: w.pauses,
         compacted,
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),
