@@ -18,6 +18,12 @@
 //! unfinished, and the restarted store discards it. With
 //! [`SimConfig::crash_transfers`] the nemesis aims crashes at transfers under way, which
 //! the regular fault schedule almost never hits (see `World::aim_at_transfer`).
+//!
+//! A paused node (the nemesis' SIGSTOP) takes no steps, ticks or messages: what arrives
+//! for it is held and delivered in order when it resumes, what it had sent stays in its
+//! outbox, its transfers report when it resumes, and clients do not pick it. A crash of a
+//! paused node ends the pause. The nemesis pauses at most as many nodes as it may crash
+//! (together with the crashed ones), and healing resumes every node.
 
 use super::checks::{accepted_claim, DecidedMonotonic, LogOracle, Violation};
 use super::clients::Clients;
