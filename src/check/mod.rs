@@ -1,4 +1,5 @@
-//! Linearizability checking of client histories, per key, against a register model.
+//! Linearizability checking of client histories, per key, against a register model (a
+//! value that puts, deletes, compare-and-swaps and appends change).
 //!
 //! A test (the deterministic simulation or the real-process nemesis runner) records every
 //! client operation as an [`Operation`]: what was asked ([`Input`]), when it was invoked,
@@ -35,6 +36,8 @@ pub enum Input {
     /// Set the key to `new` if its current value equals `expect` (an absent key never
     /// matches).
     Cas { expect: Vec<u8>, new: Vec<u8> },
+    /// Append the bytes to the key's value (absent = empty).
+    Append(Vec<u8>),
 }
 
 /// What an operation that succeeded returned.
@@ -48,6 +51,8 @@ pub enum Output {
     Deleted(bool),
     /// A compare-and-swap: whether it swapped.
     Swapped(bool),
+    /// An append: the length of the value after it.
+    Appended(u64),
 }
 
 /// How an operation ended.
@@ -59,7 +64,10 @@ pub enum Outcome {
 }
 
 /// One client operation of a history. Times are in any monotonic unit (nanoseconds since
-/// the start of the run, simulated ticks, ...), the same for all operations.
+/// the start of the run, event numbers, ...), the same for all operations. Equal times
+/// count as concurrent (either order is allowed), so a coarse clock hides violations
+/// between an operation returning and another called at the same tick: the simulation
+/// numbers every call and return instead, which never ties.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     /// The client (process) that issued it; a client has one operation in flight.
@@ -148,6 +156,15 @@ pub fn step(
         (Input::Put(v), None | Some(Output::Written)) => Some(Some(v.clone())),
         (Input::Delete, None) => Some(None),
         (Input::Delete, Some(Output::Deleted(d))) => (*d == state.is_some()).then_some(None),
+        (Input::Append(suffix), out) => {
+            let mut v = state.clone().unwrap_or_default();
+            v.extend_from_slice(suffix);
+            match out {
+                None => Some(Some(v)),
+                Some(Output::Appended(len)) if *len == v.len() as u64 => Some(Some(v)),
+                _ => None,
+            }
+        }
         (Input::Cas { expect, new }, out) => {
             let matches = state.as_ref() == Some(expect);
             match out {

@@ -132,6 +132,29 @@ mod tests {
         assert_eq!(verdict(&h), Verdict::Violation);
     }
 
+    /// The blind spot of coarse timestamps: a read called in the same instant (the same
+    /// simulation round) as a write returned ties with it, and a tie is concurrency, so
+    /// the read may be placed before the write and its stale value passes. Numbering
+    /// every call and return in the order they happen (as the simulation does) leaves no
+    /// ties, and the same history is a violation.
+    #[test]
+    fn only_exact_event_order_exposes_a_stale_read_at_a_tie() {
+        // Round times: the put of "b" returns at 20, the get is called at 20.
+        let per_round = [
+            put(1, "a", 0, 10),
+            put(1, "b", 10, 20),
+            get(2, Some("a"), 20, 30),
+        ];
+        assert_eq!(verdict(&per_round), Verdict::Linearizable);
+        // Event numbers: the put returned (event 4) before the get was called (event 5).
+        let exact = [
+            put(1, "a", 1, 2),
+            put(1, "b", 3, 4),
+            get(2, Some("a"), 5, 6),
+        ];
+        assert_eq!(verdict(&exact), Verdict::Violation);
+    }
+
     #[test]
     fn concurrent_operations_may_take_either_order() {
         let h = [

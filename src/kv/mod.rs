@@ -212,6 +212,11 @@ pub struct KvStore {
     backend: Backend,
     applied: u64,
     revision: u64,
+    /// Bug injection for the simulation's checker tests (`sim::Bug::NoDedup`): apply
+    /// every command as new, as if its session were unknown, so that a retried or
+    /// re-proposed command applies twice. Exists only in test builds.
+    #[cfg(test)]
+    pub(crate) no_dedup: bool,
 }
 
 pub(super) fn read_counter(v: Option<Vec<u8>>) -> Result<u64> {
@@ -239,6 +244,8 @@ impl KvStore {
             backend,
             applied,
             revision,
+            #[cfg(test)]
+            no_dedup: false,
         })
     }
 
@@ -563,6 +570,8 @@ impl StateMachine for KvStore {
         let mut results = Vec::with_capacity(commands.len());
         for cmd in commands {
             let session = overlay.session(cmd.client_id)?;
+            #[cfg(test)]
+            let session = session.filter(|_| !self.no_dedup);
             let result = match &session {
                 Some(s) if s.seq == cmd.seq && s.digest == digest(&cmd.op) => {
                     overlay.recall(s, &cmd.op)?

@@ -12,12 +12,99 @@
 //!   the known decided log (an installed state covering entries no node was seen to
 //!   decide is a violation).
 //! - [`DecidedMonotonic`]: a node's decided index never goes back.
+//! - [`accepted_claim`]: what a node claims it accepted is true of the round it names.
+//!   A node's accepted round `r` and log end `e` (compacted index + log length) tell a new
+//!   leader "my log up to `e` is round `r`'s log", and the leader syncs the node from
+//!   that claim. In round `r` only `r`'s leader creates entries, so no node may claim
+//!   more of `r` than `r`'s leader ever had while leading it. The leader's log is
+//!   recorded at every write to its storage while its promise and accepted round are
+//!   its own ballot (`storage::Durable::led`), so no growth escapes, even several
+//!   messages handled at one instant (a paused node resuming); every node's claim is
+//!   checked after every round. Ballots with round number 0 (the initial one, and the "below every real ballot"
+//!   claim of a log reset, see `node::paxos`) claim nothing and are not checked; a
+//!   round whose leader was never observed leading is not checked either.
 //! - [`replicas_equal`]: after quiescence, all state machines hold the same bytes.
+//! - [`set_valid`]: the set workload's appends (unique elements, each appended once by
+//!   one command): no element is ever read twice, no element appears that was not
+//!   appended (or whose append certainly failed), and every acknowledged element is in
+//!   the final value exactly once. (A read missing an element acknowledged before it was
+//!   called is a stale read, left to [`linearizable`].) This is what a
+//!   register model cannot see: a duplicate suppression (session table) that lets a
+//!   retried or re-proposed append apply twice.
 //! - [`linearizable`]: the client history, through [`crate::check::check`].
+//!
+//! Every checker fails with a [`Violation`]: a [`Kind`] (which invariant) and a message
+//! naming the evidence; the bug-injection tests assert the kind, and the message where it
+//! is deterministic.
+//!
+//! Invariants: a checker never passes on evidence it could not examine (a search out of
+//! budget is a violation of its own kind, not a pass); each kind is raised by exactly
+//! one checker, so a test asserting a kind shows which checker caught the bug.
 
-use crate::check::{self, Operation};
+use crate::check::{self, Input, Operation, Outcome, Output};
 use crate::command::{LogEntry, NodeId};
 use crate::kv::backend::MemSpaces;
+use omnipaxos::ballot_leader_election::Ballot;
+use std::collections::BTreeMap;
+
+/// Which invariant a run broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// [`LogOracle`]: a node decided another entry at an index than an earlier report.
+    DecidedEntryDiffers,
+    /// [`LogOracle`]: a node reported a decided entry beyond the known log, trimmed
+    /// entries never compared, or installed a state beyond the known log.
+    DecidedLogGap,
+    /// [`common_prefix`]: two final logs differ where they overlap.
+    PrefixDiffers,
+    /// [`DecidedMonotonic`]: a node's decided index went back.
+    DecidedWentBack,
+    /// [`accepted_claim`]: a node claims entries accepted in a round beyond what that
+    /// round's leader ever had.
+    FalseAcceptedClaim,
+    /// [`replicas_equal`]: two replicas' bytes differ after quiescence.
+    ReplicasDiffer,
+    /// [`set_valid`]: an element appears twice.
+    SetDuplicate,
+    /// [`set_valid`]: an acknowledged element is missing from the final value.
+    SetLost,
+    /// [`set_valid`]: an element appears that was never appended, or whose append
+    /// certainly failed.
+    SetUnexpected,
+    /// [`linearizable`]: no valid order of a key's history exists.
+    NotLinearizable,
+    /// [`linearizable`]: the search ran out of its budget.
+    Undecided,
+    /// An operation called after healing did not complete in time, or the replicas did
+    /// not converge.
+    Liveness,
+    /// Code under test panicked (an OmniPaxos assertion).
+    Panic,
+}
+
+/// What a checker found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: Kind,
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Violation {
+        Violation {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+type Checked<T> = Result<T, Violation>;
 
 /// The one decided log, as first reported by any node.
 #[derive(Default)]
@@ -47,23 +134,30 @@ impl LogOracle {
 
     /// `node`'s log now starts at `to`, above what was compared: allowed only if `install`
     /// (it installed a fetched state) and only within the known decided log.
-    pub fn skip(&mut self, node: usize, to: u64, install: bool) -> Result<(), String> {
+    pub fn skip(&mut self, node: usize, to: u64, install: bool) -> Checked<()> {
         let from = self.checked[node];
         if to <= from {
             return Ok(());
         }
         if !install {
-            return Err(format!(
-                "node {} trimmed its log to {to} without installing a state, but entries \
-                 from {from} on were never compared",
-                node + 1
+            return Err(Violation::new(
+                Kind::DecidedLogGap,
+                format!(
+                    "node {} trimmed its log to {to} without installing a state, but \
+                     entries from {from} on were never compared",
+                    node + 1
+                ),
             ));
         }
         if to > self.log.len() as u64 {
-            return Err(format!(
-                "node {} installed a state ending at {to}, beyond the known decided log of {}",
-                node + 1,
-                self.log.len()
+            return Err(Violation::new(
+                Kind::DecidedLogGap,
+                format!(
+                    "node {} installed a state ending at {to}, beyond the known decided log \
+                     of {}",
+                    node + 1,
+                    self.log.len()
+                ),
             ));
         }
         self.checked[node] = to;
@@ -80,23 +174,30 @@ impl LogOracle {
     }
 
     /// `node` reports `entries` decided from index `from` on.
-    pub fn observe(&mut self, node: usize, from: u64, entries: &[LogEntry]) -> Result<(), String> {
+    pub fn observe(&mut self, node: usize, from: u64, entries: &[LogEntry]) -> Checked<()> {
         for (i, e) in entries.iter().enumerate() {
             let index = from as usize + i;
             match self.log.get(index) {
                 Some(known) if known != e => {
-                    return Err(format!(
-                        "decided entry {index} differs: node {} has {e:?}, another node decided {known:?}",
-                        node + 1
+                    return Err(Violation::new(
+                        Kind::DecidedEntryDiffers,
+                        format!(
+                            "decided entry {index} differs: node {} has {e:?}, another node \
+                             decided {known:?}",
+                            node + 1
+                        ),
                     ))
                 }
                 Some(_) => {}
                 None if index == self.log.len() => self.log.push(e.clone()),
                 None => {
-                    return Err(format!(
-                        "node {} reports decided entry {index} beyond the known log of {}",
-                        node + 1,
-                        self.log.len()
+                    return Err(Violation::new(
+                        Kind::DecidedLogGap,
+                        format!(
+                            "node {} reports decided entry {index} beyond the known log of {}",
+                            node + 1,
+                            self.log.len()
+                        ),
                     ))
                 }
             }
@@ -108,7 +209,7 @@ impl LogOracle {
 
 /// Every pair of logs agrees where both have entries. A log is (node, index of its first
 /// entry, entries): with compaction each starts at its node's compacted index.
-pub fn common_prefix(logs: &[(NodeId, u64, Vec<LogEntry>)]) -> Result<(), String> {
+pub fn common_prefix(logs: &[(NodeId, u64, Vec<LogEntry>)]) -> Checked<()> {
     for (i, (a, sa, la)) in logs.iter().enumerate() {
         for (b, sb, lb) in &logs[i + 1..] {
             let start = (*sa).max(*sb);
@@ -117,11 +218,14 @@ pub fn common_prefix(logs: &[(NodeId, u64, Vec<LogEntry>)]) -> Result<(), String
                 continue;
             }
             if let Some(k) = la[xa..].iter().zip(&lb[xb..]).position(|(x, y)| x != y) {
-                return Err(format!(
-                    "nodes {a} and {b} decided different entries at index {}: {:?} vs {:?}",
-                    start + k as u64,
-                    la[xa + k],
-                    lb[xb + k]
+                return Err(Violation::new(
+                    Kind::PrefixDiffers,
+                    format!(
+                        "nodes {a} and {b} decided different entries at index {}: {:?} vs {:?}",
+                        start + k as u64,
+                        la[xa + k],
+                        lb[xb + k]
+                    ),
                 ));
             }
         }
@@ -141,12 +245,15 @@ impl DecidedMonotonic {
         }
     }
 
-    pub fn observe(&mut self, node: usize, decided: u64) -> Result<(), String> {
+    pub fn observe(&mut self, node: usize, decided: u64) -> Checked<()> {
         let last = &mut self.last[node];
         if decided < *last {
-            return Err(format!(
-                "node {}'s decided index went back from {last} to {decided}",
-                node + 1
+            return Err(Violation::new(
+                Kind::DecidedWentBack,
+                format!(
+                    "node {}'s decided index went back from {last} to {decided}",
+                    node + 1
+                ),
             ));
         }
         *last = decided;
@@ -160,8 +267,44 @@ impl DecidedMonotonic {
     }
 }
 
+/// A round: (config id, round number, priority, leader).
+pub type Round = (u32, u32, u32, u64);
+
+/// The round a ballot names, if it is a real one (round number above 0).
+pub fn round_of(b: Option<Ballot>) -> Option<Round> {
+    b.filter(|b| b.n > 0)
+        .map(|b| (b.config_id, b.n, b.priority, b.pid))
+}
+
+/// `node` (an index) claims its log up to `end` was accepted in `accepted`; `led` is the
+/// longest log that round's leader had while it led it (`None`: never seen leading; the
+/// claim is then not checked). See the module docs.
+pub fn accepted_claim(
+    node: usize,
+    accepted: Option<Ballot>,
+    end: u64,
+    led: impl Fn(Round) -> Option<u64>,
+) -> Checked<()> {
+    let Some(round) = round_of(accepted) else {
+        return Ok(());
+    };
+    match led(round) {
+        Some(longest) if end > longest => Err(Violation::new(
+            Kind::FalseAcceptedClaim,
+            format!(
+                "node {} claims a log up to {end} accepted in round {} of node {}, but that \
+                 round's leader never had more than {longest} entries",
+                node + 1,
+                round.1,
+                round.3
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// All replicas hold the same bytes (user data and state-machine metadata).
-pub fn replicas_equal(states: &[(NodeId, MemSpaces)]) -> Result<(), String> {
+pub fn replicas_equal(states: &[(NodeId, MemSpaces)]) -> Checked<()> {
     let Some((a, first)) = states.first() else {
         return Ok(());
     };
@@ -172,11 +315,14 @@ pub fn replicas_equal(states: &[(NodeId, MemSpaces)]) -> Result<(), String> {
         for (name, x, y) in [("kv", &first.kv, &other.kv), ("sm", &first.sm, &other.sm)] {
             let keys = x.keys().chain(y.keys());
             if let Some(k) = keys.into_iter().find(|k| x.get(*k) != y.get(*k)) {
-                return Err(format!(
-                    "replicas {a} and {b} differ in {name} key {:?}: {:?} vs {:?}",
-                    String::from_utf8_lossy(k),
-                    x.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
-                    y.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
+                return Err(Violation::new(
+                    Kind::ReplicasDiffer,
+                    format!(
+                        "replicas {a} and {b} differ in {name} key {:?}: {:?} vs {:?}",
+                        String::from_utf8_lossy(k),
+                        x.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
+                        y.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
+                    ),
                 ));
             }
         }
@@ -185,7 +331,7 @@ pub fn replicas_equal(states: &[(NodeId, MemSpaces)]) -> Result<(), String> {
 }
 
 /// The history is linearizable per key; returns the number of operations checked.
-pub fn linearizable(history: &[Operation], budget: u64) -> Result<usize, String> {
+pub fn linearizable(history: &[Operation], budget: u64) -> Checked<usize> {
     let report = check::check(history, budget);
     if let Some((key, ops)) = report.violations.iter().next() {
         let mut text = format!("history of key {key:?} is not linearizable:");
@@ -195,13 +341,110 @@ pub fn linearizable(history: &[Operation], budget: u64) -> Result<usize, String>
                 op.client, op.input, op.call, op.ret, op.outcome
             ));
         }
-        return Err(text);
+        return Err(Violation::new(Kind::NotLinearizable, text));
     }
     if !report.unknown.is_empty() {
-        return Err(format!(
-            "linearizability undecided within the budget for keys {:?}",
-            report.unknown
+        return Err(Violation::new(
+            Kind::Undecided,
+            format!(
+                "linearizability undecided within the budget for keys {:?}",
+                report.unknown
+            ),
         ));
     }
     Ok(report.operations)
+}
+
+/// The separator before every element of a set value (`,a,b,c`).
+pub const SET_SEPARATOR: u8 = b',';
+
+/// The elements of a set value, in order.
+fn elements(value: &[u8]) -> Vec<&[u8]> {
+    value
+        .split(|b| *b == SET_SEPARATOR)
+        .skip(1)
+        .collect::<Vec<_>>()
+}
+
+/// Checks the set workload: `history` holds the appends (`Input::Append`, whose suffix
+/// is the separator and one element) and the reads of the set keys; `finals` the value
+/// of each set key after quiescence. See the module docs for what is checked.
+pub fn set_valid(
+    history: &[Operation],
+    finals: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Checked<()> {
+    let name = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+    // Per (key, element): the outcome of its append and, if acknowledged, its return.
+    type Append<'a> = (&'a Outcome, Option<u64>);
+    let mut appended: BTreeMap<(&[u8], &[u8]), Append> = BTreeMap::new();
+    for op in history {
+        if let Input::Append(suffix) = &op.input {
+            let e = elements(suffix);
+            appended.insert((&op.key, e[0]), (&op.outcome, op.ret));
+        }
+    }
+    // One value read: `at` is the read's call event (None: the final value).
+    let check = |key: &[u8], value: &[u8], at: Option<u64>| -> Checked<()> {
+        let place = match at {
+            Some(call) => format!("a read called at event {call}"),
+            None => "the final value".to_string(),
+        };
+        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for e in elements(value) {
+            *counts.entry(e).or_default() += 1;
+        }
+        for (e, n) in &counts {
+            if *n > 1 {
+                return Err(Violation::new(
+                    Kind::SetDuplicate,
+                    format!(
+                        "set {:?}: element {:?} appears {n} times in {place}",
+                        name(key),
+                        name(e)
+                    ),
+                ));
+            }
+            match appended.get(&(key, *e)) {
+                Some((Outcome::Fail, _)) | None => {
+                    return Err(Violation::new(
+                        Kind::SetUnexpected,
+                        format!(
+                            "set {:?}: element {:?} in {place} was never appended (or its \
+                             append certainly failed)",
+                            name(key),
+                            name(e)
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if at.is_some() {
+            // A read missing an element acknowledged before it was called is stale: that
+            // is the linearizability check's to report (so each bug has one kind).
+            return Ok(());
+        }
+        for ((k, e), (outcome, _)) in &appended {
+            if *k == key && matches!(outcome, Outcome::Ok(_)) && !counts.contains_key(e) {
+                return Err(Violation::new(
+                    Kind::SetLost,
+                    format!(
+                        "set {:?}: acknowledged element {:?} is missing from {place}",
+                        name(key),
+                        name(e)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    for op in history {
+        if let (true, Outcome::Ok(Output::Value(v))) = (finals.contains_key(&op.key), &op.outcome) {
+            check(&op.key, v.as_deref().unwrap_or_default(), Some(op.call))?;
+        }
+    }
+    for (key, value) in finals {
+        check(key, value.as_deref().unwrap_or_default(), None)?;
+    }
+    Ok(())
 }

@@ -2,18 +2,23 @@
 //!
 //! Each client has one session (`client_id`, and a `seq` that grows with every new
 //! write; a retry keeps its `seq`, as the real client does) and at most one operation in
-//! flight: put, get, compare-and-swap or delete on a small key set, sent to a random live
-//! node. A get is a linearizable read: `Event::ReadBarrier`, then `KvStore::get` on that
+//! flight: put, get, compare-and-swap or delete on a few register keys (`k0`, ...), or an
+//! append of a unique element (`,<session>.<seq>`) or a get on a set key (`s0`), sent to a
+//! random live node. A get is a linearizable read: `Event::ReadBarrier`, then `KvStore::get` on that
 //! node's store.
 //!
-//! Every operation is recorded once, as a [`crate::check::Operation`] with virtual call and
-//! return times (microseconds): `Ok` with what it returned; `Fail` if the node rejected
-//! it (it certainly did not happen); `Info` if an attempt was lost (timeout, crashed node)
+//! Every operation is recorded once, as a [`crate::check::Operation`] whose call and return
+//! times are event numbers: one counter numbers every call and every return in the order
+//! they happen (all answers that arrived are taken before the calls of the same round), so
+//! real-time order is exact — virtual time has ties (a return and a call in the same
+//! round), which the checker would treat as concurrency. An operation ends `Ok` with what
+//! it returned; `Fail` if the node rejected it (it certainly did not happen); `Info` if an attempt was lost (timeout, crashed node)
 //! and no retry with the same session returned an answer — an answer to a retry completes
 //! the operation with that retry's return time. After an `Info` the client continues as a
 //! new checker process (its lost operation may still take effect at any later time).
 //! A read that is not answered had no effect and is retried or dropped.
 
+use super::checks::SET_SEPARATOR;
 use super::world::Node;
 use crate::check::{Input, Operation, Outcome, Output};
 use crate::command::{Command, Expect, WriteOp, WriteResult};
@@ -23,6 +28,14 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot::{self, error::TryRecvError};
+
+/// The share of operations on the set keys (`s0`, ...): appends of unique elements and
+/// reads, checked by `checks::set_valid` as well as for linearizability.
+const SET_SHARE: f64 = 0.2;
+/// How many set keys there are.
+pub const SET_KEYS: usize = 1;
+/// The value limit appends carry (`WriteOp::Append::max_len`); set values stay far below.
+const MAX_VALUE: u64 = 1 << 20;
 
 /// Most attempts of one operation while faults are on, before it is given up as `Info`
 /// (each operation draws its own limit, 1 to this).
@@ -40,7 +53,10 @@ struct Pending {
     input: Input,
     /// The write with its session; None for a get.
     cmd: Option<Command>,
+    /// Virtual time of the call (for the liveness bound).
     call: Duration,
+    /// Event number of the call (the history's time).
+    call_event: u64,
     node: usize,
     attempts: u32,
     max_attempts: u32,
@@ -72,13 +88,19 @@ pub struct Clients {
     pub stale_reads: bool,
     /// Attempts that got no answer (timeout or crashed node).
     pub lost_attempts: u64,
-}
-
-fn us(d: Duration) -> u64 {
-    d.as_micros() as u64
+    /// The last event number handed out (see [`Clients::event`]).
+    events: u64,
 }
 
 impl Clients {
+    /// The next event number: every call and every return of the history gets one, in
+    /// the order they happen, so the history's real-time order is exact (no two events
+    /// tie, as calls and returns within one round of virtual time would).
+    fn event(&mut self) -> u64 {
+        self.events += 1;
+        self.events
+    }
+
     pub fn new(n: usize, keys: usize, rng: &mut StdRng) -> Clients {
         Clients {
             clients: (0..n as u64)
@@ -99,6 +121,7 @@ impl Clients {
             liveness_violation: None,
             stale_reads: false,
             lost_attempts: 0,
+            events: 0,
         }
     }
 
@@ -130,8 +153,13 @@ impl Clients {
         nodes: &mut [Node],
         issuing: bool,
     ) {
+        // Every answer that arrived is taken (its return event numbered) before any new
+        // call of this round: those answers came out of earlier steps of the nodes, so
+        // they did return before these calls were made.
         for i in 0..self.clients.len() {
             self.poll(i, now, rng, nodes);
+        }
+        for i in 0..self.clients.len() {
             let c = &self.clients[i];
             let resend =
                 matches!(&c.pending, Some(Pending { rx: Rx::RetryAt(t), .. }) if *t <= now);
@@ -145,12 +173,25 @@ impl Clients {
     }
 
     fn start(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
-        let k = rng.gen_range(0..self.keys);
-        let key = format!("k{k}").into_bytes();
+        let set = rng.gen_bool(SET_SHARE);
+        let k = rng.gen_range(0..if set { SET_KEYS } else { self.keys });
+        let key = format!("{}{k}", if set { "s" } else { "k" }).into_bytes();
         let c = &mut self.clients[i];
         let value = format!("{}.{}", c.session, c.seq + 1).into_bytes();
         let roll = rng.gen_range(0..100);
-        let (input, op) = if roll < 40 {
+        let (input, op) = if set && roll < 40 {
+            (Input::Get, None)
+        } else if set {
+            // A unique element (the session and seq of its command).
+            let mut suffix = vec![SET_SEPARATOR];
+            suffix.extend_from_slice(&value);
+            let op = WriteOp::Append {
+                key: key.clone(),
+                suffix: suffix.clone(),
+                max_len: MAX_VALUE,
+            };
+            (Input::Append(suffix), Some(op))
+        } else if roll < 40 {
             (Input::Get, None)
         } else if roll < 65 {
             let op = WriteOp::Put {
@@ -193,18 +234,20 @@ impl Clients {
                 op,
             }
         });
-        if cmd.is_some() {
+        if cmd.is_some() && !set {
             let r = &mut self.recent[k];
             r.push(value);
             if r.len() > 4 {
                 r.remove(0);
             }
         }
-        c.pending = Some(Pending {
+        let call_event = self.event();
+        self.clients[i].pending = Some(Pending {
             key,
             input,
             cmd,
             call: now,
+            call_event,
             node: 0,
             attempts: 0,
             max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
@@ -222,7 +265,9 @@ impl Clients {
         rng: &mut StdRng,
         nodes: &mut [Node],
     ) {
-        let live: Vec<usize> = (0..nodes.len()).filter(|&n| nodes[n].is_up()).collect();
+        let live: Vec<usize> = (0..nodes.len())
+            .filter(|&n| nodes[n].is_running())
+            .collect();
         let stale = self.stale_reads;
         let p = self.clients[i].pending.as_mut().unwrap();
         if live.is_empty() {
@@ -311,6 +356,7 @@ impl Clients {
     }
 
     fn finish(&mut self, i: usize, outcome: Outcome, now: Duration, think_ms: u64) {
+        let ret_event = self.event();
         let c = &mut self.clients[i];
         let p = c.pending.take().unwrap();
         if let Some(from) = self.live_from {
@@ -330,8 +376,8 @@ impl Clients {
                 client: c.proc,
                 key: p.key,
                 input: p.input,
-                call: us(p.call),
-                ret: (!info).then(|| us(now)),
+                call: p.call_event,
+                ret: (!info).then_some(ret_event),
                 outcome,
             });
         }
@@ -370,6 +416,13 @@ impl Clients {
         complaint
     }
 
+    /// The set keys.
+    pub fn set_keys() -> Vec<Vec<u8>> {
+        (0..SET_KEYS)
+            .map(|k| format!("s{k}").into_bytes())
+            .collect()
+    }
+
     pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.history.iter().filter(|o| f(&o.outcome)).count()
     }
@@ -384,6 +437,7 @@ fn outcome(r: WriteResult, lost: bool) -> Outcome {
         WriteResult::Put { .. } => Outcome::Ok(Output::Written),
         WriteResult::Delete { deleted, .. } => Outcome::Ok(Output::Deleted(deleted)),
         WriteResult::Cas { succeeded, .. } => Outcome::Ok(Output::Swapped(succeeded)),
+        WriteResult::Append { len, .. } => Outcome::Ok(Output::Appended(len)),
         // Kinds of writes the simulation never issues.
         #[allow(unreachable_patterns)]
         _ => Outcome::Info,

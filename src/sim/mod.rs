@@ -8,8 +8,10 @@
 //! 1. **faults** (`fault_time`): clients issue operations while the nemesis drops,
 //!    delays and reorders messages (FIFO per link, as TCP; `chaos` also duplicates and
 //!    reorders within a link), partitions the network (full split,
-//!    one-way, quorum-loss, constrained election, chained), and crashes and restarts
-//!    nodes — a process crash, or a machine crash that also loses what was not synced;
+//!    one-way, quorum-loss, constrained election, chained), crashes and restarts
+//!    nodes — a process crash, or a machine crash that also loses what was not synced —
+//!    and pauses and resumes them (as SIGSTOP/SIGCONT: a paused node takes no steps and
+//!    fires no timers, keeps its state, and gets what arrived meanwhile when it resumes);
 //! 2. **heal**: every node up, every link up, calm network; clients go on issuing for
 //!    `live_time`, and each operation called now must complete within `liveness_bound`;
 //! 3. **drain**: clients stop issuing; their operations finish;
@@ -24,7 +26,11 @@
 //! run and pairwise at the end, over what the logs still hold); no node's decided index goes back (across a machine
 //! crash it may, because production does not fsync it — monotonicity is then checked
 //! from the restored value on); all replicas' bytes equal after quiescence; liveness
-//! after healing; the client history linearizable per key ([`crate::check`]).
+//! after healing; no node claims more of a round's log than that round's leader had
+//! ([`AcceptedClaims`](checks::AcceptedClaims)); the set workload's appends neither lost
+//! nor duplicated ([`set_valid`]); the client history linearizable per key
+//! ([`crate::check`]), in exact real-time order (calls and returns are numbered events).
+//! Each checker fails with its own [`Kind`] of [`Violation`].
 //!
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
 //! sim::tests::replay -- --ignored --nocapture` or `paxosdb sim --seed <N>` replays it
@@ -49,7 +55,10 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-pub use checks::{common_prefix, linearizable, replicas_equal, DecidedMonotonic, LogOracle};
+pub use checks::{
+    common_prefix, linearizable, replicas_equal, set_valid, DecidedMonotonic, Kind, LogOracle,
+    Violation,
+};
 pub use net::{Shape, Weather};
 
 use crate::node::CompactionPolicy;
@@ -67,13 +76,19 @@ pub enum Bug {
     SkipApply,
     /// Gets are served from the local store without a read barrier.
     StaleReads,
-    /// Node 1's state is changed behind the state machine's back before the final check.
+    /// Node 1's state is changed behind the state machine's back at apply time (a bogus
+    /// element appended to the set key now and then), so that the final comparison has
+    /// to find it after further operations, crashes and state transfers.
     DivergeState,
     /// Node 1 ignores every peer message: requests sent to it never complete.
     DeafNode,
     /// Node 1, after installing a fetched state, resets its log but keeps its old accepted
     /// round (the false claim the nemesis found; see `node::paxos`). Needs compaction.
     StaleAcceptedRound,
+    /// Every node's state machine ignores sessions (`KvStore::no_dedup`): a retried or
+    /// re-proposed write applies again. Test builds only: the switch exists only there.
+    #[cfg(test)]
+    NoDedup,
 }
 
 /// How much log the simulated nodes keep.
@@ -229,6 +244,8 @@ pub struct RunStats {
     /// Machine crashes, and those that dropped a write not yet synced.
     pub machine_crashes: u64,
     pub lossy_machine_crashes: u64,
+    /// Pauses of a node (it stops taking steps and keeps its state, then resumes).
+    pub pauses: u64,
     /// Highest compacted index of any node at the end.
     pub compacted: u64,
     pub virtual_ms: u64,
@@ -251,6 +268,7 @@ pub struct Totals {
     pub machine_crashes: u64,
     /// Machine crashes that dropped a write not yet synced.
     pub lossy_machine_crashes: u64,
+    pub pauses: u64,
     pub partitions: u64,
     pub lost_attempts: u64,
     /// Runs in which some node trimmed its log.
@@ -274,6 +292,7 @@ impl Totals {
         self.crashes += s.crashes;
         self.machine_crashes += s.machine_crashes;
         self.lossy_machine_crashes += s.lossy_machine_crashes;
+        self.pauses += s.pauses;
         self.partitions += s.partitions;
         self.lost_attempts += s.lost_attempts;
         self.trimmed_runs += u64::from(s.compacted > 0);
@@ -291,7 +310,8 @@ impl std::fmt::Display for Totals {
         write!(
             f,
             "{} seeds, {} operations ({} checked, {} with unknown outcome), {} faults ({} \
-             crashes, {} of them machine crashes, {} losing unsynced writes; {} partitions), \
+             crashes, {} of them machine crashes, {} losing unsynced writes; {} pauses; {} \
+             partitions), \
              {} client attempts lost, {} runs with trimmed logs, {} state fetches ({} \
              completed, {} installed, {} failed; {} cut by a crash of the fetcher, {} by a \
              crash of the sender)",
@@ -303,6 +323,7 @@ impl std::fmt::Display for Totals {
             self.crashes,
             self.machine_crashes,
             self.lossy_machine_crashes,
+            self.pauses,
             self.partitions,
             self.lost_attempts,
             self.trimmed_runs,
@@ -320,6 +341,9 @@ impl std::fmt::Display for Totals {
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub seed: u64,
+    /// Which checker failed.
+    pub kind: Kind,
+    /// Its message.
     pub reason: String,
     /// The nemesis' actions up to the failure.
     pub faults: Vec<String>,
@@ -342,20 +366,22 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunStats, Failure> {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(format!("panicked: {what}"))
+            Err(Violation::new(Kind::Panic, format!("panicked: {what}")))
         });
-    result.map(|s| RunStats { seed, ..s }).map_err(|reason| {
+    result.map(|s| RunStats { seed, ..s }).map_err(|v| {
         let mut faults = std::mem::take(&mut w.fault_log);
         faults.extend(w.describe());
         Failure {
             seed,
-            reason,
+            kind: v.kind,
+            reason: v.message,
             faults,
         }
     })
 }
 
-fn phases(w: &mut World) -> Result<RunStats, String> {
+fn phases(w: &mut World) -> Result<RunStats, Violation> {
+    let liveness = |m: String| Violation::new(Kind::Liveness, format!("liveness: {m}"));
     let cfg = w.cfg.clone();
     w.run_until(cfg.fault_time, true, true, |_| false)?;
     w.heal();
@@ -364,28 +390,23 @@ fn phases(w: &mut World) -> Result<RunStats, String> {
     let end = w.now + cfg.liveness_bound + Duration::from_secs(1);
     w.run_until(end, false, false, |w| !w.clients.busy())?;
     if let Some(complaint) = w.clients.close(w.now) {
-        return Err(format!("liveness: {complaint}"));
+        return Err(liveness(complaint));
     }
     if let Some(v) = w.clients.liveness_violation.take() {
-        return Err(format!("liveness: {v}"));
+        return Err(liveness(v));
     }
     let end = w.now + Duration::from_secs(30);
     if !w.run_until(end, false, false, World::converged)? {
-        return Err("liveness: the replicas did not converge within 30 s after healing".into());
+        return Err(liveness(
+            "the replicas did not converge within 30 s after healing".into(),
+        ));
     }
     final_checks(w)
 }
 
-fn final_checks(w: &mut World) -> Result<RunStats, String> {
+fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     let mut logs = Vec::new();
     let mut states = Vec::new();
-    if w.cfg.bug == Some(Bug::DivergeState) {
-        let kv = w.nodes[0].durable.lock().unwrap().kv.clone();
-        kv.write()
-            .unwrap()
-            .kv
-            .insert(b"k0".to_vec(), b"diverged".to_vec());
-    }
     let mut compacted = 0;
     for (i, node) in w.nodes.iter().enumerate() {
         let core = node.core.as_ref().expect("all nodes are up after healing");
@@ -399,6 +420,19 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
     common_prefix(&logs)?;
     replicas_equal(&states)?;
     let history = &w.clients.history;
+    // The replicas are equal: the set keys' final values are node 1's.
+    let reader = w.nodes[0]
+        .kv
+        .as_ref()
+        .expect("all nodes are up after healing");
+    let finals = clients::Clients::set_keys()
+        .into_iter()
+        .map(|k| {
+            let (v, _) = reader.get(&k).expect("memory reads do not fail");
+            (k, v.map(|v| v.value))
+        })
+        .collect();
+    set_valid(history, &finals)?;
     let checked = if w.cfg.linearizability {
         linearizable(history, crate::check::DEFAULT_BUDGET)?
     } else {
@@ -443,6 +477,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, String> {
         sender_crashes: w.sender_crashes,
         machine_crashes: w.machine_crashes,
         lossy_machine_crashes: w.lossy_machine_crashes,
+        pauses: w.pauses,
         compacted,
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),

@@ -25,11 +25,13 @@
 //! [`Durable::stale_accepted_round`] makes a log reset after a state install keep the old
 //! accepted round (the bug the nemesis found, see `node::paxos`).
 
+use super::checks::{round_of, Round};
 use crate::command::{LogEntry, WriteOp};
 use crate::kv::backend::MemSpaces;
 use crate::storage::memory::MemStorage;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp, StorageResult};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The durable state of one node, shared by the world and the node's current life.
@@ -48,6 +50,12 @@ pub struct Durable {
     pub stale_accepted_round: bool,
     /// Fetched states this node installed (in all its lives).
     pub installs: u64,
+    /// The node's id.
+    pub id: u64,
+    /// Per round this node led: the longest log it had while leading it (recorded after
+    /// every write while its promise and accepted round are its own ballot; see
+    /// `checks::accepted_claim`).
+    pub led: BTreeMap<Round, u64>,
 }
 
 impl Durable {
@@ -60,6 +68,8 @@ impl Durable {
             tamper: false,
             stale_accepted_round: false,
             installs: 0,
+            id: 0,
+            led: BTreeMap::new(),
         }))
     }
 
@@ -121,6 +131,14 @@ impl SimStorage {
         d.log.write_atomically(ops)?;
         if synced {
             d.sync_point();
+        }
+        let promise = d.log.get_promise()?;
+        if promise == d.log.get_accepted_round()? {
+            if let Some(round) = round_of(promise).filter(|r| r.3 == d.id) {
+                let end = (d.log.get_compacted_idx()? + d.log.get_log_len()?) as u64;
+                let longest = d.led.entry(round).or_default();
+                *longest = (*longest).max(end);
+            }
         }
         Ok(())
     }

@@ -18,8 +18,14 @@
 //! unfinished, and the restarted store discards it. With
 //! [`SimConfig::crash_transfers`] the nemesis aims crashes at transfers under way, which
 //! the regular fault schedule almost never hits (see `World::aim_at_transfer`).
+//!
+//! A paused node (the nemesis' SIGSTOP) takes no steps, ticks or messages: what arrives
+//! for it is held and delivered in order when it resumes, what it had sent stays in its
+//! outbox, its transfers report when it resumes, and clients do not pick it. A crash of a
+//! paused node ends the pause. The nemesis pauses at most as many nodes as it may crash
+//! (together with the crashed ones), and healing resumes every node.
 
-use super::checks::{DecidedMonotonic, LogOracle};
+use super::checks::{accepted_claim, DecidedMonotonic, LogOracle, Violation};
 use super::clients::Clients;
 use super::net::{idx, Outbox, Packet, Shape, SimNet, Weather};
 use super::storage::{Durable, SimStorage};
@@ -47,11 +53,22 @@ pub struct Node {
     pub durable: Arc<Mutex<Durable>>,
     outbox: Outbox,
     next_tick: Duration,
+    /// Paused (as by SIGSTOP): the core takes no steps, ticks or messages, and keeps its
+    /// state, what it sent but was not routed yet (its outbox), and what arrived for it
+    /// (`held`, delivered in order when it resumes).
+    paused: bool,
+    /// Messages that arrived while paused: (from, packet).
+    held: Vec<(usize, Packet)>,
 }
 
 impl Node {
     pub fn is_up(&self) -> bool {
         self.core.is_some()
+    }
+
+    /// Up and not paused: takes steps, and clients' connections to it are answered.
+    pub fn is_running(&self) -> bool {
+        self.core.is_some() && !self.paused
     }
 }
 
@@ -62,6 +79,9 @@ struct SimSm {
     durable: Arc<Mutex<Durable>>,
     /// Bug injection: drop the first command of every third entry that has commands.
     skip_apply: bool,
+    /// Bug injection: after applying an entry whose index ends in 25 or 75, append a
+    /// bogus element to the set key `s0` behind the state machine's back.
+    diverge: bool,
 }
 
 impl StateMachine for SimSm {
@@ -70,7 +90,16 @@ impl StateMachine for SimSm {
     }
     fn apply(&mut self, index: u64, commands: &[Command]) -> DbResult<Vec<WriteResult>> {
         let skip = self.skip_apply && index % 3 == 2 && !commands.is_empty();
-        self.kv.apply(index, &commands[skip as usize..])
+        let results = self.kv.apply(index, &commands[skip as usize..])?;
+        if self.diverge && index % 50 == 25 {
+            let spaces = self.durable.lock().unwrap().kv.clone();
+            let mut spaces = spaces.write().unwrap();
+            // A stored value is its version then its bytes: this appends to the bytes.
+            if let Some(v) = spaces.kv.get_mut(b"s0".as_slice()) {
+                v.extend_from_slice(b",diverged");
+            }
+        }
+        Ok(results)
     }
     fn install_staged(&mut self) -> DbResult<u64> {
         let applied = self.kv.install_staged()?;
@@ -131,6 +160,8 @@ pub struct World {
     /// or state machine writes newer than the last sync point).
     pub machine_crashes: u64,
     pub lossy_machine_crashes: u64,
+    /// Pauses of a node (see [`Node::paused`]).
+    pub pauses: u64,
     /// Crashes aimed at transfers so far (see `aim_at_transfer`), from a per-seed start.
     aims: u64,
 }
@@ -165,6 +196,7 @@ impl World {
             sender_crashes: 0,
             machine_crashes: 0,
             lossy_machine_crashes: 0,
+            pauses: 0,
             aims: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63,
             rng,
             cfg,
@@ -173,6 +205,7 @@ impl World {
             let durable = Durable::new();
             {
                 let mut d = durable.lock().unwrap();
+                d.id = i as u64 + 1;
                 d.tamper = w.cfg.bug == Some(Bug::TamperLog) && i == 0;
                 d.stale_accepted_round = w.cfg.bug == Some(Bug::StaleAcceptedRound) && i == 0;
             }
@@ -182,6 +215,8 @@ impl World {
                 durable,
                 outbox: Outbox::default(),
                 next_tick: Duration::ZERO,
+                paused: false,
+                held: Vec::new(),
             });
             w.start(i);
         }
@@ -208,11 +243,17 @@ impl World {
         };
         let node = &mut self.nodes[i];
         let spaces = node.durable.lock().unwrap().kv.clone();
-        let kv = KvStore::open_memory(spaces).expect("memory store opens");
+        #[allow(unused_mut)]
+        let mut kv = KvStore::open_memory(spaces).expect("memory store opens");
+        #[cfg(test)]
+        {
+            kv.no_dedup = self.cfg.bug == Some(Bug::NoDedup);
+        }
         let sm = SimSm {
             kv: kv.clone(),
             durable: node.durable.clone(),
             skip_apply: self.cfg.bug == Some(Bug::SkipApply) && i == 0,
+            diverge: self.cfg.bug == Some(Bug::DivergeState) && i == 0,
         };
         let storage = SimStorage(node.durable.clone());
         let mut core = Core::new(cfg, storage, Box::new(sm), Box::new(node.outbox.clone()))
@@ -231,6 +272,8 @@ impl World {
         let before = node.core.as_ref().map(|c| c.status());
         node.core = None;
         node.kv = None;
+        node.paused = false;
+        node.held.clear();
         node.outbox.take_all();
         self.net.drop_node(i);
         // The fetching node's transfers die with it; a peer's crash breaks the
@@ -286,7 +329,9 @@ impl World {
     /// Tells node `to` that its connection to node `peer` came back.
     fn reconnected(&mut self, to: usize, peer: usize) {
         let at = self.at();
-        if let Some(core) = self.nodes[to].core.as_mut() {
+        // A paused node notices when it resumes (see `resume`).
+        let node = &mut self.nodes[to];
+        if let Some(core) = node.core.as_mut().filter(|_| !node.paused) {
             core.handle(Event::Reconnected(peer as NodeId + 1), at);
         }
     }
@@ -365,7 +410,9 @@ impl World {
     /// Ends the transfers due at `now`.
     fn finish_fetches(&mut self) {
         let at = self.at();
-        while let Some(k) = self.transfers.iter().position(|t| t.due <= self.now) {
+        // A paused fetching node hears of its transfer when it resumes.
+        let due = |w: &World, t: &Transfer| t.due <= w.now && !w.nodes[t.fetcher].paused;
+        while let Some(k) = self.transfers.iter().position(|t| due(self, t)) {
             let t = self.transfers.remove(k);
             let res = match t.state {
                 Ok(_) if !self.linked(t.fetcher, t.from) => {
@@ -408,6 +455,58 @@ impl World {
     fn leader(&self) -> Option<usize> {
         (0..self.nodes.len())
             .find(|&i| matches!(&self.nodes[i].core, Some(c) if c.status().role == Role::Leader))
+    }
+
+    /// Pauses node `i` (see [`Node::paused`]).
+    fn pause(&mut self, i: usize) {
+        self.nodes[i].paused = true;
+        self.pauses += 1;
+        self.log(format!("pause node {}", i + 1));
+    }
+
+    /// Resumes paused node `i`: what arrived meanwhile is delivered first, in order, then
+    /// its timers fire (late, as after SIGCONT).
+    fn resume(&mut self, i: usize) {
+        let at = self.at();
+        let node = &mut self.nodes[i];
+        node.paused = false;
+        node.next_tick = node.next_tick.min(self.now);
+        let held = std::mem::take(&mut node.held);
+        let n = held.len();
+        for (from, packet) in held {
+            self.deliver(from, i, packet, at);
+        }
+        self.log(format!("resume node {} ({n} messages held)", i + 1));
+        // Its connections may have broken and come back meanwhile.
+        for j in 0..self.nodes.len() {
+            if j != i && self.linked(i, j) {
+                self.reconnected(i, j);
+            }
+        }
+    }
+
+    /// Hands `packet` from `from` to node `to`'s core (if it is up).
+    fn deliver(&mut self, from: usize, to: usize, packet: Packet, at: Instant) {
+        let now = self.now;
+        if let Some(core) = self.nodes[to].core.as_mut() {
+            if self.cfg.trace {
+                (now, to).hash(&mut self.trace);
+                match &packet {
+                    Packet::Paxos(m) => bincode::serialize(m),
+                    Packet::Note(n) => bincode::serialize(n),
+                }
+                .unwrap()
+                .hash(&mut self.trace);
+            }
+            let ev = match packet {
+                Packet::Paxos(msg) => Event::Peer { config: 1, msg },
+                Packet::Note(note) => Event::Note {
+                    from: from as NodeId + 1,
+                    note,
+                },
+            };
+            core.handle(ev, at);
+        }
     }
 
     /// With `crash_transfers`, while a transfer is under way: crashes its fetching or its
@@ -470,6 +569,29 @@ impl World {
         } else if roll < 85 && !down.is_empty() {
             let i = *down.choose(&mut self.rng).unwrap();
             self.restart(i);
+        } else if roll < 93 {
+            // Pause a running node (the leader half the time), or resume a paused one.
+            let paused: Vec<usize> = up
+                .iter()
+                .copied()
+                .filter(|&i| self.nodes[i].paused)
+                .collect();
+            let running: Vec<usize> = up
+                .iter()
+                .copied()
+                .filter(|&i| !self.nodes[i].paused)
+                .collect();
+            let may_pause = down.len() + paused.len() < n.div_ceil(2) && !running.is_empty();
+            if !paused.is_empty() && (!may_pause || self.rng.gen_bool(0.5)) {
+                let i = *paused.choose(&mut self.rng).unwrap();
+                self.resume(i);
+            } else if may_pause {
+                let i = match leader {
+                    Some(l) if self.rng.gen_bool(0.5) && !self.nodes[l].paused => l,
+                    _ => *running.choose(&mut self.rng).unwrap(),
+                };
+                self.pause(i);
+            }
         } else {
             self.net.weather = if self.rng.gen_bool(0.3) {
                 Weather::CALM
@@ -486,6 +608,8 @@ impl World {
         for i in 0..self.nodes.len() {
             if !self.nodes[i].is_up() {
                 self.restart(i);
+            } else if self.nodes[i].paused {
+                self.resume(i);
             }
         }
         let links = self.net.all_up();
@@ -496,7 +620,7 @@ impl World {
 
     /// Checks the log invariants on every live node (after every round, so before a node
     /// can trim what it decided in it: see `checks`).
-    fn observe(&mut self) -> Result<(), String> {
+    fn observe(&mut self) -> Result<(), Violation> {
         for i in 0..self.nodes.len() {
             let Some(core) = &self.nodes[i].core else {
                 continue;
@@ -504,7 +628,17 @@ impl World {
             let status = core.status();
             let decided = status.decided_index;
             self.mono.observe(i, decided)?;
-            let installs = self.nodes[i].durable.lock().unwrap().installs;
+            let (installs, accepted, end) = {
+                let d = self.nodes[i].durable.lock().unwrap();
+                let end = d.log.get_compacted_idx().unwrap() + d.log.get_log_len().unwrap();
+                (d.installs, d.log.get_accepted_round().unwrap(), end as u64)
+            };
+            let nodes = &self.nodes;
+            accepted_claim(i, accepted, end, |r| {
+                let leader = nodes.get((r.3 as usize).wrapping_sub(1))?;
+                let led = leader.durable.lock().unwrap().led.get(&r).copied();
+                led
+            })?;
             let installed = installs > self.installs_seen[i];
             self.installs_seen[i] = installs;
             self.oracle.skip(i, status.compacted_index, installed)?;
@@ -524,15 +658,21 @@ impl World {
         faults: bool,
         issuing: bool,
         stop: fn(&World) -> bool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, Violation> {
         loop {
             if stop(self) {
                 return Ok(true);
             }
-            let ticks = self.nodes.iter().filter(|n| n.is_up()).map(|n| n.next_tick);
+            let ticks = self.nodes.iter().filter(|n| n.is_running());
+            let ticks = ticks.map(|n| n.next_tick);
             let next = ticks
                 .chain(self.net.next_time())
-                .chain(self.transfers.iter().map(|t| t.due))
+                .chain(
+                    self.transfers
+                        .iter()
+                        .filter(|t| !self.nodes[t.fetcher].paused)
+                        .map(|t| t.due),
+                )
                 .chain(self.clients.next_time(issuing))
                 .chain(faults.then_some(self.next_fault))
                 .min()
@@ -547,29 +687,15 @@ impl World {
                 if to == 0 && self.cfg.bug == Some(Bug::DeafNode) {
                     continue;
                 }
-                if let Some(core) = self.nodes[to].core.as_mut() {
-                    if self.cfg.trace {
-                        (now, to).hash(&mut self.trace);
-                        match &packet {
-                            Packet::Paxos(m) => bincode::serialize(m),
-                            Packet::Note(n) => bincode::serialize(n),
-                        }
-                        .unwrap()
-                        .hash(&mut self.trace);
-                    }
-                    let ev = match packet {
-                        Packet::Paxos(msg) => Event::Peer { config: 1, msg },
-                        Packet::Note(note) => Event::Note {
-                            from: from as NodeId + 1,
-                            note,
-                        },
-                    };
-                    core.handle(ev, at);
+                if self.nodes[to].paused {
+                    self.nodes[to].held.push((from, packet));
+                } else {
+                    self.deliver(from, to, packet, at);
                 }
             }
             self.finish_fetches();
             for node in &mut self.nodes {
-                if let Some(core) = node.core.as_mut() {
+                if let Some(core) = node.core.as_mut().filter(|_| !node.paused) {
                     if node.next_tick <= now {
                         core.tick(at);
                         node.next_tick += TICK;
@@ -580,6 +706,9 @@ impl World {
             self.clients
                 .act(now, base, &mut self.rng, &mut self.nodes, issuing);
             for i in 0..self.nodes.len() {
+                if self.nodes[i].paused {
+                    continue;
+                }
                 if let Some(core) = self.nodes[i].core.as_mut() {
                     core.step(at);
                     let sent = self.nodes[i].outbox.take_all();
