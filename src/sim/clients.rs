@@ -185,7 +185,7 @@ impl Clients {
             // A unique element (the session and seq of its command).
             let mut suffix = vec![SET_SEPARATOR];
             suffix.extend_from_slice(&value);
-            let op = WriteOp::Append {
+            let op = WriteOp::AppendUpTo {
                 key: key.clone(),
                 suffix: suffix.clone(),
                 max_len: MAX_VALUE,
