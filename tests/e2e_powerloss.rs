@@ -14,7 +14,8 @@
 //! Knobs for a long soak (`scripts/soak-powerloss`): `PAXOSDB_POWERLOSS_ROUNDS` (default
 //! 6) or `PAXOSDB_POWERLOSS_SECS` (run rounds until that much time has passed).
 //!
-//! Needs root and /dev/fuse (mount(2)); prints `SKIPPED: <reason>` and passes without.
+//! Needs root and /dev/fuse (mount(2)); without them the test is recorded as skipped
+//! (`tests/common/skip.rs`), never counted as passed.
 
 mod common;
 
@@ -25,9 +26,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Says why this test cannot run here. The one place a skip is reported.
-fn skip(reason: &str) {
-    println!("SKIPPED: {reason}");
+/// Says why `test` cannot run here. The one place a skip is reported.
+fn skip(test: &str, reason: &str) {
+    common::skip(test, reason);
 }
 
 /// One lossyfs per node, each holding that node's data directory.
@@ -37,10 +38,10 @@ struct Disks {
 }
 
 impl Disks {
-    /// Mounts `n` file systems, or says why it cannot and returns None.
-    fn mount(n: usize) -> Option<Disks> {
+    /// Mounts `n` file systems for `test`, or records why it cannot and returns None.
+    fn mount(test: &str, n: usize) -> Option<Disks> {
         if let Some(why) = lossyfs::unavailable() {
-            skip(&why);
+            skip(test, &why);
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
@@ -145,7 +146,9 @@ const PREFIX: &str = "r";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_power_loss() {
-    let Some(disks) = Disks::mount(3) else { return };
+    let Some(disks) = Disks::mount("acknowledged_writes_survive_power_loss", 3) else {
+        return;
+    };
     let mut c = Cluster::start_in(disks.data_dirs(), &[]).await;
     let secs = env_u64("PAXOSDB_POWERLOSS_SECS");
     let rounds = env_u64("PAXOSDB_POWERLOSS_ROUNDS").unwrap_or(6);
@@ -247,7 +250,9 @@ async fn acknowledged_writes_survive_power_loss() {
 /// RocksDB's unsynced write-ahead log, so one power loss on all nodes loses it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsynced_log_loses_acknowledged_writes() {
-    let Some(disks) = Disks::mount(3) else { return };
+    let Some(disks) = Disks::mount("unsynced_log_loses_acknowledged_writes", 3) else {
+        return;
+    };
     let mut c = Cluster::start_in(disks.data_dirs(), &[("PAXOSDB_UNSAFE_NO_FSYNC", "true")]).await;
     assert!(
         c.log_of(1).contains("UNSAFE: --unsafe-no-fsync"),
