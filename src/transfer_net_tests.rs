@@ -129,6 +129,19 @@ fn untouched(b: &mut KvStore, live: &[StatePart]) {
 }
 
 /// A fetch that completes and installs makes `b` equal to `a`.
+/// A fetch through `addr` that fails because the stream broke (at once, not by
+/// stalling), leaving `b`'s live state as `live` and nothing installable.
+async fn broken_stream(addr: SocketAddr, b: &mut KvStore, live: &[StatePart]) {
+    let (res, took) = fetch(addr, b, NO_STALL).await;
+    let err = res.unwrap_err();
+    assert!(
+        matches!(&err, Error::Unavailable(m) if m.contains("state stream from node 1")),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    untouched(b, live);
+}
+
 async fn fetch_and_install(addr: SocketAddr, a: &KvStore, b: &mut KvStore) {
     let (res, _) = fetch(addr, b, NO_STALL).await;
     assert_eq!(res.unwrap(), a.applied_index());
@@ -227,14 +240,7 @@ async fn a_sender_that_dies_mid_stream_fails_the_fetch_and_the_next_one_succeeds
         }),
     )
     .await;
-    let (res, took) = fetch(proxy.addr, &b, NO_STALL).await;
-    let err = res.unwrap_err();
-    assert!(
-        matches!(&err, Error::Unavailable(m) if m.contains("state stream from node 1")),
-        "{err}"
-    );
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    untouched(&mut b, &live);
+    broken_stream(proxy.addr, &mut b, &live).await;
 
     // The next fetch (through the same proxy, now forwarding) starts over and completes.
     fetch_and_install(proxy.addr, &a, &mut b).await;
@@ -314,14 +320,7 @@ async fn a_damaged_or_cut_chunk_on_the_wire_is_refused() {
     );
     untouched(&mut b, &live);
     // Half of chunk 1, then the connection closes.
-    let (res, took) = fetch(proxy.addr, &b, NO_STALL).await;
-    let err = res.unwrap_err();
-    assert!(
-        matches!(&err, Error::Unavailable(m) if m.contains("state stream from node 1")),
-        "{err}"
-    );
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    untouched(&mut b, &live);
+    broken_stream(proxy.addr, &mut b, &live).await;
     fetch_and_install(proxy.addr, &a, &mut b).await;
 }
 

@@ -117,15 +117,7 @@ async fn a_follower_far_behind_on_big_values_catches_up_by_state_transfer() {
     let target = c.applied(leader).await.unwrap();
     let started = Instant::now();
     c.restart(down).await;
-    eventually(
-        Duration::from_secs(60),
-        "the restarted follower catches up",
-        || {
-            let c = &c;
-            async move { (c.applied(down).await? >= target).then_some(()) }
-        },
-    )
-    .await;
+    c.wait_applied(down, target, Duration::from_secs(60)).await;
     let caught_up = started.elapsed();
     let log = c.log_of(down);
     assert!(
@@ -469,11 +461,7 @@ async fn a_full_disk_refuses_writes_then_stops_the_node_cleanly() {
     let started = Instant::now();
     c.restart(f).await;
     let target = c.applied(leader).await.unwrap();
-    eventually(Duration::from_secs(60), "the node catches up", || {
-        let c = &c;
-        async move { (c.applied(f).await? >= target).then_some(()) }
-    })
-    .await;
+    c.wait_applied(f, target, Duration::from_secs(60)).await;
     let (v, _) = c
         .client_for(f)
         .get(format!("fill/{}", written - 1).as_bytes(), true)

@@ -197,15 +197,7 @@ async fn with_mutual_tls_impostors_are_refused_and_members_replicate() {
     }
     let target = c.applied(leader).await.unwrap();
     c.restart(down).await;
-    eventually(
-        Duration::from_secs(60),
-        "the node catches up over TLS",
-        || {
-            let c = &c;
-            async move { (c.applied(down).await? >= target).then_some(()) }
-        },
-    )
-    .await;
+    c.wait_applied(down, target, Duration::from_secs(60)).await;
     let (v, _) = c.client_for(down).get(b"k199", true).await.unwrap();
     assert!(v.is_some());
     assert!(c.log_of(down).contains("state installed"));

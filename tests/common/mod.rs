@@ -343,6 +343,16 @@ impl Cluster {
             .map(|s| s.applied_index)
     }
 
+    /// Waits until node `id` has applied at least `index` entries (a restarted node has
+    /// caught up with what the others had applied).
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let what = format!("node {id} applies up to {index}");
+        eventually(timeout, &what, || async move {
+            (self.applied(id).await? >= index).then_some(())
+        })
+        .await
+    }
+
     /// The log of node `id`, for assertion messages.
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
