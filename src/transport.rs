@@ -725,7 +725,10 @@ async fn serve_peer(
         let Ok(permit) = inbox.clone().acquire_many_owned(cost).await else {
             return Ok(());
         };
-        if events.send(Event::Held(Box::new(event), permit)).is_err() {
+        if events
+            .send(Event::Held(Box::new(event), permit.into()))
+            .is_err()
+        {
             return Ok(());
         }
     }

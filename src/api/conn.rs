@@ -52,7 +52,6 @@ pub fn refused_http() -> Vec<u8> {
 /// The connection limit and idle timeout shared by every client listener of a node.
 pub struct ConnLimiter {
     places: Arc<Semaphore>,
-    limit: usize,
     idle: Option<Duration>,
     metrics: Arc<Metrics>,
 }
@@ -83,23 +82,11 @@ impl ConnLimiter {
                  client connections (raise `ulimit -n`)"
             );
         }
-        let limit = limit.min(fit);
         Arc::new(ConnLimiter {
-            places: Arc::new(Semaphore::new(limit)),
-            limit,
+            places: Arc::new(Semaphore::new(limit.min(fit))),
             idle,
             metrics,
         })
-    }
-
-    /// The limit in force.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
-    /// The idle timeout, if any.
-    pub fn idle(&self) -> Option<Duration> {
-        self.idle
     }
 
     /// Takes a place for a new connection, or `None` at the limit.
@@ -140,12 +127,6 @@ impl ConnLimiter {
             metrics: self.metrics.clone(),
             _place: place,
         }
-    }
-
-    /// Counts a connection closed for being slow or idle (for a protocol server that
-    /// enforces a timeout itself).
-    pub fn timed_out(&self) {
-        self.metrics.connections_timed_out.fetch_add(1, Relaxed);
     }
 }
 
@@ -193,6 +174,25 @@ impl<S> Guarded<S> {
         }
     }
 
+    /// What a write of the inner stream means for the deadline: progress resets it; a
+    /// client that stops reading must not hold a reply (and its place) forever.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => self.active(),
+            Poll::Pending => {
+                if let Some(e) = self.expired(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
     /// After the inner stream said `Pending`: the idle deadline, if it has passed.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
         let d = self.deadline.as_mut()?;
@@ -236,16 +236,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.active();
-        }
-        // A client that stops reading must not hold a reply (and its place) forever.
-        if r.is_pending() {
-            if let Some(e) = self.expired(cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        r
+        self.wrote(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -262,15 +253,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.active();
-        }
-        if r.is_pending() {
-            if let Some(e) = self.expired(cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        r
+        self.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

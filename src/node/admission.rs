@@ -42,8 +42,15 @@ pub struct Admission {
     pub refused: AtomicU64,
 }
 
-/// A share of the budget; given back when dropped.
+/// A share of a byte budget (this one, or the transport's peer inbox); given back when
+/// dropped.
 pub struct Ticket(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl From<OwnedSemaphorePermit> for Ticket {
+    fn from(p: OwnedSemaphorePermit) -> Ticket {
+        Ticket(p)
+    }
+}
 
 impl Admission {
     pub fn new(capacity_bytes: u64) -> Arc<Admission> {

@@ -105,7 +105,7 @@ impl NodeHandle {
         let ticket = self.admission.write(op.size())?;
         let (reply, rx) = oneshot::channel();
         let cmd = Command { client_id, seq, op };
-        let ev = Event::Admitted(Box::new(Event::Write { cmd, reply }), ticket);
+        let ev = Event::Held(Box::new(Event::Write { cmd, reply }), ticket);
         self.tx.send(ev).map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(WriteResult::Rejected(why))) => Err(Error::InvalidInput(why)),

@@ -118,11 +118,10 @@ pub enum Event {
     },
     /// Stop the loop.
     Shutdown,
-    /// An event holding a share of a bounded budget (the peer inbox) until it is handled.
-    Held(Box<Event>, tokio::sync::OwnedSemaphorePermit),
-    /// A client request with its admission ticket: a write keeps it until its waiter is
-    /// answered or expires (a client that hangs up must not free the bytes early).
-    Admitted(Box<Event>, admission::Ticket),
+    /// An event holding a share of a bounded budget (client admission, the peer inbox):
+    /// given back once the event is handled, except that a write keeps it with its waiter
+    /// until answered or expired (a client that hangs up must not free the bytes early).
+    Held(Box<Event>, admission::Ticket),
 }
 
 /// Timing and batching knobs of the core.
@@ -346,13 +345,11 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// Handles one event received at `now`; false means stop.
     pub fn handle(&mut self, ev: Event, now: Instant) -> bool {
         match ev {
-            // The permit goes back once the event is handled.
-            Event::Held(ev, _permit) => return self.handle(*ev, now),
-            Event::Admitted(ev, ticket) => match *ev {
+            Event::Held(ev, ticket) => match *ev {
                 Event::Write { cmd, reply } if self.silenced().is_none() => {
                     self.write(cmd, reply, Some(ticket), now)
                 }
-                // Answered at once: the ticket goes back now.
+                // Handled at once: the ticket goes back now.
                 ev => return self.handle(ev, now),
             },
             Event::Peer { .. } if self.silenced().is_some() => {}

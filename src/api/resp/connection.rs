@@ -14,6 +14,7 @@
 //! built ([`Frame::Encoded`]) is queued as it is, without being copied again.
 
 use super::frame::{parse_request, Encoded, Frame, FrameError, FrameLimits};
+use crate::api::conn::Guarded;
 use std::collections::VecDeque;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,7 +26,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const KEEP_AS_IS: usize = 64 * 1024;
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: Guarded<TcpStream>,
     rbuf: Vec<u8>,
     /// Bytes of `rbuf` already parsed.
     consumed: usize,
@@ -40,7 +41,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, limits: FrameLimits) -> Connection {
+    pub fn new(stream: Guarded<TcpStream>, limits: FrameLimits) -> Connection {
         Connection {
             stream,
             rbuf: Vec::with_capacity(16 * 1024),

@@ -140,32 +140,19 @@ pub async fn serve(
     crate::api::conn::drain(conns, Duration::from_secs(3)).await;
 }
 
-/// Writes the queued replies out; false when the connection is broken, or the client
-/// read nothing for the idle timeout (it must not hold its replies and its place forever).
-async fn flushed(conn: &mut Connection, shared: &Shared) -> bool {
-    match shared.info.conns.idle() {
-        None => conn.flush().await.is_ok(),
-        Some(idle) => match tokio::time::timeout(idle, conn.flush()).await {
-            Ok(r) => r.is_ok(),
-            Err(_) => {
-                shared.info.conns.timed_out();
-                false
-            }
-        },
-    }
-}
-
 /// Runs one client connection to its end.
 async fn handle(
     stream: TcpStream,
-    _place: crate::api::conn::Place,
+    place: crate::api::conn::Place,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let mut session = exec::Session::new(id);
-    let mut conn = Connection::new(stream, shared.limits);
+    // The guard times the connection out when it sends nothing, or reads nothing of its
+    // replies, for the idle timeout (the same for every listener).
+    let mut conn = Connection::new(shared.info.conns.guard(stream, place), shared.limits);
     run(&mut conn, &mut session, &shared, &mut shutdown).await;
     conn.close().await;
     shared.clients.fetch_sub(1, Ordering::Relaxed);
@@ -187,7 +174,7 @@ async fn run(
                     if after == exec::After::Close {
                         return;
                     }
-                    if conn.queued() >= connection::FLUSH_AT && !flushed(conn, shared).await {
+                    if conn.queued() >= connection::FLUSH_AT && conn.flush().await.is_err() {
                         return;
                     }
                 }
@@ -202,21 +189,16 @@ async fn run(
                 }
             }
         }
-        if !flushed(conn, shared).await || *shutdown.borrow() {
+        if conn.flush().await.is_err() || *shutdown.borrow() {
             return;
         }
-        let idle = shared.info.conns.idle();
         tokio::select! {
+            // An error here includes the idle timeout (Redis' `timeout`, on by default).
             r = conn.fill() => match r {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return,
             },
             _ = shutdown.changed() => return,
-            // Idle for too long: close (Redis' `timeout`, on by default here).
-            _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {
-                shared.info.conns.timed_out();
-                return;
-            }
         }
     }
 }
