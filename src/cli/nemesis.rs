@@ -13,9 +13,11 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 pub struct NemesisArgs {
     /// Faults to inject, comma separated: all, none, kill, pause, partition, membership,
-    /// or single faults (kill-random, kill-leader, kill-majority, pause-random,
+    /// transfer, or single faults (kill-random, kill-leader, kill-majority, pause-random,
     /// pause-leader, partition-leader, partition-halves, quorum-loss,
-    /// constrained-election, chained, replace, shrink-grow).
+    /// constrained-election, chained, replace, shrink-grow, kill-transfer-sender,
+    /// pause-transfer-sender, pause-past-retention). `all` is every family but transfer,
+    /// which needs --log-budget tiny (name it: all,transfer).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
     /// Workload: register (put/get/cas, checked for linearizability) or set (CAS-append,
@@ -66,6 +68,11 @@ pub struct NemesisArgs {
     /// --time-limit).
     #[arg(long, default_value_t = 0)]
     pub min_faults_each: usize,
+    /// Client protocols of the workers, comma separated: grpc, http, resp, or all. The
+    /// workers are dealt them in turn (--clients must be at least their number), and the
+    /// run fails if a protocol got no answer at all.
+    #[arg(long, default_value = "all")]
+    pub protocols: String,
     /// Also print the summary as JSON on stdout (after the text).
     #[arg(long)]
     pub json: bool,
@@ -76,6 +83,13 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
         .map_err(|e| Error::Internal(format!("cannot find this binary: {e}")))?;
     let faults = match faults::parse_faults(&a.nemesis) {
         Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let protocols = match crate::nemesis::clients::parse_protocols(&a.protocols) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(2));
@@ -98,6 +112,7 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
     opts.stale_reads = a.stale_reads;
     opts.log_budget = a.log_budget;
     opts.min_each = a.min_faults_each;
+    opts.protocols = protocols;
     eprintln!(
         "nemesis: seed {seed}, {} nodes, {} clients, {:?}, faults {}, {} log budget",
         a.nodes,

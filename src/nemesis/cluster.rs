@@ -1,8 +1,8 @@
 //! A cluster of real `paxosdb server` processes for the nemesis, one loopback IP per node.
 //!
-//! Node `i` (1-based) listens on `127.0.0.i` for both its peer port and its client port,
-//! and its outgoing peer connections leave from that IP too (the transport binds to the
-//! node's own peer IP). So a firewall rule naming two nodes' IPs and peer ports cuts
+//! Node `i` (1-based) listens on `127.0.0.i` for its peer port and its client ports (gRPC,
+//! HTTP and RESP, each on a fresh port), and its outgoing peer connections leave from that
+//! IP too (the transport binds to the node's own peer IP). So a firewall rule naming two nodes' IPs and peer ports cuts
 //! exactly the link between them while clients still reach every node.
 //!
 //! Nodes added at run time by the membership nemesis (see [`super::membership`]) get the
@@ -15,6 +15,7 @@
 //!
 //! The cluster owns its children: dropping it SIGKILLs every node (paused ones included).
 
+use super::clients::NodeAddrs;
 use crate::client::{Client, ClientOptions};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -41,6 +42,9 @@ pub struct ProcNode {
     pub ip: Ipv4Addr,
     pub peer_port: u16,
     pub client_addr: String,
+    /// The HTTP and RESP listeners (the workload speaks all three protocols).
+    pub http_addr: String,
+    pub resp_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -231,12 +235,16 @@ impl ProcCluster {
             .collect()
     }
 
-    /// The members' client endpoints.
-    pub fn endpoints(&self) -> Vec<String> {
+    /// The members' client endpoints (every protocol).
+    pub fn endpoints(&self) -> Vec<NodeAddrs> {
         self.nodes
             .iter()
             .filter(|n| n.role == Role::Member)
-            .map(|n| n.client_addr.clone())
+            .map(|n| NodeAddrs {
+                grpc: n.client_addr.clone(),
+                http: n.http_addr.clone(),
+                resp: n.resp_addr.clone(),
+            })
             .collect()
     }
 
@@ -270,9 +278,9 @@ impl ProcCluster {
         }
         let child = cmd
             .args(["--client-addr", &n.client_addr])
-            // The workload speaks gRPC only; the other listeners would collide between
-            // runs sharing the machine.
-            .args(["--http-addr", "off", "--resp-addr", "off"])
+            // Fresh ports of their own: the defaults would collide between runs sharing
+            // the machine.
+            .args(["--http-addr", &n.http_addr, "--resp-addr", &n.resp_addr])
             .arg("--data-dir")
             .arg(&n.data_dir)
             .env("PAXOSDB_LOG", "info")
@@ -486,6 +494,8 @@ fn lay_out(dir: &Path, id: u64, held: &mut Vec<TcpListener>) -> std::io::Result<
     let peer_port = free_port(ip, held)?;
     let client_port = free_port(ip, held)?;
     let client_addr = format!("{ip}:{client_port}");
+    let http_addr = format!("{ip}:{}", free_port(ip, held)?);
+    let resp_addr = format!("{ip}:{}", free_port(ip, held)?);
     let status = Client::with_options(
         std::slice::from_ref(&client_addr),
         ClientOptions {
@@ -499,6 +509,8 @@ fn lay_out(dir: &Path, id: u64, held: &mut Vec<TcpListener>) -> std::io::Result<
         ip,
         peer_port,
         client_addr,
+        http_addr,
+        resp_addr,
         data_dir: dir.join(format!("node-{id}")),
         log: dir.join(format!("node-{id}.log")),
         child: None,

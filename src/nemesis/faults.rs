@@ -23,6 +23,11 @@
 //!   removed node is stopped once the change is applied;
 //! - `shrink-grow`: one change removes a member (the leader one time in three), a second
 //!   adds a fresh node, so the cluster keeps its size.
+//!
+//! The `transfer` family (`kill-transfer-sender`, `pause-transfer-sender`,
+//! `pause-past-retention`) waits for the moment it aims at — a state transfer under way, a
+//! follower behind the others' trimmed logs — and is run by [`super::transfer_faults`].
+//! It needs the tiny log budget and is not part of `all`.
 
 use super::cluster::ProcCluster;
 use super::firewall::{Endpoint, Firewall};
@@ -45,6 +50,9 @@ pub enum Fault {
     Chained,
     Replace,
     ShrinkGrow,
+    KillTransferSender,
+    PauseTransferSender,
+    PausePastRetention,
 }
 
 /// The fault families that `--nemesis` names.
@@ -54,10 +62,13 @@ pub enum Family {
     Pause,
     Partition,
     Membership,
+    /// Aimed at state transfers ([`super::transfer_faults`]); needs the tiny log budget.
+    Transfer,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    /// Every fault, the `transfer` family included.
+    pub const ALL: [Fault; 15] = [
         Fault::KillRandom,
         Fault::KillLeader,
         Fault::KillMajority,
@@ -70,7 +81,18 @@ impl Fault {
         Fault::Chained,
         Fault::Replace,
         Fault::ShrinkGrow,
+        Fault::KillTransferSender,
+        Fault::PauseTransferSender,
+        Fault::PausePastRetention,
     ];
+
+    /// What `--nemesis all` means: every fault that runs under any log budget (all but
+    /// the `transfer` family, which needs the tiny one).
+    pub fn all() -> impl Iterator<Item = Fault> {
+        Fault::ALL
+            .into_iter()
+            .filter(|f| f.family() != Family::Transfer)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -86,6 +108,9 @@ impl Fault {
             Fault::Chained => "chained",
             Fault::Replace => "replace",
             Fault::ShrinkGrow => "shrink-grow",
+            Fault::KillTransferSender => "kill-transfer-sender",
+            Fault::PauseTransferSender => "pause-transfer-sender",
+            Fault::PausePastRetention => "pause-past-retention",
         }
     }
 
@@ -94,6 +119,9 @@ impl Fault {
             Fault::KillRandom | Fault::KillLeader | Fault::KillMajority => Family::Kill,
             Fault::PauseRandom | Fault::PauseLeader => Family::Pause,
             Fault::Replace | Fault::ShrinkGrow => Family::Membership,
+            Fault::KillTransferSender | Fault::PauseTransferSender | Fault::PausePastRetention => {
+                Family::Transfer
+            }
             _ => Family::Partition,
         }
     }
@@ -112,19 +140,21 @@ impl Family {
             Family::Pause => "pause",
             Family::Partition => "partition",
             Family::Membership => "membership",
+            Family::Transfer => "transfer",
         }
     }
 }
 
 /// Parses `--nemesis`: a comma-separated list of families (`kill`, `pause`, `partition`,
-/// `membership`), single faults (`kill-leader`, `quorum-loss`, ...), `all`, or `none`.
+/// `membership`, `transfer`), single faults (`kill-leader`, `quorum-loss`, ...), `all`
+/// (every family but `transfer`), or `none`.
 pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, String> {
     let mut out = BTreeSet::new();
     for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         match word {
             "none" => {}
-            "all" => out.extend(Fault::ALL),
-            "kill" | "pause" | "partition" | "membership" => {
+            "all" => out.extend(Fault::all()),
+            "kill" | "pause" | "partition" | "membership" | "transfer" => {
                 out.extend(Fault::ALL.into_iter().filter(|f| f.family().name() == word))
             }
             _ => match Fault::ALL.into_iter().find(|f| f.name() == word) {
@@ -134,7 +164,7 @@ pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, String> {
                 None => {
                     let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
                     return Err(format!(
-                        "unknown nemesis {word:?}; use all, none, kill, pause, partition, membership or one of {}",
+                        "unknown nemesis {word:?}; use all, none, kill, pause, partition, membership, transfer or one of {}",
                         names.join(", ")
                     ));
                 }
@@ -172,8 +202,8 @@ pub async fn apply<R: Rng>(
     fw: Option<&Firewall>,
     rng: &mut R,
 ) -> Result<String, String> {
-    if fault.family() == Family::Membership {
-        return Err(format!("{fault} is made by the membership nemesis"));
+    if fault.family() == Family::Membership || fault.family() == Family::Transfer {
+        return Err(format!("{fault} is made by its own procedure, not here"));
     }
     let ids = c.ids();
     let n = ids.len();

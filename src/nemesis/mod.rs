@@ -17,7 +17,7 @@
 //! - the set workload's final linearizable reads must hold every acknowledged element
 //!   exactly once ([`workload::check_set`]);
 //! - every replica (of the final members) must reach the same applied index and hold the
-//!   same values for every key the run touched;
+//!   same value and the same version for every key the run touched;
 //! - every membership change must be resolved (applied or not), and none answered with
 //!   an error may have happened;
 //! - no node process may have exited by itself (a panic, an abort) at any time: such a
@@ -40,15 +40,18 @@
 //! A violation keeps the run directory (node logs and data) and writes `violation.json`
 //! there with the offending per-key histories.
 
+pub mod clients;
 pub mod cluster;
 pub mod faults;
 pub mod firewall;
 pub mod membership;
+pub mod transfer_faults;
 pub mod workload;
 
 use crate::check::{self, Input, Operation, Outcome, Output, Report};
-use crate::client::{Client, ClientOptions};
+use crate::client::Client;
 use crate::error::{Error, Result};
+use clients::{Protocol, Timeouts};
 use cluster::ProcCluster;
 use faults::{Family, Fault};
 use firewall::Firewall;
@@ -62,7 +65,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use workload::{Element, Endpoints, SetReport, Shared, WorkerClient};
+use workload::{Element, Endpoints, OpCounts, SetReport, Shared, WorkerClient};
 
 /// Which workload the clients run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +209,9 @@ pub struct Options {
     /// stop (0: run for `time_limit`). With it, `time_limit` is only a cap: a run that
     /// reaches it first is incomplete ([`Summary::short_of_target`]).
     pub min_each: usize,
+    /// The client protocols the workers speak, dealt to the workers in turn (at least
+    /// one worker each).
+    pub protocols: Vec<Protocol>,
 }
 
 impl Options {
@@ -218,7 +224,7 @@ impl Options {
             op_limit: 0,
             seed: 0,
             workload: Workload::Register,
-            faults: Fault::ALL.into_iter().collect(),
+            faults: Fault::all().collect(),
             fault_duration: Duration::from_secs(4),
             heal_duration: Duration::from_secs(3),
             op_timeout: Duration::from_secs(3),
@@ -228,6 +234,7 @@ impl Options {
             stale_reads: false,
             log_budget: LogBudget::Default,
             min_each: 0,
+            protocols: Protocol::ALL.to_vec(),
         }
     }
 }
@@ -256,6 +263,14 @@ pub struct Summary {
     pub ok: usize,
     pub fail: usize,
     pub info: usize,
+    /// The workers' operations by protocol (`grpc`, `http`, `resp`); the set keys'
+    /// creation and the final reads (gRPC) are not in it.
+    #[serde(default)]
+    pub per_protocol: BTreeMap<String, OpCounts>,
+    /// Enabled protocols whose workers got no answer at all (no `ok` operation): the run
+    /// did not test them, and is incomplete.
+    #[serde(default)]
+    pub protocols_unexercised: Vec<String>,
     pub events: Vec<Event>,
     /// Faults injected, by name.
     pub injected: BTreeMap<String, usize>,
@@ -282,6 +297,10 @@ pub struct Summary {
     /// Each makes the run incomplete: it did not test what it says.
     #[serde(default)]
     pub injection_errors: Vec<String>,
+    /// Transfer-family faults that ran but did not land where they aim (the transfer had
+    /// ended before the sender was hit, or none began in time): not counted as injected.
+    #[serde(default)]
+    pub transfer_missed: Vec<String>,
     /// [`Options::min_each`] of the run (0: it ran for its time limit).
     #[serde(default)]
     pub min_each: usize,
@@ -311,7 +330,9 @@ impl Summary {
     /// with `min_each` every enabled fault reached that count before the cap. A run can be
     /// valid and incomplete; only a valid and complete one passes.
     pub fn is_complete(&self) -> bool {
-        self.injection_errors.is_empty() && self.short_of_target.is_empty()
+        self.injection_errors.is_empty()
+            && self.short_of_target.is_empty()
+            && self.protocols_unexercised.is_empty()
     }
 
     /// Faults injected of a family.
@@ -346,6 +367,26 @@ impl Summary {
             "ops: {} (ok {}, fail {}, info {})\n",
             self.ops, self.ok, self.fail, self.info
         );
+        let by_protocol: Vec<String> = self
+            .per_protocol
+            .iter()
+            .map(|(p, c)| {
+                format!(
+                    "{p} {} (ok {}, fail {}, info {})",
+                    c.total(),
+                    c.ok,
+                    c.fail,
+                    c.info
+                )
+            })
+            .collect();
+        s += &format!("ops by protocol: {}\n", by_protocol.join(", "));
+        if !self.protocols_unexercised.is_empty() {
+            s += &format!(
+                "PROTOCOLS NOT EXERCISED (no operation answered): {}\n",
+                self.protocols_unexercised.join(", ")
+            );
+        }
         let injected: Vec<String> = self
             .injected
             .iter()
@@ -410,6 +451,12 @@ impl Summary {
         if let Some(f) = &self.violation_file {
             s += &format!("violation history: {}\n", f.display());
         }
+        if !self.transfer_missed.is_empty() {
+            s += &format!(
+                "transfer faults missed (not counted): {}\n",
+                self.transfer_missed.len()
+            );
+        }
         for e in &self.injection_errors {
             s += &format!("INJECTION FAILED: {e}\n");
         }
@@ -452,6 +499,8 @@ struct Events {
     membership: Mutex<MembershipStats>,
     /// Faults that could not be injected (see [`Summary::injection_errors`]).
     errors: Mutex<Vec<String>>,
+    /// Transfer faults that missed (see [`Summary::transfer_missed`]).
+    missed: Mutex<Vec<String>>,
 }
 
 impl Events {
@@ -506,6 +555,20 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     }
     if opts.clients == 0 {
         return Err(Error::invalid("--clients must be at least 1"));
+    }
+    if opts.protocols.is_empty() || opts.clients < opts.protocols.len() {
+        return Err(Error::invalid(format!(
+            "--clients ({}) must be at least the number of --protocols ({}): every protocol gets a worker",
+            opts.clients,
+            opts.protocols.len()
+        )));
+    }
+    if opts.log_budget != LogBudget::Tiny
+        && opts.faults.iter().any(|f| f.family() == Family::Transfer)
+    {
+        return Err(Error::invalid(
+            "the transfer faults need --log-budget tiny (the logs must be trimmed past a follower)",
+        ));
     }
     let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
     let run_dir = base.join(format!(
@@ -563,6 +626,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         crashes: Mutex::new(Vec::new()),
         membership: Mutex::new(MembershipStats::default()),
         errors: Mutex::new(Vec::new()),
+        missed: Mutex::new(Vec::new()),
     };
     let endpoints = cluster.lock().await.endpoints();
     let set_generations = opts.time_limit.as_secs() / workload::SET_GENERATION.as_secs() + 1;
@@ -578,22 +642,39 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         stale_reads: opts.stale_reads,
         endpoints: Endpoints::new(
             endpoints,
-            ClientOptions {
-                timeout: opts.op_timeout,
-                attempt_timeout: (opts.op_timeout / 2).max(Duration::from_millis(300)),
+            Timeouts {
+                op: opts.op_timeout,
+                attempt: (opts.op_timeout / 2).max(Duration::from_millis(300)),
             },
+            opts.stale_reads,
         ),
+        per_protocol: Mutex::new(BTreeMap::new()),
     });
 
     if opts.workload == Workload::Set {
         let (_, client) = shared.endpoints.client(0)?;
         create_set_keys(&shared, &client, set_generations).await?;
     }
+    if faults.iter().any(|f| f.family() == Family::Transfer) {
+        let (_, client) = shared.endpoints.client(0)?;
+        let t = Instant::now();
+        transfer_faults::load_ballast(&client, opts.seed).await?;
+        events.log(
+            "setup",
+            format!(
+                "loaded {} ballast values of {} bytes in {:.1}s, so that state transfers last long enough to be hit",
+                transfer_faults::BALLAST_VALUES,
+                transfer_faults::BALLAST_VALUE_BYTES,
+                t.elapsed().as_secs_f64()
+            ),
+        );
+    }
 
     // Workers.
     let mut workers = Vec::new();
     for w in 0..opts.clients {
-        let client = WorkerClient::new(&shared.endpoints, w)?;
+        let protocol = opts.protocols[w % opts.protocols.len()];
+        let client = WorkerClient::new(&shared.endpoints, protocol, w)?;
         let worker_rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1 + w as u64));
         let shared = shared.clone();
         let id = w as u64 + 1;
@@ -705,6 +786,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         };
     let crashes = events.crashes.into_inner().unwrap();
     let injection_errors = events.errors.into_inner().unwrap();
+    let transfer_missed = events.missed.into_inner().unwrap();
     let membership = events.membership.into_inner().unwrap();
     let events = events.list.into_inner().unwrap();
     let mut injected = BTreeMap::new();
@@ -723,6 +805,19 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             .map(|(name, n)| format!("{name} {n}"))
             .collect()
     };
+    let per_protocol: BTreeMap<String, OpCounts> = shared
+        .per_protocol
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, c)| (p.name().to_string(), *c))
+        .collect();
+    let protocols_unexercised: Vec<String> = opts
+        .protocols
+        .iter()
+        .filter(|p| per_protocol.get(p.name()).is_none_or(|c| c.ok == 0))
+        .map(|p| p.name().to_string())
+        .collect();
     let mut summary = Summary {
         seed: opts.seed,
         nodes: opts.nodes,
@@ -734,6 +829,8 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         ok,
         fail,
         info,
+        per_protocol,
+        protocols_unexercised,
         events,
         injected,
         skipped,
@@ -745,6 +842,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         state_transfers,
         membership,
         injection_errors,
+        transfer_missed,
         min_each: opts.min_each,
         short_of_target,
         run_dir: run_dir.clone(),
@@ -863,7 +961,8 @@ async fn final_read(shared: &Shared, client: &Client, key: &[u8]) -> Option<Opti
 }
 
 /// Waits until every member has applied the same index, then compares every member's
-/// local copy of `keys`. Returns the disagreements.
+/// local copy of `keys`: the value and its version (the log revision of the key's last
+/// write, which every replica must have recorded alike). Returns the disagreements.
 async fn compare_replicas(c: &ProcCluster, keys: &BTreeSet<Vec<u8>>) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut stable = 0;
@@ -895,7 +994,7 @@ async fn compare_replicas(c: &ProcCluster, keys: &BTreeSet<Vec<u8>>) -> Vec<Stri
         let mut values = Vec::new();
         for (id, client) in &clients {
             match client.get(key, true).await {
-                Ok((v, _)) => values.push((*id, v.map(|v| v.value))),
+                Ok((v, _)) => values.push((*id, v.map(|v| (v.value, v.version)))),
                 Err(e) => {
                     out.push(format!(
                         "node {id} cannot read {}: {e}",
@@ -907,11 +1006,14 @@ async fn compare_replicas(c: &ProcCluster, keys: &BTreeSet<Vec<u8>>) -> Vec<Stri
         if values.windows(2).any(|w| w[0].1 != w[1].1) {
             let shown: Vec<String> = values
                 .iter()
-                .map(|(id, v)| {
-                    format!(
-                        "node {id}: {:?}",
-                        v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())
-                    )
+                .map(|(id, v)| match v {
+                    Some((v, version)) => {
+                        format!(
+                            "node {id}: {:?} version {version}",
+                            String::from_utf8_lossy(v)
+                        )
+                    }
+                    None => format!("node {id}: absent"),
                 })
                 .collect();
             out.push(format!(
@@ -985,12 +1087,56 @@ async fn nemesis_loop(
             bag.shuffle(rng);
         }
         let first = bag.pop().unwrap();
+        if first.family() == Family::Transfer {
+            // A procedure of its own, alone in its round (see `transfer_faults`).
+            let note = |what: String| events.log("nemesis", what);
+            let res = if first == Fault::PausePastRetention {
+                transfer_faults::pause_past_retention(cluster, shared, rng, &note).await
+            } else {
+                transfer_faults::sender_fault(
+                    first,
+                    cluster,
+                    shared,
+                    opts.fault_duration,
+                    rng,
+                    &note,
+                )
+                .await
+            };
+            match res {
+                Ok(what) => {
+                    events.log(first.name(), what);
+                    *injected.entry(first).or_insert(0) += 1;
+                }
+                Err(transfer_faults::NotLanded::Missed(why)) => {
+                    let what = format!("{first}: {why}");
+                    events.log("missed", what.clone());
+                    events.missed.lock().unwrap().push(what);
+                }
+                Err(transfer_faults::NotLanded::Failed(why)) => events.injection_failed(first, why),
+            }
+            {
+                let mut c = cluster.lock().await;
+                events.reap(&mut c);
+                membership::sync(&mut c, shared, events).await;
+                let healed = faults::heal_all(&mut c, firewall, &[]).map_err(Error::Internal)?;
+                events.log("heal", healed);
+            }
+            if target_reached(&injected) {
+                sleep_until_or_stop(Instant::now() + opts.heal_duration / 2, shared).await;
+                shared.stop.store(true, Ordering::Relaxed);
+                break;
+            }
+            sleep_until_or_stop(Instant::now() + opts.heal_duration, shared).await;
+            continue;
+        }
         let mut round = vec![first];
         if families.len() > 1 && rng.gen_ratio(1, 3) {
+            // A transfer fault is never a second fault: it runs its own procedure.
             let second: Vec<Fault> = faults
                 .iter()
                 .copied()
-                .filter(|f| f.family() != first.family())
+                .filter(|f| f.family() != first.family() && f.family() != Family::Transfer)
                 .collect();
             round.extend(second.choose(rng));
         }

@@ -1,6 +1,8 @@
 //! The client workloads of a nemesis run, and the final check of the set workload.
 //!
-//! Each worker is one logical client with one operation in flight. Every operation is
+//! Each worker is one logical client with one operation in flight, speaking one protocol
+//! (gRPC, HTTP or RESP, see [`super::clients`]) for the whole run; the workers are dealt
+//! the enabled protocols in turn, and [`Shared::per_protocol`] counts their operations. Every operation is
 //! recorded as a [`check::Operation`]: invoked at `call`, and `Ok` / `Fail` / `Info` at
 //! `ret`. An error that leaves the outcome open (a timeout, a lost connection, anything
 //! but a refusal) is `Info`, and the worker continues as a *new* client id (the old
@@ -17,9 +19,9 @@
 //!   element exactly once, no element twice, and no element whose every attempt
 //!   certainly failed; elements whose outcome is unknown may be present or absent.
 
+use super::clients::{NodeAddrs, OpError, ProtoClient, Protocol, Read, Timeouts};
 use crate::check::{Input, Operation, Outcome, Output};
-use crate::client::{CasExpect, Client, ClientOptions};
-use crate::error::Error;
+use crate::client::{Client, ClientOptions};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -39,24 +41,27 @@ pub const SET_GENERATION: Duration = Duration::from_secs(10);
 /// The initial value of every set key.
 pub const SET_EMPTY: &str = "s";
 
-/// The client endpoints of the cluster's current members, renewed by the nemesis after
-/// every membership change; workers rebuild their clients when they change.
+/// The client endpoints of the cluster's current members (every protocol), renewed by
+/// the nemesis after every membership change; workers rebuild their clients when they
+/// change.
 pub struct Endpoints {
     /// (version, endpoints); the version grows with every change.
-    current: Mutex<(u64, Vec<String>)>,
-    opts: ClientOptions,
+    current: Mutex<(u64, Vec<NodeAddrs>)>,
+    timeouts: Timeouts,
+    stale: bool,
 }
 
 impl Endpoints {
-    pub fn new(endpoints: Vec<String>, opts: ClientOptions) -> Endpoints {
+    pub fn new(endpoints: Vec<NodeAddrs>, timeouts: Timeouts, stale: bool) -> Endpoints {
         Endpoints {
             current: Mutex::new((0, endpoints)),
-            opts,
+            timeouts,
+            stale,
         }
     }
 
     /// Sets the members' endpoints (a no-op when unchanged).
-    pub fn set(&self, endpoints: Vec<String>) {
+    pub fn set(&self, endpoints: Vec<NodeAddrs>) {
         let mut cur = self.current.lock().unwrap();
         if cur.1 != endpoints && !endpoints.is_empty() {
             cur.0 += 1;
@@ -64,34 +69,69 @@ impl Endpoints {
         }
     }
 
+    /// The members' gRPC endpoints.
     pub fn list(&self) -> Vec<String> {
-        self.current.lock().unwrap().1.clone()
+        self.current
+            .lock()
+            .unwrap()
+            .1
+            .iter()
+            .map(|n| n.grpc.clone())
+            .collect()
     }
 
     fn version(&self) -> u64 {
         self.current.lock().unwrap().0
     }
 
-    /// A client for the current endpoints, starting at the `rotate`-th (spreads workers
-    /// over the nodes), with its version.
+    /// A gRPC client for the current endpoints, starting at the `rotate`-th, with its
+    /// version.
     pub fn client(&self, rotate: usize) -> crate::error::Result<(u64, Client)> {
         let (version, mut eps) = self.current.lock().unwrap().clone();
         let n = eps.len().max(1);
         eps.rotate_left(rotate % n);
-        Ok((version, Client::with_options(&eps, self.opts.clone())?))
+        let grpc: Vec<String> = eps.into_iter().map(|n| n.grpc).collect();
+        Ok((
+            version,
+            Client::with_options(
+                &grpc,
+                ClientOptions {
+                    timeout: self.timeouts.op,
+                    attempt_timeout: self.timeouts.attempt,
+                },
+            )?,
+        ))
+    }
+
+    /// A client of `protocol` for the current endpoints, starting at the `rotate`-th.
+    fn proto_client(
+        &self,
+        protocol: Protocol,
+        rotate: usize,
+    ) -> crate::error::Result<(u64, ProtoClient)> {
+        let (version, eps) = self.current.lock().unwrap().clone();
+        Ok((
+            version,
+            ProtoClient::new(protocol, &eps, rotate, self.timeouts, self.stale)?,
+        ))
     }
 }
 
-/// A worker's client, rebuilt for the new members after a membership change.
+/// A worker's client (of the protocol the worker speaks), rebuilt for the new members
+/// after a membership change.
 pub struct WorkerClient {
     rotate: usize,
     version: u64,
-    client: Client,
+    client: ProtoClient,
 }
 
 impl WorkerClient {
-    pub fn new(endpoints: &Endpoints, rotate: usize) -> crate::error::Result<WorkerClient> {
-        let (version, client) = endpoints.client(rotate)?;
+    pub fn new(
+        endpoints: &Endpoints,
+        protocol: Protocol,
+        rotate: usize,
+    ) -> crate::error::Result<WorkerClient> {
+        let (version, client) = endpoints.proto_client(protocol, rotate)?;
         Ok(WorkerClient {
             rotate,
             version,
@@ -99,15 +139,33 @@ impl WorkerClient {
         })
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.client.protocol()
+    }
+
     /// The client for the current members.
-    fn get(&mut self, endpoints: &Endpoints) -> Client {
+    fn get(&mut self, endpoints: &Endpoints) -> &mut ProtoClient {
         if endpoints.version() != self.version {
-            if let Ok((version, client)) = endpoints.client(self.rotate) {
+            if let Ok((version, client)) = endpoints.proto_client(self.protocol(), self.rotate) {
                 self.version = version;
                 self.client = client;
             }
         }
-        self.client.clone()
+        &mut self.client
+    }
+}
+
+/// Operations of one protocol, by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    pub ok: usize,
+    pub fail: usize,
+    pub info: usize,
+}
+
+impl OpCounts {
+    pub fn total(&self) -> usize {
+        self.ok + self.fail + self.info
     }
 }
 
@@ -129,6 +187,8 @@ pub struct Shared {
     pub stale_reads: bool,
     /// The current members' endpoints.
     pub endpoints: Endpoints,
+    /// The workers' operations by protocol.
+    pub per_protocol: Mutex<BTreeMap<Protocol, OpCounts>>,
 }
 
 impl Shared {
@@ -136,7 +196,17 @@ impl Shared {
         self.start.elapsed().as_nanos() as u64
     }
 
-    fn record(&self, op: Operation) {
+    /// Records a worker's operation, made over `protocol`.
+    fn record(&self, op: Operation, protocol: Protocol) {
+        {
+            let mut counts = self.per_protocol.lock().unwrap();
+            let c = counts.entry(protocol).or_default();
+            match op.outcome {
+                Outcome::Ok(_) => c.ok += 1,
+                Outcome::Fail => c.fail += 1,
+                Outcome::Info => c.info += 1,
+            }
+        }
         self.history.lock().unwrap().push(op);
     }
 
@@ -159,11 +229,12 @@ impl Shared {
 }
 
 /// How a write's error is recorded: a refusal certainly did nothing; anything else
-/// (timeout, lost connection, internal error) may have taken effect.
-fn write_error_outcome(e: &Error) -> Outcome {
+/// (timeout, lost connection, internal error) may have taken effect (see
+/// [`super::clients`]).
+fn write_error_outcome(e: &OpError) -> Outcome {
     match e {
-        Error::InvalidInput(_) | Error::Unavailable(_) => Outcome::Fail,
-        _ => Outcome::Info,
+        OpError::Refused(_) => Outcome::Fail,
+        OpError::Unknown(_) => Outcome::Info,
     }
 }
 
@@ -176,7 +247,9 @@ pub async fn register_worker(
 ) {
     let mut process = id;
     let mut seq = 0u64;
-    let mut last_seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let protocol = client.protocol();
+    // The last value (and version) this worker read of each key: what its CAS expects.
+    let mut last_seen: HashMap<Vec<u8>, Read> = HashMap::new();
     while shared.next_op() {
         let client = client.get(&shared.endpoints);
         let n = shared.started.load(Ordering::Relaxed);
@@ -189,52 +262,54 @@ pub async fn register_worker(
         let (input, outcome) = if roll < 4 {
             let r = client.get(&key, shared.stale_reads).await;
             let out = match r {
-                Ok((v, _)) => {
-                    let v = v.map(|v| v.value);
-                    if let Some(v) = &v {
-                        last_seen.insert(key.clone(), v.clone());
+                Ok(v) => {
+                    let value = v.as_ref().map(|r| r.value.clone());
+                    if let Some(v) = v {
+                        last_seen.insert(key.clone(), v);
                     }
-                    Outcome::Ok(Output::Value(v))
+                    Outcome::Ok(Output::Value(value))
                 }
                 // A read changes nothing; its failure is recorded as unknown all the same.
                 Err(_) => Outcome::Info,
             };
             (Input::Get, out)
         } else if roll < 7 || !last_seen.contains_key(&key) {
-            let r = client.put(&key, &value, false).await;
+            let r = client.put(&key, &value).await;
             let out = match r {
-                Ok(_) => Outcome::Ok(Output::Written),
+                Ok(()) => Outcome::Ok(Output::Written),
                 Err(e) => write_error_outcome(&e),
             };
             (Input::Put(value.clone()), out)
         } else {
             let expect = last_seen[&key].clone();
-            let r = client
-                .cas(&key, CasExpect::Value(expect.clone()), &value)
-                .await;
+            let r = client.cas(&key, &expect, &value).await;
             let out = match r {
-                Ok(r) => Outcome::Ok(Output::Swapped(r.succeeded)),
+                Ok(swapped) => Outcome::Ok(Output::Swapped(swapped)),
                 Err(e) => write_error_outcome(&e),
             };
             (
                 Input::Cas {
-                    expect,
+                    expect: expect.value,
                     new: value.clone(),
                 },
                 out,
             )
         };
         let info = outcome == Outcome::Info;
-        shared.record(Operation {
-            client: process,
-            key,
-            input,
-            call,
-            ret: (!info).then(|| shared.now()),
-            outcome,
-        });
+        shared.record(
+            Operation {
+                client: process,
+                key,
+                input,
+                call,
+                ret: (!info).then(|| shared.now()),
+                outcome,
+            },
+            protocol,
+        );
         if info {
             process = shared.fresh_process();
+            client.new_session();
         }
     }
 }
@@ -266,6 +341,7 @@ pub struct Element {
 pub async fn set_worker(shared: Arc<Shared>, mut client: WorkerClient, mut rng: StdRng, id: u64) {
     let mut process = id;
     let mut seq = 0u64;
+    let protocol = client.protocol();
     'elements: while shared.next_op() {
         seq += 1;
         let element = format!("{process}.{seq}");
@@ -279,28 +355,36 @@ pub async fn set_worker(shared: Arc<Shared>, mut client: WorkerClient, mut rng: 
             key = set_key(generation, slot);
             let call = shared.now();
             let current = match client.get(key.as_bytes(), shared.stale_reads).await {
-                Ok((v, _)) => {
-                    let v = v.map(|v| v.value);
-                    shared.record(Operation {
-                        client: process,
-                        key: key.clone().into_bytes(),
-                        input: Input::Get,
-                        call,
-                        ret: Some(shared.now()),
-                        outcome: Outcome::Ok(Output::Value(v.clone())),
-                    });
+                Ok(v) => {
+                    shared.record(
+                        Operation {
+                            client: process,
+                            key: key.clone().into_bytes(),
+                            input: Input::Get,
+                            call,
+                            ret: Some(shared.now()),
+                            outcome: Outcome::Ok(Output::Value(
+                                v.as_ref().map(|r| r.value.clone()),
+                            )),
+                        },
+                        protocol,
+                    );
                     v
                 }
                 Err(_) => {
-                    shared.record(Operation {
-                        client: process,
-                        key: key.clone().into_bytes(),
-                        input: Input::Get,
-                        call,
-                        ret: None,
-                        outcome: Outcome::Info,
-                    });
+                    shared.record(
+                        Operation {
+                            client: process,
+                            key: key.clone().into_bytes(),
+                            input: Input::Get,
+                            call,
+                            ret: None,
+                            outcome: Outcome::Info,
+                        },
+                        protocol,
+                    );
                     process = shared.fresh_process();
+                    client.new_session();
                     // Nothing was attempted for this element: forget it.
                     continue 'elements;
                 }
@@ -310,28 +394,29 @@ pub async fn set_worker(shared: Arc<Shared>, mut client: WorkerClient, mut rng: 
                 // shows up in the history check. Do not create the key here.
                 break;
             };
-            let mut new = current.clone();
+            let mut new = current.value.clone();
             new.extend_from_slice(format!(",{element}").as_bytes());
             let call = shared.now();
-            let r = client
-                .cas(key.as_bytes(), CasExpect::Value(current.clone()), &new)
-                .await;
+            let r = client.cas(key.as_bytes(), &current, &new).await;
             let outcome = match &r {
-                Ok(r) => Outcome::Ok(Output::Swapped(r.succeeded)),
+                Ok(swapped) => Outcome::Ok(Output::Swapped(*swapped)),
                 Err(e) => write_error_outcome(e),
             };
             let info = outcome == Outcome::Info;
-            shared.record(Operation {
-                client: process,
-                key: key.clone().into_bytes(),
-                input: Input::Cas {
-                    expect: current,
-                    new,
+            shared.record(
+                Operation {
+                    client: process,
+                    key: key.clone().into_bytes(),
+                    input: Input::Cas {
+                        expect: current.value,
+                        new,
+                    },
+                    call,
+                    ret: (!info).then(|| shared.now()),
+                    outcome: outcome.clone(),
                 },
-                call,
-                ret: (!info).then(|| shared.now()),
-                outcome: outcome.clone(),
-            });
+                protocol,
+            );
             match outcome {
                 Outcome::Ok(Output::Swapped(true)) => {
                     status = ElementStatus::Acked;
@@ -342,6 +427,7 @@ pub async fn set_worker(shared: Arc<Shared>, mut client: WorkerClient, mut rng: 
                 Outcome::Info => {
                     status = ElementStatus::Unknown;
                     process = shared.fresh_process();
+                    client.new_session();
                     break;
                 }
             }
