@@ -2,13 +2,19 @@
 //!
 //! [`run`] starts a 3- or 5-node cluster of the `paxosdb` binary on loopback (node `i` on
 //! `127.0.0.i`, see [`cluster`]), runs concurrent clients that record every operation
-//! ([`workload`]), and meanwhile injects faults ([`faults`]): `kill -9` and restart,
+//! ([`workload`]) — each worker speaks one protocol, gRPC, HTTP (`/v1/kv`) or RESP, dealt
+//! in turn ([`clients`], which also says how each protocol's answers become ok, fail or
+//! unknown) — and meanwhile injects faults ([`faults`]): `kill -9` and restart,
 //! SIGSTOP/SIGCONT, iptables partitions ([`firewall`]; skipped with a printed reason
-//! when not root or without iptables), and membership changes ([`membership`]: a member
-//! replaced by a fresh node, or removed and a fresh node added). Each fault lasts
-//! `fault_duration`, then everything heals for `heal_duration`; when several families
-//! are enabled, a round sometimes combines two faults (a membership change with a kill,
-//! a pause or a partition that lands during the change). Every nemesis event is logged
+//! when not root or without iptables), membership changes ([`membership`]: a member
+//! replaced by a fresh node, or removed and a fresh node added), and, with the tiny log
+//! budget, faults aimed at state transfers ([`transfer_faults`]: the node sending a state
+//! killed or paused mid-stream, a follower paused until the others trimmed their logs
+//! past it and then required to catch up by a state transfer; each counts only when it
+//! landed there). Each fault lasts `fault_duration`, then everything heals for
+//! `heal_duration`; when several families are enabled, a round sometimes combines two
+//! faults (a membership change with a kill, a pause or a partition that lands during the
+//! change; a transfer fault always runs alone). Every nemesis event is logged
 //! with its time. Nodes added at run time join the cluster the nemesis drives: clients,
 //! heals, fault targets, final reads and the replica comparison use the current members.
 //!
@@ -22,7 +28,9 @@
 //!   an error may have happened;
 //! - no node process may have exited by itself (a panic, an abort) at any time: such a
 //!   node is noted as a crash when the nemesis next looks, restarted by the next heal, and
-//!   makes the run invalid.
+//!   makes the run invalid;
+//! - every enabled protocol's workers got at least one answer (the summary counts
+//!   operations per protocol); a protocol that ran nothing makes the run incomplete.
 //!
 //! With [`LogBudget::Tiny`] (`--log-budget tiny`) every server trims its log in steps of 10
 //! entries and keeps at most 40 applied entries for laggards, so a node that is killed,
@@ -32,9 +40,11 @@
 //! ([`StateTransfers`]) under either budget.
 //!
 //! A run lasts `time_limit`, or with [`Options::min_each`] until every enabled fault was
-//! injected that many times, the time limit then being a cap: a run that hits the cap
+//! injected that many times (for a transfer fault: landed where it aims; a miss is
+//! reported and does not count), the time limit then being a cap: a run that hits the cap
 //! first, or in which a fault could not be injected (a kill or pause that failed, a
-//! firewall rule refused), is reported incomplete ([`Summary::is_complete`]) and fails
+//! firewall rule refused, a follower that did not catch up by a state transfer after the
+//! others trimmed past it), is reported incomplete ([`Summary::is_complete`]) and fails
 //! the command like a violation, because it did not test what it says it did.
 //!
 //! A violation keeps the run directory (node logs and data) and writes `violation.json`

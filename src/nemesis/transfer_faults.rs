@@ -11,8 +11,10 @@
 //!   milliseconds) for the line a node writes when it begins sending its state to F, and
 //!   at once kills -9 (or SIGSTOPs) that sender S. The fault *landed* if S had not logged
 //!   `state sent to a peer` by then — S's log is final once it is dead or stopped, so this
-//!   is exact — and, for a pause, if F still reports `catching_up_from = S` at the end of
-//!   the fault (the stream stalled for the whole pause). A transfer that finished before
+//!   is exact — and then, for a kill, if F logged its fetch from S as failed by the end
+//!   of the fault (its stream broke), for a pause, if F still reports
+//!   `catching_up_from = S` at the end of the fault (the stream stalled for the whole
+//!   pause). A transfer that finished before
 //!   the signal is a *miss*: logged, counted in [`super::Summary::transfer_missed`], not
 //!   an injection. The heal restarts or resumes S; F fetches again (a kill) or finishes
 //!   (a pause).
@@ -303,17 +305,18 @@ pub async fn sender_fault<R: Rng>(
             "paused node {sender} while it was sending its state to node {f}; node {f} still fetching from it at the end of the pause"
         ))
     } else {
+        // The receiving side saw its stream break: F's fetch from S failed.
         let c = cluster.lock().await;
         let failed = lines_from(&c.node(f).log, marks.get(&f).copied().unwrap_or(0))
             .iter()
             .any(|l| l.contains("state fetch failed") && field(l, "peer") == Some(sender));
-        let then = if failed {
-            format!("; node {f}'s fetch from it failed")
-        } else {
-            String::new()
-        };
+        if !failed {
+            return Err(NotLanded::Missed(format!(
+                "node {f}'s fetch from the killed node {sender} did not fail: the stream had ended"
+            )));
+        }
         Ok(format!(
-            "killed node {sender} while it was sending its state to node {f}{then}"
+            "killed node {sender} while it was sending its state to node {f}; node {f}'s fetch from it failed"
         ))
     }
 }
