@@ -7,9 +7,9 @@
 //! campaign is in the README (Fault testing).
 //!
 //! The runs of one family last until each of its faults was injected once (not a fixed
-//! time in which they should have been: that flakes on a loaded machine), capped at 90 s;
-//! a run that hits the cap, or in which a kill, pause or cut failed, is incomplete and
-//! fails its test.
+//! time in which they should have been: that flakes on a loaded machine), capped at 90 s
+//! (150 s for the transfer family); a run that hits the cap, or in which a kill, pause or
+//! cut failed, is incomplete and fails its test.
 //!
 //! Partitions need root and iptables. Without them the partition tests are skipped and
 //! the runs with every fault family leave partitions out, each recorded as such (see

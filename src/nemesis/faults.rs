@@ -215,10 +215,12 @@ pub async fn apply<R: Rng>(
     let others: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
     match fault {
         Fault::KillRandom | Fault::KillLeader => {
+            // A random node that is running (the round's other fault may have killed one).
+            let running = c.running();
             let target = if fault == Fault::KillLeader {
                 leader
             } else {
-                *ids.choose(rng).unwrap()
+                *running.choose(rng).or(ids.choose(rng)).unwrap()
             };
             c.kill(target)?;
             Ok(format!("killed node {target} (leader was {leader})"))
@@ -239,10 +241,13 @@ pub async fn apply<R: Rng>(
             Ok(format!("killed nodes {victims:?} (leader was {leader})"))
         }
         Fault::PauseRandom | Fault::PauseLeader => {
+            // A random node that is running and not paused (the round's other fault may
+            // have killed one).
+            let live = c.live();
             let target = if fault == Fault::PauseLeader {
                 leader
             } else {
-                *ids.choose(rng).unwrap()
+                *live.choose(rng).or(ids.choose(rng)).unwrap()
             };
             c.pause(target)?;
             Ok(format!("paused node {target} (leader was {leader})"))
