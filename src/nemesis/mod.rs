@@ -581,6 +581,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             ClientOptions {
                 timeout: opts.op_timeout,
                 attempt_timeout: (opts.op_timeout / 2).max(Duration::from_millis(300)),
+                tls: None,
             },
         ),
     });
