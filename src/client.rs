@@ -20,10 +20,10 @@ use crate::api::grpc::from_status;
 use crate::api::pb;
 use crate::command::{KeyValue, ScanRange, Versioned};
 use crate::error::{Error, Result};
+use crate::tls::client::{ClientTls, ClientTlsFiles, ConnectError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use crate::tls::client::{ClientTls, ClientTlsFiles, ConnectError};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A session: writes in it are applied at most once.
@@ -104,6 +104,7 @@ struct Inner {
     timeout: Duration,
     /// The CA file trusted, for error messages ("" without TLS).
     ca: String,
+    tls: Option<ClientTls>,
 }
 
 /// A cloneable, thread-safe client.
@@ -173,6 +174,7 @@ impl Client {
                     .as_ref()
                     .map(|t| t.ca.display().to_string())
                     .unwrap_or_default(),
+                tls,
             }),
         })
     }
@@ -211,7 +213,7 @@ impl Client {
                     return Ok(v);
                 }
                 Err(status) => {
-                    let err = self.error(&status, idx);
+                    let err = self.error(&status, idx).await;
                     if !err.is_retryable() {
                         // After an attempt whose outcome was unknown, a definite-looking
                         // error on a retry says nothing about that first attempt.
@@ -437,7 +439,7 @@ impl Client {
                 let mut c = pb::cluster_client::ClusterClient::new(ch.clone());
                 match c.change_membership(req.clone()).await {
                     Ok(resp) => return Ok(resp.into_inner()),
-                    Err(s) => match self.error(&s, i) {
+                    Err(s) => match self.error(&s, i).await {
                         e @ Error::Unavailable(_) => last = e,
                         e => return Err(e),
                     },
@@ -458,20 +460,41 @@ impl Client {
             .get(i)
             .ok_or_else(|| Error::invalid("no such endpoint"))?
             .clone();
-        pb::cluster_client::ClusterClient::new(ch)
+        match pb::cluster_client::ClusterClient::new(ch)
             .status(pb::StatusRequest {})
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| self.error(&s, i))
+        {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.error(&s, i).await),
+        }
     }
 
     /// What a failed call to endpoint `idx` means: a TLS setup problem (not retryable),
-    /// or the status's own error.
-    fn error(&self, status: &tonic::Status, idx: usize) -> Error {
+    /// or the status's own error. A request canceled because its connection ended, which
+    /// carries no cause, is probed with one more connection ([`ClientTls::probe`],
+    /// [`crate::tls::client::probe_plaintext`]).
+    async fn error(&self, status: &tonic::Status, idx: usize) -> Error {
         let addr = &self.inner.endpoints[idx];
-        std::error::Error::source(status)
-            .and_then(|e| crate::tls::client::diagnose(e, addr, &self.inner.ca))
-            .map_or_else(|| from_status(status), Error::from)
+        let Some(cause) = std::error::Error::source(status) else {
+            return from_status(status);
+        };
+        if let Some(f) = crate::tls::client::diagnose(cause, addr, &self.inner.ca) {
+            return f.into();
+        }
+        if !crate::tls::client::canceled(cause) {
+            return from_status(status);
+        }
+        let probed = match &self.inner.tls {
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                tls.probe(host, addr).await
+            }
+            None => crate::tls::client::probe_plaintext(addr).await,
+        };
+        match probed {
+            Some(f) => f.into(),
+            None => from_status(status),
+        }
     }
 }
 
@@ -483,7 +506,10 @@ impl tower_service::Service<Uri> for TlsConnect {
     type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
     type Error = ConnectError;
     type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::result::Result<Self::Response, ConnectError>> + Send>,
+        Box<
+            dyn std::future::Future<Output = std::result::Result<Self::Response, ConnectError>>
+                + Send,
+        >,
     >;
 
     fn poll_ready(

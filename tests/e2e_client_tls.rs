@@ -46,10 +46,7 @@ fn port(addr: &str) -> &str {
 /// A TLS-on cluster of 3 nodes with its certificates in `dir` (and `extra` settings).
 async fn tls_cluster(dir: &Path, extra: &[(&str, &str)]) -> Cluster {
     let d = dir.to_str().unwrap();
-    let mut env = vec![
-        ("PAXOSDB_PEER_TLS_DIR", d),
-        ("PAXOSDB_CLIENT_TLS_DIR", d),
-    ];
+    let mut env = vec![("PAXOSDB_PEER_TLS_DIR", d), ("PAXOSDB_CLIENT_TLS_DIR", d)];
     env.extend_from_slice(extra);
     Cluster::start_with(3, &env).await
 }
@@ -67,8 +64,8 @@ fn paxosdb(c: &Cluster, env: &[(&str, &Path)], args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The certificate a node's listener at `addr` shows (verified with `ca`, as localhost).
-async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
+/// A TLS session with the listener at `addr`, verified with `ca` as localhost.
+async fn tls_connect(addr: &str, ca: &Path) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
         roots.add(c.unwrap()).unwrap();
@@ -82,10 +79,15 @@ async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
     .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The certificate a node's listener at `addr` shows (verified with `ca`, as localhost).
+async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
+    let s = tls_connect(addr, ca).await;
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -104,7 +106,14 @@ async fn rust_client_cli_and_curl_over_tls_and_clear_refusals() {
     let (tls, other) = (tmp.path().join("tls"), tmp.path().join("other"));
     certs(&["--dir", tls.to_str().unwrap()]);
     certs(&["--dir", other.to_str().unwrap()]);
-    let c = tls_cluster(&tls, &[("PAXOSDB_HEADER_TIMEOUT_MS", "1500")]).await;
+    let c = tls_cluster(
+        &tls,
+        &[
+            ("PAXOSDB_HEADER_TIMEOUT_MS", "1500"),
+            ("PAXOSDB_IDLE_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await;
     let ca = tls.join("ca.pem");
 
     // The Rust client (tonic over TLS) — the harness already used it to find the leader.
@@ -122,10 +131,18 @@ async fn rust_client_cli_and_curl_over_tls_and_clear_refusals() {
     let out = paxosdb(&c, &[], &["get", "k"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("requires TLS"), "{}", text(&out));
-    assert!(t.elapsed() < Duration::from_secs(4), "not at once: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "not at once: {:?}",
+        t.elapsed()
+    );
 
     // The CLI trusting another cluster's CA: told the certificate is not trusted.
-    let out = paxosdb(&c, &[("PAXOSDB_CACERT", &other.join("ca.pem"))], &["get", "k"]);
+    let out = paxosdb(
+        &c,
+        &[("PAXOSDB_CACERT", &other.join("ca.pem"))],
+        &["get", "k"],
+    );
     assert!(!out.status.success());
     assert!(text(&out).contains("is not trusted"), "{}", text(&out));
 
@@ -136,7 +153,11 @@ async fn rust_client_cli_and_curl_over_tls_and_clear_refusals() {
         .arg(format!("https://localhost:{}/v1/kv/k", port(http)))
         .output()
         .unwrap();
-    assert!(text(&out).contains(r#""value":"over-tls""#), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#""value":"over-tls""#),
+        "{}",
+        text(&out)
+    );
     let out = tool("curl")
         .args(["-sS", &format!("http://{http}/v1/kv/k")])
         .output()
@@ -147,7 +168,11 @@ async fn rust_client_cli_and_curl_over_tls_and_clear_refusals() {
         .arg(format!("https://{http}/v1/kv/k"))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "curl trusted another CA: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "curl trusted another CA: {}",
+        text(&out)
+    );
 
     // A client that connects and never completes a handshake is closed within the
     // header timeout (1.5 s): one that sends nothing, and one that stops mid-record.
@@ -161,8 +186,30 @@ async fn rust_client_cli_and_curl_over_tls_and_clear_refusals() {
             matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
             "not closed: {closed:?}"
         );
-        assert!(t.elapsed() >= Duration::from_millis(1000), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
     }
+
+    // Over TLS, the idle timeout still closes a connection that stops sending.
+    let mut s = tls_connect(&c.nodes[0].resp_addr, &ca).await;
+    s.write_all(b"PING\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+    let t = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed: {closed:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
 
     // A burst of failed handshakes makes a line or two, not one each.
     let log_before = c.log_of(1).matches("client TLS handshake failed").count();
@@ -202,7 +249,10 @@ async fn redis_cli_and_redis_py_over_tls() {
             .unwrap();
         text(&out).trim().to_string()
     };
-    assert_eq!(redis_cli(&["--tls", "--cacert", ca_s, "SET", "r", "v1"]), "OK");
+    assert_eq!(
+        redis_cli(&["--tls", "--cacert", ca_s, "SET", "r", "v1"]),
+        "OK"
+    );
     assert_eq!(redis_cli(&["--tls", "--cacert", ca_s, "GET", "r"]), "v1");
     // Without TLS: the reason, in Redis' own error form.
     let plain = redis_cli(&["GET", "r"]);
@@ -217,7 +267,10 @@ async fn redis_cli_and_redis_py_over_tls() {
     );
     let out = tool("python3").args(["-c", &py]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1 from-python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "v1 from-python"
+    );
     let (v, _) = c.client().get(b"py", false).await.unwrap();
     assert_eq!(v.unwrap().value, b"from-python");
 }
@@ -253,10 +306,18 @@ async fn client_certificates_when_required() {
     // No client certificate, or one of another CA: refused, and the error says so.
     let out = run(vec![("PAXOSDB_CACERT", ca.clone())]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("refused this client's certificate"), "{}", text(&out));
+    assert!(
+        text(&out).contains("refused this client's certificate"),
+        "{}",
+        text(&out)
+    );
     let out = run(env(&with(&other, "mallory")));
     assert!(!out.status.success());
-    assert!(text(&out).contains("refused this client's certificate"), "{}", text(&out));
+    assert!(
+        text(&out).contains("refused this client's certificate"),
+        "{}",
+        text(&out)
+    );
 
     // redis-cli with and without a certificate.
     let help = tool("redis-cli").arg("--help").output().unwrap();
@@ -272,8 +333,16 @@ async fn client_certificates_when_required() {
                 .unwrap();
             text(&out).trim().to_string()
         };
-        let (cert, key) = (tls.join("client-alice.pem"), tls.join("client-alice-key.pem"));
-        let ok = redis_cli(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+        let (cert, key) = (
+            tls.join("client-alice.pem"),
+            tls.join("client-alice-key.pem"),
+        );
+        let ok = redis_cli(&[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
         assert_eq!(ok, "v");
         assert_ne!(redis_cli(&[]), "v");
     }
@@ -291,20 +360,29 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
     assert_eq!(served_certificate(&resp, &ca).await, old);
 
     // A new certificate (another host name): not used until SIGHUP, then used.
-    certs(&["--dir", tls.to_str().unwrap(), "--server", "--hosts", "db.example"]);
+    certs(&[
+        "--dir",
+        tls.to_str().unwrap(),
+        "--server",
+        "--hosts",
+        "db.example",
+    ]);
     let new = file_certificate(&server);
     assert_ne!(new, old);
     assert_eq!(served_certificate(&resp, &ca).await, old);
     let pid = c.nodes[0].child.as_ref().unwrap().id() as i32;
     let hup = || {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP)
-            .unwrap()
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP).unwrap()
     };
     hup();
-    eventually(Duration::from_secs(10), "the new certificate served", || {
-        let (resp, ca, new) = (resp.clone(), ca.clone(), new.clone());
-        async move { (served_certificate(&resp, &ca).await == new).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate served",
+        || {
+            let (resp, ca, new) = (resp.clone(), ca.clone(), new.clone());
+            async move { (served_certificate(&resp, &ca).await == new).then_some(()) }
+        },
+    )
     .await;
     assert!(c.log_of(1).contains("certificate reloaded"));
 
@@ -318,5 +396,8 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
     })
     .await;
     assert_eq!(served_certificate(&resp, &ca).await, new);
-    c.client_for(1).put(b"after", b"reload", false).await.unwrap();
+    c.client_for(1)
+        .put(b"after", b"reload", false)
+        .await
+        .unwrap();
 }

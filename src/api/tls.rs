@@ -7,10 +7,10 @@
 //! the handshake fails.
 //!
 //! A connection goes: accepted → a place in the connection limit ([`super::conn`]) → its
-//! own task → [`ListenerTls::open`] → the protocol. In `open`, the handshake waits for one
-//! of [`MAX_HANDSHAKES`] slots (the CPU cost of handshakes is bounded in count), and the
-//! wait, the first byte and the whole handshake must fit in `header_timeout_ms` (a client
-//! that connects and sends nothing holds nothing for long). A first byte that cannot
+//! own task → [`ListenerTls::open`] → the protocol. In `open`, the first byte, then the
+//! wait for one of [`MAX_HANDSHAKES`] slots (the CPU cost of handshakes is bounded in
+//! count), then the whole handshake must fit in `header_timeout_ms` (a client that
+//! connects and sends nothing holds no slot, and its place not for long). A first byte that cannot
 //! start a TLS record is a plaintext client: it gets its protocol's clear refusal (RESP
 //! `-ERR this port requires TLS...`, an HTTP 400, an HTTP/2 GOAWAY with
 //! `INADEQUATE_SECURITY`, which the Rust client turns into "requires TLS: give
@@ -260,13 +260,15 @@ impl ListenerTls {
         let peer = tcp.peer_addr().ok();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let handshake = async {
-            let _slot = self.handshakes.acquire().await.ok()?;
             let mut first = [0u8; 1];
             match tcp.peek(&mut first).await {
                 Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
                 Ok(1) => return Some(Err(tcp)),
                 _ => return None,
             }
+            // A slot only once the client has started its handshake: one that connects
+            // and sends nothing holds no slot.
+            let _slot = self.handshakes.acquire().await.ok()?;
             let acceptor = self.acceptors.read().unwrap().get(p);
             match acceptor.accept(tcp).await {
                 Ok(s) => Some(Ok(s)),
@@ -279,8 +281,10 @@ impl ListenerTls {
         match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Some(Ok(s))) => Some(ClientStream::Tls(Box::new(s))),
             Ok(Some(Err(plain))) => {
-                self.failures
-                    .note(peer, "a plaintext client on a TLS port (answered: TLS required)");
+                self.failures.note(
+                    peer,
+                    "a plaintext client on a TLS port (answered: TLS required)",
+                );
                 refuse_plaintext(plain, p).await;
                 None
             }
@@ -333,10 +337,12 @@ fn build(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::Se
                     ca.display()
                 )))?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .build()
-                    .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

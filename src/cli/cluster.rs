@@ -176,7 +176,10 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
         println!("  export PAXOSDB_ENDPOINTS={}", endpoints.join(","));
     }
     println!("  paxosdb put hello world && paxosdb get hello && paxosdb status");
-    println!("  redis-cli -p {} --tls --cacert {ca} get hello", resp_port(1));
+    println!(
+        "  redis-cli -p {} --tls --cacert {ca} get hello",
+        resp_port(1)
+    );
     println!(
         "  curl --cacert {ca} https://127.0.0.1:{}/v1/kv/hello",
         http_port(1)

@@ -196,8 +196,7 @@ pub(crate) fn client_tls(cli: &Cli) -> crate::Result<Option<crate::tls::client::
             key: cli.client_key.clone(),
         })),
         None if cli.client_cert.is_some() || cli.client_key.is_some() => Err(crate::Error::Config(
-            "--cert/--key need --cacert (PAXOSDB_CACERT): the CA to verify the nodes with"
-                .into(),
+            "--cert/--key need --cacert (PAXOSDB_CACERT): the CA to verify the nodes with".into(),
         )),
         None => Ok(None),
     }

@@ -103,12 +103,14 @@ impl Ca {
         let key = rcgen::KeyPair::from_pem(&pem).map_err(gen_err)?;
         let name = ca_name(base_name, &key);
         let existing = super::read_certs(cert_path)?;
-        let fingerprinted = existing.first().is_some_and(|c| {
-            c.as_ref()
-                .windows(name.len())
-                .any(|w| w == name.as_bytes())
-        });
-        let name = if fingerprinted { name } else { base_name.to_string() };
+        let fingerprinted = existing
+            .first()
+            .is_some_and(|c| c.as_ref().windows(name.len()).any(|w| w == name.as_bytes()));
+        let name = if fingerprinted {
+            name
+        } else {
+            base_name.to_string()
+        };
         let cert = ca_params(&name)?.self_signed(&key).map_err(gen_err)?;
         Ok(Ca { cert, key })
     }
@@ -187,7 +189,12 @@ pub fn generate(dir: &Path, ids: &[NodeId], hosts: &[String]) -> Result<()> {
 /// Writes certificates for more nodes (`ids`) with the CA already in `dir` (its key,
 /// `ca-key.pem`, must be there).
 pub fn add(dir: &Path, ids: &[NodeId]) -> Result<()> {
-    let ca = Ca::load(&dir.join("ca-key.pem"), &dir.join("ca.pem"), CLUSTER_CA_NAME, "cluster CA")?;
+    let ca = Ca::load(
+        &dir.join("ca-key.pem"),
+        &dir.join("ca.pem"),
+        CLUSTER_CA_NAME,
+        "cluster CA",
+    )?;
     for &id in ids {
         issue_node(dir, id, &ca)?;
     }
@@ -198,7 +205,12 @@ pub fn add(dir: &Path, ids: &[NodeId]) -> Result<()> {
 /// and `hosts` (host names or IP addresses), replacing the one there (a node picks it up
 /// on SIGHUP).
 pub fn server(dir: &Path, hosts: &[String]) -> Result<()> {
-    let ca = Ca::load(&dir.join("ca-key.pem"), &dir.join("ca.pem"), CLUSTER_CA_NAME, "cluster CA")?;
+    let ca = Ca::load(
+        &dir.join("ca-key.pem"),
+        &dir.join("ca.pem"),
+        CLUSTER_CA_NAME,
+        "cluster CA",
+    )?;
     write_server(dir, &ca, hosts)
 }
 

@@ -133,10 +133,101 @@ impl ClientTls {
             })
     }
 
+    /// Opens a TLS session with the node at `host` (`addr`: host:port) and waits briefly
+    /// for its first word: what went wrong with TLS there, if anything. For errors that
+    /// reach the client without their cause: in TLS 1.3 a server refuses a client
+    /// certificate (or its absence) only after the client finished its handshake, and the
+    /// HTTP/2 stack then reports a bare "canceled".
+    pub async fn probe(&self, host: &str, addr: &str) -> Option<TlsFailure> {
+        use tokio::io::AsyncReadExt;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let port = addr.rsplit_once(':')?.1.parse::<u16>().ok()?;
+        let wait = std::time::Duration::from_secs(1);
+        let tcp = tokio::time::timeout(wait, TcpStream::connect((bare, port)))
+            .await
+            .ok()?
+            .ok()?;
+        let mut s = match tokio::time::timeout(wait, self.connect(host, addr, tcp)).await {
+            Err(_) | Ok(Err(ConnectError::Io(_))) => return None,
+            Ok(Err(ConnectError::Tls(f))) => return Some(f),
+            Ok(Ok(s)) => s,
+        };
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(wait, s.read(&mut b)).await {
+            Ok(Err(e)) => self.failure(addr, &e),
+            _ => None,
+        }
+    }
+
     /// What a TLS-level error `e` on a connection to `addr` means, if it is one.
     pub fn failure(&self, addr: &str, e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
         diagnose(e, addr, &self.ca.display().to_string())
     }
+}
+
+/// Asks the node at `addr` over plaintext HTTP/2 whether it requires TLS: sends the
+/// client preface and looks, in what comes back within a second, for the GOAWAY with
+/// `INADEQUATE_SECURITY` a TLS-only node answers plaintext gRPC clients with. For a
+/// plaintext client whose call failed without a cause (the HTTP/2 stack may report the
+/// refused connection as a bare "canceled").
+pub async fn probe_plaintext(addr: &str) -> Option<TlsFailure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wait = std::time::Duration::from_secs(1);
+    let answer = async {
+        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        // The preface and an empty SETTINGS frame.
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        tcp.write_all(&hello).await.ok()?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.len() < 9 + 17 + 256 {
+            let n = tcp.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if goaway_inadequate_security(&got) {
+                return Some(());
+            }
+            if got.len() >= 9 && !got.starts_with(&[0, 0, 0, 0x4]) {
+                return None; // a node speaking HTTP/2: not the refusal
+            }
+        }
+        None
+    };
+    tokio::time::timeout(wait, answer).await.ok()??;
+    Some(TlsFailure::TlsRequired {
+        addr: addr.to_string(),
+    })
+}
+
+/// True when `b` starts with what a TLS-only node answers a plaintext HTTP/2 client: an
+/// empty SETTINGS frame, then a GOAWAY with error code `INADEQUATE_SECURITY` (0xc). (A
+/// node serving plaintext gRPC starts with a SETTINGS frame that is not empty.) False
+/// also when more bytes are needed; the caller reads on until a timeout.
+fn goaway_inadequate_security(b: &[u8]) -> bool {
+    const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let Some(rest) = b.strip_prefix(&EMPTY_SETTINGS) else {
+        return false;
+    };
+    rest.len() >= 17 && rest[3] == 0x7 && rest[13..17] == 0xcu32.to_be_bytes()
+}
+
+/// True when `e`'s chain holds a request the HTTP/2 client canceled because its
+/// connection ended (the cause, if any, is then not in the chain).
+pub fn canceled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A connection attempt that failed: a TLS problem, or a plain I/O one (node down,
@@ -206,5 +297,25 @@ fn from_rustls(r: &rustls::Error, addr: &str, ca: &str) -> TlsFailure {
             | A::AccessDenied,
         ) => TlsFailure::Refused { addr, detail },
         _ => TlsFailure::Other { addr, detail },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::tls::{tls_required, Protocol};
+
+    #[test]
+    fn the_grpc_refusal_is_recognised_and_nothing_else_is() {
+        let refusal = tls_required(Protocol::Grpc);
+        assert!(goaway_inadequate_security(&refusal));
+        // Cut short, or another GOAWAY code, or a real server's first SETTINGS: no.
+        assert!(!goaway_inadequate_security(&refusal[..20]));
+        let mut other = refusal.clone();
+        other[9 + 9 + 7] = 0x1; // PROTOCOL_ERROR
+        assert!(!goaway_inadequate_security(&other));
+        assert!(!goaway_inadequate_security(&[
+            0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100
+        ]));
     }
 }

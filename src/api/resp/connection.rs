@@ -15,9 +15,9 @@
 
 use super::frame::{parse_request, Encoded, Frame, FrameError, FrameLimits};
 use crate::api::conn::Guarded;
+use crate::api::tls::ClientStream;
 use std::collections::VecDeque;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::api::tls::ClientStream;
 
 /// Queued reply bytes after which the caller should flush before running more commands.
 pub const FLUSH_AT: usize = 1024 * 1024;
