@@ -38,12 +38,14 @@ http_addr() { echo "127.0.0.1:$((BASE + 200 + $1))"; }
 node_dir() { echo "$DIR/node-$1"; }
 node_log() { echo "$DIR/node-$1.log"; }
 
-# start_node N: starts node N in the background (its log appended to node-N.log).
+# start_node N: starts node N in the background (its log appended to node-N.log), with
+# the extra arguments in the array NODE_ARGS, if set.
 start_node() {
     local n=$1
     "$PAXOSDB" server --id "$n" --peers "$PEERS" \
         --client-addr "$(grpc_addr "$n")" --http-addr "$(http_addr "$n")" \
-        --resp-addr off --data-dir "$(node_dir "$n")" >>"$(node_log "$n")" 2>&1 &
+        --resp-addr off --data-dir "$(node_dir "$n")" ${NODE_ARGS[@]+"${NODE_ARGS[@]}"} \
+        >>"$(node_log "$n")" 2>&1 &
     PID[$n]=$!
 }
 

@@ -9,15 +9,22 @@
 //! it at most once and answers the retry with the original result. When the timeout runs
 //! out on a write, the error is [`Error::OutcomeUnknown`] — the write may or may not have
 //! happened — never a plain failure.
+//!
+//! TLS: with [`ClientOptions::tls`] every connection is a TLS session whose server
+//! certificate must chain to the given CA (and name the host dialed), optionally showing
+//! a client certificate. A TLS setup problem (untrusted certificate, a plaintext port, a
+//! TLS-only port reached without TLS, a refused client certificate) is an
+//! [`Error::Config`] saying what to fix, returned at once rather than retried.
 
 use crate::api::grpc::from_status;
 use crate::api::pb;
 use crate::command::{KeyValue, ScanRange, Versioned};
 use crate::error::{Error, Result};
+use crate::tls::client::{ClientTls, ClientTlsFiles, ConnectError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A session: writes in it are applied at most once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +102,9 @@ struct Inner {
     preferred: AtomicUsize,
     sessions: Mutex<Vec<Session>>,
     timeout: Duration,
+    /// The CA file trusted, for error messages ("" without TLS).
+    ca: String,
+    tls: Option<ClientTls>,
 }
 
 /// A cloneable, thread-safe client.
@@ -110,6 +120,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Time one attempt on one node may take.
     pub attempt_timeout: Duration,
+    /// TLS to the nodes (their client listeners run with `--client-tls-dir`).
+    pub tls: Option<ClientTlsFiles>,
 }
 
 impl Default for ClientOptions {
@@ -117,6 +129,7 @@ impl Default for ClientOptions {
         ClientOptions {
             timeout: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(6),
+            tls: None,
         }
     }
 }
@@ -131,22 +144,23 @@ impl Client {
         if endpoints.is_empty() {
             return Err(Error::invalid("at least one endpoint is needed"));
         }
+        let tls = opts.tls.as_ref().map(ClientTls::load).transpose()?;
         let mut channels = Vec::new();
         let mut names = Vec::new();
         for e in endpoints {
             let e = e.as_ref().trim();
-            let url = if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("http://{e}")
-            };
-            let ep = Endpoint::from_shared(url)
+            let bare = e.split_once("://").map_or(e, |(_, rest)| rest);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let ep = Endpoint::from_shared(format!("{scheme}://{bare}"))
                 .map_err(|err| Error::invalid(format!("endpoint {e:?}: {err}")))?
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(opts.attempt_timeout)
                 .tcp_nodelay(true);
-            channels.push(ep.connect_lazy());
-            names.push(e.to_string());
+            channels.push(match &tls {
+                Some(tls) => ep.connect_with_connector_lazy(TlsConnect(tls.clone())),
+                None => ep.connect_lazy(),
+            });
+            names.push(bare.to_string());
         }
         Ok(Client {
             inner: Arc::new(Inner {
@@ -155,6 +169,12 @@ impl Client {
                 preferred: AtomicUsize::new(0),
                 sessions: Mutex::new(Vec::new()),
                 timeout: opts.timeout,
+                ca: opts
+                    .tls
+                    .as_ref()
+                    .map(|t| t.ca.display().to_string())
+                    .unwrap_or_default(),
+                tls,
             }),
         })
     }
@@ -193,7 +213,7 @@ impl Client {
                     return Ok(v);
                 }
                 Err(status) => {
-                    let err = from_status(&status);
+                    let err = self.error(&status, idx).await;
                     if !err.is_retryable() {
                         // After an attempt whose outcome was unknown, a definite-looking
                         // error on a retry says nothing about that first attempt.
@@ -415,11 +435,11 @@ impl Client {
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
         let mut last = Error::Unavailable("no endpoints".into());
         loop {
-            for ch in &self.inner.channels {
+            for (i, ch) in self.inner.channels.iter().enumerate() {
                 let mut c = pb::cluster_client::ClusterClient::new(ch.clone());
                 match c.change_membership(req.clone()).await {
                     Ok(resp) => return Ok(resp.into_inner()),
-                    Err(s) => match from_status(&s) {
+                    Err(s) => match self.error(&s, i).await {
                         e @ Error::Unavailable(_) => last = e,
                         e => return Err(e),
                     },
@@ -440,11 +460,81 @@ impl Client {
             .get(i)
             .ok_or_else(|| Error::invalid("no such endpoint"))?
             .clone();
-        pb::cluster_client::ClusterClient::new(ch)
+        match pb::cluster_client::ClusterClient::new(ch)
             .status(pb::StatusRequest {})
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| from_status(&s))
+        {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.error(&s, i).await),
+        }
+    }
+
+    /// What a failed call to endpoint `idx` means: a TLS setup problem (not retryable),
+    /// or the status's own error. A request canceled because its connection ended, which
+    /// carries no cause, is probed with one more connection ([`ClientTls::probe`],
+    /// [`crate::tls::client::probe_plaintext`]).
+    async fn error(&self, status: &tonic::Status, idx: usize) -> Error {
+        let addr = &self.inner.endpoints[idx];
+        let Some(cause) = std::error::Error::source(status) else {
+            return from_status(status);
+        };
+        if let Some(f) = crate::tls::client::diagnose(cause, addr, &self.inner.ca) {
+            return f.into();
+        }
+        if !crate::tls::client::canceled(cause) {
+            return from_status(status);
+        }
+        let probed = match &self.inner.tls {
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                tls.probe(host, addr).await
+            }
+            None => crate::tls::client::probe_plaintext(addr).await,
+        };
+        match probed {
+            Some(f) => f.into(),
+            None => from_status(status),
+        }
+    }
+}
+
+/// Opens a TLS session to the endpoint a channel connects to.
+#[derive(Clone)]
+struct TlsConnect(ClientTls);
+
+impl tower_service::Service<Uri> for TlsConnect {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = ConnectError;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<Self::Response, ConnectError>>
+                + Send,
+        >,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), ConnectError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.0.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let addr = format!("{host}:{port}");
+            let tcp = tokio::net::TcpStream::connect((
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            ))
+            .await
+            .map_err(ConnectError::Io)?;
+            let _ = tcp.set_nodelay(true);
+            let s = tls.connect(&host, &addr, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(s))
+        })
     }
 }
 

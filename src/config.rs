@@ -128,6 +128,16 @@ pub struct Config {
     /// connection is mutual TLS and a peer must prove its node id with its certificate.
     #[serde(default)]
     pub peer_tls_dir: Option<PathBuf>,
+    /// Directory with the certificate every node shows its clients (`server.pem`, signed
+    /// by the cluster CA) and its key (`server-key.pem`), made by `paxosdb certs`. Set:
+    /// every client listener (gRPC, HTTP, RESP) speaks only TLS. SIGHUP reloads them.
+    #[serde(default)]
+    pub client_tls_dir: Option<PathBuf>,
+    /// CA certificate client certificates must be signed by (`client-ca.pem` of `paxosdb
+    /// certs`). Set: a client without such a certificate is refused in the handshake.
+    /// Needs `client_tls_dir`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
     /// Allow listening on non-loopback addresses without TLS (peers and clients are then
     /// not authenticated: anyone who reaches a port can act as a member or a client).
     #[serde(default)]
@@ -217,6 +227,8 @@ impl Config {
             min_free_disk_bytes: default_min_free_disk_bytes(),
             unsafe_no_fsync: false,
             peer_tls_dir: None,
+            client_tls_dir: None,
+            client_ca: None,
             insecure: false,
         }
     }
@@ -367,14 +379,21 @@ impl Config {
                 ));
             }
             for (what, addr) in &listeners {
-                if !is_loopback(addr) {
+                if self.client_tls_dir.is_none() && !is_loopback(addr) {
                     return bad(format!(
                         "{what} {addr} is not a loopback address, and client connections \
-                         are neither encrypted nor authenticated yet: listen on loopback, or \
-                         give --insecure to accept the risk"
+                         are not encrypted without TLS: give --client-tls-dir DIR (make one \
+                         with `paxosdb certs`), listen on loopback, or give --insecure to \
+                         accept the risk"
                     ));
                 }
             }
+        }
+        if self.client_ca.is_some() && self.client_tls_dir.is_none() {
+            return bad(
+                "--client-ca (client certificates) needs client TLS: give --client-tls-dir too"
+                    .into(),
+            );
         }
         if self.log_keep_bytes() > (self.max_frame_bytes / 4) as u64 {
             return bad(format!(
@@ -509,6 +528,14 @@ mod tests {
         c.client_addr = "0.0.0.0:7001".into();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("--insecure"), "{e}");
+        assert!(e.contains("--client-tls-dir"), "{e}");
+        // Client TLS makes a non-loopback client listener acceptable.
+        c.client_tls_dir = Some("tls".into());
+        c.validate().unwrap();
+        c.client_tls_dir = None;
+        c.client_ca = Some("tls/client-ca.pem".into());
+        assert!(c.validate().is_err(), "a client CA without client TLS");
+        c.client_ca = None;
         c.insecure = true;
         c.validate().unwrap();
         c.peer_tls_dir = None;

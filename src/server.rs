@@ -6,7 +6,8 @@
 //! misconfigured node fails at once with one clear line. Every listener is described the
 //! same way (name, address) and reported by `status` and to peers.
 
-use crate::api::conn::ConnLimiter;
+use crate::api::conn::{ConnLimiter, Guarded};
+use crate::api::tls::{ClientStream, ListenerTls, Protocol};
 use crate::api::{grpc, pb};
 use crate::command::NodeId;
 use crate::config::{resolve, Config};
@@ -231,9 +232,56 @@ async fn watch_disk(dir: std::path::PathBuf, floor: u64, admission: Arc<Admissio
     }
 }
 
+/// Accepts gRPC connections and hands each, once opened (TLS handshake), to tonic
+/// through `tx`, until tonic stops taking them.
+async fn accept_grpc(
+    listener: TcpListener,
+    conns: Arc<ConnLimiter>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Guarded<ClientStream>>>,
+) {
+    // Connections in their handshake; each holds a place, so the set is bounded by the
+    // connection limit.
+    let mut opening = tokio::task::JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            _ = tx.closed() => return,
+            Some(_) = opening.join_next(), if !opening.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!("gRPC accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(place) = conns.admit() else {
+            continue;
+        };
+        // Small responses must not wait for Nagle's algorithm (≈40 ms stalls otherwise).
+        let _ = tcp.set_nodelay(true);
+        let (conns, tx) = (conns.clone(), tx.clone());
+        opening.spawn(async move {
+            if let Some(s) = conns.open(tcp, Protocol::Grpc).await {
+                let _ = tx.send(Ok(conns.guard(s, place))).await;
+            }
+        });
+    }
+}
+
 /// Starts a node from `cfg`. Must be called inside a Tokio runtime.
 pub async fn start(cfg: Config) -> Result<RunningServer> {
     cfg.validate()?;
+    // Client TLS files are read first: a node with a bad certificate does not start.
+    let client_tls = match &cfg.client_tls_dir {
+        Some(dir) => Some(ListenerTls::load(
+            dir,
+            cfg.client_ca.as_deref(),
+            Duration::from_millis(cfg.header_timeout_ms.max(1)),
+        )?),
+        None => None,
+    };
     let dir = DataDir::lock(&cfg.data_dir)?;
     let db = dir.open_db()?;
     let mut kv = KvStore::open(db.clone())?;
@@ -372,7 +420,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         admission: admission.clone(),
     };
     let idle = (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms));
-    let conns = ConnLimiter::new(cfg.max_connections, idle, metrics.clone());
+    let conns = ConnLimiter::new(cfg.max_connections, idle, client_tls, metrics.clone());
     let info = Arc::new(ServerInfo {
         config: cfg,
         listeners,
@@ -419,20 +467,15 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     });
     let (grpc_stop, stop_rx) = oneshot::channel::<()>();
     // Each connection takes a place in the connection limit (one over it is closed at
-    // once: the client sees UNAVAILABLE and tries another node) and times out when idle.
-    // Small responses must not wait for Nagle's algorithm (≈40 ms stalls otherwise).
-    let grpc_conns = info.conns.clone();
-    let incoming = tokio_stream::StreamExt::filter_map(
-        tokio_stream::wrappers::TcpListenerStream::new(client_listener),
-        move |conn| match conn {
-            Ok(c) => {
-                let place = grpc_conns.admit()?;
-                let _ = c.set_nodelay(true);
-                Some(Ok(grpc_conns.guard(c, place)))
-            }
-            Err(e) => Some(Err(e)),
-        },
-    );
+    // once: the client sees UNAVAILABLE and tries another node), is opened (the TLS
+    // handshake, if on) in its own task, and times out when idle.
+    let (incoming_tx, incoming_rx) = tokio::sync::mpsc::channel(64);
+    let grpc_accept = tokio::spawn(accept_grpc(
+        client_listener,
+        info.conns.clone(),
+        incoming_tx,
+    ));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming_rx);
     let grpc_task = tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .add_service(reflection)
@@ -480,7 +523,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         stop_tx,
         protocol_tasks,
         grpc_task,
-        tasks: vec![accept, disk],
+        tasks: vec![accept, disk, grpc_accept],
         _dir: dir,
     })
 }
@@ -500,6 +543,16 @@ impl RunningServer {
         t.join()
             .unwrap_or_else(|p| Some(panic_text(p.as_ref())))
             .or_else(|| Some("the node thread ended".into()))
+    }
+
+    /// Reads the client-facing certificate and key (and client CA) again; new client
+    /// connections use them. `Ok(false)`: client TLS is off. On an error the certificate
+    /// in use is kept.
+    pub fn reload_client_tls(&self) -> Result<bool> {
+        match self.info.conns.tls() {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Stops listeners and the node thread, and releases the data directory.

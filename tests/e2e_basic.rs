@@ -362,9 +362,12 @@ async fn cluster_up_runs_stops_on_sigint_and_keeps_data() {
             .spawn()
             .unwrap()
     };
+    // cluster up turns client TLS on, with the CA it makes in DIR/tls.
+    let ca = dir.path().join("tls").join("ca.pem");
     let put_get = |args: &[&str]| {
         Command::new(BIN)
-            .args(["--endpoints", &eps, "--timeout", "5s"])
+            .args(["--endpoints", &eps, "--timeout", "5s", "--cacert"])
+            .arg(&ca)
             .args(args)
             .output()
             .unwrap()

@@ -122,6 +122,7 @@ fn impatient_client(c: &Cluster, id: u64) -> Client {
     let opts = ClientOptions {
         timeout: Duration::from_secs(1),
         attempt_timeout: Duration::from_secs(1),
+        tls: None,
     };
     Client::with_options(&[c.nodes[id as usize - 1].client_addr.clone()], opts).unwrap()
 }

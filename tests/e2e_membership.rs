@@ -176,6 +176,7 @@ async fn leader_and_new_node_killed_during_a_change() {
         ClientOptions {
             timeout: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(1),
+            tls: None,
         },
     )
     .unwrap();

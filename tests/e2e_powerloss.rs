@@ -82,6 +82,7 @@ fn writer_client(c: &Cluster) -> Client {
         ClientOptions {
             timeout: Duration::from_secs(4),
             attempt_timeout: Duration::from_secs(2),
+            tls: None,
         },
     )
     .unwrap()

@@ -8,6 +8,11 @@
 //! own files) nor its memory. The limit is also kept below the process's open-file limit,
 //! which the server raises to its hard limit at start.
 //!
+//! With client TLS on, an admitted connection is then opened by
+//! [`crate::api::tls::ListenerTls::open`] (the bounded handshake) before its protocol
+//! runs ([`ConnLimiter::open`]); a connection over the limit is then closed without an
+//! answer (a plaintext refusal means nothing to a TLS client).
+//!
 //! [`Guarded`] wraps an accepted stream: it holds the connection's place in the limit and
 //! fails a read or a write with `TimedOut` once nothing has been read or written for the
 //! idle timeout (a client that sends nothing, or stops reading its replies), which ends
@@ -19,6 +24,7 @@
 //! - a refused connection costs one short-lived task and is closed within a second;
 //! - the gauge `paxosdb_client_connections` counts exactly the places taken.
 
+use crate::api::tls::{ClientStream, ListenerTls, Protocol};
 use crate::metrics::Metrics;
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +59,7 @@ pub fn refused_http() -> Vec<u8> {
 pub struct ConnLimiter {
     places: Arc<Semaphore>,
     idle: Option<Duration>,
+    tls: Option<ListenerTls>,
     metrics: Arc<Metrics>,
 }
 
@@ -70,8 +77,13 @@ impl Drop for Place {
 
 impl ConnLimiter {
     /// `limit` connections at most (lowered to fit the open-file limit), closing those idle
-    /// for `idle` (`None`: never).
-    pub fn new(limit: usize, idle: Option<Duration>, metrics: Arc<Metrics>) -> Arc<ConnLimiter> {
+    /// for `idle` (`None`: never), each opened with `tls` if given.
+    pub fn new(
+        limit: usize,
+        idle: Option<Duration>,
+        tls: Option<ListenerTls>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<ConnLimiter> {
         let fds = open_file_limit();
         let fit = fds.saturating_sub(RESERVED_FDS).max(16) as usize;
         if fit < limit {
@@ -85,6 +97,7 @@ impl ConnLimiter {
         Arc::new(ConnLimiter {
             places: Arc::new(Semaphore::new(limit.min(fit))),
             idle,
+            tls,
             metrics,
         })
     }
@@ -106,9 +119,26 @@ impl ConnLimiter {
         }
     }
 
+    /// The TLS setup of the client listeners, if client TLS is on.
+    pub fn tls(&self) -> Option<&ListenerTls> {
+        self.tls.as_ref()
+    }
+
+    /// Opens an admitted connection for protocol `p`: the TLS handshake if client TLS is
+    /// on. `None`: the connection is over (failed handshake, plaintext client answered).
+    pub async fn open(&self, tcp: TcpStream, p: Protocol) -> Option<ClientStream> {
+        match &self.tls {
+            None => Some(ClientStream::Plain(tcp)),
+            Some(tls) => tls.open(tcp, p).await,
+        }
+    }
+
     /// Answers a connection refused at the limit with `refusal` and closes it, in the
-    /// background and within a second.
+    /// background and within a second (with client TLS on: closes it at once).
     pub fn refuse(&self, mut stream: TcpStream, refusal: &'static [u8]) {
+        if self.tls.is_some() {
+            return;
+        }
         tokio::spawn(async move {
             let write = async {
                 stream.write_all(refusal).await?;
@@ -261,11 +291,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
-impl tonic::transport::server::Connected for Guarded<TcpStream> {
+impl tonic::transport::server::Connected for Guarded<ClientStream> {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.inner.tcp().connect_info()
     }
 }
 
@@ -284,7 +314,7 @@ mod tests {
     #[tokio::test]
     async fn places_are_limited_and_given_back() {
         let m = Metrics::new();
-        let l = ConnLimiter::new(2, None, m.clone());
+        let l = ConnLimiter::new(2, None, None, m.clone());
         let a = l.admit().unwrap();
         let _b = l.admit().unwrap();
         assert!(l.admit().is_none());
@@ -297,7 +327,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_stream_times_out_and_an_active_one_does_not() {
         let m = Metrics::new();
-        let l = ConnLimiter::new(4, Some(Duration::from_secs(10)), m.clone());
+        let l = ConnLimiter::new(4, Some(Duration::from_secs(10)), None, m.clone());
         let (mut client, server) = pair().await;
         let mut g = l.guard(server, l.admit().unwrap());
         let mut buf = [0u8; 8];

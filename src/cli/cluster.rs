@@ -10,6 +10,11 @@
 //! 8079+N (node 1 on 8080) and Redis protocol 6378+N (node 1 on 6379, so a bare
 //! `redis-cli` reaches node 1). With another base B: gRPC B+N, peers B+100+N, HTTP
 //! B+200+N, RESP B+300+N.
+//!
+//! Security: `DIR/tls` holds a throwaway cluster CA (made on the first start) with a
+//! certificate per node, for peer mutual TLS, and `server.pem`, which every node shows its
+//! clients: all client listeners speak TLS, and clients trust `DIR/tls/ca.pem` (the
+//! start-up lines say how to connect with each client).
 
 use super::Cli;
 use crate::error::{Error, Result};
@@ -97,11 +102,15 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
         .collect();
     let peers = peers.join(",");
     std::fs::create_dir_all(&a.data_dir)?;
-    // Peers talk mutual TLS with a throwaway CA kept beside the data.
+    // Peers talk mutual TLS, and clients TLS, with a throwaway CA kept beside the data.
     let tls = a.data_dir.join("tls");
     if !tls.join("ca.pem").exists() {
         let ids: Vec<u64> = (1..=a.nodes).collect();
-        crate::tls::generate(&tls, &ids)?;
+        crate::tls::generate(&tls, &ids, &[])?;
+    }
+    if !tls.join(crate::tls::certs::SERVER_CERT).exists() {
+        // A directory made before client TLS existed.
+        crate::tls::certs::server(&tls, &[])?;
     }
     if let Some(n) = (1..=a.nodes).find(|&n| !crate::tls::files(&tls, n).1.exists()) {
         return Err(Error::Config(format!(
@@ -125,6 +134,9 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             .arg(a.data_dir.join(format!("node-{n}")))
             .arg("--peer-tls-dir")
             .arg(&tls)
+            .arg("--client-tls-dir")
+            .arg(&tls)
+            .env_remove("PAXOSDB_CLIENT_CA")
             .env_remove("PAXOSDB_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -156,12 +168,27 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
         );
     }
     let default_eps = a.base_port == 7000 && a.nodes == 3;
-    let env_hint = if default_eps {
-        String::new()
-    } else {
-        format!("export PAXOSDB_ENDPOINTS={}; ", endpoints.join(","))
-    };
-    println!("Try, in another terminal:  {env_hint}paxosdb put hello world && paxosdb get hello && paxosdb status");
+    let ca = std::path::absolute(tls.join("ca.pem")).unwrap_or_else(|_| tls.join("ca.pem"));
+    let ca = ca.display();
+    println!("Clients connect with TLS; the CA certificate is {ca}. In another terminal:");
+    println!("  export PAXOSDB_CACERT={ca}");
+    if !default_eps {
+        println!("  export PAXOSDB_ENDPOINTS={}", endpoints.join(","));
+    }
+    println!("  paxosdb put hello world && paxosdb get hello && paxosdb status");
+    println!(
+        "  redis-cli -p {} --tls --cacert {ca} get hello",
+        resp_port(1)
+    );
+    println!(
+        "  curl --cacert {ca} https://127.0.0.1:{}/v1/kv/hello",
+        http_port(1)
+    );
+    println!(
+        "  python3 -c 'import redis; print(redis.Redis(port={}, ssl=True, \
+         ssl_ca_certs=\"{ca}\").get(\"hello\"))'",
+        resp_port(1)
+    );
     println!("Press Ctrl-C to stop all nodes.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

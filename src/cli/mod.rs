@@ -32,6 +32,16 @@ pub struct Cli {
     /// Total time a client command may take, retries included (e.g. 10s, 500ms).
     #[arg(long, global = true, env = "PAXOSDB_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
+    /// CA certificate to verify the nodes' TLS certificate with; turns TLS on (`paxosdb
+    /// cluster up`: paxosdb-data/tls/ca.pem).
+    #[arg(long, global = true, env = "PAXOSDB_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate, for nodes that require one (with --key).
+    #[arg(long = "cert", id = "client_cert", global = true, env = "PAXOSDB_CERT")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long = "key", id = "client_key", global = true, env = "PAXOSDB_KEY")]
+    pub client_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,13 +71,15 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Fault test: a local cluster under kills, pauses and partitions, history checked.
     Nemesis(nemesis::NemesisArgs),
-    /// Create a cluster CA and a certificate for every node (peer mutual TLS).
+    /// Create a cluster CA, a certificate for every node (peer mutual TLS), the nodes'
+    /// client-facing certificate, and client certificates.
     Certs(CertsArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct CertsArgs {
-    /// Directory to write ca.pem, ca-key.pem, node-N.pem and node-N-key.pem into.
+    /// Directory to write the certificates into (see the table in the README: ca.pem,
+    /// node-N.pem, server.pem, client-ca.pem, client-NAME.pem and their keys).
     #[arg(long, default_value = "paxosdb-tls")]
     pub dir: std::path::PathBuf,
     /// The node ids to make certificates for, comma separated.
@@ -76,6 +88,25 @@ pub struct CertsArgs {
     /// Make certificates for these nodes with the CA already in --dir (to add members).
     #[arg(long)]
     pub add: bool,
+    /// Host names and IP addresses clients reach the nodes at, comma separated, for the
+    /// client-facing certificate server.pem (it always names localhost, 127.0.0.1, ::1).
+    #[arg(long, default_value = "")]
+    pub hosts: String,
+    /// Make server.pem again with the CA already in --dir (new --hosts, or renewal),
+    /// replacing the one there; send the nodes SIGHUP to use it.
+    #[arg(long)]
+    pub server: bool,
+    /// Make a client certificate for each of these names (comma separated), signed by the
+    /// client CA in --dir (made if missing): client-NAME.pem and client-NAME-key.pem.
+    #[arg(long)]
+    pub client: Option<String>,
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
@@ -90,18 +121,44 @@ fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
                 .ok_or_else(|| crate::error::Error::invalid(format!("{s:?} is not a node id")))
         })
         .collect::<crate::error::Result<Vec<_>>>()?;
+    let hosts = list(&a.hosts);
+    let clients = list(a.client.as_deref().unwrap_or(""));
+    let dir = a.dir.display();
     if a.add {
         crate::tls::add(&a.dir, &ids)?;
-    } else {
-        crate::tls::generate(&a.dir, &ids)?;
+        println!(
+            "wrote certificates for nodes {} to {dir}; give each node ca.pem and its own \
+             node-N.pem and node-N-key.pem",
+            a.nodes
+        );
     }
-    println!(
-        "wrote {}certificates for nodes {} to {}; give each node --peer-tls-dir with \
-         ca.pem and its own node-N.pem and node-N-key.pem (keep ca-key.pem off the nodes)",
-        if a.add { "" } else { "a cluster CA and " },
-        a.nodes,
-        a.dir.display()
-    );
+    if a.server {
+        crate::tls::certs::server(&a.dir, &hosts)?;
+        println!(
+            "wrote {dir}/server.pem and server-key.pem; copy them to the nodes' \
+             --client-tls-dir and send each node SIGHUP (kill -HUP PID) to use them"
+        );
+    }
+    if !a.add && !a.server && clients.is_empty() {
+        crate::tls::generate(&a.dir, &ids, &hosts)?;
+        println!(
+            "wrote a cluster CA and certificates for nodes {} to {dir}; give each node \
+             --peer-tls-dir with ca.pem and its own node-N.pem and node-N-key.pem, and \
+             --client-tls-dir with server.pem and server-key.pem (keep ca-key.pem off the \
+             nodes); clients trust ca.pem (--cacert)",
+            a.nodes
+        );
+    }
+    for name in &clients {
+        crate::tls::certs::client(&a.dir, name)?;
+        let (cert, key) = crate::tls::certs::client_files(&a.dir, name);
+        println!(
+            "wrote {} and {} (signed by {dir}/client-ca.pem: give the nodes \
+             --client-ca {dir}/client-ca.pem to require client certificates)",
+            cert.display(),
+            key.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -130,11 +187,27 @@ pub(crate) fn endpoints(cli: &Cli) -> Vec<String> {
         .collect()
 }
 
+/// The TLS files of the client flags, if TLS is on (--cacert given).
+pub(crate) fn client_tls(cli: &Cli) -> crate::Result<Option<crate::tls::client::ClientTlsFiles>> {
+    match &cli.cacert {
+        Some(ca) => Ok(Some(crate::tls::client::ClientTlsFiles {
+            ca: ca.clone(),
+            cert: cli.client_cert.clone(),
+            key: cli.client_key.clone(),
+        })),
+        None if cli.client_cert.is_some() || cli.client_key.is_some() => Err(crate::Error::Config(
+            "--cert/--key need --cacert (PAXOSDB_CACERT): the CA to verify the nodes with".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
     crate::client::Client::with_options(
         &endpoints(cli),
         crate::client::ClientOptions {
             timeout: cli.timeout,
+            tls: client_tls(cli)?,
             ..Default::default()
         },
     )

@@ -1,4 +1,5 @@
 //! `paxosdb server`: runs one node until SIGINT or SIGTERM, then shuts down cleanly.
+//! SIGHUP reloads the client-facing TLS certificate and key (`--client-tls-dir`).
 
 use crate::config::{parse_peers, Config};
 use crate::error::{Error, Result};
@@ -81,6 +82,13 @@ pub struct ServerArgs {
     /// then talk mutual TLS and must prove their node id.
     #[arg(long, env = "PAXOSDB_PEER_TLS_DIR")]
     pub peer_tls_dir: Option<PathBuf>,
+    /// Directory with `server.pem` and `server-key.pem` (`paxosdb certs`): every client
+    /// listener (gRPC, HTTP, RESP) then speaks only TLS. SIGHUP reloads them.
+    #[arg(long, env = "PAXOSDB_CLIENT_TLS_DIR")]
+    pub client_tls_dir: Option<PathBuf>,
+    /// Require client certificates signed by this CA (`client-ca.pem` of `paxosdb certs`).
+    #[arg(long, env = "PAXOSDB_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// Allow non-loopback listeners without TLS (anyone reaching a port is then trusted).
     #[arg(long, env = "PAXOSDB_INSECURE")]
     pub insecure: bool,
@@ -169,6 +177,12 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     if let Some(d) = &a.peer_tls_dir {
         cfg.peer_tls_dir = Some(d.clone());
     }
+    if let Some(d) = &a.client_tls_dir {
+        cfg.client_tls_dir = Some(d.clone());
+    }
+    if let Some(f) = &a.client_ca {
+        cfg.client_ca = Some(f.clone());
+    }
     if a.insecure {
         cfg.insecure = true;
     }
@@ -187,9 +201,17 @@ pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
     let mut server = crate::server::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Internal(format!("signal handler: {e}")))?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Error::Internal(format!("signal handler: {e}")))?;
     let mut watch = tokio::time::interval(std::time::Duration::from_millis(200));
     let code = loop {
         tokio::select! {
+            _ = hup.recv() => {
+                // The outcome is logged by the reload itself.
+                if let Ok(false) = server.reload_client_tls() {
+                    tracing::info!("SIGHUP: client TLS is off; nothing to reload");
+                }
+            }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break ExitCode::SUCCESS }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break ExitCode::SUCCESS }
             _ = watch.tick() => {

@@ -155,6 +155,7 @@ impl ProtoClient {
                 crate::client::ClientOptions {
                     timeout: timeouts.op,
                     attempt_timeout: timeouts.attempt,
+                    tls: None,
                 },
             )?),
             Protocol::Http => ProtoClient::Http(HttpClient::new(addrs, timeouts, stale)),

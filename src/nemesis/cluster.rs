@@ -482,6 +482,7 @@ impl ProcCluster {
             ClientOptions {
                 timeout,
                 attempt_timeout: timeout,
+                tls: None,
             },
         )
         .expect("valid endpoint")
@@ -501,6 +502,7 @@ fn lay_out(dir: &Path, id: u64, held: &mut Vec<TcpListener>) -> std::io::Result<
         ClientOptions {
             timeout: Duration::from_millis(700),
             attempt_timeout: Duration::from_millis(700),
+            tls: None,
         },
     )
     .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -214,6 +214,7 @@ fn send(
             timeout: CHANGE_TIMEOUT,
             // Longer than the servers' request timeout: they say when it is unknown.
             attempt_timeout: Duration::from_secs(8),
+            tls: None,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -619,6 +620,7 @@ async fn resolve(
                 ClientOptions {
                     timeout: Duration::from_secs(3),
                     attempt_timeout: Duration::from_secs(1),
+                    tls: None,
                 },
             )
             .map_err(|e| e.to_string())?;

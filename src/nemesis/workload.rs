@@ -98,6 +98,7 @@ impl Endpoints {
                 ClientOptions {
                     timeout: self.timeouts.op,
                     attempt_timeout: self.timeouts.attempt,
+                    tls: None,
                 },
             )?,
         ))

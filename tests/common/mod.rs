@@ -15,6 +15,7 @@ pub mod workload;
 pub use skip::{partly_skipped, running_as_root, skip, skip_unless_root};
 
 use paxosdb::client::{Client, ClientOptions};
+use paxosdb::tls::client::ClientTlsFiles;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,10 @@ pub struct Cluster {
     pub peers: String,
     /// Extra environment of every server (PAXOSDB_* settings).
     pub env: Vec<(String, String)>,
+    /// What the harness's clients use when the servers have client TLS on (from
+    /// `PAXOSDB_CLIENT_TLS_DIR` D: `D/ca.pem`, and with `PAXOSDB_CLIENT_CA` the client
+    /// certificate `D/client-harness.pem`, which the test makes).
+    pub tls: Option<ClientTlsFiles>,
 }
 
 impl Cluster {
@@ -131,6 +136,16 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.peer_addr))
             .collect::<Vec<_>>()
             .join(",");
+        let setting = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        let tls = setting("PAXOSDB_CLIENT_TLS_DIR").map(|d| {
+            let d = Path::new(d);
+            let with_cert = setting("PAXOSDB_CLIENT_CA").is_some();
+            ClientTlsFiles {
+                ca: d.join("ca.pem"),
+                cert: with_cert.then(|| d.join("client-harness.pem")),
+                key: with_cert.then(|| d.join("client-harness-key.pem")),
+            }
+        });
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -140,6 +155,7 @@ impl Cluster {
             nodes,
             peers,
             env,
+            tls,
         };
         for id in 1..=n as u64 {
             c.spawn(id);
@@ -248,7 +264,14 @@ impl Cluster {
 
     /// A client that knows every node.
     pub fn client(&self) -> Client {
-        Client::new(&self.endpoints()).unwrap()
+        Client::with_options(
+            &self.endpoints(),
+            ClientOptions {
+                tls: self.tls.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     /// A client bound to one node (its own retries stay on that node).
@@ -258,6 +281,7 @@ impl Cluster {
             ClientOptions {
                 timeout: Duration::from_secs(10),
                 attempt_timeout: Duration::from_secs(5),
+                tls: self.tls.clone(),
             },
         )
         .unwrap()

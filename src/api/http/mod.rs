@@ -20,6 +20,7 @@ pub mod error;
 mod fuzz;
 pub mod kv;
 
+use crate::api::tls::Protocol;
 use crate::node::NodeHandle;
 use crate::server::ServerInfo;
 use axum::extract::{Request, State};
@@ -123,8 +124,9 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true. Each connection takes a place
-/// in the node's connection limit (refused with a 503 beyond it), must send a request's
-/// headers within `header_timeout_ms`, and is closed when idle for `idle_timeout_ms`.
+/// in the node's connection limit (refused with a 503 beyond it), must complete its TLS
+/// handshake (client TLS on) and then send each request's headers within
+/// `header_timeout_ms`, and is closed when idle for `idle_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
     node: NodeHandle,
@@ -157,10 +159,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(conns.guard(stream, place));
         let svc = TowerToHyperService::new(app.clone());
         let mut stop = shutdown.clone();
+        let conns = conns.clone();
         tasks.spawn(async move {
+            // The TLS handshake, if client TLS is on (bounded by the header timeout too).
+            let Some(stream) = conns.open(stream, Protocol::Http).await else {
+                return;
+            };
+            let io = TokioIo::new(conns.guard(stream, place));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

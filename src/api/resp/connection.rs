@@ -15,9 +15,9 @@
 
 use super::frame::{parse_request, Encoded, Frame, FrameError, FrameLimits};
 use crate::api::conn::Guarded;
+use crate::api::tls::ClientStream;
 use std::collections::VecDeque;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Queued reply bytes after which the caller should flush before running more commands.
 pub const FLUSH_AT: usize = 1024 * 1024;
@@ -26,7 +26,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const KEEP_AS_IS: usize = 64 * 1024;
 
 pub struct Connection {
-    stream: Guarded<TcpStream>,
+    stream: Guarded<ClientStream>,
     rbuf: Vec<u8>,
     /// Bytes of `rbuf` already parsed.
     consumed: usize,
@@ -41,7 +41,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: Guarded<TcpStream>, limits: FrameLimits) -> Connection {
+    pub fn new(stream: Guarded<ClientStream>, limits: FrameLimits) -> Connection {
         Connection {
             stream,
             rbuf: Vec::with_capacity(16 * 1024),

@@ -16,7 +16,9 @@
 //!
 //! Connections: each takes a place in the node's connection limit (beyond it the client
 //! gets `-ERR max number of clients reached` and is closed) and is closed once it has sent
-//! nothing for the idle timeout (see [`crate::api::conn`]).
+//! nothing for the idle timeout (see [`crate::api::conn`]). With client TLS on, each
+//! connection is a TLS session (`redis-cli --tls`); a plaintext client is answered
+//! `-ERR this port requires TLS...` (see [`crate::api::tls`]).
 //!
 //! Shutdown: when the watch channel turns true the listener stops accepting, idle
 //! connections close at once, busy ones after their current command (bounded wait).
@@ -147,6 +149,15 @@ async fn handle(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The TLS handshake, if client TLS is on.
+    let Some(stream) = shared
+        .info
+        .conns
+        .open(stream, crate::api::tls::Protocol::Resp)
+        .await
+    else {
+        return;
+    };
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let mut session = exec::Session::new(id);

@@ -1,3 +1,6 @@
+//! TLS: peer authentication (here), certificate making ([`certs`]) and the client side of
+//! TLS to a node's client listeners ([`client`]; the server side is [`crate::api::tls`]).
+//!
 //! Peer authentication: mutual TLS between the nodes of a cluster, with a cluster CA.
 //!
 //! A cluster's TLS directory holds `ca.pem` (the cluster CA's certificate) and, for every
@@ -21,6 +24,11 @@
 //! - a replication or state-transfer connection is served only when the client
 //!   certificate names the `Hello`'s sender; a membership query (a joining node) only
 //!   needs a certificate of the cluster.
+
+pub mod certs;
+pub mod client;
+
+pub use certs::{add, generate};
 
 use crate::command::NodeId;
 use crate::error::{Error, Result};
@@ -59,11 +67,11 @@ impl std::fmt::Debug for PeerTls {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path)
         .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
@@ -78,7 +86,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = std::fs::read(path)
         .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
@@ -86,7 +94,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| Error::Config(format!("{} holds no private key", path.display())))
 }
 
-fn tls_err(what: &str) -> impl Fn(rustls::Error) -> Error + '_ {
+pub(crate) fn tls_err(what: &str) -> impl Fn(rustls::Error) -> Error + '_ {
     move |e| Error::Config(format!("{what}: {e}"))
 }
 
@@ -179,107 +187,6 @@ impl PeerTls {
     }
 }
 
-fn gen_err(e: rcgen::Error) -> Error {
-    Error::Internal(format!("certificate generation: {e}"))
-}
-
-/// The cluster CA's parameters: the same every time, so that a CA certificate made again
-/// from the saved key (`ca-key.pem`) issues certificates the original `ca.pem` verifies.
-fn ca_params() -> Result<rcgen::CertificateParams> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "paxosdb cluster CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    Ok(ca)
-}
-
-/// Writes node `id`'s certificate and key into `dir`, issued by `ca`.
-fn issue(dir: &Path, id: NodeId, ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> Result<()> {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-    let (_, cert_path, key_path) = files(dir, id);
-    if cert_path.exists() {
-        return Err(Error::Config(format!(
-            "{} exists already",
-            cert_path.display()
-        )));
-    }
-    let mut p =
-        CertificateParams::new(vec![node_name(id), CLUSTER_NAME.to_string()]).map_err(gen_err)?;
-    p.distinguished_name
-        .push(DnType::CommonName, format!("paxosdb node {id}"));
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().map_err(gen_err)?;
-    let cert = p.signed_by(&key, ca, ca_key).map_err(gen_err)?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem())?;
-    Ok(())
-}
-
-/// Writes a new cluster CA and a certificate and key for every id in `ids` into `dir`
-/// (created if missing). Refuses to overwrite an existing CA.
-pub fn generate(dir: &Path, ids: &[NodeId]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let ca_path = dir.join("ca.pem");
-    if ca_path.exists() {
-        return Err(Error::Config(format!(
-            "{} exists already; use another directory, or --add to make certificates for \
-             more nodes with this CA",
-            ca_path.display()
-        )));
-    }
-    let ca_key = rcgen::KeyPair::generate().map_err(gen_err)?;
-    let ca = ca_params()?.self_signed(&ca_key).map_err(gen_err)?;
-    for &id in ids {
-        issue(dir, id, &ca, &ca_key)?;
-    }
-    // The CA's key is what lets someone mint members: keep it beside, readable by the
-    // owner only, so that more nodes can be added later (`paxosdb certs --add`).
-    write_private(&dir.join("ca-key.pem"), ca_key.serialize_pem().as_bytes())?;
-    std::fs::write(&ca_path, ca.pem())?;
-    Ok(())
-}
-
-/// Writes certificates for more nodes (`ids`) with the CA already in `dir` (its key,
-/// `ca-key.pem`, must be there).
-pub fn add(dir: &Path, ids: &[NodeId]) -> Result<()> {
-    let key_path = dir.join("ca-key.pem");
-    let pem = std::fs::read_to_string(&key_path).map_err(|e| {
-        Error::Config(format!(
-            "cannot read the CA key {}: {e} (certificates for new nodes are made where the \
-             CA key is)",
-            key_path.display()
-        ))
-    })?;
-    let ca_key = rcgen::KeyPair::from_pem(&pem).map_err(gen_err)?;
-    let ca = ca_params()?.self_signed(&ca_key).map_err(gen_err)?;
-    for &id in ids {
-        issue(dir, id, &ca, &ca_key)?;
-    }
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::Config(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,8 +227,8 @@ mod tests {
     async fn members_talk_and_impostors_are_refused() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        generate(a.path(), &[1, 2, 3]).unwrap();
-        generate(b.path(), &[1, 2, 3]).unwrap();
+        generate(a.path(), &[1, 2, 3], &[]).unwrap();
+        generate(b.path(), &[1, 2, 3], &[]).unwrap();
         // Node 2 of cluster A reaches node 1 of cluster A, speaking as itself.
         dial(a.path(), 1, a.path(), 2, 2).await.unwrap();
         // Node 2 claiming to be node 3: refused by the identity check.
@@ -330,7 +237,7 @@ mod tests {
         // A node of another cluster (another CA): the handshake fails.
         assert!(dial(a.path(), 1, b.path(), 2, 2).await.is_err());
         // Regenerating over an existing CA is refused; adding a node with it works.
-        assert!(generate(a.path(), &[4]).is_err());
+        assert!(generate(a.path(), &[4], &[]).is_err());
         add(a.path(), &[4]).unwrap();
         assert!(
             add(a.path(), &[4]).is_err(),

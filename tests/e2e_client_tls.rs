@@ -1,0 +1,403 @@
+//! TLS on the client listeners, on real processes with real clients (issue #9): the Rust
+//! client (tonic over TLS), the CLI, curl, redis-cli `--tls` and redis-py `ssl=True` all
+//! work against a cluster with `--client-tls-dir`; plaintext clients, a wrong CA and a
+//! missing client certificate are refused with errors that say so; a client that never
+//! finishes its handshake is closed; failed handshakes are logged without a flood; and
+//! SIGHUP makes a node use a new certificate, or keep its own when the new file is bad.
+
+mod common;
+
+use common::{eventually, skip, Cluster, BIN};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Runs a client tool; panics with a hint if it is not installed.
+fn tool(name: &str) -> Command {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(found, "{name} is not installed; run scripts/setup");
+    Command::new(name)
+}
+
+fn certs(args: &[&str]) {
+    let out = Command::new(BIN).arg("certs").args(args).output().unwrap();
+    assert!(out.status.success(), "paxosdb certs {args:?}: {out:?}");
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn port(addr: &str) -> &str {
+    addr.rsplit_once(':').unwrap().1
+}
+
+/// A TLS-on cluster of 3 nodes with its certificates in `dir` (and `extra` settings).
+async fn tls_cluster(dir: &Path, extra: &[(&str, &str)]) -> Cluster {
+    let d = dir.to_str().unwrap();
+    let mut env = vec![("PAXOSDB_PEER_TLS_DIR", d), ("PAXOSDB_CLIENT_TLS_DIR", d)];
+    env.extend_from_slice(extra);
+    Cluster::start_with(3, &env).await
+}
+
+/// `paxosdb ARGS` against the cluster's nodes, with `env`.
+fn paxosdb(c: &Cluster, env: &[(&str, &Path)], args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["--endpoints", &c.endpoints().join(","), "--timeout", "5s"])
+        .args(args)
+        .env_remove("PAXOSDB_CACERT")
+        .env_remove("PAXOSDB_CERT")
+        .env_remove("PAXOSDB_KEY")
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+        .output()
+        .unwrap()
+}
+
+/// A TLS session with the listener at `addr`, verified with `ca` as localhost.
+async fn tls_connect(addr: &str, ca: &Path) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// The certificate a node's listener at `addr` shows (verified with `ca`, as localhost).
+async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
+    let s = tls_connect(addr, ca).await;
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn file_certificate(path: &Path) -> Vec<u8> {
+    let pem = std::fs::read(path).unwrap();
+    let first = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    first.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_cli_and_curl_over_tls_and_clear_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tls, other) = (tmp.path().join("tls"), tmp.path().join("other"));
+    certs(&["--dir", tls.to_str().unwrap()]);
+    certs(&["--dir", other.to_str().unwrap()]);
+    let c = tls_cluster(
+        &tls,
+        &[
+            ("PAXOSDB_HEADER_TIMEOUT_MS", "1500"),
+            ("PAXOSDB_IDLE_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await;
+    let ca = tls.join("ca.pem");
+
+    // The Rust client (tonic over TLS) — the harness already used it to find the leader.
+    c.client().put(b"k", b"over-tls", false).await.unwrap();
+
+    // The CLI with --cacert, and with PAXOSDB_CACERT.
+    let out = paxosdb(&c, &[], &["--cacert", ca.to_str().unwrap(), "get", "k"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over-tls");
+    let out = paxosdb(&c, &[("PAXOSDB_CACERT", &ca)], &["put", "cli", "yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The CLI without TLS: told at once that the nodes require TLS.
+    let t = Instant::now();
+    let out = paxosdb(&c, &[], &["get", "k"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("requires TLS"), "{}", text(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "not at once: {:?}",
+        t.elapsed()
+    );
+
+    // The CLI trusting another cluster's CA: told the certificate is not trusted.
+    let out = paxosdb(
+        &c,
+        &[("PAXOSDB_CACERT", &other.join("ca.pem"))],
+        &["get", "k"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not trusted"), "{}", text(&out));
+
+    // curl over HTTPS, and plain http:// answered with the reason.
+    let http = &c.nodes[0].http_addr;
+    let out = tool("curl")
+        .args(["-sS", "--cacert", ca.to_str().unwrap()])
+        .arg(format!("https://localhost:{}/v1/kv/k", port(http)))
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains(r#""value":"over-tls""#),
+        "{}",
+        text(&out)
+    );
+    let out = tool("curl")
+        .args(["-sS", &format!("http://{http}/v1/kv/k")])
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("tls_required"), "{}", text(&out));
+    let out = tool("curl")
+        .args(["-sS", "--cacert", other.join("ca.pem").to_str().unwrap()])
+        .arg(format!("https://{http}/v1/kv/k"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "curl trusted another CA: {}",
+        text(&out)
+    );
+
+    // A client that connects and never completes a handshake is closed within the
+    // header timeout (1.5 s): one that sends nothing, and one that stops mid-record.
+    for first in [&b""[..], &[0x16, 0x03][..]] {
+        let mut s = TcpStream::connect(&c.nodes[0].resp_addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "not closed: {closed:?}"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    // Over TLS, the idle timeout still closes a connection that stops sending.
+    let mut s = tls_connect(&c.nodes[0].resp_addr, &ca).await;
+    s.write_all(b"PING\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+    let t = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed: {closed:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A burst of failed handshakes makes a line or two, not one each.
+    let log_before = c.log_of(1).matches("client TLS handshake failed").count();
+    for _ in 0..30 {
+        let mut s = TcpStream::connect(&c.nodes[0].resp_addr).await.unwrap();
+        s.write_all(b"PING\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        assert!(String::from_utf8_lossy(&buf).contains("requires TLS"));
+    }
+    let lines = c.log_of(1).matches("client TLS handshake failed").count() - log_before;
+    assert!(lines <= 2, "{lines} log lines for 30 failed handshakes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_py_over_tls() {
+    let help = tool("redis-cli").arg("--help").output().unwrap();
+    if !text(&help).contains("--tls") {
+        skip(
+            "redis_cli_and_redis_py_over_tls",
+            "the installed redis-cli was built without TLS support (no --tls)",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    certs(&["--dir", tls.to_str().unwrap()]);
+    let c = tls_cluster(&tls, &[]).await;
+    let ca = tls.join("ca.pem");
+    let ca_s = ca.to_str().unwrap();
+    let resp = c.nodes[0].resp_addr.clone();
+    let redis_cli = |args: &[&str]| {
+        let out = tool("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", port(&resp)])
+            .args(args)
+            .output()
+            .unwrap();
+        text(&out).trim().to_string()
+    };
+    assert_eq!(
+        redis_cli(&["--tls", "--cacert", ca_s, "SET", "r", "v1"]),
+        "OK"
+    );
+    assert_eq!(redis_cli(&["--tls", "--cacert", ca_s, "GET", "r"]), "v1");
+    // Without TLS: the reason, in Redis' own error form.
+    let plain = redis_cli(&["GET", "r"]);
+    assert!(plain.contains("this port requires TLS"), "{plain}");
+
+    let py = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={}, ssl=True, ssl_ca_certs={ca_s:?})\n\
+         r.set('py', 'from-python')\n\
+         print(r.get('r').decode(), r.get('py').decode())\n",
+        port(&resp)
+    );
+    let out = tool("python3").args(["-c", &py]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "v1 from-python"
+    );
+    let (v, _) = c.client().get(b"py", false).await.unwrap();
+    assert_eq!(v.unwrap().value, b"from-python");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_when_required() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tls, other) = (tmp.path().join("tls"), tmp.path().join("other"));
+    certs(&["--dir", tls.to_str().unwrap()]);
+    certs(&["--dir", tls.to_str().unwrap(), "--client", "harness,alice"]);
+    // A client certificate of another client CA.
+    certs(&["--dir", other.to_str().unwrap(), "--client", "mallory"]);
+    let client_ca = tls.join("client-ca.pem");
+    let c = tls_cluster(&tls, &[("PAXOSDB_CLIENT_CA", client_ca.to_str().unwrap())]).await;
+    let ca = tls.join("ca.pem");
+    // The harness's client shows client-harness.pem.
+    c.client().put(b"k", b"v", false).await.unwrap();
+
+    let with = |dir: &Path, name: &str| -> [(&'static str, PathBuf); 3] {
+        [
+            ("PAXOSDB_CACERT", ca.clone()),
+            ("PAXOSDB_CERT", dir.join(format!("client-{name}.pem"))),
+            ("PAXOSDB_KEY", dir.join(format!("client-{name}-key.pem"))),
+        ]
+    };
+    let env = |e: &[(&'static str, PathBuf)]| -> Vec<(&'static str, PathBuf)> { e.to_vec() };
+    let run = |e: Vec<(&'static str, PathBuf)>| {
+        let refs: Vec<(&str, &Path)> = e.iter().map(|(k, v)| (*k, v.as_path())).collect();
+        paxosdb(&c, &refs, &["get", "k"])
+    };
+    let out = run(env(&with(&tls, "alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    // No client certificate, or one of another CA: refused, and the error says so.
+    let out = run(vec![("PAXOSDB_CACERT", ca.clone())]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refused this client's certificate"),
+        "{}",
+        text(&out)
+    );
+    let out = run(env(&with(&other, "mallory")));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refused this client's certificate"),
+        "{}",
+        text(&out)
+    );
+
+    // redis-cli with and without a certificate.
+    let help = tool("redis-cli").arg("--help").output().unwrap();
+    if text(&help).contains("--tls") {
+        let resp = c.nodes[0].resp_addr.clone();
+        let redis_cli = |extra: &[&str]| {
+            let out = tool("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", port(&resp), "--tls", "--cacert"])
+                .arg(&ca)
+                .args(extra)
+                .args(["GET", "k"])
+                .output()
+                .unwrap();
+            text(&out).trim().to_string()
+        };
+        let (cert, key) = (
+            tls.join("client-alice.pem"),
+            tls.join("client-alice-key.pem"),
+        );
+        let ok = redis_cli(&[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(ok, "v");
+        assert_ne!(redis_cli(&[]), "v");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    certs(&["--dir", tls.to_str().unwrap()]);
+    let c = tls_cluster(&tls, &[]).await;
+    let (ca, server) = (tls.join("ca.pem"), tls.join("server.pem"));
+    let resp = c.nodes[0].resp_addr.clone();
+    let old = file_certificate(&server);
+    assert_eq!(served_certificate(&resp, &ca).await, old);
+
+    // A new certificate (another host name): not used until SIGHUP, then used.
+    certs(&[
+        "--dir",
+        tls.to_str().unwrap(),
+        "--server",
+        "--hosts",
+        "db.example",
+    ]);
+    let new = file_certificate(&server);
+    assert_ne!(new, old);
+    assert_eq!(served_certificate(&resp, &ca).await, old);
+    let pid = c.nodes[0].child.as_ref().unwrap().id() as i32;
+    let hup = || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP).unwrap()
+    };
+    hup();
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate served",
+        || {
+            let (resp, ca, new) = (resp.clone(), ca.clone(), new.clone());
+            async move { (served_certificate(&resp, &ca).await == new).then_some(()) }
+        },
+    )
+    .await;
+    assert!(c.log_of(1).contains("certificate reloaded"));
+
+    // A broken file: refused with a log line, the certificate in use is kept and the
+    // node serves on.
+    std::fs::write(&server, "not a certificate\n").unwrap();
+    hup();
+    eventually(Duration::from_secs(10), "the refused reload logged", || {
+        let log = c.log_of(1);
+        async move { log.contains("reload refused").then_some(()) }
+    })
+    .await;
+    assert_eq!(served_certificate(&resp, &ca).await, new);
+    c.client_for(1)
+        .put(b"after", b"reload", false)
+        .await
+        .unwrap();
+}
