@@ -101,6 +101,10 @@ pub enum Bug {
     /// its own instead of fetching and installing that member's state, and starts
     /// serving: a new member without the data. Needs membership changes.
     JoinWithoutState,
+    /// Messages are delivered as if of the receiver's configuration (the transport drops
+    /// its configuration tag): a node that missed a stop sign takes the next
+    /// configuration's messages into its old instance. Needs membership changes.
+    UntaggedMessages,
 }
 
 /// How much log the simulated nodes keep.

@@ -298,6 +298,21 @@ fn a_member_joining_without_the_state_is_caught_by_the_log_oracle() {
     );
 }
 
+/// Without the configuration tag on messages, a node still in an old configuration takes
+/// the newer one's messages into its old OmniPaxos instance, and no member tells it to
+/// fetch the state that would move it on (the tag is what shows it is behind): the
+/// node is stuck, and an operation sent to it after healing never completes.
+#[test]
+fn untagged_messages_are_caught_by_the_liveness_check() {
+    let f = caught(Bug::UntaggedMessages, 5);
+    assert_eq!(f.kind, Kind::Liveness, "{f}");
+    assert_eq!(
+        f.reason,
+        "liveness: operation Put([49, 48, 48, 51, 46, 53, 50]) called at 6.181791s after \
+         healing never completed (3 attempts, last to node 1)"
+    );
+}
+
 /// Stop signs take a slot of the one decided log: a node that decided another
 /// configuration (or an entry) at that index is caught.
 #[test]

@@ -777,6 +777,12 @@ impl World {
                 .hash(&mut self.trace);
             }
             let ev = match packet {
+                Packet::Paxos { config, msg } if self.cfg.bug == Some(Bug::UntaggedMessages) => {
+                    // Every message passes for one of the receiver's configuration.
+                    let _ = config;
+                    let config = core.status().membership.config_id;
+                    Event::Peer { config, msg }
+                }
                 Packet::Paxos { config, msg } => Event::Peer { config, msg },
                 Packet::Note(note) => Event::Note {
                     from: from as NodeId + 1,
@@ -1089,29 +1095,28 @@ impl World {
             m.config_id
         ));
         self.config = m;
-        // The nodes this change removed stop (as the membership nemesis stops them once
-        // it knows): at once if they are down (they are not restarted) or the faults are
-        // over; a running one may still apply its removal itself, or the heal stops it.
+        let config = self.config.config_id;
+        self.changes.retain(|c| c.target > config);
+        // The nodes that are not members stop (as the membership nemesis stops them once
+        // it knows): a fresh node still joining unless a change under way may add it, a
+        // down one (it is not restarted), and any once the faults are over; a running
+        // member removed by this change may still apply its removal itself (then it
+        // stops), or the heal stops it.
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
-            let waiting = node.joiner && !node.joined;
-            let member = self.config.contains(i as NodeId + 1);
-            if !node.retired && !member && !waiting && (self.healed || !node.is_up()) {
-                let why = format!("not a member of configuration {}", self.config.config_id);
+            let joining = node.joiner && !node.joined;
+            let stop = (joining && !self.may_join(i)) || self.healed || !node.is_up();
+            if !node.retired && !self.config.contains(i as NodeId + 1) && stop {
+                let why = format!("not a member of configuration {config}");
                 self.retire(i, &why);
             }
         }
-        let config = self.config.config_id;
-        let (settled, open): (Vec<Change>, Vec<Change>) = std::mem::take(&mut self.changes)
-            .into_iter()
-            .partition(|c| c.target <= config);
-        self.changes = open;
-        for c in settled {
-            let joiner = c.joiner.filter(|&j| !self.config.contains(j as NodeId + 1));
-            if let Some(j) = joiner.filter(|&j| !self.nodes[j].retired) {
-                self.retire(j, "its membership change did not take effect");
-            }
-        }
+    }
+
+    /// Node `i` is a fresh node that a change under way may still add.
+    fn may_join(&self, i: usize) -> bool {
+        let node = &self.nodes[i];
+        node.joiner && !node.joined && self.changes.iter().any(|c| c.joiner == Some(i))
     }
 
     /// The members of the newest configuration (node indexes).
@@ -1128,9 +1133,8 @@ impl World {
                 continue;
             }
             // A node that is no longer a member is not restarted (nor left running), as
-            // by the membership nemesis; a fresh node still joining goes on.
-            let waiting = node.joiner && !node.joined;
-            if !self.config.contains(i as NodeId + 1) && !waiting {
+            // by the membership nemesis; a fresh node that a change may add goes on.
+            if !self.config.contains(i as NodeId + 1) && !self.may_join(i) {
                 let why = format!("not a member of configuration {}", self.config.config_id);
                 self.retire(i, &why);
             } else if !self.nodes[i].is_up() {
