@@ -34,10 +34,12 @@
 //! members talk to each other (as `transport` refuses non-members). A fresh node runs the
 //! join loop of `transfer::join`: it asks a random node for its membership every 500 ms,
 //! and once it is named, fetches that member's state (a transfer like any other, which
-//! faults can cut), installs it and only then starts its core. A removed node stops when
-//! it applies its removal; the heal stops every node that is not a member of the newest
-//! configuration (as the membership nemesis does), and the final checks are over that
-//! configuration's members. Changes are counted by kind when a node is first seen in a
+//! faults can cut), installs it and only then starts its core. Nodes that are not members
+//! of the newest configuration stop for good (as the membership nemesis stops them): a
+//! running member when it applies its removal, or at the heal; a down one, or a fresh
+//! node that no change under way may still add, as soon as a node is seen in that
+//! configuration; and any, once the faults are over. The final checks are over the
+//! newest configuration's members. Changes are counted by kind when a node is first seen in a
 //! newer configuration, and by the faults in effect between proposal and effect. The
 //! log oracle sees a configuration's last entries and its stop sign through the state
 //! machine wrapper (`SimSm::apply_membership` keeps the old log before the switch wipes
