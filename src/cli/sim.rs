@@ -39,6 +39,10 @@ pub struct SimArgs {
     /// half the seeds, as the CI test runs).
     #[arg(long, default_value = "mixed")]
     pub log_budget: LogBudget,
+    /// No membership changes (by default the nemesis also adds, removes and replaces
+    /// nodes, through the nodes' own reconfiguration).
+    #[arg(long)]
+    pub no_membership: bool,
 }
 
 pub async fn run(a: &SimArgs) -> Result<ExitCode> {
@@ -56,6 +60,7 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
             clients: a.clients,
             fault_time: Duration::from_secs(a.fault_secs),
             chaos: a.chaos,
+            membership: !a.no_membership,
             ..base
         };
         // `sim::run` reports panics as failures; this also catches one in the checker.

@@ -106,10 +106,34 @@ impl std::fmt::Display for Violation {
 
 type Checked<T> = Result<T, Violation>;
 
-/// The one decided log, as first reported by any node.
+/// One slot of the decided log: an entry, or the stop sign that sealed a configuration
+/// (it takes a global index of its own: the next configuration's log starts after it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Entry(LogEntry),
+    /// The stop sign naming configuration `config` with these members.
+    StopSign {
+        config: u32,
+        members: Vec<NodeId>,
+    },
+}
+
+impl Slot {
+    fn show(&self) -> String {
+        match self {
+            Slot::Entry(e) => format!("{e:?}"),
+            Slot::StopSign { config, members } => {
+                format!("the stop sign of configuration {config} (members {members:?})")
+            }
+        }
+    }
+}
+
+/// The one decided log, as first reported by any node, across configurations (global
+/// indexes; a configuration's stop sign is the slot before the next one's base).
 #[derive(Default)]
 pub struct LogOracle {
-    log: Vec<LogEntry>,
+    log: Vec<Slot>,
     /// Per node: entries below this index were already compared.
     checked: Vec<u64>,
 }
@@ -120,6 +144,11 @@ impl LogOracle {
             log: Vec::new(),
             checked: vec![0; nodes],
         }
+    }
+
+    /// A node joins (the next index); it has compared nothing yet.
+    pub fn add_node(&mut self) {
+        self.checked.push(0);
     }
 
     /// The index from which `node` has not been compared yet.
@@ -175,16 +204,35 @@ impl LogOracle {
 
     /// `node` reports `entries` decided from index `from` on.
     pub fn observe(&mut self, node: usize, from: u64, entries: &[LogEntry]) -> Checked<()> {
-        for (i, e) in entries.iter().enumerate() {
+        let slots: Vec<Slot> = entries.iter().cloned().map(Slot::Entry).collect();
+        self.observe_slots(node, from, &slots)
+    }
+
+    /// `node` applied the stop sign at `index` naming configuration `config` of `members`
+    /// (it has reported every entry before it).
+    pub fn observe_stop_sign(
+        &mut self,
+        node: usize,
+        index: u64,
+        config: u32,
+        members: Vec<NodeId>,
+    ) -> Checked<()> {
+        self.observe_slots(node, index, &[Slot::StopSign { config, members }])
+    }
+
+    fn observe_slots(&mut self, node: usize, from: u64, slots: &[Slot]) -> Checked<()> {
+        for (i, e) in slots.iter().enumerate() {
             let index = from as usize + i;
             match self.log.get(index) {
                 Some(known) if known != e => {
                     return Err(Violation::new(
                         Kind::DecidedEntryDiffers,
                         format!(
-                            "decided entry {index} differs: node {} has {e:?}, another node \
-                             decided {known:?}",
-                            node + 1
+                            "decided entry {index} differs: node {} has {}, another node \
+                             decided {}",
+                            node + 1,
+                            e.show(),
+                            known.show()
                         ),
                     ))
                 }
@@ -202,7 +250,7 @@ impl LogOracle {
                 }
             }
         }
-        self.checked[node] = self.checked[node].max(from + entries.len() as u64);
+        self.checked[node] = self.checked[node].max(from + slots.len() as u64);
         Ok(())
     }
 }
@@ -243,6 +291,11 @@ impl DecidedMonotonic {
         DecidedMonotonic {
             last: vec![0; nodes],
         }
+    }
+
+    /// A node joins (the next index).
+    pub fn add_node(&mut self) {
+        self.last.push(0);
     }
 
     pub fn observe(&mut self, node: usize, decided: u64) -> Checked<()> {

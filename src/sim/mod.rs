@@ -12,10 +12,16 @@
 //!    nodes — a process crash, or a machine crash that also loses what was not synced —
 //!    and pauses and resumes them (as SIGSTOP/SIGCONT: a paused node takes no steps and
 //!    fires no timers, keeps its state, and gets what arrived meanwhile when it resumes);
-//! 2. **heal**: every node up, every link up, calm network; clients go on issuing for
+//!    and (with [`SimConfig::membership`], the default) adds, removes and replaces nodes
+//!    through the nodes' own reconfiguration — a stop sign sealing the configuration, a
+//!    new OmniPaxos instance, a fresh node joining by state transfer — while the other
+//!    faults go on (see `world`);
+//! 2. **heal**: every member up (nodes no longer members stay stopped), every link up, calm
+//!    network; clients go on issuing for
 //!    `live_time`, and each operation called now must complete within `liveness_bound`;
 //! 3. **drain**: clients stop issuing; their operations finish;
-//! 4. **quiesce**: run until every node has decided and applied the same log.
+//! 4. **quiesce**: run until every member of the newest configuration has decided and
+//!    applied the same log.
 //!
 //! With a compaction policy ([`SimConfig::compaction`]; [`LogBudget`]) the nodes trim their
 //! logs as the server does, exchange progress notes over the simulated network, and a node
@@ -23,10 +29,11 @@
 //! `world`), so crashes and partitions hit nodes while they trim, send and install states.
 //!
 //! Checked: one decided log (every decided entry any node reports is compared, during the
-//! run and pairwise at the end, over what the logs still hold); no node's decided index goes back (across a machine
+//! run and pairwise at the end, over what the logs still hold; across configurations,
+//! with each stop sign a slot of its own); no node's decided index goes back (across a machine
 //! crash it may, because production does not fsync it — monotonicity is then checked
-//! from the restored value on); all replicas' bytes equal after quiescence; liveness
-//! after healing; no node claims more of a round's log than that round's leader had
+//! from the restored value on); the final members' bytes equal after quiescence;
+//! liveness after healing (of the final members); no node claims more of a round's log than that round's leader had
 //! ([`AcceptedClaims`](checks::AcceptedClaims)); the set workload's appends neither lost
 //! nor duplicated ([`set_valid`]); the client history linearizable per key
 //! ([`crate::check`]), in exact real-time order (calls and returns are numbered events).
@@ -60,6 +67,7 @@ pub use checks::{
     Violation,
 };
 pub use net::{Shape, Weather};
+pub use world::ChangeCounts;
 
 use crate::node::CompactionPolicy;
 
@@ -89,6 +97,14 @@ pub enum Bug {
     /// re-proposed write applies again. Test builds only: the switch exists only there.
     #[cfg(test)]
     NoDedup,
+    /// A node that joins the cluster records a member's applied index and membership as
+    /// its own instead of fetching and installing that member's state, and starts
+    /// serving: a new member without the data. Needs membership changes.
+    JoinWithoutState,
+    /// Messages are delivered as if of the receiver's configuration (the transport drops
+    /// its configuration tag): a node that missed a stop sign takes the next
+    /// configuration's messages into its old instance. Needs membership changes.
+    UntaggedMessages,
 }
 
 /// How much log the simulated nodes keep.
@@ -170,6 +186,9 @@ pub struct SimConfig {
     /// Without it, transfers (tens of ms) and faults (every 100 ms to seconds) almost
     /// never meet.
     pub crash_transfers: bool,
+    /// The nemesis also changes the membership (adds, removes and replaces nodes; see
+    /// `world`), through the nodes' own reconfiguration.
+    pub membership: bool,
 }
 
 impl Default for SimConfig {
@@ -188,6 +207,7 @@ impl Default for SimConfig {
             bug: None,
             compaction: CompactionPolicy::OFF,
             crash_transfers: false,
+            membership: true,
         }
     }
 }
@@ -251,6 +271,8 @@ pub struct RunStats {
     pub virtual_ms: u64,
     /// Hash of the history, the decided log and (with `trace`) every delivered message.
     pub trace_hash: u64,
+    /// Membership changes proposed, and those that took effect by kind.
+    pub membership: ChangeCounts,
     /// What the nemesis did, with virtual times.
     pub fault_log: Vec<String>,
 }
@@ -280,6 +302,8 @@ pub struct Totals {
     /// Transfers under way cut by a crash of the fetching node, and of the sending node.
     pub fetcher_crashes: u64,
     pub sender_crashes: u64,
+    /// Membership changes proposed, and those that took effect by kind.
+    pub membership: ChangeCounts,
 }
 
 impl Totals {
@@ -302,6 +326,7 @@ impl Totals {
         self.installs += s.installs;
         self.fetcher_crashes += s.fetcher_crashes;
         self.sender_crashes += s.sender_crashes;
+        self.membership.add(&s.membership);
     }
 }
 
@@ -333,6 +358,19 @@ impl std::fmt::Display for Totals {
             self.fetch_failures,
             self.fetcher_crashes,
             self.sender_crashes,
+        )?;
+        let m = &self.membership;
+        write!(
+            f,
+            ", {} membership changes proposed ({} added a node, {} removed one, {} replaced \
+             one; {} during a crash, {} during a partition, {} during a pause)",
+            m.proposed,
+            m.added,
+            m.removed,
+            m.replaced,
+            m.during_crash,
+            m.during_partition,
+            m.during_pause
         )
     }
 }
@@ -408,8 +446,14 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     let mut logs = Vec::new();
     let mut states = Vec::new();
     let mut compacted = 0;
-    for (i, node) in w.nodes.iter().enumerate() {
-        let core = node.core.as_ref().expect("all nodes are up after healing");
+    // The members of the final configuration (removed nodes are stopped).
+    let members = w.final_members();
+    for &i in &members {
+        let node = &w.nodes[i];
+        let core = node
+            .core
+            .as_ref()
+            .expect("all members are up after healing");
         let s = core.status();
         let entries = core.decided_entries(s.compacted_index, s.decided_index);
         compacted = compacted.max(s.compacted_index);
@@ -421,7 +465,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     replicas_equal(&states)?;
     let history = &w.clients.history;
     // The replicas are equal: the set keys' final values are node 1's.
-    let reader = w.nodes[0]
+    let reader = w.nodes[members[0]]
         .kv
         .as_ref()
         .expect("all nodes are up after healing");
@@ -478,6 +522,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         machine_crashes: w.machine_crashes,
         lossy_machine_crashes: w.lossy_machine_crashes,
         pauses: w.pauses,
+        membership: w.change_counts.clone(),
         compacted,
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),

@@ -34,20 +34,27 @@ use std::time::Duration;
 /// What a core sent since the world last looked.
 #[derive(Default)]
 pub struct Sent {
-    pub msgs: Vec<Message<LogEntry>>,
+    /// OmniPaxos messages, each with the configuration the core was in when it sent it
+    /// (what the production transport tags a message with).
+    pub msgs: Vec<(u32, Message<LogEntry>)>,
     /// Notes: (to, note).
     pub notes: Vec<(NodeId, Note)>,
     /// State fetches asked for: the peer to fetch from.
     pub fetches: Vec<NodeId>,
 }
 
-/// A node's `Network`: queues what the core sends, for the world to route.
+/// A node's `Network`: queues what the core sends, for the world to route, tagged with
+/// the configuration the core announced last ([`Network::set_membership`]).
 #[derive(Clone, Default)]
-pub struct Outbox(pub Arc<Mutex<Sent>>);
+pub struct Outbox(pub Arc<Mutex<Sent>>, Arc<Mutex<u32>>);
 
 impl Network for Outbox {
     fn send(&self, msg: Message<LogEntry>) {
-        self.0.lock().unwrap().msgs.push(msg);
+        let config = *self.1.lock().unwrap();
+        self.0.lock().unwrap().msgs.push((config, msg));
+    }
+    fn set_membership(&self, m: &crate::membership::Membership) {
+        *self.1.lock().unwrap() = m.config_id;
     }
     fn send_note(&self, to: NodeId, note: Note) {
         self.0.lock().unwrap().notes.push((to, note));
@@ -61,7 +68,8 @@ impl Outbox {
     /// The OmniPaxos messages sent (notes and fetches stay).
     #[cfg(test)]
     pub fn take(&self) -> Vec<Message<LogEntry>> {
-        std::mem::take(&mut self.0.lock().unwrap().msgs)
+        let msgs = std::mem::take(&mut self.0.lock().unwrap().msgs);
+        msgs.into_iter().map(|(_, m)| m).collect()
     }
 
     /// Everything sent.
@@ -136,7 +144,11 @@ impl Shape {
 /// What crosses a link: an OmniPaxos message or a node-level note.
 #[derive(Clone, Debug)]
 pub enum Packet {
-    Paxos(Message<LogEntry>),
+    /// An OmniPaxos message of the sender's configuration `config`.
+    Paxos {
+        config: u32,
+        msg: Message<LogEntry>,
+    },
     Note(Note),
 }
 
@@ -179,10 +191,24 @@ impl SimNet {
         self.up[from][to]
     }
 
-    /// Routes one message sent at `now`.
-    pub fn submit(&mut self, rng: &mut StdRng, now: Duration, msg: Message<LogEntry>) {
+    /// Routes one message of configuration `config` sent at `now`.
+    pub fn submit(&mut self, rng: &mut StdRng, now: Duration, config: u32, msg: Message<LogEntry>) {
         let (from, to) = (idx(msg.get_sender()), idx(msg.get_receiver()));
-        self.submit_packet(rng, now, from, to, Packet::Paxos(msg));
+        self.submit_packet(rng, now, from, to, Packet::Paxos { config, msg });
+    }
+
+    /// A new node (index `n`, the next one) joins the network, linked both ways to every
+    /// node (a joining process dials the members).
+    pub fn add_node(&mut self) {
+        self.n += 1;
+        for row in &mut self.up {
+            row.push(true);
+        }
+        self.up.push(vec![true; self.n]);
+        for row in &mut self.last_at {
+            row.push(Duration::ZERO);
+        }
+        self.last_at.push(vec![Duration::ZERO; self.n]);
     }
 
     /// Routes one packet sent at `now` on link (`from`, `to`) (node indexes).
@@ -277,12 +303,20 @@ impl SimNet {
         vec![vec![true; self.n]; self.n]
     }
 
-    /// Builds the link matrix of `shape`; `leader` is the current leader, if known.
-    pub fn shape(&self, shape: Shape, leader: Option<usize>, rng: &mut StdRng) -> Vec<Vec<bool>> {
-        let n = self.n;
-        let mut order: Vec<usize> = (0..n).collect();
+    /// Builds the link matrix of `shape` among the nodes `active` (the others keep all
+    /// their links: removed nodes are stopped, and a joining node is not cut off by a
+    /// shape drawn before it came); `leader` is the current leader, if known.
+    pub fn shape(
+        &self,
+        shape: Shape,
+        leader: Option<usize>,
+        active: &[usize],
+        rng: &mut StdRng,
+    ) -> Vec<Vec<bool>> {
+        let mut order: Vec<usize> = active.to_vec();
+        let n = order.len();
         order.shuffle(rng);
-        let mut up = vec![vec![true; n]; n];
+        let mut up = vec![vec![true; self.n]; self.n];
         let cut = |up: &mut Vec<Vec<bool>>, a: usize, b: usize| {
             up[a][b] = false;
             up[b][a] = false;
@@ -300,8 +334,8 @@ impl SimNet {
             Shape::QuorumLoss => {
                 // The hub is not the leader when possible: the leader loses its quorum.
                 let hub = *order.iter().find(|&&x| Some(x) != leader).unwrap();
-                for a in 0..n {
-                    for b in a + 1..n {
+                for (k, &a) in active.iter().enumerate() {
+                    for &b in &active[k + 1..] {
                         if a != hub && b != hub {
                             cut(&mut up, a, b);
                         }
@@ -309,9 +343,9 @@ impl SimNet {
                 }
             }
             Shape::ConstrainedElection => {
-                let l = leader.unwrap_or(order[0]);
+                let l = leader.filter(|l| active.contains(l)).unwrap_or(order[0]);
                 let keep = *order.iter().find(|&&x| x != l).unwrap();
-                for b in 0..n {
+                for &b in active {
                     if b != l && b != keep {
                         cut(&mut up, l, b);
                     }

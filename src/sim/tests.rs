@@ -73,6 +73,26 @@ const COVERAGE: &[Covered] = &[
         109,
     ),
     ("node pauses (193)", |t| t.pauses, 96),
+    // Membership changes (`world::change_membership`), through the nodes' own
+    // reconfiguration: each kind took effect, also while a fault was in effect.
+    ("nodes added (47)", |t| t.membership.added, 23),
+    ("nodes removed (13)", |t| t.membership.removed, 6),
+    ("nodes replaced (43)", |t| t.membership.replaced, 21),
+    (
+        "membership changes during a crash (38)",
+        |t| t.membership.during_crash,
+        19,
+    ),
+    (
+        "membership changes during a partition (34)",
+        |t| t.membership.during_partition,
+        17,
+    ),
+    (
+        "membership changes during a pause (21)",
+        |t| t.membership.during_pause,
+        10,
+    ),
 ];
 
 #[test]
@@ -162,6 +182,15 @@ fn same_seed_same_trace() {
     }
 }
 
+/// `config_for(seed)` without membership changes: with them off the simulation runs as it
+/// did before they existed, so the exact failures found then stay the same.
+fn without_membership(seed: u64) -> SimConfig {
+    SimConfig {
+        membership: false,
+        ..config_for(seed)
+    }
+}
+
 /// Runs seeds with `bug` until one fails; returns the failure.
 fn caught(bug: Bug, seeds: u64) -> Failure {
     caught_in(bug, 0..seeds, config_for)
@@ -224,7 +253,7 @@ fn stale_reads_are_caught_by_the_linearizability_check() {
 /// an append retried after a lost answer was applied twice).
 #[test]
 fn disabled_duplicate_suppression_is_caught_by_the_set_check() {
-    let f = caught(Bug::NoDedup, 10);
+    let f = caught_in(Bug::NoDedup, 0..10, without_membership);
     assert_eq!(f.kind, Kind::SetDuplicate, "{f}");
     assert_eq!(
         f.reason,
@@ -242,8 +271,9 @@ fn disabled_duplicate_suppression_is_caught_by_the_set_check() {
 /// any leader acts on it: it is no longer OmniPaxos that catches the bug.
 #[test]
 fn a_stale_accepted_round_after_an_install_is_caught() {
-    let f = caught_in(Bug::StaleAcceptedRound, 0..120, |seed| {
-        SimConfig::for_seed(seed, LogBudget::Tiny)
+    let f = caught_in(Bug::StaleAcceptedRound, 0..120, |seed| SimConfig {
+        membership: false,
+        ..SimConfig::for_seed(seed, LogBudget::Tiny)
     });
     assert_eq!(f.kind, Kind::FalseAcceptedClaim, "{f}");
     assert_eq!(
@@ -251,6 +281,78 @@ fn a_stale_accepted_round_after_an_install_is_caught() {
         "node 1 claims a log up to 199 accepted in round 2 of node 1, but that round's \
          leader never had more than 124 entries"
     );
+}
+
+/// A fresh node that joins by taking a member's position (applied index and membership)
+/// without its state starts a log at that position whose prefix it never had: the log
+/// oracle sees a node whose log starts above what it was compared on, without an
+/// installed state, as soon as its core runs (before the replicas are compared).
+#[test]
+fn a_member_joining_without_the_state_is_caught_by_the_log_oracle() {
+    let f = caught(Bug::JoinWithoutState, 5);
+    assert_eq!(f.kind, Kind::DecidedLogGap, "{f}");
+    assert_eq!(
+        f.reason,
+        "node 4 trimmed its log to 314 without installing a state, but entries from 0 on \
+         were never compared"
+    );
+}
+
+/// Without the configuration tag on messages, a node still in an old configuration takes
+/// the newer one's messages into its old OmniPaxos instance, and no member tells it to
+/// fetch the state that would move it on (the tag is what shows it is behind): the
+/// node is stuck, and an operation sent to it after healing never completes.
+#[test]
+fn untagged_messages_are_caught_by_the_liveness_check() {
+    let f = caught(Bug::UntaggedMessages, 5);
+    assert_eq!(f.kind, Kind::Liveness, "{f}");
+    assert_eq!(
+        f.reason,
+        "liveness: operation Put([49, 48, 48, 51, 46, 53, 50]) called at 6.181791s after \
+         healing never completed (3 attempts, last to node 1)"
+    );
+}
+
+/// Stop signs take a slot of the one decided log: a node that decided another
+/// configuration (or an entry) at that index is caught.
+#[test]
+fn the_log_oracle_compares_stop_signs() {
+    let good = vec![entry(1, "a")];
+    let mut oracle = LogOracle::new(2);
+    oracle.observe(0, 0, &good).unwrap();
+    oracle.observe_stop_sign(0, 1, 2, vec![1, 2, 4]).unwrap();
+    oracle.observe(1, 0, &good).unwrap();
+    let e = oracle
+        .observe_stop_sign(1, 1, 2, vec![1, 2, 3])
+        .unwrap_err();
+    assert_eq!(e.kind, Kind::DecidedEntryDiffers);
+    assert_eq!(
+        e.message,
+        "decided entry 1 differs: node 2 has the stop sign of configuration 2 (members [1, \
+         2, 3]), another node decided the stop sign of configuration 2 (members [1, 2, 4])"
+    );
+    let e = oracle.observe(1, 1, &good).unwrap_err();
+    assert_eq!(e.kind, Kind::DecidedEntryDiffers);
+    oracle.observe_stop_sign(1, 1, 2, vec![1, 2, 4]).unwrap();
+    assert_eq!(oracle.checked_to(1), 2);
+}
+
+/// With membership changes off, the nemesis changes nothing and every message stays in
+/// configuration 1; with them on (the default), the same seed changes the membership.
+#[test]
+fn membership_changes_can_be_turned_off() {
+    let seed = 1;
+    let off = run(
+        seed,
+        &SimConfig {
+            membership: false,
+            ..config_for(seed)
+        },
+    )
+    .unwrap_or_else(|f| fail(f));
+    assert_eq!(off.membership, ChangeCounts::default());
+    let on = run(seed, &config_for(seed)).unwrap_or_else(|f| fail(f));
+    assert!(on.membership.proposed > 0, "{:?}", on.membership);
 }
 
 fn entry(batch: u64, value: &str) -> LogEntry {

@@ -24,6 +24,26 @@
 //! outbox, its transfers report when it resumes, and clients do not pick it. A crash of a
 //! paused node ends the pause. The nemesis pauses at most as many nodes as it may crash
 //! (together with the crashed ones), and healing resumes every node.
+//!
+//! Membership changes (with [`SimConfig::membership`]) go through the nodes' own
+//! reconfiguration, as on the server: the nemesis sends `Event::ChangeMembership` (add a
+//! fresh node, remove a member, or replace one by a fresh node) to the configuration's
+//! leader or a running member, which proposes the OmniPaxos stop sign; every node that
+//! applies it records the next membership and restarts OmniPaxos in the next
+//! configuration (`node::reconfig`). Messages carry the sender's configuration, and only
+//! members talk to each other (as `transport` refuses non-members). A fresh node runs the
+//! join loop of `transfer::join`: it asks a random node for its membership every 500 ms,
+//! and once it is named, fetches that member's state (a transfer like any other, which
+//! faults can cut), installs it and only then starts its core. Nodes that are not members
+//! of the newest configuration stop for good (as the membership nemesis stops them): a
+//! running member when it applies its removal, or at the heal; a down one, or a fresh
+//! node that no change under way may still add, as soon as a node is seen in that
+//! configuration; and any, once the faults are over. The final checks are over the
+//! newest configuration's members. Changes are counted by kind when a node is first seen in a
+//! newer configuration, and by the faults in effect between proposal and effect. The
+//! log oracle sees a configuration's last entries and its stop sign through the state
+//! machine wrapper (`SimSm::apply_membership` keeps the old log before the switch wipes
+//! it), so the one decided log is compared across configurations, stop signs included.
 
 use super::checks::{accepted_claim, DecidedMonotonic, LogOracle, Violation};
 use super::clients::Clients;
@@ -44,6 +64,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// One simulated node: its current life (`core`, `kv`) and what survives it (`durable`).
 pub struct Node {
@@ -59,17 +80,45 @@ pub struct Node {
     paused: bool,
     /// Messages that arrived while paused: (from, packet).
     held: Vec<(usize, Packet)>,
+    /// Stopped for good: removed from the cluster (the nemesis stops a removed member's
+    /// process, and the heal does not restart it), or a joining node the cluster will
+    /// never add.
+    pub retired: bool,
+    /// Started to join a running cluster (`--join`): every start joins again until the
+    /// node holds a state (as the server does), and only then runs a core.
+    joiner: bool,
+    /// A joining node has run a core once (it became a member).
+    joined: bool,
+    /// While joining: when the node next asks a member for the membership.
+    joining: Option<Duration>,
+    /// Stop signs this node's state machine applied since the world last looked.
+    sealed: Arc<Mutex<Vec<Sealed>>>,
 }
 
 impl Node {
+    /// The process runs: a core, or the join loop of a joining node.
     pub fn is_up(&self) -> bool {
-        self.core.is_some()
+        self.core.is_some() || self.joining.is_some()
     }
 
     /// Up and not paused: takes steps, and clients' connections to it are answered.
     pub fn is_running(&self) -> bool {
         self.core.is_some() && !self.paused
     }
+}
+
+/// A configuration's log as its stop sign was applied (read by the state machine wrapper
+/// before the core wipes it for the next configuration), so that the log oracle compares
+/// the last entries of a configuration and its stop sign even when they were decided and
+/// applied in the same round as the switch.
+struct Sealed {
+    /// Global index of `entries[0]`.
+    first: u64,
+    entries: Vec<crate::command::LogEntry>,
+    /// Global index of the stop sign.
+    index: u64,
+    /// The membership it names.
+    next: Membership,
 }
 
 /// A node's state machine: its `KvStore`, with the store's synced writes made sync points
@@ -82,6 +131,7 @@ struct SimSm {
     /// Bug injection: after applying an entry whose index ends in 25 or 75, append a
     /// bogus element to the set key `s0` behind the state machine's back.
     diverge: bool,
+    sealed: Arc<Mutex<Vec<Sealed>>>,
 }
 
 impl StateMachine for SimSm {
@@ -112,6 +162,20 @@ impl StateMachine for SimSm {
         self.kv.membership()
     }
     fn apply_membership(&mut self, index: u64, m: &Membership) -> DbResult<()> {
+        {
+            // OmniPaxos keeps the stop sign in the slot after the log (local index
+            // compacted + length), which is global index `index`.
+            let d = self.durable.lock().unwrap();
+            let compacted = d.log.get_compacted_idx().unwrap_or(0);
+            let end = compacted + d.log.get_log_len().unwrap_or(0);
+            let entries = d.log.get_entries(compacted, end).unwrap_or_default();
+            self.sealed.lock().unwrap().push(Sealed {
+                first: index - (end - compacted) as u64,
+                entries,
+                index,
+                next: m.clone(),
+            });
+        }
         self.kv.apply_membership(index, m)
     }
 }
@@ -129,6 +193,53 @@ struct Transfer {
 
 /// How long a failed fetch waits before it reports (as `crate::transfer::fetcher` does).
 const FETCH_BACKOFF: Duration = Duration::from_secs(1);
+/// The share of nemesis actions that are membership changes (with `SimConfig::membership`).
+const MEMBERSHIP_SHARE: f64 = 0.15;
+/// How often a joining node asks a member whether it was added (as `transfer::join`).
+const JOIN_POLL: Duration = Duration::from_millis(500);
+/// Most nodes a run adds beyond its initial ones (each add or replace takes a fresh id).
+const MAX_NEW_NODES: usize = 4;
+
+/// A membership change the nemesis proposed.
+struct Change {
+    /// The configuration it creates.
+    target: u32,
+    /// Its answer, until it came.
+    rx: Option<oneshot::Receiver<DbResult<Membership>>>,
+    /// The fresh node it adds (an index).
+    joiner: Option<usize>,
+    /// Whether a crash, a partition, a pause was in effect at some point between its
+    /// proposal and its taking effect.
+    overlap: [bool; 3],
+}
+
+/// Counts of the membership changes that took effect in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeCounts {
+    /// Changes the nemesis proposed (a refused one included).
+    pub proposed: u64,
+    /// Configurations that took effect adding a node, removing one, replacing one.
+    pub added: u64,
+    pub removed: u64,
+    pub replaced: u64,
+    /// Of those, the ones with a crashed node, a partition, a paused node in effect
+    /// between their proposal and their taking effect.
+    pub during_crash: u64,
+    pub during_partition: u64,
+    pub during_pause: u64,
+}
+
+impl ChangeCounts {
+    pub fn add(&mut self, o: &ChangeCounts) {
+        self.proposed += o.proposed;
+        self.added += o.added;
+        self.removed += o.removed;
+        self.replaced += o.replaced;
+        self.during_crash += o.during_crash;
+        self.during_partition += o.during_partition;
+        self.during_pause += o.during_pause;
+    }
+}
 
 pub struct World {
     pub cfg: SimConfig,
@@ -164,6 +275,13 @@ pub struct World {
     pub pauses: u64,
     /// Crashes aimed at transfers so far (see `aim_at_transfer`), from a per-seed start.
     aims: u64,
+    /// The newest membership any node is in: the cluster's, as far as anyone knows.
+    pub config: Membership,
+    /// Membership changes proposed and not yet seen to take effect or fail.
+    changes: Vec<Change>,
+    pub change_counts: ChangeCounts,
+    /// The faults ended (`heal`).
+    healed: bool,
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -198,6 +316,10 @@ impl World {
             lossy_machine_crashes: 0,
             pauses: 0,
             aims: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63,
+            config: Membership::initial(&crate::sim::members(n as NodeId)),
+            changes: Vec::new(),
+            change_counts: ChangeCounts::default(),
+            healed: false,
             rng,
             cfg,
         };
@@ -217,6 +339,11 @@ impl World {
                 next_tick: Duration::ZERO,
                 paused: false,
                 held: Vec::new(),
+                retired: false,
+                joiner: false,
+                joined: false,
+                joining: None,
+                sealed: Arc::default(),
             });
             w.start(i);
         }
@@ -227,8 +354,20 @@ impl World {
         self.base + self.now
     }
 
-    /// Starts node `i` from its durable state, with a fresh first batch id.
+    /// Starts node `i` from its durable state, with a fresh first batch id. A joining
+    /// node without a state starts its join loop instead (as `server` does with `--join`);
+    /// a node whose state says it was removed stays stopped (the server refuses to start).
     fn start(&mut self, i: usize) {
+        if self.nodes[i].joiner && !self.nodes[i].joined {
+            let spaces = self.nodes[i].durable.lock().unwrap().kv.clone();
+            let kv = KvStore::open_memory(spaces).expect("memory store opens");
+            if kv.membership().expect("memory reads").is_none() && kv.applied_index() == 0 {
+                let node = &mut self.nodes[i];
+                node.kv = Some(kv);
+                node.joining = Some(self.now);
+                return;
+            }
+        }
         let cfg = CoreConfig {
             id: i as NodeId + 1,
             members: crate::sim::members(self.cfg.nodes as NodeId),
@@ -241,8 +380,9 @@ impl World {
             first_batch_id: self.rng.gen::<u64>() >> 1,
             compaction: self.cfg.compaction,
         };
-        let node = &mut self.nodes[i];
-        let spaces = node.durable.lock().unwrap().kv.clone();
+        let node = &self.nodes[i];
+        let (durable, outbox) = (node.durable.clone(), node.outbox.clone());
+        let spaces = durable.lock().unwrap().kv.clone();
         #[allow(unused_mut)]
         let mut kv = KvStore::open_memory(spaces).expect("memory store opens");
         #[cfg(test)]
@@ -251,14 +391,23 @@ impl World {
         }
         let sm = SimSm {
             kv: kv.clone(),
-            durable: node.durable.clone(),
+            durable: durable.clone(),
             skip_apply: self.cfg.bug == Some(Bug::SkipApply) && i == 0,
             diverge: self.cfg.bug == Some(Bug::DivergeState) && i == 0,
+            sealed: node.sealed.clone(),
         };
-        let storage = SimStorage(node.durable.clone());
-        let mut core = Core::new(cfg, storage, Box::new(sm), Box::new(node.outbox.clone()))
-            .expect("the simulated configuration is valid");
-        let durable = node.durable.clone();
+        let storage = SimStorage(durable.clone());
+        let mut core = match Core::new(cfg, storage, Box::new(sm), Box::new(outbox)) {
+            Ok(core) => core,
+            Err(e) => {
+                // Only a node removed from the cluster is refused.
+                self.retire(i, &format!("refuses to start: {e}"));
+                return;
+            }
+        };
+        let node = &mut self.nodes[i];
+        node.joining = None;
+        node.joined = true;
         core.set_reopen(Box::new(move || Ok(SimStorage(durable.clone()))));
         node.core = Some(core);
         node.kv = Some(kv);
@@ -268,10 +417,44 @@ impl World {
     /// Crashes node `i`: its core, waiters and unsent messages are gone; a machine crash
     /// also loses what was not synced (see `storage`).
     fn crash(&mut self, i: usize, machine: bool) {
+        let before = self.nodes[i].core.as_ref().map(|c| c.status());
+        self.stop_process(i);
         let node = &mut self.nodes[i];
-        let before = node.core.as_ref().map(|c| c.status());
+        let mut what = "process".to_string();
+        if machine {
+            self.machine_crashes += 1;
+            let lossy = {
+                let d = node.durable.lock().unwrap();
+                let decided = d.log.get_decided_idx().unwrap_or(0);
+                decided > d.synced_decided || *d.kv.read().unwrap() != d.synced_kv
+            };
+            self.lossy_machine_crashes += u64::from(lossy);
+            let local = node.durable.lock().unwrap().lose_unsynced() as u64;
+            let spaces = node.durable.lock().unwrap().kv.clone();
+            let kv = KvStore::open_memory(spaces).ok();
+            let applied = kv.as_ref().map_or(0, |kv| kv.applied_index());
+            // The decided index is of the configuration the state records (global).
+            let base = kv.and_then(|kv| kv.membership().ok().flatten());
+            let decided = base.map_or(0, |m| m.base) + local;
+            if let Some(s) = before {
+                what = format!(
+                    "machine: decided {} -> {decided}, applied {} -> {applied}",
+                    s.decided_index, s.applied_index
+                );
+            }
+            self.mono.reset(i, decided);
+            self.oracle.rewind(i, decided);
+        }
+        self.log(format!("crash node {} ({what})", i + 1));
+    }
+
+    /// Ends node `i`'s process (a crash, or a stop): its core, waiters and unsent
+    /// messages are gone, its connections break.
+    fn stop_process(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
         node.core = None;
         node.kv = None;
+        node.joining = None;
         node.paused = false;
         node.held.clear();
         node.outbox.take_all();
@@ -292,28 +475,13 @@ impl World {
                 self.sender_crashes += 1;
             }
         }
-        let mut what = "process".to_string();
-        if machine {
-            self.machine_crashes += 1;
-            let lossy = {
-                let d = node.durable.lock().unwrap();
-                let decided = d.log.get_decided_idx().unwrap_or(0);
-                decided > d.synced_decided || *d.kv.read().unwrap() != d.synced_kv
-            };
-            self.lossy_machine_crashes += u64::from(lossy);
-            let decided = node.durable.lock().unwrap().lose_unsynced() as u64;
-            let spaces = node.durable.lock().unwrap().kv.clone();
-            let applied = KvStore::open_memory(spaces).map_or(0, |kv| kv.applied_index());
-            if let Some(s) = before {
-                what = format!(
-                    "machine: decided {} -> {decided}, applied {} -> {applied}",
-                    s.decided_index, s.applied_index
-                );
-            }
-            self.mono.reset(i, decided);
-            self.oracle.rewind(i, decided);
-        }
-        self.log(format!("crash node {} ({what})", i + 1));
+    }
+
+    /// Stops node `i` for good (see [`Node::retired`]).
+    fn retire(&mut self, i: usize, why: &str) {
+        self.stop_process(i);
+        self.nodes[i].retired = true;
+        self.log(format!("stop node {} for good: {why}", i + 1));
     }
 
     fn restart(&mut self, i: usize) {
@@ -387,6 +555,16 @@ impl World {
         let Some(source) = self.nodes[from].kv.as_ref() else {
             return Err(format!("node {} is down", from + 1));
         };
+        let Some(core) = self.nodes[from].core.as_ref() else {
+            return Err(format!("node {} is not serving", from + 1));
+        };
+        if !core.status().membership.contains(i as NodeId + 1) {
+            return Err(format!(
+                "node {} is not a member for node {}",
+                i + 1,
+                from + 1
+            ));
+        }
         let mut parts = Vec::new();
         source
             .export(&mut |p| {
@@ -427,6 +605,10 @@ impl World {
                 Ok((importer, end)) => importer.finish(end).map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
+            if self.nodes[t.fetcher].core.is_none() {
+                self.joined_or_not(t.fetcher, res);
+                continue;
+            }
             let node = &mut self.nodes[t.fetcher];
             let core = node.core.as_mut().expect("a fetching node is up");
             if res.is_ok() {
@@ -446,6 +628,100 @@ impl World {
             core.handle(Event::StateFetched(res.map_err(Error::Unavailable)), at);
             self.log(format!("node {} {what}", t.fetcher + 1));
         }
+    }
+
+    /// A joining node's state fetch ended (`transfer::join`): installed, the node starts
+    /// its core in the membership the state records; failed, it asks again.
+    fn joined_or_not(&mut self, i: usize, res: Result<u64, String>) {
+        let res = res.and_then(|_| {
+            let node = &mut self.nodes[i];
+            let kv = node.kv.as_mut().expect("a joining node has its store open");
+            let applied = kv.install_staged().map_err(|e| e.to_string())?;
+            let mut d = node.durable.lock().unwrap();
+            d.sync_point();
+            d.installs += 1;
+            Ok(applied)
+        });
+        match res {
+            Ok(applied) => {
+                self.fetched += 1;
+                self.log(format!("node {} joined with the state at {applied}", i + 1));
+                self.start(i);
+            }
+            Err(e) => {
+                self.fetch_failures += 1;
+                self.log(format!("node {}'s join fetch failed: {e}", i + 1));
+                self.nodes[i].joining = Some(self.now);
+            }
+        }
+    }
+
+    /// Joining nodes due to ask: a random other node is asked for its membership (as
+    /// `transfer::join` asks the members it knows); once it names the joining node, the
+    /// node fetches that member's state.
+    fn join_step(&mut self) {
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            let due = node.joining.is_some_and(|t| t <= self.now);
+            if !due || node.paused || self.transfers.iter().any(|t| t.fetcher == i) {
+                continue;
+            }
+            let asked: Vec<usize> = (0..self.nodes.len())
+                .filter(|&j| j != i && !self.nodes[j].retired && self.nodes[j].joined)
+                .collect();
+            let Some(&j) = asked.choose(&mut self.rng) else {
+                self.nodes[i].joining = Some(self.now + JOIN_POLL);
+                continue;
+            };
+            let answer = match &self.nodes[j].core {
+                Some(c) if self.linked(i, j) && !self.nodes[j].paused => {
+                    Some(c.status().membership)
+                }
+                _ => None,
+            };
+            match answer {
+                Some(m) if m.contains(i as NodeId + 1) => {
+                    if self.cfg.bug == Some(Bug::JoinWithoutState) {
+                        self.take_position(i, j);
+                        self.log(format!(
+                            "node {} joins without a state (bug), at node {}'s position",
+                            i + 1,
+                            j + 1
+                        ));
+                        self.start(i);
+                        continue;
+                    }
+                    self.nodes[i].joining = Some(Duration::MAX);
+                    self.start_fetch(i, j as NodeId + 1);
+                }
+                _ => self.nodes[i].joining = Some(self.now + JOIN_POLL),
+            }
+        }
+    }
+
+    /// Bug injection ([`Bug::JoinWithoutState`]): node `i` records node `j`'s applied
+    /// index and membership as its own, without its data: a new member that serves
+    /// without having installed the state.
+    fn take_position(&mut self, i: usize, j: usize) {
+        let from = self.nodes[j]
+            .durable
+            .lock()
+            .unwrap()
+            .kv
+            .read()
+            .unwrap()
+            .sm
+            .clone();
+        let mut d = self.nodes[i].durable.lock().unwrap();
+        {
+            let mut spaces = d.kv.write().unwrap();
+            for key in [b"applied".as_slice(), b"membership".as_slice()] {
+                if let Some(v) = from.get(key) {
+                    spaces.sm.insert(key.to_vec(), v.clone());
+                }
+            }
+        }
+        d.sync_point();
     }
 
     fn log(&mut self, what: String) {
@@ -488,18 +764,28 @@ impl World {
     /// Hands `packet` from `from` to node `to`'s core (if it is up).
     fn deliver(&mut self, from: usize, to: usize, packet: Packet, at: Instant) {
         let now = self.now;
-        if let Some(core) = self.nodes[to].core.as_mut() {
+        // Only members may connect to a node (`transport`): what a node that is not a
+        // member in the receiver's view sends is refused.
+        let member = |c: &Core<SimStorage>| c.status().membership.contains(from as NodeId + 1);
+        let core = self.nodes[to].core.as_mut().filter(|c| member(c));
+        if let Some(core) = core {
             if self.cfg.trace {
                 (now, to).hash(&mut self.trace);
                 match &packet {
-                    Packet::Paxos(m) => bincode::serialize(m),
+                    Packet::Paxos { msg, .. } => bincode::serialize(msg),
                     Packet::Note(n) => bincode::serialize(n),
                 }
                 .unwrap()
                 .hash(&mut self.trace);
             }
             let ev = match packet {
-                Packet::Paxos(msg) => Event::Peer { config: 1, msg },
+                Packet::Paxos { config, msg } if self.cfg.bug == Some(Bug::UntaggedMessages) => {
+                    // Every message passes for one of the receiver's configuration.
+                    let _ = config;
+                    let config = core.status().membership.config_id;
+                    Event::Peer { config, msg }
+                }
+                Packet::Paxos { config, msg } => Event::Peer { config, msg },
                 Packet::Note(note) => Event::Note {
                     from: from as NodeId + 1,
                     note,
@@ -538,18 +824,44 @@ impl World {
 
     /// One nemesis action.
     fn inject_fault(&mut self) {
-        let n = self.nodes.len();
-        let up: Vec<usize> = (0..n).filter(|&i| self.nodes[i].is_up()).collect();
-        let down: Vec<usize> = (0..n).filter(|&i| !self.nodes[i].is_up()).collect();
+        self.nemesis_action();
+        self.faults += 1;
+        let now = self.faults_now();
+        for c in &mut self.changes {
+            for (o, f) in c.overlap.iter_mut().zip(now) {
+                *o |= f;
+            }
+        }
+    }
+
+    /// One nemesis action (see `inject_fault`).
+    fn nemesis_action(&mut self) {
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].retired)
+            .collect();
+        let up: Vec<usize> = alive
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].is_up())
+            .collect();
+        let down: Vec<usize> = alive
+            .iter()
+            .copied()
+            .filter(|&i| !self.nodes[i].is_up())
+            .collect();
+        // The crash and pause limits are of the cluster's members.
+        let n = self.config.members.len();
         if self.cfg.crash_transfers && self.aim_at_transfer(down.len()) {
-            self.faults += 1;
+            return;
+        }
+        if self.cfg.membership && self.rng.gen_bool(MEMBERSHIP_SHARE) && self.change_membership() {
             return;
         }
         let leader = self.leader();
         let roll = self.rng.gen_range(0..100);
         if roll < 30 {
             let shape = *Shape::ALL.choose(&mut self.rng).unwrap();
-            let links = self.net.shape(shape, leader, &mut self.rng);
+            let links = self.net.shape(shape, leader, &alive, &mut self.rng);
             self.log(format!(
                 "partition {shape:?} (leader {:?})",
                 leader.map(|l| l + 1)
@@ -600,13 +912,234 @@ impl World {
             };
             self.log(format!("weather {:?}", self.net.weather));
         }
-        self.faults += 1;
+    }
+
+    /// Which faults are in effect among the members: a crashed node, a partition, a
+    /// paused node.
+    fn faults_now(&self) -> [bool; 3] {
+        let members: Vec<usize> = (self.config.ids().into_iter().map(idx))
+            .filter(|&i| i < self.nodes.len() && !self.nodes[i].retired)
+            .collect();
+        let crash = members.iter().any(|&i| !self.nodes[i].is_up());
+        let pause = members.iter().any(|&i| self.nodes[i].paused);
+        let cut = members
+            .iter()
+            .any(|&a| members.iter().any(|&b| a != b && !self.net.link_up(a, b)));
+        [crash, cut, pause]
+    }
+
+    /// A membership change, as `nemesis::membership` makes them: add a fresh node, remove
+    /// a member (the leader one time in three), or replace one by a fresh node, keeping
+    /// the cluster between one node fewer (at least 3) and one more than it started with.
+    /// The change goes to the configuration's leader, else to a running member, as
+    /// `Event::ChangeMembership` (what the APIs send); a fresh node starts its join loop
+    /// first. One change at a time. Returns whether it proposed one.
+    fn change_membership(&mut self) -> bool {
+        if self.changes.iter().any(|c| c.rx.is_some()) {
+            return false;
+        }
+        let members = self.config.ids();
+        let initial = self.cfg.nodes;
+        let (min, max) = (3.max(initial - 1), initial + 1);
+        let room = self.nodes.len() < initial + MAX_NEW_NODES;
+        let mut kinds = Vec::new();
+        if room && members.len() < max {
+            kinds.push("add");
+        }
+        if members.len() > min {
+            kinds.push("remove");
+        }
+        if room {
+            kinds.push("replace");
+        }
+        let Some(&kind) = kinds.choose(&mut self.rng) else {
+            return false;
+        };
+        let running: Vec<usize> = (members.iter().map(|&id| idx(id)))
+            .filter(|&i| self.nodes[i].is_running())
+            .collect();
+        if running.is_empty() {
+            return false;
+        }
+        let config = self.config.config_id;
+        let leader = self.leader().filter(|&l| {
+            running.contains(&l)
+                && self.nodes[l]
+                    .core
+                    .as_ref()
+                    .unwrap()
+                    .status()
+                    .membership
+                    .config_id
+                    == config
+        });
+        let proposer = leader.unwrap_or_else(|| *running.choose(&mut self.rng).unwrap());
+        let remove = if kind == "add" {
+            vec![]
+        } else {
+            let victim = match leader {
+                Some(l) if self.rng.gen_ratio(1, 3) => l as NodeId + 1,
+                _ => *members.choose(&mut self.rng).unwrap(),
+            };
+            vec![victim]
+        };
+        let joiner = (kind != "remove").then(|| self.add_node());
+        let add: Vec<crate::config::Member> = joiner
+            .map(|j| crate::config::Member {
+                id: j as NodeId + 1,
+                addr: format!("sim-{}", j + 1),
+            })
+            .into_iter()
+            .collect();
+        self.log(format!(
+            "membership change ({kind}) to node {}: add {:?}, remove {remove:?}",
+            proposer + 1,
+            add.iter().map(|m| m.id).collect::<Vec<_>>()
+        ));
+        let (ev, rx) = Event::change(add, remove);
+        let at = self.at();
+        let core = self.nodes[proposer].core.as_mut().expect("running");
+        core.handle(ev, at);
+        self.change_counts.proposed += 1;
+        self.changes.push(Change {
+            target: config + 1,
+            rx: Some(rx),
+            joiner,
+            overlap: self.faults_now(),
+        });
+        true
+    }
+
+    /// Starts a fresh node (the next id) that joins the cluster; returns its index.
+    fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let durable = Durable::new();
+        durable.lock().unwrap().id = i as u64 + 1;
+        self.nodes.push(Node {
+            core: None,
+            kv: None,
+            durable,
+            outbox: Outbox::default(),
+            next_tick: Duration::ZERO,
+            paused: false,
+            held: Vec::new(),
+            retired: false,
+            joiner: true,
+            joined: false,
+            joining: None,
+            sealed: Arc::default(),
+        });
+        self.net.add_node();
+        self.oracle.add_node();
+        self.mono.add_node();
+        self.installs_seen.push(0);
+        self.log(format!("start node {} (joining)", i + 1));
+        self.start(i);
+        i
+    }
+
+    /// Takes the answers of proposed changes. A clean error means it did not happen: its
+    /// fresh node is stopped (as the membership nemesis does). An unknown outcome is
+    /// settled when a newer configuration shows up (see `config_changed`).
+    fn poll_changes(&mut self) {
+        let mut failed = Vec::new();
+        for (k, c) in self.changes.iter_mut().enumerate() {
+            let Some(rx) = c.rx.as_mut() else { continue };
+            let what = match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => continue,
+                Ok(Ok(m)) => format!("acknowledged: configuration {}", m.config_id),
+                Ok(Err(e @ Error::OutcomeUnknown(_))) => format!("outcome unknown: {e}"),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    "outcome unknown: the node crashed".into()
+                }
+                Ok(Err(e)) => {
+                    failed.push(k);
+                    format!("failed: {e}")
+                }
+            };
+            c.rx = None;
+            let line = format!("membership change to configuration {}: {what}", c.target);
+            self.fault_log.push(format!("{:?}: {line}", self.now));
+        }
+        for k in failed.into_iter().rev() {
+            let c = self.changes.remove(k);
+            if let Some(j) = c.joiner.filter(|&j| !self.nodes[j].joined) {
+                self.retire(j, "its membership change failed");
+            }
+        }
+    }
+
+    /// A node is in configuration `m`, newer than any seen: count the change by kind and
+    /// by the faults it overlapped, and settle the changes it ends.
+    fn config_changed(&mut self, m: Membership) {
+        let (old, new) = (self.config.ids(), m.ids());
+        let added: Vec<NodeId> = new.iter().copied().filter(|id| !old.contains(id)).collect();
+        let removed: Vec<NodeId> = old.iter().copied().filter(|id| !new.contains(id)).collect();
+        let counts = &mut self.change_counts;
+        match (added.is_empty(), removed.is_empty()) {
+            (false, false) => counts.replaced += 1,
+            (false, true) => counts.added += 1,
+            (true, false) => counts.removed += 1,
+            (true, true) => {}
+        }
+        let overlap = self
+            .changes
+            .iter()
+            .find(|c| c.target == m.config_id)
+            .map_or_else(|| self.faults_now(), |c| c.overlap);
+        let counts = &mut self.change_counts;
+        counts.during_crash += u64::from(overlap[0]);
+        counts.during_partition += u64::from(overlap[1]);
+        counts.during_pause += u64::from(overlap[2]);
+        self.log(format!(
+            "configuration {} in effect: members {new:?} (added {added:?}, removed \
+             {removed:?}; during a crash/partition/pause: {overlap:?})",
+            m.config_id
+        ));
+        self.config = m;
+        let config = self.config.config_id;
+        self.changes.retain(|c| c.target > config);
+        // The nodes that are not members stop (as the membership nemesis stops them once
+        // it knows): a fresh node still joining unless a change under way may add it, a
+        // down one (it is not restarted), and any once the faults are over; a running
+        // member removed by this change may still apply its removal itself (then it
+        // stops), or the heal stops it.
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            let joining = node.joiner && !node.joined;
+            let stop = (joining && !self.may_join(i)) || self.healed || !node.is_up();
+            if !node.retired && !self.config.contains(i as NodeId + 1) && stop {
+                let why = format!("not a member of configuration {config}");
+                self.retire(i, &why);
+            }
+        }
+    }
+
+    /// Node `i` is a fresh node that a change under way may still add.
+    fn may_join(&self, i: usize) -> bool {
+        let node = &self.nodes[i];
+        node.joiner && !node.joined && self.changes.iter().any(|c| c.joiner == Some(i))
+    }
+
+    /// The members of the newest configuration (node indexes).
+    pub fn final_members(&self) -> Vec<usize> {
+        self.config.ids().into_iter().map(idx).collect()
     }
 
     /// Ends every fault: all nodes up, all links up, calm weather.
     pub fn heal(&mut self) {
+        self.healed = true;
         for i in 0..self.nodes.len() {
-            if !self.nodes[i].is_up() {
+            let node = &self.nodes[i];
+            if node.retired {
+                continue;
+            }
+            // A node that is no longer a member is not restarted (nor left running), as
+            // by the membership nemesis; a fresh node that a change may add goes on.
+            if !self.config.contains(i as NodeId + 1) && !self.may_join(i) {
+                let why = format!("not a member of configuration {}", self.config.config_id);
+                self.retire(i, &why);
+            } else if !self.nodes[i].is_up() {
                 self.restart(i);
             } else if self.nodes[i].paused {
                 self.resume(i);
@@ -621,11 +1154,36 @@ impl World {
     /// Checks the log invariants on every live node (after every round, so before a node
     /// can trim what it decided in it: see `checks`).
     fn observe(&mut self) -> Result<(), Violation> {
+        self.poll_changes();
         for i in 0..self.nodes.len() {
             let Some(core) = &self.nodes[i].core else {
                 continue;
             };
             let status = core.status();
+            // The stop signs it applied since the last look: its old configuration's last
+            // entries and the stop sign, compared if it had compared everything before.
+            let sealed = std::mem::take(&mut *self.nodes[i].sealed.lock().unwrap());
+            for s in sealed {
+                let from = self.oracle.checked_to(i);
+                if from >= s.first && from < s.index {
+                    let k = ((from - s.first) as usize).min(s.entries.len());
+                    self.oracle.observe(i, from, &s.entries[k..])?;
+                }
+                if self.oracle.checked_to(i) == s.index {
+                    let ids = s.next.ids();
+                    self.oracle
+                        .observe_stop_sign(i, s.index, s.next.config_id, ids)?;
+                }
+            }
+            if status.role == Role::Removed {
+                let why = format!("removed in configuration {}", status.membership.config_id);
+                self.retire(i, &why);
+                continue;
+            }
+            if status.membership.config_id > self.config.config_id {
+                self.config_changed(status.membership.clone());
+            }
+            let core = self.nodes[i].core.as_ref().expect("checked above");
             let decided = status.decided_index;
             self.mono.observe(i, decided)?;
             let (installs, accepted, end) = {
@@ -673,6 +1231,12 @@ impl World {
                         .filter(|t| !self.nodes[t.fetcher].paused)
                         .map(|t| t.due),
                 )
+                .chain(
+                    self.nodes
+                        .iter()
+                        .filter(|n| !n.paused)
+                        .filter_map(|n| n.joining),
+                )
                 .chain(self.clients.next_time(issuing))
                 .chain(faults.then_some(self.next_fault))
                 .min()
@@ -694,6 +1258,7 @@ impl World {
                 }
             }
             self.finish_fetches();
+            self.join_step();
             for node in &mut self.nodes {
                 if let Some(core) = node.core.as_mut().filter(|_| !node.paused) {
                     if node.next_tick <= now {
@@ -711,11 +1276,21 @@ impl World {
                 }
                 if let Some(core) = self.nodes[i].core.as_mut() {
                     core.step(at);
+                    // The transport has senders for the members only.
+                    let members = core.status().membership;
                     let sent = self.nodes[i].outbox.take_all();
-                    for msg in sent.msgs {
-                        self.net.submit(&mut self.rng, now, msg);
+                    for (config, msg) in sent.msgs {
+                        if !members.contains(msg.get_receiver()) {
+                            self.net.dropped += 1;
+                            continue;
+                        }
+                        self.net.submit(&mut self.rng, now, config, msg);
                     }
                     for (to, note) in sent.notes {
+                        if !members.contains(to) {
+                            self.net.dropped += 1;
+                            continue;
+                        }
                         let packet = Packet::Note(note);
                         self.net
                             .submit_packet(&mut self.rng, now, i, idx(to), packet);
@@ -737,7 +1312,12 @@ impl World {
 
     /// One line per node: role, leader, decided and applied index (for failure reports).
     pub fn describe(&self) -> Vec<String> {
-        let mut out = vec![format!("at {:?}:", self.now)];
+        let mut out = vec![format!(
+            "at {:?}, configuration {} ({}):",
+            self.now,
+            self.config.config_id,
+            self.config.describe()
+        )];
         for (i, n) in self.nodes.iter().enumerate() {
             out.push(match &n.core {
                 Some(c) => {
@@ -759,6 +1339,8 @@ impl World {
                         d.log.get_log_len().unwrap(),
                     )
                 }
+                None if n.retired => format!("node {}: stopped for good", i + 1),
+                None if n.joining.is_some() => format!("node {}: joining", i + 1),
                 None => format!("node {}: down", i + 1),
             });
         }
@@ -766,14 +1348,16 @@ impl World {
     }
 
     /// All nodes up and at the same decided and applied index.
+    /// All members of the newest configuration up, in it, and at the same decided and
+    /// applied index.
     pub fn converged(&self) -> bool {
-        let mut idx = self.nodes.iter().map(|n| {
-            n.core.as_ref().map(|c| {
+        let mut idx = self.final_members().into_iter().map(|i| {
+            self.nodes.get(i)?.core.as_ref().map(|c| {
                 let s = c.status();
-                (s.decided_index, s.applied_index)
+                (s.membership.config_id, s.decided_index, s.applied_index)
             })
         });
         let first = idx.next().flatten();
-        first.is_some_and(|(d, a)| d == a) && idx.all(|x| x == first)
+        first.is_some_and(|(_, d, a)| d == a) && idx.all(|x| x == first)
     }
 }
