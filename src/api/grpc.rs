@@ -22,6 +22,8 @@ pub fn to_status(e: Error) -> Status {
         Error::InvalidInput(m) => Status::invalid_argument(m),
         Error::Unavailable(m) => Status::unavailable(m),
         Error::Overloaded(m) => Status::resource_exhausted(format!("overloaded: {m}")),
+        Error::Unauthenticated(m) => Status::unauthenticated(m),
+        Error::PermissionDenied(m) => Status::permission_denied(m),
         Error::OutcomeUnknown(m) => Status::deadline_exceeded(format!("outcome unknown: {m}")),
         e @ (Error::Config(_) | Error::Storage(_) | Error::Internal(_)) => {
             Status::internal(e.to_string())
@@ -40,6 +42,8 @@ pub fn from_status(s: &Status) -> Error {
         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Error::OutcomeUnknown(m),
         Code::Unavailable => Error::Unavailable(m),
         Code::ResourceExhausted => Error::Overloaded(m),
+        Code::Unauthenticated => Error::Unauthenticated(m),
+        Code::PermissionDenied => Error::PermissionDenied(m),
         _ => Error::Internal(format!("{:?}: {m}", s.code())),
     }
 }
