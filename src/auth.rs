@@ -107,13 +107,13 @@ pub struct UserRecord {
     pub tokens: Vec<TokenRecord>,
 }
 
-/// Changes to a user, applied in the log in this order: `reset` clears passwords and
-/// tokens, then each field that is set replaces (role, prefix, enabled) or adds
+/// Changes to a user, applied in the log in this order: `reset_passwords` clears the
+/// passwords (tokens stay until the user is deleted), then each field that is set replaces (role, prefix, enabled) or adds
 /// (password, token). A user that does not exist is created as a disabled `read` user
 /// over every key, and then changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserChange {
-    pub reset_secrets: bool,
+    pub reset_passwords: bool,
     pub role: Option<Role>,
     pub prefix: Option<Vec<u8>>,
     pub enabled: Option<bool>,
@@ -188,9 +188,8 @@ impl UserChange {
             passwords: vec![],
             tokens: vec![],
         });
-        if self.reset_secrets {
+        if self.reset_passwords {
             u.passwords.clear();
-            u.tokens.clear();
         }
         if let Some(r) = self.role {
             u.role = r;

@@ -422,6 +422,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
         node: handle.clone(),
         metrics: info.metrics.clone(),
+        auth: info.auth.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(64 * 1024 * 1024);

@@ -319,3 +319,156 @@ async fn users_survive_restart_and_state_transfer() {
     assert!(cli(&r1, Some(("late", "nope")), &["GET", "fill1"]).contains("WRONGPASS"));
     assert!(cli(&r1, None, &["GET", "fill1"]).contains("NOAUTH"));
 }
+
+/// `paxosdb ARGS` against the cluster's gRPC endpoints with `env`: (exit ok, stdout,
+/// stderr).
+fn paxosdb(c: &Cluster, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::BIN)
+        .args(["--endpoints", &c.endpoints().join(","), "--timeout", "5s"])
+        .args(args)
+        .env_remove("PAXOSDB_USER")
+        .env_remove("PAXOSDB_PASSWORD")
+        .env_remove("PAXOSDB_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run paxosdb");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// gRPC (through the Rust client) and the CLI: credentials from options and environment,
+/// roles and prefixes, `paxosdb user`, and membership changes refused to non-admins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_cli_and_membership_need_the_right_role() {
+    use paxosdb::client::Auth;
+    use paxosdb::command::ScanRange;
+    use paxosdb::error::Error;
+    let (c, _pw) = start(&[]).await;
+    let as_user = |user: &str, password: &str| {
+        c.client()
+            .with_auth(Some(Auth::Password {
+                user: user.into(),
+                password: password.into(),
+            }))
+            .unwrap()
+    };
+    let admin = as_user("admin", ADMIN_PW);
+
+    // No credentials or wrong ones: refused; nothing written.
+    let e = c.client().put(b"k", b"v", false).await.unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    let e = as_user("admin", "wrong")
+        .get(b"k", false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    assert_eq!(admin.get(b"k", false).await.unwrap().0, None);
+
+    admin
+        .set_user("reader", Some("rpw"), Some("read"), None)
+        .await
+        .unwrap();
+    admin
+        .set_user("scoped", Some("spw"), Some("readwrite"), Some(b"app/"))
+        .await
+        .unwrap();
+    admin.put(b"other", b"1", false).await.unwrap();
+    admin.put(b"app/x", b"2", false).await.unwrap();
+
+    let reader = as_user("reader", "rpw");
+    assert_eq!(
+        reader.get(b"other", false).await.unwrap().0.unwrap().value,
+        b"1"
+    );
+    let e = reader.put(b"other", b"x", false).await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    let e = reader
+        .set_user("evil", Some("x"), Some("admin"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+
+    let scoped = as_user("scoped", "spw");
+    let e = scoped.get(b"other", false).await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    let all = ScanRange::Range {
+        from: vec![],
+        to: None,
+    };
+    let keys: Vec<Vec<u8>> = scoped
+        .scan(&all, 100, false)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(keys, vec![b"app/x".to_vec()]);
+
+    // Membership changes: admin only, on the client library and the CLI.
+    let config = c.client_for(1).status_of(0).await.unwrap().config_id;
+    let e = reader.change_membership(&[], &[3]).await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    let e = c.client().change_membership(&[], &[3]).await.unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    let reader_env = [("PAXOSDB_USER", "reader"), ("PAXOSDB_PASSWORD", "rpw")];
+    let (ok, _, err) = paxosdb(&c, &reader_env, &["cluster", "remove-node", "3"]);
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    let (ok, _, err) = paxosdb(&c, &[], &["cluster", "add-node", "4", "127.0.0.1:1"]);
+    assert!(!ok && err.contains("unauthenticated"), "{err}");
+    assert_eq!(
+        c.client_for(1).status_of(0).await.unwrap().config_id,
+        config,
+        "the membership did not change"
+    );
+
+    // The CLI: credentials from the environment or a password file; `paxosdb user`.
+    let (ok, out, _) = paxosdb(&c, &reader_env, &["get", "other"]);
+    assert!(ok && out.contains('1'), "{out}");
+    let (ok, _, err) = paxosdb(&c, &reader_env, &["put", "other", "x"]);
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    let (ok, _, err) = paxosdb(
+        &c,
+        &[("PAXOSDB_USER", "reader"), ("PAXOSDB_PASSWORD", "bad")],
+        &["get", "other"],
+    );
+    assert!(!ok && err.contains("unauthenticated"), "{err}");
+    let pwfile = c.dir.path().join("admin-pw");
+    std::fs::write(&pwfile, ADMIN_PW).unwrap();
+    let admin_args = [
+        "--user",
+        "admin",
+        "--password-file",
+        pwfile.to_str().unwrap(),
+    ];
+    let with = |more: &[&'static str]| {
+        let mut v: Vec<String> = admin_args.iter().map(|s| s.to_string()).collect();
+        v.extend(more.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        paxosdb(&c, &[], &refs)
+    };
+    let (ok, out, err) = run(with(&["user", "list"]));
+    assert!(
+        ok && out.contains("reader\tread") && out.contains("scoped\treadwrite"),
+        "{out}{err}"
+    );
+    let (ok, token, err) = run(with(&["user", "token", "reader"]));
+    assert!(ok && token.starts_with("reader."), "{err}");
+    let (ok, out, _) = paxosdb(&c, &[("PAXOSDB_TOKEN", &token)], &["get", "other"]);
+    assert!(ok && out.contains('1'), "{out}");
+    let (ok, _, err) = paxosdb(&c, &reader_env, &["user", "list"]);
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    let (ok, _, _) = run(with(&["user", "delete", "reader"]));
+    assert!(ok);
+    let (ok, _, err) = paxosdb(&c, &[("PAXOSDB_TOKEN", &token)], &["get", "other"]);
+    assert!(
+        !ok && err.contains("unauthenticated"),
+        "a deleted user's token: {err}"
+    );
+}

@@ -12,6 +12,7 @@ mod nemesis;
 mod server;
 mod sim;
 mod status;
+mod user;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +33,19 @@ pub struct Cli {
     /// Total time a client command may take, retries included (e.g. 10s, 500ms).
     #[arg(long, global = true, env = "PAXOSDB_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
+    /// The user to authenticate as (with --password-file or PAXOSDB_PASSWORD).
+    #[arg(long, global = true, env = "PAXOSDB_USER")]
+    pub user: Option<String>,
+    /// File whose first line is the password of --user.
+    #[arg(long, global = true, env = "PAXOSDB_PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// The password of --user (prefer --password-file: a command line is visible to
+    /// other local users).
+    #[arg(long, global = true, env = "PAXOSDB_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A bearer token (`paxosdb user token`), instead of a user and password.
+    #[arg(long, global = true, env = "PAXOSDB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,6 +77,9 @@ pub enum Command {
     Nemesis(nemesis::NemesisArgs),
     /// Create a cluster CA and a certificate for every node (peer mutual TLS).
     Certs(CertsArgs),
+    /// User management (admin only): add, delete, list, token.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +147,31 @@ pub(crate) fn endpoints(cli: &Cli) -> Vec<String> {
         .collect()
 }
 
+/// The credentials given by flags or environment, if any.
+pub(crate) fn credentials(cli: &Cli) -> crate::Result<Option<crate::client::Auth>> {
+    use crate::client::Auth;
+    if let Some(t) = &cli.token {
+        return Ok(Some(Auth::Token(t.clone())));
+    }
+    let Some(user) = &cli.user else {
+        return Ok(None);
+    };
+    let password = match (&cli.password_file, &cli.password) {
+        (Some(f), _) => String::from_utf8(crate::server::read_password_file(f)?)
+            .map_err(|_| crate::error::Error::invalid("the password must be UTF-8"))?,
+        (None, Some(p)) => p.clone(),
+        (None, None) => {
+            return Err(crate::error::Error::invalid(
+                "--user needs --password-file or PAXOSDB_PASSWORD",
+            ))
+        }
+    };
+    Ok(Some(Auth::Password {
+        user: user.clone(),
+        password,
+    }))
+}
+
 pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
     crate::client::Client::with_options(
         &endpoints(cli),
@@ -137,7 +179,8 @@ pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
             timeout: cli.timeout,
             ..Default::default()
         },
-    )
+    )?
+    .with_auth(credentials(cli)?)
 }
 
 /// Sets up logging: `RUST_LOG` or `PAXOSDB_LOG` choose the level (default info for the
@@ -183,6 +226,7 @@ pub fn main() -> ExitCode {
             Command::Sim(a) => sim::run(a).await,
             Command::Nemesis(a) => nemesis::run(a).await,
             Command::Certs(a) => certs(a),
+            Command::User(u) => user::run(&cli, u).await,
         }
     });
     match result {

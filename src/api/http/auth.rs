@@ -119,6 +119,7 @@ pub async fn put(
         ..Default::default()
     };
     if let Some(p) = b.password {
+        change.reset_passwords = true;
         let hash = crate::auth::hash_secret_async(p.into_bytes()).await?;
         change.add_passwords.push(hash);
     }

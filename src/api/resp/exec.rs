@@ -286,14 +286,14 @@ async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
         match lower.as_str() {
             "on" => change.enabled = Some(true),
             "off" => change.enabled = Some(false),
-            "resetpass" => change.reset_secrets = true,
+            "resetpass" => change.reset_passwords = true,
             "allkeys" | "~*" => change.prefix = Some(vec![]),
             "+@read" => change.role = Some(UserRole::Read),
             "+@write" | "+@readwrite" => change.role = Some(UserRole::ReadWrite),
             "+@all" | "allcommands" | "+@admin" => change.role = Some(UserRole::Admin),
             "reset" => {
                 change = UserChange {
-                    reset_secrets: true,
+                    reset_passwords: true,
                     role: Some(UserRole::Read),
                     prefix: Some(vec![]),
                     enabled: Some(false),
