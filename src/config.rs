@@ -142,13 +142,14 @@ pub struct Config {
     /// applied once cluster-wide). Implies `require_auth`. Only its hash leaves the node.
     #[serde(default)]
     pub admin_password_file: Option<PathBuf>,
-    /// The name of the first administrator (default `admin`).
+    /// The name of the first administrator (default `default`: the user Redis' one-argument
+    /// `AUTH <password>` and `redis-cli -a` / `REDISCLI_AUTH` authenticate as).
     #[serde(default = "default_admin_user")]
     pub admin_user: String,
 }
 
 fn default_admin_user() -> String {
-    "admin".into()
+    crate::auth::DEFAULT_USER.into()
 }
 
 fn default_max_key() -> usize {

@@ -67,7 +67,10 @@ async fn start(extra: &[(&str, &str)]) -> (Cluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("admin-password");
     std::fs::write(&pw, format!("{ADMIN_PW}\n")).unwrap();
-    let mut env = vec![("PAXOSDB_ADMIN_PASSWORD_FILE", pw.to_str().unwrap())];
+    let mut env = vec![
+        ("PAXOSDB_ADMIN_PASSWORD_FILE", pw.to_str().unwrap()),
+        ("PAXOSDB_ADMIN_USER", "admin"),
+    ];
     env.extend_from_slice(extra);
     let c = Cluster::start_with(3, &env).await;
     // The first administrator is proposed at start; wait until node 1 knows it.

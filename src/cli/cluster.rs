@@ -59,6 +59,26 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> Result<ExitCode> {
     }
 }
 
+/// Writes a new random password (24 letters and digits) to `path`, readable by its
+/// owner only.
+fn write_new_password(path: &std::path::Path) -> Result<()> {
+    use rand::Rng;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pw: String = rand::thread_rng()
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{pw}")?;
+    Ok(())
+}
+
 fn prefix_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tag: String) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(r).lines();
@@ -110,6 +130,12 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             tls.display()
         )));
     }
+    // Clients authenticate: the first administrator (`default`, the user of Redis'
+    // `AUTH <password>`) gets a generated password kept beside the data.
+    let password_file = std::path::absolute(a.data_dir.join("admin-password"))?;
+    if !password_file.exists() {
+        write_new_password(&password_file)?;
+    }
     let mut children: Vec<(u64, Child)> = Vec::new();
     for n in 1..=a.nodes {
         let mut cmd = Command::new(&exe);
@@ -125,6 +151,9 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             .arg(a.data_dir.join(format!("node-{n}")))
             .arg("--peer-tls-dir")
             .arg(&tls)
+            .arg("--admin-password-file")
+            .arg(&password_file)
+            .env_remove("PAXOSDB_ADMIN_USER")
             .env_remove("PAXOSDB_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -161,7 +190,15 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
     } else {
         format!("export PAXOSDB_ENDPOINTS={}; ", endpoints.join(","))
     };
-    println!("Try, in another terminal:  {env_hint}paxosdb put hello world && paxosdb get hello && paxosdb status");
+    println!(
+        "Clients need credentials: user `default`, password in {} (admin).",
+        password_file.display()
+    );
+    println!(
+        "Try, in another terminal:  {env_hint}export PAXOSDB_PASSWORD_FILE={pw} REDISCLI_AUTH=$(cat {pw})",
+        pw = password_file.display()
+    );
+    println!("  then:  paxosdb put hello world && paxosdb get hello && redis-cli get hello && curl -u default:$REDISCLI_AUTH 127.0.0.1:{}/v1/kv/hello", http_port(1));
     println!("Press Ctrl-C to stop all nodes.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

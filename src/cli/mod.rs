@@ -33,7 +33,8 @@ pub struct Cli {
     /// Total time a client command may take, retries included (e.g. 10s, 500ms).
     #[arg(long, global = true, env = "PAXOSDB_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
-    /// The user to authenticate as (with --password-file or PAXOSDB_PASSWORD).
+    /// The user to authenticate as (with --password-file or PAXOSDB_PASSWORD; a password
+    /// without a user is the `default` user's, as in Redis).
     #[arg(long, global = true, env = "PAXOSDB_USER")]
     pub user: Option<String>,
     /// File whose first line is the password of --user.
@@ -153,9 +154,11 @@ pub(crate) fn credentials(cli: &Cli) -> crate::Result<Option<crate::client::Auth
     if let Some(t) = &cli.token {
         return Ok(Some(Auth::Token(t.clone())));
     }
-    let Some(user) = &cli.user else {
+    if cli.user.is_none() && cli.password_file.is_none() && cli.password.is_none() {
         return Ok(None);
-    };
+    }
+    // A password alone is the `default` user's, as in Redis.
+    let user = cli.user.as_deref().unwrap_or(crate::auth::DEFAULT_USER);
     let password = match (&cli.password_file, &cli.password) {
         (Some(f), _) => String::from_utf8(crate::server::read_password_file(f)?)
             .map_err(|_| crate::error::Error::invalid("the password must be UTF-8"))?,
@@ -167,7 +170,7 @@ pub(crate) fn credentials(cli: &Cli) -> crate::Result<Option<crate::client::Auth
         }
     };
     Ok(Some(Auth::Password {
-        user: user.clone(),
+        user: user.to_string(),
         password,
     }))
 }

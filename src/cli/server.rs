@@ -91,7 +91,7 @@ pub struct ServerArgs {
     /// the cluster has no user yet (implies --require-auth).
     #[arg(long, env = "PAXOSDB_ADMIN_PASSWORD_FILE")]
     pub admin_password_file: Option<PathBuf>,
-    /// Name of the first administrator (default `admin`).
+    /// Name of the first administrator (default `default`, the user of `AUTH <password>`).
     #[arg(long, env = "PAXOSDB_ADMIN_USER")]
     pub admin_user: Option<String>,
     /// Acknowledge writes without fsync. UNSAFE: a power loss can lose acknowledged writes.
