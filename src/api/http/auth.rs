@@ -109,9 +109,11 @@ pub async fn put(
     State(s): State<AppState>,
     Path(name): Path<String>,
     h: HeaderMap,
-    Json(b): Json<UserBody>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     admin(&s, &h).await?;
+    let b: UserBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("the body must be a JSON user object: {e}")))?;
     let mut change = UserChange {
         role: b.role.as_deref().map(Role::parse).transpose()?,
         prefix: b.prefix.map(String::into_bytes),
