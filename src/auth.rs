@@ -622,6 +622,96 @@ mod tests {
         ));
     }
 
+    fn set_user(kv: &mut KvStore, seq: u64, name: &str, change: UserChange) {
+        use crate::kv::StateMachine;
+        let cmd = crate::command::Command {
+            client_id: 1,
+            seq,
+            op: crate::command::WriteOp::SetUser {
+                name: name.into(),
+                change,
+                only_if_no_users: false,
+            },
+        };
+        let index = kv.applied_index();
+        kv.apply(index, &[cmd]).unwrap();
+    }
+
+    fn password(user: &str, pw: &str) -> Option<Credential> {
+        Some(Credential::Password {
+            user: user.into(),
+            secret: pw.as_bytes().to_vec(),
+        })
+    }
+
+    /// The verification cache never outlives a change: a new password (new salt, new
+    /// stored hash) refuses the old one although it was cached, a disabled user is
+    /// refused, and a role change shows on the next request.
+    #[tokio::test]
+    async fn a_changed_user_is_not_served_from_the_cache() {
+        let mut kv = KvStore::open_memory(Default::default()).unwrap();
+        let auth = Authenticator::new(kv.clone(), false);
+        assert_eq!(
+            auth.authenticate(None, "test").await.unwrap(),
+            Identity::open()
+        );
+        let first = UserChange {
+            role: Some(Role::ReadWrite),
+            enabled: Some(true),
+            add_passwords: vec![hash_secret(b"one").unwrap()],
+            ..Default::default()
+        };
+        set_user(&mut kv, 1, "u", first);
+        // Users exist: anonymous requests are refused now.
+        assert!(matches!(
+            auth.authenticate(None, "test").await,
+            Err(Error::Unauthenticated(_))
+        ));
+        let id = auth
+            .authenticate(password("u", "one"), "test")
+            .await
+            .unwrap();
+        assert_eq!(id.role, Role::ReadWrite);
+        assert!(auth
+            .authenticate(password("u", "two"), "test")
+            .await
+            .is_err());
+        assert!(auth
+            .authenticate(password("v", "one"), "test")
+            .await
+            .is_err());
+        // Cached now; change the password and the role.
+        auth.authenticate(password("u", "one"), "test")
+            .await
+            .unwrap();
+        let second = UserChange {
+            reset_passwords: true,
+            role: Some(Role::Read),
+            add_passwords: vec![hash_secret(b"two").unwrap()],
+            ..Default::default()
+        };
+        set_user(&mut kv, 2, "u", second);
+        assert!(matches!(
+            auth.authenticate(password("u", "one"), "test").await,
+            Err(Error::Unauthenticated(_))
+        ));
+        let id = auth
+            .authenticate(password("u", "two"), "test")
+            .await
+            .unwrap();
+        assert_eq!(id.role, Role::Read);
+        let off = UserChange {
+            enabled: Some(false),
+            ..Default::default()
+        };
+        set_user(&mut kv, 3, "u", off);
+        assert!(auth
+            .authenticate(password("u", "two"), "test")
+            .await
+            .is_err());
+        assert!(auth.refresh(&id).is_err(), "a connection's user is re-read");
+    }
+
     #[test]
     fn tokens_split_from_the_right() {
         assert_eq!(
