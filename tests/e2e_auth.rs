@@ -242,6 +242,16 @@ async fn roles_and_prefixes_are_enforced_on_resp_and_http() {
     assert_eq!(code, 401, "a deleted user's token is refused");
     assert!(cli(&resp, reader, &["GET", "other"]).contains("WRONGPASS"));
     assert_eq!(cli(&resp, admin(), &["GET", "other"]), "2");
+
+    // Failures are logged (rate limited), secrets never.
+    let log = c.log_of(1);
+    assert!(log.contains("authentication failed on resp"), "{log}");
+    for secret in [ADMIN_PW, "rpw", "spw"] {
+        assert!(
+            !c.log_of(1).contains(secret) && !c.log_of(2).contains(secret),
+            "a secret in a log"
+        );
+    }
 }
 
 /// Users survive a restart, and reach a node that was down while they were created and
