@@ -1113,4 +1113,36 @@ mod tests {
         assert!(unknown.starts_with("ERR outcome unknown"));
         assert!(unknown.contains("may or may not"));
     }
+
+    #[tokio::test]
+    async fn acl_rules_map_to_a_user_change() {
+        let rules = |r: &[&str]| r.iter().map(|w| w.as_bytes().to_vec()).collect();
+        let c = acl_rules(rules(&["on", "~app/*", "+@readwrite", ">pw"]))
+            .await
+            .unwrap();
+        assert_eq!(c.enabled, Some(true));
+        assert_eq!(c.prefix, Some(b"app/".to_vec()));
+        assert_eq!(c.role, Some(UserRole::ReadWrite));
+        assert_eq!(c.add_passwords.len(), 1);
+        assert!(c.add_passwords[0].starts_with("$argon2id$"), "hashed here");
+        let c = acl_rules(rules(&["allkeys", "+@all", "off"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            (c.prefix, c.role, c.enabled),
+            (Some(vec![]), Some(UserRole::Admin), Some(false))
+        );
+        for bad in ["~a*b*", "~nostar", "+@dangerous", "nopass"] {
+            let e = acl_rules(rules(&[bad])).await.unwrap_err();
+            let text = format!("{e:?}");
+            assert!(text.contains("ACL SETUSER"), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn auth_errors_map_to_redis_replies() {
+        let e = |err| format!("{:?}", error_reply(err));
+        assert!(e(Error::Unauthenticated("x".into())).contains("NOAUTH Authentication required."));
+        assert!(e(Error::PermissionDenied("no".into())).contains("NOPERM no"));
+    }
 }
