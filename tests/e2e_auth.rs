@@ -359,7 +359,7 @@ async fn grpc_cli_and_membership_need_the_right_role() {
     use paxosdb::client::Auth;
     use paxosdb::command::ScanRange;
     use paxosdb::error::Error;
-    let (c, _pw) = start(&[]).await;
+    let (mut c, _pw) = start(&[]).await;
     let as_user = |user: &str, password: &str| {
         c.client()
             .with_auth(Some(Auth::Password {
@@ -484,4 +484,23 @@ async fn grpc_cli_and_membership_need_the_right_role() {
         !ok && err.contains("unauthenticated"),
         "a deleted user's token: {err}"
     );
+
+    // A node added later receives the users with the state it copies.
+    let a4 = c.spawn_joiner(4, 1);
+    admin.change_membership(&[(4, a4)], &[]).await.unwrap();
+    let scoped4 = c
+        .client_for(4)
+        .with_auth(Some(Auth::Password {
+            user: "scoped".into(),
+            password: "spw".into(),
+        }))
+        .unwrap();
+    let v = eventually(Duration::from_secs(30), "node 4 knows the users", || {
+        let s = scoped4.clone();
+        async move { s.get(b"app/x", true).await.ok().and_then(|(v, _)| v) }
+    })
+    .await;
+    assert_eq!(v.value, b"2");
+    let e = scoped4.get(b"other", true).await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
 }
