@@ -507,6 +507,11 @@ impl Authenticator {
         out
     }
 
+    fn cached(&self, keys: &[[u8; 32]]) -> bool {
+        let cache = self.cache.lock().unwrap();
+        keys.iter().any(|k| cache.contains(k))
+    }
+
     /// True when `secret` matches one of `hashes`.
     async fn verify(&self, user: &str, secret: &[u8], hashes: &[String]) -> Result<bool> {
         if secret.is_empty() || secret.len() > MAX_SECRET {
@@ -516,17 +521,19 @@ impl Authenticator {
             .iter()
             .map(|h| self.cache_key(user, h, secret))
             .collect();
-        {
-            let cache = self.cache.lock().unwrap();
-            if keys.iter().any(|k| cache.contains(k)) {
-                return Ok(true);
-            }
+        if self.cached(&keys) {
+            return Ok(true);
         }
         let _permit = self
             .verifying
             .acquire()
             .await
             .map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
+        // Many connections presenting the same credentials at once (a pool starting up)
+        // wait here; the first one's verification serves the rest.
+        if self.cached(&keys) {
+            return Ok(true);
+        }
         let (hashes, secret) = (hashes.to_vec(), secret.to_vec());
         let found = tokio::task::spawn_blocking(move || {
             hashes.iter().position(|h| {
