@@ -26,7 +26,11 @@
 //! - unavailable (no leader, no quorum) → `-TRYAGAIN <message>` (nothing changed; retry);
 //! - outcome unknown → `-ERR outcome unknown: ...` (the write may or may not have been
 //!   applied; this reply never claims that it failed);
-//! - internal or storage → `-ERR internal: ...`.
+//! - internal or storage → `-ERR internal: ...`;
+//! - no credentials where they are required → `-NOAUTH Authentication required.`; wrong
+//!   ones (`AUTH`, `HELLO ... AUTH`) → `-WRONGPASS invalid username-password pair or user
+//!   is disabled.`; a role or key prefix that forbids the command → `-NOPERM ...`. In all
+//!   three nothing ran and nothing changed.
 
 use super::cmd::{self, Acl, Command, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
