@@ -140,6 +140,9 @@ async fn roles_and_prefixes_are_enforced_on_resp_and_http() {
     assert!(cli(&resp, scoped, &["GET", "other"]).contains("NOPERM"));
     assert!(cli(&resp, scoped, &["SET", "other", "x"]).contains("NOPERM"));
     assert_eq!(cli(&resp, scoped, &["SET", "app/y", "3"]), "OK");
+    // A DEL naming one key outside the prefix deletes nothing.
+    assert!(cli(&resp, scoped, &["DEL", "app/y", "other"]).contains("NOPERM"));
+    assert_eq!(cli(&resp, scoped, &["GET", "app/y"]), "3");
     let keys = cli(&resp, scoped, &["KEYS", "*"]);
     let mut keys: Vec<&str> = keys.lines().collect();
     keys.sort();

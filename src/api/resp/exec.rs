@@ -682,6 +682,11 @@ impl Session {
                 r => return Err(unexpected(r)),
             },
             Command::Del(keys) => {
+                // Every key is checked against the user's rights before any is deleted,
+                // so a refusal deletes nothing (as in Redis).
+                self.current
+                    .check_write(keys.iter().map(Vec::as_slice))
+                    .map_err(error_reply)?;
                 // One write per key (each atomic on its own), like Redis's count reply.
                 let mut deleted = 0;
                 for key in keys {
