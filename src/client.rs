@@ -96,8 +96,41 @@ pub enum CasExpect {
     Version(u64),
 }
 
+/// Credentials a client presents on every call (gRPC `authorization` metadata).
+#[derive(Clone)]
+pub enum Auth {
+    Password { user: String, password: String },
+    Token(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Password { user, .. } => write!(f, "password of {user}"),
+            Auth::Token(_) => write!(f, "token"),
+        }
+    }
+}
+
+impl Auth {
+    fn header(&self) -> Result<tonic::metadata::AsciiMetadataValue> {
+        use base64::Engine;
+        let v = match self {
+            Auth::Password { user, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+            Auth::Token(t) => format!("Bearer {t}"),
+        };
+        v.parse()
+            .map_err(|_| Error::invalid("credentials must be printable ASCII"))
+    }
+}
+
 struct Inner {
     endpoints: Vec<String>,
+    /// The `authorization` metadata of every call, if the client has credentials.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
     channels: Vec<Channel>,
     preferred: AtomicUsize,
     sessions: Mutex<Vec<Session>>,
@@ -165,6 +198,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoints: names,
+                authorization: None,
                 channels,
                 preferred: AtomicUsize::new(0),
                 sessions: Mutex::new(Vec::new()),
@@ -177,6 +211,33 @@ impl Client {
                 tls,
             }),
         })
+    }
+
+    /// This client, presenting `auth` on every call from now on.
+    pub fn with_auth(self, auth: Option<Auth>) -> Result<Client> {
+        let authorization = auth.as_ref().map(Auth::header).transpose()?;
+        let i = &self.inner;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints: i.endpoints.clone(),
+                authorization,
+                channels: i.channels.clone(),
+                preferred: AtomicUsize::new(i.preferred.load(Ordering::Relaxed)),
+                sessions: Mutex::new(Vec::new()),
+                timeout: i.timeout,
+                ca: i.ca.clone(),
+                tls: i.tls.clone(),
+            }),
+        })
+    }
+
+    /// `msg` as a request carrying this client's credentials.
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(a) = &self.inner.authorization {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
+        r
     }
 
     /// The endpoints this client knows.
@@ -286,6 +347,7 @@ impl Client {
                 value: value.to_vec(),
                 return_prev,
             };
+            let req = self.request(req);
             async move { kv_client(ch).put(req).await }
         })
         .await
@@ -306,6 +368,7 @@ impl Client {
                 key: key.to_vec(),
                 return_prev,
             };
+            let req = self.request(req);
             async move { kv_client(ch).delete(req).await }
         })
         .await
@@ -345,6 +408,7 @@ impl Client {
                 }),
                 new_value: new_value.to_vec(),
             };
+            let req = self.request(req);
             async move { kv_client(ch).compare_and_swap(req).await }
         })
         .await
@@ -366,6 +430,7 @@ impl Client {
                 key: key.to_vec(),
                 stale,
             };
+            let req = self.request(req);
             async move { kv_client(ch).get(req).await }
         })
         .await
@@ -391,6 +456,7 @@ impl Client {
                 limit,
                 stale,
             };
+            let req = self.request(req);
             async move { kv_client(ch).scan(req).await }
         })
         .await
@@ -437,7 +503,7 @@ impl Client {
         loop {
             for (i, ch) in self.inner.channels.iter().enumerate() {
                 let mut c = pb::cluster_client::ClusterClient::new(ch.clone());
-                match c.change_membership(req.clone()).await {
+                match c.change_membership(self.request(req.clone())).await {
                     Ok(resp) => return Ok(resp.into_inner()),
                     Err(s) => match self.error(&s, i).await {
                         e @ Error::Unavailable(_) => last = e,
@@ -450,6 +516,73 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Runs a user-management call (admin only) on the first endpoint that answers.
+    async fn cluster_call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(pb::cluster_client::ClusterClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(true, |ch| f(pb::cluster_client::ClusterClient::new(ch)))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Creates or changes user `name` (admin only). `password` replaces the user's
+    /// passwords; `role` and `prefix` replace theirs; None leaves a field as it is.
+    pub async fn set_user(
+        &self,
+        name: &str,
+        password: Option<&str>,
+        role: Option<&str>,
+        prefix: Option<&[u8]>,
+    ) -> Result<bool> {
+        let req = pb::SetUserRequest {
+            name: name.into(),
+            password: password.unwrap_or_default().into(),
+            role: role.unwrap_or_default().into(),
+            prefix: prefix.map(<[u8]>::to_vec),
+            enabled: Some(true),
+        };
+        self.cluster_call(|mut c| {
+            let r = self.request(req.clone());
+            async move { c.set_user(r).await }
+        })
+        .await
+        .map(|r| r.changed)
+    }
+
+    /// Deletes user `name` (admin only); whether it existed.
+    pub async fn delete_user(&self, name: &str) -> Result<bool> {
+        let req = pb::DeleteUserRequest { name: name.into() };
+        self.cluster_call(|mut c| {
+            let r = self.request(req.clone());
+            async move { c.delete_user(r).await }
+        })
+        .await
+        .map(|r| r.deleted)
+    }
+
+    /// Every user (admin only).
+    pub async fn list_users(&self) -> Result<Vec<pb::User>> {
+        self.cluster_call(|mut c| {
+            let r = self.request(pb::ListUsersRequest {});
+            async move { c.list_users(r).await }
+        })
+        .await
+        .map(|r| r.users)
+    }
+
+    /// A new bearer token for user `name` (admin only); shown once.
+    pub async fn create_token(&self, name: &str) -> Result<String> {
+        let req = pb::CreateTokenRequest { name: name.into() };
+        self.cluster_call(|mut c| {
+            let r = self.request(req.clone());
+            async move { c.create_token(r).await }
+        })
+        .await
+        .map(|r| r.token)
     }
 
     /// The status of the node at endpoint `i` (no retries, no failover).

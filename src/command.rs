@@ -97,6 +97,17 @@ pub enum WriteOp {
         suffix: Vec<u8>,
         max_len: u64,
     },
+    /// Creates or changes a user (see [`crate::auth`]): secrets arrive hashed. With
+    /// `only_if_no_users`, applies only while the user table is empty (the bootstrap
+    /// administrator: proposed by every node that has `--admin-password-file`, applied
+    /// once). Never touches the user data space.
+    SetUser {
+        name: String,
+        change: crate::auth::UserChange,
+        only_if_no_users: bool,
+    },
+    /// Deletes a user (with its passwords and tokens).
+    DeleteUser { name: String },
 }
 
 /// The largest value a legacy [`WriteOp::Append`] may produce (what apply decided before
@@ -129,7 +140,13 @@ impl WriteOp {
             | WriteOp::Append { key, .. }
             | WriteOp::AppendUpTo { key, .. } => vec![key],
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
+            WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => vec![],
         }
+    }
+
+    /// True for user management (which names no key and needs the admin role).
+    pub fn is_user_op(&self) -> bool {
+        matches!(self, WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. })
     }
 
     /// Approximate encoded size, used to bound batch sizes.
@@ -154,6 +171,17 @@ impl WriteOp {
                 key.len() + suffix.len() + 24
             }
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum(),
+            WriteOp::SetUser { name, change, .. } => {
+                name.len()
+                    + change.prefix.as_ref().map_or(0, |p| p.len())
+                    + change.add_passwords.iter().map(String::len).sum::<usize>()
+                    + change
+                        .add_token
+                        .as_ref()
+                        .map_or(0, |t| t.id.len() + t.hash.len())
+                    + 32
+            }
+            WriteOp::DeleteUser { name } => name.len() + 16,
         }
     }
 }
@@ -221,6 +249,11 @@ pub enum WriteResult {
     /// result carried was too large to keep and has been overwritten since. An unknown
     /// outcome, not a failure.
     Superseded(String),
+    /// A user management command: whether it changed the user table (false: a bootstrap
+    /// when users already exist, or the delete of an absent user).
+    User {
+        changed: bool,
+    },
 }
 
 /// A key range for scans.
@@ -305,6 +338,14 @@ impl Limits {
 
     /// Validates a write before it is proposed.
     pub fn check_write(&self, op: &WriteOp) -> crate::Result<()> {
+        match op {
+            WriteOp::SetUser { name, change, .. } => {
+                crate::auth::check_name(name)?;
+                return change.check(self.max_key);
+            }
+            WriteOp::DeleteUser { name } => return crate::auth::check_name(name),
+            _ => {}
+        }
         let keys = op.keys();
         if keys.is_empty() {
             return Err(crate::Error::invalid("the operation names no key"));
@@ -335,7 +376,10 @@ impl Limits {
                 }
                 pairs.iter().try_for_each(|(_, v)| self.check_value(v))
             }
-            WriteOp::Delete { .. } | WriteOp::Incr { .. } => Ok(()),
+            WriteOp::Delete { .. }
+            | WriteOp::Incr { .. }
+            | WriteOp::SetUser { .. }
+            | WriteOp::DeleteUser { .. } => Ok(()),
             WriteOp::Cas {
                 expect, new_value, ..
             } => {

@@ -142,6 +142,24 @@ pub struct Config {
     /// not authenticated: anyone who reaches a port can act as a member or a client).
     #[serde(default)]
     pub insecure: bool,
+    /// Require client credentials even while the replicated user table is empty (see
+    /// [`crate::auth`]). Without it, and without `admin_password_file`, a cluster with no
+    /// user serves every request as an administrator (local use only).
+    #[serde(default)]
+    pub require_auth: bool,
+    /// A file holding the password of the first administrator (`admin_user`), created
+    /// in the replicated state when it has no user yet (proposed by this node at start,
+    /// applied once cluster-wide). Implies `require_auth`. Only its hash leaves the node.
+    #[serde(default)]
+    pub admin_password_file: Option<PathBuf>,
+    /// The name of the first administrator (default `default`: the user Redis' one-argument
+    /// `AUTH <password>` and `redis-cli -a` / `REDISCLI_AUTH` authenticate as).
+    #[serde(default = "default_admin_user")]
+    pub admin_user: String,
+}
+
+fn default_admin_user() -> String {
+    crate::auth::DEFAULT_USER.into()
 }
 
 fn default_max_key() -> usize {
@@ -230,6 +248,9 @@ impl Config {
             client_tls_dir: None,
             client_ca: None,
             insecure: false,
+            require_auth: false,
+            admin_password_file: None,
+            admin_user: default_admin_user(),
         }
     }
 
@@ -299,6 +320,9 @@ impl Config {
         let bad = |m: String| Err(Error::Config(m));
         if self.id == 0 {
             return bad("node id must be a positive integer (--id)".into());
+        }
+        if let Err(e) = crate::auth::check_name(&self.admin_user) {
+            return bad(format!("--admin-user: {e}"));
         }
         // A joining node names only itself: it learns the members from the cluster.
         if self.peers.len() < 2 && self.join.is_none() {

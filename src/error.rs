@@ -7,6 +7,8 @@
 //!   Retrying it with the same session (client id, sequence number) is safe and returns the
 //!   original result if it was applied. Never report this as a failure.
 //! - *Fix the request*: [`Error::InvalidInput`] — bad key, value, argument; nothing changed.
+//! - *Fix the credentials*: [`Error::Unauthenticated`] (none, or wrong ones) and
+//!   [`Error::PermissionDenied`] (the user's role or key prefix forbids it); nothing changed.
 //! - *Fix the setup*: [`Error::Config`] — wrong configuration or a data directory in use.
 //! - *Bug or broken disk*: [`Error::Internal`] and [`Error::Storage`].
 //!
@@ -36,6 +38,14 @@ pub enum Error {
     /// The request is malformed or exceeds a limit; nothing changed.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The request carried no credentials where they are required, or wrong ones; nothing
+    /// changed. Fix the credentials.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The authenticated user's role or key prefix does not allow the request; nothing
+    /// changed.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The configuration is wrong or the data directory cannot be used.
     #[error("configuration error: {0}")]
     Config(String),

@@ -16,6 +16,7 @@
 //! `docs/architecture.md` follows a write and a read through these layers.
 
 pub mod api;
+pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod client;

@@ -9,6 +9,7 @@
 use crate::api::conn::{ConnLimiter, Guarded};
 use crate::api::tls::{ClientStream, ListenerTls, Protocol};
 use crate::api::{grpc, pb};
+use crate::auth::Authenticator;
 use crate::command::NodeId;
 use crate::config::{resolve, Config};
 use crate::error::{Error, Result};
@@ -40,6 +41,8 @@ pub struct ServerInfo {
     pub membership: SharedMembership,
     /// The client connection limit and idle timeout, shared by every listener.
     pub conns: Arc<ConnLimiter>,
+    /// Who a client request runs as (users and roles, see [`crate::auth`]).
+    pub auth: Arc<Authenticator>,
 }
 
 /// One member as this node sees it, for status reports (every protocol shows the same).
@@ -421,6 +424,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     };
     let idle = (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms));
     let conns = ConnLimiter::new(cfg.max_connections, idle, client_tls, metrics.clone());
+    let admin_password = match &cfg.admin_password_file {
+        Some(f) => Some(read_password_file(f)?),
+        None => None,
+    };
+    let auth = Authenticator::new(
+        handle.kv.clone(),
+        cfg.require_auth || admin_password.is_some(),
+    );
     let info = Arc::new(ServerInfo {
         config: cfg,
         listeners,
@@ -429,6 +440,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         db: db.clone(),
         membership: shared.clone(),
         conns,
+        auth,
     });
     let disk = tokio::spawn(watch_disk(
         info.config.data_dir.clone(),
@@ -458,6 +470,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
         node: handle.clone(),
         metrics: info.metrics.clone(),
+        auth: info.auth.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(64 * 1024 * 1024);
@@ -514,6 +527,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         .map(|(n, a)| format!("{n}={a}"))
         .collect();
     tracing::info!(id = info.config.id, "node serving: {}", shown.join(" "));
+    let mut tasks = vec![accept, disk, grpc_accept];
+    if let Some(pw) = admin_password {
+        let name = info.config.admin_user.clone();
+        tasks.push(tokio::spawn(bootstrap_admin(handle.clone(), name, pw)));
+    }
     Ok(RunningServer {
         handle,
         info,
@@ -523,9 +541,71 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         stop_tx,
         protocol_tasks,
         grpc_task,
-        tasks: vec![accept, disk, grpc_accept],
+        tasks,
         _dir: dir,
     })
+}
+
+/// Reads a password file: its first line, without the line end. An empty or unreadable
+/// file is a configuration error.
+pub fn read_password_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let text = std::fs::read(path)
+        .map_err(|e| Error::Config(format!("cannot read password file {}: {e}", path.display())))?;
+    let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = first.strip_suffix(b"\r").unwrap_or(first).to_vec();
+    if line.is_empty() {
+        return Err(Error::Config(format!(
+            "password file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(line)
+}
+
+/// Creates the first administrator while the replicated state has no user: hashes the
+/// password here (only the hash is proposed) and proposes an `only_if_no_users` command,
+/// retrying with the same session until it is applied (applying it when a user already
+/// exists does nothing, so every node may do this).
+async fn bootstrap_admin(node: NodeHandle, name: String, password: Vec<u8>) {
+    use crate::command::WriteOp;
+    let hash = match crate::auth::hash_secret_async(password).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("cannot hash the administrator password: {e}");
+            return;
+        }
+    };
+    let op = WriteOp::SetUser {
+        name: name.clone(),
+        change: crate::auth::UserChange {
+            role: Some(crate::auth::Role::Admin),
+            enabled: Some(true),
+            add_passwords: vec![hash],
+            ..Default::default()
+        },
+        only_if_no_users: true,
+    };
+    let client_id = rand::random::<u64>().max(1);
+    loop {
+        match node.kv.has_users() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("reading the user table: {e}"),
+        }
+        match node.write(client_id, 1, op.clone()).await {
+            Ok(crate::command::WriteResult::User { changed: true }) => {
+                tracing::info!("created the first administrator, {name}");
+                return;
+            }
+            Ok(_) => return,
+            Err(e) if e.is_retryable() => {}
+            Err(e) => {
+                tracing::error!("cannot create the first administrator: {e}");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 impl RunningServer {

@@ -362,16 +362,25 @@ async fn cluster_up_runs_stops_on_sigint_and_keeps_data() {
             .spawn()
             .unwrap()
     };
-    // cluster up turns client TLS on, with the CA it makes in DIR/tls.
+    // `cluster up` turns client TLS on, with the CA it makes in DIR/tls, and generates an
+    // admin password beside the data and requires it.
     let ca = dir.path().join("tls").join("ca.pem");
-    let put_get = |args: &[&str]| {
-        Command::new(BIN)
-            .args(["--endpoints", &eps, "--timeout", "5s", "--cacert"])
+    let password_file = dir.path().join("admin-password");
+    let run = |args: &[&str], with_password: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--endpoints", &eps, "--timeout", "5s", "--cacert"])
             .arg(&ca)
             .args(args)
-            .output()
-            .unwrap()
+            .env_remove("PAXOSDB_USER")
+            .env_remove("PAXOSDB_PASSWORD")
+            .env_remove("PAXOSDB_PASSWORD_FILE")
+            .env_remove("PAXOSDB_TOKEN");
+        if with_password {
+            cmd.env("PAXOSDB_PASSWORD_FILE", &password_file);
+        }
+        cmd.output().unwrap()
     };
+    let put_get = |args: &[&str]| run(args, true);
     let mut child = up();
     eventually(
         Duration::from_secs(30),
@@ -384,6 +393,12 @@ async fn cluster_up_runs_stops_on_sigint_and_keeps_data() {
         },
     )
     .await;
+    let refused = run(&["get", "persist"], false);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"),
+        "cluster up requires credentials: {refused:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

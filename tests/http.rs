@@ -370,6 +370,10 @@ async fn openapi_conformance_with_schemathesis() {
             "--exclude-checks",
             "positive_data_acceptance",
         ])
+        // The user endpoints are left out: a user made by a generated request switches
+        // the cluster to authenticated mode and every later request would get a 401.
+        // tests/e2e_auth.rs covers them with real credentials.
+        .args(["--exclude-path-regex", "^/v1/users"])
         .args(["--max-examples", "20", "--seed", "1", "--workers", "1"])
         .args(["--request-timeout", "15", "--generation-database", "none"])
         .current_dir(c.dir.path())

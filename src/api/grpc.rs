@@ -5,9 +5,15 @@
 //! `UNAVAILABLE` (nothing happened, retry), `DEADLINE_EXCEEDED` (a write's outcome is
 //! unknown; retry with the same session), `INTERNAL` (a bug or a broken disk).
 //!
+//! Credentials: the `authorization` metadata, `Basic base64(user:password)` or
+//! `Bearer <token>` ([`crate::auth`]); missing or wrong ones where they are required get
+//! `UNAUTHENTICATED`, a role or key prefix that forbids the call `PERMISSION_DENIED`.
+//! Status needs none; membership changes and user management need the admin role.
+//!
 //! Every call is timed into [`Metrics`] as protocol `grpc`.
 
 use super::pb;
+use crate::auth::{Authenticator, Identity, Role, UserChange};
 use crate::command::{Expect, ScanRange, Versioned, WriteOp, WriteResult};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -22,6 +28,8 @@ pub fn to_status(e: Error) -> Status {
         Error::InvalidInput(m) => Status::invalid_argument(m),
         Error::Unavailable(m) => Status::unavailable(m),
         Error::Overloaded(m) => Status::resource_exhausted(format!("overloaded: {m}")),
+        Error::Unauthenticated(m) => Status::unauthenticated(m),
+        Error::PermissionDenied(m) => Status::permission_denied(m),
         Error::OutcomeUnknown(m) => Status::deadline_exceeded(format!("outcome unknown: {m}")),
         e @ (Error::Config(_) | Error::Storage(_) | Error::Internal(_)) => {
             Status::internal(e.to_string())
@@ -40,8 +48,30 @@ pub fn from_status(s: &Status) -> Error {
         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Error::OutcomeUnknown(m),
         Code::Unavailable => Error::Unavailable(m),
         Code::ResourceExhausted => Error::Overloaded(m),
+        Code::Unauthenticated => Error::Unauthenticated(m),
+        Code::PermissionDenied => Error::PermissionDenied(m),
         _ => Error::Internal(format!("{:?}: {m}", s.code())),
     }
+}
+
+/// Who a call runs as, from its `authorization` metadata.
+#[allow(clippy::result_large_err)] // tonic handlers return Status by value
+pub async fn identity(
+    auth: &Authenticator,
+    meta: &tonic::metadata::MetadataMap,
+) -> Result<Identity, Status> {
+    let cred = match meta.get("authorization") {
+        None => None,
+        Some(v) => {
+            let mut h = axum::http::HeaderMap::new();
+            let v = axum::http::HeaderValue::from_bytes(v.as_bytes())
+                .map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+            h.insert(axum::http::header::AUTHORIZATION, v);
+            crate::api::http::auth::credential(&h)
+                .map_err(|e| Status::unauthenticated(e.message))?
+        }
+    };
+    auth.authenticate(cred, "grpc").await.map_err(to_status)
 }
 
 fn pb_versioned(v: Option<Versioned>) -> Option<pb::Versioned> {
@@ -65,6 +95,7 @@ fn unexpected(r: WriteResult) -> Status {
 pub struct KvService {
     pub node: NodeHandle,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
 }
 
 impl KvService {
@@ -73,10 +104,12 @@ impl KvService {
     #[allow(clippy::result_large_err)] // tonic handlers return Status by value
     async fn write<T>(
         &self,
+        id: &Identity,
         session_field: Option<pb::Session>,
         op: WriteOp,
         answer: impl FnOnce(WriteResult) -> Result<T, WriteResult>,
     ) -> Result<Response<T>, Status> {
+        id.check_op(&op).map_err(to_status)?;
         let (client_id, seq) = session(session_field)?;
         let result = self
             .node
@@ -92,13 +125,14 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.metrics
             .timed("grpc", "put", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
                 let op = WriteOp::Put {
                     key: r.key,
                     value: r.value,
                     return_prev: r.return_prev,
                 };
-                self.write(r.session, op, |res| match res {
+                self.write(&id, r.session, op, |res| match res {
                     WriteResult::Put { version, prev } => Ok(pb::PutResponse {
                         version,
                         prev: pb_versioned(prev),
@@ -113,12 +147,14 @@ impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         self.metrics
             .timed("grpc", "get", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
                 let c = if r.stale {
                     Consistency::Stale
                 } else {
                     Consistency::Linearizable
                 };
+                id.check_read(&r.key).map_err(to_status)?;
                 let (kv, applied_index) = self.node.get(&r.key, c).await.map_err(to_status)?;
                 Ok(Response::new(pb::GetResponse {
                     kv: pb_versioned(kv),
@@ -134,12 +170,13 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.metrics
             .timed("grpc", "delete", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
                 let op = WriteOp::Delete {
                     key: r.key,
                     return_prev: r.return_prev,
                 };
-                self.write(r.session, op, |res| match res {
+                self.write(&id, r.session, op, |res| match res {
                     WriteResult::Delete { deleted, prev } => Ok(pb::DeleteResponse {
                         deleted,
                         prev: pb_versioned(prev),
@@ -157,6 +194,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::CasResponse>, Status> {
         self.metrics
             .timed("grpc", "cas", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
                 let expect = match r.expect {
                     Some(pb::cas_request::Expect::ExpectValue(v)) => Expect::Value(v),
@@ -172,7 +210,7 @@ impl pb::kv_server::Kv for KvService {
                     expect,
                     new_value: r.new_value,
                 };
-                self.write(r.session, op, |res| match res {
+                self.write(&id, r.session, op, |res| match res {
                     WriteResult::Cas {
                         succeeded,
                         version,
@@ -195,6 +233,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::ScanResponse>, Status> {
         self.metrics
             .timed("grpc", "scan", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
                 let range = match r.range {
                     Some(pb::scan_request::Range::Prefix(p)) => ScanRange::Prefix(p),
@@ -209,11 +248,15 @@ impl pb::kv_server::Kv for KvService {
                 } else {
                     Consistency::Linearizable
                 };
-                let (rows, more, applied_index) = self
-                    .node
-                    .scan(&range, r.limit as usize, c)
-                    .await
-                    .map_err(to_status)?;
+                // A user with a key prefix sees only the keys inside it.
+                let (rows, more, applied_index) = match id.narrow(&range) {
+                    Some(range) => self
+                        .node
+                        .scan(&range, r.limit as usize, c)
+                        .await
+                        .map_err(to_status)?,
+                    None => (vec![], false, 0),
+                };
                 Ok(Response::new(pb::ScanResponse {
                     items: rows
                         .into_iter()
@@ -237,12 +280,36 @@ pub struct ClusterService {
     pub info: Arc<ServerInfo>,
 }
 
+impl ClusterService {
+    #[allow(clippy::result_large_err)] // tonic handlers return Status by value
+    async fn admin(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        identity(&self.info.auth, meta)
+            .await?
+            .check_admin()
+            .map_err(to_status)
+    }
+
+    /// Proposes a user command in a fresh session; whether it changed the user table.
+    #[allow(clippy::result_large_err)] // tonic handlers return Status by value
+    async fn user_op(&self, op: WriteOp) -> Result<bool, Status> {
+        let client_id = rand::random::<u64>().max(1);
+        match self.node.write(client_id, 1, op).await.map_err(to_status)? {
+            WriteResult::User { changed } => Ok(changed),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn change_membership(
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        identity(&self.info.auth, req.metadata())
+            .await?
+            .check_admin()
+            .map_err(to_status)?;
         let r = req.into_inner();
         let add = r
             .add
@@ -273,6 +340,98 @@ impl pb::cluster_server::Cluster for ClusterService {
                 }))
             })
             .await
+    }
+
+    async fn set_user(
+        &self,
+        req: Request<pb::SetUserRequest>,
+    ) -> Result<Response<pb::SetUserResponse>, Status> {
+        self.admin(req.metadata()).await?;
+        let r = req.into_inner();
+        let mut change = UserChange {
+            role: match r.role.as_str() {
+                "" => None,
+                s => Some(Role::parse(s).map_err(to_status)?),
+            },
+            prefix: r.prefix,
+            enabled: r.enabled,
+            ..Default::default()
+        };
+        if !r.password.is_empty() {
+            change.reset_passwords = true;
+            let hash = crate::auth::hash_secret_async(r.password.into_bytes())
+                .await
+                .map_err(to_status)?;
+            change.add_passwords.push(hash);
+        }
+        let changed = self
+            .user_op(WriteOp::SetUser {
+                name: r.name,
+                change,
+                only_if_no_users: false,
+            })
+            .await?;
+        Ok(Response::new(pb::SetUserResponse { changed }))
+    }
+
+    async fn delete_user(
+        &self,
+        req: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        self.admin(req.metadata()).await?;
+        let name = req.into_inner().name;
+        let deleted = self.user_op(WriteOp::DeleteUser { name }).await?;
+        Ok(Response::new(pb::DeleteUserResponse { deleted }))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        self.admin(req.metadata()).await?;
+        let users = self
+            .info
+            .auth
+            .users()
+            .map_err(to_status)?
+            .into_iter()
+            .map(|(name, u)| pb::User {
+                name,
+                role: u.role.as_str().into(),
+                prefix: u.prefix,
+                enabled: u.enabled,
+                passwords: u.passwords.len() as u32,
+                token_ids: u.tokens.into_iter().map(|t| t.id).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListUsersResponse { users }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.admin(req.metadata()).await?;
+        let name = req.into_inner().name;
+        crate::auth::check_name(&name).map_err(to_status)?;
+        if self.info.auth.user(&name).map_err(to_status)?.is_none() {
+            return Err(Status::not_found(format!("no user {name}")));
+        }
+        let n = name.clone();
+        let (token, record) = tokio::task::spawn_blocking(move || crate::auth::new_token(&n))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        self.user_op(WriteOp::SetUser {
+            name,
+            change: UserChange {
+                add_token: Some(record),
+                ..Default::default()
+            },
+            only_if_no_users: false,
+        })
+        .await?;
+        Ok(Response::new(pb::CreateTokenResponse { token }))
     }
 
     async fn status(

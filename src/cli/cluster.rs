@@ -64,6 +64,26 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> Result<ExitCode> {
     }
 }
 
+/// Writes a new random password (24 letters and digits) to `path`, readable by its
+/// owner only.
+fn write_new_password(path: &std::path::Path) -> Result<()> {
+    use rand::Rng;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pw: String = rand::thread_rng()
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{pw}")?;
+    Ok(())
+}
+
 fn prefix_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tag: String) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(r).lines();
@@ -119,6 +139,12 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             tls.display()
         )));
     }
+    // Clients authenticate: the first administrator (`default`, the user of Redis'
+    // `AUTH <password>`) gets a generated password kept beside the data.
+    let password_file = std::path::absolute(a.data_dir.join("admin-password"))?;
+    if !password_file.exists() {
+        write_new_password(&password_file)?;
+    }
     let mut children: Vec<(u64, Child)> = Vec::new();
     for n in 1..=a.nodes {
         let mut cmd = Command::new(&exe);
@@ -137,6 +163,9 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
             .arg("--client-tls-dir")
             .arg(&tls)
             .env_remove("PAXOSDB_CLIENT_CA")
+            .arg("--admin-password-file")
+            .arg(&password_file)
+            .env_remove("PAXOSDB_ADMIN_USER")
             .env_remove("PAXOSDB_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -170,8 +199,12 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
     let default_eps = a.base_port == 7000 && a.nodes == 3;
     let ca = std::path::absolute(tls.join("ca.pem")).unwrap_or_else(|_| tls.join("ca.pem"));
     let ca = ca.display();
-    println!("Clients connect with TLS; the CA certificate is {ca}. In another terminal:");
-    println!("  export PAXOSDB_CACERT={ca}");
+    let pw = password_file.display();
+    println!(
+        "Clients connect with TLS (CA certificate {ca}) and credentials \
+         (user `default`, password in {pw}). In another terminal:"
+    );
+    println!("  export PAXOSDB_CACERT={ca} PAXOSDB_PASSWORD_FILE={pw} REDISCLI_AUTH=$(cat {pw})");
     if !default_eps {
         println!("  export PAXOSDB_ENDPOINTS={}", endpoints.join(","));
     }
@@ -181,12 +214,12 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
         resp_port(1)
     );
     println!(
-        "  curl --cacert {ca} https://127.0.0.1:{}/v1/kv/hello",
+        "  curl --cacert {ca} -u default:$REDISCLI_AUTH https://127.0.0.1:{}/v1/kv/hello",
         http_port(1)
     );
     println!(
         "  python3 -c 'import redis; print(redis.Redis(port={}, ssl=True, \
-         ssl_ca_certs=\"{ca}\").get(\"hello\"))'",
+         ssl_ca_certs=\"{ca}\", password=open(\"{pw}\").read().strip()).get(\"hello\"))'",
         resp_port(1)
     );
     println!("Press Ctrl-C to stop all nodes.");

@@ -12,6 +12,7 @@ mod nemesis;
 mod server;
 mod sim;
 mod status;
+mod user;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -42,6 +43,20 @@ pub struct Cli {
     /// The client certificate's private key.
     #[arg(long = "key", id = "client_key", global = true, env = "PAXOSDB_KEY")]
     pub client_key: Option<std::path::PathBuf>,
+    /// The user to authenticate as (with --password-file or PAXOSDB_PASSWORD; a password
+    /// without a user is the `default` user's, as in Redis).
+    #[arg(long, global = true, env = "PAXOSDB_USER")]
+    pub user: Option<String>,
+    /// File whose first line is the password of --user.
+    #[arg(long, global = true, env = "PAXOSDB_PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// The password of --user (prefer --password-file: a command line is visible to
+    /// other local users).
+    #[arg(long, global = true, env = "PAXOSDB_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A bearer token (`paxosdb user token`), instead of a user and password.
+    #[arg(long, global = true, env = "PAXOSDB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,6 +89,9 @@ pub enum Command {
     /// Create a cluster CA, a certificate for every node (peer mutual TLS), the nodes'
     /// client-facing certificate, and client certificates.
     Certs(CertsArgs),
+    /// User management (admin only): add, delete, list, token.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -202,6 +220,33 @@ pub(crate) fn client_tls(cli: &Cli) -> crate::Result<Option<crate::tls::client::
     }
 }
 
+/// The credentials given by flags or environment, if any.
+pub(crate) fn credentials(cli: &Cli) -> crate::Result<Option<crate::client::Auth>> {
+    use crate::client::Auth;
+    if let Some(t) = &cli.token {
+        return Ok(Some(Auth::Token(t.clone())));
+    }
+    if cli.user.is_none() && cli.password_file.is_none() && cli.password.is_none() {
+        return Ok(None);
+    }
+    // A password alone is the `default` user's, as in Redis.
+    let user = cli.user.as_deref().unwrap_or(crate::auth::DEFAULT_USER);
+    let password = match (&cli.password_file, &cli.password) {
+        (Some(f), _) => String::from_utf8(crate::server::read_password_file(f)?)
+            .map_err(|_| crate::error::Error::invalid("the password must be UTF-8"))?,
+        (None, Some(p)) => p.clone(),
+        (None, None) => {
+            return Err(crate::error::Error::invalid(
+                "--user needs --password-file or PAXOSDB_PASSWORD",
+            ))
+        }
+    };
+    Ok(Some(Auth::Password {
+        user: user.to_string(),
+        password,
+    }))
+}
+
 pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
     crate::client::Client::with_options(
         &endpoints(cli),
@@ -210,7 +255,8 @@ pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
             tls: client_tls(cli)?,
             ..Default::default()
         },
-    )
+    )?
+    .with_auth(credentials(cli)?)
 }
 
 /// Sets up logging: `RUST_LOG` or `PAXOSDB_LOG` choose the level (default info for the
@@ -256,6 +302,7 @@ pub fn main() -> ExitCode {
             Command::Sim(a) => sim::run(a).await,
             Command::Nemesis(a) => nemesis::run(a).await,
             Command::Certs(a) => certs(a),
+            Command::User(u) => user::run(&cli, u).await,
         }
     });
     match result {

@@ -92,6 +92,16 @@ pub struct ServerArgs {
     /// Allow non-loopback listeners without TLS (anyone reaching a port is then trusted).
     #[arg(long, env = "PAXOSDB_INSECURE")]
     pub insecure: bool,
+    /// Require client credentials even while no user exists.
+    #[arg(long, env = "PAXOSDB_REQUIRE_AUTH")]
+    pub require_auth: bool,
+    /// File with the first administrator's password: the administrator is created when
+    /// the cluster has no user yet (implies --require-auth).
+    #[arg(long, env = "PAXOSDB_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// Name of the first administrator (default `default`, the user of `AUTH <password>`).
+    #[arg(long, env = "PAXOSDB_ADMIN_USER")]
+    pub admin_user: Option<String>,
     /// Acknowledge writes without fsync. UNSAFE: a power loss can lose acknowledged writes.
     #[arg(long, env = "PAXOSDB_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
@@ -185,6 +195,15 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if a.insecure {
         cfg.insecure = true;
+    }
+    if a.require_auth {
+        cfg.require_auth = true;
+    }
+    if let Some(f) = &a.admin_password_file {
+        cfg.admin_password_file = Some(f.clone());
+    }
+    if let Some(u) = &a.admin_user {
+        cfg.admin_user = u.clone();
     }
     cfg.validate()?;
     Ok(cfg)

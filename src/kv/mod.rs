@@ -24,10 +24,14 @@
 //!   again.
 //! - Every applied write that changes a key takes the next revision; a key's version is the
 //!   revision of its last write (an absent key has version 0).
+//! - Users (see [`crate::auth`]) live in the metadata space under `user/`, never in the
+//!   user data space: no client read, scan or key listing reaches them, and they travel
+//!   with every state transfer like the rest of the metadata.
 //! - A node that fell behind a compacted log receives a peer's whole state instead
 //!   ([`transfer`]): it is staged beside the live state and replaces it in one atomic
 //!   switch ([`StateMachine::install_staged`]).
 
+use crate::auth::UserRecord;
 use crate::command::{
     Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
     LEGACY_APPEND_MAX, SESSION_REUSED,
@@ -85,6 +89,17 @@ const K_APPLIED: &[u8] = b"applied";
 const K_MEMBERSHIP: &[u8] = b"membership";
 const K_REVISION: &[u8] = b"revision";
 const SESSION_PREFIX: u8 = b's';
+/// Users (see [`crate::auth`]): `user/` + name → bincode [`UserRecord`], in `Space::Sm`,
+/// where no client read, scan or key listing can reach them.
+const USER_PREFIX: &[u8] = b"user/";
+
+fn user_key(name: &str) -> Vec<u8> {
+    [USER_PREFIX, name.as_bytes()].concat()
+}
+
+fn decode_user(b: &[u8]) -> Result<UserRecord> {
+    bincode::deserialize(b).map_err(|e| Error::Storage(format!("corrupt user record: {e}")))
+}
 const EXPIRY_PREFIX: u8 = b'e';
 
 /// A session unused for this many log entries is forgotten.
@@ -297,6 +312,45 @@ impl KvStore {
         })
     }
 
+    /// The user `name`, as this node's applied state has it.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.backend
+            .get(Space::Sm, &user_key(name))?
+            .map(|b| decode_user(&b))
+            .transpose()
+    }
+
+    /// Every user, by name (bounded: a user table is small and user management is
+    /// admin-only).
+    pub fn users(&self) -> Result<Vec<(String, UserRecord)>> {
+        let mut out = Vec::new();
+        self.backend.view(|v| {
+            v.scan_from(Space::Sm, USER_PREFIX, &mut |k, val| {
+                let Some(name) = k.strip_prefix(USER_PREFIX) else {
+                    return Ok(false);
+                };
+                out.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    decode_user(val)?,
+                ));
+                Ok(true)
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// True when at least one user exists.
+    pub fn has_users(&self) -> Result<bool> {
+        let mut any = false;
+        self.backend.view(|v| {
+            v.scan_from(Space::Sm, USER_PREFIX, &mut |k, _| {
+                any = k.starts_with(USER_PREFIX);
+                Ok(false)
+            })
+        })?;
+        Ok(any)
+    }
+
     fn load_session(&self, client_id: u64) -> Result<Option<SessionRecord>> {
         match self.backend.get(Space::Sm, &session_key(client_id))? {
             Some(b) => Ok(Some(SessionRecord::decode(&b)?)),
@@ -315,9 +369,39 @@ struct Overlay<'a> {
     /// Expiry-index keys made stale by this entry.
     stale_expiry: Vec<[u8; 17]>,
     revision: u64,
+    /// Users written by this entry (None: deleted).
+    users: HashMap<String, Option<UserRecord>>,
 }
 
 impl Overlay<'_> {
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        match self.users.get(name) {
+            Some(u) => Ok(u.clone()),
+            None => self.store.user(name),
+        }
+    }
+
+    /// True when a user exists, counting this entry's own changes.
+    fn any_user(&self) -> Result<bool> {
+        if self.users.values().any(Option::is_some) {
+            return Ok(true);
+        }
+        let mut any = false;
+        self.store.backend.view(|v| {
+            v.scan_from(Space::Sm, USER_PREFIX, &mut |k, _| {
+                let Some(name) = k.strip_prefix(USER_PREFIX) else {
+                    return Ok(false);
+                };
+                // A user deleted by this entry does not count; look further.
+                any = !self
+                    .users
+                    .contains_key(String::from_utf8_lossy(name).as_ref());
+                Ok(!any)
+            })
+        })?;
+        Ok(any)
+    }
+
     fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>> {
         if let Some((v, _)) = self.keys.get(key) {
             return Ok(v.clone());
@@ -515,6 +599,29 @@ impl Overlay<'_> {
                 }
                 WriteResult::MultiPut { version }
             }
+            WriteOp::SetUser {
+                name,
+                change,
+                only_if_no_users,
+            } => {
+                if *only_if_no_users && self.any_user()? {
+                    return Ok(WriteResult::User { changed: false });
+                }
+                match change.apply_to(self.user(name)?) {
+                    Ok(u) => {
+                        self.users.insert(name.clone(), Some(u));
+                        WriteResult::User { changed: true }
+                    }
+                    Err(why) => WriteResult::Rejected(why),
+                }
+            }
+            WriteOp::DeleteUser { name } => {
+                let changed = self.user(name)?.is_some();
+                if changed {
+                    self.users.insert(name.clone(), None);
+                }
+                WriteResult::User { changed }
+            }
         })
     }
 }
@@ -566,6 +673,7 @@ impl StateMachine for KvStore {
             sessions: HashMap::new(),
             stale_expiry: Vec::new(),
             revision: self.revision,
+            users: HashMap::new(),
         };
         let mut results = Vec::with_capacity(commands.len());
         for cmd in commands {
@@ -599,6 +707,10 @@ impl StateMachine for KvStore {
             .filter(|(_, (_, dirty))| *dirty)
             .map(|(k, (v, _))| (Space::Kv, k, v.as_ref().map(encode_value)))
             .collect();
+        for (name, user) in overlay.users {
+            let value = user.map(|u| bincode::serialize(&u)).transpose()?;
+            writes.push((Space::Sm, user_key(&name), value));
+        }
         for k in overlay.stale_expiry {
             writes.push((Space::Sm, k.to_vec(), None));
         }

@@ -295,6 +295,10 @@ impl Model {
                     version: self.revision,
                 }
             }
+            // The model covers the data space; users have their own test below.
+            WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => {
+                unreachable!("the property test generates no user commands")
+            }
         }
     }
 
@@ -799,4 +803,126 @@ fn append_beyond_the_value_limit_is_rejected_and_changes_nothing() {
     );
     let r = kv.apply(2, &[append(3, b"ab")]).unwrap();
     assert!(matches!(r[0], WriteResult::Append { len: 10, .. }), "{r:?}");
+}
+
+fn set_user(name: &str, change: crate::auth::UserChange, only_if_no_users: bool) -> WriteOp {
+    WriteOp::SetUser {
+        name: name.into(),
+        change,
+        only_if_no_users,
+    }
+}
+
+fn admin_change(hash: &str) -> crate::auth::UserChange {
+    crate::auth::UserChange {
+        role: Some(crate::auth::Role::Admin),
+        enabled: Some(true),
+        add_passwords: vec![hash.into()],
+        ..Default::default()
+    }
+}
+
+/// Users are applied into the metadata space: the bootstrap applies once, changes merge,
+/// deletes remove, and no client read, scan or key write reaches them.
+#[test]
+fn users_live_outside_the_client_keyspace() {
+    use crate::auth::{Role, UserChange};
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let c = |seq, op| Command {
+        client_id: 3,
+        seq,
+        op,
+    };
+    assert!(!kv.has_users().unwrap());
+    // Bootstrap twice in one entry and once more later: only the first applies.
+    let r = kv
+        .apply(
+            0,
+            &[
+                c(1, set_user("admin", admin_change("$h1"), true)),
+                c(2, set_user("other", admin_change("$h2"), true)),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        vec![
+            WriteResult::User { changed: true },
+            WriteResult::User { changed: false }
+        ]
+    );
+    let r = kv
+        .apply(1, &[c(3, set_user("admin", admin_change("$h3"), true))])
+        .unwrap();
+    assert_eq!(r, vec![WriteResult::User { changed: false }]);
+    let admin = kv.user("admin").unwrap().unwrap();
+    assert_eq!(admin.passwords, vec!["$h1".to_string()]);
+    assert_eq!(admin.role, Role::Admin);
+    assert!(kv.user("other").unwrap().is_none());
+
+    // A change merges into the record; a new user starts disabled, read-only.
+    let change = UserChange {
+        prefix: Some(b"app/".to_vec()),
+        add_passwords: vec!["$r".into()],
+        ..Default::default()
+    };
+    kv.apply(2, &[c(4, set_user("reader", change, false))])
+        .unwrap();
+    let reader = kv.user("reader").unwrap().unwrap();
+    assert_eq!(
+        (reader.role, reader.enabled, reader.prefix.as_slice()),
+        (Role::Read, false, b"app/".as_slice())
+    );
+    // Too many secrets: rejected, nothing changes.
+    let many: Vec<Command> = (0..20)
+        .map(|i| {
+            let ch = UserChange {
+                add_passwords: vec![format!("$p{i}")],
+                ..Default::default()
+            };
+            c(5 + i, set_user("reader", ch, false))
+        })
+        .collect();
+    let r = kv.apply(3, &many).unwrap();
+    assert!(matches!(r.last(), Some(WriteResult::Rejected(_))), "{r:?}");
+    assert_eq!(
+        kv.user("reader").unwrap().unwrap().passwords.len(),
+        crate::auth::MAX_SECRETS
+    );
+
+    // Invisible to every client read: the data space is empty.
+    let (rows, _, _) = kv.scan(&ScanRange::Prefix(vec![]), 100).unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(kv.get(b"user/admin").unwrap().0, None);
+    let names: Vec<String> = kv.users().unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["admin".to_string(), "reader".to_string()]);
+
+    // Delete: gone; deleting again changes nothing; the bootstrap still does not apply
+    // while another user exists, and applies again once none is left.
+    let del = |name: &str| WriteOp::DeleteUser { name: name.into() };
+    let r = kv
+        .apply(4, &[c(30, del("admin")), c(31, del("admin"))])
+        .unwrap();
+    assert_eq!(
+        r,
+        vec![
+            WriteResult::User { changed: true },
+            WriteResult::User { changed: false }
+        ]
+    );
+    let r = kv
+        .apply(5, &[c(32, set_user("admin", admin_change("$h4"), true))])
+        .unwrap();
+    assert_eq!(r, vec![WriteResult::User { changed: false }]);
+    let r = kv
+        .apply(
+            6,
+            &[
+                c(33, del("reader")),
+                c(34, set_user("admin", admin_change("$h5"), true)),
+            ],
+        )
+        .unwrap();
+    assert_eq!(r[1], WriteResult::User { changed: true });
+    assert_eq!(kv.users().unwrap().len(), 1);
 }

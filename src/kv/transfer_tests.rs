@@ -226,6 +226,29 @@ fn copies_state(kind: Kind) {
 }
 both!(copies_state);
 
+/// Users are part of the state a lagging node receives.
+fn users_travel_with_the_state(kind: Kind) {
+    let (_pa, mut a, _pb, mut b) = pair(kind);
+    let change = crate::auth::UserChange {
+        enabled: Some(true),
+        add_passwords: vec!["$hash".into()],
+        ..Default::default()
+    };
+    let op = WriteOp::SetUser {
+        name: "alice".into(),
+        change,
+        only_if_no_users: false,
+    };
+    apply(&mut a, &[cmd(11, 1, op)]);
+    assert!(b.user("alice").unwrap().is_none());
+    stage(&a, &b);
+    b.install_staged().unwrap();
+    assert_eq!(b.user("alice").unwrap(), a.user("alice").unwrap());
+    assert!(b.user("alice").unwrap().is_some());
+    assert_same(&a, &b);
+}
+both!(users_travel_with_the_state);
+
 fn corrupt_chunk_is_refused(kind: Kind) {
     let (_pa, a, _pb, b) = pair(kind);
     let (chunks, end) = split(dump(&a));

@@ -4,6 +4,8 @@
 //! | status | code | meaning |
 //! |---|---|---|
 //! | 400 | `invalid_input` | fix the request; nothing changed |
+//! | 401 | `unauthenticated` | no credentials where they are required, or wrong ones (`WWW-Authenticate` says how) |
+//! | 403 | `permission_denied` | the user's role or key prefix does not allow it; nothing changed |
 //! | 404 | `not_found` | no such key (or no such route) |
 //! | 409 | `compare_failed` | a conditional write's condition did not hold; `current` shows the key |
 //! | 413 | `too_large` | key, value or body over the limit; nothing changed |
@@ -66,6 +68,12 @@ impl ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
             Error::Overloaded(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", m),
+            Error::Unauthenticated(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m)
+            }
+            Error::PermissionDenied(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", m)
+            }
             Error::OutcomeUnknown(m) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "outcome_unknown",
@@ -89,6 +97,12 @@ impl IntoResponse for ApiError {
         err.insert("message".into(), self.message.into());
         err.extend(self.extra);
         let mut resp = (self.status, axum::Json(json!({ "error": err }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static("Basic realm=\"paxosdb\", Bearer realm=\"paxosdb\""),
+            );
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
         {

@@ -32,8 +32,14 @@ fn set_header(resp: &mut Response, name: &'static str, v: u64) {
 }
 
 /// `GET /v1/kv/{key}`: the value, its version and the applied index it reflects.
-pub async fn get_key(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+pub async fn get_key(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = super::auth::identity(&s, &headers).await?;
     let key = decode::key_from_path(uri.path(), &s.node.limits())?;
+    id.check_read(&key)?;
     let consistency = decode::get_params(uri.query())?;
     let (found, applied) = s.node.get(&key, consistency).await?;
     let Some(v) = found else {
@@ -138,8 +144,10 @@ pub async fn put_key(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let id = super::auth::identity(&s, &headers).await?;
     let limits = s.node.limits();
     let key = decode::key_from_path(uri.path(), &limits)?;
+    id.check_write([key.as_slice()])?;
     let cond = decode::precondition(
         decode::put_params(uri.query())?,
         header_bytes(&headers, "if-match"),
@@ -201,7 +209,9 @@ pub async fn delete_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let id = super::auth::identity(&s, &headers).await?;
     let key = decode::key_from_path(uri.path(), &s.node.limits())?;
+    id.check_write([key.as_slice()])?;
     decode::delete_params(uri.query())?;
     if headers.contains_key("if-match") || headers.contains_key("if-none-match") {
         // Ignoring the condition would delete unconditionally what the client meant to
@@ -224,9 +234,18 @@ pub async fn delete_key(
 
 /// `GET /v1/kv?prefix=…` or `?from=…&to=…`: rows in key order, `more` when the limit cut
 /// the answer short (continue with `from` = last key + a zero byte, `%00`).
-pub async fn scan(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+/// A user with a key prefix sees only the keys inside it (the range is narrowed).
+pub async fn scan(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = super::auth::identity(&s, &headers).await?;
     let p = decode::scan_params(uri.query(), &s.node.limits())?;
-    let (rows, more, applied) = s.node.scan(&p.range, p.limit, p.consistency).await?;
+    let (rows, more, applied) = match id.narrow(&p.range) {
+        Some(range) => s.node.scan(&range, p.limit, p.consistency).await?,
+        None => (vec![], false, s.node.status().await?.applied_index),
+    };
     let items: Vec<Value> = rows
         .iter()
         .map(|kv| Value::Object(decode::entry_json(Some(&kv.key), &kv.value, kv.version)))

@@ -13,6 +13,7 @@
 //! Every request is timed into [`crate::metrics::Metrics`] as protocol `http`. There is no
 //! `POST /v1/txn`: the core has no multi-key compare-then-else operation yet.
 
+pub mod auth;
 pub mod cluster;
 pub mod decode;
 pub mod error;
@@ -53,6 +54,12 @@ pub fn router(state: AppState) -> Router {
         // `/v1/kv/` (empty key) gets the same handlers, which answer 400.
         .route("/v1/kv/", key_routes.clone())
         .route("/v1/kv/*key", key_routes)
+        .route("/v1/users", get(auth::list))
+        .route(
+            "/v1/users/:name",
+            axum::routing::put(auth::put).delete(auth::delete),
+        )
+        .route("/v1/users/:name/tokens", axum::routing::post(auth::token))
         .route("/v1/status", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
@@ -87,6 +94,7 @@ pub fn op_name(
     match path {
         "/v1/kv" => "scan",
         "/v1/status" => "status",
+        p if p.starts_with("/v1/users") => "users",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",

@@ -52,6 +52,13 @@ pub const COMMANDS: &[Spec] = &[
         &["noscript", "loading", "stale", "fast"],
         NOKEYS,
     ),
+    spec(
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast"],
+        NOKEYS,
+    ),
+    spec("acl", -2, &["admin", "loading", "stale"], NOKEYS),
     spec("select", 2, C, NOKEYS),
     spec("quit", -1, C, NOKEYS),
     spec("command", -1, &["loading", "stale"], NOKEYS),
@@ -109,7 +116,16 @@ pub enum Command {
     Hello {
         proto: Option<i64>,
         name: Option<Vec<u8>>,
+        /// (user, password)
+        auth: Option<(Vec<u8>, Vec<u8>)>,
     },
+    /// `AUTH [user] password` (no user: `default`).
+    Auth {
+        user: Option<Vec<u8>>,
+        password: Vec<u8>,
+    },
+    /// `ACL WHOAMI | USERS | LIST | SETUSER name rule... | DELUSER name...`
+    Acl(Acl),
     Select(i64),
     Quit,
     CommandList,
@@ -169,6 +185,16 @@ pub enum Command {
     Unwatch,
 }
 
+/// The `ACL` subcommands paxosdb implements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acl {
+    WhoAmI,
+    Users,
+    List,
+    SetUser { name: Vec<u8>, rules: Vec<Vec<u8>> },
+    DelUser(Vec<Vec<u8>>),
+}
+
 /// The message Redis gives for an unknown command.
 fn unknown_command(name: &[u8], args: &[Vec<u8>]) -> Reply {
     let mut msg = format!(
@@ -216,6 +242,35 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
         },
         "echo" => Command::Echo(a.bytes()?),
         "hello" => parse_hello(&mut a)?,
+        "auth" => match a.remaining() {
+            1 => Command::Auth {
+                user: None,
+                password: a.bytes()?,
+            },
+            2 => Command::Auth {
+                user: Some(a.bytes()?),
+                password: a.bytes()?,
+            },
+            _ => return Err(syntax_error()),
+        },
+        "acl" => {
+            let sub = a.bytes()?;
+            let acl = match String::from_utf8_lossy(&sub).to_ascii_uppercase().as_str() {
+                "WHOAMI" => Acl::WhoAmI,
+                "USERS" => Acl::Users,
+                "LIST" => Acl::List,
+                "SETUSER" => Acl::SetUser {
+                    name: a.bytes()?,
+                    rules: a.rest(),
+                },
+                "DELUSER" if a.remaining() > 0 => Acl::DelUser(a.rest()),
+                "DELUSER" => return Err(wrong_arity("acl|deluser")),
+                _ => return Err(unknown_subcommand("acl", &sub)),
+            };
+            a.finish()
+                .map_err(|_| wrong_arity(&format!("acl|{}", clip(&sub).to_lowercase())))?;
+            return Ok(Command::Acl(acl));
+        }
         "select" => Command::Select(a.int()?),
         "quit" => Command::Quit,
         "command" => {
@@ -352,19 +407,17 @@ fn parse_hello(a: &mut Args) -> Result<Command, Reply> {
         return Ok(Command::Hello {
             proto: None,
             name: None,
+            auth: None,
         });
     }
     let proto = a
         .int()
         .map_err(|_| Frame::error("ERR Protocol version is not an integer or out of range"))?;
     let mut name = None;
+    let mut auth = None;
     while a.remaining() > 0 {
         match a.keyword()?.as_str() {
-            "AUTH" if a.remaining() >= 2 => {
-                // paxosdb has no authentication; any credentials are accepted.
-                a.bytes()?;
-                a.bytes()?;
-            }
+            "AUTH" if a.remaining() >= 2 => auth = Some((a.bytes()?, a.bytes()?)),
             "SETNAME" if a.remaining() >= 1 => name = Some(a.bytes()?),
             _ => return Err(syntax_error()),
         }
@@ -372,6 +425,7 @@ fn parse_hello(a: &mut Args) -> Result<Command, Reply> {
     Ok(Command::Hello {
         proto: Some(proto),
         name,
+        auth,
     })
 }
 
@@ -536,8 +590,31 @@ mod tests {
             p(&["hello", "3", "setname", "me"]).unwrap(),
             Command::Hello {
                 proto: Some(3),
-                name: Some(b"me".to_vec())
+                name: Some(b"me".to_vec()),
+                auth: None,
             }
+        );
+        assert_eq!(
+            p(&["hello", "3", "auth", "u", "pw"]).unwrap(),
+            Command::Hello {
+                proto: Some(3),
+                name: None,
+                auth: Some((b"u".to_vec(), b"pw".to_vec())),
+            }
+        );
+        assert_eq!(
+            p(&["auth", "pw"]).unwrap(),
+            Command::Auth {
+                user: None,
+                password: b"pw".to_vec()
+            }
+        );
+        assert_eq!(
+            p(&["acl", "setuser", "bob", "on", ">pw"]).unwrap(),
+            Command::Acl(super::Acl::SetUser {
+                name: b"bob".to_vec(),
+                rules: vec![b"on".to_vec(), b">pw".to_vec()]
+            })
         );
         assert_eq!(
             p(&["client", "setinfo", "lib-name", "redis-py"]).unwrap(),

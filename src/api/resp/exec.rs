@@ -26,12 +26,17 @@
 //! - unavailable (no leader, no quorum) → `-TRYAGAIN <message>` (nothing changed; retry);
 //! - outcome unknown → `-ERR outcome unknown: ...` (the write may or may not have been
 //!   applied; this reply never claims that it failed);
-//! - internal or storage → `-ERR internal: ...`.
+//! - internal or storage → `-ERR internal: ...`;
+//! - no credentials where they are required → `-NOAUTH Authentication required.`; wrong
+//!   ones (`AUTH`, `HELLO ... AUTH`) → `-WRONGPASS invalid username-password pair or user
+//!   is disabled.`; a role or key prefix that forbids the command → `-NOPERM ...`. In all
+//!   three nothing ran and nothing changed.
 
-use super::cmd::{self, Command, Spec, COMMANDS};
+use super::cmd::{self, Acl, Command, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
 use super::Shared;
+use crate::auth::{Credential, Identity, Role as UserRole, UserChange};
 use crate::command::{Expect, KeyValue, ScanRange, SetCond, WriteOp, WriteResult};
 use crate::error::Error;
 use crate::node::{Consistency, Role, MAX_SCAN_LIMIT};
@@ -70,6 +75,11 @@ pub struct Session {
     name: Option<Vec<u8>>,
     /// After `MULTI`, until `EXEC` or `DISCARD`: commands are refused, not run.
     in_multi: bool,
+    /// The user this connection authenticated as (`AUTH`, `HELLO ... AUTH`).
+    user: Option<Identity>,
+    /// Who the running command runs as: the user, re-read before every command so that a
+    /// changed role or a deleted user takes effect at once.
+    current: Identity,
 }
 
 type Reply = Result<Frame, Frame>;
@@ -122,11 +132,24 @@ struct KeyWalk {
 }
 
 impl KeyWalk {
-    fn new(prefix: &[u8]) -> KeyWalk {
-        KeyWalk {
-            from: prefix.to_vec(),
-            to: prefix_end(prefix),
-            done: false,
+    /// A walk over the keys starting with `prefix` that `id` may see.
+    fn new(prefix: &[u8], id: &Identity) -> KeyWalk {
+        match id.narrow(&ScanRange::Prefix(prefix.to_vec())) {
+            Some(ScanRange::Prefix(p)) => KeyWalk {
+                to: prefix_end(&p),
+                from: p,
+                done: false,
+            },
+            Some(ScanRange::Range { from, to }) => KeyWalk {
+                from,
+                to,
+                done: false,
+            },
+            None => KeyWalk {
+                from: vec![],
+                to: None,
+                done: true,
+            },
         }
     }
 
@@ -161,6 +184,8 @@ pub fn error_reply(e: Error) -> Frame {
         Error::InvalidInput(m) => Frame::error(format!("ERR {m}")),
         Error::Unavailable(m) => Frame::error(format!("TRYAGAIN {m}")),
         Error::Overloaded(m) => Frame::error(format!("BUSY {m}")),
+        Error::Unauthenticated(_) => Frame::error("NOAUTH Authentication required."),
+        Error::PermissionDenied(m) => Frame::error(format!("NOPERM {m}")),
         Error::OutcomeUnknown(m) => Frame::error(format!(
             "ERR outcome unknown: {m}; the command may or may not have been applied"
         )),
@@ -230,6 +255,81 @@ fn command_entry(s: &Spec) -> Frame {
     ])
 }
 
+/// A user as `ACL LIST` shows it, in Redis' rule syntax (secrets are never shown).
+fn acl_line(name: &str, u: &crate::auth::UserRecord) -> String {
+    let keys = if u.prefix.is_empty() {
+        "~*".to_string()
+    } else {
+        format!("~{}*", String::from_utf8_lossy(&u.prefix))
+    };
+    let role = match u.role {
+        UserRole::Read => "+@read",
+        UserRole::ReadWrite => "+@readwrite",
+        UserRole::Admin => "+@all",
+    };
+    format!(
+        "user {name} {} {keys} {role}",
+        if u.enabled { "on" } else { "off" }
+    )
+}
+
+/// Translates `ACL SETUSER` rules into a user change; passwords are hashed here, before
+/// anything is proposed. Supported: `on`, `off`, `>password`, `resetpass`, `~prefix*`,
+/// `~*` / `allkeys`, `+@read` (role read), `+@write` / `+@readwrite` (role readwrite),
+/// `+@all` / `allcommands` / `+@admin` (role admin), `reset`.
+async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
+    let mut change = UserChange::default();
+    let bad = |r: &[u8], why: &str| {
+        Frame::error(format!(
+            "ERR Error in ACL SETUSER modifier '{}': {why}",
+            String::from_utf8_lossy(&r[..r.len().min(64)])
+        ))
+    };
+    for r in rules {
+        let lower = String::from_utf8_lossy(&r).to_ascii_lowercase();
+        match lower.as_str() {
+            "on" => change.enabled = Some(true),
+            "off" => change.enabled = Some(false),
+            "resetpass" => change.reset_passwords = true,
+            "allkeys" | "~*" => change.prefix = Some(vec![]),
+            "+@read" => change.role = Some(UserRole::Read),
+            "+@write" | "+@readwrite" => change.role = Some(UserRole::ReadWrite),
+            "+@all" | "allcommands" | "+@admin" => change.role = Some(UserRole::Admin),
+            "reset" => {
+                change = UserChange {
+                    reset_passwords: true,
+                    role: Some(UserRole::Read),
+                    prefix: Some(vec![]),
+                    enabled: Some(false),
+                    ..Default::default()
+                }
+            }
+            _ if r.first() == Some(&b'>') => {
+                let hash = crate::auth::hash_secret_async(r[1..].to_vec())
+                    .await
+                    .map_err(error_reply)?;
+                change.add_passwords.push(hash);
+            }
+            _ if r.first() == Some(&b'~') => {
+                let p = &r[1..];
+                match p.split_last() {
+                    Some((b'*', prefix)) if !prefix.iter().any(|c| b"*?[]\\".contains(c)) => {
+                        change.prefix = Some(prefix.to_vec())
+                    }
+                    _ => {
+                        return Err(bad(
+                            &r,
+                            "paxosdb supports only key patterns of the form ~prefix*",
+                        ))
+                    }
+                }
+            }
+            _ => return Err(bad(&r, "Syntax error (paxosdb supports on, off, >password, resetpass, ~prefix*, allkeys, +@read, +@readwrite, +@all, reset)")),
+        }
+    }
+    Ok(change)
+}
+
 /// What `CONFIG GET` reports (redis-benchmark asks for `save` and `appendonly`).
 const CONFIG: &[(&str, &str)] = &[
     ("appendonly", "yes"),
@@ -248,6 +348,41 @@ impl Session {
             consistency: Consistency::Linearizable,
             name: None,
             in_multi: false,
+            user: None,
+            current: Identity::open(),
+        }
+    }
+
+    /// Who the next command runs as, or why it may not run (`-NOAUTH`).
+    fn resolve(&self, shared: &Shared) -> Result<Identity, Frame> {
+        let auth = &shared.info.auth;
+        match &self.user {
+            Some(id) => auth.refresh(id),
+            None => auth.anonymous(),
+        }
+        .map_err(error_reply)
+    }
+
+    /// `AUTH` / `HELLO ... AUTH`: on success the connection runs as the user; on failure
+    /// nothing changes and the reply is Redis' `-WRONGPASS`.
+    async fn authenticate(
+        &mut self,
+        shared: &Shared,
+        user: Vec<u8>,
+        password: Vec<u8>,
+    ) -> Result<(), Frame> {
+        let cred = Credential::Password {
+            user: String::from_utf8_lossy(&user).into_owned(),
+            secret: password,
+        };
+        match shared.info.auth.authenticate(Some(cred), "resp").await {
+            Ok(id) => {
+                self.current = id.clone();
+                self.user = Some(id);
+                Ok(())
+            }
+            Err(Error::Unauthenticated(m)) => Err(Frame::error(format!("WRONGPASS {m}."))),
+            Err(e) => Err(error_reply(e)),
         }
     }
 
@@ -263,10 +398,45 @@ impl Session {
         }
         match parsed {
             Ok(Command::Quit) => (Frame::ok(), After::Close),
-            Ok(c) => match self.execute(shared, c).await {
+            Ok(c) => match self.admitted(shared, c).await {
                 Ok(f) | Err(f) => (f, After::Continue),
             },
             Err(e) => (e, After::Continue),
+        }
+    }
+
+    /// Runs `c` if the connection may: `AUTH` and `HELLO ... AUTH` always run; any other
+    /// command needs an authenticated user once authentication is required.
+    async fn admitted(&mut self, shared: &Shared, c: Command) -> Reply {
+        match c {
+            Command::Auth { user, password } => {
+                let user = user.unwrap_or_else(|| crate::auth::DEFAULT_USER.into());
+                self.authenticate(shared, user, password).await?;
+                Ok(Frame::ok())
+            }
+            Command::Hello {
+                proto,
+                name,
+                auth: Some((user, password)),
+            } => {
+                if proto.is_some_and(|p| !(2..=3).contains(&p)) {
+                    return Err(Frame::error("NOPROTO unsupported protocol version"));
+                }
+                self.authenticate(shared, user, password).await?;
+                self.execute(
+                    shared,
+                    Command::Hello {
+                        proto,
+                        name,
+                        auth: None,
+                    },
+                )
+                .await
+            }
+            c => {
+                self.current = self.resolve(shared)?;
+                self.execute(shared, c).await
+            }
         }
     }
 
@@ -293,6 +463,7 @@ impl Session {
     }
 
     async fn write(&mut self, shared: &Shared, op: WriteOp) -> Result<WriteResult, Frame> {
+        self.current.check_op(&op).map_err(error_reply)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         shared
@@ -309,6 +480,7 @@ impl Session {
         key: &[u8],
         c: Consistency,
     ) -> Result<Option<crate::command::Versioned>, Frame> {
+        self.current.check_read(key).map_err(error_reply)?;
         if shared.node.limits().check_key(key).is_err() {
             return Ok(None);
         }
@@ -327,7 +499,7 @@ impl Session {
     /// Counts the keys that start with `prefix`.
     async fn count_keys(&self, shared: &Shared, prefix: &[u8]) -> Result<u64, Frame> {
         self.barrier(shared).await?;
-        let mut walk = KeyWalk::new(prefix);
+        let mut walk = KeyWalk::new(prefix, &self.current);
         let mut n = 0;
         while let Some(rows) = walk.next_page(shared).await? {
             n += rows.len() as u64;
@@ -340,7 +512,9 @@ impl Session {
             Command::Ping(None) => Frame::Simple("PONG".into()),
             Command::Ping(Some(m)) | Command::Echo(m) => Frame::Bulk(m),
             Command::Quit => Frame::ok(),
-            Command::Hello { proto, name } => {
+            Command::Auth { .. } => Frame::ok(),
+            Command::Acl(acl) => self.acl(shared, acl).await?,
+            Command::Hello { proto, name, .. } => {
                 match proto {
                     None => {}
                     Some(2) => self.resp3 = false,
@@ -508,6 +682,11 @@ impl Session {
                 r => return Err(unexpected(r)),
             },
             Command::Del(keys) => {
+                // Every key is checked against the user's rights before any is deleted,
+                // so a refusal deletes nothing (as in Redis).
+                self.current
+                    .check_write(keys.iter().map(Vec::as_slice))
+                    .map_err(error_reply)?;
                 // One write per key (each atomic on its own), like Redis's count reply.
                 let mut deleted = 0;
                 for key in keys {
@@ -606,7 +785,7 @@ impl Session {
                 let glob = Arc::new(compile(shared, &pattern)?);
                 let glob = (!glob.matches_all()).then_some(glob);
                 self.barrier(shared).await?;
-                let mut walk = KeyWalk::new(&glob::literal_prefix(&pattern));
+                let mut walk = KeyWalk::new(&glob::literal_prefix(&pattern), &self.current);
                 let mut out = ArrayEncoder::new(shared.max_reply_bytes, self.resp3);
                 while let Some(rows) = walk.next_page(shared).await? {
                     out = encode_matching(glob.as_ref(), rows, out).await?;
@@ -662,11 +841,18 @@ impl Session {
             from,
             to: prefix_end(&prefix),
         };
-        let (rows, more, _) = shared
-            .node
-            .scan(&range, count, self.consistency)
-            .await
-            .map_err(error_reply)?;
+        // A user with a key prefix sees only its keys: the range is narrowed to them.
+        let (rows, more) = match self.current.narrow(&range) {
+            Some(range) => {
+                let (rows, more, _) = shared
+                    .node
+                    .scan(&range, count, self.consistency)
+                    .await
+                    .map_err(error_reply)?;
+                (rows, more)
+            }
+            None => (vec![], false),
+        };
         let next = match rows.last() {
             Some(last) if more => shared.cursors.lock().unwrap().insert(last.key.clone()),
             _ => 0,
@@ -680,6 +866,59 @@ impl Session {
         let mut head = b"*2\r\n".to_vec();
         Frame::bulk(next.to_string()).encode(&mut head, self.resp3);
         Ok(out.finish_after(&head))
+    }
+
+    async fn acl(&mut self, shared: &Shared, acl: Acl) -> Reply {
+        if acl != Acl::WhoAmI {
+            self.current.check_admin().map_err(error_reply)?;
+        }
+        Ok(match acl {
+            Acl::WhoAmI => Frame::bulk(self.current.name()),
+            Acl::Users => Frame::Array(
+                shared
+                    .info
+                    .auth
+                    .users()
+                    .map_err(error_reply)?
+                    .into_iter()
+                    .map(|(n, _)| Frame::bulk(n))
+                    .collect(),
+            ),
+            Acl::List => Frame::Array(
+                shared
+                    .info
+                    .auth
+                    .users()
+                    .map_err(error_reply)?
+                    .into_iter()
+                    .map(|(n, u)| Frame::bulk(acl_line(&n, &u)))
+                    .collect(),
+            ),
+            Acl::SetUser { name, rules } => {
+                let name = String::from_utf8_lossy(&name).into_owned();
+                let change = acl_rules(rules).await?;
+                let op = WriteOp::SetUser {
+                    name,
+                    change,
+                    only_if_no_users: false,
+                };
+                match self.write(shared, op).await? {
+                    WriteResult::User { .. } => Frame::ok(),
+                    r => return Err(unexpected(r)),
+                }
+            }
+            Acl::DelUser(names) => {
+                let mut n = 0;
+                for name in names {
+                    let name = String::from_utf8_lossy(&name).into_owned();
+                    match self.write(shared, WriteOp::DeleteUser { name }).await? {
+                        WriteResult::User { changed } => n += changed as i64,
+                        r => return Err(unexpected(r)),
+                    }
+                }
+                Frame::Integer(n)
+            }
+        })
     }
 
     async fn hello(&self, shared: &Shared) -> Frame {
@@ -882,5 +1121,37 @@ mod tests {
         let unknown = e(Error::OutcomeUnknown("timeout".into()));
         assert!(unknown.starts_with("ERR outcome unknown"));
         assert!(unknown.contains("may or may not"));
+    }
+
+    #[tokio::test]
+    async fn acl_rules_map_to_a_user_change() {
+        let rules = |r: &[&str]| r.iter().map(|w| w.as_bytes().to_vec()).collect();
+        let c = acl_rules(rules(&["on", "~app/*", "+@readwrite", ">pw"]))
+            .await
+            .unwrap();
+        assert_eq!(c.enabled, Some(true));
+        assert_eq!(c.prefix, Some(b"app/".to_vec()));
+        assert_eq!(c.role, Some(UserRole::ReadWrite));
+        assert_eq!(c.add_passwords.len(), 1);
+        assert!(c.add_passwords[0].starts_with("$argon2id$"), "hashed here");
+        let c = acl_rules(rules(&["allkeys", "+@all", "off"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            (c.prefix, c.role, c.enabled),
+            (Some(vec![]), Some(UserRole::Admin), Some(false))
+        );
+        for bad in ["~a*b*", "~nostar", "+@dangerous", "nopass"] {
+            let e = acl_rules(rules(&[bad])).await.unwrap_err();
+            let text = format!("{e:?}");
+            assert!(text.contains("ACL SETUSER"), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn auth_errors_map_to_redis_replies() {
+        let e = |err| format!("{:?}", error_reply(err));
+        assert!(e(Error::Unauthenticated("x".into())).contains("NOAUTH Authentication required."));
+        assert!(e(Error::PermissionDenied("no".into())).contains("NOPERM no"));
     }
 }

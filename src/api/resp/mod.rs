@@ -11,6 +11,12 @@
 //! connection run one at a time, in order, which keeps one write in flight per session and
 //! pipelined replies in request order.
 //!
+//! Authentication (see [`crate::auth`]): once credentials are required, a connection runs
+//! nothing but `AUTH`, `HELLO ... AUTH` and `QUIT` until it authenticated (`-NOAUTH`);
+//! then every command runs as its user, re-read before each command, so a changed role or
+//! a deleted user takes effect at once. `ACL WHOAMI | USERS | LIST | SETUSER | DELUSER`
+//! manage users (all but WHOAMI need the admin role).
+//!
 //! A malformed or oversized request gets `-ERR Protocol error: ...` and its connection is
 //! closed; other connections are unaffected. Nothing a client sends can panic the server.
 //!

@@ -1,0 +1,742 @@
+//! Users, secrets and roles: who may do what on the client APIs.
+//!
+//! Users live in the **replicated state**: they are created, changed and deleted by log
+//! commands ([`WriteOp::SetUser`](crate::command::WriteOp::SetUser),
+//! [`WriteOp::DeleteUser`](crate::command::WriteOp::DeleteUser)) that the key-value state
+//! machine applies into its own metadata space (`Space::Sm`, keys `u` + name). Client reads,
+//! scans, KEYS/SCAN and key validation only ever reach the user data space (`Space::Kv`),
+//! so no client command can read or write a user record; and because the metadata space is
+//! part of every snapshot, state transfer and replica comparison, users survive restarts,
+//! state transfer and membership changes exactly like data does.
+//!
+//! Secrets (passwords and tokens) are hashed with argon2id and a random salt by the node
+//! that receives the request, *before* it proposes the command ([`hash_secret`]): the log
+//! carries only PHC hash strings, and apply reads no clock and no random source.
+//!
+//! A request is authenticated by the [`Authenticator`] of the node it reaches. Argon2
+//! verification is deliberately slow, so a successful verification is remembered in a
+//! bounded cache keyed by an HMAC (with a per-process random key) of the user name, the
+//! stored hash and the secret: a changed password has a new salt and so a new stored hash,
+//! a deleted or disabled user is refused before the cache is consulted, and the role and
+//! key prefix are read afresh from the applied state on every request, so a change takes
+//! effect as soon as this node applied it.
+//!
+//! Enforcement: authentication is required once the replicated user table holds a user,
+//! or from the start when the node was given `--require-auth` or `--admin-password-file`.
+//! With no user and neither option, every request is allowed as an administrator (today's
+//! loopback behaviour, for local use only).
+//!
+//! Roles ([`Role`]): `read` may read and list keys; `readwrite` may also write; `admin` may
+//! also manage users and change the membership. A user with a key prefix reads, writes and
+//! lists only keys that start with it: a read or write of another key is refused
+//! (permission denied), and a scan or key listing is narrowed to the prefix (other keys are
+//! silently left out, as if absent).
+//!
+//! Invariants:
+//! - No secret is ever stored, proposed or logged: only argon2id hashes enter the log, and
+//!   the failure log line names the API and the user, never what was sent.
+//! - A failed authentication changes nothing, and its log line is rate limited
+//!   ([`FAIL_LOG_EVERY`]).
+//! - Memory stays bounded: at most [`CACHE_MAX`] cached verifications, at most
+//!   [`VERIFY_CONCURRENCY`] argon2 verifications at once (each holds ~19 MiB), at most
+//!   [`MAX_SECRETS`] secrets per user.
+
+use crate::command::ScanRange;
+use crate::error::{Error, Result};
+use crate::kv::KvStore;
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordVerifier};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+/// What a user may do. Ordered: each role may do everything the ones before it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    /// Read and list keys.
+    Read,
+    /// Read, list and write keys.
+    ReadWrite,
+    /// Everything, including user management and membership changes.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::ReadWrite => "readwrite",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Role> {
+        match s.to_ascii_lowercase().as_str() {
+            "read" => Ok(Role::Read),
+            "readwrite" => Ok(Role::ReadWrite),
+            "admin" => Ok(Role::Admin),
+            _ => Err(Error::invalid(format!(
+                "unknown role {s:?}: use read, readwrite or admin"
+            ))),
+        }
+    }
+}
+
+/// A token's stored form: its public id (the part of the token that names it) and the
+/// argon2id hash of its secret part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub hash: String,
+}
+
+/// A user as the replicated state stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub role: Role,
+    /// Only keys starting with this are visible to the user (empty: every key).
+    #[serde(with = "serde_bytes")]
+    pub prefix: Vec<u8>,
+    /// A disabled user cannot authenticate.
+    pub enabled: bool,
+    /// argon2id PHC strings of the user's passwords (any one of them is accepted).
+    pub passwords: Vec<String>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// Changes to a user, applied in the log in this order: `reset_passwords` clears the
+/// passwords (tokens stay until the user is deleted), then each field that is set replaces (role, prefix, enabled) or adds
+/// (password, token). A user that does not exist is created as a disabled `read` user
+/// over every key, and then changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserChange {
+    pub reset_passwords: bool,
+    pub role: Option<Role>,
+    pub prefix: Option<Vec<u8>>,
+    pub enabled: Option<bool>,
+    /// argon2id hashes (never plain passwords).
+    pub add_passwords: Vec<String>,
+    pub add_token: Option<TokenRecord>,
+}
+
+/// Most passwords plus tokens one user may hold.
+pub const MAX_SECRETS: usize = 16;
+/// Longest user name.
+pub const MAX_NAME: usize = 64;
+/// Longest secret accepted (a longer one is refused, not truncated).
+pub const MAX_SECRET: usize = 1024;
+/// Cached successful verifications, at most.
+pub const CACHE_MAX: usize = 4096;
+/// argon2 verifications running at once, at most (others wait their turn).
+pub const VERIFY_CONCURRENCY: usize = 4;
+/// At most one "authentication failed" log line per this many seconds.
+pub const FAIL_LOG_EVERY: u64 = 5;
+/// The user `AUTH <password>` (one argument) names, as in Redis.
+pub const DEFAULT_USER: &str = "default";
+
+/// Refuses a user name that is empty, too long, or not made of letters, digits and
+/// `_ . @ -` (so that names print safely and a token can carry one).
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(Error::invalid(format!(
+            "a user name is 1 to {MAX_NAME} characters"
+        )));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
+    {
+        return Err(Error::invalid(
+            "a user name may hold only letters, digits and _ . @ -",
+        ));
+    }
+    Ok(())
+}
+
+impl UserChange {
+    /// Validates a change before it is proposed.
+    pub fn check(&self, max_key: usize) -> Result<()> {
+        if let Some(p) = &self.prefix {
+            if p.len() > max_key {
+                return Err(Error::invalid("the key prefix is longer than a key may be"));
+            }
+        }
+        if self.add_passwords.len() > MAX_SECRETS {
+            return Err(Error::invalid(format!(
+                "a user may hold at most {MAX_SECRETS} passwords and tokens"
+            )));
+        }
+        for h in self
+            .add_passwords
+            .iter()
+            .chain(self.add_token.iter().map(|t| &t.hash))
+        {
+            PasswordHash::new(h).map_err(|_| Error::invalid("a secret must be given hashed"))?;
+        }
+        Ok(())
+    }
+
+    /// The record after this change (deterministic: apply calls it).
+    pub fn apply_to(&self, old: Option<UserRecord>) -> std::result::Result<UserRecord, String> {
+        let mut u = old.unwrap_or(UserRecord {
+            role: Role::Read,
+            prefix: vec![],
+            enabled: false,
+            passwords: vec![],
+            tokens: vec![],
+        });
+        if self.reset_passwords {
+            u.passwords.clear();
+        }
+        if let Some(r) = self.role {
+            u.role = r;
+        }
+        if let Some(p) = &self.prefix {
+            u.prefix = p.clone();
+        }
+        if let Some(e) = self.enabled {
+            u.enabled = e;
+        }
+        for h in &self.add_passwords {
+            if !u.passwords.contains(h) {
+                u.passwords.push(h.clone());
+            }
+        }
+        if let Some(t) = &self.add_token {
+            u.tokens.retain(|o| o.id != t.id);
+            u.tokens.push(t.clone());
+        }
+        if u.passwords.len() + u.tokens.len() > MAX_SECRETS {
+            return Err(format!(
+                "a user may hold at most {MAX_SECRETS} passwords and tokens"
+            ));
+        }
+        Ok(u)
+    }
+}
+
+/// Hashes a secret with argon2id and a fresh random salt (a PHC string). Slow on purpose:
+/// call it off the async runtime ([`hash_secret_async`]).
+pub fn hash_secret(secret: &[u8]) -> Result<String> {
+    if secret.is_empty() || secret.len() > MAX_SECRET {
+        return Err(Error::invalid(format!(
+            "a password is 1 to {MAX_SECRET} bytes"
+        )));
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(secret, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Internal(format!("hashing a secret: {e}")))
+}
+
+/// [`hash_secret`] on the blocking pool.
+pub async fn hash_secret_async(secret: Vec<u8>) -> Result<String> {
+    tokio::task::spawn_blocking(move || hash_secret(&secret))
+        .await
+        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
+}
+
+/// A new token for `user`: the token itself (`<user>.<id>.<secret>`, shown once) and its
+/// stored form.
+pub fn new_token(user: &str) -> Result<(String, TokenRecord)> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let id: String = (0..8)
+        .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
+        .collect();
+    let secret: String = (0..40)
+        .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
+        .collect();
+    let hash = hash_secret(secret.as_bytes())?;
+    Ok((format!("{user}.{id}.{secret}"), TokenRecord { id, hash }))
+}
+
+/// Splits a token into (user, id, secret).
+fn split_token(token: &str) -> Option<(&str, &str, &str)> {
+    let mut it = token.rsplitn(3, '.');
+    let secret = it.next()?;
+    let id = it.next()?;
+    let user = it.next()?;
+    Some((user, id, secret))
+}
+
+/// Who a request runs as, and what it may touch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `None`: no user exists and authentication is not required (open, local use).
+    pub user: Option<String>,
+    pub role: Role,
+    pub prefix: Vec<u8>,
+}
+
+impl Identity {
+    /// The identity of every request while no user exists (and none is required).
+    pub fn open() -> Identity {
+        Identity {
+            user: None,
+            role: Role::Admin,
+            prefix: vec![],
+        }
+    }
+
+    fn of(name: &str, u: &UserRecord) -> Identity {
+        Identity {
+            user: Some(name.to_string()),
+            role: u.role,
+            prefix: u.prefix.clone(),
+        }
+    }
+
+    /// The name to show (`default` for the open identity, as Redis' WHOAMI does).
+    pub fn name(&self) -> &str {
+        self.user.as_deref().unwrap_or(DEFAULT_USER)
+    }
+
+    fn denied(&self, what: &str) -> Error {
+        Error::PermissionDenied(format!(
+            "user {} (role {}) may not {what}",
+            self.name(),
+            self.role.as_str()
+        ))
+    }
+
+    /// May this identity read `key`?
+    pub fn check_read(&self, key: &[u8]) -> Result<()> {
+        if key.starts_with(&self.prefix) {
+            Ok(())
+        } else {
+            Err(self.denied("access keys outside its prefix"))
+        }
+    }
+
+    /// May this identity write every one of `keys`?
+    pub fn check_write<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        if self.role < Role::ReadWrite {
+            return Err(self.denied("write"));
+        }
+        for k in keys {
+            self.check_read(k)?;
+        }
+        Ok(())
+    }
+
+    /// May this identity propose `op` (user management needs the admin role; every
+    /// other write, the readwrite role and keys inside the prefix)?
+    pub fn check_op(&self, op: &crate::command::WriteOp) -> Result<()> {
+        if op.is_user_op() {
+            self.check_admin()
+        } else {
+            self.check_write(op.keys())
+        }
+    }
+
+    /// May this identity manage users and membership?
+    pub fn check_admin(&self) -> Result<()> {
+        if self.role < Role::Admin {
+            return Err(self.denied("manage users or change the membership"));
+        }
+        Ok(())
+    }
+
+    /// `range` narrowed to this identity's prefix (`None`: nothing of it is visible).
+    pub fn narrow(&self, range: &ScanRange) -> Option<ScanRange> {
+        let p = &self.prefix;
+        if p.is_empty() {
+            return Some(range.clone());
+        }
+        match range {
+            ScanRange::Prefix(q) if q.starts_with(p) => Some(range.clone()),
+            ScanRange::Prefix(q) if p.starts_with(q) => Some(ScanRange::Prefix(p.clone())),
+            ScanRange::Prefix(_) => None,
+            ScanRange::Range { from, to } => {
+                let end = prefix_end(p);
+                let from = from.max(p).clone();
+                let to = match (to, end) {
+                    (Some(a), Some(b)) => Some(a.clone().min(b)),
+                    (a, b) => a.clone().or(b),
+                };
+                if to.as_ref().is_some_and(|t| *t <= from) {
+                    return None;
+                }
+                Some(ScanRange::Range { from, to })
+            }
+        }
+    }
+}
+
+/// The smallest key after every key that starts with `prefix` (None: no bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A credential as a request presents it.
+#[derive(Clone)]
+pub enum Credential {
+    Password { user: String, secret: Vec<u8> },
+    Token(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Password { user, .. } => write!(f, "password of {user}"),
+            Credential::Token(_) => write!(f, "token"),
+        }
+    }
+}
+
+/// The phrase of every failed authentication (the same whatever failed, so that a client
+/// cannot tell a wrong password from an unknown or disabled user).
+pub const BAD_CREDENTIALS: &str = "invalid username-password pair or user is disabled";
+
+/// Authenticates requests against the replicated user table of one node.
+pub struct Authenticator {
+    kv: KvStore,
+    /// Require credentials even while no user exists.
+    require: bool,
+    mac_key: ring::hmac::Key,
+    cache: Mutex<HashSet<[u8; 32]>>,
+    verifying: Semaphore,
+    last_fail_log: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Authenticator {
+    pub fn new(kv: KvStore, require: bool) -> Arc<Authenticator> {
+        let rng = ring::rand::SystemRandom::new();
+        let mac_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .expect("the system random source works");
+        Arc::new(Authenticator {
+            kv,
+            require,
+            mac_key,
+            cache: Mutex::new(HashSet::new()),
+            verifying: Semaphore::new(VERIFY_CONCURRENCY),
+            last_fail_log: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// True when requests must carry credentials.
+    pub fn required(&self) -> Result<bool> {
+        Ok(self.require || self.kv.has_users()?)
+    }
+
+    /// The identity of a request that carries no credentials: the open identity while
+    /// authentication is not required, else an authentication error.
+    pub fn anonymous(&self) -> Result<Identity> {
+        if self.required()? {
+            Err(Error::Unauthenticated("authentication required".into()))
+        } else {
+            Ok(Identity::open())
+        }
+    }
+
+    /// The identity for `cred` (None: the request carried none), or an authentication
+    /// error; `api` names the protocol for the log line of a failure.
+    pub async fn authenticate(&self, cred: Option<Credential>, api: &str) -> Result<Identity> {
+        let Some(cred) = cred else {
+            return self.anonymous();
+        };
+        let (user, secret, hashes) = match &cred {
+            Credential::Password { user, secret } => {
+                let rec = self.kv.user(user)?.filter(|u| u.enabled);
+                let hashes = rec
+                    .as_ref()
+                    .map(|u| u.passwords.clone())
+                    .unwrap_or_default();
+                (user.clone(), secret.clone(), (rec, hashes))
+            }
+            Credential::Token(t) => match split_token(t) {
+                Some((user, id, secret)) => {
+                    let rec = self.kv.user(user)?.filter(|u| u.enabled);
+                    let hashes = rec
+                        .as_ref()
+                        .and_then(|u| u.tokens.iter().find(|t| t.id == id))
+                        .map(|t| vec![t.hash.clone()])
+                        .unwrap_or_default();
+                    (user.to_string(), secret.as_bytes().to_vec(), (rec, hashes))
+                }
+                None => (String::new(), vec![], (None, vec![])),
+            },
+        };
+        let (rec, hashes) = hashes;
+        if let Some(rec) = rec {
+            if self.verify(&user, &secret, &hashes).await? {
+                return Ok(Identity::of(&user, &rec));
+            }
+        }
+        self.log_failure(api, &user);
+        Err(Error::Unauthenticated(BAD_CREDENTIALS.into()))
+    }
+
+    /// Re-reads an authenticated identity (a connection that authenticated once): its
+    /// current role and prefix, or an error if the user was deleted or disabled since.
+    pub fn refresh(&self, id: &Identity) -> Result<Identity> {
+        match &id.user {
+            None => self.anonymous(),
+            Some(name) => match self.kv.user(name)?.filter(|u| u.enabled) {
+                Some(u) => Ok(Identity::of(name, &u)),
+                None => Err(Error::Unauthenticated(format!(
+                    "user {name} was deleted or disabled; authenticate again"
+                ))),
+            },
+        }
+    }
+
+    fn cache_key(&self, user: &str, hash: &str, secret: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.mac_key);
+        for part in [user.as_bytes(), hash.as_bytes(), secret] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    fn cached(&self, keys: &[[u8; 32]]) -> bool {
+        let cache = self.cache.lock().unwrap();
+        keys.iter().any(|k| cache.contains(k))
+    }
+
+    /// True when `secret` matches one of `hashes`.
+    async fn verify(&self, user: &str, secret: &[u8], hashes: &[String]) -> Result<bool> {
+        if secret.is_empty() || secret.len() > MAX_SECRET {
+            return Ok(false);
+        }
+        let keys: Vec<[u8; 32]> = hashes
+            .iter()
+            .map(|h| self.cache_key(user, h, secret))
+            .collect();
+        if self.cached(&keys) {
+            return Ok(true);
+        }
+        let _permit = self
+            .verifying
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
+        // Many connections presenting the same credentials at once (a pool starting up)
+        // wait here; the first one's verification serves the rest.
+        if self.cached(&keys) {
+            return Ok(true);
+        }
+        let (hashes, secret) = (hashes.to_vec(), secret.to_vec());
+        let found = tokio::task::spawn_blocking(move || {
+            hashes.iter().position(|h| {
+                PasswordHash::new(h)
+                    .is_ok_and(|p| Argon2::default().verify_password(&secret, &p).is_ok())
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
+        let Some(i) = found else {
+            return Ok(false);
+        };
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(keys[i]);
+        Ok(true)
+    }
+
+    fn log_failure(&self, api: &str, user: &str) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_fail_log.load(Ordering::Relaxed);
+        if now >= last + FAIL_LOG_EVERY
+            && self
+                .last_fail_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let user: String = user.chars().take(MAX_NAME).collect();
+            tracing::warn!(
+                "authentication failed on {api} for user {user:?} ({n} failures since start; \
+                 at most one line per {FAIL_LOG_EVERY}s)"
+            );
+        }
+    }
+
+    /// One user, as this node's applied state has it.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.kv.user(name)
+    }
+
+    /// Every user, by name (admin listing; secrets are not shown, only counted).
+    pub fn users(&self) -> Result<Vec<(String, UserRecord)>> {
+        self.kv.users()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowing_keeps_only_the_prefix() {
+        let id = Identity {
+            user: Some("a".into()),
+            role: Role::Read,
+            prefix: b"app/".to_vec(),
+        };
+        assert_eq!(
+            id.narrow(&ScanRange::Prefix(vec![])),
+            Some(ScanRange::Prefix(b"app/".to_vec()))
+        );
+        assert_eq!(id.narrow(&ScanRange::Prefix(b"other".to_vec())), None);
+        assert_eq!(
+            id.narrow(&ScanRange::Range {
+                from: vec![],
+                to: None
+            }),
+            Some(ScanRange::Range {
+                from: b"app/".to_vec(),
+                to: Some(b"app0".to_vec())
+            })
+        );
+        assert_eq!(
+            id.narrow(&ScanRange::Range {
+                from: b"b".to_vec(),
+                to: None
+            }),
+            None
+        );
+        assert!(id.check_read(b"app/x").is_ok());
+        assert!(matches!(
+            id.check_read(b"other"),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            id.check_write([b"app/x".as_slice()]),
+            Err(Error::PermissionDenied(_))
+        ));
+    }
+
+    fn set_user(kv: &mut KvStore, seq: u64, name: &str, change: UserChange) {
+        use crate::kv::StateMachine;
+        let cmd = crate::command::Command {
+            client_id: 1,
+            seq,
+            op: crate::command::WriteOp::SetUser {
+                name: name.into(),
+                change,
+                only_if_no_users: false,
+            },
+        };
+        let index = kv.applied_index();
+        kv.apply(index, &[cmd]).unwrap();
+    }
+
+    fn password(user: &str, pw: &str) -> Option<Credential> {
+        Some(Credential::Password {
+            user: user.into(),
+            secret: pw.as_bytes().to_vec(),
+        })
+    }
+
+    /// The verification cache never outlives a change: a new password (new salt, new
+    /// stored hash) refuses the old one although it was cached, a disabled user is
+    /// refused, and a role change shows on the next request.
+    #[tokio::test]
+    async fn a_changed_user_is_not_served_from_the_cache() {
+        let mut kv = KvStore::open_memory(Default::default()).unwrap();
+        let auth = Authenticator::new(kv.clone(), false);
+        assert_eq!(
+            auth.authenticate(None, "test").await.unwrap(),
+            Identity::open()
+        );
+        let first = UserChange {
+            role: Some(Role::ReadWrite),
+            enabled: Some(true),
+            add_passwords: vec![hash_secret(b"one").unwrap()],
+            ..Default::default()
+        };
+        set_user(&mut kv, 1, "u", first);
+        // Users exist: anonymous requests are refused now.
+        assert!(matches!(
+            auth.authenticate(None, "test").await,
+            Err(Error::Unauthenticated(_))
+        ));
+        let id = auth
+            .authenticate(password("u", "one"), "test")
+            .await
+            .unwrap();
+        assert_eq!(id.role, Role::ReadWrite);
+        assert!(auth
+            .authenticate(password("u", "two"), "test")
+            .await
+            .is_err());
+        assert!(auth
+            .authenticate(password("v", "one"), "test")
+            .await
+            .is_err());
+        // Cached now; change the password and the role.
+        auth.authenticate(password("u", "one"), "test")
+            .await
+            .unwrap();
+        let second = UserChange {
+            reset_passwords: true,
+            role: Some(Role::Read),
+            add_passwords: vec![hash_secret(b"two").unwrap()],
+            ..Default::default()
+        };
+        set_user(&mut kv, 2, "u", second);
+        assert!(matches!(
+            auth.authenticate(password("u", "one"), "test").await,
+            Err(Error::Unauthenticated(_))
+        ));
+        let id = auth
+            .authenticate(password("u", "two"), "test")
+            .await
+            .unwrap();
+        assert_eq!(id.role, Role::Read);
+        let off = UserChange {
+            enabled: Some(false),
+            ..Default::default()
+        };
+        set_user(&mut kv, 3, "u", off);
+        assert!(auth
+            .authenticate(password("u", "two"), "test")
+            .await
+            .is_err());
+        assert!(auth.refresh(&id).is_err(), "a connection's user is re-read");
+    }
+
+    #[test]
+    fn tokens_split_from_the_right() {
+        assert_eq!(
+            split_token("a.b.c.0123.secret"),
+            Some(("a.b.c", "0123", "secret"))
+        );
+        assert_eq!(split_token("nodots"), None);
+    }
+
+    #[test]
+    fn hashing_salts_and_verifies() {
+        let a = hash_secret(b"pw").unwrap();
+        let b = hash_secret(b"pw").unwrap();
+        assert_ne!(a, b, "a fresh salt every time");
+        assert!(a.starts_with("$argon2id$"));
+        let p = PasswordHash::new(&a).unwrap();
+        assert!(Argon2::default().verify_password(b"pw", &p).is_ok());
+        assert!(Argon2::default().verify_password(b"px", &p).is_err());
+        assert!(hash_secret(b"").is_err());
+    }
+}
