@@ -23,6 +23,8 @@
 //!   checked after every round. Ballots with round number 0 (the initial one, and the "below every real ballot"
 //!   claim of a log reset, see `node::paxos`) claim nothing and are not checked; a
 //!   round whose leader was never observed leading is not checked either.
+//! - [`decided_durable`]: after a machine crash, every decided entry is still held by a
+//!   majority of the nodes' durable logs (acknowledged writes are durable).
 //! - [`replicas_equal`]: after quiescence, all state machines hold the same bytes.
 //! - [`set_valid`]: the set workload's appends (unique elements, each appended once by
 //!   one command): no element is ever read twice, no element appears that was not
@@ -80,6 +82,10 @@ pub enum Kind {
     Liveness,
     /// Code under test panicked (an OmniPaxos assertion).
     Panic,
+
+    /// [`decided_durable`]: a decided entry is no longer held by a majority of the
+    /// nodes' durable logs (a machine crash lost an acknowledged write).
+    DecidedEntryLost,
 }
 
 /// What a checker found.
@@ -162,6 +168,11 @@ impl LogOracle {
         }
         self.checked[node] = to;
         Ok(())
+    }
+
+    /// The decided log, as first reported.
+    pub fn decided(&self) -> &[LogEntry] {
+        &self.log
     }
 
     /// Length of the longest decided log seen.
@@ -265,6 +276,37 @@ impl DecidedMonotonic {
     pub fn reset(&mut self, node: usize, decided: u64) {
         self.last[node] = decided;
     }
+}
+
+/// Durability of acknowledged writes: every entry of the decided log (`decided`) is still
+/// held by a majority of the nodes' durable logs. An entry is decided once a majority
+/// accepted it, and a node acknowledges an accept only once it is synced, so no crash
+/// takes it away, and a later leader's log, which overwrites a node's, holds it too. A
+/// log is (node, entries below this index count as held: its compacted or trimmed index,
+/// its entries from there on). Checked after machine crashes (the only fault that loses
+/// writes).
+pub fn decided_durable(decided: &[LogEntry], logs: &[(NodeId, u64, Vec<LogEntry>)]) -> Checked<()> {
+    let majority = logs.len() / 2 + 1;
+    for (i, e) in decided.iter().enumerate() {
+        let i = i as u64;
+        let held = logs
+            .iter()
+            .filter(|(_, start, entries)| {
+                i < *start || entries.get((i - start) as usize) == Some(e)
+            })
+            .count();
+        if held < majority {
+            return Err(Violation::new(
+                Kind::DecidedEntryLost,
+                format!(
+                    "decided entry {i} is held by {held} of {} nodes' durable logs, fewer \
+                     than a majority",
+                    logs.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A round: (config id, round number, priority, leader).

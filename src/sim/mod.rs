@@ -56,8 +56,8 @@ mod world;
 mod tests;
 
 pub use checks::{
-    common_prefix, linearizable, replicas_equal, set_valid, DecidedMonotonic, Kind, LogOracle,
-    Violation,
+    common_prefix, decided_durable, linearizable, replicas_equal, set_valid, DecidedMonotonic,
+    Kind, LogOracle, Violation,
 };
 pub use net::{Shape, Weather};
 
@@ -85,6 +85,10 @@ pub enum Bug {
     /// Node 1, after installing a fetched state, resets its log but keeps its old accepted
     /// round (the false claim the nemesis found; see `node::paxos`). Needs compaction.
     StaleAcceptedRound,
+    /// No node syncs its log appends (the storage's fsync is a no-op for the accepted
+    /// log), yet each acknowledges them (Accepted, and a leader counts itself): machine
+    /// crashes then lose entries a quorum was told were stored (see `storage`).
+    UnsyncedLog,
     /// Every node's state machine ignores sessions (`KvStore::no_dedup`): a retried or
     /// re-proposed write applies again. Test builds only: the switch exists only there.
     #[cfg(test)]
@@ -244,8 +248,12 @@ pub struct RunStats {
     /// Machine crashes, and those that dropped a write not yet synced.
     pub machine_crashes: u64,
     pub lossy_machine_crashes: u64,
+    /// Lossy machine crashes that kept a prefix of the unsynced writes (not none).
+    pub partial_machine_crashes: u64,
     /// Pauses of a node (it stops taking steps and keeps its state, then resumes).
     pub pauses: u64,
+    /// Partitions per shape (`Shape`'s debug name).
+    pub partition_shapes: std::collections::BTreeMap<String, u64>,
     /// Highest compacted index of any node at the end.
     pub compacted: u64,
     pub virtual_ms: u64,
@@ -280,9 +288,77 @@ pub struct Totals {
     /// Transfers under way cut by a crash of the fetching node, and of the sending node.
     pub fetcher_crashes: u64,
     pub sender_crashes: u64,
+    /// Lossy machine crashes that kept a prefix of the unsynced writes.
+    pub partial_machine_crashes: u64,
+    /// Partitions per shape.
+    pub partition_shapes: std::collections::BTreeMap<String, u64>,
+    /// Messages sent, dropped and duplicated by the network.
+    pub messages: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
 }
 
 impl Totals {
+    /// The campaign report: one named count per line, per fault path (a new counter is
+    /// one more line here).
+    pub fn report(&self) -> Vec<(String, u64)> {
+        let mut lines: Vec<(String, u64)> = [
+            ("seeds passed", self.seeds),
+            ("operations recorded", self.ops as u64),
+            (
+                "operations checked for linearizability",
+                self.checked as u64,
+            ),
+            ("operations with unknown outcome", self.info as u64),
+            ("client attempts lost", self.lost_attempts),
+            ("faults injected", self.faults),
+            ("crashes: process", self.crashes - self.machine_crashes),
+            (
+                "crashes: machine, no unsynced write lost",
+                self.machine_crashes - self.lossy_machine_crashes,
+            ),
+            (
+                "crashes: machine, all unsynced writes lost",
+                self.lossy_machine_crashes - self.partial_machine_crashes,
+            ),
+            (
+                "crashes: machine, a prefix of the unsynced writes kept",
+                self.partial_machine_crashes,
+            ),
+            ("pauses", self.pauses),
+            ("partitions", self.partitions),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (shape, n) in &self.partition_shapes {
+            lines.push((format!("partitions: {shape}"), *n));
+        }
+        lines.extend(
+            [
+                ("messages sent", self.messages),
+                ("messages dropped", self.dropped),
+                ("messages duplicated", self.duplicated),
+                ("runs with trimmed logs", self.trimmed_runs),
+                ("state transfers started", self.fetches),
+                ("state transfers completed", self.fetched),
+                ("state transfers installed", self.installs),
+                ("state transfers failed", self.fetch_failures),
+                (
+                    "state transfers cut by a crash of the fetcher",
+                    self.fetcher_crashes,
+                ),
+                (
+                    "state transfers cut by a crash of the sender",
+                    self.sender_crashes,
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        lines
+    }
+
     pub fn add(&mut self, s: &RunStats) {
         self.seeds += 1;
         self.ops += s.ops;
@@ -302,6 +378,13 @@ impl Totals {
         self.installs += s.installs;
         self.fetcher_crashes += s.fetcher_crashes;
         self.sender_crashes += s.sender_crashes;
+        self.partial_machine_crashes += s.partial_machine_crashes;
+        for (shape, n) in &s.partition_shapes {
+            *self.partition_shapes.entry(shape.clone()).or_default() += n;
+        }
+        self.messages += s.messages;
+        self.dropped += s.dropped;
+        self.duplicated += s.duplicated;
     }
 }
 
@@ -310,8 +393,8 @@ impl std::fmt::Display for Totals {
         write!(
             f,
             "{} seeds, {} operations ({} checked, {} with unknown outcome), {} faults ({} \
-             crashes, {} of them machine crashes, {} losing unsynced writes; {} pauses; {} \
-             partitions), \
+             crashes, {} of them machine crashes, {} losing unsynced writes, {} keeping a \
+             prefix of them; {} pauses; {} partitions), \
              {} client attempts lost, {} runs with trimmed logs, {} state fetches ({} \
              completed, {} installed, {} failed; {} cut by a crash of the fetcher, {} by a \
              crash of the sender)",
@@ -323,6 +406,7 @@ impl std::fmt::Display for Totals {
             self.crashes,
             self.machine_crashes,
             self.lossy_machine_crashes,
+            self.partial_machine_crashes,
             self.pauses,
             self.partitions,
             self.lost_attempts,
@@ -404,6 +488,18 @@ fn phases(w: &mut World) -> Result<RunStats, Violation> {
     final_checks(w)
 }
 
+/// Partitions per shape, from the nemesis' log ("partition <Shape> (leader ...)").
+fn partition_shapes(fault_log: &[String]) -> std::collections::BTreeMap<String, u64> {
+    let mut shapes = std::collections::BTreeMap::new();
+    for line in fault_log {
+        if let Some((_, rest)) = line.split_once(": partition ") {
+            let shape = rest.split(' ').next().unwrap_or_default().to_string();
+            *shapes.entry(shape).or_default() += 1;
+        }
+    }
+    shapes
+}
+
 fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     let mut logs = Vec::new();
     let mut states = Vec::new();
@@ -477,7 +573,9 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         sender_crashes: w.sender_crashes,
         machine_crashes: w.machine_crashes,
         lossy_machine_crashes: w.lossy_machine_crashes,
+        partial_machine_crashes: w.partial_machine_crashes,
         pauses: w.pauses,
+        partition_shapes: partition_shapes(&w.fault_log),
         compacted,
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),

@@ -160,8 +160,12 @@ pub struct World {
     /// or state machine writes newer than the last sync point).
     pub machine_crashes: u64,
     pub lossy_machine_crashes: u64,
+    /// Lossy machine crashes that kept some of the unsynced writes (a prefix).
+    pub partial_machine_crashes: u64,
     /// Pauses of a node (see [`Node::paused`]).
     pub pauses: u64,
+    /// A machine crash happened since the last `observe`: check durability there.
+    machine_crashed: bool,
     /// Crashes aimed at transfers so far (see `aim_at_transfer`), from a per-seed start.
     aims: u64,
 }
@@ -196,6 +200,8 @@ impl World {
             sender_crashes: 0,
             machine_crashes: 0,
             lossy_machine_crashes: 0,
+            partial_machine_crashes: 0,
+            machine_crashed: false,
             pauses: 0,
             aims: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63,
             rng,
@@ -208,6 +214,9 @@ impl World {
                 d.id = i as u64 + 1;
                 d.tamper = w.cfg.bug == Some(Bug::TamperLog) && i == 0;
                 d.stale_accepted_round = w.cfg.bug == Some(Bug::StaleAcceptedRound) && i == 0;
+                if w.cfg.bug == Some(Bug::UnsyncedLog) {
+                    d.set_unsynced_log();
+                }
             }
             w.nodes.push(Node {
                 core: None,
@@ -295,21 +304,28 @@ impl World {
         let mut what = "process".to_string();
         if machine {
             self.machine_crashes += 1;
-            let lossy = {
-                let d = node.durable.lock().unwrap();
-                let decided = d.log.get_decided_idx().unwrap_or(0);
-                decided > d.synced_decided || *d.kv.read().unwrap() != d.synced_kv
-            };
-            self.lossy_machine_crashes += u64::from(lossy);
-            let decided = node.durable.lock().unwrap().lose_unsynced() as u64;
+            // A power loss keeps a prefix of the unsynced writes (see `storage`).
+            let rng = &mut self.rng;
+            let loss = node.durable.lock().unwrap().machine_crash(|n| {
+                if n == 0 {
+                    0
+                } else {
+                    rng.gen_range(0..=n)
+                }
+            });
+            let decided = loss.decided as u64;
+            self.lossy_machine_crashes += u64::from(loss.kept < loss.unsynced);
+            self.partial_machine_crashes += u64::from(0 < loss.kept && loss.kept < loss.unsynced);
             let spaces = node.durable.lock().unwrap().kv.clone();
             let applied = KvStore::open_memory(spaces).map_or(0, |kv| kv.applied_index());
             if let Some(s) = before {
                 what = format!(
-                    "machine: decided {} -> {decided}, applied {} -> {applied}",
-                    s.decided_index, s.applied_index
+                    "machine: decided {} -> {decided}, applied {} -> {applied}, kept {} of {} \
+                     unsynced writes",
+                    s.decided_index, s.applied_index, loss.kept, loss.unsynced
                 );
             }
+            self.machine_crashed = true;
             self.mono.reset(i, decided);
             self.oracle.rewind(i, decided);
         }
@@ -621,6 +637,9 @@ impl World {
     /// Checks the log invariants on every live node (after every round, so before a node
     /// can trim what it decided in it: see `checks`).
     fn observe(&mut self) -> Result<(), Violation> {
+        if std::mem::take(&mut self.machine_crashed) {
+            self.check_durable()?;
+        }
         for i in 0..self.nodes.len() {
             let Some(core) = &self.nodes[i].core else {
                 continue;
@@ -649,6 +668,20 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Every decided entry is still in a majority of the durable logs (`decided_durable`).
+    fn check_durable(&self) -> Result<(), Violation> {
+        let logs: Vec<_> = (0..self.nodes.len())
+            .map(|i| {
+                let d = self.nodes[i].durable.lock().unwrap();
+                let (first, next) = d.log.bounds();
+                let start = first.max(d.log.get_compacted_idx().unwrap());
+                let entries = d.log.get_entries(start, next).unwrap();
+                (i as NodeId + 1, start as u64, entries)
+            })
+            .collect();
+        super::checks::decided_durable(self.oracle.decided(), &logs)
     }
 
     /// Runs until `end`, or until `stop` holds. Returns whether `stop` held.
