@@ -89,6 +89,10 @@ pub enum Bug {
     /// log), yet each acknowledges them (Accepted, and a leader counts itself): machine
     /// crashes then lose entries a quorum was told were stored (see `storage`).
     UnsyncedLog,
+    /// Every node's state machine applies a multi-put as separate puts, each with its own
+    /// version (`KvStore::split_multi_put`). Test builds only.
+    #[cfg(test)]
+    SplitMultiPut,
     /// Every node's state machine ignores sessions (`KvStore::no_dedup`): a retried or
     /// re-proposed write applies again. Test builds only: the switch exists only there.
     #[cfg(test)]
@@ -174,6 +178,9 @@ pub struct SimConfig {
     /// Without it, transfers (tens of ms) and faults (every 100 ms to seconds) almost
     /// never meet.
     pub crash_transfers: bool,
+    /// Clients also issue the multi-key workload (MSET, versioned gets, scans; see
+    /// `clients`).
+    pub multi_key: bool,
 }
 
 impl Default for SimConfig {
@@ -192,6 +199,7 @@ impl Default for SimConfig {
             bug: None,
             compaction: CompactionPolicy::OFF,
             crash_transfers: false,
+            multi_key: false,
         }
     }
 }
@@ -201,7 +209,7 @@ impl SimConfig {
     /// nodes, 5 for every fourth seed; the log budget's policy for the seed, and a busier
     /// nemesis (a fault every 100 ms to 1.5 s) when it trims, so that nodes fall behind
     /// the trimmed logs while faults go on, and crashes aimed at the state transfers
-    /// ([`SimConfig::crash_transfers`]).
+    /// ([`SimConfig::crash_transfers`]); the multi-key workload in odd seeds.
     pub fn for_seed(seed: u64, budget: LogBudget) -> SimConfig {
         let compaction = budget.policy(seed);
         let compacting = compaction != CompactionPolicy::OFF;
@@ -210,6 +218,7 @@ impl SimConfig {
             compaction,
             max_fault_gap: Duration::from_millis(if compacting { 1500 } else { 4000 }),
             crash_transfers: compacting,
+            multi_key: seed % 2 == 1,
             ..SimConfig::default()
         }
     }

@@ -179,6 +179,7 @@ impl World {
         let mut clients = Clients::new(cfg.clients, cfg.keys, &mut rng);
         clients.bound = cfg.liveness_bound;
         clients.stale_reads = cfg.bug == Some(Bug::StaleReads);
+        clients.multi_key = cfg.multi_key;
         let mut w = World {
             base: Instant::now(),
             now: Duration::ZERO,
@@ -257,6 +258,7 @@ impl World {
         #[cfg(test)]
         {
             kv.no_dedup = self.cfg.bug == Some(Bug::NoDedup);
+            kv.split_multi_put = self.cfg.bug == Some(Bug::SplitMultiPut);
         }
         let sm = SimSm {
             kv: kv.clone(),
