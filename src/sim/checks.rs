@@ -362,8 +362,9 @@ pub fn replicas_equal(states: &[(NodeId, MemSpaces)]) -> Checked<()> {
                     format!(
                         "replicas {a} and {b} differ in {name} key {:?}: {:?} vs {:?}",
                         String::from_utf8_lossy(k),
-                        x.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
-                        y.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
+                        // Escaped, so that bytes that are not text (a version) show.
+                        x.get(k).map(|v| v.escape_ascii().to_string()),
+                        y.get(k).map(|v| v.escape_ascii().to_string()),
                     ),
                 ));
             }

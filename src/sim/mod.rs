@@ -9,8 +9,9 @@
 //!    delays and reorders messages (FIFO per link, as TCP; `chaos` also duplicates and
 //!    reorders within a link), partitions the network (full split,
 //!    one-way, quorum-loss, constrained election, chained), crashes and restarts
-//!    nodes — a process crash, or a machine crash that also loses what was not synced —
-//!    and pauses and resumes them (as SIGSTOP/SIGCONT: a paused node takes no steps and
+//!    nodes — a process crash, or a machine crash that keeps a seeded prefix of the
+//!    writes made since the last synced one, in order, as a power loss leaves RocksDB's
+//!    one WAL (see `storage`) — and pauses and resumes them (as SIGSTOP/SIGCONT: a paused node takes no steps and
 //!    fires no timers, keeps its state, and gets what arrived meanwhile when it resumes);
 //! 2. **heal**: every node up, every link up, calm network; clients go on issuing for
 //!    `live_time`, and each operation called now must complete within `liveness_bound`;
@@ -22,14 +23,24 @@
 //! that falls behind a peer's trimmed log catches up by a simulated state transfer (see
 //! `world`), so crashes and partitions hit nodes while they trim, send and install states.
 //!
+//! Clients issue puts, gets, CAS and deletes on register keys, appends on a set key, and
+//! (odd seeds, [`SimConfig::multi_key`]) MSET, puts, versioned gets and prefix scans on
+//! a two-key group (see `clients`).
+//!
 //! Checked: one decided log (every decided entry any node reports is compared, during the
 //! run and pairwise at the end, over what the logs still hold); no node's decided index goes back (across a machine
 //! crash it may, because production does not fsync it — monotonicity is then checked
-//! from the restored value on); all replicas' bytes equal after quiescence; liveness
+//! from the restored value on); after every machine crash, every decided entry still in
+//! a majority of the durable logs ([`decided_durable`]: acknowledged writes are durable); all replicas' bytes equal after quiescence; liveness
 //! after healing; no node claims more of a round's log than that round's leader had
 //! ([`AcceptedClaims`](checks::AcceptedClaims)); the set workload's appends neither lost
 //! nor duplicated ([`set_valid`]); the client history linearizable per key
-//! ([`crate::check`]), in exact real-time order (calls and returns are numbered events).
+//! ([`crate::check`]), in exact real-time order (calls and returns are numbered events),
+//! and across keys for multi-key operations, with versions (`check::group`: an MSET is
+//! atomic, a scan sees one state, a version read is the one the model has).
+//! A campaign ([`Totals::report`], `paxosdb sim --seeds N`) counts every fault path:
+//! crashes by kind (process; machine with nothing lost, all unsynced writes lost, or a
+//! prefix kept), pauses, partitions per shape, dropped messages, state transfers.
 //! Each checker fails with its own [`Kind`] of [`Violation`].
 //!
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
@@ -80,6 +91,10 @@ pub enum Bug {
     /// element appended to the set key now and then), so that the final comparison has
     /// to find it after further operations, crashes and state transfers.
     DivergeState,
+    /// Node 1's state is changed behind the state machine's back at apply time as with
+    /// `DivergeState`, but only in a version: register key `k0` keeps its value and gets
+    /// another version, which only a comparison that includes versions sees.
+    DivergeVersion,
     /// Node 1 ignores every peer message: requests sent to it never complete.
     DeafNode,
     /// Node 1, after installing a fetched state, resets its log but keeps its old accepted

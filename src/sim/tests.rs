@@ -221,6 +221,18 @@ fn diverged_state_is_caught_by_the_replica_check() {
     );
 }
 
+/// Replica equality includes versions: node 1's `k0` gets another version, same value.
+#[test]
+fn a_diverged_version_is_caught_by_the_replica_check() {
+    let f = caught(Bug::DivergeVersion, 5);
+    assert_eq!(f.kind, Kind::ReplicasDiffer, "{f}");
+    // A value is the 8 bytes of its version (escaped here), then the bytes written.
+    assert_eq!(
+        f.reason,
+        r#"replicas 1 and 2 differ in kv key "k0": Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xb41001.56") vs Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xb31001.56")"#
+    );
+}
+
 #[test]
 fn a_deaf_node_is_caught_by_the_liveness_check() {
     let f = caught(Bug::DeafNode, 3);

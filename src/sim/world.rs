@@ -82,6 +82,8 @@ struct SimSm {
     /// Bug injection: after applying an entry whose index ends in 25 or 75, append a
     /// bogus element to the set key `s0` behind the state machine's back.
     diverge: bool,
+    /// Bug injection: likewise, bump the version of register key `k0`, value unchanged.
+    diverge_version: bool,
 }
 
 impl StateMachine for SimSm {
@@ -97,6 +99,14 @@ impl StateMachine for SimSm {
             // A stored value is its version then its bytes: this appends to the bytes.
             if let Some(v) = spaces.kv.get_mut(b"s0".as_slice()) {
                 v.extend_from_slice(b",diverged");
+            }
+        }
+        if self.diverge_version && index % 50 == 25 {
+            let spaces = self.durable.lock().unwrap().kv.clone();
+            let mut spaces = spaces.write().unwrap();
+            // The version is the first 8 bytes (big-endian) of a stored value.
+            if let Some(v) = spaces.kv.get_mut(b"k0".as_slice()).filter(|v| v.len() >= 8) {
+                v[7] = v[7].wrapping_add(1);
             }
         }
         Ok(results)
@@ -265,6 +275,7 @@ impl World {
             durable: node.durable.clone(),
             skip_apply: self.cfg.bug == Some(Bug::SkipApply) && i == 0,
             diverge: self.cfg.bug == Some(Bug::DivergeState) && i == 0,
+            diverge_version: self.cfg.bug == Some(Bug::DivergeVersion) && i == 0,
         };
         let storage = SimStorage(node.durable.clone());
         let mut core = Core::new(cfg, storage, Box::new(sm), Box::new(node.outbox.clone()))
