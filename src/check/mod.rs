@@ -108,7 +108,8 @@ pub enum Verdict {
 /// The verdict for a whole history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
-    /// Keys checked.
+    /// Keys checked: each key on its own, or each group of keys that multi-key
+    /// operations couple (named by its keys, joined by commas).
     pub keys: usize,
     /// Operations checked, over every key: the history less the operations that certainly
     /// failed (counted as the per-key histories are built, not taken from the input).
