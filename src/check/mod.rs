@@ -12,14 +12,18 @@
 //!   after its call, or never. It must never be recorded as `Fail`.
 //!
 //! [`check`] splits the history by key (operations on different keys commute in a
-//! key-value store) and searches, per key, for an order of the operations that respects
+//! key-value store) — into groups of keys where multi-key operations (an atomic
+//! multi-put, a prefix scan) couple keys, checked against the group model with versions
+//! (see [`group`]) — and searches, per key or group, for an order of the operations that respects
 //! real time and the register semantics (depth-first search with memoisation of
 //! (linearized set, state), after Wing & Gong and Lowe). A key whose search exceeds the
 //! step budget is reported as `Unknown`, never as passed.
 
+mod group;
 mod search;
 
-pub use search::check_key;
+pub use group::{step_group, GroupState};
+pub use search::{check_key, search};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,6 +42,11 @@ pub enum Input {
     Cas { expect: Vec<u8>, new: Vec<u8> },
     /// Append the bytes to the key's value (absent = empty).
     Append(Vec<u8>),
+    /// Set every pair, atomically (one version for all).
+    MultiPut(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Read every key under the prefix, with versions, from one state. The operation's
+    /// `key` is the prefix.
+    Scan(Vec<u8>),
 }
 
 /// What an operation that succeeded returned.
@@ -53,6 +62,12 @@ pub enum Output {
     Swapped(bool),
     /// An append: the length of the value after it.
     Appended(u64),
+    /// A write (put, multi-put) that reports the version it wrote.
+    Version(u64),
+    /// A versioned get: the value and its version (None = absent).
+    Read(Option<(Vec<u8>, u64)>),
+    /// A scan: the rows (key, value, version) in key order.
+    Rows(Vec<(Vec<u8>, Vec<u8>, u64)>),
 }
 
 /// How an operation ended.
@@ -93,7 +108,8 @@ pub enum Verdict {
 /// The verdict for a whole history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
-    /// Keys checked.
+    /// Keys checked: each key on its own, or each group of keys that multi-key
+    /// operations couple (named by its keys, joined by commas).
     pub keys: usize,
     /// Operations checked, over every key: the history less the operations that certainly
     /// failed (counted as the per-key histories are built, not taken from the input).
@@ -117,21 +133,33 @@ pub const DEFAULT_BUDGET: u64 = 5_000_000;
 /// Checks a whole history, key by key. `initial` is the value every key starts with
 /// (None = absent). `Fail` operations are ignored (they did not happen).
 pub fn check(history: &[Operation], budget_per_key: u64) -> Report {
-    let mut by_key: BTreeMap<Vec<u8>, Vec<Operation>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<Vec<u8>>, Vec<Operation>> = BTreeMap::new();
+    let group_of = key_groups(history);
     for op in history {
         if op.outcome != Outcome::Fail {
-            by_key.entry(op.key.clone()).or_default().push(op.clone());
+            let group = group_of[&op.key].clone();
+            groups.entry(group).or_default().push(op.clone());
         }
     }
     let mut report = Report {
-        keys: by_key.len(),
-        operations: by_key.values().map(Vec::len).sum(),
+        keys: groups.len(),
+        operations: groups.values().map(Vec::len).sum(),
         violations: BTreeMap::new(),
         unknown: Vec::new(),
     };
-    for (key, ops) in by_key {
-        let name = String::from_utf8_lossy(&key).into_owned();
-        match check_key(&ops, None, budget_per_key) {
+    for (keys, ops) in groups {
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        let name = names.join(",");
+        let grouped = keys.len() > 1 || ops.iter().any(is_grouped);
+        let verdict = if grouped {
+            search(&ops, GroupState::default(), budget_per_key, step_group)
+        } else {
+            check_key(&ops, None, budget_per_key)
+        };
+        match verdict {
             Verdict::Linearizable => {}
             Verdict::Violation => {
                 report.violations.insert(name, ops);
@@ -140,6 +168,65 @@ pub fn check(history: &[Operation], budget_per_key: u64) -> Report {
         }
     }
     report
+}
+
+/// An operation only the group model understands (multi-key or versioned).
+fn is_grouped(op: &Operation) -> bool {
+    matches!(op.input, Input::MultiPut(_) | Input::Scan(_))
+        || matches!(
+            op.outcome,
+            Outcome::Ok(Output::Version(_) | Output::Read(_) | Output::Rows(_))
+        )
+}
+
+/// Each key of `history` (operation keys and multi-put keys) mapped to its group (sorted
+/// keys): keys a multi-key operation touches together are in one group.
+fn key_groups(history: &[Operation]) -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for op in history {
+        keys.push(op.key.clone());
+        if let Input::MultiPut(pairs) = &op.input {
+            keys.extend(pairs.iter().map(|(k, _)| k.clone()));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    // Union-find over the indexes of `keys`.
+    let mut parent: Vec<usize> = (0..keys.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let index = |k: &[u8]| keys.binary_search_by(|x| x.as_slice().cmp(k)).unwrap();
+    for op in history {
+        let coupled: Vec<usize> = match &op.input {
+            Input::MultiPut(pairs) => pairs.iter().map(|(k, _)| index(k)).collect(),
+            Input::Scan(prefix) => (0..keys.len())
+                .filter(|&i| keys[i].starts_with(prefix))
+                .collect(),
+            _ => continue,
+        };
+        let a = root(&mut parent, index(&op.key));
+        for i in coupled {
+            let b = root(&mut parent, i);
+            parent[b] = a;
+        }
+    }
+    let mut members: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        let r = root(&mut parent, i);
+        members.entry(r).or_default().push(key.clone());
+    }
+    let mut out = BTreeMap::new();
+    for group in members.into_values() {
+        for k in &group {
+            out.insert(k.clone(), group.clone());
+        }
+    }
+    out
 }
 
 /// The register model: applies `input` to `state`; returns the new state if `output` is

@@ -6,8 +6,9 @@
 //! returned: they may be placed anywhere after their call, or nowhere. The search succeeds
 //! once every completed operation is placed. Visited (bitset, value) pairs are memoised.
 
-use super::{step, Operation, Outcome, Verdict};
+use super::{step, Operation, Outcome, Output, Verdict};
 use std::collections::HashSet;
+use std::hash::Hash;
 
 struct Op<'a> {
     call: u64,
@@ -18,6 +19,19 @@ struct Op<'a> {
 
 /// Checks the operations of one key, starting from `initial`.
 pub fn check_key(ops: &[Operation], initial: Option<Vec<u8>>, budget: u64) -> Verdict {
+    search(ops, initial, budget, |state, op, output| {
+        step(state, &op.input, output)
+    })
+}
+
+/// The search over any model: `model(state, op, output)` is the state after `op`, if
+/// `output` (`None`: an `Info` operation) is what it could have answered.
+pub fn search<S: Clone + Eq + Hash>(
+    ops: &[Operation],
+    initial: S,
+    budget: u64,
+    model: impl Fn(&S, &Operation, Option<&Output>) -> Option<S>,
+) -> Verdict {
     let mut ops: Vec<Op> = ops
         .iter()
         .filter(|o| o.outcome != Outcome::Fail)
@@ -37,10 +51,10 @@ pub fn check_key(ops: &[Operation], initial: Option<Vec<u8>>, budget: u64) -> Ve
         .filter(|o| matches!(o.op.outcome, Outcome::Ok(_)))
         .count();
     let words = n.div_ceil(64).max(1);
-    let mut seen: HashSet<(Vec<u64>, Option<Vec<u8>>)> = HashSet::new();
+    let mut seen: HashSet<(Vec<u64>, S)> = HashSet::new();
     let mut steps = 0u64;
     // Explicit stack of (linearized set, state, completed ops placed).
-    let mut stack: Vec<(Vec<u64>, Option<Vec<u8>>, usize)> = vec![(vec![0; words], initial, 0)];
+    let mut stack: Vec<(Vec<u64>, S, usize)> = vec![(vec![0; words], initial, 0)];
     while let Some((done, state, placed)) = stack.pop() {
         if placed == must {
             return Verdict::Linearizable;
@@ -64,7 +78,7 @@ pub fn check_key(ops: &[Operation], initial: Option<Vec<u8>>, budget: u64) -> Ve
                 Outcome::Ok(o) => Some(o),
                 _ => None,
             };
-            let Some(next) = step(&state, &ops[i].op.input, output) else {
+            let Some(next) = model(&state, ops[i].op, output) else {
                 continue;
             };
             let mut d = done.clone();

@@ -1,7 +1,9 @@
 //! `paxosdb sim`: a long deterministic-simulation campaign (see [`crate::sim`]). Runs
 //! seeds `--first..--first+--seeds` (or only `--seed N`), prints each failure with its
-//! seed and a summary: seeds, operations checked, faults injected, violations. Exits 1 if
-//! any seed failed.
+//! seed, then one report: seeds run, operations recorded and checked, one count per
+//! fault path (crashes by kind, pauses, partitions per shape, dropped messages, state
+//! transfers; [`crate::sim::Totals::report`]), and the violations by checker kind with
+//! their seeds. Exits 1 if any seed failed.
 
 use crate::error::Result;
 use crate::sim::{self, LogBudget, SimConfig};
@@ -53,6 +55,8 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let mut totals = sim::Totals::default();
     let mut failed = 0u64;
+    // Violations by checker kind, with their seeds.
+    let mut violations: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     for &seed in &seeds {
         let base = SimConfig::for_seed(seed, a.log_budget);
         let cfg = SimConfig {
@@ -78,6 +82,10 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
             }
             Ok(Err(f)) => {
                 failed += 1;
+                violations
+                    .entry(format!("{:?}", f.kind))
+                    .or_default()
+                    .push(seed);
                 println!("{f}");
                 if a.seed.is_some() {
                     f.faults.iter().for_each(|l| println!("  {l}"));
@@ -85,6 +93,7 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
             }
             Err(_) => {
                 failed += 1;
+                violations.entry("Panic".into()).or_default().push(seed);
                 println!("sim seed={seed} failed: panicked (see above)");
             }
         }
@@ -95,6 +104,17 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
+    println!("campaign report ({} seeds run):", seeds.len());
+    for (what, n) in totals.report() {
+        println!("  {what:<55} {n:>10}");
+    }
+    println!("  {:<55} {failed:>10}", "violations");
+    for (kind, seeds) in &violations {
+        println!(
+            "  violations: {kind:<43} {:>10}  seeds {seeds:?}",
+            seeds.len()
+        );
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

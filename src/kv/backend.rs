@@ -40,6 +40,10 @@ pub struct MemSpaces {
     pub sm: BTreeMap<Vec<u8>, Vec<u8>>,
     /// A state being received from a peer (see `kv::staging`).
     pub(super) staging: MemStaging,
+    /// When `Some`, every atomic write ([`Backend::write`]) is also appended here, in
+    /// order: the simulation's model of the write-ahead log, from which a machine crash
+    /// keeps a prefix (see `sim::storage`). `None` (the default) records nothing.
+    pub wal: Option<Vec<Vec<RawWrite>>>,
 }
 
 /// The memory backend's inactive slot.
@@ -62,6 +66,21 @@ impl PartialEq for MemSpaces {
 impl Eq for MemSpaces {}
 
 impl MemSpaces {
+    /// Applies one atomic batch of writes (what [`Backend::write`] does in memory, and
+    /// what the simulation replays after a machine crash).
+    pub fn apply_writes(&mut self, writes: Vec<RawWrite>) {
+        for (space, k, v) in writes {
+            let map = match space {
+                Space::Kv => &mut self.kv,
+                Space::Sm => &mut self.sm,
+            };
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+    }
+
     fn space(&self, s: Space) -> &BTreeMap<Vec<u8>, Vec<u8>> {
         match s {
             Space::Kv => &self.kv,
@@ -226,6 +245,7 @@ impl Backend {
                         kv: m.kv.clone(),
                         sm: m.sm.clone(),
                         staging: MemStaging::default(),
+                        wal: None,
                     }
                 };
                 f(&copy)
@@ -251,16 +271,10 @@ impl Backend {
             }
             Backend::Memory(m) => {
                 let mut m = m.write().unwrap();
-                for (space, k, v) in writes {
-                    let map = match space {
-                        Space::Kv => &mut m.kv,
-                        Space::Sm => &mut m.sm,
-                    };
-                    match v {
-                        Some(v) => map.insert(k, v),
-                        None => map.remove(&k),
-                    };
+                if let Some(wal) = m.wal.as_mut() {
+                    wal.push(writes.clone());
                 }
+                m.apply_writes(writes);
                 Ok(())
             }
         }

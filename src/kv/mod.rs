@@ -232,6 +232,10 @@ pub struct KvStore {
     /// re-proposed command applies twice. Exists only in test builds.
     #[cfg(test)]
     pub(crate) no_dedup: bool,
+    /// Test builds only, for the simulation's bug injection: a multi-put is applied as
+    /// separate puts, each taking its own revision (no longer one atomic version).
+    #[cfg(test)]
+    pub(crate) split_multi_put: bool,
 }
 
 pub(super) fn read_counter(v: Option<Vec<u8>>) -> Result<u64> {
@@ -261,6 +265,8 @@ impl KvStore {
             revision,
             #[cfg(test)]
             no_dedup: false,
+            #[cfg(test)]
+            split_multi_put: false,
         })
     }
 
@@ -589,8 +595,16 @@ impl Overlay<'_> {
             WriteOp::MultiPut { pairs } => {
                 // One revision for the whole multi-put: it is one atomic write.
                 self.revision += 1;
-                let version = self.revision;
-                for (k, v) in pairs {
+                #[allow(unused_mut)]
+                let mut version = self.revision;
+                // (The index is read only by the test-build bug injection.)
+                #[allow(clippy::unused_enumerate_index)]
+                for (_i, (k, v)) in pairs.iter().enumerate() {
+                    #[cfg(test)]
+                    if self.store.split_multi_put && _i > 0 {
+                        self.revision += 1;
+                        version = self.revision;
+                    }
                     let value = Some(Versioned {
                         value: v.clone(),
                         version,

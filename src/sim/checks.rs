@@ -23,6 +23,8 @@
 //!   checked after every round. Ballots with round number 0 (the initial one, and the "below every real ballot"
 //!   claim of a log reset, see `node::paxos`) claim nothing and are not checked; a
 //!   round whose leader was never observed leading is not checked either.
+//! - [`decided_durable`]: after a machine crash, every decided entry is still held by a
+//!   majority of the nodes' durable logs (acknowledged writes are durable).
 //! - [`replicas_equal`]: after quiescence, all state machines hold the same bytes.
 //! - [`set_valid`]: the set workload's appends (unique elements, each appended once by
 //!   one command): no element is ever read twice, no element appears that was not
@@ -80,6 +82,10 @@ pub enum Kind {
     Liveness,
     /// Code under test panicked (an OmniPaxos assertion).
     Panic,
+
+    /// [`decided_durable`]: a decided entry is no longer held by a majority of the
+    /// nodes' durable logs (a machine crash lost an acknowledged write).
+    DecidedEntryLost,
 }
 
 /// What a checker found.
@@ -191,6 +197,11 @@ impl LogOracle {
         }
         self.checked[node] = to;
         Ok(())
+    }
+
+    /// The decided log, as first reported.
+    pub fn decided(&self) -> &[Slot] {
+        &self.log
     }
 
     /// Length of the longest decided log seen.
@@ -320,6 +331,46 @@ impl DecidedMonotonic {
     }
 }
 
+/// Durability of acknowledged writes: every entry of the decided log (`decided`) is still
+/// held by a majority of the nodes' durable logs. An entry is decided once a majority
+/// accepted it, and a node acknowledges an accept only once it is synced, so no crash
+/// takes it away, and a later leader's log, which overwrites a node's, holds it too. A
+/// log is (node, entries below this global index count as held: its compacted or trimmed
+/// index, its entries from there on). Only the slots from `from` on are checked — the
+/// current configuration's, since each configuration's logs are discarded when the next
+/// one starts — over the logs of that configuration's members. Checked after machine
+/// crashes (the only fault that loses writes).
+pub fn decided_durable(
+    decided: &[Slot],
+    from: u64,
+    logs: &[(NodeId, u64, Vec<LogEntry>)],
+) -> Checked<()> {
+    let majority = logs.len() / 2 + 1;
+    for (i, slot) in decided.iter().enumerate().skip(from as usize) {
+        let Slot::Entry(e) = slot else {
+            continue;
+        };
+        let i = i as u64;
+        let held = logs
+            .iter()
+            .filter(|(_, start, entries)| {
+                i < *start || entries.get((i - start) as usize) == Some(e)
+            })
+            .count();
+        if held < majority {
+            return Err(Violation::new(
+                Kind::DecidedEntryLost,
+                format!(
+                    "decided entry {i} is held by {held} of {} nodes' durable logs, fewer \
+                     than a majority",
+                    logs.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A round: (config id, round number, priority, leader).
 pub type Round = (u32, u32, u32, u64);
 
@@ -373,8 +424,9 @@ pub fn replicas_equal(states: &[(NodeId, MemSpaces)]) -> Checked<()> {
                     format!(
                         "replicas {a} and {b} differ in {name} key {:?}: {:?} vs {:?}",
                         String::from_utf8_lossy(k),
-                        x.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
-                        y.get(k).map(|v| String::from_utf8_lossy(v).into_owned()),
+                        // Escaped, so that bytes that are not text (a version) show.
+                        x.get(k).map(|v| v.escape_ascii().to_string()),
+                        y.get(k).map(|v| v.escape_ascii().to_string()),
                     ),
                 ));
             }

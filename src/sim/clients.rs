@@ -21,7 +21,7 @@
 use super::checks::SET_SEPARATOR;
 use super::world::Node;
 use crate::check::{Input, Operation, Outcome, Output};
-use crate::command::{Command, Expect, WriteOp, WriteResult};
+use crate::command::{Command, Expect, ScanRange, WriteOp, WriteResult};
 use crate::node::Event;
 use crate::Result;
 use rand::rngs::StdRng;
@@ -36,6 +36,12 @@ const SET_SHARE: f64 = 0.2;
 pub const SET_KEYS: usize = 1;
 /// The value limit appends carry (`WriteOp::Append::max_len`); set values stay far below.
 const MAX_VALUE: u64 = 1 << 20;
+
+/// The share of operations on the multi-key group, when it is on.
+const MULTI_SHARE: f64 = 0.25;
+/// The keys of the multi-key group, and the prefix its scans read.
+const MULTI_KEYS: [&[u8]; 2] = [b"m0", b"m1"];
+const MULTI_PREFIX: &[u8] = b"m";
 
 /// Most attempts of one operation while faults are on, before it is given up as `Info`
 /// (each operation draws its own limit, 1 to this).
@@ -62,6 +68,8 @@ struct Pending {
     max_attempts: u32,
     lost: bool,
     rx: Rx,
+    /// Records versions (the multi-key group's operations).
+    versioned: bool,
 }
 
 struct Client {
@@ -86,6 +94,8 @@ pub struct Clients {
     pub liveness_violation: Option<String>,
     /// Bug injection: answer gets from the local store without a read barrier.
     pub stale_reads: bool,
+    /// Also issue the multi-key group's operations.
+    pub multi_key: bool,
     /// Attempts that got no answer (timeout or crashed node).
     pub lost_attempts: u64,
     /// The last event number handed out (see [`Clients::event`]).
@@ -120,6 +130,7 @@ impl Clients {
             bound: Duration::from_secs(10),
             liveness_violation: None,
             stale_reads: false,
+            multi_key: false,
             lost_attempts: 0,
             events: 0,
         }
@@ -172,7 +183,66 @@ impl Clients {
         }
     }
 
+    /// Starts an operation on the multi-key group: MSET of both keys, a put, a versioned
+    /// get or a scan.
+    fn start_multi(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
+        let c = &mut self.clients[i];
+        let value = format!("{}.{}", c.session, c.seq + 1).into_bytes();
+        let k = MULTI_KEYS[rng.gen_range(0..MULTI_KEYS.len())].to_vec();
+        let roll = rng.gen_range(0..100);
+        let (key, input, op) = if roll < 30 {
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = MULTI_KEYS
+                .iter()
+                .map(|k| (k.to_vec(), value.clone()))
+                .collect();
+            let op = WriteOp::MultiPut {
+                pairs: pairs.clone(),
+            };
+            (MULTI_KEYS[0].to_vec(), Input::MultiPut(pairs), Some(op))
+        } else if roll < 50 {
+            let op = WriteOp::Put {
+                key: k.clone(),
+                value: value.clone(),
+                return_prev: false,
+            };
+            (k, Input::Put(value), Some(op))
+        } else if roll < 70 {
+            (k, Input::Get, None)
+        } else {
+            (
+                MULTI_PREFIX.to_vec(),
+                Input::Scan(MULTI_PREFIX.to_vec()),
+                None,
+            )
+        };
+        let cmd = op.map(|op| {
+            c.seq += 1;
+            Command {
+                client_id: c.session,
+                seq: c.seq,
+                op,
+            }
+        });
+        let call_event = self.event();
+        self.clients[i].pending = Some(Pending {
+            key,
+            input,
+            cmd,
+            call: now,
+            call_event,
+            node: 0,
+            attempts: 0,
+            max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
+            lost: false,
+            rx: Rx::RetryAt(now),
+            versioned: true,
+        });
+    }
+
     fn start(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
+        if self.multi_key && rng.gen_bool(MULTI_SHARE) {
+            return self.start_multi(i, now, rng);
+        }
         let set = rng.gen_bool(SET_SHARE);
         let k = rng.gen_range(0..if set { SET_KEYS } else { self.keys });
         let key = format!("{}{k}", if set { "s" } else { "k" }).into_bytes();
@@ -253,6 +323,7 @@ impl Clients {
             max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
             lost: false,
             rx: Rx::RetryAt(now),
+            versioned: false,
         });
     }
 
@@ -316,7 +387,7 @@ impl Clients {
             Rx::RetryAt(_) => return,
             Rx::Write(rx) => match rx.try_recv() {
                 Err(TryRecvError::Empty) => return,
-                Ok(Ok(r)) => Some(outcome(r, p.lost)),
+                Ok(Ok(r)) => Some(outcome(r, p.lost, p.versioned)),
                 // A timeout (outcome unknown) or a crashed node.
                 Ok(Err(_)) | Err(TryRecvError::Closed) => None,
             },
@@ -326,8 +397,7 @@ impl Clients {
                 Ok(Ok(())) if nodes[p.node].kv.is_none() => None,
                 Ok(Ok(())) => {
                     let kv = nodes[p.node].kv.as_ref().unwrap();
-                    let (v, _) = kv.get(&p.key).expect("memory reads do not fail");
-                    Some(Outcome::Ok(Output::Value(v.map(|v| v.value))))
+                    Some(Outcome::Ok(read(kv, p)))
                 }
                 Ok(Err(_)) | Err(TryRecvError::Closed) => None,
             },
@@ -428,9 +498,36 @@ impl Clients {
     }
 }
 
-/// The checker's outcome of a write's answer; `lost`: an earlier attempt was lost.
-fn outcome(r: WriteResult, lost: bool) -> Outcome {
+/// What read `p` sees in `kv` (after its barrier).
+fn read(kv: &crate::kv::KvStore, p: &Pending) -> Output {
+    match &p.input {
+        Input::Scan(prefix) => {
+            let range = ScanRange::Prefix(prefix.clone());
+            let (rows, _, _) = kv.scan(&range, 1000).expect("memory reads do not fail");
+            Output::Rows(
+                rows.into_iter()
+                    .map(|r| (r.key, r.value, r.version))
+                    .collect(),
+            )
+        }
+        _ => {
+            let (v, _) = kv.get(&p.key).expect("memory reads do not fail");
+            if p.versioned {
+                Output::Read(v.map(|v| (v.value, v.version)))
+            } else {
+                Output::Value(v.map(|v| v.value))
+            }
+        }
+    }
+}
+
+/// The checker's outcome of a write's answer; `lost`: an earlier attempt was lost;
+/// `versioned`: record the version a put or multi-put reports.
+fn outcome(r: WriteResult, lost: bool, versioned: bool) -> Outcome {
     match r {
+        WriteResult::Put { version, .. } | WriteResult::MultiPut { version } if versioned => {
+            Outcome::Ok(Output::Version(version))
+        }
         WriteResult::Superseded(_) => Outcome::Info,
         WriteResult::Rejected(_) if lost => Outcome::Info,
         WriteResult::Rejected(_) => Outcome::Fail,

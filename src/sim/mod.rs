@@ -9,8 +9,9 @@
 //!    delays and reorders messages (FIFO per link, as TCP; `chaos` also duplicates and
 //!    reorders within a link), partitions the network (full split,
 //!    one-way, quorum-loss, constrained election, chained), crashes and restarts
-//!    nodes — a process crash, or a machine crash that also loses what was not synced —
-//!    and pauses and resumes them (as SIGSTOP/SIGCONT: a paused node takes no steps and
+//!    nodes — a process crash, or a machine crash that keeps a seeded prefix of the
+//!    writes made since the last synced one, in order, as a power loss leaves RocksDB's
+//!    one WAL (see `storage`) — and pauses and resumes them (as SIGSTOP/SIGCONT: a paused node takes no steps and
 //!    fires no timers, keeps its state, and gets what arrived meanwhile when it resumes);
 //!    and (with [`SimConfig::membership`], the default) adds, removes and replaces nodes
 //!    through the nodes' own reconfiguration — a stop sign sealing the configuration, a
@@ -28,15 +29,26 @@
 //! that falls behind a peer's trimmed log catches up by a simulated state transfer (see
 //! `world`), so crashes and partitions hit nodes while they trim, send and install states.
 //!
+//! Clients issue puts, gets, CAS and deletes on register keys, appends on a set key, and
+//! (odd seeds, [`SimConfig::multi_key`]) MSET, puts, versioned gets and prefix scans on
+//! a two-key group (see `clients`).
+//!
 //! Checked: one decided log (every decided entry any node reports is compared, during the
 //! run and pairwise at the end, over what the logs still hold; across configurations,
 //! with each stop sign a slot of its own); no node's decided index goes back (across a machine
 //! crash it may, because production does not fsync it — monotonicity is then checked
-//! from the restored value on); the final members' bytes equal after quiescence;
-//! liveness after healing (of the final members); no node claims more of a round's log than that round's leader had
+//! from the restored value on); after every machine crash, every decided entry still in
+//! a majority of the durable logs ([`decided_durable`]: acknowledged writes are durable);
+//! the final members' bytes equal after quiescence; liveness after healing (of the final
+//! members); no node claims more of a round's log than that round's leader had
 //! ([`AcceptedClaims`](checks::AcceptedClaims)); the set workload's appends neither lost
 //! nor duplicated ([`set_valid`]); the client history linearizable per key
-//! ([`crate::check`]), in exact real-time order (calls and returns are numbered events).
+//! ([`crate::check`]), in exact real-time order (calls and returns are numbered events),
+//! and across keys for multi-key operations, with versions (`check::group`: an MSET is
+//! atomic, a scan sees one state, a version read is the one the model has).
+//! A campaign ([`Totals::report`], `paxosdb sim --seeds N`) counts every fault path:
+//! crashes by kind (process; machine with nothing lost, all unsynced writes lost, or a
+//! prefix kept), pauses, partitions per shape, dropped messages, state transfers.
 //! Each checker fails with its own [`Kind`] of [`Violation`].
 //!
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
@@ -63,8 +75,8 @@ mod world;
 mod tests;
 
 pub use checks::{
-    common_prefix, linearizable, replicas_equal, set_valid, DecidedMonotonic, Kind, LogOracle,
-    Violation,
+    common_prefix, decided_durable, linearizable, replicas_equal, set_valid, DecidedMonotonic,
+    Kind, LogOracle, Violation,
 };
 pub use net::{Shape, Weather};
 pub use world::ChangeCounts;
@@ -88,11 +100,23 @@ pub enum Bug {
     /// element appended to the set key now and then), so that the final comparison has
     /// to find it after further operations, crashes and state transfers.
     DivergeState,
+    /// Node 1's state is changed behind the state machine's back at apply time as with
+    /// `DivergeState`, but only in a version: register key `k0` keeps its value and gets
+    /// another version, which only a comparison that includes versions sees.
+    DivergeVersion,
     /// Node 1 ignores every peer message: requests sent to it never complete.
     DeafNode,
     /// Node 1, after installing a fetched state, resets its log but keeps its old accepted
     /// round (the false claim the nemesis found; see `node::paxos`). Needs compaction.
     StaleAcceptedRound,
+    /// No node syncs its log appends (the storage's fsync is a no-op for the accepted
+    /// log), yet each acknowledges them (Accepted, and a leader counts itself): machine
+    /// crashes then lose entries a quorum was told were stored (see `storage`).
+    UnsyncedLog,
+    /// Every node's state machine applies a multi-put as separate puts, each with its own
+    /// version (`KvStore::split_multi_put`). Test builds only.
+    #[cfg(test)]
+    SplitMultiPut,
     /// Every node's state machine ignores sessions (`KvStore::no_dedup`): a retried or
     /// re-proposed write applies again. Test builds only: the switch exists only there.
     #[cfg(test)]
@@ -189,6 +213,9 @@ pub struct SimConfig {
     /// The nemesis also changes the membership (adds, removes and replaces nodes; see
     /// `world`), through the nodes' own reconfiguration.
     pub membership: bool,
+    /// Clients also issue the multi-key workload (MSET, versioned gets, scans; see
+    /// `clients`).
+    pub multi_key: bool,
 }
 
 impl Default for SimConfig {
@@ -208,6 +235,7 @@ impl Default for SimConfig {
             compaction: CompactionPolicy::OFF,
             crash_transfers: false,
             membership: true,
+            multi_key: false,
         }
     }
 }
@@ -217,7 +245,7 @@ impl SimConfig {
     /// nodes, 5 for every fourth seed; the log budget's policy for the seed, and a busier
     /// nemesis (a fault every 100 ms to 1.5 s) when it trims, so that nodes fall behind
     /// the trimmed logs while faults go on, and crashes aimed at the state transfers
-    /// ([`SimConfig::crash_transfers`]).
+    /// ([`SimConfig::crash_transfers`]); the multi-key workload in odd seeds.
     pub fn for_seed(seed: u64, budget: LogBudget) -> SimConfig {
         let compaction = budget.policy(seed);
         let compacting = compaction != CompactionPolicy::OFF;
@@ -226,6 +254,7 @@ impl SimConfig {
             compaction,
             max_fault_gap: Duration::from_millis(if compacting { 1500 } else { 4000 }),
             crash_transfers: compacting,
+            multi_key: seed % 2 == 1,
             ..SimConfig::default()
         }
     }
@@ -264,8 +293,12 @@ pub struct RunStats {
     /// Machine crashes, and those that dropped a write not yet synced.
     pub machine_crashes: u64,
     pub lossy_machine_crashes: u64,
+    /// Lossy machine crashes that kept a prefix of the unsynced writes (not none).
+    pub partial_machine_crashes: u64,
     /// Pauses of a node (it stops taking steps and keeps its state, then resumes).
     pub pauses: u64,
+    /// Partitions per shape (`Shape`'s debug name).
+    pub partition_shapes: std::collections::BTreeMap<String, u64>,
     /// Highest compacted index of any node at the end.
     pub compacted: u64,
     pub virtual_ms: u64,
@@ -304,9 +337,93 @@ pub struct Totals {
     pub sender_crashes: u64,
     /// Membership changes proposed, and those that took effect by kind.
     pub membership: ChangeCounts,
+    /// Lossy machine crashes that kept a prefix of the unsynced writes.
+    pub partial_machine_crashes: u64,
+    /// Partitions per shape.
+    pub partition_shapes: std::collections::BTreeMap<String, u64>,
+    /// Messages sent, dropped and duplicated by the network.
+    pub messages: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
 }
 
 impl Totals {
+    /// The campaign report: one named count per line, per fault path (a new counter is
+    /// one more line here).
+    pub fn report(&self) -> Vec<(String, u64)> {
+        let mut lines: Vec<(String, u64)> = [
+            ("seeds passed", self.seeds),
+            ("operations recorded", self.ops as u64),
+            (
+                "operations checked for linearizability",
+                self.checked as u64,
+            ),
+            ("operations with unknown outcome", self.info as u64),
+            ("client attempts lost", self.lost_attempts),
+            ("faults injected", self.faults),
+            ("crashes: process", self.crashes - self.machine_crashes),
+            (
+                "crashes: machine, no unsynced write lost",
+                self.machine_crashes - self.lossy_machine_crashes,
+            ),
+            (
+                "crashes: machine, all unsynced writes lost",
+                self.lossy_machine_crashes - self.partial_machine_crashes,
+            ),
+            (
+                "crashes: machine, a prefix of the unsynced writes kept",
+                self.partial_machine_crashes,
+            ),
+            ("pauses", self.pauses),
+            ("partitions", self.partitions),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (shape, n) in &self.partition_shapes {
+            lines.push((format!("partitions: {shape}"), *n));
+        }
+        lines.extend(
+            [
+                ("messages sent", self.messages),
+                ("messages dropped", self.dropped),
+                ("messages duplicated", self.duplicated),
+                ("runs with trimmed logs", self.trimmed_runs),
+                ("state transfers started", self.fetches),
+                ("state transfers completed", self.fetched),
+                ("state transfers installed", self.installs),
+                ("state transfers failed", self.fetch_failures),
+                (
+                    "state transfers cut by a crash of the fetcher",
+                    self.fetcher_crashes,
+                ),
+                (
+                    "state transfers cut by a crash of the sender",
+                    self.sender_crashes,
+                ),
+                ("membership changes proposed", self.membership.proposed),
+                ("membership: a node added", self.membership.added),
+                ("membership: a node removed", self.membership.removed),
+                ("membership: a node replaced", self.membership.replaced),
+                (
+                    "membership changes during a crash",
+                    self.membership.during_crash,
+                ),
+                (
+                    "membership changes during a partition",
+                    self.membership.during_partition,
+                ),
+                (
+                    "membership changes during a pause",
+                    self.membership.during_pause,
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        lines
+    }
+
     pub fn add(&mut self, s: &RunStats) {
         self.seeds += 1;
         self.ops += s.ops;
@@ -327,6 +444,13 @@ impl Totals {
         self.fetcher_crashes += s.fetcher_crashes;
         self.sender_crashes += s.sender_crashes;
         self.membership.add(&s.membership);
+        self.partial_machine_crashes += s.partial_machine_crashes;
+        for (shape, n) in &s.partition_shapes {
+            *self.partition_shapes.entry(shape.clone()).or_default() += n;
+        }
+        self.messages += s.messages;
+        self.dropped += s.dropped;
+        self.duplicated += s.duplicated;
     }
 }
 
@@ -335,8 +459,8 @@ impl std::fmt::Display for Totals {
         write!(
             f,
             "{} seeds, {} operations ({} checked, {} with unknown outcome), {} faults ({} \
-             crashes, {} of them machine crashes, {} losing unsynced writes; {} pauses; {} \
-             partitions), \
+             crashes, {} of them machine crashes, {} losing unsynced writes, {} keeping a \
+             prefix of them; {} pauses; {} partitions), \
              {} client attempts lost, {} runs with trimmed logs, {} state fetches ({} \
              completed, {} installed, {} failed; {} cut by a crash of the fetcher, {} by a \
              crash of the sender)",
@@ -348,6 +472,7 @@ impl std::fmt::Display for Totals {
             self.crashes,
             self.machine_crashes,
             self.lossy_machine_crashes,
+            self.partial_machine_crashes,
             self.pauses,
             self.partitions,
             self.lost_attempts,
@@ -442,6 +567,18 @@ fn phases(w: &mut World) -> Result<RunStats, Violation> {
     final_checks(w)
 }
 
+/// Partitions per shape, from the nemesis' log ("partition <Shape> (leader ...)").
+fn partition_shapes(fault_log: &[String]) -> std::collections::BTreeMap<String, u64> {
+    let mut shapes = std::collections::BTreeMap::new();
+    for line in fault_log {
+        if let Some((_, rest)) = line.split_once(": partition ") {
+            let shape = rest.split(' ').next().unwrap_or_default().to_string();
+            *shapes.entry(shape).or_default() += 1;
+        }
+    }
+    shapes
+}
+
 fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     let mut logs = Vec::new();
     let mut states = Vec::new();
@@ -521,8 +658,10 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         sender_crashes: w.sender_crashes,
         machine_crashes: w.machine_crashes,
         lossy_machine_crashes: w.lossy_machine_crashes,
+        partial_machine_crashes: w.partial_machine_crashes,
         pauses: w.pauses,
         membership: w.change_counts.clone(),
+        partition_shapes: partition_shapes(&w.fault_log),
         compacted,
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),

@@ -5,14 +5,24 @@
 //! by a crash and hands it to the restarted one.
 //!
 //! It also models the production durability rules of `RocksStorage`, where the log, its
-//! metadata and the state machine share one RocksDB (one write-ahead log, in order):
-//! every OmniPaxos write is synced except a lone `set_decided_idx`, and the state
-//! machine's apply batches are not synced. A synced write makes everything before it
-//! durable. So at every synced write we remember a *sync point*: the decided index and a
-//! copy of the KV spaces as they are at that moment. A process crash loses nothing; a
-//! machine crash ([`Durable::lose_unsynced`]) rolls the decided index and the KV state
-//! back to the last sync point (the applied index then is at most the decided index, and
-//! the node re-applies from its log).
+//! metadata and the state machine share one RocksDB, so one write-ahead log: every write
+//! (a `WriteBatch`) is appended to it in order and is atomic. Every OmniPaxos write is
+//! synced except a lone `set_decided_idx`; the state machine's apply batches (and its
+//! membership records) are not synced. A synced write makes everything before it durable.
+//! So at every synced write we take a *sync point* (the decided index and a copy of the KV
+//! spaces as they are at that moment), and from there on we keep the journal of the
+//! unsynced writes, in the order they were made ([`Durable::unsynced`]): each lone decided
+//! index, and each state machine batch (which the memory backend records for us, see
+//! `MemSpaces::wal`). A process crash loses nothing. A machine crash
+//! ([`Durable::machine_crash`]) keeps a prefix of that journal chosen by the caller (the
+//! world draws it from the seed), as a power loss does to an ordered WAL: none of it, all
+//! of it, or any prefix. The node then restarts from the sync point with that prefix
+//! replayed: its decided index is the last one in the prefix, its state the sync point's
+//! with the prefix's batches applied. Because the WAL is ordered, the applied index
+//! recovered is never ahead of the decided index recovered (apply follows the decided
+//! index that covers it), and the node re-applies the rest from its log. What a
+//! recovery finds is durable again (RocksDB flushes what it recovered), so it is a sync
+//! point.
 //!
 //! The state machine's own synced writes are sync points too: completing a staged state
 //! (`Importer::finish` writes its marker synced) and installing it (`install_staged`
@@ -20,19 +30,42 @@
 //! [`Durable::sync_point`] after them. Staged chunks are never synced: a crash before the
 //! marker leaves at most unfinished staging, which `KvStore::open_memory` discards.
 //!
-//! For the checker self-tests, [`Durable::tamper`] makes this node's log store a
+//! For the checker self-tests, [`Durable::unsynced_log`] makes this node's log appends
+//! unsynced (its fsync a no-op for the accepted log: it acknowledges entries a machine
+//! crash can lose; the journal then holds those writes too, replayed on a copy of the
+//! log at the sync point), [`Durable::tamper`] makes this node's log store a
 //! different value than it was sent (a node that "applies a different entry"), and
 //! [`Durable::stale_accepted_round`] makes a log reset after a state install keep the old
 //! accepted round (the bug the nemesis found, see `node::paxos`).
 
 use super::checks::{round_of, Round};
 use crate::command::{LogEntry, WriteOp};
-use crate::kv::backend::MemSpaces;
+use crate::kv::backend::{MemSpaces, RawWrite};
 use crate::storage::memory::MemStorage;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp, StorageResult};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+/// One write not yet synced, in the journal of a node's unsynced writes.
+pub enum Unsynced {
+    /// An OmniPaxos batch (a lone decided index; with [`Durable::unsynced_log`] also log
+    /// appends).
+    Log(Vec<StorageOp<LogEntry>>),
+    /// A state machine batch.
+    Kv(Vec<RawWrite>),
+}
+
+/// What a machine crash did to a node's unsynced writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// Unsynced writes at the crash.
+    pub unsynced: usize,
+    /// How many of them (a prefix) survived.
+    pub kept: usize,
+    /// The decided index the node restarts with.
+    pub decided: usize,
+}
 
 /// The durable state of one node, shared by the world and the node's current life.
 pub struct Durable {
@@ -43,6 +76,12 @@ pub struct Durable {
     pub synced_kv: MemSpaces,
     /// The decided index at the last synced write.
     pub synced_decided: usize,
+    /// The writes since the last synced write, in order (see the module docs).
+    pub unsynced: Vec<Unsynced>,
+    /// Bug injection: log appends are not synced (see the module docs).
+    pub unsynced_log: bool,
+    /// With `unsynced_log`: the log at the last synced write.
+    synced_log: Option<MemStorage>,
     /// Bug injection: store every put with a different value.
     pub tamper: bool,
     /// Bug injection: a log reset (a trim to the installed state's end) keeps the old
@@ -60,11 +99,16 @@ pub struct Durable {
 
 impl Durable {
     pub fn new() -> Arc<Mutex<Durable>> {
+        let mut journaled = MemSpaces::default();
+        journaled.wal = Some(Vec::new());
         Arc::new(Mutex::new(Durable {
             log: MemStorage::default(),
-            kv: Arc::new(RwLock::new(MemSpaces::default())),
+            kv: Arc::new(RwLock::new(journaled)),
             synced_kv: MemSpaces::default(),
             synced_decided: 0,
+            unsynced: Vec::new(),
+            unsynced_log: false,
+            synced_log: None,
             tamper: false,
             stale_accepted_round: false,
             installs: 0,
@@ -73,21 +117,76 @@ impl Durable {
         }))
     }
 
-    /// A machine crash: whatever was written after the last synced write is gone.
-    /// Returns the decided index the node restarts with.
-    pub fn lose_unsynced(&mut self) -> usize {
-        let decided = self.synced_decided;
+    /// Turns on the `unsynced_log` bug injection.
+    pub fn set_unsynced_log(&mut self) {
+        self.unsynced_log = true;
+        self.synced_log = Some(self.log.clone());
+    }
+
+    /// Moves the state machine batches written since the last call to the journal (they
+    /// come after every write journaled before, and before the next one).
+    fn drain_kv(&mut self) {
+        let batches = self.kv.write().unwrap().wal.as_mut().map(std::mem::take);
+        self.unsynced
+            .extend(batches.into_iter().flatten().map(Unsynced::Kv));
+    }
+
+    /// A machine crash: of the writes since the last synced write, the first
+    /// `keep(count)` survive (at most `count`), the others are gone.
+    pub fn machine_crash(&mut self, keep: impl FnOnce(usize) -> usize) -> Loss {
+        self.drain_kv();
+        let journal = std::mem::take(&mut self.unsynced);
+        let unsynced = journal.len();
+        let kept = keep(unsynced).min(unsynced);
+        let mut kv = self.synced_kv.clone();
+        kv.wal = Some(Vec::new());
+        let mut decided = self.synced_decided;
+        if let Some(log) = &self.synced_log {
+            self.log = log.clone();
+        }
+        for w in journal.into_iter().take(kept) {
+            match w {
+                Unsynced::Kv(writes) => kv.apply_writes(writes),
+                Unsynced::Log(ops) => {
+                    for op in &ops {
+                        if let StorageOp::SetDecidedIndex(i) = op {
+                            decided = *i;
+                        }
+                    }
+                    if self.synced_log.is_some() {
+                        self.log
+                            .write_atomically(ops)
+                            .expect("memory storage is infallible");
+                    }
+                }
+            }
+        }
         self.log
             .set_decided_idx(decided)
             .expect("memory storage is infallible");
-        *self.kv.write().unwrap() = self.synced_kv.clone();
-        decided
+        *self.kv.write().unwrap() = kv;
+        // What the recovery found is durable from now on.
+        self.sync_point();
+        Loss {
+            unsynced,
+            kept,
+            decided,
+        }
     }
 
     /// A synced write happened: everything written so far is durable.
     pub fn sync_point(&mut self) {
-        self.synced_kv = self.kv.read().unwrap().clone();
+        self.unsynced.clear();
+        let mut kv = self.kv.write().unwrap();
+        if let Some(wal) = kv.wal.as_mut() {
+            wal.clear();
+        }
+        self.synced_kv = kv.clone();
+        drop(kv);
         self.synced_decided = self.log.get_decided_idx().unwrap_or(0);
+        if self.synced_log.is_some() {
+            self.synced_log = Some(self.log.clone());
+        }
     }
 
     fn tamper_entry(&self, e: &mut LogEntry) {
@@ -112,13 +211,38 @@ impl Durable {
     }
 }
 
+/// A copy of `op` (OmniPaxos' `StorageOp` is not `Clone`).
+fn clone_op(op: &StorageOp<LogEntry>) -> StorageOp<LogEntry> {
+    match op {
+        StorageOp::AppendEntry(e) => StorageOp::AppendEntry(e.clone()),
+        StorageOp::AppendEntries(es) => StorageOp::AppendEntries(es.clone()),
+        StorageOp::AppendOnPrefix(i, es) => StorageOp::AppendOnPrefix(*i, es.clone()),
+        StorageOp::SetPromise(b) => StorageOp::SetPromise(*b),
+        StorageOp::SetDecidedIndex(i) => StorageOp::SetDecidedIndex(*i),
+        StorageOp::SetAcceptedRound(b) => StorageOp::SetAcceptedRound(*b),
+        StorageOp::SetCompactedIdx(i) => StorageOp::SetCompactedIdx(*i),
+        StorageOp::Trim(i) => StorageOp::Trim(*i),
+        StorageOp::SetStopsign(s) => StorageOp::SetStopsign(s.clone()),
+        StorageOp::SetSnapshot(s) => StorageOp::SetSnapshot(*s),
+    }
+}
+
 /// The `Storage` handle a node's `Core` owns.
 pub struct SimStorage(pub Arc<Mutex<Durable>>);
 
 impl SimStorage {
     fn write(&mut self, mut ops: Vec<StorageOp<LogEntry>>) -> StorageResult<()> {
         let mut d = self.0.lock().unwrap();
-        let synced = !(ops.len() == 1 && matches!(ops[0], StorageOp::SetDecidedIndex(_)));
+        let appends = ops.iter().any(|o| {
+            matches!(
+                o,
+                StorageOp::AppendEntry(_)
+                    | StorageOp::AppendEntries(_)
+                    | StorageOp::AppendOnPrefix(..)
+            )
+        });
+        let lone_decided = ops.len() == 1 && matches!(ops[0], StorageOp::SetDecidedIndex(_));
+        let unsynced = lone_decided || (d.unsynced_log && appends);
         for op in &mut ops {
             d.tamper_op(op);
         }
@@ -128,8 +252,13 @@ impl SimStorage {
         if d.stale_accepted_round && resets {
             ops.retain(|o| !matches!(o, StorageOp::SetAcceptedRound(_)));
         }
+        if unsynced {
+            d.drain_kv();
+            let copy = ops.iter().map(clone_op).collect();
+            d.unsynced.push(Unsynced::Log(copy));
+        }
         d.log.write_atomically(ops)?;
-        if synced {
+        if !unsynced {
             d.sync_point();
         }
         let promise = d.log.get_promise()?;

@@ -132,6 +132,8 @@ struct SimSm {
     /// bogus element to the set key `s0` behind the state machine's back.
     diverge: bool,
     sealed: Arc<Mutex<Vec<Sealed>>>,
+    /// Bug injection: likewise, bump the version of register key `k0`, value unchanged.
+    diverge_version: bool,
 }
 
 impl StateMachine for SimSm {
@@ -147,6 +149,14 @@ impl StateMachine for SimSm {
             // A stored value is its version then its bytes: this appends to the bytes.
             if let Some(v) = spaces.kv.get_mut(b"s0".as_slice()) {
                 v.extend_from_slice(b",diverged");
+            }
+        }
+        if self.diverge_version && index % 50 == 25 {
+            let spaces = self.durable.lock().unwrap().kv.clone();
+            let mut spaces = spaces.write().unwrap();
+            // The version is the first 8 bytes (big-endian) of a stored value.
+            if let Some(v) = spaces.kv.get_mut(b"k0".as_slice()).filter(|v| v.len() >= 8) {
+                v[7] = v[7].wrapping_add(1);
             }
         }
         Ok(results)
@@ -271,8 +281,12 @@ pub struct World {
     /// or state machine writes newer than the last sync point).
     pub machine_crashes: u64,
     pub lossy_machine_crashes: u64,
+    /// Lossy machine crashes that kept some of the unsynced writes (a prefix).
+    pub partial_machine_crashes: u64,
     /// Pauses of a node (see [`Node::paused`]).
     pub pauses: u64,
+    /// A machine crash happened since the last `observe`: check durability there.
+    machine_crashed: bool,
     /// Crashes aimed at transfers so far (see `aim_at_transfer`), from a per-seed start.
     aims: u64,
     /// The newest membership any node is in: the cluster's, as far as anyone knows.
@@ -293,6 +307,7 @@ impl World {
         let mut clients = Clients::new(cfg.clients, cfg.keys, &mut rng);
         clients.bound = cfg.liveness_bound;
         clients.stale_reads = cfg.bug == Some(Bug::StaleReads);
+        clients.multi_key = cfg.multi_key;
         let mut w = World {
             base: Instant::now(),
             now: Duration::ZERO,
@@ -314,6 +329,8 @@ impl World {
             sender_crashes: 0,
             machine_crashes: 0,
             lossy_machine_crashes: 0,
+            partial_machine_crashes: 0,
+            machine_crashed: false,
             pauses: 0,
             aims: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63,
             config: Membership::initial(&crate::sim::members(n as NodeId)),
@@ -330,6 +347,9 @@ impl World {
                 d.id = i as u64 + 1;
                 d.tamper = w.cfg.bug == Some(Bug::TamperLog) && i == 0;
                 d.stale_accepted_round = w.cfg.bug == Some(Bug::StaleAcceptedRound) && i == 0;
+                if w.cfg.bug == Some(Bug::UnsyncedLog) {
+                    d.set_unsynced_log();
+                }
             }
             w.nodes.push(Node {
                 core: None,
@@ -388,6 +408,7 @@ impl World {
         #[cfg(test)]
         {
             kv.no_dedup = self.cfg.bug == Some(Bug::NoDedup);
+            kv.split_multi_put = self.cfg.bug == Some(Bug::SplitMultiPut);
         }
         let sm = SimSm {
             kv: kv.clone(),
@@ -395,6 +416,7 @@ impl World {
             skip_apply: self.cfg.bug == Some(Bug::SkipApply) && i == 0,
             diverge: self.cfg.bug == Some(Bug::DivergeState) && i == 0,
             sealed: node.sealed.clone(),
+            diverge_version: self.cfg.bug == Some(Bug::DivergeVersion) && i == 0,
         };
         let storage = SimStorage(durable.clone());
         let mut core = match Core::new(cfg, storage, Box::new(sm), Box::new(outbox)) {
@@ -423,13 +445,18 @@ impl World {
         let mut what = "process".to_string();
         if machine {
             self.machine_crashes += 1;
-            let lossy = {
-                let d = node.durable.lock().unwrap();
-                let decided = d.log.get_decided_idx().unwrap_or(0);
-                decided > d.synced_decided || *d.kv.read().unwrap() != d.synced_kv
-            };
-            self.lossy_machine_crashes += u64::from(lossy);
-            let local = node.durable.lock().unwrap().lose_unsynced() as u64;
+            // A power loss keeps a prefix of the unsynced writes (see `storage`).
+            let rng = &mut self.rng;
+            let loss = node.durable.lock().unwrap().machine_crash(|n| {
+                if n == 0 {
+                    0
+                } else {
+                    rng.gen_range(0..=n)
+                }
+            });
+            let local = loss.decided as u64;
+            self.lossy_machine_crashes += u64::from(loss.kept < loss.unsynced);
+            self.partial_machine_crashes += u64::from(0 < loss.kept && loss.kept < loss.unsynced);
             let spaces = node.durable.lock().unwrap().kv.clone();
             let kv = KvStore::open_memory(spaces).ok();
             let applied = kv.as_ref().map_or(0, |kv| kv.applied_index());
@@ -438,10 +465,12 @@ impl World {
             let decided = base.map_or(0, |m| m.base) + local;
             if let Some(s) = before {
                 what = format!(
-                    "machine: decided {} -> {decided}, applied {} -> {applied}",
-                    s.decided_index, s.applied_index
+                    "machine: decided {} -> {decided}, applied {} -> {applied}, kept {} of {} \
+                     unsynced writes",
+                    s.decided_index, s.applied_index, loss.kept, loss.unsynced
                 );
             }
+            self.machine_crashed = true;
             self.mono.reset(i, decided);
             self.oracle.rewind(i, decided);
         }
@@ -1155,6 +1184,9 @@ impl World {
     /// can trim what it decided in it: see `checks`).
     fn observe(&mut self) -> Result<(), Violation> {
         self.poll_changes();
+        if std::mem::take(&mut self.machine_crashed) {
+            self.check_durable()?;
+        }
         for i in 0..self.nodes.len() {
             let Some(core) = &self.nodes[i].core else {
                 continue;
@@ -1207,6 +1239,40 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Every decided entry is still in a majority of the durable logs (`decided_durable`).
+    fn check_durable(&self) -> Result<(), Violation> {
+        let config = &self.config;
+        let logs: Vec<_> = config
+            .members
+            .iter()
+            .filter_map(|m| {
+                let i = (m.id as usize)
+                    .checked_sub(1)
+                    .filter(|&i| i < self.nodes.len())?;
+                let d = self.nodes[i].durable.lock().unwrap();
+                let own = KvStore::open_memory(d.kv.clone())
+                    .ok()
+                    .and_then(|kv| kv.membership().ok().flatten());
+                // No membership recorded yet: the initial configuration.
+                let own = own.map_or(1, |o| o.config_id);
+                if own < config.config_id {
+                    // Not yet in this configuration: it holds none of its entries.
+                    return Some((m.id, config.base, Vec::new()));
+                }
+                if own > config.config_id {
+                    // Already past it (this world's view lags): it applied the whole
+                    // configuration, stop sign included, into its state.
+                    return Some((m.id, u64::MAX, Vec::new()));
+                }
+                let (first, next) = d.log.bounds();
+                let start = first.max(d.log.get_compacted_idx().unwrap());
+                let entries = d.log.get_entries(start, next).unwrap();
+                Some((m.id, config.base + start as u64, entries))
+            })
+            .collect();
+        super::checks::decided_durable(self.oracle.decided(), config.base, &logs)
     }
 
     /// Runs until `end`, or until `stop` holds. Returns whether `stop` held.

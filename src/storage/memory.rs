@@ -23,6 +23,11 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
+    /// The entries held: `[first, next)`.
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.first, self.next())
+    }
+
     fn next(&self) -> usize {
         self.first + self.log.len()
     }
