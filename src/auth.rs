@@ -120,6 +120,15 @@ pub struct UserChange {
     /// argon2id hashes (never plain passwords).
     pub add_passwords: Vec<String>,
     pub add_token: Option<TokenRecord>,
+    /// With `enabled: None`: a user this change creates is enabled (HTTP, gRPC and the
+    /// CLI create usable users; RESP's `ACL SETUSER` creates them off, as Redis does). An
+    /// existing user keeps its state, so changing a disabled user does not turn it on.
+    #[serde(default)]
+    pub enable_if_new: bool,
+    /// Revoke every token (`ACL SETUSER name resetpass` / `reset`: in Redis those leave
+    /// no way in, and a token is a way in).
+    #[serde(default)]
+    pub reset_tokens: bool,
 }
 
 /// Most passwords plus tokens one user may hold.
@@ -181,6 +190,7 @@ impl UserChange {
 
     /// The record after this change (deterministic: apply calls it).
     pub fn apply_to(&self, old: Option<UserRecord>) -> std::result::Result<UserRecord, String> {
+        let is_new = old.is_none();
         let mut u = old.unwrap_or(UserRecord {
             role: Role::Read,
             prefix: vec![],
@@ -191,6 +201,9 @@ impl UserChange {
         if self.reset_passwords {
             u.passwords.clear();
         }
+        if self.reset_tokens {
+            u.tokens.clear();
+        }
         if let Some(r) = self.role {
             u.role = r;
         }
@@ -199,6 +212,8 @@ impl UserChange {
         }
         if let Some(e) = self.enabled {
             u.enabled = e;
+        } else if self.enable_if_new && is_new {
+            u.enabled = true;
         }
         for h in &self.add_passwords {
             if !u.passwords.contains(h) {
@@ -216,6 +231,17 @@ impl UserChange {
         }
         Ok(u)
     }
+}
+
+/// A hash no secret is known to match, verified against for unknown or disabled users so
+/// that a failure takes as long whatever its cause (made once per process).
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut secret[..]);
+        hash_secret(&secret).expect("hashing a random secret works")
+    })
 }
 
 /// Hashes a secret with argon2id and a fresh random salt (a PHC string). Slow on purpose:
@@ -271,6 +297,10 @@ pub struct Identity {
     pub user: Option<String>,
     pub role: Role,
     pub prefix: Vec<u8>,
+    /// The stored hash of the password or token this identity was proved with: a
+    /// connection stays authenticated only while its user still holds it (see
+    /// [`Authenticator::refresh`]).
+    proved_by: Option<String>,
 }
 
 impl Identity {
@@ -280,14 +310,16 @@ impl Identity {
             user: None,
             role: Role::Admin,
             prefix: vec![],
+            proved_by: None,
         }
     }
 
-    fn of(name: &str, u: &UserRecord) -> Identity {
+    fn of(name: &str, u: &UserRecord, proved_by: &str) -> Identity {
         Identity {
             user: Some(name.to_string()),
             role: u.role,
             prefix: u.prefix.clone(),
+            proved_by: Some(proved_by.to_string()),
         }
     }
 
@@ -407,7 +439,7 @@ pub struct Authenticator {
     require: bool,
     mac_key: ring::hmac::Key,
     cache: Mutex<HashSet<[u8; 32]>>,
-    verifying: Semaphore,
+    verifying: Arc<Semaphore>,
     last_fail_log: AtomicU64,
     failures: AtomicU64,
 }
@@ -417,12 +449,14 @@ impl Authenticator {
         let rng = ring::rand::SystemRandom::new();
         let mac_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
             .expect("the system random source works");
+        // Made now, at start, not on the async runtime at the first failure.
+        dummy_hash();
         Arc::new(Authenticator {
             kv,
             require,
             mac_key,
             cache: Mutex::new(HashSet::new()),
-            verifying: Semaphore::new(VERIFY_CONCURRENCY),
+            verifying: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
             last_fail_log: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         })
@@ -472,9 +506,17 @@ impl Authenticator {
             },
         };
         let (rec, hashes) = hashes;
-        if let Some(rec) = rec {
-            if self.verify(&user, &secret, &hashes).await? {
-                return Ok(Identity::of(&user, &rec));
+        match rec {
+            Some(rec) => {
+                if let Some(i) = self.verify(&user, &secret, &hashes).await? {
+                    return Ok(Identity::of(&user, &rec, &hashes[i]));
+                }
+            }
+            // An unknown or disabled user costs the same verification as a wrong
+            // password, so that the time taken does not tell which it was.
+            None => {
+                self.verify(&user, &secret, &[dummy_hash().to_string()])
+                    .await?;
             }
         }
         self.log_failure(api, &user);
@@ -483,15 +525,21 @@ impl Authenticator {
 
     /// Re-reads an authenticated identity (a connection that authenticated once): its
     /// current role and prefix, or an error if the user was deleted or disabled since.
+    /// A connection proved by a password or token its user no longer holds (changed,
+    /// reset, or the user deleted and made anew) must authenticate again.
     pub fn refresh(&self, id: &Identity) -> Result<Identity> {
-        match &id.user {
-            None => self.anonymous(),
-            Some(name) => match self.kv.user(name)?.filter(|u| u.enabled) {
-                Some(u) => Ok(Identity::of(name, &u)),
-                None => Err(Error::Unauthenticated(format!(
-                    "user {name} was deleted or disabled; authenticate again"
-                ))),
-            },
+        let (Some(name), Some(proof)) = (&id.user, &id.proved_by) else {
+            return self.anonymous();
+        };
+        let holds = |u: &UserRecord| {
+            u.passwords.iter().any(|h| h == proof) || u.tokens.iter().any(|t| &t.hash == proof)
+        };
+        match self.kv.user(name)?.filter(|u| u.enabled && holds(u)) {
+            Some(u) => Ok(Identity::of(name, &u, proof)),
+            None => Err(Error::Unauthenticated(format!(
+                "user {name} was deleted or disabled, or its password changed; authenticate \
+                 again"
+            ))),
         }
     }
 
@@ -507,35 +555,39 @@ impl Authenticator {
         out
     }
 
-    fn cached(&self, keys: &[[u8; 32]]) -> bool {
+    fn cached(&self, keys: &[[u8; 32]]) -> Option<usize> {
         let cache = self.cache.lock().unwrap();
-        keys.iter().any(|k| cache.contains(k))
+        keys.iter().position(|k| cache.contains(k))
     }
 
-    /// True when `secret` matches one of `hashes`.
-    async fn verify(&self, user: &str, secret: &[u8], hashes: &[String]) -> Result<bool> {
+    /// Which of `hashes` `secret` matches, if any.
+    async fn verify(&self, user: &str, secret: &[u8], hashes: &[String]) -> Result<Option<usize>> {
         if secret.is_empty() || secret.len() > MAX_SECRET {
-            return Ok(false);
+            return Ok(None);
         }
         let keys: Vec<[u8; 32]> = hashes
             .iter()
             .map(|h| self.cache_key(user, h, secret))
             .collect();
-        if self.cached(&keys) {
-            return Ok(true);
+        if let Some(i) = self.cached(&keys) {
+            return Ok(Some(i));
         }
-        let _permit = self
+        // The permit travels into the blocking task: a caller that gives up (a cancelled
+        // request) does not free its place while its verification still runs.
+        let permit = self
             .verifying
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
         // Many connections presenting the same credentials at once (a pool starting up)
         // wait here; the first one's verification serves the rest.
-        if self.cached(&keys) {
-            return Ok(true);
+        if let Some(i) = self.cached(&keys) {
+            return Ok(Some(i));
         }
         let (hashes, secret) = (hashes.to_vec(), secret.to_vec());
         let found = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             hashes.iter().position(|h| {
                 PasswordHash::new(h)
                     .is_ok_and(|p| Argon2::default().verify_password(&secret, &p).is_ok())
@@ -544,14 +596,14 @@ impl Authenticator {
         .await
         .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
         let Some(i) = found else {
-            return Ok(false);
+            return Ok(None);
         };
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
         cache.insert(keys[i]);
-        Ok(true)
+        Ok(Some(i))
     }
 
     fn log_failure(&self, api: &str, user: &str) {
@@ -595,6 +647,7 @@ mod tests {
             user: Some("a".into()),
             role: Role::Read,
             prefix: b"app/".to_vec(),
+            proved_by: None,
         };
         assert_eq!(
             id.narrow(&ScanRange::Prefix(vec![])),
@@ -688,9 +741,11 @@ mod tests {
             .await
             .is_err());
         // Cached now; change the password and the role.
-        auth.authenticate(password("u", "one"), "test")
+        let old = auth
+            .authenticate(password("u", "one"), "test")
             .await
             .unwrap();
+        assert!(auth.refresh(&old).is_ok());
         let second = UserChange {
             reset_passwords: true,
             role: Some(Role::Read),
@@ -698,6 +753,8 @@ mod tests {
             ..Default::default()
         };
         set_user(&mut kv, 2, "u", second);
+        // A connection proved by the old password must authenticate again.
+        assert!(matches!(auth.refresh(&old), Err(Error::Unauthenticated(_))));
         assert!(matches!(
             auth.authenticate(password("u", "one"), "test").await,
             Err(Error::Unauthenticated(_))

@@ -543,7 +543,8 @@ impl Client {
             password: password.unwrap_or_default().into(),
             role: role.unwrap_or_default().into(),
             prefix: prefix.map(<[u8]>::to_vec),
-            enabled: Some(true),
+            // A new user is created enabled; an existing one keeps its state.
+            enabled: None,
         };
         self.cluster_call(|mut c| {
             let r = self.request(req.clone());

@@ -411,6 +411,20 @@ impl Config {
                          accept the risk"
                     ));
                 }
+                // Encrypted is not authenticated: with no user yet, a node serves every
+                // request as an administrator, so a reachable listener needs client
+                // credentials required from the start (or client certificates).
+                let authenticated = self.require_auth
+                    || self.admin_password_file.is_some()
+                    || self.client_ca.is_some();
+                if !authenticated && !is_loopback(addr) {
+                    return bad(format!(
+                        "{what} {addr} is not a loopback address, and clients are not \
+                         authenticated: give --admin-password-file FILE (the first \
+                         administrator's password) or --require-auth (users come from the \
+                         cluster), or --client-ca FILE, or --insecure to accept the risk"
+                    ));
+                }
             }
         }
         if self.client_ca.is_some() && self.client_tls_dir.is_none() {
@@ -553,9 +567,20 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("--insecure"), "{e}");
         assert!(e.contains("--client-tls-dir"), "{e}");
-        // Client TLS makes a non-loopback client listener acceptable.
+        // Client TLS alone does not make a non-loopback client listener acceptable:
+        // clients must be authenticated too (credentials or client certificates).
         c.client_tls_dir = Some("tls".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--admin-password-file"), "{e}");
+        c.require_auth = true;
         c.validate().unwrap();
+        c.require_auth = false;
+        c.admin_password_file = Some("pw".into());
+        c.validate().unwrap();
+        c.admin_password_file = None;
+        c.client_ca = Some("tls/client-ca.pem".into());
+        c.validate().unwrap();
+        c.client_ca = None;
         c.client_tls_dir = None;
         c.client_ca = Some("tls/client-ca.pem".into());
         assert!(c.validate().is_err(), "a client CA without client TLS");

@@ -355,6 +355,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             },
             prefix: r.prefix,
             enabled: r.enabled,
+            enable_if_new: true,
             ..Default::default()
         };
         if !r.password.is_empty() {

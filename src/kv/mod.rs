@@ -630,9 +630,22 @@ impl Overlay<'_> {
                 }
             }
             WriteOp::DeleteUser { name } => {
-                let changed = self.user(name)?.is_some();
+                let old = self.user(name)?;
+                let changed = old.is_some();
                 if changed {
                     self.users.insert(name.clone(), None);
+                    // Without a user a node serves everyone as an administrator (unless
+                    // it requires credentials): deleting the last one would open the
+                    // cluster, so it is refused — the same on every replica.
+                    if !self.any_user()? {
+                        self.users.insert(name.clone(), old);
+                        return Ok(WriteResult::Rejected(
+                            "the last user cannot be deleted: without users, nodes not \
+                             started with --require-auth would serve every client as an \
+                             administrator"
+                                .into(),
+                        ));
+                    }
                 }
                 WriteResult::User { changed }
             }

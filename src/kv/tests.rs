@@ -897,8 +897,8 @@ fn users_live_outside_the_client_keyspace() {
     let names: Vec<String> = kv.users().unwrap().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, vec!["admin".to_string(), "reader".to_string()]);
 
-    // Delete: gone; deleting again changes nothing; the bootstrap still does not apply
-    // while another user exists, and applies again once none is left.
+    // Delete: gone; deleting again changes nothing; the bootstrap does not apply while
+    // another user exists.
     let del = |name: &str| WriteOp::DeleteUser { name: name.into() };
     let r = kv
         .apply(4, &[c(30, del("admin")), c(31, del("admin"))])
@@ -914,15 +914,42 @@ fn users_live_outside_the_client_keyspace() {
         .apply(5, &[c(32, set_user("admin", admin_change("$h4"), true))])
         .unwrap();
     assert_eq!(r, vec![WriteResult::User { changed: false }]);
+    // The last user cannot be deleted (without users, nodes would serve everyone as an
+    // administrator): rejected, on every replica alike, and the user stays.
+    let r = kv.apply(6, &[c(33, del("reader"))]).unwrap();
+    assert!(
+        matches!(&r[0], WriteResult::Rejected(why) if why.contains("last user")),
+        "{r:?}"
+    );
+    assert!(kv.user("reader").unwrap().is_some());
+    // With another user made first, in the same entry, it can go.
     let r = kv
         .apply(
-            6,
+            7,
             &[
-                c(33, del("reader")),
-                c(34, set_user("admin", admin_change("$h5"), true)),
+                c(34, set_user("admin", admin_change("$h5"), false)),
+                c(35, del("reader")),
             ],
         )
         .unwrap();
     assert_eq!(r[1], WriteResult::User { changed: true });
     assert_eq!(kv.users().unwrap().len(), 1);
+    // `enable_if_new`: a user it creates is on; an existing disabled one stays off.
+    let make = |prefix: &[u8]| UserChange {
+        prefix: Some(prefix.to_vec()),
+        enable_if_new: true,
+        ..Default::default()
+    };
+    kv.apply(8, &[c(36, set_user("new", make(b"a/"), false))])
+        .unwrap();
+    assert!(kv.user("new").unwrap().unwrap().enabled);
+    let off = UserChange {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    kv.apply(9, &[c(37, set_user("new", off, false))]).unwrap();
+    kv.apply(10, &[c(38, set_user("new", make(b"b/"), false))])
+        .unwrap();
+    let u = kv.user("new").unwrap().unwrap();
+    assert_eq!((u.enabled, u.prefix.as_slice()), (false, b"b/".as_slice()));
 }

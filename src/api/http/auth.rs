@@ -117,7 +117,8 @@ pub async fn put(
     let mut change = UserChange {
         role: b.role.as_deref().map(Role::parse).transpose()?,
         prefix: b.prefix.map(String::into_bytes),
-        enabled: Some(b.enabled.unwrap_or(true)),
+        enabled: b.enabled,
+        enable_if_new: true,
         ..Default::default()
     };
     if let Some(p) = b.password {

@@ -290,7 +290,10 @@ async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
         match lower.as_str() {
             "on" => change.enabled = Some(true),
             "off" => change.enabled = Some(false),
-            "resetpass" => change.reset_passwords = true,
+            "resetpass" => {
+                change.reset_passwords = true;
+                change.reset_tokens = true;
+            }
             "allkeys" | "~*" => change.prefix = Some(vec![]),
             "+@read" => change.role = Some(UserRole::Read),
             "+@write" | "+@readwrite" => change.role = Some(UserRole::ReadWrite),
@@ -298,6 +301,7 @@ async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
             "reset" => {
                 change = UserChange {
                     reset_passwords: true,
+                    reset_tokens: true,
                     role: Some(UserRole::Read),
                     prefix: Some(vec![]),
                     enabled: Some(false),
@@ -1141,6 +1145,11 @@ mod tests {
             (c.prefix, c.role, c.enabled),
             (Some(vec![]), Some(UserRole::Admin), Some(false))
         );
+        // resetpass and reset revoke tokens too (a token is a way in).
+        for r in ["resetpass", "reset"] {
+            let c = acl_rules(rules(&[r])).await.unwrap();
+            assert!(c.reset_passwords && c.reset_tokens, "{r}");
+        }
         for bad in ["~a*b*", "~nostar", "+@dangerous", "nopass"] {
             let e = acl_rules(rules(&[bad])).await.unwrap_err();
             let text = format!("{e:?}");
