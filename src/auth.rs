@@ -41,7 +41,7 @@
 //!   [`VERIFY_CONCURRENCY`] argon2 verifications at once (each holds ~19 MiB), at most
 //!   [`MAX_SECRETS`] secrets per user.
 
-use crate::command::ScanRange;
+use crate::command::{prefix_end, ScanRange};
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
@@ -244,6 +244,24 @@ fn dummy_hash() -> &'static str {
     })
 }
 
+/// A new token for user `name` (made off the async runtime): the token to show once, and
+/// the write that stores its hash with the user.
+pub async fn token_write(name: &str) -> Result<(String, crate::command::WriteOp)> {
+    let n = name.to_string();
+    let (token, record) = tokio::task::spawn_blocking(move || new_token(&n))
+        .await
+        .map_err(|e| Error::Internal(format!("token task failed: {e}")))??;
+    let op = crate::command::WriteOp::SetUser {
+        name: name.to_string(),
+        change: UserChange {
+            add_token: Some(record),
+            ..Default::default()
+        },
+        only_if_no_users: false,
+    };
+    Ok((token, op))
+}
+
 /// Hashes a secret with argon2id and a fresh random salt (a PHC string). Slow on purpose:
 /// call it off the async runtime ([`hash_secret_async`]).
 pub fn hash_secret(secret: &[u8]) -> Result<String> {
@@ -398,18 +416,6 @@ impl Identity {
             }
         }
     }
-}
-
-/// The smallest key after every key that starts with `prefix` (None: no bound).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// A credential as a request presents it.

@@ -213,6 +213,12 @@ impl Client {
         })
     }
 
+    /// The gRPC channel to endpoint `i` (with this client's TLS), for other services the
+    /// nodes serve (reflection, ...); calls on it carry no credentials by themselves.
+    pub fn channel(&self, i: usize) -> Option<Channel> {
+        self.inner.channels.get(i).cloned()
+    }
+
     /// This client, presenting `auth` on every call from now on.
     pub fn with_auth(self, auth: Option<Auth>) -> Result<Client> {
         let authorization = auth.as_ref().map(Auth::header).transpose()?;

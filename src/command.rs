@@ -391,3 +391,16 @@ impl Limits {
         }
     }
 }
+
+/// The smallest key after every key that starts with `prefix` (`None`: no bound, the
+/// prefix is empty or all 0xff), for turning a prefix into a key range.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}

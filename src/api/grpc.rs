@@ -418,20 +418,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         if self.info.auth.user(&name).map_err(to_status)?.is_none() {
             return Err(Status::not_found(format!("no user {name}")));
         }
-        let n = name.clone();
-        let (token, record) = tokio::task::spawn_blocking(move || crate::auth::new_token(&n))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(to_status)?;
-        self.user_op(WriteOp::SetUser {
-            name,
-            change: UserChange {
-                add_token: Some(record),
-                ..Default::default()
-            },
-            only_if_no_users: false,
-        })
-        .await?;
+        let (token, op) = crate::auth::token_write(&name).await.map_err(to_status)?;
+        self.user_op(op).await?;
         Ok(Response::new(pb::CreateTokenResponse { token }))
     }
 

@@ -161,21 +161,7 @@ pub async fn token(
     if s.info.auth.user(&name)?.is_none() {
         return Err(ApiError::not_found("no such user"));
     }
-    let n = name.clone();
-    let (token, record) = tokio::task::spawn_blocking(move || crate::auth::new_token(&n))
-        .await
-        .map_err(|e| crate::error::Error::Internal(e.to_string()))??;
-    propose(
-        &s,
-        WriteOp::SetUser {
-            name,
-            change: UserChange {
-                add_token: Some(record),
-                ..Default::default()
-            },
-            only_if_no_users: false,
-        },
-    )
-    .await?;
+    let (token, op) = crate::auth::token_write(&name).await?;
+    propose(&s, op).await?;
     Ok(Json(json!({ "token": token })).into_response())
 }

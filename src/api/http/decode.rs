@@ -162,17 +162,7 @@ pub struct ScanParams {
 /// Largest `limit` a scan accepts.
 pub const MAX_LIMIT: u64 = crate::node::MAX_SCAN_LIMIT as u64;
 
-/// The first key after every key that starts with `p`; `None` when there is none.
-pub fn prefix_end(p: &[u8]) -> Option<Vec<u8>> {
-    let mut end = p.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
+use crate::command::prefix_end;
 
 /// `GET /v1/kv` parameters: `prefix`, or `from`/`to` (end exclusive), `limit`, `consistency`.
 pub fn scan_params(q: Option<&str>, limits: &Limits) -> Result<ScanParams, ApiError> {

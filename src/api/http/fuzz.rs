@@ -187,8 +187,11 @@ fn decoding_examples() {
     let inverted = decode::scan_params(Some("from=b&to=a"), &l).unwrap();
     let (from, to) = (b"b".to_vec(), Some(b"b".to_vec()));
     assert_eq!(inverted.range, ScanRange::Range { from, to });
-    assert_eq!(decode::prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
-    assert_eq!(decode::prefix_end(b"\xff"), None);
+    assert_eq!(
+        crate::command::prefix_end(b"a\xff\xff"),
+        Some(b"b".to_vec())
+    );
+    assert_eq!(crate::command::prefix_end(b"\xff"), None);
     let p = decode::scan_params(Some("prefix=a+b&limit=5&consistency=stale"), &l).unwrap();
     assert_eq!(p.range, ScanRange::Prefix(b"a b".to_vec()));
     assert_eq!(p.limit, 5);

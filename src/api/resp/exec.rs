@@ -203,17 +203,7 @@ fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
     v.map(Frame::Bulk).unwrap_or(Frame::Null)
 }
 
-/// The smallest key after every key that starts with `prefix` (None: no bound).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
+use crate::command::prefix_end;
 
 /// Compiles a `KEYS` / `SCAN MATCH` / `CONFIG GET` pattern, once per command; refuses one
 /// longer than twice the largest key (compiling costs memory in its length).
