@@ -59,6 +59,10 @@ fn paxosdb(c: &Cluster, env: &[(&str, &Path)], args: &[&str]) -> Output {
         .env_remove("PAXOSDB_CACERT")
         .env_remove("PAXOSDB_CERT")
         .env_remove("PAXOSDB_KEY")
+        .env_remove("PAXOSDB_USER")
+        .env_remove("PAXOSDB_PASSWORD")
+        .env_remove("PAXOSDB_PASSWORD_FILE")
+        .env_remove("PAXOSDB_TOKEN")
         .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
         .output()
         .unwrap()
@@ -402,13 +406,15 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
         .unwrap();
 }
 
-/// gRPC tools that find the API by reflection (grpcurl, Postman, ...) work over TLS, and
-/// the calls they then make need credentials: the reflection service lists paxosdb's
-/// services to a client that has none, and a raw `Kv/Put` is refused without an
-/// `authorization` header and accepted with the administrator's. (grpcurl itself is not
-/// packaged for this system; this is the same traffic, from the generated clients.)
+/// Every client over TLS *and* with credentials, as `cluster up` runs a cluster: gRPC
+/// tools that find the API by reflection (grpcurl, Postman, ...) — the reflection service
+/// lists paxosdb's services to a client that has none, and a raw `Kv/Put` is refused
+/// without an `authorization` header and accepted with the administrator's (grpcurl
+/// itself is not packaged for this system; this is the same traffic, from the generated
+/// clients) — then redis-cli `--tls -a`, redis-py `ssl=True, password=`, curl
+/// `--cacert -u` and the CLI, each refused without the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_reflection_and_raw_calls_over_tls_with_credentials() {
+async fn every_client_over_tls_with_credentials() {
     use paxosdb::api::pb;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -482,4 +488,82 @@ async fn grpc_reflection_and_raw_calls_over_tls_with_credentials() {
     })
     .await;
     assert!(done.into_inner().version > 0);
+
+    let ca = tls.join("ca.pem");
+    let ca_s = ca.to_str().unwrap();
+    let resp = c.nodes[0].resp_addr.clone();
+    let redis_cli = |args: &[&str]| {
+        let out = tool("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port(&resp),
+                "--tls",
+                "--cacert",
+                ca_s,
+            ])
+            .args(args)
+            .env_remove("REDISCLI_AUTH")
+            .output()
+            .unwrap();
+        text(&out).trim().to_string()
+    };
+    let noauth = redis_cli(&["GET", "reflected"]);
+    assert!(noauth.contains("NOAUTH"), "{noauth}");
+    let got = redis_cli(&["--no-auth-warning", "-a", "s3cret", "GET", "reflected"]);
+    assert_eq!(got, "yes");
+
+    let py = |password: &str| {
+        let script = format!(
+            "import redis\n\
+             r = redis.Redis(host='127.0.0.1', port={}, ssl=True, ssl_ca_certs={ca_s:?}, \
+             password={password:?})\n\
+             print(r.get('reflected').decode())\n",
+            port(&resp)
+        );
+        tool("python3").args(["-c", &script]).output().unwrap()
+    };
+    let out = py("s3cret");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    let out = py("wrong");
+    assert!(
+        !out.status.success() && text(&out).contains("AuthenticationError"),
+        "{}",
+        text(&out)
+    );
+
+    let http = &c.nodes[0].http_addr;
+    let url = format!("https://localhost:{}/v1/kv/reflected", port(http));
+    let curl = |user: Option<&str>| {
+        let mut cmd = tool("curl");
+        cmd.args(["-sS", "-w", " %{http_code}", "--cacert", ca_s]);
+        if let Some(u) = user {
+            cmd.args(["-u", u]);
+        }
+        text(&cmd.arg(&url).output().unwrap())
+    };
+    let ok = curl(Some("default:s3cret"));
+    assert!(
+        ok.contains(r#""value":"yes""#) && ok.ends_with(" 200"),
+        "{ok}"
+    );
+    let refused = curl(None);
+    assert!(refused.ends_with(" 401"), "{refused}");
+
+    let cli = |env: &[(&str, &Path)]| {
+        let mut all = vec![("PAXOSDB_CACERT", ca.as_path())];
+        all.extend_from_slice(env);
+        paxosdb(&c, &all, &["get", "reflected"])
+    };
+    let out = cli(&[("PAXOSDB_PASSWORD_FILE", pw.as_path())]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    let out = cli(&[]);
+    assert!(
+        !out.status.success() && text(&out).contains("unauthenticated"),
+        "{}",
+        text(&out)
+    );
 }

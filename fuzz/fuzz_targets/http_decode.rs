@@ -160,5 +160,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::percent_decode(r.query.as_deref().unwrap_or(""), true);
     check_json(r.body);
     check_percent(r.body);
-    let _ = decode::prefix_end(r.body);
+    let _ = paxosdb::command::prefix_end(r.body);
 });
