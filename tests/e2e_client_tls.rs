@@ -567,3 +567,78 @@ async fn every_client_over_tls_with_credentials() {
         text(&out)
     );
 }
+
+/// An expired certificate gets a clear error on the client and a log line on the node:
+/// a node switched (SIGHUP) to a certificate whose validity ended in 2021, from a CA the
+/// clients are given, is refused by the CLI with an error that says it expired, and by
+/// curl; the node logs the failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused_with_an_error_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    certs(&["--dir", tls.to_str().unwrap()]);
+    let c = tls_cluster(&tls, &[]).await;
+
+    // A CA of the test's own, and a node certificate it signed that expired long ago.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "expiry test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()]).unwrap();
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = p.signed_by(&key, &ca, &ca_key).unwrap();
+    let test_ca = tmp.path().join("test-ca.pem");
+    std::fs::write(&test_ca, ca.pem()).unwrap();
+    std::fs::write(tls.join("server.pem"), expired.pem()).unwrap();
+    std::fs::write(tls.join("server-key.pem"), key.serialize_pem()).unwrap();
+    let pid = c.nodes[0].child.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate loaded",
+        || {
+            let log = c.log_of(1);
+            async move { log.contains("certificate reloaded").then_some(()) }
+        },
+    )
+    .await;
+
+    let node1 = c.nodes[0].client_addr.clone();
+    let out = Command::new(BIN)
+        .args(["--endpoints", &node1, "--timeout", "3s", "--cacert"])
+        .arg(&test_ca)
+        .args(["get", "k"])
+        .env_remove("PAXOSDB_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.to_lowercase().contains("expired"), "{said}");
+    let http = &c.nodes[0].http_addr;
+    let out = tool("curl")
+        .args(["-sS", "--cacert", test_ca.to_str().unwrap()])
+        .arg(format!("https://localhost:{}/v1/kv/k", port(http)))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "curl accepted it: {}", text(&out));
+    assert!(
+        text(&out).to_lowercase().contains("expired"),
+        "{}",
+        text(&out)
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the failed handshake logged",
+        || {
+            let log = c.log_of(1);
+            async move { log.contains("client TLS handshake failed").then_some(()) }
+        },
+    )
+    .await;
+}
