@@ -441,8 +441,9 @@ pub const BAD_CREDENTIALS: &str = "invalid username-password pair or user is dis
 /// Authenticates requests against the replicated user table of one node.
 pub struct Authenticator {
     kv: KvStore,
-    /// Require credentials even while no user exists.
-    require: bool,
+    /// Require credentials: from the start (a flag), or since this node first saw a user
+    /// (the last user cannot be deleted, so once true it stays true).
+    require: std::sync::atomic::AtomicBool,
     mac_key: ring::hmac::Key,
     cache: Mutex<HashSet<[u8; 32]>>,
     verifying: Arc<Semaphore>,
@@ -459,7 +460,7 @@ impl Authenticator {
         dummy_hash();
         Arc::new(Authenticator {
             kv,
-            require,
+            require: std::sync::atomic::AtomicBool::new(require),
             mac_key,
             cache: Mutex::new(HashSet::new()),
             verifying: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
@@ -470,7 +471,14 @@ impl Authenticator {
 
     /// True when requests must carry credentials.
     pub fn required(&self) -> Result<bool> {
-        Ok(self.require || self.kv.has_users()?)
+        if self.require.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let users = self.kv.has_users()?;
+        if users {
+            self.require.store(true, Ordering::Relaxed);
+        }
+        Ok(users)
     }
 
     /// The identity of a request that carries no credentials: the open identity while

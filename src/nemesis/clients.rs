@@ -497,6 +497,20 @@ fn parse_read(r: &HttpResponse) -> Result<Read, String> {
 }
 
 /// Reads one response; returns it and whether the connection may be reused.
+/// Appends what `s` has next to `buf`; the end of the stream is an error (`eof`).
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, eof: &str) -> std::io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    let n = s.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            eof.to_string(),
+        ));
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
 async fn read_http_response(s: &mut TcpStream) -> std::io::Result<(HttpResponse, bool)> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut buf = Vec::with_capacity(1024);
@@ -507,15 +521,7 @@ async fn read_http_response(s: &mut TcpStream) -> std::io::Result<(HttpResponse,
         if buf.len() > 64 * 1024 {
             return Err(bad("response head too long"));
         }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed before the answer",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(s, &mut buf, "connection closed before the answer").await?;
     };
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head not UTF-8"))?;
     let mut lines = head.split("\r\n");
@@ -622,15 +628,7 @@ impl RespClient {
                     return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m))
                 }
             }
-            let mut chunk = [0u8; 8192];
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed before the reply",
-                ));
-            }
-            buf.extend_from_slice(&chunk[..n]);
+            read_more(s, buf, "connection closed before the reply").await?;
         }
     }
 

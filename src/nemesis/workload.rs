@@ -355,35 +355,26 @@ pub async fn set_worker(shared: Arc<Shared>, mut client: WorkerClient, mut rng: 
                 .min(shared.set_generations - 1);
             key = set_key(generation, slot);
             let call = shared.now();
-            let current = match client.get(key.as_bytes(), shared.stale_reads).await {
-                Ok(v) => {
-                    shared.record(
-                        Operation {
-                            client: process,
-                            key: key.clone().into_bytes(),
-                            input: Input::Get,
-                            call,
-                            ret: Some(shared.now()),
-                            outcome: Outcome::Ok(Output::Value(
-                                v.as_ref().map(|r| r.value.clone()),
-                            )),
-                        },
-                        protocol,
-                    );
-                    v
-                }
+            let read = client.get(key.as_bytes(), shared.stale_reads).await;
+            let (ret, outcome) = match &read {
+                Ok(v) => (
+                    Some(shared.now()),
+                    Outcome::Ok(Output::Value(v.as_ref().map(|r| r.value.clone()))),
+                ),
+                Err(_) => (None, Outcome::Info),
+            };
+            let op = Operation {
+                client: process,
+                key: key.clone().into_bytes(),
+                input: Input::Get,
+                call,
+                ret,
+                outcome,
+            };
+            shared.record(op, protocol);
+            let current = match read {
+                Ok(v) => v,
                 Err(_) => {
-                    shared.record(
-                        Operation {
-                            client: process,
-                            key: key.clone().into_bytes(),
-                            input: Input::Get,
-                            call,
-                            ret: None,
-                            outcome: Outcome::Info,
-                        },
-                        protocol,
-                    );
                     process = shared.fresh_process();
                     client.new_session();
                     // Nothing was attempted for this element: forget it.

@@ -223,20 +223,7 @@ impl Clients {
                 op,
             }
         });
-        let call_event = self.event();
-        self.clients[i].pending = Some(Pending {
-            key,
-            input,
-            cmd,
-            call: now,
-            call_event,
-            node: 0,
-            attempts: 0,
-            max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
-            lost: false,
-            rx: Rx::RetryAt(now),
-            versioned: true,
-        });
+        self.begin(i, key, input, cmd, now, rng, true);
     }
 
     fn start(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
@@ -311,6 +298,21 @@ impl Clients {
                 r.remove(0);
             }
         }
+        self.begin(i, key, input, cmd, now, rng, false);
+    }
+
+    /// Client `i` calls its next operation now.
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &mut self,
+        i: usize,
+        key: Vec<u8>,
+        input: Input,
+        cmd: Option<Command>,
+        now: Duration,
+        rng: &mut StdRng,
+        versioned: bool,
+    ) {
         let call_event = self.event();
         self.clients[i].pending = Some(Pending {
             key,
@@ -323,7 +325,7 @@ impl Clients {
             max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
             lost: false,
             rx: Rx::RetryAt(now),
-            versioned: false,
+            versioned,
         });
     }
 

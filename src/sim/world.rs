@@ -96,6 +96,26 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node that has not started yet, over `durable`; `joiner`: one the cluster adds.
+    fn new(durable: Arc<Mutex<Durable>>, joiner: bool) -> Node {
+        Node {
+            core: None,
+            kv: None,
+            durable,
+            outbox: Outbox::default(),
+            next_tick: Duration::ZERO,
+            paused: false,
+            held: Vec::new(),
+            retired: false,
+            joiner,
+            joined: false,
+            joining: None,
+            sealed: Arc::default(),
+        }
+    }
+}
+
+impl Node {
     /// The process runs: a core, or the join loop of a joining node.
     pub fn is_up(&self) -> bool {
         self.core.is_some() || self.joining.is_some()
@@ -351,20 +371,7 @@ impl World {
                     d.set_unsynced_log();
                 }
             }
-            w.nodes.push(Node {
-                core: None,
-                kv: None,
-                durable,
-                outbox: Outbox::default(),
-                next_tick: Duration::ZERO,
-                paused: false,
-                held: Vec::new(),
-                retired: false,
-                joiner: false,
-                joined: false,
-                joining: None,
-                sealed: Arc::default(),
-            });
+            w.nodes.push(Node::new(durable, false));
             w.start(i);
         }
         w
@@ -1044,20 +1051,7 @@ impl World {
         let i = self.nodes.len();
         let durable = Durable::new();
         durable.lock().unwrap().id = i as u64 + 1;
-        self.nodes.push(Node {
-            core: None,
-            kv: None,
-            durable,
-            outbox: Outbox::default(),
-            next_tick: Duration::ZERO,
-            paused: false,
-            held: Vec::new(),
-            retired: false,
-            joiner: true,
-            joined: false,
-            joining: None,
-            sealed: Arc::default(),
-        });
+        self.nodes.push(Node::new(durable, true));
         self.net.add_node();
         self.oracle.add_node();
         self.mono.add_node();

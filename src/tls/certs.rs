@@ -189,12 +189,7 @@ pub fn generate(dir: &Path, ids: &[NodeId], hosts: &[String]) -> Result<()> {
 /// Writes certificates for more nodes (`ids`) with the CA already in `dir` (its key,
 /// `ca-key.pem`, must be there).
 pub fn add(dir: &Path, ids: &[NodeId]) -> Result<()> {
-    let ca = Ca::load(
-        &dir.join("ca-key.pem"),
-        &dir.join("ca.pem"),
-        CLUSTER_CA_NAME,
-        "cluster CA",
-    )?;
+    let ca = cluster_ca(dir)?;
     for &id in ids {
         issue_node(dir, id, &ca)?;
     }
@@ -205,13 +200,17 @@ pub fn add(dir: &Path, ids: &[NodeId]) -> Result<()> {
 /// and `hosts` (host names or IP addresses), replacing the one there (a node picks it up
 /// on SIGHUP).
 pub fn server(dir: &Path, hosts: &[String]) -> Result<()> {
-    let ca = Ca::load(
+    write_server(dir, &cluster_ca(dir)?, hosts)
+}
+
+/// The cluster CA already in `dir` (its key, `ca-key.pem`, must be there).
+fn cluster_ca(dir: &Path) -> Result<Ca> {
+    Ca::load(
         &dir.join("ca-key.pem"),
         &dir.join("ca.pem"),
         CLUSTER_CA_NAME,
         "cluster CA",
-    )?;
-    write_server(dir, &ca, hosts)
+    )
 }
 
 fn write_server(dir: &Path, ca: &Ca, hosts: &[String]) -> Result<()> {

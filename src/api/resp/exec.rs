@@ -868,26 +868,14 @@ impl Session {
         }
         Ok(match acl {
             Acl::WhoAmI => Frame::bulk(self.current.name()),
-            Acl::Users => Frame::Array(
-                shared
-                    .info
-                    .auth
-                    .users()
-                    .map_err(error_reply)?
-                    .into_iter()
-                    .map(|(n, _)| Frame::bulk(n))
-                    .collect(),
-            ),
-            Acl::List => Frame::Array(
-                shared
-                    .info
-                    .auth
-                    .users()
-                    .map_err(error_reply)?
-                    .into_iter()
-                    .map(|(n, u)| Frame::bulk(acl_line(&n, &u)))
-                    .collect(),
-            ),
+            Acl::Users | Acl::List => {
+                let users = shared.info.auth.users().map_err(error_reply)?;
+                let line = |(n, u): (String, crate::auth::UserRecord)| match acl {
+                    Acl::Users => Frame::bulk(n),
+                    _ => Frame::bulk(acl_line(&n, &u)),
+                };
+                Frame::Array(users.into_iter().map(line).collect())
+            }
             Acl::SetUser { name, rules } => {
                 let name = String::from_utf8_lossy(&name).into_owned();
                 let change = acl_rules(rules).await?;
