@@ -40,7 +40,14 @@ pub fn to_status(e: Error) -> Status {
 /// Converts a gRPC status back into an [`Error`] (used by the client library).
 pub fn from_status(s: &Status) -> Error {
     use tonic::Code;
-    let m = s.message().to_string();
+    let m = s.message();
+    // `to_status` prefixes these two with what the error's own display adds again.
+    let m = match s.code() {
+        Code::DeadlineExceeded => m.strip_prefix("outcome unknown: ").unwrap_or(m),
+        Code::ResourceExhausted => m.strip_prefix("overloaded: ").unwrap_or(m),
+        _ => m,
+    }
+    .to_string();
     match s.code() {
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
             Error::InvalidInput(m)

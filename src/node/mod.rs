@@ -168,6 +168,11 @@ struct Barrier {
 struct PendingChange {
     /// The configuration id it creates.
     target: u32,
+    /// The stop sign's configuration and metadata, to propose again if it was lost.
+    next: omnipaxos::ClusterConfig,
+    metadata: Vec<u8>,
+    /// When it was last proposed (or forwarded to the leader).
+    proposed_at: Instant,
     reply: oneshot::Sender<Result<Membership>>,
     deadline: Instant,
 }
@@ -338,7 +343,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             }
         }
         self.on_tick(now);
-        self.expire_change(now);
+        self.tend_change(now);
         self.maybe_trim();
     }
 

@@ -62,7 +62,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             flexible_quorum: None,
         };
         let metadata = Membership::encode_members(&members);
-        if let Err(e) = self.paxos.reconfigure(next, Some(metadata)) {
+        if let Err(e) = self.paxos.reconfigure(next.clone(), Some(metadata.clone())) {
             let _ = reply.send(Err(Error::Unavailable(format!(
                 "a membership change is already being decided: {e:?}"
             ))));
@@ -75,13 +75,34 @@ impl<S: Storage<LogEntry>> Core<S> {
         );
         self.change = Some(PendingChange {
             target,
+            next,
+            metadata,
+            proposed_at: now,
             reply,
             deadline: now + self.cfg.request_timeout,
         });
     }
 
-    /// Times out a pending change.
-    pub(super) fn expire_change(&mut self, now: Instant) {
+    /// Times out a pending change, or proposes it again when it may have been lost.
+    ///
+    /// A follower forwards the stop sign to the leader it knows once; OmniPaxos never
+    /// resends it, and drops it where it lands on a node that is no longer leader and
+    /// knows none (it keeps it there in case it becomes leader). So, like a write, an
+    /// undecided change is proposed again after `repropose_after`. That is safe: every
+    /// copy names the same configuration, a node that accepted a stop sign refuses
+    /// another (`reconfigure` errs, ignored here), and only one stop sign can be decided
+    /// in a configuration.
+    pub(super) fn tend_change(&mut self, now: Instant) {
+        if let Some(c) = self.change.as_mut() {
+            let due = now.duration_since(c.proposed_at) >= self.cfg.repropose_after;
+            if c.deadline > now && due && self.paxos.get_current_leader().is_some() {
+                c.proposed_at = now;
+                let (next, metadata) = (c.next.clone(), c.metadata.clone());
+                if self.paxos.reconfigure(next, Some(metadata)).is_ok() {
+                    tracing::info!(target = c.target, "membership change proposed again");
+                }
+            }
+        }
         if self.change.as_ref().is_some_and(|c| c.deadline <= now) {
             let c = self.change.take().expect("checked");
             let _ = c.reply.send(Err(Error::OutcomeUnknown(

@@ -417,6 +417,22 @@ impl Totals {
                     "membership changes during a pause",
                     self.membership.during_pause,
                 ),
+                (
+                    "membership changes acknowledged to the caller",
+                    self.membership.acknowledged,
+                ),
+                (
+                    "membership changes with an unknown outcome",
+                    self.membership.unknown,
+                ),
+                (
+                    "membership changes proposed through a follower",
+                    self.membership.via_follower,
+                ),
+                (
+                    "of those, acknowledged to the caller",
+                    self.membership.via_follower_acknowledged,
+                ),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),

@@ -80,23 +80,28 @@ const COVERAGE: &[Covered] = &[
     ("node pauses (136)", |t| t.pauses, 68),
     // Membership changes (`world::change_membership`), through the nodes' own
     // reconfiguration: each kind took effect, also while a fault was in effect.
-    ("nodes added (42)", |t| t.membership.added, 21),
-    ("nodes removed (17)", |t| t.membership.removed, 8),
-    ("nodes replaced (55)", |t| t.membership.replaced, 27),
+    ("nodes added (47)", |t| t.membership.added, 23),
+    ("nodes removed (19)", |t| t.membership.removed, 9),
+    ("nodes replaced (56)", |t| t.membership.replaced, 28),
     (
-        "membership changes during a crash (31)",
+        "membership changes during a crash (41)",
         |t| t.membership.during_crash,
-        15,
+        20,
     ),
     (
-        "membership changes during a partition (49)",
+        "membership changes during a partition (56)",
         |t| t.membership.during_partition,
-        24,
+        28,
     ),
     (
-        "membership changes during a pause (21)",
+        "membership changes during a pause (25)",
         |t| t.membership.during_pause,
-        10,
+        12,
+    ),
+    (
+        "membership changes proposed through a follower (51)",
+        |t| t.membership.via_follower,
+        25,
     ),
 ];
 
@@ -129,6 +134,20 @@ fn many_seeds() {
             short.is_empty(),
             "the simulation no longer covers what it claims: {}",
             short.join(", ")
+        );
+        // A change's stop sign is forwarded to the leader once (or buffered by a leader
+        // still preparing), and OmniPaxos never resends it; the node proposes it again
+        // while it is undecided (`Core::tend_change`). Measured: 110 of 126 changes
+        // acknowledged to their caller with that (41 of the 51 handed to a follower), 95
+        // (37) without; the rest time out ("outcome unknown") or are refused.
+        let m = &totals.membership;
+        assert!(
+            m.acknowledged * 5 >= m.proposed * 4,
+            "only {} of {} membership changes acknowledged ({} of {} through a follower)",
+            m.acknowledged,
+            m.proposed,
+            m.via_follower_acknowledged,
+            m.via_follower
         );
     }
 }
@@ -229,7 +248,7 @@ fn tampered_log_is_caught_by_the_prefix_check() {
 
 #[test]
 fn skipped_apply_is_caught_by_the_replica_check() {
-    let f = caught(Bug::SkipApply, 5);
+    let f = caught_in(Bug::SkipApply, 0..5, without_membership);
     assert_eq!(f.kind, Kind::ReplicasDiffer, "{f}");
     assert!(
         f.reason
@@ -330,7 +349,7 @@ fn a_member_joining_without_the_state_is_caught_by_the_log_oracle() {
     assert_eq!(f.kind, Kind::DecidedLogGap, "{f}");
     assert_eq!(
         f.reason,
-        "node 4 trimmed its log to 314 without installing a state, but entries from 0 on \
+        "node 4 trimmed its log to 393 without installing a state, but entries from 0 on \
          were never compared"
     );
 }
@@ -345,8 +364,8 @@ fn untagged_messages_are_caught_by_the_liveness_check() {
     assert_eq!(f.kind, Kind::Liveness, "{f}");
     assert_eq!(
         f.reason,
-        "liveness: operation Put([49, 48, 48, 51, 46, 53, 50]) called at 6.181791s after \
-         healing never completed (3 attempts, last to node 1)"
+        "liveness: operation Get on \"k2\" called at 5.046621s after healing took \
+         10.313379s"
     );
 }
 

@@ -234,6 +234,8 @@ const MAX_NEW_NODES: usize = 4;
 struct Change {
     /// The configuration it creates.
     target: u32,
+    /// Whether it was handed to a follower rather than the leader.
+    via_follower: bool,
     /// Its answer, until it came.
     rx: Option<oneshot::Receiver<DbResult<Membership>>>,
     /// The fresh node it adds (an index).
@@ -257,6 +259,13 @@ pub struct ChangeCounts {
     pub during_crash: u64,
     pub during_partition: u64,
     pub during_pause: u64,
+    /// Changes handed to a follower (which forwards the stop sign to the leader), and of
+    /// those, the ones its caller was told were done.
+    pub via_follower: u64,
+    pub via_follower_acknowledged: u64,
+    /// Answers to the callers: done, outcome unknown (timed out, or the node crashed).
+    pub acknowledged: u64,
+    pub unknown: u64,
 }
 
 impl ChangeCounts {
@@ -268,6 +277,10 @@ impl ChangeCounts {
         self.during_crash += o.during_crash;
         self.during_partition += o.during_partition;
         self.during_pause += o.during_pause;
+        self.via_follower += o.via_follower;
+        self.via_follower_acknowledged += o.via_follower_acknowledged;
+        self.acknowledged += o.acknowledged;
+        self.unknown += o.unknown;
     }
 }
 
@@ -309,6 +322,8 @@ pub struct World {
     machine_crashed: bool,
     /// Crashes aimed at transfers so far (see `aim_at_transfer`), from a per-seed start.
     aims: u64,
+    /// Picks the changes handed to a follower (see `change_membership`), per seed.
+    follower_turn: u64,
     /// The newest membership any node is in: the cluster's, as far as anyone knows.
     pub config: Membership,
     /// Membership changes proposed and not yet seen to take effect or fail.
@@ -353,6 +368,7 @@ impl World {
             machine_crashed: false,
             pauses: 0,
             aims: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63,
+            follower_turn: seed.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) >> 62,
             config: Membership::initial(&crate::sim::members(n as NodeId)),
             changes: Vec::new(),
             change_counts: ChangeCounts::default(),
@@ -1009,7 +1025,20 @@ impl World {
                     .config_id
                     == config
         });
-        let proposer = leader.unwrap_or_else(|| *running.choose(&mut self.rng).unwrap());
+        // To the leader, except every third change (from a per-seed start), which goes to a
+        // follower (it forwards the stop sign). Chosen without the random stream, so that the seeds of the
+        // injected-bug tests keep their schedules.
+        let follower = running.iter().copied().find(|&i| Some(i) != leader);
+        let proposer = match (leader, follower) {
+            (Some(_), Some(f))
+                if (self.follower_turn + self.change_counts.proposed).is_multiple_of(3) =>
+            {
+                f
+            }
+            (Some(l), _) => l,
+            (None, _) => *running.choose(&mut self.rng).unwrap(),
+        };
+        let via_follower = leader.is_some_and(|l| l != proposer);
         let remove = if kind == "add" {
             vec![]
         } else {
@@ -1037,8 +1066,10 @@ impl World {
         let core = self.nodes[proposer].core.as_mut().expect("running");
         core.handle(ev, at);
         self.change_counts.proposed += 1;
+        self.change_counts.via_follower += u64::from(via_follower);
         self.changes.push(Change {
             target: config + 1,
+            via_follower,
             rx: Some(rx),
             joiner,
             overlap: self.faults_now(),
@@ -1070,9 +1101,17 @@ impl World {
             let Some(rx) = c.rx.as_mut() else { continue };
             let what = match rx.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => continue,
-                Ok(Ok(m)) => format!("acknowledged: configuration {}", m.config_id),
-                Ok(Err(e @ Error::OutcomeUnknown(_))) => format!("outcome unknown: {e}"),
+                Ok(Ok(m)) => {
+                    self.change_counts.acknowledged += 1;
+                    self.change_counts.via_follower_acknowledged += u64::from(c.via_follower);
+                    format!("acknowledged: configuration {}", m.config_id)
+                }
+                Ok(Err(e @ Error::OutcomeUnknown(_))) => {
+                    self.change_counts.unknown += 1;
+                    format!("outcome unknown: {e}")
+                }
                 Err(oneshot::error::TryRecvError::Closed) => {
+                    self.change_counts.unknown += 1;
                     "outcome unknown: the node crashed".into()
                 }
                 Ok(Err(e)) => {
@@ -1084,9 +1123,11 @@ impl World {
             let line = format!("membership change to configuration {}: {what}", c.target);
             self.fault_log.push(format!("{:?}: {line}", self.now));
         }
+        let config = self.config.config_id;
         for k in failed.into_iter().rev() {
             let c = self.changes.remove(k);
-            if let Some(j) = c.joiner.filter(|&j| !self.nodes[j].joined) {
+            let undecided = c.target > config;
+            if let Some(j) = c.joiner.filter(|&j| undecided && !self.nodes[j].joined) {
                 self.retire(j, "its membership change failed");
             }
         }
@@ -1121,7 +1162,9 @@ impl World {
         ));
         self.config = m;
         let config = self.config.config_id;
-        self.changes.retain(|c| c.target > config);
+        // A change this configuration settles stays until its caller is answered (the
+        // node it was handed to may apply it later than the first one seen here).
+        self.changes.retain(|c| c.target > config || c.rx.is_some());
         // The nodes that are not members stop (as the membership nemesis stops them once
         // it knows): a fresh node still joining unless a change under way may add it, a
         // down one (it is not restarted), and any once the faults are over; a running
@@ -1141,7 +1184,10 @@ impl World {
     /// Node `i` is a fresh node that a change under way may still add.
     fn may_join(&self, i: usize) -> bool {
         let node = &self.nodes[i];
-        node.joiner && !node.joined && self.changes.iter().any(|c| c.joiner == Some(i))
+        let config = self.config.config_id;
+        node.joiner
+            && !node.joined
+            && (self.changes.iter()).any(|c| c.target > config && c.joiner == Some(i))
     }
 
     /// The members of the newest configuration (node indexes).
