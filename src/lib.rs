@@ -32,6 +32,7 @@ pub mod nemesis;
 pub mod node;
 pub mod server;
 pub mod sim;
+pub mod sql;
 pub mod storage;
 pub mod tls;
 pub mod transfer;
