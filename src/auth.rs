@@ -697,8 +697,8 @@ mod tests {
     }
 
     fn set_user(kv: &mut KvStore, seq: u64, name: &str, change: UserChange) {
-        use crate::kv::StateMachine;
-        let cmd = crate::command::Command {
+        use crate::machine::StateMachine;
+        let cmd = crate::command::KvCommand {
             client_id: 1,
             seq,
             op: crate::command::WriteOp::SetUser {
@@ -708,7 +708,7 @@ mod tests {
             },
         };
         let index = kv.applied_index();
-        kv.apply(index, &[cmd]).unwrap();
+        kv.apply_kv(index, &[cmd]).unwrap();
     }
 
     fn password(user: &str, pw: &str) -> Option<Credential> {

@@ -1,41 +1,50 @@
-//! The replicated vocabulary: what goes into the log and what comes back out of it.
-//!
-//! A [`LogEntry`] is one OmniPaxos log entry. It carries a *batch* of client [`Command`]s
-//! (group commit: one entry, one fsync per node, many commands) and identifies the node
-//! that proposed it (`proposer`, `batch_id`), which is how that node knows its linearizable
-//! reads waiting on this entry may now be answered. An entry with no commands is a pure
-//! read barrier.
+//! The key-value vocabulary: what a KV write is, what it returns, and its limits.
+//! The writes it applies ([`WriteOp`], with their
+//! session in a [`KvCommand`]), their results ([`WriteResult`]), reads and limits. The
+//! log itself is opaque to it (see [`crate::machine`]): a [`LogEntry`] carries commands
+//! whose payload is an encoded [`WriteOp`] for the KV machine.
 //!
 //! Byte strings are serialized as bytes (`serde_bytes`), not as sequences of numbers:
 //! bincode then copies them in one go, which matters for megabyte values (the encoding
 //! on disk and on the wire is the same either way).
 //!
-//! Every [`Command`] carries a session (`client_id`, `seq`); the state machine applies a
+//! Every command carries a session (`client_id`, `seq`); the state machine applies a
 //! session's command at most once and remembers its result for retries.
 
-use omnipaxos::macros::Entry;
 use serde::{Deserialize, Serialize};
 
-/// A node's identifier within the cluster (never 0).
-pub type NodeId = u64;
+pub use crate::machine::{Command, LogEntry, NodeId};
 
-/// One entry of the replicated log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Entry)]
-pub struct LogEntry {
-    /// The node that proposed the entry.
-    pub proposer: NodeId,
-    /// The proposer's sequence number for this batch; with `proposer` it names the entry.
-    pub batch_id: u64,
-    /// The client commands, applied in order.
-    pub commands: Vec<Command>,
-}
-
-/// A client write with its session, as replicated in the log.
+/// A key-value write with its session: what the KV store applies. In the log it travels
+/// as an opaque [`Command`] for [`crate::machine::Machine::Kv`] ([`KvCommand::encode`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
+pub struct KvCommand {
     pub client_id: u64,
     pub seq: u64,
     pub op: WriteOp,
+}
+
+impl KvCommand {
+    /// The command as the log carries it.
+    pub fn encode(&self) -> Command {
+        Command {
+            client_id: self.client_id,
+            seq: self.seq,
+            machine: crate::machine::Machine::Kv,
+            payload: bincode::serialize(&self.op).expect("a write op serializes"),
+        }
+    }
+
+    /// The typed command inside `cmd` (which must be a KV command).
+    pub fn decode(cmd: &Command) -> Result<KvCommand, String> {
+        let op = bincode::deserialize(&cmd.payload)
+            .map_err(|e| format!("not a key-value command: {e}"))?;
+        Ok(KvCommand {
+            client_id: cmd.client_id,
+            seq: cmd.seq,
+            op,
+        })
+    }
 }
 
 /// A state-changing operation on the key-value store.

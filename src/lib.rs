@@ -26,6 +26,7 @@ pub mod error;
 #[cfg(test)]
 pub(crate) mod fault_proxy;
 pub mod kv;
+pub mod machine;
 pub mod membership;
 pub mod metrics;
 pub mod nemesis;

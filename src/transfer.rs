@@ -23,7 +23,7 @@ use crate::command::NodeId;
 use crate::error::{Error, Result};
 use crate::kv::transfer::StatePart;
 use crate::kv::KvStore;
-use crate::kv::StateMachine;
+use crate::machine::StateMachine;
 use crate::node::Event;
 use crate::transport::{
     self, read_frame, write_frame, Hello, MembershipReply, Purpose, SharedMembership,

@@ -12,7 +12,8 @@ use crate::kv::transfer::StatePart;
 use crate::kv::transfer_tests::{
     apply, assert_same, cmd, dump, inactive_is_empty, populate, put, Kind, Place,
 };
-use crate::kv::{KvStore, StateMachine};
+use crate::kv::KvStore;
+use crate::machine::StateMachine;
 use crate::membership::Membership;
 use crate::transport::{accept_loop, PeerTable, TransportConfig};
 use std::net::SocketAddr;
@@ -93,7 +94,7 @@ fn stores() -> (
     KvStore,
     Place,
     KvStore,
-    (crate::command::Command, crate::command::WriteResult),
+    (crate::command::KvCommand, crate::command::WriteResult),
 ) {
     let (pa, pb) = (Place::new(Kind::Rocks), Place::new(Kind::Rocks));
     let (mut a, mut b) = (pa.open(), pb.open());

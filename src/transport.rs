@@ -36,7 +36,7 @@
 //!   a sender uses one connection at a time, and once a peer has reconnected, the reader
 //!   of its older connection delivers nothing more.
 
-use crate::command::{LogEntry, NodeId};
+use crate::machine::{LogEntry, NodeId};
 use crate::membership::Membership;
 use crate::node::{Event, Network, Note};
 use crate::transfer::StateSource;
@@ -742,8 +742,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, WriteOp};
     use crate::config::Member;
+    use crate::machine::{Command, Machine};
     use crate::metrics::Metrics;
     use omnipaxos::ballot_leader_election::Ballot;
     use omnipaxos::messages::sequence_paxos::{AcceptDecide, PaxosMessage, PaxosMsg};
@@ -756,11 +756,8 @@ mod tests {
             commands: vec![Command {
                 client_id: 1,
                 seq: 1,
-                op: WriteOp::Put {
-                    key: b"k".to_vec(),
-                    value: vec![0; bytes],
-                    return_prev: false,
-                },
+                machine: Machine::Kv,
+                payload: vec![0; bytes],
             }],
         };
         Message::SequencePaxos(PaxosMessage {

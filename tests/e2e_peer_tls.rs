@@ -8,7 +8,7 @@
 mod common;
 
 use common::{eventually, Cluster, BIN};
-use paxosdb::command::{Command, LogEntry, WriteOp};
+use paxosdb::command::{KvCommand, LogEntry, WriteOp};
 use paxosdb::transport::{read_frame, write_frame, Hello, PeerMsg, Purpose, TransportConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ async fn inject<S: AsyncWrite + Unpin>(
     let entry = LogEntry {
         proposer: as_node,
         batch_id: 7,
-        commands: vec![Command {
+        commands: vec![KvCommand {
             client_id: 777,
             seq: 1,
             op: WriteOp::Put {
@@ -55,7 +55,8 @@ async fn inject<S: AsyncWrite + Unpin>(
                 value: b"by-attacker".to_vec(),
                 return_prev: false,
             },
-        }],
+        }
+        .encode()],
     };
     use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
     let msg = omnipaxos::messages::Message::SequencePaxos(PaxosMessage {

@@ -33,10 +33,11 @@
 
 use crate::auth::UserRecord;
 use crate::command::{
-    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+    Command, Expect, KeyValue, KvCommand, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
     LEGACY_APPEND_MAX, SESSION_REUSED,
 };
 use crate::error::{Error, Result};
+use crate::machine::{Machine, Outcome, StateMachine};
 use crate::membership::Membership;
 use crate::storage::db::{read_u64, u64_key};
 use backend::{Backend, MemSpaces, RawWrite, ReadView, RocksSpaces, Space};
@@ -49,38 +50,6 @@ mod staging;
 pub mod transfer;
 
 pub use transfer::{Importer, StateChunk, StateEnd, StatePart, CHUNK_BYTES};
-
-/// Something that applies decided log entries in order.
-pub trait StateMachine: Send + 'static {
-    /// Number of log entries applied so far (the next entry to apply has this index).
-    fn applied_index(&self) -> u64;
-    /// Applies the commands of the log entry at `index`, which must equal
-    /// `applied_index()`, atomically with advancing the applied index. Returns one result
-    /// per command.
-    fn apply(&mut self, index: u64, commands: &[Command]) -> Result<Vec<WriteResult>>;
-    /// Atomically replaces the live state by the completely staged one (one synced write
-    /// that flips the active slot and clears the staged marker), reloads cached counters,
-    /// and returns the new applied index. Fails, changing nothing, if no complete staged
-    /// state exists.
-    fn install_staged(&mut self) -> Result<u64> {
-        Err(Error::Internal(
-            "state transfer is not supported by this state machine".into(),
-        ))
-    }
-    /// The membership set by the last applied configuration change (`None`: the initial
-    /// one, from the server's configuration).
-    fn membership(&self) -> Result<Option<Membership>> {
-        Ok(None)
-    }
-    /// Applies the configuration change decided at `index` (a stop sign): records `m`
-    /// atomically with advancing the applied index past it.
-    fn apply_membership(&mut self, index: u64, m: &Membership) -> Result<()> {
-        let _ = (index, m);
-        Err(Error::Internal(
-            "membership changes are not supported by this state machine".into(),
-        ))
-    }
-}
 
 /// A scan stops (reporting `more`) once its rows hold this many bytes.
 pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
@@ -430,7 +399,7 @@ impl Overlay<'_> {
     /// Records that the session's last command is `seq` with `result`, at `index`.
     fn record_session(
         &mut self,
-        cmd: &Command,
+        cmd: &KvCommand,
         old: Option<&SessionRecord>,
         result: WriteResult,
         index: u64,
@@ -682,12 +651,10 @@ impl KvStore {
     }
 }
 
-impl StateMachine for KvStore {
-    fn applied_index(&self) -> u64 {
-        self.applied
-    }
-
-    fn apply(&mut self, index: u64, commands: &[Command]) -> Result<Vec<WriteResult>> {
+impl KvStore {
+    /// Applies the key-value commands of the log entry at `index`, which must equal the
+    /// applied index, atomically with advancing it. Returns one result per command.
+    pub fn apply_kv(&mut self, index: u64, commands: &[KvCommand]) -> Result<Vec<WriteResult>> {
         if index != self.applied {
             return Err(Error::Internal(format!(
                 "apply of entry {index} but {} entries are applied",
@@ -769,6 +736,36 @@ impl StateMachine for KvStore {
         self.applied = index + 1;
         self.revision = revision;
         Ok(results)
+    }
+}
+
+impl StateMachine for KvStore {
+    fn machine(&self) -> Machine {
+        Machine::Kv
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// Decodes the commands and applies them ([`KvStore::apply_kv`]); a payload that is
+    /// not a key-value write is rejected (and touches no session).
+    fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
+        let decoded: Vec<_> = commands.iter().map(|c| KvCommand::decode(c)).collect();
+        let valid: Vec<KvCommand> = decoded.iter().filter_map(|d| d.clone().ok()).collect();
+        let mut results = self.apply_kv(index, &valid)?.into_iter();
+        let mut out = Vec::with_capacity(commands.len());
+        for d in decoded {
+            out.push(match d {
+                Err(why) => Outcome::Rejected(why),
+                Ok(_) => match results.next().expect("one result per valid command") {
+                    WriteResult::Rejected(why) => Outcome::Rejected(why),
+                    WriteResult::Superseded(why) => Outcome::Superseded(why),
+                    r => Outcome::Done(bincode::serialize(&r)?),
+                },
+            });
+        }
+        Ok(out)
     }
 
     fn membership(&self) -> Result<Option<Membership>> {

@@ -10,7 +10,7 @@
 
 use super::{KvStore, StateMachine};
 use crate::command::{
-    Command, Expect, KeyValue, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+    Expect, KeyValue, KvCommand, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
 };
 use crate::storage::db::open_db;
 use proptest::prelude::*;
@@ -100,7 +100,7 @@ struct Model {
     revision: u64,
     applied: u64,
     /// Client → its last applied command and that command's result.
-    sessions: HashMap<u64, (Command, WriteResult)>,
+    sessions: HashMap<u64, (KvCommand, WriteResult)>,
 }
 
 impl Model {
@@ -171,9 +171,9 @@ impl Model {
 
     /// The concrete command for `spec`, or `None` when the client's history does not allow
     /// it (a retry or an older seq before the client wrote anything).
-    fn make_command(&self, spec: &CmdSpec) -> Option<Command> {
+    fn make_command(&self, spec: &CmdSpec) -> Option<KvCommand> {
         match spec {
-            CmdSpec::Fresh { client, gap, op } => Some(Command {
+            CmdSpec::Fresh { client, gap, op } => Some(KvCommand {
                 client_id: *client,
                 seq: self.last_seq(*client) + gap,
                 op: self.make_op(op),
@@ -181,7 +181,7 @@ impl Model {
             CmdSpec::Retry { client } => self.sessions.get(client).map(|(c, _)| c.clone()),
             CmdSpec::Old { client, back, op } => {
                 let last = self.last_seq(*client);
-                (last > *back).then(|| Command {
+                (last > *back).then(|| KvCommand {
                     client_id: *client,
                     seq: last - back,
                     op: self.make_op(op),
@@ -302,7 +302,7 @@ impl Model {
         }
     }
 
-    fn apply(&mut self, cmd: &Command) -> WriteResult {
+    fn apply(&mut self, cmd: &KvCommand) -> WriteResult {
         match self.sessions.get(&cmd.client_id) {
             Some((last, res)) if last.seq == cmd.seq => res.clone(),
             Some((last, _)) if last.seq > cmd.seq => WriteResult::Superseded(String::new()),
@@ -379,7 +379,7 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                         cmds.push(cmd);
                     }
                 }
-                let got = kv.apply(model.applied, &cmds).unwrap();
+                let got = kv.apply_kv(model.applied, &cmds).unwrap();
                 model.applied += 1;
                 prop_assert_eq!(got.len(), expected.len(), "{}", what);
                 for ((got, want), cmd) in got.iter().zip(&expected).zip(&cmds) {
@@ -489,8 +489,8 @@ proptest! {
     }
 }
 
-fn put(client_id: u64, seq: u64, key: &[u8], value: &[u8]) -> Command {
-    Command {
+fn put(client_id: u64, seq: u64, key: &[u8], value: &[u8]) -> KvCommand {
+    KvCommand {
         client_id,
         seq,
         op: WriteOp::Put {
@@ -507,14 +507,14 @@ fn apply_at_wrong_index_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut kv = open_store(&dir.path().join("db"));
     assert_eq!(kv.applied_index(), 0);
-    assert!(kv.apply(1, &[put(1, 1, b"k", b"v")]).is_err(), "ahead");
+    assert!(kv.apply_kv(1, &[put(1, 1, b"k", b"v")]).is_err(), "ahead");
     assert_eq!(kv.applied_index(), 0);
     assert_eq!(kv.get(b"k").unwrap(), (None, 0));
 
-    kv.apply(0, &[put(1, 1, b"k", b"v1")]).unwrap();
+    kv.apply_kv(0, &[put(1, 1, b"k", b"v1")]).unwrap();
     let before = (kv.get(b"k").unwrap(), kv.revision());
     for index in [0, 2, 7] {
-        let err = kv.apply(index, &[put(1, 2, b"k", b"v2"), put(2, 1, b"j", b"w")]);
+        let err = kv.apply_kv(index, &[put(1, 2, b"k", b"v2"), put(2, 1, b"j", b"w")]);
         assert!(err.is_err(), "apply at {index} with 1 applied must fail");
         assert_eq!(kv.applied_index(), 1);
         assert_eq!((kv.get(b"k").unwrap(), kv.revision()), before);
@@ -522,7 +522,7 @@ fn apply_at_wrong_index_is_refused() {
     }
     // Nothing of the refused commands was recorded: the session of client 1 still
     // executes seq 2 as new.
-    let res = kv.apply(1, &[put(1, 2, b"k", b"v2")]).unwrap();
+    let res = kv.apply_kv(1, &[put(1, 2, b"k", b"v2")]).unwrap();
     assert_eq!(
         res,
         vec![WriteResult::Put {
@@ -541,15 +541,15 @@ fn sessions_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let mut kv = open_store(&path);
-    let first = kv.apply(0, &[put(9, 5, b"k", b"v")]).unwrap();
-    kv.apply(1, &[put(8, 1, b"k", b"w")]).unwrap();
+    let first = kv.apply_kv(0, &[put(9, 5, b"k", b"v")]).unwrap();
+    kv.apply_kv(1, &[put(8, 1, b"k", b"w")]).unwrap();
     drop(kv);
     let mut kv = open_store(&path);
     assert_eq!(kv.applied_index(), 2);
     assert_eq!(kv.revision(), 2);
-    assert_eq!(kv.apply(2, &[put(9, 5, b"k", b"v")]).unwrap(), first);
+    assert_eq!(kv.apply_kv(2, &[put(9, 5, b"k", b"v")]).unwrap(), first);
     assert!(matches!(
-        kv.apply(3, &[put(9, 4, b"k", b"old")]).unwrap()[..],
+        kv.apply_kv(3, &[put(9, 4, b"k", b"old")]).unwrap()[..],
         [WriteResult::Superseded(_)]
     ));
     let (v, applied) = kv.get(b"k").unwrap();
@@ -567,7 +567,7 @@ fn sessions_survive_restart() {
 fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
     use super::{SESSION_SWEEP_EVERY, SESSION_TTL_ENTRIES};
     let mut kv = KvStore::open_memory(Default::default()).unwrap();
-    let incr = |client_id, seq| Command {
+    let incr = |client_id, seq| KvCommand {
         client_id,
         seq,
         op: WriteOp::Incr {
@@ -575,7 +575,8 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
             delta: 1,
         },
     };
-    let apply = |kv: &mut KvStore, cmds: &[Command]| kv.apply(kv.applied_index(), cmds).unwrap();
+    let apply =
+        |kv: &mut KvStore, cmds: &[KvCommand]| kv.apply_kv(kv.applied_index(), cmds).unwrap();
     let value = |kv: &KvStore| kv.get(b"n").unwrap().0.map(|v| v.value);
     apply(&mut kv, &[incr(1, 1)]);
     // Client 2 keeps using its session; client 1 goes quiet.
@@ -612,8 +613,8 @@ mod duplicates_and_expiry {
     use super::super::SESSION_TTL_ENTRIES as TTL;
     use super::*;
 
-    fn incr(client_id: u64) -> Command {
-        Command {
+    fn incr(client_id: u64) -> KvCommand {
+        KvCommand {
             client_id,
             seq: 1,
             op: WriteOp::Incr {
@@ -623,8 +624,8 @@ mod duplicates_and_expiry {
         }
     }
 
-    fn apply(kv: &mut KvStore, cmds: &[Command]) -> Vec<WriteResult> {
-        kv.apply(kv.applied_index(), cmds).unwrap()
+    fn apply(kv: &mut KvStore, cmds: &[KvCommand]) -> Vec<WriteResult> {
+        kv.apply_kv(kv.applied_index(), cmds).unwrap()
     }
 
     fn counter(kv: &KvStore) -> i64 {
@@ -686,7 +687,7 @@ mod duplicates_and_expiry {
 #[test]
 fn a_seq_reused_for_a_different_command_is_rejected_not_answered_with_the_old_result() {
     let mut kv = KvStore::open_memory(Default::default()).unwrap();
-    let put = |key: &[u8]| Command {
+    let put = |key: &[u8]| KvCommand {
         client_id: 9,
         seq: 1,
         op: WriteOp::Put {
@@ -695,11 +696,11 @@ fn a_seq_reused_for_a_different_command_is_rejected_not_answered_with_the_old_re
             return_prev: false,
         },
     };
-    let first = kv.apply(0, &[put(b"a")]).unwrap();
+    let first = kv.apply_kv(0, &[put(b"a")]).unwrap();
     // The same command again is a retry: the original answer.
-    assert_eq!(kv.apply(1, &[put(b"a")]).unwrap(), first);
+    assert_eq!(kv.apply_kv(1, &[put(b"a")]).unwrap(), first);
     // Another command under the same seq must not be "answered" by the first's result.
-    let reused = kv.apply(2, &[put(b"b")]).unwrap();
+    let reused = kv.apply_kv(2, &[put(b"b")]).unwrap();
     assert!(matches!(reused[0], WriteResult::Rejected(_)), "{reused:?}");
     assert!(kv.get(b"b").unwrap().0.is_none());
 }
@@ -714,8 +715,8 @@ fn session_records_keep_versions_not_large_values() {
     use super::SESSION_VALUE_KEEP;
     let mut kv = KvStore::open_memory(Default::default()).unwrap();
     let big = vec![7u8; 256 * 1024];
-    kv.apply(0, &[put(1, 1, b"big", &big)]).unwrap();
-    let cas = |client_id| Command {
+    kv.apply_kv(0, &[put(1, 1, b"big", &big)]).unwrap();
+    let cas = |client_id| KvCommand {
         client_id,
         seq: 1,
         op: WriteOp::Cas {
@@ -735,7 +736,7 @@ fn session_records_keep_versions_not_large_values() {
     for c in 0..100u64 {
         let index = kv.applied_index();
         assert_eq!(
-            kv.apply(index, &[cas(100 + c)]).unwrap(),
+            kv.apply_kv(index, &[cas(100 + c)]).unwrap(),
             vec![failed.clone()]
         );
     }
@@ -756,25 +757,28 @@ fn session_records_keep_versions_not_large_values() {
     );
     // A retry while the key is unchanged: the full original answer, value included.
     let index = kv.applied_index();
-    assert_eq!(kv.apply(index, &[cas(100)]).unwrap(), vec![failed.clone()]);
+    assert_eq!(
+        kv.apply_kv(index, &[cas(100)]).unwrap(),
+        vec![failed.clone()]
+    );
     // Small values are kept as they are (a retry never needs the key).
     let index = kv.applied_index();
-    let first = kv.apply(index, &[put(2, 1, b"small", b"s1")]).unwrap();
+    let first = kv.apply_kv(index, &[put(2, 1, b"small", b"s1")]).unwrap();
     let index = kv.applied_index();
-    let second = kv.apply(index, &[put(2, 2, b"small", b"s2")]).unwrap();
+    let second = kv.apply_kv(index, &[put(2, 2, b"small", b"s2")]).unwrap();
     let index = kv.applied_index();
-    kv.apply(index, &[put(3, 1, b"small", b"s3")]).unwrap();
+    kv.apply_kv(index, &[put(3, 1, b"small", b"s3")]).unwrap();
     let index = kv.applied_index();
     assert_eq!(
-        kv.apply(index, &[put(2, 2, b"small", b"s2")]).unwrap(),
+        kv.apply_kv(index, &[put(2, 2, b"small", b"s2")]).unwrap(),
         second
     );
     assert_ne!(first, second);
     // Once the big value is overwritten, a retry cannot return it: unknown, not wrong.
     let index = kv.applied_index();
-    kv.apply(index, &[put(4, 1, b"big", b"other")]).unwrap();
+    kv.apply_kv(index, &[put(4, 1, b"big", b"other")]).unwrap();
     let index = kv.applied_index();
-    let late = kv.apply(index, &[cas(101)]).unwrap();
+    let late = kv.apply_kv(index, &[cas(101)]).unwrap();
     assert!(matches!(late[0], WriteResult::Superseded(_)), "{late:?}");
     // Nothing of the retries was applied again.
     assert_eq!(kv.get(b"big").unwrap().0.unwrap().value, b"other".to_vec());
@@ -784,7 +788,7 @@ fn session_records_keep_versions_not_large_values() {
 #[test]
 fn append_beyond_the_value_limit_is_rejected_and_changes_nothing() {
     let mut kv = KvStore::open_memory(Default::default()).unwrap();
-    let append = |seq, suffix: &[u8]| Command {
+    let append = |seq, suffix: &[u8]| KvCommand {
         client_id: 5,
         seq,
         op: WriteOp::AppendUpTo {
@@ -793,15 +797,15 @@ fn append_beyond_the_value_limit_is_rejected_and_changes_nothing() {
             max_len: 10,
         },
     };
-    let r = kv.apply(0, &[append(1, b"12345678")]).unwrap();
+    let r = kv.apply_kv(0, &[append(1, b"12345678")]).unwrap();
     assert!(matches!(r[0], WriteResult::Append { len: 8, .. }), "{r:?}");
-    let r = kv.apply(1, &[append(2, b"abc")]).unwrap();
+    let r = kv.apply_kv(1, &[append(2, b"abc")]).unwrap();
     assert!(matches!(r[0], WriteResult::Rejected(_)), "{r:?}");
     assert_eq!(
         kv.get(b"log").unwrap().0.unwrap().value,
         b"12345678".to_vec()
     );
-    let r = kv.apply(2, &[append(3, b"ab")]).unwrap();
+    let r = kv.apply_kv(2, &[append(3, b"ab")]).unwrap();
     assert!(matches!(r[0], WriteResult::Append { len: 10, .. }), "{r:?}");
 }
 
@@ -828,7 +832,7 @@ fn admin_change(hash: &str) -> crate::auth::UserChange {
 fn users_live_outside_the_client_keyspace() {
     use crate::auth::{Role, UserChange};
     let mut kv = KvStore::open_memory(Default::default()).unwrap();
-    let c = |seq, op| Command {
+    let c = |seq, op| KvCommand {
         client_id: 3,
         seq,
         op,
@@ -836,7 +840,7 @@ fn users_live_outside_the_client_keyspace() {
     assert!(!kv.has_users().unwrap());
     // Bootstrap twice in one entry and once more later: only the first applies.
     let r = kv
-        .apply(
+        .apply_kv(
             0,
             &[
                 c(1, set_user("admin", admin_change("$h1"), true)),
@@ -852,7 +856,7 @@ fn users_live_outside_the_client_keyspace() {
         ]
     );
     let r = kv
-        .apply(1, &[c(3, set_user("admin", admin_change("$h3"), true))])
+        .apply_kv(1, &[c(3, set_user("admin", admin_change("$h3"), true))])
         .unwrap();
     assert_eq!(r, vec![WriteResult::User { changed: false }]);
     let admin = kv.user("admin").unwrap().unwrap();
@@ -866,7 +870,7 @@ fn users_live_outside_the_client_keyspace() {
         add_passwords: vec!["$r".into()],
         ..Default::default()
     };
-    kv.apply(2, &[c(4, set_user("reader", change, false))])
+    kv.apply_kv(2, &[c(4, set_user("reader", change, false))])
         .unwrap();
     let reader = kv.user("reader").unwrap().unwrap();
     assert_eq!(
@@ -874,7 +878,7 @@ fn users_live_outside_the_client_keyspace() {
         (Role::Read, false, b"app/".as_slice())
     );
     // Too many secrets: rejected, nothing changes.
-    let many: Vec<Command> = (0..20)
+    let many: Vec<KvCommand> = (0..20)
         .map(|i| {
             let ch = UserChange {
                 add_passwords: vec![format!("$p{i}")],
@@ -883,7 +887,7 @@ fn users_live_outside_the_client_keyspace() {
             c(5 + i, set_user("reader", ch, false))
         })
         .collect();
-    let r = kv.apply(3, &many).unwrap();
+    let r = kv.apply_kv(3, &many).unwrap();
     assert!(matches!(r.last(), Some(WriteResult::Rejected(_))), "{r:?}");
     assert_eq!(
         kv.user("reader").unwrap().unwrap().passwords.len(),
@@ -901,7 +905,7 @@ fn users_live_outside_the_client_keyspace() {
     // another user exists.
     let del = |name: &str| WriteOp::DeleteUser { name: name.into() };
     let r = kv
-        .apply(4, &[c(30, del("admin")), c(31, del("admin"))])
+        .apply_kv(4, &[c(30, del("admin")), c(31, del("admin"))])
         .unwrap();
     assert_eq!(
         r,
@@ -911,12 +915,12 @@ fn users_live_outside_the_client_keyspace() {
         ]
     );
     let r = kv
-        .apply(5, &[c(32, set_user("admin", admin_change("$h4"), true))])
+        .apply_kv(5, &[c(32, set_user("admin", admin_change("$h4"), true))])
         .unwrap();
     assert_eq!(r, vec![WriteResult::User { changed: false }]);
     // The last user cannot be deleted (without users, nodes would serve everyone as an
     // administrator): rejected, on every replica alike, and the user stays.
-    let r = kv.apply(6, &[c(33, del("reader"))]).unwrap();
+    let r = kv.apply_kv(6, &[c(33, del("reader"))]).unwrap();
     assert!(
         matches!(&r[0], WriteResult::Rejected(why) if why.contains("last user")),
         "{r:?}"
@@ -924,7 +928,7 @@ fn users_live_outside_the_client_keyspace() {
     assert!(kv.user("reader").unwrap().is_some());
     // With another user made first, in the same entry, it can go.
     let r = kv
-        .apply(
+        .apply_kv(
             7,
             &[
                 c(34, set_user("admin", admin_change("$h5"), false)),
@@ -940,15 +944,16 @@ fn users_live_outside_the_client_keyspace() {
         enable_if_new: true,
         ..Default::default()
     };
-    kv.apply(8, &[c(36, set_user("new", make(b"a/"), false))])
+    kv.apply_kv(8, &[c(36, set_user("new", make(b"a/"), false))])
         .unwrap();
     assert!(kv.user("new").unwrap().unwrap().enabled);
     let off = UserChange {
         enabled: Some(false),
         ..Default::default()
     };
-    kv.apply(9, &[c(37, set_user("new", off, false))]).unwrap();
-    kv.apply(10, &[c(38, set_user("new", make(b"b/"), false))])
+    kv.apply_kv(9, &[c(37, set_user("new", off, false))])
+        .unwrap();
+    kv.apply_kv(10, &[c(38, set_user("new", make(b"b/"), false))])
         .unwrap();
     let u = kv.user("new").unwrap().unwrap();
     assert_eq!((u.enabled, u.prefix.as_slice()), (false, b"b/".as_slice()));

@@ -4,7 +4,7 @@
 
 use super::backend::{Backend, MemSpaces, Space};
 use super::{KvStore, StateChunk, StateEnd, StateMachine, StatePart, CHUNK_BYTES};
-use crate::command::{Command, KeyValue, ScanRange, WriteOp, WriteResult};
+use crate::command::{KeyValue, KvCommand, ScanRange, WriteOp, WriteResult};
 use crate::error::Error;
 use crate::storage::db::open_db;
 use std::sync::{Arc, RwLock};
@@ -55,8 +55,8 @@ macro_rules! both {
     };
 }
 
-pub(crate) fn cmd(client_id: u64, seq: u64, op: WriteOp) -> Command {
-    Command { client_id, seq, op }
+pub(crate) fn cmd(client_id: u64, seq: u64, op: WriteOp) -> KvCommand {
+    KvCommand { client_id, seq, op }
 }
 
 pub(crate) fn put(key: &str, value: &str) -> WriteOp {
@@ -68,14 +68,14 @@ pub(crate) fn put(key: &str, value: &str) -> WriteOp {
 }
 
 /// Applies one entry at the next index.
-pub(crate) fn apply(kv: &mut KvStore, commands: &[Command]) -> Vec<WriteResult> {
+pub(crate) fn apply(kv: &mut KvStore, commands: &[KvCommand]) -> Vec<WriteResult> {
     let index = kv.applied_index();
-    kv.apply(index, commands).unwrap()
+    kv.apply_kv(index, commands).unwrap()
 }
 
 /// Puts, overwrites, deletes, a multi-put, an increment, from several sessions. Returns
 /// a command of a session and its result, to retry later.
-pub(crate) fn populate(kv: &mut KvStore, tag: &str) -> (Command, WriteResult) {
+pub(crate) fn populate(kv: &mut KvStore, tag: &str) -> (KvCommand, WriteResult) {
     apply(kv, &[cmd(1, 1, put("a", tag)), cmd(2, 1, put("b", "x"))]);
     apply(kv, &[cmd(1, 2, put("a", &format!("{tag}-2")))]);
     let del = WriteOp::Delete {

@@ -77,20 +77,16 @@ impl<S: Storage<LogEntry>> Core<S> {
     }
 
     fn apply_one(&mut self, index: u64, entry: LogEntry) -> Result<()> {
-        let results = self.sm.apply(index, &entry.commands)?;
-        let bytes = entry
-            .commands
-            .iter()
-            .map(|c| c.op.size() as u64 + 24)
-            .sum::<u64>()
-            + 24;
+        let commands: Vec<&crate::machine::Command> = entry.commands.iter().collect();
+        let results = self.sm.apply(index, &commands)?;
+        let bytes = entry.commands.iter().map(|c| c.size() as u64).sum::<u64>() + 24;
         self.trimmer.applied(index, bytes);
         for (cmd, result) in entry.commands.iter().zip(results) {
             // Only a waiter for this very command: a waiter for another command under the
             // same session (a reused seq) must wait for its own entry, which refuses it,
             // instead of taking this one's answer (a retry's duplicate entry can be decided
             // after the original answered and the seq was reused).
-            let key = (cmd.client_id, cmd.seq);
+            let key = (cmd.machine, cmd.client_id, cmd.seq);
             if self.writes.get(&key).is_some_and(|w| w.cmd == *cmd) {
                 for (reply, _) in self.writes.remove(&key).into_iter().flat_map(|w| w.replies) {
                     let _ = reply.send(Ok(result.clone()));

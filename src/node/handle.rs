@@ -7,11 +7,10 @@
 
 use super::admission::Admission;
 use super::Event;
-use crate::command::{
-    Command, KeyValue, Limits, NodeId, ScanRange, Versioned, WriteOp, WriteResult,
-};
+use crate::command::{KeyValue, KvCommand, Limits, ScanRange, Versioned, WriteOp, WriteResult};
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
+use crate::machine::{Command, NodeId, Outcome};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -92,7 +91,34 @@ impl NodeHandle {
         &self.admission
     }
 
-    /// Replicates one write and returns its result once it is decided and applied here.
+    /// Replicates one command of any state machine and returns that machine's encoded
+    /// result once the command is decided and applied here. Protocol-neutral: the typed
+    /// handles (`write` for the KV store, `sql::SqlHandle`) encode and decode.
+    pub async fn submit(&self, cmd: Command) -> Result<Vec<u8>> {
+        if cmd.client_id == 0 || cmd.seq == 0 {
+            return Err(Error::invalid(
+                "a write needs a session: client_id and seq must be non-zero",
+            ));
+        }
+        // Held by the node until the write's waiter is gone: the bytes of unanswered
+        // writes stay bounded even when clients hang up.
+        let ticket = self.admission.write(cmd.size())?;
+        let (reply, rx) = oneshot::channel();
+        let ev = Event::Held(Box::new(Event::Write { cmd, reply }), ticket);
+        self.tx.send(ev).map_err(|_| stopped())?;
+        match rx.await {
+            Ok(Ok(Outcome::Done(result))) => Ok(result),
+            Ok(Ok(Outcome::Rejected(why))) => Err(Error::InvalidInput(why)),
+            Ok(Ok(Outcome::Superseded(why))) => Err(Error::OutcomeUnknown(why)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::OutcomeUnknown(
+                "the node stopped while the write was in flight".into(),
+            )),
+        }
+    }
+
+    /// Replicates one key-value write and returns its result once it is decided and
+    /// applied here.
     pub async fn write(&self, client_id: u64, seq: u64, op: WriteOp) -> Result<WriteResult> {
         if client_id == 0 || seq == 0 {
             return Err(Error::invalid(
@@ -100,21 +126,11 @@ impl NodeHandle {
             ));
         }
         self.limits.check_write(&op)?;
-        // Held by the node until the write's waiter is gone: the bytes of unanswered
-        // writes stay bounded even when clients hang up.
-        let ticket = self.admission.write(op.size())?;
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command { client_id, seq, op };
-        let ev = Event::Held(Box::new(Event::Write { cmd, reply }), ticket);
-        self.tx.send(ev).map_err(|_| stopped())?;
-        match rx.await {
-            Ok(Ok(WriteResult::Rejected(why))) => Err(Error::InvalidInput(why)),
-            Ok(Ok(WriteResult::Superseded(why))) => Err(Error::OutcomeUnknown(why)),
-            Ok(r) => r,
-            Err(_) => Err(Error::OutcomeUnknown(
-                "the node stopped while the write was in flight".into(),
-            )),
-        }
+        let bytes = self
+            .submit(KvCommand { client_id, seq, op }.encode())
+            .await?;
+        bincode::deserialize(&bytes)
+            .map_err(|e| Error::Internal(format!("undecodable key-value result: {e}")))
     }
 
     /// Waits until this node's state reflects every write acknowledged before the call.

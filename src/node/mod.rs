@@ -49,10 +49,10 @@ pub use compaction::{CompactionPolicy, Note};
 pub use handle::{Consistency, NodeHandle, NodeStatus, Role, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 pub use reconfig::removed_message;
 
-use crate::command::{Command, LogEntry, NodeId, WriteResult};
 use crate::config::Member;
 use crate::error::{Error, Result};
-use crate::kv::StateMachine;
+use crate::machine::StateMachine;
+use crate::machine::{Command, LogEntry, Machine, NodeId, Outcome};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use omnipaxos::messages::Message;
@@ -104,7 +104,7 @@ pub enum Event {
     /// A client write to replicate.
     Write {
         cmd: Command,
-        reply: oneshot::Sender<Result<WriteResult>>,
+        reply: oneshot::Sender<Result<Outcome>>,
     },
     /// A linearizable read waits for a barrier.
     ReadBarrier { reply: oneshot::Sender<Result<()>> },
@@ -148,9 +148,12 @@ pub type Reopen<S> = Box<dyn FnMut() -> Result<S> + Send>;
 /// Ticks between two progress notes to the peers.
 const PROGRESS_EVERY_TICKS: u64 = 10;
 
+/// A waiting write: its machine and session (sessions are per machine).
+type WriteKey = (Machine, u64, u64);
+
 struct WriteWaiter {
     cmd: Command,
-    replies: Vec<(oneshot::Sender<Result<WriteResult>>, Instant)>,
+    replies: Vec<(oneshot::Sender<Result<Outcome>>, Instant)>,
     proposed_at: Option<Instant>,
     /// [`Core::lost_epoch`] when it was proposed.
     epoch: u64,
@@ -186,9 +189,9 @@ pub struct Core<S: Storage<LogEntry>> {
     /// Writes by session, until applied here or timed out. Ordered (not a HashMap): the
     /// tick re-proposes overdue writes in iteration order, and a randomly seeded order
     /// would make the proposed batches, and so a simulation run, irreproducible.
-    writes: BTreeMap<(u64, u64), WriteWaiter>,
+    writes: BTreeMap<WriteKey, WriteWaiter>,
     /// Sessions waiting to go into the next batch, in arrival order.
-    to_propose: Vec<(u64, u64)>,
+    to_propose: Vec<WriteKey>,
     /// Reads waiting for the next batch.
     reads: Vec<(oneshot::Sender<Result<()>>, Instant)>,
     /// Batches this node proposed that carry read barriers, by batch id.
@@ -418,12 +421,12 @@ impl<S: Storage<LogEntry>> Core<S> {
     fn write(
         &mut self,
         cmd: Command,
-        reply: oneshot::Sender<Result<WriteResult>>,
+        reply: oneshot::Sender<Result<Outcome>>,
         ticket: Option<admission::Ticket>,
         now: Instant,
     ) {
         let deadline = now + self.cfg.request_timeout;
-        let key = (cmd.client_id, cmd.seq);
+        let key = (cmd.machine, cmd.client_id, cmd.seq);
         if let Some(w) = self.writes.get(&key) {
             if w.cmd != cmd {
                 // A session has one command per seq; answering this one with the other's
@@ -576,7 +579,7 @@ impl<S: Storage<LogEntry>> Core<S> {
                     if w.proposed_at.is_none() {
                         w.proposed_at = Some(now);
                         w.epoch = self.lost_epoch;
-                        bytes += w.cmd.op.size();
+                        bytes += w.cmd.size();
                         commands.push(w.cmd.clone());
                     }
                 }

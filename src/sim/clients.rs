@@ -21,7 +21,8 @@
 use super::checks::SET_SEPARATOR;
 use super::world::Node;
 use crate::check::{Input, Operation, Outcome, Output};
-use crate::command::{Command, Expect, ScanRange, WriteOp, WriteResult};
+use crate::command::{Expect, KvCommand, ScanRange, WriteOp, WriteResult};
+use crate::machine::Outcome as Applied;
 use crate::node::Event;
 use crate::Result;
 use rand::rngs::StdRng;
@@ -48,7 +49,7 @@ const MULTI_PREFIX: &[u8] = b"m";
 const MAX_ATTEMPTS: u32 = 3;
 
 enum Rx {
-    Write(oneshot::Receiver<Result<WriteResult>>),
+    Write(oneshot::Receiver<Result<Applied>>),
     Read(oneshot::Receiver<Result<()>>),
     /// Not sent yet, or lost: (re)send at this time.
     RetryAt(Duration),
@@ -58,7 +59,7 @@ struct Pending {
     key: Vec<u8>,
     input: Input,
     /// The write with its session; None for a get.
-    cmd: Option<Command>,
+    cmd: Option<KvCommand>,
     /// Virtual time of the call (for the liveness bound).
     call: Duration,
     /// Event number of the call (the history's time).
@@ -217,7 +218,7 @@ impl Clients {
         };
         let cmd = op.map(|op| {
             c.seq += 1;
-            Command {
+            KvCommand {
                 client_id: c.session,
                 seq: c.seq,
                 op,
@@ -285,7 +286,7 @@ impl Clients {
         };
         let cmd = op.map(|op| {
             c.seq += 1;
-            Command {
+            KvCommand {
                 client_id: c.session,
                 seq: c.seq,
                 op,
@@ -308,7 +309,7 @@ impl Clients {
         i: usize,
         key: Vec<u8>,
         input: Input,
-        cmd: Option<Command>,
+        cmd: Option<KvCommand>,
         now: Duration,
         rng: &mut StdRng,
         versioned: bool,
@@ -358,7 +359,7 @@ impl Clients {
                 let (tx, rx) = oneshot::channel();
                 core.handle(
                     Event::Write {
-                        cmd: cmd.clone(),
+                        cmd: cmd.encode(),
                         reply: tx,
                     },
                     at,
@@ -389,7 +390,7 @@ impl Clients {
             Rx::RetryAt(_) => return,
             Rx::Write(rx) => match rx.try_recv() {
                 Err(TryRecvError::Empty) => return,
-                Ok(Ok(r)) => Some(outcome(r, p.lost, p.versioned)),
+                Ok(Ok(r)) => Some(outcome(kv_result(r), p.lost, p.versioned)),
                 // A timeout (outcome unknown) or a crashed node.
                 Ok(Err(_)) | Err(TryRecvError::Closed) => None,
             },
@@ -525,6 +526,15 @@ fn read(kv: &crate::kv::KvStore, p: &Pending) -> Output {
 
 /// The checker's outcome of a write's answer; `lost`: an earlier attempt was lost;
 /// `versioned`: record the version a put or multi-put reports.
+/// The key-value result inside a machine outcome.
+fn kv_result(r: Applied) -> WriteResult {
+    match r {
+        Applied::Done(b) => bincode::deserialize(&b).expect("a key-value result decodes"),
+        Applied::Rejected(why) => WriteResult::Rejected(why),
+        Applied::Superseded(why) => WriteResult::Superseded(why),
+    }
+}
+
 fn outcome(r: WriteResult, lost: bool, versioned: bool) -> Outcome {
     match r {
         WriteResult::Put { version, .. } | WriteResult::MultiPut { version } if versioned => {

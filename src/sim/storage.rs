@@ -39,7 +39,7 @@
 //! accepted round (the bug the nemesis found, see `node::paxos`).
 
 use super::checks::{round_of, Round};
-use crate::command::{LogEntry, WriteOp};
+use crate::command::{KvCommand, LogEntry, WriteOp};
 use crate::kv::backend::{MemSpaces, RawWrite};
 use crate::storage::memory::MemStorage;
 use omnipaxos::ballot_leader_election::Ballot;
@@ -194,8 +194,11 @@ impl Durable {
             return;
         }
         for c in &mut e.commands {
-            if let WriteOp::Put { value, .. } = &mut c.op {
-                *value = b"tampered".to_vec();
+            if let Ok(mut kv) = KvCommand::decode(c) {
+                if let WriteOp::Put { value, .. } = &mut kv.op {
+                    *value = b"tampered".to_vec();
+                    *c = kv.encode();
+                }
             }
         }
     }

@@ -11,8 +11,9 @@
 
 use super::*;
 use crate::check::{Input, Operation, Outcome, Output};
-use crate::command::{Command, LogEntry, WriteOp};
+use crate::command::{Command, KvCommand, LogEntry, WriteOp};
 use crate::kv::backend::MemSpaces;
+use crate::machine::Outcome as Applied;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -498,7 +499,7 @@ fn entry(batch: u64, value: &str) -> LogEntry {
     LogEntry {
         proposer: 1,
         batch_id: batch,
-        commands: vec![Command {
+        commands: vec![KvCommand {
             client_id: 1,
             seq: batch,
             op: WriteOp::Put {
@@ -506,7 +507,8 @@ fn entry(batch: u64, value: &str) -> LogEntry {
                 value: value.as_bytes().to_vec(),
                 return_prev: false,
             },
-        }],
+        }
+        .encode()],
     }
 }
 
@@ -734,7 +736,6 @@ fn a_node_restarting_with_its_own_promise_takes_over() {
 /// write waits for its own entry, which refuses the reused seq.
 #[test]
 fn a_late_duplicate_does_not_answer_a_reused_session() {
-    use crate::command::WriteResult;
     use crate::kv::KvStore;
     use crate::node::{Core, CoreConfig, Event};
     use crate::storage::memory::MemStorage;
@@ -799,14 +800,17 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
     let leader = leader.expect("a leader is elected");
     let f = ids.iter().copied().find(|&i| i != leader).unwrap();
     let (li, fi) = ((leader - 1) as usize, (f - 1) as usize);
-    let write = |v: &str| Command {
-        client_id: 4242,
-        seq: 1,
-        op: WriteOp::Put {
-            key: b"s".to_vec(),
-            value: v.as_bytes().to_vec(),
-            return_prev: false,
-        },
+    let write = |v: &str| {
+        KvCommand {
+            client_id: 4242,
+            seq: 1,
+            op: WriteOp::Put {
+                key: b"s".to_vec(),
+                value: v.as_bytes().to_vec(),
+                return_prev: false,
+            },
+        }
+        .encode()
     };
     let send = |core: &mut Core<MemStorage>, cmd: Command| {
         let (reply, rx) = oneshot::channel();
@@ -833,7 +837,7 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
     }
     round(&mut cores, None, &mut held, now);
     match reuse.try_recv().expect("reuse answered") {
-        Ok(WriteResult::Rejected(why)) => assert!(why.contains(crate::command::SESSION_REUSED)),
+        Ok(Applied::Rejected(why)) => assert!(why.contains(crate::command::SESSION_REUSED)),
         other => panic!("the reused seq got {other:?}, not a refusal"),
     }
 }
@@ -853,7 +857,7 @@ fn a_state_ahead_of_the_log_resets_the_log_at_start() {
     let spaces = Arc::new(RwLock::new(MemSpaces::default()));
     let mut kv = KvStore::open_memory(spaces.clone()).unwrap();
     for i in 0..10 {
-        crate::kv::StateMachine::apply(&mut kv, i, &[]).unwrap();
+        crate::machine::StateMachine::apply(&mut kv, i, &[]).unwrap();
     }
     let mut storage = MemStorage::default();
     storage

@@ -50,10 +50,12 @@ use super::clients::Clients;
 use super::net::{idx, Outbox, Packet, Shape, SimNet, Weather};
 use super::storage::{Durable, SimStorage};
 use super::{Bug, SimConfig};
-use crate::command::{Command, NodeId, WriteResult};
+use crate::command::NodeId;
 use crate::error::{Error, Result as DbResult};
 use crate::kv::transfer::{Importer, StateEnd, StatePart};
-use crate::kv::{KvStore, StateMachine};
+use crate::kv::KvStore;
+use crate::machine::StateMachine;
+use crate::machine::{Command, Machine, Outcome};
 use crate::membership::Membership;
 use crate::node::{Core, CoreConfig, Event, Role};
 use omnipaxos::storage::Storage;
@@ -157,10 +159,13 @@ struct SimSm {
 }
 
 impl StateMachine for SimSm {
+    fn machine(&self) -> Machine {
+        Machine::Kv
+    }
     fn applied_index(&self) -> u64 {
         self.kv.applied_index()
     }
-    fn apply(&mut self, index: u64, commands: &[Command]) -> DbResult<Vec<WriteResult>> {
+    fn apply(&mut self, index: u64, commands: &[&Command]) -> DbResult<Vec<Outcome>> {
         let skip = self.skip_apply && index % 3 == 2 && !commands.is_empty();
         let results = self.kv.apply(index, &commands[skip as usize..])?;
         if self.diverge && index % 50 == 25 {
