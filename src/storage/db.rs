@@ -134,7 +134,50 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>> {
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs)
         .map_err(|e| Error::Storage(format!("opening RocksDB at {}: {e}", path.display())))?;
+    check_format(&db, path)?;
     Ok(Arc::new(db))
+}
+
+/// The on-disk format this build writes: 2 since log commands are opaque (a machine tag
+/// and payload bytes, see `machine`). Recorded under [`K_FORMAT`] in [`CF_META`].
+pub const FORMAT: u64 = 2;
+/// Key in [`CF_META`] of the data directory's format.
+const K_FORMAT: &[u8] = b"format";
+
+/// Records [`FORMAT`] in a new database; refuses one written in another format (a
+/// database without the key but with data is format 1), with what to do about it.
+fn check_format(db: &DB, path: &Path) -> Result<()> {
+    let meta = db.cf_handle(CF_META).expect("meta column family");
+    let err = |e: rocksdb::Error| Error::Storage(format!("format of {}: {e}", path.display()));
+    let found = match db.get_cf(meta, K_FORMAT).map_err(err)? {
+        Some(b) => read_u64(&b)?,
+        None => {
+            let used = [CF_LOG, CF_META, CF_SM].iter().any(|cf| {
+                let cf = db.cf_handle(cf).expect("column family");
+                db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+                    .next()
+                    .is_some()
+            });
+            if used {
+                1
+            } else {
+                let mut w = rocksdb::WriteOptions::default();
+                w.set_sync(true);
+                db.put_cf_opt(meta, K_FORMAT, u64_key(FORMAT), &w)
+                    .map_err(err)?;
+                FORMAT
+            }
+        }
+    };
+    if found != FORMAT {
+        return Err(Error::Config(format!(
+            "the data directory {} holds on-disk format {found}, and this paxosdb reads \
+             format {FORMAT} only; start this node with an empty data directory and --join \
+             (it copies the cluster's state), or use the paxosdb release that wrote it",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Big-endian u64 key, so that RocksDB's byte order is numeric order.
@@ -164,5 +207,28 @@ mod tests {
         assert!(err.contains("in use by process"), "{err}");
         drop(first);
         DataDir::lock(dir.path()).unwrap();
+    }
+
+    /// A new database records the format; one with data but no format (written before
+    /// commands were opaque) is refused with what to do, and so is another format.
+    #[test]
+    fn an_older_format_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let db = open_db(&path).unwrap();
+        let meta = db.cf_handle(CF_META).unwrap();
+        assert_eq!(db.get_cf(meta, K_FORMAT).unwrap(), Some(u64_key(FORMAT).to_vec()));
+        // Reopening a database of this format works.
+        drop(db);
+        let db = open_db(&path).unwrap();
+        // Format 1: data, no format key.
+        let meta = db.cf_handle(CF_META).unwrap();
+        db.delete_cf(meta, K_FORMAT).unwrap();
+        let log = db.cf_handle(CF_LOG).unwrap();
+        db.put_cf(log, u64_key(0), b"old entry").unwrap();
+        drop(db);
+        let err = open_db(&path).unwrap_err().to_string();
+        assert!(err.contains("holds on-disk format 1"), "{err}");
+        assert!(err.contains("--join"), "{err}");
     }
 }
