@@ -91,6 +91,12 @@ pub trait StateMachine: Send + 'static {
     /// order; possibly none) atomically with advancing the applied index to `index + 1`.
     /// `index` must equal `applied_index()`. Returns one outcome per command.
     fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>>;
+    /// Makes every applied entry durable: the core calls it before trimming the log past
+    /// the applied index. The KV store's default: nothing to do, its apply batches share
+    /// the log's ordered, synced RocksDB write-ahead log.
+    fn make_durable(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Atomically replaces the live state by the completely staged one and returns the
     /// new applied index. Fails, changing nothing, if no complete staged state exists.
     fn install_staged(&mut self) -> Result<u64> {
@@ -110,5 +116,244 @@ pub trait StateMachine: Send + 'static {
         Err(Error::Internal(
             "membership changes are not supported by this state machine".into(),
         ))
+    }
+}
+
+/// Every state machine of a node, driven as one by the core: the first (primary) one
+/// records the membership; each keeps its own applied index.
+///
+/// An entry is applied to each machine in turn, each in its own atomic commit, so a crash
+/// can leave one machine an entry ahead of another. The core resumes from the smallest
+/// applied index ([`Machines::applied_index`]), and a machine already past an entry skips
+/// it: each machine applies each entry exactly once. A stop sign is applied to the
+/// secondary machines first and to the primary last, so the membership the node restarts
+/// in is never newer than an entry some machine still has to apply from the old
+/// configuration's log.
+pub struct Machines {
+    all: Vec<Box<dyn StateMachine>>,
+}
+
+impl<T: StateMachine> From<Box<T>> for Machines {
+    fn from(primary: Box<T>) -> Machines {
+        Machines { all: vec![primary] }
+    }
+}
+
+impl Machines {
+    /// Adds a secondary machine (commands for a machine that is not here are rejected).
+    pub fn with(mut self, m: Box<dyn StateMachine>) -> Machines {
+        self.all.push(m);
+        self
+    }
+
+    /// The next entry some machine still has to apply.
+    pub fn applied_index(&self) -> u64 {
+        (self.all.iter().map(|m| m.applied_index()).min()).expect("at least one machine")
+    }
+
+    /// Applies the entry at `index` (its `commands`) to every machine that has not yet;
+    /// returns one outcome per command, in order.
+    pub fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
+        let mut out: Vec<Option<Outcome>> = vec![None; commands.len()];
+        for m in &mut self.all {
+            let which = m.machine();
+            let (positions, mine): (Vec<usize>, Vec<&Command>) = commands
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.machine == which)
+                .map(|(i, c)| (i, *c))
+                .unzip();
+            if m.applied_index() > index {
+                // Applied before the node restarted: nobody here waits for these.
+                for i in positions {
+                    out[i] = Some(Outcome::Superseded(
+                        "applied before this node restarted".into(),
+                    ));
+                }
+                continue;
+            }
+            let results = m.apply(index, &mine)?;
+            for (i, r) in positions.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        let here: Vec<Machine> = self.all.iter().map(|m| m.machine()).collect();
+        Ok(out
+            .into_iter()
+            .zip(commands)
+            .map(|(o, c)| {
+                o.unwrap_or_else(|| match here.contains(&c.machine) {
+                    false => {
+                        Outcome::Rejected(format!("this node has no {:?} state machine", c.machine))
+                    }
+                    true => Outcome::Rejected(format!(
+                        "the {:?} state machine gave no outcome for this command",
+                        c.machine
+                    )),
+                })
+            })
+            .collect())
+    }
+
+    /// Records the membership decided at `index` (a stop sign): secondaries first.
+    pub fn apply_membership(&mut self, index: u64, m: &Membership) -> Result<()> {
+        for sm in self.all.iter_mut().rev() {
+            if sm.applied_index() <= index {
+                sm.apply_membership(index, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The membership the primary recorded.
+    pub fn membership(&self) -> Result<Option<Membership>> {
+        self.all[0].membership()
+    }
+
+    /// Installs every machine's staged state; returns the new applied index.
+    pub fn install_staged(&mut self) -> Result<u64> {
+        let mut applied = Vec::with_capacity(self.all.len());
+        for m in self.all.iter_mut().rev() {
+            applied.push(m.install_staged()?);
+        }
+        Ok(applied.into_iter().min().expect("at least one machine"))
+    }
+
+    /// Makes everything applied durable (before the log is trimmed past it).
+    pub fn make_durable(&mut self) -> Result<()> {
+        self.all.iter_mut().try_for_each(|m| m.make_durable())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A machine that records what it was given in a journal shared by the test.
+    struct Journal {
+        which: Machine,
+        applied: u64,
+        membership: Option<Membership>,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl StateMachine for Journal {
+        fn machine(&self) -> Machine {
+            self.which
+        }
+        fn applied_index(&self) -> u64 {
+            self.applied
+        }
+        fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
+            assert_eq!(index, self.applied, "{:?} applies in order", self.which);
+            self.applied = index + 1;
+            let mut seen = self.seen.lock().unwrap();
+            seen.push(format!("{:?}@{index}:{}", self.which, commands.len()));
+            Ok(commands
+                .iter()
+                .map(|c| Outcome::Done(c.payload.clone()))
+                .collect())
+        }
+        fn membership(&self) -> Result<Option<Membership>> {
+            Ok(self.membership.clone())
+        }
+        fn apply_membership(&mut self, index: u64, m: &Membership) -> Result<()> {
+            self.applied = index + 1;
+            self.membership = Some(m.clone());
+            let mut seen = self.seen.lock().unwrap();
+            seen.push(format!("{:?}@{index}:membership", self.which));
+            Ok(())
+        }
+    }
+
+    fn journal(which: Machine, applied: u64, seen: &Arc<Mutex<Vec<String>>>) -> Journal {
+        Journal {
+            which,
+            applied,
+            membership: None,
+            seen: seen.clone(),
+        }
+    }
+
+    fn cmd(machine: Machine, payload: &[u8]) -> Command {
+        Command {
+            client_id: 1,
+            seq: 1,
+            machine,
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn commands_go_to_their_machine_and_outcomes_keep_the_entry_order() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut ms = Machines::from(Box::new(journal(Machine::Kv, 0, &seen)))
+            .with(Box::new(journal(Machine::Sql, 0, &seen)));
+        let (a, b, c) = (
+            cmd(Machine::Sql, b"a"),
+            cmd(Machine::Kv, b"b"),
+            cmd(Machine::Sql, b"c"),
+        );
+        let out = ms.apply(0, &[&a, &b, &c]).unwrap();
+        let done = |p: &[u8]| Outcome::Done(p.to_vec());
+        assert_eq!(out, vec![done(b"a"), done(b"b"), done(b"c")]);
+        // An entry without commands for a machine still advances it.
+        ms.apply(1, &[&b]).unwrap();
+        assert_eq!(ms.applied_index(), 2);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["Kv@0:1", "Sql@0:2", "Kv@1:1", "Sql@1:0"]
+        );
+    }
+
+    /// After a crash between two machines' commits, the node resumes at the smallest
+    /// applied index and the machine already past the entry does not apply it again.
+    #[test]
+    fn a_machine_ahead_after_a_crash_skips_what_it_applied() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut ms = Machines::from(Box::new(journal(Machine::Kv, 8, &seen)))
+            .with(Box::new(journal(Machine::Sql, 7, &seen)));
+        assert_eq!(ms.applied_index(), 7);
+        let (k, s) = (cmd(Machine::Kv, b"k"), cmd(Machine::Sql, b"s"));
+        let out = ms.apply(7, &[&k, &s]).unwrap();
+        assert_eq!(out[1], Outcome::Done(b"s".to_vec()));
+        assert!(matches!(out[0], Outcome::Superseded(_)), "{out:?}");
+        assert_eq!(ms.applied_index(), 8);
+        assert_eq!(*seen.lock().unwrap(), ["Sql@7:1"]);
+    }
+
+    #[test]
+    fn a_command_for_a_machine_the_node_lacks_is_rejected_the_same_everywhere() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut ms = Machines::from(Box::new(journal(Machine::Kv, 0, &seen)));
+        let s = cmd(Machine::Sql, b"s");
+        let out = ms.apply(0, &[&s]).unwrap();
+        assert_eq!(
+            out,
+            vec![Outcome::Rejected(
+                "this node has no Sql state machine".into()
+            )]
+        );
+    }
+
+    /// The primary records a membership change last: a crash in between restarts the
+    /// node in the old configuration, whose log still holds the stop sign.
+    #[test]
+    fn a_stop_sign_reaches_the_secondaries_before_the_primary() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut ms = Machines::from(Box::new(journal(Machine::Kv, 3, &seen)))
+            .with(Box::new(journal(Machine::Sql, 3, &seen)));
+        let m = Membership::initial(&[crate::config::Member {
+            id: 1,
+            addr: "a".into(),
+        }]);
+        ms.apply_membership(3, &m).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["Sql@3:membership", "Kv@3:membership"]
+        );
+        assert_eq!(ms.membership().unwrap(), Some(m));
+        assert_eq!(ms.applied_index(), 4);
     }
 }

@@ -44,6 +44,11 @@ impl<S: Storage<LogEntry>> Core<S> {
             .trimmer
             .target(&self.cfg.compaction, peers, applied, compacted)
         {
+            // Every machine's applied state must outlive the entries trimmed here.
+            if let Err(e) = self.sm.make_durable() {
+                tracing::error!("not trimming the log: the applied state is not durable: {e}");
+                return;
+            }
             self.paxos
                 .handle_incoming(compaction::local_trim(id, to - base));
             let now_compacted = self.global(self.paxos.get_compacted_idx());

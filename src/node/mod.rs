@@ -51,7 +51,7 @@ pub use reconfig::removed_message;
 
 use crate::config::Member;
 use crate::error::{Error, Result};
-use crate::machine::StateMachine;
+use crate::machine::Machines;
 use crate::machine::{Command, LogEntry, Machine, NodeId, Outcome};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -184,7 +184,7 @@ struct PendingChange {
 pub struct Core<S: Storage<LogEntry>> {
     cfg: CoreConfig,
     paxos: OmniPaxos<LogEntry, S>,
-    sm: Box<dyn StateMachine>,
+    sm: Machines,
     net: Box<dyn Network>,
     /// Writes by session, until applied here or timed out. Ordered (not a HashMap): the
     /// tick re-proposes overdue writes in iteration order, and a randomly seeded order
@@ -229,9 +229,10 @@ impl<S: Storage<LogEntry>> Core<S> {
     pub fn new(
         cfg: CoreConfig,
         storage: S,
-        sm: Box<dyn StateMachine>,
+        sm: impl Into<Machines>,
         net: Box<dyn Network>,
     ) -> Result<Self> {
+        let sm: Machines = sm.into();
         let membership = sm
             .membership()?
             .unwrap_or_else(|| Membership::initial(&cfg.members));

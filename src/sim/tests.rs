@@ -253,7 +253,7 @@ fn skipped_apply_is_caught_by_the_replica_check() {
     assert_eq!(f.kind, Kind::ReplicasDiffer, "{f}");
     assert!(
         f.reason
-            .starts_with("replicas 1 and 2 differ in kv key \"k2\": "),
+            .starts_with("replicas 1 and 2 differ in kv key \"k0\": "),
         "{f}"
     );
 }

@@ -217,7 +217,10 @@ mod tests {
         let path = dir.path().join("db");
         let db = open_db(&path).unwrap();
         let meta = db.cf_handle(CF_META).unwrap();
-        assert_eq!(db.get_cf(meta, K_FORMAT).unwrap(), Some(u64_key(FORMAT).to_vec()));
+        assert_eq!(
+            db.get_cf(meta, K_FORMAT).unwrap(),
+            Some(u64_key(FORMAT).to_vec())
+        );
         // Reopening a database of this format works.
         drop(db);
         let db = open_db(&path).unwrap();
