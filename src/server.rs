@@ -21,6 +21,7 @@ use crate::node::admission::{free_bytes, Admission};
 use crate::node::{Core, CoreConfig, NodeHandle};
 use crate::storage::db::{DataDir, CF_META};
 use crate::storage::rocks::RocksStorage;
+use crate::transfer::States;
 use crate::transport::{self, PeerTable, SharedMembership, TransportConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -289,6 +290,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let dir = DataDir::lock(&cfg.data_dir)?;
     let db = dir.open_db()?;
     let mut kv = KvStore::open(db.clone())?;
+    // What a state transfer moves, in order: every state machine of the node.
+    let states = States::new(vec![Arc::new(kv.clone())]);
     let incarnation = check_identity(&db, &cfg, kv.membership()?.is_some())?;
     let metrics = Metrics::new();
     let mut storage = RocksStorage::open(db.clone())?;
@@ -343,7 +346,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     }
     if let Some(join) = &cfg.join {
         if kv.membership()?.is_none() && kv.applied_index() == 0 {
-            crate::transfer::join(join, &tcfg, &mut kv).await?;
+            crate::transfer::join(join, &tcfg, &states).await?;
+            let mut installed = kv.clone();
+            kv = tokio::task::spawn_blocking(move || {
+                installed.install_staged()?;
+                Ok::<_, Error>(installed)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("installing the joined state: {e}")))??;
         }
     }
     let membership = kv
@@ -368,7 +378,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     net.set_fetcher(crate::transfer::fetcher(
         tokio::runtime::Handle::current(),
         tcfg.clone(),
-        kv.clone(),
+        states.clone(),
         tx.clone(),
         shared.clone(),
     ));
@@ -454,7 +464,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         handle.tx.clone(),
         table,
         incarnation_check(db.clone()),
-        Arc::new(handle.kv.clone()),
+        states,
         shared.clone(),
     ));
 

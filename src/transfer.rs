@@ -3,10 +3,11 @@
 //!
 //! The fetching node dials the peer's peer port with a [`Hello`] whose purpose is
 //! [`Purpose::FetchState`] (the same membership and incarnation checks as replication).
-//! The serving node exports a consistent point-in-time copy of its state
-//! ([`crate::kv::transfer`]) as a stream of [`StatePart`] frames — chunks of about 1 MiB,
-//! each with a CRC, then an end frame with counts and a digest over everything — and the
-//! fetching node writes each chunk into its staging area as it arrives.
+//! The serving node exports each state machine's consistent point-in-time copy in turn
+//! ([`Transferable`]; e.g. `kv::transfer`: chunks of about 1 MiB, each with a CRC, then an
+//! end with counts and a digest over everything), framed as [`Frame::Part`]s tagged with
+//! the machine, then [`Frame::Done`]; the fetching node hands each part to that machine's
+//! importer, which stages it as it arrives. The transfer layer never decodes a part.
 //!
 //! Invariants:
 //! - neither side holds the whole state in memory: the exporter runs on a blocking thread
@@ -21,56 +22,87 @@
 
 use crate::command::NodeId;
 use crate::error::{Error, Result};
-use crate::kv::transfer::StatePart;
-use crate::kv::KvStore;
-use crate::machine::StateMachine;
+use crate::machine::Machine;
 use crate::node::Event;
 use crate::transport::{
     self, read_frame, write_frame, Hello, MembershipReply, Purpose, SharedMembership,
     TransportConfig,
 };
+use serde::{Deserialize, Serialize};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 
-/// Chunks exported ahead of the network.
+/// Frames exported ahead of the network.
 pub const IN_FLIGHT: usize = 4;
 /// A transfer that sees no frame for this long fails.
 pub const STALL: Duration = Duration::from_secs(60);
 
-/// Something whose state can be streamed to a peer.
-pub trait StateSource: Send + Sync + 'static {
-    /// Streams a consistent copy to `sink` (see [`KvStore::export`]).
-    fn export(&self, sink: &mut dyn FnMut(StatePart) -> Result<()>) -> Result<()>;
+/// One frame of a state transfer: a part of one machine's state, in that machine's own
+/// encoding (its chunks, checksums and end marker; e.g. `kv::transfer`), and finally
+/// `Done` once every machine's state was sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    Part {
+        machine: Machine,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    Done,
 }
 
-impl StateSource for KvStore {
-    fn export(&self, sink: &mut dyn FnMut(StatePart) -> Result<()>) -> Result<()> {
-        KvStore::export(self, sink)
+/// One state machine's state as a transfer moves it; implemented beside each machine.
+pub trait Transferable: Send + Sync + 'static {
+    fn machine(&self) -> Machine;
+    /// Streams a consistent point-in-time copy to `sink`, part by part, without holding
+    /// the whole state in memory.
+    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()>;
+    /// Starts staging an incoming copy beside the live state (an earlier, unfinished one
+    /// is discarded).
+    fn importer(&self) -> Result<Box<dyn Import>>;
+}
+
+/// The receiving side of one machine's transfer.
+pub trait Import: Send {
+    /// Stages one part (a bad one is refused and changes nothing).
+    fn part(&mut self, bytes: Vec<u8>) -> Result<()>;
+    /// Verifies the whole staged copy and makes it durable and installable; returns its
+    /// applied index. Fails if the machine's own end marker did not arrive.
+    fn finish(self: Box<Self>) -> Result<u64>;
+}
+
+/// The states of every machine of a node, in the order they are sent.
+#[derive(Clone)]
+pub struct States(Arc<Vec<Arc<dyn Transferable>>>);
+
+impl States {
+    pub fn new(all: Vec<Arc<dyn Transferable>>) -> States {
+        States(Arc::new(all))
     }
 }
 
 /// Serves one state fetch on `stream` (after its hello was checked).
-pub async fn serve(
-    stream: transport::PeerStream,
-    source: Arc<dyn StateSource>,
-    max_frame: usize,
-) -> Result<()> {
+pub async fn serve(stream: transport::PeerStream, states: States, max_frame: usize) -> Result<()> {
     let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<StatePart>(IN_FLIGHT);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(IN_FLIGHT);
     let export = tokio::task::spawn_blocking(move || {
-        source.export(&mut |part| {
-            tx.blocking_send(part)
-                .map_err(|_| Error::Unavailable("the fetching peer went away".into()))
-        })
+        let gone = || Error::Unavailable("the fetching peer went away".into());
+        for m in states.0.iter() {
+            let machine = m.machine();
+            m.export(&mut |bytes| {
+                tx.blocking_send(Frame::Part { machine, bytes })
+                    .map_err(|_| gone())
+            })?;
+        }
+        tx.blocking_send(Frame::Done).map_err(|_| gone())
     });
     let mut w = BufWriter::new(stream);
     let mut bytes = 0u64;
-    while let Some(part) = rx.recv().await {
-        if let StatePart::Chunk(c) = &part {
-            bytes += c.payload_bytes();
+    while let Some(frame) = rx.recv().await {
+        if let Frame::Part { bytes: b, .. } = &frame {
+            bytes += b.len() as u64;
         }
-        write_frame(&mut w, &part, max_frame).await?;
+        write_frame(&mut w, &frame, max_frame).await?;
     }
     w.flush().await?;
     // Dropping the receiver above ends a blocked export; its result says why it ended.
@@ -85,10 +117,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Fetches `peer`'s state at `addr` into `kv`'s staging area; returns its applied index.
-/// Fails after [`STALL`] without a frame.
-pub async fn fetch(addr: &str, cfg: &TransportConfig, peer: NodeId, kv: KvStore) -> Result<u64> {
-    fetch_with_stall(addr, cfg, peer, kv, STALL).await
+/// Fetches `peer`'s state at `addr` into the staging areas of `states`; returns the
+/// smallest applied index among the staged machines. Fails after [`STALL`] without a
+/// frame.
+pub async fn fetch(addr: &str, cfg: &TransportConfig, peer: NodeId, states: States) -> Result<u64> {
+    fetch_with_stall(addr, cfg, peer, states, STALL).await
 }
 
 /// [`fetch`], failing once no frame arrived for `stall` (tests use a short one).
@@ -96,7 +129,7 @@ pub async fn fetch_with_stall(
     addr: &str,
     cfg: &TransportConfig,
     peer: NodeId,
-    kv: KvStore,
+    states: States,
     stall: Duration,
 ) -> Result<u64> {
     let started = Instant::now();
@@ -107,29 +140,51 @@ pub async fn fetch_with_stall(
     write_frame(&mut w, &hello, transport::MAX_HELLO_FRAME).await?;
     w.flush().await?;
     let mut r = BufReader::with_capacity(1 << 20, r);
-    let mut importer = Some(blocking(move || kv.importer()).await?);
+    let all = states.clone();
+    let mut importers: Vec<Option<(Machine, Box<dyn Import>)>> = blocking(move || {
+        all.0
+            .iter()
+            .map(|m| Ok(Some((m.machine(), m.importer()?))))
+            .collect()
+    })
+    .await?;
     let mut bytes = 0u64;
     loop {
-        let part: StatePart = tokio::time::timeout(stall, read_frame(&mut r, cfg.max_frame))
+        let frame: Frame = tokio::time::timeout(stall, read_frame(&mut r, cfg.max_frame))
             .await
             .map_err(|_| {
                 Error::Unavailable(format!("no state frame from node {peer} for {stall:?}"))
             })?
             .map_err(|e| Error::Unavailable(format!("state stream from node {peer}: {e}")))?;
-        let mut imp = importer.take().expect("importer present until the end");
-        match part {
-            StatePart::Chunk(c) => {
-                bytes += c.payload_bytes();
-                importer = Some(
+        match frame {
+            Frame::Part { machine, bytes: b } => {
+                bytes += b.len() as u64;
+                let slot = importers
+                    .iter_mut()
+                    .find(|i| i.as_ref().is_some_and(|(m, _)| *m == machine))
+                    .ok_or_else(|| {
+                        Error::Unavailable(format!(
+                            "node {peer} sent state of a {machine:?} machine this node lacks"
+                        ))
+                    })?;
+                let (m, mut imp) = slot.take().expect("found above");
+                *slot = Some(
                     blocking(move || {
-                        imp.chunk(c)?;
-                        Ok(imp)
+                        imp.part(b)?;
+                        Ok((m, imp))
                     })
                     .await?,
                 );
             }
-            StatePart::End(end) => {
-                let applied = blocking(move || imp.finish(end)).await?;
+            Frame::Done => {
+                let applied = blocking(move || {
+                    let mut applied = u64::MAX;
+                    for (_, imp) in importers.into_iter().flatten() {
+                        applied = applied.min(imp.finish()?);
+                    }
+                    Ok(applied)
+                })
+                .await?;
                 tracing::info!(
                     peer,
                     applied,
@@ -154,16 +209,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 pub fn fetcher(
     rt: tokio::runtime::Handle,
     cfg: TransportConfig,
-    kv: KvStore,
+    states: States,
     events: mpsc::Sender<Event>,
     membership: SharedMembership,
 ) -> transport::Fetcher {
     Box::new(move |peer| {
-        let (cfg, kv, events) = (cfg.clone(), kv.clone(), events.clone());
+        let (cfg, states, events) = (cfg.clone(), states.clone(), events.clone());
         let addr = membership.read().unwrap().addr_of(peer).map(str::to_string);
         rt.spawn(async move {
             let res = match addr {
-                Some(addr) => fetch(&addr, &cfg, peer, kv).await,
+                Some(addr) => fetch(&addr, &cfg, peer, states).await,
                 None => Err(Error::Internal(format!("node {peer} is not a member"))),
             };
             if let Err(e) = &res {
@@ -195,8 +250,8 @@ pub async fn query_membership(addr: &str, cfg: &TransportConfig) -> Result<Membe
 /// addresses): waits until a membership change added this node, then fetches and installs
 /// a member's state (which records the membership). Asks the given addresses and every
 /// member it has heard of in turn, so one member leaving does not strand the joiner.
-/// Returns once this node's state is installed.
-pub async fn join(join: &str, cfg: &TransportConfig, kv: &mut KvStore) -> Result<()> {
+/// Returns once this node's state is staged: the caller installs it.
+pub async fn join(join: &str, cfg: &TransportConfig, states: &States) -> Result<()> {
     let mut candidates: Vec<String> = join
         .split(',')
         .map(|s| s.trim().to_string())
@@ -216,16 +271,8 @@ pub async fn join(join: &str, cfg: &TransportConfig, kv: &mut KvStore) -> Result
                     config = r.membership.config_id,
                     "this node is a member now: fetching the cluster's state"
                 );
-                match fetch(&addr, cfg, r.id, kv.clone()).await {
-                    Ok(_) => {
-                        let mut installed = kv.clone();
-                        *kv = blocking(move || {
-                            installed.install_staged()?;
-                            Ok(installed)
-                        })
-                        .await?;
-                        return Ok(());
-                    }
+                match fetch(&addr, cfg, r.id, states.clone()).await {
+                    Ok(_) => return Ok(()),
                     Err(e) => tracing::warn!("state fetch from node {} failed: {e}", r.id),
                 }
             }

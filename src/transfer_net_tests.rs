@@ -3,7 +3,7 @@
 //! killing the serving task: the real `accept_loop` → `serve` on one side and the real
 //! `fetch` → importer on the other.
 
-use super::{fetch_with_stall, StateSource};
+use super::{fetch_with_stall, Import, States, Transferable};
 use crate::command::WriteOp;
 use crate::config::Member;
 use crate::error::{Error, Result};
@@ -43,7 +43,7 @@ fn fetch_cfg() -> TransportConfig {
 
 /// Runs a real peer listener of node 1 that serves `source`; aborting the handle kills
 /// it and every connection it serves.
-async fn serve_state(source: Arc<dyn StateSource>) -> (SocketAddr, JoinHandle<()>) {
+async fn serve_state(source: Arc<dyn Transferable>) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let members = [
@@ -68,7 +68,7 @@ async fn serve_state(source: Arc<dyn StateSource>) -> (SocketAddr, JoinHandle<()
         events,
         PeerTable::default(),
         Arc::new(|_, _| Ok(())),
-        source,
+        States::new(vec![source]),
         Arc::new(RwLock::new(Membership::initial(&members))),
     ));
     (addr, task)
@@ -79,7 +79,13 @@ async fn fetch(addr: SocketAddr, kv: &KvStore, stall: Duration) -> (Result<u64>,
     let started = Instant::now();
     let res = tokio::time::timeout(
         Duration::from_secs(60),
-        fetch_with_stall(&addr.to_string(), &fetch_cfg(), SERVER, kv.clone(), stall),
+        fetch_with_stall(
+            &addr.to_string(),
+            &fetch_cfg(),
+            SERVER,
+            States::new(vec![Arc::new(kv.clone())]),
+            stall,
+        ),
     )
     .await
     .expect("a fetch ends by itself");
@@ -175,10 +181,18 @@ struct Gated {
     release: Mutex<mpsc::Receiver<()>>,
 }
 
-impl StateSource for Gated {
-    fn export(&self, sink: &mut dyn FnMut(StatePart) -> Result<()>) -> Result<()> {
+impl Transferable for Gated {
+    fn machine(&self) -> crate::machine::Machine {
+        crate::machine::Machine::Kv
+    }
+
+    fn importer(&self) -> Result<Box<dyn Import>> {
+        Transferable::importer(&self.kv)
+    }
+
+    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
         let mut n = 0;
-        self.kv.export(&mut |p| {
+        Transferable::export(&self.kv, &mut |p| {
             if n == self.after {
                 let _ = self.reached.lock().unwrap().send(());
                 let _ = self

@@ -39,7 +39,7 @@
 use crate::machine::{LogEntry, NodeId};
 use crate::membership::Membership;
 use crate::node::{Event, Network, Note};
-use crate::transfer::StateSource;
+use crate::transfer::States;
 use bincode::Options;
 use omnipaxos::messages::Message;
 use serde::{Deserialize, Serialize};
@@ -545,7 +545,7 @@ pub async fn accept_loop(
     events: mpsc::Sender<Event>,
     table: PeerTable,
     check: IncarnationCheck,
-    source: Arc<dyn StateSource>,
+    source: States,
     membership: SharedMembership,
 ) {
     let inbox = Arc::new(Semaphore::new(
@@ -609,7 +609,7 @@ struct Peer<'a> {
 async fn serve_peer(
     stream: TcpStream,
     p: Peer<'_>,
-    source: Arc<dyn StateSource>,
+    source: States,
     pending: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), String> {
     let Peer {

@@ -44,8 +44,9 @@ async fn node2() -> (SocketAddr, mpsc::Receiver<Event>) {
         (2, addr.to_string()),
         (3, "127.0.0.1:3".into()),
     ]);
-    let source: Arc<dyn StateSource> =
-        Arc::new(crate::kv::KvStore::open_memory(Default::default()).unwrap());
+    let source = crate::transfer::States::new(vec![Arc::new(
+        crate::kv::KvStore::open_memory(Default::default()).unwrap(),
+    )]);
     tokio::spawn(accept_loop(
         listener,
         cfg(2),

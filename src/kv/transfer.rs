@@ -356,3 +356,52 @@ impl Importer {
         Ok(end.applied)
     }
 }
+
+/// The KV store as the transfer layer moves it: each [`StatePart`] is one opaque part.
+impl crate::transfer::Transferable for KvStore {
+    fn machine(&self) -> crate::machine::Machine {
+        crate::machine::Machine::Kv
+    }
+
+    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
+        KvStore::export(self, &mut |part| sink(bincode::serialize(&part)?))
+    }
+
+    fn importer(&self) -> Result<Box<dyn crate::transfer::Import>> {
+        Ok(Box::new(KvImport {
+            importer: KvStore::importer(self)?,
+            end: None,
+        }))
+    }
+}
+
+/// Receives the KV store's parts: chunks go to the [`Importer`] as they come; the end is
+/// kept for [`crate::transfer::Import::finish`].
+struct KvImport {
+    importer: Importer,
+    end: Option<StateEnd>,
+}
+
+impl crate::transfer::Import for KvImport {
+    fn part(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let part: StatePart = bincode::deserialize(&bytes)
+            .map_err(|e| Error::Unavailable(format!("undecodable key-value state part: {e}")))?;
+        match part {
+            StatePart::Chunk(_) | StatePart::End(_) if self.end.is_some() => Err(
+                Error::Unavailable("key-value state part after its end".into()),
+            ),
+            StatePart::Chunk(c) => self.importer.chunk(c),
+            StatePart::End(end) => {
+                self.end = Some(end);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<u64> {
+        let end = self.end.ok_or_else(|| {
+            Error::Unavailable("the key-value state ended without its end".into())
+        })?;
+        self.importer.finish(end)
+    }
+}
