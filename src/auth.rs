@@ -384,6 +384,32 @@ impl Identity {
         }
     }
 
+    /// May user `name`, as `record` (its entry in the user table where the command is
+    /// applied; `None`: deleted) says, apply `op`? The apply-time check of the state
+    /// machine: a user demoted, disabled or deleted after the command was proposed (maybe
+    /// through a node that had not applied the change yet) is refused there too.
+    pub fn permits(
+        name: &str,
+        record: Option<&UserRecord>,
+        op: &crate::command::WriteOp,
+    ) -> Result<()> {
+        let Some(rec) = record else {
+            return Err(Error::PermissionDenied(format!(
+                "user {name} no longer exists"
+            )));
+        };
+        if !rec.enabled {
+            return Err(Error::PermissionDenied(format!("user {name} is disabled")));
+        }
+        Identity {
+            user: Some(name.to_string()),
+            role: rec.role,
+            prefix: rec.prefix.clone(),
+            proved_by: None,
+        }
+        .check_op(op)
+    }
+
     /// May this identity manage users and membership?
     pub fn check_admin(&self) -> Result<()> {
         if self.role < Role::Admin {
@@ -706,6 +732,7 @@ mod tests {
                 change,
                 only_if_no_users: false,
             },
+            user: None,
         };
         let index = kv.applied_index();
         kv.apply_kv(index, &[cmd]).unwrap();

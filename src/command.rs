@@ -22,6 +22,8 @@ pub struct KvCommand {
     pub client_id: u64,
     pub seq: u64,
     pub op: WriteOp,
+    /// The user it runs as (see [`Command::user`]).
+    pub user: Option<String>,
 }
 
 impl KvCommand {
@@ -30,6 +32,7 @@ impl KvCommand {
         Command {
             client_id: self.client_id,
             seq: self.seq,
+            user: self.user.clone(),
             machine: crate::machine::Machine::Kv,
             payload: bincode::serialize(&self.op).expect("a write op serializes"),
         }
@@ -43,6 +46,7 @@ impl KvCommand {
             client_id: cmd.client_id,
             seq: cmd.seq,
             op,
+            user: cmd.user.clone(),
         })
     }
 }
@@ -263,6 +267,9 @@ pub enum WriteResult {
     User {
         changed: bool,
     },
+    /// Not applied: the user it runs as may not do this any more where it was applied
+    /// (demoted, disabled or deleted since it was proposed). Nothing changed.
+    Denied(String),
 }
 
 /// A key range for scans.

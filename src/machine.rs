@@ -56,6 +56,10 @@ pub struct LogEntry {
 pub struct Command {
     pub client_id: u64,
     pub seq: u64,
+    /// The authenticated user the command runs as (`None`: no user, while the cluster
+    /// has none, or the node itself). The machine checks the user's rights again when it
+    /// applies the command, against the replicated user table as of that log position.
+    pub user: Option<String>,
     pub machine: Machine,
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
@@ -79,6 +83,9 @@ pub enum Outcome {
     /// The session can no longer tell this command's outcome: an unknown outcome, not a
     /// failure (see the KV store's sessions).
     Superseded(String),
+    /// Not applied: the user the command runs as may not do this (any more) at this log
+    /// position. Nothing changed.
+    Denied(String),
 }
 
 /// A state machine the core applies decided entries to.
@@ -280,6 +287,7 @@ mod tests {
         Command {
             client_id: 1,
             seq: 1,
+            user: None,
             machine,
             payload: payload.to_vec(),
         }

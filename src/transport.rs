@@ -756,6 +756,7 @@ mod tests {
             commands: vec![Command {
                 client_id: 1,
                 seq: 1,
+                user: None,
                 machine: Machine::Kv,
                 payload: vec![0; bytes],
             }],

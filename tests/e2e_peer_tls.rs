@@ -55,6 +55,7 @@ async fn inject<S: AsyncWrite + Unpin>(
                 value: b"by-attacker".to_vec(),
                 return_prev: false,
             },
+            user: None,
         }
         .encode()],
     };

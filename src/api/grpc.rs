@@ -120,7 +120,7 @@ impl KvService {
         let (client_id, seq) = session(session_field)?;
         let result = self
             .node
-            .write(client_id, seq, op)
+            .write_as(id.user.clone(), client_id, seq, op)
             .await
             .map_err(to_status)?;
         answer(result).map(Response::new).map_err(unexpected)
@@ -289,18 +289,18 @@ pub struct ClusterService {
 
 impl ClusterService {
     #[allow(clippy::result_large_err)] // tonic handlers return Status by value
-    async fn admin(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        identity(&self.info.auth, meta)
-            .await?
-            .check_admin()
-            .map_err(to_status)
+    async fn admin(&self, meta: &tonic::metadata::MetadataMap) -> Result<Identity, Status> {
+        let id = identity(&self.info.auth, meta).await?;
+        id.check_admin().map_err(to_status)?;
+        Ok(id)
     }
 
     /// Proposes a user command in a fresh session; whether it changed the user table.
     #[allow(clippy::result_large_err)] // tonic handlers return Status by value
-    async fn user_op(&self, op: WriteOp) -> Result<bool, Status> {
+    async fn user_op(&self, who: &Identity, op: WriteOp) -> Result<bool, Status> {
         let client_id = rand::random::<u64>().max(1);
-        match self.node.write(client_id, 1, op).await.map_err(to_status)? {
+        let user = who.user.clone();
+        match (self.node.write_as(user, client_id, 1, op).await).map_err(to_status)? {
             WriteResult::User { changed } => Ok(changed),
             other => Err(unexpected(other)),
         }
@@ -353,7 +353,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::SetUserRequest>,
     ) -> Result<Response<pb::SetUserResponse>, Status> {
-        self.admin(req.metadata()).await?;
+        let who = self.admin(req.metadata()).await?;
         let r = req.into_inner();
         let mut change = UserChange {
             role: match r.role.as_str() {
@@ -373,11 +373,14 @@ impl pb::cluster_server::Cluster for ClusterService {
             change.add_passwords.push(hash);
         }
         let changed = self
-            .user_op(WriteOp::SetUser {
-                name: r.name,
-                change,
-                only_if_no_users: false,
-            })
+            .user_op(
+                &who,
+                WriteOp::SetUser {
+                    name: r.name,
+                    change,
+                    only_if_no_users: false,
+                },
+            )
             .await?;
         Ok(Response::new(pb::SetUserResponse { changed }))
     }
@@ -386,9 +389,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        self.admin(req.metadata()).await?;
+        let who = self.admin(req.metadata()).await?;
         let name = req.into_inner().name;
-        let deleted = self.user_op(WriteOp::DeleteUser { name }).await?;
+        let deleted = self.user_op(&who, WriteOp::DeleteUser { name }).await?;
         Ok(Response::new(pb::DeleteUserResponse { deleted }))
     }
 
@@ -419,14 +422,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        self.admin(req.metadata()).await?;
+        let who = self.admin(req.metadata()).await?;
         let name = req.into_inner().name;
         crate::auth::check_name(&name).map_err(to_status)?;
         if self.info.auth.user(&name).map_err(to_status)?.is_none() {
             return Err(Status::not_found(format!("no user {name}")));
         }
         let (token, op) = crate::auth::token_write(&name).await.map_err(to_status)?;
-        self.user_op(op).await?;
+        self.user_op(&who, op).await?;
         Ok(Response::new(pb::CreateTokenResponse { token }))
     }
 

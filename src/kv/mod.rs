@@ -687,7 +687,18 @@ impl KvStore {
                      whether it was applied earlier is no longer known",
                     cmd.seq, cmd.client_id, s.seq
                 )),
-                _ => overlay.execute(&cmd.op)?,
+                _ => match &cmd.user {
+                    // The user's rights as of this log position (see `Identity::permits`).
+                    Some(name) => {
+                        let rec = overlay.user(name)?;
+                        match crate::auth::Identity::permits(name, rec.as_ref(), &cmd.op) {
+                            Ok(()) => overlay.execute(&cmd.op)?,
+                            Err(Error::PermissionDenied(why)) => WriteResult::Denied(why),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    None => overlay.execute(&cmd.op)?,
+                },
             };
             if session.as_ref().is_none_or(|s| s.seq < cmd.seq) {
                 overlay.record_session(cmd, session.as_ref(), result.clone(), index);
@@ -761,6 +772,7 @@ impl StateMachine for KvStore {
                 Ok(_) => match results.next().expect("one result per valid command") {
                     WriteResult::Rejected(why) => Outcome::Rejected(why),
                     WriteResult::Superseded(why) => Outcome::Superseded(why),
+                    WriteResult::Denied(why) => Outcome::Denied(why),
                     r => Outcome::Done(bincode::serialize(&r)?),
                 },
             });

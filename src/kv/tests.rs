@@ -177,6 +177,7 @@ impl Model {
                 client_id: *client,
                 seq: self.last_seq(*client) + gap,
                 op: self.make_op(op),
+                user: None,
             }),
             CmdSpec::Retry { client } => self.sessions.get(client).map(|(c, _)| c.clone()),
             CmdSpec::Old { client, back, op } => {
@@ -185,6 +186,7 @@ impl Model {
                     client_id: *client,
                     seq: last - back,
                     op: self.make_op(op),
+                    user: None,
                 })
             }
         }
@@ -498,6 +500,7 @@ fn put(client_id: u64, seq: u64, key: &[u8], value: &[u8]) -> KvCommand {
             value: value.to_vec(),
             return_prev: true,
         },
+        user: None,
     }
 }
 
@@ -574,6 +577,7 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
             key: b"n".to_vec(),
             delta: 1,
         },
+        user: None,
     };
     let apply =
         |kv: &mut KvStore, cmds: &[KvCommand]| kv.apply_kv(kv.applied_index(), cmds).unwrap();
@@ -621,6 +625,7 @@ mod duplicates_and_expiry {
                 key: b"n".to_vec(),
                 delta: 1,
             },
+            user: None,
         }
     }
 
@@ -695,6 +700,7 @@ fn a_seq_reused_for_a_different_command_is_rejected_not_answered_with_the_old_re
             value: b"v".to_vec(),
             return_prev: false,
         },
+        user: None,
     };
     let first = kv.apply_kv(0, &[put(b"a")]).unwrap();
     // The same command again is a retry: the original answer.
@@ -724,6 +730,7 @@ fn session_records_keep_versions_not_large_values() {
             expect: Expect::Version(99),
             new_value: b"new".to_vec(),
         },
+        user: None,
     };
     let failed = WriteResult::Cas {
         succeeded: false,
@@ -796,6 +803,7 @@ fn append_beyond_the_value_limit_is_rejected_and_changes_nothing() {
             suffix: suffix.to_vec(),
             max_len: 10,
         },
+        user: None,
     };
     let r = kv.apply_kv(0, &[append(1, b"12345678")]).unwrap();
     assert!(matches!(r[0], WriteResult::Append { len: 8, .. }), "{r:?}");
@@ -836,6 +844,7 @@ fn users_live_outside_the_client_keyspace() {
         client_id: 3,
         seq,
         op,
+        user: None,
     };
     assert!(!kv.has_users().unwrap());
     // Bootstrap twice in one entry and once more later: only the first applies.
@@ -957,4 +966,102 @@ fn users_live_outside_the_client_keyspace() {
         .unwrap();
     let u = kv.user("new").unwrap().unwrap();
     assert_eq!((u.enabled, u.prefix.as_slice()), (false, b"b/".as_slice()));
+}
+
+/// A write runs as the user who sent it, and the store checks that user's rights again
+/// where it applies the write: a user demoted, disabled or deleted after a write was
+/// proposed (through a node that had not applied the change yet) cannot make it land.
+#[test]
+fn a_write_is_checked_against_its_users_rights_where_it_is_applied() {
+    use crate::auth::{Role, UserChange};
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let run = |kv: &mut KvStore, seq, op, user: Option<&str>| {
+        let cmd = KvCommand {
+            client_id: 9,
+            seq,
+            op,
+            user: user.map(str::to_string),
+        };
+        let index = kv.applied_index();
+        kv.apply_kv(index, &[cmd]).unwrap().remove(0)
+    };
+    let change = |role, prefix: &[u8]| UserChange {
+        role: Some(role),
+        prefix: Some(prefix.to_vec()),
+        enabled: Some(true),
+        ..Default::default()
+    };
+    let put = |k: &[u8]| WriteOp::Put {
+        key: k.to_vec(),
+        value: b"v".to_vec(),
+        return_prev: false,
+    };
+    run(
+        &mut kv,
+        1,
+        set_user("ann", change(Role::ReadWrite, b"a/"), false),
+        None,
+    );
+    assert!(matches!(
+        run(&mut kv, 2, put(b"a/1"), Some("ann")),
+        WriteResult::Put { .. }
+    ));
+    // Outside the prefix, or user management: denied, nothing written.
+    let denied = run(&mut kv, 3, put(b"b/1"), Some("ann"));
+    assert!(
+        matches!(&denied, WriteResult::Denied(m) if m.contains("ann")),
+        "{denied:?}"
+    );
+    assert_eq!(kv.get(b"b/1").unwrap().0, None);
+    let denied = run(
+        &mut kv,
+        4,
+        set_user("ann", change(Role::Admin, b""), false),
+        Some("ann"),
+    );
+    assert!(matches!(denied, WriteResult::Denied(_)), "{denied:?}");
+    // Demoted to read: the next write is denied.
+    run(
+        &mut kv,
+        5,
+        set_user("ann", change(Role::Read, b"a/"), false),
+        None,
+    );
+    let denied = run(&mut kv, 6, put(b"a/2"), Some("ann"));
+    assert!(
+        matches!(&denied, WriteResult::Denied(m) if m.contains("may not write")),
+        "{denied:?}"
+    );
+    // Disabled, then deleted.
+    let mut off = change(Role::ReadWrite, b"a/");
+    off.enabled = Some(false);
+    run(&mut kv, 7, set_user("ann", off, false), None);
+    let denied = run(&mut kv, 8, put(b"a/3"), Some("ann"));
+    assert_eq!(denied, WriteResult::Denied("user ann is disabled".into()));
+    run(
+        &mut kv,
+        9,
+        set_user("root", change(Role::Admin, b""), false),
+        None,
+    );
+    run(
+        &mut kv,
+        10,
+        WriteOp::DeleteUser { name: "ann".into() },
+        Some("root"),
+    );
+    let denied = run(&mut kv, 11, put(b"a/4"), Some("ann"));
+    assert_eq!(
+        denied,
+        WriteResult::Denied("user ann no longer exists".into())
+    );
+    assert_eq!(kv.get(b"a/2").unwrap().0, None);
+    assert_eq!(kv.get(b"a/3").unwrap().0, None);
+    assert_eq!(kv.get(b"a/4").unwrap().0, None);
+    // The denial is remembered by the session like any result: a retry gets it again.
+    let again = run(&mut kv, 11, put(b"a/4"), Some("ann"));
+    assert_eq!(
+        again,
+        WriteResult::Denied("user ann no longer exists".into())
+    );
 }

@@ -56,7 +56,12 @@ macro_rules! both {
 }
 
 pub(crate) fn cmd(client_id: u64, seq: u64, op: WriteOp) -> KvCommand {
-    KvCommand { client_id, seq, op }
+    KvCommand {
+        client_id,
+        seq,
+        op,
+        user: None,
+    }
 }
 
 pub(crate) fn put(key: &str, value: &str) -> WriteOp {

@@ -110,6 +110,7 @@ impl NodeHandle {
             Ok(Ok(Outcome::Done(result))) => Ok(result),
             Ok(Ok(Outcome::Rejected(why))) => Err(Error::InvalidInput(why)),
             Ok(Ok(Outcome::Superseded(why))) => Err(Error::OutcomeUnknown(why)),
+            Ok(Ok(Outcome::Denied(why))) => Err(Error::PermissionDenied(why)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::OutcomeUnknown(
                 "the node stopped while the write was in flight".into(),
@@ -117,9 +118,21 @@ impl NodeHandle {
         }
     }
 
-    /// Replicates one key-value write and returns its result once it is decided and
-    /// applied here.
+    /// Replicates one key-value write on the node's own behalf (no user) and returns its
+    /// result once it is decided and applied here.
     pub async fn write(&self, client_id: u64, seq: u64, op: WriteOp) -> Result<WriteResult> {
+        self.write_as(None, client_id, seq, op).await
+    }
+
+    /// [`NodeHandle::write`] as `user`: the state machine checks the user's rights again
+    /// where it applies the write (the API checked them where it was received).
+    pub async fn write_as(
+        &self,
+        user: Option<String>,
+        client_id: u64,
+        seq: u64,
+        op: WriteOp,
+    ) -> Result<WriteResult> {
         if client_id == 0 || seq == 0 {
             return Err(Error::invalid(
                 "a write needs a session: client_id and seq must be non-zero",
@@ -127,7 +140,15 @@ impl NodeHandle {
         }
         self.limits.check_write(&op)?;
         let bytes = self
-            .submit(KvCommand { client_id, seq, op }.encode())
+            .submit(
+                KvCommand {
+                    client_id,
+                    seq,
+                    op,
+                    user,
+                }
+                .encode(),
+            )
             .await?;
         bincode::deserialize(&bytes)
             .map_err(|e| Error::Internal(format!("undecodable key-value result: {e}")))

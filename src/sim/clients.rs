@@ -222,6 +222,7 @@ impl Clients {
                 client_id: c.session,
                 seq: c.seq,
                 op,
+                user: None,
             }
         });
         self.begin(i, key, input, cmd, now, rng, true);
@@ -290,6 +291,7 @@ impl Clients {
                 client_id: c.session,
                 seq: c.seq,
                 op,
+                user: None,
             }
         });
         if cmd.is_some() && !set {
@@ -532,6 +534,7 @@ fn kv_result(r: Applied) -> WriteResult {
         Applied::Done(b) => bincode::deserialize(&b).expect("a key-value result decodes"),
         Applied::Rejected(why) => WriteResult::Rejected(why),
         Applied::Superseded(why) => WriteResult::Superseded(why),
+        Applied::Denied(why) => WriteResult::Denied(why),
     }
 }
 

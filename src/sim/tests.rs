@@ -507,6 +507,7 @@ fn entry(batch: u64, value: &str) -> LogEntry {
                 value: value.as_bytes().to_vec(),
                 return_prev: false,
             },
+            user: None,
         }
         .encode()],
     }
@@ -809,6 +810,7 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
                 value: v.as_bytes().to_vec(),
                 return_prev: false,
             },
+            user: None,
         }
         .encode()
     };

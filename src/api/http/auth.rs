@@ -61,9 +61,9 @@ async fn admin(s: &AppState, h: &HeaderMap) -> Result<Identity, ApiError> {
     Ok(id)
 }
 
-async fn propose(s: &AppState, op: WriteOp) -> Result<bool, ApiError> {
+async fn propose(s: &AppState, who: &Identity, op: WriteOp) -> Result<bool, ApiError> {
     let client_id = (rand::random::<u64>() >> 11).max(1);
-    match s.node.write(client_id, 1, op).await? {
+    match s.node.write_as(who.user.clone(), client_id, 1, op).await? {
         WriteResult::User { changed } => Ok(changed),
         other => Err(ApiError::from_node(crate::error::Error::Internal(format!(
             "unexpected result {other:?}"
@@ -111,7 +111,7 @@ pub async fn put(
     h: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&s, &h).await?;
+    let who = admin(&s, &h).await?;
     let b: UserBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body must be a JSON user object: {e}")))?;
     let mut change = UserChange {
@@ -128,6 +128,7 @@ pub async fn put(
     }
     let changed = propose(
         &s,
+        &who,
         WriteOp::SetUser {
             name,
             change,
@@ -144,8 +145,8 @@ pub async fn delete(
     Path(name): Path<String>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admin(&s, &h).await?;
-    let deleted = propose(&s, WriteOp::DeleteUser { name }).await?;
+    let who = admin(&s, &h).await?;
+    let deleted = propose(&s, &who, WriteOp::DeleteUser { name }).await?;
     Ok(Json(json!({ "deleted": deleted })).into_response())
 }
 
@@ -156,12 +157,12 @@ pub async fn token(
     Path(name): Path<String>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admin(&s, &h).await?;
+    let who = admin(&s, &h).await?;
     crate::auth::check_name(&name)?;
     if s.info.auth.user(&name)?.is_none() {
         return Err(ApiError::not_found("no such user"));
     }
     let (token, op) = crate::auth::token_write(&name).await?;
-    propose(&s, op).await?;
+    propose(&s, &who, op).await?;
     Ok(Json(json!({ "token": token })).into_response())
 }

@@ -9,6 +9,7 @@
 use super::decode::{self, Precondition};
 use super::error::ApiError;
 use super::AppState;
+use crate::auth::Identity;
 use crate::command::{Expect, SetCond, WriteOp, WriteResult};
 use crate::node::Consistency;
 use axum::body::Body;
@@ -98,11 +99,12 @@ async fn read_body(h: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, Api
 /// session headers.
 async fn write_in_session(
     s: &AppState,
+    id: &Identity,
     (client_id, seq): (u64, u64),
     op: WriteOp,
     answer: impl FnOnce(WriteResult) -> Result<Response, ApiError>,
 ) -> Response {
-    let result = match s.node.write(client_id, seq, op).await {
+    let result = match s.node.write_as(id.user.clone(), client_id, seq, op).await {
         Ok(r) => answer(r),
         Err(e) => Err(ApiError::from_node(e)),
     };
@@ -181,7 +183,7 @@ pub async fn put_key(
             cond: SetCond::IfPresent,
         },
     };
-    Ok(write_in_session(&s, sess, op, |r| match r {
+    Ok(write_in_session(&s, &id, sess, op, |r| match r {
         WriteResult::Put { version, .. }
         | WriteResult::Cas {
             succeeded: true,
@@ -223,7 +225,7 @@ pub async fn delete_key(
         key,
         return_prev: false,
     };
-    Ok(write_in_session(&s, sess, op, |r| match r {
+    Ok(write_in_session(&s, &id, sess, op, |r| match r {
         WriteResult::Delete { deleted, .. } => {
             Ok(Json(json!({ "deleted": deleted })).into_response())
         }

@@ -460,9 +460,10 @@ impl Session {
         self.current.check_op(&op).map_err(error_reply)?;
         let seq = self.next_seq;
         self.next_seq += 1;
+        let user = self.current.user.clone();
         shared
             .node
-            .write(self.client_id, seq, op)
+            .write_as(user, self.client_id, seq, op)
             .await
             .map_err(error_reply)
     }
