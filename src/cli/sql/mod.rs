@@ -259,6 +259,11 @@ impl Shell {
 
     /// Sends `req` (through Query if `read`, else Execute) and prints its results.
     async fn send(&mut self, req: Request, read: bool) -> Outcome {
+        let inserts: Vec<bool> = req
+            .statements
+            .iter()
+            .map(|s| split::may_insert(&s.sql))
+            .collect();
         let start = Instant::now();
         let results = if read {
             self.client
@@ -274,8 +279,9 @@ impl Shell {
             Err(e) => return fail(&e.to_string()),
         };
         let mut outcome = Outcome::Ok;
-        for r in &results {
-            if !self.print_result(r) {
+        for (i, r) in results.iter().enumerate() {
+            let insert = inserts.get(i).copied().unwrap_or(false);
+            if !self.print_result(r, insert) {
                 outcome = Outcome::Failed;
             }
         }
@@ -285,8 +291,10 @@ impl Shell {
         outcome
     }
 
-    /// Prints one result; false if it is a failed statement.
-    fn print_result(&self, r: &StatementResult) -> bool {
+    /// Prints one result (of a statement that may `insert`: the text modes show the
+    /// last insert id only then, SQLite's being left over from an earlier insert
+    /// otherwise); false if it is a failed statement.
+    fn print_result(&self, r: &StatementResult, insert: bool) -> bool {
         match (&r.error, self.mode) {
             (Some(_), Mode::Json) => {
                 out(&render::render(Mode::Json, r));
@@ -295,6 +303,18 @@ impl Shell {
             (Some(e), _) => {
                 eprintln!("Error: {e}");
                 false
+            }
+            (None, Mode::Json) => {
+                out(&render::render(Mode::Json, r));
+                true
+            }
+            (None, mode) if r.columns.is_empty() && !insert => {
+                let r = StatementResult {
+                    last_insert_id: None,
+                    ..r.clone()
+                };
+                out(&render::render(mode, &r));
+                true
             }
             (None, mode) => {
                 out(&render::render(mode, r));

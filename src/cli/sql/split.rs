@@ -208,6 +208,14 @@ pub fn first_keyword(sql: &str) -> Option<String> {
     first
 }
 
+/// Whether `sql` may insert rows (names `INSERT` or `REPLACE`): only then is the last
+/// insert id about this statement.
+pub fn may_insert(sql: &str) -> bool {
+    words(sql)
+        .iter()
+        .any(|w| matches!(w.as_str(), "INSERT" | "REPLACE"))
+}
+
 /// True only when `sql` certainly cannot write (see the module doc for the rule).
 pub fn is_read_only(sql: &str) -> bool {
     match first_keyword(sql).as_deref() {
@@ -288,5 +296,10 @@ mod tests {
             assert!(!is_read_only(sql), "{sql}");
         }
         assert_eq!(first_keyword(" /*a*/ begin;"), Some("BEGIN".into()));
+        assert!(may_insert(
+            "with x as (select 1) insert into t select * from x"
+        ));
+        assert!(may_insert("REPLACE INTO t VALUES (1)"));
+        assert!(!may_insert("UPDATE t SET a = 'insert'"));
     }
 }
