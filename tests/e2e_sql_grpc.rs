@@ -389,20 +389,17 @@ async fn the_shell_runs_statements_scripts_and_dot_commands() {
         None,
     );
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stdout.contains("2 rows changed, last insert id 2\n"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.ends_with(
-            "+----+-------+-------+\n\
+    // A statement that changes no rows says OK; an INSERT its count and last id.
+    assert_eq!(
+        stdout,
+        "OK\n\
+         2 rows changed, last insert id 2\n\
+         +----+-------+-------+\n\
          | id | name  | score |\n\
          +----+-------+-------+\n\
          |  1 | alice |   9.5 |\n\
          |  2 | bob   | NULL  |\n\
          +----+-------+-------+\n"
-        ),
-        "{stdout}"
     );
 
     // --json: one object per statement, typed.
@@ -478,6 +475,7 @@ SELECT 'not reached';
         "{stdout}"
     );
     let want = "\
+OK
 people
 CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, score REAL);
 CREATE INDEX people_name ON people (name);

@@ -259,10 +259,10 @@ impl Shell {
 
     /// Sends `req` (through Query if `read`, else Execute) and prints its results.
     async fn send(&mut self, req: Request, read: bool) -> Outcome {
-        let inserts: Vec<bool> = req
+        let effects: Vec<split::Effects> = req
             .statements
             .iter()
-            .map(|s| split::may_insert(&s.sql))
+            .map(|s| split::effects(&s.sql))
             .collect();
         let start = Instant::now();
         let results = if read {
@@ -280,8 +280,8 @@ impl Shell {
         };
         let mut outcome = Outcome::Ok;
         for (i, r) in results.iter().enumerate() {
-            let insert = inserts.get(i).copied().unwrap_or(false);
-            if !self.print_result(r, insert) {
+            let effects = effects.get(i).copied().unwrap_or_default();
+            if !self.print_result(r, effects) {
                 outcome = Outcome::Failed;
             }
         }
@@ -291,10 +291,11 @@ impl Shell {
         outcome
     }
 
-    /// Prints one result (of a statement that may `insert`: the text modes show the
-    /// last insert id only then, SQLite's being left over from an earlier insert
-    /// otherwise); false if it is a failed statement.
-    fn print_result(&self, r: &StatementResult, insert: bool) -> bool {
+    /// Prints one result of a statement with these `effects`: for a write, the text
+    /// modes show the change count only if it may change rows and the last insert id
+    /// only if it may insert (SQLite's are left over from an earlier statement
+    /// otherwise; JSON shows what the node sent). False if it is a failed statement.
+    fn print_result(&self, r: &StatementResult, effects: split::Effects) -> bool {
         match (&r.error, self.mode) {
             (Some(_), Mode::Json) => {
                 out(&render::render(Mode::Json, r));
@@ -308,9 +309,10 @@ impl Shell {
                 out(&render::render(Mode::Json, r));
                 true
             }
-            (None, mode) if r.columns.is_empty() && !insert => {
+            (None, mode) if r.columns.is_empty() => {
                 let r = StatementResult {
-                    last_insert_id: None,
+                    rows_affected: r.rows_affected.filter(|_| effects.dml),
+                    last_insert_id: r.last_insert_id.filter(|_| effects.insert),
                     ..r.clone()
                 };
                 out(&render::render(mode, &r));

@@ -11,6 +11,10 @@
 //! - `line`: one `column = value` line per column, a blank line between rows (sqlite3's
 //!   `.mode line`).
 //!
+//! A write prints `N rows changed` (with `, last insert id M` when it inserted) in the
+//! table, box and line modes, `OK` when its result has no change count (the shell drops
+//! it for statements that change no rows, such as `CREATE TABLE`), nothing in CSV.
+//!
 //! In the text modes a value is shown as sqlite3 shows it, except that NULL reads `NULL`,
 //! a real always has a decimal point or exponent (`3.0`, not `3`, so it is not mistaken
 //! for an integer), a blob is a SQL blob literal (`x'00ff'`) and control characters in
@@ -107,9 +111,11 @@ fn is_number(v: &Value) -> bool {
     matches!(v, Value::Integer(_) | Value::Real(_))
 }
 
-/// The line that reports a write in the text modes.
+/// The line that reports a write in the text modes: `OK` without a change count.
 pub fn changes_line(r: &StatementResult) -> String {
-    let n = r.rows_affected.unwrap_or(0);
+    let Some(n) = r.rows_affected else {
+        return "OK".into();
+    };
     let mut s = format!("{n} row{} changed", if n == 1 { "" } else { "s" });
     if let Some(id) = r.last_insert_id.filter(|_| n > 0) {
         let _ = write!(s, ", last insert id {id}");
@@ -450,5 +456,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(render(Mode::Line, &ddl), "0 rows changed\n");
+        assert_eq!(render(Mode::Table, &StatementResult::default()), "OK\n");
     }
 }

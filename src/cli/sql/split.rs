@@ -208,12 +208,31 @@ pub fn first_keyword(sql: &str) -> Option<String> {
     first
 }
 
-/// Whether `sql` may insert rows (names `INSERT` or `REPLACE`): only then is the last
-/// insert id about this statement.
-pub fn may_insert(sql: &str) -> bool {
-    words(sql)
-        .iter()
-        .any(|w| matches!(w.as_str(), "INSERT" | "REPLACE"))
+/// What a write statement may do to rows, for reporting it: SQLite's change count and
+/// last insert id are those of the last statement that changed rows, so they say
+/// something about this statement only if it may change (`dml`) or insert rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Names `INSERT`, `UPDATE`, `DELETE` or `REPLACE`.
+    pub dml: bool,
+    /// Names `INSERT` or `REPLACE`.
+    pub insert: bool,
+}
+
+/// The [`Effects`] `sql` may have.
+pub fn effects(sql: &str) -> Effects {
+    let mut e = Effects::default();
+    for w in words(sql) {
+        match w.as_str() {
+            "INSERT" | "REPLACE" => {
+                e.insert = true;
+                e.dml = true;
+            }
+            "UPDATE" | "DELETE" => e.dml = true,
+            _ => {}
+        }
+    }
+    e
 }
 
 /// True only when `sql` certainly cannot write (see the module doc for the rule).
@@ -296,10 +315,11 @@ mod tests {
             assert!(!is_read_only(sql), "{sql}");
         }
         assert_eq!(first_keyword(" /*a*/ begin;"), Some("BEGIN".into()));
-        assert!(may_insert(
-            "with x as (select 1) insert into t select * from x"
-        ));
-        assert!(may_insert("REPLACE INTO t VALUES (1)"));
-        assert!(!may_insert("UPDATE t SET a = 'insert'"));
+        let e = effects("with x as (select 1) insert into t select * from x");
+        assert!(e.insert && e.dml);
+        assert!(effects("REPLACE INTO t VALUES (1)").insert);
+        let e = effects("UPDATE t SET a = 'insert'");
+        assert!(e.dml && !e.insert);
+        assert_eq!(effects("CREATE TABLE t (a)"), Effects::default());
     }
 }
