@@ -510,3 +510,109 @@ bob,\r
         [[Value::Integer(1)]]
     );
 }
+
+/// The interactive shell on a real terminal (a pseudo-terminal made by util-linux
+/// `script`): prompts, a statement over several lines, a query's table, and the history
+/// file written private to its owner. Each line is typed only once the shell shows its
+/// next prompt, as a person would (the line editor discards what was typed ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interactive_shell_reads_lines_and_keeps_a_private_history() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Arc, Mutex};
+    if Command::new("script").arg("--version").output().is_err() {
+        common::skip(
+            "the_interactive_shell_reads_lines_and_keeps_a_private_history",
+            "util-linux `script` (to give the shell a terminal) is not installed",
+        );
+        return;
+    }
+    let (c, dir, _admin) = start().await;
+    let history = dir.path().join("history").join("sql_history");
+    let shell = format!(
+        "{} --endpoints {} --timeout 10s --user admin sql",
+        common::BIN,
+        c.endpoints()[NODE as usize - 1]
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .env_remove("PAXOSDB_TOKEN")
+        .env("PAXOSDB_PASSWORD", ADMIN_PW)
+        .env("PAXOSDB_SQL_HISTORY", &history)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let screen = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let mut input = child.stdin.take().unwrap();
+    let prompts = ["sql> ", "...> ", "sql*> "];
+    let lines = [
+        "CREATE TABLE h (a INTEGER);",
+        "INSERT INTO h",
+        "  VALUES (42);",
+        "SELECT a AS answer",
+        "  FROM h;",
+        ".quit",
+    ];
+    let mut typed: Option<&str> = None;
+    for line in lines {
+        // Wait for a prompt after the echo of the line typed before.
+        let shown = screen.clone();
+        eventually(
+            Duration::from_secs(20),
+            &format!("a prompt before typing {line:?}"),
+            || {
+                let s = shown.lock().unwrap().clone();
+                let from = typed.and_then(|t| s.rfind(t).map(|i| i + t.len()));
+                let after = &s[from.unwrap_or(0)..];
+                let ready = (typed.is_none() || from.is_some())
+                    && prompts.iter().any(|p| after.contains(p));
+                async move { ready.then_some(()) }
+            },
+        )
+        .await;
+        input.write_all(format!("{line}\r").as_bytes()).unwrap();
+        input.flush().unwrap();
+        typed = Some(line);
+    }
+    let status = eventually(Duration::from_secs(20), "the shell exits", || {
+        let st = child.try_wait().unwrap();
+        async move { st }
+    })
+    .await;
+    drop(input);
+    reader.join().unwrap();
+    let screen = screen.lock().unwrap().clone();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("...> "), "a continuation prompt: {screen}");
+    assert!(
+        screen.contains("| answer |") && screen.contains("|     42 |"),
+        "{screen}"
+    );
+    let mode = std::fs::metadata(&history).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the history is private");
+    let saved = std::fs::read_to_string(&history).unwrap();
+    for line in lines {
+        assert!(
+            saved.contains(line.trim()),
+            "{line:?} not in history:\n{saved}"
+        );
+    }
+}
