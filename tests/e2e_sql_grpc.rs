@@ -303,6 +303,92 @@ async fn roles_are_enforced_and_the_service_is_listed() {
     assert_eq!(code, 1);
     assert!(stderr.contains("may not execute SQL"), "{stderr}");
 
+    // Raw gRPC calls as another client would make them: a malformed request (a session
+    // with a zero id, a statement with both kinds of parameters, an unknown read level)
+    // is refused whole with INVALID_ARGUMENT, and nothing of it runs.
+    {
+        use base64::Engine;
+        use paxosdb::api::pb;
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PW}"))
+        );
+        fn with_auth<T>(auth: &str, msg: T) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(msg);
+            r.metadata_mut()
+                .insert("authorization", auth.parse().unwrap());
+            r
+        }
+        let call = |msg| with_auth(&auth, msg);
+        let mut raw = pb::sql_client::SqlClient::new(c.client_for(NODE).channel(0).unwrap());
+        let insert = |named: bool| pb::SqlStatement {
+            sql: "INSERT INTO r VALUES (?1)".into(),
+            positional: vec![pb::SqlValue {
+                value: Some(pb::sql_value::Value::Integer(5)),
+            }],
+            named: if named {
+                vec![pb::NamedValue {
+                    name: "x".into(),
+                    value: None,
+                }]
+            } else {
+                vec![]
+            },
+        };
+        let bad_session = raw
+            .execute(call(pb::ExecuteRequest {
+                statements: vec![insert(false)],
+                transaction: false,
+                session: Some(pb::Session {
+                    client_id: 0,
+                    seq: 1,
+                }),
+            }))
+            .await
+            .unwrap_err();
+        let mixed = raw
+            .execute(call(pb::ExecuteRequest {
+                statements: vec![insert(false), insert(true)],
+                transaction: false,
+                session: None,
+            }))
+            .await
+            .unwrap_err();
+        for status in [bad_session, mixed] {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        }
+        let mut q = pb::QueryRequest {
+            statements: vec![pb::SqlStatement {
+                sql: "SELECT 1".into(),
+                ..Default::default()
+            }],
+            transaction: false,
+            level: 9,
+        };
+        let status = raw.query(with_auth(&auth, q.clone())).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        q.level = pb::ReadLevel::Stale as i32;
+        let out = raw.query(with_auth(&auth, q)).await.unwrap().into_inner();
+        assert_eq!(
+            out.results[0].rows[0].values[0].value,
+            Some(pb::sql_value::Value::Integer(1))
+        );
+        // Without credentials: UNAUTHENTICATED.
+        let status = raw
+            .execute(tonic::Request::new(pb::ExecuteRequest {
+                statements: vec![insert(false)],
+                transaction: false,
+                session: None,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    }
+    assert_eq!(
+        rows(&admin, "SELECT count(*) FROM r").await,
+        [[Value::Integer(1)]]
+    );
+
     // Reflection lists paxosdb.v1.Sql (what grpcurl and friends use to find it).
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
