@@ -510,6 +510,22 @@ async fn the_shell_runs_statements_scripts_and_dot_commands() {
         })
     );
 
+    // --stale reads the contacted node's copy (through Query at the stale level).
+    let (code, stdout, stderr) = sql_cli(
+        &c,
+        me,
+        &[
+            "--stale",
+            "--mode",
+            "line",
+            "-e",
+            "SELECT count(*) AS n FROM people",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "n = 2\n");
+
     // An error: message on stderr, exit code 1, later statements not run.
     let (code, _, stderr) = sql_cli(
         &c,
