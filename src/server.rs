@@ -480,13 +480,15 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         crate::sql::local::LocalSql::open(&info.config.data_dir.join("local-sql.sqlite"))?;
     let sql_service: Arc<dyn crate::sql::SqlService> = Arc::new(local_sql);
     // END TEMP(LocalSql)
+    let max_response = 64 * 1024 * 1024;
     let sql_svc = pb::sql_server::SqlServer::new(crate::api::grpc_sql::SqlGrpc {
         sql: sql_service,
         metrics: info.metrics.clone(),
         auth: info.auth.clone(),
+        max_response,
     })
     .max_decoding_message_size(max_msg)
-    .max_encoding_message_size(64 * 1024 * 1024);
+    .max_encoding_message_size(max_response);
     let cluster_svc = pb::cluster_server::ClusterServer::new(grpc::ClusterService {
         node: handle.clone(),
         info: info.clone(),

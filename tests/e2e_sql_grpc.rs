@@ -220,6 +220,46 @@ async fn typed_values_round_trip_and_transactions_are_all_or_nothing() {
         rows(&admin, "SELECT count(*) FROM t").await,
         [[Value::Integer(3)]]
     );
+
+    // A request over the node's message bound (2 × 1 MiB values + 4 KiB key + 64 KiB by
+    // default) is refused whole, before anything runs.
+    let big = Value::Text("x".repeat(3 << 20));
+    let e = admin
+        .sql_execute(req(
+            vec![with(
+                "INSERT INTO t (s) VALUES (?)",
+                Params::Positional(vec![big]),
+            )],
+            false,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    assert_eq!(
+        rows(&admin, "SELECT count(*) FROM t").await,
+        [[Value::Integer(3)]]
+    );
+
+    // An answer over the node's 64 MiB response bound is an error, not a stuck or dead
+    // node; the node answers the next query.
+    let e = admin
+        .sql_query(
+            one(
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 70) \
+                 SELECT x, zeroblob(1000000) FROM n",
+            ),
+            ReadLevel::Linearizable,
+        )
+        .await
+        .unwrap_err();
+    match e {
+        Error::InvalidInput(m) => assert!(m.contains("select fewer rows"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(
+        rows(&admin, "SELECT count(*) FROM t").await,
+        [[Value::Integer(3)]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,8 +21,10 @@
 //! - A request that cannot be decoded (both positional and named parameters, a session
 //!   with a zero id, an unknown read level) is refused whole with `INVALID_ARGUMENT`:
 //!   no statement of it runs.
-//! - Message sizes are bounded in both directions where the server is built
-//!   (`server.rs`); a result too large to send is an error, never an unbounded buffer.
+//! - Message sizes are bounded in both directions (`server.rs` sets the limits): a
+//!   request over the limit is refused before it is decoded; an answer over
+//!   `max_response` is refused with a message saying so (for `Execute`, that the
+//!   statements were applied nonetheless).
 
 use super::grpc::{identity, to_status};
 use super::pb;
@@ -38,6 +40,33 @@ pub struct SqlGrpc {
     pub sql: Arc<dyn SqlService>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// The largest answer sent (the server's encoding limit): a larger one is refused
+    /// with a message saying so.
+    pub max_response: usize,
+}
+
+impl SqlGrpc {
+    /// Refuses an answer of more than `max_response` bytes; `ran` says whether the
+    /// statements were applied anyway (an Execute), so the message does not claim that
+    /// nothing happened.
+    #[allow(clippy::result_large_err)] // tonic handlers return Status by value
+    fn bounded<T: prost::Message>(&self, answer: T, ran: bool) -> Result<T, Status> {
+        let size = answer.encoded_len();
+        if size <= self.max_response {
+            return Ok(answer);
+        }
+        let what = format!(
+            "the answer is {size} bytes, over the limit of {} bytes",
+            self.max_response
+        );
+        Err(if ran {
+            Status::out_of_range(format!(
+                "the statements were applied, but {what}: return fewer rows from a write"
+            ))
+        } else {
+            Status::invalid_argument(format!("{what}: select fewer rows or columns (LIMIT)"))
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -69,9 +98,10 @@ impl pb::sql_server::Sql for SqlGrpc {
                     .execute(request, session)
                     .await
                     .map_err(to_status)?;
-                Ok(Response::new(pb::ExecuteResponse {
+                let answer = pb::ExecuteResponse {
                     results: results.into_iter().map(result_to_pb).collect(),
-                }))
+                };
+                self.bounded(answer, true).map(Response::new)
             })
             .await
     }
@@ -88,10 +118,11 @@ impl pb::sql_server::Sql for SqlGrpc {
                 let level = level_from_pb(r.level).map_err(to_status)?;
                 let request = request_from_pb(r.statements, r.transaction).map_err(to_status)?;
                 let out = self.sql.query(request, level).await.map_err(to_status)?;
-                Ok(Response::new(pb::QueryResponse {
+                let answer = pb::QueryResponse {
                     results: out.results.into_iter().map(result_to_pb).collect(),
                     applied_index: out.applied_index,
-                }))
+                };
+                self.bounded(answer, false).map(Response::new)
             })
             .await
     }
