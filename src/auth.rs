@@ -32,6 +32,10 @@
 //! (permission denied), and a scan or key listing is narrowed to the prefix (other keys are
 //! silently left out, as if absent).
 //!
+//! SQL ([`Identity::check_sql`]): querying needs `read`, executing `readwrite`. A user
+//! with a key prefix may not use SQL at all (permission denied, saying why): a key prefix
+//! does not describe SQL tables, so its limit could not be kept there.
+//!
 //! Invariants:
 //! - No secret is ever stored, proposed or logged: only argon2id hashes enter the log, and
 //!   the failure log line names the API and the user, never what was sent.
@@ -410,6 +414,24 @@ impl Identity {
         .check_op(op)
     }
 
+    /// May this identity use SQL: query (`write` false, the read role) or execute
+    /// (`write` true, the readwrite role)? A user limited to a key prefix may not: a
+    /// key prefix says nothing about SQL tables, so its limit could not be kept there.
+    pub fn check_sql(&self, write: bool) -> Result<()> {
+        if !self.prefix.is_empty() {
+            return Err(Error::PermissionDenied(format!(
+                "user {} is limited to keys under the prefix {:?} and may not use SQL \
+                 (key prefixes do not cover SQL tables; use a user without a prefix)",
+                self.name(),
+                String::from_utf8_lossy(&self.prefix)
+            )));
+        }
+        if write && self.role < Role::ReadWrite {
+            return Err(self.denied("execute SQL (it needs the readwrite role)"));
+        }
+        Ok(())
+    }
+
     /// May this identity manage users and membership?
     pub fn check_admin(&self) -> Result<()> {
         if self.role < Role::Admin {
@@ -680,6 +702,27 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_needs_the_role_and_no_prefix() {
+        let id = |role, prefix: &[u8]| Identity {
+            user: Some("u".into()),
+            role,
+            prefix: prefix.to_vec(),
+            proved_by: None,
+        };
+        assert!(id(Role::Read, b"").check_sql(false).is_ok());
+        assert!(matches!(
+            id(Role::Read, b"").check_sql(true),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(id(Role::ReadWrite, b"").check_sql(true).is_ok());
+        assert!(Identity::open().check_sql(true).is_ok());
+        match id(Role::Admin, b"app/").check_sql(false) {
+            Err(Error::PermissionDenied(m)) => assert!(m.contains("may not use SQL"), "{m}"),
+            other => panic!("a prefixed user used SQL: {other:?}"),
+        }
+    }
 
     #[test]
     fn narrowing_keeps_only_the_prefix() {

@@ -10,6 +10,10 @@
 //! out on a write, the error is [`Error::OutcomeUnknown`] — the write may or may not have
 //! happened — never a plain failure.
 //!
+//! SQL: [`Client::sql_execute`] runs statements through the log in a session, exactly like
+//! a key-value write (at most once, `OutcomeUnknown` when unsure); [`Client::sql_query`]
+//! runs read-only statements at a read level and is retried freely, like a read.
+//!
 //! TLS: with [`ClientOptions::tls`] every connection is a TLS session whose server
 //! certificate must chain to the given CA (and name the host dialed), optionally showing
 //! a client certificate. A TLS setup problem (untrusted certificate, a plaintext port, a
@@ -17,9 +21,10 @@
 //! [`Error::Config`] saying what to fix, returned at once rather than retried.
 
 use crate::api::grpc::from_status;
-use crate::api::pb;
+use crate::api::{grpc_sql, pb};
 use crate::command::{KeyValue, ScanRange, Versioned};
 use crate::error::{Error, Result};
+use crate::sql;
 use crate::tls::client::{ClientTls, ClientTlsFiles, ConnectError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -484,6 +489,73 @@ impl Client {
         })
     }
 
+    /// Runs SQL `req` through the log (`paxosdb.v1.Sql/Execute`) in a pooled session,
+    /// like a key-value write: retried (on another node if need be) with the same
+    /// session, so it is applied at most once, and [`Error::OutcomeUnknown`] when the
+    /// timeout runs out after an attempt that may have been applied. A statement that
+    /// fails is reported in its result's `error`, not as an `Err`.
+    pub async fn sql_execute(&self, req: sql::Request) -> Result<Vec<sql::StatementResult>> {
+        let s = self.take_session();
+        let res = self.sql_execute_in_session(s, &req).await;
+        self.return_session(s);
+        res
+    }
+
+    /// [`Client::sql_execute`] in an explicit session: calling it again with the same
+    /// session is a retry, applied at most once.
+    pub async fn sql_execute_in_session(
+        &self,
+        session: Session,
+        req: &sql::Request,
+    ) -> Result<Vec<sql::StatementResult>> {
+        let statements = grpc_sql::statements_to_pb(req);
+        self.write_in(session, |ch, session| {
+            let r = self.request(pb::ExecuteRequest {
+                statements: statements.clone(),
+                transaction: req.transaction,
+                session: Some(session),
+            });
+            async move { sql_client(ch).execute(r).await }
+        })
+        .await
+        .map(|r| {
+            let results = r.into_inner().results;
+            results.into_iter().map(grpc_sql::result_from_pb).collect()
+        })
+    }
+
+    /// Runs read-only SQL `req` at `level` (`paxosdb.v1.Sql/Query`); retried on any node
+    /// until the timeout (a query changes nothing). A statement that would write is
+    /// refused.
+    pub async fn sql_query(
+        &self,
+        req: sql::Request,
+        level: sql::ReadLevel,
+    ) -> Result<sql::QueryOutput> {
+        let statements = grpc_sql::statements_to_pb(&req);
+        let level = grpc_sql::level_to_pb(level) as i32;
+        self.call(false, |ch| {
+            let r = self.request(pb::QueryRequest {
+                statements: statements.clone(),
+                transaction: req.transaction,
+                level,
+            });
+            async move { sql_client(ch).query(r).await }
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            sql::QueryOutput {
+                results: r
+                    .results
+                    .into_iter()
+                    .map(grpc_sql::result_from_pb)
+                    .collect(),
+                applied_index: r.applied_index,
+            }
+        })
+    }
+
     /// Adds `add` (id, peer address) and removes `remove` in one membership change,
     /// through the first endpoint that answers. Not retried once a node took it: an
     /// `OutcomeUnknown` error means it may still happen (check the status).
@@ -678,11 +750,16 @@ impl tower_service::Service<Uri> for TlsConnect {
     }
 }
 
-/// Largest response accepted: a scan answer or a value is bounded well below this.
+/// Largest response accepted: a scan answer or a value is bounded well below this, and
+/// the nodes send no SQL answer larger than this either.
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
 fn kv_client(ch: Channel) -> pb::kv_client::KvClient<Channel> {
     pb::kv_client::KvClient::new(ch).max_decoding_message_size(MAX_RESPONSE)
+}
+
+fn sql_client(ch: Channel) -> pb::sql_client::SqlClient<Channel> {
+    pb::sql_client::SqlClient::new(ch).max_decoding_message_size(MAX_RESPONSE)
 }
 
 fn from_pb(v: pb::Versioned) -> Versioned {

@@ -485,6 +485,21 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(64 * 1024 * 1024);
+    // TEMP(LocalSql): replaced by the replicated SQL service at merge. A single SQLite
+    // file per node, NOT replicated, so that the SQL APIs can be tested end to end.
+    let local_sql =
+        crate::sql::local::LocalSql::open(&info.config.data_dir.join("local-sql.sqlite"))?;
+    let sql_service: Arc<dyn crate::sql::SqlService> = Arc::new(local_sql);
+    // END TEMP(LocalSql)
+    let max_response = 64 * 1024 * 1024;
+    let sql_svc = pb::sql_server::SqlServer::new(crate::api::grpc_sql::SqlGrpc {
+        sql: sql_service,
+        metrics: info.metrics.clone(),
+        auth: info.auth.clone(),
+        max_response,
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_response);
     let cluster_svc = pb::cluster_server::ClusterServer::new(grpc::ClusterService {
         node: handle.clone(),
         info: info.clone(),
@@ -506,6 +521,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             .add_service(reflection_alpha)
             .add_service(kv_svc)
             .add_service(cluster_svc)
+            .add_service(sql_svc)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             })

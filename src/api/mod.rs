@@ -1,11 +1,13 @@
 //! Client-facing protocol servers. Each one decodes its protocol, validates, and calls the
 //! protocol-neutral [`crate::node::NodeHandle`]; none re-implements routing, retries or
-//! consistency: gRPC ([`grpc`]), HTTP/JSON ([`http`]) and the Redis protocol ([`resp`]).
+//! consistency: gRPC ([`grpc`] for KV and the cluster, [`grpc_sql`] for SQL), HTTP/JSON
+//! ([`http`]) and the Redis protocol ([`resp`]).
 //! They share one connection limit and idle timeout ([`conn`]) and, when it is on, one
 //! TLS setup ([`tls`]).
 
 pub mod conn;
 pub mod grpc;
+pub mod grpc_sql;
 pub mod http;
 pub mod resp;
 pub mod tls;

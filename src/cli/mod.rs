@@ -11,6 +11,7 @@ mod members;
 mod nemesis;
 mod server;
 mod sim;
+mod sql;
 mod status;
 mod user;
 
@@ -92,6 +93,9 @@ pub enum Command {
     /// User management (admin only): add, delete, list, token.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// SQL shell: interactive (history, .tables, .schema, .mode, .timer), `-e "SQL"`, or a
+    /// script on standard input.
+    Sql(sql::SqlArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -303,6 +307,7 @@ pub fn main() -> ExitCode {
             Command::Nemesis(a) => nemesis::run(a).await,
             Command::Certs(a) => certs(a),
             Command::User(u) => user::run(&cli, u).await,
+            Command::Sql(a) => sql::run(&cli, a).await,
         }
     });
     match result {
