@@ -10,7 +10,8 @@
 //!   table, index, trigger or view named `_paxosdb_*`, attach or detach a database, load
 //!   an extension, control transactions or savepoints (the request's `transaction` flag
 //!   does that), create temporary objects (they would live in one connection, not in the
-//!   replicated database), or set a PRAGMA. Each refusal is an error naming its reason.
+//!   replicated database), or set a PRAGMA; in a write, it cannot read the page layout
+//!   (`dbstat`) either. Each refusal is an error naming its reason.
 //! - A user statement stops after [`super::SqlLimits::step_budget`] SQLite VM steps. The
 //!   count depends only on the statement, its parameters and the database, so a runaway
 //!   statement fails the same way on every replica.
@@ -43,6 +44,12 @@ const SCHEMA_PRAGMAS: &[&str] = &[
     "foreign_key_list",
     "foreign_key_check",
 ];
+
+/// Virtual tables that show the file's page layout or the connection's own state: fine
+/// in a query, but they differ between replicas, so never in a write.
+/// (Checked by name in the text too: SQLite does not authorize every use of an eponymous
+/// virtual table, e.g. `count(*)` reads no column.)
+const LAYOUT_TABLES: &[&str] = &["dbstat", "sqlite_dbpage", "sqlite_stmt"];
 
 /// Which connection a guard protects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,13 +145,18 @@ fn internal(name: &str) -> bool {
 /// internal object. The authorizer sees what a statement does when it runs; this also
 /// catches a trigger or view *body* that would touch internals later.
 fn names_internal(sql: &str) -> bool {
+    identifiers(sql).any(internal)
+}
+
+/// Every identifier of `sql`, quoted ones without their quotes.
+fn identifiers(sql: &str) -> impl Iterator<Item = &str> {
     use super::lexer::{tokenize, Kind};
-    tokenize(sql).iter().any(|t| {
+    tokenize(sql).into_iter().filter_map(move |t| {
         let text = t.text(sql);
         match t.kind {
-            Kind::Word => internal(text),
-            Kind::QuotedIdent => text.len() > 2 && internal(&text[1..text.len() - 1]),
-            _ => false,
+            Kind::Word => Some(text),
+            Kind::QuotedIdent if text.len() > 2 => Some(&text[1..text.len() - 1]),
+            _ => None,
         }
     })
 }
@@ -234,6 +246,17 @@ fn policy(role: Role, ctx: &AuthContext<'_>) -> Result<(), String> {
                      allowed)"
                 )),
             };
+        }
+        A::Read { table_name, .. }
+            if role == Role::Apply
+                && LAYOUT_TABLES
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(table_name)) =>
+        {
+            return Err(format!(
+                "{table_name} describes this node's page layout or connection, which differs \
+                 between nodes: it cannot feed a write (use it in a query)"
+            ))
         }
         A::Unknown { code, .. } => {
             return Err(format!(
@@ -357,6 +380,16 @@ pub(crate) fn run_statement(
             "tables named {INTERNAL_PREFIX}* are internal to paxosdb: user statements cannot \
              read, write or create them (nor triggers or views that would)"
         )));
+    }
+    if guard.role == Role::Apply {
+        if let Some(t) = identifiers(&st.sql)
+            .find(|i| LAYOUT_TABLES.iter().any(|l| l.eq_ignore_ascii_case(i)))
+        {
+            return Err(Failure::new(format!(
+                "{t} describes this node's page layout or connection, which differs between \
+                 nodes: it cannot feed a write (use it in a query)"
+            )));
+        }
     }
     let sqlite_failure = |guard: &Guard, e: rusqlite::Error| {
         let code = e.sqlite_error_code();

@@ -183,3 +183,52 @@ fn an_install_interrupted_at_any_step_leaves_the_old_or_the_new_state() {
         assert_eq!(dst.applied_index(), applied + 1);
     }
 }
+
+#[test]
+fn an_export_during_apply_is_one_point_in_time() {
+    let a = tempfile::tempdir().unwrap();
+    let mut src = open(a.path());
+    exec(&mut src, req(&["CREATE TABLE t (v BLOB)"]));
+    let reader = src.reader();
+    let exporter = std::thread::spawn(move || {
+        let mut copies = Vec::new();
+        for _ in 0..5 {
+            let mut parts = Vec::new();
+            reader
+                .export(&mut |p| {
+                    parts.push(p);
+                    Ok(())
+                })
+                .unwrap();
+            copies.push(parts);
+        }
+        copies
+    });
+    // Each entry inserts two rows: a copy holds 2 * (applied - 1) rows.
+    for i in 1..300u64 {
+        exec(
+            &mut src,
+            req(&["INSERT INTO t VALUES (zeroblob(2000))", "INSERT INTO t VALUES (zeroblob(2000))"]),
+        );
+        assert_eq!(src.applied_index(), i + 1);
+    }
+    for parts in exporter.join().unwrap() {
+        let b = tempfile::tempdir().unwrap();
+        let mut dst = open(b.path());
+        let applied = import(&dst, &parts).unwrap();
+        assert_eq!(dst.install_staged().unwrap(), applied);
+        let n = match rows(&dst, "SELECT count(*) FROM t")[0][0] {
+            Value::Integer(n) => n as u64,
+            ref v => panic!("{v:?}"),
+        };
+        assert_eq!(n, 2 * (applied - 1), "a copy mixes entries");
+    }
+}
+
+#[test]
+fn the_store_moves_to_the_apply_thread_and_readers_are_shared() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<SqlStore>();
+    shared::<super::SqlReader>();
+}
