@@ -382,8 +382,8 @@ pub(crate) fn run_statement(
         )));
     }
     if guard.role == Role::Apply {
-        if let Some(t) = identifiers(&st.sql)
-            .find(|i| LAYOUT_TABLES.iter().any(|l| l.eq_ignore_ascii_case(i)))
+        if let Some(t) =
+            identifiers(&st.sql).find(|i| LAYOUT_TABLES.iter().any(|l| l.eq_ignore_ascii_case(i)))
         {
             return Err(Failure::new(format!(
                 "{t} describes this node's page layout or connection, which differs between \

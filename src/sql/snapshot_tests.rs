@@ -208,7 +208,10 @@ fn an_export_during_apply_is_one_point_in_time() {
     for i in 1..300u64 {
         exec(
             &mut src,
-            req(&["INSERT INTO t VALUES (zeroblob(2000))", "INSERT INTO t VALUES (zeroblob(2000))"]),
+            req(&[
+                "INSERT INTO t VALUES (zeroblob(2000))",
+                "INSERT INTO t VALUES (zeroblob(2000))",
+            ]),
         );
         assert_eq!(src.applied_index(), i + 1);
     }

@@ -61,6 +61,9 @@
 //!   constants on every node.
 //! - User statements never reach the internal `_paxosdb_*` tables (see `exec`).
 //! - A query never changes the database (read-only connections, read-only statements).
+//! - Nothing a user statement does can make the entry's COMMIT fail (no deferred
+//!   constraint is enforced there: foreign keys are off, as in SQLite by default), so an
+//!   apply fails only for a fault of the node (disk, corruption).
 
 use super::exec::{self, error_result, Guard, Role};
 use super::session::{self, Decision, SessionRecord};
@@ -717,7 +720,9 @@ pub(crate) fn recover_dir(dir: &Path) -> Result<u64> {
     Ok(gen)
 }
 
-/// Opens the apply connection: WAL, `synchronous=NORMAL`, foreign keys enforced, the
+/// Opens the apply connection: WAL, `synchronous=NORMAL`, foreign keys NOT enforced
+/// (SQLite's and rqlite's default; enforced deferred keys would be checked at the entry's
+/// COMMIT, where a user's violation would fail the whole apply), the
 /// internal schema, the guard, and the functions that must never run at apply.
 pub(crate) fn open_apply(path: &Path, limits: &SqlLimits) -> Result<(Connection, Arc<Guard>)> {
     let conn = Connection::open_with_flags(
@@ -737,7 +742,7 @@ pub(crate) fn open_apply(path: &Path, limits: &SqlLimits) -> Result<(Connection,
                 ));
             }
             conn.execute_batch(
-                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; \
                  PRAGMA journal_size_limit = 67108864;",
             )?;
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))

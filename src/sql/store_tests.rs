@@ -491,7 +491,7 @@ fn user_statements_cannot_reach_internals_or_connection_state() {
         ("SELECT * FROM main.[_Paxosdb_meta]", "internal"),
         ("ATTACH 'other.db' AS o", "ATTACH"),
         ("SELECT load_extension('x')", "load_extension"),
-        ("PRAGMA foreign_keys = OFF", "PRAGMA"),
+        ("PRAGMA foreign_keys = ON", "PRAGMA"),
         ("PRAGMA writable_schema = 1", "PRAGMA"),
         ("PRAGMA synchronous", "PRAGMA"),
         ("BEGIN", "transaction=true"),
@@ -757,3 +757,66 @@ fn random_histories_with_crashes_match_a_plain_sqlite_model() {
     }
 }
 
+#[test]
+fn no_user_statement_can_make_the_entry_commit_fail() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    ok(&exec(
+        &mut s,
+        req(&[
+            "CREATE TABLE p (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE c (p REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)",
+        ]),
+    ));
+    // A dangling reference: with enforced deferred keys, SQLite would refuse the COMMIT
+    // of the whole entry.
+    let out = s
+        .apply(1, &[w(1, 1, req(&["INSERT INTO c VALUES (42)"]))])
+        .unwrap();
+    assert!(matches!(&out[0], SqlOutcome::Results(r) if r[0].error.is_none()));
+    assert_eq!(s.applied_index(), 2);
+}
+
+/// Apply throughput of single-row INSERT entries (one write per entry, with a session),
+/// and of one entry holding a 100-row transaction. A measurement, not a test:
+/// `cargo test --lib sql::store_tests::apply_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn apply_throughput() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    ok(&exec(
+        &mut s,
+        req(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]),
+    ));
+    let n = 5000u64;
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        let at = s.applied_index();
+        s.apply(
+            at,
+            &[w(1, i + 1, req(&["INSERT INTO t (v) VALUES ('hello')"]))],
+        )
+        .unwrap();
+    }
+    let single = t0.elapsed();
+    let stmts: Vec<String> = (0..100)
+        .map(|i| format!("INSERT INTO t (v) VALUES ('row {i}')"))
+        .collect();
+    let refs: Vec<&str> = stmts.iter().map(String::as_str).collect();
+    let t1 = std::time::Instant::now();
+    for i in 0..200u64 {
+        let at = s.applied_index();
+        s.apply(at, &[w(2, i + 1, tx(&refs))]).unwrap();
+    }
+    let batch = t1.elapsed();
+    let t2 = std::time::Instant::now();
+    s.flush().unwrap();
+    eprintln!(
+        "single-row INSERT entries: {:.0}/s; 100-row transactions: {:.0}/s ({:.0} rows/s); flush {:?}",
+        n as f64 / single.as_secs_f64(),
+        200.0 / batch.as_secs_f64(),
+        20_000.0 / batch.as_secs_f64(),
+        t2.elapsed()
+    );
+}

@@ -217,3 +217,27 @@ fn never_panics_on_odd_input() {
         let _ = one(sql);
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn prepare_never_panics_and_keeps_text_outside_rewrites(s in "[ -~éü\n]{0,120}") {
+        let toks = crate::sql::lexer::tokenize(&s);
+        let joined: String = toks.iter().map(|t| t.text(&s)).collect();
+        proptest::prop_assert_eq!(joined, s.clone());
+        let _ = one(&s);
+        let _ = crate::sql::lexer::count_statements(&s);
+    }
+
+    #[test]
+    fn prepare_is_the_identity_without_nondeterministic_sql(
+        s in "(SELECT|INSERT INTO t VALUES|UPDATE t SET a =) [a-z0-9 ,()'+*]{0,60}"
+    ) {
+        let lower = s.to_ascii_lowercase();
+        let touches = ["random", "current_", "date", "time", "julianday", "unixepoch", "strftime"]
+            .iter()
+            .any(|w| lower.contains(w));
+        if !touches {
+            proptest::prop_assert_eq!(one(&s).unwrap(), s);
+        }
+    }
+}
