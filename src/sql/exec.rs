@@ -165,6 +165,17 @@ fn identifiers(sql: &str) -> impl Iterator<Item = &str> {
 fn policy(role: Role, ctx: &AuthContext<'_>) -> Result<(), String> {
     use AuthAction as A;
     let names: &[&str] = match ctx.action {
+        A::Read { table_name, .. }
+            if role == Role::Apply
+                && LAYOUT_TABLES
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(table_name)) =>
+        {
+            return Err(format!(
+                "{table_name} describes this node's page layout or connection, which differs \
+                 between nodes: it cannot feed a write (use it in a query)"
+            ))
+        }
         A::CreateIndex {
             index_name,
             table_name,
@@ -246,17 +257,6 @@ fn policy(role: Role, ctx: &AuthContext<'_>) -> Result<(), String> {
                      allowed)"
                 )),
             };
-        }
-        A::Read { table_name, .. }
-            if role == Role::Apply
-                && LAYOUT_TABLES
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(table_name)) =>
-        {
-            return Err(format!(
-                "{table_name} describes this node's page layout or connection, which differs \
-                 between nodes: it cannot feed a write (use it in a query)"
-            ))
         }
         A::Unknown { code, .. } => {
             return Err(format!(
