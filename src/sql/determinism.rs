@@ -31,10 +31,13 @@
 //! - the `'localtime'` and `'utc'` modifiers (they depend on the node's time zone);
 //! - a statement calling a date/time function with a parameter whose value is `'now'`.
 //!
-//! What this cannot see: a `'now'` that reaches a date/time function from a column value
-//! at apply time (e.g. `INSERT INTO t SELECT datetime(c) FROM u` where `c` holds `'now'`).
-//! As a second line of defence, the apply connection fails `random()`, `randomblob()` and
-//! `total_changes()` loudly, should one ever reach it.
+//! What the text cannot show (a `'now'` reaching a date function from a column value at
+//! apply time, e.g. `INSERT INTO t SELECT datetime(c) FROM u` where `c` holds `'now'`) is
+//! caught by the second line of defence, [`guard_apply_connection`]: on the apply
+//! connection `random()`, `randomblob()`, `total_changes()` and `CURRENT_TIMESTAMP`/
+//! `_DATE`/`_TIME` fail loudly, and the date/time functions fail on `'now'`,
+//! `'localtime'`, `'utc'` or a missing time value (otherwise they compute exactly what
+//! SQLite's own do). Such a statement fails identically on every replica.
 //!
 //! # Invariants
 //!
@@ -46,6 +49,9 @@ use super::lexer::{tokenize, Kind, Token};
 use super::{Params, Request, SqlLimits, Value};
 use crate::error::{Error, Result};
 use rand::Rng;
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
 
 /// Largest `randomblob(N)` rewritten (bigger ones are refused).
 pub const MAX_RANDOMBLOB: i64 = 64 * 1024;
@@ -348,6 +354,74 @@ fn rewrite(sql: &str, params: &Params, now: &Now, rng: &mut impl Rng) -> Result<
     }
     out.push_str(&sql[at..]);
     Ok(out)
+}
+
+/// The second line of defence, installed on the apply connection (see the module docs):
+/// application-defined functions replace SQLite's non-deterministic ones. The date/time
+/// functions delegate to SQLite's own, on a private in-memory connection, once their
+/// arguments are known not to read the clock or the time zone.
+pub(crate) fn guard_apply_connection(conn: &Connection) -> rusqlite::Result<()> {
+    fn fail<T>(msg: String) -> rusqlite::Result<T> {
+        Err(rusqlite::Error::UserFunctionError(msg.into()))
+    }
+    let never = |name: &'static str| {
+        move |_: &Context<'_>| -> rusqlite::Result<i64> {
+            fail(format!(
+                "{name} is not deterministic and reached a replica: writes must be prepared \
+                 by sql::determinism before they enter the log (it cannot be used in \
+                 DEFAULT, CHECK, triggers or views)"
+            ))
+        }
+    };
+    let flags = FunctionFlags::SQLITE_UTF8;
+    for (name, n) in [
+        ("random", 0),
+        ("randomblob", 1),
+        ("total_changes", 0),
+        ("current_timestamp", 0),
+        ("current_date", 0),
+        ("current_time", 0),
+    ] {
+        conn.create_scalar_function(name, n, flags, never(name))?;
+    }
+    for (name, positions) in TIME_FUNCS {
+        let helper = Connection::open_in_memory()?;
+        let deterministic = flags | FunctionFlags::SQLITE_DETERMINISTIC;
+        conn.create_scalar_function(name, -1, deterministic, move |ctx: &Context<'_>| {
+            let n = ctx.len();
+            if positions.iter().any(|&p| p >= n) {
+                return fail(format!(
+                    "{name}() without a time value reads the clock of the node that runs it; \
+                     writes must be prepared by sql::determinism (it cannot be used in \
+                     DEFAULT, CHECK, triggers or views)"
+                ));
+            }
+            let mut args = Vec::with_capacity(n);
+            for i in 0..n {
+                let v = ctx.get_raw(i);
+                if let ValueRef::Text(t) = v {
+                    let t = String::from_utf8_lossy(t);
+                    let t = t.trim();
+                    if ["now", "localtime", "utc"]
+                        .iter()
+                        .any(|w| t.eq_ignore_ascii_case(w))
+                    {
+                        return fail(format!(
+                            "{name}() with '{t}' depends on the clock or time zone of the node \
+                             that runs it; pass the time itself"
+                        ));
+                    }
+                }
+                args.push(rusqlite::types::Value::from(v));
+            }
+            let sql = format!("SELECT {name}({})", vec!["?"; n].join(", "));
+            let mut st = helper.prepare_cached(&sql)?;
+            st.query_row(rusqlite::params_from_iter(args), |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,7 +30,8 @@
 //! - Only decided log entries change a node's SQL database.
 //! - Apply is deterministic: it reads only the database and the entry. Time and
 //!   randomness enter only as literals written by the proposer ([`determinism`]); the apply
-//!   connection fails `random()`, `randomblob()` and `total_changes()` loudly, and resets
+//!   connection fails `random()`, `randomblob()`, `total_changes()`, `CURRENT_TIMESTAMP`
+//!   and a date function reading `'now'` or the time zone loudly, and resets
 //!   `last_insert_rowid()`/`changes()` at the start of every request.
 //! - Every limit ([`SqlLimits`]) is checked the same way on every replica, so a request
 //!   over a limit fails identically everywhere and changes nothing.

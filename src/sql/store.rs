@@ -70,7 +70,6 @@ use super::session::{self, Decision, SessionRecord};
 use super::{QueryOutput, Request, SqlLimits, StatementResult};
 use crate::error::{Error, Result};
 use crate::membership::Membership;
-use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -723,7 +722,8 @@ pub(crate) fn recover_dir(dir: &Path) -> Result<u64> {
 /// Opens the apply connection: WAL, `synchronous=NORMAL`, foreign keys NOT enforced
 /// (SQLite's and rqlite's default; enforced deferred keys would be checked at the entry's
 /// COMMIT, where a user's violation would fail the whole apply), the
-/// internal schema, the guard, and the functions that must never run at apply.
+/// internal schema, the guard, and the clock- and randomness-free functions
+/// ([`super::determinism`]).
 pub(crate) fn open_apply(path: &Path, limits: &SqlLimits) -> Result<(Connection, Arc<Guard>)> {
     let conn = Connection::open_with_flags(
         path,
@@ -748,24 +748,7 @@ pub(crate) fn open_apply(path: &Path, limits: &SqlLimits) -> Result<(Connection,
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
         })
         .map_err(sql_err)?;
-    let never = |name: &'static str| {
-        move |_: &rusqlite::functions::Context<'_>| -> rusqlite::Result<i64> {
-            Err(rusqlite::Error::UserFunctionError(
-                format!(
-                    "{name}() is not deterministic and reached a replica: writes must be \
-                     prepared by sql::determinism before they enter the log"
-                )
-                .into(),
-            ))
-        }
-    };
-    let flags = FunctionFlags::SQLITE_UTF8;
-    conn.create_scalar_function("random", 0, flags, never("random"))
-        .and_then(|_| conn.create_scalar_function("randomblob", 1, flags, never("randomblob")))
-        .and_then(|_| {
-            conn.create_scalar_function("total_changes", 0, flags, never("total_changes"))
-        })
-        .map_err(sql_err)?;
+    super::determinism::guard_apply_connection(&conn).map_err(sql_err)?;
     Ok((conn, guard))
 }
 

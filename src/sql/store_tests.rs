@@ -501,6 +501,14 @@ fn user_statements_cannot_reach_internals_or_connection_state() {
         ("SELECT random()", "not deterministic"),
         ("SELECT randomblob(4)", "not deterministic"),
         ("SELECT total_changes()", "not deterministic"),
+        ("SELECT CURRENT_TIMESTAMP", "not deterministic"),
+        ("SELECT date()", "reads the clock"),
+        ("SELECT strftime('%s')", "reads the clock"),
+        ("SELECT datetime('now')", "clock or time zone"),
+        (
+            "SELECT datetime('2024-01-01', 'localtime')",
+            "clock or time zone",
+        ),
         ("SELECT count(*) FROM dbstat", "page layout"),
         ("SELECT * FROM pragma_page_count()", "PRAGMA"),
         (
@@ -819,4 +827,58 @@ fn apply_throughput() {
         20_000.0 / batch.as_secs_f64(),
         t2.elapsed()
     );
+}
+
+#[test]
+fn date_functions_at_apply_compute_but_never_read_the_clock() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    ok(&exec(
+        &mut s,
+        req(&[
+            "CREATE TABLE u (c TEXT)",
+            "INSERT INTO u VALUES ('2024-02-29 13:45:07'), ('now')",
+            "CREATE TABLE t (d TEXT CHECK (date(d) IS NOT NULL), \
+             y INTEGER GENERATED ALWAYS AS (CAST(strftime('%Y', d) AS INTEGER)))",
+            "CREATE INDEX t_day ON t (date(d))",
+            "CREATE TABLE k (ts TEXT DEFAULT CURRENT_TIMESTAMP, v)",
+        ]),
+    ));
+    let rs = exec(
+        &mut s,
+        req(&[
+            "SELECT datetime('2024-02-29 13:45:07', '+1 day'), julianday('2000-01-01'), \
+             unixepoch('1970-01-02'), strftime('%H:%M', '2024-02-29 13:45:07'), \
+             timediff('2024-02-29', '2024-02-28')",
+            "INSERT INTO t (d) VALUES ('2024-02-29 13:45:07')",
+        ]),
+    );
+    ok(&rs);
+    assert_eq!(
+        rs[0].rows[0],
+        vec![
+            Value::Text("2024-03-01 13:45:07".into()),
+            Value::Real(2_451_544.5),
+            Value::Integer(86_400),
+            Value::Text("13:45".into()),
+            Value::Text("+0000-00-01 00:00:00.000".into()),
+        ]
+    );
+    assert_eq!(
+        rows(&s, "SELECT y FROM t"),
+        vec![vec![Value::Integer(2024)]]
+    );
+    // A 'now' that only shows up at apply, from a column, fails (on every node alike);
+    // so does a DEFAULT that reads the clock.
+    let rs = exec(
+        &mut s,
+        req(&[
+            "INSERT INTO t (d) SELECT datetime(c) FROM u",
+            "INSERT INTO k (v) VALUES (1)",
+        ]),
+    );
+    assert!(err_of(&rs[0]).contains("'now'"), "{rs:?}");
+    assert!(err_of(&rs[1]).contains("not deterministic"), "{rs:?}");
+    assert_eq!(count(&s, "t"), 1);
+    assert_eq!(count(&s, "k"), 0);
 }
