@@ -41,6 +41,12 @@
 //! Each rerun marks one more statement, so reruns are bounded by the statements in the
 //! entry.
 //!
+//! `SQLITE_FULL` is a fault of the node (the entry is not applied, `apply` fails) unless
+//! the disk has room: then it is an `AUTOINCREMENT` table out of rowids, a statement
+//! error like any other. One known gap: a rowid table whose largest rowid is
+//! 9223372036854775807 makes SQLite pick random rowids for new rows (its own PRNG), which
+//! differ between nodes; paxosdb does not detect this.
+//!
 //! An apply at an index other than `applied_index()` is refused with
 //! [`Error::Internal`] (a replay must start exactly at `applied_index()`; indexes below it
 //! are already applied and are never applied twice).
@@ -493,8 +499,17 @@ impl SqlStore {
         if let Some(why) = poisoned.get(&(wi, si)) {
             return Ok(One::Failed(why.clone()));
         }
-        let r = exec::run_statement(&self.conn, &self.guard, st, &self.shared.limits);
-        if let Err(f) = &r {
+        let mut r = exec::run_statement(&self.conn, &self.guard, st, &self.shared.limits);
+        if let Err(f) = &mut r {
+            // SQLITE_FULL also means "this AUTOINCREMENT table has used its last rowid",
+            // the same on every node: a result, not a fault, while the disk has room.
+            if f.code == Some(rusqlite::ErrorCode::DiskFull) && disk_has_room(&self.shared.dir) {
+                f.message = format!(
+                    "{} (the disk has room: the table's rowids are exhausted)",
+                    f.message
+                );
+                f.code = None;
+            }
             if f.is_storage() {
                 return Err(Error::Storage(format!("sqlite: {}", f.message)));
             }
@@ -591,6 +606,11 @@ impl SqlStore {
             .trusted(|| digest_of(&self.conn))
             .map_err(sql_err)
     }
+}
+
+/// True when the file system holding `dir` has at least 64 MiB free for SQLite.
+fn disk_has_room(dir: &Path) -> bool {
+    crate::node::admission::free_bytes(dir).is_ok_and(|free| free >= 64 << 20)
 }
 
 /// FNV-1a (64 bit) over tagged values.
@@ -770,8 +790,15 @@ impl SqlReader {
     /// runs; other failures are per-statement errors.
     pub fn query(&self, req: &Request) -> Result<QueryOutput> {
         self.shared.limits.check_request(req)?;
-        let live = *self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
-        let rc = self.take(live.gen)?;
+        let mut live = *self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+        let rc = match self.take(live.gen) {
+            // The database was replaced by an install meanwhile: read the new one.
+            Err(Error::Unavailable(_)) => {
+                live = *self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+                self.take(live.gen)?
+            }
+            r => r?,
+        };
         let out = self.run_query(&rc, req, live);
         self.give_back(rc);
         out

@@ -882,3 +882,23 @@ fn date_functions_at_apply_compute_but_never_read_the_clock() {
     assert_eq!(count(&s, "t"), 1);
     assert_eq!(count(&s, "k"), 0);
 }
+
+#[test]
+fn an_autoincrement_table_out_of_rowids_is_a_statement_error_not_a_node_fault() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    ok(&exec(
+        &mut s,
+        req(&[
+            "CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+            "INSERT INTO a VALUES (9223372036854775807, 1)",
+        ]),
+    ));
+    let rs = exec(
+        &mut s,
+        req(&["INSERT INTO a (v) VALUES (2)", "SELECT count(*) FROM a"]),
+    );
+    assert!(err_of(&rs[0]).contains("rowids are exhausted"), "{rs:?}");
+    assert_eq!(rs[1].rows, vec![vec![Value::Integer(1)]]);
+    assert_eq!(s.applied_index(), 2);
+}
