@@ -105,6 +105,8 @@ pub struct SqlLimits {
     pub max_result_bytes: usize,
     /// SQLite virtual-machine steps one statement may take (counted in steps of 1000).
     pub step_budget: u64,
+    /// Most bytes the user statements of one log entry may grow the database by.
+    pub max_entry_growth_bytes: u64,
 }
 
 impl Default for SqlLimits {
@@ -116,6 +118,7 @@ impl Default for SqlLimits {
             max_result_rows: 100_000,
             max_result_bytes: 16 * 1024 * 1024,
             step_budget: 200_000_000,
+            max_entry_growth_bytes: 1 << 30,
         }
     }
 }

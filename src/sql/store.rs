@@ -41,9 +41,12 @@
 //! Each rerun marks one more statement, so reruns are bounded by the statements in the
 //! entry.
 //!
-//! `SQLITE_FULL` is a fault of the node (the entry is not applied, `apply` fails) unless
-//! the disk has room: then it is an `AUTOINCREMENT` table out of rowids, a statement
-//! error like any other. One known gap: a rowid table whose largest rowid is
+//! The user statements of one entry may grow the database by at most
+//! [`SqlLimits::max_entry_growth_bytes`] (SQLite's `max_page_count`; a step budget alone
+//! would let one small request write terabytes of `zeroblob`s). `SQLITE_FULL` is a fault
+//! of the node (the entry is not applied, `apply` fails) unless the disk has room: then
+//! it is that cap or an `AUTOINCREMENT` table out of rowids, a statement error like any
+//! other. One known gap: a rowid table whose largest rowid is
 //! 9223372036854775807 makes SQLite pick random rowids for new rows (its own PRNG), which
 //! differ between nodes; paxosdb does not detect this.
 //!
@@ -339,6 +342,7 @@ impl SqlStore {
         poisoned: &HashMap<(usize, usize), String>,
     ) -> Result<Attempt> {
         self.trusted_batch("BEGIN IMMEDIATE")?;
+        self.cap_growth(Some(self.shared.limits.max_entry_growth_bytes))?;
         let mut touched: HashMap<u64, SessionRecord> = HashMap::new();
         let mut out = Vec::with_capacity(writes.len());
         for (wi, w) in writes.iter().enumerate() {
@@ -373,6 +377,8 @@ impl SqlStore {
             }
             out.push(outcome);
         }
+        // paxosdb's own records never hit the users' cap.
+        self.cap_growth(None)?;
         self.guard
             .trusted(|| -> rusqlite::Result<()> {
                 let mut put = self.conn.prepare_cached(
@@ -405,6 +411,28 @@ impl SqlStore {
             .map_err(sql_err)?;
         self.trusted_batch("COMMIT")?;
         Ok(Attempt::Done(out))
+    }
+
+    /// Lets the database grow by at most `bytes` from now on (`None`: no cap). A write
+    /// over the cap fails with `SQLITE_FULL`, the same on every node: page counts are
+    /// equal on replicas at equal applied indexes (a transfer copies pages as they are).
+    fn cap_growth(&self, bytes: Option<u64>) -> Result<()> {
+        self.guard
+            .trusted(|| -> rusqlite::Result<()> {
+                let max = match bytes {
+                    Some(b) => {
+                        let pages: i64 =
+                            self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                        let size: i64 =
+                            self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                        pages.saturating_add((b / size.max(1) as u64).max(1) as i64)
+                    }
+                    None => 0xffff_fffe,
+                };
+                self.conn
+                    .query_row(&format!("PRAGMA max_page_count = {max}"), [], |_| Ok(()))
+            })
+            .map_err(sql_err)
     }
 
     fn load_session(&self, client_id: u64) -> Result<Option<SessionRecord>> {
@@ -505,8 +533,9 @@ impl SqlStore {
             // the same on every node: a result, not a fault, while the disk has room.
             if f.code == Some(rusqlite::ErrorCode::DiskFull) && disk_has_room(&self.shared.dir) {
                 f.message = format!(
-                    "{} (the disk has room: the table's rowids are exhausted)",
-                    f.message
+                    "{}: the disk has room, but the entry would grow the database by more \
+                     than {} bytes, or an AUTOINCREMENT table is out of rowids",
+                    f.message, self.shared.limits.max_entry_growth_bytes
                 );
                 f.code = None;
             }

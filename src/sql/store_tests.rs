@@ -898,7 +898,47 @@ fn an_autoincrement_table_out_of_rowids_is_a_statement_error_not_a_node_fault() 
         &mut s,
         req(&["INSERT INTO a (v) VALUES (2)", "SELECT count(*) FROM a"]),
     );
-    assert!(err_of(&rs[0]).contains("rowids are exhausted"), "{rs:?}");
+    assert!(err_of(&rs[0]).contains("out of rowids"), "{rs:?}");
     assert_eq!(rs[1].rows, vec![vec![Value::Integer(1)]]);
     assert_eq!(s.applied_index(), 2);
+}
+
+#[test]
+fn one_entry_cannot_grow_the_database_past_its_cap() {
+    let d = tempfile::tempdir().unwrap();
+    let limits = SqlLimits {
+        max_entry_growth_bytes: 1 << 20,
+        ..SqlLimits::default()
+    };
+    let mut s = SqlStore::open_with(d.path(), limits).unwrap();
+    ok(&exec(&mut s, req(&["CREATE TABLE t (b BLOB)"])));
+    let out = s
+        .apply(
+            1,
+            &[
+                w(1, 1, req(&["INSERT INTO t VALUES (zeroblob(100000))"])),
+                w(
+                    2,
+                    1,
+                    req(&[
+                        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                         LIMIT 100) INSERT INTO t SELECT zeroblob(100000) FROM c",
+                        "INSERT INTO t VALUES (zeroblob(10))",
+                    ]),
+                ),
+            ],
+        )
+        .unwrap();
+    let SqlOutcome::Results(rs) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert!(err_of(&rs[0]).contains("grow the database"), "{rs:?}");
+    assert_eq!(rs[1].error, None);
+    assert_eq!(count(&s, "t"), 2);
+    // The cap is per entry: the next entry may grow again.
+    ok(&exec(
+        &mut s,
+        req(&["INSERT INTO t VALUES (zeroblob(500000))"]),
+    ));
+    assert_eq!(count(&s, "t"), 3);
 }
