@@ -880,6 +880,15 @@ impl SqlReader {
         })
     }
 
+    /// Read connections open now (idle or in use).
+    pub fn open_readers(&self) -> usize {
+        self.shared
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+    }
+
     fn take(&self, gen: u64) -> Result<ReadConn> {
         let mut pool = self.shared.pool.lock().unwrap_or_else(|e| e.into_inner());
         loop {

@@ -942,3 +942,32 @@ fn one_entry_cannot_grow_the_database_past_its_cap() {
     ));
     assert_eq!(count(&s, "t"), 3);
 }
+
+#[test]
+fn many_concurrent_queries_share_a_bounded_pool() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    ok(&exec(
+        &mut s,
+        req(&["CREATE TABLE t (a)", "INSERT INTO t VALUES (1)"]),
+    ));
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let r = s.reader();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let out = r.query(&req(&["SELECT a FROM t"])).unwrap();
+                    assert_eq!(out.results[0].rows, vec![vec![Value::Integer(1)]]);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let open = s.reader().open_readers();
+    assert!(
+        (1..=super::store::MAX_READERS).contains(&open),
+        "{open} read connections"
+    );
+}
