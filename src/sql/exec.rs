@@ -469,7 +469,8 @@ fn run_prepared(
         }
         Params::Named(vs) => {
             for (n, v) in vs {
-                let idx = [":", "@", "$"]
+                // The name without its prefix character (rqlite's form), or with it.
+                let idx = [":", "@", "$", ""]
                     .iter()
                     .find_map(|p| stmt.parameter_index(&format!("{p}{n}")).ok().flatten());
                 match idx {

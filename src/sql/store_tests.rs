@@ -116,7 +116,7 @@ fn writes_apply_and_queries_return_typed_values() {
         Request {
             statements: vec![Statement {
                 sql: "UPDATE t SET score = :s WHERE id = 1 RETURNING score".into(),
-                params: Params::Named(vec![("s".into(), Value::Real(2.0))]),
+                params: Params::Named(vec![(":s".into(), Value::Real(2.0))]),
             }],
             transaction: false,
         },
