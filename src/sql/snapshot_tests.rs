@@ -235,3 +235,29 @@ fn the_store_moves_to_the_apply_thread_and_readers_are_shared() {
     send::<SqlStore>();
     shared::<super::SqlReader>();
 }
+
+#[test]
+fn a_complete_staged_state_survives_a_restart_and_an_unfinished_one_does_not() {
+    let a = tempfile::tempdir().unwrap();
+    let src = filled(a.path(), "src");
+    let parts = export_all(&src);
+    let b = tempfile::tempdir().unwrap();
+    let dst = open(b.path());
+    import(&dst, &parts).unwrap();
+    drop(dst);
+    let mut dst = open(b.path());
+    assert_eq!(dst.install_staged().unwrap(), 3);
+    assert_eq!(dst.digest().unwrap(), src.digest().unwrap());
+    // An import cut off midway leaves nothing installable after a restart.
+    let mut imp = dst.importer().unwrap();
+    let SqlPart::Chunk(c0) = parts[0].clone() else {
+        panic!()
+    };
+    imp.chunk(c0).unwrap();
+    drop(imp);
+    drop(dst);
+    let mut dst = open(b.path());
+    assert!(dst.install_staged().is_err());
+    assert_eq!(dst.digest().unwrap(), src.digest().unwrap());
+    assert!(!b.path().join("staged.sqlite.part").exists());
+}
