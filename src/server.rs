@@ -14,11 +14,14 @@ use crate::command::NodeId;
 use crate::config::{resolve, Config};
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
+use crate::machine::Machines;
 use crate::machine::StateMachine;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::admission::{free_bytes, Admission};
 use crate::node::{Core, CoreConfig, NodeHandle};
+use crate::sql::machine::SqlMachine;
+use crate::sql::SqlStore;
 use crate::storage::db::{DataDir, CF_META};
 use crate::storage::rocks::RocksStorage;
 use crate::transfer::States;
@@ -45,6 +48,8 @@ pub struct ServerInfo {
     pub conns: Arc<ConnLimiter>,
     /// Who a client request runs as (users and roles, see [`crate::auth`]).
     pub auth: Arc<Authenticator>,
+    /// The replicated SQL database of this node (what the SQL APIs call).
+    pub sql: crate::sql::machine::SqlHandle,
 }
 
 /// One member as this node sees it, for status reports (every protocol shows the same).
@@ -290,8 +295,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let dir = DataDir::lock(&cfg.data_dir)?;
     let db = dir.open_db()?;
     let mut kv = KvStore::open(db.clone())?;
+    let mut sql = SqlStore::open(&cfg.data_dir.join("sql"))?;
+    let sql_reader = sql.reader();
     // What a state transfer moves, in order: every state machine of the node.
-    let states = States::new(vec![Arc::new(kv.clone())]);
+    let states = States::new(vec![Arc::new(kv.clone()), Arc::new(sql_reader.clone())]);
     let incarnation = check_identity(&db, &cfg, kv.membership()?.is_some())?;
     let metrics = Metrics::new();
     let mut storage = RocksStorage::open(db.clone())?;
@@ -347,10 +354,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     if let Some(join) = &cfg.join {
         if kv.membership()?.is_none() && kv.applied_index() == 0 {
             crate::transfer::join(join, &tcfg, &states).await?;
+            // The secondary machine first, the KV store (which records the membership,
+            // i.e. that the join is done) last.
             let mut installed = kv.clone();
-            kv = tokio::task::spawn_blocking(move || {
+            (kv, sql) = tokio::task::spawn_blocking(move || {
+                sql.install_staged()?;
                 installed.install_staged()?;
-                Ok::<_, Error>(installed)
+                Ok::<_, Error>((installed, sql))
             })
             .await
             .map_err(|e| Error::Internal(format!("installing the joined state: {e}")))??;
@@ -403,7 +413,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             compaction: cfg.compaction(),
         },
         storage,
-        Box::new(kv.clone()),
+        Machines::from(Box::new(kv.clone())).with(Box::new(SqlMachine::new(sql))),
         Box::new(net),
     )?;
     core.set_metrics(metrics.clone());
@@ -452,6 +462,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         membership: shared.clone(),
         conns,
         auth,
+        sql: crate::sql::machine::SqlHandle::new(handle.clone(), sql_reader),
     });
     let disk = tokio::spawn(watch_disk(
         info.config.data_dir.clone(),
@@ -485,12 +496,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(64 * 1024 * 1024);
-    // TEMP(LocalSql): replaced by the replicated SQL service at merge. A single SQLite
-    // file per node, NOT replicated, so that the SQL APIs can be tested end to end.
-    let local_sql =
-        crate::sql::local::LocalSql::open(&info.config.data_dir.join("local-sql.sqlite"))?;
-    let sql_service: Arc<dyn crate::sql::SqlService> = Arc::new(local_sql);
-    // END TEMP(LocalSql)
+    let sql_service: Arc<dyn crate::sql::SqlService> = Arc::new(info.sql.clone());
     let max_response = 64 * 1024 * 1024;
     let sql_svc = pb::sql_server::SqlServer::new(crate::api::grpc_sql::SqlGrpc {
         sql: sql_service,

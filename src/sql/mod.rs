@@ -45,6 +45,7 @@ pub mod local;
 pub mod determinism;
 mod exec;
 mod lexer;
+pub mod machine;
 pub mod session;
 pub mod snapshot;
 #[cfg(test)]

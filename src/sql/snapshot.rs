@@ -191,8 +191,16 @@ pub struct SqlImporter {
 }
 
 impl SqlStore {
+    /// Starts receiving a state (see [`SqlReader::importer`]).
+    pub fn importer(&self) -> Result<SqlImporter> {
+        self.reader().importer()
+    }
+}
+
+impl SqlReader {
     /// Starts receiving a state into `staged.sqlite.part` (forgets any earlier staged or
-    /// unfinished state). The live database is untouched.
+    /// unfinished state). The live database is untouched. (On the reader, which any
+    /// thread may hold: the transfer runs beside the node thread, which owns the store.)
     pub fn importer(&self) -> Result<SqlImporter> {
         let dir = self.shared.dir.clone();
         remove_with_sidecars(&dir.join(STAGED))?;
@@ -206,7 +214,9 @@ impl SqlStore {
             crc: crc32fast::Hasher::new(),
         })
     }
+}
 
+impl SqlStore {
     /// Replaces the live database by the completely staged one (see the module docs for
     /// the steps and why a crash at any of them leaves the old or the new state) and
     /// returns the new applied index. Fails, changing nothing, when no complete staged

@@ -388,7 +388,8 @@ impl Shell {
                 };
                 let sql = format!(
                     "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') \
-                     AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'{filter} ORDER BY name"
+                     AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                     AND name NOT LIKE '\\_paxosdb\\_%' ESCAPE '\\'{filter} ORDER BY name"
                 );
                 match self.query(&sql, params).await {
                     Ok(r) => {
@@ -411,6 +412,7 @@ impl Shell {
                 };
                 let sql = format!(
                     "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL{filter} \
+                     AND tbl_name NOT LIKE '\\_paxosdb\\_%' ESCAPE '\\' \
                      ORDER BY tbl_name, type DESC, name"
                 );
                 match self.query(&sql, params).await {

@@ -1,0 +1,216 @@
+//! The SQL store beside the replica core: [`SqlMachine`] is the node's second state
+//! machine (the core drives it through `machine::StateMachine`), [`SqlHandle`] is what the
+//! SQL APIs call (`SqlService`), and [`SqlReader`] is what a state transfer moves
+//! (`transfer::Transferable`).
+//!
+//! A SQL write travels as a `machine::Command` for `Machine::Sql` whose payload is the
+//! bincode of a [`Request`] that the receiving node already made deterministic
+//! ([`determinism::prepare`], with its clock and random source); its outcome comes back as
+//! the bincode of the per-statement results.
+//!
+//! # Invariants
+//!
+//! - Every replica applies the same bytes: nothing here adds node-local state to a
+//!   command after it was proposed.
+//! - A linearizable query runs only after this node applied everything that was
+//!   acknowledged before the query arrived (the KV read barrier); a stale one reads what
+//!   this node applied, and says which index that was.
+//! - A user's rights for SQL are checked by the API that received the request; unlike key
+//!   writes, they are not checked again at apply (the user table lives in the KV store).
+
+use super::determinism;
+use super::{
+    QueryOutput, ReadLevel, Request, SqlImporter, SqlOutcome, SqlPart, SqlReader, SqlService,
+    SqlSession, SqlStore, SqlWrite, StatementResult,
+};
+use crate::error::{Error, Result};
+use crate::machine::{Command, Machine, Outcome, StateMachine};
+use crate::membership::Membership;
+use crate::node::NodeHandle;
+use crate::transfer::{Import, Transferable};
+use futures::future::BoxFuture;
+
+/// The SQL store as one of the node's state machines.
+pub struct SqlMachine {
+    store: SqlStore,
+}
+
+impl SqlMachine {
+    pub fn new(store: SqlStore) -> SqlMachine {
+        SqlMachine { store }
+    }
+}
+
+impl StateMachine for SqlMachine {
+    fn machine(&self) -> Machine {
+        Machine::Sql
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.store.applied_index()
+    }
+
+    /// Decodes the requests and applies them in one SQLite transaction; a payload that is
+    /// not a SQL request is rejected (and touches no session).
+    fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
+        let decoded: Vec<std::result::Result<SqlWrite, String>> = commands
+            .iter()
+            .map(|c| {
+                bincode::deserialize::<Request>(&c.payload)
+                    .map(|request| SqlWrite {
+                        client_id: c.client_id,
+                        seq: c.seq,
+                        request,
+                    })
+                    .map_err(|e| format!("not a SQL request: {e}"))
+            })
+            .collect();
+        let valid: Vec<SqlWrite> = decoded.iter().filter_map(|d| d.clone().ok()).collect();
+        let mut outcomes = self.store.apply(index, &valid)?.into_iter();
+        let mut out = Vec::with_capacity(commands.len());
+        for d in decoded {
+            out.push(match d {
+                Err(why) => Outcome::Rejected(why),
+                Ok(_) => match outcomes.next().expect("one outcome per valid write") {
+                    SqlOutcome::Results(r) => Outcome::Done(bincode::serialize(&r)?),
+                    SqlOutcome::Rejected(why) => Outcome::Rejected(why),
+                    SqlOutcome::Superseded(why) => Outcome::Superseded(why),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn make_durable(&mut self) -> Result<()> {
+        self.store.flush().map(|_| ())
+    }
+
+    fn install_staged(&mut self) -> Result<u64> {
+        self.store.install_staged()
+    }
+
+    fn membership(&self) -> Result<Option<Membership>> {
+        self.store.membership()
+    }
+
+    fn apply_membership(&mut self, index: u64, m: &Membership) -> Result<()> {
+        self.store.apply_membership(index, m)
+    }
+}
+
+/// The SQL database as a state transfer moves it: each [`SqlPart`] is one opaque part.
+impl Transferable for SqlReader {
+    fn machine(&self) -> Machine {
+        Machine::Sql
+    }
+
+    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
+        SqlReader::export(self, &mut |part| sink(bincode::serialize(&part)?))
+    }
+
+    fn importer(&self) -> Result<Box<dyn Import>> {
+        Ok(Box::new(SqlImport {
+            importer: SqlReader::importer(self)?,
+            end: None,
+        }))
+    }
+}
+
+/// Receives the SQL database's parts: chunks are staged as they come; the end is kept for
+/// `finish`.
+struct SqlImport {
+    importer: SqlImporter,
+    end: Option<super::SqlEnd>,
+}
+
+impl Import for SqlImport {
+    fn part(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let part: SqlPart = bincode::deserialize(&bytes)
+            .map_err(|e| Error::Unavailable(format!("undecodable SQL state part: {e}")))?;
+        if self.end.is_some() {
+            return Err(Error::Unavailable("SQL state part after its end".into()));
+        }
+        match part {
+            SqlPart::Chunk(c) => self.importer.chunk(c),
+            SqlPart::End(end) => {
+                self.end = Some(end);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<u64> {
+        let end = self
+            .end
+            .ok_or_else(|| Error::Unavailable("the SQL state ended without its end".into()))?;
+        self.importer.finish(end)
+    }
+}
+
+/// What the SQL APIs call on a node: writes through the log, queries from this node's
+/// database after the read barrier their level asks for.
+#[derive(Clone)]
+pub struct SqlHandle {
+    node: NodeHandle,
+    reader: SqlReader,
+}
+
+impl SqlHandle {
+    pub fn new(node: NodeHandle, reader: SqlReader) -> SqlHandle {
+        SqlHandle { node, reader }
+    }
+
+    async fn run_execute(
+        &self,
+        req: Request,
+        session: Option<SqlSession>,
+    ) -> Result<Vec<StatementResult>> {
+        let (client_id, seq) = match session {
+            Some(s) => (s.client_id, s.seq),
+            // A fresh session of its own: applied at most once, nobody retries it.
+            None => ((rand::random::<u64>() >> 11).max(1), 1),
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let req = determinism::prepare(req, now_ms, &mut rand::thread_rng())?;
+        let payload = bincode::serialize(&req)?;
+        let bytes = self
+            .node
+            .submit(Command {
+                client_id,
+                seq,
+                user: None,
+                machine: Machine::Sql,
+                payload,
+            })
+            .await?;
+        bincode::deserialize(&bytes)
+            .map_err(|e| Error::Internal(format!("undecodable SQL result: {e}")))
+    }
+
+    async fn run_query(&self, req: Request, level: ReadLevel) -> Result<QueryOutput> {
+        if level == ReadLevel::Linearizable {
+            self.node.read_barrier().await?;
+        }
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || reader.query(&req))
+            .await
+            .map_err(|e| Error::Internal(format!("SQL query task: {e}")))?
+    }
+}
+
+impl SqlService for SqlHandle {
+    fn execute(
+        &self,
+        req: Request,
+        session: Option<SqlSession>,
+    ) -> BoxFuture<'_, Result<Vec<StatementResult>>> {
+        Box::pin(self.run_execute(req, session))
+    }
+
+    fn query(&self, req: Request, level: ReadLevel) -> BoxFuture<'_, Result<QueryOutput>> {
+        Box::pin(self.run_query(req, level))
+    }
+}
