@@ -32,6 +32,10 @@
 //! (permission denied), and a scan or key listing is narrowed to the prefix (other keys are
 //! silently left out, as if absent).
 //!
+//! SQL: running a read-only statement needs any role, one that may change the database
+//! needs `readwrite`; a user with a key prefix may run no SQL at all (its scope is keys,
+//! and no key prefix bounds what a SQL statement reaches), and is told so.
+//!
 //! Invariants:
 //! - No secret is ever stored, proposed or logged: only argon2id hashes enter the log, and
 //!   the failure log line names the API and the user, never what was sent.
@@ -382,6 +386,36 @@ impl Identity {
         } else {
             self.check_write(op.keys())
         }
+    }
+
+    /// May this identity run SQL at all? A user with a key prefix may not: its scope is
+    /// keys, and a SQL statement reaches tables, which no key prefix can bound.
+    fn check_sql(&self) -> Result<()> {
+        if self.prefix.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "user {} has a key prefix ({:?}): its access is scoped to keys, and SQL is \
+                 outside every key prefix; use a user without a prefix for SQL",
+                self.name(),
+                String::from_utf8_lossy(&self.prefix)
+            )))
+        }
+    }
+
+    /// May this identity run read-only SQL (any role, no key prefix)?
+    pub fn check_sql_read(&self) -> Result<()> {
+        self.check_sql()
+    }
+
+    /// May this identity run SQL that may change the database (the readwrite role, no
+    /// key prefix)?
+    pub fn check_sql_write(&self) -> Result<()> {
+        self.check_sql()?;
+        if self.role < Role::ReadWrite {
+            return Err(self.denied("change the SQL database (it needs the readwrite role)"));
+        }
+        Ok(())
     }
 
     /// May this identity manage users and membership?

@@ -43,6 +43,8 @@ pub struct ServerInfo {
     pub conns: Arc<ConnLimiter>,
     /// Who a client request runs as (users and roles, see [`crate::auth`]).
     pub auth: Arc<Authenticator>,
+    /// The SQL database the SQL APIs serve (`None`: this node serves no SQL).
+    pub sql: Option<Arc<dyn crate::sql::SqlService>>,
 }
 
 /// One member as this node sees it, for status reports (every protocol shows the same).
@@ -432,6 +434,12 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         handle.kv.clone(),
         cfg.require_auth || admin_password.is_some(),
     );
+    // TEMP(LocalSql): replaced by the replicated SQL service at merge. A single
+    // NOT-replicated SQLite file per node, so that the SQL APIs can be tested end to end.
+    let sql: Option<Arc<dyn crate::sql::SqlService>> = Some(Arc::new(
+        crate::sql::local::LocalSql::open(&cfg.data_dir.join("local-sql.sqlite"))?,
+    ));
+    // END TEMP(LocalSql)
     let info = Arc::new(ServerInfo {
         config: cfg,
         listeners,
@@ -441,6 +449,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         membership: shared.clone(),
         conns,
         auth,
+        sql,
     });
     let disk = tokio::spawn(watch_disk(
         info.config.data_dir.clone(),
