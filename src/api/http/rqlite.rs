@@ -436,9 +436,10 @@ impl Item<'_> {
                     (t, _) => t,
                 },
             )
-            .chain(
-                std::iter::repeat("").take(self.r.columns.len().saturating_sub(self.r.types.len())),
-            )
+            .chain(std::iter::repeat_n(
+                "",
+                self.r.columns.len().saturating_sub(self.r.types.len()),
+            ))
             .collect()
     }
 
