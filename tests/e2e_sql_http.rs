@@ -154,7 +154,7 @@ async fn rqlite_shapes_transactions_and_refusals_over_curl() {
         200,
         post(
             &a,
-            "/db/query?associative&timings&level=strong",
+            "/db/query?associative&timings&level=strong&db_timeout=5s&redirect",
             &[],
             r#"[["SELECT name FROM foo WHERE age > ?", 21], "SELECT count(*) AS n FROM foo WHERE 0"]"#,
         ),

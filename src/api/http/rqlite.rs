@@ -25,9 +25,12 @@
 //! rqlite's `weak` — "probably current" — is served linearizably). `freshness` and
 //! `freshness_strict` are refused (400) until bounded-staleness reads exist. `redirect` and
 //! `noleader` are accepted and have no effect (every node forwards to the leader itself, so
-//! there is nothing to redirect). `q` carries the SQL of `GET /db/query`. Every other
-//! parameter, such as rqlite's `queue`, `wait`, `timeout`, `db_timeout`, `raft_index` or
-//! `qualify_columns`, is refused with a 400 naming it, rather than silently ignored.
+//! there is nothing to redirect). `timeout`, `db_timeout` and `linearizable_timeout` (Go
+//! durations such as `5s` or `1m30s`) and `retries` (a count) are checked and then have no
+//! effect: the node's own `--request-timeout-ms` bounds a request, and SQL execution is not
+//! interrupted. `q` carries the SQL of `GET /db/query`. Every other parameter, such as
+//! rqlite's `queue`, `wait`, `raft_index`, `qualify_columns` or `norwrandom`, is refused
+//! with a 400 naming it, rather than silently ignored.
 //!
 //! **Results.** `{"results": [...]}` (plus `"time"`, seconds, with `timings`), one entry per
 //! statement, in the shapes of rqlite: a statement that failed is `{"error": "..."}`; one
@@ -94,6 +97,10 @@ const COMMON: &[&str] = &[
     "blob_array",
     "redirect",
     "noleader",
+    "timeout",
+    "db_timeout",
+    "linearizable_timeout",
+    "retries",
 ];
 const READS: &[&str] = &["level", "freshness", "freshness_strict"];
 
@@ -135,6 +142,16 @@ pub fn options(query: Option<&str>, endpoint: Endpoint, get: bool) -> Result<Sql
             "redirect" | "noleader" => {
                 flag(&name, &v)?;
             }
+            "timeout" | "db_timeout" | "linearizable_timeout" => {
+                if !is_go_duration(&v) {
+                    return Err(ApiError::bad(format!(
+                        "{name} must be a duration such as 500ms, 5s or 1m30s"
+                    )));
+                }
+            }
+            "retries" => {
+                super::decode::parse_u64("retries", &v)?;
+            }
             "level" => {
                 o.level = match v.to_ascii_lowercase().as_slice() {
                     b"none" => ReadLevel::Stale,
@@ -170,6 +187,40 @@ pub fn options(query: Option<&str>, endpoint: Endpoint, get: bool) -> Result<Sql
         ));
     }
     Ok(o)
+}
+
+/// A Go duration as rqlite takes it: `0`, or an optional sign and numbers (with an
+/// optional fraction) each followed by a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`).
+fn is_go_duration(v: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(v) else {
+        return false;
+    };
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if s == "0" {
+        return true;
+    }
+    let mut rest = s;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..digits];
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let Some(unit) = ["ns", "us", "µs", "ms", "s", "m", "h"]
+            .into_iter()
+            .find(|u| rest.starts_with(u))
+        else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+    }
+    true
 }
 
 fn invalid(what: impl std::fmt::Display) -> ApiError {
@@ -765,6 +816,9 @@ mod tests {
             ("freshness=1s", Endpoint::Query, false),
             ("freshness_strict", Endpoint::Request, false),
             ("queue", Endpoint::Execute, false),
+            ("raft_index", Endpoint::Execute, false),
+            ("timeout=5", Endpoint::Execute, false),
+            ("retries=-1", Endpoint::Execute, false),
             ("transaction=yes", Endpoint::Execute, false),
             ("transaction&transaction", Endpoint::Execute, false),
             ("q=SELECT+1", Endpoint::Query, false),
