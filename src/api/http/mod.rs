@@ -2,8 +2,9 @@
 //! is also served at `/openapi.json`.
 //!
 //! Like every protocol server it only decodes, validates and calls the protocol-neutral
-//! [`NodeHandle`]; routing to the leader, batching, retries inside the cluster and
-//! linearizable reads all happen below it.
+//! [`NodeHandle`] (the SQL endpoints: the node's [`crate::sql::SqlService`]); routing to
+//! the leader, batching, retries inside the cluster and linearizable reads all happen
+//! below it.
 //!
 //! - [`kv`]: `GET/PUT/DELETE /v1/kv/{key}`, `GET /v1/kv` (scan);
 //! - [`sql`]: the rqlite-compatible SQL endpoints `POST /db/execute`, `GET|POST

@@ -2,8 +2,8 @@
 //! `GET|POST /db/query` and `POST /db/request` accept and answer (the handlers are in
 //! [`super::sql`]).
 //!
-//! Everything here is a pure function over bytes and strings (the fuzz test in this file
-//! throws arbitrary input at the decoders).
+//! Everything here is a pure function over bytes and strings, fuzzed by the seeded test
+//! `fuzz_decoders` below and by the cargo-fuzz target `fuzz/fuzz_targets/rqlite_request.rs`.
 //!
 //! **Requests.** A body is a JSON array of statements; each is a string (SQL without
 //! parameters) or an array `[sql, params...]`: positional parameters are JSON values after
