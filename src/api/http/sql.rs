@@ -168,3 +168,61 @@ async fn run(
     }
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    async fn parts(e: Error) -> (StatusCode, Option<String>, serde_json::Value) {
+        let resp = error_response(ApiError::from_node(e));
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// Service errors keep the common mapping's status and headers, in rqlite's shape.
+    #[tokio::test]
+    async fn service_errors_map_to_rqlite_shaped_answers() {
+        for (e, status, code, retry) in [
+            (
+                Error::Unavailable("no leader".into()),
+                503,
+                "unavailable",
+                true,
+            ),
+            (Error::Overloaded("busy".into()), 429, "overloaded", true),
+            (
+                Error::OutcomeUnknown("timed out".into()),
+                503,
+                "outcome_unknown",
+                true,
+            ),
+            (
+                Error::InvalidInput("bad".into()),
+                400,
+                "invalid_input",
+                false,
+            ),
+            (
+                Error::PermissionDenied("no".into()),
+                403,
+                "permission_denied",
+                false,
+            ),
+            (Error::Storage("disk".into()), 500, "internal", false),
+        ] {
+            let (s, r, body) = parts(e).await;
+            assert_eq!(s, status, "{body}");
+            assert_eq!(body["code"], code, "{body}");
+            assert!(body["error"].is_string(), "{body}");
+            assert_eq!(r.is_some(), retry, "{code}: Retry-After");
+        }
+    }
+}
