@@ -432,6 +432,17 @@ impl Identity {
         Ok(())
     }
 
+    /// May this identity run read-only SQL (any role, no key prefix)?
+    pub fn check_sql_read(&self) -> Result<()> {
+        self.check_sql(false)
+    }
+
+    /// May this identity run SQL that may change the database (the readwrite role, no
+    /// key prefix)?
+    pub fn check_sql_write(&self) -> Result<()> {
+        self.check_sql(true)
+    }
+
     /// May this identity manage users and membership?
     pub fn check_admin(&self) -> Result<()> {
         if self.role < Role::Admin {

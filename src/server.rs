@@ -48,8 +48,8 @@ pub struct ServerInfo {
     pub conns: Arc<ConnLimiter>,
     /// Who a client request runs as (users and roles, see [`crate::auth`]).
     pub auth: Arc<Authenticator>,
-    /// The replicated SQL database of this node (what the SQL APIs call).
-    pub sql: crate::sql::machine::SqlHandle,
+    /// The SQL database the SQL APIs serve (`None`: this node serves no SQL).
+    pub sql: Option<Arc<dyn crate::sql::SqlService>>,
 }
 
 /// One member as this node sees it, for status reports (every protocol shows the same).
@@ -462,7 +462,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         membership: shared.clone(),
         conns,
         auth,
-        sql: crate::sql::machine::SqlHandle::new(handle.clone(), sql_reader),
+        sql: Some(Arc::new(crate::sql::machine::SqlHandle::new(
+            handle.clone(),
+            sql_reader,
+        ))),
     });
     let disk = tokio::spawn(watch_disk(
         info.config.data_dir.clone(),
@@ -496,7 +499,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(64 * 1024 * 1024);
-    let sql_service: Arc<dyn crate::sql::SqlService> = Arc::new(info.sql.clone());
+    let sql_service = info.sql.clone().expect("every node serves SQL");
     let max_response = 64 * 1024 * 1024;
     let sql_svc = pb::sql_server::SqlServer::new(crate::api::grpc_sql::SqlGrpc {
         sql: sql_service,

@@ -419,12 +419,16 @@ pub(crate) fn run_statement(
             return Err(f);
         }
     };
+    // `changes()` keeps the count of the last INSERT/UPDATE/DELETE: a statement that
+    // changed no row (DDL) would report the one before it (the request's reset).
+    let total_before = conn.total_changes();
     let result = run_prepared(&mut stmt, guard, st, limits, &sqlite_failure);
     drop(stmt);
     let result = result.map(|mut r| {
         if r.columns.is_empty() || r.rows_affected.is_some() {
             r.last_insert_id = Some(conn.last_insert_rowid());
-            r.rows_affected = Some(conn.changes());
+            let changed_rows = conn.total_changes() != total_before;
+            r.rows_affected = Some(if changed_rows { conn.changes() } else { 0 });
         }
         r
     });

@@ -19,11 +19,10 @@
 //! - [`snapshot`]: catch-up: a consistent copy (SQLite's backup API) streamed as
 //!   checksummed chunks, staged beside the live database, installed by one atomic rename
 //!   of the `CURRENT` pointer.
-//! - [`local`]: a NON-replicated stand-in for the APIs (goes away when the replicated
-//!   service is wired).
-//!
-//! Nothing here is wired into the node or the server yet: the replica core drives
-//! [`SqlStore`] through its state-machine seam.
+//! - [`machine`]: the adapters: `SqlMachine` (the store as the node's second state
+//!   machine, driven by the replica core through `machine::StateMachine`), `SqlHandle`
+//!   (what the SQL APIs call: writes through the log, queries after the read barrier),
+//!   and the store's state transfer (`transfer::Transferable` on [`SqlReader`]).
 //!
 //! # Invariants
 //!
@@ -39,8 +38,6 @@
 pub mod types;
 
 pub use types::{Params, ReadLevel, Request, Statement, StatementResult, Value};
-
-pub mod local;
 
 pub mod determinism;
 mod exec;

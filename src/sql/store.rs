@@ -814,9 +814,9 @@ fn read_applied(conn: &Connection, guard: &Guard) -> Result<u64> {
 
 impl SqlReader {
     /// Runs the read-only `req` in one read transaction on a pooled read connection;
-    /// returns the results and the applied index of the state they read. Any statement
-    /// that could write refuses the whole query with `Error::InvalidInput` before anything
-    /// runs; other failures are per-statement errors.
+    /// returns the results and the applied index of the state they read. A statement that
+    /// could write is not run: its result is an error saying so (as rqlite answers a write
+    /// sent to its query endpoint); other failures are per-statement errors too.
     pub fn query(&self, req: &Request) -> Result<QueryOutput> {
         self.shared.limits.check_request(req)?;
         let mut live = *self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
@@ -834,14 +834,9 @@ impl SqlReader {
     }
 
     fn run_query(&self, rc: &ReadConn, req: &Request, live: Live) -> Result<QueryOutput> {
-        for (i, st) in req.statements.iter().enumerate() {
-            if exec::is_read_only(&rc.conn, &rc.guard, &st.sql) == Some(false) {
-                return Err(Error::InvalidInput(format!(
-                    "statement {i} could change the database: a query cannot; send it as \
-                     an execute"
-                )));
-            }
-        }
+        let writes: Vec<bool> = (req.statements.iter())
+            .map(|st| exec::is_read_only(&rc.conn, &rc.guard, &st.sql) == Some(false))
+            .collect();
         let stored = rc
             .guard
             .trusted(|| -> rusqlite::Result<i64> {
@@ -855,12 +850,18 @@ impl SqlReader {
                 let _ = rc.guard.trusted(|| rc.conn.execute_batch("ROLLBACK"));
                 sql_err(e)
             })? as u64;
-        let results = req
-            .statements
-            .iter()
-            .map(|st| {
-                exec::run_statement(&rc.conn, &rc.guard, st, &self.shared.limits)
-                    .unwrap_or_else(exec::Failure::into_result)
+        let results = (req.statements.iter().zip(writes))
+            .map(|(st, write)| match write {
+                true => StatementResult {
+                    error: Some(
+                        "this statement could change the database, which a query cannot; \
+                         send it as an execute"
+                            .into(),
+                    ),
+                    ..Default::default()
+                },
+                false => exec::run_statement(&rc.conn, &rc.guard, st, &self.shared.limits)
+                    .unwrap_or_else(exec::Failure::into_result),
             })
             .collect();
         rc.guard

@@ -12,6 +12,10 @@
 //! | 503 | `unavailable` | no leader or quorum, shutting down: nothing happened, retry (`Retry-After`) |
 //! | 503 | `outcome_unknown` | a write may or may not have been applied: retry with the same session headers |
 //! | 500 | `internal` | a bug or a broken disk |
+//! | 501 | `not_implemented` | this node does not serve that API (SQL on a node without a SQL service) |
+//!
+//! The rqlite-compatible SQL endpoints (`/db/*`, see [`super::sql`]) answer the same
+//! statuses with rqlite's body shape instead: `{"error": "message", "code": "..."}`.
 
 use crate::error::Error;
 use axum::http::{HeaderValue, StatusCode};

@@ -28,7 +28,7 @@ fn json_ok(obj: Map<String, Value>) -> Response {
     (StatusCode::OK, Json(Value::Object(obj))).into_response()
 }
 
-fn set_header(resp: &mut Response, name: &'static str, v: u64) {
+pub(crate) fn set_header(resp: &mut Response, name: &'static str, v: u64) {
     resp.headers_mut().insert(name, HeaderValue::from(v));
 }
 
@@ -61,7 +61,7 @@ fn header_bytes<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
 }
 
 /// The client's session, or a fresh random one.
-fn session(h: &HeaderMap) -> Result<(u64, u64), ApiError> {
+pub(crate) fn session(h: &HeaderMap) -> Result<(u64, u64), ApiError> {
     let given = decode::session(
         header_bytes(h, CLIENT_ID_HEADER),
         header_bytes(h, SEQ_HEADER),
@@ -70,11 +70,16 @@ fn session(h: &HeaderMap) -> Result<(u64, u64), ApiError> {
 }
 
 /// Reads at most `max` body bytes; a declared or actual larger body is a 413, answered
-/// without reading the rest.
-async fn read_body(h: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
+/// without reading the rest. `what` names the body in the error ("the value").
+pub(crate) async fn read_body(
+    h: &HeaderMap,
+    body: Body,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, ApiError> {
     let too_large = |n: &dyn std::fmt::Display| {
         ApiError::too_large(format!(
-            "the value is {n} bytes; the limit is {max} bytes (see --max-value-size)"
+            "{what} is {n} bytes; the limit is {max} bytes (see --max-value-size)"
         ))
     };
     if let Some(len) = h.get(header::CONTENT_LENGTH) {
@@ -156,7 +161,7 @@ pub async fn put_key(
         header_bytes(&headers, "if-none-match"),
     )?;
     let sess = session(&headers)?;
-    let value = read_body(&headers, body, limits.max_value).await?;
+    let value = read_body(&headers, body, limits.max_value, "the value").await?;
     let op = match cond {
         Some(Precondition::Never) => {
             // Nothing to write: answer with the key as it is, like any failed compare.

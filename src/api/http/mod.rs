@@ -2,10 +2,13 @@
 //! is also served at `/openapi.json`.
 //!
 //! Like every protocol server it only decodes, validates and calls the protocol-neutral
-//! [`NodeHandle`]; routing to the leader, batching, retries inside the cluster and
-//! linearizable reads all happen below it.
+//! [`NodeHandle`] (the SQL endpoints: the node's [`crate::sql::SqlService`]); routing to
+//! the leader, batching, retries inside the cluster and linearizable reads all happen
+//! below it.
 //!
 //! - [`kv`]: `GET/PUT/DELETE /v1/kv/{key}`, `GET /v1/kv` (scan);
+//! - [`sql`]: the rqlite-compatible SQL endpoints `POST /db/execute`, `GET|POST
+//!   /db/query`, `POST /db/request`, with rqlite's JSON shapes in [`rqlite`];
 //! - [`cluster`]: `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`;
 //! - [`decode`]: path, query and header decoding and the bytes-in-JSON scheme (fuzzed);
 //! - [`error`]: the JSON error body and the status code of every error.
@@ -20,6 +23,8 @@ pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod kv;
+pub mod rqlite;
+pub mod sql;
 
 use crate::api::tls::Protocol;
 use crate::node::NodeHandle;
@@ -60,6 +65,9 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(auth::put).delete(auth::delete),
         )
         .route("/v1/users/:name/tokens", axum::routing::post(auth::token))
+        .route("/db/execute", axum::routing::post(sql::execute))
+        .route("/db/query", get(sql::query_get).post(sql::query_post))
+        .route("/db/request", axum::routing::post(sql::request))
         .route("/v1/status", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
@@ -99,6 +107,9 @@ pub fn op_name(
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/openapi.json" => "openapi",
+        "/db/execute" => "sql_execute",
+        "/db/query" => "sql_query",
+        "/db/request" => "sql_request",
         p if p.starts_with(decode::KV_PREFIX) => match *method {
             Method::GET | Method::HEAD => "get",
             Method::PUT if conditional || q.split('&').any(|p| p.starts_with("cas=")) => "cas",
