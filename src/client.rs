@@ -592,6 +592,21 @@ impl Client {
         .map(|r| r.token)
     }
 
+    /// Revokes user `name`'s token `token` (its id, or the whole token; admin only).
+    /// Other tokens and the passwords stay. An error if the user holds no such token.
+    pub async fn revoke_token(&self, name: &str, token: &str) -> Result<()> {
+        let req = pb::RevokeTokenRequest {
+            name: name.into(),
+            token: token.into(),
+        };
+        self.cluster_call(|mut c| {
+            let r = self.request(req.clone());
+            async move { c.revoke_token(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// The status of the node at endpoint `i` (no retries, no failover).
     pub async fn status_of(&self, i: usize) -> Result<pb::StatusResponse> {
         let ch = self

@@ -11,6 +11,7 @@
 //!   decided entries and answers waiters; [`server`] wires a node to its listeners;
 //! - [`transport`]: peer-to-peer TCP with framed messages;
 //! - [`kv`]: the state machine; [`storage`]: the log storage and the RocksDB home;
+//! - [`ratelog`]: rate-limited log lines for failures an outsider can cause at will;
 //! - [`check`] and [`sim`]: the linearizability checker and the deterministic simulation.
 //!
 //! `docs/architecture.md` follows a write and a read through these layers.
@@ -30,6 +31,7 @@ pub mod membership;
 pub mod metrics;
 pub mod nemesis;
 pub mod node;
+pub mod ratelog;
 pub mod server;
 pub mod sim;
 pub mod sql;

@@ -22,6 +22,9 @@
 //!   reconnect, so OmniPaxos can resynchronise;
 //! - a frame that is oversized, undecodable, from an unknown node, or whose message claims
 //!   another sender closes that connection and is logged; the node keeps running;
+//! - a connection refused before its peer was admitted (TLS, hello, identity, membership,
+//!   incarnation checks) is logged at most once per [`REFUSAL_LOG_EVERY`], the next line
+//!   counting the ones suppressed: whoever reaches the port cannot flood the log;
 //! - sending never blocks the node: a full queue drops the message (OmniPaxos resends);
 //!   queues are bounded in bytes (`max_peer_queue_bytes` per peer) as well as in messages;
 //! - no frame over `max_frame` is ever written: a message that would be larger is not
@@ -62,6 +65,11 @@ const HANDSHAKE: Duration = Duration::from_secs(5);
 /// this many, a new connection is closed at once (a connect flood must not use up the
 /// file descriptors RocksDB needs).
 const MAX_UNAUTHENTICATED: usize = 64;
+/// At most one log line per this long about peer connections refused before admission
+/// (failed TLS handshakes, plaintext on a TLS port, bad hellos, impostors).
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Largest [`Hello`] frame accepted, in bytes.
 pub const MAX_HELLO_FRAME: usize = 64 * 1024;
 
@@ -552,6 +560,9 @@ pub async fn accept_loop(
         cfg.max_queue_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
     ));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
+    // Refusals before a peer proved who it is can be caused by anyone who reaches the
+    // port, as often as they like: rate limited (see crate::ratelog).
+    let refusals = Arc::new(crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY));
     let cfg = Arc::new(cfg);
     // The connection tasks live in this set: when the accept loop is aborted (shutdown),
     // dropping the set aborts them too, so none keeps the node's database open.
@@ -570,7 +581,7 @@ pub async fn accept_loop(
             tracing::debug!(%remote, "too many peer connections in their handshake; closed");
             continue;
         };
-        let (cfg, events, table, check, source, membership, inbox) = (
+        let (cfg, events, table, check, source, membership, inbox, refusals) = (
             cfg.clone(),
             events.clone(),
             table.clone(),
@@ -578,6 +589,7 @@ pub async fn accept_loop(
             source.clone(),
             membership.clone(),
             inbox.clone(),
+            refusals.clone(),
         );
         conns.spawn(async move {
             let peer = Peer {
@@ -588,8 +600,21 @@ pub async fn accept_loop(
                 membership: &membership,
                 inbox: &inbox,
             };
-            if let Err(e) = serve_peer(stream, peer, source, pending).await {
-                tracing::warn!(%remote, "peer connection closed: {e}");
+            let mut admitted = false;
+            match serve_peer(stream, peer, source, pending, &mut admitted).await {
+                Ok(()) => {}
+                Err(e) if admitted => tracing::warn!(%remote, "peer connection closed: {e}"),
+                Err(e) => {
+                    if let Some(suppressed) = refusals.admit() {
+                        tracing::warn!(
+                            %remote,
+                            "peer connection closed before the peer was admitted: {e}; \
+                             {suppressed} more suppressed since the last such line (at most \
+                             one line per {}s)",
+                            refusals.every_secs()
+                        );
+                    }
+                }
             }
         });
     }
@@ -606,11 +631,14 @@ struct Peer<'a> {
     inbox: &'a Arc<Semaphore>,
 }
 
+/// Serves one accepted peer connection. `admitted` turns true once the peer proved who it
+/// is and passed every check: an error before that is a refusal (logged rate limited).
 async fn serve_peer(
     stream: TcpStream,
     p: Peer<'_>,
     source: Arc<dyn StateSource>,
     pending: tokio::sync::OwnedSemaphorePermit,
+    admitted: &mut bool,
 ) -> Result<(), String> {
     let Peer {
         cfg,
@@ -625,6 +653,14 @@ async fn serve_peer(
     // cluster; its identity is checked against the hello below.
     let (stream, cert): (PeerStream, _) = match &cfg.tls {
         Some(tls) => {
+            let mut first = [0u8; 1];
+            if let Ok(Ok(1)) = tokio::time::timeout(HANDSHAKE, stream.peek(&mut first)).await {
+                if first[0] != TLS_HANDSHAKE_RECORD {
+                    return Err("plaintext on the TLS peer port: does that node run without \
+                         --peer-tls-dir?"
+                        .to_string());
+                }
+            }
             let (s, cert) = tokio::time::timeout(HANDSHAKE, tls.accept(stream))
                 .await
                 .map_err(|_| "no TLS handshake within 5s".to_string())?
@@ -676,6 +712,7 @@ async fn serve_peer(
     check(from, hello.incarnation)?;
     // Past the checks: this connection no longer counts as one in its handshake.
     drop(pending);
+    *admitted = true;
     if hello.purpose == Purpose::FetchState {
         tracing::info!(
             peer = from,

@@ -430,6 +430,21 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::CreateTokenResponse { token }))
     }
 
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.admin(req.metadata()).await?;
+        let r = req.into_inner();
+        let op = crate::auth::revoke_token_write(&r.name, &r.token).map_err(to_status)?;
+        let client_id = rand::random::<u64>().max(1);
+        match self.node.write(client_id, 1, op).await.map_err(to_status)? {
+            WriteResult::User { .. } => Ok(Response::new(pb::RevokeTokenResponse {})),
+            WriteResult::Rejected(why) => Err(Status::not_found(format!("user {}: {why}", r.name))),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn status(
         &self,
         _req: Request<pb::StatusRequest>,

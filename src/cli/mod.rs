@@ -106,6 +106,10 @@ pub struct CertsArgs {
     /// Make certificates for these nodes with the CA already in --dir (to add members).
     #[arg(long)]
     pub add: bool,
+    /// Make the certificates of --nodes again with the CA already in --dir (renewal),
+    /// replacing the ones there; send those nodes SIGHUP to use them.
+    #[arg(long)]
+    pub renew: bool,
     /// Host names and IP addresses clients reach the nodes at, comma separated, for the
     /// client-facing certificate server.pem (it always names localhost, 127.0.0.1, ::1).
     #[arg(long, default_value = "")]
@@ -150,6 +154,14 @@ fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
             a.nodes
         );
     }
+    if a.renew {
+        crate::tls::certs::renew(&a.dir, &ids)?;
+        println!(
+            "wrote new certificates for nodes {} to {dir}; copy each node-N.pem and \
+             node-N-key.pem to node N and send it SIGHUP (kill -HUP PID) to use them",
+            a.nodes
+        );
+    }
     if a.server {
         crate::tls::certs::server(&a.dir, &hosts)?;
         println!(
@@ -157,7 +169,7 @@ fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
              --client-tls-dir and send each node SIGHUP (kill -HUP PID) to use them"
         );
     }
-    if !a.add && !a.server && clients.is_empty() {
+    if !a.add && !a.renew && !a.server && clients.is_empty() {
         crate::tls::generate(&a.dir, &ids, &hosts)?;
         println!(
             "wrote a cluster CA and certificates for nodes {} to {dir}; give each node \

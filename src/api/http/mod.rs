@@ -60,6 +60,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(auth::put).delete(auth::delete),
         )
         .route("/v1/users/:name/tokens", axum::routing::post(auth::token))
+        .route(
+            "/v1/users/:name/tokens/:token",
+            axum::routing::delete(auth::revoke_token),
+        )
         .route("/v1/status", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
