@@ -191,7 +191,9 @@ impl<'de> Deserialize<'de> for TokenRevocation {
                         .next_element()?
                         .map(TokenRevocation::Id)
                         .ok_or_else(|| A::Error::invalid_length(1, &self)),
-                    t => Err(A::Error::custom(format!("unknown token revocation tag {t}"))),
+                    t => Err(A::Error::custom(format!(
+                        "unknown token revocation tag {t}"
+                    ))),
                 }
             }
         }

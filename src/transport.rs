@@ -656,9 +656,11 @@ async fn serve_peer(
             let mut first = [0u8; 1];
             if let Ok(Ok(1)) = tokio::time::timeout(HANDSHAKE, stream.peek(&mut first)).await {
                 if first[0] != TLS_HANDSHAKE_RECORD {
-                    return Err("plaintext on the TLS peer port: does that node run without \
+                    return Err(
+                        "plaintext on the TLS peer port: does that node run without \
                          --peer-tls-dir?"
-                        .to_string());
+                            .to_string(),
+                    );
                 }
             }
             let (s, cert) = tokio::time::timeout(HANDSHAKE, tls.accept(stream))

@@ -164,7 +164,9 @@ pub async fn token(
     }
     let (token, op) = crate::auth::token_write(&name).await?;
     propose(&s, op).await?;
-    let id = crate::auth::token_id(&token).unwrap_or_default().to_string();
+    let id = crate::auth::token_id(&token)
+        .unwrap_or_default()
+        .to_string();
     Ok(Json(json!({ "token": token, "id": id })).into_response())
 }
 
