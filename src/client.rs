@@ -219,6 +219,12 @@ impl Client {
         self.inner.channels.get(i).cloned()
     }
 
+    /// A client as the client configuration file at `path` describes it (endpoints, TLS,
+    /// credentials, timeout; see [`crate::client_config`]).
+    pub fn from_config_file(path: &std::path::Path) -> Result<Client> {
+        crate::client_config::ClientConfig::load(path)?.connect()
+    }
+
     /// This client, presenting `auth` on every call from now on.
     pub fn with_auth(self, auth: Option<Auth>) -> Result<Client> {
         let authorization = auth.as_ref().map(Auth::header).transpose()?;

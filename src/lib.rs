@@ -7,6 +7,7 @@
 //! - [`api`]: the protocol servers, gRPC, HTTP/JSON and Redis (decode, validate, call
 //!   the node); [`metrics`]: request, consensus and fsync metrics for `/metrics`;
 //! - [`client`]: the Rust client library (leader-agnostic, retries, sessions);
+//!   [`client_config`]: its configuration file (endpoints, TLS, credentials);
 //! - [`node`]: the task that owns the OmniPaxos instance, batches commands, applies
 //!   decided entries and answers waiters; [`server`] wires a node to its listeners;
 //! - [`transport`]: peer-to-peer TCP with framed messages;
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod client_config;
 pub mod command;
 pub mod config;
 pub mod error;

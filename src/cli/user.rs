@@ -30,7 +30,9 @@ pub enum UserCommand {
 pub struct RevokeArgs {
     pub name: String,
     /// The token's id (the part between the dots of <user>.<id>.<secret>), or the token.
-    pub token: String,
+    /// (Not named `token`: that is the id of the global --token, the caller's own.)
+    #[arg(value_name = "TOKEN_ID")]
+    pub which: String,
 }
 
 #[derive(Args, Debug)]
@@ -107,7 +109,7 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> Result<ExitCode> {
             }
         }
         UserCommand::RevokeToken(a) => {
-            c.revoke_token(&a.name, &a.token).await?;
+            c.revoke_token(&a.name, &a.which).await?;
             println!("token revoked");
         }
     }
