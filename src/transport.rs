@@ -23,8 +23,9 @@
 //! - a frame that is oversized, undecodable, from an unknown node, or whose message claims
 //!   another sender closes that connection and is logged; the node keeps running;
 //! - a connection refused before its peer was admitted (TLS, hello, identity, membership,
-//!   incarnation checks) is logged at most once per [`REFUSAL_LOG_EVERY`], the next line
-//!   counting the ones suppressed: whoever reaches the port cannot flood the log;
+//!   incarnation checks) is logged at most once per [`REFUSAL_LOG_EVERY`] for each stage
+//!   it failed at (before TLS, in the handshake, at the hello), the next line counting
+//!   the ones suppressed: whoever reaches the port cannot flood the log;
 //! - sending never blocks the node: a full queue drops the message (OmniPaxos resends);
 //!   queues are bounded in bytes (`max_peer_queue_bytes` per peer) as well as in messages;
 //! - no frame over `max_frame` is ever written: a message that would be larger is not
@@ -561,8 +562,11 @@ pub async fn accept_loop(
     ));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     // Refusals before a peer proved who it is can be caused by anyone who reaches the
-    // port, as often as they like: rate limited (see crate::ratelog).
-    let refusals = Arc::new(crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY));
+    // port, as often as they like: rate limited (see crate::ratelog), each stage on its
+    // own so that one kind of refusal does not hide another.
+    let refusals: Arc<[crate::ratelog::RateLimited; 3]> = Arc::new(std::array::from_fn(|_| {
+        crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY)
+    }));
     let cfg = Arc::new(cfg);
     // The connection tasks live in this set: when the accept loop is aborted (shutdown),
     // dropping the set aborts them too, so none keeps the node's database open.
@@ -600,18 +604,21 @@ pub async fn accept_loop(
                 membership: &membership,
                 inbox: &inbox,
             };
-            let mut admitted = false;
-            match serve_peer(stream, peer, source, pending, &mut admitted).await {
+            let mut stage = Stage::Connected;
+            match serve_peer(stream, peer, source, pending, &mut stage).await {
                 Ok(()) => {}
-                Err(e) if admitted => tracing::warn!(%remote, "peer connection closed: {e}"),
+                Err(e) if stage == Stage::Admitted => {
+                    tracing::warn!(%remote, "peer connection closed: {e}")
+                }
                 Err(e) => {
-                    if let Some(suppressed) = refusals.admit() {
+                    let limit = &refusals[stage as usize];
+                    if let Some(suppressed) = limit.admit() {
                         tracing::warn!(
                             %remote,
                             "peer connection closed before the peer was admitted: {e}; \
                              {suppressed} more suppressed since the last such line (at most \
                              one line per {}s)",
-                            refusals.every_secs()
+                            limit.every_secs()
                         );
                     }
                 }
@@ -631,14 +638,27 @@ struct Peer<'a> {
     inbox: &'a Arc<Semaphore>,
 }
 
-/// Serves one accepted peer connection. `admitted` turns true once the peer proved who it
-/// is and passed every check: an error before that is a refusal (logged rate limited).
+/// How far an accepted peer connection got; an error before [`Stage::Admitted`] is a
+/// refusal, logged rate limited per stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Nothing checked yet (a plaintext peer on a TLS port fails here).
+    Connected = 0,
+    /// In the TLS handshake (no certificate, another cluster's, expired).
+    Handshake = 1,
+    /// Reading and checking the hello (identity, membership, incarnation).
+    Hello = 2,
+    /// The peer proved who it is and passed every check.
+    Admitted = 3,
+}
+
+/// Serves one accepted peer connection, recording in `stage` how far it got.
 async fn serve_peer(
     stream: TcpStream,
     p: Peer<'_>,
     source: Arc<dyn StateSource>,
     pending: tokio::sync::OwnedSemaphorePermit,
-    admitted: &mut bool,
+    stage: &mut Stage,
 ) -> Result<(), String> {
     let Peer {
         cfg,
@@ -663,6 +683,7 @@ async fn serve_peer(
                     );
                 }
             }
+            *stage = Stage::Handshake;
             let (s, cert) = tokio::time::timeout(HANDSHAKE, tls.accept(stream))
                 .await
                 .map_err(|_| "no TLS handshake within 5s".to_string())?
@@ -671,6 +692,7 @@ async fn serve_peer(
         }
         None => (Box::new(stream), None),
     };
+    *stage = Stage::Hello;
     let mut r = tokio::io::BufReader::new(stream);
     let hello: Hello =
         tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r, MAX_HELLO_FRAME))
@@ -714,7 +736,7 @@ async fn serve_peer(
     check(from, hello.incarnation)?;
     // Past the checks: this connection no longer counts as one in its handshake.
     drop(pending);
-    *admitted = true;
+    *stage = Stage::Admitted;
     if hello.purpose == Purpose::FetchState {
         tracing::info!(
             peer = from,
