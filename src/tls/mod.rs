@@ -23,8 +23,8 @@
 //! accepted and dialed, use the new material; established sessions keep theirs. Material
 //! that does not load completely is refused with an error line, and the node keeps what it
 //! had. `paxosdb certs --renew` reissues node certificates with the same CA; to move to a
-//! new CA, put both CA certificates in every node's `ca.pem` first, SIGHUP every node, then
-//! reissue node certificates from the new CA and SIGHUP again.
+//! new CA, every node first trusts both (`ca.pem` may hold several certificates), then
+//! gets its certificate from the new one (the README gives the steps).
 //!
 //! Invariants:
 //! - with TLS configured, no byte of a peer frame is read from or written to a socket
