@@ -27,8 +27,8 @@
 //!
 //! Secrets: a file holding a `token` must be readable by its owner only (mode 0600 or
 //! stricter) or it is refused, as ssh refuses a private key others can read; a password
-//! file (`password_file`, or `--password-file`) readable by others gets a warning on
-//! stderr.
+//! file (`password_file`, or `--password-file`) readable by others gets a warning (a
+//! `tracing` warning: on stderr for the CLI).
 //!
 //! Invariants:
 //! - unknown keys are refused (a misspelt `cacert` must not silently mean "no TLS");
@@ -192,9 +192,8 @@ pub(crate) fn credentials(
     let password = match (password_file, password) {
         (Some(f), _) => {
             if let Some(mode) = loose_mode(f) {
-                eprintln!(
-                    "warning: password file {} is readable by others (mode {mode:o}); chmod \
-                     600 it",
+                tracing::warn!(
+                    "password file {} is readable by others (mode {mode:o}); chmod 600 it",
                     f.display()
                 );
             }

@@ -144,6 +144,16 @@ async fn clients_take_endpoints_tls_and_credentials_from_a_config_file() {
         &["put", "k", "by-default-file"],
     );
     assert!(o.status.success(), "{}", text(&o));
+    // A password file others can read: used, with a warning.
+    let pw = conf_dir.join("admin-pw");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = paxosdb(&[("PAXOSDB_CLIENT_CONFIG", conf_s)], &["get", "k"]);
+    assert!(
+        o.status.success() && text(&o).contains("is readable by others"),
+        "{}",
+        text(&o)
+    );
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     // A named file that is missing is an error, not silently the defaults.
     let o = paxosdb(
         &[],
