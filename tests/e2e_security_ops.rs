@@ -378,6 +378,70 @@ async fn sighup_rotates_the_peer_certificate_and_keeps_it_when_the_new_one_is_ba
         .unwrap();
 }
 
+fn hup(c: &Cluster, id: u64) {
+    let pid = c.nodes[id as usize - 1].child.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP).unwrap();
+}
+
+/// Moving the cluster to a new CA without a restart, as the README says: every node
+/// trusts both CAs (SIGHUP), then node 1 takes a certificate of the new CA (SIGHUP); its
+/// old-certificate peers keep talking with it over new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_ca_is_rolled_in_with_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tls, new) = (tmp.path().join("tls"), tmp.path().join("new"));
+    certs(&["--dir", tls.to_str().unwrap()]);
+    certs(&["--dir", new.to_str().unwrap()]);
+    let mut c = Cluster::start_with(3, &[("PAXOSDB_PEER_TLS_DIR", tls.to_str().unwrap())]).await;
+    let both = [
+        std::fs::read(tls.join("ca.pem")).unwrap(),
+        std::fs::read(new.join("ca.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(tls.join("ca.pem"), both).unwrap();
+    for id in 1..=3 {
+        hup(&c, id);
+    }
+    for id in 1..=3 {
+        eventually(Duration::from_secs(10), "both CAs trusted", || {
+            let log = c.log_of(id);
+            async move {
+                log.contains("peer TLS: certificate and CA reloaded")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    std::fs::copy(new.join("node-1-key.pem"), tls.join("node-1-key.pem")).unwrap();
+    std::fs::copy(new.join("node-1.pem"), tls.join("node-1.pem")).unwrap();
+    hup(&c, 1);
+    let want = file_certificate(&new.join("node-1.pem"));
+    let peer1 = c.nodes[0].peer_addr.clone();
+    eventually(
+        Duration::from_secs(10),
+        "node 1 shows the new CA's certificate",
+        || {
+            let (peer1, tls, want) = (peer1.clone(), tls.clone(), want.clone());
+            async move { (peer_certificate(&peer1, &tls, 2, 1).await == want).then_some(()) }
+        },
+    )
+    .await;
+    // New connections between node 1 (new CA) and node 2 (old CA); writes need both.
+    c.kill(3);
+    c.kill(2);
+    c.restart(2).await;
+    let w = c.client_for(1);
+    eventually(
+        Duration::from_secs(30),
+        "a write with nodes 1 and 2",
+        || {
+            let w = w.clone();
+            async move { w.put(b"new-ca", b"1", false).await.ok() }
+        },
+    )
+    .await;
+}
+
 /// Revoking one token: the others and the passwords keep working on every API, the
 /// revoked one is refused by the CLI (gRPC) and curl (HTTP Bearer); `user list` shows
 /// token ids; revoking one the user does not hold fails and changes nothing.
