@@ -13,6 +13,11 @@
 //! that receives the request, *before* it proposes the command ([`hash_secret`]): the log
 //! carries only PHC hash strings, and apply reads no clock and no random source.
 //!
+//! A token is `<user>.<id>.<secret>`: the user record keeps each token's public id beside
+//! the hash of its secret, so that one token can be revoked by its id
+//! ([`TokenRevocation::Id`], [`revoke_token_write`]) while the others and the passwords
+//! stay.
+//!
 //! A request is authenticated by the [`Authenticator`] of the node it reaches. Argon2
 //! verification is deliberately slow, so a successful verification is remembered in a
 //! bounded cache keyed by an HMAC (with a per-process random key) of the user name, the
