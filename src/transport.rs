@@ -488,6 +488,11 @@ async fn sender_task(
     // A TLS refusal (wrong CA, wrong identity) is a setup problem worth a warning, but
     // not one every backoff round: at most every 30 s.
     let mut last_warning: Option<std::time::Instant> = None;
+    // A connection the peer drops at once, again and again (a plaintext node dialing a
+    // TLS peer port), must not write two lines per attempt: at most one of each per
+    // period, counting the others.
+    let connected_log = crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY);
+    let lost_log = crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY);
     loop {
         let stream = match dial(&addr, &cfg, pid).await {
             Ok(s) => s,
@@ -519,7 +524,14 @@ async fn sender_task(
             continue;
         }
         backoff = Duration::from_millis(20);
-        tracing::info!(peer = pid, %addr, "connected to peer");
+        let connected_at = std::time::Instant::now();
+        if let Some(suppressed) = connected_log.admit() {
+            tracing::info!(
+                peer = pid,
+                %addr,
+                "connected to peer ({suppressed} more reconnections since the last such line)"
+            );
+        }
         set_connected(&table, pid, true);
         if ever_connected && events.send(Event::Reconnected(pid)).is_err() {
             return;
@@ -535,7 +547,23 @@ async fn sender_task(
                 }
             }
             if let Err(e) = res.and(w.flush().await) {
-                tracing::warn!(peer = pid, "connection lost: {e}");
+                if let Some(suppressed) = lost_log.admit() {
+                    // A plaintext node's hello on a TLS peer port is refused without a
+                    // word (this side never reads); say what that usually means.
+                    let hint =
+                        if cfg.tls.is_none() && connected_at.elapsed() < Duration::from_secs(1) {
+                            "; the peer closed the connection right after the hello: if it runs \
+                         with --peer-tls-dir (mutual TLS), this node needs --peer-tls-dir too"
+                        } else {
+                            ""
+                        };
+                    tracing::warn!(
+                        peer = pid,
+                        "connection lost: {e}{hint} ({suppressed} more suppressed since the \
+                         last such line; at most one per {}s)",
+                        lost_log.every_secs()
+                    );
+                }
                 break;
             }
         }
@@ -690,7 +718,21 @@ async fn serve_peer(
                 .map_err(|e| format!("TLS handshake refused: {e}"))?;
             (Box::new(s), Some(cert))
         }
-        None => (Box::new(stream), None),
+        None => {
+            // A TLS ClientHello (a handshake record, version 3.x) can never start a valid
+            // frame here (its length would be hundreds of megabytes): say what it is.
+            let mut head = [0u8; 2];
+            if let Ok(Ok(2)) = tokio::time::timeout(HANDSHAKE, stream.peek(&mut head)).await {
+                if head == [TLS_HANDSHAKE_RECORD, 0x03] {
+                    return Err(
+                        "a TLS handshake on this plaintext peer port: that node runs \
+                         with --peer-tls-dir; this one needs it too"
+                            .to_string(),
+                    );
+                }
+            }
+            (Box::new(stream), None)
+        }
     };
     *stage = Stage::Hello;
     let mut r = tokio::io::BufReader::new(stream);

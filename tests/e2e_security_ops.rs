@@ -611,7 +611,11 @@ fn suppressed_counts(lines: &[&str]) -> Vec<u64> {
         .iter()
         .filter_map(|l| {
             let head = l.split(" more suppressed").next()?;
-            head.rsplit(' ').next()?.parse().ok()
+            head.rsplit(' ')
+                .next()?
+                .trim_start_matches('(')
+                .parse()
+                .ok()
         })
         .collect()
 }
@@ -710,4 +714,73 @@ async fn failures_anyone_can_cause_are_logged_rate_limited() {
         "the peer line says what happened"
     );
     assert!(log.contains("a plaintext client on a TLS port"));
+}
+
+/// A node started without `--peer-tls-dir` in a mutual-TLS cluster: the TLS nodes refuse
+/// it (`plaintext on the TLS peer port`), and the plaintext node, which never reads an
+/// answer on its replication connections, says what its dropped connections likely mean;
+/// both sides log a bounded number of lines while it keeps retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_node_among_tls_peers_is_told_without_a_flood() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    certs(&["--dir", tls.to_str().unwrap()]);
+    let mut c = Cluster::start_with(3, &[("PAXOSDB_PEER_TLS_DIR", tls.to_str().unwrap())]).await;
+    c.kill(3);
+    let log3 = tmp.path().join("node-3-plain.log");
+    let out = std::fs::File::create(&log3).unwrap();
+    let child = c
+        .server_command(3)
+        .env_remove("PAXOSDB_PEER_TLS_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    c.nodes[2].child = Some(child); // the harness stops it
+    let started = Instant::now();
+    let read3 = || std::fs::read_to_string(&log3).unwrap_or_default();
+    // Many attempts held back: a line counting at least 5 suppressed ones.
+    eventually(
+        Duration::from_secs(40),
+        "a connection-lost line counting suppressed ones",
+        || {
+            let log = read3();
+            async move {
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("connection lost"))
+                    .collect();
+                (suppressed_counts(&lines).iter().any(|&n| n >= 5)).then_some(())
+            }
+        },
+    )
+    .await;
+    let secs = started.elapsed().as_secs();
+    let log = read3();
+    assert!(
+        log.contains(
+            "if it runs with --peer-tls-dir (mutual TLS), this node needs --peer-tls-dir too"
+        ),
+        "{log}"
+    );
+    let lost = log
+        .lines()
+        .filter(|l| l.contains("connection lost"))
+        .count() as u64;
+    assert!(
+        lost <= 2 * (secs / 10 + 2),
+        "{lost} lines in {secs}s:\n{log}"
+    );
+    assert!(
+        log.contains("a TLS handshake on this plaintext peer port"),
+        "the TLS nodes dialing it are explained too: {log}"
+    );
+    let log1 = c.log_of(1);
+    assert!(log1.contains("plaintext on the TLS peer port"), "{log1}");
+    let refused = log1
+        .lines()
+        .filter(|l| l.contains("plaintext on the TLS peer port"))
+        .count() as u64;
+    assert!(refused <= secs / 10 + 2, "{refused} lines in {secs}s");
 }
