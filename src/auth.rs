@@ -13,6 +13,11 @@
 //! that receives the request, *before* it proposes the command ([`hash_secret`]): the log
 //! carries only PHC hash strings, and apply reads no clock and no random source.
 //!
+//! A token is `<user>.<id>.<secret>`: the user record keeps each token's public id beside
+//! the hash of its secret, so that one token can be revoked by its id
+//! ([`TokenRevocation::Id`], [`revoke_token_write`]) while the others and the passwords
+//! stay.
+//!
 //! A request is authenticated by the [`Authenticator`] of the node it reaches. Argon2
 //! verification is deliberately slow, so a successful verification is remembered in a
 //! bounded cache keyed by an HMAC (with a per-process random key) of the user name, the
@@ -54,7 +59,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 /// What a user may do. Ordered: each role may do everything the ones before it may.
@@ -112,8 +116,9 @@ pub struct UserRecord {
 }
 
 /// Changes to a user, applied in the log in this order: `reset_passwords` clears the
-/// passwords (tokens stay until the user is deleted), then each field that is set replaces (role, prefix, enabled) or adds
-/// (password, token). A user that does not exist is created as a disabled `read` user
+/// passwords, `revoke_tokens` removes tokens (revoking a token the user does not hold
+/// rejects the whole change), then each field that is set replaces (role, prefix, enabled)
+/// or adds (password, token). A user that does not exist is created as a disabled `read` user
 /// over every key, and then changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserChange {
@@ -129,10 +134,82 @@ pub struct UserChange {
     /// existing user keeps its state, so changing a disabled user does not turn it on.
     #[serde(default)]
     pub enable_if_new: bool,
-    /// Revoke every token (`ACL SETUSER name resetpass` / `reset`: in Redis those leave
-    /// no way in, and a token is a way in).
+    /// Tokens to revoke: every one (`ACL SETUSER name resetpass` / `reset`: in Redis
+    /// those leave no way in, and a token is a way in), or one by its id (`paxosdb user
+    /// revoke-token`). Encoded so that log entries written when this field was a `bool`
+    /// (`reset_tokens`) decode unchanged (see [`TokenRevocation`]).
     #[serde(default)]
-    pub reset_tokens: bool,
+    pub revoke_tokens: TokenRevocation,
+}
+
+/// Which of a user's tokens a [`UserChange`] revokes (before it adds one).
+///
+/// Wire form: a tag byte — 0 nothing, 1 every token, 2 one token, followed by its id —
+/// written as a tuple, which bincode encodes without a length. Tags 0 and 1 are exactly
+/// the bytes of the `bool` this field replaced (`reset_tokens: false / true`), so a
+/// `SetUser` entry written before per-token revocation existed decodes as it was meant;
+/// an older node meeting tag 2 refuses the entry instead of misreading it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TokenRevocation {
+    #[default]
+    Nothing,
+    All,
+    /// The token with this id (the middle part of `<user>.<id>.<secret>`).
+    Id(String),
+}
+
+impl Serialize for TokenRevocation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        match self {
+            TokenRevocation::Nothing | TokenRevocation::All => {
+                let mut t = s.serialize_tuple(1)?;
+                t.serialize_element(&u8::from(*self == TokenRevocation::All))?;
+                t.end()
+            }
+            TokenRevocation::Id(id) => {
+                let mut t = s.serialize_tuple(2)?;
+                t.serialize_element(&2u8)?;
+                t.serialize_element(id)?;
+                t.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenRevocation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TokenRevocation;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token revocation (tag 0, 1, or 2 and an id)")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<TokenRevocation, A::Error> {
+                use serde::de::Error as _;
+                let tag: u8 = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                match tag {
+                    0 => Ok(TokenRevocation::Nothing),
+                    1 => Ok(TokenRevocation::All),
+                    2 => seq
+                        .next_element()?
+                        .map(TokenRevocation::Id)
+                        .ok_or_else(|| A::Error::invalid_length(1, &self)),
+                    t => Err(A::Error::custom(format!(
+                        "unknown token revocation tag {t}"
+                    ))),
+                }
+            }
+        }
+        // Up to two elements; tags 0 and 1 stop after the first (bincode reads only what
+        // the visitor asks for).
+        d.deserialize_tuple(2, V)
+    }
 }
 
 /// Most passwords plus tokens one user may hold.
@@ -205,8 +282,16 @@ impl UserChange {
         if self.reset_passwords {
             u.passwords.clear();
         }
-        if self.reset_tokens {
-            u.tokens.clear();
+        match &self.revoke_tokens {
+            TokenRevocation::Nothing => {}
+            TokenRevocation::All => u.tokens.clear(),
+            TokenRevocation::Id(id) => {
+                let before = u.tokens.len();
+                u.tokens.retain(|t| &t.id != id);
+                if u.tokens.len() == before {
+                    return Err(format!("the user has no token {id:?}"));
+                }
+            }
         }
         if let Some(r) = self.role {
             u.role = r;
@@ -264,6 +349,40 @@ pub async fn token_write(name: &str) -> Result<(String, crate::command::WriteOp)
         only_if_no_users: false,
     };
     Ok((token, op))
+}
+
+/// The write that revokes user `name`'s token `token`: its id, or the whole token
+/// (`<user>.<id>.<secret>`, which must then be `name`'s). Applying it fails (rejected,
+/// nothing changes) if the user holds no such token by then.
+pub fn revoke_token_write(name: &str, token: &str) -> Result<crate::command::WriteOp> {
+    check_name(name)?;
+    let id = match split_token(token) {
+        Some((user, id, _)) if user == name => id,
+        Some((user, _, _)) => {
+            return Err(Error::invalid(format!(
+                "that token belongs to user {user}, not {name}"
+            )))
+        }
+        None => token,
+    };
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Error::invalid(
+            "a token id is the part between the dots of <user>.<id>.<secret> (see `user list`)",
+        ));
+    }
+    Ok(crate::command::WriteOp::SetUser {
+        name: name.to_string(),
+        change: UserChange {
+            revoke_tokens: TokenRevocation::Id(id.to_string()),
+            ..Default::default()
+        },
+        only_if_no_users: false,
+    })
+}
+
+/// The id of a token made by [`new_token`] (`None`: not of that form).
+pub fn token_id(token: &str) -> Option<&str> {
+    split_token(token).map(|(_, id, _)| id)
 }
 
 /// Hashes a secret with argon2id and a fresh random salt (a PHC string). Slow on purpose:
@@ -506,7 +625,8 @@ pub struct Authenticator {
     mac_key: ring::hmac::Key,
     cache: Mutex<HashSet<[u8; 32]>>,
     verifying: Arc<Semaphore>,
-    last_fail_log: AtomicU64,
+    /// Failure log lines, at most one per [`FAIL_LOG_EVERY`] seconds.
+    fail_log: crate::ratelog::RateLimited,
     failures: AtomicU64,
 }
 
@@ -523,7 +643,9 @@ impl Authenticator {
             mac_key,
             cache: Mutex::new(HashSet::new()),
             verifying: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
-            last_fail_log: AtomicU64::new(0),
+            fail_log: crate::ratelog::RateLimited::new(std::time::Duration::from_secs(
+                FAIL_LOG_EVERY,
+            )),
             failures: AtomicU64::new(0),
         })
     }
@@ -681,20 +803,12 @@ impl Authenticator {
 
     fn log_failure(&self, api: &str, user: &str) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_fail_log.load(Ordering::Relaxed);
-        if now >= last + FAIL_LOG_EVERY
-            && self
-                .last_fail_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if let Some(suppressed) = self.fail_log.admit() {
             let user: String = user.chars().take(MAX_NAME).collect();
             tracing::warn!(
-                "authentication failed on {api} for user {user:?} ({n} failures since start; \
-                 at most one line per {FAIL_LOG_EVERY}s)"
+                "authentication failed on {api} for user {user:?}; {suppressed} more \
+                 suppressed since the last such line ({n} failures since start; at most one \
+                 line per {FAIL_LOG_EVERY}s)"
             );
         }
     }
@@ -869,6 +983,100 @@ mod tests {
             .await
             .is_err());
         assert!(auth.refresh(&id).is_err(), "a connection's user is re-read");
+    }
+
+    /// `UserChange` as it was before per-token revocation: `reset_tokens` a bool.
+    #[derive(Serialize)]
+    struct OldUserChange {
+        reset_passwords: bool,
+        role: Option<Role>,
+        prefix: Option<Vec<u8>>,
+        enabled: Option<bool>,
+        add_passwords: Vec<String>,
+        add_token: Option<TokenRecord>,
+        enable_if_new: bool,
+        reset_tokens: bool,
+    }
+
+    /// Entries logged before per-token revocation decode as they were meant, with what
+    /// follows them intact, in both encodings in use (the log's fixed-width bincode, the
+    /// peer transport's varint bincode); the new form round-trips.
+    #[test]
+    fn old_user_changes_decode_and_revocations_round_trip() {
+        use bincode::Options;
+        let old = |reset_tokens| OldUserChange {
+            reset_passwords: reset_tokens,
+            role: Some(Role::Admin),
+            prefix: Some(b"p/".to_vec()),
+            enabled: None,
+            add_passwords: vec!["h".into()],
+            add_token: Some(TokenRecord {
+                id: "0123abcd".into(),
+                hash: "x".into(),
+            }),
+            enable_if_new: true,
+            reset_tokens,
+        };
+        let varint = bincode::DefaultOptions::new();
+        for reset in [false, true] {
+            let want = if reset {
+                TokenRevocation::All
+            } else {
+                TokenRevocation::Nothing
+            };
+            let fixed = bincode::serialize(&(old(reset), true, 7u64)).unwrap();
+            let (c, flag, n): (UserChange, bool, u64) = bincode::deserialize(&fixed).unwrap();
+            assert_eq!((c.revoke_tokens, flag, n), (want.clone(), true, 7));
+            assert_eq!(c.role, Some(Role::Admin));
+            assert_eq!(c.add_token.unwrap().id, "0123abcd");
+            let var = varint.serialize(&(old(reset), true, 7u64)).unwrap();
+            let (c, flag, n): (UserChange, bool, u64) = varint.deserialize(&var).unwrap();
+            assert_eq!((c.revoke_tokens, flag, n), (want, true, 7));
+        }
+        let new = UserChange {
+            revoke_tokens: TokenRevocation::Id("0123abcd".into()),
+            ..Default::default()
+        };
+        let fixed = bincode::serialize(&(new.clone(), true)).unwrap();
+        assert_eq!(
+            bincode::deserialize::<(UserChange, bool)>(&fixed).unwrap(),
+            (new.clone(), true)
+        );
+        let var = varint.serialize(&(new.clone(), false)).unwrap();
+        assert_eq!(
+            varint.deserialize::<(UserChange, bool)>(&var).unwrap(),
+            (new, false)
+        );
+    }
+
+    #[test]
+    fn one_token_is_revoked_and_the_others_stay() {
+        let (t1, r1) = new_token("u").unwrap();
+        let (_, r2) = new_token("u").unwrap();
+        let mut u = UserRecord {
+            role: Role::Read,
+            prefix: vec![],
+            enabled: true,
+            passwords: vec![],
+            tokens: vec![r1.clone(), r2.clone()],
+        };
+        let revoke = |id: &str| UserChange {
+            revoke_tokens: TokenRevocation::Id(id.into()),
+            ..Default::default()
+        };
+        u = revoke(&r1.id).apply_to(Some(u)).unwrap();
+        assert_eq!(u.tokens, vec![r2.clone()]);
+        // Revoking one the user does not hold (again, or never made) rejects the change,
+        // and revoking on a user that does not exist creates nothing.
+        assert!(revoke(&r1.id).apply_to(Some(u.clone())).is_err());
+        assert!(revoke(&r1.id).apply_to(None).is_err());
+        // By id or by the whole token; a token of another user is refused.
+        let by_token = revoke_token_write("u", &t1).unwrap();
+        let by_id = revoke_token_write("u", &r1.id).unwrap();
+        assert_eq!(by_token, by_id);
+        assert!(revoke_token_write("v", &t1).is_err());
+        assert!(revoke_token_write("u", "").is_err());
+        assert_eq!(token_id(&t1), Some(r1.id.as_str()));
     }
 
     #[test]

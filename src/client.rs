@@ -224,6 +224,12 @@ impl Client {
         self.inner.channels.get(i).cloned()
     }
 
+    /// A client as the client configuration file at `path` describes it (endpoints, TLS,
+    /// credentials, timeout; see [`crate::client_config`]).
+    pub fn from_config_file(path: &std::path::Path) -> Result<Client> {
+        crate::client_config::ClientConfig::load(path)?.connect()
+    }
+
     /// This client, presenting `auth` on every call from now on.
     pub fn with_auth(self, auth: Option<Auth>) -> Result<Client> {
         let authorization = auth.as_ref().map(Auth::header).transpose()?;
@@ -662,6 +668,21 @@ impl Client {
         })
         .await
         .map(|r| r.token)
+    }
+
+    /// Revokes user `name`'s token `token` (its id, or the whole token; admin only).
+    /// Other tokens and the passwords stay. An error if the user holds no such token.
+    pub async fn revoke_token(&self, name: &str, token: &str) -> Result<()> {
+        let req = pb::RevokeTokenRequest {
+            name: name.into(),
+            token: token.into(),
+        };
+        self.cluster_call(|mut c| {
+            let r = self.request(req.clone());
+            async move { c.revoke_token(r).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The status of the node at endpoint `i` (no retries, no failover).

@@ -7,10 +7,12 @@
 //! - [`api`]: the protocol servers, gRPC, HTTP/JSON and Redis (decode, validate, call
 //!   the node); [`metrics`]: request, consensus and fsync metrics for `/metrics`;
 //! - [`client`]: the Rust client library (leader-agnostic, retries, sessions);
+//!   [`client_config`]: its configuration file (endpoints, TLS, credentials);
 //! - [`node`]: the task that owns the OmniPaxos instance, batches commands, applies
 //!   decided entries and answers waiters; [`server`] wires a node to its listeners;
 //! - [`transport`]: peer-to-peer TCP with framed messages;
 //! - [`kv`]: the state machine; [`storage`]: the log storage and the RocksDB home;
+//! - [`ratelog`]: rate-limited log lines for failures an outsider can cause at will;
 //! - [`check`] and [`sim`]: the linearizability checker and the deterministic simulation.
 //!
 //! `docs/architecture.md` follows a write and a read through these layers.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod client_config;
 pub mod command;
 pub mod config;
 pub mod error;
@@ -31,6 +34,7 @@ pub mod membership;
 pub mod metrics;
 pub mod nemesis;
 pub mod node;
+pub mod ratelog;
 pub mod server;
 pub mod sim;
 pub mod sql;

@@ -102,6 +102,8 @@ pub struct RunningServer {
     protocol_tasks: Vec<tokio::task::JoinHandle<()>>,
     grpc_task: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The peer TLS material every peer connection uses (reloadable).
+    peer_tls: Option<Arc<crate::tls::PeerTls>>,
     _dir: DataDir,
 }
 
@@ -345,6 +347,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             None => None,
         },
     };
+    let peer_tls = tcfg.tls.clone();
     if tcfg.tls.is_none() {
         tracing::warn!(
             "peer connections are plain TCP: any process that reaches the peer port can act \
@@ -578,6 +581,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         protocol_tasks,
         grpc_task,
         tasks,
+        peer_tls,
         _dir: dir,
     })
 }
@@ -666,6 +670,16 @@ impl RunningServer {
     /// in use is kept.
     pub fn reload_client_tls(&self) -> Result<bool> {
         match self.info.conns.tls() {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Reads the peer TLS material (node certificate, key, cluster CA) again; new peer
+    /// connections use it, established ones keep theirs. `Ok(false)`: peer TLS is off. On
+    /// an error the material in use is kept.
+    pub fn reload_peer_tls(&self) -> Result<bool> {
+        match &self.peer_tls {
             Some(tls) => tls.reload().map(|()| true),
             None => Ok(false),
         }

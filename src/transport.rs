@@ -22,6 +22,10 @@
 //!   reconnect, so OmniPaxos can resynchronise;
 //! - a frame that is oversized, undecodable, from an unknown node, or whose message claims
 //!   another sender closes that connection and is logged; the node keeps running;
+//! - a connection refused before its peer was admitted (TLS, hello, identity, membership,
+//!   incarnation checks) is logged at most once per [`REFUSAL_LOG_EVERY`] for each stage
+//!   it failed at (before TLS, in the handshake, at the hello), the next line counting
+//!   the ones suppressed: whoever reaches the port cannot flood the log;
 //! - sending never blocks the node: a full queue drops the message (OmniPaxos resends);
 //!   queues are bounded in bytes (`max_peer_queue_bytes` per peer) as well as in messages;
 //! - no frame over `max_frame` is ever written: a message that would be larger is not
@@ -62,6 +66,11 @@ const HANDSHAKE: Duration = Duration::from_secs(5);
 /// this many, a new connection is closed at once (a connect flood must not use up the
 /// file descriptors RocksDB needs).
 const MAX_UNAUTHENTICATED: usize = 64;
+/// At most one log line per this long about peer connections refused before admission
+/// (failed TLS handshakes, plaintext on a TLS port, bad hellos, impostors).
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Largest [`Hello`] frame accepted, in bytes.
 pub const MAX_HELLO_FRAME: usize = 64 * 1024;
 
@@ -479,6 +488,11 @@ async fn sender_task(
     // A TLS refusal (wrong CA, wrong identity) is a setup problem worth a warning, but
     // not one every backoff round: at most every 30 s.
     let mut last_warning: Option<std::time::Instant> = None;
+    // A connection the peer drops at once, again and again (a plaintext node dialing a
+    // TLS peer port), must not write two lines per attempt: at most one of each per
+    // period, counting the others.
+    let connected_log = crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY);
+    let lost_log = crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY);
     loop {
         let stream = match dial(&addr, &cfg, pid).await {
             Ok(s) => s,
@@ -510,7 +524,14 @@ async fn sender_task(
             continue;
         }
         backoff = Duration::from_millis(20);
-        tracing::info!(peer = pid, %addr, "connected to peer");
+        let connected_at = std::time::Instant::now();
+        if let Some(suppressed) = connected_log.admit() {
+            tracing::info!(
+                peer = pid,
+                %addr,
+                "connected to peer ({suppressed} more reconnections since the last such line)"
+            );
+        }
         set_connected(&table, pid, true);
         if ever_connected && events.send(Event::Reconnected(pid)).is_err() {
             return;
@@ -526,7 +547,23 @@ async fn sender_task(
                 }
             }
             if let Err(e) = res.and(w.flush().await) {
-                tracing::warn!(peer = pid, "connection lost: {e}");
+                if let Some(suppressed) = lost_log.admit() {
+                    // A plaintext node's hello on a TLS peer port is refused without a
+                    // word (this side never reads); say what that usually means.
+                    let hint =
+                        if cfg.tls.is_none() && connected_at.elapsed() < Duration::from_secs(1) {
+                            "; the peer closed the connection right after the hello: if it runs \
+                         with --peer-tls-dir (mutual TLS), this node needs --peer-tls-dir too"
+                        } else {
+                            ""
+                        };
+                    tracing::warn!(
+                        peer = pid,
+                        "connection lost: {e}{hint} ({suppressed} more suppressed since the \
+                         last such line; at most one per {}s)",
+                        lost_log.every_secs()
+                    );
+                }
                 break;
             }
         }
@@ -552,6 +589,12 @@ pub async fn accept_loop(
         cfg.max_queue_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
     ));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
+    // Refusals before a peer proved who it is can be caused by anyone who reaches the
+    // port, as often as they like: rate limited (see crate::ratelog), each stage on its
+    // own so that one kind of refusal does not hide another.
+    let refusals: Arc<[crate::ratelog::RateLimited; 3]> = Arc::new(std::array::from_fn(|_| {
+        crate::ratelog::RateLimited::new(REFUSAL_LOG_EVERY)
+    }));
     let cfg = Arc::new(cfg);
     // The connection tasks live in this set: when the accept loop is aborted (shutdown),
     // dropping the set aborts them too, so none keeps the node's database open.
@@ -570,7 +613,7 @@ pub async fn accept_loop(
             tracing::debug!(%remote, "too many peer connections in their handshake; closed");
             continue;
         };
-        let (cfg, events, table, check, source, membership, inbox) = (
+        let (cfg, events, table, check, source, membership, inbox, refusals) = (
             cfg.clone(),
             events.clone(),
             table.clone(),
@@ -578,6 +621,7 @@ pub async fn accept_loop(
             source.clone(),
             membership.clone(),
             inbox.clone(),
+            refusals.clone(),
         );
         conns.spawn(async move {
             let peer = Peer {
@@ -588,8 +632,24 @@ pub async fn accept_loop(
                 membership: &membership,
                 inbox: &inbox,
             };
-            if let Err(e) = serve_peer(stream, peer, source, pending).await {
-                tracing::warn!(%remote, "peer connection closed: {e}");
+            let mut stage = Stage::Connected;
+            match serve_peer(stream, peer, source, pending, &mut stage).await {
+                Ok(()) => {}
+                Err(e) if stage == Stage::Admitted => {
+                    tracing::warn!(%remote, "peer connection closed: {e}")
+                }
+                Err(e) => {
+                    let limit = &refusals[stage as usize];
+                    if let Some(suppressed) = limit.admit() {
+                        tracing::warn!(
+                            %remote,
+                            "peer connection closed before the peer was admitted: {e}; \
+                             {suppressed} more suppressed since the last such line (at most \
+                             one line per {}s)",
+                            limit.every_secs()
+                        );
+                    }
+                }
             }
         });
     }
@@ -606,11 +666,27 @@ struct Peer<'a> {
     inbox: &'a Arc<Semaphore>,
 }
 
+/// How far an accepted peer connection got; an error before [`Stage::Admitted`] is a
+/// refusal, logged rate limited per stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Nothing checked yet (a plaintext peer on a TLS port fails here).
+    Connected = 0,
+    /// In the TLS handshake (no certificate, another cluster's, expired).
+    Handshake = 1,
+    /// Reading and checking the hello (identity, membership, incarnation).
+    Hello = 2,
+    /// The peer proved who it is and passed every check.
+    Admitted = 3,
+}
+
+/// Serves one accepted peer connection, recording in `stage` how far it got.
 async fn serve_peer(
     stream: TcpStream,
     p: Peer<'_>,
     source: States,
     pending: tokio::sync::OwnedSemaphorePermit,
+    stage: &mut Stage,
 ) -> Result<(), String> {
     let Peer {
         cfg,
@@ -625,14 +701,40 @@ async fn serve_peer(
     // cluster; its identity is checked against the hello below.
     let (stream, cert): (PeerStream, _) = match &cfg.tls {
         Some(tls) => {
+            let mut first = [0u8; 1];
+            if let Ok(Ok(1)) = tokio::time::timeout(HANDSHAKE, stream.peek(&mut first)).await {
+                if first[0] != TLS_HANDSHAKE_RECORD {
+                    return Err(
+                        "plaintext on the TLS peer port: does that node run without \
+                         --peer-tls-dir?"
+                            .to_string(),
+                    );
+                }
+            }
+            *stage = Stage::Handshake;
             let (s, cert) = tokio::time::timeout(HANDSHAKE, tls.accept(stream))
                 .await
                 .map_err(|_| "no TLS handshake within 5s".to_string())?
                 .map_err(|e| format!("TLS handshake refused: {e}"))?;
             (Box::new(s), Some(cert))
         }
-        None => (Box::new(stream), None),
+        None => {
+            // A TLS ClientHello (a handshake record, version 3.x) can never start a valid
+            // frame here (its length would be hundreds of megabytes): say what it is.
+            let mut head = [0u8; 2];
+            if let Ok(Ok(2)) = tokio::time::timeout(HANDSHAKE, stream.peek(&mut head)).await {
+                if head == [TLS_HANDSHAKE_RECORD, 0x03] {
+                    return Err(
+                        "a TLS handshake on this plaintext peer port: that node runs \
+                         with --peer-tls-dir; this one needs it too"
+                            .to_string(),
+                    );
+                }
+            }
+            (Box::new(stream), None)
+        }
     };
+    *stage = Stage::Hello;
     let mut r = tokio::io::BufReader::new(stream);
     let hello: Hello =
         tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r, MAX_HELLO_FRAME))
@@ -676,6 +778,7 @@ async fn serve_peer(
     check(from, hello.incarnation)?;
     // Past the checks: this connection no longer counts as one in its handshake.
     drop(pending);
+    *stage = Stage::Admitted;
     if hello.purpose == Purpose::FetchState {
         tracing::info!(
             peer = from,

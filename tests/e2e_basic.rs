@@ -399,6 +399,23 @@ async fn cluster_up_runs_stops_on_sigint_and_keeps_data() {
             && String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"),
         "cluster up requires credentials: {refused:?}"
     );
+    // The client config file it writes names all of it: endpoints, CA and password.
+    let by_config = Command::new(BIN)
+        .arg("--client-config")
+        .arg(dir.path().join("client.toml"))
+        .args(["get", "persist"])
+        .env_remove("PAXOSDB_ENDPOINTS")
+        .env_remove("PAXOSDB_CACERT")
+        .env_remove("PAXOSDB_USER")
+        .env_remove("PAXOSDB_PASSWORD")
+        .env_remove("PAXOSDB_PASSWORD_FILE")
+        .env_remove("PAXOSDB_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        by_config.status.success() && String::from_utf8_lossy(&by_config.stdout).contains("me"),
+        "cluster up's client.toml: {by_config:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

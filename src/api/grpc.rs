@@ -433,6 +433,26 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::CreateTokenResponse { token }))
     }
 
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let who = self.admin(req.metadata()).await?;
+        let r = req.into_inner();
+        let op = crate::auth::revoke_token_write(&r.name, &r.token).map_err(to_status)?;
+        let client_id = rand::random::<u64>().max(1);
+        // A revocation the user table does not allow (no such token) is rejected where it
+        // is applied: not found.
+        match self.node.write_as(who.user.clone(), client_id, 1, op).await {
+            Ok(WriteResult::User { .. }) => Ok(Response::new(pb::RevokeTokenResponse {})),
+            Err(Error::InvalidInput(why)) => {
+                Err(Status::not_found(format!("user {}: {why}", r.name)))
+            }
+            Err(e) => Err(to_status(e)),
+            Ok(other) => Err(unexpected(other)),
+        }
+    }
+
     async fn status(
         &self,
         _req: Request<pb::StatusRequest>,

@@ -37,9 +37,9 @@ use crate::tls::{provider, read_certs, read_key, tls_err};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -170,29 +170,26 @@ impl AsyncWrite for ClientStream {
     }
 }
 
-/// Log lines about failed handshakes, at most one per [`LOG_EVERY`].
-#[derive(Default)]
-struct FailureLog {
-    /// When the last line was written, and failures since that were not shown.
-    state: Mutex<(Option<Instant>, u64)>,
+/// Log lines about failed handshakes, at most one per [`LOG_EVERY`] (see
+/// [`crate::ratelog`]).
+struct FailureLog(crate::ratelog::RateLimited);
+
+impl Default for FailureLog {
+    fn default() -> FailureLog {
+        FailureLog(crate::ratelog::RateLimited::new(LOG_EVERY))
+    }
 }
 
 impl FailureLog {
     fn note(&self, peer: Option<SocketAddr>, what: &str) {
-        let mut st = self.state.lock().unwrap();
-        if st.0.is_some_and(|t| t.elapsed() < LOG_EVERY) {
-            st.1 += 1;
+        let Some(suppressed) = self.0.admit() else {
             return;
-        }
-        let not_shown = std::mem::take(&mut st.1);
-        st.0 = Some(Instant::now());
-        drop(st);
+        };
         let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
         tracing::warn!(
             %peer,
-            not_shown,
-            "client TLS handshake failed: {what} (at most one line per {}s; not_shown \
-             counts the others since the last line)",
+            "client TLS handshake failed: {what}; {suppressed} more suppressed since the last \
+             such line (at most one line per {}s)",
             LOG_EVERY.as_secs()
         );
     }

@@ -93,6 +93,37 @@ fn prefix_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tag: Str
     });
 }
 
+/// Writes the client config file of a local cluster (see [`crate::client_config`]): its
+/// endpoints, CA and the administrator's password file; readable by the owner only.
+fn write_client_config(
+    path: &std::path::Path,
+    endpoints: &[String],
+    ca: &std::path::Path,
+    password_file: &std::path::Path,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let eps: Vec<String> = endpoints.iter().map(|e| quote(e)).collect();
+    let text = format!(
+        "# Written by `paxosdb cluster up`: use with --client-config or PAXOSDB_CLIENT_CONFIG.\n\
+         endpoints = [{}]\ncacert = {}\nuser = {}\npassword_file = {}\n",
+        eps.join(", "),
+        quote(&ca.to_string_lossy()),
+        quote(crate::auth::DEFAULT_USER),
+        quote(&password_file.to_string_lossy()),
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 async fn up(a: &UpArgs) -> Result<ExitCode> {
     if !(2..=9).contains(&a.nodes) {
         return Err(Error::invalid(
@@ -198,6 +229,9 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
     }
     let default_eps = a.base_port == 7000 && a.nodes == 3;
     let ca = std::path::absolute(tls.join("ca.pem")).unwrap_or_else(|_| tls.join("ca.pem"));
+    // The same in a client config file, for programs and for `--client-config`.
+    let client_config = std::path::absolute(a.data_dir.join("client.toml"))?;
+    write_client_config(&client_config, &endpoints, &ca, &password_file)?;
     let ca = ca.display();
     let pw = password_file.display();
     println!(
@@ -209,6 +243,10 @@ async fn up(a: &UpArgs) -> Result<ExitCode> {
         println!("  export PAXOSDB_ENDPOINTS={}", endpoints.join(","));
     }
     println!("  paxosdb put hello world && paxosdb get hello && paxosdb status");
+    println!(
+        "  (or: export PAXOSDB_CLIENT_CONFIG={}, which names the same)",
+        client_config.display()
+    );
     println!(
         "  redis-cli -p {} --tls --cacert {ca} get hello",
         resp_port(1)

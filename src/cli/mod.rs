@@ -28,12 +28,19 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:700
     about = "A replicated, strongly consistent key-value database"
 )]
 pub struct Cli {
-    /// Client endpoints (gRPC host:port of the nodes), comma separated.
-    #[arg(long, global = true, env = "PAXOSDB_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
-    pub endpoints: String,
-    /// Total time a client command may take, retries included (e.g. 10s, 500ms).
-    #[arg(long, global = true, env = "PAXOSDB_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
-    pub timeout: std::time::Duration,
+    /// Client endpoints (gRPC host:port of the nodes), comma separated [default: the
+    /// client config's, else 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003].
+    #[arg(long, global = true, env = "PAXOSDB_ENDPOINTS")]
+    pub endpoints: Option<String>,
+    /// Total time a client command may take, retries included (e.g. 10s, 500ms)
+    /// [default: the client config's, else 15s].
+    #[arg(long, global = true, env = "PAXOSDB_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Client configuration file (TOML: endpoints, cacert, cert, key, user,
+    /// password_file, token, timeout); flags and PAXOSDB_* variables override it
+    /// [default: ~/.config/paxosdb/client.toml if it exists].
+    #[arg(long, global = true, env = "PAXOSDB_CLIENT_CONFIG")]
+    pub client_config: Option<std::path::PathBuf>,
     /// CA certificate to verify the nodes' TLS certificate with; turns TLS on (`paxosdb
     /// cluster up`: paxosdb-data/tls/ca.pem).
     #[arg(long, global = true, env = "PAXOSDB_CACERT")]
@@ -110,6 +117,10 @@ pub struct CertsArgs {
     /// Make certificates for these nodes with the CA already in --dir (to add members).
     #[arg(long)]
     pub add: bool,
+    /// Make the certificates of --nodes again with the CA already in --dir (renewal),
+    /// replacing the ones there; send those nodes SIGHUP to use them.
+    #[arg(long)]
+    pub renew: bool,
     /// Host names and IP addresses clients reach the nodes at, comma separated, for the
     /// client-facing certificate server.pem (it always names localhost, 127.0.0.1, ::1).
     #[arg(long, default_value = "")]
@@ -154,6 +165,14 @@ fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
             a.nodes
         );
     }
+    if a.renew {
+        crate::tls::certs::renew(&a.dir, &ids)?;
+        println!(
+            "wrote new certificates for nodes {} to {dir}; copy each node-N.pem and \
+             node-N-key.pem to node N and send it SIGHUP (kill -HUP PID) to use them",
+            a.nodes
+        );
+    }
     if a.server {
         crate::tls::certs::server(&a.dir, &hosts)?;
         println!(
@@ -161,7 +180,7 @@ fn certs(a: &CertsArgs) -> crate::error::Result<ExitCode> {
              --client-tls-dir and send each node SIGHUP (kill -HUP PID) to use them"
         );
     }
-    if !a.add && !a.server && clients.is_empty() {
+    if !a.add && !a.renew && !a.server && clients.is_empty() {
         crate::tls::generate(&a.dir, &ids, &hosts)?;
         println!(
             "wrote a cluster CA and certificates for nodes {} to {dir}; give each node \
@@ -201,61 +220,70 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
-pub(crate) fn endpoints(cli: &Cli) -> Vec<String> {
-    cli.endpoints
-        .split(',')
+/// The client config file of `cli` (`--client-config`, `PAXOSDB_CLIENT_CONFIG`, or the
+/// default one if it exists; see [`crate::client_config`]).
+fn config_file(cli: &Cli) -> crate::Result<crate::client_config::ClientConfig> {
+    Ok(
+        crate::client_config::ClientConfig::find(cli.client_config.as_deref())?
+            .map(|(_, c)| c)
+            .unwrap_or_default(),
+    )
+}
+
+/// The endpoints: flag or environment, else the client config's, else the defaults.
+pub(crate) fn endpoints(cli: &Cli) -> crate::Result<Vec<String>> {
+    let list = match (&cli.endpoints, config_file(cli)?.endpoints) {
+        (Some(e), _) => e.split(',').map(str::to_string).collect(),
+        (None, Some(e)) => e,
+        (None, None) => DEFAULT_ENDPOINTS.split(',').map(str::to_string).collect(),
+    };
+    Ok(list
+        .iter()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .collect()
+        .collect())
 }
 
-/// The TLS files of the client flags, if TLS is on (--cacert given).
+/// The TLS files of the client flags (each falling back to the client config's), if TLS
+/// is on (a CA given).
 pub(crate) fn client_tls(cli: &Cli) -> crate::Result<Option<crate::tls::client::ClientTlsFiles>> {
-    match &cli.cacert {
-        Some(ca) => Ok(Some(crate::tls::client::ClientTlsFiles {
-            ca: ca.clone(),
-            cert: cli.client_cert.clone(),
-            key: cli.client_key.clone(),
-        })),
-        None if cli.client_cert.is_some() || cli.client_key.is_some() => Err(crate::Error::Config(
-            "--cert/--key need --cacert (PAXOSDB_CACERT): the CA to verify the nodes with".into(),
-        )),
-        None => Ok(None),
-    }
+    let f = config_file(cli)?;
+    crate::client_config::tls_files(
+        cli.cacert.clone().or(f.cacert),
+        cli.client_cert.clone().or(f.cert),
+        cli.client_key.clone().or(f.key),
+    )
 }
 
-/// The credentials given by flags or environment, if any.
+/// The credentials given by flags or environment; if they give none, the client
+/// config's (taken whole from one place, never mixed).
 pub(crate) fn credentials(cli: &Cli) -> crate::Result<Option<crate::client::Auth>> {
-    use crate::client::Auth;
-    if let Some(t) = &cli.token {
-        return Ok(Some(Auth::Token(t.clone())));
+    let given = cli.token.is_some()
+        || cli.user.is_some()
+        || cli.password_file.is_some()
+        || cli.password.is_some();
+    if given {
+        crate::client_config::credentials(
+            cli.token.as_deref(),
+            cli.user.as_deref(),
+            cli.password_file.as_deref(),
+            cli.password.as_deref(),
+        )
+    } else {
+        config_file(cli)?.auth()
     }
-    if cli.user.is_none() && cli.password_file.is_none() && cli.password.is_none() {
-        return Ok(None);
-    }
-    // A password alone is the `default` user's, as in Redis.
-    let user = cli.user.as_deref().unwrap_or(crate::auth::DEFAULT_USER);
-    let password = match (&cli.password_file, &cli.password) {
-        (Some(f), _) => String::from_utf8(crate::server::read_password_file(f)?)
-            .map_err(|_| crate::error::Error::invalid("the password must be UTF-8"))?,
-        (None, Some(p)) => p.clone(),
-        (None, None) => {
-            return Err(crate::error::Error::invalid(
-                "--user needs --password-file or PAXOSDB_PASSWORD",
-            ))
-        }
-    };
-    Ok(Some(Auth::Password {
-        user: user.to_string(),
-        password,
-    }))
 }
 
 pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
+    let timeout = match (cli.timeout, config_file(cli)?.timeout) {
+        (Some(t), _) => t,
+        (None, Some(t)) => parse_duration(&t).map_err(crate::Error::Config)?,
+        (None, None) => std::time::Duration::from_secs(15),
+    };
     crate::client::Client::with_options(
-        &endpoints(cli),
+        &endpoints(cli)?,
         crate::client::ClientOptions {
-            timeout: cli.timeout,
+            timeout,
             tls: client_tls(cli)?,
             ..Default::default()
         },

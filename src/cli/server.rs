@@ -1,5 +1,6 @@
 //! `paxosdb server`: runs one node until SIGINT or SIGTERM, then shuts down cleanly.
-//! SIGHUP reloads the client-facing TLS certificate and key (`--client-tls-dir`).
+//! SIGHUP reloads the client-facing TLS certificate and key (`--client-tls-dir`) and the
+//! peer TLS material (`--peer-tls-dir`: node certificate, key and cluster CA).
 
 use crate::config::{parse_peers, Config};
 use crate::error::{Error, Result};
@@ -226,9 +227,12 @@ pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
     let code = loop {
         tokio::select! {
             _ = hup.recv() => {
-                // The outcome is logged by the reload itself.
+                // The outcomes are logged by the reloads themselves.
                 if let Ok(false) = server.reload_client_tls() {
                     tracing::info!("SIGHUP: client TLS is off; nothing to reload");
+                }
+                if let Ok(false) = server.reload_peer_tls() {
+                    tracing::info!("SIGHUP: peer TLS is off; nothing to reload");
                 }
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break ExitCode::SUCCESS }

@@ -29,7 +29,7 @@ struct Row {
 }
 
 pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
-    let eps = endpoints(cli);
+    let eps = endpoints(cli)?;
     let c = client(cli)?;
     let answers = futures::future::join_all((0..eps.len()).map(|i| {
         let c = c.clone();

@@ -1,4 +1,4 @@
-//! `paxosdb user add | delete | list | token`: user management on a running cluster
+//! `paxosdb user add | delete | list | token | revoke-token`: user management on a running cluster
 //! (admin only; see [`crate::auth`]). The caller's own credentials come from the global
 //! `--user` / `--password-file` / `--token` flags or `PAXOSDB_USER`, `PAXOSDB_PASSWORD`,
 //! `PAXOSDB_TOKEN`. A new user's password is read from a file or from
@@ -18,8 +18,21 @@ pub enum UserCommand {
     Delete(NameArgs),
     /// Lists the users (never their secrets).
     List,
-    /// Creates a bearer token for a user and prints it (once).
+    /// Creates a bearer token for a user and prints it (once); its id (for revoke-token)
+    /// goes to stderr.
     Token(NameArgs),
+    /// Revokes one token of a user, by its id (`user list`) or the whole token; the
+    /// user's other tokens and passwords stay.
+    RevokeToken(RevokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    pub name: String,
+    /// The token's id (the part between the dots of <user>.<id>.<secret>), or the token.
+    /// (Not named `token`: that is the id of the global --token, the caller's own.)
+    #[arg(value_name = "TOKEN_ID")]
+    pub which: String,
 }
 
 #[derive(Args, Debug)]
@@ -81,11 +94,24 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> Result<ExitCode> {
                     if u.enabled { "on" } else { "off" },
                     String::from_utf8_lossy(&u.prefix),
                     u.passwords,
-                    u.token_ids.len()
+                    u.token_ids.join(",")
                 );
             }
         }
-        UserCommand::Token(a) => println!("{}", c.create_token(&a.name).await?),
+        UserCommand::Token(a) => {
+            let token = c.create_token(&a.name).await?;
+            println!("{token}");
+            if let Some(id) = crate::auth::token_id(&token) {
+                eprintln!(
+                    "token id {id} (revoke it with: paxosdb user revoke-token {} {id})",
+                    a.name
+                );
+            }
+        }
+        UserCommand::RevokeToken(a) => {
+            c.revoke_token(&a.name, &a.which).await?;
+            println!("token revoked");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@
 //! Invariants:
 //! - a CA file is never overwritten (a new CA would orphan every certificate it issued);
 //!   a node or client certificate is never overwritten either;
-//! - `server.pem` may be made again (`--server`): it is replaced by a rename, so a node
+//! - `server.pem` and node certificates may be made again (`--server`, `--renew`): it is replaced by a rename, so a node
 //!   reloading it (SIGHUP) reads either the old pair or the new one, never half of one —
 //!   the key is renamed first, and a node that reads the new key with the old certificate
 //!   refuses the pair and keeps what it has (reload again);
@@ -147,17 +147,23 @@ fn refuse_existing(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes node `id`'s certificate and key into `dir`, issued by `ca`.
-fn issue_node(dir: &Path, id: NodeId, ca: &Ca) -> Result<()> {
+/// Node `id`'s certificate and key (PEM), issued by `ca`: it names the node and the
+/// cluster, for both ends of a peer connection.
+fn node_cert(id: NodeId, ca: &Ca) -> Result<(String, String)> {
     use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-    let (_, cert_path, key_path) = files(dir, id);
-    refuse_existing(&cert_path)?;
     let names = vec![super::node_name(id), super::CLUSTER_NAME.to_string()];
-    let (cert, key) = ca.issue(
+    ca.issue(
         names,
         &format!("paxosdb node {id}"),
         vec![ServerAuth, ClientAuth],
-    )?;
+    )
+}
+
+/// Writes node `id`'s certificate and key into `dir`, issued by `ca`.
+fn issue_node(dir: &Path, id: NodeId, ca: &Ca) -> Result<()> {
+    let (_, cert_path, key_path) = files(dir, id);
+    refuse_existing(&cert_path)?;
+    let (cert, key) = node_cert(id, ca)?;
     write_private(&key_path, key.as_bytes())?;
     std::fs::write(&cert_path, cert)?;
     Ok(())
@@ -192,6 +198,21 @@ pub fn add(dir: &Path, ids: &[NodeId]) -> Result<()> {
     let ca = cluster_ca(dir)?;
     for &id in ids {
         issue_node(dir, id, &ca)?;
+    }
+    Ok(())
+}
+
+/// Makes node certificates again (renewal, or a key thought exposed) with the CA in `dir`,
+/// replacing the ones there: key first, then certificate, each by a rename (a node that
+/// reloads in between refuses the mismatched pair and keeps what it has; reload again).
+/// A node uses its new certificate on SIGHUP.
+pub fn renew(dir: &Path, ids: &[NodeId]) -> Result<()> {
+    let ca = cluster_ca(dir)?;
+    for &id in ids {
+        let (_, cert_path, key_path) = files(dir, id);
+        let (cert, key) = node_cert(id, &ca)?;
+        replace(&key_path, key.as_bytes(), true)?;
+        replace(&cert_path, cert.as_bytes(), false)?;
     }
     Ok(())
 }

@@ -18,12 +18,22 @@
 //! frames reach the node, and the refusal is logged. Captured frames are useless to
 //! replay: they are encrypted under the session's keys.
 //!
+//! Rotation without restart: [`PeerTls::reload`] (the node's SIGHUP, with the client TLS
+//! reload) reads `ca.pem`, `node-N.pem` and `node-N-key.pem` again. New peer connections,
+//! accepted and dialed, use the new material; established sessions keep theirs. Material
+//! that does not load completely is refused with an error line, and the node keeps what it
+//! had. `paxosdb certs --renew` reissues node certificates with the same CA; to move to a
+//! new CA, every node first trusts both (`ca.pem` may hold several certificates), then
+//! gets its certificate from the new one (the README gives the steps).
+//!
 //! Invariants:
 //! - with TLS configured, no byte of a peer frame is read from or written to a socket
 //!   outside a TLS session whose peer presented a certificate chaining to the cluster CA;
 //! - a replication or state-transfer connection is served only when the client
 //!   certificate names the `Hello`'s sender; a membership query (a joining node) only
-//!   needs a certificate of the cluster.
+//!   needs a certificate of the cluster;
+//! - the material in use is always a set that loaded completely (a reload swaps the
+//!   acceptor and connector together, never one without the other).
 
 pub mod certs;
 pub mod client;
@@ -34,7 +44,7 @@ use crate::command::NodeId;
 use crate::error::{Error, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tokio::net::TcpStream;
 
 /// The name every member's certificate carries, checked when the dialer does not know
@@ -55,15 +65,19 @@ pub fn files(dir: &Path, id: NodeId) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// One node's TLS setup for peer connections.
+/// One node's TLS setup for peer connections. [`PeerTls::reload`] (SIGHUP) reads the
+/// files again: new connections, both ways, use what it loaded; established ones keep the
+/// session they have.
 pub struct PeerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    connector: tokio_rustls::TlsConnector,
+    dir: PathBuf,
+    id: NodeId,
+    /// The acceptor and connector of the material last loaded completely (swapped whole).
+    current: RwLock<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector)>,
 }
 
 impl std::fmt::Debug for PeerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PeerTls")
+        write!(f, "PeerTls({}, node {})", self.dir.display(), self.id)
     }
 }
 
@@ -98,39 +112,92 @@ pub(crate) fn tls_err(what: &str) -> impl Fn(rustls::Error) -> Error + '_ {
     move |e| Error::Config(format!("{what}: {e}"))
 }
 
+/// The acceptor and connector of node `id`'s files in `dir`.
+fn build_peer(
+    dir: &Path,
+    id: NodeId,
+) -> Result<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector)> {
+    let (ca, cert, key) = files(dir, id);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&ca)? {
+        roots
+            .add(c)
+            .map_err(tls_err("the cluster CA certificate is not usable"))?;
+    }
+    let roots = Arc::new(roots);
+    let chain = read_certs(&cert)?;
+    let key = read_key(&key)?;
+    let client_verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("TLS versions"))?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(tls_err(&format!("{} and its key", cert.display())))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("TLS versions"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls_err(&format!("{} and its key", cert.display())))?;
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        tokio_rustls::TlsConnector::from(Arc::new(client)),
+    ))
+}
+
 impl PeerTls {
     /// Loads node `id`'s certificate and key and the cluster CA from `dir`.
     pub fn load(dir: &Path, id: NodeId) -> Result<Arc<PeerTls>> {
-        let (ca, cert, key) = files(dir, id);
-        let mut roots = rustls::RootCertStore::empty();
-        for c in read_certs(&ca)? {
-            roots
-                .add(c)
-                .map_err(tls_err("the cluster CA certificate is not usable"))?;
-        }
-        let roots = Arc::new(roots);
-        let chain = read_certs(&cert)?;
-        let key = read_key(&key)?;
-        let client_verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-                .build()
-                .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
-        let server = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(tls_err("TLS versions"))?
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(tls_err(&format!("{} and its key", cert.display())))?;
-        let client = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(tls_err("TLS versions"))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(tls_err(&format!("{} and its key", cert.display())))?;
         Ok(Arc::new(PeerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            dir: dir.to_path_buf(),
+            id,
+            current: RwLock::new(build_peer(dir, id)?),
         }))
+    }
+
+    /// Reads the node's certificate, key and the cluster CA again; new peer connections
+    /// (accepted and dialed) use them, established ones go on with theirs. On an error
+    /// (a file missing, unreadable, or a key that does not match) the material in use is
+    /// kept, and the error is logged and returned.
+    pub fn reload(&self) -> Result<()> {
+        let (_, cert, _) = files(&self.dir, self.id);
+        match build_peer(&self.dir, self.id) {
+            Ok(pair) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
+                tracing::info!(
+                    cert = %cert.display(),
+                    "peer TLS: certificate and CA reloaded; new peer connections use them"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    cert = %cert.display(),
+                    "peer TLS: reload refused, keeping the certificate in use: {e}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     /// Opens a TLS session to node `to` (0: any member of the cluster) over `tcp`.
@@ -146,7 +213,7 @@ impl PeerTls {
         };
         let name = ServerName::try_from(name)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        self.connector.connect(name, tcp).await
+        self.connector().connect(name, tcp).await
     }
 
     /// Accepts a TLS session on `tcp`; the client must present a certificate of the
@@ -158,7 +225,7 @@ impl PeerTls {
         tokio_rustls::server::TlsStream<TcpStream>,
         CertificateDer<'static>,
     )> {
-        let s = self.acceptor.accept(tcp).await?;
+        let s = self.acceptor().accept(tcp).await?;
         let cert = s
             .get_ref()
             .1

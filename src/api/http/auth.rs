@@ -6,7 +6,8 @@
 //!
 //! Also the user endpoints (admin only): `GET /v1/users`, `PUT /v1/users/{name}`
 //! (`{"password", "role", "prefix", "enabled"}`), `DELETE /v1/users/{name}` and
-//! `POST /v1/users/{name}/tokens` (answers the new token, shown once).
+//! `POST /v1/users/{name}/tokens` (answers the new token, shown once, and its id) and
+//! `DELETE /v1/users/{name}/tokens/{id}` (revokes that one token).
 
 use super::error::ApiError;
 use super::AppState;
@@ -164,5 +165,30 @@ pub async fn token(
     }
     let (token, op) = crate::auth::token_write(&name).await?;
     propose(&s, &who, op).await?;
-    Ok(Json(json!({ "token": token })).into_response())
+    let id = crate::auth::token_id(&token)
+        .unwrap_or_default()
+        .to_string();
+    Ok(Json(json!({ "token": token, "id": id })).into_response())
+}
+
+/// `DELETE /v1/users/{name}/tokens/{token}`: revokes one token of the user, by its id (as
+/// `GET /v1/users` lists them) or the whole token; 404 if the user holds no such token.
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    Path((name, token)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &h).await?;
+    let op = crate::auth::revoke_token_write(&name, &token)?;
+    let client_id = (rand::random::<u64>() >> 11).max(1);
+    match s.node.write_as(who.user.clone(), client_id, 1, op).await {
+        Err(crate::error::Error::InvalidInput(why)) => {
+            Err(ApiError::not_found(format!("user {name}: {why}")))
+        }
+        Err(e) => Err(ApiError::from_node(e)),
+        Ok(WriteResult::User { .. }) => Ok(Json(json!({ "revoked": true })).into_response()),
+        Ok(other) => Err(ApiError::from_node(crate::error::Error::Internal(format!(
+            "unexpected result {other:?}"
+        )))),
+    }
 }

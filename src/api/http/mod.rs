@@ -68,6 +68,10 @@ pub fn router(state: AppState) -> Router {
         .route("/db/execute", axum::routing::post(sql::execute))
         .route("/db/query", get(sql::query_get).post(sql::query_post))
         .route("/db/request", axum::routing::post(sql::request))
+        .route(
+            "/v1/users/:name/tokens/:token",
+            axum::routing::delete(auth::revoke_token),
+        )
         .route("/v1/status", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))

@@ -36,7 +36,7 @@ use super::cmd::{self, Acl, Command, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
 use super::Shared;
-use crate::auth::{Credential, Identity, Role as UserRole, UserChange};
+use crate::auth::{Credential, Identity, Role as UserRole, TokenRevocation, UserChange};
 use crate::command::{Expect, KeyValue, ScanRange, SetCond, WriteOp, WriteResult};
 use crate::error::Error;
 use crate::node::{Consistency, Role, MAX_SCAN_LIMIT};
@@ -282,7 +282,7 @@ async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
             "off" => change.enabled = Some(false),
             "resetpass" => {
                 change.reset_passwords = true;
-                change.reset_tokens = true;
+                change.revoke_tokens = TokenRevocation::All;
             }
             "allkeys" | "~*" => change.prefix = Some(vec![]),
             "+@read" => change.role = Some(UserRole::Read),
@@ -291,7 +291,7 @@ async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
             "reset" => {
                 change = UserChange {
                     reset_passwords: true,
-                    reset_tokens: true,
+                    revoke_tokens: TokenRevocation::All,
                     role: Some(UserRole::Read),
                     prefix: Some(vec![]),
                     enabled: Some(false),
@@ -1127,7 +1127,10 @@ mod tests {
         // resetpass and reset revoke tokens too (a token is a way in).
         for r in ["resetpass", "reset"] {
             let c = acl_rules(rules(&[r])).await.unwrap();
-            assert!(c.reset_passwords && c.reset_tokens, "{r}");
+            assert!(
+                c.reset_passwords && c.revoke_tokens == TokenRevocation::All,
+                "{r}"
+            );
         }
         for bad in ["~a*b*", "~nostar", "+@dangerous", "nopass"] {
             let e = acl_rules(rules(&[bad])).await.unwrap_err();
