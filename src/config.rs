@@ -42,6 +42,11 @@ pub struct Config {
     pub resp_addr: Option<String>,
     /// Directory for this node's RocksDB; used by one process at a time.
     pub data_dir: PathBuf,
+    /// Directory of this node's SQL database. Unset: `<data_dir>/sql`. It must be on a
+    /// file system that supports shared memory maps (SQLite's WAL index); keep it with
+    /// the data directory, whose log it is replayed from.
+    #[serde(default)]
+    pub sql_dir: Option<PathBuf>,
     /// Largest accepted key, in bytes.
     #[serde(default = "default_max_key")]
     pub max_key_size: usize,
@@ -224,6 +229,7 @@ impl Config {
             http_addr: None,
             resp_addr: None,
             data_dir,
+            sql_dir: None,
             max_key_size: default_max_key(),
             max_value_size: default_max_value(),
             tick_ms: default_tick_ms(),

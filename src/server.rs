@@ -297,7 +297,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let dir = DataDir::lock(&cfg.data_dir)?;
     let db = dir.open_db()?;
     let mut kv = KvStore::open(db.clone())?;
-    let mut sql = SqlStore::open(&cfg.data_dir.join("sql"))?;
+    let sql_dir = (cfg.sql_dir.clone()).unwrap_or_else(|| cfg.data_dir.join("sql"));
+    let mut sql = SqlStore::open(&sql_dir).map_err(|e| {
+        Error::Storage(format!(
+            "opening the SQL database in {}: {e} (it needs a file system with shared \
+             memory maps; see --sql-dir)",
+            sql_dir.display()
+        ))
+    })?;
     let sql_reader = sql.reader();
     // What a state transfer moves, in order: every state machine of the node.
     let states = States::new(vec![Arc::new(kv.clone()), Arc::new(sql_reader.clone())]);

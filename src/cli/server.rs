@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// Data directory (created if missing).
     #[arg(long, env = "PAXOSDB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Directory of the SQL database (default: DATA_DIR/sql; needs a file system with
+    /// shared memory maps).
+    #[arg(long, env = "PAXOSDB_SQL_DIR")]
+    pub sql_dir: Option<PathBuf>,
     /// Largest value accepted, in bytes (default 1 MiB).
     #[arg(long, env = "PAXOSDB_MAX_VALUE_SIZE")]
     pub max_value_size: Option<usize>,
@@ -142,6 +146,9 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if let Some(d) = &a.data_dir {
         cfg.data_dir = d.clone();
+    }
+    if let Some(d) = &a.sql_dir {
+        cfg.sql_dir = Some(d.clone());
     }
     if let Some(v) = a.max_value_size {
         cfg.max_value_size = v;

@@ -75,6 +75,8 @@ pub struct Node {
     pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// `--sql-dir`, when not the default inside the data directory.
+    pub sql_dir: Option<PathBuf>,
     pub child: Option<Child>,
     /// For a node added later: the peer address of the member it joins through.
     pub join: Option<String>,
@@ -105,7 +107,9 @@ impl Cluster {
 
     /// Starts one node per entry of `data_dirs`, each keeping its data there (e.g. on a
     /// test file system), with extra `PAXOSDB_*` settings, and waits for a leader. Logs
-    /// stay in the cluster's own temporary directory.
+    /// and the SQL databases (`--sql-dir`: SQLite's WAL index needs shared memory maps,
+    /// which a direct-I/O test file system lacks) stay in the cluster's own temporary
+    /// directory.
     pub async fn start_in(data_dirs: Vec<PathBuf>, env: &[(&str, &str)]) -> Cluster {
         Self::start_at(data_dirs.len(), Some(data_dirs), env).await
     }
@@ -127,6 +131,9 @@ impl Cluster {
                     None => dir.path().join(format!("node-{}", i + 1)),
                 },
                 log: dir.path().join(format!("node-{}.log", i + 1)),
+                sql_dir: data_dirs
+                    .is_some()
+                    .then(|| dir.path().join(format!("node-{}-sql", i + 1))),
                 child: None,
                 join: None,
             })
@@ -184,6 +191,11 @@ impl Cluster {
             .args(["--resp-addr", &n.resp_addr])
             .arg("--data-dir")
             .arg(&n.data_dir)
+            .args(
+                n.sql_dir
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--sql-dir"), d.as_os_str()]),
+            )
             .env(
                 "PAXOSDB_LOG",
                 std::env::var("PAXOSDB_TEST_LOG").unwrap_or("info".into()),
@@ -225,6 +237,7 @@ impl Cluster {
             resp_addr: format!("127.0.0.1:{}", ports[3]),
             data_dir: self.dir.path().join(format!("node-{id}")),
             log: self.dir.path().join(format!("node-{id}.log")),
+            sql_dir: None,
             child: None,
             join: Some(self.node(via).peer_addr.clone()),
         };
