@@ -11,12 +11,17 @@
 //!   decided entries and answers waiters; [`server`] wires a node to its listeners;
 //! - [`transport`]: peer-to-peer TCP with framed messages;
 //! - [`kv`]: the state machine; [`storage`]: the log storage and the RocksDB home;
-//! - [`check`] and [`sim`]: the linearizability checker and the deterministic simulation.
+//! - test machinery, compiled only with the `test-machinery` cargo feature (off by
+//!   default, so the shipped binary carries none of it; `scripts/test` turns it on):
+//!   `check` (the linearizability checker), `sim` (the deterministic simulation) and
+//!   `nemesis` (fault tests of a real local cluster), with the `paxosdb sim` and
+//!   `paxosdb nemesis` commands.
 //!
 //! `docs/architecture.md` follows a write and a read through these layers.
 
 pub mod api;
 pub mod auth;
+#[cfg(feature = "test-machinery")]
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -29,9 +34,11 @@ pub mod kv;
 pub mod machine;
 pub mod membership;
 pub mod metrics;
+#[cfg(feature = "test-machinery")]
 pub mod nemesis;
 pub mod node;
 pub mod server;
+#[cfg(feature = "test-machinery")]
 pub mod sim;
 pub mod sql;
 pub mod storage;

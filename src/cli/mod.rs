@@ -8,8 +8,10 @@ mod bench;
 mod cluster;
 mod kv;
 mod members;
+#[cfg(feature = "test-machinery")]
 mod nemesis;
 mod server;
+#[cfg(feature = "test-machinery")]
 mod sim;
 mod sql;
 mod status;
@@ -83,10 +85,20 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Load generator: prints throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    #[cfg(feature = "test-machinery")]
     /// Deterministic simulation campaign: many seeds, faults, checks (see `sim` docs).
     Sim(sim::SimArgs),
+    #[cfg(feature = "test-machinery")]
     /// Fault test: a local cluster under kills, pauses and partitions, history checked.
     Nemesis(nemesis::NemesisArgs),
+    /// `sim` in a binary built without the feature: says how to get it (hidden).
+    #[cfg(not(feature = "test-machinery"))]
+    #[command(name = "sim", hide = true, disable_help_flag = true)]
+    SimUnavailable(TestMachineryArgs),
+    /// `nemesis` in a binary built without the feature: says how to get it (hidden).
+    #[cfg(not(feature = "test-machinery"))]
+    #[command(name = "nemesis", hide = true, disable_help_flag = true)]
+    NemesisUnavailable(TestMachineryArgs),
     /// Create a cluster CA, a certificate for every node (peer mutual TLS), the nodes'
     /// client-facing certificate, and client certificates.
     Certs(CertsArgs),
@@ -96,6 +108,26 @@ pub enum Command {
     /// SQL shell: interactive (history, .tables, .schema, .mode, .timer), `-e "SQL"`, or a
     /// script on standard input.
     Sql(sql::SqlArgs),
+}
+
+/// Whatever followed `sim` or `nemesis` in a binary without the test machinery: ignored.
+#[cfg(not(feature = "test-machinery"))]
+#[derive(clap::Args, Debug)]
+pub struct TestMachineryArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+/// The answer to `paxosdb sim` / `paxosdb nemesis` in a binary built without the
+/// `test-machinery` feature (the shipped one): bad usage, with how to get them.
+#[cfg(not(feature = "test-machinery"))]
+fn test_machinery_unavailable(name: &str) -> crate::error::Result<ExitCode> {
+    eprintln!(
+        "error: `paxosdb {name}` is test machinery, not in this build; build with \
+         `cargo build --release --features test-machinery` (or `cargo run --release \
+         --features test-machinery -- {name} ...`)"
+    );
+    Ok(ExitCode::from(2))
 }
 
 #[derive(clap::Args, Debug)]
@@ -303,8 +335,14 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(&cli, a).await,
             Command::Cluster(c) => cluster::run(&cli, c).await,
             Command::Bench(a) => bench::run(&cli, a).await,
+            #[cfg(feature = "test-machinery")]
             Command::Sim(a) => sim::run(a).await,
+            #[cfg(feature = "test-machinery")]
             Command::Nemesis(a) => nemesis::run(a).await,
+            #[cfg(not(feature = "test-machinery"))]
+            Command::SimUnavailable(_) => test_machinery_unavailable("sim"),
+            #[cfg(not(feature = "test-machinery"))]
+            Command::NemesisUnavailable(_) => test_machinery_unavailable("nemesis"),
             Command::Certs(a) => certs(a),
             Command::User(u) => user::run(&cli, u).await,
             Command::Sql(a) => sql::run(&cli, a).await,

@@ -1,4 +1,5 @@
-//! The real-process fault tester (Jepsen-style): `paxosdb nemesis`.
+//! The real-process fault tester (Jepsen-style): `paxosdb nemesis`. Test machinery:
+//! compiled only with the `test-machinery` cargo feature.
 //!
 //! [`run`] starts a 3- or 5-node cluster of the `paxosdb` binary on loopback (node `i` on
 //! `127.0.0.i`, see [`cluster`]), runs concurrent clients that record every operation

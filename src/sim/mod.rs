@@ -51,9 +51,12 @@
 //! prefix kept), pauses, partitions per shape, dropped messages, state transfers.
 //! Each checker fails with its own [`Kind`] of [`Violation`].
 //!
-//! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
-//! sim::tests::replay -- --ignored --nocapture` or `paxosdb sim --seed <N>` replays it
-//! exactly.
+//! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test
+//! --features test-machinery --lib sim::tests::replay -- --ignored --nocapture` or
+//! `paxosdb sim --seed <N>` replays it exactly.
+//!
+//! Test machinery: compiled only with the `test-machinery` cargo feature (as are
+//! `crate::nemesis` and `crate::check`), so the shipped binary carries none of it.
 
 /// Members 1..=n (the simulation's nodes have no addresses).
 pub fn members(n: crate::command::NodeId) -> Vec<crate::config::Member> {
