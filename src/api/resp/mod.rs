@@ -3,7 +3,7 @@
 //!
 //! Layout (after mini-redis): [`frame`] parses and encodes RESP frames with limits,
 //! [`connection`] buffers one client's bytes, [`parse`] and [`cmd`] turn a request into a
-//! [`cmd::Command`], and [`exec`] runs it against the protocol-neutral
+//! [`cmd::RespCommand`], and [`exec`] runs it against the protocol-neutral
 //! [`NodeHandle`], which does all routing, replication and consistency.
 //!
 //! Each client connection is its own task and its own session: a random non-zero client id
