@@ -36,10 +36,10 @@ use super::cmd::{self, Acl, RespCommand, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
 use super::Shared;
-use crate::auth::{Credential, Identity, Role as UserRole, UserChange};
+use crate::auth::{Credential, Identity, Role, UserChange};
 use crate::command::{Expect, KeyValue, ScanRange, SetCond, WriteOp, WriteResult};
 use crate::error::Error;
-use crate::node::{Consistency, Role, MAX_SCAN_LIMIT};
+use crate::node::{Consistency, NodeRole, MAX_SCAN_LIMIT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -253,9 +253,9 @@ fn acl_line(name: &str, u: &crate::auth::UserRecord) -> String {
         format!("~{}*", String::from_utf8_lossy(&u.prefix))
     };
     let role = match u.role {
-        UserRole::Read => "+@read",
-        UserRole::ReadWrite => "+@readwrite",
-        UserRole::Admin => "+@all",
+        Role::Read => "+@read",
+        Role::ReadWrite => "+@readwrite",
+        Role::Admin => "+@all",
     };
     format!(
         "user {name} {} {keys} {role}",
@@ -285,14 +285,14 @@ async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
                 change.reset_tokens = true;
             }
             "allkeys" | "~*" => change.prefix = Some(vec![]),
-            "+@read" => change.role = Some(UserRole::Read),
-            "+@write" | "+@readwrite" => change.role = Some(UserRole::ReadWrite),
-            "+@all" | "allcommands" | "+@admin" => change.role = Some(UserRole::Admin),
+            "+@read" => change.role = Some(Role::Read),
+            "+@write" | "+@readwrite" => change.role = Some(Role::ReadWrite),
+            "+@all" | "allcommands" | "+@admin" => change.role = Some(Role::Admin),
             "reset" => {
                 change = UserChange {
                     reset_passwords: true,
                     reset_tokens: true,
-                    role: Some(UserRole::Read),
+                    role: Some(Role::Read),
                     prefix: Some(vec![]),
                     enabled: Some(false),
                     ..Default::default()
@@ -910,7 +910,7 @@ impl Session {
 
     async fn hello(&self, shared: &Shared) -> Frame {
         let role = match shared.node.status().await {
-            Ok(st) if st.role == Role::Leader => "master",
+            Ok(st) if st.role == NodeRole::Leader => "master",
             _ => "replica",
         };
         Frame::Map(vec![
@@ -960,7 +960,7 @@ impl Session {
                     "role:{}\r\npaxos_role:{}\r\nleader_id:{}\r\nmembers:{}\r\n\
                      config_id:{}\r\ndecided_index:{}\r\napplied_index:{}\r\n\
                      compacted_index:{}\r\n",
-                    if st.role == Role::Leader {
+                    if st.role == NodeRole::Leader {
                         "master"
                     } else {
                         "slave"
@@ -1118,7 +1118,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.enabled, Some(true));
         assert_eq!(c.prefix, Some(b"app/".to_vec()));
-        assert_eq!(c.role, Some(UserRole::ReadWrite));
+        assert_eq!(c.role, Some(Role::ReadWrite));
         assert_eq!(c.add_passwords.len(), 1);
         assert!(c.add_passwords[0].starts_with("$argon2id$"), "hashed here");
         let c = acl_rules(rules(&["allkeys", "+@all", "off"]))
@@ -1126,7 +1126,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (c.prefix, c.role, c.enabled),
-            (Some(vec![]), Some(UserRole::Admin), Some(false))
+            (Some(vec![]), Some(Role::Admin), Some(false))
         );
         // resetpass and reset revoke tokens too (a token is a way in).
         for r in ["resetpass", "reset"] {
