@@ -7,7 +7,7 @@
 //!   --ignored --nocapture` re-runs one seed and prints what the nemesis did (a tool, not
 //!   a check, so ignored: `scripts/test` lists it as skipped);
 //! - `PAXOSDB_SIM_BUDGET=off|tiny|mixed` sets the log compaction of both (default mixed:
-//!   a tiny budget for half the seeds, see [`LogBudget`]).
+//!   a tiny budget for half the seeds, see [`LogBudgetMix`]).
 
 use super::*;
 use crate::check::{Input, Operation, Outcome, Output};
@@ -19,10 +19,10 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn budget() -> LogBudget {
+fn budget() -> LogBudgetMix {
     std::env::var("PAXOSDB_SIM_BUDGET")
         .ok()
-        .map_or(LogBudget::Mixed, |b| b.parse().unwrap())
+        .map_or(LogBudgetMix::Mixed, |b| b.parse().unwrap())
 }
 
 /// The configuration `many_seeds` uses for `seed` ([`SimConfig::for_seed`]).
@@ -124,7 +124,7 @@ fn many_seeds() {
     eprintln!("sim: {totals}, 0 violations");
     // The minimums hold for the default campaign (the CI one); other seed ranges,
     // budgets or sizes only print.
-    let default = n == 200 && first == 0 && budget() == LogBudget::Mixed;
+    let default = n == 200 && first == 0 && budget() == LogBudgetMix::Mixed;
     if default && env_u64("PAXOSDB_SIM_NODES").is_none() {
         let short: Vec<String> = COVERAGE
             .iter()
@@ -330,7 +330,7 @@ fn disabled_duplicate_suppression_is_caught_by_the_set_check() {
 fn a_stale_accepted_round_after_an_install_is_caught() {
     let f = caught_in(Bug::StaleAcceptedRound, 0..120, |seed| SimConfig {
         membership: false,
-        ..SimConfig::for_seed(seed, LogBudget::Tiny)
+        ..SimConfig::for_seed(seed, LogBudgetMix::Tiny)
     });
     assert_eq!(f.kind, Kind::FalseAcceptedClaim, "{f}");
     assert_eq!(
