@@ -61,11 +61,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "PAXOSDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: CliCommand,
 }
 
+/// A `paxosdb` subcommand (not the replicated [`crate::machine::Command`], nor a RESP
+/// request, [`crate::api::resp::cmd::RespCommand`]).
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub enum CliCommand {
     /// Run one node.
     Server(Box<server::ServerArgs>),
     /// Store a value.
@@ -312,7 +314,7 @@ pub fn init_logging(default: &str) {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Server(_));
+    let is_server = matches!(cli.command, CliCommand::Server(_));
     init_logging(if is_server { "info" } else { "warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -326,26 +328,26 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match &cli.command {
-            Command::Server(a) => server::run(a).await,
-            Command::Put(a) => kv::put(&cli, a).await,
-            Command::Get(a) => kv::get(&cli, a).await,
-            Command::Delete(a) => kv::delete(&cli, a).await,
-            Command::Cas(a) => kv::cas(&cli, a).await,
-            Command::Scan(a) => kv::scan(&cli, a).await,
-            Command::Status(a) => status::run(&cli, a).await,
-            Command::Cluster(c) => cluster::run(&cli, c).await,
-            Command::Bench(a) => bench::run(&cli, a).await,
+            CliCommand::Server(a) => server::run(a).await,
+            CliCommand::Put(a) => kv::put(&cli, a).await,
+            CliCommand::Get(a) => kv::get(&cli, a).await,
+            CliCommand::Delete(a) => kv::delete(&cli, a).await,
+            CliCommand::Cas(a) => kv::cas(&cli, a).await,
+            CliCommand::Scan(a) => kv::scan(&cli, a).await,
+            CliCommand::Status(a) => status::run(&cli, a).await,
+            CliCommand::Cluster(c) => cluster::run(&cli, c).await,
+            CliCommand::Bench(a) => bench::run(&cli, a).await,
             #[cfg(feature = "test-machinery")]
-            Command::Sim(a) => sim::run(a).await,
+            CliCommand::Sim(a) => sim::run(a).await,
             #[cfg(feature = "test-machinery")]
-            Command::Nemesis(a) => nemesis::run(a).await,
+            CliCommand::Nemesis(a) => nemesis::run(a).await,
             #[cfg(not(feature = "test-machinery"))]
-            Command::SimUnavailable(_) => test_machinery_unavailable("sim"),
+            CliCommand::SimUnavailable(_) => test_machinery_unavailable("sim"),
             #[cfg(not(feature = "test-machinery"))]
-            Command::NemesisUnavailable(_) => test_machinery_unavailable("nemesis"),
-            Command::Certs(a) => certs(a),
-            Command::User(u) => user::run(&cli, u).await,
-            Command::Sql(a) => sql::run(&cli, a).await,
+            CliCommand::NemesisUnavailable(_) => test_machinery_unavailable("nemesis"),
+            CliCommand::Certs(a) => certs(a),
+            CliCommand::User(u) => user::run(&cli, u).await,
+            CliCommand::Sql(a) => sql::run(&cli, a).await,
         }
     });
     match result {
