@@ -250,9 +250,9 @@ impl Options {
     }
 }
 
-/// One thing the nemesis did.
+/// One thing the nemesis did (a record of the run, not a node core's [`crate::node::Event`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Event {
+pub struct NemesisEvent {
     /// Seconds since the start of the run.
     pub at: f64,
     /// The fault name, or "heal".
@@ -282,7 +282,7 @@ pub struct Summary {
     /// did not test them, and is incomplete.
     #[serde(default)]
     pub protocols_unexercised: Vec<String>,
-    pub events: Vec<Event>,
+    pub events: Vec<NemesisEvent>,
     /// Faults injected, by name.
     pub injected: BTreeMap<String, usize>,
     /// Nemesis families not run, with the reason.
@@ -505,7 +505,7 @@ fn refused_as_removed(log: &std::path::Path) -> Option<String> {
 struct Events {
     start: Instant,
     verbose: bool,
-    list: Mutex<Vec<Event>>,
+    list: Mutex<Vec<NemesisEvent>>,
     crashes: Mutex<Vec<String>>,
     membership: Mutex<MembershipStats>,
     /// Faults that could not be injected (see [`Summary::injection_errors`]).
@@ -549,7 +549,7 @@ impl Events {
         if self.verbose {
             eprintln!("[{at:8.3}s] {kind}: {detail}");
         }
-        self.list.lock().unwrap().push(Event {
+        self.list.lock().unwrap().push(NemesisEvent {
             at,
             kind: kind.to_string(),
             detail,
