@@ -63,8 +63,11 @@ pub enum After {
     Close,
 }
 
-/// One connection's state.
-pub struct Session {
+/// One RESP connection's state: protocol version, name, user, MULTI, and the
+/// at-most-once write session it writes under (`client_id`, `next_seq`: what
+/// [`crate::client::Session`] is for the Rust client), which is why this is not called a
+/// session itself.
+pub struct ConnState {
     /// The connection id (`CLIENT ID`, `HELLO`).
     pub id: u64,
     /// Replies in RESP3 (after `HELLO 3`).
@@ -332,9 +335,9 @@ const CONFIG: &[(&str, &str)] = &[
     ("databases", "1"),
 ];
 
-impl Session {
-    pub fn new(id: u64) -> Session {
-        Session {
+impl ConnState {
+    pub fn new(id: u64) -> ConnState {
+        ConnState {
             id,
             resp3: false,
             client_id: rand::random::<u64>().max(1),
@@ -1022,7 +1025,7 @@ mod tests {
     /// EXECABORT and DISCARD with OK (both leave the state), a nested MULTI is refused.
     #[test]
     fn commands_after_multi_are_refused_not_run() {
-        let mut s = Session::new(1);
+        let mut s = ConnState::new(1);
         s.in_multi = true;
         let mut refuse = |w: &[&str]| s.refuse_in_multi(cmd::parse(words(w)));
         for w in [
