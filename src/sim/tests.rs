@@ -1,10 +1,10 @@
 //! Simulation tests: many seeds, replay of one seed, determinism, and one test per
 //! checker showing that it catches an injected bug.
 //!
-//! - `cargo test --features test-machinery --lib sim -- --nocapture` runs everything here (`PAXOSDB_SIM_SEEDS`
-//!   changes how many seeds `many_seeds` runs);
-//! - `PAXOSDB_SIM_SEED=N [PAXOSDB_SIM_NODES=5] cargo test --features test-machinery --lib sim::tests::replay --
-//!   --ignored --nocapture` re-runs one seed and prints what the nemesis did (a tool, not
+//! - `cargo test --features test-machinery --lib sim -- --nocapture` runs everything here
+//!   (`PAXOSDB_SIM_SEEDS` changes how many seeds `many_seeds` runs);
+//! - `PAXOSDB_SIM_SEED=N [PAXOSDB_SIM_NODES=5] cargo test --features test-machinery --lib
+//!   sim::tests::replay -- --ignored --nocapture` re-runs one seed and prints what the nemesis did (a tool, not
 //!   a check, so ignored: `scripts/test` lists it as skipped);
 //! - `PAXOSDB_SIM_BUDGET=off|tiny|mixed` sets the log compaction of both (default mixed:
 //!   a tiny budget for half the seeds, see [`LogBudgetMix`]).
@@ -35,8 +35,8 @@ fn fail(f: Failure) -> ! {
         eprintln!("  {line}");
     }
     panic!(
-        "{f}\n(replay: PAXOSDB_SIM_SEED={} cargo test --features test-machinery --lib sim::tests::replay -- --ignored \
-         --nocapture)",
+        "{f}\n(replay: PAXOSDB_SIM_SEED={} cargo test --features test-machinery --lib \
+         sim::tests::replay -- --ignored --nocapture)",
         f.seed
     );
 }
@@ -664,7 +664,8 @@ fn set_check_catches_duplicates_losses_and_strangers() {
 /// decided further ("log sync from X would overwrite decided entries up to Y"), and some
 /// runs never converge. This shows the simulation finds protocol-level trouble when the
 /// network breaks OmniPaxos' FIFO-link assumption, and why the default model is FIFO per
-/// link. Slow (about 30 s): `cargo test --features test-machinery --lib sim::tests::chaos -- --ignored --nocapture`.
+/// link. Slow (about 30 s): `cargo test --features test-machinery --lib sim::tests::chaos --
+/// --ignored --nocapture`.
 #[test]
 #[ignore = "slow (about 30 s), and shows a failure outside the FIFO model: run with --ignored"]
 fn chaos_breaks_the_fifo_assumption_of_omnipaxos() {
