@@ -13,12 +13,17 @@
 //! - [`transport`]: peer-to-peer TCP with framed messages;
 //! - [`kv`]: the state machine; [`storage`]: the log storage and the RocksDB home;
 //! - [`ratelog`]: rate-limited log lines for failures an outsider can cause at will;
-//! - [`check`] and [`sim`]: the linearizability checker and the deterministic simulation.
+//! - test machinery, compiled only with the `test-machinery` cargo feature (off by
+//!   default, so the shipped binary carries none of it; `scripts/test` turns it on):
+//!   `check` (the linearizability checker), `sim` (the deterministic simulation) and
+//!   `nemesis` (fault tests of a real local cluster), with the `paxosdb sim` and
+//!   `paxosdb nemesis` commands.
 //!
 //! `docs/architecture.md` follows a write and a read through these layers.
 
 pub mod api;
 pub mod auth;
+#[cfg(feature = "test-machinery")]
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -32,10 +37,12 @@ pub mod kv;
 pub mod machine;
 pub mod membership;
 pub mod metrics;
+#[cfg(feature = "test-machinery")]
 pub mod nemesis;
 pub mod node;
 pub mod ratelog;
 pub mod server;
+#[cfg(feature = "test-machinery")]
 pub mod sim;
 pub mod sql;
 pub mod storage;

@@ -1,5 +1,6 @@
 //! Linearizability checking of client histories, per key, against a register model (a
-//! value that puts, deletes, compare-and-swaps and appends change).
+//! value that puts, deletes, compare-and-swaps and appends change). Test machinery:
+//! compiled only with the `test-machinery` cargo feature.
 //!
 //! A test (the deterministic simulation or the real-process nemesis runner) records every
 //! client operation as an [`Operation`]: what was asked ([`Input`]), when it was invoked,

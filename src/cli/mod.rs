@@ -8,8 +8,10 @@ mod bench;
 mod cluster;
 mod kv;
 mod members;
+#[cfg(feature = "test-machinery")]
 mod nemesis;
 mod server;
+#[cfg(feature = "test-machinery")]
 mod sim;
 mod sql;
 mod status;
@@ -66,11 +68,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "PAXOSDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: CliCommand,
 }
 
+/// A `paxosdb` subcommand (not the replicated [`crate::machine::Command`], nor a RESP
+/// request, [`crate::api::resp::cmd::RespCommand`]).
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub enum CliCommand {
     /// Run one node.
     Server(Box<server::ServerArgs>),
     /// Store a value.
@@ -90,10 +94,20 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Load generator: prints throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    #[cfg(feature = "test-machinery")]
     /// Deterministic simulation campaign: many seeds, faults, checks (see `sim` docs).
     Sim(sim::SimArgs),
+    #[cfg(feature = "test-machinery")]
     /// Fault test: a local cluster under kills, pauses and partitions, history checked.
     Nemesis(nemesis::NemesisArgs),
+    /// `sim` in a binary built without the feature: says how to get it (hidden).
+    #[cfg(not(feature = "test-machinery"))]
+    #[command(name = "sim", hide = true, disable_help_flag = true)]
+    SimUnavailable(TestMachineryArgs),
+    /// `nemesis` in a binary built without the feature: says how to get it (hidden).
+    #[cfg(not(feature = "test-machinery"))]
+    #[command(name = "nemesis", hide = true, disable_help_flag = true)]
+    NemesisUnavailable(TestMachineryArgs),
     /// Create a cluster CA, a certificate for every node (peer mutual TLS), the nodes'
     /// client-facing certificate, and client certificates.
     Certs(CertsArgs),
@@ -103,6 +117,26 @@ pub enum Command {
     /// SQL shell: interactive (history, .tables, .schema, .mode, .timer), `-e "SQL"`, or a
     /// script on standard input.
     Sql(sql::SqlArgs),
+}
+
+/// Whatever followed `sim` or `nemesis` in a binary without the test machinery: ignored.
+#[cfg(not(feature = "test-machinery"))]
+#[derive(clap::Args, Debug)]
+pub struct TestMachineryArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+/// The answer to `paxosdb sim` / `paxosdb nemesis` in a binary built without the
+/// `test-machinery` feature (the shipped one): bad usage, with how to get them.
+#[cfg(not(feature = "test-machinery"))]
+fn test_machinery_unavailable(name: &str) -> crate::error::Result<ExitCode> {
+    eprintln!(
+        "error: `paxosdb {name}` is test machinery, not in this build; build with \
+         `cargo build --release --features test-machinery` (or `cargo run --release \
+         --features test-machinery -- {name} ...`)"
+    );
+    Ok(ExitCode::from(2))
 }
 
 #[derive(clap::Args, Debug)]
@@ -308,7 +342,7 @@ pub fn init_logging(default: &str) {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Server(_));
+    let is_server = matches!(cli.command, CliCommand::Server(_));
     init_logging(if is_server { "info" } else { "warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -322,20 +356,26 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match &cli.command {
-            Command::Server(a) => server::run(a).await,
-            Command::Put(a) => kv::put(&cli, a).await,
-            Command::Get(a) => kv::get(&cli, a).await,
-            Command::Delete(a) => kv::delete(&cli, a).await,
-            Command::Cas(a) => kv::cas(&cli, a).await,
-            Command::Scan(a) => kv::scan(&cli, a).await,
-            Command::Status(a) => status::run(&cli, a).await,
-            Command::Cluster(c) => cluster::run(&cli, c).await,
-            Command::Bench(a) => bench::run(&cli, a).await,
-            Command::Sim(a) => sim::run(a).await,
-            Command::Nemesis(a) => nemesis::run(a).await,
-            Command::Certs(a) => certs(a),
-            Command::User(u) => user::run(&cli, u).await,
-            Command::Sql(a) => sql::run(&cli, a).await,
+            CliCommand::Server(a) => server::run(a).await,
+            CliCommand::Put(a) => kv::put(&cli, a).await,
+            CliCommand::Get(a) => kv::get(&cli, a).await,
+            CliCommand::Delete(a) => kv::delete(&cli, a).await,
+            CliCommand::Cas(a) => kv::cas(&cli, a).await,
+            CliCommand::Scan(a) => kv::scan(&cli, a).await,
+            CliCommand::Status(a) => status::run(&cli, a).await,
+            CliCommand::Cluster(c) => cluster::run(&cli, c).await,
+            CliCommand::Bench(a) => bench::run(&cli, a).await,
+            #[cfg(feature = "test-machinery")]
+            CliCommand::Sim(a) => sim::run(a).await,
+            #[cfg(feature = "test-machinery")]
+            CliCommand::Nemesis(a) => nemesis::run(a).await,
+            #[cfg(not(feature = "test-machinery"))]
+            CliCommand::SimUnavailable(_) => test_machinery_unavailable("sim"),
+            #[cfg(not(feature = "test-machinery"))]
+            CliCommand::NemesisUnavailable(_) => test_machinery_unavailable("nemesis"),
+            CliCommand::Certs(a) => certs(a),
+            CliCommand::User(u) => user::run(&cli, u).await,
+            CliCommand::Sql(a) => sql::run(&cli, a).await,
         }
     });
     match result {

@@ -6,7 +6,7 @@
 //! their seeds. Exits 1 if any seed failed.
 
 use crate::error::Result;
-use crate::sim::{self, LogBudget, SimConfig};
+use crate::sim::{self, LogBudgetMix, SimConfig};
 use clap::Args;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ pub struct SimArgs {
     /// 20-40 for laggards, so faults push nodes into state transfers); `mixed` (tiny for
     /// half the seeds, as the CI test runs).
     #[arg(long, default_value = "mixed")]
-    pub log_budget: LogBudget,
+    pub log_budget: LogBudgetMix,
     /// No membership changes (by default the nemesis also adds, removes and replaces
     /// nodes, through the nodes' own reconfiguration).
     #[arg(long)]

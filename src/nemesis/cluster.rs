@@ -7,7 +7,7 @@
 //!
 //! Nodes added at run time by the membership nemesis (see [`super::membership`]) get the
 //! next id and IP (`127.0.0.N`), fresh ports and an empty data directory, and start with
-//! `--join`. Every node has a [`Role`]: the cluster tracks which nodes are members of the
+//! `--join`. Every node has a [`MemberState`]: the cluster tracks which nodes are members of the
 //! configuration in force (`config_id`), which one is joining, and which are retired
 //! (removed from the cluster, or never added); retired nodes are stopped and never
 //! restarted. Health, convergence, clients and heals use the current members; faults
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 /// Where a node stands in the cluster's membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum MemberState {
     /// A member of the configuration in force.
     Member,
     /// Started with `--join`; a membership change adding it is being made.
@@ -49,7 +49,7 @@ pub struct ProcNode {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
-    pub role: Role,
+    pub member_state: MemberState,
     /// The peer address of the member a node added at run time joins through (renewed
     /// at every start); None for the initial nodes.
     pub join: Option<String>,
@@ -145,7 +145,7 @@ impl ProcCluster {
         drop(held);
         n.peers = format!("{id}={}", n.peer_addr());
         n.join = Some(self.node(via).peer_addr());
-        n.role = Role::Joining;
+        n.member_state = MemberState::Joining;
         self.nodes.push(n);
         self.spawn(id)?;
         Ok(id)
@@ -155,7 +155,7 @@ impl ProcCluster {
     pub fn retire(&mut self, id: u64) {
         // Retiring a node that is already down (killed, or refused to start) is normal.
         let _ = self.kill(id);
-        self.node_mut(id).role = Role::Retired;
+        self.node_mut(id).member_state = MemberState::Retired;
     }
 
     /// Takes in the membership the cluster reports: configuration `config_id` with
@@ -169,17 +169,19 @@ impl ProcCluster {
         for i in 0..self.nodes.len() {
             let id = self.nodes[i].id;
             let named = members.contains(&id);
-            match (self.nodes[i].role, named) {
-                (Role::Member, true) | (Role::Retired, false) | (Role::Joining, false) => {}
-                (Role::Joining, true) => {
-                    self.nodes[i].role = Role::Member;
+            match (self.nodes[i].member_state, named) {
+                (MemberState::Member, true)
+                | (MemberState::Retired, false)
+                | (MemberState::Joining, false) => {}
+                (MemberState::Joining, true) => {
+                    self.nodes[i].member_state = MemberState::Member;
                     out.push(format!("node {id} is a member"));
                 }
-                (Role::Retired, true) => {
-                    self.nodes[i].role = Role::Member;
+                (MemberState::Retired, true) => {
+                    self.nodes[i].member_state = MemberState::Member;
                     out.push(format!("retired node {id} is a member after all"));
                 }
-                (Role::Member, false) => {
+                (MemberState::Member, false) => {
                     let was_running = self.nodes[i].child.is_some();
                     self.retire(id);
                     out.push(if was_running {
@@ -221,7 +223,7 @@ impl ProcCluster {
     pub fn ids(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.role != Role::Retired)
+            .filter(|n| n.member_state != MemberState::Retired)
             .map(|n| n.id)
             .collect()
     }
@@ -230,7 +232,7 @@ impl ProcCluster {
     pub fn members(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.role == Role::Member)
+            .filter(|n| n.member_state == MemberState::Member)
             .map(|n| n.id)
             .collect()
     }
@@ -239,7 +241,7 @@ impl ProcCluster {
     pub fn endpoints(&self) -> Vec<NodeAddrs> {
         self.nodes
             .iter()
-            .filter(|n| n.role == Role::Member)
+            .filter(|n| n.member_state == MemberState::Member)
             .map(|n| NodeAddrs {
                 grpc: n.client_addr.clone(),
                 http: n.http_addr.clone(),
@@ -256,7 +258,9 @@ impl ProcCluster {
                 let via = self
                     .nodes
                     .iter()
-                    .filter(|n| n.id != id && n.role == Role::Member && n.child.is_some())
+                    .filter(|n| {
+                        n.id != id && n.member_state == MemberState::Member && n.child.is_some()
+                    })
                     .min_by_key(|n| n.paused)
                     .map(|n| n.peer_addr());
                 if let Some(via) = via {
@@ -297,16 +301,16 @@ impl ProcCluster {
 
     /// True when `peer_addr` is a running member's: a new node can join through it.
     pub fn joinable(&self, peer_addr: &str) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| n.role == Role::Member && n.child.is_some() && n.peer_addr() == peer_addr)
+        self.nodes.iter().any(|n| {
+            n.member_state == MemberState::Member && n.child.is_some() && n.peer_addr() == peer_addr
+        })
     }
 
     /// Nodes whose process exists (paused or not).
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.role != Role::Retired && n.child.is_some())
+            .filter(|n| n.member_state != MemberState::Retired && n.child.is_some())
             .map(|n| n.id)
             .collect()
     }
@@ -315,7 +319,7 @@ impl ProcCluster {
     pub fn live(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.role != Role::Retired && n.child.is_some() && !n.paused)
+            .filter(|n| n.member_state != MemberState::Retired && n.child.is_some() && !n.paused)
             .map(|n| n.id)
             .collect()
     }
@@ -324,7 +328,7 @@ impl ProcCluster {
     pub fn killed(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.role != Role::Retired && n.child.is_none())
+            .filter(|n| n.member_state != MemberState::Retired && n.child.is_none())
             .map(|n| n.id)
             .collect()
     }
@@ -517,7 +521,7 @@ fn lay_out(dir: &Path, id: u64, held: &mut Vec<TcpListener>) -> std::io::Result<
         log: dir.join(format!("node-{id}.log")),
         child: None,
         paused: false,
-        role: Role::Member,
+        member_state: MemberState::Member,
         join: None,
         peers: String::new(),
         status,

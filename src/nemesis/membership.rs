@@ -32,7 +32,7 @@
 //! buffer, not in the log, and proposes it if it becomes leader in that configuration,
 //! possibly long after its caller was told the outcome is unknown).
 
-use super::cluster::{ProcCluster, Role};
+use super::cluster::{MemberState, ProcCluster};
 use super::faults::Fault;
 use super::workload::Shared;
 use super::Events;
@@ -321,7 +321,7 @@ pub(super) async fn begin<R: Rng>(
     }
 }
 
-/// Takes in a membership: updates the cluster's roles (stopping removed nodes) and the
+/// Takes in a membership: updates the cluster's member states (stopping removed nodes) and the
 /// workers' endpoints. Returns what changed.
 fn take_in(
     c: &mut ProcCluster,
@@ -349,9 +349,9 @@ fn take_in(
 pub(super) async fn sync(c: &mut ProcCluster, shared: &Shared, events: &Events) {
     if let Some((config, members)) = c.reported_membership().await {
         if config > c.config_id {
-            let revived = members
-                .iter()
-                .any(|&id| (id as usize) <= c.nodes.len() && c.node(id).role == Role::Retired);
+            let revived = members.iter().any(|&id| {
+                (id as usize) <= c.nodes.len() && c.node(id).member_state == MemberState::Retired
+            });
             let notes = take_in(c, shared, events, config, &members);
             let late = if revived {
                 events.membership.lock().unwrap().late += 1;
@@ -372,7 +372,7 @@ pub(super) async fn sync(c: &mut ProcCluster, shared: &Shared, events: &Events) 
     let stuck: Vec<u64> = c
         .nodes
         .iter()
-        .filter(|n| n.role != Role::Retired && n.child.is_some() && !n.paused)
+        .filter(|n| n.member_state != MemberState::Retired && n.child.is_some() && !n.paused)
         .filter(|n| n.join.as_deref().is_some_and(|j| !c.joinable(j)))
         .map(|n| n.id)
         .collect();
@@ -561,7 +561,7 @@ pub(super) async fn finish(
         // The member the heal held back, if still a member, runs again.
         if let Some(old) = ch.remove {
             let mut c = cluster.lock().await;
-            if c.node(old).role == Role::Member && c.node(old).child.is_none() {
+            if c.node(old).member_state == MemberState::Member && c.node(old).child.is_none() {
                 match c.spawn(old) {
                     Ok(()) => events.log("heal", format!("restarted held-back node {old}")),
                     Err(e) => events.log("error", format!("restarting node {old}: {e}")),
@@ -579,7 +579,7 @@ pub(super) async fn finish(
 /// A change that did not happen: its new node will never be added; stop it.
 fn not_applied(c: &mut ProcCluster, ch: &Change) -> String {
     match ch.add {
-        Some(new) if c.node(new).role == Role::Joining => {
+        Some(new) if c.node(new).member_state == MemberState::Joining => {
             c.retire(new);
             format!("; stopped node {new} (never added)")
         }

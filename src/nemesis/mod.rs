@@ -1,4 +1,5 @@
-//! The real-process fault tester (Jepsen-style): `paxosdb nemesis`.
+//! The real-process fault tester (Jepsen-style): `paxosdb nemesis`. Test machinery:
+//! compiled only with the `test-machinery` cargo feature.
 //!
 //! [`run`] starts a 3- or 5-node cluster of the `paxosdb` binary on loopback (node `i` on
 //! `127.0.0.i`, see [`cluster`]), runs concurrent clients that record every operation
@@ -249,9 +250,9 @@ impl Options {
     }
 }
 
-/// One thing the nemesis did.
+/// One thing the nemesis did (a record of the run, not a node core's [`crate::node::Event`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Event {
+pub struct NemesisEvent {
     /// Seconds since the start of the run.
     pub at: f64,
     /// The fault name, or "heal".
@@ -281,7 +282,7 @@ pub struct Summary {
     /// did not test them, and is incomplete.
     #[serde(default)]
     pub protocols_unexercised: Vec<String>,
-    pub events: Vec<Event>,
+    pub events: Vec<NemesisEvent>,
     /// Faults injected, by name.
     pub injected: BTreeMap<String, usize>,
     /// Nemesis families not run, with the reason.
@@ -504,7 +505,7 @@ fn refused_as_removed(log: &std::path::Path) -> Option<String> {
 struct Events {
     start: Instant,
     verbose: bool,
-    list: Mutex<Vec<Event>>,
+    list: Mutex<Vec<NemesisEvent>>,
     crashes: Mutex<Vec<String>>,
     membership: Mutex<MembershipStats>,
     /// Faults that could not be injected (see [`Summary::injection_errors`]).
@@ -548,7 +549,7 @@ impl Events {
         if self.verbose {
             eprintln!("[{at:8.3}s] {kind}: {detail}");
         }
-        self.list.lock().unwrap().push(Event {
+        self.list.lock().unwrap().push(NemesisEvent {
             at,
             kind: kind.to_string(),
             detail,

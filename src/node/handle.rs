@@ -29,9 +29,10 @@ pub enum Consistency {
     Stale,
 }
 
-/// A node's role as it sees itself.
+/// A node's place in the consensus group as it sees itself (not a user's
+/// [`crate::auth::Role`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum NodeRole {
     Leader,
     Follower,
     /// No leader known, or this node is still becoming leader.
@@ -40,13 +41,13 @@ pub enum Role {
     Removed,
 }
 
-impl Role {
+impl NodeRole {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::Removed => "removed",
+            NodeRole::Leader => "leader",
+            NodeRole::Follower => "follower",
+            NodeRole::Candidate => "candidate",
+            NodeRole::Removed => "removed",
         }
     }
 }
@@ -55,7 +56,7 @@ impl Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStatus {
     pub id: NodeId,
-    pub role: Role,
+    pub role: NodeRole,
     pub leader: Option<NodeId>,
     pub decided_index: u64,
     pub applied_index: u64,

@@ -46,7 +46,9 @@ mod quirks;
 mod reconfig;
 
 pub use compaction::{CompactionPolicy, Note};
-pub use handle::{Consistency, NodeHandle, NodeStatus, Role, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+pub use handle::{
+    Consistency, NodeHandle, NodeRole, NodeStatus, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT,
+};
 pub use reconfig::removed_message;
 
 use crate::config::Member;
@@ -458,10 +460,10 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// This node's view of the cluster.
     pub fn status(&self) -> NodeStatus {
         let role = match self.paxos.get_current_leader() {
-            _ if self.removed.is_some() => Role::Removed,
-            Some((pid, true)) if pid == self.cfg.id => Role::Leader,
-            Some((pid, _)) if pid != self.cfg.id => Role::Follower,
-            _ => Role::Candidate,
+            _ if self.removed.is_some() => NodeRole::Removed,
+            Some((pid, true)) if pid == self.cfg.id => NodeRole::Leader,
+            Some((pid, _)) if pid != self.cfg.id => NodeRole::Follower,
+            _ => NodeRole::Candidate,
         };
         NodeStatus {
             id: self.cfg.id,

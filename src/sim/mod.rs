@@ -24,7 +24,7 @@
 //! 4. **quiesce**: run until every member of the newest configuration has decided and
 //!    applied the same log.
 //!
-//! With a compaction policy ([`SimConfig::compaction`]; [`LogBudget`]) the nodes trim their
+//! With a compaction policy ([`SimConfig::compaction`]; [`LogBudgetMix`]) the nodes trim their
 //! logs as the server does, exchange progress notes over the simulated network, and a node
 //! that falls behind a peer's trimmed log catches up by a simulated state transfer (see
 //! `world`), so crashes and partitions hit nodes while they trim, send and install states.
@@ -51,9 +51,12 @@
 //! prefix kept), pauses, partitions per shape, dropped messages, state transfers.
 //! Each checker fails with its own [`Kind`] of [`Violation`].
 //!
-//! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test --lib
-//! sim::tests::replay -- --ignored --nocapture` or `paxosdb sim --seed <N>` replays it
-//! exactly.
+//! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test
+//! --features test-machinery --lib sim::tests::replay -- --ignored --nocapture` or
+//! `paxosdb sim --seed <N>` replays it exactly.
+//!
+//! Test machinery: compiled only with the `test-machinery` cargo feature (as are
+//! `crate::nemesis` and `crate::check`), so the shipped binary carries none of it.
 
 /// Members 1..=n (the simulation's nodes have no addresses).
 pub fn members(n: crate::command::NodeId) -> Vec<crate::config::Member> {
@@ -131,9 +134,11 @@ pub enum Bug {
     UntaggedMessages,
 }
 
-/// How much log the simulated nodes keep.
+/// How much log the simulated nodes keep, chosen per seed of a campaign (`--log-budget
+/// off|tiny|mixed`); not the nemesis's [`crate::nemesis::LogBudget`], one budget for every
+/// server of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogBudget {
+pub enum LogBudgetMix {
     /// No compaction.
     Off,
     /// A tiny budget for every seed ([`tiny_policy`]).
@@ -143,25 +148,25 @@ pub enum LogBudget {
     Mixed,
 }
 
-impl LogBudget {
+impl LogBudgetMix {
     /// The policy of `seed`'s run.
     pub fn policy(self, seed: u64) -> CompactionPolicy {
         match self {
-            LogBudget::Off => CompactionPolicy::OFF,
-            LogBudget::Tiny => tiny_policy(seed),
-            LogBudget::Mixed if seed % 8 < 4 => tiny_policy(seed),
-            LogBudget::Mixed => CompactionPolicy::OFF,
+            LogBudgetMix::Off => CompactionPolicy::OFF,
+            LogBudgetMix::Tiny => tiny_policy(seed),
+            LogBudgetMix::Mixed if seed % 8 < 4 => tiny_policy(seed),
+            LogBudgetMix::Mixed => CompactionPolicy::OFF,
         }
     }
 }
 
-impl std::str::FromStr for LogBudget {
+impl std::str::FromStr for LogBudgetMix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "off" => Ok(LogBudget::Off),
-            "tiny" => Ok(LogBudget::Tiny),
-            "mixed" => Ok(LogBudget::Mixed),
+            "off" => Ok(LogBudgetMix::Off),
+            "tiny" => Ok(LogBudgetMix::Tiny),
+            "mixed" => Ok(LogBudgetMix::Mixed),
             _ => Err(format!("unknown log budget {s:?} (off, tiny or mixed)")),
         }
     }
@@ -246,7 +251,7 @@ impl SimConfig {
     /// nemesis (a fault every 100 ms to 1.5 s) when it trims, so that nodes fall behind
     /// the trimmed logs while faults go on, and crashes aimed at the state transfers
     /// ([`SimConfig::crash_transfers`]); the multi-key workload in odd seeds.
-    pub fn for_seed(seed: u64, budget: LogBudget) -> SimConfig {
+    pub fn for_seed(seed: u64, budget: LogBudgetMix) -> SimConfig {
         let compaction = budget.policy(seed);
         let compacting = compaction != CompactionPolicy::OFF;
         SimConfig {

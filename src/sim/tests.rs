@@ -1,13 +1,13 @@
 //! Simulation tests: many seeds, replay of one seed, determinism, and one test per
 //! checker showing that it catches an injected bug.
 //!
-//! - `cargo test --lib sim -- --nocapture` runs everything here (`PAXOSDB_SIM_SEEDS`
-//!   changes how many seeds `many_seeds` runs);
-//! - `PAXOSDB_SIM_SEED=N [PAXOSDB_SIM_NODES=5] cargo test --lib sim::tests::replay --
-//!   --ignored --nocapture` re-runs one seed and prints what the nemesis did (a tool, not
+//! - `cargo test --features test-machinery --lib sim -- --nocapture` runs everything here
+//!   (`PAXOSDB_SIM_SEEDS` changes how many seeds `many_seeds` runs);
+//! - `PAXOSDB_SIM_SEED=N [PAXOSDB_SIM_NODES=5] cargo test --features test-machinery --lib
+//!   sim::tests::replay -- --ignored --nocapture` re-runs one seed and prints what the nemesis did (a tool, not
 //!   a check, so ignored: `scripts/test` lists it as skipped);
 //! - `PAXOSDB_SIM_BUDGET=off|tiny|mixed` sets the log compaction of both (default mixed:
-//!   a tiny budget for half the seeds, see [`LogBudget`]).
+//!   a tiny budget for half the seeds, see [`LogBudgetMix`]).
 
 use super::*;
 use crate::check::{Input, Operation, Outcome, Output};
@@ -19,10 +19,10 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn budget() -> LogBudget {
+fn budget() -> LogBudgetMix {
     std::env::var("PAXOSDB_SIM_BUDGET")
         .ok()
-        .map_or(LogBudget::Mixed, |b| b.parse().unwrap())
+        .map_or(LogBudgetMix::Mixed, |b| b.parse().unwrap())
 }
 
 /// The configuration `many_seeds` uses for `seed` ([`SimConfig::for_seed`]).
@@ -35,8 +35,8 @@ fn fail(f: Failure) -> ! {
         eprintln!("  {line}");
     }
     panic!(
-        "{f}\n(replay: PAXOSDB_SIM_SEED={} cargo test --lib sim::tests::replay -- --ignored \
-         --nocapture)",
+        "{f}\n(replay: PAXOSDB_SIM_SEED={} cargo test --features test-machinery --lib \
+         sim::tests::replay -- --ignored --nocapture)",
         f.seed
     );
 }
@@ -124,7 +124,7 @@ fn many_seeds() {
     eprintln!("sim: {totals}, 0 violations");
     // The minimums hold for the default campaign (the CI one); other seed ranges,
     // budgets or sizes only print.
-    let default = n == 200 && first == 0 && budget() == LogBudget::Mixed;
+    let default = n == 200 && first == 0 && budget() == LogBudgetMix::Mixed;
     if default && env_u64("PAXOSDB_SIM_NODES").is_none() {
         let short: Vec<String> = COVERAGE
             .iter()
@@ -330,7 +330,7 @@ fn disabled_duplicate_suppression_is_caught_by_the_set_check() {
 fn a_stale_accepted_round_after_an_install_is_caught() {
     let f = caught_in(Bug::StaleAcceptedRound, 0..120, |seed| SimConfig {
         membership: false,
-        ..SimConfig::for_seed(seed, LogBudget::Tiny)
+        ..SimConfig::for_seed(seed, LogBudgetMix::Tiny)
     });
     assert_eq!(f.kind, Kind::FalseAcceptedClaim, "{f}");
     assert_eq!(
@@ -664,7 +664,8 @@ fn set_check_catches_duplicates_losses_and_strangers() {
 /// decided further ("log sync from X would overwrite decided entries up to Y"), and some
 /// runs never converge. This shows the simulation finds protocol-level trouble when the
 /// network breaks OmniPaxos' FIFO-link assumption, and why the default model is FIFO per
-/// link. Slow (about 30 s): `cargo test --lib sim::tests::chaos -- --ignored --nocapture`.
+/// link. Slow (about 30 s): `cargo test --features test-machinery --lib sim::tests::chaos --
+/// --ignored --nocapture`.
 #[test]
 #[ignore = "slow (about 30 s), and shows a failure outside the FIFO model: run with --ignored"]
 fn chaos_breaks_the_fifo_assumption_of_omnipaxos() {

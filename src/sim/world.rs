@@ -57,7 +57,7 @@ use crate::kv::KvStore;
 use crate::machine::StateMachine;
 use crate::machine::{Command, Machine, Outcome};
 use crate::membership::Membership;
-use crate::node::{Core, CoreConfig, Event, Role};
+use crate::node::{Core, CoreConfig, Event, NodeRole};
 use omnipaxos::storage::Storage;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -786,8 +786,9 @@ impl World {
     }
 
     fn leader(&self) -> Option<usize> {
-        (0..self.nodes.len())
-            .find(|&i| matches!(&self.nodes[i].core, Some(c) if c.status().role == Role::Leader))
+        (0..self.nodes.len()).find(
+            |&i| matches!(&self.nodes[i].core, Some(c) if c.status().role == NodeRole::Leader),
+        )
     }
 
     /// Pauses node `i` (see [`Node::paused`]).
@@ -1252,7 +1253,7 @@ impl World {
                         .observe_stop_sign(i, s.index, s.next.config_id, ids)?;
                 }
             }
-            if status.role == Role::Removed {
+            if status.role == NodeRole::Removed {
                 let why = format!("removed in configuration {}", status.membership.config_id);
                 self.retire(i, &why);
                 continue;

@@ -1,5 +1,5 @@
 //! The commands paxosdb understands: the command table (names, arities, flags and key
-//! positions, which `COMMAND` also reports) and parsing a request into a [`Command`].
+//! positions, which `COMMAND` also reports) and parsing a request into a [`RespCommand`].
 //!
 //! Parsing checks the arity first, as Redis does, so a wrong argument count always gets
 //! `ERR wrong number of arguments for '<name>' command`, and an unknown name always gets
@@ -107,9 +107,10 @@ pub fn lookup(name: &str) -> Option<&'static Spec> {
     COMMANDS.iter().find(|s| s.name.eq_ignore_ascii_case(name))
 }
 
-/// A parsed request.
+/// A parsed RESP request: what a client asked of this connection (not the replicated
+/// [`crate::machine::Command`] a write becomes).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum RespCommand {
     Ping(Option<Vec<u8>>),
     Echo(Vec<u8>),
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`
@@ -219,8 +220,8 @@ fn unknown_subcommand(cmd: &str, sub: &[u8]) -> Reply {
     ))
 }
 
-/// Parses a request (command name and arguments, as sent) into a [`Command`].
-pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
+/// Parses a request (command name and arguments, as sent) into a [`RespCommand`].
+pub fn parse(mut words: Vec<Vec<u8>>) -> Result<RespCommand, Reply> {
     if words.is_empty() {
         return Err(Frame::error("ERR empty command"));
     }
@@ -236,18 +237,18 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
     let mut a = Args::new(spec.name, words);
     let cmd = match spec.name {
         "ping" => match a.remaining() {
-            0 => Command::Ping(None),
-            1 => Command::Ping(Some(a.bytes()?)),
+            0 => RespCommand::Ping(None),
+            1 => RespCommand::Ping(Some(a.bytes()?)),
             _ => return Err(wrong_arity("ping")),
         },
-        "echo" => Command::Echo(a.bytes()?),
+        "echo" => RespCommand::Echo(a.bytes()?),
         "hello" => parse_hello(&mut a)?,
         "auth" => match a.remaining() {
-            1 => Command::Auth {
+            1 => RespCommand::Auth {
                 user: None,
                 password: a.bytes()?,
             },
-            2 => Command::Auth {
+            2 => RespCommand::Auth {
                 user: Some(a.bytes()?),
                 password: a.bytes()?,
             },
@@ -269,25 +270,25 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
             };
             a.finish()
                 .map_err(|_| wrong_arity(&format!("acl|{}", clip(&sub).to_lowercase())))?;
-            return Ok(Command::Acl(acl));
+            return Ok(RespCommand::Acl(acl));
         }
-        "select" => Command::Select(a.int()?),
-        "quit" => Command::Quit,
+        "select" => RespCommand::Select(a.int()?),
+        "quit" => RespCommand::Quit,
         "command" => {
             if a.remaining() == 0 {
-                Command::CommandList
+                RespCommand::CommandList
             } else {
                 let sub = a.bytes()?;
                 match String::from_utf8_lossy(&sub).to_ascii_uppercase().as_str() {
-                    "COUNT" => Command::CommandCount,
+                    "COUNT" => RespCommand::CommandCount,
                     "DOCS" => {
                         a.rest();
-                        Command::CommandDocs
+                        RespCommand::CommandDocs
                     }
-                    "INFO" => Command::CommandInfo(a.rest()),
+                    "INFO" => RespCommand::CommandInfo(a.rest()),
                     "LIST" => {
                         a.rest();
-                        Command::CommandList
+                        RespCommand::CommandList
                     }
                     _ => return Err(unknown_subcommand("command", &sub)),
                 }
@@ -303,15 +304,15 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
                             "ERR Client names cannot contain spaces, newlines or special characters.",
                         ));
                     }
-                    Command::ClientSetName(name)
+                    RespCommand::ClientSetName(name)
                 }
-                "GETNAME" => Command::ClientGetName,
+                "GETNAME" => RespCommand::ClientGetName,
                 "SETINFO" => {
                     a.bytes()?;
                     a.bytes()?;
-                    Command::ClientSetInfo
+                    RespCommand::ClientSetInfo
                 }
-                "ID" => Command::ClientId,
+                "ID" => RespCommand::ClientId,
                 _ => return Err(unknown_subcommand("client", &sub)),
             };
             a.finish()
@@ -329,23 +330,23 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
             if a.remaining() == 0 {
                 return Err(wrong_arity("config|get"));
             }
-            Command::ConfigGet(a.rest())
+            RespCommand::ConfigGet(a.rest())
         }
-        "info" => Command::Info(
+        "info" => RespCommand::Info(
             a.rest()
                 .iter()
                 .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
                 .collect(),
         ),
-        "readonly" => Command::ReadOnly,
-        "readwrite" => Command::ReadWrite,
-        "get" => Command::Get(a.bytes()?),
+        "readonly" => RespCommand::ReadOnly,
+        "readwrite" => RespCommand::ReadWrite,
+        "get" => RespCommand::Get(a.bytes()?),
         "set" => parse_set(&mut a)?,
-        "setnx" => Command::SetNx(a.bytes()?, a.bytes()?),
-        "getdel" => Command::GetDel(a.bytes()?),
-        "del" => Command::Del(a.rest()),
-        "exists" => Command::Exists(a.rest()),
-        "mget" => Command::MGet(a.rest()),
+        "setnx" => RespCommand::SetNx(a.bytes()?, a.bytes()?),
+        "getdel" => RespCommand::GetDel(a.bytes()?),
+        "del" => RespCommand::Del(a.rest()),
+        "exists" => RespCommand::Exists(a.rest()),
+        "mget" => RespCommand::MGet(a.rest()),
         "mset" => {
             if !a.remaining().is_multiple_of(2) {
                 return Err(wrong_arity("mset"));
@@ -356,42 +357,42 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
                 pairs.push((k, v));
             }
-            Command::MSet(pairs)
+            RespCommand::MSet(pairs)
         }
-        "incr" => Command::IncrBy(a.bytes()?, 1),
-        "decr" => Command::IncrBy(a.bytes()?, -1),
-        "incrby" => Command::IncrBy(a.bytes()?, a.int()?),
+        "incr" => RespCommand::IncrBy(a.bytes()?, 1),
+        "decr" => RespCommand::IncrBy(a.bytes()?, -1),
+        "incrby" => RespCommand::IncrBy(a.bytes()?, a.int()?),
         "decrby" => {
             let key = a.bytes()?;
             let d = a.int()?;
             let d = d
                 .checked_neg()
                 .ok_or_else(|| Frame::error("ERR decrement would overflow"))?;
-            Command::IncrBy(key, d)
+            RespCommand::IncrBy(key, d)
         }
-        "append" => Command::Append(a.bytes()?, a.bytes()?),
-        "strlen" => Command::Strlen(a.bytes()?),
-        "keys" => Command::Keys(a.bytes()?),
+        "append" => RespCommand::Append(a.bytes()?, a.bytes()?),
+        "strlen" => RespCommand::Strlen(a.bytes()?),
+        "keys" => RespCommand::Keys(a.bytes()?),
         "scan" => parse_scan(&mut a)?,
-        "dbsize" => Command::DbSize,
-        "cas" => Command::Cas(a.bytes()?, a.bytes()?, a.bytes()?),
+        "dbsize" => RespCommand::DbSize,
+        "cas" => RespCommand::Cas(a.bytes()?, a.bytes()?, a.bytes()?),
         "casver" => {
             let key = a.bytes()?;
             let v = a.int()?;
             let v = u64::try_from(v).map_err(|_| not_integer())?;
-            Command::CasVer(key, v, a.bytes()?)
+            RespCommand::CasVer(key, v, a.bytes()?)
         }
-        "getver" => Command::GetVer(a.bytes()?),
-        "type" => Command::Type(a.bytes()?),
-        "ttl" | "pttl" => Command::Ttl(a.bytes()?),
-        "multi" => Command::Multi,
-        "exec" => Command::Exec,
-        "discard" => Command::Discard,
+        "getver" => RespCommand::GetVer(a.bytes()?),
+        "type" => RespCommand::Type(a.bytes()?),
+        "ttl" | "pttl" => RespCommand::Ttl(a.bytes()?),
+        "multi" => RespCommand::Multi,
+        "exec" => RespCommand::Exec,
+        "discard" => RespCommand::Discard,
         "watch" => {
             a.rest();
-            Command::Watch
+            RespCommand::Watch
         }
-        "unwatch" => Command::Unwatch,
+        "unwatch" => RespCommand::Unwatch,
         other => {
             return Err(Frame::error(format!(
                 "ERR command '{other}' is listed but not implemented"
@@ -402,9 +403,9 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<Command, Reply> {
     Ok(cmd)
 }
 
-fn parse_hello(a: &mut Args) -> Result<Command, Reply> {
+fn parse_hello(a: &mut Args) -> Result<RespCommand, Reply> {
     if a.remaining() == 0 {
-        return Ok(Command::Hello {
+        return Ok(RespCommand::Hello {
             proto: None,
             name: None,
             auth: None,
@@ -422,7 +423,7 @@ fn parse_hello(a: &mut Args) -> Result<Command, Reply> {
             _ => return Err(syntax_error()),
         }
     }
-    Ok(Command::Hello {
+    Ok(RespCommand::Hello {
         proto: Some(proto),
         name,
         auth,
@@ -434,7 +435,7 @@ pub fn no_ttl() -> Reply {
     Frame::error("ERR paxosdb has no TTLs yet")
 }
 
-fn parse_set(a: &mut Args) -> Result<Command, Reply> {
+fn parse_set(a: &mut Args) -> Result<RespCommand, Reply> {
     let key = a.bytes()?;
     let value = a.bytes()?;
     let mut cond = SetCond::Always;
@@ -448,7 +449,7 @@ fn parse_set(a: &mut Args) -> Result<Command, Reply> {
             _ => return Err(syntax_error()),
         }
     }
-    Ok(Command::Set {
+    Ok(RespCommand::Set {
         key,
         value,
         cond,
@@ -460,7 +461,7 @@ fn parse_set(a: &mut Args) -> Result<Command, Reply> {
 pub const SCAN_DEFAULT_COUNT: usize = 10;
 pub const SCAN_MAX_COUNT: usize = crate::node::MAX_SCAN_LIMIT;
 
-fn parse_scan(a: &mut Args) -> Result<Command, Reply> {
+fn parse_scan(a: &mut Args) -> Result<RespCommand, Reply> {
     let c = a.bytes()?;
     let cursor = std::str::from_utf8(&c)
         .ok()
@@ -485,7 +486,7 @@ fn parse_scan(a: &mut Args) -> Result<Command, Reply> {
             _ => return Err(syntax_error()),
         }
     }
-    Ok(Command::Scan {
+    Ok(RespCommand::Scan {
         cursor,
         pattern,
         count,
@@ -497,7 +498,7 @@ fn parse_scan(a: &mut Args) -> Result<Command, Reply> {
 mod tests {
     use super::*;
 
-    fn p(words: &[&str]) -> Result<Command, Reply> {
+    fn p(words: &[&str]) -> Result<RespCommand, Reply> {
         parse(words.iter().map(|s| s.as_bytes().to_vec()).collect())
     }
 
@@ -555,7 +556,7 @@ mod tests {
     fn parses_commands() {
         assert_eq!(
             p(&["SeT", "k", "v", "nx", "get"]).unwrap(),
-            Command::Set {
+            RespCommand::Set {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 cond: SetCond::IfAbsent,
@@ -564,18 +565,18 @@ mod tests {
         );
         assert_eq!(
             p(&["decr", "k"]).unwrap(),
-            Command::IncrBy(b"k".to_vec(), -1)
+            RespCommand::IncrBy(b"k".to_vec(), -1)
         );
         assert_eq!(
             p(&["mset", "a", "1", "b", "2"]).unwrap(),
-            Command::MSet(vec![
+            RespCommand::MSet(vec![
                 (b"a".to_vec(), b"1".to_vec()),
                 (b"b".to_vec(), b"2".to_vec())
             ])
         );
         assert_eq!(
             p(&["scan", "0", "match", "k*", "count", "5"]).unwrap(),
-            Command::Scan {
+            RespCommand::Scan {
                 cursor: 0,
                 pattern: Some(b"k*".to_vec()),
                 count: 5,
@@ -584,11 +585,11 @@ mod tests {
         );
         assert_eq!(
             p(&["casver", "k", "7", "new"]).unwrap(),
-            Command::CasVer(b"k".to_vec(), 7, b"new".to_vec())
+            RespCommand::CasVer(b"k".to_vec(), 7, b"new".to_vec())
         );
         assert_eq!(
             p(&["hello", "3", "setname", "me"]).unwrap(),
-            Command::Hello {
+            RespCommand::Hello {
                 proto: Some(3),
                 name: Some(b"me".to_vec()),
                 auth: None,
@@ -596,7 +597,7 @@ mod tests {
         );
         assert_eq!(
             p(&["hello", "3", "auth", "u", "pw"]).unwrap(),
-            Command::Hello {
+            RespCommand::Hello {
                 proto: Some(3),
                 name: None,
                 auth: Some((b"u".to_vec(), b"pw".to_vec())),
@@ -604,25 +605,25 @@ mod tests {
         );
         assert_eq!(
             p(&["auth", "pw"]).unwrap(),
-            Command::Auth {
+            RespCommand::Auth {
                 user: None,
                 password: b"pw".to_vec()
             }
         );
         assert_eq!(
             p(&["acl", "setuser", "bob", "on", ">pw"]).unwrap(),
-            Command::Acl(super::Acl::SetUser {
+            RespCommand::Acl(super::Acl::SetUser {
                 name: b"bob".to_vec(),
                 rules: vec![b"on".to_vec(), b">pw".to_vec()]
             })
         );
         assert_eq!(
             p(&["client", "setinfo", "lib-name", "redis-py"]).unwrap(),
-            Command::ClientSetInfo
+            RespCommand::ClientSetInfo
         );
         assert_eq!(
             p(&["command", "docs", "get"]).unwrap(),
-            Command::CommandDocs
+            RespCommand::CommandDocs
         );
     }
 

@@ -32,14 +32,14 @@
 //!   is disabled.`; a role or key prefix that forbids the command → `-NOPERM ...`. In all
 //!   three nothing ran and nothing changed.
 
-use super::cmd::{self, Acl, Command, Spec, COMMANDS};
+use super::cmd::{self, Acl, RespCommand, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
 use super::Shared;
-use crate::auth::{Credential, Identity, Role as UserRole, TokenRevocation, UserChange};
+use crate::auth::{Credential, Identity, Role, TokenRevocation, UserChange};
 use crate::command::{Expect, KeyValue, ScanRange, SetCond, WriteOp, WriteResult};
 use crate::error::Error;
-use crate::node::{Consistency, Role, MAX_SCAN_LIMIT};
+use crate::node::{Consistency, NodeRole, MAX_SCAN_LIMIT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -63,8 +63,11 @@ pub enum After {
     Close,
 }
 
-/// One connection's state.
-pub struct Session {
+/// One RESP connection's state: protocol version, name, user, MULTI, and the
+/// at-most-once write session it writes under (`client_id`, `next_seq`: what
+/// [`crate::client::Session`] is for the Rust client), which is why this is not called a
+/// session itself.
+pub struct ConnState {
     /// The connection id (`CLIENT ID`, `HELLO`).
     pub id: u64,
     /// Replies in RESP3 (after `HELLO 3`).
@@ -253,9 +256,9 @@ fn acl_line(name: &str, u: &crate::auth::UserRecord) -> String {
         format!("~{}*", String::from_utf8_lossy(&u.prefix))
     };
     let role = match u.role {
-        UserRole::Read => "+@read",
-        UserRole::ReadWrite => "+@readwrite",
-        UserRole::Admin => "+@all",
+        Role::Read => "+@read",
+        Role::ReadWrite => "+@readwrite",
+        Role::Admin => "+@all",
     };
     format!(
         "user {name} {} {keys} {role}",
@@ -285,14 +288,14 @@ async fn acl_rules(rules: Vec<Vec<u8>>) -> Result<UserChange, Frame> {
                 change.revoke_tokens = TokenRevocation::All;
             }
             "allkeys" | "~*" => change.prefix = Some(vec![]),
-            "+@read" => change.role = Some(UserRole::Read),
-            "+@write" | "+@readwrite" => change.role = Some(UserRole::ReadWrite),
-            "+@all" | "allcommands" | "+@admin" => change.role = Some(UserRole::Admin),
+            "+@read" => change.role = Some(Role::Read),
+            "+@write" | "+@readwrite" => change.role = Some(Role::ReadWrite),
+            "+@all" | "allcommands" | "+@admin" => change.role = Some(Role::Admin),
             "reset" => {
                 change = UserChange {
                     reset_passwords: true,
                     revoke_tokens: TokenRevocation::All,
-                    role: Some(UserRole::Read),
+                    role: Some(Role::Read),
                     prefix: Some(vec![]),
                     enabled: Some(false),
                     ..Default::default()
@@ -332,9 +335,9 @@ const CONFIG: &[(&str, &str)] = &[
     ("databases", "1"),
 ];
 
-impl Session {
-    pub fn new(id: u64) -> Session {
-        Session {
+impl ConnState {
+    pub fn new(id: u64) -> ConnState {
+        ConnState {
             id,
             resp3: false,
             client_id: rand::random::<u64>().max(1),
@@ -384,14 +387,14 @@ impl Session {
     pub async fn run(&mut self, shared: &Shared, words: Vec<Vec<u8>>) -> (Frame, After) {
         let parsed = cmd::parse(words);
         if self.in_multi {
-            if matches!(parsed, Ok(Command::Quit)) {
+            if matches!(parsed, Ok(RespCommand::Quit)) {
                 self.in_multi = false;
                 return (Frame::ok(), After::Close);
             }
             return (self.refuse_in_multi(parsed), After::Continue);
         }
         match parsed {
-            Ok(Command::Quit) => (Frame::ok(), After::Close),
+            Ok(RespCommand::Quit) => (Frame::ok(), After::Close),
             Ok(c) => match self.admitted(shared, c).await {
                 Ok(f) | Err(f) => (f, After::Continue),
             },
@@ -401,14 +404,14 @@ impl Session {
 
     /// Runs `c` if the connection may: `AUTH` and `HELLO ... AUTH` always run; any other
     /// command needs an authenticated user once authentication is required.
-    async fn admitted(&mut self, shared: &Shared, c: Command) -> Reply {
+    async fn admitted(&mut self, shared: &Shared, c: RespCommand) -> Reply {
         match c {
-            Command::Auth { user, password } => {
+            RespCommand::Auth { user, password } => {
                 let user = user.unwrap_or_else(|| crate::auth::DEFAULT_USER.into());
                 self.authenticate(shared, user, password).await?;
                 Ok(Frame::ok())
             }
-            Command::Hello {
+            RespCommand::Hello {
                 proto,
                 name,
                 auth: Some((user, password)),
@@ -419,7 +422,7 @@ impl Session {
                 self.authenticate(shared, user, password).await?;
                 self.execute(
                     shared,
-                    Command::Hello {
+                    RespCommand::Hello {
                         proto,
                         name,
                         auth: None,
@@ -439,17 +442,17 @@ impl Session {
     /// `pipeline()`, ioredis' `multi()`) must not see the commands applied one by one
     /// and then the EXEC fail, or its retry applies them twice. As in Redis when queuing
     /// fails, every command gets an error and EXEC answers EXECABORT.
-    fn refuse_in_multi(&mut self, parsed: Result<Command, Frame>) -> Frame {
+    fn refuse_in_multi(&mut self, parsed: Result<RespCommand, Frame>) -> Frame {
         match parsed {
-            Ok(Command::Exec) => {
+            Ok(RespCommand::Exec) => {
                 self.in_multi = false;
                 Frame::error(EXEC_ABORT)
             }
-            Ok(Command::Discard) => {
+            Ok(RespCommand::Discard) => {
                 self.in_multi = false;
                 Frame::ok()
             }
-            Ok(Command::Multi) => Frame::error("ERR MULTI calls can not be nested"),
+            Ok(RespCommand::Multi) => Frame::error("ERR MULTI calls can not be nested"),
             Ok(_) => Frame::error(NOT_EXECUTED),
             // A malformed command gets its own error; it does not run either.
             Err(e) => e,
@@ -502,14 +505,14 @@ impl Session {
         Ok(n)
     }
 
-    async fn execute(&mut self, shared: &Shared, c: Command) -> Reply {
+    async fn execute(&mut self, shared: &Shared, c: RespCommand) -> Reply {
         Ok(match c {
-            Command::Ping(None) => Frame::Simple("PONG".into()),
-            Command::Ping(Some(m)) | Command::Echo(m) => Frame::Bulk(m),
-            Command::Quit => Frame::ok(),
-            Command::Auth { .. } => Frame::ok(),
-            Command::Acl(acl) => self.acl(shared, acl).await?,
-            Command::Hello { proto, name, .. } => {
+            RespCommand::Ping(None) => Frame::Simple("PONG".into()),
+            RespCommand::Ping(Some(m)) | RespCommand::Echo(m) => Frame::Bulk(m),
+            RespCommand::Quit => Frame::ok(),
+            RespCommand::Auth { .. } => Frame::ok(),
+            RespCommand::Acl(acl) => self.acl(shared, acl).await?,
+            RespCommand::Hello { proto, name, .. } => {
                 match proto {
                     None => {}
                     Some(2) => self.resp3 = false,
@@ -523,12 +526,12 @@ impl Session {
                 }
                 self.hello(shared).await
             }
-            Command::Select(0) => Frame::ok(),
-            Command::Select(_) => return Err(Frame::error("ERR DB index is out of range")),
-            Command::CommandList => Frame::Array(COMMANDS.iter().map(command_entry).collect()),
-            Command::CommandCount => Frame::Integer(COMMANDS.len() as i64),
-            Command::CommandDocs => Frame::Map(vec![]),
-            Command::CommandInfo(names) => {
+            RespCommand::Select(0) => Frame::ok(),
+            RespCommand::Select(_) => return Err(Frame::error("ERR DB index is out of range")),
+            RespCommand::CommandList => Frame::Array(COMMANDS.iter().map(command_entry).collect()),
+            RespCommand::CommandCount => Frame::Integer(COMMANDS.len() as i64),
+            RespCommand::CommandDocs => Frame::Map(vec![]),
+            RespCommand::CommandInfo(names) => {
                 // Up to a million names: encoded as they come, within the reply budget.
                 let mut out = ArrayEncoder::new(shared.max_reply_bytes, self.resp3);
                 for n in &names {
@@ -539,14 +542,14 @@ impl Session {
                 }
                 out.finish()
             }
-            Command::ClientSetName(n) => {
+            RespCommand::ClientSetName(n) => {
                 self.name = (!n.is_empty()).then_some(n);
                 Frame::ok()
             }
-            Command::ClientGetName => bulk_or_null(self.name.clone()),
-            Command::ClientSetInfo => Frame::ok(),
-            Command::ClientId => Frame::Integer(self.id as i64),
-            Command::ConfigGet(patterns) => {
+            RespCommand::ClientGetName => bulk_or_null(self.name.clone()),
+            RespCommand::ClientSetInfo => Frame::ok(),
+            RespCommand::ClientId => Frame::Integer(self.id as i64),
+            RespCommand::ConfigGet(patterns) => {
                 // Each pattern compiled once; a request may carry a million of them.
                 let mut found = [false; CONFIG.len()];
                 for (n, p) in patterns.iter().enumerate() {
@@ -570,45 +573,45 @@ impl Session {
                         .collect(),
                 )
             }
-            Command::Info(sections) => Frame::Bulk(self.info(shared, &sections).await?.into()),
-            Command::ReadOnly => {
+            RespCommand::Info(sections) => Frame::Bulk(self.info(shared, &sections).await?.into()),
+            RespCommand::ReadOnly => {
                 self.consistency = Consistency::Stale;
                 Frame::ok()
             }
-            Command::ReadWrite => {
+            RespCommand::ReadWrite => {
                 self.consistency = Consistency::Linearizable;
                 Frame::ok()
             }
-            Command::Get(k) => bulk_or_null(
+            RespCommand::Get(k) => bulk_or_null(
                 self.get(shared, &k, self.consistency)
                     .await?
                     .map(|v| v.value),
             ),
-            Command::GetVer(k) => match self.get(shared, &k, self.consistency).await? {
+            RespCommand::GetVer(k) => match self.get(shared, &k, self.consistency).await? {
                 Some(v) => {
                     Frame::Array(vec![Frame::Bulk(v.value), Frame::Integer(v.version as i64)])
                 }
                 None => Frame::Null,
             },
-            Command::Type(k) => Frame::Simple(
+            RespCommand::Type(k) => Frame::Simple(
                 match self.get(shared, &k, self.consistency).await? {
                     Some(_) => "string",
                     None => "none",
                 }
                 .into(),
             ),
-            Command::Ttl(k) => {
+            RespCommand::Ttl(k) => {
                 Frame::Integer(match self.get(shared, &k, self.consistency).await? {
                     Some(_) => -1,
                     None => -2,
                 })
             }
-            Command::Strlen(k) => Frame::Integer(
+            RespCommand::Strlen(k) => Frame::Integer(
                 self.get(shared, &k, self.consistency)
                     .await?
                     .map_or(0, |v| v.value.len() as i64),
             ),
-            Command::Set {
+            RespCommand::Set {
                 key,
                 value,
                 cond: SetCond::Always,
@@ -627,7 +630,7 @@ impl Session {
                 WriteResult::Put { .. } => Frame::ok(),
                 r => return Err(unexpected(r)),
             },
-            Command::Set {
+            RespCommand::Set {
                 key,
                 value,
                 cond,
@@ -647,7 +650,7 @@ impl Session {
                 }
                 r => return Err(unexpected(r)),
             },
-            Command::SetNx(key, value) => match self
+            RespCommand::SetNx(key, value) => match self
                 .write(
                     shared,
                     WriteOp::Set {
@@ -662,8 +665,10 @@ impl Session {
                 r => return Err(unexpected(r)),
             },
             // A key that could never be stored is simply absent, as for reads.
-            Command::GetDel(key) if shared.node.limits().check_key(&key).is_err() => Frame::Null,
-            Command::GetDel(key) => match self
+            RespCommand::GetDel(key) if shared.node.limits().check_key(&key).is_err() => {
+                Frame::Null
+            }
+            RespCommand::GetDel(key) => match self
                 .write(
                     shared,
                     WriteOp::Delete {
@@ -676,7 +681,7 @@ impl Session {
                 WriteResult::Delete { prev, .. } => bulk_or_null(prev.map(|v| v.value)),
                 r => return Err(unexpected(r)),
             },
-            Command::Del(keys) => {
+            RespCommand::Del(keys) => {
                 // Every key is checked against the user's rights before any is deleted,
                 // so a refusal deletes nothing (as in Redis).
                 self.current
@@ -704,7 +709,7 @@ impl Session {
                 }
                 Frame::Integer(deleted)
             }
-            Command::Exists(keys) => {
+            RespCommand::Exists(keys) => {
                 self.barrier(shared).await?;
                 let mut n = 0;
                 for (i, k) in keys.iter().enumerate() {
@@ -715,7 +720,7 @@ impl Session {
                 }
                 Frame::Integer(n)
             }
-            Command::MGet(keys) => {
+            RespCommand::MGet(keys) => {
                 self.barrier(shared).await?;
                 // Each value is encoded as soon as it is read and then dropped; the reply
                 // is refused as soon as it would pass the budget.
@@ -732,17 +737,19 @@ impl Session {
                 }
                 out.finish()
             }
-            Command::MSet(pairs) => match self.write(shared, WriteOp::MultiPut { pairs }).await? {
-                WriteResult::MultiPut { .. } => Frame::ok(),
-                r => return Err(unexpected(r)),
-            },
-            Command::IncrBy(key, delta) => {
+            RespCommand::MSet(pairs) => {
+                match self.write(shared, WriteOp::MultiPut { pairs }).await? {
+                    WriteResult::MultiPut { .. } => Frame::ok(),
+                    r => return Err(unexpected(r)),
+                }
+            }
+            RespCommand::IncrBy(key, delta) => {
                 match self.write(shared, WriteOp::Incr { key, delta }).await? {
                     WriteResult::Incr { value, .. } => Frame::Integer(value),
                     r => return Err(unexpected(r)),
                 }
             }
-            Command::Append(key, suffix) => {
+            RespCommand::Append(key, suffix) => {
                 let max_len = shared.node.limits().max_value as u64;
                 let op = WriteOp::AppendUpTo {
                     key,
@@ -754,7 +761,7 @@ impl Session {
                     r => return Err(unexpected(r)),
                 }
             }
-            Command::Cas(key, expected, new_value) => {
+            RespCommand::Cas(key, expected, new_value) => {
                 let op = WriteOp::Cas {
                     key,
                     expect: Expect::Value(expected),
@@ -765,7 +772,7 @@ impl Session {
                     r => return Err(unexpected(r)),
                 }
             }
-            Command::CasVer(key, version, new_value) => {
+            RespCommand::CasVer(key, version, new_value) => {
                 let op = WriteOp::Cas {
                     key,
                     expect: Expect::Version(version),
@@ -776,7 +783,7 @@ impl Session {
                     r => return Err(unexpected(r)),
                 }
             }
-            Command::Keys(pattern) => {
+            RespCommand::Keys(pattern) => {
                 let glob = Arc::new(compile(shared, &pattern)?);
                 let glob = (!glob.matches_all()).then_some(glob);
                 self.barrier(shared).await?;
@@ -787,20 +794,20 @@ impl Session {
                 }
                 out.finish()
             }
-            Command::DbSize => Frame::Integer(self.count_keys(shared, b"").await? as i64),
-            Command::Multi => {
+            RespCommand::DbSize => Frame::Integer(self.count_keys(shared, b"").await? as i64),
+            RespCommand::Multi => {
                 self.in_multi = true;
                 Frame::ok()
             }
-            Command::Exec => return Err(Frame::error("ERR EXEC without MULTI")),
-            Command::Discard => return Err(Frame::error("ERR DISCARD without MULTI")),
-            Command::Watch | Command::Unwatch => {
+            RespCommand::Exec => return Err(Frame::error("ERR EXEC without MULTI")),
+            RespCommand::Discard => return Err(Frame::error("ERR DISCARD without MULTI")),
+            RespCommand::Watch | RespCommand::Unwatch => {
                 return Err(Frame::error(
                     "ERR WATCH and UNWATCH are not supported: paxosdb has no MULTI/EXEC \
                      transactions yet (use CAS or CASVER for conditional writes)",
                 ))
             }
-            Command::Scan {
+            RespCommand::Scan {
                 cursor,
                 pattern,
                 count,
@@ -906,7 +913,7 @@ impl Session {
 
     async fn hello(&self, shared: &Shared) -> Frame {
         let role = match shared.node.status().await {
-            Ok(st) if st.role == Role::Leader => "master",
+            Ok(st) if st.role == NodeRole::Leader => "master",
             _ => "replica",
         };
         Frame::Map(vec![
@@ -956,7 +963,7 @@ impl Session {
                     "role:{}\r\npaxos_role:{}\r\nleader_id:{}\r\nmembers:{}\r\n\
                      config_id:{}\r\ndecided_index:{}\r\napplied_index:{}\r\n\
                      compacted_index:{}\r\n",
-                    if st.role == Role::Leader {
+                    if st.role == NodeRole::Leader {
                         "master"
                     } else {
                         "slave"
@@ -1018,7 +1025,7 @@ mod tests {
     /// EXECABORT and DISCARD with OK (both leave the state), a nested MULTI is refused.
     #[test]
     fn commands_after_multi_are_refused_not_run() {
-        let mut s = Session::new(1);
+        let mut s = ConnState::new(1);
         s.in_multi = true;
         let mut refuse = |w: &[&str]| s.refuse_in_multi(cmd::parse(words(w)));
         for w in [
@@ -1114,7 +1121,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.enabled, Some(true));
         assert_eq!(c.prefix, Some(b"app/".to_vec()));
-        assert_eq!(c.role, Some(UserRole::ReadWrite));
+        assert_eq!(c.role, Some(Role::ReadWrite));
         assert_eq!(c.add_passwords.len(), 1);
         assert!(c.add_passwords[0].starts_with("$argon2id$"), "hashed here");
         let c = acl_rules(rules(&["allkeys", "+@all", "off"]))
@@ -1122,7 +1129,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (c.prefix, c.role, c.enabled),
-            (Some(vec![]), Some(UserRole::Admin), Some(false))
+            (Some(vec![]), Some(Role::Admin), Some(false))
         );
         // resetpass and reset revoke tokens too (a token is a way in).
         for r in ["resetpass", "reset"] {

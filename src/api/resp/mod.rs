@@ -3,7 +3,7 @@
 //!
 //! Layout (after mini-redis): [`frame`] parses and encodes RESP frames with limits,
 //! [`connection`] buffers one client's bytes, [`parse`] and [`cmd`] turn a request into a
-//! [`cmd::Command`], and [`exec`] runs it against the protocol-neutral
+//! [`cmd::RespCommand`], and [`exec`] runs it against the protocol-neutral
 //! [`NodeHandle`], which does all routing, replication and consistency.
 //!
 //! Each client connection is its own task and its own session: a random non-zero client id
@@ -166,7 +166,7 @@ async fn handle(
     };
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let mut session = exec::Session::new(id);
+    let mut session = exec::ConnState::new(id);
     // The guard times the connection out when it sends nothing, or reads nothing of its
     // replies, for the idle timeout (the same for every listener).
     let mut conn = Connection::new(shared.info.conns.guard(stream, place), shared.limits);
@@ -177,7 +177,7 @@ async fn handle(
 
 async fn run(
     conn: &mut Connection,
-    session: &mut exec::Session,
+    session: &mut exec::ConnState,
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
 ) {
