@@ -612,9 +612,15 @@ impl<S: Storage<LogEntry>> Core<S> {
     }
 
     fn append(&mut self, entry: LogEntry) {
-        if let Err(e) = self.paxos.append(entry) {
-            // Only a pending reconfiguration refuses appends; the waiters time out.
-            tracing::warn!("append refused: {e:?}");
+        let commands = entry.commands.len();
+        if self.paxos.append(entry).is_err() {
+            // Only a pending reconfiguration refuses appends: what waits is proposed again
+            // in the next configuration (`enter`), or times out. Expected during a change,
+            // and the entry itself (payload bytes) says nothing to an operator.
+            tracing::debug!(
+                commands,
+                "append refused while a membership change is pending"
+            );
         }
     }
 
