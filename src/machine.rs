@@ -88,6 +88,35 @@ pub enum Outcome {
     Denied(String),
 }
 
+/// Applies a batch of decoded commands for a machine's `apply`: `decoded` holds each
+/// command's typed form or why its payload is not valid; `run` applies the valid ones (in
+/// order, moved, not copied) and returns one outcome each. Invalid ones are rejected in
+/// their place.
+pub fn apply_decoded<T>(
+    decoded: Vec<std::result::Result<T, String>>,
+    run: impl FnOnce(Vec<T>) -> Result<Vec<Outcome>>,
+) -> Result<Vec<Outcome>> {
+    let mut valid = Vec::with_capacity(decoded.len());
+    let mut invalid = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Ok(t) => {
+                valid.push(t);
+                invalid.push(None);
+            }
+            Err(why) => invalid.push(Some(why)),
+        }
+    }
+    let mut outcomes = run(valid)?.into_iter();
+    Ok(invalid
+        .into_iter()
+        .map(|why| match why {
+            Some(why) => Outcome::Rejected(why),
+            None => outcomes.next().expect("one outcome per valid command"),
+        })
+        .collect())
+}
+
 /// A state machine the core applies decided entries to.
 pub trait StateMachine: Send + 'static {
     /// Which commands are this machine's.

@@ -762,22 +762,19 @@ impl StateMachine for KvStore {
     /// Decodes the commands and applies them ([`KvStore::apply_kv`]); a payload that is
     /// not a key-value write is rejected (and touches no session).
     fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
-        let decoded: Vec<_> = commands.iter().map(|c| KvCommand::decode(c)).collect();
-        let valid: Vec<KvCommand> = decoded.iter().filter_map(|d| d.clone().ok()).collect();
-        let mut results = self.apply_kv(index, &valid)?.into_iter();
-        let mut out = Vec::with_capacity(commands.len());
-        for d in decoded {
-            out.push(match d {
-                Err(why) => Outcome::Rejected(why),
-                Ok(_) => match results.next().expect("one result per valid command") {
-                    WriteResult::Rejected(why) => Outcome::Rejected(why),
-                    WriteResult::Superseded(why) => Outcome::Superseded(why),
-                    WriteResult::Denied(why) => Outcome::Denied(why),
-                    r => Outcome::Done(bincode::serialize(&r)?),
-                },
-            });
-        }
-        Ok(out)
+        let decoded = commands.iter().map(|c| KvCommand::decode(c)).collect();
+        crate::machine::apply_decoded(decoded, |valid| {
+            (self.apply_kv(index, &valid)?.into_iter())
+                .map(|r| {
+                    Ok(match r {
+                        WriteResult::Rejected(why) => Outcome::Rejected(why),
+                        WriteResult::Superseded(why) => Outcome::Superseded(why),
+                        WriteResult::Denied(why) => Outcome::Denied(why),
+                        r => Outcome::Done(bincode::serialize(&r)?),
+                    })
+                })
+                .collect()
+        })
     }
 
     fn membership(&self) -> Result<Option<Membership>> {

@@ -53,7 +53,7 @@ impl StateMachine for SqlMachine {
     /// Decodes the requests and applies them in one SQLite transaction; a payload that is
     /// not a SQL request is rejected (and touches no session).
     fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
-        let decoded: Vec<std::result::Result<SqlWrite, String>> = commands
+        let decoded = commands
             .iter()
             .map(|c| {
                 bincode::deserialize::<Request>(&c.payload)
@@ -65,20 +65,17 @@ impl StateMachine for SqlMachine {
                     .map_err(|e| format!("not a SQL request: {e}"))
             })
             .collect();
-        let valid: Vec<SqlWrite> = decoded.iter().filter_map(|d| d.clone().ok()).collect();
-        let mut outcomes = self.store.apply(index, &valid)?.into_iter();
-        let mut out = Vec::with_capacity(commands.len());
-        for d in decoded {
-            out.push(match d {
-                Err(why) => Outcome::Rejected(why),
-                Ok(_) => match outcomes.next().expect("one outcome per valid write") {
-                    SqlOutcome::Results(r) => Outcome::Done(bincode::serialize(&r)?),
-                    SqlOutcome::Rejected(why) => Outcome::Rejected(why),
-                    SqlOutcome::Superseded(why) => Outcome::Superseded(why),
-                },
-            });
-        }
-        Ok(out)
+        crate::machine::apply_decoded(decoded, |valid| {
+            (self.store.apply(index, &valid)?.into_iter())
+                .map(|o| {
+                    Ok(match o {
+                        SqlOutcome::Results(r) => Outcome::Done(bincode::serialize(&r)?),
+                        SqlOutcome::Rejected(why) => Outcome::Rejected(why),
+                        SqlOutcome::Superseded(why) => Outcome::Superseded(why),
+                    })
+                })
+                .collect()
+        })
     }
 
     fn make_durable(&mut self) -> Result<()> {
