@@ -92,6 +92,8 @@ impl ServerInfo {
 /// A node that is up and serving.
 pub struct RunningServer {
     pub handle: NodeHandle,
+    /// The typed key-value API of this node (in-process, no network).
+    pub kv: crate::kv::KvHandle,
     pub info: Arc<ServerInfo>,
     pub client_addr: SocketAddr,
     /// Ends with the reason the node stopped, if it stopped on a fatal error.
@@ -449,10 +451,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let admission = Admission::new(cfg.max_inflight_bytes);
     let handle = NodeHandle {
         tx,
-        kv,
         limits: cfg.limits(),
         admission: admission.clone(),
     };
+    let kv_handle = crate::kv::KvHandle::new(handle.clone(), kv);
     let idle = (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms));
     let conns = ConnLimiter::new(cfg.max_connections, idle, client_tls, metrics.clone());
     let admin_password = match &cfg.admin_password_file {
@@ -460,7 +462,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         None => None,
     };
     let auth = Authenticator::new(
-        handle.kv.clone(),
+        kv_handle.store().clone(),
         cfg.require_auth || admin_password.is_some(),
     );
     let info = Arc::new(ServerInfo {
@@ -503,7 +505,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
     let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
-        node: handle.clone(),
+        kv: kv_handle.clone(),
         metrics: info.metrics.clone(),
         auth: info.auth.clone(),
     })
@@ -520,7 +522,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_response);
     let cluster_svc = pb::cluster_server::ClusterServer::new(grpc::ClusterService {
-        node: handle.clone(),
+        kv: kv_handle.clone(),
         info: info.clone(),
     });
     let (grpc_stop, stop_rx) = oneshot::channel::<()>();
@@ -554,7 +556,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     if let Some(l) = http_listener {
         protocol_tasks.push(tokio::spawn(crate::api::http::serve(
             l,
-            handle.clone(),
+            kv_handle.clone(),
             info.clone(),
             stop_rx.clone(),
         )));
@@ -562,7 +564,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     if let Some(l) = resp_listener {
         protocol_tasks.push(tokio::spawn(crate::api::resp::serve(
             l,
-            handle.clone(),
+            kv_handle.clone(),
             info.clone(),
             stop_rx,
         )));
@@ -576,10 +578,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let mut tasks = vec![accept, disk, grpc_accept];
     if let Some(pw) = admin_password {
         let name = info.config.admin_user.clone();
-        tasks.push(tokio::spawn(bootstrap_admin(handle.clone(), name, pw)));
+        tasks.push(tokio::spawn(bootstrap_admin(kv_handle.clone(), name, pw)));
     }
     Ok(RunningServer {
         handle,
+        kv: kv_handle,
         info,
         client_addr,
         node_thread: Some(node_thread),
@@ -613,8 +616,7 @@ pub fn read_password_file(path: &std::path::Path) -> Result<Vec<u8>> {
 /// password here (only the hash is proposed) and proposes an `only_if_no_users` command,
 /// retrying with the same session until it is applied (applying it when a user already
 /// exists does nothing, so every node may do this).
-async fn bootstrap_admin(node: NodeHandle, name: String, password: Vec<u8>) {
-    use crate::command::WriteOp;
+async fn bootstrap_admin(kv: crate::kv::KvHandle, name: String, password: Vec<u8>) {
     let hash = match crate::auth::hash_secret_async(password).await {
         Ok(h) => h,
         Err(e) => {
@@ -622,29 +624,25 @@ async fn bootstrap_admin(node: NodeHandle, name: String, password: Vec<u8>) {
             return;
         }
     };
-    let op = WriteOp::SetUser {
-        name: name.clone(),
-        change: crate::auth::UserChange {
-            role: Some(crate::auth::Role::Admin),
-            enabled: Some(true),
-            add_passwords: vec![hash],
-            ..Default::default()
-        },
-        only_if_no_users: true,
+    let change = crate::auth::UserChange {
+        role: Some(crate::auth::Role::Admin),
+        enabled: Some(true),
+        add_passwords: vec![hash],
+        ..Default::default()
     };
-    let client_id = rand::random::<u64>().max(1);
+    let by = crate::kv::handle::Writer::once(None);
     loop {
-        match node.kv.has_users() {
+        match kv.store().has_users() {
             Ok(true) => return,
             Ok(false) => {}
             Err(e) => tracing::warn!("reading the user table: {e}"),
         }
-        match node.write(client_id, 1, op.clone()).await {
-            Ok(crate::command::WriteResult::User { changed: true }) => {
+        match kv.set_user(&by, name.clone(), change.clone(), true).await {
+            Ok(true) => {
                 tracing::info!("created the first administrator, {name}");
                 return;
             }
-            Ok(_) => return,
+            Ok(false) => return,
             Err(e) if e.is_retryable() => {}
             Err(e) => {
                 tracing::error!("cannot create the first administrator: {e}");

@@ -14,10 +14,11 @@
 
 use super::pb;
 use crate::auth::{Authenticator, Identity, Role, UserChange};
-use crate::command::{Expect, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::command::{Expect, ScanRange, Versioned, WriteOp};
 use crate::error::Error;
+use crate::kv::handle::{KvHandle, Writer};
 use crate::metrics::Metrics;
-use crate::node::{Consistency, NodeHandle};
+use crate::node::Consistency;
 use crate::server::ServerInfo;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -94,37 +95,20 @@ fn session(s: Option<pb::Session>) -> Result<(u64, u64), Status> {
         .ok_or_else(|| Status::invalid_argument("a write needs a session {client_id, seq}"))
 }
 
-fn unexpected(r: WriteResult) -> Status {
-    Status::internal(format!("unexpected result {r:?}"))
-}
-
 /// Serves the KV API over a node.
 pub struct KvService {
-    pub node: NodeHandle,
+    pub kv: KvHandle,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
 }
 
-impl KvService {
-    /// Runs `op` in the request's session; `answer` turns its result into the response,
-    /// or hands back a result of another kind (which would be a bug).
-    #[allow(clippy::result_large_err)] // tonic handlers return Status by value
-    async fn write<T>(
-        &self,
-        id: &Identity,
-        session_field: Option<pb::Session>,
-        op: WriteOp,
-        answer: impl FnOnce(WriteResult) -> Result<T, WriteResult>,
-    ) -> Result<Response<T>, Status> {
-        id.check_op(&op).map_err(to_status)?;
-        let (client_id, seq) = session(session_field)?;
-        let result = self
-            .node
-            .write_as(id.user.clone(), client_id, seq, op)
-            .await
-            .map_err(to_status)?;
-        answer(result).map(Response::new).map_err(unexpected)
-    }
+/// Checks that the caller may write `key` and names the write: the caller's user and the
+/// request's session.
+#[allow(clippy::result_large_err)] // tonic handlers return Status by value
+fn writer(id: &Identity, session_field: Option<pb::Session>, key: &[u8]) -> Result<Writer, Status> {
+    id.check_write([key]).map_err(to_status)?;
+    let (client_id, seq) = session(session_field)?;
+    Ok(Writer::new(id.user.clone(), client_id, seq))
 }
 
 #[tonic::async_trait]
@@ -134,19 +118,13 @@ impl pb::kv_server::Kv for KvService {
             .timed("grpc", "put", async move {
                 let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
-                let op = WriteOp::Put {
-                    key: r.key,
-                    value: r.value,
-                    return_prev: r.return_prev,
-                };
-                self.write(&id, r.session, op, |res| match res {
-                    WriteResult::Put { version, prev } => Ok(pb::PutResponse {
-                        version,
-                        prev: pb_versioned(prev),
-                    }),
-                    other => Err(other),
-                })
-                .await
+                let by = writer(&id, r.session, &r.key)?;
+                let done =
+                    (self.kv.put(&by, r.key, r.value, r.return_prev).await).map_err(to_status)?;
+                Ok(Response::new(pb::PutResponse {
+                    version: done.version,
+                    prev: pb_versioned(done.prev),
+                }))
             })
             .await
     }
@@ -162,7 +140,7 @@ impl pb::kv_server::Kv for KvService {
                     Consistency::Linearizable
                 };
                 id.check_read(&r.key).map_err(to_status)?;
-                let (kv, applied_index) = self.node.get(&r.key, c).await.map_err(to_status)?;
+                let (kv, applied_index) = self.kv.get(&r.key, c).await.map_err(to_status)?;
                 Ok(Response::new(pb::GetResponse {
                     kv: pb_versioned(kv),
                     applied_index,
@@ -179,18 +157,12 @@ impl pb::kv_server::Kv for KvService {
             .timed("grpc", "delete", async move {
                 let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
-                let op = WriteOp::Delete {
-                    key: r.key,
-                    return_prev: r.return_prev,
-                };
-                self.write(&id, r.session, op, |res| match res {
-                    WriteResult::Delete { deleted, prev } => Ok(pb::DeleteResponse {
-                        deleted,
-                        prev: pb_versioned(prev),
-                    }),
-                    other => Err(other),
-                })
-                .await
+                let by = writer(&id, r.session, &r.key)?;
+                let done = (self.kv.delete(&by, r.key, r.return_prev).await).map_err(to_status)?;
+                Ok(Response::new(pb::DeleteResponse {
+                    deleted: done.deleted,
+                    prev: pb_versioned(done.prev),
+                }))
             })
             .await
     }
@@ -212,24 +184,14 @@ impl pb::kv_server::Kv for KvService {
                         ))
                     }
                 };
-                let op = WriteOp::Cas {
-                    key: r.key,
-                    expect,
-                    new_value: r.new_value,
-                };
-                self.write(&id, r.session, op, |res| match res {
-                    WriteResult::Cas {
-                        succeeded,
-                        version,
-                        current,
-                    } => Ok(pb::CasResponse {
-                        succeeded,
-                        version,
-                        current: pb_versioned(current),
-                    }),
-                    other => Err(other),
-                })
-                .await
+                let by = writer(&id, r.session, &r.key)?;
+                let done =
+                    (self.kv.cas(&by, r.key, expect, r.new_value).await).map_err(to_status)?;
+                Ok(Response::new(pb::CasResponse {
+                    succeeded: done.succeeded,
+                    version: done.version,
+                    current: pb_versioned(done.current),
+                }))
             })
             .await
     }
@@ -257,11 +219,11 @@ impl pb::kv_server::Kv for KvService {
                 };
                 // A user with a key prefix sees only the keys inside it.
                 let (rows, more, applied_index) = match id.narrow(&range) {
-                    Some(range) => self
-                        .node
-                        .scan(&range, r.limit as usize, c)
-                        .await
-                        .map_err(to_status)?,
+                    Some(range) => {
+                        let page =
+                            (self.kv.scan(&range, r.limit as usize, c).await).map_err(to_status)?;
+                        (page.rows, page.more, page.applied_index)
+                    }
                     None => (vec![], false, 0),
                 };
                 Ok(Response::new(pb::ScanResponse {
@@ -283,7 +245,7 @@ impl pb::kv_server::Kv for KvService {
 
 /// Serves the cluster API over a node.
 pub struct ClusterService {
-    pub node: NodeHandle,
+    pub kv: KvHandle,
     pub info: Arc<ServerInfo>,
 }
 
@@ -298,12 +260,8 @@ impl ClusterService {
     /// Proposes a user command in a fresh session; whether it changed the user table.
     #[allow(clippy::result_large_err)] // tonic handlers return Status by value
     async fn user_op(&self, who: &Identity, op: WriteOp) -> Result<bool, Status> {
-        let client_id = rand::random::<u64>().max(1);
-        let user = who.user.clone();
-        match (self.node.write_as(user, client_id, 1, op).await).map_err(to_status)? {
-            WriteResult::User { changed } => Ok(changed),
-            other => Err(unexpected(other)),
-        }
+        let by = Writer::once(who.user.clone());
+        (self.kv.user_change(&by, op).await).map_err(to_status)
     }
 }
 
@@ -330,7 +288,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             .metrics
             .timed("grpc", "change_membership", async move {
                 let m = self
-                    .node
+                    .kv
+                    .node()
                     .change_membership(add, r.remove)
                     .await
                     .map_err(to_status)?;
@@ -440,16 +399,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         let who = self.admin(req.metadata()).await?;
         let r = req.into_inner();
         let op = crate::auth::revoke_token_write(&r.name, &r.token).map_err(to_status)?;
-        let client_id = rand::random::<u64>().max(1);
         // A revocation the user table does not allow (no such token) is rejected where it
         // is applied: not found.
-        match self.node.write_as(who.user.clone(), client_id, 1, op).await {
-            Ok(WriteResult::User { .. }) => Ok(Response::new(pb::RevokeTokenResponse {})),
+        let by = Writer::once(who.user.clone());
+        match self.kv.user_change(&by, op).await {
+            Ok(_) => Ok(Response::new(pb::RevokeTokenResponse {})),
             Err(Error::InvalidInput(why)) => {
                 Err(Status::not_found(format!("user {}: {why}", r.name)))
             }
             Err(e) => Err(to_status(e)),
-            Ok(other) => Err(unexpected(other)),
         }
     }
 
@@ -460,7 +418,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         self.info
             .metrics
             .timed("grpc", "status", async move {
-                let st = self.node.status().await.map_err(to_status)?;
+                let st = self.kv.node().status().await.map_err(to_status)?;
                 let listeners = |l: &[(String, String)]| {
                     l.iter()
                         .map(|(name, addr)| pb::Listener {

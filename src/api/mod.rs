@@ -1,5 +1,7 @@
-//! Client-facing protocol servers. Each one decodes its protocol, validates, and calls the
-//! protocol-neutral [`crate::node::NodeHandle`]; none re-implements routing, retries or
+//! Client-facing protocol servers. Each one decodes its protocol, validates, and calls a
+//! typed handle above the protocol-neutral [`crate::node::NodeHandle`] —
+//! [`crate::kv::KvHandle`] for keys and values, [`crate::sql::SqlService`] for SQL — which
+//! answers each call with its own result type; none re-implements routing, retries or
 //! consistency: gRPC ([`grpc`] for KV and the cluster, [`grpc_sql`] for SQL), HTTP/JSON
 //! ([`http`]) and the Redis protocol ([`resp`]).
 //! They share one connection limit and idle timeout ([`conn`]) and, when it is on, one

@@ -46,9 +46,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 pub mod backend;
+pub mod handle;
 mod staging;
 pub mod transfer;
 
+pub use handle::KvHandle;
 pub use transfer::{Importer, StateChunk, StateEnd, StatePart, CHUNK_BYTES};
 
 /// A scan stops (reporting `more`) once its rows hold this many bytes.

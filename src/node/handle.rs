@@ -1,15 +1,16 @@
-//! [`NodeHandle`]: the protocol-neutral API every listener (gRPC, HTTP/JSON, Redis
-//! protocol) calls. It validates input, hands writes and read barriers to the node thread,
-//! and serves reads from the local state machine once their barrier is applied.
+//! [`NodeHandle`]: the protocol-neutral API of a running node. It hands opaque commands
+//! of any state machine and read barriers to the node thread, and reports the node's
+//! status and membership. The typed handles sit above it: [`crate::kv::KvHandle`] for
+//! keys and values, [`crate::sql::machine::SqlHandle`] for SQL; the listeners (gRPC,
+//! HTTP/JSON, Redis protocol) call those.
 //!
 //! Nothing here retries: a write either gets its applied result, an error saying nothing
 //! happened, or [`Error::OutcomeUnknown`].
 
 use super::admission::Admission;
 use super::Event;
-use crate::command::{KeyValue, KvCommand, Limits, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::command::Limits;
 use crate::error::{Error, Result};
-use crate::kv::KvStore;
 use crate::machine::{Command, NodeId, Outcome};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -72,7 +73,6 @@ pub struct NodeStatus {
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) tx: Sender<Event>,
-    pub(crate) kv: KvStore,
     pub(crate) limits: Limits,
     /// The bound on client work this node holds (shared by every listener).
     pub(crate) admission: Arc<Admission>,
@@ -94,7 +94,8 @@ impl NodeHandle {
 
     /// Replicates one command of any state machine and returns that machine's encoded
     /// result once the command is decided and applied here. Protocol-neutral: the typed
-    /// handles (`write` for the KV store, `sql::SqlHandle`) encode and decode.
+    /// handles ([`crate::kv::KvHandle`], [`crate::sql::machine::SqlHandle`]) encode and
+    /// decode.
     pub async fn submit(&self, cmd: Command) -> Result<Vec<u8>> {
         if cmd.client_id == 0 || cmd.seq == 0 {
             return Err(Error::invalid(
@@ -119,42 +120,6 @@ impl NodeHandle {
         }
     }
 
-    /// Replicates one key-value write on the node's own behalf (no user) and returns its
-    /// result once it is decided and applied here.
-    pub async fn write(&self, client_id: u64, seq: u64, op: WriteOp) -> Result<WriteResult> {
-        self.write_as(None, client_id, seq, op).await
-    }
-
-    /// [`NodeHandle::write`] as `user`: the state machine checks the user's rights again
-    /// where it applies the write (the API checked them where it was received).
-    pub async fn write_as(
-        &self,
-        user: Option<String>,
-        client_id: u64,
-        seq: u64,
-        op: WriteOp,
-    ) -> Result<WriteResult> {
-        if client_id == 0 || seq == 0 {
-            return Err(Error::invalid(
-                "a write needs a session: client_id and seq must be non-zero",
-            ));
-        }
-        self.limits.check_write(&op)?;
-        let bytes = self
-            .submit(
-                KvCommand {
-                    client_id,
-                    seq,
-                    op,
-                    user,
-                }
-                .encode(),
-            )
-            .await?;
-        bincode::deserialize(&bytes)
-            .map_err(|e| Error::Internal(format!("undecodable key-value result: {e}")))
-    }
-
     /// Waits until this node's state reflects every write acknowledged before the call.
     pub async fn read_barrier(&self) -> Result<()> {
         let _ticket = self.admission.read()?;
@@ -165,42 +130,12 @@ impl NodeHandle {
         rx.await.map_err(|_| stopped())?
     }
 
-    async fn prepare_read(&self, consistency: Consistency) -> Result<()> {
+    /// Waits for a read barrier if `consistency` asks for one.
+    pub(crate) async fn prepare_read(&self, consistency: Consistency) -> Result<()> {
         match consistency {
             Consistency::Linearizable => self.read_barrier().await,
             Consistency::Stale => Ok(()),
         }
-    }
-
-    /// Reads one key; returns the value (if any) and the applied index it reflects.
-    pub async fn get(
-        &self,
-        key: &[u8],
-        consistency: Consistency,
-    ) -> Result<(Option<Versioned>, u64)> {
-        self.limits.check_key(key)?;
-        self.prepare_read(consistency).await?;
-        self.kv.get(key)
-    }
-
-    /// Scans a range; returns rows, whether more exist, and the applied index.
-    pub async fn scan(
-        &self,
-        range: &ScanRange,
-        limit: usize,
-        consistency: Consistency,
-    ) -> Result<(Vec<KeyValue>, bool, u64)> {
-        let limit = match limit {
-            0 => DEFAULT_SCAN_LIMIT,
-            n => n.min(MAX_SCAN_LIMIT),
-        };
-        if let ScanRange::Range { from, to: Some(to) } = range {
-            if to < from {
-                return Err(Error::invalid("scan range end is before its start"));
-            }
-        }
-        self.prepare_read(consistency).await?;
-        self.kv.scan(range, limit)
     }
 
     /// This node's consensus state.

@@ -12,7 +12,8 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{Credential, Identity, Role, UserChange};
-use crate::command::{WriteOp, WriteResult};
+use crate::command::WriteOp;
+use crate::kv::handle::Writer;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -63,13 +64,8 @@ async fn admin(s: &AppState, h: &HeaderMap) -> Result<Identity, ApiError> {
 }
 
 async fn propose(s: &AppState, who: &Identity, op: WriteOp) -> Result<bool, ApiError> {
-    let client_id = (rand::random::<u64>() >> 11).max(1);
-    match s.node.write_as(who.user.clone(), client_id, 1, op).await? {
-        WriteResult::User { changed } => Ok(changed),
-        other => Err(ApiError::from_node(crate::error::Error::Internal(format!(
-            "unexpected result {other:?}"
-        )))),
-    }
+    let by = Writer::once(who.user.clone());
+    Ok(s.kv.user_change(&by, op).await?)
 }
 
 /// `GET /v1/users`: every user (never a secret).
@@ -180,15 +176,12 @@ pub async fn revoke_token(
 ) -> Result<Response, ApiError> {
     let who = admin(&s, &h).await?;
     let op = crate::auth::revoke_token_write(&name, &token)?;
-    let client_id = (rand::random::<u64>() >> 11).max(1);
-    match s.node.write_as(who.user.clone(), client_id, 1, op).await {
+    let by = Writer::once(who.user.clone());
+    match s.kv.user_change(&by, op).await {
         Err(crate::error::Error::InvalidInput(why)) => {
             Err(ApiError::not_found(format!("user {name}: {why}")))
         }
         Err(e) => Err(ApiError::from_node(e)),
-        Ok(WriteResult::User { .. }) => Ok(Json(json!({ "revoked": true })).into_response()),
-        Ok(other) => Err(ApiError::from_node(crate::error::Error::Internal(format!(
-            "unexpected result {other:?}"
-        )))),
+        Ok(_) => Ok(Json(json!({ "revoked": true })).into_response()),
     }
 }

@@ -9,8 +9,8 @@
 use super::decode::{self, Precondition};
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::Identity;
-use crate::command::{Expect, SetCond, WriteOp, WriteResult};
+use crate::command::{Expect, SetCond};
+use crate::kv::handle::Writer;
 use crate::node::Consistency;
 use axum::body::Body;
 use axum::extract::State;
@@ -42,7 +42,7 @@ pub async fn get_key(
     let key = decode::key_from_path(uri.path(), &s.node.limits())?;
     id.check_read(&key)?;
     let consistency = decode::get_params(uri.query())?;
-    let (found, applied) = s.node.get(&key, consistency).await?;
+    let (found, applied) = s.kv.get(&key, consistency).await?;
     let Some(v) = found else {
         return Err(ApiError::not_found("no such key").with("applied_index", applied));
     };
@@ -100,34 +100,21 @@ pub(crate) async fn read_body(
     Ok(out)
 }
 
-/// Runs a write in session `(client_id, seq)`; the response, whatever it is, carries the
-/// session headers.
-async fn write_in_session(
-    s: &AppState,
-    id: &Identity,
-    (client_id, seq): (u64, u64),
-    op: WriteOp,
-    answer: impl FnOnce(WriteResult) -> Result<Response, ApiError>,
+/// The answer to a write made by `by`; the response, whatever it is, carries the
+/// writer's session headers.
+async fn in_session(
+    by: &Writer,
+    answer: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Response {
-    let result = match s.node.write_as(id.user.clone(), client_id, seq, op).await {
-        Ok(r) => answer(r),
-        Err(e) => Err(ApiError::from_node(e)),
-    };
-    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
-    set_header(&mut resp, CLIENT_ID_HEADER, client_id);
-    set_header(&mut resp, SEQ_HEADER, seq);
+    let mut resp = answer.await.unwrap_or_else(IntoResponse::into_response);
+    set_header(&mut resp, CLIENT_ID_HEADER, by.client_id);
+    set_header(&mut resp, SEQ_HEADER, by.seq);
     resp
 }
 
-/// The session's remembered answer is for another kind of write: the client reused a
-/// sequence number (a session's seq names one write; a retry must repeat that write).
-fn unexpected(_: WriteResult) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "session_reused",
-        "this X-Paxosdb-Client-Id/X-Paxosdb-Seq pair was already used for a different \
-         operation, whose answer it keeps; use the next seq for a new write",
-    )
+/// The answer to a write that stored version `version`.
+fn written(version: u64) -> Response {
+    Json(json!({ "version": version })).into_response()
 }
 
 fn compare_failed(version: u64, current: Option<crate::command::Versioned>) -> ApiError {
@@ -162,51 +149,34 @@ pub async fn put_key(
     )?;
     let sess = session(&headers)?;
     let value = read_body(&headers, body, limits.max_value, "the value").await?;
-    let op = match cond {
-        Some(Precondition::Never) => {
-            // Nothing to write: answer with the key as it is, like any failed compare.
-            let (cur, _) = s.node.get(&key, Consistency::Linearizable).await?;
-            let version = cur.as_ref().map_or(0, |c| c.version);
-            let mut resp = compare_failed(version, cur).into_response();
-            set_header(&mut resp, CLIENT_ID_HEADER, sess.0);
-            set_header(&mut resp, SEQ_HEADER, sess.1);
-            return Ok(resp);
+    let by = Writer::new(id.user.clone(), sess.0, sess.1);
+    if let Some(Precondition::Never) = cond {
+        // Nothing to write: answer with the key as it is, like any failed compare.
+        let (cur, _) = s.kv.get(&key, Consistency::Linearizable).await?;
+        let version = cur.as_ref().map_or(0, |c| c.version);
+        return Ok(in_session(&by, async { Err(compare_failed(version, cur)) }).await);
+    }
+    let answer = async {
+        match cond {
+            None => Ok(written(s.kv.put(&by, key, value, false).await?.version)),
+            Some(Precondition::Version(v)) => {
+                let r = s.kv.cas(&by, key, Expect::Version(v), value).await?;
+                match r.succeeded {
+                    true => Ok(written(r.version)),
+                    false => Err(compare_failed(r.version, r.current)),
+                }
+            }
+            Some(Precondition::Exists) => {
+                let r = s.kv.set(&by, key, value, SetCond::IfPresent).await?;
+                match r.applied {
+                    true => Ok(written(r.version)),
+                    false => Err(compare_failed(r.version, r.prev)),
+                }
+            }
+            Some(Precondition::Never) => unreachable!("answered without a write"),
         }
-        None => WriteOp::Put {
-            key,
-            value,
-            return_prev: false,
-        },
-        Some(Precondition::Version(v)) => WriteOp::Cas {
-            key,
-            expect: Expect::Version(v),
-            new_value: value,
-        },
-        Some(Precondition::Exists) => WriteOp::Set {
-            key,
-            value,
-            cond: SetCond::IfPresent,
-        },
     };
-    Ok(write_in_session(&s, &id, sess, op, |r| match r {
-        WriteResult::Put { version, .. }
-        | WriteResult::Cas {
-            succeeded: true,
-            version,
-            ..
-        }
-        | WriteResult::Set {
-            applied: true,
-            version,
-            ..
-        } => Ok(Json(json!({ "version": version })).into_response()),
-        WriteResult::Cas {
-            version, current, ..
-        } => Err(compare_failed(version, current)),
-        WriteResult::Set { version, prev, .. } => Err(compare_failed(version, prev)),
-        other => Err(unexpected(other)),
-    })
-    .await)
+    Ok(in_session(&by, answer).await)
 }
 
 /// `DELETE /v1/kv/{key}`: always 200, with `deleted` false when there was nothing to
@@ -226,17 +196,12 @@ pub async fn delete_key(
         return Err(ApiError::bad("conditional deletes are not supported yet"));
     }
     let sess = session(&headers)?;
-    let op = WriteOp::Delete {
-        key,
-        return_prev: false,
+    let by = Writer::new(id.user.clone(), sess.0, sess.1);
+    let answer = async {
+        let done = s.kv.delete(&by, key, false).await?;
+        Ok(Json(json!({ "deleted": done.deleted })).into_response())
     };
-    Ok(write_in_session(&s, &id, sess, op, |r| match r {
-        WriteResult::Delete { deleted, .. } => {
-            Ok(Json(json!({ "deleted": deleted })).into_response())
-        }
-        other => Err(unexpected(other)),
-    })
-    .await)
+    Ok(in_session(&by, answer).await)
 }
 
 /// `GET /v1/kv?prefix=…` or `?from=…&to=…`: rows in key order, `more` when the limit cut
@@ -250,7 +215,10 @@ pub async fn scan(
     let id = super::auth::identity(&s, &headers).await?;
     let p = decode::scan_params(uri.query(), &s.node.limits())?;
     let (rows, more, applied) = match id.narrow(&p.range) {
-        Some(range) => s.node.scan(&range, p.limit, p.consistency).await?,
+        Some(range) => {
+            let page = s.kv.scan(&range, p.limit, p.consistency).await?;
+            (page.rows, page.more, page.applied_index)
+        }
         None => (vec![], false, s.node.status().await?.applied_index),
     };
     let items: Vec<Value> = rows

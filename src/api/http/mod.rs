@@ -1,8 +1,8 @@
 //! The HTTP/JSON API (axum over hyper, HTTP/1.1), described by `docs/openapi.json`, which
 //! is also served at `/openapi.json`.
 //!
-//! Like every protocol server it only decodes, validates and calls the protocol-neutral
-//! [`NodeHandle`] (the SQL endpoints: the node's [`crate::sql::SqlService`]); routing to
+//! Like every protocol server it only decodes, validates and calls the typed
+//! [`KvHandle`] (the SQL endpoints: the node's [`crate::sql::SqlService`]); routing to
 //! the leader, batching, retries inside the cluster and linearizable reads all happen
 //! below it.
 //!
@@ -27,6 +27,7 @@ pub mod rqlite;
 pub mod sql;
 
 use crate::api::tls::Protocol;
+use crate::kv::KvHandle;
 use crate::node::NodeHandle;
 use crate::server::ServerInfo;
 use axum::extract::{Request, State};
@@ -48,6 +49,8 @@ use tokio::task::JoinSet;
 #[derive(Clone)]
 pub struct AppState {
     pub node: NodeHandle,
+    /// The typed key-value API over the same node.
+    pub kv: KvHandle,
     pub info: Arc<ServerInfo>,
 }
 
@@ -152,13 +155,14 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
 /// `header_timeout_ms`, and is closed when idle for `idle_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
-    node: NodeHandle,
+    kv: KvHandle,
     info: Arc<ServerInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conns = info.conns.clone();
     let header_timeout = Duration::from_millis(info.config.header_timeout_ms.max(1));
-    let app = router(AppState { node, info });
+    let node = kv.node().clone();
+    let app = router(AppState { node, kv, info });
     let mut tasks = JoinSet::new();
     loop {
         if *shutdown.borrow() {

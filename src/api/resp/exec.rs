@@ -37,8 +37,9 @@ use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
 use super::Shared;
 use crate::auth::{Credential, Identity, Role, TokenRevocation, UserChange};
-use crate::command::{Expect, KeyValue, ScanRange, SetCond, WriteOp, WriteResult};
+use crate::command::{Expect, KeyValue, ScanRange, SetCond};
 use crate::error::Error;
+use crate::kv::handle::{ScanPage, Writer};
 use crate::node::{Consistency, NodeRole, MAX_SCAN_LIMIT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -167,11 +168,8 @@ impl KeyWalk {
             from: std::mem::take(&mut self.from),
             to: self.to.clone(),
         };
-        let (rows, more, _) = shared
-            .node
-            .scan(&range, MAX_SCAN_LIMIT, Consistency::Stale)
-            .await
-            .map_err(error_reply)?;
+        let page = shared.kv.scan(&range, MAX_SCAN_LIMIT, Consistency::Stale);
+        let ScanPage { rows, more, .. } = page.await.map_err(error_reply)?;
         match rows.last() {
             Some(last) if more => self.from = successor(&last.key),
             _ => self.done = true,
@@ -196,10 +194,6 @@ pub fn error_reply(e: Error) -> Frame {
             Frame::error(format!("ERR internal: {e}"))
         }
     }
-}
-
-fn unexpected(r: WriteResult) -> Frame {
-    Frame::error(format!("ERR internal: unexpected result {r:?}"))
 }
 
 fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
@@ -459,16 +453,23 @@ impl ConnState {
         }
     }
 
-    async fn write(&mut self, shared: &Shared, op: WriteOp) -> Result<WriteResult, Frame> {
-        self.current.check_op(&op).map_err(error_reply)?;
+    /// Checks that the current user may write `keys` and names the write: that user, in
+    /// this connection's session at its next seq.
+    fn writer<'a>(&mut self, keys: impl IntoIterator<Item = &'a [u8]>) -> Result<Writer, Frame> {
+        self.current.check_write(keys).map_err(error_reply)?;
+        Ok(self.next_writer())
+    }
+
+    /// Checks that the current user is an administrator and names the write.
+    fn admin_writer(&mut self) -> Result<Writer, Frame> {
+        self.current.check_admin().map_err(error_reply)?;
+        Ok(self.next_writer())
+    }
+
+    fn next_writer(&mut self) -> Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let user = self.current.user.clone();
-        shared
-            .node
-            .write_as(user, self.client_id, seq, op)
-            .await
-            .map_err(error_reply)
+        Writer::new(self.current.user.clone(), self.client_id, seq)
     }
 
     /// Reads one key. A key that could never be stored (empty, too long) is absent.
@@ -482,7 +483,7 @@ impl ConnState {
         if shared.node.limits().check_key(key).is_err() {
             return Ok(None);
         }
-        let (v, _) = shared.node.get(key, c).await.map_err(error_reply)?;
+        let (v, _) = shared.kv.get(key, c).await.map_err(error_reply)?;
         Ok(v)
     }
 
@@ -616,71 +617,43 @@ impl ConnState {
                 value,
                 cond: SetCond::Always,
                 get: false,
-            } => match self
-                .write(
-                    shared,
-                    WriteOp::Put {
-                        key,
-                        value,
-                        return_prev: false,
-                    },
-                )
-                .await?
-            {
-                WriteResult::Put { .. } => Frame::ok(),
-                r => return Err(unexpected(r)),
-            },
+            } => {
+                let by = self.writer([key.as_slice()])?;
+                let put = shared.kv.put(&by, key, value, false);
+                put.await.map_err(error_reply)?;
+                Frame::ok()
+            }
             RespCommand::Set {
                 key,
                 value,
                 cond,
                 get,
-            } => match self
-                .write(shared, WriteOp::Set { key, value, cond })
-                .await?
-            {
-                WriteResult::Set { applied, prev, .. } => {
-                    if get {
-                        bulk_or_null(prev.map(|v| v.value))
-                    } else if applied {
-                        Frame::ok()
-                    } else {
-                        Frame::Null
-                    }
+            } => {
+                let by = self.writer([key.as_slice()])?;
+                let set = shared.kv.set(&by, key, value, cond);
+                let done = set.await.map_err(error_reply)?;
+                if get {
+                    bulk_or_null(done.prev.map(|v| v.value))
+                } else if done.applied {
+                    Frame::ok()
+                } else {
+                    Frame::Null
                 }
-                r => return Err(unexpected(r)),
-            },
-            RespCommand::SetNx(key, value) => match self
-                .write(
-                    shared,
-                    WriteOp::Set {
-                        key,
-                        value,
-                        cond: SetCond::IfAbsent,
-                    },
-                )
-                .await?
-            {
-                WriteResult::Set { applied, .. } => Frame::Integer(applied as i64),
-                r => return Err(unexpected(r)),
-            },
+            }
+            RespCommand::SetNx(key, value) => {
+                let by = self.writer([key.as_slice()])?;
+                let set = shared.kv.set(&by, key, value, SetCond::IfAbsent);
+                Frame::Integer(set.await.map_err(error_reply)?.applied as i64)
+            }
             // A key that could never be stored is simply absent, as for reads.
             RespCommand::GetDel(key) if shared.node.limits().check_key(&key).is_err() => {
                 Frame::Null
             }
-            RespCommand::GetDel(key) => match self
-                .write(
-                    shared,
-                    WriteOp::Delete {
-                        key,
-                        return_prev: true,
-                    },
-                )
-                .await?
-            {
-                WriteResult::Delete { prev, .. } => bulk_or_null(prev.map(|v| v.value)),
-                r => return Err(unexpected(r)),
-            },
+            RespCommand::GetDel(key) => {
+                let by = self.writer([key.as_slice()])?;
+                let del = shared.kv.delete(&by, key, true);
+                bulk_or_null(del.await.map_err(error_reply)?.prev.map(|v| v.value))
+            }
             RespCommand::Del(keys) => {
                 // Every key is checked against the user's rights before any is deleted,
                 // so a refusal deletes nothing (as in Redis).
@@ -693,19 +666,9 @@ impl ConnState {
                     if shared.node.limits().check_key(&key).is_err() {
                         continue;
                     }
-                    match self
-                        .write(
-                            shared,
-                            WriteOp::Delete {
-                                key,
-                                return_prev: false,
-                            },
-                        )
-                        .await?
-                    {
-                        WriteResult::Delete { deleted: d, .. } => deleted += d as i64,
-                        r => return Err(unexpected(r)),
-                    }
+                    let by = self.writer([key.as_slice()])?;
+                    let del = shared.kv.delete(&by, key, false);
+                    deleted += del.await.map_err(error_reply)?.deleted as i64;
                 }
                 Frame::Integer(deleted)
             }
@@ -738,50 +701,29 @@ impl ConnState {
                 out.finish()
             }
             RespCommand::MSet(pairs) => {
-                match self.write(shared, WriteOp::MultiPut { pairs }).await? {
-                    WriteResult::MultiPut { .. } => Frame::ok(),
-                    r => return Err(unexpected(r)),
-                }
+                let by = self.writer(pairs.iter().map(|(k, _)| k.as_slice()))?;
+                shared.kv.multi_put(&by, pairs).await.map_err(error_reply)?;
+                Frame::ok()
             }
             RespCommand::IncrBy(key, delta) => {
-                match self.write(shared, WriteOp::Incr { key, delta }).await? {
-                    WriteResult::Incr { value, .. } => Frame::Integer(value),
-                    r => return Err(unexpected(r)),
-                }
+                let by = self.writer([key.as_slice()])?;
+                let incr = shared.kv.incr(&by, key, delta);
+                Frame::Integer(incr.await.map_err(error_reply)?.value)
             }
             RespCommand::Append(key, suffix) => {
-                let max_len = shared.node.limits().max_value as u64;
-                let op = WriteOp::AppendUpTo {
-                    key,
-                    suffix,
-                    max_len,
-                };
-                match self.write(shared, op).await? {
-                    WriteResult::Append { len, .. } => Frame::Integer(len as i64),
-                    r => return Err(unexpected(r)),
-                }
+                let by = self.writer([key.as_slice()])?;
+                let append = shared.kv.append(&by, key, suffix);
+                Frame::Integer(append.await.map_err(error_reply)?.len as i64)
             }
             RespCommand::Cas(key, expected, new_value) => {
-                let op = WriteOp::Cas {
-                    key,
-                    expect: Expect::Value(expected),
-                    new_value,
-                };
-                match self.write(shared, op).await? {
-                    WriteResult::Cas { succeeded, .. } => Frame::Integer(succeeded as i64),
-                    r => return Err(unexpected(r)),
-                }
+                let by = self.writer([key.as_slice()])?;
+                let cas = shared.kv.cas(&by, key, Expect::Value(expected), new_value);
+                Frame::Integer(cas.await.map_err(error_reply)?.succeeded as i64)
             }
             RespCommand::CasVer(key, version, new_value) => {
-                let op = WriteOp::Cas {
-                    key,
-                    expect: Expect::Version(version),
-                    new_value,
-                };
-                match self.write(shared, op).await? {
-                    WriteResult::Cas { succeeded, .. } => Frame::Integer(succeeded as i64),
-                    r => return Err(unexpected(r)),
-                }
+                let by = self.writer([key.as_slice()])?;
+                let cas = shared.kv.cas(&by, key, Expect::Version(version), new_value);
+                Frame::Integer(cas.await.map_err(error_reply)?.succeeded as i64)
             }
             RespCommand::Keys(pattern) => {
                 let glob = Arc::new(compile(shared, &pattern)?);
@@ -846,12 +788,9 @@ impl ConnState {
         // A user with a key prefix sees only its keys: the range is narrowed to them.
         let (rows, more) = match self.current.narrow(&range) {
             Some(range) => {
-                let (rows, more, _) = shared
-                    .node
-                    .scan(&range, count, self.consistency)
-                    .await
-                    .map_err(error_reply)?;
-                (rows, more)
+                let page = shared.kv.scan(&range, count, self.consistency);
+                let page = page.await.map_err(error_reply)?;
+                (page.rows, page.more)
             }
             None => (vec![], false),
         };
@@ -887,24 +826,18 @@ impl ConnState {
             Acl::SetUser { name, rules } => {
                 let name = String::from_utf8_lossy(&name).into_owned();
                 let change = acl_rules(rules).await?;
-                let op = WriteOp::SetUser {
-                    name,
-                    change,
-                    only_if_no_users: false,
-                };
-                match self.write(shared, op).await? {
-                    WriteResult::User { .. } => Frame::ok(),
-                    r => return Err(unexpected(r)),
-                }
+                let by = self.admin_writer()?;
+                let set = shared.kv.set_user(&by, name, change, false);
+                set.await.map_err(error_reply)?;
+                Frame::ok()
             }
             Acl::DelUser(names) => {
                 let mut n = 0;
                 for name in names {
                     let name = String::from_utf8_lossy(&name).into_owned();
-                    match self.write(shared, WriteOp::DeleteUser { name }).await? {
-                        WriteResult::User { changed } => n += changed as i64,
-                        r => return Err(unexpected(r)),
-                    }
+                    let by = self.admin_writer()?;
+                    let del = shared.kv.delete_user(&by, name);
+                    n += del.await.map_err(error_reply)? as i64;
                 }
                 Frame::Integer(n)
             }

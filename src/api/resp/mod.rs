@@ -3,8 +3,8 @@
 //!
 //! Layout (after mini-redis): [`frame`] parses and encodes RESP frames with limits,
 //! [`connection`] buffers one client's bytes, [`parse`] and [`cmd`] turn a request into a
-//! [`cmd::RespCommand`], and [`exec`] runs it against the protocol-neutral
-//! [`NodeHandle`], which does all routing, replication and consistency.
+//! [`cmd::RespCommand`], and [`exec`] runs it against the typed [`KvHandle`] (above the
+//! protocol-neutral [`NodeHandle`], which does all routing, replication and consistency).
 //!
 //! Each client connection is its own task and its own session: a random non-zero client id
 //! with a sequence counter, so a retried write is applied at most once. Commands of one
@@ -36,6 +36,7 @@ pub mod frame;
 pub mod glob;
 pub mod parse;
 
+use crate::kv::KvHandle;
 use crate::node::NodeHandle;
 use crate::server::ServerInfo;
 use connection::Connection;
@@ -88,6 +89,8 @@ impl Cursors {
 /// What every connection of one server shares.
 pub struct Shared {
     pub node: NodeHandle,
+    /// The typed key-value API over the same node.
+    pub kv: KvHandle,
     pub info: Arc<ServerInfo>,
     pub limits: FrameLimits,
     /// Largest reply one request may build (`max_reply_bytes`).
@@ -102,14 +105,16 @@ pub struct Shared {
 /// Serves RESP on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
-    node: NodeHandle,
+    kv: KvHandle,
     info: Arc<ServerInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let node = kv.node().clone();
     let limits = FrameLimits::for_max_value(node.limits().max_value);
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let shared = Arc::new(Shared {
         node,
+        kv,
         max_reply_bytes: info.config.max_reply_bytes,
         info,
         limits,

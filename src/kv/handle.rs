@@ -1,0 +1,349 @@
+//! [`KvHandle`]: the typed key-value API above the protocol-neutral
+//! [`crate::node::NodeHandle`], what every listener (gRPC, HTTP/JSON, the Redis protocol),
+//! the embedded API and the server's own bootstrap call for keys and values.
+//!
+//! A write is encoded into an opaque [`crate::machine::Command`], handed to the node with
+//! [`NodeHandle::submit`], and its encoded [`WriteResult`] decoded here, once, into the
+//! typed answer of the method that proposed it ([`Stored`], [`Deleted`], [`Swapped`], …).
+//! So no protocol layer matches the result union again: each gets the one shape it asked
+//! for. Reads ask the node for a read barrier when they must be linearizable and then read
+//! this node's [`KvStore`].
+//!
+//! # Invariants
+//!
+//! - A method returns the result of the very command it proposed: a decoded result of
+//!   another kind can only mean the session's seq named another command, which the store
+//!   refuses before applying, so it is reported as an internal error and never
+//!   reinterpreted.
+//! - Input is checked against the node's [`crate::command::Limits`] before anything is
+//!   proposed: a refused write changes nothing.
+//! - A linearizable read returns only after this node applied every write acknowledged
+//!   before the read started; a stale one reports the applied index it reflects.
+
+use crate::auth::UserChange;
+use crate::command::{
+    Expect, KeyValue, KvCommand, Limits, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+};
+use crate::error::{Error, Result};
+use crate::kv::KvStore;
+use crate::node::{Consistency, NodeHandle, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+
+/// Who a write runs as and which exactly-once session slot it takes: the user whose
+/// rights the state machine checks again where it applies the write (`None`: the node
+/// itself), and the (client id, seq) pair a retry repeats to get the same answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Writer {
+    pub user: Option<String>,
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+impl Writer {
+    /// A write by `user` in session `(client_id, seq)`.
+    pub fn new(user: Option<String>, client_id: u64, seq: u64) -> Writer {
+        Writer {
+            user,
+            client_id,
+            seq,
+        }
+    }
+
+    /// A write on the node's own behalf in a fresh session of its own (applied at most
+    /// once; nobody retries it with the same seq).
+    pub fn once(user: Option<String>) -> Writer {
+        Writer::new(user, (rand::random::<u64>() >> 11).max(1), 1)
+    }
+}
+
+/// A stored value: its new version, and the previous value if it was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub version: u64,
+    pub prev: Option<Versioned>,
+}
+
+/// A delete: whether a value was there, and that value if it was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    pub deleted: bool,
+    pub prev: Option<Versioned>,
+}
+
+/// A compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swapped {
+    pub succeeded: bool,
+    /// The new version on success, the current one (0 = absent) on failure.
+    pub version: u64,
+    /// The current value on failure.
+    pub current: Option<Versioned>,
+}
+
+/// A conditional store ([`SetCond`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CondStored {
+    pub applied: bool,
+    /// The new version if applied, else the current one (0 = absent).
+    pub version: u64,
+    /// The value before, whether or not the store applied.
+    pub prev: Option<Versioned>,
+}
+
+/// A counter after an increment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub value: i64,
+    pub version: u64,
+}
+
+/// A value after an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Length of the value after the append.
+    pub len: u64,
+    pub version: u64,
+}
+
+/// A page of a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    pub rows: Vec<KeyValue>,
+    /// The limit cut the answer short.
+    pub more: bool,
+    /// The applied index the rows reflect.
+    pub applied_index: u64,
+}
+
+/// The typed key-value API of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct KvHandle {
+    node: NodeHandle,
+    store: KvStore,
+}
+
+/// A decoded result of another kind than the command proposed (see the module docs).
+fn mismatch(want: &str, got: WriteResult) -> Error {
+    Error::Internal(format!("a {want} was answered with {got:?}"))
+}
+
+impl KvHandle {
+    pub fn new(node: NodeHandle, store: KvStore) -> KvHandle {
+        KvHandle { node, store }
+    }
+
+    /// The node below (status, membership, admission).
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    /// This node's store, for what reads it directly (the user table).
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.node.limits()
+    }
+
+    /// Replicates `op` and returns its result once it is decided and applied here.
+    async fn apply(&self, by: &Writer, op: WriteOp) -> Result<WriteResult> {
+        if by.client_id == 0 || by.seq == 0 {
+            return Err(Error::invalid(
+                "a write needs a session: client_id and seq must be non-zero",
+            ));
+        }
+        self.limits().check_write(&op)?;
+        let cmd = KvCommand {
+            client_id: by.client_id,
+            seq: by.seq,
+            op,
+            user: by.user.clone(),
+        };
+        let bytes = self.node.submit(cmd.encode()).await?;
+        let result: WriteResult = bincode::deserialize(&bytes)
+            .map_err(|e| Error::Internal(format!("undecodable key-value result: {e}")))?;
+        // Not-applied outcomes travel as `Outcome`s, never as a done result; kept typed
+        // should an old entry still carry one.
+        match result {
+            WriteResult::Rejected(why) => Err(Error::InvalidInput(why)),
+            WriteResult::Superseded(why) => Err(Error::OutcomeUnknown(why)),
+            WriteResult::Denied(why) => Err(Error::PermissionDenied(why)),
+            r => Ok(r),
+        }
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn put(
+        &self,
+        by: &Writer,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        return_prev: bool,
+    ) -> Result<Stored> {
+        let op = WriteOp::Put {
+            key,
+            value,
+            return_prev,
+        };
+        match self.apply(by, op).await? {
+            WriteResult::Put { version, prev } => Ok(Stored { version, prev }),
+            r => Err(mismatch("put", r)),
+        }
+    }
+
+    /// Deletes `key` (not an error when it is absent).
+    pub async fn delete(&self, by: &Writer, key: Vec<u8>, return_prev: bool) -> Result<Deleted> {
+        match self.apply(by, WriteOp::Delete { key, return_prev }).await? {
+            WriteResult::Delete { deleted, prev } => Ok(Deleted { deleted, prev }),
+            r => Err(mismatch("delete", r)),
+        }
+    }
+
+    /// Stores `new_value` under `key` if its current value or version is `expect`.
+    pub async fn cas(
+        &self,
+        by: &Writer,
+        key: Vec<u8>,
+        expect: Expect,
+        new_value: Vec<u8>,
+    ) -> Result<Swapped> {
+        let op = WriteOp::Cas {
+            key,
+            expect,
+            new_value,
+        };
+        match self.apply(by, op).await? {
+            WriteResult::Cas {
+                succeeded,
+                version,
+                current,
+            } => Ok(Swapped {
+                succeeded,
+                version,
+                current,
+            }),
+            r => Err(mismatch("compare-and-swap", r)),
+        }
+    }
+
+    /// Stores `value` under `key` if `cond` holds; reports the value before either way.
+    pub async fn set(
+        &self,
+        by: &Writer,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: SetCond,
+    ) -> Result<CondStored> {
+        match self.apply(by, WriteOp::Set { key, value, cond }).await? {
+            WriteResult::Set {
+                applied,
+                version,
+                prev,
+            } => Ok(CondStored {
+                applied,
+                version,
+                prev,
+            }),
+            r => Err(mismatch("conditional set", r)),
+        }
+    }
+
+    /// Adds `delta` to the key's value read as a decimal i64 (absent = 0).
+    pub async fn incr(&self, by: &Writer, key: Vec<u8>, delta: i64) -> Result<Counter> {
+        match self.apply(by, WriteOp::Incr { key, delta }).await? {
+            WriteResult::Incr { value, version } => Ok(Counter { value, version }),
+            r => Err(mismatch("increment", r)),
+        }
+    }
+
+    /// Appends `suffix` to the key's value, unless that would pass this node's value
+    /// limit (carried in the command, so every replica decides the same).
+    pub async fn append(&self, by: &Writer, key: Vec<u8>, suffix: Vec<u8>) -> Result<Appended> {
+        let op = WriteOp::AppendUpTo {
+            key,
+            suffix,
+            max_len: self.limits().max_value as u64,
+        };
+        match self.apply(by, op).await? {
+            WriteResult::Append { len, version } => Ok(Appended { len, version }),
+            r => Err(mismatch("append", r)),
+        }
+    }
+
+    /// Stores every pair atomically; returns the version they all have now.
+    pub async fn multi_put(&self, by: &Writer, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64> {
+        match self.apply(by, WriteOp::MultiPut { pairs }).await? {
+            WriteResult::MultiPut { version } => Ok(version),
+            r => Err(mismatch("multi-put", r)),
+        }
+    }
+
+    /// Creates or changes user `name`; whether the user table changed.
+    pub async fn set_user(
+        &self,
+        by: &Writer,
+        name: String,
+        change: UserChange,
+        only_if_no_users: bool,
+    ) -> Result<bool> {
+        let op = WriteOp::SetUser {
+            name,
+            change,
+            only_if_no_users,
+        };
+        self.user_change(by, op).await
+    }
+
+    /// Deletes user `name`; whether it existed.
+    pub async fn delete_user(&self, by: &Writer, name: String) -> Result<bool> {
+        self.user_change(by, WriteOp::DeleteUser { name }).await
+    }
+
+    /// Applies a user-table command (as built by [`crate::auth`]: tokens, revocations);
+    /// whether it changed the user table.
+    pub async fn user_change(&self, by: &Writer, op: WriteOp) -> Result<bool> {
+        if !op.is_user_op() {
+            return Err(Error::invalid("not a user-table command"));
+        }
+        match self.apply(by, op).await? {
+            WriteResult::User { changed } => Ok(changed),
+            r => Err(mismatch("user change", r)),
+        }
+    }
+
+    /// Reads one key; returns the value (if any) and the applied index it reflects.
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<(Option<Versioned>, u64)> {
+        self.limits().check_key(key)?;
+        self.node.prepare_read(consistency).await?;
+        self.store.get(key)
+    }
+
+    /// Scans a range: at most `limit` rows (0 = the default, capped at the maximum).
+    pub async fn scan(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<ScanPage> {
+        let limit = match limit {
+            0 => DEFAULT_SCAN_LIMIT,
+            n => n.min(MAX_SCAN_LIMIT),
+        };
+        if let ScanRange::Range { from, to: Some(to) } = range {
+            if to < from {
+                return Err(Error::invalid("scan range end is before its start"));
+            }
+        }
+        self.node.prepare_read(consistency).await?;
+        let (rows, more, applied_index) = self.store.scan(range, limit)?;
+        Ok(ScanPage {
+            rows,
+            more,
+            applied_index,
+        })
+    }
+}
