@@ -539,12 +539,14 @@ impl Client {
         level: sql::ReadLevel,
     ) -> Result<sql::QueryOutput> {
         let statements = grpc_sql::statements_to_pb(&req);
-        let level = grpc_sql::level_to_pb(level) as i32;
+        let (level, freshness) = grpc_sql::level_to_pb(level);
+        let level = level as i32;
         self.call(false, |ch| {
             let r = self.request(pb::QueryRequest {
                 statements: statements.clone(),
                 transaction: req.transaction,
                 level,
+                freshness,
             });
             async move { sql_client(ch).query(r).await }
         })

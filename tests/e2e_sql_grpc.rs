@@ -461,6 +461,7 @@ async fn roles_are_enforced_and_the_service_is_listed() {
             }],
             transaction: false,
             level: 9,
+            freshness: None,
         };
         let status = raw.query(with_auth(&auth, q.clone())).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");

@@ -400,3 +400,53 @@ async fn sql_needs_the_right_role_and_no_key_prefix() {
         "only the writer's insert ran"
     );
 }
+
+/// `level=none&freshness=…` on a follower: served while the follower hears from the
+/// leader; refused with 503 "stale read" once the leader and the third node are stopped
+/// (SIGSTOP: the follower keeps its view of the leader but hears nothing), while a plain
+/// `level=none` read is still served; fresh again once they continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freshness_bound_refuses_reads_from_a_cut_off_follower() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let c = Cluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let other = (1..=3).find(|&i| i != leader && i != follower).unwrap();
+    let a = c.nodes[follower as usize - 1].http_addr.clone();
+    let (s, body) = post(
+        &a,
+        "/db/execute",
+        &[],
+        r#"["CREATE TABLE f (x)", "INSERT INTO f VALUES (7)"]"#,
+    );
+    assert_eq!(s, 200, "{body}");
+    let bounded = format!("http://{a}/db/query?level=none&freshness=700ms&q=SELECT%20x%20FROM%20f");
+    let strict = format!("{bounded}&freshness_strict");
+    let plain = format!("http://{a}/db/query?level=none&q=SELECT%20x%20FROM%20f");
+    for url in [&bounded, &strict] {
+        let v = expect(200, curl(&[url]));
+        assert_eq!(v["results"][0]["values"], json!([[7]]), "{v}");
+    }
+
+    let pid = |id: u64| Pid::from_raw(c.nodes[id as usize - 1].child.as_ref().unwrap().id() as i32);
+    for id in [leader, other] {
+        kill(pid(id), Signal::SIGSTOP).unwrap();
+    }
+    let refused = eventually(Duration::from_secs(10), "the bound refuses", || async {
+        let (status, body) = curl(&[&bounded]);
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(refused.contains("stale read"), "{refused}");
+    let v = expect(200, curl(&[&plain]));
+    assert_eq!(v["results"][0]["values"], json!([[7]]), "{v}");
+
+    for id in [leader, other] {
+        kill(pid(id), Signal::SIGCONT).unwrap();
+    }
+    eventually(Duration::from_secs(20), "fresh again", || async {
+        (curl(&[&bounded]).0 == 200).then_some(())
+    })
+    .await;
+}

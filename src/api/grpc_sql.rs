@@ -115,7 +115,7 @@ impl pb::sql_server::Sql for SqlGrpc {
                 let id = identity(&self.auth, req.metadata()).await?;
                 id.check_sql(false).map_err(to_status)?;
                 let r = req.into_inner();
-                let level = level_from_pb(r.level).map_err(to_status)?;
+                let level = level_from_pb(r.level, r.freshness).map_err(to_status)?;
                 let request = request_from_pb(r.statements, r.transaction).map_err(to_status)?;
                 let out = self.sql.query(request, level).await.map_err(to_status)?;
                 let answer = pb::QueryResponse {
@@ -254,20 +254,31 @@ pub fn result_from_pb(r: pb::SqlResult) -> sql::StatementResult {
     }
 }
 
-/// A protobuf read level; an unknown number is refused.
-pub fn level_from_pb(level: i32) -> Result<ReadLevel> {
-    match pb::ReadLevel::try_from(level) {
-        Ok(pb::ReadLevel::Linearizable) => Ok(ReadLevel::Linearizable),
-        Ok(pb::ReadLevel::Stale) => Ok(ReadLevel::Stale),
-        Err(_) => Err(Error::invalid(format!("unknown read level {level}"))),
+/// A protobuf read level and freshness bound; an unknown level, or a bound on a
+/// linearizable read, is refused.
+pub fn level_from_pb(level: i32, freshness: Option<pb::Freshness>) -> Result<ReadLevel> {
+    match (pb::ReadLevel::try_from(level), freshness) {
+        (Ok(pb::ReadLevel::Linearizable), None) => Ok(ReadLevel::Linearizable),
+        (Ok(pb::ReadLevel::Linearizable), Some(_)) => Err(Error::invalid(
+            "a freshness bound applies to stale reads only (READ_LEVEL_STALE)",
+        )),
+        (Ok(pb::ReadLevel::Stale), None) => Ok(ReadLevel::Stale),
+        (Ok(pb::ReadLevel::Stale), Some(f)) => Ok(ReadLevel::Fresh {
+            max_ms: f.max_ms,
+            strict: f.strict,
+        }),
+        (Err(_), _) => Err(Error::invalid(format!("unknown read level {level}"))),
     }
 }
 
-/// A read level as protobuf.
-pub fn level_to_pb(level: ReadLevel) -> pb::ReadLevel {
+/// A read level as protobuf: the level and its freshness bound.
+pub fn level_to_pb(level: ReadLevel) -> (pb::ReadLevel, Option<pb::Freshness>) {
     match level {
-        ReadLevel::Linearizable => pb::ReadLevel::Linearizable,
-        ReadLevel::Stale => pb::ReadLevel::Stale,
+        ReadLevel::Linearizable => (pb::ReadLevel::Linearizable, None),
+        ReadLevel::Stale => (pb::ReadLevel::Stale, None),
+        ReadLevel::Fresh { max_ms, strict } => {
+            (pb::ReadLevel::Stale, Some(pb::Freshness { max_ms, strict }))
+        }
     }
 }
 
@@ -330,8 +341,26 @@ mod tests {
             request_from_pb(vec![st], false),
             Err(Error::InvalidInput(_))
         ));
-        assert!(matches!(level_from_pb(7), Err(Error::InvalidInput(_))));
-        assert_eq!(level_from_pb(1).unwrap(), ReadLevel::Stale);
-        assert_eq!(level_to_pb(ReadLevel::Linearizable) as i32, 0);
+        assert!(matches!(
+            level_from_pb(7, None),
+            Err(Error::InvalidInput(_))
+        ));
+        assert_eq!(level_from_pb(1, None).unwrap(), ReadLevel::Stale);
+        assert_eq!(level_to_pb(ReadLevel::Linearizable).0 as i32, 0);
+        let bound = Some(pb::Freshness {
+            max_ms: 500,
+            strict: true,
+        });
+        let fresh = level_from_pb(1, bound).unwrap();
+        let want = ReadLevel::Fresh {
+            max_ms: 500,
+            strict: true,
+        };
+        assert_eq!(fresh, want);
+        assert_eq!(level_to_pb(fresh), (pb::ReadLevel::Stale, bound));
+        assert!(matches!(
+            level_from_pb(0, bound),
+            Err(Error::InvalidInput(_))
+        ));
     }
 }

@@ -67,6 +67,9 @@ pub struct NodeStatus {
     pub catching_up_from: Option<NodeId>,
     /// The membership in force.
     pub membership: crate::membership::Membership,
+    /// When this node last received a message from the leader it knows (`None`: on the
+    /// leader itself, with no leader known, or never since it started).
+    pub leader_contact: Option<std::time::Instant>,
 }
 
 /// A cloneable handle to a running node.
@@ -135,6 +138,35 @@ impl NodeHandle {
         match consistency {
             Consistency::Linearizable => self.read_barrier().await,
             Consistency::Stale => Ok(()),
+        }
+    }
+
+    /// Checks that a stale read here is within a freshness bound: this node is the leader
+    /// or heard from the leader within `max`, and, if `strict`, it applied every entry it
+    /// knows to be decided. Outside the bound: `Unavailable` (another node may be fresh).
+    pub async fn check_fresh(&self, max: std::time::Duration, strict: bool) -> Result<()> {
+        let st = self.status().await?;
+        if strict && st.applied_index < st.decided_index {
+            return Err(Error::Unavailable(format!(
+                "stale read: this node applied up to index {} of {} decided (freshness_strict)",
+                st.applied_index, st.decided_index
+            )));
+        }
+        if st.role == NodeRole::Leader {
+            return Ok(());
+        }
+        let age = st.leader_contact.map(|t| t.elapsed());
+        match age {
+            Some(age) if age <= max => Ok(()),
+            Some(age) => Err(Error::Unavailable(format!(
+                "stale read: this node last heard from the leader {} ms ago, over the \
+                 freshness bound of {} ms",
+                age.as_millis(),
+                max.as_millis()
+            ))),
+            None => Err(Error::Unavailable(
+                "stale read: this node is not in contact with a leader".into(),
+            )),
         }
     }
 

@@ -206,6 +206,8 @@ pub struct Core<S: Storage<LogEntry>> {
     ticks: u64,
     /// Set while this node fetches a peer's state: the peer and when it started.
     catching_up: Option<(NodeId, Instant)>,
+    /// When the last message from the leader we know arrived (freshness-bounded reads).
+    leader_contact: Option<Instant>,
     reopen: Option<Reopen<S>>,
     /// The membership in force.
     membership: Membership,
@@ -258,6 +260,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             trimmer: compaction::Trimmer::default(),
             ticks: 0,
             catching_up: None,
+            leader_contact: None,
             reopen: None,
             membership,
             removed: None,
@@ -377,6 +380,9 @@ impl<S: Storage<LogEntry>> Core<S> {
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     quirks::debug_peer_message(config, &msg);
                 }
+                if self.paxos.get_current_leader().map(|(pid, _)| pid) == Some(msg.get_sender()) {
+                    self.leader_contact = Some(now);
+                }
                 let paxos = &self.paxos;
                 quirks::fix_stop_sign_sync(&mut msg, |i| paxos.read(i));
                 let local = self.paxos.get_compacted_idx() as u64;
@@ -474,6 +480,10 @@ impl<S: Storage<LogEntry>> Core<S> {
             compacted_index: self.global(self.paxos.get_compacted_idx()),
             catching_up_from: self.catching_up.map(|(p, _)| p),
             membership: self.membership.clone(),
+            leader_contact: match role {
+                NodeRole::Follower => self.leader_contact,
+                _ => None,
+            },
         }
     }
 

@@ -188,8 +188,13 @@ impl SqlHandle {
     }
 
     async fn run_query(&self, req: Request, level: ReadLevel) -> Result<QueryOutput> {
-        if level == ReadLevel::Linearizable {
-            self.node.read_barrier().await?;
+        match level {
+            ReadLevel::Linearizable => self.node.read_barrier().await?,
+            ReadLevel::Stale => {}
+            ReadLevel::Fresh { max_ms, strict } => {
+                let max = std::time::Duration::from_millis(max_ms);
+                self.node.check_fresh(max, strict).await?
+            }
         }
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || reader.query(&req))

@@ -86,4 +86,9 @@ pub enum ReadLevel {
     /// Whatever this node has applied, without asking anyone; the result reports the
     /// applied index it was read at.
     Stale,
+    /// A stale read with a freshness bound (rqlite's `freshness`): served only by the
+    /// leader or by a node that heard from the leader within the last `max_ms`
+    /// milliseconds; with `strict`, also only once the node applied every entry it knows
+    /// to be decided. A node outside the bound answers `Unavailable` (try another node).
+    Fresh { max_ms: u64, strict: bool },
 }

@@ -22,8 +22,13 @@
 //! byte values instead of base64). `level=none|weak|linearizable|strong|auto` on reads:
 //! `none` is [`ReadLevel::Stale`] (this node's applied state, no round trip), every other
 //! level [`ReadLevel::Linearizable`] (paxosdb's reads are linearizable or explicitly stale;
-//! rqlite's `weak` — "probably current" — is served linearizably). `freshness` and
-//! `freshness_strict` are refused (400) until bounded-staleness reads exist. `redirect` and
+//! rqlite's `weak` — "probably current" — is served linearizably). With `level=none`,
+//! `freshness=DURATION` bounds the staleness ([`ReadLevel::Fresh`]): a node that is not the
+//! leader serves the read only if it heard from the leader within that time, and with
+//! `freshness_strict` also only once it applied every entry it knows to be decided;
+//! otherwise it answers 503 (`unavailable`, "stale read: …"), and the client may try
+//! another node. With any other level `freshness` has no effect (a linearizable read is
+//! fresher than any bound), as in rqlite. `redirect` and
 //! `noleader` are accepted and have no effect (every node forwards to the leader itself, so
 //! there is nothing to redirect). `timeout`, `db_timeout` and `linearizable_timeout` (Go
 //! durations such as `5s` or `1m30s`) and `retries` (a count) are checked and then have no
@@ -132,6 +137,7 @@ pub fn options(query: Option<&str>, endpoint: Endpoint, get: bool) -> Result<Sql
         level: ReadLevel::Linearizable,
         q: None,
     };
+    let (mut freshness, mut strict) = (None, false);
     for (name, v) in parse_query(query, &allowed)? {
         match name.as_str() {
             "transaction" => o.transaction = flag(&name, &v)?,
@@ -143,7 +149,7 @@ pub fn options(query: Option<&str>, endpoint: Endpoint, get: bool) -> Result<Sql
                 flag(&name, &v)?;
             }
             "timeout" | "db_timeout" | "linearizable_timeout" => {
-                if !is_go_duration(&v) {
+                if go_duration(&v).is_none() {
                     return Err(ApiError::bad(format!(
                         "{name} must be a duration such as 500ms, 5s or 1m30s"
                     )));
@@ -164,13 +170,15 @@ pub fn options(query: Option<&str>, endpoint: Endpoint, get: bool) -> Result<Sql
                     }
                 }
             }
-            "freshness" | "freshness_strict" => {
-                return Err(ApiError::bad(
-                    "freshness is not supported yet: use level=none for a stale read (it \
-                     reports the applied index in X-Paxosdb-Applied-Index) or the default \
-                     linearizable read",
-                ))
-            }
+            "freshness" => match go_duration(&v) {
+                Some((false, d)) => freshness = Some(d),
+                _ => {
+                    return Err(ApiError::bad(
+                        "freshness must be a duration such as 500ms, 5s or 1m30s",
+                    ))
+                }
+            },
+            "freshness_strict" => strict = flag(&name, &v)?,
             "q" => {
                 let sql = String::from_utf8(v).map_err(|_| ApiError::bad("q must be UTF-8 SQL"))?;
                 if sql.trim().is_empty() {
@@ -180,6 +188,12 @@ pub fn options(query: Option<&str>, endpoint: Endpoint, get: bool) -> Result<Sql
             }
             _ => unreachable!("parse_query allows only the names listed"),
         }
+    }
+    // As in rqlite, a freshness bound applies to `level=none` only (every other level is
+    // linearizable, which is fresher than any bound).
+    if let (ReadLevel::Stale, Some(max)) = (o.level, freshness) {
+        let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        o.level = ReadLevel::Fresh { max_ms, strict };
     }
     if get && o.q.is_none() {
         return Err(ApiError::bad(
@@ -191,36 +205,47 @@ pub fn options(query: Option<&str>, endpoint: Endpoint, get: bool) -> Result<Sql
 
 /// A Go duration as rqlite takes it: `0`, or an optional sign and numbers (with an
 /// optional fraction) each followed by a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`).
-fn is_go_duration(v: &[u8]) -> bool {
-    let Ok(s) = std::str::from_utf8(v) else {
-        return false;
-    };
+/// Returns whether it is negative, and its length.
+fn go_duration(v: &[u8]) -> Option<(bool, std::time::Duration)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let negative = s.starts_with('-');
     let s = s.strip_prefix(['+', '-']).unwrap_or(s);
     if s == "0" {
-        return true;
+        return Some((negative, std::time::Duration::ZERO));
     }
     let mut rest = s;
     if rest.is_empty() {
-        return false;
+        return None;
     }
+    let mut secs = 0f64;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         let number = &rest[..digits];
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-            return false;
+            return None;
         }
+        let n: f64 = number.parse().ok()?;
         rest = &rest[digits..];
-        let Some(unit) = ["ns", "us", "µs", "ms", "s", "m", "h"]
-            .into_iter()
-            .find(|u| rest.starts_with(u))
-        else {
-            return false;
-        };
+        // Longest unit names first: "ms" before "m" and "s".
+        let (unit, scale) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .into_iter()
+        .find(|(u, _)| rest.starts_with(u))?;
+        secs += n * scale;
         rest = &rest[unit.len()..];
     }
-    true
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .map(|d| (negative, d))
 }
 
 fn invalid(what: impl std::fmt::Display) -> ApiError {
@@ -813,8 +838,10 @@ mod tests {
         for (q, ep, get) in [
             ("level=eventual", Endpoint::Query, false),
             ("level=none", Endpoint::Execute, false),
-            ("freshness=1s", Endpoint::Query, false),
-            ("freshness_strict", Endpoint::Request, false),
+            ("freshness=1s", Endpoint::Execute, false),
+            ("freshness=-1s", Endpoint::Query, false),
+            ("freshness=soon", Endpoint::Query, false),
+            ("freshness_strict=maybe", Endpoint::Request, false),
             ("queue", Endpoint::Execute, false),
             ("raft_index", Endpoint::Execute, false),
             ("timeout=5", Endpoint::Execute, false),
@@ -829,8 +856,30 @@ mod tests {
             let e = options(Some(q), ep, get).unwrap_err();
             assert_eq!(e.status, 400, "{q}");
         }
-        let e = options(Some("freshness=1s"), Endpoint::Query, false).unwrap_err();
-        assert!(e.message.contains("not supported"), "{}", e.message);
+    }
+
+    #[test]
+    fn freshness_bounds_stale_reads_only() {
+        let level = |q| options(Some(q), Endpoint::Query, false).unwrap().level;
+        assert_eq!(
+            level("level=none&freshness=1.5s&freshness_strict"),
+            ReadLevel::Fresh {
+                max_ms: 1500,
+                strict: true
+            }
+        );
+        assert_eq!(
+            level("freshness=1m30s&level=none"),
+            ReadLevel::Fresh {
+                max_ms: 90_000,
+                strict: false
+            }
+        );
+        // A linearizable read is fresher than any bound.
+        assert_eq!(level("freshness=1s"), ReadLevel::Linearizable);
+        assert_eq!(level("level=strong&freshness=1s"), ReadLevel::Linearizable);
+        // Strict without a bound changes nothing.
+        assert_eq!(level("level=none&freshness_strict"), ReadLevel::Stale);
     }
 
     #[test]
