@@ -24,9 +24,7 @@
 #[cfg(feature = "test-machinery")]
 pub mod cluster;
 pub mod skip;
-#[cfg(feature = "test-machinery")]
 pub mod tools;
-#[cfg(feature = "test-machinery")]
 pub mod workload;
 
 #[cfg(feature = "test-machinery")]
