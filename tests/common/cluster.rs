@@ -149,6 +149,25 @@ impl ClusterBuilder {
     /// administrator, until every node authenticates it).
     pub async fn start(self) -> Cluster {
         let mut spec = self.spec;
+        // Client TLS named only through settings (`.env(..)` or `start_with`) is still
+        // what the harness's clients must speak.
+        let setting = |spec: &ClusterSpec, name: &str| {
+            spec.env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| PathBuf::from(v))
+        };
+        if spec.tls.is_none() {
+            if let Some(dir) = setting(&spec, "PAXOSDB_CLIENT_TLS_DIR") {
+                spec = spec.client_tls(&dir);
+            }
+        }
+        if let Some(ca) = setting(&spec, "PAXOSDB_CLIENT_CA") {
+            if spec.tls.as_ref().is_some_and(|t| t.cert.is_none()) {
+                spec = spec.client_ca(&ca);
+            }
+        }
         // PAXOSDB_TEST_LOG picks the servers' log level (info by default).
         let level = std::env::var("PAXOSDB_TEST_LOG").unwrap_or("info".into());
         spec.env.insert(0, ("PAXOSDB_LOG".into(), level));
