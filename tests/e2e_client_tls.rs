@@ -178,10 +178,8 @@ async fn redis_cli_and_redis_py_over_tls() {
         );
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let tls = tmp.path().join("tls");
-    certs(&["--dir", tls.to_str().unwrap()]);
-    let c = tls_cluster(&tls, &[]).await;
+    let c = Cluster::builder(3).certs().start().await;
+    let tls = c.tls_dir();
     let ca = tls.join("ca.pem");
     let ca_s = ca.to_str().unwrap();
     let resp = c.nodes[0].resp_addr.clone();
@@ -298,10 +296,8 @@ async fn client_certificates_when_required() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tls = tmp.path().join("tls");
-    certs(&["--dir", tls.to_str().unwrap()]);
-    let c = tls_cluster(&tls, &[]).await;
+    let c = Cluster::builder(3).certs().start().await;
+    let tls = c.tls_dir();
     let (ca, server) = (tls.join("ca.pem"), tls.join("server.pem"));
     let resp = c.nodes[0].resp_addr.clone();
     let old = file_certificate(&server);
