@@ -9,15 +9,12 @@
 
 mod common;
 
+use common::tools::{curl, port};
 use common::{eventually, Cluster};
 use std::process::Command;
 use std::time::Duration;
 
 const ADMIN_PW: &str = "admin-secret-1";
-
-fn port(addr: &str) -> &str {
-    addr.rsplit_once(':').expect("host:port").1
-}
 
 /// `redis-cli -p PORT [--user U --pass P] args...`: stdout and stderr, trimmed.
 fn cli(addr: &str, auth: Option<(&str, &str)>, args: &[&str]) -> String {
@@ -30,18 +27,6 @@ fn cli(addr: &str, auth: Option<(&str, &str)>, args: &[&str]) -> String {
     let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
     s.push_str(&String::from_utf8_lossy(&out.stderr));
     s.trim().to_string()
-}
-
-/// `curl` with optional `-u user:pass` or a bearer token: (status, body).
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (code.trim().parse().expect("status"), body.to_string())
 }
 
 fn url(addr: &str, path: &str) -> String {
@@ -63,24 +48,10 @@ fn python(addr: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-async fn start(extra: &[(&str, &str)]) -> (Cluster, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("admin-password");
-    std::fs::write(&pw, format!("{ADMIN_PW}\n")).unwrap();
-    let mut env = vec![
-        ("PAXOSDB_ADMIN_PASSWORD_FILE", pw.to_str().unwrap()),
-        ("PAXOSDB_ADMIN_USER", "admin"),
-    ];
-    env.extend_from_slice(extra);
-    let c = Cluster::start_with(3, &env).await;
-    // The first administrator is proposed at start; wait until node 1 knows it.
-    let resp = c.nodes[0].resp_addr.clone();
-    eventually(Duration::from_secs(30), "the admin user exists", || {
-        let resp = resp.clone();
-        async move { (cli(&resp, Some(("admin", ADMIN_PW)), &["PING"]) == "PONG").then_some(()) }
-    })
-    .await;
-    (c, dir)
+/// A 3-node cluster whose administrator `admin` has [`ADMIN_PW`] (and `extra` settings),
+/// once every node knows the administrator.
+async fn start(extra: &[(&str, &str)]) -> Cluster {
+    Cluster::builder(3).admin(ADMIN_PW).env(extra).start().await
 }
 
 fn admin() -> Option<(&'static str, &'static str)> {
@@ -89,7 +60,7 @@ fn admin() -> Option<(&'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_and_prefixes_are_enforced_on_resp_and_http() {
-    let (c, _pw) = start(&[]).await;
+    let c = start(&[]).await;
     let resp = c.nodes[0].resp_addr.clone();
     let http = c.nodes[1].http_addr.clone();
 
@@ -261,7 +232,7 @@ async fn roles_and_prefixes_are_enforced_on_resp_and_http() {
 /// came back by a state transfer (its missing log range compacted away everywhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_survive_restart_and_state_transfer() {
-    let (mut c, _pw) = start(&[
+    let mut c = start(&[
         ("PAXOSDB_COMPACT_EVERY_ENTRIES", "50"),
         ("PAXOSDB_LOG_KEEP_ENTRIES", "200"),
     ])
@@ -362,7 +333,7 @@ async fn grpc_cli_and_membership_need_the_right_role() {
     use paxosdb::client::Auth;
     use paxosdb::command::ScanRange;
     use paxosdb::error::Error;
-    let (mut c, _pw) = start(&[]).await;
+    let mut c = start(&[]).await;
     let as_user = |user: &str, password: &str| {
         c.client()
             .with_auth(Some(Auth::Password {

@@ -7,48 +7,18 @@
 
 mod common;
 
+use common::cluster::certs;
+use common::tools::{file_certificate, port, text, tls_connect, tool};
 use common::{eventually, skip, Cluster, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Runs a client tool; panics with a hint if it is not installed.
-fn tool(name: &str) -> Command {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "{name} is not installed; run scripts/setup");
-    Command::new(name)
-}
-
-fn certs(args: &[&str]) {
-    let out = Command::new(BIN).arg("certs").args(args).output().unwrap();
-    assert!(out.status.success(), "paxosdb certs {args:?}: {out:?}");
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn port(addr: &str) -> &str {
-    addr.rsplit_once(':').unwrap().1
-}
-
 /// A TLS-on cluster of 3 nodes with its certificates in `dir` (and `extra` settings).
 async fn tls_cluster(dir: &Path, extra: &[(&str, &str)]) -> Cluster {
-    let d = dir.to_str().unwrap();
-    let mut env = vec![("PAXOSDB_PEER_TLS_DIR", d), ("PAXOSDB_CLIENT_TLS_DIR", d)];
-    env.extend_from_slice(extra);
-    Cluster::start_with(3, &env).await
+    Cluster::builder(3).tls(dir).env(extra).start().await
 }
 
 /// `paxosdb ARGS` against the cluster's nodes, with `env`.
@@ -68,40 +38,10 @@ fn paxosdb(c: &Cluster, env: &[(&str, &Path)], args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// A TLS session with the listener at `addr`, verified with `ca` as localhost.
-async fn tls_connect(addr: &str, ca: &Path) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 /// The certificate a node's listener at `addr` shows (verified with `ca`, as localhost).
 async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
     let s = tls_connect(addr, ca).await;
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
-}
-
-fn file_certificate(path: &Path) -> Vec<u8> {
-    let pem = std::fs::read(path).unwrap();
-    let first = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .unwrap()
-        .unwrap();
-    first.to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,10 +178,8 @@ async fn redis_cli_and_redis_py_over_tls() {
         );
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let tls = tmp.path().join("tls");
-    certs(&["--dir", tls.to_str().unwrap()]);
-    let c = tls_cluster(&tls, &[]).await;
+    let c = Cluster::builder(3).certs().start().await;
+    let tls = c.tls_dir();
     let ca = tls.join("ca.pem");
     let ca_s = ca.to_str().unwrap();
     let resp = c.nodes[0].resp_addr.clone();
@@ -288,7 +226,11 @@ async fn client_certificates_when_required() {
     // A client certificate of another client CA.
     certs(&["--dir", other.to_str().unwrap(), "--client", "mallory"]);
     let client_ca = tls.join("client-ca.pem");
-    let c = tls_cluster(&tls, &[("PAXOSDB_CLIENT_CA", client_ca.to_str().unwrap())]).await;
+    let c = Cluster::builder(3)
+        .tls(&tls)
+        .client_ca(&client_ca)
+        .start()
+        .await;
     let ca = tls.join("ca.pem");
     // The harness's client shows client-harness.pem.
     c.client().put(b"k", b"v", false).await.unwrap();
@@ -354,10 +296,8 @@ async fn client_certificates_when_required() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tls = tmp.path().join("tls");
-    certs(&["--dir", tls.to_str().unwrap()]);
-    let c = tls_cluster(&tls, &[]).await;
+    let c = Cluster::builder(3).certs().start().await;
+    let tls = c.tls_dir();
     let (ca, server) = (tls.join("ca.pem"), tls.join("server.pem"));
     let resp = c.nodes[0].resp_addr.clone();
     let old = file_certificate(&server);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{eventually, Cluster, BIN};
+use common::{eventually, Cluster};
 use paxosdb::command::{KvCommand, LogEntry, WriteOp};
 use paxosdb::transport::{read_frame, write_frame, Hello, PeerMsg, Purpose, TransportConfig};
 use std::path::Path;
@@ -17,12 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn certs(dir: &Path) {
-    let st = std::process::Command::new(BIN)
-        .args(["certs", "--nodes", "1,2,3", "--dir"])
-        .arg(dir)
-        .status()
-        .expect("paxosdb certs");
-    assert!(st.success());
+    common::cluster::certs(&["--nodes", "1,2,3", "--dir", dir.to_str().unwrap()]);
 }
 
 /// The attacker's hello and forwarded proposal, speaking as node `as_node` (with its
@@ -136,16 +131,14 @@ async fn with_mutual_tls_impostors_are_refused_and_members_replicate() {
     let (tls, other) = (tmp.path().join("tls"), tmp.path().join("other"));
     certs(&tls);
     certs(&other);
-    let tls_s = tls.to_str().unwrap().to_string();
-    let mut c = Cluster::start_with(
-        3,
-        &[
-            ("PAXOSDB_PEER_TLS_DIR", tls_s.as_str()),
+    let mut c = Cluster::builder(3)
+        .peer_tls(&tls)
+        .env(&[
             ("PAXOSDB_COMPACT_EVERY_ENTRIES", "20"),
             ("PAXOSDB_LOG_KEEP_ENTRIES", "40"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let leader = c.leader().await;
     c.client().put(b"over", b"tls", false).await.unwrap();
 

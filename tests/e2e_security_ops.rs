@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::cluster::{certs, private_file};
+use common::tools::{file_certificate, text, tls_connect};
 use common::{eventually, Cluster, BIN};
-use paxosdb::client::{Auth, Client};
+use paxosdb::client::Client;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,58 +18,12 @@ use tokio::net::TcpStream;
 
 const ADMIN_PW: &str = "admin-secret-1";
 
-fn certs(args: &[&str]) {
-    let out = Command::new(BIN).arg("certs").args(args).output().unwrap();
-    assert!(out.status.success(), "paxosdb certs {args:?}: {out:?}");
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn private_file(path: &Path, contents: &str) {
-    std::fs::write(path, contents).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// A 3-node cluster with peer and client TLS (certificates in `tmp/tls`) and an
-/// administrator `admin`; returns it once the administrator exists.
+/// administrator `admin`; returns it once every node knows the administrator.
 async fn secure_cluster(tmp: &Path) -> Cluster {
     let tls = tmp.join("tls");
     certs(&["--dir", tls.to_str().unwrap()]);
-    let pw = tmp.join("admin-password");
-    private_file(&pw, &format!("{ADMIN_PW}\n"));
-    let d = tls.to_str().unwrap();
-    let c = Cluster::start_with(
-        3,
-        &[
-            ("PAXOSDB_PEER_TLS_DIR", d),
-            ("PAXOSDB_CLIENT_TLS_DIR", d),
-            ("PAXOSDB_ADMIN_PASSWORD_FILE", pw.to_str().unwrap()),
-            ("PAXOSDB_ADMIN_USER", "admin"),
-        ],
-    )
-    .await;
-    let admin = admin_client(&c);
-    eventually(Duration::from_secs(30), "the admin user exists", || {
-        let admin = admin.clone();
-        async move { admin.put(b"ready", b"1", false).await.ok() }
-    })
-    .await;
-    c
-}
-
-fn admin_client(c: &Cluster) -> Client {
-    c.client()
-        .with_auth(Some(Auth::Password {
-            user: "admin".into(),
-            password: ADMIN_PW.into(),
-        }))
-        .unwrap()
+    Cluster::builder(3).tls(&tls).admin(ADMIN_PW).start().await
 }
 
 /// `paxosdb ARGS` with none of the client settings of this process's environment, and
@@ -166,7 +122,7 @@ async fn clients_take_endpoints_tls_and_credentials_from_a_config_file() {
     );
 
     // Precedence. A `read` user given by flags replaces the file's credentials whole.
-    let admin = admin_client(&c);
+    let admin = c.admin_client();
     admin
         .set_user("reader", Some("reader-pw"), Some("read"), None)
         .await
@@ -290,15 +246,6 @@ async fn peer_certificate(addr: &str, dir: &Path, as_node: u64, to: u64) -> Vec<
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-fn file_certificate(path: &Path) -> Vec<u8> {
-    let pem = std::fs::read(path).unwrap();
-    let first = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .unwrap()
-        .unwrap();
-    first.to_vec()
-}
-
 /// A node's peer certificate is renewed on disk and the node sent SIGHUP: its peer port
 /// then shows the new certificate, the connections it had keep working, and new ones both
 /// ways (a restarted peer, with the third node down so that every write needs them) work
@@ -309,14 +256,13 @@ async fn sighup_rotates_the_peer_certificate_and_keeps_it_when_the_new_one_is_ba
     let tmp = tempfile::tempdir().unwrap();
     let tls = tmp.path().join("tls");
     certs(&["--dir", tls.to_str().unwrap()]);
-    let d = tls.to_str().unwrap();
-    let mut c = Cluster::start_with(3, &[("PAXOSDB_PEER_TLS_DIR", d)]).await;
+    let mut c = Cluster::builder(3).peer_tls(&tls).start().await;
     let peer1 = c.nodes[0].peer_addr.clone();
     let cert1 = tls.join("node-1.pem");
     let old = file_certificate(&cert1);
     assert_eq!(peer_certificate(&peer1, &tls, 2, 1).await, old);
 
-    certs(&["--dir", d, "--renew", "--nodes", "1"]);
+    certs(&["--dir", tls.to_str().unwrap(), "--renew", "--nodes", "1"]);
     let new = file_certificate(&cert1);
     assert_ne!(new, old);
     assert_eq!(
@@ -344,19 +290,7 @@ async fn sighup_rotates_the_peer_certificate_and_keeps_it_when_the_new_one_is_ba
         .unwrap();
 
     // New connections both ways: node 3 down, node 2 restarted; writes need 1 and 2.
-    c.kill(3);
-    c.kill(2);
-    c.restart(2).await;
-    let w = c.client_for(1);
-    eventually(
-        Duration::from_secs(30),
-        "a write with nodes 1 and 2",
-        || {
-            let w = w.clone();
-            async move { w.put(b"new-connections", b"1", false).await.ok() }
-        },
-    )
-    .await;
+    write_over_new_connections(&mut c, b"new-connections").await;
     assert!(
         !c.log_of(2).contains("TLS session to the peer refused"),
         "{}",
@@ -392,7 +326,7 @@ async fn a_new_ca_is_rolled_in_with_sighup() {
     let (tls, new) = (tmp.path().join("tls"), tmp.path().join("new"));
     certs(&["--dir", tls.to_str().unwrap()]);
     certs(&["--dir", new.to_str().unwrap()]);
-    let mut c = Cluster::start_with(3, &[("PAXOSDB_PEER_TLS_DIR", tls.to_str().unwrap())]).await;
+    let mut c = Cluster::builder(3).peer_tls(&tls).start().await;
     let both = [
         std::fs::read(tls.join("ca.pem")).unwrap(),
         std::fs::read(new.join("ca.pem")).unwrap(),
@@ -427,6 +361,12 @@ async fn a_new_ca_is_rolled_in_with_sighup() {
     )
     .await;
     // New connections between node 1 (new CA) and node 2 (old CA); writes need both.
+    write_over_new_connections(&mut c, b"new-ca").await;
+}
+
+/// Makes new peer connections both ways between nodes 1 and 2 (node 3 stopped, node 2
+/// restarted) and waits until a write of `key` goes through: it needs both.
+async fn write_over_new_connections(c: &mut Cluster, key: &'static [u8]) {
     c.kill(3);
     c.kill(2);
     c.restart(2).await;
@@ -436,7 +376,7 @@ async fn a_new_ca_is_rolled_in_with_sighup() {
         "a write with nodes 1 and 2",
         || {
             let w = w.clone();
-            async move { w.put(b"new-ca", b"1", false).await.ok() }
+            async move { w.put(key, b"1", false).await.ok() }
         },
     )
     .await;
@@ -451,7 +391,7 @@ async fn one_token_is_revoked_and_the_others_keep_working() {
     let c = secure_cluster(tmp.path()).await;
     let ca = tmp.path().join("tls/ca.pem");
     let eps = c.endpoints().join(",");
-    let pw = tmp.path().join("admin-password");
+    let pw = c.admin_password_file();
     let admin_env = [
         ("PAXOSDB_ENDPOINTS", eps.as_str()),
         ("PAXOSDB_CACERT", ca.to_str().unwrap()),
@@ -567,27 +507,6 @@ async fn one_token_is_revoked_and_the_others_keep_working() {
     );
     let o = with_token(&t2, &["get", "k"]);
     assert!(!o.status.success(), "{}", text(&o));
-}
-
-/// A TLS session with the client listener at `addr` (verified with `ca` as localhost).
-async fn tls_connect(addr: &str, ca: &Path) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap()
 }
 
 /// Reads RESP reply lines until `n` have come.
@@ -725,7 +644,7 @@ async fn a_plaintext_node_among_tls_peers_is_told_without_a_flood() {
     let tmp = tempfile::tempdir().unwrap();
     let tls = tmp.path().join("tls");
     certs(&["--dir", tls.to_str().unwrap()]);
-    let mut c = Cluster::start_with(3, &[("PAXOSDB_PEER_TLS_DIR", tls.to_str().unwrap())]).await;
+    let mut c = Cluster::builder(3).peer_tls(&tls).start().await;
     c.kill(3);
     let log3 = tmp.path().join("node-3-plain.log");
     let out = std::fs::File::create(&log3).unwrap();

@@ -28,27 +28,10 @@ const ADMIN_PW: &str = "sql-admin-pw";
 const NODE: u64 = 1;
 
 /// A three-node cluster whose administrator is `admin`, and an admin client.
-async fn start() -> (Cluster, tempfile::TempDir, Client) {
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("admin-password");
-    std::fs::write(&pw, format!("{ADMIN_PW}\n")).unwrap();
-    let c = Cluster::start_with(
-        3,
-        &[
-            ("PAXOSDB_ADMIN_PASSWORD_FILE", pw.to_str().unwrap()),
-            ("PAXOSDB_ADMIN_USER", "admin"),
-        ],
-    )
-    .await;
+async fn start() -> (Cluster, Client) {
+    let c = Cluster::builder(3).admin(ADMIN_PW).start().await;
     let admin = as_user(&c, "admin", ADMIN_PW);
-    // The first administrator is proposed at start; wait until the node knows it.
-    let probe = admin.clone();
-    eventually(Duration::from_secs(30), "the admin user exists", || {
-        let probe = probe.clone();
-        async move { probe.get(b"x", false).await.ok() }
-    })
-    .await;
-    (c, dir, admin)
+    (c, admin)
 }
 
 fn as_user(c: &Cluster, user: &str, password: &str) -> Client {
@@ -98,7 +81,7 @@ fn ok(results: &[StatementResult]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_values_round_trip_and_transactions_are_all_or_nothing() {
-    let (_c, _dir, admin) = start().await;
+    let (_c, admin) = start().await;
     let created = admin
         .sql_execute(one("CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n)"))
         .await
@@ -264,7 +247,7 @@ async fn typed_values_round_trip_and_transactions_are_all_or_nothing() {
 /// and every node's own database ends up with the same rows (a stale read of each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_one_node_are_read_on_every_node() {
-    let (c, _dir, admin) = start().await;
+    let (c, admin) = start().await;
     let on = |id: u64| {
         c.client_for(id)
             .with_auth(Some(Auth::Password {
@@ -321,7 +304,7 @@ async fn writes_through_one_node_are_read_on_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_are_enforced_and_the_service_is_listed() {
-    let (c, _dir, admin) = start().await;
+    let (c, admin) = start().await;
     ok(&admin.sql_execute(one("CREATE TABLE r (a)")).await.unwrap());
     admin
         .set_user("reader", Some("rpw"), Some("read"), None)
@@ -557,7 +540,7 @@ fn sql_cli(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shell_runs_statements_scripts_and_dot_commands() {
-    let (c, _dir, admin) = start().await;
+    let (c, admin) = start().await;
     let me = ("admin", ADMIN_PW);
 
     // -e with several statements; the query prints an aligned table.
@@ -727,8 +710,8 @@ async fn the_interactive_shell_reads_lines_and_keeps_a_private_history() {
         );
         return;
     }
-    let (c, dir, _admin) = start().await;
-    let history = dir.path().join("history").join("sql_history");
+    let (c, _admin) = start().await;
+    let history = c.dir.path().join("history").join("sql_history");
     let shell = format!(
         "{} --endpoints {} --timeout 10s --user admin sql",
         common::BIN,

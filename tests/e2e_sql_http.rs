@@ -13,22 +13,10 @@
 
 mod common;
 
-use common::{eventually, skip, Cluster};
+use common::tools::{curl, port};
+use common::{skip, Cluster};
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::Duration;
-
-/// `curl -s` with `args`: (status, body).
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (code.trim().parse().expect("status"), body.to_string())
-}
 
 /// POSTs a JSON body to `http://addr{path}` (extra curl args first): (status, body).
 fn post(addr: &str, path: &str, extra: &[&str], body: &str) -> (u16, String) {
@@ -55,10 +43,6 @@ fn expect(want: u16, (status, body): (u16, String)) -> Value {
     json_of(&body)
 }
 
-fn port(addr: &str) -> &str {
-    addr.rsplit_once(':').expect("host:port").1
-}
-
 /// Whether python3 can import every one of `modules`.
 fn importable(modules: &str) -> bool {
     Command::new("python3")
@@ -67,11 +51,18 @@ fn importable(modules: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs `tests/python/<script>` against `addr`; asserts it succeeded and printed `ok`.
-fn run_script(script: &str, addr: &str, c: &Cluster) {
+/// Runs `tests/python/<script>` on a fresh 3-node cluster (through node 1's HTTP
+/// listener); asserts it succeeded and printed `ok`. Records a skip of `test` instead
+/// when python3 cannot import `modules` (`missing` says why).
+async fn run_script(test: &str, modules: &str, missing: &str, script: &str) {
+    if !importable(modules) {
+        skip(test, missing);
+        return;
+    }
+    let c = Cluster::start(3).await;
     let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .args([&path, "127.0.0.1", port(addr)])
+        .args([&path, "127.0.0.1", port(&c.nodes[0].http_addr)])
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -85,28 +76,24 @@ fn run_script(script: &str, addr: &str, c: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyrqlite_dbapi_works_unchanged() {
-    if !importable("pyrqlite") {
-        skip(
-            "pyrqlite_dbapi_works_unchanged",
-            "pyrqlite is not installed (scripts/setup installs it from PyPI)",
-        );
-        return;
-    }
-    let c = Cluster::start(3).await;
-    run_script("rqlite_dbapi.py", &c.nodes[0].http_addr, &c);
+    run_script(
+        "pyrqlite_dbapi_works_unchanged",
+        "pyrqlite",
+        "pyrqlite is not installed (scripts/setup installs it from PyPI)",
+        "rqlite_dbapi.py",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy_rqlite_orm_round_trip() {
-    if !importable("sqlalchemy, sqlalchemy_rqlite") {
-        skip(
-            "sqlalchemy_rqlite_orm_round_trip",
-            "SQLAlchemy or sqlalchemy-rqlite is not installed (scripts/setup installs them from PyPI)",
-        );
-        return;
-    }
-    let c = Cluster::start(3).await;
-    run_script("rqlite_sqlalchemy.py", &c.nodes[0].http_addr, &c);
+    run_script(
+        "sqlalchemy_rqlite_orm_round_trip",
+        "sqlalchemy, sqlalchemy_rqlite",
+        "SQLAlchemy or sqlalchemy-rqlite is not installed (scripts/setup installs them from PyPI)",
+        "rqlite_sqlalchemy.py",
+    )
+    .await;
 }
 
 /// rqlite's request and result shapes as curl sees them, transactions, and refusals.
@@ -301,28 +288,10 @@ fn put_user(addr: &str, name: &str, body: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_needs_the_right_role_and_no_key_prefix() {
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("admin-password");
-    std::fs::write(&pw, format!("{ADMIN_PW}\n")).unwrap();
-    let c = Cluster::start_with(
-        3,
-        &[
-            ("PAXOSDB_ADMIN_PASSWORD_FILE", pw.to_str().unwrap()),
-            ("PAXOSDB_ADMIN_USER", "admin"),
-        ],
-    )
-    .await;
+    let c = Cluster::builder(3).admin(ADMIN_PW).start().await;
     let a = c.nodes[0].http_addr.clone();
     let admin = format!("admin:{ADMIN_PW}");
     let as_admin = ["-u", admin.as_str()];
-    eventually(Duration::from_secs(30), "the admin user exists", || {
-        let (a, admin) = (a.clone(), admin.clone());
-        async move {
-            let (s, _) = curl(&["-u", &admin, &format!("http://{a}/v1/users")]);
-            (s == 200).then_some(())
-        }
-    })
-    .await;
     put_user(&a, "reader", r#"{"password": "rpw", "role": "read"}"#);
     put_user(&a, "writer", r#"{"password": "wpw", "role": "readwrite"}"#);
     put_user(

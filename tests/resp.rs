@@ -6,30 +6,12 @@
 
 mod common;
 
+use common::tools::{port, tool};
 use common::Cluster;
 use paxosdb::api::resp::frame::{parse, Frame, FrameError, FrameLimits};
-use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn port(addr: &str) -> &str {
-    addr.rsplit_once(':').expect("host:port").1
-}
-
-/// Runs a client tool; panics with a hint if it is not installed.
-fn tool(name: &str) -> Command {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is not installed; run scripts/setup (it installs redis-tools and redis-py)"
-    );
-    Command::new(name)
-}
 
 /// `redis-cli -h 127.0.0.1 -p PORT args...`: its standard output, trimmed.
 fn cli(addr: &str, args: &[&str]) -> String {
