@@ -14,9 +14,10 @@
 mod common;
 
 use common::tools::{curl, port};
-use common::{skip, Cluster};
+use common::{eventually, skip, Cluster};
 use serde_json::{json, Value};
 use std::process::Command;
+use std::time::Duration;
 
 /// POSTs a JSON body to `http://addr{path}` (extra curl args first): (status, body).
 fn post(addr: &str, path: &str, extra: &[&str], body: &str) -> (u16, String) {
