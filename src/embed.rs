@@ -142,8 +142,11 @@ pub struct Builder {
     http_addr: Option<String>,
     resp_addr: Option<String>,
     timeout: Duration,
-    configure: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
+    configure: Vec<ConfigChange>,
 }
+
+/// A change to the node's configuration, made by [`Builder::configure`].
+type ConfigChange = Box<dyn FnOnce(&mut Config) + Send>;
 
 impl Builder {
     fn new(data_dir: impl AsRef<Path>) -> Builder {

@@ -11,7 +11,7 @@ mod http_client;
 use common::workload::{assert_contains_all, read_all, Writers};
 use common::{eventually, skip, Cluster, BIN};
 use std::collections::BTreeSet;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -189,7 +189,7 @@ async fn grows_from_one_to_three_and_back_under_writers() {
             Duration::from_secs(60),
             &format!("node {id} serves in a cluster of {id}"),
             || async move {
-                let (n, role) = members_and_role(&c, id).await?;
+                let (n, role) = members_and_role(c, id).await?;
                 (n == id as usize && (role == "leader" || role == "follower")).then_some(())
             },
         )
@@ -215,7 +215,7 @@ async fn grows_from_one_to_three_and_back_under_writers() {
             Duration::from_secs(30),
             &format!("node {id} reports that it was removed"),
             || async move {
-                let (_, role) = members_and_role(&c, id).await?;
+                let (_, role) = members_and_role(c, id).await?;
                 (role == "removed").then_some(())
             },
         )
@@ -429,14 +429,98 @@ async fn readme_single_node_quickstart_runs_as_written() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let banner = std::io::BufReader::new(again.stdout.take().unwrap())
-        .lines()
-        .next()
-        .unwrap()
-        .unwrap();
+    let mut lines = std::io::BufReader::new(again.stdout.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    // Keep reading what it prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
     background.0.push(again);
     assert!(banner.contains("single-node database"), "{banner}");
     let out = shell(dir.path(), "paxosdb get hello").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "world");
-    let _ = std::io::stderr().flush();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "world",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_with_one_node_is_a_secured_single_node_database() {
+    let dir = tempfile::tempdir().unwrap();
+    // A base port whose four ports (gRPC, peer, HTTP, RESP of node 1) are free.
+    let base = loop {
+        let b = 10000 + (rand::random::<u16>() % 20000); // below the ephemeral range
+        let free = [1, 101, 201, 301]
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", b + o)).is_ok());
+        if free {
+            break b;
+        }
+    };
+    let mut up = Command::new(BIN)
+        .args([
+            "cluster",
+            "up",
+            "--nodes",
+            "1",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its client config names the endpoint, the CA and the password: TLS and credentials.
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--client-config")
+            .arg(dir.path().join("client.toml"))
+            .args(["--timeout", "5s"])
+            .args(args)
+            .env_remove("PAXOSDB_ENDPOINTS")
+            .env_remove("PAXOSDB_CACERT")
+            .env_remove("PAXOSDB_USER")
+            .env_remove("PAXOSDB_PASSWORD")
+            .env_remove("PAXOSDB_PASSWORD_FILE")
+            .env_remove("PAXOSDB_TOKEN")
+            .output()
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "cluster up accepts a write",
+        || async { run(&["put", "one", "node"]).status.success().then_some(()) },
+    )
+    .await;
+    let got = run(&["get", "one"]);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "node",
+        "{got:?}"
+    );
+    let status = run(&["status", "--json"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("\"leader\""), "{text}");
+    // Without credentials (or without the CA) it refuses.
+    let plain = Command::new(BIN)
+        .args([
+            "--endpoints",
+            &format!("127.0.0.1:{}", base + 1),
+            "--timeout",
+            "3s",
+        ])
+        .args(["get", "one"])
+        .env_remove("PAXOSDB_CLIENT_CONFIG")
+        .env_remove("PAXOSDB_CACERT")
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "{plain:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(up.wait().unwrap().success());
 }

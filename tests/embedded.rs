@@ -4,6 +4,7 @@
 //! write.
 
 mod common;
+mod http_client;
 
 #[path = "../examples/single_node.rs"]
 mod single_node;
@@ -192,5 +193,71 @@ async fn a_node_without_a_fixed_peer_address_refuses_to_grow() {
     // A SQL error is the statement's, and changes nothing.
     let err = node.sql().execute("CREATE TABLE", ()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    node.shutdown().await;
+}
+
+/// The count of fsynced log writes a node reports on `/metrics`.
+fn fsyncs(http: &str) -> u64 {
+    let text = http_client::get(http, "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("paxosdb_fsync_duration_seconds_count "))
+        .unwrap_or_else(|| panic!("no fsync count in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_decides_on_one_fsync_trims_its_log_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let start = || {
+        Node::builder(dir.path())
+            .http_addr(format!("127.0.0.1:{port}"))
+            .configure(|c| {
+                c.compact_every_entries = 20;
+                c.log_keep_entries = 10;
+            })
+            .start()
+    };
+    let node = start().await.unwrap();
+    let http = node.listener("http").unwrap().to_string();
+    let kv = node.kv();
+    kv.put(b"warm", b"up").await.unwrap();
+    let before = fsyncs(&http);
+    const N: u64 = 100;
+    for i in 0..N {
+        kv.put(format!("k/{i:03}").as_bytes(), b"v").await.unwrap();
+    }
+    // One synced append per write, one after the other: the witness adds none (a handful
+    // more may come from the node's own bookkeeping, e.g. a trim).
+    let spent = fsyncs(&http) - before;
+    assert!(
+        (N..=N + 10).contains(&spent),
+        "{spent} fsyncs for {N} writes"
+    );
+    let st = node.status().await.unwrap();
+    assert!(
+        st.compacted_index >= N - 20,
+        "the log is trimmed in steps of 20 entries: {st:?}"
+    );
+    node.shutdown().await;
+
+    let node = start().await.unwrap();
+    let all = node
+        .kv()
+        .scan(
+            &ScanRange::Prefix(b"k/".to_vec()),
+            0,
+            Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), N as usize);
+    node.kv().put(b"after", b"restart").await.unwrap();
+    assert_eq!(
+        node.kv().get(b"after").await.unwrap().unwrap().value,
+        b"restart"
+    );
     node.shutdown().await;
 }

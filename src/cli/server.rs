@@ -301,7 +301,10 @@ fn print_banner(server: &crate::server::RunningServer) {
         .iter()
         .map(|(name, addr)| format!("{name} {addr}"))
         .collect();
-    println!(
+    // Not println!: a closed standard output must not stop a server.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
         "paxosdb: node {} serving{what}, data in {}\n  {}",
         info.config.id,
         info.config.data_dir.display(),
