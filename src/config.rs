@@ -28,7 +28,10 @@ pub struct Member {
 pub struct Config {
     /// This node's id; must be one of `peers`.
     pub id: NodeId,
-    /// Every member of the cluster, this node included, with its peer address.
+    /// Every member of the cluster, this node included, with its peer address. One member
+    /// is a single-node database: the same log and format as a cluster, and it grows into
+    /// one online (`paxosdb cluster add-node`). It survives no failure of its machine, so
+    /// 3 or 5 members are recommended for anything that must stay up.
     pub peers: Vec<Member>,
     /// Address of the client API (gRPC), e.g. `127.0.0.1:7001`.
     pub client_addr: String,
@@ -330,12 +333,13 @@ impl Config {
         if let Err(e) = crate::auth::check_name(&self.admin_user) {
             return bad(format!("--admin-user: {e}"));
         }
-        // A joining node names only itself: it learns the members from the cluster.
-        if self.peers.len() < 2 && self.join.is_none() {
+        // One member is a single-node database (it grows with `cluster add-node`); a
+        // joining node names only itself: it learns the members from the cluster.
+        if self.peers.is_empty() {
             return bad(format!(
-                "a cluster needs at least 2 members (3 or 5 recommended); --peers lists {} \
-                 (a node joining a running cluster takes --join MEMBER_PEER_ADDR)",
-                self.peers.len()
+                "--peers must list at least this node (e.g. {}=127.0.0.1:7101; 3 or 5 \
+                 members for a cluster that survives a failure)",
+                self.id
             ));
         }
         if self.join.as_deref().is_some_and(|j| j.trim().is_empty()) {
@@ -351,7 +355,15 @@ impl Config {
                 return bad(format!("node id {} appears twice in --peers", m.id));
             }
             let addr = resolve(&m.addr, &format!("peer address of node {}", m.id))?;
-            if !addrs.insert(addr) {
+            // Port 0 is "any free port": fine for a node alone, whom nobody dials.
+            if addr.port() == 0 && (self.peers.len() > 1 || self.join.is_some()) {
+                return bad(format!(
+                    "peer address {} of node {} has port 0 (any free port): peers could not \
+                     reach it; give a fixed port",
+                    m.addr, m.id
+                ));
+            }
+            if addr.port() != 0 && !addrs.insert(addr) {
                 return bad(format!("peer address {} appears twice in --peers", m.addr));
             }
         }
@@ -375,7 +387,7 @@ impl Config {
         }
         for (what, addr) in &listeners {
             let sa = resolve(addr, what)?;
-            if !addrs.insert(sa) {
+            if sa.port() != 0 && !addrs.insert(sa) {
                 return bad(format!(
                     "{what} {addr} is already used by another listener or peer; \
                      give each listener its own port (or \"off\")"
@@ -558,6 +570,31 @@ mod tests {
             .to_string()
             .contains("not a valid"));
         assert!(parse_peers("1:127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn one_member_is_a_valid_configuration() {
+        let mut c = cfg();
+        c.peers.truncate(1);
+        c.validate().unwrap();
+        // Its listeners still follow the security rule: loopback without TLS is allowed,
+        // a reachable address is not.
+        c.client_addr = "0.0.0.0:7001".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--client-tls-dir"), "{e}");
+        let mut c = cfg();
+        c.peers.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least this node"), "{e}");
+        // Any free port (0) for a node alone and its listeners (the embedded default);
+        // never for a member others must reach.
+        let mut c = cfg();
+        c.peers = parse_peers("1=127.0.0.1:0").unwrap();
+        c.client_addr = "127.0.0.1:0".into();
+        c.validate().unwrap();
+        c.peers = parse_peers("1=127.0.0.1:0,2=127.0.0.1:7102").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("port 0"), "{e}");
     }
 
     #[test]

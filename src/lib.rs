@@ -8,6 +8,9 @@
 //!   the node); [`metrics`]: request, consensus and fsync metrics for `/metrics`;
 //! - [`client`]: the Rust client library (leader-agnostic, retries, sessions);
 //!   [`client_config`]: its configuration file (endpoints, TLS, credentials);
+//! - [`embed`]: a node inside your own program (`embed::Node::start(dir)`: a single-node
+//!   database, growing into a cluster like any other), with in-process key-value and SQL
+//!   handles;
 //! - [`node`]: the task that owns the OmniPaxos instance, batches commands, applies
 //!   decided entries and answers waiters; [`server`] wires a node to its listeners;
 //! - [`transport`]: peer-to-peer TCP with framed messages;
@@ -30,6 +33,7 @@ pub mod client;
 pub mod client_config;
 pub mod command;
 pub mod config;
+pub mod embed;
 pub mod error;
 #[cfg(test)]
 pub(crate) mod fault_proxy;

@@ -117,11 +117,17 @@ impl Membership {
         bincode::serialize(members).expect("members serialize")
     }
 
-    /// The members a stop sign's metadata names; `ids` must be exactly theirs.
-    pub fn decode_members(metadata: Option<&[u8]>, ids: &[NodeId]) -> Result<Vec<Member>> {
+    /// The members a stop sign's metadata names; `ids`, the stop sign's OmniPaxos nodes,
+    /// must be exactly what `paxos_nodes` makes of theirs (the node's rule: the members,
+    /// with a witness beside a lone member, see `node::solo`).
+    pub fn decode_members(
+        metadata: Option<&[u8]>,
+        ids: &[NodeId],
+        paxos_nodes: fn(&[NodeId]) -> Vec<NodeId>,
+    ) -> Result<Vec<Member>> {
         let members: Vec<Member> = bincode::deserialize(metadata.unwrap_or_default())
             .map_err(|e| Error::Internal(format!("stop sign without member addresses: {e}")))?;
-        let mut got: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+        let mut got: Vec<NodeId> = paxos_nodes(&members.iter().map(|m| m.id).collect::<Vec<_>>());
         let mut want = ids.to_vec();
         got.sort_unstable();
         want.sort_unstable();
@@ -174,10 +180,10 @@ mod tests {
         let members = vec![m(1), m(4)];
         let bytes = Membership::encode_members(&members);
         assert_eq!(
-            Membership::decode_members(Some(&bytes), &[4, 1]).unwrap(),
+            Membership::decode_members(Some(&bytes), &[4, 1], <[NodeId]>::to_vec).unwrap(),
             members
         );
-        assert!(Membership::decode_members(Some(&bytes), &[1, 2]).is_err());
-        assert!(Membership::decode_members(None, &[1]).is_err());
+        assert!(Membership::decode_members(Some(&bytes), &[1, 2], <[NodeId]>::to_vec).is_err());
+        assert!(Membership::decode_members(None, &[1], <[NodeId]>::to_vec).is_err());
     }
 }

@@ -364,6 +364,17 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         );
     }
     if let Some(join) = &cfg.join {
+        let alone = matches!(cfg.peers.as_slice(), [m] if m.id == cfg.id);
+        if kv.membership()?.is_none() && kv.applied_index() > 0 && alone {
+            // It ran as a database of its own: joining would throw that away.
+            return Err(Error::Config(format!(
+                "--join {join}: data directory {} already holds a single-node database \
+                 ({} entries applied); a joining node starts with an empty data directory \
+                 (or drop --join to run this one)",
+                cfg.data_dir.display(),
+                kv.applied_index()
+            )));
+        }
         if kv.membership()?.is_none() && kv.applied_index() == 0 {
             crate::transfer::join(join, &tcfg, &states).await?;
             // The secondary machine first, the KV store (which records the membership,
@@ -690,19 +701,35 @@ impl RunningServer {
         }
     }
 
-    /// Stops listeners and the node thread, and releases the data directory.
+    /// Stops listeners and the node thread, and releases the data directory (once the
+    /// last clone of [`RunningServer::handle`] held elsewhere is dropped too).
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.grpc_stop.take() {
             let _ = stop.send(());
         }
         let _ = self.stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.grpc_task).await;
-        self.grpc_task.abort();
-        for t in self.protocol_tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.grpc_task)
+            .await
+            .is_err()
+        {
+            self.grpc_task.abort();
+            let _ = (&mut self.grpc_task).await;
         }
-        for t in &self.tasks {
+        for mut t in self.protocol_tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        // Awaited, not only aborted: what they hold (the database, the state machines) is
+        // released when this returns, so the data directory can be opened again at once
+        // (an embedded node restarted in the same process).
+        for t in self.tasks.drain(..) {
             t.abort();
+            let _ = t.await;
         }
         self.handle.shutdown();
         if let Some(t) = self.node_thread.take() {

@@ -2,7 +2,8 @@
 //! membership subcommands, in [`super::members`]).
 //!
 //! Each node is a child process running `paxosdb server` (the same binary), with its data
-//! in `DIR/node-N`; its log lines are printed prefixed with `[nN]`. Ctrl-C (or SIGTERM)
+//! in `DIR/node-N` (`--nodes 1`: one node, a single-node database that grows like any
+//! cluster); its log lines are printed prefixed with `[nN]`. Ctrl-C (or SIGTERM)
 //! sends SIGTERM to every node and waits for them to stop cleanly. Starting again on the
 //! same directory keeps the data.
 //!
@@ -41,7 +42,8 @@ pub enum ClusterCommand {
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// Number of nodes (3 or 5 recommended).
+    /// Number of nodes: 1 is a single-node database (it grows online with `cluster
+    /// add-node`); 3 or 5 survive the failure of one or two.
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
     /// Directory holding one data directory per node.
@@ -125,9 +127,10 @@ fn write_client_config(
 }
 
 async fn up(a: &UpArgs) -> Result<ExitCode> {
-    if !(2..=9).contains(&a.nodes) {
+    if !(1..=9).contains(&a.nodes) {
         return Err(Error::invalid(
-            "--nodes must be between 2 and 9 (3 or 5 recommended)",
+            "--nodes must be between 1 and 9 (1 for a single-node database; 3 or 5 for a \
+             cluster that survives a failure)",
         ));
     }
     let exe = std::env::current_exe()

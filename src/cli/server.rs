@@ -1,6 +1,21 @@
 //! `paxosdb server`: runs one node until SIGINT or SIGTERM, then shuts down cleanly.
 //! SIGHUP reloads the client-facing TLS certificate and key (`--client-tls-dir`) and the
 //! peer TLS material (`--peer-tls-dir`: node certificate, key and cluster CA).
+//!
+//! With no flags at all it is a single-node database (node 1, a configuration of one
+//! member) on loopback, with its data in `./paxosdb-data`: the same log, format and
+//! durability as a cluster, and it grows into one online (`--join` on the new nodes,
+//! `paxosdb cluster add-node`). Every setting left out has a default ([`defaults`]): node
+//! N listens where node N of `paxosdb cluster up` does (gRPC 7000+N, peers 7100+N, HTTP
+//! 8079+N, Redis protocol 6378+N, all on 127.0.0.1), and its `--peers` names only itself.
+//! A configuration file (`--config`) has no such defaults: it says what it means.
+//!
+//! # Invariants
+//!
+//! - Defaults only ever listen on loopback, so a node started without flags is reachable
+//!   from this machine only, and the security rule of [`Config::validate`] (TLS and client
+//!   authentication for any other address, or `--insecure`) is never bypassed.
+//! - A default never lands on a directory `paxosdb cluster up` made for several nodes.
 
 use crate::config::{parse_peers, Config};
 use crate::error::{Error, Result};
@@ -13,22 +28,25 @@ pub struct ServerArgs {
     /// TOML configuration file; flags and PAXOSDB_* variables override its values.
     #[arg(long, env = "PAXOSDB_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's id (a member of --peers).
+    /// This node's id, a member of --peers [default: 1].
     #[arg(long, env = "PAXOSDB_ID")]
     pub id: Option<u64>,
-    /// Every member with its peer address: 1=host:port,2=host:port,3=host:port.
+    /// Every member with its peer address: 1=host:port,2=host:port,3=host:port
+    /// [default: this node alone, ID=127.0.0.1:7100+ID: a single-node database].
     #[arg(long, env = "PAXOSDB_PEERS")]
     pub peers: Option<String>,
-    /// Address for the client API (gRPC).
+    /// Address for the client API (gRPC) [default: 127.0.0.1:7000+ID].
     #[arg(long, env = "PAXOSDB_CLIENT_ADDR")]
     pub client_addr: Option<String>,
-    /// Address for the HTTP/JSON API (default: client host, port 8080; "off" disables).
+    /// Address for the HTTP/JSON API; "off" disables it [default: with --client-addr, its
+    /// host and port 8080; without, 127.0.0.1:8079+ID].
     #[arg(long, env = "PAXOSDB_HTTP_ADDR")]
     pub http_addr: Option<String>,
-    /// Address for the Redis protocol (default: client host, port 6379; "off" disables).
+    /// Address for the Redis protocol; "off" disables it [default: with --client-addr,
+    /// its host and port 6379; without, 127.0.0.1:6378+ID].
     #[arg(long, env = "PAXOSDB_RESP_ADDR")]
     pub resp_addr: Option<String>,
-    /// Data directory (created if missing).
+    /// Data directory, created if missing [default: ./paxosdb-data].
     #[arg(long, env = "PAXOSDB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Directory of the SQL database (default: DATA_DIR/sql; needs a file system with
@@ -49,10 +67,10 @@ pub struct ServerArgs {
     /// of the peer frame limit, so that catching a peer up always fits in a frame).
     #[arg(long, env = "PAXOSDB_LOG_KEEP_BYTES")]
     pub log_keep_bytes: Option<u64>,
-    /// Join a running cluster through this member's peer address (or several, comma
-    /// separated). A new node: --peers then names only this node, e.g.
-    /// 4=127.0.0.1:7104. It waits until `paxosdb cluster add-node` adds it, then copies
-    /// the cluster's state.
+    /// Join a running cluster (or single-node database) through this member's peer
+    /// address (or several, comma separated), e.g. 127.0.0.1:7101. A new node, with an
+    /// empty data directory: --peers then names only this node (the default). It waits
+    /// until `paxosdb cluster add-node` adds it, then copies the cluster's state.
     #[arg(long, env = "PAXOSDB_JOIN")]
     pub join: Option<String>,
     /// Largest peer frame, in bytes (default 256 MiB); must hold 4 batches of the largest
@@ -112,21 +130,73 @@ pub struct ServerArgs {
     pub unsafe_no_fsync: bool,
 }
 
-/// Builds the configuration from the file (if any) and the flags.
+/// The data directory of a node started without `--data-dir` (and without `--config`).
+pub const DEFAULT_DATA_DIR: &str = "paxosdb-data";
+
+/// The defaults of node `id` started without a configuration file (see the module docs):
+/// its peers (itself alone), client, HTTP and RESP addresses, all on loopback.
+pub fn defaults(id: u64) -> Result<(String, String, String, String)> {
+    let port = |base: u64| {
+        u16::try_from(base + id).map_err(|_| {
+            Error::Config(format!(
+                "node id {id} has no default ports (7000+ID must be a port number): give \
+                 --peers, --client-addr, --http-addr and --resp-addr"
+            ))
+        })
+    };
+    Ok((
+        format!("{id}=127.0.0.1:{}", port(7100)?),
+        format!("127.0.0.1:{}", port(7000)?),
+        format!("127.0.0.1:{}", port(8079)?),
+        format!("127.0.0.1:{}", port(6378)?),
+    ))
+}
+
+/// Refuses a default data directory that holds a `paxosdb cluster up` cluster (one data
+/// directory per node inside, `node-1`...): a node must not make its database among them.
+fn check_default_data_dir(dir: &std::path::Path) -> Result<()> {
+    let is_rocksdb = dir.join("CURRENT").exists();
+    if !is_rocksdb && dir.join("node-1").is_dir() {
+        return Err(Error::Config(format!(
+            "{} holds the nodes of a `paxosdb cluster up` cluster (node-1, ...), not one \
+             node's data: give --data-dir (e.g. {}/node-1 to run its node 1 by hand, or a \
+             new directory), or run `paxosdb cluster up` again",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the configuration from the file (if any) and the flags; without a file, what
+/// the flags leave out is a single-node database on loopback (see the module docs).
 pub fn build_config(a: &ServerArgs) -> Result<Config> {
     let mut cfg = match &a.config {
         Some(path) => Config::from_toml_file(path)?,
         None => {
-            let missing =
-                |what: &str| Error::Config(format!("{what} is required (or --config FILE)"));
-            Config::new(
-                a.id.ok_or_else(|| missing("--id"))?,
-                parse_peers(a.peers.as_deref().ok_or_else(|| missing("--peers"))?)?,
-                a.client_addr
-                    .clone()
-                    .ok_or_else(|| missing("--client-addr"))?,
-                a.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
-            )
+            let id = a.id.unwrap_or(1);
+            let (peers, client, http, resp) = defaults(id)?;
+            let data_dir = match &a.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let d = PathBuf::from(DEFAULT_DATA_DIR);
+                    check_default_data_dir(&d)?;
+                    d
+                }
+            };
+            let mut cfg = Config::new(
+                id,
+                parse_peers(a.peers.as_deref().unwrap_or(&peers))?,
+                a.client_addr.clone().unwrap_or(client),
+                data_dir,
+            );
+            // Without a client address, the other listeners default to node ID's ports
+            // too (with one, to its host: see `Config::http_addr`).
+            if a.client_addr.is_none() {
+                cfg.http_addr = Some(http);
+                cfg.resp_addr = Some(resp);
+            }
+            cfg
         }
     };
     if let Some(id) = a.id {
@@ -217,6 +287,31 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     Ok(cfg)
 }
 
+/// One line on standard output saying where the node serves (the log lines say the same
+/// on standard error, among others).
+fn print_banner(server: &crate::server::RunningServer) {
+    let info = &server.info;
+    let members = info.membership.read().map(|m| m.members.len()).unwrap_or(0);
+    let what = match members {
+        1 => " (a single-node database: grow it with `paxosdb cluster add-node`)".to_string(),
+        n => format!(" (one of {n} members)"),
+    };
+    let listeners: Vec<String> = info
+        .listeners
+        .iter()
+        .map(|(name, addr)| format!("{name} {addr}"))
+        .collect();
+    // Not println!: a closed standard output must not stop a server.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "paxosdb: node {} serving{what}, data in {}\n  {}",
+        info.config.id,
+        info.config.data_dir.display(),
+        listeners.join("  ")
+    );
+}
+
 pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
     let cfg = build_config(a)?;
     // Panics are logged like everything else (the node thread's one is also reported
@@ -226,6 +321,7 @@ pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
         tracing::error!(thread, "panic: {info}");
     }));
     let mut server = crate::server::start(cfg).await?;
+    print_banner(&server);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Internal(format!("signal handler: {e}")))?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

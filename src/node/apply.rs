@@ -105,7 +105,11 @@ impl<S: Storage<LogEntry>> Core<S> {
 
     /// Records the next membership (atomically with the applied index) and switches to it.
     fn apply_stop_sign(&mut self, index: u64, ss: StopSign) -> Result<()> {
-        let members = Membership::decode_members(ss.metadata.as_deref(), &ss.next_config.nodes)?;
+        let members = Membership::decode_members(
+            ss.metadata.as_deref(),
+            &ss.next_config.nodes,
+            super::solo::paxos_nodes,
+        )?;
         let next = Membership {
             config_id: ss.next_config.configuration_id,
             base: index + 1,

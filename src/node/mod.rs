@@ -34,7 +34,11 @@
 //! - membership changes are stop signs in the log; applying one records the next
 //!   membership in the state machine and restarts OmniPaxos in the next configuration on a
 //!   fresh log (see [`reconfig`] and [`paxos`]). Applied indexes are global: they keep
-//!   counting across configurations ([`Membership::base`] is where one's log starts).
+//!   counting across configurations ([`Membership::base`] is where one's log starts);
+//! - a configuration may have one member (a single-node database): the same log and state
+//!   machines, run by OmniPaxos with an in-memory witness as its second node, so that
+//!   every quorum is this node's durable state plus an always-present witness (see
+//!   [`solo`]).
 
 pub mod admission;
 mod apply;
@@ -44,6 +48,7 @@ mod handle;
 mod paxos;
 mod quirks;
 mod reconfig;
+mod solo;
 
 pub use compaction::{CompactionPolicy, Note};
 pub use handle::{
@@ -186,6 +191,8 @@ struct PendingChange {
 pub struct Core<S: Storage<LogEntry>> {
     cfg: CoreConfig,
     paxos: OmniPaxos<LogEntry, S>,
+    /// The in-memory second node of a one-member configuration (see [`solo`]).
+    witness: Option<solo::Witness>,
     sm: Machines,
     net: Box<dyn Network>,
     /// Writes by session, until applied here or timed out. Ordered (not a HashMap): the
@@ -244,11 +251,13 @@ impl<S: Storage<LogEntry>> Core<S> {
             return Err(Error::Config(removed_message(cfg.id, &membership)));
         }
         let paxos = paxos::build(&cfg, &membership, storage, sm.applied_index())?;
+        let witness = solo::Witness::for_membership(&cfg, &membership, paxos.get_decided_idx())?;
         net.set_membership(&membership);
         Ok(Core {
             next_batch_id: cfg.first_batch_id,
             cfg,
             paxos,
+            witness,
             sm,
             net,
             writes: BTreeMap::new(),
@@ -636,6 +645,9 @@ impl<S: Storage<LogEntry>> Core<S> {
 
     fn flush_outgoing(&mut self) {
         self.paxos.take_outgoing_messages(&mut self.outgoing);
+        if let Some(w) = self.witness.as_mut() {
+            w.exchange(&mut self.paxos, &mut self.outgoing);
+        }
         for msg in self.outgoing.drain(..) {
             self.net.send(msg);
         }

@@ -67,7 +67,7 @@ pub(super) fn build<S: Storage<LogEntry>>(
     let op_config = OmniPaxosConfig {
         cluster_config: ClusterConfig {
             configuration_id: m.config_id,
-            nodes: m.ids(),
+            nodes: super::solo::paxos_nodes(&m.ids()),
             flexible_quorum: None,
         },
         server_config: ServerConfig {
@@ -87,7 +87,8 @@ pub(super) fn build<S: Storage<LogEntry>>(
     // higher than the leader's) and, as the others are happy with their leader, no
     // election ever happens: the node stays behind and unavailable for good
     // (deterministic simulation, seed 153).
-    if paxos.get_promise().pid == cfg.id {
+    // Alone in the configuration (beside its witness, which never leads): lead at once.
+    if paxos.get_promise().pid == cfg.id || super::solo::alone(m, cfg.id) {
         paxos.try_become_leader();
     }
     Ok(paxos)
@@ -158,6 +159,11 @@ impl<S: Storage<LogEntry>> Core<S> {
             &self.membership,
             storage,
             self.sm.applied_index(),
+        )?;
+        self.witness = super::solo::Witness::for_membership(
+            &self.cfg,
+            &self.membership,
+            self.paxos.get_decided_idx(),
         )?;
         self.trimmer = super::compaction::Trimmer::default();
         Ok(())

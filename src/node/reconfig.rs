@@ -58,7 +58,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         let target = self.membership.config_id + 1;
         let next = ClusterConfig {
             configuration_id: target,
-            nodes: members.iter().map(|m| m.id).collect(),
+            nodes: super::solo::paxos_nodes(&members.iter().map(|m| m.id).collect::<Vec<_>>()),
             flexible_quorum: None,
         };
         let metadata = Membership::encode_members(&members);

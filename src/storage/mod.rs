@@ -7,8 +7,8 @@
 //! - [`rocks::RocksStorage`]: the production one. Every write is one synced `WriteBatch`,
 //!   so nothing OmniPaxos stores is acknowledged to a peer before it is on disk, and a
 //!   `write_atomically` call is all-or-nothing.
-//! - `memory::MemStorage`: the same semantics in memory, for tests and simulation (compiled
-//!   only for tests and with the `test-machinery` feature).
+//! - [`memory::MemStorage`]: the same semantics in memory, for tests and simulation, and
+//!   the log of the in-memory witness of a one-member configuration (`node::solo`).
 //!
 //! Both pass the same conformance suite (`conformance.rs`). Log indexes are global: entry
 //! `i` keeps index `i` after a prefix is trimmed; `get_log_len` counts the entries after the
@@ -78,8 +78,8 @@ macro_rules! storage_setters {
 pub(crate) use storage_setters;
 
 pub mod db;
-/// Tests and the simulation only (the `test-machinery` feature): not in the shipped binary.
-#[cfg(any(test, feature = "test-machinery"))]
+/// Tests and the simulation, and the in-memory witness of a one-member configuration
+/// (`node::solo`).
 pub mod memory;
 pub mod rocks;
 

@@ -1,0 +1,526 @@
+//! A single-node database on real processes: one `paxosdb server` (a configuration of one
+//! member) serving every API and surviving kill -9 with every acknowledged write; growing
+//! online to three members and shrinking back to one under concurrent writers, without a
+//! restart of the first node and with every acknowledged write present at the end; and
+//! the README's single-node quickstart, its commands run exactly as written (with no flag
+//! at all on the first server) and each output it shows checked.
+
+mod common;
+mod http_client;
+
+use common::workload::{assert_contains_all, read_all, Writers};
+use common::{eventually, skip, Cluster, BIN};
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn port(addr: &str) -> &str {
+    addr.rsplit_once(':').expect("host:port").1
+}
+
+/// Runs the CLI against node `id` of `c`, expecting success; returns its stdout.
+fn cli(c: &Cluster, id: u64, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("PAXOSDB_ENDPOINTS", &c.nodes[id as usize - 1].client_addr)
+        .output()
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "paxosdb {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// POSTs a JSON body to the rqlite-compatible API of `http`; returns the JSON answer.
+fn sql_http(http: &str, path: &str, body: &str) -> serde_json::Value {
+    let r = http_client::request(
+        http,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{path} {body}: {}", r.text());
+    r.json()
+}
+
+/// The node's membership size and role, through gRPC.
+async fn members_and_role(c: &Cluster, id: u64) -> Option<(usize, String)> {
+    let st = c.client_for(id).status_of(0).await.ok()?;
+    Some((st.members.len(), st.role))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_serves_every_api_and_survives_kill_9() {
+    let mut c = Cluster::start(1).await;
+    let node = &c.nodes[0];
+    let (http, resp) = (node.http_addr.clone(), node.resp_addr.clone());
+    assert_eq!(
+        members_and_role(&c, 1).await,
+        Some((1, "leader".into())),
+        "a one-member configuration leads itself"
+    );
+
+    // gRPC (the Rust client).
+    let client = c.client();
+    client.put(b"grpc", b"one", false).await.unwrap();
+    assert_eq!(
+        client.get(b"grpc", false).await.unwrap().0.unwrap().value,
+        b"one"
+    );
+    // HTTP /v1/kv: a write, and the gRPC write read back.
+    let r = http_client::put(&http, "/v1/kv/http", b"two");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http_client::get(&http, "/v1/kv/grpc");
+    assert_eq!(r.json()["value"], "one", "{}", r.text());
+    assert_eq!(
+        client.get(b"http", false).await.unwrap().0.unwrap().value,
+        b"two"
+    );
+    // RESP: the redis-py script of tests/resp.rs (plain commands, pipelines, RESP3, CAS).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/resp_client.py");
+    let out = Command::new("python3")
+        .args([script, "127.0.0.1", port(&resp)])
+        .output()
+        .expect("run python3 (scripts/setup installs it with redis-py)");
+    assert!(
+        out.status.success(),
+        "redis-py script failed (run scripts/setup if redis-py is missing): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SQL through /db/execute and /db/query.
+    let r = sql_http(
+        &http,
+        "/db/execute",
+        r#"["CREATE TABLE acked (id INTEGER PRIMARY KEY)", ["INSERT INTO acked(id) VALUES(?)", 0]]"#,
+    );
+    assert_eq!(r["results"][1]["rows_affected"], 1, "{r}");
+    let r = sql_http(&http, "/db/query", r#"["SELECT count(*) FROM acked"]"#);
+    assert_eq!(r["results"][0]["values"][0][0], 1, "{r}");
+
+    // Writers over gRPC (keys) and HTTP (SQL rows); kill -9 in the middle.
+    let writers = Writers::start(c.client(), 4, "w/");
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sql_writer = {
+        let (stop, rows, http) = (stop.clone(), rows.clone(), http.clone());
+        std::thread::spawn(move || {
+            let mut id = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!(r#"[["INSERT INTO acked(id) VALUES(?)", {id}]]"#);
+                // The node may be dead: a refused connection or an error is not an ack.
+                let acked = std::panic::catch_unwind(|| {
+                    http_client::request(
+                        &http,
+                        "POST",
+                        "/db/execute",
+                        &[("Content-Type", "application/json")],
+                        body.as_bytes(),
+                    )
+                })
+                .ok()
+                .filter(|r| r.status == 200 && r.json()["results"][0]["rows_affected"] == 1);
+                if acked.is_some() {
+                    rows.lock().unwrap().push(id);
+                }
+                id += 1;
+            }
+        })
+    };
+    writers.wait_for(300, "300 acknowledged writes").await;
+    eventually(
+        Duration::from_secs(30),
+        "20 acknowledged SQL rows",
+        || async { (rows.lock().unwrap().len() >= 20).then_some(()) },
+    )
+    .await;
+    c.kill(1);
+    let acked = writers.finish().await;
+    stop.store(true, Ordering::Relaxed);
+    sql_writer.join().unwrap();
+    let acked_rows: Vec<u64> = rows.lock().unwrap().clone();
+
+    c.restart(1).await;
+    c.wait_for_leader().await;
+    let have = read_all(&c.client(), "w/").await;
+    assert_contains_all(&have, &acked);
+    let r = sql_http(&http, "/db/query", r#"["SELECT id FROM acked"]"#);
+    let present: BTreeSet<u64> = r["results"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_u64().unwrap())
+        .collect();
+    let missing: Vec<_> = acked_rows
+        .iter()
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged SQL rows lost: {missing:?}"
+    );
+    // And it goes on taking writes.
+    c.client().put(b"after", b"restart", false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grows_from_one_to_three_and_back_under_writers() {
+    let mut c = Cluster::start(1).await;
+    let first_pid = c.nodes[0].child.as_ref().unwrap().id();
+    // Writers through node 1, which stays a member throughout.
+    let writers = Writers::start(c.client_for(1), 4, "g/");
+    writers.wait_for(100, "writes while alone").await;
+
+    for id in 2..=3u64 {
+        let addr = c.spawn_joiner(id, 1);
+        let out = cli(&c, 1, &["cluster", "add-node", &id.to_string(), &addr]);
+        assert!(out.contains(&format!("configuration {id}")), "{out}");
+        let c = &c;
+        eventually(
+            Duration::from_secs(60),
+            &format!("node {id} serves in a cluster of {id}"),
+            || async move {
+                let (n, role) = members_and_role(c, id).await?;
+                (n == id as usize && (role == "leader" || role == "follower")).then_some(())
+            },
+        )
+        .await;
+        let n = writers.acked();
+        writers
+            .wait_for(n + 50, &format!("writes go on with {id} members"))
+            .await;
+    }
+    // The newest member holds everything acknowledged so far, read through it.
+    let so_far = {
+        let n = writers.acked();
+        writers.wait_for(n + 1, "one more write").await;
+        read_all(&c.client_for(3), "g/").await
+    };
+    assert!(so_far.len() >= 200, "{}", so_far.len());
+
+    for id in [3u64, 2] {
+        let out = cli(&c, 1, &["cluster", "remove-node", &id.to_string()]);
+        assert!(!out.contains(&format!("{id}=127.")), "{out}");
+        let c = &c;
+        eventually(
+            Duration::from_secs(30),
+            &format!("node {id} reports that it was removed"),
+            || async move {
+                let (_, role) = members_and_role(c, id).await?;
+                (role == "removed").then_some(())
+            },
+        )
+        .await;
+        let n = writers.acked();
+        writers
+            .wait_for(n + 50, "writes go on after a removal")
+            .await;
+    }
+    assert_eq!(members_and_role(&c, 1).await, Some((1, "leader".into())));
+    let acked = writers.finish().await;
+    let have = read_all(&c.client_for(1), "g/").await;
+    assert_contains_all(&have, &acked);
+    assert_contains_all(&have, &so_far);
+    // The first node was never restarted.
+    let first = c.nodes[0].child.as_mut().unwrap();
+    assert_eq!(first.id(), first_pid);
+    assert!(first.try_wait().unwrap().is_none(), "node 1 exited");
+}
+
+/// A command block of the README: its commands, each with the output shown after it.
+fn readme_block(readme: &str, name: &str) -> Vec<(String, Vec<String>)> {
+    let marker = format!("<!-- readme-test: {name} -->");
+    let at = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README has no {marker}"));
+    let mut lines = readme[at + marker.len()..]
+        .lines()
+        .skip_while(|l| l.is_empty());
+    let fence = lines.next().expect("a code block after the marker");
+    assert!(
+        fence.starts_with("```"),
+        "{marker} is not followed by a code block"
+    );
+    let console = fence == "```console";
+    let mut cmds: Vec<(String, Vec<String>)> = Vec::new();
+    for l in lines.take_while(|l| !l.starts_with("```")) {
+        match (console, l.strip_prefix("$ ")) {
+            (_, Some(cmd)) => cmds.push((cmd.to_string(), vec![])),
+            (false, None) => cmds.push((l.to_string(), vec![])),
+            (true, None) => cmds
+                .last_mut()
+                .expect("output before the first command")
+                .1
+                .push(l.trim_end().to_string()),
+        }
+    }
+    assert!(!cmds.is_empty(), "{marker}: no command");
+    cmds
+}
+
+/// What redis-cli prints on a terminal (`"text"`, `(integer) 42`) as it prints into a pipe.
+fn as_piped_redis_cli(line: &str) -> String {
+    let l = line.strip_prefix("(integer) ").unwrap_or(line);
+    l.strip_prefix('"')
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or(l)
+        .to_string()
+}
+
+/// Processes started by the README's commands, killed (with their process group) at the end.
+struct Background(Vec<Child>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A shell in `dir` with the test binary first on PATH and no paxosdb or redis-cli
+/// settings from the environment: what a new user's terminal has.
+fn shell(dir: &Path, cmd: &str) -> Command {
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut sh = Command::new("sh");
+    sh.args(["-c", cmd])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("HOME", dir)
+        .env_remove("REDISCLI_AUTH")
+        .env_remove("XDG_CONFIG_HOME");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PAXOSDB_") {
+            sh.env_remove(k);
+        }
+    }
+    sh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_single_node_quickstart_runs_as_written() {
+    const TEST: &str = "readme_single_node_quickstart_runs_as_written";
+    // The README's ports: node N's gRPC 7000+N, peer 7100+N, HTTP 8079+N, Redis 6378+N.
+    let busy: Vec<u16> = (1..=3)
+        .flat_map(|n| [7000 + n, 7100 + n, 8079 + n, 6378 + n])
+        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_err())
+        .collect();
+    if !busy.is_empty() {
+        return skip(
+            TEST,
+            &format!("the README's default ports {busy:?} are in use"),
+        );
+    }
+    for tool in ["redis-cli", "curl"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "{tool} is not installed; run scripts/setup");
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let dir = tempfile::tempdir().unwrap();
+    let mut background = Background(Vec::new());
+
+    // The server block: `paxosdb server`, no flag at all, in the foreground of its
+    // terminal; here in the background, its output kept for failure messages.
+    let server = readme_block(&readme, "single-node-server");
+    assert_eq!(server.len(), 1, "one server command: {server:?}");
+    assert_eq!(
+        server[0].0, "paxosdb server",
+        "the quickstart needs no flag"
+    );
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = shell(dir.path(), &format!("exec {}", server[0].0))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("start paxosdb server");
+    background.0.push(child);
+    let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually(
+        Duration::from_secs(30),
+        "`paxosdb server` says it serves",
+        || async {
+            server_log()
+                .contains("paxosdb: node 1 serving")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(dir.path().join("paxosdb-data").is_dir(), "{}", server_log());
+
+    for block in [
+        "single-node-client",
+        "single-node-grow",
+        "single-node-shrink",
+    ] {
+        for (cmd, want) in readme_block(&readme, block) {
+            if let Some(bg) = cmd.strip_suffix(" &") {
+                let child = shell(dir.path(), &format!("exec {bg}"))
+                    .stdin(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+                background.0.push(child);
+                continue;
+            }
+            let out = tokio::task::spawn_blocking({
+                let (dir, cmd) = (dir.path().to_path_buf(), cmd.clone());
+                move || shell(&dir, &cmd).stdin(Stdio::null()).output()
+            })
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "README command failed: {cmd}\n{stdout}{}\nserver log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                server_log()
+            );
+            let got: Vec<String> = stdout.lines().map(|l| l.trim_end().to_string()).collect();
+            let want: Vec<String> = if cmd.starts_with("redis-cli") {
+                want.iter().map(|l| as_piped_redis_cli(l)).collect()
+            } else {
+                want
+            };
+            assert_eq!(got, want, "README command: {cmd}");
+        }
+    }
+    // Node 1 served all along: the server started first never stopped.
+    assert!(
+        background.0[0].try_wait().unwrap().is_none(),
+        "{}",
+        server_log()
+    );
+    // Ctrl-C stops it cleanly, and `paxosdb server` again finds the data.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(background.0[0].id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = background.0[0].wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", server_log());
+    let mut again = shell(dir.path(), "exec paxosdb server")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(again.stdout.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    // Keep reading what it prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
+    background.0.push(again);
+    assert!(banner.contains("single-node database"), "{banner}");
+    let out = shell(dir.path(), "paxosdb get hello").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "world",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_with_one_node_is_a_secured_single_node_database() {
+    let dir = tempfile::tempdir().unwrap();
+    // A base port whose four ports (gRPC, peer, HTTP, RESP of node 1) are free.
+    let base = loop {
+        let b = 10000 + (rand::random::<u16>() % 20000); // below the ephemeral range
+        let free = [1, 101, 201, 301]
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", b + o)).is_ok());
+        if free {
+            break b;
+        }
+    };
+    let mut up = Command::new(BIN)
+        .args([
+            "cluster",
+            "up",
+            "--nodes",
+            "1",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its client config names the endpoint, the CA and the password: TLS and credentials.
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--client-config")
+            .arg(dir.path().join("client.toml"))
+            .args(["--timeout", "5s"])
+            .args(args)
+            .env_remove("PAXOSDB_ENDPOINTS")
+            .env_remove("PAXOSDB_CACERT")
+            .env_remove("PAXOSDB_USER")
+            .env_remove("PAXOSDB_PASSWORD")
+            .env_remove("PAXOSDB_PASSWORD_FILE")
+            .env_remove("PAXOSDB_TOKEN")
+            .output()
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "cluster up accepts a write",
+        || async { run(&["put", "one", "node"]).status.success().then_some(()) },
+    )
+    .await;
+    let got = run(&["get", "one"]);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "node",
+        "{got:?}"
+    );
+    let status = run(&["status", "--json"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("\"leader\""), "{text}");
+    // Without credentials (or without the CA) it refuses.
+    let plain = Command::new(BIN)
+        .args([
+            "--endpoints",
+            &format!("127.0.0.1:{}", base + 1),
+            "--timeout",
+            "3s",
+        ])
+        .args(["get", "one"])
+        .env_remove("PAXOSDB_CLIENT_CONFIG")
+        .env_remove("PAXOSDB_CACERT")
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "{plain:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(up.wait().unwrap().success());
+}
