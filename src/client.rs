@@ -62,37 +62,7 @@ impl Default for Session {
     }
 }
 
-/// Result of a put.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PutResult {
-    pub version: u64,
-    pub prev: Option<Versioned>,
-}
-
-/// Result of a delete.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeleteResult {
-    pub deleted: bool,
-    pub prev: Option<Versioned>,
-}
-
-/// Result of a compare-and-swap. A failed comparison is a value, not an error.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CasResult {
-    pub succeeded: bool,
-    /// New version on success; current version (0 = absent) on failure.
-    pub version: u64,
-    /// Current value on failure.
-    pub current: Option<Versioned>,
-}
-
-/// Result of a scan.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScanResult {
-    pub items: Vec<KeyValue>,
-    pub more: bool,
-    pub applied_index: u64,
-}
+pub use crate::kv::handle::{CasResult, DeleteResult, PutResult, ScanResult};
 
 /// What a compare-and-swap compares.
 #[derive(Clone, Debug, PartialEq, Eq)]

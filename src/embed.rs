@@ -107,9 +107,10 @@
 //!   without it asks the node to stop but does not wait.
 
 use crate::client::{CasExpect, CasResult, DeleteResult, PutResult, ScanResult};
-use crate::command::{Expect, ScanRange, Versioned, WriteOp, WriteResult};
+use crate::command::{Expect, ScanRange, Versioned};
 use crate::config::{parse_peers, Config, Member};
 use crate::error::{Error, Result};
+use crate::kv::handle::{KvHandle, Writer};
 use crate::machine::NodeId;
 use crate::membership::Membership;
 use crate::node::{NodeHandle, NodeStatus};
@@ -304,7 +305,7 @@ impl Node {
     fn new(server: RunningServer, timeout: Duration) -> Node {
         let retry = Retry { timeout };
         let live = Arc::new(Live {
-            node: Some(server.handle.clone()).into(),
+            kv: Some(server.kv.clone()).into(),
             sql: server.info.sql.clone().into(),
         });
         Node {
@@ -459,7 +460,7 @@ impl Drop for Node {
 /// that handles still held then release the database and answer `Unavailable`).
 #[derive(Default)]
 struct Live {
-    node: std::sync::RwLock<Option<NodeHandle>>,
+    kv: std::sync::RwLock<Option<KvHandle>>,
     sql: std::sync::RwLock<Option<Arc<dyn SqlService>>>,
 }
 
@@ -468,12 +469,8 @@ fn shut_down() -> Error {
 }
 
 impl Live {
-    fn node(&self) -> Result<NodeHandle> {
-        self.node
-            .read()
-            .expect("live")
-            .clone()
-            .ok_or_else(shut_down)
+    fn kv(&self) -> Result<KvHandle> {
+        self.kv.read().expect("live").clone().ok_or_else(shut_down)
     }
 
     fn sql(&self) -> Result<Arc<dyn SqlService>> {
@@ -481,7 +478,7 @@ impl Live {
     }
 
     fn close(&self) {
-        self.node.write().expect("live").take();
+        self.kv.write().expect("live").take();
         self.sql.write().expect("live").take();
     }
 }
@@ -566,13 +563,15 @@ pub struct Kv {
 
 impl Kv {
     /// Runs one write in a pooled session, retried in that session.
-    async fn write(&self, op: WriteOp) -> Result<WriteResult> {
-        let node = self.live.node()?;
+    async fn write<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(KvHandle, Writer) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let kv = self.live.kv()?;
         let s = self.sessions.take();
-        let res = self
-            .retry
-            .run(true, || node.write(s.client_id, s.seq, op.clone()))
-            .await;
+        let by = Writer::new(None, s.client_id, s.seq);
+        let res = self.retry.run(true, || op(kv.clone(), by.clone())).await;
         self.sessions.give_back(s);
         res
     }
@@ -589,52 +588,30 @@ impl Kv {
     }
 
     async fn put_with(&self, key: &[u8], value: &[u8], return_prev: bool) -> Result<PutResult> {
-        let op = WriteOp::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            return_prev,
-        };
-        match self.write(op).await? {
-            WriteResult::Put { version, prev } => Ok(PutResult { version, prev }),
-            other => Err(unexpected(other)),
-        }
+        self.write(
+            |kv, by| async move { kv.put(&by, key.to_vec(), value.to_vec(), return_prev).await },
+        )
+        .await
     }
 
     /// Removes `key`; says whether it existed and, with `return_prev`, its value.
     pub async fn delete(&self, key: &[u8], return_prev: bool) -> Result<DeleteResult> {
-        let op = WriteOp::Delete {
-            key: key.to_vec(),
-            return_prev,
-        };
-        match self.write(op).await? {
-            WriteResult::Delete { deleted, prev } => Ok(DeleteResult { deleted, prev }),
-            other => Err(unexpected(other)),
-        }
+        self.write(|kv, by| async move { kv.delete(&by, key.to_vec(), return_prev).await })
+            .await
     }
 
     /// Sets `key` to `new_value` if the comparison holds. A failed comparison is a value
     /// (`succeeded: false`, with the current value), not an error.
     pub async fn cas(&self, key: &[u8], expect: CasExpect, new_value: &[u8]) -> Result<CasResult> {
-        let op = WriteOp::Cas {
-            key: key.to_vec(),
-            expect: match expect {
-                CasExpect::Value(v) => Expect::Value(v),
-                CasExpect::Version(v) => Expect::Version(v),
-            },
-            new_value: new_value.to_vec(),
+        let expect = match expect {
+            CasExpect::Value(v) => Expect::Value(v),
+            CasExpect::Version(v) => Expect::Version(v),
         };
-        match self.write(op).await? {
-            WriteResult::Cas {
-                succeeded,
-                version,
-                current,
-            } => Ok(CasResult {
-                succeeded,
-                version,
-                current,
-            }),
-            other => Err(unexpected(other)),
-        }
+        self.write(|kv, by| {
+            let expect = expect.clone();
+            async move { kv.cas(&by, key.to_vec(), expect, new_value.to_vec()).await }
+        })
+        .await
     }
 
     /// Reads `key` linearizably: the value every acknowledged write left.
@@ -648,8 +625,8 @@ impl Kv {
         key: &[u8],
         consistency: Consistency,
     ) -> Result<(Option<Versioned>, u64)> {
-        let node = self.live.node()?;
-        self.retry.run(false, || node.get(key, consistency)).await
+        let kv = self.live.kv()?;
+        self.retry.run(false, || kv.get(key, consistency)).await
     }
 
     /// Scans `range` in key order, at most `limit` rows (0: the default, 1000; at most
@@ -660,21 +637,11 @@ impl Kv {
         limit: usize,
         consistency: Consistency,
     ) -> Result<ScanResult> {
-        let node = self.live.node()?;
-        let (items, more, applied_index) = self
-            .retry
-            .run(false, || node.scan(range, limit, consistency))
-            .await?;
-        Ok(ScanResult {
-            items,
-            more,
-            applied_index,
-        })
+        let kv = self.live.kv()?;
+        self.retry
+            .run(false, || kv.scan(range, limit, consistency))
+            .await
     }
-}
-
-fn unexpected(r: WriteResult) -> Error {
-    Error::Internal(format!("unexpected key-value result {r:?}"))
 }
 
 /// The rows of one query, and the applied log index they were read at.

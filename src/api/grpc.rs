@@ -222,7 +222,7 @@ impl pb::kv_server::Kv for KvService {
                     Some(range) => {
                         let page =
                             (self.kv.scan(&range, r.limit as usize, c).await).map_err(to_status)?;
-                        (page.rows, page.more, page.applied_index)
+                        (page.items, page.more, page.applied_index)
                     }
                     None => (vec![], false, 0),
                 };

@@ -4,7 +4,8 @@
 //!
 //! A write is encoded into an opaque [`crate::machine::Command`], handed to the node with
 //! [`NodeHandle::submit`], and its encoded [`WriteResult`] decoded here, once, into the
-//! typed answer of the method that proposed it ([`Stored`], [`Deleted`], [`Swapped`], …).
+//! typed answer of the method that proposed it ([`PutResult`], [`DeleteResult`],
+//! [`CasResult`], …; the Rust client returns the same types).
 //! So no protocol layer matches the result union again: each gets the one shape it asked
 //! for. Reads ask the node for a read barrier when they must be linearizable and then read
 //! this node's [`KvStore`].
@@ -55,27 +56,27 @@ impl Writer {
     }
 }
 
-/// A stored value: its new version, and the previous value if it was asked for.
+/// Result of a put: the new version, and the previous value if it was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
+pub struct PutResult {
     pub version: u64,
     pub prev: Option<Versioned>,
 }
 
-/// A delete: whether a value was there, and that value if it was asked for.
+/// Result of a delete: whether a value was there, and that value if it was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Deleted {
+pub struct DeleteResult {
     pub deleted: bool,
     pub prev: Option<Versioned>,
 }
 
-/// A compare-and-swap.
+/// Result of a compare-and-swap. A failed comparison is a value, not an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Swapped {
+pub struct CasResult {
     pub succeeded: bool,
-    /// The new version on success, the current one (0 = absent) on failure.
+    /// New version on success; current version (0 = absent) on failure.
     pub version: u64,
-    /// The current value on failure.
+    /// Current value on failure.
     pub current: Option<Versioned>,
 }
 
@@ -104,10 +105,10 @@ pub struct Appended {
     pub version: u64,
 }
 
-/// A page of a scan.
+/// Result of a scan.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScanPage {
-    pub rows: Vec<KeyValue>,
+pub struct ScanResult {
+    pub items: Vec<KeyValue>,
     /// The limit cut the answer short.
     pub more: bool,
     /// The applied index the rows reflect.
@@ -179,22 +180,27 @@ impl KvHandle {
         key: Vec<u8>,
         value: Vec<u8>,
         return_prev: bool,
-    ) -> Result<Stored> {
+    ) -> Result<PutResult> {
         let op = WriteOp::Put {
             key,
             value,
             return_prev,
         };
         match self.apply(by, op).await? {
-            WriteResult::Put { version, prev } => Ok(Stored { version, prev }),
+            WriteResult::Put { version, prev } => Ok(PutResult { version, prev }),
             r => Err(mismatch("put", r)),
         }
     }
 
     /// Deletes `key` (not an error when it is absent).
-    pub async fn delete(&self, by: &Writer, key: Vec<u8>, return_prev: bool) -> Result<Deleted> {
+    pub async fn delete(
+        &self,
+        by: &Writer,
+        key: Vec<u8>,
+        return_prev: bool,
+    ) -> Result<DeleteResult> {
         match self.apply(by, WriteOp::Delete { key, return_prev }).await? {
-            WriteResult::Delete { deleted, prev } => Ok(Deleted { deleted, prev }),
+            WriteResult::Delete { deleted, prev } => Ok(DeleteResult { deleted, prev }),
             r => Err(mismatch("delete", r)),
         }
     }
@@ -206,7 +212,7 @@ impl KvHandle {
         key: Vec<u8>,
         expect: Expect,
         new_value: Vec<u8>,
-    ) -> Result<Swapped> {
+    ) -> Result<CasResult> {
         let op = WriteOp::Cas {
             key,
             expect,
@@ -217,7 +223,7 @@ impl KvHandle {
                 succeeded,
                 version,
                 current,
-            } => Ok(Swapped {
+            } => Ok(CasResult {
                 succeeded,
                 version,
                 current,
@@ -328,7 +334,7 @@ impl KvHandle {
         range: &ScanRange,
         limit: usize,
         consistency: Consistency,
-    ) -> Result<ScanPage> {
+    ) -> Result<ScanResult> {
         let limit = match limit {
             0 => DEFAULT_SCAN_LIMIT,
             n => n.min(MAX_SCAN_LIMIT),
@@ -339,9 +345,9 @@ impl KvHandle {
             }
         }
         self.node.prepare_read(consistency).await?;
-        let (rows, more, applied_index) = self.store.scan(range, limit)?;
-        Ok(ScanPage {
-            rows,
+        let (items, more, applied_index) = self.store.scan(range, limit)?;
+        Ok(ScanResult {
+            items,
             more,
             applied_index,
         })

@@ -217,7 +217,7 @@ pub async fn scan(
     let (rows, more, applied) = match id.narrow(&p.range) {
         Some(range) => {
             let page = s.kv.scan(&range, p.limit, p.consistency).await?;
-            (page.rows, page.more, page.applied_index)
+            (page.items, page.more, page.applied_index)
         }
         None => (vec![], false, s.node.status().await?.applied_index),
     };

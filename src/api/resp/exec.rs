@@ -39,7 +39,7 @@ use super::Shared;
 use crate::auth::{Credential, Identity, Role, TokenRevocation, UserChange};
 use crate::command::{Expect, KeyValue, ScanRange, SetCond};
 use crate::error::Error;
-use crate::kv::handle::{ScanPage, Writer};
+use crate::kv::handle::{ScanResult, Writer};
 use crate::node::{Consistency, NodeRole, MAX_SCAN_LIMIT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -169,7 +169,9 @@ impl KeyWalk {
             to: self.to.clone(),
         };
         let page = shared.kv.scan(&range, MAX_SCAN_LIMIT, Consistency::Stale);
-        let ScanPage { rows, more, .. } = page.await.map_err(error_reply)?;
+        let ScanResult {
+            items: rows, more, ..
+        } = page.await.map_err(error_reply)?;
         match rows.last() {
             Some(last) if more => self.from = successor(&last.key),
             _ => self.done = true,
@@ -790,7 +792,7 @@ impl ConnState {
             Some(range) => {
                 let page = shared.kv.scan(&range, count, self.consistency);
                 let page = page.await.map_err(error_reply)?;
-                (page.rows, page.more)
+                (page.items, page.more)
             }
             None => (vec![], false),
         };
