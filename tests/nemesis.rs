@@ -1,10 +1,13 @@
 //! Short nemesis runs on real processes, with workers speaking gRPC, HTTP and RESP (each
-//! run must get answers over all three): each fault family alone (kill, pause,
-//! membership, transfer, and partition when root with iptables), the set workload under
-//! all of them (membership changes included) through the real command line, the same two
-//! with a tiny log budget so that nodes catch up by state transfers under the faults, and
-//! the set check shown to catch a lost, a duplicated and a phantom element. The long
-//! campaign is in the README (Fault testing).
+//! run must get answers over all three) and, beside them, the SQL bank workers (gRPC
+//! `paxosdb.v1.Sql` and rqlite HTTP, each of which must get answers; every run checks the
+//! bank): each fault family alone (kill, pause, membership, transfer, and partition when
+//! root with iptables), the set workload under all of them (membership changes included)
+//! through the real command line, the same two with a tiny log budget so that nodes catch
+//! up by state transfers under the faults, the set check shown to catch a lost, a
+//! duplicated and a phantom element, and the bank's final comparison shown to catch a
+//! node whose SQLite file was changed behind its back. The long campaign is in the README
+//! (Fault testing).
 //!
 //! The runs of one family last until each of its faults was injected once (not a fixed
 //! time in which they should have been: that flakes on a loaded machine), capped at 90 s
@@ -19,6 +22,7 @@
 mod common;
 
 use common::{partly_skipped, skip_unless_root};
+use paxosdb::nemesis::bank::Tamper;
 use paxosdb::nemesis::faults::{parse_faults, Family};
 use paxosdb::nemesis::firewall::{chain_exists, Firewall};
 use paxosdb::nemesis::workload::{check_set, Element, ElementStatus, SET_EMPTY};
@@ -70,6 +74,38 @@ fn assert_ran(s: &Summary, family: Family) {
         s.ok + s.info,
         "the checker did not check every operation that may have happened:\n{text}"
     );
+    assert_bank(s);
+}
+
+/// The SQL bank ran beside the key-value workload and was checked: transfers committed
+/// over both SQL protocols, some overdrafts rolled back, linearizable and stale reads
+/// checked, and every final member's bank compared (the verdict covers the checks).
+fn assert_bank(s: &Summary) {
+    let text = s.render();
+    let b = s.bank.as_ref().expect("the SQL bank report");
+    assert!(b.is_valid(), "{text}");
+    assert!(b.committed >= 20, "too few transfers committed:\n{text}");
+    assert!(
+        b.overdrafts_rejected >= 1,
+        "no overdraft rolled back:\n{text}"
+    );
+    assert!(
+        b.reads_linearizable >= 5 && b.reads_stale >= 5,
+        "too few SQL reads checked:\n{text}"
+    );
+    for p in ["grpc", "http"] {
+        let c = b.per_protocol.get(p).copied().unwrap_or_default();
+        assert!(
+            c.committed >= 3 && c.reads >= 2,
+            "too few SQL {p} answers:\n{text}"
+        );
+    }
+    assert!(b.ledger_rows >= b.committed, "{text}");
+    assert_eq!(
+        b.nodes_compared,
+        s.membership.final_members.len(),
+        "not every final member's bank was compared:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +116,17 @@ async fn kill_nemesis_register_workload_is_linearizable() {
     for f in ["kill-random", "kill-leader", "kill-majority"] {
         assert!(s.injected.contains_key(f), "{f} missing:\n{}", s.render());
     }
+    // The leader was killed -9 while SQL transfers were in flight.
+    let b = s.bank.as_ref().unwrap();
+    assert!(
+        b.in_flight_at_faults
+            .get("kill-leader")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "no SQL write in flight when the leader was killed:\n{}",
+        s.render()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +189,15 @@ fn assert_membership_changed(s: &Summary) {
         "{text}"
     );
     assert_eq!(m.unresolved, 0, "{text}");
+    // A node added during the run ended a member, and its SQL bank (which it can only
+    // have from a state transfer or the log) equals the others'.
+    assert!(
+        m.added.iter().any(|id| m.final_members.contains(id)),
+        "no added node among the final members:\n{text}"
+    );
+    let b = s.bank.as_ref().expect("the SQL bank report");
+    assert_eq!(b.nodes_compared, m.final_members.len(), "{text}");
+    assert!(b.divergence.is_empty(), "{text}");
 }
 
 #[test]
@@ -199,9 +255,12 @@ fn set_workload_via_cli(test: &str, seed: u64, extra: &[&str]) -> (Summary, Stri
         out.status
     );
     assert!(stdout.contains("verdict: VALID"), "{stdout}");
+    assert!(stdout.contains("sql bank: "), "{stdout}");
     let json = stdout.lines().last().unwrap();
     let s: Summary = serde_json::from_str(json).expect("summary JSON");
     partly_skipped(test, &s.skipped);
+    let bank = s.bank.as_ref().expect("the SQL bank report");
+    assert!(bank.is_valid() && bank.committed >= 10, "{stdout}");
     (s, stdout)
 }
 
@@ -399,6 +458,9 @@ async fn stale_reads_are_caught_and_the_history_is_saved() {
     // Through gRPC only: the stale-read rate this run was sized for (with every protocol
     // dealt in, fewer reads go stale and 10 s sometimes catch none).
     o.protocols = vec![paxosdb::nemesis::clients::Protocol::Grpc];
+    // Nor the SQL bank workers, which take a share of a loaded machine from the
+    // key-value reads this run counts on.
+    o.sql_clients = 0;
     let s = run(&o).await.expect("run");
     let text = s.render();
     assert!(!s.is_valid(), "stale reads went unnoticed:\n{text}");
@@ -431,6 +493,7 @@ async fn five_nodes_under_all_faults_are_linearizable() {
     assert!(s.injection_errors.is_empty(), "{text}");
     assert!(s.ok >= 100, "too few ok operations:\n{text}");
     assert!(s.injected.values().sum::<usize>() >= 3, "{text}");
+    assert_bank(&s);
 }
 
 /// The transfer family, each fault until it landed once: a follower killed until the
@@ -465,6 +528,7 @@ async fn transfer_faults_hit_senders_mid_stream_and_a_follower_past_the_retentio
     assert!(t.installed >= 2 && t.failed >= 1, "{text}");
     let set = s.set.as_ref().expect("set report");
     assert!(set.acked >= 50, "{text}");
+    assert_bank(&s);
     for p in ["grpc", "http", "resp"] {
         assert!(
             s.per_protocol.get(p).is_some_and(|c| c.ok >= 10),
@@ -499,4 +563,48 @@ fn nemesis_names_parse() {
     assert!(kill.iter().all(|f| f.family() == Family::Kill));
     assert_eq!(parse_faults("pause,quorum-loss").unwrap().len(), 3);
     assert!(parse_faults("kill,frobnicate").is_err());
+}
+
+/// The bank's final comparison is not blind: a node whose SQLite file is changed behind
+/// its back after the final convergence (a balance raised by 1; the last ledger row
+/// deleted) makes the run INVALID, with that node named as diverged. The tampering is a
+/// test-only option of the nemesis (`Options::sql_tamper`), applied through SQLite to the
+/// live database file of the last final member; everything else is a real run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_bank_check_catches_a_node_changed_behind_its_back() {
+    for (tamper, seed) in [(Tamper::Balance, 31), (Tamper::LedgerRow, 32)] {
+        let mut o = short("none", seed);
+        o.min_each = 0;
+        o.time_limit = Duration::from_secs(4);
+        o.sql_tamper = Some(tamper);
+        let s = run(&o).await.expect("run");
+        let text = s.render();
+        assert!(!s.is_valid(), "{tamper:?} went unnoticed:\n{text}");
+        assert!(text.contains("verdict: INVALID"), "{text}");
+        let b = s.bank.as_ref().expect("the SQL bank report");
+        assert!(b.committed >= 1, "{text}");
+        let victim = *s.membership.final_members.last().expect("final members");
+        assert!(
+            b.divergence
+                .iter()
+                .any(|d| d.contains(&format!("node {victim} differs"))),
+            "{tamper:?}: node {victim} not reported:\n{text}"
+        );
+        match tamper {
+            Tamper::Balance => assert!(
+                b.balances
+                    .iter()
+                    .any(|e| e.contains(&format!("node {victim}"))),
+                "{text}"
+            ),
+            Tamper::LedgerRow => assert!(!b.lost.is_empty() || !b.balances.is_empty(), "{text}"),
+        }
+        // Only the bank is at fault: the key-value checks passed.
+        assert!(s.divergence.is_empty(), "{text}");
+        assert!(
+            s.linearizability.as_ref().unwrap().is_linearizable(),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&s.run_dir);
+    }
 }

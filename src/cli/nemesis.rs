@@ -73,6 +73,11 @@ pub struct NemesisArgs {
     /// run fails if a protocol got no answer at all.
     #[arg(long, default_value = "all")]
     pub protocols: String,
+    /// Workers of the SQL bank workload, beside the --clients key-value workers: they
+    /// move money between accounts in SQL transactions (gRPC and rqlite HTTP, dealt in
+    /// turn) and check that no read and no replica ever shows another total (0: none).
+    #[arg(long, default_value_t = 2)]
+    pub sql_clients: usize,
     /// Also print the summary as JSON on stdout (after the text).
     #[arg(long)]
     pub json: bool,
@@ -113,10 +118,12 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
     opts.log_budget = a.log_budget;
     opts.min_each = a.min_faults_each;
     opts.protocols = protocols;
+    opts.sql_clients = a.sql_clients;
     eprintln!(
-        "nemesis: seed {seed}, {} nodes, {} clients, {:?}, faults {}, {} log budget",
+        "nemesis: seed {seed}, {} nodes, {} clients + {} SQL clients, {:?}, faults {}, {} log budget",
         a.nodes,
         a.clients,
+        a.sql_clients,
         a.time_limit,
         a.nemesis,
         a.log_budget.name()

@@ -24,6 +24,11 @@
 //! answer. RESP has no way to name a session across connections (each connection is its
 //! own session), so a RESP write whose outcome is unknown ends there as `Info`.
 //!
+//! The SQL bank workers ([`super::bank`]) use the same HTTP client for rqlite's
+//! `POST /db/execute?transaction` (a write, in the session the worker names, with the
+//! write's retry rules above) and `POST /db/query?level=...` (a read, on any node or on
+//! one node only for a stale read).
+//!
 //! HTTP compare-and-swap compares versions (`?cas=V`), not values; the workload records it
 //! as a compare on the value read together with `V`. The two are the same test because
 //! every value in a run is written by one write only (values are unique), and each write
@@ -270,10 +275,12 @@ pub struct HttpClient {
     seq: u64,
 }
 
-/// An HTTP response: status and body.
+/// An HTTP response: status, body, and the applied index a read reports
+/// (`X-Paxosdb-Applied-Index`).
 struct HttpResponse {
     status: u16,
     body: Vec<u8>,
+    applied: Option<u64>,
 }
 
 impl HttpResponse {
@@ -312,7 +319,9 @@ fn path_key(key: &[u8]) -> String {
 }
 
 impl HttpClient {
-    fn new(addrs: Vec<String>, timeouts: Timeouts, stale: bool) -> HttpClient {
+    /// A client of `addrs` (HTTP listeners), starting at the first; `stale` makes its
+    /// key-value reads local.
+    pub fn new(addrs: Vec<String>, timeouts: Timeouts, stale: bool) -> HttpClient {
         HttpClient {
             conns: addrs.iter().map(|_| None).collect(),
             addrs,
@@ -374,10 +383,37 @@ impl HttpClient {
             path_key(key),
             if self.stale { "?consistency=stale" } else { "" }
         );
+        let not_found = |r: &HttpResponse| r.status == 404 && r.code() == "not_found";
+        let (_, r) = self.send_read("GET", &path, b"", None, not_found).await?;
+        if r.status == 404 {
+            return Ok(None);
+        }
+        parse_read(&r).map(Some).map_err(OpError::Unknown)
+    }
+
+    /// Sends a read until an answer (200, or what `answer` accepts) or the operation's
+    /// timeout, on node `pinned` only or rotating over the nodes; returns the node that
+    /// answered and its answer. 503 and 429 are retried, as are lost attempts (a read
+    /// changes nothing); any other status ends it. Every failure is `Unknown` (the caller
+    /// records a failed read as unanswered).
+    async fn send_read(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        pinned: Option<usize>,
+        answer: impl Fn(&HttpResponse) -> bool,
+    ) -> Result<(usize, HttpResponse), OpError> {
         let deadline = Instant::now() + self.timeouts.op;
-        let mut idx = self.preferred;
+        let mut idx = pinned.unwrap_or(self.preferred);
+        let first = idx;
         let mut last: String;
         let mut backoff = Duration::from_millis(10);
+        let headers: Vec<(&str, String)> = if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![("Content-Type", "application/json".to_string())]
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = self
@@ -385,43 +421,49 @@ impl HttpClient {
                 .attempt
                 .min(left)
                 .max(Duration::from_millis(50));
-            match self.attempt(idx, "GET", &path, &[], b"", timeout).await {
-                Ok(r) if r.status == 200 => {
-                    self.preferred = idx;
-                    return parse_read(&r).map(Some).map_err(OpError::Unknown);
-                }
-                Ok(r) if r.status == 404 && r.code() == "not_found" => {
-                    self.preferred = idx;
-                    return Ok(None);
+            match self
+                .attempt(idx, method, path, &headers, body, timeout)
+                .await
+            {
+                Ok(r) if r.status == 200 || answer(&r) => {
+                    if pinned.is_none() {
+                        self.preferred = idx;
+                    }
+                    return Ok((idx, r));
                 }
                 Ok(r) if r.status == 503 || r.status == 429 => last = r.describe(),
                 Ok(r) => return Err(OpError::Unknown(r.describe())),
                 Err(Attempt::NotSent(m) | Attempt::Lost(m)) => last = m,
             }
             if Instant::now() >= deadline {
-                // A read changes nothing; the caller records any failure as unknown.
                 return Err(OpError::Unknown(last));
             }
-            idx = (idx + 1) % self.addrs.len();
-            if idx == self.preferred {
+            if pinned.is_none() {
+                idx = (idx + 1) % self.addrs.len();
+            }
+            if idx == first {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(300));
             }
         }
     }
 
-    /// PUT `value`; with `cas`, only if the key's version is `cas` (0: absent). Returns
-    /// whether it was stored (false: the condition did not hold).
-    async fn put(&mut self, key: &[u8], value: &[u8], cas: Option<u64>) -> Result<bool, OpError> {
-        self.seq += 1;
-        let path = match cas {
-            Some(v) => format!("/v1/kv/{}?cas={v}", path_key(key)),
-            None => format!("/v1/kv/{}", path_key(key)),
-        };
-        let headers = [
-            ("X-Paxosdb-Client-Id", self.client_id.to_string()),
-            ("X-Paxosdb-Seq", self.seq.to_string()),
-        ];
+    /// Sends a write in the session of `headers` until an answer (200, or what `answer`
+    /// accepts) or the operation's timeout, retrying with the same session on the next
+    /// node after a refusal (503 `unavailable`, 429, a connection not opened) or a lost
+    /// attempt (503 `outcome_unknown`, a timeout, a dropped connection): the cluster
+    /// applies the session's write at most once and answers a retry with its result.
+    /// Without an answer the write is `Unknown` if some attempt may have reached a node,
+    /// else `Refused`; a 4xx after an ambiguous attempt says nothing about that attempt,
+    /// so it is `Unknown` too.
+    async fn send_write(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        answer: impl Fn(&HttpResponse) -> bool,
+    ) -> Result<HttpResponse, OpError> {
         let deadline = Instant::now() + self.timeouts.op;
         let mut idx = self.preferred;
         // Some attempt may have reached a node that applies it.
@@ -436,17 +478,13 @@ impl HttpClient {
                 .min(left)
                 .max(Duration::from_millis(50));
             match self
-                .attempt(idx, "PUT", &path, &headers, value, timeout)
+                .attempt(idx, method, path, headers, body, timeout)
                 .await
             {
-                Ok(r) if r.status == 200 => {
-                    self.preferred = idx;
-                    return Ok(true);
-                }
                 // An answer: with the same session, the answer of the write itself.
-                Ok(r) if r.status == 409 && cas.is_some() && r.code() == "compare_failed" => {
+                Ok(r) if r.status == 200 || answer(&r) => {
                     self.preferred = idx;
-                    return Ok(false);
+                    return Ok(r);
                 }
                 Ok(r) if r.status == 503 && r.code() == "outcome_unknown" => {
                     ambiguous = Some(r.describe())
@@ -474,6 +512,76 @@ impl HttpClient {
                 backoff = (backoff * 2).min(Duration::from_millis(300));
             }
         }
+    }
+
+    /// PUT `value`; with `cas`, only if the key's version is `cas` (0: absent). Returns
+    /// whether it was stored (false: the condition did not hold).
+    async fn put(&mut self, key: &[u8], value: &[u8], cas: Option<u64>) -> Result<bool, OpError> {
+        self.seq += 1;
+        let path = match cas {
+            Some(v) => format!("/v1/kv/{}?cas={v}", path_key(key)),
+            None => format!("/v1/kv/{}", path_key(key)),
+        };
+        let headers = [
+            ("X-Paxosdb-Client-Id", self.client_id.to_string()),
+            ("X-Paxosdb-Seq", self.seq.to_string()),
+        ];
+        let compare_failed =
+            |r: &HttpResponse| r.status == 409 && cas.is_some() && r.code() == "compare_failed";
+        let r = self
+            .send_write("PUT", &path, &headers, value, compare_failed)
+            .await?;
+        Ok(r.status == 200)
+    }
+
+    /// `POST /db/execute?transaction` of the JSON statements `body` in the session
+    /// (`client_id`, `seq`), retried with that session until an answer or the timeout
+    /// (see [`HttpClient::send_write`]). Returns the answer's `results`.
+    pub async fn sql_execute(
+        &mut self,
+        body: &[u8],
+        client_id: u64,
+        seq: u64,
+    ) -> Result<Vec<serde_json::Value>, OpError> {
+        let headers = [
+            ("Content-Type", "application/json".to_string()),
+            ("X-Paxosdb-Client-Id", client_id.to_string()),
+            ("X-Paxosdb-Seq", seq.to_string()),
+        ];
+        let r = self
+            .send_write("POST", "/db/execute?transaction", &headers, body, |_| false)
+            .await?;
+        sql_results(&r).map_err(OpError::Unknown)
+    }
+
+    /// `POST /db/query?level=<level>` of the JSON statements `body`, on node `pinned`
+    /// only (a stale read of that node) or on any node. Returns the `results` and the
+    /// applied index the answer reports.
+    pub async fn sql_query(
+        &mut self,
+        body: &[u8],
+        level: &str,
+        pinned: Option<usize>,
+    ) -> Result<(Vec<serde_json::Value>, Option<u64>), OpError> {
+        let path = format!("/db/query?level={level}");
+        let (_, r) = self
+            .send_read("POST", &path, body, pinned, |_| false)
+            .await?;
+        let applied = r.applied;
+        Ok((sql_results(&r).map_err(OpError::Unknown)?, applied))
+    }
+
+    /// How many nodes this client knows.
+    pub fn nodes(&self) -> usize {
+        self.addrs.len()
+    }
+}
+
+/// The `results` array of an rqlite-shaped answer.
+fn sql_results(r: &HttpResponse) -> Result<Vec<serde_json::Value>, String> {
+    match r.json()["results"].as_array() {
+        Some(a) => Ok(a.clone()),
+        None => Err(format!("no results in {}", r.describe())),
     }
 }
 
@@ -531,6 +639,7 @@ async fn read_http_response(s: &mut TcpStream) -> std::io::Result<(HttpResponse,
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("bad status line"))?;
     let mut length = None;
+    let mut applied = None;
     let mut keep = true;
     for l in lines {
         if let Some((n, v)) = l.split_once(':') {
@@ -539,6 +648,8 @@ async fn read_http_response(s: &mut TcpStream) -> std::io::Result<(HttpResponse,
                 length = Some(v.parse::<usize>().map_err(|_| bad("bad content-length"))?);
             } else if n == "connection" && v.eq_ignore_ascii_case("close") {
                 keep = false;
+            } else if n == "x-paxosdb-applied-index" {
+                applied = v.parse::<u64>().ok();
             } else if n == "transfer-encoding" {
                 return Err(bad("transfer-encoding is not supported here"));
             }
@@ -568,7 +679,14 @@ async fn read_http_response(s: &mut TcpStream) -> std::io::Result<(HttpResponse,
             keep = false;
         }
     }
-    Ok((HttpResponse { status, body }, keep))
+    Ok((
+        HttpResponse {
+            status,
+            body,
+            applied,
+        },
+        keep,
+    ))
 }
 
 /// A minimal RESP2 client: one connection at a time, one command at a time.

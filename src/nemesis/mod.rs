@@ -19,19 +19,30 @@
 //! with its time. Nodes added at run time join the cluster the nemesis drives: clients,
 //! heals, fault targets, final reads and the replica comparison use the current members.
 //!
+//! Beside the key-value workers, [`Options::sql_clients`] workers (2 by default) run the
+//! SQL bank workload ([`bank`]): transfers between accounts as SQL transactions in
+//! sessions, over gRPC `paxosdb.v1.Sql` and rqlite's HTTP API, with linearizable reads
+//! and stale reads of random members, all under the same faults (a kill of the leader
+//! lands during SQL writes, a replaced or new member catches up the SQL state with the
+//! key-value state by a state transfer).
+//!
 //! At the end all faults are healed, the cluster must become healthy, and then:
 //! - the history is checked for linearizability per key ([`crate::check::check`]);
 //! - the set workload's final linearizable reads must hold every acknowledged element
 //!   exactly once ([`workload::check_set`]);
 //! - every replica (of the final members) must reach the same applied index and hold the
 //!   same value and the same version for every key the run touched;
+//! - the SQL bank must hold its total in every read, and every final member the same
+//!   accounts and ledger, with each committed transfer exactly once, each unknown one at
+//!   most once, and balances that follow the ledger ([`bank::check`]);
 //! - every membership change must be resolved (applied or not), and none answered with
 //!   an error may have happened;
 //! - no node process may have exited by itself (a panic, an abort) at any time: such a
 //!   node is noted as a crash when the nemesis next looks, restarted by the next heal, and
 //!   makes the run invalid;
 //! - every enabled protocol's workers got at least one answer (the summary counts
-//!   operations per protocol); a protocol that ran nothing makes the run incomplete.
+//!   operations per protocol; the SQL workers' protocols count as `sql/grpc` and
+//!   `sql/http`); a protocol that ran nothing makes the run incomplete.
 //!
 //! With [`LogBudget::Tiny`] (`--log-budget tiny`) every server trims its log in steps of 10
 //! entries and keeps at most 40 applied entries for laggards, so a node that is killed,
@@ -49,8 +60,10 @@
 //! the command like a violation, because it did not test what it says it did.
 //!
 //! A violation keeps the run directory (node logs and data) and writes `violation.json`
-//! there with the offending per-key histories.
+//! there with the offending per-key histories (and the SQL bank's transfers and reads
+//! when its checks failed).
 
+pub mod bank;
 pub mod clients;
 pub mod cluster;
 pub mod faults;
@@ -62,6 +75,7 @@ pub mod workload;
 use crate::check::{self, Input, Operation, Outcome, Output, Report};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use bank::{BankLog, BankReport, SqlProtocol};
 use clients::{Protocol, Timeouts};
 use cluster::ProcCluster;
 use faults::{Family, Fault};
@@ -223,6 +237,12 @@ pub struct Options {
     /// The client protocols the workers speak, dealt to the workers in turn (at least
     /// one worker each).
     pub protocols: Vec<Protocol>,
+    /// Workers of the SQL bank workload ([`bank`]), beside the `clients` key-value
+    /// workers, dealt gRPC and HTTP in turn (0: no SQL workload).
+    pub sql_clients: usize,
+    /// Test-only: after the final convergence, change one node's SQL database behind its
+    /// back, so that the bank's final checks must fail ([`bank::Tamper`]).
+    pub sql_tamper: Option<bank::Tamper>,
 }
 
 impl Options {
@@ -246,6 +266,8 @@ impl Options {
             log_budget: LogBudget::Default,
             min_each: 0,
             protocols: Protocol::ALL.to_vec(),
+            sql_clients: 2,
+            sql_tamper: None,
         }
     }
 }
@@ -291,6 +313,9 @@ pub struct Summary {
     /// Why the checker gave no report (it failed).
     pub check_error: Option<String>,
     pub set: Option<SetReport>,
+    /// The SQL bank workload's verdict (None: it did not run).
+    #[serde(default)]
+    pub bank: Option<BankReport>,
     /// Replicas that disagree after healing (empty = converged).
     pub divergence: Vec<String>,
     /// Nodes whose process exited by itself during the run (a panic, an abort), with the
@@ -324,13 +349,15 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// True when the history is linearizable, the set is intact, the replicas agree, no
-    /// node crashed, and every membership change was answered truthfully and resolved.
+    /// True when the history is linearizable, the set is intact, the SQL bank passed its
+    /// checks, the replicas agree, no node crashed, and every membership change was
+    /// answered truthfully and resolved.
     pub fn is_valid(&self) -> bool {
         self.linearizability
             .as_ref()
             .is_some_and(|r| r.is_linearizable())
             && self.set.as_ref().is_none_or(|s| s.is_valid())
+            && self.bank.as_ref().is_none_or(|b| b.is_valid())
             && self.divergence.is_empty()
             && self.crashes.is_empty()
             && self.membership.failed_but_applied == 0
@@ -442,6 +469,9 @@ impl Summary {
                 set.acked, set.unknown, set.unknown_present, set.absent,
                 set.lost, set.duplicated, set.unexpected, set.unreadable
             );
+        }
+        if let Some(bank) = &self.bank {
+            s += &bank.render();
         }
         for c in &self.crashes {
             s += &format!("CRASH: {c}\n");
@@ -666,6 +696,21 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         let (_, client) = shared.endpoints.client(0)?;
         create_set_keys(&shared, &client, set_generations).await?;
     }
+    let bank_log = Arc::new(BankLog::default());
+    if opts.sql_clients > 0 {
+        let (_, client) = shared.endpoints.client(0)?;
+        bank::create(&client, &bank_log).await?;
+        events.log(
+            "setup",
+            format!(
+                "created the SQL bank: {} accounts of {} (total {}), tables present by applied index {}",
+                bank::ACCOUNTS,
+                bank::INITIAL_BALANCE,
+                bank::TOTAL,
+                bank_log.setup_index.load(Ordering::Relaxed)
+            ),
+        );
+    }
     if faults.iter().any(|f| f.family() == Family::Transfer) {
         let (_, client) = shared.endpoints.client(0)?;
         let t = Instant::now();
@@ -697,6 +742,17 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
                 }
                 Workload::Set => workload::set_worker(shared, client, worker_rng, id).await,
             }
+        }));
+    }
+    let sql_protocols: Vec<SqlProtocol> = (0..opts.sql_clients)
+        .map(|w| SqlProtocol::ALL[w % SqlProtocol::ALL.len()])
+        .collect();
+    for (w, &protocol) in sql_protocols.iter().enumerate() {
+        let id = (opts.clients + w) as u64 + 1;
+        let worker_rng = StdRng::seed_from_u64(opts.seed.wrapping_add(id));
+        let (shared, log) = (shared.clone(), bank_log.clone());
+        workers.push(tokio::spawn(async move {
+            bank::worker(shared, log, protocol, id, worker_rng).await
         }));
     }
 
@@ -775,6 +831,23 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         events.reap(&mut c);
         divergence
     };
+    let mut bank = if opts.sql_clients > 0 {
+        bank::final_read(&shared, &bank_log, &final_client).await;
+        let c = cluster.lock().await;
+        let note = |what: String| events.log("sql", what);
+        let finals = bank::final_states(&c, opts.sql_tamper, &note).await;
+        let transfers = bank_log.transfers.lock().unwrap().clone();
+        let reads = bank_log.reads.lock().unwrap().clone();
+        let setup_index = bank_log.setup_index.load(Ordering::Relaxed);
+        let mut report = bank::check(&transfers, &reads, setup_index, &finals);
+        // Every SQL protocol dealt to a worker appears, answered or not.
+        for p in &sql_protocols {
+            report.per_protocol.entry(p.name().to_string()).or_default();
+        }
+        Some(report)
+    } else {
+        None
+    };
     drop(cluster);
     drop(firewall);
     // Every node is gone: its log is complete.
@@ -806,6 +879,14 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             *injected.entry(e.kind.clone()).or_insert(0) += 1;
         }
     }
+    if let Some(b) = bank.as_mut() {
+        let at: Vec<(String, f64)> = events
+            .iter()
+            .filter(|e| Fault::ALL.iter().any(|f| f.name() == e.kind))
+            .map(|e| (e.kind.clone(), e.at))
+            .collect();
+        bank::count_in_flight(b, &bank_log.transfers.lock().unwrap(), &at);
+    }
     let short_of_target: Vec<String> = if opts.min_each == 0 {
         Vec::new()
     } else {
@@ -823,12 +904,15 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         .iter()
         .map(|(p, c)| (p.name().to_string(), *c))
         .collect();
-    let protocols_unexercised: Vec<String> = opts
+    let mut protocols_unexercised: Vec<String> = opts
         .protocols
         .iter()
         .filter(|p| per_protocol.get(p.name()).is_none_or(|c| c.ok == 0))
         .map(|p| p.name().to_string())
         .collect();
+    if let Some(b) = &bank {
+        protocols_unexercised.extend(b.unexercised());
+    }
     let mut summary = Summary {
         seed: opts.seed,
         nodes: opts.nodes,
@@ -848,6 +932,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         linearizability,
         check_error,
         set,
+        bank,
         divergence,
         crashes,
         state_transfers,
@@ -874,10 +959,14 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
                 all
             }
         };
+        let sql_bank_invalid = summary.bank.as_ref().is_some_and(|b| !b.is_valid());
         let doc = serde_json::json!({
             "summary": &summary,
             "histories": offending,
             "elements": &*shared.elements.lock().unwrap(),
+            // The bank's own records, when its checks failed.
+            "sql_transfers": sql_bank_invalid.then(|| bank_log.transfers.lock().unwrap().clone()),
+            "sql_reads": sql_bank_invalid.then(|| bank_log.reads.lock().unwrap().clone()),
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
         summary.violation_file = Some(path);

@@ -428,10 +428,19 @@ pub async fn load_ballast(client: &crate::client::Client, seed: u64) -> crate::e
             v
         })
         .collect();
+    // A put whose outcome is unknown (1 MB on a loaded machine can outlast the client's
+    // timeout) is sent again: writing the same value to the same key twice is harmless.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     for (chunk_no, chunk) in values.chunks(4).enumerate() {
         let puts = chunk.iter().enumerate().map(|(i, v)| async move {
             let key = format!("ballast/{}", chunk_no * 4 + i);
-            client.put(key.as_bytes(), v, false).await
+            loop {
+                match client.put(key.as_bytes(), v, false).await {
+                    Err(crate::error::Error::OutcomeUnknown(_))
+                        if std::time::Instant::now() < deadline => {}
+                    r => return r,
+                }
+            }
         });
         for r in futures::future::join_all(puts).await {
             r?;

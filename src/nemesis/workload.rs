@@ -84,6 +84,16 @@ impl Endpoints {
         self.current.lock().unwrap().0
     }
 
+    /// The current members' endpoints, with their version.
+    pub fn current(&self) -> (u64, Vec<NodeAddrs>) {
+        self.current.lock().unwrap().clone()
+    }
+
+    /// The workers' timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     /// A gRPC client for the current endpoints, starting at the `rotate`-th, with its
     /// version.
     pub fn client(&self, rotate: usize) -> crate::error::Result<(u64, Client)> {
