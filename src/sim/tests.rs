@@ -242,7 +242,7 @@ fn tampered_log_is_caught_by_the_prefix_check() {
     assert_eq!(f.kind, Kind::DecidedEntryDiffers, "{f}");
     assert!(
         f.reason
-            .starts_with("decided entry 2 differs: node 1 has LogEntry { proposer: 1, "),
+            .starts_with("decided entry 0 differs: node 1 has LogEntry { proposer: 1, "),
         "{f}"
     );
 }
@@ -278,7 +278,7 @@ fn a_diverged_version_is_caught_by_the_replica_check() {
     // A value is the 8 bytes of its version (escaped here), then the bytes written.
     assert_eq!(
         f.reason,
-        r#"replicas 1 and 2 differ in kv key "k0": Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xb81000.59") vs Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xb71000.59")"#
+        r#"replicas 1 and 2 differ in kv key "k0": Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x01.1001.98") vs Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x01-1001.98")"#
     );
 }
 
@@ -288,8 +288,7 @@ fn a_deaf_node_is_caught_by_the_liveness_check() {
     assert_eq!(f.kind, Kind::Liveness, "{f}");
     assert_eq!(
         f.reason,
-        "liveness: operation Append([44, 49, 48, 48, 48, 46, 49]) on \"s0\" called at 5.04s after \
-         healing took 10.13s"
+        "liveness: operation Delete on \"k2\" called at 5.444053s after healing took 10.274931s"
     );
 }
 
@@ -314,7 +313,7 @@ fn disabled_duplicate_suppression_is_caught_by_the_set_check() {
     assert_eq!(f.kind, Kind::SetDuplicate, "{f}");
     assert_eq!(
         f.reason,
-        "set \"s0\": element \"1001.53\" appears 2 times in a read called at event 997"
+        "set \"s0\": element \"1003.44\" appears 2 times in a read called at event 739"
     );
 }
 
@@ -335,38 +334,43 @@ fn a_stale_accepted_round_after_an_install_is_caught() {
     assert_eq!(f.kind, Kind::FalseAcceptedClaim, "{f}");
     assert_eq!(
         f.reason,
-        "node 1 claims a log up to 199 accepted in round 2 of node 1, but that round's \
-         leader never had more than 124 entries"
+        "node 1 claims a log up to 288 accepted in round 1 of node 5, but that round's \
+         leader never had more than 91 entries"
     );
 }
 
-/// A fresh node that joins by taking a member's position (applied index and membership)
-/// without its state starts a log at that position whose prefix it never had: the log
-/// oracle sees a node whose log starts above what it was compared on, without an
-/// installed state, as soon as its core runs (before the replicas are compared).
+/// A fresh node that joins by taking a member's position (the KV store's applied index
+/// and membership) without its state starts a log at that position whose prefix it never
+/// had. Its SQL state machine, which took no position, is at 0, below the start of that
+/// log: the world's start check sees it before the core runs. (Before SQL ran in the
+/// simulation, the log oracle caught it: a log starting above what the node was compared
+/// on, without an installed state.)
 #[test]
-fn a_member_joining_without_the_state_is_caught_by_the_log_oracle() {
+fn a_member_joining_without_the_state_is_caught() {
     let f = caught(Bug::JoinWithoutState, 5);
-    assert_eq!(f.kind, Kind::DecidedLogGap, "{f}");
+    assert_eq!(f.kind, Kind::StateBehindLog, "{f}");
     assert_eq!(
         f.reason,
-        "node 4 trimmed its log to 393 without installing a state, but entries from 0 on \
-         were never compared"
+        "node 6 restarts with its SQL state at applied index 0, below the start of its log \
+         at 622: the log was trimmed past SQL state that was not durable"
     );
 }
 
 /// Without the configuration tag on messages, a node still in an old configuration takes
-/// the newer one's messages into its old OmniPaxos instance, and no member tells it to
-/// fetch the state that would move it on (the tag is what shows it is behind): the
-/// node is stuck, and an operation sent to it after healing never completes.
+/// the newer one's messages into its old OmniPaxos instance: it decides another entry at
+/// an index than the cluster did (seed 4), which the log oracle sees. (It can also leave
+/// the node stuck, with no member telling it to fetch the state that would move it on:
+/// the liveness check caught that in the seed that failed first before SQL ran.)
 #[test]
-fn untagged_messages_are_caught_by_the_liveness_check() {
+fn untagged_messages_are_caught() {
     let f = caught(Bug::UntaggedMessages, 5);
-    assert_eq!(f.kind, Kind::Liveness, "{f}");
-    assert_eq!(
-        f.reason,
-        "liveness: operation Get on \"k2\" called at 5.046621s after healing took \
-         10.313379s"
+    assert_eq!(f.kind, Kind::DecidedEntryDiffers, "{f}");
+    assert!(
+        f.reason.starts_with(
+            "decided entry 94 differs: node 1 has LogEntry { proposer: 4, batch_id: \
+             4225561159801370040, commands: [Command { client_id: 1001, seq: 30,"
+        ),
+        "{f}"
     );
 }
 
@@ -398,7 +402,13 @@ fn the_log_oracle_compares_stop_signs() {
 /// configuration 1; with them on (the default), the same seed changes the membership.
 #[test]
 fn membership_changes_can_be_turned_off() {
-    let seed = 1;
+    // The first seed whose run changes the membership.
+    let seed = (0..8)
+        .find(|&seed| {
+            let on = run(seed, &config_for(seed)).unwrap_or_else(|f| fail(f));
+            on.membership.proposed > 0
+        })
+        .expect("some seed changes the membership");
     let off = run(
         seed,
         &SimConfig {
@@ -408,8 +418,6 @@ fn membership_changes_can_be_turned_off() {
     )
     .unwrap_or_else(|f| fail(f));
     assert_eq!(off.membership, ChangeCounts::default());
-    let on = run(seed, &config_for(seed)).unwrap_or_else(|f| fail(f));
-    assert!(on.membership.proposed > 0, "{:?}", on.membership);
 }
 
 /// Durability of acknowledged writes, and what the partial-WAL crash model is for: the
@@ -422,7 +430,7 @@ fn unsynced_log_appends_are_caught_after_a_machine_crash() {
     assert_eq!(f.kind, Kind::DecidedEntryLost, "{f}");
     assert_eq!(
         f.reason,
-        "decided entry 284 is held by 1 of 3 nodes' durable logs, fewer than a majority"
+        "decided entry 647 is held by 1 of 3 nodes' durable logs, fewer than a majority"
     );
 }
 

@@ -492,8 +492,9 @@ impl World {
             let d = durable.lock().unwrap();
             let base = kv.membership().ok().flatten().map_or(0, |m| m.base);
             let start = base + d.log.get_compacted_idx().unwrap_or(0) as u64;
-            if sql_applied < start && self.violation.is_none() {
-                self.violation = Some(Violation::new(
+            if sql_applied < start {
+                // Not started: the core could not apply what the log no longer holds.
+                self.violation.get_or_insert(Violation::new(
                     Kind::StateBehindLog,
                     format!(
                         "node {} restarts with its SQL state at applied index {sql_applied}, \
@@ -502,6 +503,7 @@ impl World {
                         i + 1
                     ),
                 ));
+                return;
             }
         }
         let sql_reader = sql.reader();
