@@ -2,7 +2,7 @@
 //! seeds `--first..--first+--seeds` (or only `--seed N`), prints each failure with its
 //! seed, then one report: seeds run, operations recorded and checked, one count per
 //! fault path (crashes by kind, pauses, partitions per shape, dropped messages, state
-//! transfers; [`crate::sim::Totals::report`]), and the violations by checker kind with
+//! transfers, the SQL bank workload's figures; [`crate::sim::Totals::report`]), and the violations by checker kind with
 //! their seeds. Exits 1 if any seed failed.
 
 use crate::error::Result;
@@ -32,6 +32,9 @@ pub struct SimArgs {
     /// Clients per run.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// SQL bank clients per run (transfers and total reads on the same log; 0: none).
+    #[arg(long, default_value_t = 2)]
+    pub bank_clients: usize,
     /// Also duplicate and reorder messages within a link (beyond what TCP does; OmniPaxos
     /// assumes FIFO links, so failures here are not necessarily paxosdb bugs).
     #[arg(long)]
@@ -62,6 +65,7 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
         let cfg = SimConfig {
             nodes: a.nodes.unwrap_or(base.nodes),
             clients: a.clients,
+            bank_clients: a.bank_clients,
             fault_time: Duration::from_secs(a.fault_secs),
             chaos: a.chaos,
             membership: !a.no_membership,
@@ -77,6 +81,19 @@ pub async fn run(a: &SimArgs) -> Result<ExitCode> {
                         "sim seed={seed} passed: {} ops, {} faults, compacted to {}, {} state \
                          fetches ({} installed)",
                         s.ops, s.faults, s.compacted, s.fetches, s.fetched
+                    );
+                    let q = &s.sql;
+                    println!(
+                        "  SQL: {} transfers acknowledged, {} unknown ({} applied), {} total \
+                         reads, {} restarts with the engines apart ({} with SQL ahead), {} \
+                         machine crashes losing a SQL commit whose KV commit survived",
+                        q.transfers_acked,
+                        q.transfers_unknown,
+                        q.unknown_applied,
+                        q.total_reads,
+                        q.engines_apart,
+                        q.sql_ahead,
+                        q.sql_behind_kv
                     );
                 }
             }

@@ -73,6 +73,11 @@ impl<S: Storage<LogEntry>> Core<S> {
         let applied = self.sm.applied_index();
         let compacted = self.global(self.paxos.get_compacted_idx());
         if applied > compacted {
+            // Every machine's applied state must outlive the entries trimmed here.
+            if let Err(e) = self.sm.make_durable() {
+                tracing::error!("not trimming the log: the applied state is not durable: {e}");
+                return;
+            }
             self.paxos
                 .handle_incoming(compaction::local_trim(self.cfg.id, applied - base));
             let now_compacted = self.global(self.paxos.get_compacted_idx());

@@ -86,6 +86,17 @@ pub enum Kind {
     /// [`decided_durable`]: a decided entry is no longer held by a majority of the
     /// nodes' durable logs (a machine crash lost an acknowledged write).
     DecidedEntryLost,
+
+    /// A node restarts with a state machine's applied index below the start of its log
+    /// (the log was trimmed past state that was not durable; checked by `world`).
+    StateBehindLog,
+    /// The bank (`bank`): the accounts do not hold the opening total, or a balance
+    /// disagrees with the ledger.
+    BankTotal,
+    /// The bank: a transfer's ledger row appears more than once (applied twice).
+    TransferDuplicated,
+    /// The bank: an acknowledged transfer is missing, or a refused one applied.
+    TransferLost,
 }
 
 /// What a checker found.

@@ -33,6 +33,16 @@
 //! (odd seeds, [`SimConfig::multi_key`]) MSET, puts, versioned gets and prefix scans on
 //! a two-key group (see `clients`).
 //!
+//! Every node also runs the SQL state machine beside its KV store, on the same log (real
+//! SQLite in a per-run temporary directory; see `sql`): bank clients
+//! ([`SimConfig::bank_clients`]) create a table of accounts with a known total, then
+//! issue transfers (one SQL transaction each, with a ledger row naming it, through the
+//! log with client sessions as KV writes) and linearizable total reads (see `bank`).
+//! SQLite's commits are unsynced until a flush (`make_durable`) or an install, and a
+//! machine crash keeps a seeded prefix of them independently of what RocksDB's WAL
+//! keeps, so restarts find the two engines at different applied indexes (counted in
+//! [`SqlStats`]). State transfers carry both states (`transfer::Transferable`).
+//!
 //! Checked: one decided log (every decided entry any node reports is compared, during the
 //! run and pairwise at the end, over what the logs still hold; across configurations,
 //! with each stop sign a slot of its own); no node's decided index goes back (across a machine
@@ -46,6 +56,11 @@
 //! ([`crate::check`]), in exact real-time order (calls and returns are numbered events),
 //! and across keys for multi-key operations, with versions (`check::group`: an MSET is
 //! atomic, a scan sees one state, a version read is the one the model has).
+//! For SQL: every total read and the final state hold the opening total, with balances
+//! that agree with the ledger, every transfer acknowledged before the read and none
+//! refused, and no ledger row twice (an unknown transfer applied at most once); the final
+//! members' SQL states are equal (a digest of schema and rows); no node restarts with a
+//! state machine behind the start of its log ([`Kind::StateBehindLog`]).
 //! A campaign ([`Totals::report`], `paxosdb sim --seeds N`) counts every fault path:
 //! crashes by kind (process; machine with nothing lost, all unsynced writes lost, or a
 //! prefix kept), pauses, partitions per shape, dropped messages, state transfers.
@@ -68,9 +83,11 @@ pub fn members(n: crate::command::NodeId) -> Vec<crate::config::Member> {
         .collect()
 }
 
+mod bank;
 mod checks;
 mod clients;
 mod net;
+mod sql;
 mod storage;
 mod world;
 
@@ -132,6 +149,14 @@ pub enum Bug {
     /// its configuration tag): a node that missed a stop sign takes the next
     /// configuration's messages into its old instance. Needs membership changes.
     UntaggedMessages,
+    /// The state machines' `make_durable` before a log trim does nothing (as if the core
+    /// no longer called `Machines::make_durable` in `node::catchup`): the SQL store's
+    /// unsynced commits are not flushed, so a machine crash can leave its state behind
+    /// the trimmed log. Needs compaction.
+    NoMakeDurable,
+    /// Every node's SQL state machine gets commands without their session (the store's
+    /// at-most-once check skipped): a retried or re-proposed transfer applies again.
+    SqlNoDedup,
 }
 
 /// How much log the simulated nodes keep, chosen per seed of a campaign (`--log-budget
@@ -221,6 +246,8 @@ pub struct SimConfig {
     /// Clients also issue the multi-key workload (MSET, versioned gets, scans; see
     /// `clients`).
     pub multi_key: bool,
+    /// Bank clients issuing the SQL bank-transfer workload (see `bank`); 0: none.
+    pub bank_clients: usize,
 }
 
 impl Default for SimConfig {
@@ -241,6 +268,7 @@ impl Default for SimConfig {
             crash_transfers: false,
             membership: true,
             multi_key: false,
+            bank_clients: 2,
         }
     }
 }
@@ -313,6 +341,77 @@ pub struct RunStats {
     pub membership: ChangeCounts,
     /// What the nemesis did, with virtual times.
     pub fault_log: Vec<String>,
+    /// The SQL figures of the run.
+    pub sql: SqlStats,
+}
+
+/// The SQL figures of a run (or, added up, of a campaign).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SqlStats {
+    /// Bank transfers acknowledged, with an unknown outcome, refused.
+    pub transfers_acked: u64,
+    pub transfers_unknown: u64,
+    pub transfers_failed: u64,
+    /// Unknown transfers found applied at the end (once).
+    pub unknown_applied: u64,
+    /// Total reads that returned (each checked).
+    pub total_reads: u64,
+    /// Restarts that found the KV and SQL engines at different applied indexes, and of
+    /// those, the ones with SQL ahead (a crash between the two engines' commits kept the
+    /// SQL commit and lost the KV one).
+    pub engines_apart: u64,
+    pub sql_ahead: u64,
+    /// Machine crashes that lost a SQL commit of an entry whose KV commit survived.
+    pub sql_behind_kv: u64,
+    /// Machine crashes that lost unsynced SQL commits.
+    pub sql_lossy_crashes: u64,
+    /// SQL states installed from a state transfer that held SQL data (applied index > 0).
+    pub sql_installs: u64,
+}
+
+impl SqlStats {
+    pub fn add(&mut self, o: &SqlStats) {
+        self.transfers_acked += o.transfers_acked;
+        self.transfers_unknown += o.transfers_unknown;
+        self.transfers_failed += o.transfers_failed;
+        self.unknown_applied += o.unknown_applied;
+        self.total_reads += o.total_reads;
+        self.engines_apart += o.engines_apart;
+        self.sql_ahead += o.sql_ahead;
+        self.sql_behind_kv += o.sql_behind_kv;
+        self.sql_lossy_crashes += o.sql_lossy_crashes;
+        self.sql_installs += o.sql_installs;
+    }
+
+    fn report(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("SQL transfers acknowledged", self.transfers_acked),
+            ("SQL transfers with unknown outcome", self.transfers_unknown),
+            (
+                "of those, found applied (once) at the end",
+                self.unknown_applied,
+            ),
+            ("SQL transfers refused", self.transfers_failed),
+            ("SQL total reads checked", self.total_reads),
+            (
+                "restarts with the KV and SQL applied indexes apart",
+                self.engines_apart,
+            ),
+            ("of those, with SQL ahead of KV", self.sql_ahead),
+            (
+                "machine crashes losing a SQL commit whose KV commit survived",
+                self.sql_behind_kv,
+            ),
+            (
+                "machine crashes losing unsynced SQL commits",
+                self.sql_lossy_crashes,
+            ),
+            (
+                "SQL states installed by a state transfer",
+                self.sql_installs,
+            ),
+        ]
+    }
 }
 
 /// The figures of many runs added up: what a campaign covered.
@@ -350,6 +449,8 @@ pub struct Totals {
     pub messages: u64,
     pub dropped: u64,
     pub duplicated: u64,
+    /// The SQL figures.
+    pub sql: SqlStats,
 }
 
 impl Totals {
@@ -440,6 +541,7 @@ impl Totals {
                 ),
             ]
             .into_iter()
+            .chain(self.sql.report())
             .map(|(k, v)| (k.to_string(), v)),
         );
         lines
@@ -472,6 +574,7 @@ impl Totals {
         self.messages += s.messages;
         self.dropped += s.dropped;
         self.duplicated += s.duplicated;
+        self.sql.add(&s.sql);
     }
 }
 
@@ -517,6 +620,20 @@ impl std::fmt::Display for Totals {
             m.during_crash,
             m.during_partition,
             m.during_pause
+        )?;
+        let q = &self.sql;
+        write!(
+            f,
+            ", SQL: {} transfers acknowledged, {} unknown ({} of them applied), {} total reads, \
+             {} restarts with the engines apart ({} with SQL ahead), {} machine crashes losing \
+             a SQL commit whose KV commit survived",
+            q.transfers_acked,
+            q.transfers_unknown,
+            q.unknown_applied,
+            q.total_reads,
+            q.engines_apart,
+            q.sql_ahead,
+            q.sql_behind_kv
         )
     }
 }
@@ -570,13 +687,20 @@ fn phases(w: &mut World) -> Result<RunStats, Violation> {
     w.run_until(cfg.fault_time, true, true, |_| false)?;
     w.heal();
     w.clients.live_from = Some(w.now);
+    w.bank.live_from = Some(w.now);
     w.run_until(w.now + cfg.live_time, false, true, |_| false)?;
     let end = w.now + cfg.liveness_bound + Duration::from_secs(1);
-    w.run_until(end, false, false, |w| !w.clients.busy())?;
+    w.run_until(end, false, false, |w| !w.clients.busy() && !w.bank.busy())?;
     if let Some(complaint) = w.clients.close(w.now) {
         return Err(liveness(complaint));
     }
+    if let Some(complaint) = w.bank.close(w.now) {
+        return Err(liveness(complaint));
+    }
     if let Some(v) = w.clients.liveness_violation.take() {
+        return Err(liveness(v));
+    }
+    if let Some(v) = w.bank.liveness_violation.take() {
         return Err(liveness(v));
     }
     let end = w.now + Duration::from_secs(30);
@@ -621,6 +745,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     }
     common_prefix(&logs)?;
     replicas_equal(&states)?;
+    let sql = sql_final_checks(w, &members)?;
     let history = &w.clients.history;
     // The replicas are equal: the set keys' final values are node 1's.
     let reader = w.nodes[members[0]]
@@ -646,6 +771,8 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         format!("{:?}{:?}", op.input, op.outcome).hash(&mut h);
     }
     format!("{:?}", logs[0]).hash(&mut h);
+    format!("{:?}", w.bank.fates).hash(&mut h);
+    (w.bank.reads, &sql).hash(&mut h);
     let count = |o: fn(&crate::check::Outcome) -> bool| w.clients.count(o);
     use crate::check::Outcome;
     Ok(RunStats {
@@ -687,5 +814,64 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         virtual_ms: w.now.as_millis() as u64,
         trace_hash: h.finish(),
         fault_log: w.fault_log.clone(),
+        sql,
+    })
+}
+
+/// The SQL side of the final checks: the final members' SQL states equal (a digest of
+/// the schema and every row, `sql::store`'s), and the bank's books right on them.
+fn sql_final_checks(w: &World, members: &[usize]) -> Result<SqlStats, Violation> {
+    let mut first: Option<(usize, u64)> = None;
+    for &i in members {
+        let reader = w.nodes[i]
+            .sql
+            .as_ref()
+            .expect("all members are up after healing");
+        let d = sql::digest(reader)
+            .map_err(|e| Violation::new(Kind::ReplicasDiffer, format!("SQL digest: {e}")))?;
+        match first {
+            None => first = Some((i, d)),
+            Some((j, dj)) if dj != d => {
+                return Err(Violation::new(
+                    Kind::ReplicasDiffer,
+                    format!(
+                        "the SQL state of node {} differs from node {}'s (digest {d:#x} vs \
+                         {dj:#x})",
+                        i + 1,
+                        j + 1
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let bank = &w.bank;
+    let mut unknown_applied = 0;
+    if bank.fates.values().any(|(_, f)| *f != bank::Fate::Failed) || bank.reads > 0 {
+        let reader = w.nodes[members[0]].sql.as_ref().expect("checked above");
+        let books = bank::read_books(reader)
+            .map_err(|e| Violation::new(Kind::BankTotal, format!("bank: final read: {e}")))?;
+        bank.check_books(&books, None).map_err(|v| Violation {
+            message: format!("{} (final state)", v.message),
+            ..v
+        })?;
+        let tids: std::collections::BTreeSet<i64> = books.ledger.iter().map(|r| r[0]).collect();
+        unknown_applied = (bank.fates.iter())
+            .filter(|(tid, (_, f))| *f == bank::Fate::Unknown && tids.contains(tid))
+            .count() as u64;
+    }
+    Ok(SqlStats {
+        transfers_acked: bank.count(|f| matches!(f, bank::Fate::Acked(_))),
+        transfers_unknown: bank.count(|f| *f == bank::Fate::Unknown),
+        transfers_failed: bank.count(|f| *f == bank::Fate::Failed),
+        unknown_applied,
+        total_reads: bank.reads,
+        engines_apart: w.engines_apart,
+        sql_ahead: w.sql_ahead,
+        sql_behind_kv: w.sql_behind_kv,
+        sql_lossy_crashes: w.sql_lossy_crashes,
+        sql_installs: (w.nodes.iter())
+            .map(|n| n.sql_disk.lock().unwrap().installs)
+            .sum(),
     })
 }

@@ -242,7 +242,7 @@ fn tampered_log_is_caught_by_the_prefix_check() {
     assert_eq!(f.kind, Kind::DecidedEntryDiffers, "{f}");
     assert!(
         f.reason
-            .starts_with("decided entry 2 differs: node 1 has LogEntry { proposer: 1, "),
+            .starts_with("decided entry 0 differs: node 1 has LogEntry { proposer: 1, "),
         "{f}"
     );
 }
@@ -278,7 +278,7 @@ fn a_diverged_version_is_caught_by_the_replica_check() {
     // A value is the 8 bytes of its version (escaped here), then the bytes written.
     assert_eq!(
         f.reason,
-        r#"replicas 1 and 2 differ in kv key "k0": Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xb81000.59") vs Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xb71000.59")"#
+        r#"replicas 1 and 2 differ in kv key "k0": Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x01.1001.98") vs Some("\\x00\\x00\\x00\\x00\\x00\\x00\\x01-1001.98")"#
     );
 }
 
@@ -288,8 +288,7 @@ fn a_deaf_node_is_caught_by_the_liveness_check() {
     assert_eq!(f.kind, Kind::Liveness, "{f}");
     assert_eq!(
         f.reason,
-        "liveness: operation Append([44, 49, 48, 48, 48, 46, 49]) on \"s0\" called at 5.04s after \
-         healing took 10.13s"
+        "liveness: operation Delete on \"k2\" called at 5.444053s after healing took 10.274931s"
     );
 }
 
@@ -314,7 +313,7 @@ fn disabled_duplicate_suppression_is_caught_by_the_set_check() {
     assert_eq!(f.kind, Kind::SetDuplicate, "{f}");
     assert_eq!(
         f.reason,
-        "set \"s0\": element \"1001.53\" appears 2 times in a read called at event 997"
+        "set \"s0\": element \"1003.44\" appears 2 times in a read called at event 739"
     );
 }
 
@@ -335,38 +334,43 @@ fn a_stale_accepted_round_after_an_install_is_caught() {
     assert_eq!(f.kind, Kind::FalseAcceptedClaim, "{f}");
     assert_eq!(
         f.reason,
-        "node 1 claims a log up to 199 accepted in round 2 of node 1, but that round's \
-         leader never had more than 124 entries"
+        "node 1 claims a log up to 288 accepted in round 1 of node 5, but that round's \
+         leader never had more than 91 entries"
     );
 }
 
-/// A fresh node that joins by taking a member's position (applied index and membership)
-/// without its state starts a log at that position whose prefix it never had: the log
-/// oracle sees a node whose log starts above what it was compared on, without an
-/// installed state, as soon as its core runs (before the replicas are compared).
+/// A fresh node that joins by taking a member's position (the KV store's applied index
+/// and membership) without its state starts a log at that position whose prefix it never
+/// had. Its SQL state machine, which took no position, is at 0, below the start of that
+/// log: the world's start check sees it before the core runs. (Before SQL ran in the
+/// simulation, the log oracle caught it: a log starting above what the node was compared
+/// on, without an installed state.)
 #[test]
-fn a_member_joining_without_the_state_is_caught_by_the_log_oracle() {
+fn a_member_joining_without_the_state_is_caught() {
     let f = caught(Bug::JoinWithoutState, 5);
-    assert_eq!(f.kind, Kind::DecidedLogGap, "{f}");
+    assert_eq!(f.kind, Kind::StateBehindLog, "{f}");
     assert_eq!(
         f.reason,
-        "node 4 trimmed its log to 393 without installing a state, but entries from 0 on \
-         were never compared"
+        "node 6 restarts with its SQL state at applied index 0, below the start of its log \
+         at 622: the log was trimmed past SQL state that was not durable"
     );
 }
 
 /// Without the configuration tag on messages, a node still in an old configuration takes
-/// the newer one's messages into its old OmniPaxos instance, and no member tells it to
-/// fetch the state that would move it on (the tag is what shows it is behind): the
-/// node is stuck, and an operation sent to it after healing never completes.
+/// the newer one's messages into its old OmniPaxos instance: it decides another entry at
+/// an index than the cluster did (seed 4), which the log oracle sees. (It can also leave
+/// the node stuck, with no member telling it to fetch the state that would move it on:
+/// the liveness check caught that in the seed that failed first before SQL ran.)
 #[test]
-fn untagged_messages_are_caught_by_the_liveness_check() {
+fn untagged_messages_are_caught() {
     let f = caught(Bug::UntaggedMessages, 5);
-    assert_eq!(f.kind, Kind::Liveness, "{f}");
-    assert_eq!(
-        f.reason,
-        "liveness: operation Get on \"k2\" called at 5.046621s after healing took \
-         10.313379s"
+    assert_eq!(f.kind, Kind::DecidedEntryDiffers, "{f}");
+    assert!(
+        f.reason.starts_with(
+            "decided entry 94 differs: node 1 has LogEntry { proposer: 4, batch_id: \
+             4225561159801370040, commands: [Command { client_id: 1001, seq: 30,"
+        ),
+        "{f}"
     );
 }
 
@@ -398,7 +402,13 @@ fn the_log_oracle_compares_stop_signs() {
 /// configuration 1; with them on (the default), the same seed changes the membership.
 #[test]
 fn membership_changes_can_be_turned_off() {
-    let seed = 1;
+    // The first seed whose run changes the membership.
+    let seed = (0..8)
+        .find(|&seed| {
+            let on = run(seed, &config_for(seed)).unwrap_or_else(|f| fail(f));
+            on.membership.proposed > 0
+        })
+        .expect("some seed changes the membership");
     let off = run(
         seed,
         &SimConfig {
@@ -408,8 +418,6 @@ fn membership_changes_can_be_turned_off() {
     )
     .unwrap_or_else(|f| fail(f));
     assert_eq!(off.membership, ChangeCounts::default());
-    let on = run(seed, &config_for(seed)).unwrap_or_else(|f| fail(f));
-    assert!(on.membership.proposed > 0, "{:?}", on.membership);
 }
 
 /// Durability of acknowledged writes, and what the partial-WAL crash model is for: the
@@ -422,7 +430,7 @@ fn unsynced_log_appends_are_caught_after_a_machine_crash() {
     assert_eq!(f.kind, Kind::DecidedEntryLost, "{f}");
     assert_eq!(
         f.reason,
-        "decided entry 284 is held by 1 of 3 nodes' durable logs, fewer than a majority"
+        "decided entry 647 is held by 1 of 3 nodes' durable logs, fewer than a majority"
     );
 }
 
@@ -892,4 +900,121 @@ fn one_core_config(id: crate::command::NodeId) -> crate::node::CoreConfig {
         first_batch_id: 1,
         compaction: crate::node::CompactionPolicy::OFF,
     }
+}
+
+/// The SQL durability model, directly: SQLite keeps what was synced (a flush by
+/// `make_durable`) and, after a machine crash, a prefix of the commits made since, which
+/// it rebuilds by replaying them through the SQL state machine.
+#[test]
+fn a_machine_crash_keeps_a_prefix_of_the_unsynced_sql_commits() {
+    use super::sql::{RunDir, SimSql, SqlDisk};
+    use crate::machine::{Command, Machine, StateMachine};
+    use crate::sql::{Request, Statement};
+    let run = RunDir::new(0);
+    let disk = SqlDisk::new(&run.0, 1);
+    let cmd = |seq: u64, sql: &str| Command {
+        client_id: 7,
+        seq,
+        user: None,
+        machine: Machine::Sql,
+        payload: bincode::serialize(&Request {
+            statements: vec![Statement::new(sql)],
+            transaction: false,
+        })
+        .unwrap(),
+    };
+    let rows = |disk: &std::sync::Arc<std::sync::Mutex<SqlDisk>>| {
+        let store = disk.lock().unwrap().open();
+        let out = store
+            .query(&Request {
+                statements: vec![Statement::new("SELECT count(*) FROM t")],
+                transaction: false,
+            })
+            .unwrap();
+        (out.results[0].rows.clone(), store.applied_index())
+    };
+    {
+        let store = disk.lock().unwrap().open();
+        let mut sm = SimSql::new(store, disk.clone(), None);
+        sm.apply(0, &[&cmd(1, "CREATE TABLE t (x INTEGER)")])
+            .unwrap();
+        sm.apply(1, &[]).unwrap();
+        sm.make_durable().unwrap();
+        for i in 2..5u64 {
+            let c = cmd(i, "INSERT INTO t VALUES (1)");
+            sm.apply(i, &[&c]).unwrap();
+        }
+    }
+    // Three commits since the flush; the crash keeps the first.
+    let loss = disk.lock().unwrap().machine_crash(|n| {
+        assert_eq!(n, 3);
+        1
+    });
+    assert_eq!((loss.unsynced, loss.kept, loss.first_lost), (3, 1, Some(3)));
+    let one = vec![vec![crate::sql::Value::Integer(1)]];
+    assert_eq!(rows(&disk), (one.clone(), 3));
+    // What survived is durable: the next crash has nothing to lose.
+    let again = disk.lock().unwrap().machine_crash(|n| n);
+    assert_eq!(again.unsynced, 0);
+    assert_eq!(rows(&disk), (one, 3));
+}
+
+/// Every run carries the SQL bank workload on the same log as the KV one, and machine
+/// crashes land between the two engines' commits: a crash loses a SQL commit whose KV
+/// commit survived, restarts find the engines at different applied indexes, the core
+/// replays only what each engine lacks, and the bank's checks and the SQL replica
+/// comparison hold. State transfers carry SQL state. (The other order, SQL ahead of KV
+/// after a machine crash, needs a crash to lose a KV batch before the next synced log
+/// write: the campaign counts it, `paxosdb sim`.)
+#[test]
+fn sql_and_kv_share_the_log_through_crashes_between_their_commits() {
+    let mut t = super::SqlStats::default();
+    let mut installs = 0;
+    for seed in 0..12 {
+        let s = run(seed, &config_for(seed)).unwrap_or_else(|f| fail(f));
+        t.add(&s.sql);
+        installs += s.installs;
+    }
+    eprintln!("{t:?}, {installs} installs");
+    assert!(t.transfers_acked > 0 && t.total_reads > 0, "{t:?}");
+    assert!(
+        t.engines_apart > 0,
+        "no restart found the engines apart: {t:?}"
+    );
+    assert!(
+        t.sql_behind_kv > 0,
+        "no crash lost a SQL commit alone: {t:?}"
+    );
+    assert!(
+        t.sql_installs > 0,
+        "no state transfer carried SQL state: {t:?}"
+    );
+}
+
+/// Without `make_durable` before a log trim, the SQL store's commits since its last flush
+/// are not synced when the log entries that produced them are trimmed: a machine crash
+/// then leaves the SQL state behind the start of the log, which no longer holds the
+/// entries to replay.
+#[test]
+fn a_trim_without_make_durable_is_caught_at_restart() {
+    let f = caught(Bug::NoMakeDurable, 16);
+    assert_eq!(f.kind, Kind::StateBehindLog, "{f}");
+    assert_eq!(
+        f.reason,
+        "node 1 restarts with its SQL state at applied index 316, below the start of its \
+         log at 642: the log was trimmed past SQL state that was not durable"
+    );
+}
+
+/// Without the SQL store's session check, a transfer retried after a lost answer (or
+/// re-proposed by its node) applies twice: its ledger row appears twice.
+#[test]
+fn sql_without_sessions_is_caught_by_the_bank() {
+    let f = caught(Bug::SqlNoDedup, 16);
+    assert_eq!(f.kind, Kind::TransferDuplicated, "{f}");
+    assert_eq!(
+        f.reason,
+        "bank: transfer 5000000083 applied 2 times (its outcome: Some(Acked(498))) (read on \
+         node 1 called at event 506)"
+    );
 }

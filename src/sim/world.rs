@@ -45,19 +45,22 @@
 //! machine wrapper (`SimSm::apply_membership` keeps the old log before the switch wipes
 //! it), so the one decided log is compared across configurations, stop signs included.
 
-use super::checks::{accepted_claim, DecidedMonotonic, LogOracle, Violation};
+use super::bank::Bank;
+use super::checks::{accepted_claim, DecidedMonotonic, Kind, LogOracle, Violation};
 use super::clients::Clients;
 use super::net::{idx, Outbox, Packet, Shape, SimNet, Weather};
+use super::sql::{RunDir, SimSql, SqlDisk};
 use super::storage::{Durable, SimStorage};
 use super::{Bug, SimConfig};
 use crate::command::NodeId;
 use crate::error::{Error, Result as DbResult};
-use crate::kv::transfer::{Importer, StateEnd, StatePart};
 use crate::kv::KvStore;
 use crate::machine::StateMachine;
-use crate::machine::{Command, Machine, Outcome};
+use crate::machine::{Command, Machine, Machines, Outcome};
 use crate::membership::Membership;
 use crate::node::{Core, CoreConfig, Event, NodeRole};
+use crate::sql::{SqlReader, SqlStore};
+use crate::transfer::{Import, Transferable};
 use omnipaxos::storage::Storage;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -73,7 +76,13 @@ pub struct Node {
     pub core: Option<Core<SimStorage>>,
     /// A reader over the node's state machine (what the node's API serves gets from).
     pub kv: Option<KvStore>,
+    /// A reader over the node's SQL state machine (what the SQL API queries).
+    pub sql: Option<SqlReader>,
+    /// While joining (no core yet): the SQL store a fetched state is installed into.
+    sql_join: Option<SqlStore>,
     pub durable: Arc<Mutex<Durable>>,
+    /// The node's SQL directory and its durability model (see `sql`).
+    pub sql_disk: Arc<Mutex<SqlDisk>>,
     outbox: Outbox,
     next_tick: Duration,
     /// Paused (as by SIGSTOP): the core takes no steps, ticks or messages, and keeps its
@@ -99,11 +108,14 @@ pub struct Node {
 
 impl Node {
     /// A node that has not started yet, over `durable`; `joiner`: one the cluster adds.
-    fn new(durable: Arc<Mutex<Durable>>, joiner: bool) -> Node {
+    fn new(durable: Arc<Mutex<Durable>>, sql_disk: Arc<Mutex<SqlDisk>>, joiner: bool) -> Node {
         Node {
             core: None,
             kv: None,
+            sql: None,
+            sql_join: None,
             durable,
+            sql_disk,
             outbox: Outbox::default(),
             next_tick: Duration::ZERO,
             paused: false,
@@ -222,8 +234,8 @@ struct Transfer {
     from: usize,
     /// When it ends (or, failed, when the fetching node hears of it).
     due: Duration,
-    /// The import under way and the end of the export; or why it failed.
-    state: Result<(Importer, StateEnd), String>,
+    /// The imports under way, one per state machine; or why it failed.
+    state: Result<Vec<Box<dyn Import>>, String>,
 }
 
 /// How long a failed fetch waits before it reports (as `crate::transfer::fetcher` does).
@@ -336,6 +348,20 @@ pub struct World {
     pub change_counts: ChangeCounts,
     /// The faults ended (`heal`).
     healed: bool,
+    /// The SQL bank-transfer workload (see `bank`).
+    pub bank: Bank,
+    /// Restarts that found the KV and SQL engines at different applied indexes, and of
+    /// those, the ones with SQL ahead (its commit survived, the KV one did not).
+    pub engines_apart: u64,
+    pub sql_ahead: u64,
+    /// Machine crashes that lost a SQL commit of an entry whose KV commit survived.
+    pub sql_behind_kv: u64,
+    /// Machine crashes that lost SQL commits not yet synced.
+    pub sql_lossy_crashes: u64,
+    /// A violation found outside `observe` (at a node's start).
+    violation: Option<Violation>,
+    /// The run's SQL directories (removed with the world).
+    pub run_dir: RunDir,
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -348,6 +374,8 @@ impl World {
         clients.bound = cfg.liveness_bound;
         clients.stale_reads = cfg.bug == Some(Bug::StaleReads);
         clients.multi_key = cfg.multi_key;
+        let mut bank = Bank::new(cfg.bank_clients, &mut rng);
+        bank.bound = cfg.liveness_bound;
         let mut w = World {
             base: Instant::now(),
             now: Duration::ZERO,
@@ -378,6 +406,13 @@ impl World {
             changes: Vec::new(),
             change_counts: ChangeCounts::default(),
             healed: false,
+            bank,
+            engines_apart: 0,
+            sql_ahead: 0,
+            sql_behind_kv: 0,
+            sql_lossy_crashes: 0,
+            violation: None,
+            run_dir: RunDir::new(seed),
             rng,
             cfg,
         };
@@ -392,7 +427,8 @@ impl World {
                     d.set_unsynced_log();
                 }
             }
-            w.nodes.push(Node::new(durable, false));
+            let disk = SqlDisk::new(&w.run_dir.0, i as u64 + 1);
+            w.nodes.push(Node::new(durable, disk, false));
             w.start(i);
         }
         w
@@ -411,11 +447,17 @@ impl World {
             let kv = KvStore::open_memory(spaces).expect("memory store opens");
             if kv.membership().expect("memory reads").is_none() && kv.applied_index() == 0 {
                 let node = &mut self.nodes[i];
+                let sql = node.sql_disk.lock().unwrap().open();
                 node.kv = Some(kv);
+                node.sql = Some(sql.reader());
+                node.sql_join = Some(sql);
                 node.joining = Some(self.now);
                 return;
             }
         }
+        // The join store (if any) is closed before the core's opens.
+        self.nodes[i].sql_join = None;
+        self.nodes[i].sql = None;
         let cfg = CoreConfig {
             id: i as NodeId + 1,
             members: crate::sim::members(self.cfg.nodes as NodeId),
@@ -438,6 +480,34 @@ impl World {
             kv.no_dedup = self.cfg.bug == Some(Bug::NoDedup);
             kv.split_multi_put = self.cfg.bug == Some(Bug::SplitMultiPut);
         }
+        let sql = node.sql_disk.lock().unwrap().open();
+        let (kv_applied, sql_applied) = (kv.applied_index(), sql.applied_index());
+        if kv_applied != sql_applied {
+            self.engines_apart += 1;
+            self.sql_ahead += u64::from(sql_applied > kv_applied);
+        }
+        {
+            // The log must still hold every entry some machine has to apply (the core
+            // makes every machine's state durable before it trims: `make_durable`).
+            let d = durable.lock().unwrap();
+            let base = kv.membership().ok().flatten().map_or(0, |m| m.base);
+            let start = base + d.log.get_compacted_idx().unwrap_or(0) as u64;
+            if sql_applied < start {
+                // Not started: the core could not apply what the log no longer holds.
+                self.violation.get_or_insert(Violation::new(
+                    Kind::StateBehindLog,
+                    format!(
+                        "node {} restarts with its SQL state at applied index {sql_applied}, \
+                         below the start of its log at {start}: the log was trimmed past SQL \
+                         state that was not durable",
+                        i + 1
+                    ),
+                ));
+                return;
+            }
+        }
+        let sql_reader = sql.reader();
+        let sql_sm = SimSql::new(sql, node.sql_disk.clone(), self.cfg.bug);
         let sm = SimSm {
             kv: kv.clone(),
             durable: durable.clone(),
@@ -447,7 +517,8 @@ impl World {
             diverge_version: self.cfg.bug == Some(Bug::DivergeVersion) && i == 0,
         };
         let storage = SimStorage(durable.clone());
-        let mut core = match Core::new(cfg, storage, Box::new(sm), Box::new(outbox)) {
+        let machines = Machines::from(Box::new(sm)).with(Box::new(sql_sm));
+        let mut core = match Core::new(cfg, storage, machines, Box::new(outbox)) {
             Ok(core) => core,
             Err(e) => {
                 // Only a node removed from the cluster is refused.
@@ -461,6 +532,7 @@ impl World {
         core.set_reopen(Box::new(move || Ok(SimStorage(durable.clone()))));
         node.core = Some(core);
         node.kv = Some(kv);
+        node.sql = Some(sql_reader);
         node.next_tick = self.now + TICK;
     }
 
@@ -485,17 +557,32 @@ impl World {
             let local = loss.decided as u64;
             self.lossy_machine_crashes += u64::from(loss.kept < loss.unsynced);
             self.partial_machine_crashes += u64::from(0 < loss.kept && loss.kept < loss.unsynced);
+            // SQLite's own WAL keeps a prefix of its unsynced commits, independently.
+            let sql_loss = node.sql_disk.lock().unwrap().machine_crash(|n| {
+                if n == 0 {
+                    0
+                } else {
+                    rng.gen_range(0..=n)
+                }
+            });
             let spaces = node.durable.lock().unwrap().kv.clone();
             let kv = KvStore::open_memory(spaces).ok();
             let applied = kv.as_ref().map_or(0, |kv| kv.applied_index());
+            self.sql_lossy_crashes += u64::from(sql_loss.kept < sql_loss.unsynced);
+            self.sql_behind_kv += u64::from(sql_loss.first_lost.is_some_and(|l| l < applied));
             // The decided index is of the configuration the state records (global).
             let base = kv.and_then(|kv| kv.membership().ok().flatten());
             let decided = base.map_or(0, |m| m.base) + local;
             if let Some(s) = before {
                 what = format!(
                     "machine: decided {} -> {decided}, applied {} -> {applied}, kept {} of {} \
-                     unsynced writes",
-                    s.decided_index, s.applied_index, loss.kept, loss.unsynced
+                     unsynced writes, {} of {} unsynced SQL commits",
+                    s.decided_index,
+                    s.applied_index,
+                    loss.kept,
+                    loss.unsynced,
+                    sql_loss.kept,
+                    sql_loss.unsynced
                 );
             }
             self.machine_crashed = true;
@@ -511,6 +598,8 @@ impl World {
         let node = &mut self.nodes[i];
         node.core = None;
         node.kv = None;
+        node.sql = None;
+        node.sql_join = None;
         node.joining = None;
         node.paused = false;
         node.held.clear();
@@ -579,7 +668,13 @@ impl World {
             Err(_) => self.now + FETCH_BACKOFF,
         };
         let what = match &state {
-            Ok((_, end)) => format!("state at {}", end.applied),
+            Ok(_) => {
+                let kv = self.nodes[from]
+                    .kv
+                    .as_ref()
+                    .map_or(0, |kv| kv.applied_index());
+                format!("state at {kv}")
+            }
             Err(e) => format!("failing: {e}"),
         };
         self.log(format!("node {} fetches node {}'s {what}", i + 1, from + 1));
@@ -601,15 +696,19 @@ impl World {
         self.net.link_up(a, b) && self.net.link_up(b, a)
     }
 
-    /// The start of a transfer: the peer's state as of now, written to `i`'s staging.
-    fn export(&mut self, i: usize, from: usize) -> Result<(Importer, StateEnd), String> {
+    /// The start of a transfer: the peer's states (KV, then SQL, through
+    /// `transfer::Transferable` as the server sends them) as of now, written to `i`'s
+    /// staging areas.
+    fn export(&mut self, i: usize, from: usize) -> Result<Vec<Box<dyn Import>>, String> {
         if from >= self.nodes.len() || from == i {
             return Err(format!("no peer {}", from + 1));
         }
         if !self.linked(i, from) {
             return Err(format!("node {} is unreachable", from + 1));
         }
-        let Some(source) = self.nodes[from].kv.as_ref() else {
+        let (Some(source), Some(source_sql)) =
+            (self.nodes[from].kv.as_ref(), self.nodes[from].sql.as_ref())
+        else {
             return Err(format!("node {} is down", from + 1));
         };
         let Some(core) = self.nodes[from].core.as_ref() else {
@@ -622,24 +721,20 @@ impl World {
                 from + 1
             ));
         }
-        let mut parts = Vec::new();
-        source
-            .export(&mut |p| {
-                parts.push(p);
-                Ok(())
-            })
-            .map_err(|e| format!("export: {e}"))?;
-        let kv = self.nodes[i].kv.as_ref().expect("a fetching node is up");
-        let mut importer = kv.importer().map_err(|e| format!("import: {e}"))?;
-        let mut end = None;
-        for part in parts {
-            match part {
-                StatePart::Chunk(c) => importer.chunk(c).map_err(|e| format!("import: {e}"))?,
-                StatePart::End(e) => end = Some(e),
-            }
+        let sources: [&dyn Transferable; 2] = [source, source_sql];
+        let node = &self.nodes[i];
+        let kv = node.kv.as_ref().expect("a fetching node is up");
+        let sql = node.sql.as_ref().expect("a fetching node is up");
+        let targets: [&dyn Transferable; 2] = [kv, sql];
+        let mut imports = Vec::new();
+        for (source, target) in sources.into_iter().zip(targets) {
+            let mut import = target.importer().map_err(|e| format!("import: {e}"))?;
+            source
+                .export(&mut |bytes| import.part(bytes))
+                .map_err(|e| format!("{:?} export: {e}", source.machine()))?;
+            imports.push(import);
         }
-        let end = end.ok_or("the export has no end")?;
-        Ok((importer, end))
+        Ok(imports)
     }
 
     /// Ends the transfers due at `now`.
@@ -659,9 +754,20 @@ impl World {
                     });
                     continue;
                 }
-                Ok((importer, end)) => importer.finish(end).map_err(|e| e.to_string()),
+                Ok(imports) => imports
+                    .into_iter()
+                    .try_fold(u64::MAX, |a, imp| Ok(a.min(imp.finish()?)))
+                    .map_err(|e: Error| e.to_string()),
                 Err(e) => Err(e),
             };
+            if res.is_ok() {
+                // The staged copies are synced (`finish`).
+                self.nodes[t.fetcher]
+                    .sql_disk
+                    .lock()
+                    .unwrap()
+                    .staged_synced();
+            }
             if self.nodes[t.fetcher].core.is_none() {
                 self.joined_or_not(t.fetcher, res);
                 continue;
@@ -692,12 +798,18 @@ impl World {
     fn joined_or_not(&mut self, i: usize, res: Result<u64, String>) {
         let res = res.and_then(|_| {
             let node = &mut self.nodes[i];
+            let sql = node
+                .sql_join
+                .as_mut()
+                .expect("a joining node has its store open");
+            let sql_applied = sql.install_staged().map_err(|e| e.to_string())?;
+            node.sql_disk.lock().unwrap().installed(sql_applied);
             let kv = node.kv.as_mut().expect("a joining node has its store open");
             let applied = kv.install_staged().map_err(|e| e.to_string())?;
             let mut d = node.durable.lock().unwrap();
             d.sync_point();
             d.installs += 1;
-            Ok(applied)
+            Ok(applied.min(sql_applied))
         });
         match res {
             Ok(applied) => {
@@ -1088,7 +1200,8 @@ impl World {
         let i = self.nodes.len();
         let durable = Durable::new();
         durable.lock().unwrap().id = i as u64 + 1;
-        self.nodes.push(Node::new(durable, true));
+        let disk = SqlDisk::new(&self.run_dir.0, i as u64 + 1);
+        self.nodes.push(Node::new(durable, disk, true));
         self.net.add_node();
         self.oracle.add_node();
         self.mono.add_node();
@@ -1229,6 +1342,9 @@ impl World {
     /// Checks the log invariants on every live node (after every round, so before a node
     /// can trim what it decided in it: see `checks`).
     fn observe(&mut self) -> Result<(), Violation> {
+        if let Some(v) = self.violation.take().or_else(|| self.bank.violation.take()) {
+            return Err(v);
+        }
         self.poll_changes();
         if std::mem::take(&mut self.machine_crashed) {
             self.check_durable()?;
@@ -1350,6 +1466,7 @@ impl World {
                         .filter_map(|n| n.joining),
                 )
                 .chain(self.clients.next_time(issuing))
+                .chain(self.bank.next_time(issuing))
                 .chain(faults.then_some(self.next_fault))
                 .min()
                 .unwrap_or(end);
@@ -1381,6 +1498,8 @@ impl World {
             }
             let base = self.base;
             self.clients
+                .act(now, base, &mut self.rng, &mut self.nodes, issuing);
+            self.bank
                 .act(now, base, &mut self.rng, &mut self.nodes, issuing);
             for i in 0..self.nodes.len() {
                 if self.nodes[i].paused {
