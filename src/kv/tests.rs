@@ -568,7 +568,7 @@ fn sessions_survive_restart() {
 
 #[test]
 fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
-    use super::{SESSION_SWEEP_EVERY, SESSION_TTL_ENTRIES};
+    use crate::session::SESSION_TTL_ENTRIES;
     let mut kv = KvStore::open_memory(Default::default()).unwrap();
     let incr = |client_id, seq| KvCommand {
         client_id,
@@ -585,7 +585,7 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
     apply(&mut kv, &[incr(1, 1)]);
     // Client 2 keeps using its session; client 1 goes quiet.
     let mut seq2 = 0;
-    while kv.applied_index() < SESSION_TTL_ENTRIES + SESSION_SWEEP_EVERY {
+    while kv.applied_index() < SESSION_TTL_ENTRIES + 1 {
         if kv.applied_index() % 50_000 == 1 {
             seq2 += 1;
             apply(&mut kv, &[incr(2, seq2)]);
@@ -614,8 +614,8 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
 /// is suppressed (the original answer, no second effect), and one decided at
 /// `L + TTL + 2` or later is applied again.
 mod duplicates_and_expiry {
-    use super::super::SESSION_TTL_ENTRIES as TTL;
     use super::*;
+    use crate::session::SESSION_TTL_ENTRIES as TTL;
 
     fn incr(client_id: u64) -> KvCommand {
         KvCommand {
@@ -1063,5 +1063,47 @@ fn a_write_is_checked_against_its_users_rights_where_it_is_applied() {
     assert_eq!(
         again,
         WriteResult::Denied("user ann no longer exists".into())
+    );
+}
+
+/// Apply throughput of single-put entries on RocksDB (issue #11: a put cost four memtable
+/// writes, three of them session bookkeeping), with a pool of 64 clients each taking the
+/// next seq, as the client library does. Reports entries per second and the memtable
+/// entries the session bookkeeping left in `sm` per applied put. A measurement, not a
+/// test: `cargo test --release --lib kv::tests::apply_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn apply_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&dir.path().join("db")).unwrap();
+    let mut kv = KvStore::open(db.clone()).unwrap();
+    let n = 50_000u64;
+    let clients = 64u64;
+    let value = vec![b'v'; 100];
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        let at = kv.applied_index();
+        let cmd = KvCommand {
+            client_id: 1 + i % clients,
+            seq: 1 + i / clients,
+            op: WriteOp::Put {
+                key: format!("key{}", i % 10_000).into_bytes(),
+                value: value.clone(),
+                return_prev: false,
+            },
+            user: None,
+        };
+        kv.apply_kv(at, &[cmd]).unwrap();
+    }
+    let took = t0.elapsed();
+    let sm = db.cf_handle(crate::storage::db::CF_SM).unwrap();
+    let mem = |prop: &str| db.property_int_value_cf(sm, prop).unwrap().unwrap_or(0);
+    let entries = mem("rocksdb.num-entries-active-mem-table");
+    let deletes = mem("rocksdb.num-deletes-active-mem-table");
+    eprintln!(
+        "single-put entries: {:.0}/s; sm memtable entries per put: {:.2} ({:.2} of them deletes)",
+        n as f64 / took.as_secs_f64(),
+        entries as f64 / n as f64,
+        deletes as f64 / n as f64,
     );
 }
