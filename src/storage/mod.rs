@@ -81,6 +81,7 @@ pub mod db;
 /// Tests and the simulation only (the `test-machinery` feature): not in the shipped binary.
 #[cfg(any(test, feature = "test-machinery"))]
 pub mod memory;
+pub mod meta;
 pub mod rocks;
 
 #[cfg(test)]
