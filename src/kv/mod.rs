@@ -709,6 +709,22 @@ impl KvStore {
     }
 }
 
+impl KvStore {
+    /// Test builds only: how many session records the store holds.
+    #[cfg(test)]
+    pub(crate) fn session_records(&self) -> Result<usize> {
+        let mut n = 0;
+        self.backend.view(|v| {
+            v.scan_from(Space::Sm, &[SESSION_PREFIX], &mut |k, _| {
+                let more = k.len() == 9 && k[0] == SESSION_PREFIX;
+                n += usize::from(more);
+                Ok(more)
+            })
+        })?;
+        Ok(n)
+    }
+}
+
 impl StateMachine for KvStore {
     fn machine(&self) -> Machine {
         Machine::Kv

@@ -407,6 +407,20 @@ impl SqlStore {
             .map_err(sql_err)
     }
 
+    /// Test builds only: how many session records the store holds.
+    #[cfg(test)]
+    pub(crate) fn session_records(&self) -> Result<usize> {
+        self.guard
+            .trusted(|| {
+                self.conn
+                    .query_row("SELECT count(*) FROM _paxosdb_sessions", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+            })
+            .map(|n| n as usize)
+            .map_err(sql_err)
+    }
+
     /// The session records of this store, in the apply connection's open transaction.
     fn records(&self) -> SqlRecords<'_> {
         SqlRecords {
