@@ -17,10 +17,11 @@
 //!   entry see what an earlier one left, and at the end hands the store the records to
 //!   write and asks it to sweep expired ones — inside the store's own atomic write of the
 //!   entry (the KV store's RocksDB `WriteBatch`, the SQL store's SQLite transaction).
-//! - A [`Record`] keeps the outcome as [`Kept`]: whole, trimmed by the state machine
-//!   ([`SessionOutcome::keep`]: the KV store drops a large value and keeps its version),
-//!   or not kept at all when it would take more than [`RESULT_KEEP`] bytes (a retry then
-//!   learns only that the write was applied). Two encodings exist, both here, both the
+//! - A [`Record`] keeps the outcome as [`Kept`] ([`SessionOutcome::keep`]): whole, or not
+//!   at all when it would take more than [`RESULT_KEEP`] bytes (a retry then learns only
+//!   that the write was applied), or trimmed by a state machine that can restore what it
+//!   dropped (the KV store drops a value over 64 KiB, keeps its version, and reads the
+//!   value back on a retry while the key still has that version). Two encodings exist, both here, both the
 //!   bytes earlier releases wrote: [`encode_record`] (the whole record in one value, the
 //!   KV store's) and [`encode_kept`] (the outcome alone, for a store that keeps the other
 //!   fields in columns, the SQL store's).
@@ -45,7 +46,7 @@
 //! - The decision reads only the record and the entry: deterministic on every replica.
 //! - Records are written in the same atomic write as the state they describe, so after a
 //!   crash they match the state exactly.
-//! - A record never holds more than about [`RESULT_KEEP`] bytes of outcome, and every
+//! - A record holds about [`RESULT_KEEP`] bytes of outcome at most, and every
 //!   record is swept at most `TTL + SWEEP_BUCKET` entries after its last use (more only
 //!   while a backlog above [`SWEEP_MAX`] per entry drains): the table stays bounded.
 
@@ -92,11 +93,16 @@ pub enum Kept<O> {
 
 /// An outcome type sessions can remember.
 pub trait SessionOutcome: Clone + Serialize + DeserializeOwned {
-    /// The outcome as a record keeps it: `Whole`, or `Trimmed` with large parts dropped.
-    /// Whatever this returns is still replaced by `NotKept` when it encodes to more than
-    /// [`RESULT_KEEP`] bytes.
+    /// The outcome as a record keeps it. By default whole, or `NotKept` when it encodes
+    /// to more than [`RESULT_KEEP`] bytes; a state machine that can restore large parts
+    /// of an outcome on a retry may instead drop them (`Trimmed`), keeping the record
+    /// about as small.
     fn keep(&self) -> Kept<Self> {
-        Kept::Whole(self.clone())
+        match bincode::serialized_size(&Kept::Whole(self)) {
+            Ok(n) if n as usize <= RESULT_KEEP => Kept::Whole(self.clone()),
+            Ok(n) => Kept::NotKept { bytes: n },
+            Err(_) => Kept::NotKept { bytes: u64::MAX },
+        }
     }
     /// A write refused as a whole, nothing changed.
     fn rejected(why: String) -> Self;
@@ -190,22 +196,13 @@ pub fn decide<O: SessionOutcome>(
     }
 }
 
-/// The record a write leaves: `outcome` as [`SessionOutcome::keep`] keeps it, bounded to
-/// [`RESULT_KEEP`] bytes.
+/// The record a write leaves: `outcome` as [`SessionOutcome::keep`] keeps it.
 pub fn record<O: SessionOutcome>(seq: u64, fp: u64, index: u64, outcome: &O) -> Record<O> {
-    let kept = match outcome.keep() {
-        Kept::NotKept { bytes } => Kept::NotKept { bytes },
-        kept => match bincode::serialized_size(&kept) {
-            Ok(n) if n as usize <= RESULT_KEEP => kept,
-            Ok(n) => Kept::NotKept { bytes: n },
-            Err(_) => Kept::NotKept { bytes: u64::MAX },
-        },
-    };
     Record {
         seq,
         last_index: index,
         fingerprint: fp,
-        kept,
+        kept: outcome.keep(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The replicated state machine: a versioned key-value store.
 //!
-//! [`StateMachine`] is the seam between the node and whatever it replicates (the KV store
-//! today, SQLite later). [`KvStore`] implements it over a [`backend::Backend`]: the node's
+//! [`StateMachine`] is the seam between the node and whatever it replicates (this KV store
+//! and the SQL store). [`KvStore`] implements it over a [`backend::Backend`]: the node's
 //! RocksDB (the `kv` and `sm` column families) in production, or memory in tests and the
 //! simulation — the same code above the bytes.
 //!
@@ -11,17 +11,16 @@
 //!   state after some applied index, so a restart resumes from there and never re-applies.
 //! - Apply is deterministic: it reads only the store and the entry (no clock, no
 //!   randomness, no node-local state), so every node reaches the same state.
-//! - A session's command is applied at most once: `seq` equal to the session's last one
-//!   returns the remembered result; an older `seq` is rejected without effect.
-//! - Sessions expire deterministically: a session not used in the last
-//!   [`SESSION_TTL_ENTRIES`] log entries is forgotten (swept every [`SESSION_SWEEP_EVERY`]
-//!   entries, by log index, never by clock), so the session table stays bounded. A retry
-//!   arriving after that would be applied again; clients retry within seconds. Exactly: a
-//!   session last used by the entry at index `L` is swept by the entry at `L + TTL + 1`,
-//!   after that entry's own commands ran, and answering a duplicate (a retry, or the same
-//!   command decided in two entries) does not count as a use; so a duplicate decided at
-//!   `L + TTL + 1` at the latest gets the remembered answer, one decided later is applied
-//!   again.
+//! - A session's command is applied at most once, by the one session rule of
+//!   [`crate::session`] (shared with the SQL store): `seq` equal to the session's last one
+//!   with the same command returns the remembered result, with another command it is
+//!   rejected; an older `seq` is refused as superseded without effect. Session records
+//!   ([`KvRecords`]) are written in the entry's batch.
+//! - Sessions expire deterministically, by log index, never by clock: a session last used
+//!   by the entry at index `L` answers duplicates decided up to `L + TTL + 1`
+//!   ([`session::SESSION_TTL_ENTRIES`]); answering a duplicate does not count as a use;
+//!   the sweep removes expired records later, a bounded number per entry, which changes
+//!   no outcome (the rule checks expiry itself).
 //! - Every applied write that changes a key takes the next revision; a key's version is the
 //!   revision of its last write (an absent key has version 0).
 //! - Users (see [`crate::auth`]) live in the metadata space under `user/`, never in the
@@ -94,9 +93,9 @@ fn expiry_key(bucket_start: u64, client_id: u64) -> [u8; 17] {
 /// `--prev` write returns a value; keeping megabytes of them for
 /// [`session::SESSION_TTL_ENTRIES`] entries per client would fill the disk, so only the
 /// version of a longer one is kept ([`Kept::Trimmed`]), and a retry reads the value back
-/// while the key still has that version. Below [`session::RESULT_KEEP`] by a margin, so
-/// that a result keeping its value always fits a record.
-pub const SESSION_VALUE_KEEP: usize = session::RESULT_KEEP - 4096;
+/// while the key still has that version. (A key-value result holds little besides that
+/// value, so its record stays about [`session::RESULT_KEEP`] bytes at most.)
+pub const SESSION_VALUE_KEEP: usize = 64 * 1024;
 
 /// The value a result carries, if any (every result carries at most one).
 fn result_value(r: &mut WriteResult) -> Option<&mut Versioned> {

@@ -1107,3 +1107,85 @@ fn apply_throughput() {
         deletes as f64 / n as f64,
     );
 }
+
+/// Format 2 directories hold expiry keys at the exact last index (`e` + L + client), not
+/// at a bucket start. Such a key stays valid while its record moves within the bucket,
+/// is left behind as an orphan when the record moves to another bucket, and the sweep
+/// then deletes the orphan key without touching the live record.
+#[test]
+fn format_2_expiry_keys_are_swept_without_losing_live_records() {
+    use super::backend::Space;
+    use super::expiry_key;
+    use crate::session::{SESSION_TTL_ENTRIES as TTL, SWEEP_BUCKET};
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let incr = |seq| KvCommand {
+        client_id: 5,
+        seq,
+        op: WriteOp::Incr {
+            key: b"n".to_vec(),
+            delta: 1,
+        },
+        user: None,
+    };
+    let skip_to = |kv: &mut KvStore, index: u64| {
+        while kv.applied_index() < index {
+            kv.apply_kv(kv.applied_index(), &[]).unwrap();
+        }
+    };
+    let expiry_keys = |kv: &KvStore| {
+        let mut keys = Vec::new();
+        kv.backend
+            .view(|v| {
+                v.scan_from(Space::Sm, b"e", &mut |k, _| {
+                    if k[0] == b'e' {
+                        keys.push(k.to_vec());
+                    }
+                    Ok(k[0] == b'e')
+                })
+            })
+            .unwrap();
+        keys
+    };
+    let legacy_at = SWEEP_BUCKET + 476;
+    skip_to(&mut kv, legacy_at);
+    kv.apply_kv(legacy_at, &[incr(1)]).unwrap();
+    // Rewrite the key as format 2 had it.
+    let bucketed = expiry_key(SWEEP_BUCKET, 5).to_vec();
+    let legacy = expiry_key(legacy_at, 5).to_vec();
+    assert_eq!(expiry_keys(&kv), vec![bucketed.clone()]);
+    kv.backend
+        .write(vec![
+            (Space::Sm, bucketed, None),
+            (Space::Sm, legacy.clone(), Some(vec![])),
+        ])
+        .unwrap();
+    // Used again in the same bucket: the key stays where it is.
+    skip_to(&mut kv, legacy_at + 10);
+    kv.apply_kv(legacy_at + 10, &[incr(2)]).unwrap();
+    assert_eq!(expiry_keys(&kv), vec![legacy.clone()]);
+    // Used in the next bucket: a bucketed key is written, the legacy one is an orphan.
+    let moved_at = 2 * SWEEP_BUCKET + 3;
+    skip_to(&mut kv, moved_at);
+    kv.apply_kv(moved_at, &[incr(3)]).unwrap();
+    let current = expiry_key(2 * SWEEP_BUCKET, 5).to_vec();
+    assert_eq!(expiry_keys(&kv), vec![legacy.clone(), current]);
+    // Still in use when the legacy key's bucket expires.
+    let used_at = legacy_at + TTL;
+    skip_to(&mut kv, used_at);
+    let last = kv.apply_kv(used_at, &[incr(4)]).unwrap();
+    let current = expiry_key(crate::session::bucket(used_at), 5).to_vec();
+    assert_eq!(expiry_keys(&kv), vec![legacy.clone(), current.clone()]);
+    // Past the legacy key's sweep point: the orphan goes, the live record stays.
+    skip_to(&mut kv, legacy_at + TTL + SWEEP_BUCKET + 1);
+    assert_eq!(expiry_keys(&kv), vec![current]);
+    let index = kv.applied_index();
+    assert_eq!(
+        kv.apply_kv(index, &[incr(4)]).unwrap(),
+        last,
+        "still a duplicate"
+    );
+    // And the record itself is swept once its bucket expired.
+    skip_to(&mut kv, used_at + TTL + SWEEP_BUCKET + 1);
+    assert_eq!(expiry_keys(&kv), Vec::<Vec<u8>>::new());
+    assert_eq!(kv.session_records().unwrap(), 0);
+}
