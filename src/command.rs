@@ -138,8 +138,9 @@ pub enum SetCond {
 }
 
 /// The phrase every "this session's seq names another command" error contains, so that
-/// protocol layers can report it under their own code (HTTP: `session_reused`).
-pub const SESSION_REUSED: &str = "was already used for a different command";
+/// protocol layers can report it under their own code (HTTP: `session_reused`). Owned by
+/// [`crate::session`]; named here too for the protocol layers that import it from here.
+pub use crate::session::SESSION_REUSED;
 
 impl WriteOp {
     /// Every key the operation writes.

@@ -46,6 +46,7 @@ pub mod nemesis;
 pub mod node;
 pub mod ratelog;
 pub mod server;
+pub mod session;
 #[cfg(feature = "test-machinery")]
 pub mod sim;
 pub mod sql;

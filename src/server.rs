@@ -22,7 +22,8 @@ use crate::node::admission::{free_bytes, Admission};
 use crate::node::{Core, CoreConfig, NodeHandle};
 use crate::sql::machine::SqlMachine;
 use crate::sql::SqlStore;
-use crate::storage::db::{DataDir, CF_META};
+use crate::storage::db::DataDir;
+use crate::storage::meta::{Meta, MetaKey};
 use crate::storage::rocks::RocksStorage;
 use crate::transfer::States;
 use crate::transport::{self, PeerTable, SharedMembership, TransportConfig};
@@ -122,16 +123,16 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
 /// Once a membership change is recorded, the members may differ from `--peers` (which
 /// then only matters for the node's own address): only the node id is checked.
 fn check_identity(db: &rocksdb::DB, cfg: &Config, changed: bool) -> Result<u64> {
-    let meta = db.cf_handle(CF_META).expect("meta column family");
+    let meta = Meta::of(db);
     let mut ids: Vec<NodeId> = cfg.peers.iter().map(|m| m.id).collect();
     ids.sort_unstable();
     let want = format!("node={} members={:?}", cfg.id, ids);
     let node_part = format!("node={} ", cfg.id);
-    let incarnation = match db.get_cf(meta, b"incarnation")? {
-        Some(v) => crate::storage::db::read_u64(&v)?,
+    let incarnation = match meta.get_u64(MetaKey::Incarnation)? {
+        Some(v) => v,
         None => rand::random::<u64>().max(1),
     };
-    match db.get_cf(meta, b"identity")? {
+    match meta.get(MetaKey::Identity)? {
         Some(have) if have == want.as_bytes() => Ok(incarnation),
         Some(have) if changed && have.starts_with(node_part.as_bytes()) => Ok(incarnation),
         Some(have) => Err(Error::Config(format!(
@@ -141,12 +142,10 @@ fn check_identity(db: &rocksdb::DB, cfg: &Config, changed: bool) -> Result<u64> 
             String::from_utf8_lossy(&have)
         ))),
         None => {
-            let mut opts = rocksdb::WriteOptions::default();
-            opts.set_sync(true);
             let mut b = rocksdb::WriteBatch::default();
-            b.put_cf(meta, b"identity", want.as_bytes());
-            b.put_cf(meta, b"incarnation", incarnation.to_be_bytes());
-            db.write_opt(b, &opts)?;
+            meta.put(&mut b, MetaKey::Identity, want.as_bytes());
+            meta.put_u64(&mut b, MetaKey::Incarnation, incarnation);
+            meta.write_synced(b)?;
             Ok(incarnation)
         }
     }
@@ -155,9 +154,9 @@ fn check_identity(db: &rocksdb::DB, cfg: &Config, changed: bool) -> Result<u64> 
 /// Remembers the incarnation each peer first showed and refuses a different one later.
 fn incarnation_check(db: Arc<rocksdb::DB>) -> transport::IncarnationCheck {
     Arc::new(move |peer: NodeId, inc: u64| {
-        let meta = db.cf_handle(CF_META).expect("meta column family");
-        let key = format!("peer_incarnation/{peer}");
-        let known = db.get_cf(meta, key.as_bytes()).map_err(|e| e.to_string())?;
+        let meta = Meta::of(&db);
+        let key = MetaKey::PeerIncarnation(peer);
+        let known = meta.get(key).map_err(|e| e.to_string())?;
         match known {
             Some(v) if v.as_slice() == inc.to_be_bytes() => Ok(()),
             Some(_) => Err(format!(
@@ -166,11 +165,9 @@ fn incarnation_check(db: Arc<rocksdb::DB>) -> transport::IncarnationCheck {
                  Restore its data, or remove it and add a new node"
             )),
             None => {
-                let mut opts = rocksdb::WriteOptions::default();
-                opts.set_sync(true);
                 let mut b = rocksdb::WriteBatch::default();
-                b.put_cf(meta, key.as_bytes(), inc.to_be_bytes());
-                db.write_opt(b, &opts).map_err(|e| e.to_string())
+                meta.put_u64(&mut b, key, inc);
+                meta.write_synced(b).map_err(|e| e.to_string())
             }
         }
     })

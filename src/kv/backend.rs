@@ -11,15 +11,13 @@
 //! switch (`kv::staging`) as soon as it happened. A view resolves the slot once, together
 //! with taking its snapshot, so it reads one consistent state even across a switch.
 
-use crate::error::{Error, Result};
-use crate::storage::db::{CF_KV, CF_KV_B, CF_META, CF_SM, CF_SM_B};
+use crate::error::Result;
+use crate::storage::db::{CF_KV, CF_KV_B, CF_SM, CF_SM_B};
+use crate::storage::meta::Meta;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-
-/// Key in [`CF_META`] of the live slot (one byte, 0 = A, 1 = B; absent = A).
-pub(super) const SLOT_KEY: &[u8] = b"sm_slot";
 
 /// A key space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,18 +118,9 @@ pub struct RocksSpaces {
 }
 
 impl RocksSpaces {
-    /// Reads the live slot from [`CF_META`].
+    /// Reads the live slot ([`crate::storage::meta::MetaKey::LiveSlot`]).
     pub(super) fn open(db: Arc<DB>) -> Result<RocksSpaces> {
-        let meta = db.cf_handle(CF_META).expect("column family exists");
-        let slot = match db.get_cf(meta, SLOT_KEY)?.as_deref() {
-            None | Some([0]) => 0,
-            Some([1]) => 1,
-            Some(other) => {
-                return Err(Error::Storage(format!(
-                    "corrupt live slot marker {other:?} in the meta column family"
-                )))
-            }
-        };
+        let slot = Meta::of(&db).live_slot()?;
         Ok(RocksSpaces {
             db,
             slot: RwLock::new(slot),

@@ -1,7 +1,7 @@
 //! The replicated state machine: a versioned key-value store.
 //!
-//! [`StateMachine`] is the seam between the node and whatever it replicates (the KV store
-//! today, SQLite later). [`KvStore`] implements it over a [`backend::Backend`]: the node's
+//! [`StateMachine`] is the seam between the node and whatever it replicates (this KV store
+//! and the SQL store). [`KvStore`] implements it over a [`backend::Backend`]: the node's
 //! RocksDB (the `kv` and `sm` column families) in production, or memory in tests and the
 //! simulation — the same code above the bytes.
 //!
@@ -11,17 +11,16 @@
 //!   state after some applied index, so a restart resumes from there and never re-applies.
 //! - Apply is deterministic: it reads only the store and the entry (no clock, no
 //!   randomness, no node-local state), so every node reaches the same state.
-//! - A session's command is applied at most once: `seq` equal to the session's last one
-//!   returns the remembered result; an older `seq` is rejected without effect.
-//! - Sessions expire deterministically: a session not used in the last
-//!   [`SESSION_TTL_ENTRIES`] log entries is forgotten (swept every [`SESSION_SWEEP_EVERY`]
-//!   entries, by log index, never by clock), so the session table stays bounded. A retry
-//!   arriving after that would be applied again; clients retry within seconds. Exactly: a
-//!   session last used by the entry at index `L` is swept by the entry at `L + TTL + 1`,
-//!   after that entry's own commands ran, and answering a duplicate (a retry, or the same
-//!   command decided in two entries) does not count as a use; so a duplicate decided at
-//!   `L + TTL + 1` at the latest gets the remembered answer, one decided later is applied
-//!   again.
+//! - A session's command is applied at most once, by the one session rule of
+//!   [`crate::session`] (shared with the SQL store): `seq` equal to the session's last one
+//!   with the same command returns the remembered result, with another command it is
+//!   rejected; an older `seq` is refused as superseded without effect. Session records
+//!   ([`KvRecords`]) are written in the entry's batch.
+//! - Sessions expire deterministically, by log index, never by clock: a session last used
+//!   by the entry at index `L` answers duplicates decided up to `L + TTL + 1`
+//!   ([`session::SESSION_TTL_ENTRIES`]); answering a duplicate does not count as a use;
+//!   the sweep removes expired records later, a bounded number per entry, which changes
+//!   no outcome (the rule checks expiry itself).
 //! - Every applied write that changes a key takes the next revision; a key's version is the
 //!   revision of its last write (an absent key has version 0).
 //! - Users (see [`crate::auth`]) live in the metadata space under `user/`, never in the
@@ -34,11 +33,12 @@
 use crate::auth::UserRecord;
 use crate::command::{
     Command, Expect, KeyValue, KvCommand, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
-    LEGACY_APPEND_MAX, SESSION_REUSED,
+    LEGACY_APPEND_MAX,
 };
 use crate::error::{Error, Result};
 use crate::machine::{Machine, Outcome, StateMachine};
 use crate::membership::Membership;
+use crate::session::{self, Decision, EntrySessions, Kept, Record, SessionOutcome, SessionStore};
 use crate::storage::db::{read_u64, u64_key};
 use backend::{Backend, MemSpaces, RawWrite, ReadView, RocksSpaces, Space};
 use rocksdb::DB;
@@ -71,15 +71,9 @@ fn user_key(name: &str) -> Vec<u8> {
 fn decode_user(b: &[u8]) -> Result<UserRecord> {
     bincode::deserialize(b).map_err(|e| Error::Storage(format!("corrupt user record: {e}")))
 }
+/// Index of sessions by expiry bucket: `e` + bucket start + client id (see
+/// [`KvRecords`]).
 const EXPIRY_PREFIX: u8 = b'e';
-
-/// A session unused for this many log entries is forgotten.
-pub const SESSION_TTL_ENTRIES: u64 = 200_000;
-/// How often (in log entries) expired sessions are swept.
-pub const SESSION_SWEEP_EVERY: u64 = 1;
-/// Most sessions one sweep removes (the rest wait for the next sweep). Above the most
-/// sessions one entry can create (one per command), so the table cannot outgrow sweeping.
-const SWEEP_MAX: usize = 8192;
 
 fn session_key(client_id: u64) -> [u8; 9] {
     let mut k = [SESSION_PREFIX; 9];
@@ -87,58 +81,22 @@ fn session_key(client_id: u64) -> [u8; 9] {
     k
 }
 
-/// Index of sessions by last use: `e` + last index + client id.
-fn expiry_key(last_index: u64, client_id: u64) -> [u8; 17] {
+/// `e` + the start of the expiry bucket of the session's last use + client id. Data
+/// directories of format 2 hold `e` + the last index itself (an unaligned "bucket
+/// start"); [`KvRecords::sweep`] handles both.
+fn expiry_key(bucket_start: u64, client_id: u64) -> [u8; 17] {
     let mut k = [EXPIRY_PREFIX; 17];
-    k[1..9].copy_from_slice(&last_index.to_be_bytes());
+    k[1..9].copy_from_slice(&bucket_start.to_be_bytes());
     k[9..].copy_from_slice(&client_id.to_be_bytes());
     k
 }
 
-/// What the store remembers of a session.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct SessionRecord {
-    seq: u64,
-    /// The result, without a value longer than [`SESSION_VALUE_KEEP`] (see `elided`).
-    result: WriteResult,
-    /// The log index of the entry that last used the session.
-    last_index: u64,
-    /// Fingerprint of the command `seq` named, to tell a retry from a reuse of the seq.
-    digest: u64,
-    /// The value the result carried (a previous or current value) was longer than
-    /// [`SESSION_VALUE_KEEP`] and is not kept: only its version is.
-    elided: bool,
-}
-
-/// The record layout before `elided` existed (read for records written by older versions).
-#[derive(serde::Deserialize)]
-struct SessionRecordV1 {
-    seq: u64,
-    result: WriteResult,
-    last_index: u64,
-    digest: u64,
-}
-
-impl SessionRecord {
-    fn decode(bytes: &[u8]) -> Result<SessionRecord> {
-        if let Ok(r) = bincode::deserialize::<SessionRecord>(bytes) {
-            return Ok(r);
-        }
-        let old: SessionRecordV1 = bincode::deserialize(bytes)?;
-        Ok(SessionRecord {
-            seq: old.seq,
-            result: old.result,
-            last_index: old.last_index,
-            digest: old.digest,
-            elided: false,
-        })
-    }
-}
-
 /// Longest value a session record keeps in its remembered result. A failed compare or a
-/// `--prev` write returns a value; keeping megabytes of them for [`SESSION_TTL_ENTRIES`]
-/// entries per client would fill the disk, so only the version of a longer one is kept,
-/// and a retry reads the value back while the key still has that version.
+/// `--prev` write returns a value; keeping megabytes of them for
+/// [`session::SESSION_TTL_ENTRIES`] entries per client would fill the disk, so only the
+/// version of a longer one is kept ([`Kept::Trimmed`]), and a retry reads the value back
+/// while the key still has that version. (A key-value result holds little besides that
+/// value, so its record stays about [`session::RESULT_KEEP`] bytes at most.)
 pub const SESSION_VALUE_KEEP: usize = 64 * 1024;
 
 /// The value a result carries, if any (every result carries at most one).
@@ -152,25 +110,114 @@ fn result_value(r: &mut WriteResult) -> Option<&mut Versioned> {
     }
 }
 
-/// `result` as a session record keeps it, and whether its value was dropped.
-fn remembered(mut result: WriteResult) -> (WriteResult, bool) {
-    let elided = match result_value(&mut result) {
-        Some(v) if v.value.len() > SESSION_VALUE_KEEP => {
-            v.value = Vec::new();
-            true
+impl SessionOutcome for WriteResult {
+    /// Whole, or without a value longer than [`SESSION_VALUE_KEEP`] (its version stays).
+    fn keep(&self) -> Kept<WriteResult> {
+        let mut result = self.clone();
+        match result_value(&mut result) {
+            Some(v) if v.value.len() > SESSION_VALUE_KEEP => {
+                v.value = Vec::new();
+                Kept::Trimmed(result)
+            }
+            _ => Kept::Whole(result),
         }
-        _ => false,
-    };
-    (result, elided)
+    }
+
+    fn rejected(why: String) -> Self {
+        WriteResult::Rejected(why)
+    }
+
+    fn superseded(why: String) -> Self {
+        WriteResult::Superseded(why)
+    }
 }
 
-/// A deterministic fingerprint of a write (FNV-1a over its encoding): the same on every
-/// node and in every process, unlike the standard library's randomly keyed hasher.
-fn digest(op: &WriteOp) -> u64 {
-    let bytes = bincode::serialize(op).unwrap_or_default();
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+/// The key-value store's session records, in `Space::Sm`, written into the batch of the
+/// entry being applied.
+///
+/// A record is `s` + client id → [`session::encode_record`]. Beside it, the expiry index
+/// holds one key per record, `e` + [`session::bucket`] of its last use + client id, so a
+/// sweep finds expired records in key order. A record used again within the same bucket
+/// keeps its expiry key (a put costs the record write only, not two more for moving its
+/// index key); it moves when the bucket changes.
+///
+/// Invariants: every record has an expiry key whose bucket start is at most its last
+/// index, and at least its last index minus [`session::SWEEP_BUCKET`] − 1 (format 2
+/// directories: exactly its last index, same bounds). So once
+/// [`session::sweepable_below`] passes a key, the record it names, if it still names
+/// that client's live record, is expired; the sweep checks the record anyway and deletes
+/// a key left behind by a move (an orphan) without touching the record.
+struct KvRecords<'a> {
+    backend: &'a Backend,
+    writes: Vec<RawWrite>,
+}
+
+impl SessionStore<WriteResult> for KvRecords<'_> {
+    fn load(&mut self, client_id: u64) -> Result<Option<Record<WriteResult>>> {
+        self.backend
+            .get(Space::Sm, &session_key(client_id))?
+            .map(|b| session::decode_record(&b))
+            .transpose()
+    }
+
+    fn save(
+        &mut self,
+        client_id: u64,
+        rec: &Record<WriteResult>,
+        before: Option<&Record<WriteResult>>,
+    ) -> Result<()> {
+        let bucket = session::bucket(rec.last_index);
+        let old = before.map(|b| session::bucket(b.last_index));
+        if old != Some(bucket) {
+            if let Some(old) = old {
+                self.writes
+                    .push((Space::Sm, expiry_key(old, client_id).to_vec(), None));
+            }
+            self.writes.push((
+                Space::Sm,
+                expiry_key(bucket, client_id).to_vec(),
+                Some(vec![]),
+            ));
+        }
+        self.writes.push((
+            Space::Sm,
+            session_key(client_id).to_vec(),
+            Some(session::encode_record(rec)?),
+        ));
+        Ok(())
+    }
+
+    fn sweep(&mut self, index: u64, used: &dyn Fn(u64) -> bool) -> Result<()> {
+        let Some(below) = session::sweepable_below(index) else {
+            return Ok(());
+        };
+        let end = expiry_key(below, 0);
+        let mut keys = Vec::new();
+        self.backend.view(|v| {
+            v.scan_from(Space::Sm, &[EXPIRY_PREFIX], &mut |k, _| {
+                if k.len() != 17 || k >= end.as_slice() || keys.len() >= session::SWEEP_MAX {
+                    return Ok(false);
+                }
+                let client = u64::from_be_bytes(k[9..].try_into().expect("17-byte key"));
+                keys.push((k.to_vec(), client));
+                Ok(true)
+            })
+        })?;
+        for (key, client) in keys {
+            // A used client's record is being rewritten; its old key moves with it.
+            if !used(client) {
+                let expired = self
+                    .load(client)?
+                    .is_some_and(|r| !session::alive(r.last_index, index + 1));
+                if expired {
+                    self.writes
+                        .push((Space::Sm, session_key(client).to_vec(), None));
+                }
+            }
+            self.writes.push((Space::Sm, key, None));
+        }
+        Ok(())
+    }
 }
 
 fn encode_value(v: &Versioned) -> Vec<u8> {
@@ -327,13 +374,6 @@ impl KvStore {
         })?;
         Ok(any)
     }
-
-    fn load_session(&self, client_id: u64) -> Result<Option<SessionRecord>> {
-        match self.backend.get(Space::Sm, &session_key(client_id))? {
-            Some(b) => Ok(Some(SessionRecord::decode(&b)?)),
-            None => Ok(None),
-        }
-    }
 }
 
 /// The writes of one entry, staged in memory so later commands see earlier ones.
@@ -341,10 +381,6 @@ struct Overlay<'a> {
     store: &'a KvStore,
     /// Key → (current value, written by this entry).
     keys: HashMap<Vec<u8>, (Option<Versioned>, bool)>,
-    /// Sessions used by this entry (already carrying this entry's index).
-    sessions: HashMap<u64, SessionRecord>,
-    /// Expiry-index keys made stale by this entry.
-    stale_expiry: Vec<[u8; 17]>,
     revision: u64,
     /// Users written by this entry (None: deleted).
     users: HashMap<String, Option<UserRecord>>,
@@ -391,46 +427,11 @@ impl Overlay<'_> {
         Ok(v)
     }
 
-    fn session(&mut self, client_id: u64) -> Result<Option<SessionRecord>> {
-        if let Some(s) = self.sessions.get(&client_id) {
-            return Ok(Some(s.clone()));
-        }
-        self.store.load_session(client_id)
-    }
-
-    /// Records that the session's last command is `seq` with `result`, at `index`.
-    fn record_session(
-        &mut self,
-        cmd: &KvCommand,
-        old: Option<&SessionRecord>,
-        result: WriteResult,
-        index: u64,
-    ) {
-        let (client_id, seq) = (cmd.client_id, cmd.seq);
-        if let Some(old) = old.filter(|o| o.last_index != index) {
-            self.stale_expiry
-                .push(expiry_key(old.last_index, client_id));
-        }
-        let (result, elided) = remembered(result);
-        let rec = SessionRecord {
-            seq,
-            result,
-            last_index: index,
-            digest: digest(&cmd.op),
-            elided,
-        };
-        self.sessions.insert(client_id, rec);
-    }
-
     /// The remembered result of a retried command. A value the record did not keep is
     /// read back while the key still has the remembered version (a version names one
     /// write, so the value is the same); once the key moved on, the value is gone and the
     /// retry learns only that the write was applied.
-    fn recall(&mut self, rec: &SessionRecord, op: &WriteOp) -> Result<WriteResult> {
-        let mut result = rec.result.clone();
-        if !rec.elided {
-            return Ok(result);
-        }
+    fn recall(&mut self, mut result: WriteResult, op: &WriteOp) -> Result<WriteResult> {
         let key = op.keys().first().map(|k| k.to_vec()).unwrap_or_default();
         let now = self.get(&key)?;
         let Some(v) = result_value(&mut result) else {
@@ -625,35 +626,6 @@ impl Overlay<'_> {
 }
 
 impl KvStore {
-    /// Sessions to forget at `index`: unused for [`SESSION_TTL_ENTRIES`] entries and not
-    /// touched by this entry. Only every [`SESSION_SWEEP_EVERY`] entries.
-    fn expired_sessions(
-        &self,
-        index: u64,
-        touched: &HashMap<u64, SessionRecord>,
-    ) -> Result<Vec<([u8; 17], u64)>> {
-        if !index.is_multiple_of(SESSION_SWEEP_EVERY) || index < SESSION_TTL_ENTRIES {
-            return Ok(vec![]);
-        }
-        let end = expiry_key(index - SESSION_TTL_ENTRIES, 0);
-        let mut out = Vec::new();
-        self.backend.view(|v| {
-            v.scan_from(Space::Sm, &[EXPIRY_PREFIX], &mut |k, _| {
-                if k.len() != 17 || k >= end.as_slice() || out.len() >= SWEEP_MAX {
-                    return Ok(false);
-                }
-                let client = u64::from_be_bytes(k[9..].try_into().expect("17-byte key"));
-                if !touched.contains_key(&client) {
-                    out.push((k.try_into().expect("17-byte key"), client));
-                }
-                Ok(true)
-            })
-        })?;
-        Ok(out)
-    }
-}
-
-impl KvStore {
     /// Applies the key-value commands of the log entry at `index`, which must equal the
     /// applied index, atomically with advancing it. Returns one result per command.
     pub fn apply_kv(&mut self, index: u64, commands: &[KvCommand]) -> Result<Vec<WriteResult>> {
@@ -666,49 +638,49 @@ impl KvStore {
         let mut overlay = Overlay {
             store: self,
             keys: HashMap::new(),
-            sessions: HashMap::new(),
-            stale_expiry: Vec::new(),
             revision: self.revision,
             users: HashMap::new(),
         };
+        let mut records = KvRecords {
+            backend: &self.backend,
+            writes: Vec::new(),
+        };
+        let mut sessions = EntrySessions::new(index);
         let mut results = Vec::with_capacity(commands.len());
         for cmd in commands {
-            let session = overlay.session(cmd.client_id)?;
+            let fp = session::fingerprint(&cmd.op);
+            let decision = sessions.decide(&mut records, cmd.client_id, cmd.seq, fp)?;
             #[cfg(test)]
-            let session = session.filter(|_| !self.no_dedup);
-            let result = match &session {
-                Some(s) if s.seq == cmd.seq && s.digest == digest(&cmd.op) => {
-                    overlay.recall(s, &cmd.op)?
-                }
-                Some(s) if s.seq == cmd.seq => WriteResult::Rejected(format!(
-                    "session ({}, {}) {SESSION_REUSED}",
-                    cmd.client_id, cmd.seq
-                )),
-                Some(s) if s.seq > cmd.seq => WriteResult::Superseded(format!(
-                    "sequence number {} of client {} is older than its last applied one ({}); \
-                     whether it was applied earlier is no longer known",
-                    cmd.seq, cmd.client_id, s.seq
-                )),
-                _ => match &cmd.user {
-                    // The user's rights as of this log position (see `Identity::permits`).
-                    Some(name) => {
-                        let rec = overlay.user(name)?;
-                        match crate::auth::Identity::permits(name, rec.as_ref(), &cmd.op) {
-                            Ok(()) => overlay.execute(&cmd.op)?,
-                            Err(Error::PermissionDenied(why)) => WriteResult::Denied(why),
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    None => overlay.execute(&cmd.op)?,
-                },
+            let decision = if self.no_dedup {
+                Decision::Run
+            } else {
+                decision
             };
-            if session.as_ref().is_none_or(|s| s.seq < cmd.seq) {
-                overlay.record_session(cmd, session.as_ref(), result.clone(), index);
-            }
+            let result = match decision {
+                Decision::Answer(r) => r,
+                Decision::Trimmed(r) => overlay.recall(r, &cmd.op)?,
+                Decision::Run => {
+                    let result = match &cmd.user {
+                        // The user's rights as of this log position (see
+                        // `Identity::permits`).
+                        Some(name) => {
+                            let rec = overlay.user(name)?;
+                            match crate::auth::Identity::permits(name, rec.as_ref(), &cmd.op) {
+                                Ok(()) => overlay.execute(&cmd.op)?,
+                                Err(Error::PermissionDenied(why)) => WriteResult::Denied(why),
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        None => overlay.execute(&cmd.op)?,
+                    };
+                    sessions.ran(&mut records, cmd.client_id, cmd.seq, fp, &result)?;
+                    result
+                }
+            };
             results.push(result);
         }
-        let expired = self.expired_sessions(index, &overlay.sessions)?;
-        let (keys, sessions, revision) = (overlay.keys, overlay.sessions, overlay.revision);
+        sessions.finish(&mut records)?;
+        let (keys, revision) = (overlay.keys, overlay.revision);
         let mut writes: Vec<RawWrite> = keys
             .into_iter()
             .filter(|(_, (_, dirty))| *dirty)
@@ -718,21 +690,7 @@ impl KvStore {
             let value = user.map(|u| bincode::serialize(&u)).transpose()?;
             writes.push((Space::Sm, user_key(&name), value));
         }
-        for k in overlay.stale_expiry {
-            writes.push((Space::Sm, k.to_vec(), None));
-        }
-        for (client, rec) in sessions {
-            writes.push((Space::Sm, expiry_key(index, client).to_vec(), Some(vec![])));
-            writes.push((
-                Space::Sm,
-                session_key(client).to_vec(),
-                Some(bincode::serialize(&rec)?),
-            ));
-        }
-        for (ekey, client) in expired {
-            writes.push((Space::Sm, ekey.to_vec(), None));
-            writes.push((Space::Sm, session_key(client).to_vec(), None));
-        }
+        writes.extend(records.writes);
         writes.push((
             Space::Sm,
             K_APPLIED.to_vec(),
@@ -749,6 +707,22 @@ impl KvStore {
         self.applied = index + 1;
         self.revision = revision;
         Ok(results)
+    }
+}
+
+impl KvStore {
+    /// Test builds only: how many session records the store holds.
+    #[cfg(test)]
+    pub(crate) fn session_records(&self) -> Result<usize> {
+        let mut n = 0;
+        self.backend.view(|v| {
+            v.scan_from(Space::Sm, &[SESSION_PREFIX], &mut |k, _| {
+                let more = k.len() == 9 && k[0] == SESSION_PREFIX;
+                n += usize::from(more);
+                Ok(more)
+            })
+        })?;
+        Ok(n)
     }
 }
 

@@ -5,7 +5,7 @@
 //! - Staged data never touches the live slot; the live state changes only in
 //!   [`Backend::install_staged`], by one synced write that flips the live slot and removes
 //!   the staged-complete marker.
-//! - The staged-complete marker (in `CF_META`, naming the staged slot and its applied
+//! - The staged-complete marker (`storage::meta::MetaKey::Staged`, naming the staged slot and its applied
 //!   index) is written, synced, only after all staged data is durable. Without it, staged
 //!   data is never used, and opening the store discards it.
 //! - Each import has a generation; starting another import or installing bumps it, and a
@@ -15,14 +15,10 @@
 //!   the background (a view opened before the switch keeps reading it: both respect
 //!   snapshots).
 
-use super::backend::{cf_name, Backend, RocksSpaces, Space, SLOT_KEY};
+use super::backend::{cf_name, Backend, RocksSpaces, Space};
 use crate::error::{Error, Result};
-use crate::storage::db::{read_u64, CF_META};
+use crate::storage::meta::{Meta, MetaKey};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
-
-/// Key in `CF_META` of the staged-complete marker: staged slot (1 byte) + applied index
-/// (8 bytes, big-endian).
-const STAGED_KEY: &[u8] = b"sm_staged";
 
 /// The import a staged write belongs to.
 #[derive(Debug)]
@@ -47,20 +43,13 @@ fn synced() -> WriteOptions {
 }
 
 impl RocksSpaces {
-    fn meta(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_META).expect("column family exists")
+    fn meta(&self) -> Meta<'_> {
+        Meta::of(&self.db)
     }
 
     /// The staged-complete marker: (slot, applied).
     fn marker(&self) -> Result<Option<(u8, u64)>> {
-        match self.db.get_cf(self.meta(), STAGED_KEY)? {
-            None => Ok(None),
-            Some(v) if v.len() == 9 && v[0] <= 1 => Ok(Some((v[0], read_u64(&v[1..])?))),
-            Some(v) => Err(Error::Storage(format!(
-                "corrupt staged-state marker of {} bytes",
-                v.len()
-            ))),
-        }
+        self.meta().staged()
     }
 
     /// Adds to `batch` range deletions covering every key of `slot`'s column families.
@@ -107,7 +96,7 @@ impl Backend {
                 *generation += 1;
                 let slot = 1 - r.live();
                 let mut batch = WriteBatch::default();
-                batch.delete_cf(r.meta(), STAGED_KEY);
+                r.meta().delete(&mut batch, MetaKey::Staged);
                 r.clear_slot(slot, &mut batch)?;
                 r.db.write(batch)?;
                 Ok(StageTarget {
@@ -201,10 +190,8 @@ impl Backend {
                 for space in [Space::Kv, Space::Sm] {
                     r.db.flush_cf(r.cf(t.slot, space))?;
                 }
-                let mut marker = vec![t.slot];
-                marker.extend_from_slice(&applied.to_be_bytes());
                 let mut batch = WriteBatch::default();
-                batch.put_cf(r.meta(), STAGED_KEY, marker);
+                r.meta().put_staged(&mut batch, t.slot, applied);
                 Ok(r.db.write_opt(batch, &synced())?)
             }
             Backend::Memory(m) => {
@@ -236,8 +223,8 @@ impl Backend {
                 {
                     let mut live = r.slot.write().unwrap();
                     let mut batch = WriteBatch::default();
-                    batch.put_cf(r.meta(), SLOT_KEY, [slot]);
-                    batch.delete_cf(r.meta(), STAGED_KEY);
+                    r.meta().put_live_slot(&mut batch, slot);
+                    r.meta().delete(&mut batch, MetaKey::Staged);
                     r.db.write_opt(batch, &synced())?;
                     *live = slot;
                 }

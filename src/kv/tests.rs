@@ -568,7 +568,7 @@ fn sessions_survive_restart() {
 
 #[test]
 fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
-    use super::{SESSION_SWEEP_EVERY, SESSION_TTL_ENTRIES};
+    use crate::session::SESSION_TTL_ENTRIES;
     let mut kv = KvStore::open_memory(Default::default()).unwrap();
     let incr = |client_id, seq| KvCommand {
         client_id,
@@ -585,7 +585,7 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
     apply(&mut kv, &[incr(1, 1)]);
     // Client 2 keeps using its session; client 1 goes quiet.
     let mut seq2 = 0;
-    while kv.applied_index() < SESSION_TTL_ENTRIES + SESSION_SWEEP_EVERY {
+    while kv.applied_index() < SESSION_TTL_ENTRIES + 1 {
         if kv.applied_index() % 50_000 == 1 {
             seq2 += 1;
             apply(&mut kv, &[incr(2, seq2)]);
@@ -614,8 +614,8 @@ fn idle_sessions_expire_by_log_index_and_active_ones_stay() {
 /// is suppressed (the original answer, no second effect), and one decided at
 /// `L + TTL + 2` or later is applied again.
 mod duplicates_and_expiry {
-    use super::super::SESSION_TTL_ENTRIES as TTL;
     use super::*;
+    use crate::session::SESSION_TTL_ENTRIES as TTL;
 
     fn incr(client_id: u64) -> KvCommand {
         KvCommand {
@@ -1064,4 +1064,128 @@ fn a_write_is_checked_against_its_users_rights_where_it_is_applied() {
         again,
         WriteResult::Denied("user ann no longer exists".into())
     );
+}
+
+/// Apply throughput of single-put entries on RocksDB (issue #11: a put cost four memtable
+/// writes, three of them session bookkeeping), with a pool of 64 clients each taking the
+/// next seq, as the client library does. Reports entries per second and the memtable
+/// entries the session bookkeeping left in `sm` per applied put. A measurement, not a
+/// test: `cargo test --release --lib kv::tests::apply_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn apply_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&dir.path().join("db")).unwrap();
+    let mut kv = KvStore::open(db.clone()).unwrap();
+    let n = 50_000u64;
+    let clients = 64u64;
+    let value = vec![b'v'; 100];
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        let at = kv.applied_index();
+        let cmd = KvCommand {
+            client_id: 1 + i % clients,
+            seq: 1 + i / clients,
+            op: WriteOp::Put {
+                key: format!("key{}", i % 10_000).into_bytes(),
+                value: value.clone(),
+                return_prev: false,
+            },
+            user: None,
+        };
+        kv.apply_kv(at, &[cmd]).unwrap();
+    }
+    let took = t0.elapsed();
+    let sm = db.cf_handle(crate::storage::db::CF_SM).unwrap();
+    let mem = |prop: &str| db.property_int_value_cf(sm, prop).unwrap().unwrap_or(0);
+    let entries = mem("rocksdb.num-entries-active-mem-table");
+    let deletes = mem("rocksdb.num-deletes-active-mem-table");
+    eprintln!(
+        "single-put entries: {:.0}/s; sm memtable entries per put: {:.2} ({:.2} of them deletes)",
+        n as f64 / took.as_secs_f64(),
+        entries as f64 / n as f64,
+        deletes as f64 / n as f64,
+    );
+}
+
+/// Format 2 directories hold expiry keys at the exact last index (`e` + L + client), not
+/// at a bucket start. Such a key stays valid while its record moves within the bucket,
+/// is left behind as an orphan when the record moves to another bucket, and the sweep
+/// then deletes the orphan key without touching the live record.
+#[test]
+fn format_2_expiry_keys_are_swept_without_losing_live_records() {
+    use super::backend::Space;
+    use super::expiry_key;
+    use crate::session::{SESSION_TTL_ENTRIES as TTL, SWEEP_BUCKET};
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let incr = |seq| KvCommand {
+        client_id: 5,
+        seq,
+        op: WriteOp::Incr {
+            key: b"n".to_vec(),
+            delta: 1,
+        },
+        user: None,
+    };
+    let skip_to = |kv: &mut KvStore, index: u64| {
+        while kv.applied_index() < index {
+            kv.apply_kv(kv.applied_index(), &[]).unwrap();
+        }
+    };
+    let expiry_keys = |kv: &KvStore| {
+        let mut keys = Vec::new();
+        kv.backend
+            .view(|v| {
+                v.scan_from(Space::Sm, b"e", &mut |k, _| {
+                    if k[0] == b'e' {
+                        keys.push(k.to_vec());
+                    }
+                    Ok(k[0] == b'e')
+                })
+            })
+            .unwrap();
+        keys
+    };
+    let legacy_at = SWEEP_BUCKET + 476;
+    skip_to(&mut kv, legacy_at);
+    kv.apply_kv(legacy_at, &[incr(1)]).unwrap();
+    // Rewrite the key as format 2 had it.
+    let bucketed = expiry_key(SWEEP_BUCKET, 5).to_vec();
+    let legacy = expiry_key(legacy_at, 5).to_vec();
+    assert_eq!(expiry_keys(&kv), vec![bucketed.clone()]);
+    kv.backend
+        .write(vec![
+            (Space::Sm, bucketed, None),
+            (Space::Sm, legacy.clone(), Some(vec![])),
+        ])
+        .unwrap();
+    // Used again in the same bucket: the key stays where it is.
+    skip_to(&mut kv, legacy_at + 10);
+    kv.apply_kv(legacy_at + 10, &[incr(2)]).unwrap();
+    assert_eq!(expiry_keys(&kv), vec![legacy.clone()]);
+    // Used in the next bucket: a bucketed key is written, the legacy one is an orphan.
+    let moved_at = 2 * SWEEP_BUCKET + 3;
+    skip_to(&mut kv, moved_at);
+    kv.apply_kv(moved_at, &[incr(3)]).unwrap();
+    let current = expiry_key(2 * SWEEP_BUCKET, 5).to_vec();
+    assert_eq!(expiry_keys(&kv), vec![legacy.clone(), current]);
+    // Still in use when the legacy key's bucket expires.
+    let used_at = legacy_at + TTL;
+    skip_to(&mut kv, used_at);
+    let last = kv.apply_kv(used_at, &[incr(4)]).unwrap();
+    let current = expiry_key(crate::session::bucket(used_at), 5).to_vec();
+    assert_eq!(expiry_keys(&kv), vec![legacy.clone(), current.clone()]);
+    // Past the legacy key's sweep point: the orphan goes, the live record stays.
+    skip_to(&mut kv, legacy_at + TTL + SWEEP_BUCKET + 1);
+    assert_eq!(expiry_keys(&kv), vec![current]);
+    let index = kv.applied_index();
+    assert_eq!(
+        kv.apply_kv(index, &[incr(4)]).unwrap(),
+        last,
+        "still a duplicate"
+    );
+    // And the record itself is swept once its bucket expired.
+    skip_to(&mut kv, used_at + TTL + SWEEP_BUCKET + 1);
+    assert_eq!(expiry_keys(&kv), Vec::<Vec<u8>>::new());
+    assert_eq!(kv.session_records().unwrap(), 0);
 }

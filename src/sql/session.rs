@@ -1,196 +1,119 @@
-//! At-most-once sessions for SQL writes: what to do with a (client id, seq) given what
-//! the state machine remembers of that client. The same rule as the key-value store's
-//! (`kv` module docs), in one small type and one function with no storage of their own
-//! (the store keeps records in its internal `_paxosdb_sessions` table), so that a generic
-//! session table can later replace both.
+//! Where the SQL store keeps its session records: the internal table
+//! `_paxosdb_sessions` of its SQLite database, written by the apply connection inside the
+//! entry's transaction. The rule itself (run, answer the remembered outcome, reject a
+//! reused seq, refuse an older one; expiry by log index) is [`crate::session`]'s, the same
+//! as the key-value store's; this module is its [`SessionStore`] on SQLite.
+//!
+//! A record is one row: `client_id` (the primary key), `seq`, `last_index`,
+//! `fingerprint`, and `outcome`, the remembered [`SqlOutcome`] as
+//! [`session::encode_kept`] writes it. An index on `(last_index, client_id)` lets the sweep
+//! find expired rows in order.
 //!
 //! # Invariants
 //!
-//! - `seq` equal to the remembered one with the same request (same [`fingerprint`])
-//!   returns the remembered outcome and runs nothing; the same `seq` with another request
-//!   is rejected with an error containing [`crate::command::SESSION_REUSED`]; an older
-//!   `seq` is refused as [`SqlOutcome::Superseded`] (its outcome is no longer known).
-//! - Expiry is by log index, never by clock: a record last used by the entry at `L` is
-//!   alive for entries up to `L + TTL + 1` (the same bound as the KV store: a duplicate
-//!   decided at `L + TTL + 1` at the latest gets the remembered answer). Lookups apply this
-//!   rule themselves, so when the physical sweep runs (bounded, at most
-//!   [`SWEEP_MAX`] records per entry) never changes an outcome.
-//! - A remembered outcome holds at most [`RESULT_KEEP`] bytes; a larger one is
-//!   remembered as "applied, result not kept" (a retry learns it was applied).
+//! - Records are written and swept only inside the apply connection's transaction of the
+//!   entry (by [`crate::sql::store::SqlStore::apply`]), so they commit or roll back with
+//!   the entry's statements and its applied index.
+//! - The layout is the one earlier releases wrote: an existing database keeps its records.
+//! - No user statement reads or writes the table (see `exec`): only paxosdb's trusted
+//!   statements here do.
 
-use super::store::SqlOutcome;
-use super::Request;
-use crate::command::SESSION_REUSED;
-use serde::{Deserialize, Serialize};
+use super::exec::Guard;
+use super::store::{sql_err, SqlOutcome};
+use crate::error::Result;
+use crate::session::{self, Record, SessionOutcome, SessionStore};
+use rusqlite::{Connection, OptionalExtension};
 
-/// A session unused for this many log entries is forgotten (the KV store's value).
-pub const SESSION_TTL_ENTRIES: u64 = crate::kv::SESSION_TTL_ENTRIES;
-/// Most expired records one entry sweeps.
-pub const SWEEP_MAX: u64 = 8192;
-/// Largest encoded outcome a session record keeps.
-pub const RESULT_KEEP: usize = 64 * 1024;
-
-/// What the store remembers of one client.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SessionRecord {
-    pub seq: u64,
-    /// Log index of the entry that last used the session.
-    pub last_index: u64,
-    /// [`fingerprint`] of the request `seq` named.
-    pub fingerprint: u64,
-    /// The outcome, encoded ([`Remembered`]).
-    pub outcome: Vec<u8>,
-}
-
-/// A remembered outcome as stored.
-#[derive(Serialize, Deserialize)]
-enum Remembered {
-    Outcome(SqlOutcome),
-    /// The outcome was larger than [`RESULT_KEEP`] bytes.
-    NotKept {
-        bytes: u64,
-    },
-}
-
-/// What to do with a write.
-#[derive(Debug, PartialEq)]
-pub enum Decision {
-    /// Run it (a new seq, or no live record).
-    Run,
-    /// Answer without running.
-    Answer(SqlOutcome),
-}
-
-/// A deterministic fingerprint of a request (FNV-1a over its encoding), the same on
-/// every node and in every process.
-pub fn fingerprint(req: &Request) -> u64 {
-    let bytes = bincode::serialize(req).unwrap_or_default();
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// True when `rec` still counts at `index` (see the module docs).
-pub fn alive(rec: &SessionRecord, index: u64) -> bool {
-    index <= rec.last_index.saturating_add(SESSION_TTL_ENTRIES + 1)
-}
-
-/// Decides a write (client, seq, request fingerprint) at `index`, given the client's
-/// record if any.
-pub fn decide(
-    rec: Option<&SessionRecord>,
-    client_id: u64,
-    seq: u64,
-    fp: u64,
-    index: u64,
-) -> Decision {
-    let Some(rec) = rec.filter(|r| alive(r, index)) else {
-        return Decision::Run;
-    };
-    if seq > rec.seq {
-        return Decision::Run;
+impl SessionOutcome for SqlOutcome {
+    fn rejected(why: String) -> Self {
+        SqlOutcome::Rejected(why)
     }
-    if seq < rec.seq {
-        return Decision::Answer(SqlOutcome::Superseded(format!(
-            "sequence number {seq} of client {client_id} is older than its last applied one \
-             ({}); whether it was applied earlier is no longer known",
-            rec.seq
-        )));
-    }
-    if rec.fingerprint != fp {
-        return Decision::Answer(SqlOutcome::Rejected(format!(
-            "session ({client_id}, {seq}) {SESSION_REUSED}"
-        )));
-    }
-    Decision::Answer(recall(&rec.outcome))
-}
 
-/// The record a write leaves (its outcome bounded to [`RESULT_KEEP`] bytes).
-pub fn record(seq: u64, fp: u64, index: u64, outcome: &SqlOutcome) -> SessionRecord {
-    let full = bincode::serialize(&Remembered::Outcome(outcome.clone())).unwrap_or_default();
-    let outcome = if full.len() > RESULT_KEEP {
-        bincode::serialize(&Remembered::NotKept {
-            bytes: full.len() as u64,
-        })
-        .unwrap_or_default()
-    } else {
-        full
-    };
-    SessionRecord {
-        seq,
-        last_index: index,
-        fingerprint: fp,
-        outcome,
+    fn superseded(why: String) -> Self {
+        SqlOutcome::Superseded(why)
     }
 }
 
-fn recall(bytes: &[u8]) -> SqlOutcome {
-    match bincode::deserialize::<Remembered>(bytes) {
-        Ok(Remembered::Outcome(o)) => o,
-        Ok(Remembered::NotKept { bytes }) => SqlOutcome::Superseded(format!(
-            "this request was applied earlier, but its result ({bytes} bytes) was too large \
-             to keep for retries"
-        )),
-        Err(e) => SqlOutcome::Superseded(format!(
-            "this request was applied earlier, but its remembered result is unreadable ({e})"
-        )),
-    }
+/// The records of one store, through its apply connection.
+pub(crate) struct SqlRecords<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) guard: &'a Guard,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sql::{Statement, StatementResult};
-
-    fn req(sql: &str) -> Request {
-        Request {
-            statements: vec![Statement::new(sql)],
-            transaction: false,
-        }
+impl SessionStore<SqlOutcome> for SqlRecords<'_> {
+    fn load(&mut self, client_id: u64) -> Result<Option<Record<SqlOutcome>>> {
+        let row = self
+            .guard
+            .trusted(|| {
+                self.conn
+                    .prepare_cached(
+                        "SELECT seq, last_index, fingerprint, outcome FROM _paxosdb_sessions \
+                         WHERE client_id = ?1",
+                    )?
+                    .query_row([client_id as i64], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)? as u64,
+                            r.get::<_, i64>(1)? as u64,
+                            r.get::<_, i64>(2)? as u64,
+                            r.get::<_, Vec<u8>>(3)?,
+                        ))
+                    })
+                    .optional()
+            })
+            .map_err(sql_err)?;
+        Ok(row.map(|(seq, last_index, fingerprint, outcome)| Record {
+            seq,
+            last_index,
+            fingerprint,
+            kept: session::decode_kept(&outcome),
+        }))
     }
 
-    fn done(n: u64) -> SqlOutcome {
-        SqlOutcome::Results(vec![StatementResult {
-            rows_affected: Some(n),
-            ..Default::default()
-        }])
+    fn save(
+        &mut self,
+        client_id: u64,
+        rec: &Record<SqlOutcome>,
+        _before: Option<&Record<SqlOutcome>>,
+    ) -> Result<()> {
+        let outcome = session::encode_kept(&rec.kept)?;
+        self.guard
+            .trusted(|| {
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO _paxosdb_sessions \
+                         (client_id, seq, last_index, fingerprint, outcome) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(rusqlite::params![
+                        client_id as i64,
+                        rec.seq as i64,
+                        rec.last_index as i64,
+                        rec.fingerprint as i64,
+                        outcome
+                    ])
+            })
+            .map_err(sql_err)?;
+        Ok(())
     }
 
-    #[test]
-    fn retry_reuse_old_and_expiry() {
-        let a = fingerprint(&req("INSERT INTO t VALUES (1)"));
-        let b = fingerprint(&req("INSERT INTO t VALUES (2)"));
-        assert_ne!(a, b);
-        assert_eq!(decide(None, 7, 1, a, 10), Decision::Run);
-        let rec = record(5, a, 10, &done(1));
-        assert_eq!(decide(Some(&rec), 7, 5, a, 11), Decision::Answer(done(1)));
-        assert_eq!(decide(Some(&rec), 7, 6, b, 11), Decision::Run);
-        match decide(Some(&rec), 7, 5, b, 11) {
-            Decision::Answer(SqlOutcome::Rejected(m)) => assert!(m.contains(SESSION_REUSED)),
-            d => panic!("{d:?}"),
-        }
-        assert!(matches!(
-            decide(Some(&rec), 7, 4, a, 11),
-            Decision::Answer(SqlOutcome::Superseded(_))
-        ));
-        // Alive through L + TTL + 1, forgotten after.
-        let last = 10 + SESSION_TTL_ENTRIES + 1;
-        assert_eq!(decide(Some(&rec), 7, 5, a, last), Decision::Answer(done(1)));
-        assert_eq!(decide(Some(&rec), 7, 5, a, last + 1), Decision::Run);
-    }
-
-    #[test]
-    fn large_outcomes_are_not_kept() {
-        let big = SqlOutcome::Results(vec![StatementResult {
-            rows: vec![vec![crate::sql::Value::Blob(vec![0; RESULT_KEEP])]],
-            ..Default::default()
-        }]);
-        let fp = fingerprint(&req("x"));
-        let rec = record(1, fp, 3, &big);
-        assert!(rec.outcome.len() < 100);
-        match decide(Some(&rec), 1, 1, fp, 4) {
-            Decision::Answer(SqlOutcome::Superseded(m)) => assert!(m.contains("too large")),
-            d => panic!("{d:?}"),
-        }
+    /// Deletes the oldest expired rows. A used client's row was just rewritten with this
+    /// entry's index, so it is never among them.
+    fn sweep(&mut self, index: u64, _used: &dyn Fn(u64) -> bool) -> Result<()> {
+        // Expired after this entry: last_index + TTL + 1 <= index.
+        let Some(cutoff) = index.checked_sub(session::SESSION_TTL_ENTRIES + 1) else {
+            return Ok(());
+        };
+        self.guard
+            .trusted(|| {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM _paxosdb_sessions WHERE client_id IN \
+                         (SELECT client_id FROM _paxosdb_sessions WHERE last_index <= ?1 \
+                          ORDER BY last_index, client_id LIMIT ?2)",
+                    )?
+                    .execute(rusqlite::params![cutoff as i64, session::SWEEP_MAX as i64])
+            })
+            .map_err(sql_err)?;
+        Ok(())
     }
 }

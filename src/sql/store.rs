@@ -75,11 +75,12 @@
 //!   apply fails only for a fault of the node (disk, corruption).
 
 use super::exec::{self, error_result, Guard, Role};
-use super::session::{self, Decision, SessionRecord};
+use super::session::SqlRecords;
 use super::{QueryOutput, Request, SqlLimits, StatementResult};
 use crate::error::{Error, Result};
 use crate::membership::Membership;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use crate::session::{self, Decision, EntrySessions};
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -343,22 +344,18 @@ impl SqlStore {
     ) -> Result<Attempt> {
         self.trusted_batch("BEGIN IMMEDIATE")?;
         self.cap_growth(Some(self.shared.limits.max_entry_growth_bytes))?;
-        let mut touched: HashMap<u64, SessionRecord> = HashMap::new();
+        let mut sessions = EntrySessions::new(index);
         let mut out = Vec::with_capacity(writes.len());
         for (wi, w) in writes.iter().enumerate() {
             let fp = session::fingerprint(&w.request);
-            let rec = match (w.client_id, touched.get(&w.client_id)) {
-                (0, _) => None,
-                (_, Some(r)) => Some(r.clone()),
-                (c, None) => self.load_session(c)?,
-            };
             let decision = if w.client_id == 0 {
                 Decision::Run
             } else {
-                session::decide(rec.as_ref(), w.client_id, w.seq, fp, index)
+                sessions.decide(&mut self.records(), w.client_id, w.seq, fp)?
             };
+            let ran = matches!(decision, Decision::Run);
             let outcome = match decision {
-                Decision::Answer(o) => o,
+                Decision::Answer(o) | Decision::Trimmed(o) => o,
                 Decision::Run => match self.shared.limits.check_request(&w.request) {
                     Err(Error::InvalidInput(why)) => SqlOutcome::Rejected(why),
                     Err(e) => return Err(e),
@@ -368,41 +365,16 @@ impl SqlStore {
                     },
                 },
             };
-            let newer = rec
-                .as_ref()
-                .filter(|r| session::alive(r, index))
-                .is_none_or(|r| r.seq < w.seq);
-            if w.client_id != 0 && newer {
-                touched.insert(w.client_id, session::record(w.seq, fp, index, &outcome));
+            if w.client_id != 0 && ran {
+                sessions.ran(&mut self.records(), w.client_id, w.seq, fp, &outcome)?;
             }
             out.push(outcome);
         }
         // paxosdb's own records never hit the users' cap.
         self.cap_growth(None)?;
+        sessions.finish(&mut self.records())?;
         self.guard
             .trusted(|| -> rusqlite::Result<()> {
-                let mut put = self.conn.prepare_cached(
-                    "INSERT OR REPLACE INTO _paxosdb_sessions \
-                     (client_id, seq, last_index, fingerprint, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for (client, r) in &touched {
-                    put.execute(rusqlite::params![
-                        *client as i64,
-                        r.seq as i64,
-                        r.last_index as i64,
-                        r.fingerprint as i64,
-                        r.outcome
-                    ])?;
-                }
-                if let Some(cutoff) = index.checked_sub(session::SESSION_TTL_ENTRIES + 1) {
-                    self.conn
-                        .prepare_cached(
-                            "DELETE FROM _paxosdb_sessions WHERE client_id IN \
-                             (SELECT client_id FROM _paxosdb_sessions WHERE last_index <= ?1 \
-                              ORDER BY last_index, client_id LIMIT ?2)",
-                        )?
-                        .execute(rusqlite::params![cutoff as i64, session::SWEEP_MAX as i64])?;
-                }
                 self.conn
                     .prepare_cached("UPDATE _paxosdb_meta SET applied = ?1 WHERE id = 0")?
                     .execute([(index + 1) as i64])?;
@@ -435,25 +407,26 @@ impl SqlStore {
             .map_err(sql_err)
     }
 
-    fn load_session(&self, client_id: u64) -> Result<Option<SessionRecord>> {
+    /// Test builds only: how many session records the store holds.
+    #[cfg(test)]
+    pub(crate) fn session_records(&self) -> Result<usize> {
         self.guard
             .trusted(|| {
                 self.conn
-                    .prepare_cached(
-                        "SELECT seq, last_index, fingerprint, outcome FROM _paxosdb_sessions \
-                         WHERE client_id = ?1",
-                    )?
-                    .query_row([client_id as i64], |r| {
-                        Ok(SessionRecord {
-                            seq: r.get::<_, i64>(0)? as u64,
-                            last_index: r.get::<_, i64>(1)? as u64,
-                            fingerprint: r.get::<_, i64>(2)? as u64,
-                            outcome: r.get(3)?,
-                        })
+                    .query_row("SELECT count(*) FROM _paxosdb_sessions", [], |r| {
+                        r.get::<_, i64>(0)
                     })
-                    .optional()
             })
+            .map(|n| n as usize)
             .map_err(sql_err)
+    }
+
+    /// The session records of this store, in the apply connection's open transaction.
+    fn records(&self) -> SqlRecords<'_> {
+        SqlRecords {
+            conn: &self.conn,
+            guard: &self.guard,
+        }
     }
 
     fn run_request(

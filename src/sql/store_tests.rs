@@ -305,7 +305,7 @@ fn sessions_apply_once_and_reject_reuse() {
 
 #[test]
 fn sessions_expire_by_log_index() {
-    use super::session::SESSION_TTL_ENTRIES as TTL;
+    use crate::session::SESSION_TTL_ENTRIES as TTL;
     let d = tempfile::tempdir().unwrap();
     let mut s = open(d.path());
     ok(&exec(&mut s, req(&["CREATE TABLE t (v)"])));

@@ -15,6 +15,7 @@
 //! exclusive `flock` on `paxosdb.lock` (which records the holder's pid) and keeps it until
 //! the `DataDir` is dropped; a second process gets a clear error naming the holder.
 
+use super::meta::{Meta, MetaKey};
 use crate::error::{Error, Result};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use std::fs::{File, OpenOptions};
@@ -138,19 +139,25 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>> {
     Ok(Arc::new(db))
 }
 
-/// The on-disk format this build writes: 2 since log commands are opaque (a machine tag
-/// and payload bytes, see `machine`). Recorded under [`K_FORMAT`] in [`CF_META`].
-pub const FORMAT: u64 = 2;
-/// Key in [`CF_META`] of the data directory's format.
-const K_FORMAT: &[u8] = b"format";
+/// The on-disk format this build writes, recorded under [`MetaKey::Format`]:
+/// - 2: log commands are opaque (a machine tag and payload bytes, see `machine`);
+/// - 3: the key-value store's session expiry keys name a bucket of log indexes
+///   (`crate::session::bucket`), not the exact last index. This build reads format 2
+///   (its exact indexes are valid, unaligned bucket starts) and upgrades a format 2
+///   directory in place at open; a release reading format 2 only refuses a format 3 one,
+///   since it would misread the bucketed keys.
+pub const FORMAT: u64 = 3;
+/// Formats this build opens, upgrading them to [`FORMAT`].
+const UPGRADES_FROM: &[u64] = &[2];
 
-/// Records [`FORMAT`] in a new database; refuses one written in another format (a
-/// database without the key but with data is format 1), with what to do about it.
+/// Records [`FORMAT`] in a new database; upgrades one of a format in [`UPGRADES_FROM`];
+/// refuses one written in another format (a database without the key but with data is
+/// format 1), with what to do about it.
 fn check_format(db: &DB, path: &Path) -> Result<()> {
-    let meta = db.cf_handle(CF_META).expect("meta column family");
-    let err = |e: rocksdb::Error| Error::Storage(format!("format of {}: {e}", path.display()));
-    let found = match db.get_cf(meta, K_FORMAT).map_err(err)? {
-        Some(b) => read_u64(&b)?,
+    let meta = Meta::of(db);
+    let err = |e: Error| Error::Storage(format!("format of {}: {e}", path.display()));
+    let found = match meta.get_u64(MetaKey::Format).map_err(err)? {
+        Some(f) => f,
         None => {
             let used = [CF_LOG, CF_META, CF_SM].iter().any(|cf| {
                 let cf = db.cf_handle(cf).expect("column family");
@@ -161,19 +168,22 @@ fn check_format(db: &DB, path: &Path) -> Result<()> {
             if used {
                 1
             } else {
-                let mut w = rocksdb::WriteOptions::default();
-                w.set_sync(true);
-                db.put_cf_opt(meta, K_FORMAT, u64_key(FORMAT), &w)
-                    .map_err(err)?;
-                FORMAT
+                0
             }
         }
     };
+    if found == 0 || UPGRADES_FROM.contains(&found) {
+        let mut batch = rocksdb::WriteBatch::default();
+        meta.put_u64(&mut batch, MetaKey::Format, FORMAT);
+        meta.write_synced(batch).map_err(err)?;
+        return Ok(());
+    }
     if found != FORMAT {
         return Err(Error::Config(format!(
             "the data directory {} holds on-disk format {found}, and this paxosdb reads \
-             format {FORMAT} only; start this node with an empty data directory and --join \
-             (it copies the cluster's state), or use the paxosdb release that wrote it",
+             formats {UPGRADES_FROM:?} and {FORMAT} only; start this node with an empty data \
+             directory and --join (it copies the cluster's state), or use the paxosdb release \
+             that wrote it",
             path.display()
         )));
     }
@@ -209,24 +219,53 @@ mod tests {
         DataDir::lock(dir.path()).unwrap();
     }
 
-    /// A new database records the format; one with data but no format (written before
-    /// commands were opaque) is refused with what to do, and so is another format.
+    /// A new database records the format; one of format 2 is upgraded in place; one with
+    /// data but no format (written before commands were opaque) is refused with what to
+    /// do, and so is a format this build does not know.
     #[test]
     fn an_older_format_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
+        let format = |db: &DB| Meta::of(db).get_u64(MetaKey::Format).unwrap();
+        let set_format = |db: &DB, f: Option<u64>| {
+            let meta = Meta::of(db);
+            let mut b = rocksdb::WriteBatch::default();
+            match f {
+                Some(f) => meta.put_u64(&mut b, MetaKey::Format, f),
+                None => meta.delete(&mut b, MetaKey::Format),
+            }
+            meta.write_synced(b).unwrap();
+        };
         let db = open_db(&path).unwrap();
-        let meta = db.cf_handle(CF_META).unwrap();
-        assert_eq!(
-            db.get_cf(meta, K_FORMAT).unwrap(),
-            Some(u64_key(FORMAT).to_vec())
-        );
+        assert_eq!(format(&db), Some(FORMAT));
         // Reopening a database of this format works.
         drop(db);
         let db = open_db(&path).unwrap();
+        // Format 2 (exact-index session expiry keys) is read and upgraded.
+        set_format(&db, Some(2));
+        drop(db);
+        let db = open_db(&path).unwrap();
+        assert_eq!(format(&db), Some(FORMAT), "upgraded in place");
+        // A newer format than this build knows is refused.
+        set_format(&db, Some(FORMAT + 1));
+        drop(db);
+        let err = open_db(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("holds on-disk format {}", FORMAT + 1)),
+            "{err}"
+        );
         // Format 1: data, no format key.
-        let meta = db.cf_handle(CF_META).unwrap();
-        db.delete_cf(meta, K_FORMAT).unwrap();
+        let db = DB::open_cf(
+            &{
+                let mut o = Options::default();
+                o.create_if_missing(true);
+                o
+            },
+            &path,
+            [CF_LOG, CF_META, CF_KV, CF_SM, CF_KV_B, CF_SM_B],
+        )
+        .unwrap();
+        set_format(&db, None);
         let log = db.cf_handle(CF_LOG).unwrap();
         db.put_cf(log, u64_key(0), b"old entry").unwrap();
         drop(db);

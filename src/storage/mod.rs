@@ -81,6 +81,7 @@ pub mod db;
 /// Tests and the simulation, and the in-memory witness of a one-member configuration
 /// (`node::solo`).
 pub mod memory;
+pub mod meta;
 pub mod rocks;
 
 #[cfg(test)]

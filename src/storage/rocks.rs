@@ -1,7 +1,7 @@
 //! `omnipaxos::storage::Storage` on the node's RocksDB.
 //!
 //! Layout: [`CF_LOG`] maps a big-endian global index to a bincode [`LogEntry`];
-//! [`CF_META`] holds the Paxos metadata under short names. The log bounds `[first, next)`
+//! the `meta` column family holds the Paxos metadata (keys: [`super::meta`]). The log bounds `[first, next)`
 //! are stored in the same batches as the entries they describe.
 //!
 //! Invariants:
@@ -16,28 +16,20 @@
 //! acknowledged writes. It exists for benchmarks and to show that the power-loss test
 //! (`tests/e2e_powerloss.rs`) catches exactly this.
 
-use super::db::{read_u64, u64_key, CF_LOG, CF_META};
+use super::db::{u64_key, CF_LOG};
+use super::meta::{Meta, MetaKey};
 use super::{interval_present, storage_err, Res};
 use crate::command::LogEntry;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::Metrics;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp};
 use rocksdb::{WriteBatch, WriteOptions, DB};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 
-const K_FIRST: &[u8] = b"log_first";
-const K_NEXT: &[u8] = b"log_next";
-const K_PROMISE: &[u8] = b"promise";
-const K_ACCEPTED: &[u8] = b"accepted_round";
-const K_DECIDED: &[u8] = b"decided";
-const K_COMPACTED: &[u8] = b"compacted";
-const K_STOPSIGN: &[u8] = b"stopsign";
-const K_SNAPSHOT: &[u8] = b"snapshot";
-
 #[derive(Clone, Debug, Default)]
-struct Meta {
+struct LogMeta {
     first: usize,
     next: usize,
     promise: Option<Ballot>,
@@ -51,7 +43,7 @@ struct Meta {
 /// The durable OmniPaxos storage of one node.
 pub struct RocksStorage {
     db: Arc<DB>,
-    meta: Meta,
+    meta: LogMeta,
     sync: WriteOptions,
     nosync: WriteOptions,
     /// Where synced-write latency and the log length go, when set.
@@ -67,34 +59,19 @@ fn enc<T: Serialize>(v: &T) -> Res<Vec<u8>> {
 impl RocksStorage {
     /// Loads the log bounds and metadata from `db`.
     pub fn open(db: Arc<DB>) -> Result<RocksStorage> {
-        let cf = db.cf_handle(CF_META).expect("meta column family");
-        let get_u64 = |k: &[u8]| -> Result<usize> {
-            Ok(match db.get_cf(cf, k)? {
-                Some(v) => read_u64(&v)? as usize,
-                None => 0,
-            })
-        };
-        fn get_obj<T: DeserializeOwned>(db: &DB, k: &[u8]) -> Result<Option<T>> {
-            let cf = db.cf_handle(CF_META).expect("meta column family");
-            match db.get_cf(cf, k)? {
-                Some(v) => Ok(Some(bincode::deserialize(&v).map_err(|e| {
-                    Error::Storage(format!(
-                        "corrupt metadata {}: {e}",
-                        String::from_utf8_lossy(k)
-                    ))
-                })?)),
-                None => Ok(None),
-            }
-        }
-        let meta = Meta {
-            first: get_u64(K_FIRST)?,
-            next: get_u64(K_NEXT)?,
-            decided: get_u64(K_DECIDED)?,
-            compacted: get_u64(K_COMPACTED)?,
-            promise: get_obj(&db, K_PROMISE)?,
-            accepted_round: get_obj(&db, K_ACCEPTED)?,
-            stopsign: get_obj::<Option<StopSign>>(&db, K_STOPSIGN)?.flatten(),
-            snapshot: get_obj::<Option<NoSnapshot>>(&db, K_SNAPSHOT)?.flatten(),
+        let m = Meta::of(&db);
+        let get_u64 = |k| -> Result<usize> { Ok(m.get_u64(k)?.unwrap_or(0) as usize) };
+        let meta = LogMeta {
+            first: get_u64(MetaKey::LogFirst)?,
+            next: get_u64(MetaKey::LogNext)?,
+            decided: get_u64(MetaKey::Decided)?,
+            compacted: get_u64(MetaKey::Compacted)?,
+            promise: m.get_obj(MetaKey::Promise)?,
+            accepted_round: m.get_obj(MetaKey::AcceptedRound)?,
+            stopsign: m.get_obj::<Option<StopSign>>(MetaKey::StopSign)?.flatten(),
+            snapshot: m
+                .get_obj::<Option<NoSnapshot>>(MetaKey::Snapshot)?
+                .flatten(),
         };
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
@@ -142,13 +119,13 @@ impl RocksStorage {
         self.db.cf_handle(CF_LOG).expect("log column family")
     }
 
-    fn meta_cf(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_META).expect("meta column family")
+    fn meta(&self) -> Meta<'_> {
+        Meta::of(&self.db)
     }
 
     /// Adds one operation to `batch`, updating the staged metadata `m`.
-    fn stage(&self, op: StorageOp<LogEntry>, batch: &mut WriteBatch, m: &mut Meta) -> Res<()> {
-        let (log, meta) = (self.log_cf(), self.meta_cf());
+    fn stage(&self, op: StorageOp<LogEntry>, batch: &mut WriteBatch, m: &mut LogMeta) -> Res<()> {
+        let (log, meta) = (self.log_cf(), self.meta());
         match op {
             StorageOp::AppendEntry(e) => {
                 batch.put_cf(log, u64_key(m.next as u64), enc(&e)?);
@@ -180,19 +157,19 @@ impl RocksStorage {
                 }
             }
             StorageOp::SetPromise(b) => {
-                batch.put_cf(meta, K_PROMISE, enc(&b)?);
+                meta.put(batch, MetaKey::Promise, enc(&b)?);
                 m.promise = Some(b);
             }
             StorageOp::SetDecidedIndex(i) => {
-                batch.put_cf(meta, K_DECIDED, u64_key(i as u64));
+                meta.put_u64(batch, MetaKey::Decided, i as u64);
                 m.decided = i;
             }
             StorageOp::SetAcceptedRound(b) => {
-                batch.put_cf(meta, K_ACCEPTED, enc(&b)?);
+                meta.put(batch, MetaKey::AcceptedRound, enc(&b)?);
                 m.accepted_round = Some(b);
             }
             StorageOp::SetCompactedIdx(i) => {
-                batch.put_cf(meta, K_COMPACTED, u64_key(i as u64));
+                meta.put_u64(batch, MetaKey::Compacted, i as u64);
                 m.compacted = i;
             }
             StorageOp::Trim(idx) => {
@@ -203,11 +180,11 @@ impl RocksStorage {
                 }
             }
             StorageOp::SetStopsign(s) => {
-                batch.put_cf(meta, K_STOPSIGN, enc(&s)?);
+                meta.put(batch, MetaKey::StopSign, enc(&s)?);
                 m.stopsign = s;
             }
             StorageOp::SetSnapshot(s) => {
-                batch.put_cf(meta, K_SNAPSHOT, enc(&s)?);
+                meta.put(batch, MetaKey::Snapshot, enc(&s)?);
                 m.snapshot = s;
             }
         }
@@ -225,9 +202,9 @@ impl RocksStorage {
             self.stage(op, &mut batch, &mut staged)?;
         }
         if (staged.first, staged.next) != (self.meta.first, self.meta.next) {
-            let meta = self.meta_cf();
-            batch.put_cf(meta, K_FIRST, u64_key(staged.first as u64));
-            batch.put_cf(meta, K_NEXT, u64_key(staged.next as u64));
+            let meta = self.meta();
+            meta.put_u64(&mut batch, MetaKey::LogFirst, staged.first as u64);
+            meta.put_u64(&mut batch, MetaKey::LogNext, staged.next as u64);
         }
         let opts = if sync { &self.sync } else { &self.nosync };
         let started = std::time::Instant::now();
