@@ -3,6 +3,11 @@
 //! put of `--value-size` bytes over `--keys` keys) for `--duration`, or until `--ops`
 //! operations were issued, then it prints throughput and latency percentiles. Errors are
 //! counted, not retried beyond the client's own retries.
+//!
+//! `--workload sql-insert` makes every write one single-row `INSERT` through the SQL API
+//! (`paxosdb.v1.Sql/Execute`, a session each), and `--workload sql-txn` one transaction of
+//! `--rows` INSERTs; both into a table `bench_rows` created first if absent. A statement
+//! that fails counts as an error.
 
 use super::{client, parse_duration, Cli};
 use crate::error::Result;
@@ -41,6 +46,43 @@ pub struct BenchArgs {
     /// that --ops N over --keys >= N writes N distinct keys (to load a given data size).
     #[arg(long)]
     pub sequential_keys: bool,
+    /// What each write is: a key-value put, one SQL INSERT, or a SQL transaction of
+    /// --rows INSERTs.
+    #[arg(long, value_enum, default_value_t = Workload::Kv)]
+    pub workload: Workload,
+    /// Rows per transaction with --workload sql-txn.
+    #[arg(long, default_value_t = 100)]
+    pub rows: usize,
+}
+
+/// What one write of the benchmark is.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// A key-value put.
+    Kv,
+    /// One single-row SQL INSERT.
+    SqlInsert,
+    /// One SQL transaction of --rows INSERTs.
+    SqlTxn,
+}
+
+/// A SQL write of the benchmark: `rows` INSERTs of (`k`, a `size`-byte value), as one
+/// transaction when more than one.
+fn sql_write(k: u64, value: &[u8], rows: usize) -> crate::sql::Request {
+    use crate::sql::{Params, Statement, Value};
+    let statements = (0..rows.max(1))
+        .map(|r| Statement {
+            sql: "INSERT INTO bench_rows (k, v) VALUES (?, ?)".into(),
+            params: Params::Positional(vec![
+                Value::Integer((k * rows.max(1) as u64 + r as u64) as i64),
+                Value::Blob(value.to_vec()),
+            ]),
+        })
+        .collect();
+    crate::sql::Request {
+        statements,
+        transaction: rows > 1,
+    }
 }
 
 pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
@@ -53,6 +95,30 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             .map(|_| rand::random::<u8>())
             .collect(),
     );
+    if a.workload != Workload::Kv && a.read_ratio > 0.0 {
+        return Err(crate::error::Error::InvalidInput(
+            "--read-ratio applies to --workload kv only (the SQL workloads only write)".into(),
+        ));
+    }
+    if a.workload != Workload::Kv {
+        let create = crate::sql::Request {
+            statements: vec![crate::sql::Statement {
+                sql: "CREATE TABLE IF NOT EXISTS bench_rows (k INTEGER, v BLOB)".into(),
+                params: crate::sql::Params::None,
+            }],
+            transaction: false,
+        };
+        if let Some(e) = (c.sql_execute(create).await?.into_iter()).find_map(|r| r.error) {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "creating the benchmark table: {e}"
+            )));
+        }
+    }
+    let rows = match a.workload {
+        Workload::Kv => 0,
+        Workload::SqlInsert => 1,
+        Workload::SqlTxn => a.rows.max(1),
+    };
     let entries_before = decided(&c).await;
     let duration = match (a.duration, a.ops) {
         (Some(d), _) => d,
@@ -99,9 +165,13 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
                     writes += 1;
                     let size = pool.len().min(value_size);
                     let off = (n >> 20) as usize % (pool.len() - size + 1);
-                    c.put(key.as_bytes(), &pool[off..off + size], false)
-                        .await
-                        .is_ok()
+                    let value = &pool[off..off + size];
+                    if rows == 0 {
+                        c.put(key.as_bytes(), value, false).await.is_ok()
+                    } else {
+                        let done = c.sql_execute(sql_write(i, value, rows)).await;
+                        done.is_ok_and(|r| r.iter().all(|s| s.error.is_none()))
+                    }
                 };
                 if ok {
                     let _ = h.record(t.elapsed().as_micros() as u64);
@@ -129,9 +199,15 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     };
     let ok = hist.len();
     println!(
-        "concurrency={} value_size={} read_ratio={} duration={:.1}s",
-        a.concurrency, a.value_size, a.read_ratio, secs
+        "workload={:?} concurrency={} value_size={} read_ratio={} duration={:.1}s",
+        a.workload, a.concurrency, a.value_size, a.read_ratio, secs
     );
+    if rows > 1 {
+        println!(
+            "rows per transaction={rows}: {:.0} rows/s",
+            ok as f64 * rows as f64 / secs
+        );
+    }
     println!(
         "ops={} ({} reads, {} writes) errors={} throughput={:.0} ops/s",
         ok,
