@@ -249,7 +249,7 @@ async fn rqlite_shapes_transactions_and_refusals_over_curl() {
             r#"["INSERT INTO foo(name) VALUES('x')"]"#,
         ),
         (
-            "/db/request?freshness=1s",
+            "/db/request?freshness=soon",
             r#"["INSERT INTO foo(name) VALUES('x')"]"#,
         ),
         ("/db/query?level=eventually", r#"["SELECT 1"]"#),
