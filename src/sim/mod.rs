@@ -621,19 +621,24 @@ impl std::fmt::Display for Totals {
             m.during_partition,
             m.during_pause
         )?;
-        let q = &self.sql;
+        write!(f, ", SQL: {}", self.sql)
+    }
+}
+
+impl std::fmt::Display for SqlStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            ", SQL: {} transfers acknowledged, {} unknown ({} of them applied), {} total reads, \
-             {} restarts with the engines apart ({} with SQL ahead), {} machine crashes losing \
-             a SQL commit whose KV commit survived",
-            q.transfers_acked,
-            q.transfers_unknown,
-            q.unknown_applied,
-            q.total_reads,
-            q.engines_apart,
-            q.sql_ahead,
-            q.sql_behind_kv
+            "{} transfers acknowledged, {} unknown ({} of them applied), {} total reads, {} \
+             restarts with the engines apart ({} with SQL ahead), {} machine crashes losing a \
+             SQL commit whose KV commit survived",
+            self.transfers_acked,
+            self.transfers_unknown,
+            self.unknown_applied,
+            self.total_reads,
+            self.engines_apart,
+            self.sql_ahead,
+            self.sql_behind_kv
         )
     }
 }
