@@ -266,7 +266,7 @@ impl Client {
                         // After an attempt whose outcome was unknown, a definite-looking
                         // error on a retry says nothing about that first attempt.
                         return Err(match err {
-                            Error::InvalidInput(_) if !ambiguous => err,
+                            e if e.is_invalid_request() && !ambiguous => e,
                             e if write && ambiguous => Error::OutcomeUnknown(format!(
                                 "an earlier attempt's outcome is unknown; then: {e}"
                             )),

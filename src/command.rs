@@ -254,8 +254,8 @@ pub enum WriteResult {
         /// The version all the pairs now have.
         version: u64,
     },
-    /// The command was not applied: the data does not allow it (INCR of a non-number), or
-    /// its session's seq was already used for a different command. Nothing changed.
+    /// The command was not applied: the data does not allow it (INCR of a non-number).
+    /// Nothing changed.
     Rejected(String),
     /// The session can no longer tell this command's outcome in full: either the session
     /// has moved past this seq (this command was not applied now, and whether an earlier
@@ -271,6 +271,9 @@ pub enum WriteResult {
     /// Not applied: the user it runs as may not do this any more where it was applied
     /// (demoted, disabled or deleted since it was proposed). Nothing changed.
     Denied(String),
+    /// Not applied: its session's seq was already used for a different command. Nothing
+    /// changed. (Last, so that older encodings keep their variant numbers.)
+    SessionReused(String),
 }
 
 /// A key range for scans.
@@ -333,7 +336,7 @@ impl Limits {
             return Err(crate::Error::invalid("key must not be empty"));
         }
         if key.len() > self.max_key {
-            return Err(crate::Error::invalid(format!(
+            return Err(crate::Error::too_large(format!(
                 "key is {} bytes; the limit is {} bytes",
                 key.len(),
                 self.max_key
@@ -344,7 +347,7 @@ impl Limits {
 
     pub fn check_value(&self, value: &[u8]) -> crate::Result<()> {
         if value.len() > self.max_value {
-            return Err(crate::Error::invalid(format!(
+            return Err(crate::Error::too_large(format!(
                 "value is {} bytes; the limit is {} bytes (see --max-value-size)",
                 value.len(),
                 self.max_value
@@ -377,7 +380,7 @@ impl Limits {
                 suffix, max_len, ..
             } => {
                 if *max_len > self.max_value as u64 {
-                    return Err(crate::Error::invalid(format!(
+                    return Err(crate::Error::too_large(format!(
                         "an append may not grow a value beyond the value limit of {} bytes",
                         self.max_value
                     )));
@@ -387,7 +390,7 @@ impl Limits {
             WriteOp::MultiPut { pairs } => {
                 let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
                 if total > 4 * self.max_value {
-                    return Err(crate::Error::invalid(format!(
+                    return Err(crate::Error::too_large(format!(
                         "a multi-put of {total} bytes exceeds 4 × the value limit"
                     )));
                 }

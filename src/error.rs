@@ -7,6 +7,9 @@
 //!   Retrying it with the same session (client id, sequence number) is safe and returns the
 //!   original result if it was applied. Never report this as a failure.
 //! - *Fix the request*: [`Error::InvalidInput`] — bad key, value, argument; nothing changed.
+//!   Two cases of it carry their own variant because clients react to them differently:
+//!   [`Error::TooLarge`] (a size limit: send less) and [`Error::SessionReused`] (the
+//!   session's seq already named another request: take a new seq).
 //! - *Fix the credentials*: [`Error::Unauthenticated`] (none, or wrong ones) and
 //!   [`Error::PermissionDenied`] (the user's role or key prefix forbids it); nothing changed.
 //! - *Fix the setup*: [`Error::Config`] — wrong configuration or a data directory in use.
@@ -35,9 +38,17 @@ pub enum Error {
     /// may not have been applied. Retry with the same session to learn the result.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
-    /// The request is malformed or exceeds a limit; nothing changed.
+    /// The request is malformed; nothing changed.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The request exceeds a size limit (key, value, statement, request); nothing changed.
+    /// The same request fails again: send less.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The session's seq was already used for a different request; nothing changed. Use
+    /// the next seq (answering with the other request's result would lose this one).
+    #[error("session reused: {0}")]
+    SessionReused(String),
     /// The request carried no credentials where they are required, or wrong ones; nothing
     /// changed. Fix the credentials.
     #[error("unauthenticated: {0}")]
@@ -68,6 +79,19 @@ impl Error {
 
     pub(crate) fn invalid(msg: impl fmt::Display) -> Self {
         Error::InvalidInput(msg.to_string())
+    }
+
+    pub(crate) fn too_large(msg: impl fmt::Display) -> Self {
+        Error::TooLarge(msg.to_string())
+    }
+
+    /// True when the request itself is at fault (malformed, too large, a reused seq):
+    /// nothing changed and the same request fails again.
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidInput(_) | Error::TooLarge(_) | Error::SessionReused(_)
+        )
     }
 }
 

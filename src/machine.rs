@@ -77,8 +77,8 @@ impl Command {
 pub enum Outcome {
     /// Applied (or recalled for a retry): the machine's encoded result.
     Done(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Not applied, and never will be: the data does not allow it, the payload is not
-    /// valid, or the session's seq names another command. Nothing changed.
+    /// Not applied, and never will be: the data does not allow it, or the payload is not
+    /// valid. Nothing changed.
     Rejected(String),
     /// The session can no longer tell this command's outcome: an unknown outcome, not a
     /// failure (see the KV store's sessions).
@@ -86,6 +86,8 @@ pub enum Outcome {
     /// Not applied: the user the command runs as may not do this (any more) at this log
     /// position. Nothing changed.
     Denied(String),
+    /// Not applied: the session's seq already named another command. Nothing changed.
+    SessionReused(String),
 }
 
 /// Applies a batch of decoded commands for a machine's `apply`: `decoded` holds each

@@ -108,6 +108,9 @@ pub trait SessionOutcome: Clone + Serialize + DeserializeOwned {
     fn rejected(why: String) -> Self;
     /// A write whose outcome is no longer known.
     fn superseded(why: String) -> Self;
+    /// A write whose seq the session already used for a different request; nothing
+    /// changed.
+    fn reused(why: String) -> Self;
 }
 
 /// What a store remembers of one client.
@@ -185,7 +188,7 @@ pub fn decide<O: SessionOutcome>(
         )));
     }
     if rec.fingerprint != fp {
-        return Decision::Answer(O::rejected(format!(
+        return Decision::Answer(O::reused(format!(
             "session ({client_id}, {seq}) {SESSION_REUSED}"
         )));
     }

@@ -127,7 +127,7 @@ async fn bad_client_input_is_refused_and_changes_nothing() {
     let big = vec![b'x'; 1024 * 1024 + 1];
     let err = c.put(b"big", &big, false).await.unwrap_err();
     assert!(
-        matches!(err, Error::InvalidInput(ref m) if m.contains("limit")),
+        matches!(err, Error::TooLarge(ref m) if m.contains("limit")),
         "{err}"
     );
     let err = c.put(b"", b"v", false).await.unwrap_err();
@@ -137,7 +137,7 @@ async fn bad_client_input_is_refused_and_changes_nothing() {
     );
     let long_key = vec![b'k'; 4097];
     let err = c.put(&long_key, b"v", false).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
     assert_eq!(
         cluster.applied(1).await.unwrap(),
         before,

@@ -23,10 +23,24 @@ use crate::server::ServerInfo;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// The metadata key that tells the two INVALID_ARGUMENT cases apart for the client
+/// library: a size limit says `too-large`.
+const ERROR_KIND: &str = "x-paxosdb-error";
+
 /// Converts an [`Error`] into a gRPC status.
 pub fn to_status(e: Error) -> Status {
     match e {
         Error::InvalidInput(m) => Status::invalid_argument(m),
+        Error::TooLarge(m) => {
+            let mut s = Status::invalid_argument(m);
+            s.metadata_mut().insert(
+                ERROR_KIND,
+                tonic::metadata::MetadataValue::from_static("too-large"),
+            );
+            s
+        }
+        // The session's state does not allow this seq for this request.
+        Error::SessionReused(m) => Status::failed_precondition(m),
         Error::Unavailable(m) => Status::unavailable(m),
         Error::Overloaded(m) => Status::resource_exhausted(format!("overloaded: {m}")),
         Error::Unauthenticated(m) => Status::unauthenticated(m),
@@ -49,10 +63,11 @@ pub fn from_status(s: &Status) -> Error {
         _ => m,
     }
     .to_string();
+    let kind = s.metadata().get(ERROR_KIND).and_then(|v| v.to_str().ok());
     match s.code() {
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            Error::InvalidInput(m)
-        }
+        Code::InvalidArgument if kind == Some("too-large") => Error::TooLarge(m),
+        Code::FailedPrecondition => Error::SessionReused(m),
+        Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(m),
         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Error::OutcomeUnknown(m),
         Code::Unavailable => Error::Unavailable(m),
         Code::ResourceExhausted => Error::Overloaded(m),

@@ -169,6 +169,7 @@ impl KvHandle {
             WriteResult::Rejected(why) => Err(Error::InvalidInput(why)),
             WriteResult::Superseded(why) => Err(Error::OutcomeUnknown(why)),
             WriteResult::Denied(why) => Err(Error::PermissionDenied(why)),
+            WriteResult::SessionReused(why) => Err(Error::SessionReused(why)),
             r => Ok(r),
         }
     }

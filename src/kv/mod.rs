@@ -127,6 +127,10 @@ impl SessionOutcome for WriteResult {
         WriteResult::Rejected(why)
     }
 
+    fn reused(why: String) -> Self {
+        WriteResult::SessionReused(why)
+    }
+
     fn superseded(why: String) -> Self {
         WriteResult::Superseded(why)
     }
@@ -746,6 +750,7 @@ impl StateMachine for KvStore {
                         WriteResult::Rejected(why) => Outcome::Rejected(why),
                         WriteResult::Superseded(why) => Outcome::Superseded(why),
                         WriteResult::Denied(why) => Outcome::Denied(why),
+                        WriteResult::SessionReused(why) => Outcome::SessionReused(why),
                         r => Outcome::Done(bincode::serialize(&r)?),
                     })
                 })

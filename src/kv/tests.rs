@@ -707,7 +707,10 @@ fn a_seq_reused_for_a_different_command_is_rejected_not_answered_with_the_old_re
     assert_eq!(kv.apply_kv(1, &[put(b"a")]).unwrap(), first);
     // Another command under the same seq must not be "answered" by the first's result.
     let reused = kv.apply_kv(2, &[put(b"b")]).unwrap();
-    assert!(matches!(reused[0], WriteResult::Rejected(_)), "{reused:?}");
+    assert!(
+        matches!(reused[0], WriteResult::SessionReused(_)),
+        "{reused:?}"
+    );
     assert!(kv.get(b"b").unwrap().0.is_none());
 }
 

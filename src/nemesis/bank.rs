@@ -590,7 +590,7 @@ pub async fn create(client: &Client, log: &BankLog) -> crate::error::Result<()> 
                 }
                 break;
             }
-            Err(e) if Instant::now() < deadline && !matches!(e, Error::InvalidInput(_)) => {
+            Err(e) if Instant::now() < deadline && !e.is_invalid_request() => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(Error::Internal(format!("creating the SQL bank: {e}"))),

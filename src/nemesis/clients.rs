@@ -230,9 +230,8 @@ impl ProtoClient {
 /// certainly did nothing; anything else may have.
 pub fn grpc_error(e: Error) -> OpError {
     match e {
-        Error::InvalidInput(_) | Error::Unavailable(_) | Error::Overloaded(_) => {
-            OpError::Refused(e.to_string())
-        }
+        Error::Unavailable(_) | Error::Overloaded(_) => OpError::Refused(e.to_string()),
+        e if e.is_invalid_request() => OpError::Refused(e.to_string()),
         _ => OpError::Unknown(e.to_string()),
     }
 }

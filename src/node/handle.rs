@@ -116,6 +116,7 @@ impl NodeHandle {
             Ok(Ok(Outcome::Rejected(why))) => Err(Error::InvalidInput(why)),
             Ok(Ok(Outcome::Superseded(why))) => Err(Error::OutcomeUnknown(why)),
             Ok(Ok(Outcome::Denied(why))) => Err(Error::PermissionDenied(why)),
+            Ok(Ok(Outcome::SessionReused(why))) => Err(Error::SessionReused(why)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::OutcomeUnknown(
                 "the node stopped while the write was in flight".into(),

@@ -449,7 +449,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             if w.cmd != cmd {
                 // A session has one command per seq; answering this one with the other's
                 // result would silently lose it. (Its ticket goes back with it.)
-                let _ = reply.send(Err(Error::InvalidInput(format!(
+                let _ = reply.send(Err(Error::SessionReused(format!(
                     "session ({}, {}) {}",
                     cmd.client_id,
                     cmd.seq,

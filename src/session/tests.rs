@@ -30,7 +30,7 @@ fn retry_reuse_older_and_expiry_by_index() {
     assert_eq!(decide(Some(&rec), 7, 5, a, 11), Decision::Answer(done(1)));
     assert_eq!(decide(Some(&rec), 7, 6, b, 11), Decision::Run);
     match decide(Some(&rec), 7, 5, b, 11) {
-        Decision::Answer(WriteResult::Rejected(m)) => assert!(m.contains(SESSION_REUSED)),
+        Decision::Answer(WriteResult::SessionReused(m)) => assert!(m.contains(SESSION_REUSED)),
         d => panic!("{d:?}"),
     }
     assert!(matches!(
@@ -156,6 +156,7 @@ enum Kind {
     Done,
     Rejected(String),
     Superseded(String),
+    Reused(String),
 }
 
 /// A state machine in a directory, driven entry by entry.
@@ -256,6 +257,7 @@ impl Harness for Kv {
         match out {
             WriteResult::Rejected(m) => Kind::Rejected(m.clone()),
             WriteResult::Superseded(m) => Kind::Superseded(m.clone()),
+            WriteResult::SessionReused(m) => Kind::Reused(m.clone()),
             _ => Kind::Done,
         }
     }
@@ -335,6 +337,7 @@ impl Harness for Sql {
             }
             SqlOutcome::Rejected(m) => Kind::Rejected(m.clone()),
             SqlOutcome::Superseded(m) => Kind::Superseded(m.clone()),
+            SqlOutcome::SessionReused(m) => Kind::Reused(m.clone()),
         }
     }
 }
@@ -364,7 +367,7 @@ fn a_reused_seq_with_another_request_is_rejected<H: Harness>() {
     h.one(1, 1, Write::Add(1));
     let before = h.state();
     match H::kind(&h.one(1, 1, Write::Add(2))) {
-        Kind::Rejected(m) => assert!(m.contains(SESSION_REUSED), "{m}"),
+        Kind::Reused(m) => assert!(m.contains(SESSION_REUSED), "{m}"),
         k => panic!("{k:?}"),
     }
     assert_eq!(h.state(), before, "nothing ran");
@@ -372,7 +375,7 @@ fn a_reused_seq_with_another_request_is_rejected<H: Harness>() {
     match &h.apply(&[(2, 1, Write::Add(1)), (2, 1, Write::Add(5))])[..] {
         [a, b] => {
             assert_eq!(H::kind(a), Kind::Done);
-            assert!(matches!(H::kind(b), Kind::Rejected(_)), "{b:?}");
+            assert!(matches!(H::kind(b), Kind::Reused(_)), "{b:?}");
         }
         o => panic!("{o:?}"),
     }
@@ -470,7 +473,7 @@ fn records_survive_a_restart<H: Harness>() {
     ));
     assert!(matches!(
         H::kind(&h.one(9, 5, Write::Add(3))),
-        Kind::Rejected(_)
+        Kind::Reused(_)
     ));
     assert_eq!(h.counter(), 2);
 }

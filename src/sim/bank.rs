@@ -569,7 +569,9 @@ fn write_fate(r: Applied, lost: bool) -> Fate {
             Err(_) => Fate::Unknown,
         },
         Applied::Superseded(_) => Fate::Unknown,
-        Applied::Rejected(_) | Applied::Denied(_) if lost => Fate::Unknown,
-        Applied::Rejected(_) | Applied::Denied(_) => Fate::Failed,
+        Applied::Rejected(_) | Applied::Denied(_) | Applied::SessionReused(_) if lost => {
+            Fate::Unknown
+        }
+        Applied::Rejected(_) | Applied::Denied(_) | Applied::SessionReused(_) => Fate::Failed,
     }
 }

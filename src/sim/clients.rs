@@ -535,6 +535,7 @@ fn kv_result(r: Applied) -> WriteResult {
         Applied::Rejected(why) => WriteResult::Rejected(why),
         Applied::Superseded(why) => WriteResult::Superseded(why),
         Applied::Denied(why) => WriteResult::Denied(why),
+        Applied::SessionReused(why) => WriteResult::SessionReused(why),
     }
 }
 
@@ -544,8 +545,8 @@ fn outcome(r: WriteResult, lost: bool, versioned: bool) -> Outcome {
             Outcome::Ok(Output::Version(version))
         }
         WriteResult::Superseded(_) => Outcome::Info,
-        WriteResult::Rejected(_) if lost => Outcome::Info,
-        WriteResult::Rejected(_) => Outcome::Fail,
+        WriteResult::Rejected(_) | WriteResult::SessionReused(_) if lost => Outcome::Info,
+        WriteResult::Rejected(_) | WriteResult::SessionReused(_) => Outcome::Fail,
         WriteResult::Put { .. } => Outcome::Ok(Output::Written),
         WriteResult::Delete { deleted, .. } => Outcome::Ok(Output::Deleted(deleted)),
         WriteResult::Cas { succeeded, .. } => Outcome::Ok(Output::Swapped(succeeded)),

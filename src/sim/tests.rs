@@ -853,7 +853,7 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
     }
     round(&mut cores, None, &mut held, now);
     match reuse.try_recv().expect("reuse answered") {
-        Ok(Applied::Rejected(why)) => assert!(why.contains(crate::command::SESSION_REUSED)),
+        Ok(Applied::SessionReused(why)) => assert!(why.contains(crate::command::SESSION_REUSED)),
         other => panic!("the reused seq got {other:?}, not a refusal"),
     }
 }

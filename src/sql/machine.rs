@@ -72,6 +72,7 @@ impl StateMachine for SqlMachine {
                         SqlOutcome::Results(r) => Outcome::Done(bincode::serialize(&r)?),
                         SqlOutcome::Rejected(why) => Outcome::Rejected(why),
                         SqlOutcome::Superseded(why) => Outcome::Superseded(why),
+                        SqlOutcome::SessionReused(why) => Outcome::SessionReused(why),
                     })
                 })
                 .collect()

@@ -127,7 +127,7 @@ impl SqlLimits {
     pub fn check_request(&self, req: &Request) -> Result<()> {
         use crate::error::Error;
         if req.statements.len() > self.max_statements {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::TooLarge(format!(
                 "the request has {} statements; at most {} are allowed",
                 req.statements.len(),
                 self.max_statements
@@ -136,7 +136,7 @@ impl SqlLimits {
         let mut total = 0usize;
         for (i, st) in req.statements.iter().enumerate() {
             if st.sql.len() > self.max_statement_bytes {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::TooLarge(format!(
                     "statement {i} is {} bytes of SQL; at most {} are allowed",
                     st.sql.len(),
                     self.max_statement_bytes
@@ -145,7 +145,7 @@ impl SqlLimits {
             total += exec::statement_bytes(st);
         }
         if total > self.max_request_bytes {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::TooLarge(format!(
                 "the request is {total} bytes of SQL and parameters; at most {} are allowed",
                 self.max_request_bytes
             )));

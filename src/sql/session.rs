@@ -32,6 +32,10 @@ impl SessionOutcome for SqlOutcome {
     fn superseded(why: String) -> Self {
         SqlOutcome::Superseded(why)
     }
+
+    fn reused(why: String) -> Self {
+        SqlOutcome::SessionReused(why)
+    }
 }
 
 /// The records of one store, through its apply connection.

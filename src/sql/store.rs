@@ -105,12 +105,15 @@ pub enum SqlOutcome {
     /// The request ran (or this is its remembered outcome): one result per statement,
     /// failed statements carrying their error.
     Results(Vec<StatementResult>),
-    /// Refused as a whole, nothing changed (session reused for another request, request
-    /// over a limit). An API reports it as `Error::InvalidInput`.
+    /// Refused as a whole, nothing changed (the request is not valid here). An API
+    /// reports it as `Error::InvalidInput`.
     Rejected(String),
     /// Its outcome is no longer known (an older sequence number; a result too large to
     /// remember). An API reports it as `Error::OutcomeUnknown`.
     Superseded(String),
+    /// Refused, nothing changed: the session's seq already named another request. An API
+    /// reports it as `Error::SessionReused`. (Last: older encodings keep their numbers.)
+    SessionReused(String),
 }
 
 const SCHEMA: &str = "
@@ -357,7 +360,10 @@ impl SqlStore {
             let outcome = match decision {
                 Decision::Answer(o) | Decision::Trimmed(o) => o,
                 Decision::Run => match self.shared.limits.check_request(&w.request) {
-                    Err(Error::InvalidInput(why)) => SqlOutcome::Rejected(why),
+                    // Deterministic on every replica: the same refusal, nothing changed.
+                    Err(Error::InvalidInput(why) | Error::TooLarge(why)) => {
+                        SqlOutcome::Rejected(why)
+                    }
                     Err(e) => return Err(e),
                     Ok(()) => match self.run_request(wi, &w.request, poisoned)? {
                         Run::Done(results) => SqlOutcome::Results(results),

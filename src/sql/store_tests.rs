@@ -270,7 +270,7 @@ fn sessions_apply_once_and_reject_reuse() {
     // Same seq, another request: rejected, nothing runs.
     let other = req(&["INSERT INTO t (v) VALUES ('y')"]);
     match &s.apply(3, &[w(9, 1, other.clone())]).unwrap()[0] {
-        SqlOutcome::Rejected(m) => assert!(m.contains(SESSION_REUSED), "{m}"),
+        SqlOutcome::SessionReused(m) => assert!(m.contains(SESSION_REUSED), "{m}"),
         o => panic!("{o:?}"),
     }
     // The next seq runs; an older one is superseded.

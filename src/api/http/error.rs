@@ -59,14 +59,12 @@ impl ApiError {
         self
     }
 
-    /// Maps a node error. Input errors about a size limit become 413 (the HTTP layer
-    /// checks sizes first, so this is a fallback).
+    /// Maps a node error. A size limit becomes 413 (the HTTP layer checks sizes first, so
+    /// this is a fallback).
     pub fn from_node(e: Error) -> Self {
         match e {
-            Error::InvalidInput(m) if m.contains(crate::command::SESSION_REUSED) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "session_reused", m)
-            }
-            Error::InvalidInput(m) if m.contains("limit") => ApiError::too_large(m),
+            Error::SessionReused(m) => ApiError::new(StatusCode::BAD_REQUEST, "session_reused", m),
+            Error::TooLarge(m) => ApiError::too_large(m),
             Error::InvalidInput(m) => ApiError::bad(m),
             Error::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)

@@ -184,7 +184,9 @@ impl KeyWalk {
 /// Maps a node error to the Redis error reply a client should see.
 pub fn error_reply(e: Error) -> Frame {
     match e {
-        Error::InvalidInput(m) => Frame::error(format!("ERR {m}")),
+        Error::InvalidInput(m) | Error::TooLarge(m) | Error::SessionReused(m) => {
+            Frame::error(format!("ERR {m}"))
+        }
         Error::Unavailable(m) => Frame::error(format!("TRYAGAIN {m}")),
         Error::Overloaded(m) => Frame::error(format!("BUSY {m}")),
         Error::Unauthenticated(_) => Frame::error("NOAUTH Authentication required."),

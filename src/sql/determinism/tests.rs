@@ -184,7 +184,7 @@ fn limits_are_checked_before_and_after_rewriting() {
         "SELECT '{}'",
         "x".repeat(SqlLimits::default().max_statement_bytes)
     );
-    assert!(matches!(one(&long), Err(Error::InvalidInput(_))));
+    assert!(matches!(one(&long), Err(Error::TooLarge(_))));
     let many = Request {
         statements: vec![Statement::new("SELECT 1"); SqlLimits::default().max_statements + 1],
         transaction: false,
@@ -192,7 +192,7 @@ fn limits_are_checked_before_and_after_rewriting() {
     let mut rng = StdRng::seed_from_u64(1);
     assert!(matches!(
         prepare(many, NOW, &mut rng),
-        Err(Error::InvalidInput(_))
+        Err(Error::TooLarge(_))
     ));
 }
 
