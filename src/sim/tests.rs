@@ -524,24 +524,61 @@ fn prefix_checks_catch_a_different_entry() {
     let good = vec![entry(1, "a"), entry(2, "b")];
     let bad = vec![entry(1, "a"), entry(2, "x"), entry(3, "c")];
     assert!(common_prefix(&[(1, 0, good.clone()), (2, 0, good[..1].to_vec())]).is_ok());
-    assert!(common_prefix(&[(1, 0, good.clone()), (2, 0, bad.clone())]).is_err());
+    let e = common_prefix(&[(1, 0, good.clone()), (2, 0, bad.clone())]).unwrap_err();
+    assert_eq!(e.kind, Kind::PrefixDiffers);
+    assert_eq!(
+        e.message,
+        format!(
+            "nodes 1 and 2 decided different entries at index 1: {:?} vs {:?}",
+            good[1], bad[1]
+        )
+    );
     // Trimmed logs are compared where they overlap, at the right indexes.
     assert!(common_prefix(&[(1, 0, good.clone()), (2, 1, good[1..].to_vec())]).is_ok());
-    assert!(common_prefix(&[(1, 1, bad[1..].to_vec()), (2, 0, good.clone())]).is_err());
+    let e = common_prefix(&[(1, 1, bad[1..].to_vec()), (2, 0, good.clone())]).unwrap_err();
+    assert_eq!(e.kind, Kind::PrefixDiffers);
     assert!(common_prefix(&[(1, 2, bad[2..].to_vec()), (2, 0, good.clone())]).is_ok());
 
     let mut oracle = LogOracle::new(2);
     oracle.observe(0, 0, &good).unwrap();
     oracle.observe(1, 0, &good[..1]).unwrap();
-    assert!(oracle.observe(1, 1, &bad[1..]).is_err());
+    let e = oracle.observe(1, 1, &bad[1..]).unwrap_err();
+    assert_eq!(e.kind, Kind::DecidedEntryDiffers);
+    assert_eq!(
+        e.message,
+        format!(
+            "decided entry 1 differs: node 2 has {:?}, another node decided {:?}",
+            bad[1], good[1]
+        )
+    );
     // A gap (an entry reported beyond the known log) is also a violation.
-    assert!(LogOracle::new(1).observe(0, 1, &good).is_err());
+    let e = LogOracle::new(1).observe(0, 1, &good).unwrap_err();
+    assert_eq!(e.kind, Kind::DecidedLogGap);
+    assert_eq!(
+        e.message,
+        "node 1 reports decided entry 1 beyond the known log of 0"
+    );
     // A node's log may start above what was compared only after a state install, and
     // only within the known log.
     let mut oracle = LogOracle::new(2);
     oracle.observe(0, 0, &good).unwrap();
-    assert!(oracle.skip(1, 1, false).is_err());
-    assert!(oracle.skip(1, 3, true).is_err());
+    let e = oracle.skip(1, 1, false).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (
+            Kind::DecidedLogGap,
+            "node 2 trimmed its log to 1 without installing a state, but entries from 0 on \
+             were never compared"
+        )
+    );
+    let e = oracle.skip(1, 3, true).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (
+            Kind::DecidedLogGap,
+            "node 2 installed a state ending at 3, beyond the known decided log of 2"
+        )
+    );
     oracle.skip(1, 2, true).unwrap();
     assert_eq!(oracle.checked_to(1), 2);
 }
@@ -551,7 +588,9 @@ fn monotonic_check_catches_a_decided_index_going_back() {
     let mut m = DecidedMonotonic::new(1);
     m.observe(0, 5).unwrap();
     m.observe(0, 5).unwrap();
-    assert!(m.observe(0, 4).is_err());
+    let e = m.observe(0, 4).unwrap_err();
+    assert_eq!(e.kind, Kind::DecidedWentBack);
+    assert_eq!(e.message, "node 1's decided index went back from 5 to 4");
     m.reset(0, 2);
     m.observe(0, 3).unwrap();
 }
@@ -571,7 +610,11 @@ fn replica_check_catches_divergence() {
     );
     let mut c = a.clone();
     c.sm.insert(b"applied".to_vec(), b"x".to_vec());
-    assert!(replicas_equal(&[(1, a), (2, c)]).is_err());
+    let err = replicas_equal(&[(1, a), (2, c)]).unwrap_err();
+    assert_eq!(
+        err.message,
+        "replicas 1 and 2 differ in sm key \"applied\": None vs Some(\"x\")"
+    );
 }
 
 #[test]
