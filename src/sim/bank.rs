@@ -1,8 +1,8 @@
 //! The SQL bank-transfer workload and its checker.
 //!
-//! A few bank clients (beside the KV clients of `clients`, on the same log) each have a
-//! session of their own (`client_id`, a `seq` that grows with every new request; a retry
-//! keeps it). A client's first request creates the bank, idempotently: tables `accounts`
+//! A few bank clients (beside the KV clients of `clients`, on the same log, and run by the
+//! same client loop, [`super::driver`]) each have a session of their own (`client_id`, a
+//! `seq` that grows with every new request; a retry keeps it). A client's first request creates the bank, idempotently: tables `accounts`
 //! ([`ACCOUNTS`] rows of [`OPENING`]) and `ledger`, and it repeats it until one is
 //! acknowledged. Then it issues transfers and total reads to random live nodes:
 //!
@@ -33,23 +33,18 @@
 //!   issuing client's setup was acknowledged, so the tables exist).
 
 use super::checks::{Kind, Violation};
+use super::driver::{Driver, End, Session, Workload};
 use super::world::Node;
 use crate::machine::{Command, Machine, Outcome as Applied};
-use crate::node::Event;
 use crate::sql::{Request, SqlReader, Statement, StatementResult, Value};
-use crate::Result;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-use tokio::sync::oneshot::{self, error::TryRecvError};
 
 /// Accounts in the bank, and each one's opening balance.
 pub const ACCOUNTS: i64 = 5;
 pub const OPENING: i64 = 100;
 
-/// Most attempts of one request while faults are on (each draws 1 to this).
-const MAX_ATTEMPTS: u32 = 3;
 /// The share of a bank client's operations that are total reads.
 const READ_SHARE: f64 = 0.3;
 
@@ -80,47 +75,42 @@ enum Op {
     Read,
 }
 
-enum Rx {
-    Write(oneshot::Receiver<Result<Applied>>),
-    Read(oneshot::Receiver<Result<()>>),
-    RetryAt(Duration),
-}
-
-struct Pending {
+/// One bank operation: what, and its session seq (writes).
+pub struct BankOp {
     op: Op,
-    /// The request's session seq (writes).
     seq: u64,
-    call: Duration,
-    call_event: u64,
-    node: usize,
-    attempts: u32,
-    max_attempts: u32,
-    lost: bool,
-    rx: Rx,
 }
 
-struct Client {
-    session: u64,
-    seq: u64,
-    /// The bank exists (this client's setup was acknowledged).
-    open: bool,
-    pending: Option<Pending>,
-    next_at: Duration,
+/// What a bank operation returned.
+pub enum Answer {
+    /// A write's fate (`Acked(0)`: acknowledged, at the end event).
+    Written(Fate),
+    /// A total read's books.
+    Read(Books),
 }
 
-/// The bank clients, what became of their transfers, and the first violation seen.
+/// The bank clients: the shared client loop over the bank workload.
+pub type BankClients = Driver<Bank>;
+
+/// `n` bank clients (sessions 5000, 5001, ...).
+pub fn clients(n: usize, rng: &mut StdRng) -> BankClients {
+    let bank = Bank {
+        open: vec![false; n],
+        fates: BTreeMap::new(),
+        reads: 0,
+        violation: None,
+    };
+    Driver::new(n, 5000, bank, rng)
+}
+
+/// The bank workload: what became of its transfers, and the first violation seen.
 pub struct Bank {
-    clients: Vec<Client>,
+    /// Per client: the bank exists (this client's setup was acknowledged).
+    open: Vec<bool>,
     pub fates: BTreeMap<i64, (Transfer, Fate)>,
     /// Total reads that returned.
     pub reads: u64,
-    /// Operations called at or after this time must complete within `bound`.
-    pub live_from: Option<Duration>,
-    pub bound: Duration,
-    pub liveness_violation: Option<String>,
     pub violation: Option<Violation>,
-    pub lost_attempts: u64,
-    events: u64,
 }
 
 /// The request that creates the bank (idempotent).
@@ -216,85 +206,12 @@ pub fn read_books(reader: &SqlReader) -> std::result::Result<Books, String> {
     })
 }
 
-impl Bank {
-    pub fn new(n: usize, rng: &mut StdRng) -> Bank {
-        Bank {
-            clients: (0..n as u64)
-                .map(|i| Client {
-                    session: 5000 + i,
-                    seq: 0,
-                    open: false,
-                    pending: None,
-                    next_at: Duration::from_millis(rng.gen_range(0..50)),
-                })
-                .collect(),
-            fates: BTreeMap::new(),
-            reads: 0,
-            live_from: None,
-            bound: Duration::from_secs(10),
-            liveness_violation: None,
-            violation: None,
-            lost_attempts: 0,
-            events: 0,
-        }
-    }
+impl Workload for Bank {
+    type Op = BankOp;
+    type Answer = Answer;
 
-    fn event(&mut self) -> u64 {
-        self.events += 1;
-        self.events
-    }
-
-    pub fn next_time(&self, issuing: bool) -> Option<Duration> {
-        self.clients
-            .iter()
-            .filter_map(|c| match &c.pending {
-                Some(Pending {
-                    rx: Rx::RetryAt(t), ..
-                }) => Some(*t),
-                Some(_) => None,
-                None => issuing.then_some(c.next_at),
-            })
-            .min()
-    }
-
-    pub fn busy(&self) -> bool {
-        self.clients.iter().any(|c| c.pending.is_some())
-    }
-
-    /// Transfers acknowledged, and with an unknown outcome.
-    pub fn count(&self, f: impl Fn(&Fate) -> bool) -> u64 {
-        self.fates.values().filter(|(_, fate)| f(fate)).count() as u64
-    }
-
-    /// Collects answers, retries lost attempts and, if `issuing`, starts new operations
-    /// (as `Clients::act`).
-    pub fn act(
-        &mut self,
-        now: Duration,
-        base: Instant,
-        rng: &mut StdRng,
-        nodes: &mut [Node],
-        issuing: bool,
-    ) {
-        for i in 0..self.clients.len() {
-            self.poll(i, now, rng, nodes);
-        }
-        for i in 0..self.clients.len() {
-            let c = &self.clients[i];
-            let resend =
-                matches!(&c.pending, Some(Pending { rx: Rx::RetryAt(t), .. }) if *t <= now);
-            if resend {
-                self.send(i, now, base, rng, nodes);
-            } else if c.pending.is_none() && issuing && c.next_at <= now {
-                self.start(i, now, rng);
-                self.send(i, now, base, rng, nodes);
-            }
-        }
-    }
-
-    fn start(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
-        let c = &mut self.clients[i];
-        let op = if !c.open {
+    fn start(&mut self, client: usize, session: &mut Session, rng: &mut StdRng) -> BankOp {
+        let op = if !self.open[client] {
             Op::Setup
         } else if rng.gen_bool(READ_SHARE) {
             Op::Read
@@ -302,195 +219,94 @@ impl Bank {
             let from = rng.gen_range(0..ACCOUNTS);
             let to = (from + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
             Op::Transfer(Transfer {
-                tid: (c.session * 1_000_000 + c.seq + 1) as i64,
+                tid: (session.id * 1_000_000 + session.seq + 1) as i64,
                 from,
                 to,
                 amount: rng.gen_range(1..=30),
             })
         };
         if !matches!(op, Op::Read) {
-            c.seq += 1;
+            session.seq += 1;
         }
-        let seq = c.seq;
-        let call_event = self.event();
-        self.clients[i].pending = Some(Pending {
+        BankOp {
             op,
-            seq,
-            call: now,
-            call_event,
-            node: 0,
-            attempts: 0,
-            max_attempts: rng.gen_range(1..=MAX_ATTEMPTS),
-            lost: false,
-            rx: Rx::RetryAt(now),
-        });
-    }
-
-    fn send(
-        &mut self,
-        i: usize,
-        now: Duration,
-        base: Instant,
-        rng: &mut StdRng,
-        nodes: &mut [Node],
-    ) {
-        let live: Vec<usize> = (0..nodes.len())
-            .filter(|&n| nodes[n].is_running())
-            .collect();
-        let session = self.clients[i].session;
-        let p = self.clients[i].pending.as_mut().unwrap();
-        if live.is_empty() {
-            p.rx = Rx::RetryAt(now + Duration::from_millis(100));
-            return;
-        }
-        let node = live[rng.gen_range(0..live.len())];
-        p.node = node;
-        p.attempts += 1;
-        let at = base + now;
-        let core = nodes[node].core.as_mut().unwrap();
-        let request = match &p.op {
-            Op::Setup => Some(setup_request()),
-            Op::Transfer(t) => Some(transfer_request(t)),
-            Op::Read => None,
-        };
-        match request {
-            Some(req) => {
-                let (tx, rx) = oneshot::channel();
-                let cmd = Command {
-                    client_id: session,
-                    seq: p.seq,
-                    user: None,
-                    machine: Machine::Sql,
-                    payload: bincode::serialize(&req).expect("a request encodes"),
-                };
-                core.handle(Event::Write { cmd, reply: tx }, at);
-                p.rx = Rx::Write(rx);
-            }
-            None => {
-                let (tx, rx) = oneshot::channel();
-                core.handle(Event::ReadBarrier { reply: tx }, at);
-                p.rx = Rx::Read(rx);
-            }
+            seq: session.seq,
         }
     }
 
-    fn poll(&mut self, i: usize, now: Duration, rng: &mut StdRng, nodes: &[Node]) {
-        let Some(p) = self.clients[i].pending.as_mut() else {
-            return;
+    fn command(&self, session: u64, op: &BankOp) -> Option<Command> {
+        let request = match &op.op {
+            Op::Setup => setup_request(),
+            Op::Transfer(t) => transfer_request(t),
+            Op::Read => return None,
         };
-        // Some(Ok(fate)) for a write, Some(Err(books)) for a read; None: lost.
-        let answer: Option<std::result::Result<Fate, Books>> = match &mut p.rx {
-            Rx::RetryAt(_) => return,
-            Rx::Write(rx) => match rx.try_recv() {
-                Err(TryRecvError::Empty) => return,
-                Ok(Ok(r)) => Some(Ok(write_fate(r, p.lost))),
-                Ok(Err(_)) | Err(TryRecvError::Closed) => None,
-            },
-            Rx::Read(rx) => match rx.try_recv() {
-                Err(TryRecvError::Empty) => return,
-                Ok(Ok(())) => match nodes[p.node].sql.as_ref().map(read_books) {
-                    Some(Ok(books)) => Some(Err(books)),
-                    Some(Err(e)) => {
-                        self.violation.get_or_insert(Violation::new(
-                            Kind::BankTotal,
-                            format!("bank: a read on node {} failed: {e}", p.node + 1),
-                        ));
-                        None
-                    }
-                    // The node crashed between answering the barrier and the read.
-                    None => None,
-                },
-                Ok(Err(_)) | Err(TryRecvError::Closed) => None,
-            },
-        };
-        match answer {
-            Some(a) => {
-                let think = rng.gen_range(0..30);
-                self.finish(i, Some(a), now, think);
-            }
-            None => {
-                p.lost = true;
-                self.lost_attempts += 1;
-                let live = self.live_from.is_some_and(|t| p.call >= t);
-                if p.attempts >= p.max_attempts && !live {
-                    self.finish(i, None, now, 0);
-                } else {
-                    p.rx = Rx::RetryAt(now + Duration::from_millis(rng.gen_range(10..200)));
-                }
-            }
-        }
+        Some(Command {
+            client_id: session,
+            seq: op.seq,
+            user: None,
+            machine: Machine::Sql,
+            payload: bincode::serialize(&request).expect("a request encodes"),
+        })
     }
 
-    /// Ends client `i`'s operation: `None`, given up (a write's outcome unknown).
-    fn finish(
-        &mut self,
-        i: usize,
-        answer: Option<std::result::Result<Fate, Books>>,
-        now: Duration,
-        think_ms: u64,
-    ) {
-        let ret = self.event();
-        let p = self.clients[i].pending.take().unwrap();
-        self.clients[i].next_at = now + Duration::from_millis(think_ms);
-        if let Some(from) = self.live_from {
-            if p.call >= from && now - p.call > self.bound && self.liveness_violation.is_none() {
-                self.liveness_violation = Some(format!(
-                    "bank {:?} called at {:?} after healing took {:?}",
-                    p.op,
-                    p.call,
-                    now - p.call
+    fn written(&self, _op: &BankOp, answer: Applied, lost: bool) -> Answer {
+        Answer::Written(write_fate(answer, lost))
+    }
+
+    fn read(&mut self, _op: &BankOp, node: usize, nodes: &[Node]) -> Option<Answer> {
+        match nodes[node].sql.as_ref().map(read_books) {
+            Some(Ok(books)) => Some(Answer::Read(books)),
+            Some(Err(e)) => {
+                self.violation.get_or_insert(Violation::new(
+                    Kind::BankTotal,
+                    format!("bank: a read on node {} failed: {e}", node + 1),
                 ));
+                None
             }
+            // The node crashed between answering the barrier and the read.
+            None => None,
         }
-        match (p.op, answer) {
-            (Op::Setup, Some(Ok(Fate::Acked(_)))) => self.clients[i].open = true,
+    }
+
+    fn finish(&mut self, client: usize, end: End<BankOp>, answer: Option<Answer>) {
+        match (end.op.op, answer) {
+            (Op::Setup, Some(Answer::Written(Fate::Acked(_)))) => self.open[client] = true,
             (Op::Setup, _) | (Op::Read, None) => {}
             (Op::Transfer(t), answer) => {
                 let fate = match answer {
-                    Some(Ok(Fate::Acked(_))) => Fate::Acked(ret),
-                    Some(Ok(f)) => f,
+                    Some(Answer::Written(Fate::Acked(_))) => Fate::Acked(end.ret_event),
+                    Some(Answer::Written(f)) => f,
                     _ => Fate::Unknown,
                 };
                 self.fates.insert(t.tid, (t, fate));
             }
-            (Op::Read, Some(Err(books))) => {
+            (Op::Read, Some(Answer::Read(books))) => {
                 self.reads += 1;
-                if let Err(v) = self.check_books(&books, Some(p.call_event)) {
+                if let Err(v) = self.check_books(&books, Some(end.call_event)) {
                     self.violation.get_or_insert(Violation {
                         message: format!(
                             "{} (read on node {} called at event {})",
                             v.message,
-                            p.node + 1,
-                            p.call_event
+                            end.node + 1,
+                            end.call_event
                         ),
                         ..v
                     });
                 }
             }
-            (Op::Read, Some(Ok(_))) => unreachable!("a read's answer is books"),
+            (Op::Read, Some(Answer::Written(_))) => unreachable!("a read's answer is books"),
         }
     }
 
-    /// Ends the run: unfinished transfers become unknown.
-    pub fn close(&mut self, now: Duration) -> Option<String> {
-        let mut complaint = None;
-        for i in 0..self.clients.len() {
-            let Some(p) = &self.clients[i].pending else {
-                continue;
-            };
-            if self.live_from.is_some_and(|t| p.call >= t) && complaint.is_none() {
-                complaint = Some(format!(
-                    "bank {:?} called at {:?} after healing never completed ({} attempts, \
-                     last to node {})",
-                    p.op,
-                    p.call,
-                    p.attempts,
-                    p.node + 1
-                ));
-            }
-            self.finish(i, None, now, 0);
-        }
-        complaint
+    fn describe(&self, op: &BankOp) -> String {
+        format!("bank {:?}", op.op)
+    }
+}
+
+impl Bank {
+    /// Transfers whose fate `f` accepts.
+    pub fn count(&self, f: impl Fn(&Fate) -> bool) -> u64 {
+        self.fates.values().filter(|(_, fate)| f(fate)).count() as u64
     }
 
     /// Checks `books` against the opening total and the transfers' fates; `called`: the

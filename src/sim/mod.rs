@@ -31,7 +31,9 @@
 //!
 //! Clients issue puts, gets, CAS and deletes on register keys, appends on a set key, and
 //! (odd seeds, [`SimConfig::multi_key`]) MSET, puts, versioned gets and prefix scans on
-//! a two-key group (see `clients`).
+//! a two-key group (see `clients`). The KV clients and the SQL bank clients below run on
+//! one client loop (`driver`: sessions, retries, giving up, the liveness bound), each with
+//! its workload behind the driver's `Workload` trait.
 //!
 //! Every node also runs the SQL state machine beside its KV store, on the same log (real
 //! SQLite in a per-run temporary directory; see `sql`): bank clients
@@ -86,6 +88,7 @@ pub fn members(n: crate::command::NodeId) -> Vec<crate::config::Member> {
 mod bank;
 mod checks;
 mod clients;
+mod driver;
 mod net;
 mod sql;
 mod storage;
@@ -751,13 +754,13 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     common_prefix(&logs)?;
     replicas_equal(&states)?;
     let sql = sql_final_checks(w, &members)?;
-    let history = &w.clients.history;
+    let history = &w.clients.workload.history;
     // The replicas are equal: the set keys' final values are node 1's.
     let reader = w.nodes[members[0]]
         .kv
         .as_ref()
         .expect("all nodes are up after healing");
-    let finals = clients::Clients::set_keys()
+    let finals = clients::Kv::set_keys()
         .into_iter()
         .map(|k| {
             let (v, _) = reader.get(&k).expect("memory reads do not fail");
@@ -776,9 +779,9 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         format!("{:?}{:?}", op.input, op.outcome).hash(&mut h);
     }
     format!("{:?}", logs[0]).hash(&mut h);
-    format!("{:?}", w.bank.fates).hash(&mut h);
-    (w.bank.reads, &sql).hash(&mut h);
-    let count = |o: fn(&crate::check::Outcome) -> bool| w.clients.count(o);
+    format!("{:?}", w.bank.workload.fates).hash(&mut h);
+    (w.bank.workload.reads, &sql).hash(&mut h);
+    let count = |o: fn(&crate::check::Outcome) -> bool| w.clients.workload.count(o);
     use crate::check::Outcome;
     Ok(RunStats {
         seed: 0,
@@ -850,7 +853,7 @@ fn sql_final_checks(w: &World, members: &[usize]) -> Result<SqlStats, Violation>
             Some(_) => {}
         }
     }
-    let bank = &w.bank;
+    let bank = &w.bank.workload;
     let mut unknown_applied = 0;
     if bank.fates.values().any(|(_, f)| *f != bank::Fate::Failed) || bank.reads > 0 {
         let reader = w.nodes[members[0]].sql.as_ref().expect("checked above");

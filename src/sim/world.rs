@@ -45,9 +45,9 @@
 //! machine wrapper (`SimSm::apply_membership` keeps the old log before the switch wipes
 //! it), so the one decided log is compared across configurations, stop signs included.
 
-use super::bank::Bank;
+use super::bank::{self, BankClients};
 use super::checks::{accepted_claim, DecidedMonotonic, Kind, LogOracle, Violation};
-use super::clients::Clients;
+use super::clients::{self, Clients};
 use super::net::{idx, Outbox, Packet, Shape, SimNet, Weather};
 use super::sql::{RunDir, SimSql, SqlDisk};
 use super::storage::{Durable, SimStorage};
@@ -349,7 +349,7 @@ pub struct World {
     /// The faults ended (`heal`).
     healed: bool,
     /// The SQL bank-transfer workload (see `bank`).
-    pub bank: Bank,
+    pub bank: BankClients,
     /// Restarts that found the KV and SQL engines at different applied indexes, and of
     /// those, the ones with SQL ahead (its commit survived, the KV one did not).
     pub engines_apart: u64,
@@ -370,11 +370,10 @@ impl World {
     pub fn new(seed: u64, cfg: SimConfig) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = cfg.nodes;
-        let mut clients = Clients::new(cfg.clients, cfg.keys, &mut rng);
+        let mut clients = clients::clients(cfg.clients, cfg.keys, cfg.multi_key, &mut rng);
         clients.bound = cfg.liveness_bound;
         clients.stale_reads = cfg.bug == Some(Bug::StaleReads);
-        clients.multi_key = cfg.multi_key;
-        let mut bank = Bank::new(cfg.bank_clients, &mut rng);
+        let mut bank = bank::clients(cfg.bank_clients, &mut rng);
         bank.bound = cfg.liveness_bound;
         let mut w = World {
             base: Instant::now(),
@@ -1342,7 +1341,11 @@ impl World {
     /// Checks the log invariants on every live node (after every round, so before a node
     /// can trim what it decided in it: see `checks`).
     fn observe(&mut self) -> Result<(), Violation> {
-        if let Some(v) = self.violation.take().or_else(|| self.bank.violation.take()) {
+        if let Some(v) = self
+            .violation
+            .take()
+            .or_else(|| self.bank.workload.violation.take())
+        {
             return Err(v);
         }
         self.poll_changes();
