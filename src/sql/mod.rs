@@ -43,6 +43,8 @@ pub mod determinism;
 mod exec;
 mod lexer;
 pub mod machine;
+#[cfg(test)]
+mod rights_tests;
 pub mod session;
 pub mod snapshot;
 #[cfg(test)]
@@ -52,7 +54,7 @@ pub mod store;
 mod store_tests;
 
 pub use snapshot::{SqlChunk, SqlEnd, SqlImporter, SqlPart};
-pub use store::{SqlOutcome, SqlReader, SqlStore, SqlWrite};
+pub use store::{SqlOutcome, SqlReader, SqlStore, SqlWrite, UserTable};
 
 use crate::error::Result;
 use futures::future::BoxFuture;
@@ -73,14 +75,19 @@ pub struct QueryOutput {
 }
 
 /// What the SQL APIs (rqlite-compatible HTTP, gRPC `paxosdb.v1.Sql`, the CLI through
-/// gRPC) call. Authorization happens in the API layer, before these are called.
+/// gRPC) call. Authorization happens in the API layer, before these are called; a write
+/// is checked again where it is applied (`user`).
 pub trait SqlService: Send + Sync + 'static {
     /// Runs `req` through the log: every replica applies it, once (per session, if
-    /// given). Results in statement order.
+    /// given). Results in statement order. `user` is the authenticated user it runs as
+    /// (`None`: no user): every replica checks that user's rights again at apply, as of
+    /// the write's log position, and a user no longer allowed to write SQL there gets
+    /// `Error::PermissionDenied` with nothing changed.
     fn execute(
         &self,
         req: Request,
         session: Option<SqlSession>,
+        user: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<StatementResult>>>;
     /// Runs read-only `req` at `level`. A statement that would write is refused with
     /// `Error::InvalidInput` (it belongs in `execute`).
