@@ -386,7 +386,7 @@ impl KvStore {
     /// Usually nothing changed users after `index` and the answer is the current record.
     /// When the SQL store replays entries this store applied before a crash (or a state
     /// transfer left it one entry behind), the table may have changed since: the one
-    /// record this store keeps ([`K_USER_UNDO`]) undoes the last user-changing entry,
+    /// record this store keeps (`user-undo`) undoes the last user-changing entry,
     /// which is enough because the SQL store durably commits every user-changing entry
     /// before this store applies the next entry (see `sql::store`, *Rights at apply*), so
     /// at most that one change lies after `index`. Two or more (the record's `previous`

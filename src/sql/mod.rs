@@ -10,8 +10,9 @@
 //!   the same text with the same parameters.
 //! - [`store`]: [`SqlStore`], the state machine. `apply(index, writes)` runs every SQL write
 //!   of one log entry in ONE SQLite transaction together with the applied index and the
-//!   session records; [`SqlReader`] runs read-only queries on separate connections, from
-//!   any thread, while the apply thread writes. Internal tables (`_paxosdb_*`) are
+//!   session records, after checking each write's user against the user table as of the
+//!   entry ([`UserTable`]); [`SqlReader`] runs read-only queries on separate connections,
+//!   from any thread, while the apply thread writes. Internal tables (`_paxosdb_*`) are
 //!   unreachable by user statements (an authorizer); a VM-step budget stops runaway
 //!   statements identically on every replica.
 //! - [`session`]: the at-most-once rule for a (client id, seq) (the KV store's rule, kept in
@@ -27,7 +28,8 @@
 //! # Invariants
 //!
 //! - Only decided log entries change a node's SQL database.
-//! - Apply is deterministic: it reads only the database and the entry. Time and
+//! - Apply is deterministic: it reads only the database, the entry and the user table as
+//!   of the entry (the same on every replica: `store`, *Rights at apply*). Time and
 //!   randomness enter only as literals written by the proposer ([`determinism`]); the apply
 //!   connection fails `random()`, `randomblob()`, `total_changes()`, `CURRENT_TIMESTAMP`
 //!   and a date function reading `'now'` or the time zone loudly, and resets

@@ -94,8 +94,8 @@
 //!
 //! - After a crash, the database is the state after exactly `applied_index()` entries
 //!   (entries are applied whole or not at all; the index is in the same transaction).
-//! - Apply reads only the database and the entry; its limits ([`SqlLimits`]) are the same
-//!   constants on every node.
+//! - Apply reads only the database, the entry and the user table as of the entry; its
+//!   limits ([`SqlLimits`]) are the same constants on every node.
 //! - User statements never reach the internal `_paxosdb_*` tables (see `exec`).
 //! - A write that names a user runs only if that user may write SQL in the user table as
 //!   of its entry (*Rights at apply*); the answer is the same on every replica and in a
