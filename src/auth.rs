@@ -39,7 +39,10 @@
 //!
 //! SQL ([`Identity::check_sql`]): querying needs `read`, executing `readwrite`. A user
 //! with a key prefix may not use SQL at all (permission denied, saying why): a key prefix
-//! does not describe SQL tables, so its limit could not be kept there.
+//! does not describe SQL tables, so its limit could not be kept there. Like a key write,
+//! a SQL write carries its user through the log and the SQL store checks again where it
+//! applies it ([`Identity::permits_sql`], against the user table as of that entry; see
+//! `sql::store`).
 //!
 //! Invariants:
 //! - No secret is ever stored, proposed or logged: only argon2id hashes enter the log, and
@@ -531,6 +534,28 @@ impl Identity {
             proved_by: None,
         }
         .check_op(op)
+    }
+
+    /// May user `name`, as `record` says (its entry in the user table as of the log
+    /// position where the write is applied; `None`: deleted), apply a SQL write? The SQL
+    /// store's apply-time check, the counterpart of [`Identity::permits`]: the user must
+    /// exist, be enabled, have the readwrite role and no key prefix.
+    pub fn permits_sql(name: &str, record: Option<&UserRecord>) -> Result<()> {
+        let Some(rec) = record else {
+            return Err(Error::PermissionDenied(format!(
+                "user {name} no longer exists"
+            )));
+        };
+        if !rec.enabled {
+            return Err(Error::PermissionDenied(format!("user {name} is disabled")));
+        }
+        Identity {
+            user: Some(name.to_string()),
+            role: rec.role,
+            prefix: rec.prefix.clone(),
+            proved_by: None,
+        }
+        .check_sql_write()
     }
 
     /// May this identity use SQL: query (`write` false, the read role) or execute

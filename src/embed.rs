@@ -696,7 +696,7 @@ impl Sql {
         let s = self.sessions.take();
         let res = self
             .retry
-            .run(true, || service.execute(req.clone(), Some(s)))
+            .run(true, || service.execute(req.clone(), Some(s), None))
             .await;
         self.sessions.give_back(s);
         res

@@ -16,7 +16,9 @@
 //!
 //! - Every node applies the same commands in the same order; a machine's outcome depends
 //!   only on its state and the command (never on a clock, a random source or the node),
-//!   so every node computes the same outcome.
+//!   so every node computes the same outcome. (The SQL machine also reads the user table
+//!   as of the entry, kept by the KV machine: replicated state too; see `sql::store`,
+//!   *Rights at apply*.)
 //! - A machine applies an entry's commands atomically with advancing its own applied
 //!   index, its session records and the membership it records; an index it already
 //!   applied is never applied again.

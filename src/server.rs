@@ -433,7 +433,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             compaction: cfg.compaction(),
         },
         storage,
-        Machines::from(Box::new(kv.clone())).with(Box::new(SqlMachine::new(sql))),
+        Machines::from(Box::new(kv.clone()))
+            .with(Box::new(SqlMachine::with_users(sql, Box::new(kv.clone())))),
         Box::new(net),
     )?;
     core.set_metrics(metrics.clone());

@@ -630,6 +630,7 @@ async fn the_shell_runs_statements_scripts_and_dot_commands() {
 CREATE INDEX people_name ON people (name);
 .tables
 .schema people
+.schema
 .mode csv
 SELECT name,
        score
@@ -657,9 +658,12 @@ SELECT 'not reached';
                 .is_some_and(|e| e.contains("no such table: nowhere"))),
         "{stdout}"
     );
+    // `.tables` and `.schema` leave paxosdb's internal `_paxosdb_*` tables out.
     let want = "\
 OK
 people
+CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, score REAL);
+CREATE INDEX people_name ON people (name);
 CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, score REAL);
 CREATE INDEX people_name ON people (name);
 name,score\r

@@ -95,7 +95,7 @@ impl pb::sql_server::Sql for SqlGrpc {
                 let request = request_from_pb(r.statements, r.transaction).map_err(to_status)?;
                 let results = self
                     .sql
-                    .execute(request, session)
+                    .execute(request, session, id.user.clone())
                     .await
                     .map_err(to_status)?;
                 let answer = pb::ExecuteResponse {

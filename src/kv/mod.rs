@@ -26,6 +26,9 @@
 //! - Users (see [`crate::auth`]) live in the metadata space under `user/`, never in the
 //!   user data space: no client read, scan or key listing reaches them, and they travel
 //!   with every state transfer like the rest of the metadata.
+//! - An entry that changes users also records, in its batch, those users as they were
+//!   before it (`user-undo`, only the last such entry's): the SQL store checks its
+//!   writes against the user table as of their entry through [`KvStore::user_after`].
 //! - A node that fell behind a compacted log receives a peer's whole state instead
 //!   ([`transfer`]): it is staged beside the live state and replaces it in one atomic
 //!   switch ([`StateMachine::install_staged`]).
@@ -63,6 +66,23 @@ const SESSION_PREFIX: u8 = b's';
 /// Users (see [`crate::auth`]): `user/` + name → bincode [`UserRecord`], in `Space::Sm`,
 /// where no client read, scan or key listing can reach them.
 const USER_PREFIX: &[u8] = b"user/";
+
+/// The users the last user-changing entry changed, as they were before it: `user-undo`
+/// → bincode [`UserUndo`], in `Space::Sm` (sorts before `user/`, so no user scan sees
+/// it). Written in the entry's own batch; what lets the SQL store see the user table as
+/// of an entry the key-value store already applied ([`KvStore::user_after`]).
+const K_USER_UNDO: &[u8] = b"user-undo";
+
+/// The users entry `index` changed, each as it was before the entry (`None`: absent);
+/// sorted by name, so every replica writes the same bytes. `previous`: the user-changing
+/// entry before it (`None`: none recorded), so that a question this record cannot
+/// answer is recognised.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UserUndo {
+    index: u64,
+    previous: Option<u64>,
+    before: Vec<(String, Option<UserRecord>)>,
+}
 
 fn user_key(name: &str) -> Vec<u8> {
     [USER_PREFIX, name.as_bytes()].concat()
@@ -346,6 +366,59 @@ impl KvStore {
             .get(Space::Sm, &user_key(name))?
             .map(|b| decode_user(&b))
             .transpose()
+    }
+
+    /// The entry that last changed the user table, if this store recorded one (entries
+    /// applied before the record existed are not known).
+    pub fn last_user_change(&self) -> Result<Option<u64>> {
+        Ok(self.user_undo()?.map(|u| u.index))
+    }
+
+    fn user_undo(&self) -> Result<Option<UserUndo>> {
+        self.backend
+            .get(Space::Sm, K_USER_UNDO)?
+            .map(|b| {
+                bincode::deserialize::<UserUndo>(&b)
+                    .map_err(|e| Error::Storage(format!("corrupt user undo record: {e}")))
+            })
+            .transpose()
+    }
+
+    /// User `name` as the user table was right after the entry at `index`, which this
+    /// store must have applied; the SQL store checks a SQL write of that entry against it.
+    ///
+    /// Usually nothing changed users after `index` and the answer is the current record.
+    /// When the SQL store replays entries this store applied before a crash (or a state
+    /// transfer left it one entry behind), the table may have changed since: the one
+    /// record this store keeps (`user-undo`) undoes the last user-changing entry,
+    /// which is enough because the SQL store durably commits every user-changing entry
+    /// before this store applies the next entry (see `sql::store`, *Rights at apply*), so
+    /// at most that one change lies after `index`. Two or more (the record's `previous`
+    /// is after `index` too) is a broken invariant, reported as an error, never a guess.
+    pub fn user_after(&self, index: u64, name: &str) -> Result<Option<UserRecord>> {
+        let applied = read_counter(self.backend.get(Space::Sm, K_APPLIED)?)?;
+        if applied <= index {
+            return Err(Error::Internal(format!(
+                "the user table as of entry {index} was asked for, but the key-value store \
+                 applied only {applied} entries"
+            )));
+        }
+        match self.user_undo()? {
+            Some(undo) if undo.index > index => {
+                if let Some(p) = undo.previous.filter(|p| *p > index) {
+                    return Err(Error::Internal(format!(
+                        "the user table as of entry {index} is not known: users changed at \
+                         entries {p} and {} after it",
+                        undo.index
+                    )));
+                }
+                match undo.before.into_iter().find(|(n, _)| n == name) {
+                    Some((_, before)) => Ok(before),
+                    None => self.user(name),
+                }
+            }
+            _ => self.user(name),
+        }
     }
 
     /// Every user, by name (bounded: a user table is small and user management is
@@ -690,6 +763,20 @@ impl KvStore {
             .filter(|(_, (_, dirty))| *dirty)
             .map(|(k, (v, _))| (Space::Kv, k, v.as_ref().map(encode_value)))
             .collect();
+        if !overlay.users.is_empty() {
+            let mut names: Vec<&String> = overlay.users.keys().collect();
+            names.sort();
+            let before = (names.into_iter())
+                .map(|n| Ok((n.clone(), self.user(n)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let previous = self.last_user_change()?;
+            let undo = bincode::serialize(&UserUndo {
+                index,
+                previous,
+                before,
+            })?;
+            writes.push((Space::Sm, K_USER_UNDO.to_vec(), Some(undo)));
+        }
         for (name, user) in overlay.users {
             let value = user.map(|u| bincode::serialize(&u)).transpose()?;
             writes.push((Space::Sm, user_key(&name), value));

@@ -290,6 +290,7 @@ impl Harness for Sql {
                 client_id: 0,
                 seq: 0,
                 request: request(&["CREATE TABLE c (n INTEGER)", "INSERT INTO c VALUES (0)"]),
+                user: None,
             };
             s.apply(0, &[setup]).unwrap();
         }
@@ -308,6 +309,7 @@ impl Harness for Sql {
                         &format!("SELECT zeroblob({})", 2 * RESULT_KEEP),
                     ]),
                 },
+                user: None,
             })
             .collect();
         let at = self.s.applied_index();
@@ -338,6 +340,7 @@ impl Harness for Sql {
             SqlOutcome::Rejected(m) => Kind::Rejected(m.clone()),
             SqlOutcome::Superseded(m) => Kind::Superseded(m.clone()),
             SqlOutcome::SessionReused(m) => Kind::Reused(m.clone()),
+            SqlOutcome::Denied(m) => Kind::Rejected(m.clone()),
         }
     }
 }

@@ -15,15 +15,19 @@
 //! - A linearizable query runs only after this node applied everything that was
 //!   acknowledged before the query arrived (the KV read barrier); a stale one reads what
 //!   this node applied, and says which index that was.
-//! - A user's rights for SQL are checked by the API that received the request; unlike key
-//!   writes, they are not checked again at apply (the user table lives in the KV store).
+//! - A user's rights for SQL are checked by the API that received the request, and a
+//!   write's again where every replica applies it: the command carries its user, and
+//!   [`SqlMachine`] checks it against the key-value store's user table as of the
+//!   write's entry ([`UserTable`]; see `store`, *Rights at apply*).
 
 use super::determinism;
+use super::store::UserTable;
 use super::{
     QueryOutput, ReadLevel, Request, SqlImporter, SqlOutcome, SqlPart, SqlReader, SqlService,
     SqlSession, SqlStore, SqlWrite, StatementResult,
 };
 use crate::error::{Error, Result};
+use crate::kv::KvStore;
 use crate::machine::{Command, Machine, Outcome, StateMachine};
 use crate::membership::Membership;
 use crate::node::NodeHandle;
@@ -33,11 +37,36 @@ use futures::future::BoxFuture;
 /// The SQL store as one of the node's state machines.
 pub struct SqlMachine {
     store: SqlStore,
+    /// The user table writes are checked against at apply (`None`: a write that names a
+    /// user is denied).
+    users: Option<Box<dyn UserTable>>,
 }
 
 impl SqlMachine {
+    /// The store without a user table: for writes that run as no user (the simulation,
+    /// tests).
     pub fn new(store: SqlStore) -> SqlMachine {
-        SqlMachine { store }
+        SqlMachine { store, users: None }
+    }
+
+    /// The store checking each write's user against `users` (the node's key-value store,
+    /// the primary machine, applied before this one) as of the write's entry.
+    pub fn with_users(store: SqlStore, users: Box<dyn UserTable>) -> SqlMachine {
+        SqlMachine {
+            store,
+            users: Some(users),
+        }
+    }
+}
+
+/// The node's user table is the key-value store's.
+impl UserTable for KvStore {
+    fn user_after(&self, index: u64, name: &str) -> Result<Option<crate::auth::UserRecord>> {
+        KvStore::user_after(self, index, name)
+    }
+
+    fn changed_users_at(&self, index: u64) -> Result<bool> {
+        Ok(self.last_user_change()? == Some(index))
     }
 }
 
@@ -61,18 +90,21 @@ impl StateMachine for SqlMachine {
                         client_id: c.client_id,
                         seq: c.seq,
                         request,
+                        user: c.user.clone(),
                     })
                     .map_err(|e| format!("not a SQL request: {e}"))
             })
             .collect();
         crate::machine::apply_decoded(decoded, |valid| {
-            (self.store.apply(index, &valid)?.into_iter())
+            let users = self.users.as_deref();
+            (self.store.apply_checked(index, &valid, users)?.into_iter())
                 .map(|o| {
                     Ok(match o {
                         SqlOutcome::Results(r) => Outcome::Done(bincode::serialize(&r)?),
                         SqlOutcome::Rejected(why) => Outcome::Rejected(why),
                         SqlOutcome::Superseded(why) => Outcome::Superseded(why),
                         SqlOutcome::SessionReused(why) => Outcome::SessionReused(why),
+                        SqlOutcome::Denied(why) => Outcome::Denied(why),
                     })
                 })
                 .collect()
@@ -162,6 +194,7 @@ impl SqlHandle {
         &self,
         req: Request,
         session: Option<SqlSession>,
+        user: Option<String>,
     ) -> Result<Vec<StatementResult>> {
         let (client_id, seq) = match session {
             Some(s) => (s.client_id, s.seq),
@@ -179,7 +212,7 @@ impl SqlHandle {
             .submit(Command {
                 client_id,
                 seq,
-                user: None,
+                user,
                 machine: Machine::Sql,
                 payload,
             })
@@ -209,8 +242,9 @@ impl SqlService for SqlHandle {
         &self,
         req: Request,
         session: Option<SqlSession>,
+        user: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<StatementResult>>> {
-        Box::pin(self.run_execute(req, session))
+        Box::pin(self.run_execute(req, session, user))
     }
 
     fn query(&self, req: Request, level: ReadLevel) -> BoxFuture<'_, Result<QueryOutput>> {

@@ -10,8 +10,9 @@
 //!   the same text with the same parameters.
 //! - [`store`]: [`SqlStore`], the state machine. `apply(index, writes)` runs every SQL write
 //!   of one log entry in ONE SQLite transaction together with the applied index and the
-//!   session records; [`SqlReader`] runs read-only queries on separate connections, from
-//!   any thread, while the apply thread writes. Internal tables (`_paxosdb_*`) are
+//!   session records, after checking each write's user against the user table as of the
+//!   entry ([`UserTable`]); [`SqlReader`] runs read-only queries on separate connections,
+//!   from any thread, while the apply thread writes. Internal tables (`_paxosdb_*`) are
 //!   unreachable by user statements (an authorizer); a VM-step budget stops runaway
 //!   statements identically on every replica.
 //! - [`session`]: the at-most-once rule for a (client id, seq) (the KV store's rule, kept in
@@ -27,7 +28,8 @@
 //! # Invariants
 //!
 //! - Only decided log entries change a node's SQL database.
-//! - Apply is deterministic: it reads only the database and the entry. Time and
+//! - Apply is deterministic: it reads only the database, the entry and the user table as
+//!   of the entry (the same on every replica: `store`, *Rights at apply*). Time and
 //!   randomness enter only as literals written by the proposer ([`determinism`]); the apply
 //!   connection fails `random()`, `randomblob()`, `total_changes()`, `CURRENT_TIMESTAMP`
 //!   and a date function reading `'now'` or the time zone loudly, and resets
@@ -43,6 +45,8 @@ pub mod determinism;
 mod exec;
 mod lexer;
 pub mod machine;
+#[cfg(test)]
+mod rights_tests;
 pub mod session;
 pub mod snapshot;
 #[cfg(test)]
@@ -52,7 +56,7 @@ pub mod store;
 mod store_tests;
 
 pub use snapshot::{SqlChunk, SqlEnd, SqlImporter, SqlPart};
-pub use store::{SqlOutcome, SqlReader, SqlStore, SqlWrite};
+pub use store::{SqlOutcome, SqlReader, SqlStore, SqlWrite, UserTable};
 
 use crate::error::Result;
 use futures::future::BoxFuture;
@@ -73,14 +77,19 @@ pub struct QueryOutput {
 }
 
 /// What the SQL APIs (rqlite-compatible HTTP, gRPC `paxosdb.v1.Sql`, the CLI through
-/// gRPC) call. Authorization happens in the API layer, before these are called.
+/// gRPC) call. Authorization happens in the API layer, before these are called; a write
+/// is checked again where it is applied (`user`).
 pub trait SqlService: Send + Sync + 'static {
     /// Runs `req` through the log: every replica applies it, once (per session, if
-    /// given). Results in statement order.
+    /// given). Results in statement order. `user` is the authenticated user it runs as
+    /// (`None`: no user): every replica checks that user's rights again at apply, as of
+    /// the write's log position, and a user no longer allowed to write SQL there gets
+    /// `Error::PermissionDenied` with nothing changed.
     fn execute(
         &self,
         req: Request,
         session: Option<SqlSession>,
+        user: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<StatementResult>>>;
     /// Runs read-only `req` at `level`. A statement that would write is refused with
     /// `Error::InvalidInput` (it belongs in `execute`).

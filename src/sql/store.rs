@@ -50,6 +50,34 @@
 //! 9223372036854775807 makes SQLite pick random rowids for new rows (its own PRNG), which
 //! differ between nodes; paxosdb does not detect this.
 //!
+//! # Rights at apply
+//!
+//! A write carries the user it runs as ([`SqlWrite::user`]). Before a write runs (not
+//! for a retry answered from its session), apply checks that user against the user
+//! table *as of the write's entry* — right after the key-value commands of that entry,
+//! which the node applies first — through a [`UserTable`] (the key-value store, which
+//! keeps the users): the user must exist, be enabled, have the readwrite role and no key
+//! prefix ([`crate::auth::Identity::permits_sql`]). A write refused there is
+//! [`SqlOutcome::Denied`]: none of its statements run, its session remembers the
+//! refusal, and every replica decides the same.
+//!
+//! The SQL store cannot simply read the key-value store's current users: each store has
+//! its own applied index, and after a crash between their commits this store replays
+//! entries the key-value store applied already, maybe with user changes after them. So:
+//!
+//! - the key-value store records, in the batch of every entry that changes users, those
+//!   users as they were before it (one record, the last such entry's, with the index of
+//!   the change before it: `KvStore::user_after`), and answers "as of entry `i`" by
+//!   undoing that last change when it came after `i`;
+//! - this store commits every entry that changed users *synced* (a [`SqlStore::flush`]
+//!   once the entry is applied, even one without SQL writes) before `apply_checked`
+//!   returns, so before the key-value store applies the next entry. After any crash, the
+//!   entries this store replays therefore hold at most one user change — the last one,
+//!   which the record undoes. (A state transfer sends the key-value state first and the
+//!   SQL state after it, taken later, so it is at most the same one entry behind.) A
+//!   question the record cannot answer (two changes after `i`) is an error that stops
+//!   the node, never a guess.
+//!
 //! An apply at an index other than `applied_index()` is refused with
 //! [`Error::Internal`] (a replay must start exactly at `applied_index()`; indexes below it
 //! are already applied and are never applied twice).
@@ -66,9 +94,13 @@
 //!
 //! - After a crash, the database is the state after exactly `applied_index()` entries
 //!   (entries are applied whole or not at all; the index is in the same transaction).
-//! - Apply reads only the database and the entry; its limits ([`SqlLimits`]) are the same
-//!   constants on every node.
+//! - Apply reads only the database, the entry and the user table as of the entry; its
+//!   limits ([`SqlLimits`]) are the same constants on every node.
 //! - User statements never reach the internal `_paxosdb_*` tables (see `exec`).
+//! - A write that names a user runs only if that user may write SQL in the user table as
+//!   of its entry (*Rights at apply*); the answer is the same on every replica and in a
+//!   replay after a crash, because every entry that changed users is committed synced
+//!   here before the key-value store applies the next entry.
 //! - A query never changes the database (read-only connections, read-only statements).
 //! - Nothing a user statement does can make the entry's COMMIT fail (no deferred
 //!   constraint is enforced there: foreign keys are off, as in SQLite by default), so an
@@ -97,6 +129,22 @@ pub struct SqlWrite {
     pub client_id: u64,
     pub seq: u64,
     pub request: Request,
+    /// The user the write runs as (`None`: no user, while the cluster has none, or
+    /// the embedding program): apply checks this user's rights against the user table
+    /// as of the entry ([`UserTable`]).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// The replicated user table as the SQL store checks a write's rights against it (the
+/// key-value store keeps it; see *Rights at apply* in the module docs).
+pub trait UserTable: Send {
+    /// User `name` as the table was right after the key-value commands of the entry at
+    /// `index` (`None`: no such user). Called only while that entry is being applied.
+    fn user_after(&self, index: u64, name: &str) -> Result<Option<crate::auth::UserRecord>>;
+    /// True when the entry at `index` changed the user table: the SQL store then commits
+    /// the entry synced, before the key-value store applies the next entry.
+    fn changed_users_at(&self, index: u64) -> Result<bool>;
 }
 
 /// The outcome of one [`SqlWrite`].
@@ -114,6 +162,9 @@ pub enum SqlOutcome {
     /// Refused, nothing changed: the session's seq already named another request. An API
     /// reports it as `Error::SessionReused`. (Last: older encodings keep their numbers.)
     SessionReused(String),
+    /// Not run: the user it runs as may not write SQL (any more) at this entry. Nothing
+    /// changed. An API reports it as `Error::PermissionDenied`.
+    Denied(String),
 }
 
 const SCHEMA: &str = "
@@ -299,15 +350,45 @@ impl SqlStore {
     /// `applied_index()`), in one SQLite transaction with their session records and the
     /// applied index. One outcome per write. An `Err` is a fault of this node (disk,
     /// corruption), never a result: nothing of the entry was applied.
+    ///
+    /// Without a user table, a write that names a user is denied (its rights cannot be
+    /// checked); see [`SqlStore::apply_checked`].
     pub fn apply(&mut self, index: u64, writes: &[SqlWrite]) -> Result<Vec<SqlOutcome>> {
+        self.apply_checked(index, writes, None)
+    }
+
+    /// [`SqlStore::apply`], checking the rights of each write's user against `users` as
+    /// of this entry (see *Rights at apply*). When `users` says the entry changed the
+    /// user table, the entry is committed synced before this returns.
+    pub fn apply_checked(
+        &mut self,
+        index: u64,
+        writes: &[SqlWrite],
+        users: Option<&dyn UserTable>,
+    ) -> Result<Vec<SqlOutcome>> {
         self.expect_index(index, "apply")?;
+        let out = self.apply_entry(index, writes, users)?;
+        if let Some(users) = users {
+            if users.changed_users_at(index)? {
+                self.flush()?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply_entry(
+        &mut self,
+        index: u64,
+        writes: &[SqlWrite],
+        users: Option<&dyn UserTable>,
+    ) -> Result<Vec<SqlOutcome>> {
         if writes.is_empty() {
             self.advance(index + 1);
             return Ok(Vec::new());
         }
         let mut poisoned: HashMap<(usize, usize), String> = HashMap::new();
         loop {
-            match self.attempt(index, writes, &poisoned) {
+            match self.attempt(index, writes, &poisoned, users) {
                 Ok(Attempt::Done(out)) => {
                     self.advance(index + 1);
                     return Ok(out);
@@ -344,6 +425,7 @@ impl SqlStore {
         index: u64,
         writes: &[SqlWrite],
         poisoned: &HashMap<(usize, usize), String>,
+        users: Option<&dyn UserTable>,
     ) -> Result<Attempt> {
         self.trusted_batch("BEGIN IMMEDIATE")?;
         self.cap_growth(Some(self.shared.limits.max_entry_growth_bytes))?;
@@ -359,15 +441,18 @@ impl SqlStore {
             let ran = matches!(decision, Decision::Run);
             let outcome = match decision {
                 Decision::Answer(o) | Decision::Trimmed(o) => o,
-                Decision::Run => match self.shared.limits.check_request(&w.request) {
-                    // Deterministic on every replica: the same refusal, nothing changed.
-                    Err(Error::InvalidInput(why) | Error::TooLarge(why)) => {
-                        SqlOutcome::Rejected(why)
-                    }
-                    Err(e) => return Err(e),
-                    Ok(()) => match self.run_request(wi, &w.request, poisoned)? {
-                        Run::Done(results) => SqlOutcome::Results(results),
-                        Run::Poisoned(si, why) => return Ok(Attempt::Poisoned((wi, si), why)),
+                Decision::Run => match permitted(index, w.user.as_deref(), users)? {
+                    Some(why) => SqlOutcome::Denied(why),
+                    None => match self.shared.limits.check_request(&w.request) {
+                        // Deterministic on every replica: the same refusal, nothing changed.
+                        Err(Error::InvalidInput(why) | Error::TooLarge(why)) => {
+                            SqlOutcome::Rejected(why)
+                        }
+                        Err(e) => return Err(e),
+                        Ok(()) => match self.run_request(wi, &w.request, poisoned)? {
+                            Run::Done(results) => SqlOutcome::Results(results),
+                            Run::Poisoned(si, why) => return Ok(Attempt::Poisoned((wi, si), why)),
+                        },
                     },
                 },
             };
@@ -613,6 +698,29 @@ impl SqlStore {
         self.guard
             .trusted(|| digest_of(&self.conn))
             .map_err(sql_err)
+    }
+}
+
+/// Why `user` may not write SQL at the entry at `index` (`None`: it may, or the write
+/// runs as no user). Deterministic: it reads only the user table as of the entry.
+fn permitted(
+    index: u64,
+    user: Option<&str>,
+    users: Option<&dyn UserTable>,
+) -> Result<Option<String>> {
+    let Some(name) = user else {
+        return Ok(None);
+    };
+    let Some(users) = users else {
+        return Ok(Some(format!(
+            "user {name}'s rights cannot be checked: this SQL store has no user table"
+        )));
+    };
+    let rec = users.user_after(index, name)?;
+    match crate::auth::Identity::permits_sql(name, rec.as_ref()) {
+        Ok(()) => Ok(None),
+        Err(Error::PermissionDenied(why)) => Ok(Some(why)),
+        Err(e) => Err(e),
     }
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn w(client_id: u64, seq: u64, request: Request) -> SqlWrite {
         client_id,
         seq,
         request,
+        user: None,
     }
 }
 
@@ -489,6 +490,11 @@ fn user_statements_cannot_reach_internals_or_connection_state() {
         ("CREATE VIEW v AS SELECT * FROM _paxosdb_meta", "internal"),
         ("SELECT * FROM \"_paxosdb_meta\"", "internal"),
         ("SELECT * FROM main.[_Paxosdb_meta]", "internal"),
+        ("ALTER TABLE _paxosdb_meta ADD COLUMN x", "internal"),
+        ("ALTER TABLE _paxosdb_reset RENAME TO mine", "internal"),
+        ("ALTER TABLE t RENAME TO _paxosdb_t", "internal"),
+        ("CREATE INDEX i ON _paxosdb_sessions (seq)", "internal"),
+        ("DROP INDEX _paxosdb_sessions_by_use", "internal"),
         ("ATTACH 'other.db' AS o", "ATTACH"),
         ("SELECT load_extension('x')", "load_extension"),
         ("PRAGMA foreign_keys = ON", "PRAGMA"),
@@ -540,6 +546,18 @@ fn user_statements_cannot_reach_internals_or_connection_state() {
     assert_eq!(q.results[1].rows.len(), 1);
     let q = s.query(&req(&["PRAGMA cache_size = 10"])).unwrap();
     assert!(err_of(&q.results[0]).contains("PRAGMA"));
+    // What the README says: the schema table still names them (SQLite cannot hide rows
+    // of it), which is why listing tools must skip `_paxosdb_*` themselves.
+    let names = rows(
+        &s,
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE '\\_paxosdb\\_%' \
+         ESCAPE '\\' ORDER BY name",
+    );
+    assert_eq!(
+        names,
+        ["_paxosdb_meta", "_paxosdb_reset", "_paxosdb_sessions"]
+            .map(|n| vec![Value::Text(n.into())])
+    );
 }
 
 #[test]

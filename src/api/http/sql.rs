@@ -136,7 +136,7 @@ async fn run(
         let (client_id, seq) = kv::session(h)?;
         *session = Some((client_id, seq));
         let r = service
-            .execute(req, Some(SqlSession { client_id, seq }))
+            .execute(req, Some(SqlSession { client_id, seq }), id.user.clone())
             .await?;
         (r, None)
     } else {
