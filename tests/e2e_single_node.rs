@@ -1,7 +1,9 @@
 //! A single-node database on real processes: one `paxosdb server` (a configuration of one
-//! member) serving every API and surviving kill -9 with every acknowledged write; growing
-//! online to three members and shrinking back to one under concurrent writers, without a
-//! restart of the first node and with every acknowledged write present at the end; and
+//! member) serving every API and surviving kill -9 with every acknowledged write; its
+//! linearizable reads served without a log entry (no fsync) and still reading every write
+//! before them; growing online to three members and shrinking back to one under
+//! concurrent writers, without a restart of the first node, with every acknowledged write
+//! present at the end and every read of a register linearizable throughout; and
 //! the README's single-node quickstart, its commands run exactly as written (with no flag
 //! at all on the first server) and each output it shows checked.
 
@@ -172,12 +174,215 @@ async fn one_node_serves_every_api_and_survives_kill_9() {
     c.client().put(b"after", b"restart", false).await.unwrap();
 }
 
+/// The count of fsynced log writes a node reports on `/metrics`.
+fn fsyncs(http: &str) -> u64 {
+    let text = http_client::get(http, "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("paxosdb_fsync_duration_seconds_count "))
+        .unwrap_or_else(|| panic!("no fsync count in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_on_one_node_take_no_fsync_and_read_your_writes() {
+    let c = Cluster::start(1).await;
+    let http = c.nodes[0].http_addr.clone();
+    let client = c.client();
+    sql_http(
+        &http,
+        "/db/execute",
+        r#"["CREATE TABLE ryw (id INTEGER PRIMARY KEY)"]"#,
+    );
+    let count_rows = || {
+        let r = sql_http(&http, "/db/query", r#"["SELECT count(*) FROM ryw"]"#);
+        r["results"][0]["values"][0][0].as_u64().unwrap()
+    };
+    let before = fsyncs(&http);
+    // Each write through one API, then read back linearizably through the others, at
+    // once: the reads answer from the node's state, which already holds the write.
+    const N: u64 = 30;
+    for i in 0..N {
+        let value = format!("v{i}");
+        if i % 2 == 0 {
+            client.put(b"ryw", value.as_bytes(), false).await.unwrap();
+        } else {
+            let r = http_client::put(&http, "/v1/kv/ryw", value.as_bytes());
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let (got, _) = client.get(b"ryw", false).await.unwrap();
+        assert_eq!(
+            got.unwrap().value,
+            value.as_bytes(),
+            "gRPC read after write {i}"
+        );
+        let r = http_client::get(&http, "/v1/kv/ryw");
+        assert_eq!(
+            r.json()["value"],
+            value,
+            "HTTP read after write {i}: {}",
+            r.text()
+        );
+        let body = format!(r#"[["INSERT INTO ryw(id) VALUES(?)", {i}]]"#);
+        sql_http(&http, "/db/execute", &body);
+        assert_eq!(count_rows(), i + 1, "SQL read after insert {i}");
+    }
+    // One fsync per write (2 per round), none per read (3 per round); a barrier per read
+    // would be 5 per round.
+    let spent = fsyncs(&http) - before;
+    assert!(
+        (2 * N..=2 * N + 3).contains(&spent),
+        "{spent} fsyncs for {} writes and {} linearizable reads",
+        2 * N,
+        3 * N
+    );
+    // Reads alone: not one fsync.
+    let before = fsyncs(&http);
+    const READS: u64 = 300;
+    for i in 0..READS {
+        let (got, _) = client.get(b"ryw", false).await.unwrap();
+        assert_eq!(got.unwrap().value, format!("v{}", N - 1).as_bytes());
+        if i % 10 == 0 {
+            assert_eq!(count_rows(), N);
+            let r = http_client::get(&http, "/v1/kv/ryw");
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let spent = fsyncs(&http) - before;
+    assert_eq!(
+        spent,
+        0,
+        "{spent} fsyncs for {} linearizable reads on a single node",
+        READS + READS / 5
+    );
+}
+
+/// A register checked for linearizable reads while the membership changes: one writer
+/// puts 1, 2, 3, ... under one key, each through the next node of `through` in turn;
+/// readers read the key through the nodes in another turn. A read must return at least
+/// the last number acknowledged before it began, or a number whose write's outcome was
+/// unknown (such a write may take effect late). Each number is written once.
+struct Register {
+    stop: Arc<AtomicBool>,
+    /// Clients of the nodes that currently serve, one each.
+    through: Arc<Mutex<Vec<paxosdb::client::Client>>>,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    unknown: Arc<Mutex<BTreeSet<u64>>>,
+    reads: Arc<std::sync::atomic::AtomicU64>,
+    violations: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const REGISTER: &[u8] = b"register";
+
+impl Register {
+    fn start(first: paxosdb::client::Client, readers: usize) -> Register {
+        let r = Register {
+            stop: Arc::default(),
+            through: Arc::new(Mutex::new(vec![first])),
+            acked: Arc::default(),
+            unknown: Arc::default(),
+            reads: Arc::default(),
+            violations: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let pick = |through: &Mutex<Vec<paxosdb::client::Client>>, i: usize| {
+            let t = through.lock().unwrap();
+            t[i % t.len()].clone()
+        };
+        let mut tasks = Vec::new();
+        {
+            let (stop, through, acked, unknown) = (
+                r.stop.clone(),
+                r.through.clone(),
+                r.acked.clone(),
+                r.unknown.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let c = pick(&through, n as usize);
+                    match c.put(REGISTER, n.to_string().as_bytes(), false).await {
+                        Ok(_) => acked.store(n, Ordering::SeqCst),
+                        Err(_) => {
+                            unknown.lock().unwrap().insert(n);
+                        }
+                    }
+                }
+            }));
+        }
+        for k in 0..readers {
+            let (stop, through, acked, unknown, reads, violations) = (
+                r.stop.clone(),
+                r.through.clone(),
+                r.acked.clone(),
+                r.unknown.clone(),
+                r.reads.clone(),
+                r.violations.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = k + 1;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let floor = acked.load(Ordering::SeqCst);
+                    let c = pick(&through, i);
+                    // An error (a node being removed, no leader yet) is no answer.
+                    let Ok((got, _)) = c.get(REGISTER, false).await else {
+                        continue;
+                    };
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    let n: u64 =
+                        got.map_or(0, |v| String::from_utf8(v.value).unwrap().parse().unwrap());
+                    if n < floor && !unknown.lock().unwrap().contains(&n) {
+                        violations.lock().unwrap().push(format!(
+                            "a read returned {n} after {floor} was acknowledged"
+                        ));
+                    }
+                }
+            }));
+        }
+        Register { tasks, ..r }
+    }
+
+    /// Reads and writes go through exactly the nodes of `clients` from now on.
+    fn through(&self, clients: Vec<paxosdb::client::Client>) {
+        *self.through.lock().unwrap() = clients;
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Stops; returns (acknowledged writes, answered reads), or fails on a stale read.
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let violations = self.violations.lock().unwrap();
+        assert!(
+            violations.is_empty(),
+            "{} reads were not linearizable, e.g. {:?}",
+            violations.len(),
+            &violations[..violations.len().min(5)]
+        );
+        (
+            self.acked.load(Ordering::SeqCst),
+            self.reads.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grows_from_one_to_three_and_back_under_writers() {
     let mut c = Cluster::start(1).await;
     let first_pid = c.nodes[0].child.as_ref().unwrap().id();
     // Writers through node 1, which stays a member throughout.
     let writers = Writers::start(c.client_for(1), 4, "g/");
+    // A register written and read through every serving node in turn.
+    let register = Register::start(c.client_for(1), 2);
     writers.wait_for(100, "writes while alone").await;
 
     for id in 2..=3u64 {
@@ -194,11 +399,19 @@ async fn grows_from_one_to_three_and_back_under_writers() {
             },
         )
         .await;
+        register.through((1..=id).map(|i| c.client_for(i)).collect());
         let n = writers.acked();
         writers
             .wait_for(n + 50, &format!("writes go on with {id} members"))
             .await;
     }
+    let n = register.acked();
+    eventually(
+        Duration::from_secs(30),
+        "register writes through three members",
+        || async { (register.acked() >= n + 20).then_some(()) },
+    )
+    .await;
     // The newest member holds everything acknowledged so far, read through it.
     let so_far = {
         let n = writers.acked();
@@ -208,6 +421,7 @@ async fn grows_from_one_to_three_and_back_under_writers() {
     assert!(so_far.len() >= 200, "{}", so_far.len());
 
     for id in [3u64, 2] {
+        register.through((1..id).map(|i| c.client_for(i)).collect());
         let out = cli(&c, 1, &["cluster", "remove-node", &id.to_string()]);
         assert!(!out.contains(&format!("{id}=127.")), "{out}");
         let c = &c;
@@ -226,6 +440,16 @@ async fn grows_from_one_to_three_and_back_under_writers() {
             .await;
     }
     assert_eq!(members_and_role(&c, 1).await, Some((1, "leader".into())));
+    let n = register.acked();
+    eventually(
+        Duration::from_secs(30),
+        "register writes alone again",
+        || async { (register.acked() >= n + 20).then_some(()) },
+    )
+    .await;
+    let (register_writes, register_reads) = register.finish().await;
+    println!("register: {register_writes} writes, {register_reads} linearizable reads checked");
+    assert!(register_reads >= 100, "{register_reads} register reads");
     let acked = writers.finish().await;
     let have = read_all(&c.client_for(1), "g/").await;
     assert_contains_all(&have, &acked);

@@ -15,7 +15,10 @@
 //! Invariants:
 //! - a write is answered only after its entry is decided (durable on a majority) and
 //!   applied here; a read only after a barrier entry proposed *after* the read arrived was
-//!   decided and applied here — so reads are linearizable on any node, leader or not;
+//!   decided and applied here — so reads are linearizable on any node, leader or not —
+//!   except on a node alone in its configuration whose state already holds every entry of
+//!   its log, which answers at once (no other node can have decided anything it has not:
+//!   see [`solo`]);
 //! - a waiter that is not answered within the request timeout gets
 //!   [`Error::OutcomeUnknown`] (writes) or [`Error::Unavailable`] (reads), never a failure;
 //! - undecided proposals are re-proposed after `repropose_ms` when something that can
@@ -424,6 +427,11 @@ impl<S: Storage<LogEntry>> Core<S> {
                 self.propose_change(add, remove, reply, now)
             }
             Event::Write { cmd, reply } => self.write(cmd, reply, None, now),
+            // Alone in its configuration, a node whose state already holds its whole log
+            // serves the read now, with no barrier entry and no fsync (see [`solo`]).
+            Event::ReadBarrier { reply } if self.serves_reads_locally() => {
+                let _ = reply.send(Ok(()));
+            }
             Event::ReadBarrier { reply } => {
                 self.reads.push((reply, now + self.cfg.request_timeout));
             }

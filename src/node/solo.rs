@@ -28,8 +28,46 @@
 //! so a leader always syncs it from entries its own log still holds, and it trims what
 //! it has seen decided every round, so it holds no more than the entries in flight.
 //!
+//! ## Linearizable reads without a log entry
+//!
+//! In a cluster a linearizable read waits for a barrier entry proposed after it arrived
+//! (one synced append on every node). A node alone in its configuration answers the read
+//! at once instead, from its state as it is when the read reaches the node thread
+//! ([`Core::serves_reads_locally`]), when all of these hold:
+//!
+//! 1. the membership in force has this node as its only member (the witness exists);
+//! 2. no stop sign is decided in this configuration;
+//! 3. its state machines have applied every entry of its log: the applied index reaches
+//!    the end of the *accepted* log, not merely the decided index.
+//!
+//! Otherwise the read takes the barrier path, as in a cluster. The argument is in the
+//! invariants below.
+//!
 //! # Invariants
 //!
+//! - A local read (the three conditions above) reflects every write acknowledged, by any
+//!   node, before the read began. Such a write was decided before the read reached the
+//!   node thread, in some configuration:
+//!   - not in a later one: a configuration after this one exists only once a stop sign
+//!     is decided in this one, and here every accept quorum includes this node and only
+//!     this node leads, so a stop sign is decided by this very thread; condition 2 says
+//!     none is (a node added by it learns its membership from a member's *applied*
+//!     state, later still). A stop sign proposed and not yet decided creates no
+//!     configuration; it sits in the accepted log, so condition 3 sends such a read
+//!     through the barrier anyway (alone, a stop sign is decided in the round it is
+//!     proposed, so this is rare);
+//!   - not in an earlier one without being applied here: an earlier configuration decides
+//!     nothing after its stop sign, and this node entered this configuration by applying
+//!     that stop sign (or installing a state that had);
+//!   - in this one: decided means accepted by a quorum, which includes this node, whose
+//!     accepted log is synced before anything is acknowledged; so the write lies below
+//!     the end of this node's accepted log, and condition 3 says it is applied. (The
+//!     decided index would not do: it is stored unsynced, and after a restart it can lie
+//!     below writes acknowledged before the crash until the node's leadership decides
+//!     its log again; until then, reads take the barrier path.)
+//! - Condition 1 is the same test as the witness's existence: with two or more members,
+//!   quorums can exclude this node, and every read takes a barrier.
+
 //! - A witness exists exactly while the membership in force has one member, this node
 //!   ([`paxos_nodes`] is the only place the OmniPaxos node list of a membership is made);
 //!   with two or more members everything is OmniPaxos' own between real peers.
@@ -41,7 +79,7 @@
 //! - It holds at most the entries not yet decided (it trims to its decided index every
 //!   exchange).
 
-use super::{compaction, quirks, CoreConfig};
+use super::{compaction, quirks, Core, CoreConfig};
 use crate::command::{LogEntry, NodeId};
 use crate::error::{Error, Result};
 use crate::membership::Membership;
@@ -69,6 +107,18 @@ pub fn witness_id(member: NodeId) -> NodeId {
 /// True when `m` is a configuration of this one node.
 pub(super) fn alone(m: &Membership, me: NodeId) -> bool {
     matches!(m.members.as_slice(), [only] if only.id == me)
+}
+
+impl<S: Storage<LogEntry>> Core<S> {
+    /// True when a linearizable read can be answered from this node's state as it is now,
+    /// without a barrier entry: it is alone in its configuration, no stop sign is decided,
+    /// and its state holds every entry of its log (see the module docs).
+    pub(super) fn serves_reads_locally(&self) -> bool {
+        self.witness.is_some()
+            && alone(&self.membership, self.cfg.id)
+            && self.paxos.is_reconfigured().is_none()
+            && self.sm.applied_index() >= self.global(self.paxos.get_accepted_idx())
+    }
 }
 
 /// The in-memory second node of a one-member configuration (see the module docs).
@@ -157,5 +207,181 @@ impl Witness {
             self.paxos
                 .handle_incoming(compaction::local_trim(self.id, decided as u64));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CompactionPolicy, Core, CoreConfig, Event, Network};
+    use crate::command::{KvCommand, LogEntry, WriteOp};
+    use crate::config::Member;
+    use crate::kv::KvStore;
+    use crate::machine::StateMachine;
+    use crate::storage::rocks::RocksStorage;
+    use omnipaxos::ballot_leader_election::Ballot;
+    use omnipaxos::messages::Message;
+    use omnipaxos::storage::Storage;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    use tokio::sync::oneshot;
+
+    /// The network of a node alone: it must never be used (the witness's messages stay in
+    /// the process); what is sent anyway is kept for the assertion.
+    #[derive(Clone, Default)]
+    struct Nobody(Arc<Mutex<Vec<String>>>);
+
+    impl Network for Nobody {
+        fn send(&self, msg: Message<LogEntry>) {
+            self.0.lock().unwrap().push(format!("{msg:?}"));
+        }
+    }
+
+    fn config() -> CoreConfig {
+        CoreConfig {
+            id: 1,
+            members: vec![Member {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+            }],
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            request_timeout: Duration::from_secs(60),
+            repropose_after: Duration::from_secs(60),
+            max_batch_commands: 16,
+            max_batch_bytes: 1 << 20,
+            first_batch_id: 1,
+            compaction: CompactionPolicy::OFF,
+        }
+    }
+
+    fn put(seq: u64, key: &str) -> crate::machine::Command {
+        KvCommand {
+            client_id: 7,
+            seq,
+            op: WriteOp::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                return_prev: false,
+            },
+            user: None,
+        }
+        .encode()
+    }
+
+    /// A single node's log, state and core on a real RocksDB in `dir`.
+    fn open(dir: &std::path::Path) -> (RocksStorage, KvStore) {
+        let db = crate::storage::db::open_db(dir).unwrap();
+        (
+            RocksStorage::open(db.clone()).unwrap(),
+            KvStore::open(db).unwrap(),
+        )
+    }
+
+    fn read(core: &mut Core<RocksStorage>) -> oneshot::Receiver<crate::Result<()>> {
+        let (reply, rx) = oneshot::channel();
+        core.handle(Event::ReadBarrier { reply }, Instant::now());
+        rx
+    }
+
+    #[test]
+    fn a_lone_node_answers_a_read_at_once_without_a_log_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, kv) = open(dir.path());
+        let net = Nobody::default();
+        let mut core = Core::new(
+            config(),
+            storage,
+            Box::new(kv.clone()),
+            Box::new(net.clone()),
+        )
+        .unwrap();
+        let mut writes = Vec::new();
+        for seq in 1..=3 {
+            let (reply, rx) = oneshot::channel();
+            core.handle(
+                Event::Write {
+                    cmd: put(seq, &format!("k{seq}")),
+                    reply,
+                },
+                Instant::now(),
+            );
+            writes.push(rx);
+        }
+        core.step(Instant::now());
+        for mut rx in writes {
+            assert!(
+                matches!(rx.try_recv(), Ok(Ok(_))),
+                "a write decided in one round"
+            );
+        }
+        let before = core.status();
+        // Answered in `handle`, before any round: no entry, so no fsync.
+        for _ in 0..10 {
+            let mut rx = read(&mut core);
+            assert!(matches!(rx.try_recv(), Ok(Ok(()))));
+        }
+        core.step(Instant::now());
+        let after = core.status();
+        assert_eq!(
+            after.decided_index, before.decided_index,
+            "no barrier entry"
+        );
+        assert_eq!(kv.get(b"k3").unwrap().0.unwrap().value, b"v");
+        assert!(
+            net.0.lock().unwrap().is_empty(),
+            "{:?}",
+            net.0.lock().unwrap()
+        );
+    }
+
+    /// After a crash the decided index (stored unsynced) and the state can lie below
+    /// entries the node accepted, synced and may have acknowledged: a read must not be
+    /// answered from that state, but wait for its log to be decided and applied again.
+    #[test]
+    fn after_a_restart_a_read_waits_for_the_whole_accepted_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut storage, kv) = open(dir.path());
+        // What a power loss can leave: three entries accepted in the node's own round and
+        // synced, the decided index and the applied state not.
+        let ballot = Ballot::with(1, 1, 0, 1);
+        storage.set_promise(ballot).unwrap();
+        storage.set_accepted_round(ballot).unwrap();
+        let entries: Vec<LogEntry> = (1..=3)
+            .map(|seq| LogEntry {
+                proposer: 1,
+                batch_id: 100 + seq,
+                commands: vec![put(seq, &format!("k{seq}"))],
+            })
+            .collect();
+        storage.append_entries(entries).unwrap();
+        assert_eq!(storage.get_decided_idx().unwrap(), 0);
+        assert_eq!(kv.applied_index(), 0);
+
+        let mut core = Core::new(
+            config(),
+            storage,
+            Box::new(kv.clone()),
+            Box::new(Nobody::default()),
+        )
+        .unwrap();
+        let mut rx = read(&mut core);
+        assert!(
+            rx.try_recv().is_err(),
+            "a read answered from a state that lacks the accepted log"
+        );
+        let mut answer = None;
+        for _ in 0..10 {
+            core.step(Instant::now());
+            if let Ok(a) = rx.try_recv() {
+                answer = Some(a);
+                break;
+            }
+        }
+        assert!(matches!(answer, Some(Ok(()))), "{answer:?}");
+        assert!(core.status().applied_index >= 3, "{:?}", core.status());
+        assert_eq!(kv.get(b"k3").unwrap().0.unwrap().value, b"v");
+        // Once the state holds the log again, reads are answered at once.
+        let mut rx = read(&mut core);
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))));
     }
 }
