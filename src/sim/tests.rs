@@ -308,6 +308,20 @@ fn stale_reads_are_caught_by_the_linearizability_check() {
     );
 }
 
+/// A leader that serves reads at its decided index without a quorum's acks answers from
+/// its own state after another node became leader: the new leader's writes are missing
+/// (seed 22: the bank's total read, by a follower that asked the deposed leader).
+#[test]
+fn reads_confirmed_without_a_quorum_are_caught() {
+    let f = caught_in(Bug::UnconfirmedReads, 22..23, config_for);
+    assert_eq!(f.kind, Kind::TransferLost, "{f}");
+    assert_eq!(
+        f.reason,
+        "bank: transfer 5000000006, acknowledged at event 39, is missing (read on node 3 \
+         called at event 44)"
+    );
+}
+
 /// Without duplicate suppression, a write retried after a lost answer, or re-proposed by
 /// its node after `repropose_after`, applies twice. A register model cannot see that (a
 /// put applied twice leaves the same value); the set workload's appends can (seed 2:
