@@ -135,8 +135,8 @@ impl Reads {
 
 impl<S: Storage<LogEntry>> Core<S> {
     /// Bug injection: this node, as leader, serves reads at its decided index without a
-    /// quorum's acks.
-    #[cfg(test)]
+    /// quorum's acks (the simulation's `Bug::UnconfirmedReads`).
+    #[cfg(all(test, feature = "test-machinery"))]
     pub(crate) fn inject_unconfirmed_reads(&mut self) {
         self.reads.unconfirmed = true;
     }
