@@ -93,13 +93,6 @@ impl<S: Storage<LogEntry>> Core<S> {
                 }
             }
         }
-        if entry.proposer == self.cfg.id {
-            if let Some(b) = self.barriers.remove(&entry.batch_id) {
-                for (reply, _) in b.replies {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-        }
         Ok(())
     }
 

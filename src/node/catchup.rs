@@ -134,14 +134,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             }
         }
         self.to_propose.clear();
-        let reads = std::mem::take(&mut self.reads).into_iter().chain(
-            std::mem::take(&mut self.barriers)
-                .into_values()
-                .flat_map(|b| b.replies),
-        );
-        for (reply, _) in reads {
-            let _ = reply.send(Err(Error::Unavailable(why.clone())));
-        }
+        self.fail_reads(&why);
     }
 
     /// The state fetch ended: install the staged state and restart OmniPaxos on a log that

@@ -55,6 +55,22 @@ pub enum Note {
     /// The sender's log starts at `compacted`, above the receiver's decided index: the
     /// receiver must fetch the sender's state (a state transfer) to catch up.
     NeedState { compacted: u64 },
+    /// The leader's read round `id` under `ballot` (see `reads`): ack it if you promised
+    /// exactly that ballot.
+    ReadProbe {
+        id: u64,
+        ballot: omnipaxos::ballot_leader_election::Ballot,
+    },
+    /// The answer to a [`Note::ReadProbe`] by a member still promised to its ballot.
+    ReadAck {
+        id: u64,
+        ballot: omnipaxos::ballot_leader_election::Ballot,
+    },
+    /// A follower asks the leader for a read index (its ask `id`).
+    ReadAsk { id: u64 },
+    /// The leader's confirmed read index for ask `id`: reads may be answered once the
+    /// asker has applied `index` entries.
+    ReadIndex { id: u64, index: u64 },
 }
 
 /// Decides how far this node trims its log.

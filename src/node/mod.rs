@@ -5,20 +5,21 @@
 //! Requests, peer messages and reconnect notices arrive as [`Event`]s on one channel; the
 //! loop drains it, ticks OmniPaxos on a fixed period, and then:
 //!
-//! 1. **batches** every write and read waiting since the last round into one [`LogEntry`]
-//!    and appends it — one log entry, so one synced write on every node, serves them all
+//! 1. **batches** every write waiting since the last round into one [`LogEntry`] and
+//!    appends it — one log entry, so one synced write on every node, serves them all
 //!    (group commit); while that fsync runs, the next batch accumulates;
 //! 2. sends OmniPaxos' outgoing messages through the [`Network`];
-//! 3. **applies** newly decided entries in order and answers the waiters whose command or
-//!    read barrier was in them.
+//! 3. **applies** newly decided entries in order and answers the waiters whose command
+//!    was in them;
+//! 4. starts a **read round** for the linearizable reads that arrived (or asks the leader
+//!    for one), and answers the reads whose read index is applied (see [`reads`]: no log
+//!    entry, no disk write).
 //!
 //! Invariants:
 //! - a write is answered only after its entry is decided (durable on a majority) and
-//!   applied here; a read only after a barrier entry proposed *after* the read arrived was
-//!   decided and applied here — so reads are linearizable on any node, leader or not —
-//!   except on a node alone in its configuration whose state already holds every entry of
-//!   its log, which answers at once (no other node can have decided anything it has not:
-//!   see [`solo`]);
+//!   applied here; a read only after this node applied a read index that a majority
+//!   confirmed after the read arrived — so reads are linearizable on any node, leader or
+//!   not;
 //! - a waiter that is not answered within the request timeout gets
 //!   [`Error::OutcomeUnknown`] (writes) or [`Error::Unavailable`] (reads), never a failure;
 //! - undecided proposals are re-proposed after `repropose_ms` when something that can
@@ -50,6 +51,7 @@ mod compaction;
 mod handle;
 mod paxos;
 mod quirks;
+mod reads;
 mod reconfig;
 mod solo;
 
@@ -172,11 +174,6 @@ struct WriteWaiter {
     _tickets: Vec<admission::Ticket>,
 }
 
-struct Barrier {
-    replies: Vec<(oneshot::Sender<Result<()>>, Instant)>,
-    proposed_at: Instant,
-}
-
 /// A membership change this node proposed, waiting for its stop sign to be applied.
 struct PendingChange {
     /// The configuration id it creates.
@@ -204,10 +201,8 @@ pub struct Core<S: Storage<LogEntry>> {
     writes: BTreeMap<WriteKey, WriteWaiter>,
     /// Sessions waiting to go into the next batch, in arrival order.
     to_propose: Vec<WriteKey>,
-    /// Reads waiting for the next batch.
-    reads: Vec<(oneshot::Sender<Result<()>>, Instant)>,
-    /// Batches this node proposed that carry read barriers, by batch id.
-    barriers: BTreeMap<u64, Barrier>,
+    /// Linearizable reads, from arrival to answer (see [`reads`]).
+    reads: reads::Reads,
     next_batch_id: u64,
     outgoing: Vec<Message<LogEntry>>,
     /// Gauges updated once per round, when set (a server sets it; simulations need not).
@@ -258,6 +253,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         net.set_membership(&membership);
         Ok(Core {
             next_batch_id: cfg.first_batch_id,
+            reads: reads::Reads::new(cfg.first_batch_id.rotate_left(32)),
             cfg,
             paxos,
             witness,
@@ -265,8 +261,6 @@ impl<S: Storage<LogEntry>> Core<S> {
             net,
             writes: BTreeMap::new(),
             to_propose: Vec::new(),
-            reads: Vec::new(),
-            barriers: BTreeMap::new(),
             outgoing: Vec::new(),
             metrics: None,
             trimmer: compaction::Trimmer::default(),
@@ -332,6 +326,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         self.propose(now);
         self.flush_outgoing();
         self.apply_decided();
+        self.tend_reads(now);
         self.flush_outgoing();
         if let Some(m) = &self.metrics {
             let leader = self.paxos.get_current_leader();
@@ -415,6 +410,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             Event::Note { from, note } => match note {
                 Note::Progress { applied, .. } => self.trimmer.peer_progress(from, applied),
                 Note::NeedState { compacted } => self.need_state(from, compacted, now),
+                note => self.read_note(from, note),
             },
             Event::StateFetched(res) => self.state_fetched(res),
             Event::Write { reply, .. } if self.silenced().is_some() => {
@@ -427,14 +423,7 @@ impl<S: Storage<LogEntry>> Core<S> {
                 self.propose_change(add, remove, reply, now)
             }
             Event::Write { cmd, reply } => self.write(cmd, reply, None, now),
-            // Alone in its configuration, a node whose state already holds its whole log
-            // serves the read now, with no barrier entry and no fsync (see [`solo`]).
-            Event::ReadBarrier { reply } if self.serves_reads_locally() => {
-                let _ = reply.send(Ok(()));
-            }
-            Event::ReadBarrier { reply } => {
-                self.reads.push((reply, now + self.cfg.request_timeout));
-            }
+            Event::ReadBarrier { reply } => self.read_arrived(reply, now),
             Event::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -555,38 +544,12 @@ impl<S: Storage<LogEntry>> Core<S> {
             true
         });
         self.to_propose.extend(overdue);
-        let mut again = Vec::new();
-        self.barriers.retain(|id, b| {
-            let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut b.replies)
-                .into_iter()
-                .partition(|(_, deadline)| *deadline <= now);
-            b.replies = live;
-            for (reply, _) in expired {
-                let _ = reply.send(Err(Error::Unavailable(
-                    "could not confirm a quorum for a linearizable read in time".into(),
-                )));
-            }
-            if b.replies.is_empty() {
-                return false;
-            }
-            if now.duration_since(b.proposed_at) >= repropose {
-                b.proposed_at = now;
-                again.push(*id);
-            }
-            true
-        });
-        for id in again {
-            self.append(LogEntry {
-                proposer: self.cfg.id,
-                batch_id: id,
-                commands: vec![],
-            });
-        }
+        self.expire_reads(now);
     }
 
-    /// Appends the waiting writes and reads as as few entries as the limits allow.
+    /// Appends the waiting writes as as few entries as the limits allow.
     fn propose(&mut self, now: Instant) {
-        if self.to_propose.is_empty() && self.reads.is_empty() {
+        if self.to_propose.is_empty() {
             return;
         }
         let mut keys = std::mem::take(&mut self.to_propose).into_iter().peekable();
@@ -616,15 +579,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             }
             let batch_id = self.next_batch_id;
             self.next_batch_id = self.next_batch_id.wrapping_add(1);
-            if first && !self.reads.is_empty() {
-                self.barriers.insert(
-                    batch_id,
-                    Barrier {
-                        replies: std::mem::take(&mut self.reads),
-                        proposed_at: now,
-                    },
-                );
-            } else if commands.is_empty() {
+            if commands.is_empty() {
                 break;
             }
             first = false;

@@ -148,14 +148,7 @@ impl<S: Storage<LogEntry>> Core<S> {
                 self.to_propose.push(*key);
             }
         }
-        let barriers: Vec<u64> = self.barriers.keys().copied().collect();
-        for batch_id in barriers {
-            self.append(LogEntry {
-                proposer: self.cfg.id,
-                batch_id,
-                commands: vec![],
-            });
-        }
+        self.reads_enter_config();
     }
 }
 

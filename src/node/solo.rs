@@ -30,44 +30,15 @@
 //!
 //! ## Linearizable reads without a log entry
 //!
-//! In a cluster a linearizable read waits for a barrier entry proposed after it arrived
-//! (one synced append on every node). A node alone in its configuration answers the read
-//! at once instead, from its state as it is when the read reaches the node thread
-//! ([`Core::serves_reads_locally`]), when all of these hold:
-//!
-//! 1. the membership in force has this node as its only member (the witness exists);
-//! 2. no stop sign is decided in this configuration;
-//! 3. its state machines have applied every entry of its log: the applied index reaches
-//!    the end of the *accepted* log, not merely the decided index.
-//!
-//! Otherwise the read takes the barrier path, as in a cluster. The argument is in the
-//! invariants below.
+//! A linearizable read takes no log entry anywhere (see [`super::reads`]): the leader's
+//! read round is confirmed by a majority of the members, and a node alone is its own
+//! majority, so its round is confirmed at once. The read index is the end of the
+//! node's *accepted* log, not its decided index: the decided index is stored unsynced,
+//! and after a restart it can lie below writes acknowledged before the crash until the
+//! node's leadership decides its log again; a read arriving then waits for that.
 //!
 //! # Invariants
 //!
-//! - A local read (the three conditions above) reflects every write acknowledged, by any
-//!   node, before the read began. Such a write was decided before the read reached the
-//!   node thread, in some configuration:
-//!   - not in a later one: a configuration after this one exists only once a stop sign
-//!     is decided in this one, and here every accept quorum includes this node and only
-//!     this node leads, so a stop sign is decided by this very thread; condition 2 says
-//!     none is (a node added by it learns its membership from a member's *applied*
-//!     state, later still). A stop sign proposed and not yet decided creates no
-//!     configuration; it sits in the accepted log, so condition 3 sends such a read
-//!     through the barrier anyway (alone, a stop sign is decided in the round it is
-//!     proposed, so this is rare);
-//!   - not in an earlier one without being applied here: an earlier configuration decides
-//!     nothing after its stop sign, and this node entered this configuration by applying
-//!     that stop sign (or installing a state that had);
-//!   - in this one: decided means accepted by a quorum, which includes this node, whose
-//!     accepted log is synced before anything is acknowledged; so the write lies below
-//!     the end of this node's accepted log, and condition 3 says it is applied. (The
-//!     decided index would not do: it is stored unsynced, and after a restart it can lie
-//!     below writes acknowledged before the crash until the node's leadership decides
-//!     its log again; until then, reads take the barrier path.)
-//! - Condition 1 is the same test as the witness's existence: with two or more members,
-//!   quorums can exclude this node, and every read takes a barrier.
-
 //! - A witness exists exactly while the membership in force has one member, this node
 //!   ([`paxos_nodes`] is the only place the OmniPaxos node list of a membership is made);
 //!   with two or more members everything is OmniPaxos' own between real peers.
@@ -107,18 +78,6 @@ pub fn witness_id(member: NodeId) -> NodeId {
 /// True when `m` is a configuration of this one node.
 pub(super) fn alone(m: &Membership, me: NodeId) -> bool {
     matches!(m.members.as_slice(), [only] if only.id == me)
-}
-
-impl<S: Storage<LogEntry>> Core<S> {
-    /// True when a linearizable read can be answered from this node's state as it is now,
-    /// without a barrier entry: it is alone in its configuration, no stop sign is decided,
-    /// and its state holds every entry of its log (see the module docs).
-    pub(super) fn serves_reads_locally(&self) -> bool {
-        self.witness.is_some()
-            && alone(&self.membership, self.cfg.id)
-            && self.paxos.is_reconfigured().is_none()
-            && self.sm.applied_index() >= self.global(self.paxos.get_accepted_idx())
-    }
 }
 
 /// The in-memory second node of a one-member configuration (see the module docs).
@@ -284,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_node_answers_a_read_at_once_without_a_log_entry() {
+    fn a_lone_node_answers_a_read_in_its_round_without_a_log_entry() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, kv) = open(dir.path());
         let net = Nobody::default();
@@ -315,12 +274,12 @@ mod tests {
             );
         }
         let before = core.status();
-        // Answered in `handle`, before any round: no entry, so no fsync.
-        for _ in 0..10 {
-            let mut rx = read(&mut core);
+        // Answered in the next round, which appends nothing: no entry, so no fsync.
+        let mut reads: Vec<_> = (0..10).map(|_| read(&mut core)).collect();
+        core.step(Instant::now());
+        for rx in &mut reads {
             assert!(matches!(rx.try_recv(), Ok(Ok(()))));
         }
-        core.step(Instant::now());
         let after = core.status();
         assert_eq!(
             after.decided_index, before.decided_index,
@@ -380,8 +339,9 @@ mod tests {
         assert!(matches!(answer, Some(Ok(()))), "{answer:?}");
         assert!(core.status().applied_index >= 3, "{:?}", core.status());
         assert_eq!(kv.get(b"k3").unwrap().0.unwrap().value, b"v");
-        // Once the state holds the log again, reads are answered at once.
+        // Once the state holds the log again, a read is answered in the next round.
         let mut rx = read(&mut core);
+        core.step(Instant::now());
         assert!(matches!(rx.try_recv(), Ok(Ok(()))));
     }
 }

@@ -140,6 +140,11 @@ pub enum Bug {
     /// version (`KvStore::split_multi_put`). Test builds only.
     #[cfg(test)]
     SplitMultiPut,
+    /// Every node's leader confirms its read rounds without any member's ack, at its
+    /// decided index (a leader that a partition deposed goes on serving reads from its own
+    /// state, see `node::reads`). Test builds only: the switch exists only there.
+    #[cfg(test)]
+    UnconfirmedReads,
     /// Every node's state machine ignores sessions (`KvStore::no_dedup`): a retried or
     /// re-proposed write applies again. Test builds only: the switch exists only there.
     #[cfg(test)]

@@ -529,6 +529,10 @@ impl World {
         node.joining = None;
         node.joined = true;
         core.set_reopen(Box::new(move || Ok(SimStorage(durable.clone()))));
+        #[cfg(test)]
+        if self.cfg.bug == Some(Bug::UnconfirmedReads) {
+            core.inject_unconfirmed_reads();
+        }
         node.core = Some(core);
         node.kv = Some(kv);
         node.sql = Some(sql_reader);
