@@ -93,6 +93,8 @@ mod world;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transfer_loop;
 
 pub use checks::{
     common_prefix, decided_durable, linearizable, replicas_equal, set_valid, DecidedMonotonic,
