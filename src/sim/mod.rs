@@ -212,6 +212,10 @@ pub fn tiny_policy(seed: u64) -> CompactionPolicy {
         } else {
             u64::MAX
         },
+        // No transfer holds: the campaign's seeds replay as before (`transfer_loop` runs
+        // seeds with holds).
+        hold_bytes: 0,
+        hold_for: std::time::Duration::ZERO,
     }
 }
 
