@@ -268,6 +268,10 @@ impl Config {
             every_entries: self.compact_every_entries,
             keep_entries: self.log_keep_entries,
             keep_bytes: self.log_keep_bytes(),
+            // A fetched state is synced from the held log in one message, which must fit
+            // in a frame (see `node::compaction`, "Transfer holds").
+            hold_bytes: self.max_frame_bytes as u64 / 2,
+            hold_for: crate::node::HOLD_FOR,
         }
     }
 

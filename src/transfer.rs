@@ -8,6 +8,8 @@
 //! end with counts and a digest over everything), framed as [`Frame::Part`]s tagged with
 //! the machine, then [`Frame::Done`]; the fetching node hands each part to that machine's
 //! importer, which stages it as it arrives. The transfer layer never decodes a part.
+//! Meanwhile the members hold their logs from the state's index (transfer holds, see
+//! `node::compaction`), so that the node follows the log once the state is installed.
 //!
 //! Invariants:
 //! - neither side holds the whole state in memory: the exporter runs on a blocking thread

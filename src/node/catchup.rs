@@ -4,6 +4,15 @@
 //! `crate::transfer`.)
 //!
 //! All indexes here are global (counting across configurations) unless named local.
+//!
+//! Invariants:
+//! - nothing is trimmed past the applied index, past what the [`compaction::Trimmer`]
+//!   allows, or (by a peer's oversized sync) past a transfer hold;
+//! - a node fetching a state is silent for consensus and answers no request; while it
+//!   fetches, it tells every member the index the state is at or above
+//!   ([`compaction::Note::Fetching`]), so that they hold their logs from there;
+//! - a fetched state is installed only if it is ahead of this node's, and then OmniPaxos
+//!   restarts on a log that starts where the state ends.
 
 use super::{compaction, Core};
 use crate::command::{LogEntry, NodeId};
@@ -17,7 +26,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         if let Some(why) = &self.removed {
             return Some(Error::Unavailable(why.clone()));
         }
-        self.catching_up.map(|(p, _)| {
+        self.catching_up.map(|(p, _, _)| {
             Error::Unavailable(format!(
                 "this node is catching up by fetching node {p}'s state; another node can \
                  serve this now"
@@ -25,8 +34,8 @@ impl<S: Storage<LogEntry>> Core<S> {
         })
     }
 
-    /// Trims the log as far as the compaction policy allows.
-    pub(super) fn maybe_trim(&mut self) {
+    /// Trims the log as far as the compaction policy (and the transfer holds) allow.
+    pub(super) fn maybe_trim(&mut self, now: Instant) {
         if self.silenced().is_some() {
             return;
         }
@@ -42,7 +51,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             .filter(|&p| p != id);
         if let Some(to) = self
             .trimmer
-            .target(&self.cfg.compaction, peers, applied, compacted)
+            .target(&self.cfg.compaction, peers, applied, compacted, now)
         {
             // Every machine's applied state must outlive the entries trimmed here.
             if let Err(e) = self.sm.make_durable() {
@@ -63,7 +72,8 @@ impl<S: Storage<LogEntry>> Core<S> {
 
     /// A message to `peer` was over the frame limit: the log it needs (a sync from its
     /// decided index) is too long to send. Trim ours up to what this node applied — only
-    /// peers that are behind needed those entries, and they get the state instead — and
+    /// peers that are behind needed those entries, and they get the state instead — but
+    /// not past a transfer hold (another peer's fetched state is synced from there), and
     /// tell `peer` to fetch our state.
     pub(super) fn too_far_behind(&mut self, peer: NodeId) {
         if self.silenced().is_some() {
@@ -71,15 +81,19 @@ impl<S: Storage<LogEntry>> Core<S> {
         }
         let base = self.membership.base;
         let applied = self.sm.applied_index();
+        let to = self
+            .trimmer
+            .hold_floor()
+            .map_or(applied, |h| h.min(applied));
         let compacted = self.global(self.paxos.get_compacted_idx());
-        if applied > compacted {
+        if to > compacted {
             // Every machine's applied state must outlive the entries trimmed here.
             if let Err(e) = self.sm.make_durable() {
                 tracing::error!("not trimming the log: the applied state is not durable: {e}");
                 return;
             }
             self.paxos
-                .handle_incoming(compaction::local_trim(self.cfg.id, applied - base));
+                .handle_incoming(compaction::local_trim(self.cfg.id, to - base));
             let now_compacted = self.global(self.paxos.get_compacted_idx());
             self.trimmer.trimmed(now_compacted);
             tracing::warn!(
@@ -95,7 +109,8 @@ impl<S: Storage<LogEntry>> Core<S> {
     }
 
     /// A peer's log (or configuration) starts at `compacted`, above our decided index:
-    /// fetch its state.
+    /// fetch its state, and ask every member to hold its log from `compacted` meanwhile
+    /// (the state fetched is at or above it; see `compaction`, "Transfer holds").
     pub(super) fn need_state(&mut self, from: NodeId, compacted: u64, now: Instant) {
         let decided = self.global(self.paxos.get_decided_idx());
         if decided >= compacted || self.silenced().is_some() {
@@ -114,9 +129,25 @@ impl<S: Storage<LogEntry>> Core<S> {
             peer_compacted = compacted,
             "this node is behind the peer's compacted log: fetching its state"
         );
-        self.catching_up = Some((from, now));
+        self.catching_up = Some((from, now, compacted));
         self.fail_waiters();
+        self.announce_fetch();
         self.net.fetch_state(from);
+    }
+
+    /// Tells every other member the index the state this node fetches is at or above
+    /// ([`compaction::Note::Fetching`]), while it fetches one (unless its policy has no
+    /// transfer holds: it then neither asks for them nor grants them).
+    pub(super) fn announce_fetch(&self) {
+        let Some((_, _, index)) = self.catching_up else {
+            return;
+        };
+        if self.cfg.compaction.hold_bytes == 0 {
+            return;
+        }
+        for p in (self.membership.ids().into_iter()).filter(|&p| p != self.cfg.id) {
+            self.net.send_note(p, compaction::Note::Fetching { index });
+        }
     }
 
     /// Answers every waiting request: this node stops serving for now.
@@ -140,7 +171,7 @@ impl<S: Storage<LogEntry>> Core<S> {
     /// The state fetch ended: install the staged state and restart OmniPaxos on a log that
     /// starts where it ends (in the configuration the state records).
     pub(super) fn state_fetched(&mut self, res: Result<u64>) {
-        let Some((from, started)) = self.catching_up.take() else {
+        let Some((from, started, _)) = self.catching_up.take() else {
             return;
         };
         let current = self.sm.applied_index();

@@ -34,7 +34,10 @@
 //!   silent for consensus, the host fetches the state into a staging area, and the core
 //!   installs it atomically, then restarts OmniPaxos on a log that starts where the
 //!   installed state ends. A crash between the two steps is finished at the next start
-//!   (an applied index above the decided one means "reset the log to it");
+//!   (an applied index above the decided one means "reset the log to it"). Meanwhile
+//!   the members hold their logs from the fetched state's index, within a cap of bytes
+//!   and time, so that the node follows the log once the state is installed (transfer
+//!   holds, see [`compaction`]);
 //! - membership changes are stop signs in the log; applying one records the next
 //!   membership in the state machine and restarts OmniPaxos in the next configuration on a
 //!   fresh log (see [`reconfig`] and [`paxos`]). Applied indexes are global: they keep
@@ -55,7 +58,7 @@ mod reads;
 mod reconfig;
 mod solo;
 
-pub use compaction::{CompactionPolicy, Note};
+pub use compaction::{CompactionPolicy, Note, HOLD_FOR};
 pub use handle::{
     Consistency, NodeHandle, NodeRole, NodeStatus, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT,
 };
@@ -209,8 +212,10 @@ pub struct Core<S: Storage<LogEntry>> {
     metrics: Option<Arc<Metrics>>,
     trimmer: compaction::Trimmer,
     ticks: u64,
-    /// Set while this node fetches a peer's state: the peer and when it started.
-    catching_up: Option<(NodeId, Instant)>,
+    /// Set while this node fetches a peer's state: the peer, when it started, and the
+    /// index the state is at or above (the peer's compacted index; see
+    /// [`Note::Fetching`]).
+    catching_up: Option<(NodeId, Instant, u64)>,
     /// When the last message from the leader we know arrived (freshness-bounded reads).
     leader_contact: Option<Instant>,
     reopen: Option<Reopen<S>>,
@@ -357,10 +362,13 @@ impl<S: Storage<LogEntry>> Core<S> {
             {
                 self.net.send_note(p, note.clone());
             }
+            // A fetch under way says so again (a member that restarted, or lost the
+            // first note, learns to hold its log for it).
+            self.announce_fetch();
         }
         self.on_tick(now);
         self.tend_change(now);
-        self.maybe_trim();
+        self.maybe_trim(now);
     }
 
     /// Handles one event received at `now`; false means stop.
@@ -410,6 +418,9 @@ impl<S: Storage<LogEntry>> Core<S> {
             Event::Note { from, note } => match note {
                 Note::Progress { applied, .. } => self.trimmer.peer_progress(from, applied),
                 Note::NeedState { compacted } => self.need_state(from, compacted, now),
+                Note::Fetching { index } => {
+                    self.trimmer.hold(&self.cfg.compaction, from, index, now)
+                }
                 note => self.read_note(from, note),
             },
             Event::StateFetched(res) => self.state_fetched(res),
@@ -484,7 +495,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             decided_index: self.global(self.paxos.get_decided_idx()),
             applied_index: self.sm.applied_index(),
             compacted_index: self.global(self.paxos.get_compacted_idx()),
-            catching_up_from: self.catching_up.map(|(p, _)| p),
+            catching_up_from: self.catching_up.map(|(p, _, _)| p),
             membership: self.membership.clone(),
             leader_contact: match role {
                 NodeRole::Follower => self.leader_contact,

@@ -305,7 +305,7 @@ impl<S: Storage<LogEntry>> Core<S> {
                     self.answer_reads();
                 }
             }
-            Note::Progress { .. } | Note::NeedState { .. } => {}
+            Note::Progress { .. } | Note::NeedState { .. } | Note::Fetching { .. } => {}
         }
     }
 

@@ -50,7 +50,7 @@
 //! - It holds at most the entries not yet decided (it trims to its decided index every
 //!   exchange).
 
-use super::{compaction, quirks, Core, CoreConfig};
+use super::{compaction, quirks, CoreConfig};
 use crate::command::{LogEntry, NodeId};
 use crate::error::{Error, Result};
 use crate::membership::Membership;

@@ -96,6 +96,8 @@ mod world;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transfer_loop;
 
 pub use checks::{
     common_prefix, decided_durable, linearizable, replicas_equal, set_valid, DecidedMonotonic,
@@ -218,6 +220,10 @@ pub fn tiny_policy(seed: u64) -> CompactionPolicy {
         } else {
             u64::MAX
         },
+        // No transfer holds: the campaign's seeds replay as before (`transfer_loop` runs
+        // seeds with holds).
+        hold_bytes: 0,
+        hold_for: std::time::Duration::ZERO,
     }
 }
 
