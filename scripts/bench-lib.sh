@@ -12,7 +12,9 @@
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
-PAXOSDB="$CARGO_TARGET_DIR/release/paxosdb"
+# BENCH_BIN: a paxosdb binary to run instead of building the release one (e.g. to try a
+# script quickly with a debug build; its figures are not the release build's).
+PAXOSDB=${BENCH_BIN:-"$CARGO_TARGET_DIR/release/paxosdb"}
 BASE=${BENCH_BASE_PORT:-17400}
 NODES=${BENCH_NODES:-3}
 if [[ -n "${BENCH_DIR:-}" ]]; then
@@ -31,6 +33,10 @@ ENDPOINTS=${ENDPOINTS%,}
 export PAXOSDB_ENDPOINTS=$ENDPOINTS
 
 build() {
+    if [[ -n "${BENCH_BIN:-}" ]]; then
+        echo "using $BENCH_BIN (BENCH_BIN), not a release build"
+        return 0
+    fi
     echo "building the release binary ..."
     cargo build --release --quiet
 }
@@ -235,7 +241,7 @@ redis_bench() {
             if ($(i+1) == "requests") ops = $i
             if ($i ~ /^p50=/) { p = $i; sub("p50=", "", p) }
         }
-    } END { printf "%s %s %s\n", (ops == "" ? 0 : ops), (p == "" ? "-" : p), n }' <<<"$out"
+    } END { printf "%.0f %s %s\n", ops, (p == "" ? "-" : p), n }' <<<"$out"
 }
 
 # sqlite_kv_bench FILE MODE THREADS SECONDS: plain SQLite as a key-value store on FILE (a
