@@ -8,6 +8,21 @@
 //! (`paxosdb.v1.Sql/Execute`, a session each), and `--workload sql-txn` one transaction of
 //! `--rows` INSERTs; both into a table `bench_rows` created first if absent. A statement
 //! that fails counts as an error.
+//!
+//! `--target etcd` drives an etcd cluster instead, through etcd's own v3 gRPC API
+//! (`etcdserverpb.KV`: `Put` for a write, `Range` for a read, linearizable unless
+//! `--stale`), at the first of `--endpoints`, with the same workers, keys, values and
+//! measurement, so that both systems are measured by one load generator. The client is
+//! [`etcdpb`], generated from the subset of etcd's protocol in `proto/etcd/kv.proto`;
+//! like paxosdb's client, all workers share one HTTP/2 connection.
+//!
+//! # Invariants
+//!
+//! - Only answered operations enter the latency histogram and the throughput; failed ones
+//!   are counted as errors, and any error makes the exit status a failure.
+//! - Every target gets the same request sequence for the same flags (keys and read/write
+//!   choices come from one per-worker generator), so two targets differ only in who
+//!   answers.
 
 use super::{client, parse_duration, Cli};
 use crate::error::Result;
@@ -53,6 +68,84 @@ pub struct BenchArgs {
     /// Rows per transaction with --workload sql-txn.
     #[arg(long, default_value_t = 100)]
     pub rows: usize,
+    /// The system driven: paxosdb (every endpoint of --endpoints), or an etcd cluster
+    /// through etcd's v3 gRPC KV API at the first endpoint (--workload kv only).
+    #[arg(long, value_enum, default_value_t = Target::Paxosdb)]
+    pub target: Target,
+}
+
+/// The system a benchmark drives.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// paxosdb, through its own client.
+    Paxosdb,
+    /// etcd (v3 API): Put, and Range (serializable with --stale, else linearizable).
+    Etcd,
+}
+
+/// The client stubs of the part of etcd's v3 API in `proto/etcd/kv.proto`.
+pub mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// The client one worker sends its operations through.
+#[derive(Clone)]
+enum Driver {
+    Paxosdb(crate::client::Client),
+    Etcd(etcdpb::kv_client::KvClient<tonic::transport::Channel>),
+}
+
+impl Driver {
+    /// A connection to the first endpoint's etcd (plain gRPC, as etcd listens without
+    /// TLS by default).
+    fn etcd(endpoint: &str) -> Result<Driver> {
+        let bare = endpoint
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest);
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{bare}"))
+            .map_err(|e| crate::error::Error::invalid(format!("endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(6))
+            .tcp_nodelay(true);
+        Ok(Driver::Etcd(etcdpb::kv_client::KvClient::new(
+            ep.connect_lazy(),
+        )))
+    }
+
+    /// Reads `key`; true if answered.
+    async fn get(&self, key: &[u8], stale: bool) -> bool {
+        match self {
+            Driver::Paxosdb(c) => c.get(key, stale).await.is_ok(),
+            Driver::Etcd(c) => {
+                let req = etcdpb::RangeRequest {
+                    key: key.to_vec(),
+                    serializable: stale,
+                    ..Default::default()
+                };
+                c.clone().range(req).await.is_ok()
+            }
+        }
+    }
+
+    /// Writes `key` (a SQL write of `rows` rows numbered from `i` instead, for paxosdb
+    /// with rows > 0); true if answered without error.
+    async fn write(&self, key: &[u8], value: &[u8], i: u64, rows: usize) -> bool {
+        match self {
+            Driver::Paxosdb(c) if rows == 0 => c.put(key, value, false).await.is_ok(),
+            Driver::Paxosdb(c) => {
+                let done = c.sql_execute(sql_write(i, value, rows)).await;
+                done.is_ok_and(|r| r.iter().all(|s| s.error.is_none()))
+            }
+            Driver::Etcd(c) => {
+                let req = etcdpb::PutRequest {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                };
+                c.clone().put(req).await.is_ok()
+            }
+        }
+    }
 }
 
 /// What one write of the benchmark is.
@@ -86,7 +179,24 @@ fn sql_write(k: u64, value: &[u8], rows: usize) -> crate::sql::Request {
 }
 
 pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
-    let c = client(cli)?;
+    if a.target == Target::Etcd && a.workload != Workload::Kv {
+        return Err(crate::error::Error::InvalidInput(
+            "--target etcd runs --workload kv only (etcd has no SQL)".into(),
+        ));
+    }
+    let (driver, c) = match a.target {
+        Target::Paxosdb => {
+            let c = client(cli)?;
+            (Driver::Paxosdb(c.clone()), Some(c))
+        }
+        Target::Etcd => {
+            let endpoints = super::endpoints(cli)?;
+            let first = endpoints
+                .first()
+                .ok_or_else(|| crate::error::Error::invalid("at least one endpoint is needed"))?;
+            (Driver::etcd(first)?, None)
+        }
+    };
     // Values are slices of a random pool at varying offsets: they do not compress, so the
     // data on disk is as large as the data written (identical values would shrink to
     // almost nothing under RocksDB's block compression).
@@ -100,7 +210,7 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             "--read-ratio applies to --workload kv only (the SQL workloads only write)".into(),
         ));
     }
-    if a.workload != Workload::Kv {
+    if let (Some(c), true) = (&c, a.workload != Workload::Kv) {
         let create = crate::sql::Request {
             statements: vec![crate::sql::Statement {
                 sql: "CREATE TABLE IF NOT EXISTS bench_rows (k INTEGER, v BLOB)".into(),
@@ -119,7 +229,10 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         Workload::SqlInsert => 1,
         Workload::SqlTxn => a.rows.max(1),
     };
-    let entries_before = decided(&c).await;
+    let entries_before = match &c {
+        Some(c) => decided(c).await,
+        None => None,
+    };
     let duration = match (a.duration, a.ops) {
         (Some(d), _) => d,
         (None, Some(_)) => Duration::from_secs(100 * 365 * 24 * 3600),
@@ -134,7 +247,7 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let value_size = a.value_size;
     for w in 0..a.concurrency.max(1) {
         let (c, pool, read_ratio, keys, stale, issued, sequential) = (
-            c.clone(),
+            driver.clone(),
             pool.clone(),
             a.read_ratio,
             a.keys.max(1),
@@ -160,18 +273,13 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
                 let t = Instant::now();
                 let ok = if is_read {
                     reads += 1;
-                    c.get(key.as_bytes(), stale).await.is_ok()
+                    c.get(key.as_bytes(), stale).await
                 } else {
                     writes += 1;
                     let size = pool.len().min(value_size);
                     let off = (n >> 20) as usize % (pool.len() - size + 1);
-                    let value = &pool[off..off + size];
-                    if rows == 0 {
-                        c.put(key.as_bytes(), value, false).await.is_ok()
-                    } else {
-                        let done = c.sql_execute(sql_write(i, value, rows)).await;
-                        done.is_ok_and(|r| r.iter().all(|s| s.error.is_none()))
-                    }
+                    c.write(key.as_bytes(), &pool[off..off + size], i, rows)
+                        .await
                 };
                 if ok {
                     let _ = h.record(t.elapsed().as_micros() as u64);
@@ -193,14 +301,18 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let entries = match (entries_before, decided(&c).await) {
+    let entries_after = match &c {
+        Some(c) => decided(c).await,
+        None => None,
+    };
+    let entries = match (entries_before, entries_after) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => 0,
     };
     let ok = hist.len();
     println!(
-        "workload={:?} concurrency={} value_size={} read_ratio={} duration={:.1}s",
-        a.workload, a.concurrency, a.value_size, a.read_ratio, secs
+        "target={:?} workload={:?} concurrency={} value_size={} read_ratio={} duration={:.1}s",
+        a.target, a.workload, a.concurrency, a.value_size, a.read_ratio, secs
     );
     if rows > 1 {
         println!(
