@@ -236,7 +236,15 @@ async fn a_single_node_decides_on_one_fsync_trims_its_log_and_restarts() {
         (N..=N + 10).contains(&spent),
         "{spent} fsyncs for {N} writes"
     );
-    let st = node.status().await.unwrap();
+    // The trim runs on the node's tick: wait for it (a loaded machine can delay it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let st = loop {
+        let st = node.status().await.unwrap();
+        if st.compacted_index >= N - 20 || std::time::Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(
         st.compacted_index >= N - 20,
         "the log is trimmed in steps of 20 entries: {st:?}"
