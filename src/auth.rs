@@ -519,6 +519,12 @@ impl Identity {
         record: Option<&UserRecord>,
         op: &crate::command::WriteOp,
     ) -> Result<()> {
+        Identity::as_recorded(name, record)?.check_op(op)
+    }
+
+    /// The identity of user `name` as `record` says it is at a log position (`None`:
+    /// deleted): refused if the user no longer exists or is disabled.
+    fn as_recorded(name: &str, record: Option<&UserRecord>) -> Result<Identity> {
         let Some(rec) = record else {
             return Err(Error::PermissionDenied(format!(
                 "user {name} no longer exists"
@@ -527,13 +533,12 @@ impl Identity {
         if !rec.enabled {
             return Err(Error::PermissionDenied(format!("user {name} is disabled")));
         }
-        Identity {
+        Ok(Identity {
             user: Some(name.to_string()),
             role: rec.role,
             prefix: rec.prefix.clone(),
             proved_by: None,
-        }
-        .check_op(op)
+        })
     }
 
     /// May user `name`, as `record` says (its entry in the user table as of the log
@@ -541,21 +546,7 @@ impl Identity {
     /// store's apply-time check, the counterpart of [`Identity::permits`]: the user must
     /// exist, be enabled, have the readwrite role and no key prefix.
     pub fn permits_sql(name: &str, record: Option<&UserRecord>) -> Result<()> {
-        let Some(rec) = record else {
-            return Err(Error::PermissionDenied(format!(
-                "user {name} no longer exists"
-            )));
-        };
-        if !rec.enabled {
-            return Err(Error::PermissionDenied(format!("user {name} is disabled")));
-        }
-        Identity {
-            user: Some(name.to_string()),
-            role: rec.role,
-            prefix: rec.prefix.clone(),
-            proved_by: None,
-        }
-        .check_sql_write()
+        Identity::as_recorded(name, record)?.check_sql_write()
     }
 
     /// May this identity use SQL: query (`write` false, the read role) or execute

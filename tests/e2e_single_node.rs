@@ -9,6 +9,7 @@
 
 mod common;
 mod http_client;
+use http_client::fsyncs;
 
 use common::workload::{assert_contains_all, read_all, Writers};
 use common::{eventually, skip, Cluster, BIN};
@@ -172,17 +173,6 @@ async fn one_node_serves_every_api_and_survives_kill_9() {
     );
     // And it goes on taking writes.
     c.client().put(b"after", b"restart", false).await.unwrap();
-}
-
-/// The count of fsynced log writes a node reports on `/metrics`.
-fn fsyncs(http: &str) -> u64 {
-    let text = http_client::get(http, "/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("paxosdb_fsync_duration_seconds_count "))
-        .unwrap_or_else(|| panic!("no fsync count in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 
 mod common;
 mod http_client;
+use http_client::fsyncs;
 
 #[path = "../examples/single_node.rs"]
 mod single_node;
@@ -194,17 +195,6 @@ async fn a_node_without_a_fixed_peer_address_refuses_to_grow() {
     let err = node.sql().execute("CREATE TABLE", ()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
     node.shutdown().await;
-}
-
-/// The count of fsynced log writes a node reports on `/metrics`.
-fn fsyncs(http: &str) -> u64 {
-    let text = http_client::get(http, "/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("paxosdb_fsync_duration_seconds_count "))
-        .unwrap_or_else(|| panic!("no fsync count in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

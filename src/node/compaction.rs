@@ -251,6 +251,26 @@ impl Trimmer {
         for p in expired {
             self.spend(p, "its time ran out");
         }
+        // Holds no longer needed end, checked every tick (not only when a trim is due: a
+        // fetcher that caught up and then stopped must not keep its hold): the fetcher
+        // applied the held index (its state is installed) and the ordinary limits would
+        // not trim past what it applied (it follows the log like any member).
+        let done: Vec<NodeId> = (self.holds.iter())
+            .filter(|(p, h)| {
+                let theirs = self.peer_applied.get(p).copied().unwrap_or(0);
+                theirs >= h.index
+                    && theirs >= applied.saturating_sub(policy.keep_entries)
+                    && self.bytes_from(theirs) <= policy.keep_bytes
+            })
+            .map(|(&p, _)| p)
+            .collect();
+        for p in done {
+            self.holds.remove(&p);
+            tracing::info!(
+                peer = p,
+                "the peer follows the log again: log no longer held"
+            );
+        }
         // Cheap unless a step is possible or the log holds more bytes than it may keep.
         if applied < compacted.saturating_add(policy.every_entries)
             && self.bytes() <= policy.keep_bytes
@@ -277,22 +297,7 @@ impl Trimmer {
             }
         }
         let mut target = target.min(applied);
-        // Holds: those no longer needed end; the others keep the log from their index, up
-        // to their byte cap.
-        let done: Vec<NodeId> = (self.holds.iter())
-            .filter(|(p, h)| {
-                let theirs = self.peer_applied.get(p).copied().unwrap_or(0);
-                theirs >= h.index && target <= theirs
-            })
-            .map(|(&p, _)| p)
-            .collect();
-        for p in done {
-            self.holds.remove(&p);
-            tracing::info!(
-                peer = p,
-                "the peer follows the log again: log no longer held"
-            );
-        }
+        // Holds keep the log from their index, up to their byte cap.
         let over: Vec<NodeId> = (self.holds.iter())
             .filter(|(_, h)| h.index < target && self.bytes_from(h.index) > policy.hold_bytes)
             .map(|(&p, _)| p)

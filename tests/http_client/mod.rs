@@ -76,6 +76,17 @@ pub fn get(addr: &str, path: &str) -> Resp {
     request(addr, "GET", path, &[], b"")
 }
 
+/// The count of fsynced log writes the node at `addr` reports on `/metrics`.
+pub fn fsyncs(addr: &str) -> u64 {
+    let text = get(addr, "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("paxosdb_fsync_duration_seconds_count "))
+        .unwrap_or_else(|| panic!("no fsync count in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 pub fn put(addr: &str, path: &str, body: &[u8]) -> Resp {
     request(addr, "PUT", path, &[], body)
 }
