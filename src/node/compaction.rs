@@ -31,7 +31,8 @@
 //!
 //! - when the fetcher no longer needs it: it reported an applied index at or past the hold
 //!   (the state is installed) and the ordinary limits no longer trim past what it applied
-//!   (it follows the log like any member);
+//!   (it follows the log like any member) — checked every tick, not only when a trim is
+//!   due, so that a fetcher that caught up and later stopped holds nothing;
 //! - when it is older than [`CompactionPolicy::hold_for`], or when the log it holds (from
 //!   its index to the applied end) exceeds [`CompactionPolicy::hold_bytes`]: a fetcher
 //!   that never finishes, or is so slow that holding for it would grow the log without
@@ -465,6 +466,34 @@ mod tests {
         t.peer_progress(2, n);
         t.peer_progress(3, 1);
         t
+    }
+
+    /// A fetcher that caught up and then stopped (paused, partitioned) must not keep its
+    /// hold: the hold ends in the tick it follows the log, even when no trim is due then,
+    /// and the ordinary rules trim past the stopped node later (the nemesis's
+    /// pause-past-retention fault waited in vain while the check ran only with a trim).
+    #[test]
+    fn a_hold_ends_when_the_fetcher_follows_even_with_no_trim_due() {
+        let now = Instant::now();
+        let mut t = busy(40);
+        t.hold(&POLICY, 3, 20, now);
+        t.trimmed(35);
+        t.peer_progress(2, 40);
+        // Installed and following at 38: within the kept window, no trim step due (40 <
+        // 35 + 10), yet the hold is over.
+        t.peer_progress(3, 38);
+        assert_eq!(t.target(&POLICY, [2, 3], 40, 35, now), None);
+        assert_eq!(t.hold_floor(), None, "the hold outlived the catch-up");
+        // Node 3 stops; the others write on past the byte limit: trimmed past node 3.
+        for i in 40..60 {
+            t.applied(i, 100);
+        }
+        t.peer_progress(2, 60);
+        let target = t.target(&POLICY, [2, 3], 60, 35, now).expect("a trim");
+        assert!(
+            target > 38,
+            "trimmed to {target}, not past the stopped node"
+        );
     }
 
     #[test]
