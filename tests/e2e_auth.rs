@@ -219,7 +219,10 @@ async fn roles_and_prefixes_are_enforced_on_resp_and_http() {
 
     // Failures are logged (rate limited), secrets never.
     let log = c.log_of(1);
-    assert!(log.contains("authentication failed on resp"), "{log}");
+    // One line per 5 s at most, whatever the protocol: the RESP failures above may fall
+    // in the window a gRPC failure opened (reads no longer write the log, so the test's
+    // steps can all fit in 5 s).
+    assert!(log.contains("authentication failed on "), "{log}");
     for secret in [ADMIN_PW, "rpw", "spw"] {
         assert!(
             !c.log_of(1).contains(secret) && !c.log_of(2).contains(secret),
