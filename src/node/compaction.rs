@@ -30,9 +30,12 @@
 //! installed the fetcher is synced from the held log; it ends:
 //!
 //! - when the fetcher no longer needs it: it reported an applied index at or past the hold
-//!   (the state is installed) and the ordinary limits no longer trim past what it applied
-//!   (it follows the log like any member) — checked every tick, not only when a trim is
-//!   due, so that a fetcher that caught up and later stopped holds nothing;
+//!   (the state is installed), and then either an applied index past the state it
+//!   installed (a leader synced it from the log: its log now holds every entry up to that
+//!   leader's log end, and it is an ordinary follower, however far its applied index lags)
+//!   or one the ordinary limits do not trim past (nothing written since) — checked every
+//!   tick, not only when a trim is due, so that a fetcher that caught up and later stopped
+//!   (paused, killed) holds nothing and is trimmed past like any stopped member;
 //! - when it is older than [`CompactionPolicy::hold_for`], or when the log it holds (from
 //!   its index to the applied end) exceeds [`CompactionPolicy::hold_bytes`]: a fetcher
 //!   that never finishes, or is so slow that holding for it would grow the log without
@@ -138,6 +141,9 @@ struct Hold {
     index: u64,
     /// When the hold began (it lives at most `hold_for` from here).
     since: Instant,
+    /// The first applied index the fetcher reported at or past the hold: the state it
+    /// installed. An applied index reported past this one was synced from the log.
+    installed: Option<u64>,
 }
 
 /// Decides how far this node trims its log.
@@ -168,6 +174,9 @@ impl Trimmer {
     pub fn peer_progress(&mut self, peer: NodeId, applied: u64) {
         self.peer_applied.insert(peer, applied);
         if let Some(h) = self.holds.get_mut(&peer) {
+            if h.installed.is_none() && applied >= h.index {
+                h.installed = Some(applied);
+            }
             h.index = h.index.max(applied);
         }
         if self.spent.get(&peer).is_some_and(|&s| applied >= s) {
@@ -188,7 +197,11 @@ impl Trimmer {
         let applied = self.peer_applied.get(&peer).copied().unwrap_or(0);
         let h = self.holds.entry(peer).or_insert_with(|| {
             tracing::info!(peer, index, "holding the log for the peer's state transfer");
-            Hold { index, since: now }
+            Hold {
+                index,
+                since: now,
+                installed: (applied >= index).then_some(applied),
+            }
         });
         h.index = h.index.max(index).max(applied);
     }
@@ -254,14 +267,18 @@ impl Trimmer {
         }
         // Holds no longer needed end, checked every tick (not only when a trim is due: a
         // fetcher that caught up and then stopped must not keep its hold): the fetcher
-        // applied the held index (its state is installed) and the ordinary limits would
-        // not trim past what it applied (it follows the log like any member).
+        // applied the held index (its state is installed) and either applied past the
+        // state it installed (the leader synced it from the log: it holds every entry up
+        // to the leader's log end of that moment, and is an ordinary follower from then
+        // on, however far its applied index lags) or the ordinary limits would not trim
+        // past what it applied (no write since the install).
         let done: Vec<NodeId> = (self.holds.iter())
             .filter(|(p, h)| {
                 let theirs = self.peer_applied.get(p).copied().unwrap_or(0);
                 theirs >= h.index
-                    && theirs >= applied.saturating_sub(policy.keep_entries)
-                    && self.bytes_from(theirs) <= policy.keep_bytes
+                    && (h.installed.is_some_and(|s| theirs > s)
+                        || (theirs >= applied.saturating_sub(policy.keep_entries)
+                            && self.bytes_from(theirs) <= policy.keep_bytes))
             })
             .map(|(&p, _)| p)
             .collect();
@@ -496,6 +513,31 @@ mod tests {
         );
     }
 
+    /// The nemesis's pause-past-retention fault paused a fetcher that had installed its
+    /// state and been synced, but whose applied index still lagged by more than the kept
+    /// entries (a tiny log budget, progress reported a few times a second): its hold
+    /// pinned every member's log until the byte cap, for longer than the fault waited.
+    /// Synced is enough: the hold ends when the fetcher applied past its installed state.
+    #[test]
+    fn a_hold_ends_once_the_fetcher_is_synced_even_lagging_far_behind() {
+        let now = Instant::now();
+        let mut t = busy(40);
+        t.hold(&POLICY, 3, 20, now);
+        t.trimmed(20);
+        for i in 40..400 {
+            t.applied(i, 1);
+        }
+        t.peer_progress(2, 400);
+        // Installed at 25, then synced: it applied 30, more than 100 entries behind.
+        t.peer_progress(3, 25);
+        assert_eq!(t.target(&POLICY, [2, 3], 400, 20, now), None, "held at 25");
+        assert_eq!(t.hold_floor(), Some(25));
+        t.peer_progress(3, 30);
+        // It stops there; the others trim past it by the ordinary rules.
+        assert_eq!(t.target(&POLICY, [2, 3], 400, 20, now), Some(300));
+        assert_eq!(t.hold_floor(), None, "a synced fetcher kept its hold");
+    }
+
     #[test]
     fn a_transfer_hold_keeps_the_log_until_the_fetcher_follows_it() {
         let now = Instant::now();
@@ -512,17 +554,20 @@ mod tests {
         t.peer_progress(2, 60);
         assert_eq!(t.target(&POLICY, [2, 3], 60, 20, now), None, "held at 20");
         // The state (at 25) is installed: the hold follows the fetcher's applied index
-        // (the log is over its byte limit: trimmed by less than a step).
+        // (the log is over its byte limit: trimmed by less than a step) until the leader
+        // synced it from the held log.
         t.peer_progress(3, 25);
         assert_eq!(t.target(&POLICY, [2, 3], 60, 20, now), Some(25));
         t.trimmed(25);
+        assert_eq!(t.target(&POLICY, [2, 3], 60, 25, now), None, "held at 25");
+        // It applied past its state: synced, it follows the log like any member, however
+        // far behind; the hold ends and the ordinary rules apply again (the byte limit).
         t.peer_progress(3, 35);
-        assert_eq!(t.target(&POLICY, [2, 3], 60, 25, now), Some(35));
-        t.trimmed(35);
-        // It follows the log: the hold ends, the ordinary rules apply again.
-        t.peer_progress(3, 60);
-        assert_eq!(t.target(&POLICY, [2, 3], 60, 35, now), Some(60));
+        assert_eq!(t.target(&POLICY, [2, 3], 60, 25, now), Some(53));
         assert_eq!(t.hold_floor(), None);
+        t.trimmed(53);
+        t.peer_progress(3, 60);
+        assert_eq!(t.target(&POLICY, [2, 3], 60, 53, now), None);
         t.trimmed(60);
         // A stale note of the same fetch holds from what the fetcher applied, which the
         // ordinary rules keep anyway, and ends as soon as the fetcher follows the log.
