@@ -202,7 +202,7 @@ async fn a_burst_of_big_writes_gets_busy_refusals_and_every_node_survives() {
             replies
         }));
     }
-    let (mut ok, mut busy, mut acked) = (0, 0, Vec::new());
+    let (mut ok, mut busy, mut unknown, mut acked) = (0, 0, 0, Vec::new());
     for t in tasks {
         for (k, reply) in t.await.unwrap() {
             if reply == "+OK" {
@@ -210,6 +210,10 @@ async fn a_burst_of_big_writes_gets_busy_refusals_and_every_node_survives() {
                 acked.push(k);
             } else if reply.starts_with("-BUSY") {
                 busy += 1;
+            } else if reply.starts_with("-ERR outcome unknown") {
+                // Admitted, but not decided within the request timeout (a starved CPU
+                // in CI): reported as unknown, never as failed, which is right.
+                unknown += 1;
             } else {
                 let log = c.log_of(target);
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -222,7 +226,8 @@ async fn a_burst_of_big_writes_gets_busy_refusals_and_every_node_survives() {
     let lat = probe.await.unwrap();
     let peaks = peaks(&c);
     eprintln!(
-        "burst of 2000 x 64 KiB SETs into node {target}: {ok} OK, {busy} BUSY in {burst:?}; \
+        "burst of 2000 x 64 KiB SETs into node {target}: {ok} OK, {busy} BUSY, {unknown} \
+         unknown in {burst:?}; \
          other clients' read p99 {:?} over {} reads; peak RSS MiB by node {peaks:?}",
         p99(lat.clone()),
         lat.len()

@@ -9,10 +9,11 @@ use super::Core;
 use crate::command::LogEntry;
 use crate::error::Result;
 use crate::membership::Membership;
-use omnipaxos::storage::{StopSign, Storage};
+use crate::storage::LogStorage;
+use omnipaxos::storage::StopSign;
 use omnipaxos::util::LogEntry as PaxosEntry;
 
-impl<S: Storage<LogEntry>> Core<S> {
+impl<S: LogStorage> Core<S> {
     /// Applies decided entries in order and answers their waiters.
     pub(super) fn apply_decided(&mut self) {
         if self.silenced().is_some() {

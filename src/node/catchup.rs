@@ -15,12 +15,12 @@
 //!   restarts on a log that starts where the state ends.
 
 use super::{compaction, Core};
-use crate::command::{LogEntry, NodeId};
+use crate::command::NodeId;
 use crate::error::{Error, Result};
-use omnipaxos::storage::Storage;
+use crate::storage::LogStorage;
 use std::time::Instant;
 
-impl<S: Storage<LogEntry>> Core<S> {
+impl<S: LogStorage> Core<S> {
     /// Why this node does not serve requests now, if it does not.
     pub(super) fn silenced(&self) -> Option<Error> {
         if let Some(why) = &self.removed {

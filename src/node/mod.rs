@@ -8,12 +8,27 @@
 //! 1. **batches** every write waiting since the last round into one [`LogEntry`] and
 //!    appends it — one log entry, so one synced write on every node, serves them all
 //!    (group commit); while that fsync runs, the next batch accumulates;
-//! 2. sends OmniPaxos' outgoing messages through the [`Network`];
+//! 2. sends OmniPaxos' outgoing messages through the [`Network`], and only then waits for
+//!    its own fsync of the appends (below);
 //! 3. **applies** newly decided entries in order and answers the waiters whose command
 //!    was in them;
 //! 4. starts a **read round** for the linearizable reads that arrived (or asks the leader
 //!    for one), and answers the reads whose read index is applied (see [`reads`]: no log
 //!    entry, no disk write).
+//!
+//! ## The leader sends, then syncs
+//!
+//! A leader's append is written to its log unsynced ([`SyncControl::defer`]), sent to
+//! the followers, and synced after ([`SyncControl::sync`], one WAL fsync): its own fsync
+//! and the followers' run at the same time, where storing first put two fsyncs in series
+//! on every write. OmniPaxos counts the leader's append as its own accept when the append
+//! returns; that is safe because this thread handles no message before the sync returns,
+//! so no Accepted is counted, nothing decided and nothing answered, until the leader's
+//! copy is durable too (or, if the power goes out first, the followers' copies are all
+//! there is, and the entry was never decided). A failed sync stops the node. Followers
+//! still store before they answer (OmniPaxos writes before it queues the Accepted).
+//! The simulation cuts a leader's power in exactly that window (`sim::storage`), and
+//! `Bug::SkipLogSync` (no sync after the send) is caught by its durability check.
 //!
 //! Invariants:
 //! - a write is answered only after its entry is decided (durable on a majority) and
@@ -70,8 +85,8 @@ use crate::machine::Machines;
 use crate::machine::{Command, LogEntry, Machine, NodeId, Outcome};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::storage::{LogStorage, SyncControl};
 use omnipaxos::messages::Message;
-use omnipaxos::storage::Storage;
 use omnipaxos::util::LogEntry as PaxosEntry;
 use omnipaxos::OmniPaxos;
 use std::collections::BTreeMap;
@@ -191,11 +206,13 @@ struct PendingChange {
 }
 
 /// The consensus core of one node.
-pub struct Core<S: Storage<LogEntry>> {
+pub struct Core<S: LogStorage> {
     cfg: CoreConfig,
     paxos: OmniPaxos<LogEntry, S>,
     /// The in-memory second node of a one-member configuration (see [`solo`]).
     witness: Option<solo::Witness>,
+    /// Defers the fsync of the leader's appends until they are sent (see the module docs).
+    log_sync: Option<Arc<dyn SyncControl>>,
     sm: Machines,
     net: Box<dyn Network>,
     /// Writes by session, until applied here or timed out. Ordered (not a HashMap): the
@@ -232,13 +249,17 @@ pub struct Core<S: Storage<LogEntry>> {
     lost_epoch: u64,
     /// The leader last seen, to notice a change.
     last_leader: Option<NodeId>,
+    /// Bug injection: appends stay unsynced after they were sent (the simulation's
+    /// `Bug::SkipLogSync`).
+    #[cfg(test)]
+    skip_log_sync: bool,
 }
 
 /// How many re-propose periods a write proposed in the current epoch waits before it is
 /// proposed again anyway (a loss this node could not see).
 const PATIENCE: u32 = 3;
 
-impl<S: Storage<LogEntry>> Core<S> {
+impl<S: LogStorage> Core<S> {
     /// Builds the core over `storage` (which may hold a previous life's log) and `sm`.
     pub fn new(
         cfg: CoreConfig,
@@ -253,6 +274,7 @@ impl<S: Storage<LogEntry>> Core<S> {
         if !membership.contains(cfg.id) {
             return Err(Error::Config(removed_message(cfg.id, &membership)));
         }
+        let log_sync = storage.sync_control();
         let paxos = paxos::build(&cfg, &membership, storage, sm.applied_index())?;
         let witness = solo::Witness::for_membership(&cfg, &membership, paxos.get_decided_idx())?;
         net.set_membership(&membership);
@@ -262,6 +284,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             cfg,
             paxos,
             witness,
+            log_sync,
             sm,
             net,
             writes: BTreeMap::new(),
@@ -278,7 +301,16 @@ impl<S: Storage<LogEntry>> Core<S> {
             change: None,
             lost_epoch: 0,
             last_leader: None,
+            #[cfg(test)]
+            skip_log_sync: false,
         })
+    }
+
+    /// Bug injection: this node never syncs its deferred appends (they become durable
+    /// only with its next synced write), yet counts them as its own accepts.
+    #[cfg(test)]
+    pub(crate) fn inject_skip_log_sync(&mut self) {
+        self.skip_log_sync = true;
     }
 
     /// Lets the core reopen its log storage, which a state transfer needs (without it, a
@@ -565,6 +597,10 @@ impl<S: Storage<LogEntry>> Core<S> {
         }
         let mut keys = std::mem::take(&mut self.to_propose).into_iter().peekable();
         let mut first = true;
+        // The leader's appends are written unsynced, sent, then synced (`flush_outgoing`).
+        if let Some(s) = &self.log_sync {
+            s.defer();
+        }
         // OmniPaxos sends everything appended in one round to a follower as one message:
         // bound the round's bytes (a quarter of a frame), and leave the rest for the next.
         let mut round_bytes = 0;
@@ -604,6 +640,22 @@ impl<S: Storage<LogEntry>> Core<S> {
         self.to_propose.extend(keys);
     }
 
+    /// Ends the deferral of the log's fsyncs and makes the appends durable. A failure
+    /// stops the node (as OmniPaxos does on a failed write): its appends were sent, and
+    /// it must not count them as its own accepts.
+    fn sync_log(&mut self) {
+        let Some(s) = &self.log_sync else {
+            return;
+        };
+        #[cfg(test)]
+        if self.skip_log_sync {
+            return;
+        }
+        if let Err(e) = s.sync() {
+            panic!("{e}: this node stops rather than count appends that may not be durable");
+        }
+    }
+
     fn append(&mut self, entry: LogEntry) {
         let commands = entry.commands.len();
         if self.paxos.append(entry).is_err() {
@@ -619,12 +671,21 @@ impl<S: Storage<LogEntry>> Core<S> {
 
     fn flush_outgoing(&mut self) {
         self.paxos.take_outgoing_messages(&mut self.outgoing);
-        if let Some(w) = self.witness.as_mut() {
-            w.exchange(&mut self.paxos, &mut self.outgoing);
+        if self.witness.is_some() {
+            // A one-member configuration: nobody to overlap the fsync with, and the
+            // witness accepts at once (a quorum with this node's log), so it is durable
+            // first.
+            self.sync_log();
+            if let Some(w) = self.witness.as_mut() {
+                w.exchange(&mut self.paxos, &mut self.outgoing);
+            }
         }
         for msg in self.outgoing.drain(..) {
             self.net.send(msg);
         }
+        // The appends just sent become durable here, while the followers store them too;
+        // no message is handled (so no Accepted counted) before this returns.
+        self.sync_log();
         for peer in self.net.take_oversized() {
             self.too_far_behind(peer);
         }

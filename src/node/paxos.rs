@@ -31,6 +31,7 @@ use super::{Core, CoreConfig};
 use crate::command::LogEntry;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
+use crate::storage::LogStorage;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{Storage, StorageOp};
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
@@ -146,7 +147,7 @@ pub(super) fn storage_error(e: Box<dyn std::error::Error>) -> Error {
     Error::Storage(e.to_string())
 }
 
-impl<S: Storage<LogEntry>> Core<S> {
+impl<S: LogStorage> Core<S> {
     /// Replaces the OmniPaxos instance by one built from the reopened storage, for the
     /// membership and applied index the state machine holds now.
     pub(super) fn rebuild(&mut self) -> Result<()> {
@@ -154,6 +155,7 @@ impl<S: Storage<LogEntry>> Core<S> {
             Some(f) => f()?,
             None => return Err(Error::Internal("this node cannot reopen its log".into())),
         };
+        self.log_sync = storage.sync_control();
         self.paxos = build(
             &self.cfg,
             &self.membership,

@@ -43,9 +43,9 @@
 
 use super::{Core, Note};
 use crate::error::{Error, Result};
-use crate::machine::{LogEntry, NodeId};
+use crate::machine::NodeId;
+use crate::storage::LogStorage;
 use omnipaxos::ballot_leader_election::Ballot;
-use omnipaxos::storage::Storage;
 use omnipaxos::util::LogEntry as PaxosEntry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -89,6 +89,9 @@ pub(super) struct Reads {
     /// Ids of rounds and asks; starts at a random value per process, so that a late
     /// answer meant for an earlier life of this node matches nothing.
     next_id: u64,
+    /// The leader's last look at the end of its log: (accepted index, promise, whether
+    /// the entry before that index is a stop sign).
+    last_checked: std::cell::Cell<Option<(usize, Ballot, bool)>>,
     /// Bug injection: a leader confirms its rounds without waiting for any ack, at its
     /// decided index (a leader-local read).
     #[cfg(test)]
@@ -104,6 +107,7 @@ impl Reads {
             asked: BTreeMap::new(),
             ready: Vec::new(),
             next_id: first_id,
+            last_checked: std::cell::Cell::new(None),
             #[cfg(test)]
             unconfirmed: false,
         }
@@ -133,7 +137,7 @@ impl Reads {
     }
 }
 
-impl<S: Storage<LogEntry>> Core<S> {
+impl<S: LogStorage> Core<S> {
     /// Bug injection: this node, as leader, serves reads at its decided index without a
     /// quorum's acks (the simulation's `Bug::UnconfirmedReads`).
     #[cfg(all(test, feature = "test-machinery"))]
@@ -159,15 +163,22 @@ impl<S: Storage<LogEntry>> Core<S> {
             _ => return None,
         }
         let accepted = self.paxos.get_accepted_idx();
-        if accepted > 0
-            && matches!(
-                self.paxos.read(accepted - 1),
-                Some(PaxosEntry::StopSign(..))
-            )
-        {
-            return None;
-        }
-        Some(self.paxos.get_promise())
+        let promise = self.paxos.get_promise();
+        // Reading the last entry decodes it from the log: done once per accepted index
+        // under this ballot (no one else writes our log while we lead with it).
+        let stop = match self.reads.last_checked.get() {
+            Some((i, b, stop)) if i == accepted && b == promise => stop,
+            _ => {
+                let stop = accepted > 0
+                    && matches!(
+                        self.paxos.read(accepted - 1),
+                        Some(PaxosEntry::StopSign(..))
+                    );
+                self.reads.last_checked.set(Some((accepted, promise, stop)));
+                stop
+            }
+        };
+        (!stop).then_some(promise)
     }
 
     /// Once per step: starts a round for (or asks the leader about) what arrived, and

@@ -9,16 +9,16 @@
 //! it is told the outcome is unknown (the change may still be decided).
 
 use super::{Core, Event, PendingChange};
-use crate::command::{LogEntry, NodeId};
+use crate::command::NodeId;
 use crate::config::Member;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
-use omnipaxos::storage::Storage;
+use crate::storage::LogStorage;
 use omnipaxos::ClusterConfig;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
-impl<S: Storage<LogEntry>> Core<S> {
+impl<S: LogStorage> Core<S> {
     /// Proposes adding `add` and removing `remove`.
     pub(super) fn propose_change(
         &mut self,

@@ -147,6 +147,12 @@ pub enum Bug {
     /// state, see `node::reads`). Test builds only: the switch exists only there.
     #[cfg(test)]
     UnconfirmedReads,
+    /// Every node's core sends its appends unsynced and never syncs them after (they
+    /// become durable only with the node's next synced write), yet a leader counts them
+    /// as its own accepts: an acknowledgement before a majority holds the entry durably.
+    /// Test builds only.
+    #[cfg(test)]
+    SkipLogSync,
     /// Every node's state machine ignores sessions (`KvStore::no_dedup`): a retried or
     /// re-proposed write applies again. Test builds only: the switch exists only there.
     #[cfg(test)]
@@ -262,6 +268,9 @@ pub struct SimConfig {
     pub multi_key: bool,
     /// Bank clients issuing the SQL bank-transfer workload (see `bank`); 0: none.
     pub bank_clients: usize,
+    /// Some machine crashes of the leader are power cuts between the send of its appends
+    /// and their fsync (see `storage`).
+    pub power_cuts: bool,
 }
 
 impl Default for SimConfig {
@@ -283,6 +292,7 @@ impl Default for SimConfig {
             membership: true,
             multi_key: false,
             bank_clients: 2,
+            power_cuts: true,
         }
     }
 }
@@ -342,6 +352,8 @@ pub struct RunStats {
     pub lossy_machine_crashes: u64,
     /// Lossy machine crashes that kept a prefix of the unsynced writes (not none).
     pub partial_machine_crashes: u64,
+    /// Machine crashes of a leader between the send of its appends and their fsync.
+    pub cuts_before_sync: u64,
     /// Pauses of a node (it stops taking steps and keeps its state, then resumes).
     pub pauses: u64,
     /// Partitions per shape (`Shape`'s debug name).
@@ -457,6 +469,8 @@ pub struct Totals {
     pub membership: ChangeCounts,
     /// Lossy machine crashes that kept a prefix of the unsynced writes.
     pub partial_machine_crashes: u64,
+    /// Machine crashes of a leader between the send of its appends and their fsync.
+    pub cuts_before_sync: u64,
     /// Partitions per shape.
     pub partition_shapes: std::collections::BTreeMap<String, u64>,
     /// Messages sent, dropped and duplicated by the network.
@@ -493,6 +507,10 @@ impl Totals {
             (
                 "crashes: machine, a prefix of the unsynced writes kept",
                 self.partial_machine_crashes,
+            ),
+            (
+                "crashes: machine, a leader between sending appends and syncing them",
+                self.cuts_before_sync,
             ),
             ("pauses", self.pauses),
             ("partitions", self.partitions),
@@ -582,6 +600,7 @@ impl Totals {
         self.sender_crashes += s.sender_crashes;
         self.membership.add(&s.membership);
         self.partial_machine_crashes += s.partial_machine_crashes;
+        self.cuts_before_sync += s.cuts_before_sync;
         for (shape, n) in &s.partition_shapes {
             *self.partition_shapes.entry(shape.clone()).or_default() += n;
         }
@@ -598,7 +617,8 @@ impl std::fmt::Display for Totals {
             f,
             "{} seeds, {} operations ({} checked, {} with unknown outcome), {} faults ({} \
              crashes, {} of them machine crashes, {} losing unsynced writes, {} keeping a \
-             prefix of them; {} pauses; {} partitions), \
+             prefix of them, {} cutting a leader's power between send and sync; {} pauses; \
+             {} partitions), \
              {} client attempts lost, {} runs with trimmed logs, {} state fetches ({} \
              completed, {} installed, {} failed; {} cut by a crash of the fetcher, {} by a \
              crash of the sender)",
@@ -611,6 +631,7 @@ impl std::fmt::Display for Totals {
             self.machine_crashes,
             self.lossy_machine_crashes,
             self.partial_machine_crashes,
+            self.cuts_before_sync,
             self.pauses,
             self.partitions,
             self.lost_attempts,
@@ -826,6 +847,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         machine_crashes: w.machine_crashes,
         lossy_machine_crashes: w.lossy_machine_crashes,
         partial_machine_crashes: w.partial_machine_crashes,
+        cuts_before_sync: w.cuts_before_sync,
         pauses: w.pauses,
         membership: w.change_counts.clone(),
         partition_shapes: partition_shapes(&w.fault_log),

@@ -30,6 +30,13 @@
 //! [`Durable::sync_point`] after them. Staged chunks are never synced: a crash before the
 //! marker leaves at most unfinished staging, which `KvStore::open_memory` discards.
 //!
+//! The leader's appends are written unsynced and synced after they were sent (the core's
+//! [`crate::storage::SyncControl`], see `node`): between the two they are in the journal
+//! like any unsynced write, and a machine crash rolls the log back to its end at the last
+//! sync point before replaying the kept prefix. The world cuts the power in exactly that
+//! window ([`Durable::cut_armed`]): the sync does not happen, the messages already sent
+//! are delivered, and the node machine-crashes right after the step.
+//!
 //! For the checker self-tests, [`Durable::unsynced_log`] makes this node's log appends
 //! unsynced (its fsync a no-op for the accepted log: it acknowledges entries a machine
 //! crash can lose; the journal then holds those writes too, replayed on a copy of the
@@ -87,6 +94,15 @@ pub struct Durable {
     /// Bug injection: a log reset (a trim to the installed state's end) keeps the old
     /// accepted round instead of the one below every real ballot.
     pub stale_accepted_round: bool,
+    /// The core defers the sync of its appends now (see the module docs).
+    deferring: bool,
+    /// The log's end at the last sync point, once an append was deferred since.
+    deferred_from: Option<usize>,
+    /// The world will machine-crash this node after its current step: a deferred sync
+    /// asked for meanwhile does not happen (the power went out between send and fsync).
+    pub cut_armed: bool,
+    /// Syncs that such a cut prevented (deferred appends lost or kept by the crash).
+    pub cuts_before_sync: u64,
     /// Fetched states this node installed (in all its lives).
     pub installs: u64,
     /// The node's id.
@@ -111,6 +127,10 @@ impl Durable {
             synced_log: None,
             tamper: false,
             stale_accepted_round: false,
+            deferring: false,
+            deferred_from: None,
+            cut_armed: false,
+            cuts_before_sync: 0,
             installs: 0,
             id: 0,
             led: BTreeMap::new(),
@@ -141,9 +161,17 @@ impl Durable {
         let mut kv = self.synced_kv.clone();
         kv.wal = Some(Vec::new());
         let mut decided = self.synced_decided;
+        let deferred = self.deferred_from.take();
+        self.deferring = false;
         if let Some(log) = &self.synced_log {
             self.log = log.clone();
+        } else if let Some(end) = deferred {
+            // Only appends were deferred: the log at the sync point is a prefix.
+            self.log
+                .write_atomically(vec![StorageOp::AppendOnPrefix(end, vec![])])
+                .expect("memory storage is infallible");
         }
+        let replay_log = self.synced_log.is_some() || deferred.is_some();
         for w in journal.into_iter().take(kept) {
             match w {
                 Unsynced::Kv(writes) => kv.apply_writes(writes),
@@ -153,7 +181,7 @@ impl Durable {
                             decided = *i;
                         }
                     }
-                    if self.synced_log.is_some() {
+                    if replay_log {
                         self.log
                             .write_atomically(ops)
                             .expect("memory storage is infallible");
@@ -177,6 +205,7 @@ impl Durable {
     /// A synced write happened: everything written so far is durable.
     pub fn sync_point(&mut self) {
         self.unsynced.clear();
+        self.deferred_from = None;
         let mut kv = self.kv.write().unwrap();
         if let Some(wal) = kv.wal.as_mut() {
             wal.clear();
@@ -245,7 +274,11 @@ impl SimStorage {
             )
         });
         let lone_decided = ops.len() == 1 && matches!(ops[0], StorageOp::SetDecidedIndex(_));
-        let unsynced = lone_decided || (d.unsynced_log && appends);
+        let deferred = d.deferring && !d.unsynced_log && crate::storage::only_appends(&ops);
+        if deferred && d.deferred_from.is_none() {
+            d.deferred_from = Some(d.log.bounds().1);
+        }
+        let unsynced = lone_decided || deferred || (d.unsynced_log && appends);
         for op in &mut ops {
             d.tamper_op(op);
         }
@@ -277,6 +310,35 @@ impl SimStorage {
 
     fn read<R>(&self, f: impl FnOnce(&MemStorage) -> R) -> R {
         f(&self.0.lock().unwrap().log)
+    }
+}
+
+/// The core's sync control over a simulated node's log.
+pub struct SimSync(Arc<Mutex<Durable>>);
+
+impl crate::storage::SyncControl for SimSync {
+    fn defer(&self) {
+        self.0.lock().unwrap().deferring = true;
+    }
+
+    fn sync(&self) -> crate::error::Result<()> {
+        let mut d = self.0.lock().unwrap();
+        d.deferring = false;
+        if d.deferred_from.is_none() {
+            return Ok(());
+        }
+        if d.cut_armed {
+            d.cuts_before_sync += 1;
+            return Ok(());
+        }
+        d.sync_point();
+        Ok(())
+    }
+}
+
+impl crate::storage::LogStorage for SimStorage {
+    fn sync_control(&self) -> Option<Arc<dyn crate::storage::SyncControl>> {
+        Some(Arc::new(SimSync(self.0.clone())))
     }
 }
 

@@ -91,6 +91,10 @@ pub struct Node {
     paused: bool,
     /// Messages that arrived while paused: (from, packet).
     held: Vec<(usize, Packet)>,
+    /// A machine crash of the leader, due between its sending appends and syncing them
+    /// (see `storage`, [`Durable::cut_armed`]): the steps it may still take to reach
+    /// that window; it crashes after the step that did, or the last one.
+    power_cut: Option<u32>,
     /// Stopped for good: removed from the cluster (the nemesis stops a removed member's
     /// process, and the heal does not restart it), or a joining node the cluster will
     /// never add.
@@ -119,6 +123,7 @@ impl Node {
             outbox: Outbox::default(),
             next_tick: Duration::ZERO,
             paused: false,
+            power_cut: None,
             held: Vec::new(),
             retired: false,
             joiner,
@@ -335,6 +340,9 @@ pub struct World {
     pub partial_machine_crashes: u64,
     /// Pauses of a node (see [`Node::paused`]).
     pub pauses: u64,
+    /// Machine crashes of a leader that cut the power between the send of its appends
+    /// and their fsync (see `storage`).
+    pub cuts_before_sync: u64,
     /// A machine crash happened since the last `observe`: check durability there.
     machine_crashed: bool,
     /// Crashes aimed at transfers so far (see `aim_at_transfer`), from a per-seed start.
@@ -365,6 +373,10 @@ pub struct World {
 }
 
 const TICK: Duration = Duration::from_millis(10);
+
+/// Steps a leader with a power cut due may take to send appends it has not synced (see
+/// [`Node::power_cut`]); then the cut happens anyway.
+const POWER_CUT_STEPS: u32 = 50;
 
 impl World {
     pub fn new(seed: u64, cfg: SimConfig) -> World {
@@ -399,6 +411,7 @@ impl World {
             partial_machine_crashes: 0,
             machine_crashed: false,
             pauses: 0,
+            cuts_before_sync: 0,
             aims: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63,
             follower_turn: seed.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) >> 62,
             config: Membership::initial(&crate::sim::members(n as NodeId)),
@@ -533,15 +546,47 @@ impl World {
         if self.cfg.bug == Some(Bug::UnconfirmedReads) {
             core.inject_unconfirmed_reads();
         }
+        #[cfg(test)]
+        if self.cfg.bug == Some(Bug::SkipLogSync) {
+            core.inject_skip_log_sync();
+        }
         node.core = Some(core);
         node.kv = Some(kv);
         node.sql = Some(sql_reader);
         node.next_tick = self.now + TICK;
     }
 
+    /// After node `i`'s step: the power cut due on it happens if the step sent appends
+    /// it did not sync (they were delivered, its disk may lose them), or if it has no
+    /// step left to wait for that.
+    fn cut_power(&mut self, i: usize) {
+        let Some(left) = self.nodes[i].power_cut else {
+            return;
+        };
+        let cut = {
+            let mut d = self.nodes[i].durable.lock().unwrap();
+            std::mem::take(&mut d.cuts_before_sync) > 0
+        };
+        if cut || left == 0 {
+            self.cuts_before_sync += u64::from(cut);
+            self.nodes[i].power_cut = None;
+            if cut {
+                self.log(format!(
+                    "node {}: power cut between sending its appends and syncing them",
+                    i + 1
+                ));
+            }
+            self.crash(i, true);
+        } else {
+            self.nodes[i].power_cut = Some(left - 1);
+        }
+    }
+
     /// Crashes node `i`: its core, waiters and unsent messages are gone; a machine crash
     /// also loses what was not synced (see `storage`).
     fn crash(&mut self, i: usize, machine: bool) {
+        self.nodes[i].power_cut = None;
+        self.nodes[i].durable.lock().unwrap().cut_armed = false;
         let before = self.nodes[i].core.as_ref().map(|c| c.status());
         self.stop_process(i);
         let node = &mut self.nodes[i];
@@ -1012,16 +1057,20 @@ impl World {
         let alive: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| !self.nodes[i].retired)
             .collect();
+        // A node with a power cut due is neither: it is about to go down.
         let up: Vec<usize> = alive
             .iter()
             .copied()
-            .filter(|&i| self.nodes[i].is_up())
+            .filter(|&i| self.nodes[i].is_up() && self.nodes[i].power_cut.is_none())
             .collect();
         let down: Vec<usize> = alive
             .iter()
             .copied()
             .filter(|&i| !self.nodes[i].is_up())
             .collect();
+        if alive.iter().any(|&i| self.nodes[i].power_cut.is_some()) {
+            return;
+        }
         // The crash and pause limits are of the cluster's members.
         let n = self.config.members.len();
         if self.cfg.crash_transfers && self.aim_at_transfer(down.len()) {
@@ -1050,7 +1099,15 @@ impl World {
                 _ => *up.choose(&mut self.rng).unwrap(),
             };
             let machine = self.rng.gen_bool(0.5);
-            self.crash(victim, machine);
+            let cut = self.cfg.power_cuts && machine && leader == Some(victim);
+            if cut && self.nodes[victim].is_running() {
+                // The leader's power goes out once it sent appends it has not synced.
+                self.log(format!("power cut due on node {}", victim + 1));
+                self.nodes[victim].durable.lock().unwrap().cut_armed = true;
+                self.nodes[victim].power_cut = Some(POWER_CUT_STEPS);
+            } else {
+                self.crash(victim, machine);
+            }
         } else if roll < 85 && !down.is_empty() {
             let i = *down.choose(&mut self.rng).unwrap();
             self.restart(i);
@@ -1536,6 +1593,7 @@ impl World {
                     for from in sent.fetches {
                         self.start_fetch(i, from);
                     }
+                    self.cut_power(i);
                 }
             }
             self.observe()?;

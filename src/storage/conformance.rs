@@ -411,6 +411,42 @@ fn observe<S: Storage<LogEntry>>(s: &S) -> Observed {
     }
 }
 
+/// The core's deferral of append fsyncs: while deferred, appends are written without an
+/// fsync (and read back at once); `sync` makes them durable with one WAL fsync; any other
+/// write is synced as always and covers the appends before it (no second fsync then).
+/// That the fsync really reaches the disk is the power-loss test's (`e2e_powerloss`).
+#[test]
+fn rocks_deferred_appends_are_synced_once_by_the_core() {
+    use super::LogStorage;
+    with_rocks(|s| {
+        let metrics = crate::metrics::Metrics::new();
+        s.set_metrics(metrics.clone());
+        let sync = s.sync_control().expect("RocksStorage defers");
+        let fsyncs = || metrics.fsync.count();
+        s.append_entries(entries(0..2)).unwrap();
+        assert_eq!(fsyncs(), 1, "an append outside a deferral is synced");
+        sync.defer();
+        s.append_entries(entries(2..4)).unwrap();
+        s.append_entry(entry(4)).unwrap();
+        assert_eq!(fsyncs(), 1, "deferred appends wait for the core's sync");
+        assert_eq!(s.get_entries(0, 5).unwrap(), entries(0..5));
+        sync.sync().unwrap();
+        assert_eq!(fsyncs(), 2, "one fsync for the deferred appends");
+        sync.sync().unwrap();
+        assert_eq!(fsyncs(), 2, "nothing deferred, nothing to sync");
+        // Deferral ended: appends are synced again.
+        s.append_entry(entry(5)).unwrap();
+        assert_eq!(fsyncs(), 3);
+        // Another write while deferring is synced, and makes the appends durable too.
+        sync.defer();
+        s.append_entry(entry(6)).unwrap();
+        s.set_promise(ballot(2, 1)).unwrap();
+        assert_eq!(fsyncs(), 4);
+        sync.sync().unwrap();
+        assert_eq!(fsyncs(), 4, "the promise's fsync covered the append");
+    });
+}
+
 /// Entries, log bounds and metadata survive closing and reopening the database.
 #[test]
 fn rocks_state_survives_reopen() {

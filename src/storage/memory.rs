@@ -68,6 +68,8 @@ impl MemStorage {
     }
 }
 
+impl super::LogStorage for MemStorage {}
+
 impl Storage<LogEntry> for MemStorage {
     super::storage_setters!();
     fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> Res<()> {

@@ -10,7 +10,14 @@
 //! - [`memory::MemStorage`]: the same semantics in memory, for tests and simulation, and
 //!   the log of the in-memory witness of a one-member configuration (`node::solo`).
 //!
-//! Both pass the same conformance suite (`conformance.rs`). Log indexes are global: entry
+//! Both pass the same conformance suite (`conformance.rs`).
+//!
+//! A storage may let the core **defer the fsync of its appends** ([`LogStorage`],
+//! [`SyncControl`]): the leader appends a batch unsynced, sends it to the followers, and
+//! only then waits for its own disk, so that its fsync and theirs run at the same time
+//! (see `node`, "The leader sends, then syncs"). Only pure appends at the log's end are
+//! deferred; every other write (a promise, a truncation, a trim) is synced as it is made,
+//! and being later in the one ordered WAL, makes the deferred appends durable with it. Log indexes are global: entry
 //! `i` keeps index `i` after a prefix is trimmed; `get_log_len` counts the entries after the
 //! compacted index.
 
@@ -87,7 +94,38 @@ pub mod rocks;
 #[cfg(test)]
 mod conformance;
 
-use omnipaxos::storage::StorageResult;
+use crate::command::LogEntry;
+use omnipaxos::storage::{Storage, StorageOp, StorageResult};
+use std::sync::Arc;
+
+/// The log storage the node core runs on.
+pub trait LogStorage: Storage<LogEntry> {
+    /// The switch over this storage's append fsyncs, if it can defer them (without one,
+    /// every write is durable when it returns, and the core waits for it).
+    fn sync_control(&self) -> Option<Arc<dyn SyncControl>> {
+        None
+    }
+}
+
+/// Deferred fsyncs of log appends, shared by a storage and the core that drives it.
+///
+/// Invariant: between [`SyncControl::defer`] and [`SyncControl::sync`] only pure appends
+/// are written unsynced; when `sync` returns `Ok`, every write made before it is durable.
+pub trait SyncControl: Send + Sync {
+    /// From now until [`SyncControl::sync`], appends are written but not synced.
+    fn defer(&self);
+    /// Ends the deferral and makes every write so far durable (one fsync, if any append
+    /// was deferred).
+    fn sync(&self) -> crate::error::Result<()>;
+}
+
+/// True when `ops` only append at the log's end (what may be deferred).
+pub(crate) fn only_appends(ops: &[StorageOp<LogEntry>]) -> bool {
+    !ops.is_empty()
+        && ops
+            .iter()
+            .all(|o| matches!(o, StorageOp::AppendEntry(_) | StorageOp::AppendEntries(_)))
+}
 
 /// Shorthand for the boxed error type OmniPaxos expects from a storage.
 pub(crate) fn storage_err<E: std::fmt::Display>(e: E) -> Box<dyn std::error::Error> {

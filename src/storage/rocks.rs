@@ -9,7 +9,12 @@
 //!   written with `sync = true`: when a call returns, its effect survives a crash, and a
 //!   failed call changed nothing (OmniPaxos relies on both). The one exception is
 //!   `set_decided_idx` alone, which is derivable (see there) and not synced;
-//! - the in-memory cache of metadata is replaced only after the batch is durable.
+//! - the in-memory cache of metadata is replaced only after the batch is durable;
+//! - except while the core defers the sync of its appends ([`RocksSync`]): then a batch of
+//!   pure appends is written unsynced, and the core's `sync` (one WAL fsync) makes it
+//!   durable before the core handles anything else (see `node`, "The leader sends, then
+//!   syncs"). Any other batch is synced as always, and with it the appends before it (one
+//!   ordered WAL).
 //!
 //! `--unsafe-no-fsync` ([`RocksStorage::set_unsafe_no_fsync`]) breaks the first invariant
 //! on purpose: every batch is written unsynced, so an OS crash or power loss can lose
@@ -26,6 +31,7 @@ use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Clone, Debug, Default)]
@@ -50,6 +56,45 @@ pub struct RocksStorage {
     metrics: Option<Arc<Metrics>>,
     /// `--unsafe-no-fsync`: no batch is synced.
     unsafe_no_fsync: bool,
+    /// The deferral of append fsyncs, shared with the core.
+    deferral: Arc<Deferral>,
+}
+
+/// Whether appends are deferred now, and whether one was written unsynced since the last
+/// fsync.
+#[derive(Debug, Default)]
+struct Deferral {
+    on: AtomicBool,
+    pending: AtomicBool,
+}
+
+/// The core's [`super::SyncControl`] over a [`RocksStorage`].
+pub struct RocksSync {
+    db: Arc<DB>,
+    deferral: Arc<Deferral>,
+    metrics: Option<Arc<Metrics>>,
+    unsafe_no_fsync: bool,
+}
+
+impl super::SyncControl for RocksSync {
+    fn defer(&self) {
+        self.deferral.on.store(true, Ordering::Relaxed);
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.deferral.on.store(false, Ordering::Relaxed);
+        if !self.deferral.pending.swap(false, Ordering::Relaxed) || self.unsafe_no_fsync {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.db
+            .flush_wal(true)
+            .map_err(|e| crate::error::Error::Storage(format!("syncing the log: {e}")))?;
+        if let Some(m) = &self.metrics {
+            m.observe_fsync(started.elapsed());
+        }
+        Ok(())
+    }
 }
 
 fn enc<T: Serialize>(v: &T) -> Res<Vec<u8>> {
@@ -82,6 +127,7 @@ impl RocksStorage {
             nosync: WriteOptions::default(),
             metrics: None,
             unsafe_no_fsync: false,
+            deferral: Arc::default(),
         })
     }
 
@@ -195,7 +241,12 @@ impl RocksStorage {
 impl RocksStorage {
     /// Writes `ops` as one batch; `sync` decides whether it is fsynced before returning.
     fn commit(&mut self, ops: Vec<StorageOp<LogEntry>>, sync: bool) -> Res<()> {
-        let sync = sync && !self.unsafe_no_fsync;
+        let mut sync = sync && !self.unsafe_no_fsync;
+        let deferred =
+            sync && self.deferral.on.load(Ordering::Relaxed) && super::only_appends(&ops);
+        if deferred {
+            sync = false;
+        }
         let mut batch = WriteBatch::default();
         let mut staged = self.meta.clone();
         for op in ops {
@@ -209,6 +260,12 @@ impl RocksStorage {
         let opts = if sync { &self.sync } else { &self.nosync };
         let started = std::time::Instant::now();
         self.db.write_opt(batch, opts).map_err(storage_err)?;
+        if deferred {
+            self.deferral.pending.store(true, Ordering::Relaxed);
+        } else if sync {
+            // The WAL is ordered: this fsync made the deferred appends durable too.
+            self.deferral.pending.store(false, Ordering::Relaxed);
+        }
         if let Some(m) = &self.metrics {
             if sync {
                 m.observe_fsync(started.elapsed());
@@ -217,6 +274,17 @@ impl RocksStorage {
         }
         self.meta = staged;
         Ok(())
+    }
+}
+
+impl super::LogStorage for RocksStorage {
+    fn sync_control(&self) -> Option<Arc<dyn super::SyncControl>> {
+        Some(Arc::new(RocksSync {
+            db: self.db.clone(),
+            deferral: self.deferral.clone(),
+            metrics: self.metrics.clone(),
+            unsafe_no_fsync: self.unsafe_no_fsync,
+        }))
     }
 }
 
