@@ -86,6 +86,7 @@ use crate::machine::{Command, LogEntry, Machine, NodeId, Outcome};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::storage::{LogStorage, SyncControl};
+use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
 use omnipaxos::util::LogEntry as PaxosEntry;
 use omnipaxos::OmniPaxos;
@@ -221,6 +222,9 @@ pub struct Core<S: LogStorage> {
     writes: BTreeMap<WriteKey, WriteWaiter>,
     /// Sessions waiting to go into the next batch, in arrival order.
     to_propose: Vec<WriteKey>,
+    /// Batches other nodes forwarded to this one (as leader), to append in the next
+    /// `propose` (OmniPaxos would append them as they arrive, synced before sending).
+    forwarded: Vec<LogEntry>,
     /// Linearizable reads, from arrival to answer (see [`reads`]).
     reads: reads::Reads,
     next_batch_id: u64,
@@ -289,6 +293,7 @@ impl<S: LogStorage> Core<S> {
             net,
             writes: BTreeMap::new(),
             to_propose: Vec::new(),
+            forwarded: Vec::new(),
             outgoing: Vec::new(),
             metrics: None,
             trimmer: compaction::Trimmer::default(),
@@ -434,7 +439,15 @@ impl<S: LogStorage> Core<S> {
                 quirks::fix_stop_sign_sync(&mut msg, |i| paxos.read(i));
                 let local = self.paxos.get_compacted_idx() as u64;
                 match compaction::guard(&msg, local) {
-                    compaction::Verdict::Deliver => self.paxos.handle_incoming(msg),
+                    compaction::Verdict::Deliver => match msg {
+                        // Another node's batches: appended in this round's `propose`,
+                        // with ours (sent before they are synced, see the module docs).
+                        Message::SequencePaxos(PaxosMessage {
+                            msg: PaxosMsg::ProposalForward(entries),
+                            ..
+                        }) => self.forwarded.extend(entries),
+                        msg => self.paxos.handle_incoming(msg),
+                    },
                     compaction::Verdict::Drop => {}
                     compaction::Verdict::SendState => {
                         let compacted = self.membership.base + local;
@@ -592,15 +605,23 @@ impl<S: LogStorage> Core<S> {
 
     /// Appends the waiting writes as as few entries as the limits allow.
     fn propose(&mut self, now: Instant) {
+        if self.to_propose.is_empty() && self.forwarded.is_empty() {
+            return;
+        }
+        // The leader's appends are written unsynced, sent, then synced (`flush_outgoing`).
+        if let Some(s) = &self.log_sync {
+            s.defer();
+        }
+        // As OmniPaxos handles a forward: appended by a leader, buffered in its prepare
+        // phase, forwarded again by a node that is not the leader.
+        for entry in std::mem::take(&mut self.forwarded) {
+            self.append(entry);
+        }
         if self.to_propose.is_empty() {
             return;
         }
         let mut keys = std::mem::take(&mut self.to_propose).into_iter().peekable();
         let mut first = true;
-        // The leader's appends are written unsynced, sent, then synced (`flush_outgoing`).
-        if let Some(s) = &self.log_sync {
-            s.defer();
-        }
         // OmniPaxos sends everything appended in one round to a follower as one message:
         // bound the round's bytes (a quarter of a frame), and leave the rest for the next.
         let mut round_bytes = 0;
