@@ -77,6 +77,15 @@ pub struct ServerArgs {
     /// write.
     #[arg(long, env = "PAXOSDB_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Length of a leader-election round, in milliseconds (default 100): a leader not
+    /// heard from for about one round is replaced, and a node that cannot reach a
+    /// majority stops serving after about one. Rounded up to whole ticks.
+    #[arg(long, env = "PAXOSDB_ELECTION_MS")]
+    pub election_ms: Option<u64>,
+    /// How long a request waits to be decided and applied before the answer "outcome
+    /// unknown" (writes) or "unavailable" (reads), in milliseconds (default 5000).
+    #[arg(long, env = "PAXOSDB_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
     /// Most client connections at once, over gRPC, HTTP and RESP together (default 4096).
     #[arg(long, env = "PAXOSDB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -238,6 +247,12 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     if let Some(v) = a.max_frame_bytes {
         cfg.max_frame_bytes = v;
     }
+    if let Some(ms) = a.election_ms {
+        cfg.election_ticks = ms.div_ceil(cfg.tick_ms.max(1));
+    }
+    if let Some(v) = a.request_timeout_ms {
+        cfg.request_timeout_ms = v;
+    }
     if let Some(v) = a.max_connections {
         cfg.max_connections = v;
     }
@@ -352,4 +367,35 @@ pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
     };
     server.shutdown().await;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, CliCommand};
+    use clap::Parser;
+
+    fn config_of(args: &[&str]) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut argv = vec!["paxosdb", "server", "--data-dir", data.to_str().unwrap()];
+        argv.extend(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let CliCommand::Server(a) = cli.command else {
+            panic!("not the server command")
+        };
+        build_config(&a).unwrap()
+    }
+
+    /// The election round and the request timeout are flags (and `PAXOSDB_*` variables),
+    /// not only TOML keys: a partition test sets them on the command line.
+    #[test]
+    fn election_round_and_request_timeout_are_flags() {
+        let d = config_of(&[]);
+        assert_eq!((d.tick_ms, d.election_ticks, d.request_timeout_ms), (10, 10, 5000));
+        let c = config_of(&["--election-ms", "1000", "--request-timeout-ms", "1500"]);
+        assert_eq!((c.election_ticks, c.request_timeout_ms), (100, 1500));
+        // Rounded up to whole ticks.
+        assert_eq!(config_of(&["--election-ms", "95"]).election_ticks, 10);
+    }
 }
