@@ -392,7 +392,10 @@ mod tests {
     #[test]
     fn election_round_and_request_timeout_are_flags() {
         let d = config_of(&[]);
-        assert_eq!((d.tick_ms, d.election_ticks, d.request_timeout_ms), (10, 10, 5000));
+        assert_eq!(
+            (d.tick_ms, d.election_ticks, d.request_timeout_ms),
+            (10, 10, 5000)
+        );
         let c = config_of(&["--election-ms", "1000", "--request-timeout-ms", "1500"]);
         assert_eq!((c.election_ticks, c.request_timeout_ms), (100, 1500));
         // Rounded up to whole ticks.
