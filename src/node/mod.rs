@@ -313,7 +313,7 @@ impl<S: LogStorage> Core<S> {
 
     /// Bug injection: this node never syncs its deferred appends (they become durable
     /// only with its next synced write), yet counts them as its own accepts.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "test-machinery"))]
     pub(crate) fn inject_skip_log_sync(&mut self) {
         self.skip_log_sync = true;
     }
