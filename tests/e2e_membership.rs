@@ -117,6 +117,23 @@ async fn grow_shrink_and_replace_under_writes() {
     assert_eq!(v.expect("first write").value, b"v0-0");
     let st = five.status_of(0).await.unwrap();
     assert_eq!(st.members.len(), 5, "{st:?}");
+    // `paxosdb status` given only the first three nodes asks the members they name:
+    // the new nodes are shown as they are, not as unreachable.
+    let out = cli(&c, &[1, 2, 3], &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status --json");
+    let roles: Vec<(u64, String)> = (v["nodes"].as_array().expect("nodes").iter())
+        .map(|n| {
+            (
+                n["id"].as_u64().unwrap(),
+                n["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(roles.len(), 5, "{out}");
+    assert!(
+        roles.iter().all(|(_, r)| r == "leader" || r == "follower"),
+        "a member shown as not serving: {out}"
+    );
 
     // Shrink 5 → 3.
     let out = cli(&c, &[1], &["cluster", "remove-node", "5", "--json"]).await;

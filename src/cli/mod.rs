@@ -309,13 +309,18 @@ pub(crate) fn credentials(cli: &Cli) -> crate::Result<Option<crate::client::Auth
 }
 
 pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
+    client_of(cli, &endpoints(cli)?)
+}
+
+/// A client of `eps` with the command line's timeout, TLS and credentials.
+pub(crate) fn client_of(cli: &Cli, eps: &[String]) -> crate::Result<crate::client::Client> {
     let timeout = match (cli.timeout, config_file(cli)?.timeout) {
         (Some(t), _) => t,
         (None, Some(t)) => parse_duration(&t).map_err(crate::Error::Config)?,
         (None, None) => std::time::Duration::from_secs(15),
     };
     crate::client::Client::with_options(
-        &endpoints(cli)?,
+        eps,
         crate::client::ClientOptions {
             timeout,
             tls: client_tls(cli)?,

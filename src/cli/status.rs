@@ -1,8 +1,13 @@
 //! `paxosdb status`: asks every endpoint for its view and prints one row per member:
 //! id, role (leader/follower/candidate/unreachable), decided and applied index, process
 //! id, and every listener (peer, grpc, ...).
+//!
+//! The endpoints given are where to start, not the cluster: the members named by the
+//! answers (their gRPC listeners) are asked too, until no new one appears, so that a
+//! node added since the endpoints were written down is shown as it is. A member is
+//! `unreachable` only if it was asked and did not answer (or has no gRPC listener known).
 
-use super::{client, endpoints, Cli};
+use super::{client_of, endpoints, Cli};
 use crate::api::pb;
 use crate::error::Result;
 use clap::Args;
@@ -28,10 +33,13 @@ struct Row {
     listeners: BTreeMap<String, String>,
 }
 
-pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
-    let eps = endpoints(cli)?;
-    let c = client(cli)?;
-    let answers = futures::future::join_all((0..eps.len()).map(|i| {
+/// Rounds of asking the members the answers named (each round asks only new addresses).
+const DISCOVERY_ROUNDS: usize = 4;
+
+/// Asks each of `eps` for its status (3 s each, at once); `None` where none came.
+async fn ask(cli: &Cli, eps: &[String]) -> Result<Vec<Option<pb::StatusResponse>>> {
+    let c = client_of(cli, eps)?;
+    Ok(futures::future::join_all((0..eps.len()).map(|i| {
         let c = c.clone();
         async move {
             tokio::time::timeout(std::time::Duration::from_secs(3), c.status_of(i))
@@ -40,7 +48,41 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
                 .and_then(|r| r.ok())
         }
     }))
-    .await;
+    .await)
+}
+
+/// The gRPC listeners of the members the answers name, in the newest configuration any
+/// of them reports.
+fn member_endpoints(answers: &[Option<pb::StatusResponse>]) -> Vec<String> {
+    let ok: Vec<&pb::StatusResponse> = answers.iter().flatten().collect();
+    let newest = ok.iter().map(|s| s.config_id).max().unwrap_or(0);
+    let mut eps = Vec::new();
+    for st in ok.iter().filter(|s| s.config_id == newest) {
+        for m in &st.members {
+            for l in m.listeners.iter().filter(|l| l.name == "grpc") {
+                if !eps.contains(&l.addr) {
+                    eps.push(l.addr.clone());
+                }
+            }
+        }
+    }
+    eps
+}
+
+pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
+    let mut eps = endpoints(cli)?;
+    let mut answers = ask(cli, &eps).await?;
+    for _ in 0..DISCOVERY_ROUNDS {
+        let new: Vec<String> = member_endpoints(&answers)
+            .into_iter()
+            .filter(|e| !eps.contains(e))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        answers.extend(ask(cli, &new).await?);
+        eps.extend(new);
+    }
 
     let mut rows: BTreeMap<u64, Row> = BTreeMap::new();
     let mut seen_eps: Vec<String> = Vec::new();
