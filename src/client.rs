@@ -8,7 +8,9 @@
 //! write in flight per session. A retried write keeps its session, so the cluster applies
 //! it at most once and answers the retry with the original result. When the timeout runs
 //! out on a write, the error is [`Error::OutcomeUnknown`] — the write may or may not have
-//! happened — never a plain failure.
+//! happened — never a plain failure; unless no attempt ever reached a node (every
+//! connection was refused or had no route): then nothing was sent, and the error is
+//! [`Error::Unavailable`].
 //!
 //! SQL: [`Client::sql_execute`] runs statements through the log in a session, exactly like
 //! a key-value write (at most once, `OutcomeUnknown` when unsure); [`Client::sql_query`]
@@ -254,6 +256,9 @@ impl Client {
         let mut backoff = Duration::from_millis(10);
         let mut last: String;
         let mut ambiguous = false;
+        // Whether some attempt may have reached a node: only then can a write that got
+        // no answer have been applied.
+        let mut sent = false;
         loop {
             match f(self.inner.channels[idx].clone()).await {
                 Ok(v) => {
@@ -274,21 +279,26 @@ impl Client {
                         });
                     }
                     ambiguous |= matches!(err, Error::OutcomeUnknown(_));
+                    sent |= !never_connected(&status);
                     tracing::debug!(endpoint = %self.inner.endpoints[idx], "retrying: {err}");
-                    last = err.to_string();
+                    // The last cause without its kind: the final error names the kind.
+                    last = match err {
+                        Error::Unavailable(m) | Error::OutcomeUnknown(m) => m,
+                        e => e.to_string(),
+                    };
                 }
             }
             if start.elapsed() >= self.inner.timeout {
-                let why = format!(
-                    "no answer within {:?} from {}: {}",
-                    self.inner.timeout,
-                    self.inner.endpoints.join(","),
-                    last
-                );
-                return Err(if write {
-                    Error::OutcomeUnknown(why)
+                let eps = self.inner.endpoints.join(",");
+                let t = self.inner.timeout;
+                return Err(if write && sent {
+                    Error::OutcomeUnknown(format!("no answer within {t:?} from {eps}: {last}"))
+                } else if !sent {
+                    Error::Unavailable(format!(
+                        "could not connect to {eps} within {t:?} ({last}); nothing was sent"
+                    ))
                 } else {
-                    Error::Unavailable(why)
+                    Error::Unavailable(format!("no answer within {t:?} from {eps}: {last}"))
                 });
             }
             idx = (idx + 1) % n;
@@ -701,6 +711,23 @@ impl Client {
             None => from_status(status),
         }
     }
+}
+
+/// True when `status` is a failure to connect (refused, unreachable, no route): the
+/// request never left this process.
+fn never_connected(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | NetworkUnreachable | HostUnreachable
+            );
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Opens a TLS session to the endpoint a channel connects to.

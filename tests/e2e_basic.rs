@@ -510,3 +510,40 @@ async fn grpc_server_reflection_lists_the_services() {
         );
     }
 }
+
+/// A write to a cluster nobody listens for was never sent: the client says it is
+/// unavailable (retryable, nothing applied), not that its outcome is unknown, and names
+/// the cause once. The CLI prints the same.
+#[tokio::test]
+async fn a_refused_connection_is_unavailable_not_outcome_unknown() {
+    let eps: Vec<String> = free_ports(2)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let c = paxosdb::client::Client::with_options(
+        &eps,
+        paxosdb::client::ClientOptions {
+            timeout: Duration::from_millis(800),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    match c.put(b"k", b"v", false).await {
+        Err(Error::Unavailable(m)) => {
+            assert!(m.contains("nothing was sent"), "{m}");
+            assert!(!m.contains("unavailable"), "the kind repeated: {m}");
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    let o = Command::new(BIN)
+        .args(["put", "k", "v", "--timeout", "1s"])
+        .env("PAXOSDB_ENDPOINTS", eps.join(","))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: unavailable: could not connect"),
+        "{err}"
+    );
+}
