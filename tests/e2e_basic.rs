@@ -54,6 +54,24 @@ async fn cli_commands_exit_codes_and_json() {
     assert!(stdout(&o).starts_with("OK version="));
     let o = cli(&cluster, &["get", "greeting"]);
     assert_eq!(stdout(&o), "hi");
+    // `put KEY -` takes the value from standard input, whole (newlines included).
+    let mut child = Command::new(BIN)
+        .args(["--endpoints", &cluster.endpoints().join(",")])
+        .args(["put", "piped", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"line one\nline two\n")
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let o = cli(&cluster, &["get", "piped", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["value"], "line one\nline two\n", "{j}");
 
     let o = cli(&cluster, &["get", "missing"]);
     assert_eq!(o.status.code(), Some(1));

@@ -11,36 +11,45 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct PutArgs {
+    /// The key.
     pub key: String,
+    /// The value; `-` reads it from standard input, to its end, byte for byte.
     pub value: String,
     /// Also print the previous value and version.
     #[arg(long)]
     pub prev: bool,
+    /// Print the answer as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    /// The key.
     pub key: String,
     /// Serve from the contacted node's local copy (may be behind; reports its index).
     #[arg(long)]
     pub stale: bool,
+    /// Print the answer as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
+    /// The key.
     pub key: String,
+    /// Also print the deleted value and its version.
     #[arg(long)]
     pub prev: bool,
+    /// Print the answer as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct CasArgs {
+    /// The key.
     pub key: String,
     /// Expected current value.
     #[arg(
@@ -55,6 +64,7 @@ pub struct CasArgs {
     /// The value to store if the comparison holds.
     #[arg(long = "new")]
     pub new_value: String,
+    /// Print the answer as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
 }
@@ -71,10 +81,12 @@ pub struct ScanArgs {
     #[arg(long)]
     pub to: Option<String>,
     /// At most this many rows (default 1000, at most 10000).
-    #[arg(long, default_value_t = 0)]
-    pub limit: u32,
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Serve from the contacted node's local copy (may be behind; reports its index).
     #[arg(long)]
     pub stale: bool,
+    /// Print the rows as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
 }
@@ -95,9 +107,15 @@ fn print_json(v: serde_json::Value) {
 }
 
 pub async fn put(cli: &Cli, a: &PutArgs) -> Result<ExitCode> {
-    let r = client(cli)?
-        .put(a.key.as_bytes(), a.value.as_bytes(), a.prev)
-        .await?;
+    let value = if a.value == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+            .map_err(|e| Error::invalid(format!("reading the value from standard input: {e}")))?;
+        v
+    } else {
+        a.value.as_bytes().to_vec()
+    };
+    let r = client(cli)?.put(a.key.as_bytes(), &value, a.prev).await?;
     if a.json {
         print_json(json!({"version": r.version, "prev": vjson(&r.prev)}));
     } else {
@@ -207,7 +225,9 @@ pub async fn scan(cli: &Cli, a: &ScanArgs) -> Result<ExitCode> {
         },
         _ => return Err(Error::invalid("use --prefix, or --from/--to, not both")),
     };
-    let r = client(cli)?.scan(&range, a.limit, a.stale).await?;
+    let r = client(cli)?
+        .scan(&range, a.limit.unwrap_or(0), a.stale)
+        .await?;
     if a.json {
         let items: Vec<_> = r
             .items
