@@ -505,11 +505,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::api::health::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
     // Older tools (some grpcurl builds) only speak the v1alpha reflection protocol.
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::api::health::proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
     let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
@@ -534,6 +536,9 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         kv: kv_handle.clone(),
         info: info.clone(),
     });
+    let health_svc = crate::api::health::proto::health_server::HealthServer::new(
+        crate::api::health::HealthService::new(kv_handle.node().clone()),
+    );
     let (grpc_stop, stop_rx) = oneshot::channel::<()>();
     // Each connection takes a place in the connection limit (one over it is closed at
     // once: the client sees UNAVAILABLE and tries another node), is opened (the TLS
@@ -552,6 +557,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             .add_service(kv_svc)
             .add_service(cluster_svc)
             .add_service(sql_svc)
+            .add_service(health_svc)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             })

@@ -521,7 +521,11 @@ async fn grpc_server_reflection_lists_the_services() {
         panic!("unexpected reflection response");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["paxosdb.v1.Kv", "paxosdb.v1.Cluster"] {
+    for want in [
+        "paxosdb.v1.Kv",
+        "paxosdb.v1.Cluster",
+        "grpc.health.v1.Health",
+    ] {
         assert!(
             names.iter().any(|n| n == want),
             "{want} missing from {names:?}"
@@ -564,4 +568,55 @@ async fn a_refused_connection_is_unavailable_not_outcome_unknown() {
         err.starts_with("error: unavailable: could not connect"),
         "{err}"
     );
+}
+
+/// The standard gRPC health service: `SERVING` on every node of a healthy cluster (for
+/// the server and each service name), `NOT_FOUND` for another name; a node left without
+/// a quorum turns `NOT_SERVING`, and a watch sees it change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_health_checks_follow_the_quorum() {
+    use paxosdb::api::health::proto::health_check_response::ServingStatus;
+    use paxosdb::api::health::proto::health_client::HealthClient;
+    use paxosdb::api::health::proto::HealthCheckRequest;
+
+    let mut cluster = Cluster::start(3).await;
+    let connect = |id: usize| {
+        let url = format!("http://{}", cluster.nodes[id - 1].client_addr);
+        async move {
+            HealthClient::new(
+                tonic::transport::Endpoint::from_shared(url)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let ask = |service: &str| HealthCheckRequest {
+        service: service.to_string(),
+    };
+    for id in 1..=3 {
+        let mut h = connect(id).await;
+        for service in ["", "paxosdb.v1.Kv", "paxosdb.v1.Sql", "paxosdb.v1.Cluster"] {
+            let r = h.check(ask(service)).await.unwrap().into_inner();
+            assert_eq!(r.status(), ServingStatus::Serving, "node {id} {service:?}");
+        }
+        let e = h.check(ask("no.such.Service")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    }
+    let mut h1 = connect(1).await;
+    let mut watch = h1.watch(ask("")).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().expect("the current status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    // Nodes 2 and 3 go: node 1 has no quorum left.
+    cluster.kill(2);
+    cluster.kill(3);
+    let next = tokio::time::timeout(Duration::from_secs(15), watch.message())
+        .await
+        .expect("the watch reported the change")
+        .unwrap()
+        .expect("a message");
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    let r = h1.check(ask("")).await.unwrap().into_inner();
+    assert_eq!(r.status(), ServingStatus::NotServing);
 }

@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod grpc;
 pub mod grpc_sql;
+pub mod health;
 pub mod http;
 pub mod resp;
 pub mod tls;
