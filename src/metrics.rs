@@ -6,8 +6,8 @@
 //! a write lock to create its counters.
 //!
 //! Who feeds what:
-//! - every protocol server calls [`Metrics::observe_request`] once per request (gRPC and
-//!   HTTP today; RESP can do the same);
+//! - every protocol server calls [`Metrics::observe_request`] once per request (gRPC,
+//!   HTTP and RESP, the latter by command name);
 //! - the node core calls [`Metrics::observe_core`] once per loop round (decided and applied
 //!   index, leader; a change of known leader counts as a leader change);
 //! - the log storage records each synced write's latency ([`Metrics::observe_fsync`]) and
@@ -339,6 +339,15 @@ pub fn cf_disk_bytes(db: &rocksdb::DB, cf: &str) -> u64 {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The resident memory of this process in bytes (`VmRSS` of `/proc/self/status`), where
+/// the system has it.
+pub fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! `max_reply_bytes`, or freeze a node with a KEYS pattern.
 
 mod common;
+mod http_client;
 
 use common::tools::{port, tool};
 use common::Cluster;
@@ -144,6 +145,23 @@ async fn redis_cli_commands_error_shapes_and_reads_across_nodes() {
     }
     assert!(info.contains(&format!("tcp_port:{}", port(&n2))), "{info}");
     assert!(info.contains("db0:keys=2"), "{info}");
+    // The sections `redis-cli --stat` reads hold real numbers.
+    let field = |info: &str, name: &str| -> u64 {
+        let line = (info.lines())
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("INFO lacks {name}: {info}"));
+        line[name.len() + 1..].trim().parse().expect("a number")
+    };
+    assert!(field(&info, "used_memory") > 1 << 20, "{info}");
+    assert!(field(&info, "total_commands_processed") >= 10, "{info}");
+    assert!(field(&info, "total_connections_received") >= 10, "{info}");
+    assert!(field(&info, "connected_clients") >= 1, "{info}");
+    // And the Redis protocol is counted in /metrics, by command.
+    let metrics = http_client::get(&c.nodes[1].http_addr, "/metrics").text();
+    assert!(
+        metrics.contains(r#"paxosdb_requests_total{protocol="resp",op="get"}"#),
+        "{metrics}"
+    );
     let leader = c.leader().await;
     let repl = cli(
         &c.nodes[leader as usize - 1].resp_addr,
@@ -151,6 +169,17 @@ async fn redis_cli_commands_error_shapes_and_reads_across_nodes() {
     );
     assert!(repl.contains("role:master"), "{repl}");
     assert!(repl.contains(&format!("leader_id:{leader}")), "{repl}");
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let repl = cli(
+        &c.nodes[follower as usize - 1].resp_addr,
+        &["INFO", "replication"],
+    );
+    assert!(repl.contains("role:slave"), "{repl}");
+    let leader_port = port(&c.nodes[leader as usize - 1].resp_addr).to_string();
+    assert!(
+        repl.contains(&format!("master_port:{leader_port}")),
+        "{repl}"
+    );
     // SCAN through several pages (COUNT defaults to 10), as redis-cli --scan does it.
     let mut mset = vec!["MSET".to_string()];
     for i in 0..25 {

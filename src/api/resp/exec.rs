@@ -889,8 +889,25 @@ impl ConnState {
         }
         if want("clients") {
             out.push_str(&format!(
-                "# Clients\r\nconnected_clients:{}\r\n\r\n",
+                "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n\r\n",
                 shared.clients.load(Ordering::Relaxed)
+            ));
+        }
+        if want("memory") {
+            // The whole process (the store's caches and memtables included): what the
+            // node costs, the closest thing to Redis' own accounting.
+            let rss = crate::metrics::process_rss_bytes().unwrap_or(0);
+            out.push_str(&format!(
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{:.2}M\r\n\
+                 used_memory_rss:{rss}\r\nmaxmemory:0\r\n\r\n",
+                rss as f64 / 1048576.0
+            ));
+        }
+        if want("stats") {
+            out.push_str(&format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n",
+                shared.connections_received.load(Ordering::Relaxed),
+                shared.commands_processed.load(Ordering::Relaxed),
             ));
         }
         if want("replication") {
@@ -914,6 +931,24 @@ impl ConnState {
                     st.compacted_index,
                 )),
                 Err(e) => out.push_str(&format!("role:unknown\r\nerror:{e}\r\n")),
+            }
+            // A follower names the leader's Redis listener as its master (it also takes
+            // writes itself, forwarding them).
+            if let Ok(st) = shared.node.status().await {
+                let leader_resp = (st.role != NodeRole::Leader)
+                    .then(|| {
+                        let members = shared.info.members();
+                        let m = members.into_iter().find(|m| Some(m.id) == st.leader)?;
+                        let (_, addr) = m.listeners.into_iter().find(|(n, _)| n == "resp")?;
+                        Some(addr)
+                    })
+                    .flatten();
+                if let Some((host, port)) = leader_resp.as_deref().and_then(|a| a.rsplit_once(':'))
+                {
+                    out.push_str(&format!(
+                        "master_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:up\r\n"
+                    ));
+                }
             }
             out.push_str("\r\n");
         }

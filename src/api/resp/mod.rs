@@ -98,6 +98,9 @@ pub struct Shared {
     pub cursors: Mutex<Cursors>,
     pub next_conn_id: AtomicU64,
     pub clients: AtomicU64,
+    /// Connections accepted, and commands run, since the start (`INFO stats`).
+    pub connections_received: AtomicU64,
+    pub commands_processed: AtomicU64,
     pub port: u16,
     pub started: Instant,
 }
@@ -121,6 +124,8 @@ pub async fn serve(
         cursors: Mutex::new(Cursors::default()),
         next_conn_id: AtomicU64::new(1),
         clients: AtomicU64::new(0),
+        connections_received: AtomicU64::new(0),
+        commands_processed: AtomicU64::new(0),
         port,
         started: Instant::now(),
     });
@@ -170,6 +175,7 @@ async fn handle(
         return;
     };
     shared.clients.fetch_add(1, Ordering::Relaxed);
+    shared.connections_received.fetch_add(1, Ordering::Relaxed);
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let mut session = exec::ConnState::new(id);
     // The guard times the connection out when it sends nothing, or reads nothing of its
@@ -191,7 +197,16 @@ async fn run(
         loop {
             match conn.next_request() {
                 Ok(Some(words)) => {
+                    // Counted in `/metrics` by command (an unknown one as `unknown`).
+                    let op = words
+                        .first()
+                        .and_then(|w| cmd::lookup(&String::from_utf8_lossy(w)))
+                        .map_or("unknown", |spec| spec.name);
+                    let started = Instant::now();
                     let (reply, after) = session.run(shared, words).await;
+                    let ok = !matches!(reply, Frame::Error(_));
+                    (shared.info.metrics).observe_request("resp", op, started.elapsed(), ok);
+                    shared.commands_processed.fetch_add(1, Ordering::Relaxed);
                     conn.queue(reply, session.resp3);
                     if after == exec::After::Close {
                         return;
