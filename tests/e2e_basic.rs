@@ -620,3 +620,30 @@ async fn grpc_health_checks_follow_the_quorum() {
     let r = h1.check(ask("")).await.unwrap().into_inner();
     assert_eq!(r.status(), ServingStatus::NotServing);
 }
+
+/// `paxosdb bench` says how far it got while it runs (on a log, a line every 10 s), not
+/// only at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_progress_while_it_runs() {
+    let cluster = Cluster::start(3).await;
+    let o = cli(
+        &cluster,
+        &[
+            "bench",
+            "--duration",
+            "11s",
+            "--concurrency",
+            "2",
+            "--keys",
+            "100",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("bench: 10s, "))
+        .unwrap_or_else(|| panic!("no progress line after 10 s: {err}"));
+    assert!(line.contains("operations started"), "{line}");
+    assert!(stdout(&o).contains("throughput="), "the final figures");
+}

@@ -28,6 +28,7 @@ use super::{client, parse_duration, Cli};
 use crate::error::Result;
 use clap::Args;
 use hdrhistogram::Histogram;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -178,6 +179,31 @@ fn sql_write(k: u64, value: &[u8], rows: usize) -> crate::sql::Request {
     }
 }
 
+/// While the run lasts, shows on stderr how many operations were started and the rate
+/// since the last look: one line rewritten every second on a terminal, a line every 10 s
+/// otherwise (a log).
+async fn report_progress(issued: Arc<AtomicU64>, max_ops: u64, start: Instant) {
+    let tty = std::io::stderr().is_terminal();
+    let every = Duration::from_secs(if tty { 1 } else { 10 });
+    let mut last = (0u64, start);
+    loop {
+        tokio::time::sleep(every).await;
+        let n = issued.load(Relaxed).min(max_ops);
+        let now = Instant::now();
+        let rate = (n - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
+        let line = format!(
+            "bench: {:.0}s, {n} operations started, {rate:.0} ops/s now",
+            now.duration_since(start).as_secs_f64()
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        last = (n, now);
+    }
+}
+
 pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     if a.target == Target::Etcd && a.workload != Workload::Kv {
         return Err(crate::error::Error::InvalidInput(
@@ -290,6 +316,7 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             (h, errors, reads, writes)
         }));
     }
+    let progress = tokio::spawn(report_progress(issued.clone(), max_ops, start));
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
     let (mut errors, mut reads, mut writes) = (0, 0, 0);
     for t in tasks {
@@ -299,6 +326,10 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             reads += r;
             writes += w;
         }
+    }
+    progress.abort();
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
     }
     let secs = start.elapsed().as_secs_f64();
     let entries_after = match &c {
