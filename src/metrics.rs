@@ -341,6 +341,60 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// User plus system CPU time of this process, in seconds (`/proc/self/stat`, whose times
+/// are in USER_HZ ticks: 100 a second on Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The process figures Prometheus' client libraries export under these standard names,
+/// measured now, and the build: appended to `/metrics`.
+pub fn render_process() -> String {
+    let mut out = String::new();
+    let mut line = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    };
+    if let Some(rss) = process_rss_bytes() {
+        line(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the node process, in bytes.",
+            rss.to_string(),
+        );
+    }
+    if let Some(cpu) = process_cpu_seconds() {
+        line(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the node process, in seconds.",
+            format!("{cpu:.2}"),
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        line(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors of the node process.",
+            fds.count().to_string(),
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP paxosdb_build_info Always 1; the running binary's version is its label.\n\
+         # TYPE paxosdb_build_info gauge\npaxosdb_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    out
+}
+
 /// The resident memory of this process in bytes (`VmRSS` of `/proc/self/status`), where
 /// the system has it.
 pub fn process_rss_bytes() -> Option<u64> {

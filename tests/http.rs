@@ -337,6 +337,15 @@ async fn cluster_endpoints_and_metrics() {
     assert!(sample("paxosdb_leader_changes_total ") >= 1.0);
     // The log column family holds the entries just written (in its memtable at least).
     assert!(sample("paxosdb_log_disk_bytes ") > 0.0);
+    // The process, under Prometheus' standard names, and the build.
+    assert!(sample("process_resident_memory_bytes ") > 1e6);
+    assert!(sample("process_cpu_seconds_total ") > 0.0);
+    assert!(sample("process_open_fds ") >= 10.0);
+    let build = format!(
+        "paxosdb_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build), "{text}");
 
     let doc = ok_json(&get(a, "/openapi.json"));
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

@@ -137,7 +137,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             "1 while the data directory's file system is below min_free_disk_bytes free.",
             u64::from(s.node.admission().disk_low()),
         ),
-    ]);
+    ]) + &crate::metrics::render_process();
     (
         [(
             header::CONTENT_TYPE,
