@@ -127,6 +127,14 @@ impl Metrics {
         }
     }
 
+    /// Requests of `protocol` recorded so far, every operation together.
+    pub fn requests_of(&self, protocol: &str) -> u64 {
+        (self.requests.read().unwrap().iter())
+            .filter(|((p, _), _)| *p == protocol)
+            .map(|(_, s)| s.latency.count())
+            .sum()
+    }
+
     /// The counters of one (protocol, operation) pair, created on first use.
     pub fn stats(&self, protocol: &'static str, op: &'static str) -> Arc<RequestStats> {
         if let Some(s) = self.requests.read().unwrap().get(&(protocol, op)) {

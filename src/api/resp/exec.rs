@@ -907,48 +907,44 @@ impl ConnState {
             out.push_str(&format!(
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n",
                 shared.connections_received.load(Ordering::Relaxed),
-                shared.commands_processed.load(Ordering::Relaxed),
+                shared.info.metrics.requests_of("resp"),
             ));
         }
         if want("replication") {
             out.push_str("# Replication\r\n");
             match shared.node.status().await {
-                Ok(st) => out.push_str(&format!(
-                    "role:{}\r\npaxos_role:{}\r\nleader_id:{}\r\nmembers:{}\r\n\
-                     config_id:{}\r\ndecided_index:{}\r\napplied_index:{}\r\n\
-                     compacted_index:{}\r\n",
-                    if st.role == NodeRole::Leader {
-                        "master"
-                    } else {
-                        "slave"
-                    },
-                    st.role.as_str(),
-                    st.leader.unwrap_or(0),
-                    st.membership.members.len(),
-                    st.membership.config_id,
-                    st.decided_index,
-                    st.applied_index,
-                    st.compacted_index,
-                )),
-                Err(e) => out.push_str(&format!("role:unknown\r\nerror:{e}\r\n")),
-            }
-            // A follower names the leader's Redis listener as its master (it also takes
-            // writes itself, forwarding them).
-            if let Ok(st) = shared.node.status().await {
-                let leader_resp = (st.role != NodeRole::Leader)
-                    .then(|| {
-                        let members = shared.info.members();
-                        let m = members.into_iter().find(|m| Some(m.id) == st.leader)?;
-                        let (_, addr) = m.listeners.into_iter().find(|(n, _)| n == "resp")?;
-                        Some(addr)
-                    })
-                    .flatten();
-                if let Some((host, port)) = leader_resp.as_deref().and_then(|a| a.rsplit_once(':'))
-                {
+                Ok(st) => {
                     out.push_str(&format!(
-                        "master_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:up\r\n"
+                        "role:{}\r\npaxos_role:{}\r\nleader_id:{}\r\nmembers:{}\r\n\
+                         config_id:{}\r\ndecided_index:{}\r\napplied_index:{}\r\n\
+                         compacted_index:{}\r\n",
+                        if st.role == NodeRole::Leader {
+                            "master"
+                        } else {
+                            "slave"
+                        },
+                        st.role.as_str(),
+                        st.leader.unwrap_or(0),
+                        st.membership.members.len(),
+                        st.membership.config_id,
+                        st.decided_index,
+                        st.applied_index,
+                        st.compacted_index,
                     ));
+                    // A follower names the leader's Redis listener as its master (it
+                    // also takes writes itself, forwarding them).
+                    let leader = st.leader.filter(|_| st.role != NodeRole::Leader);
+                    let resp = (shared.info.members().into_iter())
+                        .find(|m| Some(m.id) == leader)
+                        .and_then(|m| m.listeners.into_iter().find(|(n, _)| n == "resp"));
+                    if let Some((host, port)) = resp.as_ref().and_then(|(_, a)| a.rsplit_once(':'))
+                    {
+                        out.push_str(&format!(
+                            "master_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:up\r\n"
+                        ));
+                    }
                 }
+                Err(e) => out.push_str(&format!("role:unknown\r\nerror:{e}\r\n")),
             }
             out.push_str("\r\n");
         }

@@ -98,9 +98,8 @@ pub struct Shared {
     pub cursors: Mutex<Cursors>,
     pub next_conn_id: AtomicU64,
     pub clients: AtomicU64,
-    /// Connections accepted, and commands run, since the start (`INFO stats`).
+    /// Connections accepted since the start (`INFO stats`).
     pub connections_received: AtomicU64,
-    pub commands_processed: AtomicU64,
     pub port: u16,
     pub started: Instant,
 }
@@ -125,7 +124,6 @@ pub async fn serve(
         next_conn_id: AtomicU64::new(1),
         clients: AtomicU64::new(0),
         connections_received: AtomicU64::new(0),
-        commands_processed: AtomicU64::new(0),
         port,
         started: Instant::now(),
     });
@@ -206,7 +204,6 @@ async fn run(
                     let (reply, after) = session.run(shared, words).await;
                     let ok = !matches!(reply, Frame::Error(_));
                     (shared.info.metrics).observe_request("resp", op, started.elapsed(), ok);
-                    shared.commands_processed.fetch_add(1, Ordering::Relaxed);
                     conn.queue(reply, session.resp3);
                     if after == exec::After::Close {
                         return;
