@@ -272,6 +272,7 @@ impl Config {
             // in a frame (see `node::compaction`, "Transfer holds").
             hold_bytes: self.max_frame_bytes as u64 / 2,
             hold_for: crate::node::HOLD_FOR,
+            hold_silence: crate::node::HOLD_SILENCE,
         }
     }
 

@@ -36,6 +36,10 @@
 //!   or one the ordinary limits do not trim past (nothing written since) — checked every
 //!   tick, not only when a trim is due, so that a fetcher that caught up and later stopped
 //!   (paused, killed) holds nothing and is trimmed past like any stopped member;
+//! - when the fetcher went silent: nothing (no progress, no fetching note) heard from it
+//!   for [`CompactionPolicy::hold_silence`]. It is stopped, perhaps right after it
+//!   installed the state and before a leader synced it, and a stopped node holds nothing;
+//!   such a hold is not spent: once the fetcher runs again, its notes hold the log anew;
 //! - when it is older than [`CompactionPolicy::hold_for`], or when the log it holds (from
 //!   its index to the applied end) exceeds [`CompactionPolicy::hold_bytes`]: a fetcher
 //!   that never finishes, or is so slow that holding for it would grow the log without
@@ -88,11 +92,19 @@ pub struct CompactionPolicy {
     pub hold_bytes: u64,
     /// Longest a transfer hold lives.
     pub hold_for: Duration,
+    /// A transfer hold ends when its fetcher sent nothing (no progress, no fetching note)
+    /// for this long: it is stopped (paused, killed, cut off), and a stopped fetcher holds
+    /// nothing (see the module docs).
+    pub hold_silence: Duration,
 }
 
 /// How long a transfer hold lives at most on a server (its byte cap comes from the frame
 /// limit, see `Config::compaction`).
 pub const HOLD_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// How long a server keeps a transfer hold for a fetcher it hears nothing from (a fetcher
+/// reports its progress every ten ticks, a few times a second, while it fetches too).
+pub const HOLD_SILENCE: Duration = Duration::from_secs(10);
 
 impl CompactionPolicy {
     /// No compaction at all.
@@ -102,6 +114,7 @@ impl CompactionPolicy {
         keep_bytes: u64::MAX,
         hold_bytes: 0,
         hold_for: Duration::ZERO,
+        hold_silence: Duration::ZERO,
     };
 }
 
@@ -141,6 +154,8 @@ struct Hold {
     index: u64,
     /// When the hold began (it lives at most `hold_for` from here).
     since: Instant,
+    /// When the fetcher was last heard from (a progress or fetching note).
+    heard: Instant,
     /// The first applied index the fetcher reported at or past the hold: the state it
     /// installed. An applied index reported past this one was synced from the log.
     installed: Option<u64>,
@@ -171,9 +186,10 @@ impl Trimmer {
         self.sizes.push_back((index, self.total));
     }
 
-    pub fn peer_progress(&mut self, peer: NodeId, applied: u64) {
+    pub fn peer_progress(&mut self, peer: NodeId, applied: u64, now: Instant) {
         self.peer_applied.insert(peer, applied);
         if let Some(h) = self.holds.get_mut(&peer) {
+            h.heard = now;
             if h.installed.is_none() && applied >= h.index {
                 h.installed = Some(applied);
             }
@@ -200,10 +216,12 @@ impl Trimmer {
             Hold {
                 index,
                 since: now,
+                heard: now,
                 installed: (applied >= index).then_some(applied),
             }
         });
         h.index = h.index.max(index).max(applied);
+        h.heard = now;
     }
 
     /// The lowest index a live hold keeps the log from, if any.
@@ -264,6 +282,20 @@ impl Trimmer {
             .collect();
         for p in expired {
             self.spend(p, "its time ran out");
+        }
+        // A fetcher heard nothing from is stopped: it holds nothing, like any stopped
+        // member (its last report may be the installed state, before a leader synced it).
+        // Not spent: once it runs again, its fetching notes may hold the log anew.
+        let silent: Vec<NodeId> = (self.holds.iter())
+            .filter(|(_, h)| now.duration_since(h.heard) >= policy.hold_silence)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in silent {
+            self.holds.remove(&p);
+            tracing::info!(
+                peer = p,
+                "the peer fetching a state went silent: log no longer held"
+            );
         }
         // Holds no longer needed end, checked every tick (not only when a trim is due: a
         // fetcher that caught up and then stopped must not keep its hold): the fetcher
@@ -387,6 +419,7 @@ mod tests {
         keep_bytes: 1000,
         hold_bytes: 5000,
         hold_for: Duration::from_secs(60),
+        hold_silence: Duration::from_secs(5),
     };
 
     #[test]
@@ -396,22 +429,22 @@ mod tests {
         for i in 0..50 {
             t.applied(i, 1);
         }
-        t.peer_progress(2, 30);
+        t.peer_progress(2, 30, now);
         // Node 3 never reported: nothing is known to be safe beyond the keep limits.
         assert_eq!(t.target(&POLICY, [2, 3], 50, 0, now), None);
-        t.peer_progress(3, 25);
+        t.peer_progress(3, 25, now);
         assert_eq!(t.target(&POLICY, [2, 3], 50, 0, now), Some(25));
         t.trimmed(25);
         // Less than a step more: wait.
-        t.peer_progress(3, 34);
+        t.peer_progress(3, 34, now);
         assert_eq!(t.target(&POLICY, [2, 3], 50, 25, now), None);
-        t.peer_progress(3, 40);
+        t.peer_progress(3, 40, now);
         assert_eq!(
             t.target(&POLICY, [2, 3], 50, 25, now),
             None,
             "node 2 is at 30"
         );
-        t.peer_progress(2, 45);
+        t.peer_progress(2, 45, now);
         assert_eq!(t.target(&POLICY, [2, 3], 50, 25, now), Some(40));
     }
 
@@ -422,9 +455,9 @@ mod tests {
         for i in 0..500 {
             t.applied(i, 1);
         }
-        t.peer_progress(2, 500);
+        t.peer_progress(2, 500, now);
         // Node 3 is down at 3: keep 100 entries for it, no more.
-        t.peer_progress(3, 3);
+        t.peer_progress(3, 3, now);
         assert_eq!(t.target(&POLICY, [2, 3], 500, 0, now), Some(400));
         // Big entries: the byte limit trims further.
         let mut t = Trimmer::default();
@@ -446,7 +479,7 @@ mod tests {
         for i in 0..5 {
             t.applied(i, 400);
         }
-        t.peer_progress(2, 0);
+        t.peer_progress(2, 0, now);
         assert_eq!(t.target(&POLICY, [2], 5, 0, now), Some(4));
         t.trimmed(4);
         assert_eq!(
@@ -469,19 +502,20 @@ mod tests {
     fn never_trims_unapplied_entries_or_when_off() {
         let now = Instant::now();
         let mut t = Trimmer::default();
-        t.peer_progress(2, 1_000);
+        t.peer_progress(2, 1_000, now);
         assert_eq!(t.target(&POLICY, [2], 20, 0, now), Some(20));
         assert_eq!(t.target(&CompactionPolicy::OFF, [2], 20, 0, now), None);
     }
 
     /// 100-byte entries 0..n applied; node 2 is at `n`, node 3 (the fetcher) far behind.
     fn busy(n: u64) -> Trimmer {
+        let now = Instant::now();
         let mut t = Trimmer::default();
         for i in 0..n {
             t.applied(i, 100);
         }
-        t.peer_progress(2, n);
-        t.peer_progress(3, 1);
+        t.peer_progress(2, n, now);
+        t.peer_progress(3, 1, now);
         t
     }
 
@@ -495,17 +529,17 @@ mod tests {
         let mut t = busy(40);
         t.hold(&POLICY, 3, 20, now);
         t.trimmed(35);
-        t.peer_progress(2, 40);
+        t.peer_progress(2, 40, now);
         // Installed and following at 38: within the kept window, no trim step due (40 <
         // 35 + 10), yet the hold is over.
-        t.peer_progress(3, 38);
+        t.peer_progress(3, 38, now);
         assert_eq!(t.target(&POLICY, [2, 3], 40, 35, now), None);
         assert_eq!(t.hold_floor(), None, "the hold outlived the catch-up");
         // Node 3 stops; the others write on past the byte limit: trimmed past node 3.
         for i in 40..60 {
             t.applied(i, 100);
         }
-        t.peer_progress(2, 60);
+        t.peer_progress(2, 60, now);
         let target = t.target(&POLICY, [2, 3], 60, 35, now).expect("a trim");
         assert!(
             target > 38,
@@ -527,15 +561,48 @@ mod tests {
         for i in 40..400 {
             t.applied(i, 1);
         }
-        t.peer_progress(2, 400);
+        t.peer_progress(2, 400, now);
         // Installed at 25, then synced: it applied 30, more than 100 entries behind.
-        t.peer_progress(3, 25);
+        t.peer_progress(3, 25, now);
         assert_eq!(t.target(&POLICY, [2, 3], 400, 20, now), None, "held at 25");
         assert_eq!(t.hold_floor(), Some(25));
-        t.peer_progress(3, 30);
+        t.peer_progress(3, 30, now);
         // It stops there; the others trim past it by the ordinary rules.
         assert_eq!(t.target(&POLICY, [2, 3], 400, 20, now), Some(300));
         assert_eq!(t.hold_floor(), None, "a synced fetcher kept its hold");
+    }
+
+    /// The nemesis's pause-past-retention fault paused a follower that had just installed
+    /// a fetched state: its last report was the installed state, before a leader synced
+    /// it, and its hold pinned every member's log for the whole fault. A fetcher heard
+    /// nothing from is stopped, and a stopped fetcher holds nothing.
+    #[test]
+    fn a_hold_ends_when_its_fetcher_goes_silent() {
+        let start = Instant::now();
+        let mut t = busy(40);
+        t.hold(&POLICY, 3, 20, start);
+        t.trimmed(20);
+        for i in 40..400 {
+            t.applied(i, 1);
+        }
+        t.peer_progress(2, 400, start);
+        // Installed at 25 and stopped there: held while it may still be synced.
+        t.peer_progress(3, 25, start);
+        let later = start + POLICY.hold_silence / 2;
+        t.peer_progress(2, 400, later);
+        assert_eq!(
+            t.target(&POLICY, [2, 3], 400, 20, later),
+            None,
+            "held at 25"
+        );
+        assert_eq!(t.hold_floor(), Some(25));
+        // Silent for the policy's silence: the ordinary rules trim past it.
+        let silent = start + POLICY.hold_silence;
+        assert_eq!(t.target(&POLICY, [2, 3], 400, 20, silent), Some(300));
+        assert_eq!(t.hold_floor(), None, "a silent fetcher kept its hold");
+        // Not spent: running again and still fetching, it holds the log anew.
+        t.hold(&POLICY, 3, 300, silent);
+        assert_eq!(t.hold_floor(), Some(300));
     }
 
     #[test]
@@ -551,22 +618,22 @@ mod tests {
         for i in 40..60 {
             t.applied(i, 100);
         }
-        t.peer_progress(2, 60);
+        t.peer_progress(2, 60, now);
         assert_eq!(t.target(&POLICY, [2, 3], 60, 20, now), None, "held at 20");
         // The state (at 25) is installed: the hold follows the fetcher's applied index
         // (the log is over its byte limit: trimmed by less than a step) until the leader
         // synced it from the held log.
-        t.peer_progress(3, 25);
+        t.peer_progress(3, 25, now);
         assert_eq!(t.target(&POLICY, [2, 3], 60, 20, now), Some(25));
         t.trimmed(25);
         assert_eq!(t.target(&POLICY, [2, 3], 60, 25, now), None, "held at 25");
         // It applied past its state: synced, it follows the log like any member, however
         // far behind; the hold ends and the ordinary rules apply again (the byte limit).
-        t.peer_progress(3, 35);
+        t.peer_progress(3, 35, now);
         assert_eq!(t.target(&POLICY, [2, 3], 60, 25, now), Some(53));
         assert_eq!(t.hold_floor(), None);
         t.trimmed(53);
-        t.peer_progress(3, 60);
+        t.peer_progress(3, 60, now);
         assert_eq!(t.target(&POLICY, [2, 3], 60, 53, now), None);
         t.trimmed(60);
         // A stale note of the same fetch holds from what the fetcher applied, which the
@@ -576,8 +643,8 @@ mod tests {
         for i in 60..80 {
             t.applied(i, 100);
         }
-        t.peer_progress(2, 80);
-        t.peer_progress(3, 80);
+        t.peer_progress(2, 80, now);
+        t.peer_progress(3, 80, now);
         assert_eq!(t.target(&POLICY, [2, 3], 80, 60, now), Some(80));
         assert_eq!(t.hold_floor(), None);
     }
@@ -618,11 +685,11 @@ mod tests {
         for i in 40..70 {
             t.applied(i, 100);
         }
-        t.peer_progress(2, 70);
+        t.peer_progress(2, 70, now);
         assert_eq!(t.target(&POLICY, [2, 3], 70, 20, now), None);
         // One more: over the cap, the hold ends and the ordinary limits apply.
         t.applied(70, 100);
-        t.peer_progress(2, 71);
+        t.peer_progress(2, 71, now);
         assert_eq!(t.target(&POLICY, [2, 3], 71, 20, now), Some(64));
         assert_eq!(t.hold_floor(), None);
         t.hold(&POLICY, 3, 20, now);

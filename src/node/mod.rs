@@ -73,7 +73,7 @@ mod reads;
 mod reconfig;
 mod solo;
 
-pub use compaction::{CompactionPolicy, Note, HOLD_FOR};
+pub use compaction::{CompactionPolicy, Note, HOLD_FOR, HOLD_SILENCE};
 pub use handle::{
     Consistency, NodeHandle, NodeRole, NodeStatus, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT,
 };
@@ -461,7 +461,7 @@ impl<S: LogStorage> Core<S> {
                 self.paxos.reconnected(pid)
             }
             Event::Note { from, note } => match note {
-                Note::Progress { applied, .. } => self.trimmer.peer_progress(from, applied),
+                Note::Progress { applied, .. } => self.trimmer.peer_progress(from, applied, now),
                 Note::NeedState { compacted } => self.need_state(from, compacted, now),
                 Note::Fetching { index } => {
                     self.trimmer.hold(&self.cfg.compaction, from, index, now)

@@ -230,6 +230,7 @@ pub fn tiny_policy(seed: u64) -> CompactionPolicy {
         // seeds with holds).
         hold_bytes: 0,
         hold_for: std::time::Duration::ZERO,
+        hold_silence: std::time::Duration::ZERO,
     }
 }
 

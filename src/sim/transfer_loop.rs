@@ -251,6 +251,8 @@ fn policy(hold_bytes: u64, hold_for: Duration) -> CompactionPolicy {
         keep_bytes: 4096,
         hold_bytes,
         hold_for,
+        // Node 3 reports its progress while it fetches: silence never ends a hold here.
+        hold_silence: hold_for,
     }
 }
 
