@@ -547,6 +547,33 @@ impl Client {
     /// Adds `add` (id, peer address) and removes `remove` in one membership change,
     /// through the first endpoint that answers. Not retried once a node took it: an
     /// `OutcomeUnknown` error means it may still happen (check the status).
+    /// A backup of the first node that answers (admin only): the file's bytes, chunk by
+    /// chunk, in order (see [`crate::backup`]). The stream fails if the backup does;
+    /// its bytes then lack the end record, and no reader takes them for a backup.
+    pub async fn backup(&self) -> Result<tonic::Streaming<pb::BackupChunk>> {
+        self.call(false, |ch| {
+            let req = self.request(pb::BackupRequest {});
+            async move {
+                pb::cluster_client::ClusterClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .backup(req)
+                    .await
+            }
+        })
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
+    /// The error a status received on an open stream stands for.
+    pub fn stream_error(status: &tonic::Status) -> Error {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                Error::Unavailable(format!("the stream broke: {}", status.message()))
+            }
+            _ => crate::api::grpc::from_status(status),
+        }
+    }
+
     pub async fn change_membership(
         &self,
         add: &[(u64, String)],

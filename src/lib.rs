@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 #[cfg(feature = "test-machinery")]
 pub mod check;
 pub mod cli;

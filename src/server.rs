@@ -51,6 +51,45 @@ pub struct ServerInfo {
     pub auth: Arc<Authenticator>,
     /// The SQL database the SQL APIs serve (`None`: this node serves no SQL).
     pub sql: Option<Arc<dyn crate::sql::SqlService>>,
+    /// What a backup (and a state transfer) moves: every state machine of the node.
+    pub states: States,
+    /// Backups this node may still serve at once (each holds a view of every machine and
+    /// a copy of the SQL database while it streams).
+    pub backups: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most backups a node serves at once.
+pub const MAX_BACKUPS: usize = 2;
+
+impl ServerInfo {
+    /// Starts a backup of this node (see [`crate::backup::serve`]), or refuses it as
+    /// overloaded when [`MAX_BACKUPS`] are under way. With a `protocol`, the backup is
+    /// recorded in the metrics as that protocol's request once it ended (HTTP's layer
+    /// records every request itself).
+    pub fn backup(
+        &self,
+        node: crate::node::NodeHandle,
+        protocol: Option<&'static str>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Vec<u8>>>> {
+        let permit = self.backups.clone().try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "this node already serves {MAX_BACKUPS} backups; retry when one ended"
+            ))
+        })?;
+        let (metrics, started) = (self.metrics.clone(), std::time::Instant::now());
+        let done = move |ok| {
+            drop(permit);
+            if let Some(p) = protocol {
+                metrics.observe_request(p, "backup", started.elapsed(), ok);
+            }
+        };
+        Ok(crate::backup::serve(
+            node,
+            self.states.clone(),
+            self.config.id,
+            done,
+        ))
+    }
 }
 
 /// One member as this node sees it, for status reports (every protocol shows the same).
@@ -117,12 +156,51 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Config(format!("cannot listen on {addr} ({what}): {e}")))
 }
 
+/// A node's stores, open: the locked data directory, its RocksDB, the key-value store, the
+/// SQL database, and what a state transfer (or a backup) moves.
+pub(crate) struct Stores {
+    pub dir: DataDir,
+    pub db: Arc<rocksdb::DB>,
+    pub kv: KvStore,
+    pub sql: SqlStore,
+    pub states: States,
+}
+
+/// Locks `data_dir` (created if missing) and opens the node's stores in it (the SQL
+/// database in `sql_dir`, by default `data_dir/sql`).
+pub(crate) fn open_stores(
+    data_dir: &std::path::Path,
+    sql_dir: Option<&std::path::Path>,
+) -> Result<Stores> {
+    let dir = DataDir::lock(data_dir)?;
+    let db = dir.open_db()?;
+    let kv = KvStore::open(db.clone())?;
+    let sql_dir = sql_dir.map_or_else(|| data_dir.join("sql"), |d| d.to_path_buf());
+    let sql = SqlStore::open(&sql_dir).map_err(|e| {
+        Error::Storage(format!(
+            "opening the SQL database in {}: {e} (it needs a file system with shared \
+             memory maps; see --sql-dir)",
+            sql_dir.display()
+        ))
+    })?;
+    // What a state transfer moves, in order: every state machine of the node.
+    let states = States::new(vec![Arc::new(kv.clone()), Arc::new(sql.reader())]);
+    Ok(Stores {
+        dir,
+        db,
+        kv,
+        sql,
+        states,
+    })
+}
+
 /// Records the node id and member ids (and a random incarnation) in a new data directory,
 /// or checks that an existing one was made for this node and cluster. Returns the
 /// incarnation.
-/// Once a membership change is recorded, the members may differ from `--peers` (which
-/// then only matters for the node's own address): only the node id is checked.
-fn check_identity(db: &rocksdb::DB, cfg: &Config, changed: bool) -> Result<u64> {
+/// Once a membership change is recorded (`changed`), the members may differ from
+/// `--peers` (which then only matters for the node's own address): only the node id is
+/// checked.
+pub(crate) fn check_identity(db: &rocksdb::DB, cfg: &Config, changed: bool) -> Result<u64> {
     let meta = Meta::of(db);
     let mut ids: Vec<NodeId> = cfg.peers.iter().map(|m| m.id).collect();
     ids.sort_unstable();
@@ -293,20 +371,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         )?),
         None => None,
     };
-    let dir = DataDir::lock(&cfg.data_dir)?;
-    let db = dir.open_db()?;
-    let mut kv = KvStore::open(db.clone())?;
-    let sql_dir = (cfg.sql_dir.clone()).unwrap_or_else(|| cfg.data_dir.join("sql"));
-    let mut sql = SqlStore::open(&sql_dir).map_err(|e| {
-        Error::Storage(format!(
-            "opening the SQL database in {}: {e} (it needs a file system with shared \
-             memory maps; see --sql-dir)",
-            sql_dir.display()
-        ))
-    })?;
+    let Stores {
+        dir,
+        db,
+        mut kv,
+        mut sql,
+        states,
+    } = open_stores(&cfg.data_dir, cfg.sql_dir.as_deref())?;
     let sql_reader = sql.reader();
-    // What a state transfer moves, in order: every state machine of the node.
-    let states = States::new(vec![Arc::new(kv.clone()), Arc::new(sql_reader.clone())]);
     let incarnation = check_identity(&db, &cfg, kv.membership()?.is_some())?;
     let metrics = Metrics::new();
     let mut storage = RocksStorage::open(db.clone())?;
@@ -487,6 +559,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             handle.clone(),
             sql_reader,
         ))),
+        states: states.clone(),
+        backups: Arc::new(tokio::sync::Semaphore::new(MAX_BACKUPS)),
     });
     let disk = tokio::spawn(watch_disk(
         info.config.data_dir.clone(),

@@ -57,8 +57,14 @@ pub enum Frame {
 pub trait Transferable: Send + Sync + 'static {
     fn machine(&self) -> Machine;
     /// Streams a consistent point-in-time copy to `sink`, part by part, without holding
-    /// the whole state in memory.
-    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()>;
+    /// the whole state in memory. `pinned` is called once, with the copy's applied index,
+    /// as soon as the point in time is fixed and before the first part (a backup pins
+    /// every machine while the node applies nothing, so that their copies agree).
+    fn export(
+        &self,
+        pinned: &mut dyn FnMut(u64),
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()>;
     /// Starts staging an incoming copy beside the live state (an earlier, unfinished one
     /// is discarded).
     fn importer(&self) -> Result<Box<dyn Import>>;
@@ -81,6 +87,11 @@ impl States {
     pub fn new(all: Vec<Arc<dyn Transferable>>) -> States {
         States(Arc::new(all))
     }
+
+    /// Every machine, in the order they are sent.
+    pub fn all(&self) -> &[Arc<dyn Transferable>] {
+        &self.0
+    }
 }
 
 /// Serves one state fetch on `stream` (after its hello was checked).
@@ -91,7 +102,7 @@ pub async fn serve(stream: transport::PeerStream, states: States, max_frame: usi
         let gone = || Error::Unavailable("the fetching peer went away".into());
         for m in states.0.iter() {
             let machine = m.machine();
-            m.export(&mut |bytes| {
+            m.export(&mut |_| {}, &mut |bytes| {
                 tx.blocking_send(Frame::Part { machine, bytes })
                     .map_err(|_| gone())
             })?;

@@ -190,9 +190,13 @@ impl Transferable for Gated {
         Transferable::importer(&self.kv)
     }
 
-    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
+    fn export(
+        &self,
+        pinned: &mut dyn FnMut(u64),
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
         let mut n = 0;
-        Transferable::export(&self.kv, &mut |p| {
+        Transferable::export(&self.kv, pinned, &mut |p| {
             if n == self.after {
                 let _ = self.reached.lock().unwrap().send(());
                 let _ = self

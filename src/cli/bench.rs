@@ -183,23 +183,17 @@ fn sql_write(k: u64, value: &[u8], rows: usize) -> crate::sql::Request {
 /// since the last look: one line rewritten every second on a terminal, a line every 10 s
 /// otherwise (a log).
 async fn report_progress(issued: Arc<AtomicU64>, max_ops: u64, start: Instant) {
-    let tty = std::io::stderr().is_terminal();
-    let every = Duration::from_secs(if tty { 1 } else { 10 });
+    let mut progress = super::ProgressLine::new();
     let mut last = (0u64, start);
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(progress.every()).await;
         let n = issued.load(Relaxed).min(max_ops);
         let now = Instant::now();
         let rate = (n - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
-        let line = format!(
+        progress.print(&format!(
             "bench: {:.0}s, {n} operations started, {rate:.0} ops/s now",
             now.duration_since(start).as_secs_f64()
-        );
-        if tty {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
-        }
+        ));
         last = (n, now);
     }
 }

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the operation answered "no" (missing key, failed compare) or
 //! failed; 2 bad usage. Errors go to stderr as one line.
 
+mod backup;
 mod bench;
 mod cluster;
 mod kv;
@@ -94,6 +95,11 @@ pub enum CliCommand {
     Cluster(cluster::ClusterCommand),
     /// Load generator: prints throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Take a consistent backup of the whole database into a file (admin only), or check
+    /// one with --verify.
+    Backup(backup::BackupArgs),
+    /// Seed a new node's data directory from a backup (one per node of the new cluster).
+    Restore(Box<backup::RestoreArgs>),
     #[cfg(feature = "test-machinery")]
     /// Deterministic simulation campaign: many seeds, faults, checks (see `sim` docs).
     Sim(sim::SimArgs),
@@ -330,6 +336,59 @@ pub(crate) fn client_of(cli: &Cli, eps: &[String]) -> crate::Result<crate::clien
     .with_auth(credentials(cli)?)
 }
 
+/// A progress line on stderr while a command runs: rewritten at most once a second on a
+/// terminal, one line every 10 s otherwise (a log).
+pub(crate) struct ProgressLine {
+    tty: bool,
+    every: std::time::Duration,
+    last: std::time::Instant,
+    shown: bool,
+}
+
+impl ProgressLine {
+    pub(crate) fn new() -> ProgressLine {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        ProgressLine {
+            tty,
+            every: std::time::Duration::from_secs(if tty { 1 } else { 10 }),
+            last: std::time::Instant::now(),
+            shown: false,
+        }
+    }
+
+    /// How often a line is shown.
+    pub(crate) fn every(&self) -> std::time::Duration {
+        self.every
+    }
+
+    /// Shows the line `line` makes, if one is due.
+    pub(crate) fn show(&mut self, line: impl FnOnce() -> String) {
+        if self.last.elapsed() < self.every {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        self.print(&line());
+    }
+
+    /// Shows `line` now.
+    pub(crate) fn print(&mut self, line: &str) {
+        self.shown = true;
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Ends the line on a terminal, so that what follows starts on a line of its own.
+    pub(crate) fn finish(&mut self) {
+        if self.tty && self.shown {
+            eprintln!();
+        }
+        self.shown = false;
+    }
+}
+
 /// Sets up logging: `RUST_LOG` or `PAXOSDB_LOG` choose the level (default info for the
 /// server, warn for client commands).
 pub fn init_logging(default: &str) {
@@ -370,6 +429,8 @@ pub fn main() -> ExitCode {
             CliCommand::Status(a) => status::run(&cli, a).await,
             CliCommand::Cluster(c) => cluster::run(&cli, c).await,
             CliCommand::Bench(a) => bench::run(&cli, a).await,
+            CliCommand::Backup(a) => backup::run(&cli, a).await,
+            CliCommand::Restore(a) => backup::restore(a).await,
             #[cfg(feature = "test-machinery")]
             CliCommand::Sim(a) => sim::run(a).await,
             #[cfg(feature = "test-machinery")]

@@ -292,6 +292,15 @@ impl KvStore {
         Self::with_backend(Backend::Rocks(Arc::new(RocksSpaces::open(db)?)))
     }
 
+    /// Drops the recorded membership (a restored backup seeds a new cluster, whose members
+    /// come from its configuration; see `backup`). Not synced by itself: the next synced
+    /// write to the node's RocksDB (restore's identity record) makes it durable, as the
+    /// write-ahead log is one and ordered.
+    pub fn forget_membership(&self) -> Result<()> {
+        self.backend
+            .write(vec![(Space::Sm, K_MEMBERSHIP.to_vec(), None)])
+    }
+
     /// A store in memory, resuming from whatever `spaces` holds.
     pub fn open_memory(spaces: Arc<RwLock<MemSpaces>>) -> Result<KvStore> {
         Self::with_backend(Backend::Memory(spaces))

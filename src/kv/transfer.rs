@@ -218,8 +218,19 @@ impl KvStore {
     /// the applied index of that same view. `sink` may block (back-pressure); an `Err`
     /// from it aborts the export.
     pub fn export(&self, sink: &mut dyn FnMut(StatePart) -> Result<()>) -> Result<()> {
+        self.export_pinned(&mut |_| {}, sink)
+    }
+
+    /// [`KvStore::export`], calling `pinned` with the view's applied index once the view
+    /// is taken (see [`crate::transfer::Transferable::export`]).
+    pub fn export_pinned(
+        &self,
+        pinned: &mut dyn FnMut(u64),
+        sink: &mut dyn FnMut(StatePart) -> Result<()>,
+    ) -> Result<()> {
         self.backend.detached_view(|view| {
             let applied = read_counter(view.get(Space::Sm, K_APPLIED)?)?;
+            pinned(applied);
             let mut out = Chunker {
                 sink: &mut *sink,
                 seq: 0,
@@ -363,8 +374,12 @@ impl crate::transfer::Transferable for KvStore {
         crate::machine::Machine::Kv
     }
 
-    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
-        KvStore::export(self, &mut |part| sink(bincode::serialize(&part)?))
+    fn export(
+        &self,
+        pinned: &mut dyn FnMut(u64),
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        self.export_pinned(pinned, &mut |part| sink(bincode::serialize(&part)?))
     }
 
     fn importer(&self) -> Result<Box<dyn crate::transfer::Import>> {

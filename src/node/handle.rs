@@ -196,6 +196,21 @@ impl NodeHandle {
         })?
     }
 
+    /// Runs `f` in the node thread between two applied entries, with the applied index
+    /// once every machine made it durable (see [`Event::Between`]); returns what it
+    /// returned.
+    pub async fn between<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Result<u64>) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let run = Box::new(move |applied| {
+            let _ = reply.send(f(applied));
+        });
+        self.tx.send(Event::Between(run)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
     /// Asks the node thread to stop.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Event::Shutdown);

@@ -147,6 +147,12 @@ pub enum Event {
         remove: Vec<NodeId>,
         reply: oneshot::Sender<Result<Membership>>,
     },
+    /// Runs the function in the node thread between two applied entries, after every
+    /// machine made what it applied durable (so each one's stored applied index is the
+    /// node's), with that applied index: nothing is applied while it runs (a backup pins
+    /// every state machine's point-in-time view there, so that the views agree; see
+    /// `backup`). It must be quick.
+    Between(Box<dyn FnOnce(Result<u64>) + Send>),
     /// Stop the loop.
     Shutdown,
     /// An event holding a share of a bounded budget (client admission, the peer inbox):
@@ -483,6 +489,7 @@ impl<S: LogStorage> Core<S> {
             Event::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Event::Between(f) => f(self.sm.make_durable().map(|()| self.sm.applied_index())),
             Event::Shutdown => return false,
         }
         true

@@ -169,7 +169,7 @@ impl Cluster {
             return;
         }
         let mut import = Transferable::importer(&self.kvs[i]).unwrap();
-        Transferable::export(&self.kvs[from], &mut |b| import.part(b)).unwrap();
+        Transferable::export(&self.kvs[from], &mut |_| {}, &mut |b| import.part(b)).unwrap();
         let due = match self.transfer_time {
             Some(t) => self.now + t,
             None => Duration::MAX,

@@ -778,7 +778,7 @@ impl World {
         for (source, target) in sources.into_iter().zip(targets) {
             let mut import = target.importer().map_err(|e| format!("import: {e}"))?;
             source
-                .export(&mut |bytes| import.part(bytes))
+                .export(&mut |_| {}, &mut |bytes| import.part(bytes))
                 .map_err(|e| format!("{:?} export: {e}", source.machine()))?;
             imports.push(import);
         }

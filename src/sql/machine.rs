@@ -134,8 +134,12 @@ impl Transferable for SqlReader {
         Machine::Sql
     }
 
-    fn export(&self, sink: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
-        SqlReader::export(self, &mut |part| sink(bincode::serialize(&part)?))
+    fn export(
+        &self,
+        pinned: &mut dyn FnMut(u64),
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        self.export_pinned(pinned, &mut |part| sink(bincode::serialize(&part)?))
     }
 
     fn importer(&self) -> Result<Box<dyn Import>> {

@@ -117,6 +117,16 @@ impl SqlReader {
     /// Streams a consistent copy of the database to `sink` (see the module docs). `sink`
     /// may block (back-pressure); an `Err` from it aborts the export.
     pub fn export(&self, sink: &mut dyn FnMut(SqlPart) -> Result<()>) -> Result<()> {
+        self.export_pinned(&mut |_| {}, sink)
+    }
+
+    /// [`SqlReader::export`], calling `pinned` with the copy's applied index once its read
+    /// transaction is open, before the copy (see [`crate::transfer::Transferable::export`]).
+    pub fn export_pinned(
+        &self,
+        pinned: &mut dyn FnMut(u64),
+        sink: &mut dyn FnMut(SqlPart) -> Result<()>,
+    ) -> Result<()> {
         let dir = &self.shared.dir;
         let n = EXPORTS.fetch_add(1, Ordering::Relaxed);
         let work = WorkFile(dir.join(format!("export-{}-{n}.tmp", std::process::id())));
@@ -128,6 +138,15 @@ impl SqlReader {
         .map_err(|e| Error::Unavailable(format!("SQL export: the database was replaced ({e})")))?;
         src.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql_err)?;
+        // The read transaction opened here is the copy's point in time: the backup below
+        // runs inside it (SQLite's backup uses an open read transaction of the source).
+        src.execute_batch("BEGIN").map_err(sql_err)?;
+        let at: i64 = src
+            .query_row("SELECT applied FROM _paxosdb_meta WHERE id = 0", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql_err)?;
+        pinned(at as u64);
         let applied = {
             let mut dst = Connection::open(&work.0).map_err(sql_err)?;
             {
@@ -149,6 +168,13 @@ impl SqlReader {
             dst.close().map_err(|(_, e)| sql_err(e))?;
             a as u64
         };
+        if applied != at as u64 {
+            return Err(Error::Internal(format!(
+                "SQL export: the copy holds applied index {applied}, its read transaction \
+                 began at {at}"
+            )));
+        }
+        src.execute_batch("COMMIT").map_err(sql_err)?;
         drop(src);
         let mut file = std::fs::File::open(&work.0)?;
         let mut whole = crc32fast::Hasher::new();

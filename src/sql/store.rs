@@ -691,6 +691,21 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Drops the recorded membership, durably (a restored backup seeds a new cluster, whose
+    /// members come from its configuration; see `backup`).
+    pub fn forget_membership(&mut self) -> Result<()> {
+        self.guard
+            .trusted(|| -> rusqlite::Result<()> {
+                self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+                let r = self
+                    .conn
+                    .execute_batch("UPDATE _paxosdb_meta SET membership = NULL WHERE id = 0");
+                self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+                r
+            })
+            .map_err(sql_err)
+    }
+
     /// A deterministic digest of the user-visible state: the schema (without internal
     /// objects) and every user table's rows (with their rowids) in rowid or primary-key
     /// order. Equal on replicas that applied the same entries.

@@ -87,6 +87,12 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
+    /// The cluster's directory (the nodes' own directories, logs and, with
+    /// [`ClusterBuilder::data_dirs`], their SQL databases `node-N-sql` go there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Adds `PAXOSDB_*` settings of every server.
     pub fn env(mut self, env: &[(&str, &str)]) -> Self {
         self.spec = self.spec.env(env);

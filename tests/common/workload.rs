@@ -88,6 +88,11 @@ impl Writers {
         }
     }
 
+    /// The writes acknowledged so far.
+    pub fn acked_now(&self) -> BTreeMap<String, String> {
+        self.acked.lock().unwrap().clone()
+    }
+
     pub fn acked(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }

@@ -57,7 +57,7 @@ pub async fn identity(s: &AppState, h: &HeaderMap) -> Result<Identity, ApiError>
     Ok(s.info.auth.authenticate(cred, "http").await?)
 }
 
-async fn admin(s: &AppState, h: &HeaderMap) -> Result<Identity, ApiError> {
+pub(crate) async fn admin(s: &AppState, h: &HeaderMap) -> Result<Identity, ApiError> {
     let id = identity(s, h).await?;
     id.check_admin()?;
     Ok(id)

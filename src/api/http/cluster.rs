@@ -1,6 +1,9 @@
-//! Cluster and operations endpoints: `/v1/status`, `/healthz`, `/readyz`, `/metrics` and
-//! `/openapi.json`.
+//! Cluster and operations endpoints: `/v1/status`, `/healthz`, `/readyz`, `/metrics`,
+//! `/openapi.json` and `/v1/backup`.
 //!
+//! - `/v1/backup` (admin only) streams a backup file of this node (see [`crate::backup`]);
+//!   an error before its first byte is an ordinary error answer, one after it cuts the
+//!   chunked body short (no final chunk), so a client never takes it for a whole file;
 //! - `/healthz` answers 200 whenever the process serves HTTP (liveness);
 //! - `/readyz` answers 200 only when a linearizable read barrier completes within
 //!   [`READY_TIMEOUT`], i.e. this node can serve linearizable requests now (readiness);
@@ -56,6 +59,38 @@ pub async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
         "members": members,
     }))
     .into_response())
+}
+
+/// `GET /v1/backup`.
+pub async fn backup(
+    State(s): State<AppState>,
+    h: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    super::auth::admin(&s, &h).await?;
+    let mut rx = s.info.backup(s.node.clone(), None)?;
+    // The header record comes once the barrier passed and the views are pinned.
+    let first = rx.recv().await.ok_or_else(|| {
+        ApiError::from(crate::error::Error::Internal(
+            "the backup ended before its first byte".into(),
+        ))
+    })??;
+    let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let body = futures::StreamExt::map(
+        futures::StreamExt::chain(futures::stream::iter([Ok(first)]), rest),
+        |r| r.map_err(|e| std::io::Error::other(e.to_string())),
+    );
+    let name = format!("paxosdb-node-{}.backup", s.info.config.id);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// `GET /healthz`.

@@ -9,7 +9,8 @@
 //! - [`kv`]: `GET/PUT/DELETE /v1/kv/{key}`, `GET /v1/kv` (scan);
 //! - [`sql`]: the rqlite-compatible SQL endpoints `POST /db/execute`, `GET|POST
 //!   /db/query`, `POST /db/request`, with rqlite's JSON shapes in [`rqlite`];
-//! - [`cluster`]: `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`;
+//! - [`cluster`]: `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
+//!   `/v1/backup`;
 //! - [`decode`]: path, query and header decoding and the bytes-in-JSON scheme (fuzzed);
 //! - [`error`]: the JSON error body and the status code of every error.
 //!
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(auth::revoke_token),
         )
         .route("/v1/status", get(cluster::status))
+        .route("/v1/backup", get(cluster::backup))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))
@@ -109,6 +111,7 @@ pub fn op_name(
     match path {
         "/v1/kv" => "scan",
         "/v1/status" => "status",
+        "/v1/backup" => "backup",
         p if p.starts_with("/v1/users") => "users",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
