@@ -9,6 +9,7 @@
 //! | 404 | `not_found` | no such key (or no such route) |
 //! | 409 | `compare_failed` | a conditional write's condition did not hold; `current` shows the key |
 //! | 413 | `too_large` | key, value or body over the limit; nothing changed |
+//! | 429 | `overloaded` | a bound on the node's work was reached: nothing happened, retry later (`Retry-After`) |
 //! | 503 | `unavailable` | no leader or quorum, shutting down: nothing happened, retry (`Retry-After`) |
 //! | 503 | `outcome_unknown` | a write may or may not have been applied: retry with the same session headers |
 //! | 500 | `internal` | a bug or a broken disk |
