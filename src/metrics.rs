@@ -15,6 +15,7 @@
 //! - the HTTP handler measures some gauges at scrape time and passes them to
 //!   [`Metrics::render`] (e.g. the log's on-disk size, [`cf_disk_bytes`]).
 
+use crate::api::tls::Protocol;
 use crate::command::NodeId;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -104,17 +105,56 @@ pub struct Metrics {
     pub peer_dropped: AtomicU64,
     /// Peer messages not sent because they were over the frame limit.
     pub peer_oversized: AtomicU64,
-    /// Client connections open now, over every listener.
-    pub connections: AtomicU64,
-    /// Client connections refused at the connection limit.
-    pub connections_refused: AtomicU64,
-    /// Client connections closed for being idle (or slow to send a request's headers).
-    pub connections_timed_out: AtomicU64,
+    /// Client connections of each listener, by [`Protocol`] (see [`Metrics::listener`]).
+    listeners: [ListenerStats; 3],
+    /// State transfers this node started to fetch, installed, and that failed.
+    pub transfers_started: AtomicU64,
+    pub transfers_installed: AtomicU64,
+    pub transfers_failed: AtomicU64,
+    /// 1 while this node fetches a state.
+    pub transfer_fetching: AtomicU64,
+    /// Bytes of state received by fetches (the current one included, as it goes).
+    pub transfer_bytes_received: AtomicU64,
+    /// States this node sent to peers (whole), and the bytes it sent (as they go).
+    pub transfers_sent: AtomicU64,
+    pub transfer_bytes_sent: AtomicU64,
 }
+
+/// The connection counters of one client listener.
+#[derive(Default)]
+pub struct ListenerStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections refused at the connection limit.
+    pub refused: AtomicU64,
+    /// Connections closed for being idle (or slow to send a request's headers).
+    pub timed_out: AtomicU64,
+}
+
+/// Every client listener, in the order of [`Metrics::listener`]'s array.
+const LISTENERS: [(Protocol, &str); 3] = [
+    (Protocol::Grpc, "grpc"),
+    (Protocol::Http, "http"),
+    (Protocol::Resp, "resp"),
+];
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         Arc::new(Metrics::default())
+    }
+
+    /// The connection counters of the `p` listener.
+    pub fn listener(&self, p: Protocol) -> &ListenerStats {
+        let i = LISTENERS
+            .iter()
+            .position(|(q, _)| *q == p)
+            .expect("every protocol");
+        &self.listeners[i]
+    }
+
+    /// Client connections open now, over every listener.
+    pub fn connections(&self) -> u64 {
+        self.listeners.iter().map(|l| l.open.load(Relaxed)).sum()
     }
 
     /// Records one served request. `ok` is false when the request ended in an error (an
@@ -194,7 +234,8 @@ impl Metrics {
     }
 
     /// Renders everything in the Prometheus text exposition format (version 0.0.4).
-    /// `extra` gauges (name, help, value) are appended, for values measured at scrape time.
+    /// `extra` values (name, help, value) are appended, for values measured at scrape
+    /// time: counters if the name ends in `_total`, gauges otherwise.
     pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
         let mut out = String::with_capacity(8192);
         let requests: Vec<_> = self
@@ -239,7 +280,7 @@ impl Metrics {
             s.latency
                 .render(&mut out, "paxosdb_request_duration_seconds", &label(*k));
         }
-        let gauges: [(&str, &str, &str, u64); 11] = [
+        let gauges: [(&str, &str, &str, u64); 12] = [
             (
                 "paxosdb_decided_index",
                 "gauge",
@@ -289,27 +330,77 @@ impl Metrics {
                 self.peer_oversized.load(Relaxed),
             ),
             (
-                "paxosdb_client_connections",
+                "paxosdb_state_transfer_fetching",
                 "gauge",
-                "Client connections open now (gRPC, HTTP and RESP).",
-                self.connections.load(Relaxed),
+                "1 while this node fetches a peer's state.",
+                self.transfer_fetching.load(Relaxed),
             ),
             (
-                "paxosdb_client_connections_refused_total",
+                "paxosdb_state_transfer_received_bytes_total",
                 "counter",
-                "Client connections refused at the connection limit.",
-                self.connections_refused.load(Relaxed),
+                "Bytes of state this node received from peers (the fetch under way included).",
+                self.transfer_bytes_received.load(Relaxed),
             ),
             (
-                "paxosdb_client_connections_timed_out_total",
+                "paxosdb_state_transfers_sent_total",
                 "counter",
-                "Client connections closed as idle or too slow to send headers.",
-                self.connections_timed_out.load(Relaxed),
+                "Whole states this node sent to peers.",
+                self.transfers_sent.load(Relaxed),
+            ),
+            (
+                "paxosdb_state_transfer_sent_bytes_total",
+                "counter",
+                "Bytes of state this node sent to peers (transfers under way included).",
+                self.transfer_bytes_sent.load(Relaxed),
             ),
         ];
         for (name, kind, help, v) in gauges {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
+        }
+        header(
+            &mut out,
+            "paxosdb_state_transfers_total",
+            "counter",
+            "State fetches of this node, by outcome (started, installed, failed).",
+        );
+        for (outcome, v) in [
+            ("started", &self.transfers_started),
+            ("installed", &self.transfers_installed),
+            ("failed", &self.transfers_failed),
+        ] {
+            let v = v.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "paxosdb_state_transfers_total{{outcome=\"{outcome}\"}} {v}"
+            );
+        }
+        let per_listener: [(&str, &str, &str, fn(&ListenerStats) -> &AtomicU64); 3] = [
+            (
+                "paxosdb_client_connections",
+                "gauge",
+                "Client connections open now, by listener.",
+                |l| &l.open,
+            ),
+            (
+                "paxosdb_client_connections_refused_total",
+                "counter",
+                "Client connections refused at the connection limit, by listener.",
+                |l| &l.refused,
+            ),
+            (
+                "paxosdb_client_connections_timed_out_total",
+                "counter",
+                "Client connections closed as idle or too slow to send headers, by listener.",
+                |l| &l.timed_out,
+            ),
+        ];
+        for (name, kind, help, field) in per_listener {
+            header(&mut out, name, kind, help);
+            for ((_, listener), l) in LISTENERS.iter().zip(&self.listeners) {
+                let v = field(l).load(Relaxed);
+                let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {v}");
+            }
         }
         header(
             &mut out,
@@ -320,7 +411,12 @@ impl Metrics {
         self.fsync
             .render(&mut out, "paxosdb_fsync_duration_seconds", "");
         for (name, help, v) in extra {
-            header(&mut out, name, "gauge", help);
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
         }
         out

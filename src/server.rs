@@ -345,7 +345,7 @@ async fn accept_grpc(
                 }
             },
         };
-        let Some(place) = conns.admit() else {
+        let Some(place) = conns.admit(crate::api::tls::Protocol::Grpc) else {
             continue;
         };
         // Small responses must not wait for Nagle's algorithm (≈40 ms stalls otherwise).
@@ -381,6 +381,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let sql_reader = sql.reader();
     let incarnation = check_identity(&db, &cfg, kv.membership()?.is_some())?;
     let metrics = Metrics::new();
+    let states = states.with_metrics(metrics.clone());
     let mut storage = RocksStorage::open(db.clone())?;
     storage.set_metrics(metrics.clone());
     storage.set_unsafe_no_fsync(cfg.unsafe_no_fsync);

@@ -25,12 +25,14 @@
 use crate::command::NodeId;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
+use crate::metrics::Metrics;
 use crate::node::Event;
 use crate::transport::{
     self, read_frame, write_frame, Hello, MembershipReply, Purpose, SharedMembership,
     TransportConfig,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -79,24 +81,38 @@ pub trait Import: Send {
     fn finish(self: Box<Self>) -> Result<u64>;
 }
 
-/// The states of every machine of a node, in the order they are sent.
+/// The states of every machine of a node, in the order they are sent, and where the bytes
+/// moved are counted.
 #[derive(Clone)]
-pub struct States(Arc<Vec<Arc<dyn Transferable>>>);
+pub struct States(Arc<Vec<Arc<dyn Transferable>>>, Option<Arc<Metrics>>);
 
 impl States {
     pub fn new(all: Vec<Arc<dyn Transferable>>) -> States {
-        States(Arc::new(all))
+        States(Arc::new(all), None)
+    }
+
+    /// Counts the states and bytes sent and received in `m` from now on.
+    pub fn with_metrics(mut self, m: Arc<Metrics>) -> States {
+        self.1 = Some(m);
+        self
     }
 
     /// Every machine, in the order they are sent.
     pub fn all(&self) -> &[Arc<dyn Transferable>] {
         &self.0
     }
+
+    fn count(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(m) = &self.1 {
+            f(m);
+        }
+    }
 }
 
 /// Serves one state fetch on `stream` (after its hello was checked).
 pub async fn serve(stream: transport::PeerStream, states: States, max_frame: usize) -> Result<()> {
     let started = Instant::now();
+    let counted = states.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(IN_FLIGHT);
     let export = tokio::task::spawn_blocking(move || {
         let gone = || Error::Unavailable("the fetching peer went away".into());
@@ -114,6 +130,10 @@ pub async fn serve(stream: transport::PeerStream, states: States, max_frame: usi
     while let Some(frame) = rx.recv().await {
         if let Frame::Part { bytes: b, .. } = &frame {
             bytes += b.len() as u64;
+            let n = b.len() as u64;
+            counted.count(|m| {
+                m.transfer_bytes_sent.fetch_add(n, Relaxed);
+            });
         }
         write_frame(&mut w, &frame, max_frame).await?;
     }
@@ -122,6 +142,9 @@ pub async fn serve(stream: transport::PeerStream, states: States, max_frame: usi
     export
         .await
         .map_err(|e| Error::Internal(format!("state export task: {e}")))??;
+    counted.count(|m| {
+        m.transfers_sent.fetch_add(1, Relaxed);
+    });
     tracing::info!(
         bytes,
         secs = started.elapsed().as_secs_f64(),
@@ -172,6 +195,10 @@ pub async fn fetch_with_stall(
         match frame {
             Frame::Part { machine, bytes: b } => {
                 bytes += b.len() as u64;
+                let n = b.len() as u64;
+                states.count(|m| {
+                    m.transfer_bytes_received.fetch_add(n, Relaxed);
+                });
                 let slot = importers
                     .iter_mut()
                     .find(|i| i.as_ref().is_some_and(|(m, _)| *m == machine))

@@ -130,6 +130,29 @@ async fn a_node_behind_the_compacted_log_catches_up_by_state_transfer() {
     .await;
     let log = c.log_of(behind);
     assert!(log.contains("state installed"), "{log}");
+    // The transfer in the metrics, on both sides.
+    let metric = |id: u64, name: &str| -> f64 {
+        let url = format!("http://{}/metrics", c.node(id).http_addr);
+        let (status, text) = common::tools::curl(&[&url]);
+        assert_eq!(status, 200, "{text}");
+        let line = (text.lines())
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        metric(
+            behind,
+            "paxosdb_state_transfers_total{outcome=\"installed\"} "
+        ) >= 1.0
+    );
+    assert!(metric(behind, "paxosdb_state_transfer_received_bytes_total ") > 1000.0);
+    assert_eq!(metric(behind, "paxosdb_state_transfer_fetching "), 0.0);
+    let sent: f64 = (1..=3)
+        .filter(|&id| id != behind)
+        .map(|id| metric(id, "paxosdb_state_transfers_sent_total "))
+        .sum();
+    assert!(sent >= 1.0, "no member counted the state it sent");
     let (_, state) = local_state(&c, behind).await.unwrap();
     assert!(
         state.iter().all(|kv| kv.key != b"k0000"),

@@ -346,6 +346,39 @@ async fn cluster_endpoints_and_metrics() {
         env!("CARGO_PKG_VERSION")
     );
     assert!(text.contains(&build), "{text}");
+    // Connections by listener: this scrape's own, and the gRPC client's.
+    assert!(sample("paxosdb_client_connections{listener=\"http\"} ") >= 1.0);
+    assert!(sample("paxosdb_client_connections{listener=\"grpc\"} ") >= 1.0);
+    assert_eq!(
+        sample("paxosdb_client_connections{listener=\"resp\"} "),
+        0.0
+    );
+    assert_eq!(
+        sample("paxosdb_state_transfers_total{outcome=\"started\"} "),
+        0.0
+    );
+    assert!(text.contains("# TYPE paxosdb_overload_refusals_total counter\n"));
+    // Prometheus' own linter finds nothing to say about the exposition.
+    let mut check = common::tools::tool("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}",
+        common::tools::text(&out)
+    );
 
     let doc = ok_json(&get(a, "/openapi.json"));
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

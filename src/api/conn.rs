@@ -22,7 +22,8 @@
 //! - open client connections never exceed the limit: a place is taken before the
 //!   connection is served and given back when its stream is dropped;
 //! - a refused connection costs one short-lived task and is closed within a second;
-//! - the gauge `paxosdb_client_connections` counts exactly the places taken.
+//! - the gauge `paxosdb_client_connections` counts exactly the places taken, each under
+//!   the listener that took it.
 
 use crate::api::tls::{ClientStream, ListenerTls, Protocol};
 use crate::metrics::Metrics;
@@ -67,11 +68,15 @@ pub struct ConnLimiter {
 pub struct Place {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
+    listener: Protocol,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.metrics.connections.fetch_sub(1, Relaxed);
+        self.metrics
+            .listener(self.listener)
+            .open
+            .fetch_sub(1, Relaxed);
     }
 }
 
@@ -102,18 +107,21 @@ impl ConnLimiter {
         })
     }
 
-    /// Takes a place for a new connection, or `None` at the limit.
-    pub fn admit(&self) -> Option<Place> {
+    /// Takes a place for a new connection to the `listener` listener, or `None` at the
+    /// limit.
+    pub fn admit(&self, listener: Protocol) -> Option<Place> {
+        let stats = self.metrics.listener(listener);
         match self.places.clone().try_acquire_owned() {
             Ok(p) => {
-                self.metrics.connections.fetch_add(1, Relaxed);
+                stats.open.fetch_add(1, Relaxed);
                 Some(Place {
                     _permit: p,
                     metrics: self.metrics.clone(),
+                    listener,
                 })
             }
             Err(_) => {
-                self.metrics.connections_refused.fetch_add(1, Relaxed);
+                stats.refused.fetch_add(1, Relaxed);
                 None
             }
         }
@@ -155,7 +163,7 @@ impl ConnLimiter {
             idle: self.idle,
             deadline: self.idle.map(|d| Box::pin(tokio::time::sleep(d))),
             metrics: self.metrics.clone(),
-            _place: place,
+            place: place,
         }
     }
 }
@@ -190,7 +198,7 @@ pub struct Guarded<S> {
     idle: Option<Duration>,
     deadline: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
-    _place: Place,
+    place: Place,
 }
 
 impl<S> Guarded<S> {
@@ -229,7 +237,7 @@ impl<S> Guarded<S> {
         if d.as_mut().poll(cx).is_pending() {
             return None;
         }
-        self.metrics.connections_timed_out.fetch_add(1, Relaxed);
+        (self.metrics.listener(self.place.listener).timed_out).fetch_add(1, Relaxed);
         Some(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "client connection idle for too long (sending nothing, or reading nothing)",
@@ -315,13 +323,16 @@ mod tests {
     async fn places_are_limited_and_given_back() {
         let m = Metrics::new();
         let l = ConnLimiter::new(2, None, None, m.clone());
-        let a = l.admit().unwrap();
-        let _b = l.admit().unwrap();
-        assert!(l.admit().is_none());
-        assert_eq!(m.connections.load(Relaxed), 2);
-        assert_eq!(m.connections_refused.load(Relaxed), 1);
+        let a = l.admit(Protocol::Grpc).unwrap();
+        let _b = l.admit(Protocol::Resp).unwrap();
+        assert!(l.admit(Protocol::Http).is_none());
+        assert_eq!(m.connections(), 2);
+        assert_eq!(m.listener(Protocol::Resp).open.load(Relaxed), 1);
+        assert_eq!(m.listener(Protocol::Http).refused.load(Relaxed), 1);
+        assert_eq!(m.listener(Protocol::Grpc).refused.load(Relaxed), 0);
         drop(a);
-        assert!(l.admit().is_some());
+        assert_eq!(m.listener(Protocol::Grpc).open.load(Relaxed), 0);
+        assert!(l.admit(Protocol::Grpc).is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -329,7 +340,7 @@ mod tests {
         let m = Metrics::new();
         let l = ConnLimiter::new(4, Some(Duration::from_secs(10)), None, m.clone());
         let (mut client, server) = pair().await;
-        let mut g = l.guard(server, l.admit().unwrap());
+        let mut g = l.guard(server, l.admit(Protocol::Http).unwrap());
         let mut buf = [0u8; 8];
         // Activity keeps it open past the timeout.
         for _ in 0..3 {
@@ -339,8 +350,8 @@ mod tests {
         }
         let e = g.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
-        assert_eq!(m.connections_timed_out.load(Relaxed), 1);
+        assert_eq!(m.listener(Protocol::Http).timed_out.load(Relaxed), 1);
         drop(g);
-        assert_eq!(m.connections.load(Relaxed), 0);
+        assert_eq!(m.connections(), 0);
     }
 }

@@ -18,6 +18,7 @@ use super::{compaction, Core};
 use crate::command::NodeId;
 use crate::error::{Error, Result};
 use crate::storage::LogStorage;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 impl<S: LogStorage> Core<S> {
@@ -130,6 +131,10 @@ impl<S: LogStorage> Core<S> {
             "this node is behind the peer's compacted log: fetching its state"
         );
         self.catching_up = Some((from, now, compacted));
+        if let Some(m) = &self.metrics {
+            m.transfers_started.fetch_add(1, Relaxed);
+            m.transfer_fetching.store(1, Relaxed);
+        }
         self.fail_waiters();
         self.announce_fetch();
         self.net.fetch_state(from);
@@ -174,6 +179,9 @@ impl<S: LogStorage> Core<S> {
         let Some((from, started, _)) = self.catching_up.take() else {
             return;
         };
+        if let Some(m) = &self.metrics {
+            m.transfer_fetching.store(0, Relaxed);
+        }
         let current = self.sm.applied_index();
         let res = res.and_then(|staged| {
             if staged <= current {
@@ -190,9 +198,15 @@ impl<S: LogStorage> Core<S> {
                     from,
                     "state transfer failed: {e}; retrying when asked again"
                 );
+                if let Some(m) = &self.metrics {
+                    m.transfers_failed.fetch_add(1, Relaxed);
+                }
                 return;
             }
         };
+        if let Some(m) = &self.metrics {
+            m.transfers_installed.fetch_add(1, Relaxed);
+        }
         // The state is installed (durably); a failure from here on is finished by the
         // next start, which rebuilds the log from the state machine's position.
         let membership = match self.sm.membership() {

@@ -160,7 +160,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             s.node.admission().in_flight(),
         ),
         (
-            "paxosdb_overload_refusals",
+            "paxosdb_overload_refusals_total",
             "Client requests refused as overloaded since start (in-flight bytes or disk).",
             s.node
                 .admission()

@@ -184,7 +184,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(place) = conns.admit() else {
+        let Some(place) = conns.admit(Protocol::Http) else {
             conns.refuse(stream, refused());
             continue;
         };

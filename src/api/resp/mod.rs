@@ -136,7 +136,7 @@ pub async fn serve(
             r = shutdown.changed() => if r.is_err() { break },
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let Some(place) = shared.info.conns.admit() else {
+                    let Some(place) = shared.info.conns.admit(crate::api::tls::Protocol::Resp) else {
                         shared.info.conns.refuse(stream, crate::api::conn::REFUSED_RESP);
                         continue;
                     };
