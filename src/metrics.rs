@@ -375,7 +375,8 @@ impl Metrics {
                 "paxosdb_state_transfers_total{{outcome=\"{outcome}\"}} {v}"
             );
         }
-        let per_listener: [(&str, &str, &str, fn(&ListenerStats) -> &AtomicU64); 3] = [
+        type Field = fn(&ListenerStats) -> &AtomicU64;
+        let per_listener: [(&str, &str, &str, Field); 3] = [
             (
                 "paxosdb_client_connections",
                 "gauge",

@@ -163,7 +163,7 @@ impl ConnLimiter {
             idle: self.idle,
             deadline: self.idle.map(|d| Box::pin(tokio::time::sleep(d))),
             metrics: self.metrics.clone(),
-            place: place,
+            place,
         }
     }
 }
