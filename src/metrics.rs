@@ -17,10 +17,10 @@
 
 use crate::api::tls::Protocol;
 use crate::command::NodeId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the histogram buckets; the last bucket is `+Inf`.
@@ -118,6 +118,51 @@ pub struct Metrics {
     /// States this node sent to peers (whole), and the bytes it sent (as they go).
     pub transfers_sent: AtomicU64,
     pub transfer_bytes_sent: AtomicU64,
+    /// What happened to this node lately, oldest first (at most [`EVENTS_KEPT`]).
+    events: Mutex<VecDeque<NodeEvent>>,
+    /// This node's request counters, sampled every [`SAMPLE_EVERY`] (at most
+    /// [`SAMPLES_KEPT`]), oldest first.
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// Operations that only look at the node (status, metrics, the status page's own
+/// polling): left out of the samples, which show the work the node serves.
+const LOOKING_ON: [&str; 9] = [
+    "status", "metrics", "healthz", "readyz", "openapi", "page", "events", "history", "backup",
+];
+
+/// Events a node keeps for the status page (`/v1/events`).
+pub const EVENTS_KEPT: usize = 64;
+/// How often the request counters are sampled for `/v1/history`.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Samples kept: ten minutes.
+pub const SAMPLES_KEPT: usize = 120;
+
+/// Something that happened to a node: a leader change, a state transfer, a membership
+/// change.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeEvent {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// `leader`, `transfer` or `membership`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The request counters at one moment, over every protocol and operation.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Sample {
+    pub unix_ms: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Seconds spent in requests, summed.
+    pub latency_sum_s: f64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The connection counters of one client listener.
@@ -155,6 +200,50 @@ impl Metrics {
     /// Client connections open now, over every listener.
     pub fn connections(&self) -> u64 {
         self.listeners.iter().map(|l| l.open.load(Relaxed)).sum()
+    }
+
+    /// Records an event for the status page (the oldest goes beyond [`EVENTS_KEPT`]).
+    pub fn event(&self, kind: &'static str, message: String) {
+        let mut events = self.events.lock().unwrap();
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(NodeEvent {
+            unix_ms: unix_ms(),
+            kind,
+            message,
+        });
+    }
+
+    /// The events kept, oldest first.
+    pub fn events(&self) -> Vec<NodeEvent> {
+        self.events.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Samples the request counters now (the server does every [`SAMPLE_EVERY`]).
+    pub fn sample(&self) {
+        let stats: Vec<Arc<RequestStats>> = (self.requests.read().unwrap().iter())
+            .filter(|((_, op), _)| !LOOKING_ON.contains(op))
+            .map(|(_, s)| s.clone())
+            .collect();
+        let s = Sample {
+            unix_ms: unix_ms(),
+            requests: stats.iter().map(|s| s.latency.count()).sum(),
+            errors: stats.iter().map(|s| s.errors.load(Relaxed)).sum(),
+            latency_sum_s: (stats.iter())
+                .map(|s| s.latency.sum_nanos.load(Relaxed) as f64 / 1e9)
+                .sum(),
+        };
+        let mut samples = self.samples.lock().unwrap();
+        if samples.len() == SAMPLES_KEPT {
+            samples.pop_front();
+        }
+        samples.push_back(s);
+    }
+
+    /// The samples kept, oldest first.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().iter().copied().collect()
     }
 
     /// Records one served request. `ok` is false when the request ended in an error (an
@@ -219,6 +308,7 @@ impl Metrics {
         if let Some((l, true)) = leader {
             if self.established_leader.swap(l, Relaxed) != l {
                 self.leader_changes.fetch_add(1, Relaxed);
+                self.event("leader", format!("node {l} leads"));
             }
         }
         self.is_leader

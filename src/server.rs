@@ -563,6 +563,16 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         states: states.clone(),
         backups: Arc::new(tokio::sync::Semaphore::new(MAX_BACKUPS)),
     });
+    let sampler = tokio::spawn({
+        let metrics = info.metrics.clone();
+        async move {
+            let mut every = tokio::time::interval(crate::metrics::SAMPLE_EVERY);
+            loop {
+                every.tick().await;
+                metrics.sample();
+            }
+        }
+    });
     let disk = tokio::spawn(watch_disk(
         info.config.data_dir.clone(),
         info.config.min_free_disk_bytes,
@@ -665,7 +675,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         .map(|(n, a)| format!("{n}={a}"))
         .collect();
     tracing::info!(id = info.config.id, "node serving: {}", shown.join(" "));
-    let mut tasks = vec![accept, disk, grpc_accept];
+    let mut tasks = vec![accept, disk, sampler, grpc_accept];
     if let Some(pw) = admin_password {
         let name = info.config.admin_user.clone();
         tasks.push(tokio::spawn(bootstrap_admin(kv_handle.clone(), name, pw)));

@@ -284,8 +284,18 @@ async fn cluster_endpoints_and_metrics() {
     let c = Cluster::start(3).await;
     let a = &c.nodes[0].http_addr;
     assert_eq!(ok_json(&get(a, "/healthz"))["status"], "ok");
+    // Ready once a read barrier completes within its second (right after the start, the
+    // first one may still wait for the new leader to settle).
     for n in &c.nodes {
-        assert_eq!(ok_json(&get(&n.http_addr, "/readyz"))["ready"], true);
+        let addr = n.http_addr.clone();
+        common::eventually(Duration::from_secs(20), "the node is ready", || {
+            let addr = addr.clone();
+            async move {
+                let r = get(&addr, "/readyz");
+                (r.status == 200).then(|| ok_json(&r))
+            }
+        })
+        .await;
     }
     let st = ok_json(&get(a, "/v1/status"));
     assert_eq!(st["id"], 1);
@@ -306,11 +316,11 @@ async fn cluster_endpoints_and_metrics() {
 
     assert_eq!(put(a, "/v1/kv/m", b"1").status, 200);
     assert_eq!(get(a, "/v1/kv/m").status, 200);
-    c.client_for(1)
-        .put(b"via-grpc", b"1", false)
-        .await
-        .expect("gRPC put");
+    // Kept open until the scrape: its connection is counted under the gRPC listener.
+    let grpc = c.client_for(1);
+    grpc.put(b"via-grpc", b"1", false).await.expect("gRPC put");
     let m = get(a, "/metrics");
+    drop(grpc);
     assert_eq!(m.status, 200);
     assert!(m.header("content-type").unwrap().starts_with("text/plain"));
     let text = m.text();
@@ -379,6 +389,31 @@ async fn cluster_endpoints_and_metrics() {
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
         "promtool check metrics: {}",
         common::tools::text(&out)
+    );
+
+    // What the status page reads: any origin may; and the page itself.
+    let st = get(a, "/v1/status");
+    assert_eq!(st.header("access-control-allow-origin"), Some("*"));
+    let events = ok_json(&get(a, "/v1/events"));
+    let leads = (events["events"].as_array().unwrap().iter())
+        .any(|e| e["kind"] == "leader" && e["message"].as_str().unwrap().ends_with(" leads"));
+    assert!(leads, "no leader event: {events}");
+    let history = ok_json(&get(a, "/v1/history"));
+    assert_eq!(history["interval_ms"], 5000, "{history}");
+    assert!(
+        !history["samples"].as_array().unwrap().is_empty(),
+        "{history}"
+    );
+    let page = get(a, "/");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().contains("/v1/history"), "the status page");
+    assert_eq!(
+        get(a, "/v1/kv/m").header("access-control-allow-origin"),
+        None
     );
 
     let doc = ok_json(&get(a, "/openapi.json"));

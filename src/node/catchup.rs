@@ -134,6 +134,10 @@ impl<S: LogStorage> Core<S> {
         if let Some(m) = &self.metrics {
             m.transfers_started.fetch_add(1, Relaxed);
             m.transfer_fetching.store(1, Relaxed);
+            m.event(
+                "transfer",
+                format!("behind node {from}'s trimmed log (decided {decided}): fetching its state"),
+            );
         }
         self.fail_waiters();
         self.announce_fetch();
@@ -200,12 +204,20 @@ impl<S: LogStorage> Core<S> {
                 );
                 if let Some(m) = &self.metrics {
                     m.transfers_failed.fetch_add(1, Relaxed);
+                    m.event(
+                        "transfer",
+                        format!("fetching node {from}'s state failed: {e}"),
+                    );
                 }
                 return;
             }
         };
         if let Some(m) = &self.metrics {
             m.transfers_installed.fetch_add(1, Relaxed);
+            m.event(
+                "transfer",
+                format!("installed node {from}'s state at applied index {applied}"),
+            );
         }
         // The state is installed (durably); a failure from here on is finished by the
         // next start, which rebuilds the log from the state machine's position.

@@ -116,6 +116,18 @@ impl<S: LogStorage> Core<S> {
     /// Switches to membership `next`: this node's OmniPaxos instance restarts in that
     /// configuration, or the node stops serving if it is no longer a member.
     pub(super) fn enter(&mut self, next: Membership) {
+        if let Some(m) =
+            (self.metrics.as_ref()).filter(|_| next.config_id != self.membership.config_id)
+        {
+            m.event(
+                "membership",
+                format!(
+                    "configuration {}: members {}",
+                    next.config_id,
+                    next.describe()
+                ),
+            );
+        }
         self.membership = next.clone();
         self.net.set_membership(&next);
         if let Some(c) = self.change.take() {

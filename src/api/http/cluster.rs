@@ -93,6 +93,38 @@ pub async fn backup(
         .into_response())
 }
 
+/// The status page (`/`): one static file, no build step (see `status.html`).
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
+/// `GET /`.
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+/// `GET /v1/events`: what happened to this node lately (leader changes, state transfers,
+/// membership changes), oldest first.
+pub async fn events(State(s): State<AppState>) -> Response {
+    Json(json!({ "id": s.info.config.id, "events": s.info.metrics.events() })).into_response()
+}
+
+/// `GET /v1/history`: this node's request counters (every protocol, data operations
+/// only), sampled every few seconds over the last minutes, oldest first.
+pub async fn history(State(s): State<AppState>) -> Response {
+    Json(json!({
+        "id": s.info.config.id,
+        "interval_ms": crate::metrics::SAMPLE_EVERY.as_millis() as u64,
+        "samples": s.info.metrics.samples(),
+    }))
+    .into_response()
+}
+
 /// `GET /healthz`.
 pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()

@@ -10,7 +10,10 @@
 //! - [`sql`]: the rqlite-compatible SQL endpoints `POST /db/execute`, `GET|POST
 //!   /db/query`, `POST /db/request`, with rqlite's JSON shapes in [`rqlite`];
 //! - [`cluster`]: `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
-//!   `/v1/backup`;
+//!   `/v1/backup`, and the status page: `/` (a static page embedded in the binary, which
+//!   polls `/v1/status`, `/v1/history` and `/v1/events` of every member; those and
+//!   `/metrics` answer any origin, `Access-Control-Allow-Origin: *`, so the page goes on
+//!   when the node it came from is down);
 //! - [`decode`]: path, query and header decoding and the bytes-in-JSON scheme (fuzzed);
 //! - [`error`]: the JSON error body and the status code of every error.
 //!
@@ -78,6 +81,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/status", get(cluster::status))
         .route("/v1/backup", get(cluster::backup))
+        .route("/v1/events", get(cluster::events))
+        .route("/v1/history", get(cluster::history))
+        .route("/", get(cluster::page))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))
@@ -112,6 +118,9 @@ pub fn op_name(
         "/v1/kv" => "scan",
         "/v1/status" => "status",
         "/v1/backup" => "backup",
+        "/v1/events" => "events",
+        "/v1/history" => "history",
+        "/" => "page",
         p if p.starts_with("/v1/users") => "users",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
@@ -143,7 +152,15 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
         conditional,
     );
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // What the status page reads of every member, from wherever it was loaded: no
+    // credentials, nothing but this node's own view.
+    if matches!(op, "status" | "metrics" | "events" | "history") {
+        resp.headers_mut().insert(
+            axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            axum::http::HeaderValue::from_static("*"),
+        );
+    }
     let st = resp.status();
     let ok = st.is_success() || st == StatusCode::NOT_FOUND || st == StatusCode::CONFLICT;
     s.info
