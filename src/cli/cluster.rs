@@ -17,7 +17,7 @@
 //! clients: all client listeners speak TLS, and clients trust `DIR/tls/ca.pem` (the
 //! start-up lines say how to connect with each client).
 
-use super::Cli;
+use super::{Cli, ClientArgs, WithClient};
 use crate::error::{Error, Result};
 use clap::{Args, Subcommand};
 use nix::sys::signal::{kill, Signal};
@@ -33,11 +33,11 @@ pub enum ClusterCommand {
     /// Run a local cluster in the foreground until Ctrl-C.
     Up(UpArgs),
     /// Add a node (start it first with --join MEMBER_PEER_ADDR).
-    AddNode(super::members::AddNodeArgs),
+    AddNode(WithClient<super::members::AddNodeArgs>),
     /// Remove a member; it stops serving.
-    RemoveNode(super::members::RemoveNodeArgs),
+    RemoveNode(WithClient<super::members::RemoveNodeArgs>),
     /// Replace a member by a new node in one change (start the new one with --join).
-    ReplaceNode(super::members::ReplaceNodeArgs),
+    ReplaceNode(WithClient<super::members::ReplaceNodeArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -54,13 +54,29 @@ pub struct UpArgs {
     pub base_port: u16,
 }
 
+impl ClusterCommand {
+    /// The client flags given after the subcommand's name, for a client subcommand.
+    pub fn client_args(&self) -> Option<&ClientArgs> {
+        match self {
+            ClusterCommand::Up(_) => None,
+            ClusterCommand::AddNode(a) => Some(&a.client),
+            ClusterCommand::RemoveNode(a) => Some(&a.client),
+            ClusterCommand::ReplaceNode(a) => Some(&a.client),
+        }
+    }
+}
+
 pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> Result<ExitCode> {
     use super::members::change;
     match cmd {
         ClusterCommand::Up(a) => up(a).await,
-        ClusterCommand::AddNode(a) => change(cli, &[(a.id, a.addr.clone())], &[], a.json).await,
-        ClusterCommand::RemoveNode(a) => change(cli, &[], &[a.id], a.json).await,
-        ClusterCommand::ReplaceNode(a) => {
+        ClusterCommand::AddNode(WithClient { args: a, .. }) => {
+            change(cli, &[(a.id, a.addr.clone())], &[], a.json).await
+        }
+        ClusterCommand::RemoveNode(WithClient { args: a, .. }) => {
+            change(cli, &[], &[a.id], a.json).await
+        }
+        ClusterCommand::ReplaceNode(WithClient { args: a, .. }) => {
             change(cli, &[(a.id, a.addr.clone())], &[a.old], a.json).await
         }
     }

@@ -28,76 +28,152 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:700
 #[command(
     name = "paxosdb",
     version,
-    about = "A replicated, strongly consistent key-value database"
+    about = "A replicated, strongly consistent key-value database",
+    after_help = "Examples:
+  paxosdb server                            a single-node database in ./paxosdb-data
+  paxosdb cluster up                        a local 3-node cluster (prints how to connect)
+  paxosdb put greeting hello                store a value (through any node)
+  paxosdb get greeting                      read it back (linearizable)
+  paxosdb status                            every member: role, indexes, listeners
+  paxosdb sql -e 'SELECT 1'                 SQL on the same cluster
+Client commands take the client options before or after their name; `paxosdb COMMAND
+--help` shows each command's own."
 )]
 pub struct Cli {
+    /// The client flags given before the subcommand (a client subcommand also takes them
+    /// after its name; those win). After [`parse`], the merged ones.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// How a client command reaches the cluster: endpoints, timeout, TLS, credentials. Only
+/// client commands take them (before or after their name); `server`, `restore`,
+/// `cluster up`, `certs`, `sim` and `nemesis` do not.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Client options")]
+pub struct ClientArgs {
     /// Client endpoints (gRPC host:port of the nodes), comma separated [default: the
     /// client config's, else 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003].
-    #[arg(long, global = true, env = "PAXOSDB_ENDPOINTS")]
+    #[arg(long, env = "PAXOSDB_ENDPOINTS")]
     pub endpoints: Option<String>,
     /// Total time a client command may take, retries included (e.g. 10s, 500ms)
     /// [default: the client config's, else 15s].
-    #[arg(long, global = true, env = "PAXOSDB_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "PAXOSDB_TIMEOUT", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
     /// Client configuration file (TOML: endpoints, cacert, cert, key, user,
     /// password_file, token, timeout); flags and PAXOSDB_* variables override it
     /// [default: ~/.config/paxosdb/client.toml if it exists].
-    #[arg(long, global = true, env = "PAXOSDB_CLIENT_CONFIG")]
+    #[arg(long, env = "PAXOSDB_CLIENT_CONFIG")]
     pub client_config: Option<std::path::PathBuf>,
     /// CA certificate to verify the nodes' TLS certificate with; turns TLS on (`paxosdb
     /// cluster up`: paxosdb-data/tls/ca.pem).
-    #[arg(long, global = true, env = "PAXOSDB_CACERT")]
+    #[arg(long, env = "PAXOSDB_CACERT")]
     pub cacert: Option<std::path::PathBuf>,
     /// Client certificate, for nodes that require one (with --key).
-    #[arg(long = "cert", id = "client_cert", global = true, env = "PAXOSDB_CERT")]
+    #[arg(long = "cert", id = "client_cert", env = "PAXOSDB_CERT")]
     pub client_cert: Option<std::path::PathBuf>,
     /// The client certificate's private key.
-    #[arg(long = "key", id = "client_key", global = true, env = "PAXOSDB_KEY")]
+    #[arg(long = "key", id = "client_key", env = "PAXOSDB_KEY")]
     pub client_key: Option<std::path::PathBuf>,
     /// The user to authenticate as (with --password-file or PAXOSDB_PASSWORD; a password
     /// without a user is the `default` user's, as in Redis).
-    #[arg(long, global = true, env = "PAXOSDB_USER")]
+    #[arg(long, env = "PAXOSDB_USER")]
     pub user: Option<String>,
     /// File whose first line is the password of --user.
-    #[arg(long, global = true, env = "PAXOSDB_PASSWORD_FILE")]
+    #[arg(long, env = "PAXOSDB_PASSWORD_FILE")]
     pub password_file: Option<std::path::PathBuf>,
     /// The password of --user (prefer --password-file: a command line is visible to
     /// other local users).
-    #[arg(long, global = true, env = "PAXOSDB_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = "PAXOSDB_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// A bearer token (`paxosdb user token`), instead of a user and password.
-    #[arg(long, global = true, env = "PAXOSDB_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "PAXOSDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    #[command(subcommand)]
-    pub command: CliCommand,
 }
+
+impl ClientArgs {
+    /// These flags, each falling back to `outer`'s (flags after the subcommand win over
+    /// flags before it).
+    fn or(self, outer: ClientArgs) -> ClientArgs {
+        ClientArgs {
+            endpoints: self.endpoints.or(outer.endpoints),
+            timeout: self.timeout.or(outer.timeout),
+            client_config: self.client_config.or(outer.client_config),
+            cacert: self.cacert.or(outer.cacert),
+            client_cert: self.client_cert.or(outer.client_cert),
+            client_key: self.client_key.or(outer.client_key),
+            user: self.user.or(outer.user),
+            password_file: self.password_file.or(outer.password_file),
+            password: self.password.or(outer.password),
+            token: self.token.or(outer.token),
+        }
+    }
+}
+
+/// A client subcommand's arguments and the client flags.
+#[derive(clap::Args, Debug)]
+pub struct WithClient<T: clap::Args> {
+    #[command(flatten)]
+    pub args: T,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A subcommand with no arguments of its own.
+#[derive(clap::Args, Debug)]
+pub struct NoArgs {}
 
 /// A `paxosdb` subcommand (not the replicated [`crate::machine::Command`], nor a RESP
 /// request, [`crate::api::resp::cmd::RespCommand`]).
 #[derive(Subcommand, Debug)]
 pub enum CliCommand {
     /// Run one node.
+    #[command(after_help = "Examples:
+  paxosdb server                                      node 1 alone: a single-node database
+  paxosdb server --id 2 --peers 2=10.0.0.2:7101 --join 10.0.0.1:7101 --data-dir /var/lib/paxosdb
+                                                      a new node joining a running cluster
+  paxosdb server --config /etc/paxosdb/node.toml      everything from a file")]
     Server(Box<server::ServerArgs>),
     /// Store a value.
-    Put(kv::PutArgs),
+    #[command(after_help = "Examples:
+  paxosdb put user/1 ada                    store a value
+  paxosdb put --prev user/1 bob             and print the value it replaced
+  paxosdb put photo - < photo.jpg           the value from standard input")]
+    Put(WithClient<kv::PutArgs>),
     /// Print the value of a key (exit 1 if the key is missing).
-    Get(kv::GetArgs),
+    #[command(after_help = "Examples:
+  paxosdb get user/1                        linearizable: every acknowledged write is seen
+  paxosdb get --stale user/1                the contacted node's own copy, without a round trip
+  paxosdb get --json user/1                 value, version and applied index as JSON")]
+    Get(WithClient<kv::GetArgs>),
     /// Delete a key.
-    Delete(kv::DeleteArgs),
+    Delete(WithClient<kv::DeleteArgs>),
     /// Compare-and-swap (exit 1 with the current value if the comparison fails).
-    Cas(kv::CasArgs),
+    #[command(after_help = "Examples:
+  paxosdb cas counter --expect 41 --new 42  only if it holds 41
+  paxosdb cas lock --expect-version 0 --new me   only if absent (create)")]
+    Cas(WithClient<kv::CasArgs>),
     /// List keys by prefix or range.
-    Scan(kv::ScanArgs),
+    #[command(after_help = "Examples:
+  paxosdb scan --prefix user/               every key under user/ (at most --limit)
+  paxosdb scan --from a --to m --limit 10   a range, B exclusive")]
+    Scan(WithClient<kv::ScanArgs>),
     /// Show every node: id, addresses, role, indexes, pid.
-    Status(status::StatusArgs),
+    Status(WithClient<status::StatusArgs>),
     /// Local cluster management.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// Load generator: prints throughput and latency percentiles.
-    Bench(bench::BenchArgs),
+    #[command(after_help = "Examples:
+  paxosdb bench --concurrency 64 --duration 20s             writes of 256-byte values
+  paxosdb bench --read-ratio 0.9 --concurrency 64           mostly linearizable reads
+  paxosdb bench --target etcd --endpoints 127.0.0.1:2379    the same load against etcd")]
+    Bench(WithClient<bench::BenchArgs>),
     /// Take a consistent backup of the whole database into a file (admin only), or check
     /// one with --verify.
-    Backup(backup::BackupArgs),
+    Backup(WithClient<backup::BackupArgs>),
     /// Seed a new node's data directory from a backup (one per node of the new cluster).
     Restore(Box<backup::RestoreArgs>),
     #[cfg(feature = "test-machinery")]
@@ -122,7 +198,7 @@ pub enum CliCommand {
     User(user::UserCommand),
     /// SQL shell: interactive (history, .tables, .schema, .mode, .timer), `-e "SQL"`, or a
     /// script on standard input.
-    Sql(sql::SqlArgs),
+    Sql(WithClient<sql::SqlArgs>),
 }
 
 /// Whatever followed `sim` or `nemesis` in a binary without the test machinery: ignored.
@@ -264,7 +340,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 /// default one if it exists; see [`crate::client_config`]).
 fn config_file(cli: &Cli) -> crate::Result<crate::client_config::ClientConfig> {
     Ok(
-        crate::client_config::ClientConfig::find(cli.client_config.as_deref())?
+        crate::client_config::ClientConfig::find(cli.client.client_config.as_deref())?
             .map(|(_, c)| c)
             .unwrap_or_default(),
     )
@@ -272,7 +348,7 @@ fn config_file(cli: &Cli) -> crate::Result<crate::client_config::ClientConfig> {
 
 /// The endpoints: flag or environment, else the client config's, else the defaults.
 pub(crate) fn endpoints(cli: &Cli) -> crate::Result<Vec<String>> {
-    let list = match (&cli.endpoints, config_file(cli)?.endpoints) {
+    let list = match (&cli.client.endpoints, config_file(cli)?.endpoints) {
         (Some(e), _) => e.split(',').map(str::to_string).collect(),
         (None, Some(e)) => e,
         (None, None) => DEFAULT_ENDPOINTS.split(',').map(str::to_string).collect(),
@@ -289,25 +365,25 @@ pub(crate) fn endpoints(cli: &Cli) -> crate::Result<Vec<String>> {
 pub(crate) fn client_tls(cli: &Cli) -> crate::Result<Option<crate::tls::client::ClientTlsFiles>> {
     let f = config_file(cli)?;
     crate::client_config::tls_files(
-        cli.cacert.clone().or(f.cacert),
-        cli.client_cert.clone().or(f.cert),
-        cli.client_key.clone().or(f.key),
+        cli.client.cacert.clone().or(f.cacert),
+        cli.client.client_cert.clone().or(f.cert),
+        cli.client.client_key.clone().or(f.key),
     )
 }
 
 /// The credentials given by flags or environment; if they give none, the client
 /// config's (taken whole from one place, never mixed).
 pub(crate) fn credentials(cli: &Cli) -> crate::Result<Option<crate::client::Auth>> {
-    let given = cli.token.is_some()
-        || cli.user.is_some()
-        || cli.password_file.is_some()
-        || cli.password.is_some();
+    let given = cli.client.token.is_some()
+        || cli.client.user.is_some()
+        || cli.client.password_file.is_some()
+        || cli.client.password.is_some();
     if given {
         crate::client_config::credentials(
-            cli.token.as_deref(),
-            cli.user.as_deref(),
-            cli.password_file.as_deref(),
-            cli.password.as_deref(),
+            cli.client.token.as_deref(),
+            cli.client.user.as_deref(),
+            cli.client.password_file.as_deref(),
+            cli.client.password.as_deref(),
         )
     } else {
         config_file(cli)?.auth()
@@ -320,7 +396,7 @@ pub(crate) fn client(cli: &Cli) -> crate::Result<crate::client::Client> {
 
 /// A client of `eps` with the command line's timeout, TLS and credentials.
 pub(crate) fn client_of(cli: &Cli, eps: &[String]) -> crate::Result<crate::client::Client> {
-    let timeout = match (cli.timeout, config_file(cli)?.timeout) {
+    let timeout = match (cli.client.timeout, config_file(cli)?.timeout) {
         (Some(t), _) => t,
         (None, Some(t)) => parse_duration(&t).map_err(crate::Error::Config)?,
         (None, None) => std::time::Duration::from_secs(15),
@@ -389,6 +465,67 @@ impl ProgressLine {
     }
 }
 
+impl CliCommand {
+    /// The client flags given after the subcommand's name; `None` for a command that is
+    /// not a client (and takes none).
+    fn client_args(&self) -> Option<&ClientArgs> {
+        match self {
+            CliCommand::Put(a) => Some(&a.client),
+            CliCommand::Get(a) => Some(&a.client),
+            CliCommand::Delete(a) => Some(&a.client),
+            CliCommand::Cas(a) => Some(&a.client),
+            CliCommand::Scan(a) => Some(&a.client),
+            CliCommand::Status(a) => Some(&a.client),
+            CliCommand::Bench(a) => Some(&a.client),
+            CliCommand::Backup(a) => Some(&a.client),
+            CliCommand::Sql(a) => Some(&a.client),
+            CliCommand::Cluster(c) => c.client_args(),
+            CliCommand::User(u) => Some(u.client_args()),
+            _ => None,
+        }
+    }
+}
+
+/// The client flags: clap's id, and the flag.
+const CLIENT_FLAGS: [(&str, &str); 10] = [
+    ("endpoints", "--endpoints"),
+    ("timeout", "--timeout"),
+    ("client_config", "--client-config"),
+    ("cacert", "--cacert"),
+    ("client_cert", "--cert"),
+    ("client_key", "--key"),
+    ("user", "--user"),
+    ("password_file", "--password-file"),
+    ("password", "--password"),
+    ("token", "--token"),
+];
+
+/// Parses the command line (clap exits on `--help`, `--version` and usage errors) and
+/// merges the client flags given before and after a client subcommand. A client flag on
+/// the command line before a subcommand that is not a client is refused (one set in the
+/// environment is not: a shell may export `PAXOSDB_ENDPOINTS` for its clients).
+pub fn parse() -> crate::Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command.client_args() {
+        Some(inner) => cli.client = inner.clone().or(std::mem::take(&mut cli.client)),
+        None => {
+            let given = CLIENT_FLAGS.iter().find(|(id, _)| {
+                matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            });
+            if let Some((_, flag)) = given {
+                let name = matches.subcommand_name().unwrap_or("this command");
+                return Err(crate::Error::InvalidInput(format!(
+                    "{flag} is a client option; `paxosdb {name}` is not a client command and \
+                     takes none"
+                )));
+            }
+        }
+    }
+    Ok(cli)
+}
+
 /// Sets up logging: `RUST_LOG` or `PAXOSDB_LOG` choose the level (default info for the
 /// server, warn for client commands).
 pub fn init_logging(default: &str) {
@@ -405,7 +542,13 @@ pub fn init_logging(default: &str) {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let is_server = matches!(cli.command, CliCommand::Server(_));
     init_logging(if is_server { "info" } else { "warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -421,15 +564,15 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match &cli.command {
             CliCommand::Server(a) => server::run(a).await,
-            CliCommand::Put(a) => kv::put(&cli, a).await,
-            CliCommand::Get(a) => kv::get(&cli, a).await,
-            CliCommand::Delete(a) => kv::delete(&cli, a).await,
-            CliCommand::Cas(a) => kv::cas(&cli, a).await,
-            CliCommand::Scan(a) => kv::scan(&cli, a).await,
-            CliCommand::Status(a) => status::run(&cli, a).await,
+            CliCommand::Put(a) => kv::put(&cli, &a.args).await,
+            CliCommand::Get(a) => kv::get(&cli, &a.args).await,
+            CliCommand::Delete(a) => kv::delete(&cli, &a.args).await,
+            CliCommand::Cas(a) => kv::cas(&cli, &a.args).await,
+            CliCommand::Scan(a) => kv::scan(&cli, &a.args).await,
+            CliCommand::Status(a) => status::run(&cli, &a.args).await,
             CliCommand::Cluster(c) => cluster::run(&cli, c).await,
-            CliCommand::Bench(a) => bench::run(&cli, a).await,
-            CliCommand::Backup(a) => backup::run(&cli, a).await,
+            CliCommand::Bench(a) => bench::run(&cli, &a.args).await,
+            CliCommand::Backup(a) => backup::run(&cli, &a.args).await,
             CliCommand::Restore(a) => backup::restore(a).await,
             #[cfg(feature = "test-machinery")]
             CliCommand::Sim(a) => sim::run(a).await,
@@ -441,7 +584,7 @@ pub fn main() -> ExitCode {
             CliCommand::NemesisUnavailable(_) => test_machinery_unavailable("nemesis"),
             CliCommand::Certs(a) => certs(a),
             CliCommand::User(u) => user::run(&cli, u).await,
-            CliCommand::Sql(a) => sql::run(&cli, a).await,
+            CliCommand::Sql(a) => sql::run(&cli, &a.args).await,
         }
     });
     match result {

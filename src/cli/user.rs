@@ -4,7 +4,7 @@
 //! `PAXOSDB_TOKEN`. A new user's password is read from a file or from
 //! `PAXOSDB_NEW_PASSWORD`, never from the command line (where `ps` would show it).
 
-use super::{client, Cli};
+use super::{client, Cli, ClientArgs, NoArgs, WithClient};
 use crate::error::{Error, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -13,17 +13,29 @@ use std::process::ExitCode;
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Creates a user, or changes an existing one.
-    Add(AddArgs),
+    Add(WithClient<AddArgs>),
     /// Deletes a user with its passwords and tokens.
-    Delete(NameArgs),
+    Delete(WithClient<NameArgs>),
     /// Lists the users (never their secrets).
-    List,
+    List(WithClient<NoArgs>),
     /// Creates a bearer token for a user and prints it (once); its id (for revoke-token)
     /// goes to stderr.
-    Token(NameArgs),
+    Token(WithClient<NameArgs>),
     /// Revokes one token of a user, by its id (`user list`) or the whole token; the
     /// user's other tokens and passwords stay.
-    RevokeToken(RevokeArgs),
+    RevokeToken(WithClient<RevokeArgs>),
+}
+
+impl UserCommand {
+    /// The client flags given after the subcommand's name.
+    pub fn client_args(&self) -> &ClientArgs {
+        match self {
+            UserCommand::Add(a) => &a.client,
+            UserCommand::Delete(a) | UserCommand::Token(a) => &a.client,
+            UserCommand::List(a) => &a.client,
+            UserCommand::RevokeToken(a) => &a.client,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -60,7 +72,7 @@ pub struct NameArgs {
 pub async fn run(cli: &Cli, cmd: &UserCommand) -> Result<ExitCode> {
     let c = client(cli)?;
     match cmd {
-        UserCommand::Add(a) => {
+        UserCommand::Add(WithClient { args: a, .. }) => {
             let password = match (&a.new_password_file, &a.new_password) {
                 (Some(f), _) => Some(
                     String::from_utf8(crate::server::read_password_file(f)?)
@@ -78,14 +90,14 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> Result<ExitCode> {
             .await?;
             println!("user {} saved", a.name);
         }
-        UserCommand::Delete(a) => {
+        UserCommand::Delete(WithClient { args: a, .. }) => {
             if !c.delete_user(&a.name).await? {
                 eprintln!("no user {}", a.name);
                 return Ok(ExitCode::from(1));
             }
             println!("user {} deleted", a.name);
         }
-        UserCommand::List => {
+        UserCommand::List(_) => {
             for u in c.list_users().await? {
                 println!(
                     "{}\t{}\t{}\tprefix={:?}\tpasswords={}\ttokens={}",
@@ -98,7 +110,7 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> Result<ExitCode> {
                 );
             }
         }
-        UserCommand::Token(a) => {
+        UserCommand::Token(WithClient { args: a, .. }) => {
             let token = c.create_token(&a.name).await?;
             println!("{token}");
             if let Some(id) = crate::auth::token_id(&token) {
@@ -108,7 +120,7 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> Result<ExitCode> {
                 );
             }
         }
-        UserCommand::RevokeToken(a) => {
+        UserCommand::RevokeToken(WithClient { args: a, .. }) => {
             c.revoke_token(&a.name, &a.which).await?;
             println!("token revoked");
         }
