@@ -169,6 +169,39 @@ async fn clients_take_endpoints_tls_and_credentials_from_a_config_file() {
         "{}",
         text(&o)
     );
+    // Client options also go after the command's name; there they beat the environment
+    // and the same option before the name.
+    for args in [
+        vec!["get", "k", "--endpoints", &eps[1]],
+        vec![
+            "--endpoints",
+            dead.as_str(),
+            "get",
+            "k",
+            "--endpoints",
+            &eps[1],
+        ],
+    ] {
+        let o = paxosdb(
+            &[
+                ("PAXOSDB_CLIENT_CONFIG", conf_s),
+                ("PAXOSDB_ENDPOINTS", dead.as_str()),
+            ],
+            &args,
+        );
+        assert!(
+            o.status.success() && text(&o).contains("by-default-file"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    // A command that is no client refuses a client option.
+    let o = paxosdb(&[], &["--endpoints", &eps[1], "certs", "--dir", "x"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--endpoints is a client option"),
+        "{}",
+        text(&o)
+    );
 
     // The Rust client reads the same file.
     let rc = Client::from_config_file(&conf).unwrap();

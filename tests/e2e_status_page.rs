@@ -35,6 +35,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
+        // A new process group would outlive a failed test: chromedriver is killed in drop.
         let mut b = Browser {
             driver,
             port,
@@ -166,19 +167,26 @@ async fn the_status_page_shows_the_new_leader_after_the_one_it_came_from_died() 
     let new = c.wait_for_leader().await;
     assert_ne!(new, leader);
     let (want, dead) = (new.to_string(), leader.to_string());
-    let (l, rows) = eventually(
-        Duration::from_secs(30),
-        "the page shows the new leader and the old one unreachable",
-        || {
-            let (b, want, dead) = (&b, &want, &dead);
-            async move {
-                let (l, rows) = shown(b);
-                let down = rows.iter().any(|(n, r)| n == dead && r == "unreachable");
-                (l == *want && down).then_some((l, rows))
-            }
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    let (l, rows) = loop {
+        let (l, rows) = shown(&b);
+        let down = rows.iter().any(|(n, r)| *n == dead && r == "unreachable");
+        if l == want && down {
+            break (l, rows);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page does not show node {want} leading and node {dead} unreachable \
+             within 45 s: leader {l:?}, rows {rows:?}; the page says:\n{}\nthe nodes:\n{}",
+            b.eval("return document.body.innerText;"),
+            (1..=3u64)
+                .filter(|&id| id != leader)
+                .map(|id| c.log_of(id))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(l, new.to_string());
     // The page still came from the dead node: it answers nothing itself.
     let origin = b.eval("return location.host;");

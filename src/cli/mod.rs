@@ -94,20 +94,30 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// These flags, each falling back to `outer`'s (flags after the subcommand win over
-    /// flags before it).
-    fn or(self, outer: ClientArgs) -> ClientArgs {
+    /// These options (given after the subcommand's name), each falling back to `outer`'s
+    /// (given before it), except where `outer_wins` says the outer one was on the command
+    /// line and this one was not (it came from the environment, which both read).
+    fn merged(self, outer: ClientArgs, outer_wins: impl Fn(&str) -> bool) -> ClientArgs {
+        macro_rules! pick {
+            ($field:ident, $id:literal) => {
+                if outer_wins($id) {
+                    outer.$field.or(self.$field)
+                } else {
+                    self.$field.or(outer.$field)
+                }
+            };
+        }
         ClientArgs {
-            endpoints: self.endpoints.or(outer.endpoints),
-            timeout: self.timeout.or(outer.timeout),
-            client_config: self.client_config.or(outer.client_config),
-            cacert: self.cacert.or(outer.cacert),
-            client_cert: self.client_cert.or(outer.client_cert),
-            client_key: self.client_key.or(outer.client_key),
-            user: self.user.or(outer.user),
-            password_file: self.password_file.or(outer.password_file),
-            password: self.password.or(outer.password),
-            token: self.token.or(outer.token),
+            endpoints: pick!(endpoints, "endpoints"),
+            timeout: pick!(timeout, "timeout"),
+            client_config: pick!(client_config, "client_config"),
+            cacert: pick!(cacert, "cacert"),
+            client_cert: pick!(client_cert, "client_cert"),
+            client_key: pick!(client_key, "client_key"),
+            user: pick!(user, "user"),
+            password_file: pick!(password_file, "password_file"),
+            password: pick!(password, "password"),
+            token: pick!(token, "token"),
         }
     }
 }
@@ -508,12 +518,21 @@ pub fn parse() -> crate::Result<Cli> {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let typed = |m: &clap::ArgMatches, id: &str| {
+        m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
     match cli.command.client_args() {
-        Some(inner) => cli.client = inner.clone().or(std::mem::take(&mut cli.client)),
+        Some(inner) => {
+            let mut deepest = &matches;
+            while let Some((_, m)) = deepest.subcommand() {
+                deepest = m;
+            }
+            let outer = std::mem::take(&mut cli.client);
+            cli.client =
+                (inner.clone()).merged(outer, |id| typed(&matches, id) && !typed(deepest, id));
+        }
         None => {
-            let given = CLIENT_FLAGS.iter().find(|(id, _)| {
-                matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
-            });
+            let given = CLIENT_FLAGS.iter().find(|(id, _)| typed(&matches, id));
             if let Some((_, flag)) = given {
                 let name = matches.subcommand_name().unwrap_or("this command");
                 return Err(crate::Error::InvalidInput(format!(
