@@ -23,17 +23,12 @@ fn source(n: u64) -> (tempfile::TempDir, crate::server::Stores) {
 /// The bytes of a backup of `stores`, as [`serve`] writes them (minus the node thread).
 fn backup_of(s: &crate::server::Stores, applied: u64) -> Vec<u8> {
     let mut enc = Encoder::default();
-    let header = Header {
-        format: FORMAT,
-        version: "test".into(),
-        node: 1,
+    let h = Header {
         applied,
         machines: s.states.all().iter().map(|m| m.machine()).collect(),
-        members: "1=a".into(),
-        config_id: 1,
-        created_unix_ms: 0,
+        ..header()
     };
-    let mut out = enc.header(&header).unwrap();
+    let mut out = enc.header(&h).unwrap();
     for m in s.states.all() {
         let machine = m.machine();
         m.export(&mut |at| assert_eq!(at, applied), &mut |bytes| {
@@ -44,6 +39,20 @@ fn backup_of(s: &crate::server::Stores, applied: u64) -> Vec<u8> {
     }
     out.extend(enc.end().unwrap());
     out
+}
+
+/// A header of node 1, configuration 1, format [`FORMAT`], nothing in it.
+fn header() -> Header {
+    Header {
+        format: FORMAT,
+        version: "t".into(),
+        node: 1,
+        applied: 0,
+        machines: vec![],
+        members: "1=a".into(),
+        config_id: 1,
+        created_unix_ms: 0,
+    }
 }
 
 fn write(dir: &Path, bytes: &[u8]) -> PathBuf {
@@ -120,14 +129,9 @@ fn restore_refuses_a_data_directory_in_use_and_cleans_up_after_a_bad_file() {
 fn every_flipped_byte_and_every_cut_is_refused() {
     let mut enc = Encoder::default();
     let h = Header {
-        format: FORMAT,
-        version: "t".into(),
-        node: 1,
         applied: 3,
         machines: vec![Machine::Kv],
-        members: "1=a".into(),
-        config_id: 1,
-        created_unix_ms: 5,
+        ..header()
     };
     let mut file = enc.header(&h).unwrap();
     file.extend(enc.part(Machine::Kv, vec![1, 2, 3]).unwrap());
@@ -162,16 +166,7 @@ fn every_flipped_byte_and_every_cut_is_refused() {
 #[test]
 fn a_huge_record_length_is_refused_before_it_is_read() {
     let mut enc = Encoder::default();
-    let h = Header {
-        format: FORMAT,
-        version: "t".into(),
-        node: 1,
-        applied: 0,
-        machines: vec![],
-        members: String::new(),
-        config_id: 1,
-        created_unix_ms: 0,
-    };
+    let h = header();
     let mut file = enc.header(&h).unwrap();
     file.extend(u32::MAX.to_le_bytes());
     file.extend(0u32.to_le_bytes());
@@ -190,12 +185,7 @@ fn a_file_of_another_kind_or_format_says_so() {
     let h = Header {
         format: FORMAT + 1,
         version: "9.9.9".into(),
-        node: 1,
-        applied: 0,
-        machines: vec![],
-        members: String::new(),
-        config_id: 1,
-        created_unix_ms: 0,
+        ..header()
     };
     let file = enc.header(&h).unwrap();
     let e = Decoder::open(&file[..]).err().unwrap();

@@ -118,6 +118,8 @@ pub struct Metrics {
     /// States this node sent to peers (whole), and the bytes it sent (as they go).
     pub transfers_sent: AtomicU64,
     pub transfer_bytes_sent: AtomicU64,
+    /// The bytes queued for each peer (its sender's queue), by peer.
+    peer_queues: Mutex<BTreeMap<NodeId, Arc<AtomicU64>>>,
     /// What happened to this node lately, oldest first (at most [`EVENTS_KEPT`]).
     events: Mutex<VecDeque<NodeEvent>>,
     /// This node's request counters, sampled every [`SAMPLE_EVERY`] (at most
@@ -200,6 +202,16 @@ impl Metrics {
     /// Client connections open now, over every listener.
     pub fn connections(&self) -> u64 {
         self.listeners.iter().map(|l| l.open.load(Relaxed)).sum()
+    }
+
+    /// Shows the bytes queued for `peer` (its sender's counter) in the metrics.
+    pub fn peer_queue(&self, peer: NodeId, bytes: Arc<AtomicU64>) {
+        self.peer_queues.lock().unwrap().insert(peer, bytes);
+    }
+
+    /// Keeps only the peer queues of the peers `keep` says are still members.
+    pub fn retain_peer_queues(&self, keep: impl Fn(NodeId) -> bool) {
+        self.peer_queues.lock().unwrap().retain(|id, _| keep(*id));
     }
 
     /// Records an event for the status page (the oldest goes beyond [`EVENTS_KEPT`]).
@@ -447,6 +459,19 @@ impl Metrics {
         for (name, kind, help, v) in gauges {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
+        }
+        header(
+            &mut out,
+            "paxosdb_peer_queue_bytes",
+            "gauge",
+            "Bytes of messages queued for each peer, not yet written to its connection.",
+        );
+        for (peer, bytes) in self.peer_queues.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "paxosdb_peer_queue_bytes{{peer=\"{peer}\"}} {}",
+                bytes.load(Relaxed)
+            );
         }
         header(
             &mut out,

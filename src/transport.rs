@@ -254,8 +254,12 @@ impl PeerSender {
         self.fetcher = Some(f);
     }
 
-    /// Counts dropped and oversized messages in `metrics` from now on.
+    /// Counts dropped and oversized messages in `metrics` from now on, and shows it the
+    /// bytes queued for each peer.
     pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        for (id, q) in self.queues.lock().unwrap().iter() {
+            metrics.peer_queue(*id, q.bytes.clone());
+        }
         self.metrics = Some(metrics);
     }
 
@@ -325,8 +329,15 @@ impl Network for PeerSender {
         for member in &m.members {
             if member.id != me && !queues.contains_key(&member.id) {
                 tracing::info!(peer = member.id, addr = %member.addr, "new peer");
-                queues.insert(member.id, (self.start)(member.id, member.addr.clone()));
+                let q = (self.start)(member.id, member.addr.clone());
+                if let Some(metrics) = &self.metrics {
+                    metrics.peer_queue(member.id, q.bytes.clone());
+                }
+                queues.insert(member.id, q);
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.retain_peer_queues(|id| queues.contains_key(&id));
         }
     }
 

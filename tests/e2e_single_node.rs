@@ -12,11 +12,10 @@ mod http_client;
 use http_client::fsyncs;
 
 use common::workload::{assert_contains_all, read_all, Writers};
-use common::{eventually, skip, Cluster, BIN};
+use common::{eventually, readme, skip, Cluster, BIN};
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -450,46 +449,6 @@ async fn grows_from_one_to_three_and_back_under_writers() {
     assert!(first.try_wait().unwrap().is_none(), "node 1 exited");
 }
 
-/// A command block of the README: its commands, each with the output shown after it.
-fn readme_block(readme: &str, name: &str) -> Vec<(String, Vec<String>)> {
-    let marker = format!("<!-- readme-test: {name} -->");
-    let at = readme
-        .find(&marker)
-        .unwrap_or_else(|| panic!("README has no {marker}"));
-    let mut lines = readme[at + marker.len()..]
-        .lines()
-        .skip_while(|l| l.is_empty());
-    let fence = lines.next().expect("a code block after the marker");
-    assert!(
-        fence.starts_with("```"),
-        "{marker} is not followed by a code block"
-    );
-    let console = fence == "```console";
-    let mut cmds: Vec<(String, Vec<String>)> = Vec::new();
-    for l in lines.take_while(|l| !l.starts_with("```")) {
-        match (console, l.strip_prefix("$ ")) {
-            (_, Some(cmd)) => cmds.push((cmd.to_string(), vec![])),
-            (false, None) => cmds.push((l.to_string(), vec![])),
-            (true, None) => cmds
-                .last_mut()
-                .expect("output before the first command")
-                .1
-                .push(l.trim_end().to_string()),
-        }
-    }
-    assert!(!cmds.is_empty(), "{marker}: no command");
-    cmds
-}
-
-/// What redis-cli prints on a terminal (`"text"`, `(integer) 42`) as it prints into a pipe.
-fn as_piped_redis_cli(line: &str) -> String {
-    let l = line.strip_prefix("(integer) ").unwrap_or(line);
-    l.strip_prefix('"')
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap_or(l)
-        .to_string()
-}
-
 /// Processes started by the README's commands, killed (with their process group) at the end.
 struct Background(Vec<Child>);
 
@@ -503,30 +462,6 @@ impl Drop for Background {
             let _ = c.wait();
         }
     }
-}
-
-/// A shell in `dir` with the test binary first on PATH and no paxosdb or redis-cli
-/// settings from the environment: what a new user's terminal has.
-fn shell(dir: &Path, cmd: &str) -> Command {
-    let bin_dir = Path::new(BIN).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut sh = Command::new("sh");
-    sh.args(["-c", cmd])
-        .current_dir(dir)
-        .env("PATH", path)
-        .env("HOME", dir)
-        .env_remove("REDISCLI_AUTH")
-        .env_remove("XDG_CONFIG_HOME");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PAXOSDB_") {
-            sh.env_remove(k);
-        }
-    }
-    sh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,7 +492,7 @@ async fn readme_single_node_quickstart_runs_as_written() {
 
     // The server block: `paxosdb server`, no flag at all, in the foreground of its
     // terminal; here in the background, its output kept for failure messages.
-    let server = readme_block(&readme, "single-node-server");
+    let server = readme::block(&readme, "single-node-server");
     assert_eq!(server.len(), 1, "one server command: {server:?}");
     assert_eq!(
         server[0].0, "paxosdb server",
@@ -565,7 +500,7 @@ async fn readme_single_node_quickstart_runs_as_written() {
     );
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = shell(dir.path(), &format!("exec {}", server[0].0))
+    let child = readme::shell(dir.path(), &format!("exec {}", server[0].0))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .process_group(0)
@@ -590,9 +525,9 @@ async fn readme_single_node_quickstart_runs_as_written() {
         "single-node-grow",
         "single-node-shrink",
     ] {
-        for (cmd, want) in readme_block(&readme, block) {
+        for (cmd, want) in readme::block(&readme, block) {
             if let Some(bg) = cmd.strip_suffix(" &") {
-                let child = shell(dir.path(), &format!("exec {bg}"))
+                let child = readme::shell(dir.path(), &format!("exec {bg}"))
                     .stdin(Stdio::null())
                     .process_group(0)
                     .spawn()
@@ -602,7 +537,7 @@ async fn readme_single_node_quickstart_runs_as_written() {
             }
             let out = tokio::task::spawn_blocking({
                 let (dir, cmd) = (dir.path().to_path_buf(), cmd.clone());
-                move || shell(&dir, &cmd).stdin(Stdio::null()).output()
+                move || readme::shell(&dir, &cmd).stdin(Stdio::null()).output()
             })
             .await
             .unwrap()
@@ -616,7 +551,7 @@ async fn readme_single_node_quickstart_runs_as_written() {
             );
             let got: Vec<String> = stdout.lines().map(|l| l.trim_end().to_string()).collect();
             let want: Vec<String> = if cmd.starts_with("redis-cli") {
-                want.iter().map(|l| as_piped_redis_cli(l)).collect()
+                want.iter().map(|l| readme::piped_redis(l)).collect()
             } else {
                 want
             };
@@ -637,7 +572,7 @@ async fn readme_single_node_quickstart_runs_as_written() {
     .unwrap();
     let status = background.0[0].wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", server_log());
-    let mut again = shell(dir.path(), "exec paxosdb server")
+    let mut again = readme::shell(dir.path(), "exec paxosdb server")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0)
@@ -649,7 +584,9 @@ async fn readme_single_node_quickstart_runs_as_written() {
     std::thread::spawn(move || lines.for_each(drop));
     background.0.push(again);
     assert!(banner.contains("single-node database"), "{banner}");
-    let out = shell(dir.path(), "paxosdb get hello").output().unwrap();
+    let out = readme::shell(dir.path(), "paxosdb get hello")
+        .output()
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "world",

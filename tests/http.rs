@@ -369,6 +369,14 @@ async fn cluster_endpoints_and_metrics() {
         0.0
     );
     assert!(text.contains("# TYPE paxosdb_overload_refusals_total counter\n"));
+    // Node 1's queues toward its two peers, and none toward itself.
+    for peer in [2, 3] {
+        assert!(sample(&format!("paxosdb_peer_queue_bytes{{peer=\"{peer}\"}} ")) >= 0.0);
+    }
+    assert!(
+        !text.contains("paxosdb_peer_queue_bytes{peer=\"1\"}"),
+        "{text}"
+    );
     // Prometheus' own linter finds nothing to say about the exposition.
     let mut check = common::tools::tool("promtool")
         .args(["check", "metrics"])

@@ -23,6 +23,8 @@
 
 #[cfg(feature = "test-machinery")]
 pub mod cluster;
+#[cfg(feature = "test-machinery")]
+pub mod readme;
 pub mod skip;
 pub mod tools;
 pub mod workload;
