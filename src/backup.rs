@@ -43,7 +43,8 @@
 //!   record longer than [`MAX_RECORD`] is refused before it is read, so a corrupt length
 //!   cannot make a reader allocate more;
 //! - restore writes only into a data directory that is missing or empty, and removes what
-//!   it wrote if it fails.
+//!   it wrote if it fails; until it is done, a [`RESTORING`] file in the directory makes a
+//!   server refuse it (a restore killed half way cannot clean up).
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -60,8 +61,11 @@ use std::time::{Duration, Instant};
 pub const MAGIC: &[u8; 16] = b"PAXOSDB BACKUP\n\0";
 /// The file format this build writes and reads.
 pub const FORMAT: u32 = 1;
-/// The longest record a backup holds (a part is about 1 MiB).
-pub const MAX_RECORD: usize = 16 << 20;
+/// The longest record a backup holds. A part is about 1 MiB, but a key-value pair larger
+/// than that travels in a part of its own, so parts are as large as the largest value a
+/// node accepts; this bound sits above every frame a node can send (a record is read as
+/// its bytes arrive, never allocated from its length).
+pub const MAX_RECORD: usize = 1 << 30;
 /// How long the node thread waits for the machines to pin their views.
 const PIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -77,7 +81,8 @@ pub struct Header {
     pub applied: u64,
     /// The machines whose states follow, in order.
     pub machines: Vec<Machine>,
-    /// The membership in force when it was taken (`Membership::describe`), for the reader.
+    /// The membership the node reported just before the views were pinned
+    /// (`Membership::describe`), for the reader; restore does not use it.
     pub members: String,
     pub config_id: u32,
     /// When it was taken, in milliseconds since the Unix epoch.
@@ -370,13 +375,13 @@ async fn produce(
     // One export thread per machine, each waiting for the node thread's go.
     let (pins_tx, pins_rx) = std::sync::mpsc::channel::<Result<(Machine, u64)>>();
     let mut gos = Vec::new();
-    let mut streams: Vec<(Machine, Parts)> = Vec::new();
+    let mut streams: Vec<(Machine, Parts, tokio::task::JoinHandle<()>)> = Vec::new();
     for m in states.all() {
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let (parts_tx, parts_rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
         let (pins, m) = (pins_tx.clone(), m.clone());
         let machine = m.machine();
-        tokio::task::spawn_blocking(move || {
+        let thread = tokio::task::spawn_blocking(move || {
             if go_rx.recv().is_err() {
                 return; // the backup ended before the views were pinned
             }
@@ -400,7 +405,7 @@ async fn produce(
             }
         });
         gos.push(go_tx);
-        streams.push((machine, parts_rx));
+        streams.push((machine, parts_rx, thread));
     }
     drop(pins_tx);
     let n = streams.len();
@@ -427,9 +432,12 @@ async fn produce(
             Ok((applied, pins))
         })
         .await??;
+    // After a crash between two machines' commits, one may be an entry ahead until the
+    // node applies that entry again: nothing to copy consistently yet, retry.
     if let Some((m, at)) = pins.iter().find(|(_, at)| *at != applied) {
-        return Err(Error::Internal(format!(
-            "backup: the {m:?} view is at applied index {at}, the node at {applied}"
+        return Err(Error::Unavailable(format!(
+            "backup: the {m:?} state is at applied index {at}, the node at {applied}; \
+             retry once the node applied its next entry"
         )));
     }
     let header = Header {
@@ -437,7 +445,7 @@ async fn produce(
         version: env!("CARGO_PKG_VERSION").to_string(),
         node: id,
         applied,
-        machines: streams.iter().map(|(m, _)| *m).collect(),
+        machines: streams.iter().map(|(m, _, _)| *m).collect(),
         members: membership.describe(),
         config_id: membership.config_id,
         created_unix_ms: std::time::SystemTime::now()
@@ -450,12 +458,19 @@ async fn produce(
     let first = enc.header(&header)?;
     sent += first.len() as u64;
     tx.send(Ok(first)).await.map_err(|_| gone())?;
-    for (machine, mut parts) in streams {
+    for (machine, mut parts, thread) in streams {
         while let Some(part) = parts.recv().await {
             let rec = enc.part(machine, part?)?;
             sent += rec.len() as u64;
             tx.send(Ok(rec)).await.map_err(|_| gone())?;
         }
+        // The stream ends when its thread does: a thread that died (a panic) ended it
+        // early, and what it sent is not the whole state.
+        thread.await.map_err(|e| {
+            Error::Internal(format!(
+                "backup: the {machine:?} export ended abnormally: {e}"
+            ))
+        })?;
     }
     let end = enc.end()?;
     sent += end.len() as u64;
@@ -476,8 +491,11 @@ pub struct Summary {
 /// checking its parts; returns the summary once every staged state checked out at the
 /// header's applied index.
 fn stage<R: Read>(mut dec: Decoder<R>, states: &States) -> Result<Summary> {
-    let corrupt =
-        |m: Machine, e: Error| Error::InvalidInput(format!("the backup's {m:?} state: {e}"));
+    // What the importers refuse is the backup's fault; a disk error is this machine's.
+    let corrupt = |m: Machine, e: Error| match e {
+        e @ Error::Storage(_) => e,
+        e => Error::InvalidInput(format!("the backup's {m:?} state: {e}")),
+    };
     let mut importers: Vec<(Machine, Option<Box<dyn Import>>)> = states
         .all()
         .iter()
@@ -572,6 +590,10 @@ pub fn verify(path: &Path) -> Result<Summary> {
     stage(dec, &stores.states)
 }
 
+/// The file a restore under way keeps in the data directory (see [`restore`]); a server
+/// refuses a directory holding it.
+pub const RESTORING: &str = "RESTORING";
+
 /// What [`restore`] made.
 #[derive(Clone, Debug)]
 pub struct Restored {
@@ -604,6 +626,13 @@ pub fn restore(path: &Path, cfg: &Config) -> Result<Restored> {
     }
     let mut cleanup = Scratch::of(Some(dir));
     let mut sql_cleanup = Scratch::of(cfg.sql_dir.as_deref());
+    // Until the last step, a marker says the directory is not a node: a restore killed
+    // half way (no error returned, nothing cleaned up) leaves a directory a server
+    // refuses, not one holding the old cluster's membership.
+    std::fs::create_dir_all(dir)?;
+    let marker = dir.join(RESTORING);
+    std::fs::write(&marker, b"paxosdb restore under way\n")?;
+    crate::storage::db::sync_dir(dir)?;
     let mut stores = crate::server::open_stores(dir, cfg.sql_dir.as_deref())?;
     let summary = stage(dec, &stores.states)?;
     // The secondary machine first, the KV store (which records the membership) last, as
@@ -614,6 +643,8 @@ pub fn restore(path: &Path, cfg: &Config) -> Result<Restored> {
     stores.kv.forget_membership()?;
     crate::server::check_identity(&stores.db, cfg, false)?;
     drop(stores);
+    std::fs::remove_file(&marker)?;
+    crate::storage::db::sync_dir(dir)?;
     cleanup.dir = None;
     sql_cleanup.dir = None;
     Ok(Restored {

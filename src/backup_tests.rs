@@ -86,6 +86,10 @@ fn a_backup_verifies_and_restores_into_a_new_node_of_the_chosen_members() {
     let cfg = config(dir.path());
     let r = restore(&file, &cfg).unwrap();
     assert_eq!(r.summary.header.applied, 30);
+    assert!(
+        !cfg.data_dir.join(RESTORING).exists(),
+        "the marker outlived the restore"
+    );
     let s = open_stores(&cfg.data_dir, None).unwrap();
     assert_eq!(crate::machine::StateMachine::applied_index(&s.kv), 30);
     assert_eq!(s.sql.applied_index(), 30);

@@ -554,8 +554,9 @@ impl Client {
         self.call(false, |ch| {
             let req = self.request(pb::BackupRequest {});
             async move {
+                // A chunk is one record of the file, as large as the largest part.
                 pb::cluster_client::ClusterClient::new(ch)
-                    .max_decoding_message_size(MAX_RESPONSE)
+                    .max_decoding_message_size(crate::backup::MAX_RECORD + (1 << 20))
                     .backup(req)
                     .await
             }

@@ -371,6 +371,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         )?),
         None => None,
     };
+    if cfg.data_dir.join(crate::backup::RESTORING).exists() {
+        return Err(Error::Config(format!(
+            "data directory {} holds an unfinished `paxosdb restore` (it was stopped half \
+             way); remove the directory and run the restore again",
+            cfg.data_dir.display()
+        )));
+    }
     let Stores {
         dir,
         db,

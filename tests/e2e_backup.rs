@@ -282,6 +282,37 @@ async fn http_backups_and_damaged_files() {
     }
 }
 
+/// A restore stopped half way (killed: it could not clean up) leaves its marker, and a
+/// server refuses the directory instead of starting from a half-made state.
+#[test]
+fn a_server_refuses_a_half_restored_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("half");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("RESTORING"), "paxosdb restore under way\n").unwrap();
+    let o = offline(&[
+        "server",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:1",
+        "--client-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "off",
+        "--resp-addr",
+        "off",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("holds an unfinished `paxosdb restore`"),
+        "{}",
+        text(&o)
+    );
+}
+
 fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
     let mut b = bytes.to_vec();
     b[at] ^= 0x01;

@@ -2,9 +2,10 @@
 //! [`crate::backup`] for what a backup holds and how it is checked).
 //!
 //! `backup` asks the first endpoint that answers for a backup (admin only), writes the
-//! stream to `FILE.part`, reads that file back through the backup decoder (every record's
-//! CRC, the file's CRC, the end record), syncs it and only then renames it to `FILE`: a
-//! file named `FILE` is a whole backup. It never overwrites an existing file.
+//! stream to a new `FILE.part`, reads that file back through the backup decoder (every
+//! record's CRC, the file's CRC, the end record), syncs it and only then links it as
+//! `FILE`: a file named `FILE` is a whole backup. It never overwrites a file (the link
+//! fails if `FILE` exists) and never touches a `FILE.part` it did not create.
 
 use super::server::{build_config, ServerArgs};
 use super::{client, Cli, ProgressLine};
@@ -89,7 +90,13 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     let c = client(cli)?;
     let started = Instant::now();
     let part = part_path(&a.file);
-    let res = receive(&c, &part).await;
+    // Created new: another run's `.part` is never touched.
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&part)
+        .map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", part.display())))?;
+    let res = receive(&c, out).await;
     let s = match res {
         Ok(()) => {
             let p = part.clone();
@@ -104,7 +111,15 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    std::fs::rename(&part, &a.file)?;
+    // A hard link fails if FILE appeared meanwhile: never overwritten.
+    let linked = std::fs::hard_link(&part, &a.file);
+    let _ = std::fs::remove_file(&part);
+    linked.map_err(|e| {
+        Error::InvalidInput(format!(
+            "cannot name the backup {}: {e} (it was not overwritten)",
+            a.file.display()
+        ))
+    })?;
     sync_parent(&a.file)?;
     let secs = started.elapsed().as_secs_f64();
     println!("wrote {}: {} in {secs:.1}s", a.file.display(), describe(&s));
@@ -117,14 +132,9 @@ fn part_path(file: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Writes the backup stream to `path` (created new, synced at the end), showing progress.
-async fn receive(c: &Client, path: &Path) -> Result<()> {
+/// Writes the backup stream to `f` (synced at the end), showing progress.
+async fn receive(c: &Client, mut f: std::fs::File) -> Result<()> {
     let mut stream = c.backup().await?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", path.display())))?;
     let mut progress = ProgressLine::new();
     let started = Instant::now();
     let mut bytes = 0u64;

@@ -124,6 +124,10 @@ impl Loopback {
     }
 }
 
+/// How long the running nodes must agree on one leader before [`ProcCluster::wait_for_leader`]
+/// returns it.
+pub const LEADER_SETTLED: Duration = Duration::from_millis(300);
+
 /// How to lay out and start a cluster: [`ClusterSpec::new`] gives the nemesis's layout
 /// (one IP per node, data under the cluster directory, no TLS); the methods change it.
 #[derive(Clone, Debug)]
@@ -712,11 +716,15 @@ impl ProcCluster {
         })
     }
 
-    /// Waits until every running node answers and they agree on one leader that says
-    /// it leads; returns it. After `timeout`, an error with every node's status and the
-    /// end of its log.
+    /// Waits until every running node answers and they all name one leader that says it
+    /// leads, for [`LEADER_SETTLED`] in a row; returns it. After `timeout`, an error with
+    /// every node's status and the end of its log.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, String> {
         let deadline = Instant::now() + timeout;
+        // The leader every node names, and since when: right after an election a second
+        // candidate can still take over (CI saw node 1 lead, then node 2, within a
+        // second), and a test that acts on the first would act on a former leader.
+        let mut seen: Option<(u64, Instant)> = None;
         loop {
             let running = self.running();
             let answers = futures::future::join_all(running.iter().map(|&id| async move {
@@ -726,14 +734,21 @@ impl ProcCluster {
             .await;
             let answered = answers.iter().all(Option::is_some);
             let statuses: Vec<_> = answers.into_iter().flatten().collect();
-            let agreed = statuses.iter().all(|st| st.leader_id != 0);
             let leaders: Vec<u64> = statuses
                 .iter()
                 .filter(|st| st.role == "leader")
                 .map(|st| st.id)
                 .collect();
-            if let (true, true, [l]) = (answered, agreed, leaders.as_slice()) {
-                return Ok(*l);
+            match (answered, leaders.as_slice()) {
+                (true, &[l]) if statuses.iter().all(|st| st.leader_id == l) => match seen {
+                    Some((s, since)) if s == l => {
+                        if since.elapsed() >= LEADER_SETTLED {
+                            return Ok(l);
+                        }
+                    }
+                    _ => seen = Some((l, Instant::now())),
+                },
+                _ => seen = None,
             }
             if Instant::now() > deadline {
                 return Err(format!(

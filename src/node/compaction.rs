@@ -39,7 +39,8 @@
 //! - when the fetcher went silent: nothing (no progress, no fetching note) heard from it
 //!   for [`CompactionPolicy::hold_silence`]. It is stopped, perhaps right after it
 //!   installed the state and before a leader synced it, and a stopped node holds nothing;
-//!   such a hold is not spent: once the fetcher runs again, its notes hold the log anew;
+//!   such a hold is not spent: once the fetcher runs again, its notes hold the log anew,
+//!   from the time the first hold of that fetch began (silences do not reset the cap);
 //! - when it is older than [`CompactionPolicy::hold_for`], or when the log it holds (from
 //!   its index to the applied end) exceeds [`CompactionPolicy::hold_bytes`]: a fetcher
 //!   that never finishes, or is so slow that holding for it would grow the log without
@@ -178,6 +179,9 @@ pub struct Trimmer {
     /// Per peer, the index of its last hold that ended by a cap: a fetch at or below it
     /// gets no new hold.
     spent: BTreeMap<NodeId, u64>,
+    /// Per peer, the index and start of its last hold that ended by silence: the same
+    /// fetch asking again keeps that start, so silences do not reset its time cap.
+    silenced: BTreeMap<NodeId, (u64, Instant)>,
 }
 
 impl Trimmer {
@@ -198,6 +202,9 @@ impl Trimmer {
         if self.spent.get(&peer).is_some_and(|&s| applied >= s) {
             self.spent.remove(&peer);
         }
+        if self.silenced.get(&peer).is_some_and(|&(s, _)| applied >= s) {
+            self.silenced.remove(&peer);
+        }
     }
 
     /// `peer` fetches a state at `index` or above (its [`Note::Fetching`]): hold the log
@@ -211,11 +218,15 @@ impl Trimmer {
             return;
         }
         let applied = self.peer_applied.get(&peer).copied().unwrap_or(0);
+        let since = match self.silenced.get(&peer) {
+            Some(&(s, since)) if index <= s => since,
+            _ => now,
+        };
         let h = self.holds.entry(peer).or_insert_with(|| {
             tracing::info!(peer, index, "holding the log for the peer's state transfer");
             Hold {
                 index,
-                since: now,
+                since,
                 heard: now,
                 installed: (applied >= index).then_some(applied),
             }
@@ -276,6 +287,7 @@ impl Trimmer {
         // Holds of peers that are no longer members go, as do expired ones.
         self.holds.retain(|p, _| peers.contains(p));
         self.spent.retain(|p, _| peers.contains(p));
+        self.silenced.retain(|p, _| peers.contains(p));
         let expired: Vec<NodeId> = (self.holds.iter())
             .filter(|(_, h)| now.duration_since(h.since) >= policy.hold_for)
             .map(|(&p, _)| p)
@@ -291,7 +303,9 @@ impl Trimmer {
             .map(|(&p, _)| p)
             .collect();
         for p in silent {
-            self.holds.remove(&p);
+            if let Some(h) = self.holds.remove(&p) {
+                self.silenced.insert(p, (h.index, h.since));
+            }
             tracing::info!(
                 peer = p,
                 "the peer fetching a state went silent: log no longer held"
@@ -603,6 +617,18 @@ mod tests {
         // Not spent: running again and still fetching, it holds the log anew.
         t.hold(&POLICY, 3, 300, silent);
         assert_eq!(t.hold_floor(), Some(300));
+        // A fetch that goes silent again and again keeps its first start: the time cap
+        // still ends it.
+        let mut t = busy(40);
+        t.hold(&POLICY, 3, 20, start);
+        let mut now = start;
+        while now < start + POLICY.hold_for {
+            now += POLICY.hold_silence;
+            t.target(&POLICY, [2, 3], 40, 0, now); // silent: the hold ends
+            t.hold(&POLICY, 3, 20, now); // and comes back with the fetcher
+        }
+        t.target(&POLICY, [2, 3], 40, 0, now);
+        assert_eq!(t.hold_floor(), None, "silences reset the time cap");
     }
 
     #[test]

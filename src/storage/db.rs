@@ -106,7 +106,7 @@ impl DataDir {
 }
 
 /// Makes the entries of directory `dir` (files created, renamed or removed in it) durable.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::Storage(format!("syncing directory {}: {e}", dir.display())))
