@@ -148,10 +148,11 @@ pub enum Event {
         reply: oneshot::Sender<Result<Membership>>,
     },
     /// Runs the function in the node thread between two applied entries, after every
-    /// machine made what it applied durable (so each one's stored applied index is the
-    /// node's), with that applied index: nothing is applied while it runs (a backup pins
-    /// every state machine's point-in-time view there, so that the views agree; see
-    /// `backup`). It must be quick.
+    /// machine made what it applied durable (so each one's stored applied index is its
+    /// own in-memory one; they equal the node's unless a crash between two machines'
+    /// commits left one an entry ahead), with the node's applied index: nothing is
+    /// applied while it runs (a backup pins every state machine's point-in-time view
+    /// there, so that the views agree; see `backup`). It must be quick.
     Between(Box<dyn FnOnce(Result<u64>) + Send>),
     /// Stop the loop.
     Shutdown,
