@@ -70,7 +70,7 @@ pub const MAX_RECORD: usize = 1 << 30;
 const PIN_WAIT: Duration = Duration::from_secs(10);
 
 /// What a backup holds, written first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub format: u32,
     /// The paxosdb version that wrote it.
@@ -191,16 +191,7 @@ impl<R: Read> Decoder<R> {
             r,
             crc: crc32fast::Hasher::new(),
             offset: 0,
-            header: Header {
-                format: 0,
-                version: String::new(),
-                node: 0,
-                applied: 0,
-                machines: Vec::new(),
-                members: String::new(),
-                config_id: 0,
-                created_unix_ms: 0,
-            },
+            header: Header::default(),
             parts: 0,
             part_bytes: 0,
             ended: false,
@@ -448,9 +439,7 @@ async fn produce(
         machines: streams.iter().map(|(m, _, _)| *m).collect(),
         members: membership.describe(),
         config_id: membership.config_id,
-        created_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        created_unix_ms: crate::metrics::unix_ms(),
     };
     let gone = || Error::Unavailable("the backup's reader went away".into());
     let mut enc = Encoder::default();

@@ -238,10 +238,13 @@ pub async fn fetch_with_stall(
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+/// Runs `f` on the blocking pool; a task that died is an internal error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Internal(format!("state import task: {e}")))?
+        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
 }
 
 /// The node's [`crate::transport::Fetcher`]: fetches in the background on `rt` and reports

@@ -12,6 +12,7 @@ use super::{client, Cli, ProgressLine};
 use crate::backup::{self, Decoder, Summary};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::transfer::blocking;
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -185,12 +186,6 @@ fn sync_parent(file: &Path) -> Result<()> {
     };
     std::fs::File::open(parent)?.sync_all()?;
     Ok(())
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("backup task: {e}")))?
 }
 
 pub async fn restore(a: &RestoreArgs) -> Result<ExitCode> {
