@@ -254,6 +254,54 @@ fn users_travel_with_the_state(kind: Kind) {
 }
 both!(users_travel_with_the_state);
 
+/// `has_users` answers from memory between changes, so every change of the user table
+/// must reach every clone at once: an applied user, an installed state. (Users are never
+/// all deleted again: the last one cannot be.)
+fn has_users_follows_every_change_of_the_user_table(kind: Kind) {
+    let alice = || {
+        let change = crate::auth::UserChange {
+            enabled: Some(true),
+            add_passwords: vec!["$hash".into()],
+            ..Default::default()
+        };
+        let op = WriteOp::SetUser {
+            name: "alice".into(),
+            change,
+            only_if_no_users: false,
+        };
+        cmd(11, 1, op)
+    };
+    let (_pa, mut a, _pb, b) = pair(kind);
+    let reader = b.clone();
+    assert!(!reader.has_users().unwrap());
+    assert!(!reader.has_users().unwrap(), "remembered, still none");
+    apply(&mut a, &[alice()]);
+    assert!(a.has_users().unwrap(), "an applied user is seen");
+    // A state with a user arrives from a peer: the switch is a change as well.
+    stage(&a, &b);
+    assert!(
+        !reader.has_users().unwrap(),
+        "a staged state is not live yet"
+    );
+    let mut b = b;
+    b.install_staged().unwrap();
+    assert!(
+        reader.has_users().unwrap(),
+        "an installed state's users are seen"
+    );
+
+    let pc = Place::new(kind);
+    let mut c = pc.open();
+    let reader = c.clone();
+    assert!(!reader.has_users().unwrap());
+    apply(&mut c, &[alice()]);
+    assert!(
+        reader.has_users().unwrap(),
+        "every clone sees an applied user at once"
+    );
+}
+both!(has_users_follows_every_change_of_the_user_table);
+
 fn corrupt_chunk_is_refused(kind: Kind) {
     let (_pa, a, _pb, b) = pair(kind);
     let (chunks, end) = split(dump(&a));
