@@ -265,3 +265,82 @@ async fn node_with_wiped_data_directory_is_refused_by_its_peers() {
     c.put(b"after-wipe", b"ok", false).await.unwrap();
     assert_eq!(cluster.applied(victim).await, Some(0));
 }
+
+/// One HTTP/1.1 request to node `id`'s HTTP listener: the status code and the body.
+fn http(c: &Cluster, id: u64, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(&c.nodes[id as usize - 1].http_addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("an answer");
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+/// Issue #11's failover on real processes: a leader whose two followers stop answering
+/// (SIGSTOP: their sockets stay open, nothing comes back) can no longer decide anything.
+/// Within about one election round (100 ms by default; the request timeout is 5 s) it
+/// says so: a write sent right at the cut is answered (503), later writes and reads are
+/// refused at once with the reason, and its status says "no-quorum". When the followers
+/// come back, the cluster serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_majority_says_so_within_an_election_round() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let (code, _) = http(&cluster, leader, "PUT", "/v1/kv/before", "1");
+    assert_eq!(code, 200, "a write while connected");
+    let followers: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    for &f in &followers {
+        cluster.pause(f).unwrap();
+    }
+    let cut = std::time::Instant::now();
+    let (code, body) = http(&cluster, leader, "PUT", "/v1/kv/at-the-cut", "2");
+    let first = cut.elapsed();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not a majority"), "{body}");
+    assert!(first < Duration::from_secs(2), "answered after {first:?}");
+
+    let t = std::time::Instant::now();
+    let (code, body) = http(&cluster, leader, "PUT", "/v1/kv/after-the-cut", "3");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("unavailable") && body.contains("not a majority"),
+        "{body}"
+    );
+    let (rcode, rbody) = http(&cluster, leader, "GET", "/v1/kv/before", "");
+    assert_eq!(rcode, 503, "a linearizable read is refused too: {rbody}");
+    let refused = t.elapsed();
+    assert!(
+        refused < Duration::from_millis(500),
+        "refused after {refused:?}, not at once"
+    );
+    let (_, status) = http(&cluster, leader, "GET", "/v1/status", "");
+    assert!(status.contains("\"role\":\"no-quorum\""), "{status}");
+
+    for &f in &followers {
+        cluster.resume(f).unwrap();
+    }
+    cluster.wait_for_leader().await;
+    let c = cluster.client();
+    c.put(b"healed", b"4", false)
+        .await
+        .expect("a write after the followers came back");
+    eventually(
+        Duration::from_secs(10),
+        &format!("node {leader} serving again"),
+        || async { (http(&cluster, leader, "PUT", "/v1/kv/healed", "5").0 == 200).then_some(()) },
+    )
+    .await;
+}

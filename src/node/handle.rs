@@ -40,6 +40,9 @@ pub enum NodeRole {
     Candidate,
     /// A membership change removed this node; it serves nothing.
     Removed,
+    /// This node heard from no majority of the members within an election round: it
+    /// refuses reads and writes until it does (it may still think it leads).
+    NoQuorum,
 }
 
 impl NodeRole {
@@ -49,6 +52,7 @@ impl NodeRole {
             NodeRole::Follower => "follower",
             NodeRole::Candidate => "candidate",
             NodeRole::Removed => "removed",
+            NodeRole::NoQuorum => "no-quorum",
         }
     }
 }
