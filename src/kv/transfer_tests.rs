@@ -231,20 +231,24 @@ fn copies_state(kind: Kind) {
 }
 both!(copies_state);
 
-/// Users are part of the state a lagging node receives.
-fn users_travel_with_the_state(kind: Kind) {
-    let (_pa, mut a, _pb, mut b) = pair(kind);
+/// Creates user alice, enabled, with one password hash.
+fn set_alice() -> WriteOp {
     let change = crate::auth::UserChange {
         enabled: Some(true),
         add_passwords: vec!["$hash".into()],
         ..Default::default()
     };
-    let op = WriteOp::SetUser {
+    WriteOp::SetUser {
         name: "alice".into(),
         change,
         only_if_no_users: false,
-    };
-    apply(&mut a, &[cmd(11, 1, op)]);
+    }
+}
+
+/// Users are part of the state a lagging node receives.
+fn users_travel_with_the_state(kind: Kind) {
+    let (_pa, mut a, _pb, mut b) = pair(kind);
+    apply(&mut a, &[cmd(11, 1, set_alice())]);
     assert!(b.user("alice").unwrap().is_none());
     stage(&a, &b);
     b.install_staged().unwrap();
@@ -258,19 +262,7 @@ both!(users_travel_with_the_state);
 /// must reach every clone at once: an applied user, an installed state. (Users are never
 /// all deleted again: the last one cannot be.)
 fn has_users_follows_every_change_of_the_user_table(kind: Kind) {
-    let alice = || {
-        let change = crate::auth::UserChange {
-            enabled: Some(true),
-            add_passwords: vec!["$hash".into()],
-            ..Default::default()
-        };
-        let op = WriteOp::SetUser {
-            name: "alice".into(),
-            change,
-            only_if_no_users: false,
-        };
-        cmd(11, 1, op)
-    };
+    let alice = || cmd(11, 1, set_alice());
     let (_pa, mut a, _pb, b) = pair(kind);
     let reader = b.clone();
     assert!(!reader.has_users().unwrap());

@@ -41,7 +41,8 @@ pub enum NodeRole {
     /// A membership change removed this node; it serves nothing.
     Removed,
     /// This node heard from no majority of the members within an election round: it
-    /// refuses reads and writes until it does (it may still think it leads).
+    /// answers reads and writes at once, with no result, until it does (it may still
+    /// think it leads).
     NoQuorum,
 }
 

@@ -179,8 +179,9 @@ pub struct CoreConfig {
     pub first_batch_id: u64,
     pub compaction: CompactionPolicy,
     /// When set, a node that heard from no majority of its members (itself included)
-    /// for this long refuses reads and writes as unavailable and answers its waiting ones
-    /// at once instead of at the request timeout (see [`Core::quorum_lost`]); its peers
+    /// for this long refuses reads as unavailable, and answers its waiting and new writes
+    /// "outcome unknown" within a tick instead of at the request timeout (see
+    /// [`Core::quorum_lost`]); its peers
     /// then send it something at least twice in that time while they can. A server sets
     /// one election round; `None` (the simulation's default) checks nothing.
     pub quorum_window: Option<Duration>,
@@ -446,7 +447,7 @@ impl<S: LogStorage> Core<S> {
         }
         match ev {
             Event::Held(ev, ticket) => match *ev {
-                Event::Write { cmd, reply } if self.refusal().is_none() => {
+                Event::Write { cmd, reply } if self.silenced().is_none() => {
                     self.write(cmd, reply, Some(ticket), now)
                 }
                 // Handled at once: the ticket goes back now.
@@ -503,8 +504,8 @@ impl<S: LogStorage> Core<S> {
                 note => self.read_note(from, note),
             },
             Event::StateFetched(res) => self.state_fetched(res),
-            Event::Write { reply, .. } if self.refusal().is_some() => {
-                let _ = reply.send(Err(self.refusal().expect("checked")));
+            Event::Write { reply, .. } if self.silenced().is_some() => {
+                let _ = reply.send(Err(self.silenced().expect("checked")));
             }
             Event::ReadBarrier { reply } if self.refusal().is_some() => {
                 let _ = reply.send(Err(self.refusal().expect("checked")));
@@ -617,8 +618,11 @@ impl<S: LogStorage> Core<S> {
         }
     }
 
-    /// Why a read or write arriving now is refused: this node is silenced (fetching a
-    /// state, removed) or was out of contact with a majority at the last tick.
+    /// Why a read arriving now is refused: this node is silenced (fetching a state,
+    /// removed) or was out of contact with a majority at the last tick. (A write arriving
+    /// out of contact is taken, and answered "outcome unknown" at the next tick: by then
+    /// it may be in OmniPaxos' hands, waiting to be forwarded, so "nothing happened"
+    /// would not be a promise this node could keep.)
     fn refusal(&self) -> Option<Error> {
         self.silenced().or_else(|| {
             (self.out_of_quorum.as_ref()).map(|(_, why)| Error::Unavailable(why.clone()))
@@ -627,9 +631,9 @@ impl<S: LogStorage> Core<S> {
 
     /// Why this node cannot serve now, when it heard from no majority of its members
     /// (itself included) within the quorum window, one window after its first tick: its
-    /// writes could not be decided nor its reads confirmed, so it says so at once (clients
-    /// move on to another node) instead of at the request timeout. A node alone is its own
-    /// majority.
+    /// writes could not be decided nor its reads confirmed, so it says so within a tick
+    /// (clients move on to another node) instead of at the request timeout. A node alone
+    /// is its own majority.
     pub(super) fn quorum_lost(&self, now: Instant) -> Option<String> {
         let window = self.cfg.quorum_window?;
         let born = self.born?;

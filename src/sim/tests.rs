@@ -873,34 +873,17 @@ fn a_node_restarting_with_its_own_promise_takes_over() {
 /// write waits for its own entry, which refuses the reused seq.
 #[test]
 fn a_late_duplicate_does_not_answer_a_reused_session() {
-    use crate::kv::KvStore;
     use crate::node::{Core, CoreConfig, Event};
     use crate::storage::memory::MemStorage;
-    use std::sync::{Arc, RwLock};
     use std::time::{Duration, Instant};
     use tokio::sync::oneshot;
 
     let ids = [1u64, 2, 3];
-    let mut cores = Vec::new();
-    let mut outboxes = Vec::new();
-    for id in ids {
-        let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
-        let outbox = net::Outbox::default();
-        let cfg = CoreConfig {
-            request_timeout: Duration::from_secs(3600),
-            repropose_after: Duration::from_secs(3600),
-            first_batch_id: id << 32,
-            ..one_core_config(id)
-        };
-        let core = Core::new(
-            cfg,
-            MemStorage::default(),
-            Box::new(kv),
-            Box::new(outbox.clone()),
-        );
-        cores.push(core.unwrap());
-        outboxes.push(outbox);
-    }
+    let (mut cores, outboxes) = three_cores(|id| CoreConfig {
+        request_timeout: Duration::from_secs(3600),
+        repropose_after: Duration::from_secs(3600),
+        ..one_core_config(id)
+    });
     let mut now = Instant::now();
     let mut held: Vec<omnipaxos::messages::Message<LogEntry>> = Vec::new();
     // One round: step everyone, deliver everything (messages from `mute` are held back).
@@ -984,40 +967,24 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
 /// round. Three cores on virtual time (10 ms ticks, 10-tick rounds, a 100 ms quorum
 /// window); the leader's links are cut both ways with a write waiting on it. The write is
 /// answered "outcome unknown" one window after the leader last heard from a peer (not at
-/// the 5 s request timeout, and not before the window), new writes and reads are refused
-/// at once as unavailable, the status says "no-quorum"; the other two, a majority, never
+/// the 5 s request timeout, and not before the window), a new write gets the same at the
+/// next tick, reads are refused at once as unavailable, the status says "no-quorum"; the
+/// other two, a majority, never
 /// refuse, elect a leader and decide writes. Healed, the old leader serves again.
 #[test]
 fn a_leader_cut_off_from_the_majority_refuses_within_an_election_round() {
     use crate::error::Error;
-    use crate::kv::KvStore;
     use crate::node::{Core, CoreConfig, Event, NodeRole};
     use crate::storage::memory::MemStorage;
-    use std::sync::{Arc, RwLock};
     use std::time::{Duration, Instant};
     use tokio::sync::oneshot;
 
     let ids = [1u64, 2, 3];
     let window = Duration::from_millis(100);
-    let mut cores = Vec::new();
-    let mut outboxes = Vec::new();
-    for id in ids {
-        let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
-        let outbox = net::Outbox::default();
-        let cfg = CoreConfig {
-            first_batch_id: id << 32,
-            quorum_window: Some(window),
-            ..one_core_config(id)
-        };
-        let core = Core::new(
-            cfg,
-            MemStorage::default(),
-            Box::new(kv),
-            Box::new(outbox.clone()),
-        );
-        cores.push(core.unwrap());
-        outboxes.push(outbox);
-    }
+    let (mut cores, outboxes) = three_cores(|id| CoreConfig {
+        quorum_window: Some(window),
+        ..one_core_config(id)
+    });
     // One tick of 10 ms for everyone, then rounds of steps and deliveries; whatever goes
     // from or to `cut` is lost.
     let tick = |cores: &mut Vec<Core<MemStorage>>, now: Instant, cut: Option<u64>| {
@@ -1127,9 +1094,15 @@ fn a_leader_cut_off_from_the_majority_refuses_within_an_election_round() {
         other => panic!("the waiting write got {other:?}, not 'outcome unknown'"),
     }
     assert_eq!(cores[li].status().role, NodeRole::NoQuorum);
-    match write(&mut cores[li], 3, now).try_recv() {
-        Ok(Err(Error::Unavailable(why))) => assert!(why.contains("not a majority"), "{why}"),
-        other => panic!("a new write got {other:?}, not refused at once"),
+    // A new write is taken (it may reach OmniPaxos' hands before the answer) and
+    // answered "outcome unknown" at the next tick.
+    let mut late = write(&mut cores[li], 3, now);
+    assert!(late.try_recv().is_err(), "not answered before a tick");
+    now += step;
+    tick(&mut cores, now, Some(old));
+    match late.try_recv() {
+        Ok(Err(Error::OutcomeUnknown(why))) => assert!(why.contains("not a majority"), "{why}"),
+        other => panic!("a write to the cut-off node got {other:?}, not 'outcome unknown'"),
     }
     let (reply, mut read) = oneshot::channel();
     cores[li].handle(Event::ReadBarrier { reply }, now);
@@ -1215,6 +1188,32 @@ fn a_state_ahead_of_the_log_resets_the_log_at_start() {
 }
 
 /// The configuration of one core of a hand-driven 3-node cluster, without compaction.
+/// Cores 1, 2 and 3 in memory, each with the configuration `cfg` gives for its id (and its
+/// own batch ids), and the outboxes of their messages.
+fn three_cores(
+    cfg: impl Fn(u64) -> crate::node::CoreConfig,
+) -> (
+    Vec<crate::node::Core<crate::storage::memory::MemStorage>>,
+    Vec<net::Outbox>,
+) {
+    use crate::kv::KvStore;
+    use std::sync::{Arc, RwLock};
+    let (mut cores, mut outboxes) = (Vec::new(), Vec::new());
+    for id in [1u64, 2, 3] {
+        let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
+        let outbox = net::Outbox::default();
+        let cfg = crate::node::CoreConfig {
+            first_batch_id: id << 32,
+            ..cfg(id)
+        };
+        let storage = crate::storage::memory::MemStorage::default();
+        let core = crate::node::Core::new(cfg, storage, Box::new(kv), Box::new(outbox.clone()));
+        cores.push(core.unwrap());
+        outboxes.push(outbox);
+    }
+    (cores, outboxes)
+}
+
 fn one_core_config(id: crate::command::NodeId) -> crate::node::CoreConfig {
     crate::node::CoreConfig {
         id,
