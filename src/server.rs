@@ -511,7 +511,6 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             max_batch_bytes: max_batch_bytes(&cfg),
             first_batch_id: rand::random::<u64>() >> 1,
             compaction: cfg.compaction(),
-            quorum_window: Some(Duration::from_millis(cfg.tick_ms * cfg.election_ticks)),
         },
         storage,
         Machines::from(Box::new(kv.clone()))

@@ -40,10 +40,6 @@ pub enum NodeRole {
     Candidate,
     /// A membership change removed this node; it serves nothing.
     Removed,
-    /// This node heard from no majority of the members within an election round: it
-    /// answers reads and writes at once, with no result, until it does (it may still
-    /// think it leads).
-    NoQuorum,
 }
 
 impl NodeRole {
@@ -53,7 +49,6 @@ impl NodeRole {
             NodeRole::Follower => "follower",
             NodeRole::Candidate => "candidate",
             NodeRole::Removed => "removed",
-            NodeRole::NoQuorum => "no-quorum",
         }
     }
 }

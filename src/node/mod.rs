@@ -178,20 +178,12 @@ pub struct CoreConfig {
     /// First batch id; must differ across restarts of a node (a random start does).
     pub first_batch_id: u64,
     pub compaction: CompactionPolicy,
-    /// When set, a node that heard from no majority of its members (itself included)
-    /// for this long refuses reads as unavailable, and answers its waiting and new writes
-    /// "outcome unknown" within a tick instead of at the request timeout (see
-    /// [`Core::quorum_lost`]); its peers
-    /// then send it something at least twice in that time while they can. A server sets
-    /// one election round; `None` (the simulation's default) checks nothing.
-    pub quorum_window: Option<Duration>,
 }
 
 /// Opens the node's log storage again (to restart OmniPaxos after a state transfer).
 pub type Reopen<S> = Box<dyn FnMut() -> Result<S> + Send>;
 
-/// Ticks between two progress notes to the peers (fewer with a quorum window: see
-/// [`Core::progress_every`]).
+/// Ticks between two progress notes to the peers.
 const PROGRESS_EVERY_TICKS: u64 = 10;
 
 /// A waiting write: its machine and session (sessions are per machine).
@@ -268,13 +260,6 @@ pub struct Core<S: LogStorage> {
     lost_epoch: u64,
     /// The leader last seen, to notice a change.
     last_leader: Option<NodeId>,
-    /// When each peer was last heard from (any message or note), for the quorum check.
-    heard: BTreeMap<NodeId, Instant>,
-    /// The first tick's time: the quorum check gives the peers one window from there.
-    born: Option<Instant>,
-    /// Since when, and why, this node has been out of contact with a majority, as found
-    /// at the last tick (see [`Core::quorum_lost`]).
-    out_of_quorum: Option<(Instant, String)>,
     /// Bug injection: appends stay unsynced after they were sent (the simulation's
     /// `Bug::SkipLogSync`).
     #[cfg(test)]
@@ -328,9 +313,6 @@ impl<S: LogStorage> Core<S> {
             change: None,
             lost_epoch: 0,
             last_leader: None,
-            heard: BTreeMap::new(),
-            born: None,
-            out_of_quorum: None,
             #[cfg(test)]
             skip_log_sync: false,
         })
@@ -411,8 +393,7 @@ impl<S: LogStorage> Core<S> {
             self.paxos.tick();
         }
         self.ticks += 1;
-        self.born.get_or_insert(now);
-        if self.ticks.is_multiple_of(self.progress_every()) && self.removed.is_none() {
+        if self.ticks.is_multiple_of(PROGRESS_EVERY_TICKS) && self.removed.is_none() {
             let note = Note::Progress {
                 applied: self.sm.applied_index(),
                 compacted: self.global(self.paxos.get_compacted_idx()),
@@ -436,15 +417,6 @@ impl<S: LogStorage> Core<S> {
 
     /// Handles one event received at `now`; false means stop.
     pub fn handle(&mut self, ev: Event, now: Instant) -> bool {
-        match &ev {
-            Event::Peer { msg, .. } => {
-                self.heard.insert(msg.get_sender(), now);
-            }
-            Event::Note { from, .. } => {
-                self.heard.insert(*from, now);
-            }
-            _ => {}
-        }
         match ev {
             Event::Held(ev, ticket) => match *ev {
                 Event::Write { cmd, reply } if self.silenced().is_none() => {
@@ -507,8 +479,8 @@ impl<S: LogStorage> Core<S> {
             Event::Write { reply, .. } if self.silenced().is_some() => {
                 let _ = reply.send(Err(self.silenced().expect("checked")));
             }
-            Event::ReadBarrier { reply } if self.refusal().is_some() => {
-                let _ = reply.send(Err(self.refusal().expect("checked")));
+            Event::ReadBarrier { reply } if self.silenced().is_some() => {
+                let _ = reply.send(Err(self.silenced().expect("checked")));
             }
             Event::ChangeMembership { add, remove, reply } => {
                 self.propose_change(add, remove, reply, now)
@@ -565,7 +537,6 @@ impl<S: LogStorage> Core<S> {
     pub fn status(&self) -> NodeStatus {
         let role = match self.paxos.get_current_leader() {
             _ if self.removed.is_some() => NodeRole::Removed,
-            _ if self.out_of_quorum.is_some() => NodeRole::NoQuorum,
             Some((pid, true)) if pid == self.cfg.id => NodeRole::Leader,
             Some((pid, _)) if pid != self.cfg.id => NodeRole::Follower,
             _ => NodeRole::Candidate,
@@ -605,97 +576,22 @@ impl<S: LogStorage> Core<S> {
             .collect()
     }
 
-    /// Ticks between two progress notes: with a quorum window, often enough that a peer
-    /// hears from this node at least twice per window (its heartbeats alone may come a
-    /// whole window apart), so that no idle peer looks lost.
-    fn progress_every(&self) -> u64 {
-        match self.cfg.quorum_window {
-            Some(w) => {
-                let ticks = w.as_nanos() / self.cfg.tick.as_nanos().max(1) / 2;
-                (ticks as u64).clamp(1, PROGRESS_EVERY_TICKS)
-            }
-            None => PROGRESS_EVERY_TICKS,
-        }
-    }
-
-    /// Why a read arriving now is refused: this node is silenced (fetching a state,
-    /// removed) or was out of contact with a majority at the last tick. (A write arriving
-    /// out of contact is taken, and answered "outcome unknown" at the next tick: by then
-    /// it may be in OmniPaxos' hands, waiting to be forwarded, so "nothing happened"
-    /// would not be a promise this node could keep.)
-    fn refusal(&self) -> Option<Error> {
-        self.silenced().or_else(|| {
-            (self.out_of_quorum.as_ref()).map(|(_, why)| Error::Unavailable(why.clone()))
-        })
-    }
-
-    /// Why this node cannot serve now, when it heard from no majority of its members
-    /// (itself included) within the quorum window, one window after its first tick: its
-    /// writes could not be decided nor its reads confirmed, so it says so within a tick
-    /// (clients move on to another node) instead of at the request timeout. A node alone
-    /// is its own majority.
-    pub(super) fn quorum_lost(&self, now: Instant) -> Option<String> {
-        let window = self.cfg.quorum_window?;
-        let born = self.born?;
-        let ids = self.membership.ids();
-        if ids.len() < 2 || now.saturating_duration_since(born) < window {
-            return None;
-        }
-        let recent = |p: &NodeId| {
-            (self.heard.get(p)).is_some_and(|&t| now.saturating_duration_since(t) <= window)
-        };
-        let heard = 1 + ids
-            .iter()
-            .filter(|&&p| p != self.cfg.id && recent(&p))
-            .count();
-        (heard < ids.len() / 2 + 1).then(|| {
-            format!(
-                "node {} heard from {heard} of the {} members (itself included) in the last \
-                 {} ms, not a majority: it cannot serve reads or writes now; another node may",
-                self.cfg.id,
-                ids.len(),
-                window.as_millis()
-            )
-        })
-    }
-
-    /// Expires waiters past their deadline (every waiter, when this node lost contact
-    /// with a majority) and re-proposes what is overdue.
+    /// Expires waiters past their deadline and re-proposes what is overdue.
     fn on_tick(&mut self, now: Instant) {
-        let lost = self.quorum_lost(now);
-        match (&lost, &self.out_of_quorum) {
-            (Some(why), None) => {
-                tracing::warn!("{why}; answering the waiting requests");
-                self.out_of_quorum = Some((now, why.clone()));
-            }
-            (None, Some((since, _))) => {
-                tracing::info!(
-                    "in contact with a majority again after {} ms",
-                    now.saturating_duration_since(*since).as_millis()
-                );
-                self.out_of_quorum = None;
-            }
-            _ => {}
-        }
         let repropose = self.cfg.repropose_after;
         let epoch = self.lost_epoch;
         let mut overdue = Vec::new();
         self.writes.retain(|key, w| {
             let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut w.replies)
                 .into_iter()
-                .partition(|(_, deadline)| lost.is_some() || *deadline <= now);
+                .partition(|(_, deadline)| *deadline <= now);
             w.replies = live;
             for (reply, _) in expired {
-                let why = match &lost {
-                    Some(why) => format!(
-                        "{why}; the write was not decided: retry with the same session, on \
-                         another node, to learn its outcome"
-                    ),
-                    None => "the write was not decided within the request timeout; \
-                             retry with the same session to learn its outcome"
+                let _ = reply.send(Err(Error::OutcomeUnknown(
+                    "the write was not decided within the request timeout; \
+                     retry with the same session to learn its outcome"
                         .into(),
-                };
-                let _ = reply.send(Err(Error::OutcomeUnknown(why)));
+                )));
             }
             if w.replies.is_empty() {
                 return false;
@@ -712,7 +608,7 @@ impl<S: LogStorage> Core<S> {
             true
         });
         self.to_propose.extend(overdue);
-        self.expire_reads(now, lost.as_deref());
+        self.expire_reads(now);
     }
 
     /// Appends the waiting writes as as few entries as the limits allow.

@@ -320,16 +320,14 @@ impl<S: LogStorage> Core<S> {
         }
     }
 
-    /// At a tick: expires reads past their deadline (every read when `lost` says why this
-    /// node lost contact with a majority); starts again the rounds and asks that got no
-    /// answer within `repropose_after`.
-    pub(super) fn expire_reads(&mut self, now: Instant, lost: Option<&str>) {
+    /// At a tick: expires reads past their deadline; starts again the rounds and asks
+    /// that got no answer within `repropose_after`.
+    pub(super) fn expire_reads(&mut self, now: Instant) {
         let again = self.cfg.repropose_after;
         let reads = &mut self.reads;
         let mut expired = Vec::new();
-        let due = |d: &Instant| lost.is_some() || *d <= now;
         let keep = |readers: Vec<Reader>, expired: &mut Vec<Reader>| -> Vec<Reader> {
-            let (gone, live): (Vec<_>, Vec<_>) = readers.into_iter().partition(|(_, d)| due(d));
+            let (gone, live): (Vec<_>, Vec<_>) = readers.into_iter().partition(|(_, d)| *d <= now);
             expired.extend(gone);
             live
         };
@@ -355,15 +353,14 @@ impl<S: LogStorage> Core<S> {
         reads.waiting.extend(retry);
         let ready = std::mem::take(&mut reads.ready);
         for (index, r) in ready {
-            if due(&r.1) {
+            if r.1 <= now {
                 expired.push(r);
             } else {
                 reads.ready.push((index, r));
             }
         }
-        let why = lost.unwrap_or(TOO_LATE);
         for (reply, _) in expired {
-            let _ = reply.send(Err(Error::Unavailable(why.into())));
+            let _ = reply.send(Err(Error::Unavailable(TOO_LATE.into())));
         }
     }
 

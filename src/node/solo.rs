@@ -210,7 +210,6 @@ mod tests {
             max_batch_bytes: 1 << 20,
             first_batch_id: 1,
             compaction: CompactionPolicy::OFF,
-            quorum_window: None,
         }
     }
 

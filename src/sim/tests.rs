@@ -873,17 +873,34 @@ fn a_node_restarting_with_its_own_promise_takes_over() {
 /// write waits for its own entry, which refuses the reused seq.
 #[test]
 fn a_late_duplicate_does_not_answer_a_reused_session() {
+    use crate::kv::KvStore;
     use crate::node::{Core, CoreConfig, Event};
     use crate::storage::memory::MemStorage;
+    use std::sync::{Arc, RwLock};
     use std::time::{Duration, Instant};
     use tokio::sync::oneshot;
 
     let ids = [1u64, 2, 3];
-    let (mut cores, outboxes) = three_cores(|id| CoreConfig {
-        request_timeout: Duration::from_secs(3600),
-        repropose_after: Duration::from_secs(3600),
-        ..one_core_config(id)
-    });
+    let mut cores = Vec::new();
+    let mut outboxes = Vec::new();
+    for id in ids {
+        let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
+        let outbox = net::Outbox::default();
+        let cfg = CoreConfig {
+            request_timeout: Duration::from_secs(3600),
+            repropose_after: Duration::from_secs(3600),
+            first_batch_id: id << 32,
+            ..one_core_config(id)
+        };
+        let core = Core::new(
+            cfg,
+            MemStorage::default(),
+            Box::new(kv),
+            Box::new(outbox.clone()),
+        );
+        cores.push(core.unwrap());
+        outboxes.push(outbox);
+    }
     let mut now = Instant::now();
     let mut held: Vec<omnipaxos::messages::Message<LogEntry>> = Vec::new();
     // One round: step everyone, deliver everything (messages from `mute` are held back).
@@ -963,197 +980,6 @@ fn a_late_duplicate_does_not_answer_a_reused_session() {
     }
 }
 
-/// Issue #11's failover: a leader cut off from the other two says so within one election
-/// round. Three cores on virtual time (10 ms ticks, 10-tick rounds, a 100 ms quorum
-/// window); the leader's links are cut both ways with a write waiting on it. The write is
-/// answered "outcome unknown" one window after the leader last heard from a peer (not at
-/// the 5 s request timeout, and not before the window), a new write gets the same at the
-/// next tick, reads are refused at once as unavailable, the status says "no-quorum"; the
-/// other two, a majority, never
-/// refuse, elect a leader and decide writes. Healed, the old leader serves again.
-#[test]
-fn a_leader_cut_off_from_the_majority_refuses_within_an_election_round() {
-    use crate::error::Error;
-    use crate::node::{Core, CoreConfig, Event, NodeRole};
-    use crate::storage::memory::MemStorage;
-    use std::time::{Duration, Instant};
-    use tokio::sync::oneshot;
-
-    let ids = [1u64, 2, 3];
-    let window = Duration::from_millis(100);
-    let (mut cores, outboxes) = three_cores(|id| CoreConfig {
-        quorum_window: Some(window),
-        ..one_core_config(id)
-    });
-    // One tick of 10 ms for everyone, then rounds of steps and deliveries; whatever goes
-    // from or to `cut` is lost.
-    let tick = |cores: &mut Vec<Core<MemStorage>>, now: Instant, cut: Option<u64>| {
-        for c in cores.iter_mut() {
-            c.tick(now);
-        }
-        for _ in 0..5 {
-            for c in cores.iter_mut() {
-                c.step(now);
-            }
-            for (i, ob) in outboxes.iter().enumerate() {
-                let sent = ob.take_all();
-                let from = ids[i];
-                for (config, m) in sent.msgs {
-                    let to = m.get_receiver();
-                    if cut != Some(from) && cut != Some(to) {
-                        let ev = Event::Peer { config, msg: m };
-                        cores[(to - 1) as usize].handle(ev, now);
-                    }
-                }
-                for (to, note) in sent.notes {
-                    if cut != Some(from) && cut != Some(to) {
-                        cores[(to - 1) as usize].handle(Event::Note { from, note }, now);
-                    }
-                }
-            }
-        }
-    };
-    let elected = |cores: &Vec<Core<MemStorage>>, among: &[u64]| {
-        let l = cores[(among[0] - 1) as usize].status().leader?;
-        (among.iter())
-            .all(|&i| cores[(i - 1) as usize].status().leader == Some(l))
-            .then_some(l)
-    };
-    let write = |core: &mut Core<MemStorage>, seq: u64, now: Instant| {
-        let cmd = KvCommand {
-            client_id: 7,
-            seq,
-            op: WriteOp::Put {
-                key: format!("k{seq}").into_bytes(),
-                value: b"v".to_vec(),
-                return_prev: false,
-            },
-            user: None,
-        }
-        .encode();
-        let (reply, rx) = oneshot::channel();
-        core.handle(Event::Write { cmd, reply }, now);
-        rx
-    };
-    let step = Duration::from_millis(10);
-    let mut now = Instant::now();
-    let mut leader = None;
-    for _ in 0..500 {
-        now += step;
-        tick(&mut cores, now, None);
-        leader = elected(&cores, &ids);
-        if leader.is_some() {
-            break;
-        }
-    }
-    let old = leader.expect("a leader is elected");
-    let li = (old - 1) as usize;
-    let mut ok = write(&mut cores[li], 1, now);
-    tick(&mut cores, now, None);
-    assert!(
-        matches!(ok.try_recv(), Ok(Ok(_))),
-        "a write is decided while connected"
-    );
-    // Some idle rounds: heartbeats and notes alone keep everyone in contact.
-    for _ in 0..50 {
-        now += step;
-        tick(&mut cores, now, None);
-        assert!(cores.iter().all(|c| c.status().role != NodeRole::NoQuorum));
-    }
-
-    // The cut, with a write waiting on the old leader.
-    let cut_at = now;
-    let mut waiting = write(&mut cores[li], 2, now);
-    tick(&mut cores, now, Some(old));
-    let others: Vec<u64> = ids.iter().copied().filter(|&i| i != old).collect();
-    let answered_at = loop {
-        now += step;
-        tick(&mut cores, now, Some(old));
-        for &o in &others {
-            let st = cores[(o - 1) as usize].status();
-            assert_ne!(st.role, NodeRole::NoQuorum, "node {o} is in the majority");
-        }
-        match waiting.try_recv() {
-            Ok(answer) => break (answer, now),
-            Err(oneshot::error::TryRecvError::Empty) => {}
-            Err(e) => panic!("the waiting write was dropped: {e}"),
-        }
-        assert!(
-            now < cut_at + Duration::from_secs(1),
-            "no answer within a second"
-        );
-    };
-    let (answer, at) = answered_at;
-    let waited = at.duration_since(cut_at);
-    assert!(
-        waited >= window && waited <= window + step,
-        "answered after {waited:?}, not one window ({window:?}) after the cut"
-    );
-    match answer {
-        Err(Error::OutcomeUnknown(why)) => assert!(why.contains("not a majority"), "{why}"),
-        other => panic!("the waiting write got {other:?}, not 'outcome unknown'"),
-    }
-    assert_eq!(cores[li].status().role, NodeRole::NoQuorum);
-    // A new write is taken (it may reach OmniPaxos' hands before the answer) and
-    // answered "outcome unknown" at the next tick.
-    let mut late = write(&mut cores[li], 3, now);
-    assert!(late.try_recv().is_err(), "not answered before a tick");
-    now += step;
-    tick(&mut cores, now, Some(old));
-    match late.try_recv() {
-        Ok(Err(Error::OutcomeUnknown(why))) => assert!(why.contains("not a majority"), "{why}"),
-        other => panic!("a write to the cut-off node got {other:?}, not 'outcome unknown'"),
-    }
-    let (reply, mut read) = oneshot::channel();
-    cores[li].handle(Event::ReadBarrier { reply }, now);
-    assert!(
-        matches!(read.try_recv(), Ok(Err(Error::Unavailable(_)))),
-        "a read is refused at once"
-    );
-
-    // The majority elects a leader of its own and decides writes.
-    let mut new = None;
-    for _ in 0..500 {
-        now += step;
-        tick(&mut cores, now, Some(old));
-        new = elected(&cores, &others).filter(|&l| l != old);
-        if new.is_some() {
-            break;
-        }
-    }
-    let new = new.expect("the majority elects a new leader");
-    let mut w = write(&mut cores[(new - 1) as usize], 4, now);
-    for _ in 0..20 {
-        now += step;
-        tick(&mut cores, now, Some(old));
-    }
-    assert!(
-        matches!(w.try_recv(), Ok(Ok(_))),
-        "the majority decides writes"
-    );
-
-    // Healed: the old leader follows and serves again.
-    let mut back = None;
-    for _ in 0..500 {
-        now += step;
-        tick(&mut cores, now, None);
-        if cores[li].status().role == NodeRole::Follower {
-            back = Some(now);
-            break;
-        }
-    }
-    back.expect("the old leader follows the new one once healed");
-    let mut w = write(&mut cores[li], 5, now);
-    for _ in 0..20 {
-        now += step;
-        tick(&mut cores, now, None);
-    }
-    assert!(
-        matches!(w.try_recv(), Ok(Ok(_))),
-        "the healed node serves writes again"
-    );
-}
-
 /// The second half of a state installation, as a restart finishes it: a state machine
 /// ahead of the decided log (the state was switched in, the crash came before the log
 /// reset) makes the core start its log where the state ends, keeping the promise.
@@ -1188,32 +1014,6 @@ fn a_state_ahead_of_the_log_resets_the_log_at_start() {
 }
 
 /// The configuration of one core of a hand-driven 3-node cluster, without compaction.
-/// Cores 1, 2 and 3 in memory, each with the configuration `cfg` gives for its id (and its
-/// own batch ids), and the outboxes of their messages.
-fn three_cores(
-    cfg: impl Fn(u64) -> crate::node::CoreConfig,
-) -> (
-    Vec<crate::node::Core<crate::storage::memory::MemStorage>>,
-    Vec<net::Outbox>,
-) {
-    use crate::kv::KvStore;
-    use std::sync::{Arc, RwLock};
-    let (mut cores, mut outboxes) = (Vec::new(), Vec::new());
-    for id in [1u64, 2, 3] {
-        let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
-        let outbox = net::Outbox::default();
-        let cfg = crate::node::CoreConfig {
-            first_batch_id: id << 32,
-            ..cfg(id)
-        };
-        let storage = crate::storage::memory::MemStorage::default();
-        let core = crate::node::Core::new(cfg, storage, Box::new(kv), Box::new(outbox.clone()));
-        cores.push(core.unwrap());
-        outboxes.push(outbox);
-    }
-    (cores, outboxes)
-}
-
 fn one_core_config(id: crate::command::NodeId) -> crate::node::CoreConfig {
     crate::node::CoreConfig {
         id,
@@ -1226,7 +1026,6 @@ fn one_core_config(id: crate::command::NodeId) -> crate::node::CoreConfig {
         max_batch_bytes: 1 << 20,
         first_batch_id: 1,
         compaction: crate::node::CompactionPolicy::OFF,
-        quorum_window: None,
     }
 }
 

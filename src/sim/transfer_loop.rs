@@ -85,7 +85,6 @@ impl Cluster {
                 max_batch_bytes: 1 << 20,
                 first_batch_id: id << 40,
                 compaction: policy,
-                quorum_window: None,
             };
             let storage = SimStorage(durable.clone());
             let mut core =

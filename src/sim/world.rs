@@ -481,7 +481,6 @@ impl World {
             max_batch_bytes: 64 << 20,
             first_batch_id: self.rng.gen::<u64>() >> 1,
             compaction: self.cfg.compaction,
-            quorum_window: None,
         };
         let node = &self.nodes[i];
         let (durable, outbox) = (node.durable.clone(), node.outbox.clone());
