@@ -138,8 +138,13 @@ pub enum Note {
         id: u64,
         ballot: omnipaxos::ballot_leader_election::Ballot,
     },
-    /// A follower asks the leader for a read index (its ask `id`).
-    ReadAsk { id: u64 },
+    /// A follower asks the leader for a read index (its ask `id`), sent after every read
+    /// it asks for arrived, with the ballot it has promised then: when that is the
+    /// leader's own ballot the ask doubles as that follower's ack (see `reads`).
+    ReadAsk {
+        id: u64,
+        ballot: omnipaxos::ballot_leader_election::Ballot,
+    },
     /// The leader's confirmed read index for ask `id`: reads may be answered once the
     /// asker has applied `index` entries.
     ReadIndex { id: u64, index: u64 },

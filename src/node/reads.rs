@@ -16,6 +16,15 @@
 //!    followers that asked get [`Note::ReadIndex`] and wait for their own applied index to
 //!    reach it.
 //!
+//! **An ask is an ack.** A follower's [`Note::ReadAsk`] carries the ballot it has promised
+//! when it sends the ask, after every read it asks for arrived: that is what its ack of
+//! a probe sent then would say. So when the ask's ballot is the leader's own and the
+//! leader and the asker alone are a majority (three members), the leader answers the ask
+//! at once with the end of its log, as a round confirmed by the asker's ack would: one
+//! message each way instead of two, and no probe to the third member. (With more
+//! members the ask joins the next round like any other.) The argument below holds as it
+//! is, with the ask standing for the asker's ack and the asker's readers as the round's.
+//!
 //! Why that is linearizable: suppose a write was acknowledged before the read arrived.
 //! If it was decided in the leader's ballot `b` or an older one, it is in the leader's
 //! log (a leader in the accept phase holds every entry chosen before its ballot, and
@@ -34,6 +43,9 @@
 //! - a member acks a probe only while its promise equals the probe's ballot; a round is
 //!   confirmed only by acks carrying its own ballot, from a majority of the members of
 //!   the configuration in force (one member alone is its own majority: see [`super::solo`]);
+//! - an ask is answered at once only by a leader that may start a round, when the ask
+//!   carries the leader's ballot, comes from a member, and the two are a majority; its
+//!   read index is then the leader's whole log, as a round started there would have;
 //! - a read is answered only once this node's applied index reaches a confirmed read
 //!   index; unconfirmed rounds and unanswered asks are started again after
 //!   `repropose_after` (a probe, ack or answer can be lost) and after a configuration
@@ -198,7 +210,8 @@ impl<S: LogStorage> Core<S> {
                             && self.removed.is_none() =>
                     {
                         let id = self.reads.id();
-                        self.net.send_note(leader, Note::ReadAsk { id });
+                        let ballot = self.paxos.get_promise();
+                        self.net.send_note(leader, Note::ReadAsk { id, ballot });
                         let readers = std::mem::take(&mut self.reads.waiting);
                         self.reads.asked.insert(
                             id,
@@ -217,17 +230,22 @@ impl<S: LogStorage> Core<S> {
         self.answer_reads();
     }
 
-    fn start_round(&mut self, ballot: Ballot, now: Instant) {
-        let id = self.reads.id();
+    /// The read index a round starting now gets: the end of the leader's log.
+    fn read_index(&self) -> u64 {
         let accepted = self.paxos.get_accepted_idx() + self.paxos.get_batched_len();
         #[cfg(test)]
         let accepted = match self.reads.unconfirmed {
             true => self.paxos.get_decided_idx(),
             false => accepted,
         };
+        self.global(accepted)
+    }
+
+    fn start_round(&mut self, ballot: Ballot, now: Instant) {
+        let id = self.reads.id();
         let round = Round {
             ballot,
-            index: self.global(accepted),
+            index: self.read_index(),
             acks: BTreeSet::from([self.cfg.id]),
             local: std::mem::take(&mut self.reads.waiting),
             remote: std::mem::take(&mut self.reads.asks),
@@ -302,8 +320,16 @@ impl<S: LogStorage> Core<S> {
                     }
                 }
             }
-            Note::ReadAsk { id } => {
-                if self.read_ballot().is_some() {
+            Note::ReadAsk { id, ballot } => {
+                let Some(ours) = self.read_ballot() else {
+                    return;
+                };
+                let majority = self.membership.ids().len() / 2 + 1;
+                if ballot == ours && majority <= 2 && self.membership.contains(from) {
+                    // The ask is the asker's ack: with ours, a majority (module docs).
+                    let index = self.read_index();
+                    self.net.send_note(from, Note::ReadIndex { id, index });
+                } else {
                     self.reads.asks.push((from, id));
                 }
             }
