@@ -43,6 +43,11 @@ impl Membership {
         self.members.iter().map(|m| m.id).collect()
     }
 
+    /// How many members are a majority.
+    pub fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
     pub fn contains(&self, id: NodeId) -> bool {
         self.members.iter().any(|m| m.id == id)
     }

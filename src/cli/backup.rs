@@ -184,8 +184,7 @@ fn sync_parent(file: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::File::open(parent)?.sync_all()?;
-    Ok(())
+    crate::storage::db::sync_dir(parent)
 }
 
 pub async fn restore(a: &RestoreArgs) -> Result<ExitCode> {

@@ -809,7 +809,8 @@ impl KvStore {
             .filter(|(_, (_, dirty))| *dirty)
             .map(|(k, (v, _))| (Space::Kv, k, v.as_ref().map(encode_value)))
             .collect();
-        if !overlay.users.is_empty() {
+        let users_changed = !overlay.users.is_empty();
+        if users_changed {
             let mut names: Vec<&String> = overlay.users.keys().collect();
             names.sort();
             let before = (names.into_iter())
@@ -840,9 +841,6 @@ impl KvStore {
         ));
         // Not synced on purpose: the log entry is already durable; if this batch is lost
         // in an OS crash, the applied index is lost with it and the entry is applied again.
-        let users_changed = writes
-            .iter()
-            .any(|(space, k, _)| *space == Space::Sm && k.starts_with(USER_PREFIX));
         self.backend.write(writes)?;
         if users_changed {
             self.users_seen.changed();

@@ -265,7 +265,7 @@ impl<S: LogStorage> Core<S> {
         let Some(round) = self.reads.rounds.get(&id) else {
             return;
         };
-        let majority = self.membership.ids().len() / 2 + 1;
+        let majority = self.membership.majority();
         #[cfg(test)]
         let majority = if self.reads.unconfirmed { 1 } else { majority };
         if round.acks.len() < majority {
@@ -324,7 +324,7 @@ impl<S: LogStorage> Core<S> {
                 let Some(ours) = self.read_ballot() else {
                     return;
                 };
-                let majority = self.membership.ids().len() / 2 + 1;
+                let majority = self.membership.majority();
                 if ballot == ours && majority <= 2 && self.membership.contains(from) {
                     // The ask is the asker's ack: with ours, a majority (module docs).
                     let index = self.read_index();
