@@ -504,10 +504,18 @@ impl Identity {
     /// other write, the readwrite role and keys inside the prefix)?
     pub fn check_op(&self, op: &crate::command::WriteOp) -> Result<()> {
         if op.is_user_op() {
-            self.check_admin()
-        } else {
-            self.check_write(op.keys())
+            return self.check_admin();
         }
+        self.check_write(op.keys())?;
+        if let crate::command::WriteOp::Txn(t) = op {
+            // A range must lie wholly inside the prefix: narrowing it must change nothing.
+            for range in t.ranges() {
+                if self.narrow(range).as_ref() != Some(range) {
+                    return Err(self.denied("access keys outside its prefix"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// May user `name`, as `record` (its entry in the user table where the command is
@@ -862,6 +870,55 @@ mod tests {
         match id(Role::Admin, b"app/").check_sql(false) {
             Err(Error::PermissionDenied(m)) => assert!(m.contains("may not use SQL"), "{m}"),
             other => panic!("a prefixed user used SQL: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transaction_stays_inside_the_prefix() {
+        use crate::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, WriteOp};
+        let id = |role| Identity {
+            user: Some("a".into()),
+            role,
+            prefix: b"app/".to_vec(),
+            proved_by: None,
+        };
+        let txn = |compare: &[u8], range: ScanRange| {
+            WriteOp::Txn(Txn {
+                compare: vec![Compare {
+                    key: compare.to_vec(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Version(0),
+                }],
+                success: vec![TxnOp::DeleteRange { range }],
+                failure: vec![TxnOp::Get {
+                    key: b"app/x".to_vec(),
+                }],
+            })
+        };
+        let inside = txn(b"app/k", ScanRange::Prefix(b"app/q".to_vec()));
+        assert!(id(Role::ReadWrite).check_op(&inside).is_ok());
+        assert!(
+            id(Role::Read).check_op(&inside).is_err(),
+            "a transaction writes"
+        );
+        for outside in [
+            txn(b"other", ScanRange::Prefix(b"app/q".to_vec())),
+            txn(b"app/k", ScanRange::Prefix(b"ap".to_vec())),
+            txn(
+                b"app/k",
+                ScanRange::Range {
+                    from: b"app/".to_vec(),
+                    to: None,
+                },
+            ),
+        ] {
+            assert!(
+                matches!(
+                    id(Role::ReadWrite).check_op(&outside),
+                    Err(Error::PermissionDenied(_))
+                ),
+                "{outside:?}"
+            );
         }
     }
 

@@ -121,6 +121,147 @@ pub enum WriteOp {
     },
     /// Deletes a user (with its passwords and tokens).
     DeleteUser { name: String },
+    /// An atomic multi-key transaction ([`Txn`]). A new variant at the end, so that log
+    /// entries written before it decode unchanged.
+    Txn(Txn),
+}
+
+/// The most comparisons plus operations one [`Txn`] may hold.
+pub const MAX_TXN_OPS: usize = 1024;
+
+/// The most keys one [`TxnOp::DeleteRange`] may delete: a transaction that would delete
+/// more is refused as a whole (nothing changes), so that no single entry makes apply
+/// write an unbounded batch.
+pub const MAX_TXN_DELETE_RANGE: usize = 10_000;
+
+/// An atomic multi-key transaction, etcd's model: every comparison is evaluated against
+/// the store as of the transaction's place in the log; if all hold, `success` runs, else
+/// `failure`, in order, each operation seeing the ones before it. It is applied in one
+/// log entry (nothing else interleaves) and answers with the result of every operation
+/// of the branch that ran ([`WriteResult::Txn`]).
+///
+/// Each change takes its own revision, as every change does. An operation that the data
+/// refuses (an increment of a non-number, an append over the limit) reports
+/// [`WriteResult::Rejected`] as its own result and changes nothing, and the others still
+/// run (as Redis runs the rest of a `MULTI` block); only a bound ([`MAX_TXN_DELETE_RANGE`],
+/// the read budget) refuses the whole transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// One comparison of a [`Txn`]: `key`'s `target` compared with `op`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+/// How a [`Compare`] compares the current state (left) with its target (right).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+impl CompareOp {
+    /// Whether `current op target` holds.
+    pub fn holds<T: Ord + ?Sized>(self, current: &T, target: &T) -> bool {
+        match self {
+            CompareOp::Equal => current == target,
+            CompareOp::NotEqual => current != target,
+            CompareOp::Less => current < target,
+            CompareOp::Greater => current > target,
+        }
+    }
+}
+
+/// What a [`Compare`] looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's value, bytewise. A comparison of an absent key's value never holds.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The key's version (the revision of its last write; 0 = absent): `Version(0)`
+    /// `Equal` means "absent", `Greater` means "present".
+    Version(u64),
+}
+
+/// One operation of a [`Txn`] branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Reads one key.
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Reads a range: at most `limit` rows (0 = the scan default, capped at the scan
+    /// maximum).
+    Range { range: ScanRange, limit: u32 },
+    /// Any key-value write but user management and another transaction.
+    Write(WriteOp),
+    /// Deletes every key of the range (at most [`MAX_TXN_DELETE_RANGE`]).
+    DeleteRange { range: ScanRange },
+}
+
+/// The result of one [`TxnOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    Get(Option<Versioned>),
+    Range { items: Vec<KeyValue>, more: bool },
+    Write(WriteResult),
+    DeleteRange { deleted: u64 },
+}
+
+impl Txn {
+    /// Every single key the transaction names (compared, read or written).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        let mut keys: Vec<&[u8]> = self.compare.iter().map(|c| c.key.as_slice()).collect();
+        for op in self.success.iter().chain(&self.failure) {
+            match op {
+                TxnOp::Get { key } => keys.push(key),
+                TxnOp::Write(w) => keys.extend(w.keys()),
+                TxnOp::Range { .. } | TxnOp::DeleteRange { .. } => {}
+            }
+        }
+        keys
+    }
+
+    /// Every range the transaction reads or deletes.
+    pub fn ranges(&self) -> Vec<&ScanRange> {
+        (self.success.iter().chain(&self.failure))
+            .filter_map(|op| match op {
+                TxnOp::Range { range, .. } | TxnOp::DeleteRange { range } => Some(range),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ops(&self) -> usize {
+        self.compare.len() + self.success.len() + self.failure.len()
+    }
+
+    fn size(&self) -> usize {
+        let compares: usize = (self.compare.iter())
+            .map(|c| match &c.target {
+                CompareTarget::Value(v) => c.key.len() + v.len() + 8,
+                CompareTarget::Version(_) => c.key.len() + 16,
+            })
+            .sum();
+        let ops: usize = (self.success.iter().chain(&self.failure))
+            .map(|op| match op {
+                TxnOp::Get { key } => key.len() + 8,
+                TxnOp::Range { range, .. } | TxnOp::DeleteRange { range } => range.size() + 8,
+                TxnOp::Write(w) => w.size(),
+            })
+            .sum();
+        compares + ops + 16
+    }
 }
 
 /// The largest value a legacy [`WriteOp::Append`] may produce (what apply decided before
@@ -155,6 +296,7 @@ impl WriteOp {
             | WriteOp::AppendUpTo { key, .. } => vec![key],
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
             WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => vec![],
+            WriteOp::Txn(t) => t.keys(),
         }
     }
 
@@ -196,6 +338,7 @@ impl WriteOp {
                     + 32
             }
             WriteOp::DeleteUser { name } => name.len() + 16,
+            WriteOp::Txn(t) => t.size(),
         }
     }
 }
@@ -272,17 +415,27 @@ pub enum WriteResult {
     /// (demoted, disabled or deleted since it was proposed). Nothing changed.
     Denied(String),
     /// Not applied: its session's seq was already used for a different command. Nothing
-    /// changed. (Last, so that older encodings keep their variant numbers.)
+    /// changed. (After the older variants, so that their encodings keep their numbers.)
     SessionReused(String),
+    /// A [`Txn`]: whether every comparison held, and the result of each operation of the
+    /// branch that ran.
+    Txn {
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+    },
 }
 
 /// A key range for scans.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ScanRange {
     /// Every key starting with these bytes.
-    Prefix(Vec<u8>),
+    Prefix(#[serde(with = "serde_bytes")] Vec<u8>),
     /// `from` inclusive to `to` exclusive; `None` means unbounded.
-    Range { from: Vec<u8>, to: Option<Vec<u8>> },
+    Range {
+        #[serde(with = "serde_bytes")]
+        from: Vec<u8>,
+        to: Option<Vec<u8>>,
+    },
 }
 
 impl ScanRange {
@@ -291,6 +444,13 @@ impl ScanRange {
         match self {
             ScanRange::Prefix(p) => p,
             ScanRange::Range { from, .. } => from,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            ScanRange::Prefix(p) => p.len(),
+            ScanRange::Range { from, to } => from.len() + to.as_ref().map_or(0, Vec::len),
         }
     }
 
@@ -364,6 +524,7 @@ impl Limits {
                 return change.check(self.max_key);
             }
             WriteOp::DeleteUser { name } => return crate::auth::check_name(name),
+            WriteOp::Txn(t) => return self.check_txn(t),
             _ => {}
         }
         let keys = op.keys();
@@ -399,7 +560,8 @@ impl Limits {
             WriteOp::Delete { .. }
             | WriteOp::Incr { .. }
             | WriteOp::SetUser { .. }
-            | WriteOp::DeleteUser { .. } => Ok(()),
+            | WriteOp::DeleteUser { .. }
+            | WriteOp::Txn(_) => Ok(()),
             WriteOp::Cas {
                 expect, new_value, ..
             } => {
@@ -409,6 +571,50 @@ impl Limits {
                 self.check_value(new_value)
             }
         }
+    }
+}
+
+impl Limits {
+    /// Validates a transaction before it is proposed: its size, every key, value and
+    /// range, and that it nests no user management or other transaction.
+    fn check_txn(&self, t: &Txn) -> crate::Result<()> {
+        if t.ops() > MAX_TXN_OPS {
+            return Err(crate::Error::invalid(format!(
+                "a transaction holds {} comparisons and operations; the limit is {MAX_TXN_OPS}",
+                t.ops()
+            )));
+        }
+        let size = t.size();
+        if size > 4 * self.max_value {
+            return Err(crate::Error::too_large(format!(
+                "a transaction of {size} bytes exceeds 4 × the value limit"
+            )));
+        }
+        for c in &t.compare {
+            self.check_key(&c.key)?;
+            if let CompareTarget::Value(v) = &c.target {
+                self.check_value(v)?;
+            }
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match op {
+                TxnOp::Get { key } => self.check_key(key)?,
+                TxnOp::Range { range, .. } | TxnOp::DeleteRange { range } => {
+                    if let ScanRange::Range { from, to: Some(to) } = range {
+                        if to < from {
+                            return Err(crate::Error::invalid("a range's end is before its start"));
+                        }
+                    }
+                }
+                TxnOp::Write(w) if w.is_user_op() || matches!(w, WriteOp::Txn(_)) => {
+                    return Err(crate::Error::invalid(
+                        "a transaction may not hold user management or another transaction",
+                    ))
+                }
+                TxnOp::Write(w) => self.check_write(w)?,
+            }
+        }
+        Ok(())
     }
 }
 

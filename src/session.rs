@@ -91,6 +91,16 @@ pub enum Kept<O> {
     Trimmed(O),
 }
 
+/// `outcome` whole, or `NotKept` when it encodes to more than [`RESULT_KEEP`] bytes: the
+/// default of [`SessionOutcome::keep`].
+pub fn keep_bounded<O: Clone + Serialize>(outcome: &O) -> Kept<O> {
+    match bincode::serialized_size(&Kept::Whole(outcome)) {
+        Ok(n) if n as usize <= RESULT_KEEP => Kept::Whole(outcome.clone()),
+        Ok(n) => Kept::NotKept { bytes: n },
+        Err(_) => Kept::NotKept { bytes: u64::MAX },
+    }
+}
+
 /// An outcome type sessions can remember.
 pub trait SessionOutcome: Clone + Serialize + DeserializeOwned {
     /// The outcome as a record keeps it. By default whole, or `NotKept` when it encodes
@@ -98,11 +108,7 @@ pub trait SessionOutcome: Clone + Serialize + DeserializeOwned {
     /// of an outcome on a retry may instead drop them (`Trimmed`), keeping the record
     /// about as small.
     fn keep(&self) -> Kept<Self> {
-        match bincode::serialized_size(&Kept::Whole(self)) {
-            Ok(n) if n as usize <= RESULT_KEEP => Kept::Whole(self.clone()),
-            Ok(n) => Kept::NotKept { bytes: n },
-            Err(_) => Kept::NotKept { bytes: u64::MAX },
-        }
+        keep_bounded(self)
     }
     /// A write refused as a whole, nothing changed.
     fn rejected(why: String) -> Self;

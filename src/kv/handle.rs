@@ -23,7 +23,8 @@
 
 use crate::auth::UserChange;
 use crate::command::{
-    Expect, KeyValue, KvCommand, Limits, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+    Expect, KeyValue, KvCommand, Limits, ScanRange, SetCond, Txn, TxnOpResult, Versioned, WriteOp,
+    WriteResult,
 };
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
@@ -103,6 +104,14 @@ pub struct Appended {
     /// Length of the value after the append.
     pub len: u64,
     pub version: u64,
+}
+
+/// Result of a transaction: whether every comparison held (the success branch ran), and
+/// the result of each operation of the branch that ran, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    pub results: Vec<TxnOpResult>,
 }
 
 /// Result of a scan.
@@ -282,6 +291,16 @@ impl KvHandle {
         match self.apply(by, WriteOp::MultiPut { pairs }).await? {
             WriteResult::MultiPut { version } => Ok(version),
             r => Err(mismatch("multi-put", r)),
+        }
+    }
+
+    /// Runs `txn` atomically (see [`Txn`]). An operation the data refuses reports
+    /// [`WriteResult::Rejected`] as its own result; a transaction a bound refuses as a
+    /// whole is an `InvalidInput` error, and nothing changed.
+    pub async fn txn(&self, by: &Writer, txn: Txn) -> Result<TxnResult> {
+        match self.apply(by, WriteOp::Txn(txn)).await? {
+            WriteResult::Txn { succeeded, results } => Ok(TxnResult { succeeded, results }),
+            r => Err(mismatch("transaction", r)),
         }
     }
 

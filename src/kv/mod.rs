@@ -40,8 +40,8 @@
 
 use crate::auth::UserRecord;
 use crate::command::{
-    Command, Expect, KeyValue, KvCommand, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
-    LEGACY_APPEND_MAX,
+    Command, CompareTarget, Expect, KeyValue, KvCommand, ScanRange, SetCond, Txn, TxnOp,
+    TxnOpResult, Versioned, WriteOp, WriteResult, LEGACY_APPEND_MAX, MAX_TXN_DELETE_RANGE,
 };
 use crate::error::{Error, Result};
 use crate::machine::{Machine, Outcome, StateMachine};
@@ -139,6 +139,11 @@ fn result_value(r: &mut WriteResult) -> Option<&mut Versioned> {
 impl SessionOutcome for WriteResult {
     /// Whole, or without a value longer than [`SESSION_VALUE_KEEP`] (its version stays).
     fn keep(&self) -> Kept<WriteResult> {
+        // A transaction's results are kept whole while small, else not at all (a retry
+        // then learns only that it was applied).
+        if matches!(self, WriteResult::Txn { .. }) {
+            return session::keep_bounded(self);
+        }
         let mut result = self.clone();
         match result_value(&mut result) {
             Some(v) if v.value.len() > SESSION_VALUE_KEEP => {
@@ -507,6 +512,24 @@ struct Overlay<'a> {
     revision: u64,
     /// Users written by this entry (None: deleted).
     users: HashMap<String, Option<UserRecord>>,
+    /// While a transaction runs: every key it wrote with what `keys` held for it before
+    /// (`None`: nothing), so that a transaction refused as a whole can be undone.
+    undo: Option<Vec<(Vec<u8>, Option<(Option<Versioned>, bool)>)>>,
+}
+
+/// A row an [`Overlay`] range visit passes on: as stored, or as this entry wrote it.
+enum Row<'a> {
+    Stored(&'a [u8]),
+    Written(&'a Versioned),
+}
+
+impl Row<'_> {
+    fn versioned(&self) -> Result<Versioned> {
+        match self {
+            Row::Stored(b) => decode_value(b),
+            Row::Written(v) => Ok((*v).clone()),
+        }
+    }
 }
 
 impl Overlay<'_> {
@@ -593,8 +616,195 @@ impl Overlay<'_> {
         self.revision += 1;
         let version = self.revision;
         let value = value.map(|value| Versioned { value, version });
-        self.keys.insert(key.to_vec(), (value, true));
+        self.write(key.to_vec(), value);
         version
+    }
+
+    /// Records `value` as this entry's write of `key` (remembering what it replaces while
+    /// a transaction runs).
+    fn write(&mut self, key: Vec<u8>, value: Option<Versioned>) {
+        let before = self.keys.insert(key.clone(), (value, true));
+        if let Some(undo) = &mut self.undo {
+            undo.push((key, before));
+        }
+    }
+
+    /// Visits the rows of `range` in key order as this entry sees them (the store with
+    /// the entry's own writes over it) until `f` returns false.
+    fn visit_range(
+        &self,
+        range: &ScanRange,
+        f: &mut dyn FnMut(&[u8], Row<'_>) -> Result<bool>,
+    ) -> Result<()> {
+        let start = range.start();
+        let mut written: Vec<(&[u8], Option<&Versioned>)> = (self.keys.iter())
+            .filter(|(k, (_, dirty))| {
+                *dirty && k.as_slice() >= start && range.contains_from_start(k)
+            })
+            .map(|(k, (v, _))| (k.as_slice(), v.as_ref()))
+            .collect();
+        written.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut written = written.into_iter().peekable();
+        let mut stopped = false;
+        self.store.backend.view(|view| {
+            view.scan_from(Space::Kv, start, &mut |k, v| {
+                if !range.contains_from_start(k) {
+                    return Ok(false);
+                }
+                // This entry's writes before `k`, then `k` itself as written or stored.
+                while let Some((wk, wv)) = written.next_if(|(wk, _)| *wk <= k) {
+                    let shadows = wk == k;
+                    if let Some(wv) = wv {
+                        if !f(wk, Row::Written(wv))? {
+                            stopped = true;
+                            return Ok(false);
+                        }
+                    }
+                    if shadows {
+                        return Ok(true);
+                    }
+                }
+                if !f(k, Row::Stored(v))? {
+                    stopped = true;
+                    return Ok(false);
+                }
+                Ok(true)
+            })
+        })?;
+        if !stopped {
+            for (wk, wv) in written {
+                if let Some(wv) = wv {
+                    if !f(wk, Row::Written(wv))? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a transaction (see [`Txn`]). `Ok(Rejected)` when a bound refuses it as a
+    /// whole: then everything it did is undone.
+    fn txn(&mut self, t: &Txn) -> Result<WriteResult> {
+        let mut succeeded = true;
+        for c in &t.compare {
+            let cur = self.get(&c.key)?;
+            let holds = match (&c.target, &cur) {
+                (CompareTarget::Value(_), None) => false,
+                (CompareTarget::Value(want), Some(cur)) => {
+                    c.op.holds(cur.value.as_slice(), want.as_slice())
+                }
+                (CompareTarget::Version(want), cur) => {
+                    c.op.holds(&cur.as_ref().map_or(0, |c| c.version), want)
+                }
+            };
+            if !holds {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let revision = self.revision;
+        self.undo = Some(Vec::new());
+        let ran = self.txn_ops(ops);
+        let undo = self.undo.take().unwrap_or_default();
+        match ran? {
+            Ok(results) => Ok(WriteResult::Txn { succeeded, results }),
+            Err(why) => {
+                for (key, before) in undo.into_iter().rev() {
+                    match before {
+                        Some(b) => self.keys.insert(key, b),
+                        None => self.keys.remove(&key),
+                    };
+                }
+                self.revision = revision;
+                Ok(WriteResult::Rejected(why))
+            }
+        }
+    }
+
+    /// The operations of a transaction's branch: their results, or why a bound refuses
+    /// the transaction (the inner `Err`).
+    fn txn_ops(&mut self, ops: &[TxnOp]) -> Result<std::result::Result<Vec<TxnOpResult>, String>> {
+        // What the answer may carry in values, like one scan's.
+        let mut budget = MAX_SCAN_BYTES;
+        let over = || {
+            format!(
+                "the transaction would return more than {MAX_SCAN_BYTES} bytes of values;                  nothing was changed (read less per transaction)"
+            )
+        };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let result = match op {
+                TxnOp::Get { key } => {
+                    let v = self.get(key)?;
+                    let n = v.as_ref().map_or(0, |v| v.value.len() + key.len());
+                    if n > budget {
+                        return Ok(Err(over()));
+                    }
+                    budget -= n;
+                    TxnOpResult::Get(v)
+                }
+                TxnOp::Range { range, limit } => {
+                    let limit = match *limit as usize {
+                        0 => crate::node::DEFAULT_SCAN_LIMIT,
+                        n => n.min(crate::node::MAX_SCAN_LIMIT),
+                    };
+                    let (mut items, mut more) = (Vec::new(), false);
+                    self.visit_range(range, &mut |k, row| {
+                        if items.len() >= limit || budget == 0 {
+                            more = true;
+                            return Ok(false);
+                        }
+                        let v = row.versioned()?;
+                        budget = budget.saturating_sub(k.len() + v.value.len());
+                        items.push(KeyValue {
+                            key: k.to_vec(),
+                            value: v.value,
+                            version: v.version,
+                        });
+                        Ok(true)
+                    })?;
+                    TxnOpResult::Range { items, more }
+                }
+                TxnOp::DeleteRange { range } => {
+                    let mut keys = Vec::new();
+                    self.visit_range(range, &mut |k, _| {
+                        keys.push(k.to_vec());
+                        Ok(keys.len() <= MAX_TXN_DELETE_RANGE)
+                    })?;
+                    if keys.len() > MAX_TXN_DELETE_RANGE {
+                        return Ok(Err(format!(
+                            "a delete range of a transaction may delete at most \
+                             {MAX_TXN_DELETE_RANGE} keys, and this one has more; nothing was \
+                             changed (delete in smaller ranges)"
+                        )));
+                    }
+                    for k in &keys {
+                        self.set(k, None);
+                    }
+                    TxnOpResult::DeleteRange {
+                        deleted: keys.len() as u64,
+                    }
+                }
+                TxnOp::Write(w) if w.is_user_op() || matches!(w, WriteOp::Txn(_)) => {
+                    return Ok(Err(
+                        "a transaction may not hold user management or another transaction".into(),
+                    ));
+                }
+                TxnOp::Write(w) => {
+                    let mut r = self.execute(w)?;
+                    let n = result_value(&mut r).map_or(0, |v| v.value.len());
+                    if n > budget {
+                        return Ok(Err(over()));
+                    }
+                    budget -= n;
+                    TxnOpResult::Write(r)
+                }
+            };
+            results.push(result);
+        }
+        Ok(Ok(results))
     }
 
     fn execute(&mut self, op: &WriteOp) -> Result<WriteResult> {
@@ -704,7 +914,7 @@ impl Overlay<'_> {
                         value: v.clone(),
                         version,
                     });
-                    self.keys.insert(k.clone(), (value, true));
+                    self.write(k.clone(), value);
                 }
                 WriteResult::MultiPut { version }
             }
@@ -744,6 +954,7 @@ impl Overlay<'_> {
                 }
                 WriteResult::User { changed }
             }
+            WriteOp::Txn(t) => self.txn(t)?,
         })
     }
 }
@@ -763,6 +974,7 @@ impl KvStore {
             keys: HashMap::new(),
             revision: self.revision,
             users: HashMap::new(),
+            undo: None,
         };
         let mut records = KvRecords {
             backend: &self.backend,

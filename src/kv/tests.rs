@@ -6,11 +6,15 @@
 //! including retries of a client's last command (same result, no change) and older
 //! sequence numbers (rejected, no change); interleaves point reads, prefix and range scans
 //! with limits; and at random points closes the store and its RocksDB and reopens them
-//! from the same directory. After every step the store must equal the model.
+//! from the same directory. Entries also hold transactions: comparisons of values and
+//! versions, then branches of reads, range reads, range deletes and the writes above,
+//! which see the writes of earlier commands of the same entry. After every step the store
+//! must equal the model.
 
 use super::{KvStore, StateMachine};
 use crate::command::{
-    Expect, KeyValue, KvCommand, ScanRange, SetCond, Versioned, WriteOp, WriteResult,
+    Compare, CompareOp, CompareTarget, Expect, KeyValue, KvCommand, ScanRange, SetCond, Txn, TxnOp,
+    TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::storage::db::open_db;
 use proptest::prelude::*;
@@ -65,6 +69,34 @@ enum OpSpec {
         value: usize,
     },
     MultiPut(Vec<(usize, usize)>),
+    Txn {
+        compare: Vec<(usize, usize, CmpSpec)>,
+        success: Vec<TxnOpSpec>,
+        failure: Vec<TxnOpSpec>,
+    },
+}
+
+/// What a transaction's comparison compares with, resolved when the command is built.
+#[derive(Clone, Debug)]
+enum CmpSpec {
+    Value(usize),
+    Version(u64),
+    CurrentVersion,
+}
+
+const CMP_OPS: &[CompareOp] = &[
+    CompareOp::Equal,
+    CompareOp::NotEqual,
+    CompareOp::Less,
+    CompareOp::Greater,
+];
+
+#[derive(Clone, Debug)]
+enum TxnOpSpec {
+    Get(usize),
+    Range { prefix: usize, limit: u32 },
+    DeleteRange { from: usize, to: Option<usize> },
+    Write(OpSpec),
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +198,56 @@ impl Model {
                     .map(|(k, v)| (KEYS[*k].to_vec(), VALUES[*v].to_vec()))
                     .collect(),
             },
+            OpSpec::Txn {
+                compare,
+                success,
+                failure,
+            } => {
+                let compare = (compare.iter())
+                    .map(|(key, op, target)| {
+                        let key = READ_KEYS[*key].to_vec();
+                        let target = match target {
+                            CmpSpec::Value(v) => CompareTarget::Value(VALUES[*v].to_vec()),
+                            CmpSpec::Version(v) => CompareTarget::Version(*v),
+                            CmpSpec::CurrentVersion => {
+                                CompareTarget::Version(self.current(&key).map_or(0, |c| c.version))
+                            }
+                        };
+                        Compare {
+                            key,
+                            op: CMP_OPS[*op],
+                            target,
+                        }
+                    })
+                    .collect();
+                let ops = |specs: &[TxnOpSpec]| {
+                    (specs.iter())
+                        .map(|o| match o {
+                            TxnOpSpec::Get(k) => TxnOp::Get {
+                                key: READ_KEYS[*k].to_vec(),
+                            },
+                            TxnOpSpec::Range { prefix, limit } => TxnOp::Range {
+                                range: ScanRange::Prefix(PREFIXES[*prefix].to_vec()),
+                                limit: *limit,
+                            },
+                            TxnOpSpec::DeleteRange { from, to } => TxnOp::DeleteRange {
+                                range: ScanRange::Range {
+                                    from: BOUNDS[*from].to_vec(),
+                                    to: to
+                                        .map(|t| BOUNDS[t].to_vec())
+                                        .filter(|t| t >= &BOUNDS[*from].to_vec()),
+                                },
+                            },
+                            TxnOpSpec::Write(w) => TxnOp::Write(self.make_op(w)),
+                        })
+                        .collect()
+                };
+                WriteOp::Txn(Txn {
+                    compare,
+                    success: ops(success),
+                    failure: ops(failure),
+                })
+            }
         }
     }
 
@@ -276,7 +358,9 @@ impl Model {
                         value,
                         version: self.set(key, Some(value.to_string().into_bytes())),
                     },
-                    None => WriteResult::Rejected(String::new()),
+                    None => {
+                        WriteResult::Rejected("value is not an integer or out of range".to_string())
+                    }
                 }
             }
             WriteOp::AppendUpTo { key, suffix, .. } | WriteOp::Append { key, suffix } => {
@@ -300,6 +384,42 @@ impl Model {
             // The model covers the data space; users have their own test below.
             WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => {
                 unreachable!("the property test generates no user commands")
+            }
+            WriteOp::Txn(t) => {
+                let succeeded = t.compare.iter().all(|c| {
+                    let cur = self.current(&c.key);
+                    match (&c.target, cur) {
+                        (CompareTarget::Value(_), None) => false,
+                        (CompareTarget::Value(v), Some(cur)) => {
+                            c.op.holds(cur.value.as_slice(), v.as_slice())
+                        }
+                        (CompareTarget::Version(v), cur) => {
+                            c.op.holds(&cur.map_or(0, |c| c.version), v)
+                        }
+                    }
+                });
+                let ops = if succeeded { &t.success } else { &t.failure };
+                let results = (ops.iter())
+                    .map(|op| match op {
+                        TxnOp::Get { key } => TxnOpResult::Get(self.current(key)),
+                        TxnOp::Range { range, limit } => {
+                            let limit = if *limit == 0 { 1000 } else { *limit as usize };
+                            let (items, more) = self.scan(range, limit);
+                            TxnOpResult::Range { items, more }
+                        }
+                        TxnOp::DeleteRange { range } => {
+                            let (rows, _) = self.scan(range, usize::MAX);
+                            for row in &rows {
+                                self.set(&row.key, None);
+                            }
+                            TxnOpResult::DeleteRange {
+                                deleted: rows.len() as u64,
+                            }
+                        }
+                        TxnOp::Write(w) => TxnOpResult::Write(self.execute(w)),
+                    })
+                    .collect();
+                WriteResult::Txn { succeeded, results }
             }
         }
     }
@@ -436,6 +556,34 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
 }
 
 fn op_spec() -> impl Strategy<Value = OpSpec> {
+    let cmp = prop_oneof![
+        (0..VALUES.len()).prop_map(CmpSpec::Value),
+        (0u64..6).prop_map(CmpSpec::Version),
+        Just(CmpSpec::CurrentVersion),
+    ];
+    let txn_op = || {
+        prop_oneof![
+            2 => (0..READ_KEYS.len()).prop_map(TxnOpSpec::Get),
+            1 => (0..PREFIXES.len(), 0u32..4)
+                .prop_map(|(prefix, limit)| TxnOpSpec::Range { prefix, limit }),
+            1 => (0..BOUNDS.len(), proptest::option::of(0..BOUNDS.len()))
+                .prop_map(|(from, to)| TxnOpSpec::DeleteRange { from, to }),
+            4 => write_op_spec().prop_map(TxnOpSpec::Write),
+        ]
+    };
+    prop_oneof![
+        8 => write_op_spec(),
+        2 => (
+            proptest::collection::vec((0..READ_KEYS.len(), 0..CMP_OPS.len(), cmp), 0..3),
+            proptest::collection::vec(txn_op(), 0..4),
+            proptest::collection::vec(txn_op(), 0..4),
+        )
+            .prop_map(|(compare, success, failure)| OpSpec::Txn { compare, success, failure }),
+    ]
+}
+
+/// Every single write (no transaction).
+fn write_op_spec() -> impl Strategy<Value = OpSpec> {
     let expect = prop_oneof![
         2 => Just(ExpectSpec::CurrentValue),
         2 => Just(ExpectSpec::CurrentVersion),
@@ -1191,4 +1339,123 @@ fn format_2_expiry_keys_are_swept_without_losing_live_records() {
     skip_to(&mut kv, used_at + TTL + SWEEP_BUCKET + 1);
     assert_eq!(expiry_keys(&kv), Vec::<Vec<u8>>::new());
     assert_eq!(kv.session_records().unwrap(), 0);
+}
+
+/// A transaction that a bound refuses as a whole (a delete range over
+/// [`crate::command::MAX_TXN_DELETE_RANGE`] keys) is undone entirely: its earlier writes,
+/// its revisions, and nothing of it reaches the store; a later command of the same entry
+/// runs on the state before it.
+#[test]
+fn a_transaction_refused_as_a_whole_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = open_store(&dir.path().join("db"));
+    let n = crate::command::MAX_TXN_DELETE_RANGE + 1;
+    let pairs = (0..n)
+        .map(|i| (format!("k/{i:06}").into_bytes(), b"v".to_vec()))
+        .collect();
+    kv.apply_kv(0, &[cmd(1, 1, WriteOp::MultiPut { pairs })])
+        .unwrap();
+    let revision = kv.revision();
+    let txn = Txn {
+        compare: vec![],
+        success: vec![
+            TxnOp::Write(WriteOp::Put {
+                key: b"x".to_vec(),
+                value: b"1".to_vec(),
+                return_prev: false,
+            }),
+            TxnOp::DeleteRange {
+                range: ScanRange::Prefix(b"k/".to_vec()),
+            },
+        ],
+        failure: vec![],
+    };
+    let got = kv
+        .apply_kv(
+            1,
+            &[
+                cmd(2, 1, WriteOp::Txn(txn)),
+                cmd(
+                    3,
+                    1,
+                    WriteOp::Incr {
+                        key: b"counter".to_vec(),
+                        delta: 1,
+                    },
+                ),
+            ],
+        )
+        .unwrap();
+    match &got[0] {
+        WriteResult::Rejected(why) => assert!(why.contains("at most"), "{why}"),
+        other => panic!("the oversized delete range was not refused: {other:?}"),
+    }
+    assert_eq!(
+        got[1],
+        WriteResult::Incr {
+            value: 1,
+            version: revision + 1
+        }
+    );
+    assert_eq!(
+        kv.get(b"x").unwrap().0,
+        None,
+        "the transaction's put was undone"
+    );
+    assert_eq!(
+        kv.revision(),
+        revision + 1,
+        "only the increment took a revision"
+    );
+    let (rows, _, _) = kv.scan(&ScanRange::Prefix(b"k/".to_vec()), 10).unwrap();
+    assert_eq!(rows.len(), 10, "nothing was deleted");
+
+    // Within the bound, the same delete range runs, seeing the entry's earlier writes.
+    let small = Txn {
+        compare: vec![Compare {
+            key: b"counter".to_vec(),
+            op: CompareOp::Equal,
+            target: CompareTarget::Value(b"1".to_vec()),
+        }],
+        success: vec![
+            TxnOp::Write(WriteOp::Put {
+                key: b"k/zz".to_vec(),
+                value: b"w".to_vec(),
+                return_prev: false,
+            }),
+            TxnOp::DeleteRange {
+                range: ScanRange::Range {
+                    from: b"k/000000".to_vec(),
+                    to: Some(b"k/000010".to_vec()),
+                },
+            },
+            TxnOp::Range {
+                range: ScanRange::Prefix(b"k/z".to_vec()),
+                limit: 0,
+            },
+        ],
+        failure: vec![],
+    };
+    let got = kv.apply_kv(2, &[cmd(2, 2, WriteOp::Txn(small))]).unwrap();
+    let WriteResult::Txn { succeeded, results } = &got[0] else {
+        panic!("not a transaction result: {got:?}");
+    };
+    assert!(succeeded);
+    assert_eq!(results[1], TxnOpResult::DeleteRange { deleted: 10 });
+    match &results[2] {
+        TxnOpResult::Range { items, more } => {
+            assert_eq!((items.len(), *more), (1, false));
+            assert_eq!(items[0].key, b"k/zz");
+        }
+        other => panic!("not a range result: {other:?}"),
+    }
+}
+
+fn cmd(client_id: u64, seq: u64, op: WriteOp) -> KvCommand {
+    KvCommand {
+        client_id,
+        seq,
+        op,
+        user: None,
+    }
 }
