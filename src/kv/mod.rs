@@ -504,17 +504,19 @@ impl UsersSeen {
     }
 }
 
+/// What an [`Overlay`] holds for a key: its current value, and whether this entry wrote it.
+type Slot = (Option<Versioned>, bool);
+
 /// The writes of one entry, staged in memory so later commands see earlier ones.
 struct Overlay<'a> {
     store: &'a KvStore,
-    /// Key → (current value, written by this entry).
-    keys: HashMap<Vec<u8>, (Option<Versioned>, bool)>,
+    keys: HashMap<Vec<u8>, Slot>,
     revision: u64,
     /// Users written by this entry (None: deleted).
     users: HashMap<String, Option<UserRecord>>,
     /// While a transaction runs: every key it wrote with what `keys` held for it before
     /// (`None`: nothing), so that a transaction refused as a whole can be undone.
-    undo: Option<Vec<(Vec<u8>, Option<(Option<Versioned>, bool)>)>>,
+    undo: Option<Vec<(Vec<u8>, Option<Slot>)>>,
 }
 
 /// A row an [`Overlay`] range visit passes on: as stored, or as this entry wrote it.
