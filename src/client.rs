@@ -64,7 +64,8 @@ impl Default for Session {
     }
 }
 
-pub use crate::kv::handle::{CasResult, DeleteResult, PutResult, ScanResult};
+pub use crate::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
+pub use crate::kv::handle::{CasResult, DeleteResult, PutResult, ScanResult, TxnResult};
 
 /// What a compare-and-swap compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,6 +356,23 @@ impl Client {
                 prev: r.prev.map(from_pb),
             }
         })
+    }
+
+    /// Runs `txn` atomically in one log entry (etcd's model: if every comparison holds,
+    /// the success operations run, else the failure ones). Over gRPC a transaction holds
+    /// gets, ranges, puts, deletes and delete ranges; anything else is refused at once as
+    /// invalid input. A transaction is a write: a timeout means its outcome is unknown.
+    pub async fn txn(&self, txn: &Txn) -> Result<TxnResult> {
+        let base = crate::api::txn_pb::txn_to_pb(txn, pb::Session::default())?;
+        let resp = self
+            .write(|ch, session| {
+                let mut req = base.clone();
+                req.session = Some(session);
+                let req = self.request(req);
+                async move { kv_client(ch).txn(req).await }
+            })
+            .await?;
+        crate::api::txn_pb::results_from_pb(resp.into_inner())
     }
 
     /// Removes `key`.

@@ -218,6 +218,47 @@ pub enum TxnOpResult {
     DeleteRange { deleted: u64 },
 }
 
+impl Compare {
+    /// `key`'s version `op` `version` (0 = absent).
+    pub fn version(key: &[u8], op: CompareOp, version: u64) -> Compare {
+        Compare {
+            key: key.to_vec(),
+            op,
+            target: CompareTarget::Version(version),
+        }
+    }
+
+    /// `key`'s value `op` `value` (never holds for an absent key).
+    pub fn value(key: &[u8], op: CompareOp, value: &[u8]) -> Compare {
+        Compare {
+            key: key.to_vec(),
+            op,
+            target: CompareTarget::Value(value.to_vec()),
+        }
+    }
+}
+
+impl TxnOp {
+    pub fn get(key: &[u8]) -> TxnOp {
+        TxnOp::Get { key: key.to_vec() }
+    }
+
+    pub fn put(key: &[u8], value: &[u8]) -> TxnOp {
+        TxnOp::Write(WriteOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            return_prev: false,
+        })
+    }
+
+    pub fn delete(key: &[u8]) -> TxnOp {
+        TxnOp::Write(WriteOp::Delete {
+            key: key.to_vec(),
+            return_prev: false,
+        })
+    }
+}
+
 impl Txn {
     /// Every single key the transaction names (compared, read or written).
     pub fn keys(&self) -> Vec<&[u8]> {
@@ -297,6 +338,22 @@ impl WriteOp {
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
             WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => vec![],
             WriteOp::Txn(t) => t.keys(),
+        }
+    }
+
+    /// The operation's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WriteOp::Put { .. } => "put",
+            WriteOp::Delete { .. } => "delete",
+            WriteOp::Cas { .. } => "compare-and-swap",
+            WriteOp::Set { .. } => "conditional set",
+            WriteOp::Incr { .. } => "incr",
+            WriteOp::Append { .. } | WriteOp::AppendUpTo { .. } => "append",
+            WriteOp::MultiPut { .. } => "multi-put",
+            WriteOp::SetUser { .. } => "set-user",
+            WriteOp::DeleteUser { .. } => "delete-user",
+            WriteOp::Txn(_) => "transaction",
         }
     }
 

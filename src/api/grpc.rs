@@ -12,7 +12,7 @@
 //!
 //! Every call is timed into [`Metrics`] as protocol `grpc`.
 
-use super::pb;
+use super::{pb, txn_pb};
 use crate::auth::{Authenticator, Identity, Role, UserChange};
 use crate::command::{Expect, ScanRange, Versioned, WriteOp};
 use crate::error::Error;
@@ -207,6 +207,25 @@ impl pb::kv_server::Kv for KvService {
                     version: done.version,
                     current: pb_versioned(done.current),
                 }))
+            })
+            .await
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        self.metrics
+            .timed("grpc", "txn", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
+                let r = req.into_inner();
+                let (client_id, seq) = session(r.session)?;
+                let txn = txn_pb::txn_from_pb(r).map_err(to_status)?;
+                // Every key and range of it (the state machine checks again where it
+                // applies).
+                id.check_op(&WriteOp::Txn(txn.clone())).map_err(to_status)?;
+                let by = Writer::new(id.user.clone(), client_id, seq);
+                let done = self.kv.txn(&by, txn).await.map_err(to_status)?;
+                Ok(Response::new(
+                    txn_pb::results_to_pb(done).map_err(to_status)?,
+                ))
             })
             .await
     }

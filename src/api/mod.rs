@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod resp;
 pub mod tls;
+pub mod txn_pb;
 
 /// The generated protobuf types and gRPC stubs of `proto/paxosdb.proto`.
 pub mod pb {

@@ -16,6 +16,7 @@ mod server;
 mod sim;
 mod sql;
 mod status;
+mod txn;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -170,6 +171,21 @@ pub enum CliCommand {
   paxosdb scan --prefix user/               every key under user/ (at most --limit)
   paxosdb scan --from a --to m --limit 10   a range, B exclusive")]
     Scan(WithClient<kv::ScanArgs>),
+    /// Run an atomic transaction: comparisons, then operations if they hold, else others
+    /// (a script from a file or standard input; exit 1 if a comparison failed).
+    #[command(
+        after_help = "The script: comparisons, a blank line, the operations to run if all hold,
+a blank line, the operations to run otherwise.
+  version(\"KEY\") = 0            (=, !=, <, >; version 0 = absent)
+  value(\"KEY\") != \"VALUE\"
+  put KEY VALUE | get KEY [END] [--prefix] [--limit N] | del KEY [END] [--prefix]
+
+Examples:
+  printf 'version(\"lock\") = 0\n\nput lock me\n\nget lock\n' | paxosdb txn
+                                            take a lock if nobody holds it, else show the holder
+  paxosdb txn transfer.txt --json           a script from a file; results as JSON"
+    )]
+    Txn(WithClient<txn::TxnArgs>),
     /// Show every node: id, addresses, role, indexes, pid.
     Status(WithClient<status::StatusArgs>),
     /// Local cluster management.
@@ -485,6 +501,7 @@ impl CliCommand {
             CliCommand::Delete(a) => Some(&a.client),
             CliCommand::Cas(a) => Some(&a.client),
             CliCommand::Scan(a) => Some(&a.client),
+            CliCommand::Txn(a) => Some(&a.client),
             CliCommand::Status(a) => Some(&a.client),
             CliCommand::Bench(a) => Some(&a.client),
             CliCommand::Backup(a) => Some(&a.client),
@@ -588,6 +605,7 @@ pub fn main() -> ExitCode {
             CliCommand::Delete(a) => kv::delete(&cli, &a.args).await,
             CliCommand::Cas(a) => kv::cas(&cli, &a.args).await,
             CliCommand::Scan(a) => kv::scan(&cli, &a.args).await,
+            CliCommand::Txn(a) => txn::run(&cli, &a.args).await,
             CliCommand::Status(a) => status::run(&cli, &a.args).await,
             CliCommand::Cluster(c) => cluster::run(&cli, c).await,
             CliCommand::Bench(a) => bench::run(&cli, &a.args).await,
