@@ -291,6 +291,10 @@ pub struct KvStore {
     /// separate puts, each taking its own revision (no longer one atomic version).
     #[cfg(test)]
     pub(crate) split_multi_put: bool,
+    /// Test builds only, for the simulation's bug injection: a transaction runs only the
+    /// first operation of its branch (no longer all of it, atomically).
+    #[cfg(test)]
+    pub(crate) txn_first_only: bool,
 }
 
 pub(super) fn read_counter(v: Option<Vec<u8>>) -> Result<u64> {
@@ -332,6 +336,8 @@ impl KvStore {
             no_dedup: false,
             #[cfg(test)]
             split_multi_put: false,
+            #[cfg(test)]
+            txn_first_only: false,
         })
     }
 
@@ -706,6 +712,11 @@ impl Overlay<'_> {
             }
         }
         let ops = if succeeded { &t.success } else { &t.failure };
+        #[cfg(test)]
+        let ops = match self.store.txn_first_only {
+            true => &ops[..ops.len().min(1)],
+            false => ops,
+        };
         let revision = self.revision;
         self.undo = Some(Vec::new());
         let ran = self.txn_ops(ops);

@@ -25,6 +25,12 @@
 //! or not, never twice. The replicas' SQL states are compared byte for byte elsewhere
 //! (`final_checks`).
 //!
+//! The same bank runs on the key-value store instead ([`Ledger::Kv`]), as transactions:
+//! accounts are keys `bank/a/<id>`, a transfer is one [`Txn`] of two increments and a put of
+//! its ledger row `bank/l/<tid>`, the setup a transaction that opens the accounts only if
+//! the first one is absent, and a total read one scan of `bank/` (one snapshot) after the
+//! read barrier. The checks are the same.
+//!
 //! # Invariants
 //!
 //! - A transfer counts as acknowledged only from an answer carrying its results, and as
@@ -35,6 +41,9 @@
 use super::checks::{Kind, Violation};
 use super::driver::{Driver, End, Session, Workload};
 use super::world::Node;
+use crate::command::{Compare, CompareOp, KvCommand, ScanRange, Txn, TxnOp, TxnOpResult};
+use crate::command::{WriteOp, WriteResult};
+use crate::kv::KvStore;
 use crate::machine::{Command, Machine, Outcome as Applied};
 use crate::sql::{Request, SqlReader, Statement, StatementResult, Value};
 use rand::rngs::StdRng;
@@ -47,6 +56,16 @@ pub const OPENING: i64 = 100;
 
 /// The share of a bank client's operations that are total reads.
 const READ_SHARE: f64 = 0.3;
+
+/// Where the bank keeps its books.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ledger {
+    /// SQL tables, transfers as SQL transactions.
+    #[default]
+    Sql,
+    /// Keys of the key-value store, transfers as key-value transactions.
+    Kv,
+}
 
 /// What became of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,9 +111,10 @@ pub enum Answer {
 /// The bank clients: the shared client loop over the bank workload.
 pub type BankClients = Driver<Bank>;
 
-/// `n` bank clients (sessions 5000, 5001, ...).
-pub fn clients(n: usize, rng: &mut StdRng) -> BankClients {
+/// `n` bank clients (sessions 5000, 5001, ...) keeping their books in `ledger`.
+pub fn clients(n: usize, ledger: Ledger, rng: &mut StdRng) -> BankClients {
     let bank = Bank {
+        ledger,
         open: vec![false; n],
         fates: BTreeMap::new(),
         reads: 0,
@@ -105,6 +125,7 @@ pub fn clients(n: usize, rng: &mut StdRng) -> BankClients {
 
 /// The bank workload: what became of its transfers, and the first violation seen.
 pub struct Bank {
+    pub ledger: Ledger,
     /// Per client: the bank exists (this client's setup was acknowledged).
     open: Vec<bool>,
     pub fates: BTreeMap<i64, (Transfer, Fate)>,
@@ -166,6 +187,80 @@ fn read_request() -> Request {
         ],
         transaction: false,
     }
+}
+
+const KV_ACCOUNT: &str = "bank/a/";
+const KV_LEDGER: &str = "bank/l/";
+
+fn kv_account(id: i64) -> Vec<u8> {
+    format!("{KV_ACCOUNT}{id}").into_bytes()
+}
+
+/// The key-value setup: open every account, unless the first one exists.
+fn kv_setup() -> Txn {
+    Txn {
+        compare: vec![Compare::version(&kv_account(0), CompareOp::Equal, 0)],
+        success: (0..ACCOUNTS)
+            .map(|a| TxnOp::put(&kv_account(a), OPENING.to_string().as_bytes()))
+            .collect(),
+        failure: vec![],
+    }
+}
+
+/// A key-value transfer: both balances and the ledger row in one transaction.
+fn kv_transfer(t: &Transfer) -> Txn {
+    let incr = |id, delta| {
+        TxnOp::Write(WriteOp::Incr {
+            key: kv_account(id),
+            delta,
+        })
+    };
+    Txn {
+        compare: vec![],
+        success: vec![
+            incr(t.from, -t.amount),
+            incr(t.to, t.amount),
+            TxnOp::put(
+                format!("{KV_LEDGER}{}", t.tid).as_bytes(),
+                format!("{},{},{}", t.from, t.to, t.amount).as_bytes(),
+            ),
+        ],
+        failure: vec![],
+    }
+}
+
+/// Reads the key-value books on `kv`: one scan, one snapshot.
+pub fn read_kv_books(kv: &KvStore) -> std::result::Result<Books, String> {
+    let (rows, more, _) = kv
+        .scan(&ScanRange::Prefix(b"bank/".to_vec()), 1 << 20)
+        .map_err(|e| e.to_string())?;
+    if more {
+        return Err("the books did not fit one scan".into());
+    }
+    let mut books = Books {
+        balances: BTreeMap::new(),
+        ledger: Vec::new(),
+    };
+    let num = |b: &str| {
+        b.parse::<i64>()
+            .map_err(|_| format!("{b:?} is not a number"))
+    };
+    for kv in rows {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let value = String::from_utf8_lossy(&kv.value).into_owned();
+        if let Some(id) = key.strip_prefix(KV_ACCOUNT) {
+            books.balances.insert(num(id)?, num(&value)?);
+        } else if let Some(tid) = key.strip_prefix(KV_LEDGER) {
+            let parts: Vec<i64> = value.split(',').map(num).collect::<Result<_, _>>()?;
+            let [src, dst, amount] = parts[..] else {
+                return Err(format!("ledger row {key} holds {value:?}"));
+            };
+            books.ledger.push([num(tid)?, src, dst, amount]);
+        } else {
+            return Err(format!("a stranger in the books: {key}"));
+        }
+    }
+    Ok(books)
 }
 
 /// The bank as one read saw it: balances by account, and the ledger rows.
@@ -235,6 +330,20 @@ impl Workload for Bank {
     }
 
     fn command(&self, session: u64, op: &BankOp) -> Option<Command> {
+        if self.ledger == Ledger::Kv {
+            let txn = match &op.op {
+                Op::Setup => kv_setup(),
+                Op::Transfer(t) => kv_transfer(t),
+                Op::Read => return None,
+            };
+            let cmd = KvCommand {
+                client_id: session,
+                seq: op.seq,
+                op: WriteOp::Txn(txn),
+                user: None,
+            };
+            return Some(cmd.encode());
+        }
         let request = match &op.op {
             Op::Setup => setup_request(),
             Op::Transfer(t) => transfer_request(t),
@@ -250,11 +359,11 @@ impl Workload for Bank {
     }
 
     fn written(&self, _op: &BankOp, answer: Applied, lost: bool) -> Answer {
-        Answer::Written(write_fate(answer, lost))
+        Answer::Written(write_fate(self.ledger, answer, lost))
     }
 
     fn read(&mut self, _op: &BankOp, node: usize, nodes: &[Node]) -> Option<Answer> {
-        match nodes[node].sql.as_ref().map(read_books) {
+        match self.books(&nodes[node]) {
             Some(Ok(books)) => Some(Answer::Read(books)),
             Some(Err(e)) => {
                 self.violation.get_or_insert(Violation::new(
@@ -304,6 +413,14 @@ impl Workload for Bank {
 }
 
 impl Bank {
+    /// The books as `node` holds them now (`None`: the node is down).
+    pub fn books(&self, node: &Node) -> Option<std::result::Result<Books, String>> {
+        match self.ledger {
+            Ledger::Sql => node.sql.as_ref().map(read_books),
+            Ledger::Kv => node.kv.as_ref().map(read_kv_books),
+        }
+    }
+
     /// Transfers whose fate `f` accepts.
     pub fn count(&self, f: impl Fn(&Fate) -> bool) -> u64 {
         self.fates.values().filter(|(_, fate)| f(fate)).count() as u64
@@ -376,8 +493,22 @@ impl Bank {
 }
 
 /// What a transfer's (or the setup's) answer says; `lost`: an earlier attempt was lost.
-fn write_fate(r: Applied, lost: bool) -> Fate {
+fn write_fate(ledger: Ledger, r: Applied, lost: bool) -> Fate {
     match r {
+        Applied::Done(bytes) if ledger == Ledger::Kv => {
+            match bincode::deserialize::<WriteResult>(&bytes) {
+                // An increment refused: the others of the transfer applied (as in a
+                // Redis MULTI block), which the books would show; it never happens here.
+                Ok(WriteResult::Txn { results, .. })
+                    if (results.iter())
+                        .any(|r| matches!(r, TxnOpResult::Write(WriteResult::Rejected(_)))) =>
+                {
+                    Fate::Unknown
+                }
+                Ok(WriteResult::Txn { .. }) => Fate::Acked(0),
+                _ => Fate::Unknown,
+            }
+        }
         Applied::Done(bytes) => match bincode::deserialize::<Vec<StatementResult>>(&bytes) {
             // A statement failed: the transaction rolled back as a whole.
             Ok(results) if results.iter().any(|r| r.error.is_some()) => Fate::Failed,

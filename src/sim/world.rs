@@ -385,7 +385,7 @@ impl World {
         let mut clients = clients::clients(cfg.clients, cfg.keys, cfg.multi_key, &mut rng);
         clients.bound = cfg.liveness_bound;
         clients.stale_reads = cfg.bug == Some(Bug::StaleReads);
-        let mut bank = bank::clients(cfg.bank_clients, &mut rng);
+        let mut bank = bank::clients(cfg.bank_clients, cfg.bank_ledger, &mut rng);
         bank.bound = cfg.liveness_bound;
         let mut w = World {
             base: Instant::now(),
@@ -491,6 +491,7 @@ impl World {
         {
             kv.no_dedup = self.cfg.bug == Some(Bug::NoDedup);
             kv.split_multi_put = self.cfg.bug == Some(Bug::SplitMultiPut);
+            kv.txn_first_only = self.cfg.bug == Some(Bug::TxnFirstOpOnly);
         }
         let sql = node.sql_disk.lock().unwrap().open();
         let (kv_applied, sql_applied) = (kv.applied_index(), sql.applied_index());
