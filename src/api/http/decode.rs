@@ -171,13 +171,7 @@ pub fn scan_params(q: Option<&str>, limits: &Limits) -> Result<ScanParams, ApiEr
     let from = param(&pairs, "from");
     let to = param(&pairs, "to");
     for k in [prefix, from, to].into_iter().flatten() {
-        if k.len() > limits.max_key {
-            return Err(ApiError::too_large(format!(
-                "a scan bound is {} bytes; the key limit is {} bytes",
-                k.len(),
-                limits.max_key
-            )));
-        }
+        check_bound(k, limits)?;
     }
     let range = match (prefix, from, to) {
         (Some(p), None, None) => ScanRange::Prefix(p.to_vec()),
@@ -211,6 +205,18 @@ pub fn scan_params(q: Option<&str>, limits: &Limits) -> Result<ScanParams, ApiEr
         limit,
         consistency: consistency(&pairs)?,
     })
+}
+
+/// A range bound (a prefix, `from` or `to`) may be empty, but no longer than a key (413).
+pub fn check_bound(bound: &[u8], limits: &Limits) -> Result<(), ApiError> {
+    if bound.len() > limits.max_key {
+        return Err(ApiError::too_large(format!(
+            "a scan bound is {} bytes; the key limit is {} bytes",
+            bound.len(),
+            limits.max_key
+        )));
+    }
+    Ok(())
 }
 
 /// A write session from the `X-Paxosdb-Client-Id` and `X-Paxosdb-Seq` headers: both or
@@ -320,4 +326,38 @@ pub fn entry_json(key: Option<&[u8]>, value: &[u8], version: u64) -> Map<String,
     put_bytes(&mut o, "value", value);
     o.insert("version".into(), version.into());
     o
+}
+
+/// The bytes `obj` holds under `{name}` (a string: its UTF-8) or `{name}_base64`
+/// (standard base64 with padding): the inverse of [`put_bytes`]. `None` when neither is
+/// there. Both at once, a non-string or malformed base64 is a 400 about the field
+/// `{at}.{name}` ([`ApiError::at`]; just `{name}` when `at` is empty).
+pub fn get_bytes(
+    obj: &Map<String, Value>,
+    at: &str,
+    name: &str,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let b64 = format!("{name}_base64");
+    let field = |n: &str| match at {
+        "" => n.to_string(),
+        _ => format!("{at}.{n}"),
+    };
+    let string = |n: &str| match obj.get(n) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(ApiError::bad("must be a string").at(&field(n))),
+    };
+    match (string(name)?, string(&b64)?) {
+        (None, None) => Ok(None),
+        (Some(s), None) => Ok(Some(s.as_bytes().to_vec())),
+        (None, Some(s)) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(Some)
+            .map_err(|e| {
+                ApiError::bad(format!("not standard base64 with padding ({e})")).at(&field(&b64))
+            }),
+        (Some(_), Some(_)) => {
+            Err(ApiError::bad(format!("give {name} or {b64}, not both")).at(&field(name)))
+        }
+    }
 }

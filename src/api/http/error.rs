@@ -3,7 +3,7 @@
 //!
 //! | status | code | meaning |
 //! |---|---|---|
-//! | 400 | `invalid_input` | fix the request; nothing changed |
+//! | 400 | `invalid_input` | fix the request; nothing changed (`POST /v1/txn`: `field` names the body's field at fault) |
 //! | 401 | `unauthenticated` | no credentials where they are required, or wrong ones (`WWW-Authenticate` says how) |
 //! | 403 | `permission_denied` | the user's role or key prefix does not allow it; nothing changed |
 //! | 404 | `not_found` | no such key (or no such route) |
@@ -58,6 +58,13 @@ impl ApiError {
     pub fn with(mut self, name: &str, v: impl Into<Value>) -> Self {
         self.extra.insert(name.to_string(), v.into());
         self
+    }
+
+    /// The same error about the request body's field `field` (such as
+    /// `success[2].put.key`): the message starts with it, and `field` names it.
+    pub fn at(mut self, field: &str) -> Self {
+        self.message = format!("{field}: {}", self.message);
+        self.with("field", field)
     }
 
     /// Maps a node error. A size limit becomes 413 (the HTTP layer checks sizes first, so

@@ -9,7 +9,6 @@
 use super::decode::{self, Precondition};
 use crate::command::{Limits, ScanRange};
 use axum::http::Method;
-use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -85,14 +84,19 @@ fn random_bytes(rng: &mut StdRng) -> Vec<u8> {
 
 fn check_json_bytes(bytes: &[u8], rng_key: bool) {
     let obj = decode::entry_json(rng_key.then_some(bytes), bytes, 3);
-    let back = match (obj.get("value"), obj.get("value_base64")) {
-        (Some(v), None) => v.as_str().unwrap().as_bytes().to_vec(),
-        (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b.as_str().unwrap())
-            .unwrap(),
-        other => panic!("exactly one of value/value_base64 expected, got {other:?}"),
-    };
-    assert_eq!(back, bytes);
+    assert!(
+        obj.contains_key("value") != obj.contains_key("value_base64"),
+        "exactly one of value/value_base64 expected: {obj:?}"
+    );
+    // What a client sends back (a transaction's key or value) decodes to the same bytes.
+    let back = decode::get_bytes(&obj, "", "value").unwrap();
+    assert_eq!(back.as_deref(), Some(bytes));
+    if rng_key {
+        assert_eq!(
+            decode::get_bytes(&obj, "", "key").unwrap().as_deref(),
+            Some(bytes)
+        );
+    }
 }
 
 fn one_input(rng: &mut StdRng, limits: &Limits) {
@@ -127,6 +131,24 @@ fn one_input(rng: &mut StdRng, limits: &Limits) {
         assert!(cas.is_some() || im.is_some() || (inm.is_some() && v == 0));
     }
     check_json_bytes(&a, rng.gen_bool(0.5));
+    // A transaction body: arbitrary text, and the random string as a key, value and
+    // range bound (quoted as JSON), never panics; what decodes is what the core accepts.
+    let quoted = serde_json::Value::String(q.clone()).to_string();
+    for body in [
+        q.clone(),
+        format!(
+            r#"{{"compare": [{{"key": {quoted}, "value": {quoted}}}], "success": [{{"put": {{"key": {quoted}, "value_base64": {quoted}}}}}, {{"range": {{"from": {quoted}, "to": "m"}}}}]}}"#
+        ),
+    ] {
+        if let Ok(t) = super::txn::decode(body.as_bytes(), limits) {
+            // Only the whole transaction's size is left for the core to refuse.
+            let checked = limits.check_write(&crate::command::WriteOp::Txn(t));
+            assert!(
+                !matches!(checked, Err(crate::error::Error::InvalidInput(_))),
+                "{body}: {checked:?}"
+            );
+        }
+    }
     let methods = [Method::GET, Method::PUT, Method::DELETE, Method::POST];
     let m = &methods[rng.gen_range(0..methods.len())];
     let _ = super::op_name(m, &path, query, rng.gen_bool(0.5));

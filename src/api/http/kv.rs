@@ -102,7 +102,7 @@ pub(crate) async fn read_body(
 
 /// The answer to a write made by `by`; the response, whatever it is, carries the
 /// writer's session headers.
-async fn in_session(
+pub(crate) async fn in_session(
     by: &Writer,
     answer: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Response {

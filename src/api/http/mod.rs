@@ -7,6 +7,8 @@
 //! below it.
 //!
 //! - [`kv`]: `GET/PUT/DELETE /v1/kv/{key}`, `GET /v1/kv` (scan);
+//! - [`txn`]: `POST /v1/txn`, an atomic multi-key transaction (compare, then success or
+//!   failure operations) in one log entry;
 //! - [`sql`]: the rqlite-compatible SQL endpoints `POST /db/execute`, `GET|POST
 //!   /db/query`, `POST /db/request`, with rqlite's JSON shapes in [`rqlite`];
 //! - [`cluster`]: `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
@@ -17,8 +19,7 @@
 //! - [`decode`]: path, query and header decoding and the bytes-in-JSON scheme (fuzzed);
 //! - [`error`]: the JSON error body and the status code of every error.
 //!
-//! Every request is timed into [`crate::metrics::Metrics`] as protocol `http`. There is no
-//! `POST /v1/txn`: the core has no multi-key compare-then-else operation yet.
+//! Every request is timed into [`crate::metrics::Metrics`] as protocol `http`.
 
 pub mod auth;
 pub mod cluster;
@@ -29,6 +30,7 @@ mod fuzz;
 pub mod kv;
 pub mod rqlite;
 pub mod sql;
+pub mod txn;
 
 use crate::api::tls::Protocol;
 use crate::kv::KvHandle;
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         // `/v1/kv/` (empty key) gets the same handlers, which answer 400.
         .route("/v1/kv/", key_routes.clone())
         .route("/v1/kv/*key", key_routes)
+        .route("/v1/txn", axum::routing::post(txn::txn))
         .route("/v1/users", get(auth::list))
         .route(
             "/v1/users/:name",
@@ -116,6 +119,7 @@ pub fn op_name(
     let q = query.unwrap_or("");
     match path {
         "/v1/kv" => "scan",
+        "/v1/txn" => "txn",
         "/v1/status" => "status",
         "/v1/backup" => "backup",
         "/v1/events" => "events",
