@@ -506,7 +506,13 @@ impl Identity {
         if op.is_user_op() {
             return self.check_admin();
         }
-        self.check_write(op.keys())?;
+        match op {
+            // A transaction that only compares and reads needs only the read role.
+            crate::command::WriteOp::Txn(t) if !t.writes() => {
+                t.keys().into_iter().try_for_each(|k| self.check_read(k))?
+            }
+            _ => self.check_write(op.keys())?,
+        }
         if let crate::command::WriteOp::Txn(t) = op {
             // A range must lie wholly inside the prefix: narrowing it must change nothing.
             for range in t.ranges() {
@@ -901,6 +907,14 @@ mod tests {
             id(Role::Read).check_op(&inside).is_err(),
             "a transaction writes"
         );
+        let reads_only = WriteOp::Txn(Txn {
+            compare: vec![],
+            success: vec![TxnOp::Get {
+                key: b"app/x".to_vec(),
+            }],
+            failure: vec![],
+        });
+        assert!(id(Role::Read).check_op(&reads_only).is_ok(), "only reads");
         for outside in [
             txn(b"other", ScanRange::Prefix(b"app/q".to_vec())),
             txn(b"app/k", ScanRange::Prefix(b"ap".to_vec())),

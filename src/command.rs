@@ -124,6 +124,52 @@ pub enum WriteOp {
     /// An atomic multi-key transaction ([`Txn`]). A new variant at the end, so that log
     /// entries written before it decode unchanged.
     Txn(Txn),
+    /// Redis `SET` with an expiry: stores `value` if `cond` holds, keeping the key's
+    /// deadline or setting a new one ([`Expiry`]); reports the previous value as
+    /// [`WriteOp::Set`] does. (A plain `Set` or `Put` clears a deadline.)
+    SetExpiring {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        cond: SetCond,
+        expiry: Expiry,
+    },
+    /// Changes the deadline of an existing key if `when` holds (Redis `EXPIRE` and its
+    /// family, `PERSIST`): `deadline` in log time (ms since the Unix epoch; `None`: never
+    /// expires). A deadline the log's time has reached deletes the key.
+    Expire {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        deadline: Option<u64>,
+        when: ExpireCond,
+    },
+}
+
+/// What a [`WriteOp::SetExpiring`] does with the key's deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Keeps it (Redis `KEEPTTL`).
+    Keep,
+    /// Expires at this log time (ms since the Unix epoch). Relative times (`EX`, `PX`)
+    /// are made absolute by the node that proposes the write, with its clock, as Redis
+    /// replicates them.
+    At(u64),
+}
+
+/// When a [`WriteOp::Expire`] applies (Redis' `NX`, `XX`, `GT`, `LT`); never to an absent
+/// key. A key without a deadline counts as expiring never: later than any deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCond {
+    Always,
+    /// Only if the key has no deadline.
+    IfNone,
+    /// Only if the key has a deadline.
+    IfSome,
+    /// Only if the new deadline is later than the current one.
+    Later,
+    /// Only if the new deadline is earlier than the current one.
+    Earlier,
 }
 
 /// The most comparisons plus operations one [`Txn`] may hold.
@@ -273,6 +319,12 @@ impl Txn {
         keys
     }
 
+    /// Whether an operation of either branch changes anything.
+    pub fn writes(&self) -> bool {
+        (self.success.iter().chain(&self.failure))
+            .any(|op| matches!(op, TxnOp::Write(_) | TxnOp::DeleteRange { .. }))
+    }
+
     /// Every range the transaction reads or deletes.
     pub fn ranges(&self) -> Vec<&ScanRange> {
         (self.success.iter().chain(&self.failure))
@@ -334,7 +386,9 @@ impl WriteOp {
             | WriteOp::Set { key, .. }
             | WriteOp::Incr { key, .. }
             | WriteOp::Append { key, .. }
-            | WriteOp::AppendUpTo { key, .. } => vec![key],
+            | WriteOp::AppendUpTo { key, .. }
+            | WriteOp::SetExpiring { key, .. }
+            | WriteOp::Expire { key, .. } => vec![key],
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
             WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => vec![],
             WriteOp::Txn(t) => t.keys(),
@@ -354,6 +408,8 @@ impl WriteOp {
             WriteOp::SetUser { .. } => "set-user",
             WriteOp::DeleteUser { .. } => "delete-user",
             WriteOp::Txn(_) => "transaction",
+            WriteOp::SetExpiring { .. } => "set with expiry",
+            WriteOp::Expire { .. } => "expire",
         }
     }
 
@@ -396,6 +452,8 @@ impl WriteOp {
             }
             WriteOp::DeleteUser { name } => name.len() + 16,
             WriteOp::Txn(t) => t.size(),
+            WriteOp::SetExpiring { key, value, .. } => key.len() + value.len() + 32,
+            WriteOp::Expire { key, .. } => key.len() + 24,
         }
     }
 }
@@ -479,6 +537,12 @@ pub enum WriteResult {
     Txn {
         succeeded: bool,
         results: Vec<TxnOpResult>,
+    },
+    /// A [`WriteOp::Expire`]: whether the deadline changed (or the key was deleted, its
+    /// new deadline having passed), and the key's version after it (0 = absent).
+    Expire {
+        applied: bool,
+        version: u64,
     },
 }
 
@@ -592,7 +656,9 @@ impl Limits {
             self.check_key(k)?;
         }
         match op {
-            WriteOp::Put { value, .. } | WriteOp::Set { value, .. } => self.check_value(value),
+            WriteOp::Put { value, .. }
+            | WriteOp::Set { value, .. }
+            | WriteOp::SetExpiring { value, .. } => self.check_value(value),
             WriteOp::Append { suffix, .. } => self.check_value(suffix),
             WriteOp::AppendUpTo {
                 suffix, max_len, ..
@@ -618,7 +684,8 @@ impl Limits {
             | WriteOp::Incr { .. }
             | WriteOp::SetUser { .. }
             | WriteOp::DeleteUser { .. }
-            | WriteOp::Txn(_) => Ok(()),
+            | WriteOp::Txn(_)
+            | WriteOp::Expire { .. } => Ok(()),
             WriteOp::Cas {
                 expect, new_value, ..
             } => {

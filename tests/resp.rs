@@ -1,14 +1,16 @@
 //! The Redis protocol end to end: real `paxosdb server` processes driven by real Redis
 //! clients (redis-cli, redis-benchmark, redis-py, all installed by `scripts/setup`) and by
 //! raw TCP for pipelining and malformed input; also what one hostile or careless client
-//! must not be able to do: run commands after a refused MULTI, build a reply beyond
-//! `max_reply_bytes`, or freeze a node with a KEYS pattern.
+//! must not be able to do: apply part of a MULTI block, grow a MULTI queue without
+//! bound, build a reply beyond `max_reply_bytes`, or freeze a node with a KEYS pattern.
+//! Transactions are checked with raw RESP (exact reply shapes, `*-1`), redis-py
+//! (`pipeline()`, `transaction()` with WATCH under contention) and ioredis (`multi()`).
 
 mod common;
 mod http_client;
 
-use common::tools::{port, tool};
-use common::Cluster;
+use common::tools::{installed, port, text, tool};
+use common::{skip, Cluster};
 use paxosdb::api::resp::frame::{parse, Frame, FrameError, FrameLimits};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +24,23 @@ fn cli(addr: &str, args: &[&str]) -> String {
         .output()
         .expect("run redis-cli");
     assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT` reading its commands from `input`, one connection for
+/// all of them (as the README's transaction session is run): its standard output.
+fn cli_stdin(addr: &str, input: &str) -> String {
+    let mut child = tool("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", port(addr)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run redis-cli");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "redis-cli < {input:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
 
@@ -277,52 +296,25 @@ async fn pipelining_and_protocol_errors() {
     ));
     assert_eq!(cli(&addr, &["PING"]), "PONG", "the server still serves");
 
-    // MULTI (redis-py's pipeline(), ioredis' multi()): paxosdb has no transactions, so
-    // nothing up to EXEC runs, and EXEC says the transaction was discarded; a client that
-    // retries cannot apply the writes twice.
-    let not_run = err(paxosdb::api::resp::exec::NOT_EXECUTED);
-    s.write_all(b"MULTI\r\nSET tx:a 1\r\nINCR tx:n\r\nMULTI\r\nGET\r\nEXEC\r\n")
+    // MULTI: a queue-time error aborts the block; EXEC and DISCARD end it; outside a
+    // block they are errors (the rest is in `transactions_multi_exec_watch`).
+    s.write_all(b"MULTI\r\nSET tx:a 1\r\nGET\r\nEXEC\r\nEXEC\r\nDISCARD\r\nMULTI\r\nDISCARD\r\n")
         .await
         .unwrap();
     let want = [
         Frame::ok(),
-        not_run.clone(),
-        not_run.clone(),
-        err("ERR MULTI calls can not be nested"),
+        Frame::Simple("QUEUED".into()),
         err("ERR wrong number of arguments for 'get' command"),
         err("EXECABORT Transaction discarded because of previous errors."),
-    ];
-    for w in want {
-        assert_eq!(read_frame(&mut s, &mut buf).await, Some(w));
-    }
-    // Read through another connection: neither write happened.
-    assert_eq!(cli(&addr, &["EXISTS", "tx:a", "tx:n"]), "0");
-    // EXEC ended the MULTI; DISCARD ends one too; outside MULTI they are errors.
-    s.write_all(
-        b"SET tx:b 2\r\nDISCARD\r\nEXEC\r\nMULTI\r\nSET tx:c 3\r\nDISCARD\r\nGET tx:c\r\n\
-          GET tx:b\r\nWATCH tx:b\r\nUNWATCH\r\n",
-    )
-    .await
-    .unwrap();
-    let want = [
-        Frame::ok(),
-        err("ERR DISCARD without MULTI"),
         err("ERR EXEC without MULTI"),
+        err("ERR DISCARD without MULTI"),
         Frame::ok(),
-        not_run,
         Frame::ok(),
-        Frame::Null,
-        Frame::bulk("2"),
     ];
     for w in want {
         assert_eq!(read_frame(&mut s, &mut buf).await, Some(w));
     }
-    for _ in 0..2 {
-        match read_frame(&mut s, &mut buf).await {
-            Some(Frame::Error(m)) => assert!(m.contains("not supported"), "{m}"),
-            other => panic!("expected WATCH/UNWATCH to be refused, got {other:?}"),
-        }
-    }
+    assert_eq!(cli(&addr, &["EXISTS", "tx:a"]), "0");
 
     // QUIT answers OK and closes.
     s.write_all(b"QUIT\r\n").await.unwrap();
@@ -351,6 +343,336 @@ async fn pipelining_and_protocol_errors() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("errors: 0, replies: 100"), "{text}");
     assert_eq!(cli(&addr, &["GET", "pipe:99"]), "99");
+}
+
+/// One raw RESP connection: requests written as multibulks, replies read one at a time.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Conn {
+        Conn {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one request without reading its reply (a pipeline).
+    async fn send(&mut self, words: &[&str]) {
+        let words: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+        self.s.write_all(&request(&words)).await.unwrap();
+    }
+
+    async fn reply(&mut self) -> Frame {
+        read_frame(&mut self.s, &mut self.buf)
+            .await
+            .expect("a reply")
+    }
+
+    /// Sends one request and reads its reply.
+    async fn call(&mut self, words: &[&str]) -> Frame {
+        self.send(words).await;
+        self.reply().await
+    }
+
+    /// The next reply's bytes as sent (to tell `*-1` from `$-1`).
+    async fn raw_reply(&mut self) -> Vec<u8> {
+        loop {
+            match parse(&self.buf, &FrameLimits::default()) {
+                Ok((_, used)) => return self.buf.drain(..used).collect(),
+                Err(FrameError::Incomplete) => {}
+                Err(e) => panic!("server sent bad RESP: {e}"),
+            }
+            let read = self.s.read_buf(&mut self.buf);
+            let n = tokio::time::timeout(Duration::from_secs(20), read)
+                .await
+                .expect("reply within 20 s")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+        }
+    }
+}
+
+fn queued() -> Frame {
+    Frame::Simple("QUEUED".into())
+}
+
+/// MULTI / EXEC / DISCARD / WATCH / UNWATCH against a 3-node cluster, with Redis' reply
+/// shapes: a block applies as one transaction (a refused INCR is an error in its slot
+/// while the rest applies), a queue-time error aborts all of it, a write to a watched key
+/// through another node makes EXEC answer a null array and apply nothing, and the queue
+/// is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_multi_exec_watch() {
+    let c = Cluster::start(3).await;
+    let (n1, n2, n3) = (
+        c.nodes[0].resp_addr.clone(),
+        c.nodes[1].resp_addr.clone(),
+        c.nodes[2].resp_addr.clone(),
+    );
+    let mut a = Conn::open(&n1).await;
+    let mut b = Conn::open(&n2).await;
+
+    // The README's session, piped into redis-cli (one connection; piped output prints
+    // an array's elements one per line).
+    let session = "SET stock 10\nMULTI\nDECRBY stock 3\nINCRBY sold 3\nGET stock\nEXEC\n";
+    assert_eq!(
+        cli_stdin(&n1, session),
+        "OK\nOK\nQUEUED\nQUEUED\nQUEUED\n7\n3\n7"
+    );
+
+    // Reply shapes: each command answers in its slot as it would alone.
+    assert_eq!(a.call(&["SET", "t:s", "abc"]).await, Frame::ok());
+    assert_eq!(a.call(&["MULTI"]).await, Frame::ok());
+    for w in [
+        &["SET", "t:a", "1"][..],
+        &["INCR", "t:s"],
+        &["INCR", "t:a"],
+        &["GET", "t:a"],
+        &["MSET", "t:m1", "x", "t:m2", "y"],
+        &["GETDEL", "t:m1"],
+        &["SETNX", "t:m2", "z"],
+        &["APPEND", "t:m2", "w"],
+        &["MGET", "t:m1", "t:m2", "t:s"],
+        &["DEL", "t:m2", "t:none"],
+        &["EXISTS", "t:a", "t:m2"],
+        &["PING"],
+    ] {
+        assert_eq!(a.call(w).await, queued(), "{w:?}");
+    }
+    assert_eq!(
+        a.call(&["EXEC"]).await,
+        Frame::Array(vec![
+            Frame::ok(),
+            err("ERR value is not an integer or out of range"),
+            Frame::Integer(2),
+            Frame::bulk("2"),
+            Frame::ok(),
+            Frame::bulk("x"),
+            Frame::Integer(0),
+            Frame::Integer(2),
+            Frame::Array(vec![Frame::Null, Frame::bulk("yw"), Frame::bulk("abc")]),
+            Frame::Integer(1),
+            Frame::Integer(1),
+            Frame::Simple("PONG".into()),
+        ])
+    );
+    // Applied, and seen through another node.
+    assert_eq!(cli(&n2, &["MGET", "t:a", "t:s"]), "2\nabc");
+    assert_eq!(cli(&n2, &["EXISTS", "t:m1", "t:m2"]), "0");
+
+    // A queue-time error (unknown command, wrong arity, a command that cannot be part of
+    // a transaction) answers its error and aborts the block: nothing applies.
+    assert_eq!(a.call(&["MULTI"]).await, Frame::ok());
+    assert_eq!(a.call(&["SET", "t:aborted", "1"]).await, queued());
+    assert_eq!(
+        a.call(&["FOO", "x"]).await,
+        err("ERR unknown command 'FOO', with args beginning with: 'x' ")
+    );
+    match a.call(&["KEYS", "*"]).await {
+        Frame::Error(m) => assert!(
+            m.starts_with("ERR Command not allowed inside a transaction"),
+            "{m}"
+        ),
+        other => panic!("KEYS inside MULTI: {other:?}"),
+    }
+    assert_eq!(a.call(&["INCR", "t:aborted"]).await, queued());
+    assert_eq!(
+        a.call(&["EXEC"]).await,
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(cli(&n3, &["EXISTS", "t:aborted"]), "0");
+
+    // A nested MULTI and a WATCH inside MULTI are errors that do not abort the block.
+    a.send(&["MULTI"]).await;
+    a.send(&["MULTI"]).await;
+    a.send(&["WATCH", "t:a"]).await;
+    a.send(&["INCR", "t:a"]).await;
+    a.send(&["UNWATCH"]).await;
+    a.send(&["EXEC"]).await;
+    for want in [
+        Frame::ok(),
+        err("ERR MULTI calls can not be nested"),
+        err("ERR WATCH inside MULTI is not allowed"),
+        queued(),
+        queued(),
+        Frame::Array(vec![Frame::Integer(3), Frame::ok()]),
+    ] {
+        assert_eq!(a.reply().await, want);
+    }
+
+    // DISCARD drops the block; outside one, EXEC and DISCARD are errors.
+    a.send(&["MULTI"]).await;
+    a.send(&["SET", "t:discarded", "1"]).await;
+    a.send(&["DISCARD"]).await;
+    a.send(&["EXEC"]).await;
+    a.send(&["DISCARD"]).await;
+    for want in [
+        Frame::ok(),
+        queued(),
+        Frame::ok(),
+        err("ERR EXEC without MULTI"),
+        err("ERR DISCARD without MULTI"),
+    ] {
+        assert_eq!(a.reply().await, want);
+    }
+    assert_eq!(cli(&n2, &["EXISTS", "t:discarded"]), "0");
+
+    // WATCH, then a write to the key through another node: EXEC answers a null array
+    // (RESP2 `*-1`) and applies nothing, not even the writes to other keys.
+    assert_eq!(a.call(&["WATCH", "t:w", "t:a"]).await, Frame::ok());
+    assert_eq!(b.call(&["SET", "t:w", "theirs"]).await, Frame::ok());
+    a.send(&["MULTI"]).await;
+    a.send(&["SET", "t:w", "mine"]).await;
+    a.send(&["SET", "t:other", "x"]).await;
+    a.send(&["EXEC"]).await;
+    assert_eq!(a.reply().await, Frame::ok());
+    assert_eq!(a.reply().await, queued());
+    assert_eq!(a.reply().await, queued());
+    assert_eq!(a.raw_reply().await, b"*-1\r\n");
+    assert_eq!(cli(&n3, &["GET", "t:w"]), "theirs");
+    assert_eq!(cli(&n3, &["EXISTS", "t:other"]), "0");
+    // EXEC forgot the watches: the same block now applies.
+    a.send(&["MULTI"]).await;
+    a.send(&["SET", "t:w", "mine"]).await;
+    a.send(&["EXEC"]).await;
+    assert_eq!(a.reply().await, Frame::ok());
+    assert_eq!(a.reply().await, queued());
+    assert_eq!(a.reply().await, Frame::Array(vec![Frame::ok()]));
+    assert_eq!(cli(&n3, &["GET", "t:w"]), "mine");
+
+    // A watched key that stays untouched (absent or present): EXEC applies.
+    assert_eq!(a.call(&["WATCH", "t:fresh", "t:w"]).await, Frame::ok());
+    assert_eq!(b.call(&["SET", "t:unrelated", "1"]).await, Frame::ok());
+    a.send(&["MULTI"]).await;
+    a.send(&["INCR", "t:fresh"]).await;
+    a.send(&["EXEC"]).await;
+    assert_eq!(a.reply().await, Frame::ok());
+    assert_eq!(a.reply().await, queued());
+    assert_eq!(a.reply().await, Frame::Array(vec![Frame::Integer(1)]));
+    // A watched absent key created by another client; in RESP3 the null is `_`.
+    assert!(matches!(a.call(&["HELLO", "3"]).await, Frame::Map(_)));
+    assert_eq!(a.call(&["WATCH", "t:born"]).await, Frame::ok());
+    assert_eq!(b.call(&["SET", "t:born", "1"]).await, Frame::ok());
+    a.send(&["MULTI"]).await;
+    a.send(&["SET", "t:born", "2"]).await;
+    a.send(&["EXEC"]).await;
+    assert_eq!(a.reply().await, Frame::ok());
+    assert_eq!(a.reply().await, queued());
+    assert_eq!(a.raw_reply().await, b"_\r\n");
+    assert_eq!(cli(&n1, &["GET", "t:born"]), "1");
+    // UNWATCH forgets: a change after it no longer matters.
+    assert_eq!(a.call(&["WATCH", "t:born"]).await, Frame::ok());
+    assert_eq!(b.call(&["SET", "t:born", "3"]).await, Frame::ok());
+    assert_eq!(a.call(&["UNWATCH"]).await, Frame::ok());
+    a.send(&["MULTI"]).await;
+    a.send(&["INCR", "t:born"]).await;
+    a.send(&["EXEC"]).await;
+    assert_eq!(a.reply().await, Frame::ok());
+    assert_eq!(a.reply().await, queued());
+    assert_eq!(a.reply().await, Frame::Array(vec![Frame::Integer(4)]));
+
+    // The queue is bounded: past MAX_TXN_OPS commands the command is refused and the
+    // block aborted, in one pipeline.
+    let max = paxosdb::command::MAX_TXN_OPS;
+    let mut pipeline = request(&[b"MULTI"]);
+    for i in 0..=max {
+        pipeline.extend(request(&[b"SET", b"t:bound", i.to_string().as_bytes()]));
+    }
+    pipeline.extend(request(&[b"EXEC"]));
+    a.s.write_all(&pipeline).await.unwrap();
+    assert_eq!(a.reply().await, Frame::ok());
+    for _ in 0..max {
+        assert_eq!(a.reply().await, queued());
+    }
+    match a.reply().await {
+        Frame::Error(m) => assert!(m.starts_with("ERR transaction too large"), "{m}"),
+        other => panic!("expected the queue bound, got {other:?}"),
+    }
+    assert_eq!(
+        a.reply().await,
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(cli(&n2, &["EXISTS", "t:bound"]), "0");
+    // One MGET of more keys than a transaction may hold: refused at queue time.
+    let keys: Vec<String> = (0..=max).map(|i| format!("t:k{i}")).collect();
+    let mut mget: Vec<&str> = vec!["MGET"];
+    mget.extend(keys.iter().map(String::as_str));
+    assert_eq!(a.call(&["MULTI"]).await, Frame::ok());
+    match a.call(&mget).await {
+        Frame::Error(m) => assert!(m.starts_with("ERR transaction too large"), "{m}"),
+        other => panic!("expected the ops bound, got {other:?}"),
+    }
+    assert_eq!(
+        a.call(&["EXEC"]).await,
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+
+    // Permissions: each queued command is checked as it would be alone. (Creating the
+    // first user turns authentication on, so this comes last.)
+    let setuser = |rules: &[&'static str]| {
+        let mut w = vec!["ACL", "SETUSER"];
+        w.extend(rules);
+        w
+    };
+    let admin = setuser(&["admin", "on", ">apw", "+@all", "~*"]);
+    assert_eq!(b.call(&admin).await, Frame::ok());
+    assert_eq!(b.call(&["AUTH", "admin", "apw"]).await, Frame::ok());
+    for rules in [
+        &["scoped", "on", ">spw", "+@readwrite", "~app/*"][..],
+        &["reader", "on", ">rpw", "+@read", "~*"],
+    ] {
+        assert_eq!(b.call(&setuser(rules)).await, Frame::ok(), "{rules:?}");
+    }
+    // (Through node 2, which applied the users before it answered.)
+    let mut scoped = Conn::open(&n2).await;
+    assert_eq!(scoped.call(&["AUTH", "scoped", "spw"]).await, Frame::ok());
+    assert_eq!(scoped.call(&["MULTI"]).await, Frame::ok());
+    assert_eq!(scoped.call(&["SET", "app/x", "1"]).await, queued());
+    match scoped.call(&["SET", "elsewhere", "1"]).await {
+        Frame::Error(m) => assert!(m.starts_with("NOPERM"), "{m}"),
+        other => panic!("expected NOPERM, got {other:?}"),
+    }
+    assert_eq!(
+        scoped.call(&["EXEC"]).await,
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(scoped.call(&["EXISTS", "app/x"]).await, Frame::Integer(0));
+    // Inside its prefix the block applies.
+    scoped.send(&["MULTI"]).await;
+    scoped.send(&["SET", "app/x", "1"]).await;
+    scoped.send(&["INCR", "app/x"]).await;
+    scoped.send(&["EXEC"]).await;
+    assert_eq!(scoped.reply().await, Frame::ok());
+    assert_eq!(scoped.reply().await, queued());
+    assert_eq!(scoped.reply().await, queued());
+    assert_eq!(
+        scoped.reply().await,
+        Frame::Array(vec![Frame::ok(), Frame::Integer(2)])
+    );
+    // A user with the read role may run a transaction of reads (its writes it may not
+    // even queue).
+    let mut reader = Conn::open(&n2).await;
+    assert_eq!(reader.call(&["AUTH", "reader", "rpw"]).await, Frame::ok());
+    assert_eq!(reader.call(&["GET", "app/x"]).await, Frame::bulk("2"));
+    assert_eq!(reader.call(&["MULTI"]).await, Frame::ok());
+    assert_eq!(reader.call(&["GET", "app/x"]).await, queued());
+    match reader.call(&["SET", "app/x", "3"]).await {
+        Frame::Error(m) => assert!(m.starts_with("NOPERM"), "{m}"),
+        other => panic!("expected NOPERM, got {other:?}"),
+    }
+    assert_eq!(
+        reader.call(&["EXEC"]).await,
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(reader.call(&["MULTI"]).await, Frame::ok());
+    assert_eq!(reader.call(&["GET", "app/x"]).await, queued());
+    assert_eq!(
+        reader.call(&["EXEC"]).await,
+        Frame::Array(vec![Frame::bulk("2")])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,6 +711,43 @@ async fn redis_benchmark_and_redis_py() {
         "redis-py script failed (run scripts/setup if redis-py is missing): {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// ioredis (Node.js): `multi()...exec()` as one transaction, a runtime error in its slot,
+/// EXECABORT, and WATCH conflicts through another node (`tests/node/ioredis_client.js`).
+/// `scripts/setup` installs node and ioredis (pinned, into `tests/node/node_modules`);
+/// without them the test is recorded as skipped, never passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ioredis_transactions() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+    if !installed("node") {
+        return skip(
+            "ioredis_transactions",
+            "node is not installed (run scripts/setup)",
+        );
+    }
+    if !std::path::Path::new(dir)
+        .join("node_modules/ioredis")
+        .is_dir()
+    {
+        return skip(
+            "ioredis_transactions",
+            "ioredis is not installed in tests/node/node_modules (run scripts/setup)",
+        );
+    }
+    let c = Cluster::start(3).await;
+    let (n1, n2) = (&c.nodes[0].resp_addr, &c.nodes[1].resp_addr);
+    let out = tool("node")
+        .arg(format!("{dir}/ioredis_client.js"))
+        .args(["127.0.0.1", port(n1), port(n2)])
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "ioredis script failed: {}",
+        text(&out)
     );
 }
 

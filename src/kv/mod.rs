@@ -40,8 +40,9 @@
 
 use crate::auth::UserRecord;
 use crate::command::{
-    Command, CompareTarget, Expect, KeyValue, KvCommand, ScanRange, SetCond, Txn, TxnOp,
-    TxnOpResult, Versioned, WriteOp, WriteResult, LEGACY_APPEND_MAX, MAX_TXN_DELETE_RANGE,
+    Command, CompareTarget, Expect, ExpireCond, Expiry, KeyValue, KvCommand, ScanRange, SetCond,
+    Txn, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult, LEGACY_APPEND_MAX,
+    MAX_TXN_DELETE_RANGE,
 };
 use crate::error::{Error, Result};
 use crate::machine::{Machine, Outcome, StateMachine};
@@ -66,6 +67,15 @@ pub use transfer::{Importer, StateChunk, StateEnd, StatePart, CHUNK_BYTES};
 pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
 
 const K_APPLIED: &[u8] = b"applied";
+/// The log's time as of the applied index: milliseconds since the Unix epoch, the
+/// largest clock stamp applied so far (see [`crate::machine::Machine::Clock`]).
+const K_TIME: &[u8] = b"time";
+/// Index of keys by deadline: `x` + deadline (8 bytes, big-endian) + key → empty, in
+/// `Space::Sm`. Lazy: a key whose deadline changed leaves its old index key behind, which
+/// the expiry sweep drops once its deadline passed.
+const DEADLINE_PREFIX: u8 = b'x';
+/// The most keys one entry's expiry sweep deletes (the rest go with the next entries).
+pub const EXPIRE_SWEEP_MAX: usize = 1000;
 const K_MEMBERSHIP: &[u8] = b"membership";
 const K_REVISION: &[u8] = b"revision";
 const SESSION_PREFIX: u8 = b's';
@@ -255,21 +265,68 @@ impl SessionStore<WriteResult> for KvRecords<'_> {
     }
 }
 
-fn encode_value(v: &Versioned) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + v.value.len());
-    out.extend_from_slice(&v.version.to_be_bytes());
+/// The top bit of a stored value's version says a deadline follows it. (Versions count
+/// changes and never come near 2^63; values written before expiry existed never have it,
+/// so they read unchanged.)
+const HAS_DEADLINE: u64 = 1 << 63;
+
+/// A stored value: the version (with [`HAS_DEADLINE`] when it expires), the deadline if
+/// any (log time in ms), then the bytes.
+fn encode_value(v: &Versioned, deadline: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + v.value.len());
+    match deadline {
+        None => out.extend_from_slice(&v.version.to_be_bytes()),
+        Some(d) => {
+            out.extend_from_slice(&(v.version | HAS_DEADLINE).to_be_bytes());
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+    }
     out.extend_from_slice(&v.value);
     out
 }
 
-fn decode_value(bytes: &[u8]) -> Result<Versioned> {
-    if bytes.len() < 8 {
-        return Err(Error::Storage("corrupt value record".into()));
+fn decode_value(bytes: &[u8]) -> Result<(Versioned, Option<u64>)> {
+    let corrupt = || Error::Storage("corrupt value record".into());
+    let version = read_u64(bytes.get(..8).ok_or_else(corrupt)?)?;
+    if version & HAS_DEADLINE == 0 {
+        return Ok((
+            Versioned {
+                version,
+                value: bytes[8..].to_vec(),
+            },
+            None,
+        ));
     }
-    Ok(Versioned {
-        version: read_u64(&bytes[..8])?,
-        value: bytes[8..].to_vec(),
-    })
+    let deadline = read_u64(bytes.get(8..16).ok_or_else(corrupt)?)?;
+    Ok((
+        Versioned {
+            version: version & !HAS_DEADLINE,
+            value: bytes[16..].to_vec(),
+        },
+        Some(deadline),
+    ))
+}
+
+/// Whether a value with `deadline` is visible at log time `time` (it expires at the
+/// deadline itself).
+fn live(deadline: Option<u64>, time: u64) -> bool {
+    deadline.is_none_or(|d| time < d)
+}
+
+fn deadline_key(deadline: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(DEADLINE_PREFIX);
+    k.extend_from_slice(&deadline.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// A key as a read sees it, with its deadline (see [`KvStore::get_timed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timed {
+    pub value: Versioned,
+    /// When it expires, in log time (ms since the Unix epoch); `None`: never.
+    pub deadline: Option<u64>,
 }
 
 /// The versioned key-value store. Cheap to clone; reads may run on any thread while one
@@ -282,6 +339,8 @@ pub struct KvStore {
     users_seen: Arc<UsersSeen>,
     applied: u64,
     revision: u64,
+    /// The log's time as of `applied` (see [`K_TIME`]).
+    time: u64,
     /// Bug injection for the simulation's checker tests (`sim::Bug::NoDedup`): apply
     /// every command as new, as if its session were unknown, so that a retried or
     /// re-proposed command applies twice. Exists only in test builds.
@@ -327,11 +386,13 @@ impl KvStore {
         backend.discard_unfinished()?;
         let applied = read_counter(backend.get(Space::Sm, K_APPLIED)?)?;
         let revision = read_counter(backend.get(Space::Sm, K_REVISION)?)?;
+        let time = read_counter(backend.get(Space::Sm, K_TIME)?)?;
         Ok(KvStore {
             backend,
             users_seen: Arc::default(),
             applied,
             revision,
+            time,
             #[cfg(test)]
             no_dedup: false,
             #[cfg(test)]
@@ -346,16 +407,49 @@ impl KvStore {
         self.revision
     }
 
+    /// The log's time as of the applied index (ms since the Unix epoch; 0 before the
+    /// first clock stamp).
+    pub fn time(&self) -> u64 {
+        self.time
+    }
+
+    /// The earliest deadline of a key, if any key expires (what the leader watches to
+    /// stamp the log's time when it passes; see [`StateMachine::next_deadline`]).
+    pub fn next_deadline(&self) -> Result<Option<u64>> {
+        let mut first = None;
+        self.backend.view(|v| {
+            v.scan_from(Space::Sm, &[DEADLINE_PREFIX], &mut |k, _| {
+                if k.len() >= 9 && k[0] == DEADLINE_PREFIX {
+                    first = Some(read_u64(&k[1..9])?);
+                }
+                Ok(false)
+            })
+        })?;
+        Ok(first)
+    }
+
     /// Reads one key from a consistent view; returns it with the applied index the view
-    /// reflects.
+    /// reflects. A key whose deadline the log's time has reached is absent.
     pub fn get(&self, key: &[u8]) -> Result<(Option<Versioned>, u64)> {
+        let (timed, applied, _) = self.get_timed(key)?;
+        Ok((timed.map(|t| t.value), applied))
+    }
+
+    /// Reads one key with its deadline from a consistent view; returns it with the
+    /// applied index and the log's time the view reflects.
+    pub fn get_timed(&self, key: &[u8]) -> Result<(Option<Timed>, u64, u64)> {
         self.backend.view(|v| {
             let applied = read_counter(v.get(Space::Sm, K_APPLIED)?)?;
-            let value = v
-                .get(Space::Kv, key)?
-                .map(|b| decode_value(&b))
-                .transpose()?;
-            Ok((value, applied))
+            let Some(bytes) = v.get(Space::Kv, key)? else {
+                return Ok((None, applied, 0));
+            };
+            let (value, deadline) = decode_value(&bytes)?;
+            if deadline.is_none() {
+                return Ok((Some(Timed { value, deadline }), applied, 0));
+            }
+            let time = read_counter(v.get(Space::Sm, K_TIME)?)?;
+            let timed = live(deadline, time).then_some(Timed { value, deadline });
+            Ok((timed, applied, time))
         })
     }
 
@@ -368,15 +462,26 @@ impl KvStore {
             let mut rows = Vec::new();
             let mut more = false;
             let mut bytes = 0;
+            // The log's time, read once, when the first row with a deadline needs it.
+            let mut time = None;
             v.scan_from(Space::Kv, range.start(), &mut |k, val| {
                 if !range.contains_from_start(k) {
                     return Ok(false);
+                }
+                let (val, deadline) = decode_value(val)?;
+                if deadline.is_some() {
+                    let now = match time {
+                        Some(t) => t,
+                        None => *time.insert(read_counter(v.get(Space::Sm, K_TIME)?)?),
+                    };
+                    if !live(deadline, now) {
+                        return Ok(true);
+                    }
                 }
                 if rows.len() == limit || bytes >= MAX_SCAN_BYTES {
                     more = true;
                     return Ok(false);
                 }
-                let val = decode_value(val)?;
                 bytes += k.len() + val.value.len();
                 rows.push(KeyValue {
                     key: k.to_vec(),
@@ -510,14 +615,22 @@ impl UsersSeen {
     }
 }
 
-/// What an [`Overlay`] holds for a key: its current value, and whether this entry wrote it.
-type Slot = (Option<Versioned>, bool);
+/// What an [`Overlay`] holds for a key: its value as stored (expired or not), its
+/// deadline, and whether this entry wrote it.
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    value: Option<Versioned>,
+    deadline: Option<u64>,
+    dirty: bool,
+}
 
 /// The writes of one entry, staged in memory so later commands see earlier ones.
 struct Overlay<'a> {
     store: &'a KvStore,
     keys: HashMap<Vec<u8>, Slot>,
     revision: u64,
+    /// The log's time at this entry.
+    time: u64,
     /// Users written by this entry (None: deleted).
     users: HashMap<String, Option<UserRecord>>,
     /// While a transaction runs: every key it wrote with what `keys` held for it before
@@ -527,15 +640,15 @@ struct Overlay<'a> {
 
 /// A row an [`Overlay`] range visit passes on: as stored, or as this entry wrote it.
 enum Row<'a> {
-    Stored(&'a [u8]),
+    Stored(Versioned),
     Written(&'a Versioned),
 }
 
 impl Row<'_> {
-    fn versioned(&self) -> Result<Versioned> {
+    fn versioned(self) -> Versioned {
         match self {
-            Row::Stored(b) => decode_value(b),
-            Row::Written(v) => Ok((*v).clone()),
+            Row::Stored(v) => v,
+            Row::Written(v) => v.clone(),
         }
     }
 }
@@ -569,16 +682,37 @@ impl Overlay<'_> {
         Ok(any)
     }
 
-    fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>> {
-        if let Some((v, _)) = self.keys.get(key) {
-            return Ok(v.clone());
+    /// The key as stored or as this entry wrote it, expired or not.
+    fn load(&mut self, key: &[u8]) -> Result<&Slot> {
+        if !self.keys.contains_key(key) {
+            let slot = match self.store.backend.get(Space::Kv, key)? {
+                Some(b) => {
+                    let (value, deadline) = decode_value(&b)?;
+                    Slot {
+                        value: Some(value),
+                        deadline,
+                        dirty: false,
+                    }
+                }
+                None => Slot::default(),
+            };
+            self.keys.insert(key.to_vec(), slot);
         }
-        let v = match self.store.backend.get(Space::Kv, key)? {
-            Some(b) => Some(decode_value(&b)?),
-            None => None,
-        };
-        self.keys.insert(key.to_vec(), (v.clone(), false));
-        Ok(v)
+        Ok(&self.keys[key])
+    }
+
+    /// The key's value as this entry sees it: absent once its deadline passed.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>> {
+        let time = self.time;
+        let slot = self.load(key)?;
+        Ok(slot.value.clone().filter(|_| live(slot.deadline, time)))
+    }
+
+    /// The deadline of the key's live value (`None`: absent or never expires).
+    fn deadline(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        let time = self.time;
+        let slot = self.load(key)?;
+        Ok(slot.deadline.filter(|d| slot.value.is_some() && time < *d))
     }
 
     /// The remembered result of a retried command. A value the record did not keep is
@@ -616,25 +750,65 @@ impl Overlay<'_> {
         }
         value.extend_from_slice(suffix);
         let len = value.len() as u64;
-        let version = self.set(key, Some(value));
+        // An append keeps the key's deadline, as in Redis.
+        let deadline = self.deadline(key)?;
+        let version = self.set_until(key, Some(value), deadline);
         Ok(WriteResult::Append { len, version })
     }
 
+    /// Writes `value` (`None`: deletes) under the next revision, without a deadline.
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
+        self.set_until(key, value, None)
+    }
+
+    /// Writes `value` under the next revision, expiring at `deadline`.
+    fn set_until(&mut self, key: &[u8], value: Option<Vec<u8>>, deadline: Option<u64>) -> u64 {
         self.revision += 1;
         let version = self.revision;
         let value = value.map(|value| Versioned { value, version });
-        self.write(key.to_vec(), value);
+        self.write(key.to_vec(), value, deadline);
         version
     }
 
     /// Records `value` as this entry's write of `key` (remembering what it replaces while
     /// a transaction runs).
-    fn write(&mut self, key: Vec<u8>, value: Option<Versioned>) {
-        let before = self.keys.insert(key.clone(), (value, true));
+    fn write(&mut self, key: Vec<u8>, value: Option<Versioned>, deadline: Option<u64>) {
+        let slot = Slot {
+            deadline: deadline.filter(|_| value.is_some()),
+            value,
+            dirty: true,
+        };
+        let before = self.keys.insert(key.clone(), slot);
         if let Some(undo) = &mut self.undo {
             undo.push((key, before));
         }
+    }
+
+    /// Deletes every key whose deadline the entry's time reached, at most
+    /// [`EXPIRE_SWEEP_MAX`] (each taking a revision, as a delete does), and drops the index
+    /// keys it passes (including those a changed deadline left behind).
+    fn expire(&mut self, index_writes: &mut Vec<RawWrite>) -> Result<()> {
+        let end = deadline_key(self.time.saturating_add(1), b"");
+        let mut due = Vec::new();
+        self.store.backend.view(|v| {
+            v.scan_from(Space::Sm, &[DEADLINE_PREFIX], &mut |k, _| {
+                if k < end.as_slice() && k.len() >= 9 && due.len() < EXPIRE_SWEEP_MAX {
+                    due.push(k.to_vec());
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+        })?;
+        for k in due {
+            let deadline = read_u64(&k[1..9])?;
+            let key = &k[9..];
+            let slot = self.load(key)?;
+            if slot.value.is_some() && slot.deadline == Some(deadline) {
+                self.set(key, None);
+            }
+            index_writes.push((Space::Sm, k, None));
+        }
+        Ok(())
     }
 
     /// Visits the rows of `range` in key order as this entry sees them (the store with
@@ -645,11 +819,13 @@ impl Overlay<'_> {
         f: &mut dyn FnMut(&[u8], Row<'_>) -> Result<bool>,
     ) -> Result<()> {
         let start = range.start();
+        let time = self.time;
         let mut written: Vec<(&[u8], Option<&Versioned>)> = (self.keys.iter())
-            .filter(|(k, (_, dirty))| {
-                *dirty && k.as_slice() >= start && range.contains_from_start(k)
+            .filter(|(k, slot)| slot.dirty && k.as_slice() >= start && range.contains_from_start(k))
+            .map(|(k, slot)| {
+                let v = slot.value.as_ref().filter(|_| live(slot.deadline, time));
+                (k.as_slice(), v)
             })
-            .map(|(k, (v, _))| (k.as_slice(), v.as_ref()))
             .collect();
         written.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut written = written.into_iter().peekable();
@@ -672,7 +848,8 @@ impl Overlay<'_> {
                         return Ok(true);
                     }
                 }
-                if !f(k, Row::Stored(v))? {
+                let (v, deadline) = decode_value(v)?;
+                if live(deadline, time) && !f(k, Row::Stored(v))? {
                     stopped = true;
                     return Ok(false);
                 }
@@ -726,7 +903,7 @@ impl Overlay<'_> {
             Err(why) => {
                 for (key, before) in undo.into_iter().rev() {
                     match before {
-                        Some(b) => self.keys.insert(key, b),
+                        Some(slot) => self.keys.insert(key, slot),
                         None => self.keys.remove(&key),
                     };
                 }
@@ -769,7 +946,7 @@ impl Overlay<'_> {
                             more = true;
                             return Ok(false);
                         }
-                        let v = row.versioned()?;
+                        let v = row.versioned();
                         budget = budget.saturating_sub(k.len() + v.value.len());
                         items.push(KeyValue {
                             key: k.to_vec(),
@@ -887,6 +1064,77 @@ impl Overlay<'_> {
                     prev,
                 }
             }
+            WriteOp::SetExpiring {
+                key,
+                value,
+                cond,
+                expiry,
+            } => {
+                let prev = self.get(key)?;
+                let applies = match cond {
+                    SetCond::Always => true,
+                    SetCond::IfAbsent => prev.is_none(),
+                    SetCond::IfPresent => prev.is_some(),
+                };
+                let version = if applies {
+                    let deadline = match expiry {
+                        Expiry::Keep => self.deadline(key)?,
+                        Expiry::At(d) => Some(*d),
+                    };
+                    self.set_until(key, Some(value.clone()), deadline)
+                } else {
+                    prev.as_ref().map_or(0, |p| p.version)
+                };
+                WriteResult::Set {
+                    applied: applies,
+                    version,
+                    prev,
+                }
+            }
+            WriteOp::Expire {
+                key,
+                deadline,
+                when,
+            } => {
+                let Some(cur) = self.get(key)? else {
+                    return Ok(WriteResult::Expire {
+                        applied: false,
+                        version: 0,
+                    });
+                };
+                let now = self.deadline(key)?;
+                // No deadline counts as never: later than any.
+                let later = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(a), Some(b)) => a < b,
+                };
+                let applies = match when {
+                    ExpireCond::Always => true,
+                    ExpireCond::IfNone => now.is_none(),
+                    ExpireCond::IfSome => now.is_some(),
+                    ExpireCond::Later => later(now, *deadline),
+                    ExpireCond::Earlier => later(*deadline, now),
+                };
+                if !applies {
+                    WriteResult::Expire {
+                        applied: false,
+                        version: cur.version,
+                    }
+                } else if deadline.is_some_and(|d| d <= self.time) {
+                    self.set(key, None);
+                    WriteResult::Expire {
+                        applied: true,
+                        version: 0,
+                    }
+                } else {
+                    let version = self.set_until(key, Some(cur.value), *deadline);
+                    WriteResult::Expire {
+                        applied: true,
+                        version,
+                    }
+                }
+            }
             WriteOp::Incr { key, delta } => {
                 let cur = match self.get(key)? {
                     None => Some(0i64),
@@ -896,7 +1144,10 @@ impl Overlay<'_> {
                 };
                 match cur.and_then(|c| c.checked_add(*delta)) {
                     Some(value) => {
-                        let version = self.set(key, Some(value.to_string().into_bytes()));
+                        // An increment keeps the key's deadline, as in Redis.
+                        let deadline = self.deadline(key)?;
+                        let version =
+                            self.set_until(key, Some(value.to_string().into_bytes()), deadline);
                         WriteResult::Incr { value, version }
                     }
                     None => {
@@ -927,7 +1178,7 @@ impl Overlay<'_> {
                         value: v.clone(),
                         version,
                     });
-                    self.write(k.clone(), value);
+                    self.write(k.clone(), value, None);
                 }
                 WriteResult::MultiPut { version }
             }
@@ -974,18 +1225,33 @@ impl Overlay<'_> {
 
 impl KvStore {
     /// Applies the key-value commands of the log entry at `index`, which must equal the
-    /// applied index, atomically with advancing it. Returns one result per command.
+    /// applied index, atomically with advancing it, at the log's time as it is. Returns
+    /// one result per command.
     pub fn apply_kv(&mut self, index: u64, commands: &[KvCommand]) -> Result<Vec<WriteResult>> {
+        self.apply_kv_at(index, None, commands)
+    }
+
+    /// [`KvStore::apply_kv`] for an entry that carries a clock stamp: the log's time
+    /// becomes the larger of it and the stamp (it never goes back), keys whose deadline
+    /// it reaches are invisible from this entry on and deleted by a bounded sweep.
+    pub fn apply_kv_at(
+        &mut self,
+        index: u64,
+        stamp: Option<u64>,
+        commands: &[KvCommand],
+    ) -> Result<Vec<WriteResult>> {
         if index != self.applied {
             return Err(Error::Internal(format!(
                 "apply of entry {index} but {} entries are applied",
                 self.applied
             )));
         }
+        let time = self.time.max(stamp.unwrap_or(0));
         let mut overlay = Overlay {
             store: self,
             keys: HashMap::new(),
             revision: self.revision,
+            time,
             users: HashMap::new(),
             undo: None,
         };
@@ -1028,12 +1294,23 @@ impl KvStore {
             results.push(result);
         }
         sessions.finish(&mut records)?;
+        let mut index_writes = Vec::new();
+        if time > 0 {
+            overlay.expire(&mut index_writes)?;
+        }
         let (keys, revision) = (overlay.keys, overlay.revision);
-        let mut writes: Vec<RawWrite> = keys
-            .into_iter()
-            .filter(|(_, (_, dirty))| *dirty)
-            .map(|(k, (v, _))| (Space::Kv, k, v.as_ref().map(encode_value)))
-            .collect();
+        let mut writes: Vec<RawWrite> = Vec::with_capacity(keys.len() + 4);
+        for (k, slot) in keys.into_iter().filter(|(_, slot)| slot.dirty) {
+            if let (Some(d), Some(_)) = (slot.deadline, &slot.value) {
+                writes.push((Space::Sm, deadline_key(d, &k), Some(Vec::new())));
+            }
+            let value = slot.value.as_ref().map(|v| encode_value(v, slot.deadline));
+            writes.push((Space::Kv, k, value));
+        }
+        writes.extend(index_writes);
+        if time != self.time {
+            writes.push((Space::Sm, K_TIME.to_vec(), Some(u64_key(time).to_vec())));
+        }
         let users_changed = !overlay.users.is_empty();
         if users_changed {
             let mut names: Vec<&String> = overlay.users.keys().collect();
@@ -1072,6 +1349,7 @@ impl KvStore {
         }
         self.applied = index + 1;
         self.revision = revision;
+        self.time = time;
         Ok(results)
     }
 }
@@ -1160,6 +1438,7 @@ impl StateMachine for KvStore {
         installed?;
         self.applied = read_counter(self.backend.get(Space::Sm, K_APPLIED)?)?;
         self.revision = read_counter(self.backend.get(Space::Sm, K_REVISION)?)?;
+        self.time = read_counter(self.backend.get(Space::Sm, K_TIME)?)?;
         Ok(self.applied)
     }
 }

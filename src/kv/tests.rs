@@ -8,13 +8,16 @@
 //! with limits; and at random points closes the store and its RocksDB and reopens them
 //! from the same directory. Entries also hold transactions: comparisons of values and
 //! versions, then branches of reads, range reads, range deletes and the writes above,
-//! which see the writes of earlier commands of the same entry. After every step the store
-//! must equal the model.
+//! which see the writes of earlier commands of the same entry. Entries carry clock
+//! stamps that move the log's time forward, and writes set, keep, change and remove
+//! deadlines (Redis' `SET … PX|KEEPTTL`, `EXPIRE … NX|XX|GT|LT`, `PERSIST`): the model
+//! hides a key from its deadline on and deletes it at the end of the entry, in deadline
+//! order, as the store's sweep does. After every step the store must equal the model.
 
 use super::{KvStore, StateMachine};
 use crate::command::{
-    Compare, CompareOp, CompareTarget, Expect, KeyValue, KvCommand, ScanRange, SetCond, Txn, TxnOp,
-    TxnOpResult, Versioned, WriteOp, WriteResult,
+    Compare, CompareOp, CompareTarget, Expect, ExpireCond, Expiry, KeyValue, KvCommand, ScanRange,
+    SetCond, Txn, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::storage::db::open_db;
 use proptest::prelude::*;
@@ -69,6 +72,20 @@ enum OpSpec {
         value: usize,
     },
     MultiPut(Vec<(usize, usize)>),
+    /// `SET key value [NX|XX] PX delta` (`None`: `KEEPTTL`).
+    SetEx {
+        key: usize,
+        value: usize,
+        cond: usize,
+        delta: Option<u64>,
+    },
+    /// `PEXPIRE key delta` (`None`: `PERSIST`), `delta` from the entry's time (may be
+    /// in the past).
+    Expire {
+        key: usize,
+        delta: Option<i64>,
+        when: usize,
+    },
     Txn {
         compare: Vec<(usize, usize, CmpSpec)>,
         success: Vec<TxnOpSpec>,
@@ -109,9 +126,19 @@ enum CmdSpec {
     Old { client: u64, back: u64, op: OpSpec },
 }
 
+const WHENS: &[ExpireCond] = &[
+    ExpireCond::Always,
+    ExpireCond::IfNone,
+    ExpireCond::IfSome,
+    ExpireCond::Later,
+    ExpireCond::Earlier,
+];
+
 #[derive(Clone, Debug)]
 enum Action {
-    Entry(Vec<CmdSpec>),
+    /// An entry: its commands, and how far its clock stamp moves the log's time (0: no
+    /// stamp).
+    Entry(Vec<CmdSpec>, u64),
     Get(usize),
     ScanPrefix {
         prefix: usize,
@@ -131,16 +158,62 @@ struct Model {
     data: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
     revision: u64,
     applied: u64,
+    /// The log's time, and each key's deadline.
+    time: u64,
+    deadlines: HashMap<Vec<u8>, u64>,
+    /// The store's deadline index as of the last entry: (deadline, key).
+    indexed: std::collections::BTreeSet<(u64, Vec<u8>)>,
     /// Client → its last applied command and that command's result.
     sessions: HashMap<u64, (KvCommand, WriteResult)>,
+    /// Deadlines written by the entry being applied.
+    written: Vec<(u64, Vec<u8>)>,
 }
 
 impl Model {
     fn current(&self, key: &[u8]) -> Option<Versioned> {
+        if self.deadlines.get(key).is_some_and(|d| *d <= self.time) {
+            return None;
+        }
         self.data.get(key).map(|(value, version)| Versioned {
             value: value.clone(),
             version: *version,
         })
+    }
+
+    /// The deadline of a live key.
+    fn deadline(&self, key: &[u8]) -> Option<u64> {
+        self.current(key)?;
+        self.deadlines.get(key).copied()
+    }
+
+    fn set_until(&mut self, key: &[u8], value: Option<Vec<u8>>, deadline: Option<u64>) -> u64 {
+        let version = self.set(key, value.clone());
+        if let (Some(d), Some(_)) = (deadline, value) {
+            self.deadlines.insert(key.to_vec(), d);
+            self.written.push((d, key.to_vec()));
+        }
+        version
+    }
+
+    /// The end of an entry: the store's sweep (keys whose indexed deadline passed, in
+    /// deadline order, each deleted under a revision), then the new index keys.
+    fn end_entry(&mut self) {
+        let due: Vec<(u64, Vec<u8>)> = (self.indexed.iter())
+            .take_while(|(d, _)| *d <= self.time)
+            .cloned()
+            .collect();
+        for (d, k) in due {
+            if self.data.contains_key(&k) && self.deadlines.get(&k) == Some(&d) {
+                self.set(&k, None);
+            }
+            self.indexed.remove(&(d, k));
+        }
+        for w in std::mem::take(&mut self.written) {
+            // Only a value still holding that deadline writes its index key.
+            if self.deadlines.get(&w.1) == Some(&w.0) && self.data.contains_key(&w.1) {
+                self.indexed.insert(w);
+            }
+        }
     }
 
     fn last_seq(&self, client: u64) -> u64 {
@@ -197,6 +270,25 @@ impl Model {
                     .iter()
                     .map(|(k, v)| (KEYS[*k].to_vec(), VALUES[*v].to_vec()))
                     .collect(),
+            },
+            OpSpec::SetEx {
+                key,
+                value,
+                cond,
+                delta,
+            } => WriteOp::SetExpiring {
+                key: KEYS[*key].to_vec(),
+                value: VALUES[*value].to_vec(),
+                cond: CONDS[*cond],
+                expiry: match delta {
+                    Some(d) => Expiry::At(self.time + d),
+                    None => Expiry::Keep,
+                },
+            },
+            OpSpec::Expire { key, delta, when } => WriteOp::Expire {
+                key: KEYS[*key].to_vec(),
+                deadline: delta.map(|d| self.time.saturating_add_signed(d)),
+                when: WHENS[*when],
             },
             OpSpec::Txn {
                 compare,
@@ -276,6 +368,7 @@ impl Model {
 
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
         self.revision += 1;
+        self.deadlines.remove(key);
         match value {
             Some(v) => self.data.insert(key.to_vec(), (v, self.revision)),
             None => self.data.remove(key),
@@ -354,10 +447,13 @@ impl Model {
                     Some(v) => String::from_utf8(v.value).ok().and_then(|s| s.parse().ok()),
                 };
                 match cur.and_then(|c: i64| c.checked_add(*delta)) {
-                    Some(value) => WriteResult::Incr {
-                        value,
-                        version: self.set(key, Some(value.to_string().into_bytes())),
-                    },
+                    Some(value) => {
+                        let d = self.deadline(key);
+                        WriteResult::Incr {
+                            value,
+                            version: self.set_until(key, Some(value.to_string().into_bytes()), d),
+                        }
+                    }
                     None => {
                         WriteResult::Rejected("value is not an integer or out of range".to_string())
                     }
@@ -367,18 +463,86 @@ impl Model {
                 let mut v = self.current(key).map(|c| c.value).unwrap_or_default();
                 v.extend_from_slice(suffix);
                 let len = v.len() as u64;
+                let d = self.deadline(key);
                 WriteResult::Append {
                     len,
-                    version: self.set(key, Some(v)),
+                    version: self.set_until(key, Some(v), d),
                 }
             }
             WriteOp::MultiPut { pairs } => {
                 self.revision += 1;
                 for (k, v) in pairs {
                     self.data.insert(k.clone(), (v.clone(), self.revision));
+                    self.deadlines.remove(k);
                 }
                 WriteResult::MultiPut {
                     version: self.revision,
+                }
+            }
+            WriteOp::SetExpiring {
+                key,
+                value,
+                cond,
+                expiry,
+            } => {
+                let prev = self.current(key);
+                let applied = match cond {
+                    SetCond::Always => true,
+                    SetCond::IfAbsent => prev.is_none(),
+                    SetCond::IfPresent => prev.is_some(),
+                };
+                let version = if applied {
+                    let d = match expiry {
+                        Expiry::Keep => self.deadline(key),
+                        Expiry::At(d) => Some(*d),
+                    };
+                    self.set_until(key, Some(value.clone()), d)
+                } else {
+                    prev.as_ref().map_or(0, |p| p.version)
+                };
+                WriteResult::Set {
+                    applied,
+                    version,
+                    prev,
+                }
+            }
+            WriteOp::Expire {
+                key,
+                deadline,
+                when,
+            } => {
+                let Some(cur) = self.current(key) else {
+                    return WriteResult::Expire {
+                        applied: false,
+                        version: 0,
+                    };
+                };
+                let now = self.deadline(key);
+                // Never expiring is later than any deadline.
+                let rank = |d: Option<u64>| d.unwrap_or(u64::MAX) as u128 + u128::from(d.is_none());
+                let applied = match when {
+                    ExpireCond::Always => true,
+                    ExpireCond::IfNone => now.is_none(),
+                    ExpireCond::IfSome => now.is_some(),
+                    ExpireCond::Later => rank(*deadline) > rank(now),
+                    ExpireCond::Earlier => rank(*deadline) < rank(now),
+                };
+                if !applied {
+                    WriteResult::Expire {
+                        applied,
+                        version: cur.version,
+                    }
+                } else if deadline.is_some_and(|d| d <= self.time) {
+                    self.set(key, None);
+                    WriteResult::Expire {
+                        applied,
+                        version: 0,
+                    }
+                } else {
+                    WriteResult::Expire {
+                        applied,
+                        version: self.set_until(key, Some(cur.value), *deadline),
+                    }
                 }
             }
             // The model covers the data space; users have their own test below.
@@ -446,6 +610,7 @@ impl Model {
                 ScanRange::Prefix(p) => k.starts_with(p),
                 ScanRange::Range { from, to } => *k >= from && to.as_ref().is_none_or(|to| *k < to),
             })
+            .filter(|(k, _)| self.current(k).is_some())
             .map(|(k, (v, version))| KeyValue {
                 key: k.clone(),
                 value: v.clone(),
@@ -484,7 +649,9 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
     for (step, action) in actions.into_iter().enumerate() {
         let what = format!("at step {step}: {action:?}");
         match &action {
-            Action::Entry(specs) => {
+            Action::Entry(specs, advance) => {
+                let stamp = (*advance > 0).then(|| model.time + advance);
+                model.time = model.time.max(stamp.unwrap_or(0));
                 let mut cmds = Vec::new();
                 let mut expected = Vec::new();
                 for spec in specs {
@@ -501,8 +668,9 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                         cmds.push(cmd);
                     }
                 }
-                let got = kv.apply_kv(model.applied, &cmds).unwrap();
+                let got = kv.apply_kv_at(model.applied, stamp, &cmds).unwrap();
                 model.applied += 1;
+                model.end_entry();
                 prop_assert_eq!(got.len(), expected.len(), "{}", what);
                 for ((got, want), cmd) in got.iter().zip(&expected).zip(&cmds) {
                     match want {
@@ -605,6 +773,10 @@ fn write_op_spec() -> impl Strategy<Value = OpSpec> {
             .prop_map(|(key, value)| OpSpec::Append { key, value }),
         1 => proptest::collection::vec((0..KEYS.len(), 0..VALUES.len()), 1..4)
             .prop_map(OpSpec::MultiPut),
+        2 => (0..KEYS.len(), 0..VALUES.len(), 0..CONDS.len(), proptest::option::of(1u64..6))
+            .prop_map(|(key, value, cond, delta)| OpSpec::SetEx { key, value, cond, delta }),
+        2 => (0..KEYS.len(), proptest::option::of(-1i64..6), 0..WHENS.len())
+            .prop_map(|(key, delta, when)| OpSpec::Expire { key, delta, when }),
     ]
 }
 
@@ -620,7 +792,8 @@ fn cmd_spec() -> impl Strategy<Value = CmdSpec> {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        10 => proptest::collection::vec(cmd_spec(), 1..=4).prop_map(Action::Entry),
+        10 => (proptest::collection::vec(cmd_spec(), 1..=4), prop_oneof![Just(0u64), 1u64..4])
+            .prop_map(|(specs, advance)| Action::Entry(specs, advance)),
         2 => (0..READ_KEYS.len()).prop_map(Action::Get),
         2 => (0..PREFIXES.len(), 0usize..5)
             .prop_map(|(prefix, limit)| Action::ScanPrefix { prefix, limit }),

@@ -90,7 +90,7 @@ pub const COMMANDS: &[Spec] = &[
     spec("type", 2, R, ONEKEY),
     spec("ttl", 2, R, ONEKEY),
     spec("pttl", 2, R, ONEKEY),
-    // Transactions are not supported yet; these exist to refuse them safely (exec.rs).
+    // Transactions: the block becomes one key-value transaction (txn.rs).
     spec("multi", 1, TX, NOKEYS),
     spec(
         "exec",
@@ -176,13 +176,15 @@ pub enum RespCommand {
     Type(Vec<u8>),
     /// `TTL key` / `PTTL key`: -1 (no expiry) or -2 (absent).
     Ttl(Vec<u8>),
-    /// `MULTI`: the commands that follow, up to `EXEC` or `DISCARD`, are refused.
+    /// `MULTI`: the commands that follow, up to `EXEC` or `DISCARD`, are queued.
     Multi,
+    /// `EXEC`: runs the queued commands as one transaction.
     Exec,
+    /// `DISCARD`: drops the queued commands and the watched keys.
     Discard,
-    /// `WATCH key...`: refused.
-    Watch,
-    /// `UNWATCH`: refused.
+    /// `WATCH key...`: `EXEC` applies nothing if one of these keys changes before it.
+    Watch(Vec<Vec<u8>>),
+    /// `UNWATCH`: forgets the watched keys.
     Unwatch,
 }
 
@@ -388,10 +390,7 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<RespCommand, Reply> {
         "multi" => RespCommand::Multi,
         "exec" => RespCommand::Exec,
         "discard" => RespCommand::Discard,
-        "watch" => {
-            a.rest();
-            RespCommand::Watch
-        }
+        "watch" => RespCommand::Watch(a.rest()),
         "unwatch" => RespCommand::Unwatch,
         other => {
             return Err(Frame::error(format!(

@@ -13,13 +13,28 @@
 //! - a glob pattern is compiled once per command and longer than twice the largest key
 //!   is refused; a page of keys that needs more than a moment's matching is matched on
 //!   the blocking pool, and key walks (KEYS, DBSIZE, INFO) yield between pages, and
-//!   MGET / EXISTS every [`YIELD_EVERY`] keys, so no command holds a runtime thread long.
+//!   MGET / EXISTS every [`YIELD_EVERY`] keys, so no command holds a runtime thread long;
+//! - a `MULTI` block holds at most [`crate::command::MAX_TXN_OPS`] commands, as many key
+//!   operations plus watched keys, and 4 × the value limit of queued bytes, and a
+//!   connection watches at most [`super::txn::MAX_WATCHED_KEYS`] keys: past a bound the
+//!   command is refused (the block aborted), never held; `EXEC`'s reply is encoded within
+//!   `max_reply_bytes` like MGET's, and its values are bounded before that by the
+//!   transaction's own read budget where it is applied.
 //!
-//! Transactions: there are none yet. `MULTI` answers OK and puts the connection in a state
-//! where every command up to `EXEC` or `DISCARD` is answered with an error and NOT run;
-//! `EXEC` then answers `-EXECABORT` (what Redis answers when queuing failed) and `DISCARD`
-//! `+OK`. So a client's MULTI/EXEC block is applied entirely or (always, for now) not at
-//! all, never half, and a retry cannot apply it twice. `WATCH`/`UNWATCH` are refused.
+//! One translation of each data command: [`Plan::of`] says what reads and writes a command
+//! makes and how it answers from their results; alone it runs here ([`ConnState`]'s
+//! `run_plan`: one read barrier then local reads, or each write proposed in the
+//! connection's session), queued after `MULTI` it becomes part of `EXEC`'s one
+//! transaction ([`super::txn`]), and either way the same shapes build its reply.
+//!
+//! Transactions (see [`super::txn`]): after `MULTI` each data command is checked as it
+//! would be alone and queued (`+QUEUED`); `EXEC` proposes them all as one
+//! [`crate::command::Txn`] guarded by a version comparison per `WATCH`ed key, in one
+//! write of the session, and answers every command's reply, or a null array if a watched
+//! key changed. A command that cannot
+//! be queued (unknown, malformed, not permitted, not a key read or write, over a bound)
+//! is answered with its error and makes `EXEC` answer `-EXECABORT`, having run nothing.
+//! So a block is applied entirely or not at all, never half.
 //!
 //! Errors, by how a Redis client should react:
 //! - invalid input → `-ERR <message>` (nothing changed);
@@ -35,21 +50,18 @@
 use super::cmd::{self, Acl, RespCommand, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
+use super::plan::{write_one, Plan, ReadReply};
+use super::txn::{Queue, TxnRefusal, Watches};
 use super::Shared;
 use crate::auth::{Credential, Identity, Role, TokenRevocation, UserChange};
-use crate::command::{Expect, KeyValue, ScanRange, SetCond};
+use crate::command::{KeyValue, ScanRange, Versioned};
 use crate::error::Error;
-use crate::kv::handle::{ScanResult, Writer};
+use crate::kv::handle::{ScanResult, TxnResult, Writer};
 use crate::node::{Consistency, NodeRole, MAX_SCAN_LIMIT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// The reply to each command sent after `MULTI`: none of them runs.
-pub const NOT_EXECUTED: &str =
-    "ERR MULTI/EXEC transactions are not supported yet; command not executed \
-     (EXEC or DISCARD ends the MULTI)";
-/// The reply to `EXEC` after `MULTI`, as Redis words it when queuing failed.
-pub const EXEC_ABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+pub use super::txn::EXEC_ABORT;
 
 /// Matching work (word steps, see [`Glob::work_bound`]) that runs on the async runtime;
 /// a page of keys needing more is matched on the blocking pool.
@@ -64,7 +76,7 @@ pub enum After {
     Close,
 }
 
-/// One RESP connection's state: protocol version, name, user, MULTI, and the
+/// One RESP connection's state: protocol version, name, user, MULTI and WATCH, and the
 /// at-most-once write session it writes under (`client_id`, `next_seq`: what
 /// [`crate::client::Session`] is for the Rust client), which is why this is not called a
 /// session itself.
@@ -77,8 +89,10 @@ pub struct ConnState {
     next_seq: u64,
     consistency: Consistency,
     name: Option<Vec<u8>>,
-    /// After `MULTI`, until `EXEC` or `DISCARD`: commands are refused, not run.
-    in_multi: bool,
+    /// After `MULTI`, until `EXEC` or `DISCARD`: the queued commands.
+    multi: Option<Queue>,
+    /// The keys `WATCH`ed since the last `EXEC`, `DISCARD` or `UNWATCH`.
+    watches: Watches,
     /// The user this connection authenticated as (`AUTH`, `HELLO ... AUTH`).
     user: Option<Identity>,
     /// Who the running command runs as: the user, re-read before every command so that a
@@ -202,6 +216,13 @@ pub fn error_reply(e: Error) -> Frame {
 
 fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
     v.map(Frame::Bulk).unwrap_or(Frame::Null)
+}
+
+/// The name of the command `words` asks for, as the command table spells it.
+fn command_name(words: &[Vec<u8>]) -> &'static str {
+    (words.first())
+        .and_then(|w| cmd::lookup(&String::from_utf8_lossy(w)))
+        .map_or("unknown", |spec| spec.name)
 }
 
 use crate::command::prefix_end;
@@ -342,7 +363,8 @@ impl ConnState {
             next_seq: 1,
             consistency: Consistency::Linearizable,
             name: None,
-            in_multi: false,
+            multi: None,
+            watches: Watches::default(),
             user: None,
             current: Identity::open(),
         }
@@ -383,13 +405,10 @@ impl ConnState {
 
     /// Parses and runs one request.
     pub async fn run(&mut self, shared: &Shared, words: Vec<Vec<u8>>) -> (Frame, After) {
+        let name = command_name(&words);
         let parsed = cmd::parse(words);
-        if self.in_multi {
-            if matches!(parsed, Ok(RespCommand::Quit)) {
-                self.in_multi = false;
-                return (Frame::ok(), After::Close);
-            }
-            return (self.refuse_in_multi(parsed), After::Continue);
+        if self.multi.is_some() {
+            return self.in_multi(shared, name, parsed).await;
         }
         match parsed {
             Ok(RespCommand::Quit) => (Frame::ok(), After::Close),
@@ -435,33 +454,163 @@ impl ConnState {
         }
     }
 
-    /// Answers a command sent after `MULTI` without running it. paxosdb has no
-    /// transactions yet: a client that sends MULTI, commands, EXEC (redis-py's
-    /// `pipeline()`, ioredis' `multi()`) must not see the commands applied one by one
-    /// and then the EXEC fail, or its retry applies them twice. As in Redis when queuing
-    /// fails, every command gets an error and EXEC answers EXECABORT.
-    fn refuse_in_multi(&mut self, parsed: Result<RespCommand, Frame>) -> Frame {
-        match parsed {
-            Ok(RespCommand::Exec) => {
-                self.in_multi = false;
-                Frame::error(EXEC_ABORT)
-            }
+    /// A request inside a `MULTI` block: queued, or one of the commands Redis runs at
+    /// once there (`EXEC`, `DISCARD`, `QUIT`, and the errors of `MULTI` and `WATCH`).
+    /// Anything refused while queueing aborts the block (`EXEC` answers `-EXECABORT`).
+    async fn in_multi(
+        &mut self,
+        shared: &Shared,
+        name: &'static str,
+        parsed: Result<RespCommand, Frame>,
+    ) -> (Frame, After) {
+        let reply = match parsed {
+            Ok(RespCommand::Quit) => return (Frame::ok(), After::Close),
+            Ok(RespCommand::Exec) => self.exec(shared).await,
             Ok(RespCommand::Discard) => {
-                self.in_multi = false;
+                self.multi = None;
+                self.watches = Watches::default();
                 Frame::ok()
             }
+            // Neither aborts the block, as in Redis.
             Ok(RespCommand::Multi) => Frame::error("ERR MULTI calls can not be nested"),
-            Ok(_) => Frame::error(NOT_EXECUTED),
-            // A malformed command gets its own error; it does not run either.
-            Err(e) => e,
+            Ok(RespCommand::Watch(_)) => Frame::error("ERR WATCH inside MULTI is not allowed"),
+            Ok(c) => match self.queue(shared, name, c) {
+                Ok(()) => Frame::Simple("QUEUED".into()),
+                Err(e) => self.abort(e),
+            },
+            Err(e) => self.abort(e),
+        };
+        (reply, After::Continue)
+    }
+
+    /// Aborts the open `MULTI` block because of `e` (a refused command), and answers `e`.
+    fn abort(&mut self, e: Frame) -> Frame {
+        if let Some(q) = self.multi.as_mut() {
+            q.abort();
+        }
+        e
+    }
+
+    /// Checks `c` as it would be checked alone (the user, its rights, that it is a key
+    /// read or write) and queues it within the queue's bounds.
+    fn queue(&mut self, shared: &Shared, name: &'static str, c: RespCommand) -> Result<(), Frame> {
+        self.current = self.resolve(shared)?;
+        let limits = shared.node.limits();
+        let plan = match c {
+            // EXEC forgets the watches anyway: UNWATCH inside the block answers OK.
+            RespCommand::Unwatch => Plan::Known(Frame::ok()),
+            c => Plan::of(c, &limits)
+                .map_err(|_| TxnRefusal::NotTransactional { command: name }.reply())?,
+        };
+        plan.check(&self.current).map_err(error_reply)?;
+        let watched = self.watches.len();
+        let Some(q) = self.multi.as_mut() else {
+            return Err(Frame::error("ERR internal: no MULTI block to queue in"));
+        };
+        q.push(plan, watched, &limits).map_err(|r| r.reply())
+    }
+
+    /// `EXEC`: ends the block and forgets the watches, and runs the queued commands as
+    /// one transaction unless the block was aborted.
+    async fn exec(&mut self, shared: &Shared) -> Frame {
+        let watches = std::mem::take(&mut self.watches);
+        let Some(queue) = self.multi.take() else {
+            return Frame::error("ERR EXEC without MULTI");
+        };
+        if queue.aborted() {
+            return Frame::error(EXEC_ABORT);
+        }
+        match self.run_txn(shared, queue, watches).await {
+            Ok(f) | Err(f) => f,
         }
     }
 
-    /// Checks that the current user may write `keys` and names the write: that user, in
-    /// this connection's session at its next seq.
-    fn writer<'a>(&mut self, keys: impl IntoIterator<Item = &'a [u8]>) -> Result<Writer, Frame> {
-        self.current.check_write(keys).map_err(error_reply)?;
-        Ok(self.next_writer())
+    /// Proposes the queued commands, guarded by the watched keys' versions, as one
+    /// transaction in one write of this connection's session, and answers each.
+    async fn run_txn(&mut self, shared: &Shared, queue: Queue, watches: Watches) -> Reply {
+        self.current = self.resolve(shared)?;
+        let limits = shared.node.limits();
+        let (txn, answer) = queue.prepare(watches, &limits);
+        let result = if super::txn::is_empty(&txn) {
+            TxnResult {
+                succeeded: true,
+                results: vec![],
+            }
+        } else {
+            // The state machine checks a transaction's rights at apply (write rights
+            // over every key it names, or read rights for one that only reads):
+            // checked here first, so that a refusal proposes nothing.
+            let op = crate::command::WriteOp::Txn(txn);
+            (self.current).check_op(&op).map_err(error_reply)?;
+            let crate::command::WriteOp::Txn(txn) = op else {
+                unreachable!("built just above")
+            };
+            let by = self.next_writer();
+            shared.kv.txn(&by, txn).await.map_err(error_reply)?
+        };
+        Ok(answer.reply(result, &limits, shared.max_reply_bytes, self.resp3))
+    }
+
+    /// `WATCH keys...`: remembers each key's version as of now (0: absent), read after
+    /// one read barrier, so that `EXEC` applies only if none of them changed since.
+    async fn watch(&mut self, shared: &Shared, keys: Vec<Vec<u8>>) -> Reply {
+        for k in &keys {
+            self.current.check_read(k).map_err(error_reply)?;
+        }
+        let fresh = self.watches.new_keys(keys).map_err(|r| r.reply())?;
+        // Every version read below is at least as recent as a linearizable read started
+        // now: a linearizable get is this same barrier followed by a local read.
+        shared.node.read_barrier().await.map_err(error_reply)?;
+        let mut read = Vec::with_capacity(fresh.len());
+        for (i, k) in fresh.into_iter().enumerate() {
+            // A key that could never be stored never changes: nothing to compare.
+            if let Some(v) = self.read_local(shared, &k).await? {
+                read.push((k, v.version));
+            } else if shared.node.limits().check_key(&k).is_ok() {
+                read.push((k, 0));
+            }
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // All or none: an error above watched nothing new.
+        for (k, version) in read {
+            self.watches.insert(k, version);
+        }
+        Ok(Frame::ok())
+    }
+
+    /// Runs a data command alone: after the permission check, its reads after one read
+    /// barrier (none with `READONLY`) as local reads, or each of its writes proposed in
+    /// this session; then its reply from their results.
+    async fn run_plan(&mut self, shared: &Shared, plan: Plan) -> Reply {
+        plan.check(&self.current).map_err(error_reply)?;
+        match plan {
+            Plan::Known(f) => Ok(f),
+            Plan::Read { keys, shape } => {
+                self.barrier(shared).await?;
+                // MGET's values are encoded as they are read and then dropped; its reply
+                // is refused as soon as it would pass the budget.
+                let mut reply = ReadReply::new(shape, shared.max_reply_bytes, self.resp3);
+                for (i, k) in keys.iter().enumerate() {
+                    reply.push(self.read_local(shared, k).await?)?;
+                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Ok(reply.finish())
+            }
+            Plan::Write { ops, shape } => {
+                // Each write on its own (`DEL k1 k2` deletes each key atomically, one
+                // write per key); every key was checked above, before any write.
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let by = self.next_writer();
+                    results.push(write_one(&shared.kv, &by, op).await.map_err(error_reply)?);
+                }
+                Ok(shape.reply(results))
+            }
+        }
     }
 
     /// Checks that the current user is an administrator and names the write.
@@ -470,24 +619,21 @@ impl ConnState {
         Ok(self.next_writer())
     }
 
+    /// Names the next write: the current user, in this connection's session at its next
+    /// seq.
     fn next_writer(&mut self) -> Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
         Writer::new(self.current.user.clone(), self.client_id, seq)
     }
 
-    /// Reads one key. A key that could never be stored (empty, too long) is absent.
-    async fn get(
-        &self,
-        shared: &Shared,
-        key: &[u8],
-        c: Consistency,
-    ) -> Result<Option<crate::command::Versioned>, Frame> {
-        self.current.check_read(key).map_err(error_reply)?;
+    /// Reads one key from this node's copy (the caller takes the read barrier it needs).
+    /// A key that could never be stored (empty, too long) is absent.
+    async fn read_local(&self, shared: &Shared, key: &[u8]) -> Result<Option<Versioned>, Frame> {
         if shared.node.limits().check_key(key).is_err() {
             return Ok(None);
         }
-        let (v, _) = shared.kv.get(key, c).await.map_err(error_reply)?;
+        let (v, _) = (shared.kv.get(key, Consistency::Stale).await).map_err(error_reply)?;
         Ok(v)
     }
 
@@ -511,9 +657,11 @@ impl ConnState {
     }
 
     async fn execute(&mut self, shared: &Shared, c: RespCommand) -> Reply {
+        let c = match Plan::of(c, &shared.node.limits()) {
+            Ok(plan) => return self.run_plan(shared, plan).await,
+            Err(c) => c,
+        };
         Ok(match c {
-            RespCommand::Ping(None) => Frame::Simple("PONG".into()),
-            RespCommand::Ping(Some(m)) | RespCommand::Echo(m) => Frame::Bulk(m),
             RespCommand::Quit => Frame::ok(),
             RespCommand::Auth { .. } => Frame::ok(),
             RespCommand::Acl(acl) => self.acl(shared, acl).await?,
@@ -531,8 +679,6 @@ impl ConnState {
                 }
                 self.hello(shared).await
             }
-            RespCommand::Select(0) => Frame::ok(),
-            RespCommand::Select(_) => return Err(Frame::error("ERR DB index is out of range")),
             RespCommand::CommandList => Frame::Array(COMMANDS.iter().map(command_entry).collect()),
             RespCommand::CommandCount => Frame::Integer(COMMANDS.len() as i64),
             RespCommand::CommandDocs => Frame::Map(vec![]),
@@ -587,148 +733,6 @@ impl ConnState {
                 self.consistency = Consistency::Linearizable;
                 Frame::ok()
             }
-            RespCommand::Get(k) => bulk_or_null(
-                self.get(shared, &k, self.consistency)
-                    .await?
-                    .map(|v| v.value),
-            ),
-            RespCommand::GetVer(k) => match self.get(shared, &k, self.consistency).await? {
-                Some(v) => {
-                    Frame::Array(vec![Frame::Bulk(v.value), Frame::Integer(v.version as i64)])
-                }
-                None => Frame::Null,
-            },
-            RespCommand::Type(k) => Frame::Simple(
-                match self.get(shared, &k, self.consistency).await? {
-                    Some(_) => "string",
-                    None => "none",
-                }
-                .into(),
-            ),
-            RespCommand::Ttl(k) => {
-                Frame::Integer(match self.get(shared, &k, self.consistency).await? {
-                    Some(_) => -1,
-                    None => -2,
-                })
-            }
-            RespCommand::Strlen(k) => Frame::Integer(
-                self.get(shared, &k, self.consistency)
-                    .await?
-                    .map_or(0, |v| v.value.len() as i64),
-            ),
-            RespCommand::Set {
-                key,
-                value,
-                cond: SetCond::Always,
-                get: false,
-            } => {
-                let by = self.writer([key.as_slice()])?;
-                let put = shared.kv.put(&by, key, value, false);
-                put.await.map_err(error_reply)?;
-                Frame::ok()
-            }
-            RespCommand::Set {
-                key,
-                value,
-                cond,
-                get,
-            } => {
-                let by = self.writer([key.as_slice()])?;
-                let set = shared.kv.set(&by, key, value, cond);
-                let done = set.await.map_err(error_reply)?;
-                if get {
-                    bulk_or_null(done.prev.map(|v| v.value))
-                } else if done.applied {
-                    Frame::ok()
-                } else {
-                    Frame::Null
-                }
-            }
-            RespCommand::SetNx(key, value) => {
-                let by = self.writer([key.as_slice()])?;
-                let set = shared.kv.set(&by, key, value, SetCond::IfAbsent);
-                Frame::Integer(set.await.map_err(error_reply)?.applied as i64)
-            }
-            // A key that could never be stored is simply absent, as for reads.
-            RespCommand::GetDel(key) if shared.node.limits().check_key(&key).is_err() => {
-                Frame::Null
-            }
-            RespCommand::GetDel(key) => {
-                let by = self.writer([key.as_slice()])?;
-                let del = shared.kv.delete(&by, key, true);
-                bulk_or_null(del.await.map_err(error_reply)?.prev.map(|v| v.value))
-            }
-            RespCommand::Del(keys) => {
-                // Every key is checked against the user's rights before any is deleted,
-                // so a refusal deletes nothing (as in Redis).
-                self.current
-                    .check_write(keys.iter().map(Vec::as_slice))
-                    .map_err(error_reply)?;
-                // One write per key (each atomic on its own), like Redis's count reply.
-                let mut deleted = 0;
-                for key in keys {
-                    if shared.node.limits().check_key(&key).is_err() {
-                        continue;
-                    }
-                    let by = self.writer([key.as_slice()])?;
-                    let del = shared.kv.delete(&by, key, false);
-                    deleted += del.await.map_err(error_reply)?.deleted as i64;
-                }
-                Frame::Integer(deleted)
-            }
-            RespCommand::Exists(keys) => {
-                self.barrier(shared).await?;
-                let mut n = 0;
-                for (i, k) in keys.iter().enumerate() {
-                    n += self.get(shared, k, Consistency::Stale).await?.is_some() as i64;
-                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                Frame::Integer(n)
-            }
-            RespCommand::MGet(keys) => {
-                self.barrier(shared).await?;
-                // Each value is encoded as soon as it is read and then dropped; the reply
-                // is refused as soon as it would pass the budget.
-                let mut out = ArrayEncoder::new(shared.max_reply_bytes, self.resp3);
-                for (i, k) in keys.iter().enumerate() {
-                    match self.get(shared, k, Consistency::Stale).await? {
-                        Some(v) => out.bulk(&v.value),
-                        None => out.null(),
-                    }
-                    .map_err(too_big)?;
-                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                out.finish()
-            }
-            RespCommand::MSet(pairs) => {
-                let by = self.writer(pairs.iter().map(|(k, _)| k.as_slice()))?;
-                shared.kv.multi_put(&by, pairs).await.map_err(error_reply)?;
-                Frame::ok()
-            }
-            RespCommand::IncrBy(key, delta) => {
-                let by = self.writer([key.as_slice()])?;
-                let incr = shared.kv.incr(&by, key, delta);
-                Frame::Integer(incr.await.map_err(error_reply)?.value)
-            }
-            RespCommand::Append(key, suffix) => {
-                let by = self.writer([key.as_slice()])?;
-                let append = shared.kv.append(&by, key, suffix);
-                Frame::Integer(append.await.map_err(error_reply)?.len as i64)
-            }
-            RespCommand::Cas(key, expected, new_value) => {
-                let by = self.writer([key.as_slice()])?;
-                let cas = shared.kv.cas(&by, key, Expect::Value(expected), new_value);
-                Frame::Integer(cas.await.map_err(error_reply)?.succeeded as i64)
-            }
-            RespCommand::CasVer(key, version, new_value) => {
-                let by = self.writer([key.as_slice()])?;
-                let cas = shared.kv.cas(&by, key, Expect::Version(version), new_value);
-                Frame::Integer(cas.await.map_err(error_reply)?.succeeded as i64)
-            }
             RespCommand::Keys(pattern) => {
                 let glob = Arc::new(compile(shared, &pattern)?);
                 let glob = (!glob.matches_all()).then_some(glob);
@@ -742,16 +746,15 @@ impl ConnState {
             }
             RespCommand::DbSize => Frame::Integer(self.count_keys(shared, b"").await? as i64),
             RespCommand::Multi => {
-                self.in_multi = true;
+                self.multi = Some(Queue::default());
                 Frame::ok()
             }
             RespCommand::Exec => return Err(Frame::error("ERR EXEC without MULTI")),
             RespCommand::Discard => return Err(Frame::error("ERR DISCARD without MULTI")),
-            RespCommand::Watch | RespCommand::Unwatch => {
-                return Err(Frame::error(
-                    "ERR WATCH and UNWATCH are not supported: paxosdb has no MULTI/EXEC \
-                     transactions yet (use CAS or CASVER for conditional writes)",
-                ))
+            RespCommand::Watch(keys) => self.watch(shared, keys).await?,
+            RespCommand::Unwatch => {
+                self.watches = Watches::default();
+                Frame::ok()
             }
             RespCommand::Scan {
                 cursor,
@@ -761,6 +764,28 @@ impl ConnState {
             } => {
                 self.scan(shared, cursor, pattern, count, only_strings)
                     .await?
+            }
+            // Data commands have a plan and ran above.
+            RespCommand::Ping(_)
+            | RespCommand::Echo(_)
+            | RespCommand::Select(_)
+            | RespCommand::Get(_)
+            | RespCommand::GetVer(_)
+            | RespCommand::Type(_)
+            | RespCommand::Ttl(_)
+            | RespCommand::Strlen(_)
+            | RespCommand::Exists(_)
+            | RespCommand::MGet(_)
+            | RespCommand::Set { .. }
+            | RespCommand::SetNx(..)
+            | RespCommand::GetDel(_)
+            | RespCommand::Del(_)
+            | RespCommand::MSet(_)
+            | RespCommand::IncrBy(..)
+            | RespCommand::Append(..)
+            | RespCommand::Cas(..)
+            | RespCommand::CasVer(..) => {
+                return Err(Frame::error("ERR internal: a data command was not planned"))
             }
         })
     }
@@ -975,10 +1000,6 @@ mod tests {
         assert_eq!(prefix_end(b""), None);
     }
 
-    fn words(w: &[&str]) -> Vec<Vec<u8>> {
-        w.iter().map(|s| s.as_bytes().to_vec()).collect()
-    }
-
     fn rows(keys: &[Vec<u8>]) -> Vec<KeyValue> {
         keys.iter()
             .map(|k| KeyValue {
@@ -987,41 +1008,6 @@ mod tests {
                 version: 1,
             })
             .collect()
-    }
-
-    /// After MULTI nothing runs: every command is answered with an error, EXEC with
-    /// EXECABORT and DISCARD with OK (both leave the state), a nested MULTI is refused.
-    #[test]
-    fn commands_after_multi_are_refused_not_run() {
-        let mut s = ConnState::new(1);
-        s.in_multi = true;
-        let mut refuse = |w: &[&str]| s.refuse_in_multi(cmd::parse(words(w)));
-        for w in [
-            &["SET", "k", "v"][..],
-            &["INCR", "n"],
-            &["GET", "k"],
-            &["WATCH", "k"],
-            &["HELLO", "3"],
-        ] {
-            assert_eq!(refuse(w), Frame::error(NOT_EXECUTED), "{w:?}");
-        }
-        assert_eq!(
-            refuse(&["MULTI"]),
-            Frame::error("ERR MULTI calls can not be nested")
-        );
-        assert_eq!(
-            refuse(&["GET"]),
-            Frame::error("ERR wrong number of arguments for 'get' command")
-        );
-        assert_eq!(refuse(&["EXEC"]), Frame::error(EXEC_ABORT));
-        assert!(!s.in_multi, "EXEC leaves the MULTI state");
-        s.in_multi = true;
-        assert_eq!(
-            s.refuse_in_multi(cmd::parse(words(&["discard"]))),
-            Frame::ok()
-        );
-        assert!(!s.in_multi, "DISCARD leaves the MULTI state");
-        assert!(!s.resp3, "HELLO 3 after MULTI did not run");
     }
 
     /// KEYS' matching step: the crafted pattern over a page of 4 KiB keys is matched off

@@ -9,13 +9,20 @@
 //! Each client connection is its own task and its own session: a random non-zero client id
 //! with a sequence counter, so a retried write is applied at most once. Commands of one
 //! connection run one at a time, in order, which keeps one write in flight per session and
-//! pipelined replies in request order.
+//! pipelined replies in request order. Each data command is translated once ([`plan`])
+//! into the reads and writes it makes, whether it runs alone or inside `EXEC`.
 //!
 //! Authentication (see [`crate::auth`]): once credentials are required, a connection runs
 //! nothing but `AUTH`, `HELLO ... AUTH` and `QUIT` until it authenticated (`-NOAUTH`);
 //! then every command runs as its user, re-read before each command, so a changed role or
 //! a deleted user takes effect at once. `ACL WHOAMI | USERS | LIST | SETUSER | DELUSER`
 //! manage users (all but WHOAMI need the admin role).
+//!
+//! Transactions (see [`txn`]): `MULTI` ... `EXEC` is one key-value transaction, one log
+//! entry proposed as one write of the connection's session: all of it applies or none,
+//! nothing interleaves with it, and `WATCH`ed keys are compared by version where it is
+//! applied. A command refused while queueing answers its error and makes `EXEC` answer
+//! `-EXECABORT` with nothing applied, as in Redis.
 //!
 //! A malformed or oversized request gets `-ERR Protocol error: ...` and its connection is
 //! closed; other connections are unaffected. Nothing a client sends can panic the server.
@@ -35,6 +42,8 @@ pub mod exec;
 pub mod frame;
 pub mod glob;
 pub mod parse;
+pub mod plan;
+pub mod txn;
 
 use crate::kv::KvHandle;
 use crate::node::NodeHandle;
