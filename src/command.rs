@@ -136,14 +136,35 @@ pub enum WriteOp {
         expiry: Expiry,
     },
     /// Changes the deadline of an existing key if `when` holds (Redis `EXPIRE` and its
-    /// family, `PERSIST`): `deadline` in log time (ms since the Unix epoch; `None`: never
-    /// expires). A deadline the log's time has reached deletes the key.
+    /// family, `PERSIST`; `None`: never expires). A deadline the log's time has reached
+    /// deletes the key.
     Expire {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
-        deadline: Option<u64>,
+        deadline: Option<Deadline>,
         when: ExpireCond,
     },
+}
+
+/// When a key expires, in the log's time (milliseconds since the Unix epoch, as the
+/// leaders' clocks stamp the log; see [`crate::machine::Machine::Clock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Deadline {
+    /// At this time (Redis `EXAT`, `PXAT`, `EXPIREAT`).
+    At(u64),
+    /// This many ms after the time of the entry that applies it (Redis `EX`, `PX`,
+    /// `EXPIRE`): the leader's clock, never the proposing node's.
+    In(u64),
+}
+
+impl Deadline {
+    /// The deadline in log time, for an entry at log time `now`.
+    pub fn resolve(self, now: u64) -> u64 {
+        match self {
+            Deadline::At(t) => t,
+            Deadline::In(ms) => now.saturating_add(ms),
+        }
+    }
 }
 
 /// What a [`WriteOp::SetExpiring`] does with the key's deadline.
@@ -151,10 +172,8 @@ pub enum WriteOp {
 pub enum Expiry {
     /// Keeps it (Redis `KEEPTTL`).
     Keep,
-    /// Expires at this log time (ms since the Unix epoch). Relative times (`EX`, `PX`)
-    /// are made absolute by the node that proposes the write, with its clock, as Redis
-    /// replicates them.
-    At(u64),
+    /// Sets it.
+    Set(Deadline),
 }
 
 /// When a [`WriteOp::Expire`] applies (Redis' `NX`, `XX`, `GT`, `LT`); never to an absent

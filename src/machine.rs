@@ -40,6 +40,13 @@ pub enum Machine {
     Kv,
     /// The SQL database (`sql`).
     Sql,
+    /// Not a state machine: the log's clock. A command for it is a stamp, the wall-clock
+    /// time (ms since the Unix epoch, 8 bytes big-endian) of the leader that appended the
+    /// entry ([`Command::clock`]). [`Machines::apply`] gives every machine the entry's
+    /// stamp; the log's time is the largest stamp applied so far, so it never goes back,
+    /// and it is the only time a machine may use (apply stays deterministic). A new variant
+    /// at the end, so that entries written before it decode unchanged.
+    Clock,
 }
 
 /// One entry of the replicated log.
@@ -68,6 +75,25 @@ pub struct Command {
 }
 
 impl Command {
+    /// A clock stamp: `time_ms` as the leader appending the entry reads its clock.
+    pub fn clock(time_ms: u64) -> Command {
+        Command {
+            client_id: 0,
+            seq: 0,
+            user: None,
+            machine: Machine::Clock,
+            payload: time_ms.to_be_bytes().to_vec(),
+        }
+    }
+
+    /// The time a clock stamp carries (`None`: not a stamp, or a malformed one).
+    pub fn stamp(&self) -> Option<u64> {
+        match self.machine {
+            Machine::Clock => Some(u64::from_be_bytes(self.payload.as_slice().try_into().ok()?)),
+            _ => None,
+        }
+    }
+
     /// Bytes the command takes in a log entry, roughly (bounds batches).
     pub fn size(&self) -> usize {
         self.payload.len() + 24
@@ -131,6 +157,28 @@ pub trait StateMachine: Send + 'static {
     /// order; possibly none) atomically with advancing the applied index to `index + 1`.
     /// `index` must equal `applied_index()`. Returns one outcome per command.
     fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>>;
+    /// [`StateMachine::apply`] of an entry that carries a clock stamp (`stamp`: the
+    /// largest in the entry). By default the machine has no use for time.
+    fn apply_at(
+        &mut self,
+        index: u64,
+        stamp: Option<u64>,
+        commands: &[&Command],
+    ) -> Result<Vec<Outcome>> {
+        let _ = stamp;
+        self.apply(index, commands)
+    }
+    /// The earliest log time at which something this machine holds expires, if any: the
+    /// leader stamps the log when its clock passes it, so that the expiry is applied.
+    fn next_deadline(&self) -> Option<u64> {
+        None
+    }
+    /// Whether applying `cmd` (one of this machine's) reads the log's time, so that its
+    /// entry must carry a fresh stamp (a deadline relative to now).
+    fn needs_time(&self, cmd: &Command) -> bool {
+        let _ = cmd;
+        false
+    }
     /// Makes every applied entry durable: the core calls it before trimming the log past
     /// the applied index. The KV store's default: nothing to do, its apply batches share
     /// the log's ordered, synced RocksDB write-ahead log.
@@ -195,6 +243,12 @@ impl Machines {
     /// returns one outcome per command, in order.
     pub fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
         let mut out: Vec<Option<Outcome>> = vec![None; commands.len()];
+        let stamp = commands.iter().filter_map(|c| c.stamp()).max();
+        for (i, c) in commands.iter().enumerate() {
+            if c.machine == Machine::Clock {
+                out[i] = Some(Outcome::Done(Vec::new()));
+            }
+        }
         for m in &mut self.all {
             let which = m.machine();
             let (positions, mine): (Vec<usize>, Vec<&Command>) = commands
@@ -212,7 +266,7 @@ impl Machines {
                 }
                 continue;
             }
-            let results = m.apply(index, &mine)?;
+            let results = m.apply_at(index, stamp, &mine)?;
             for (i, r) in positions.into_iter().zip(results) {
                 out[i] = Some(r);
             }
@@ -233,6 +287,21 @@ impl Machines {
                 })
             })
             .collect())
+    }
+
+    /// Whether an entry of `commands` must carry a clock stamp: something expires (the
+    /// log's time must keep up), or a command reads the time ([`StateMachine::needs_time`]).
+    /// Otherwise entries go unstamped and the log's time does not move.
+    pub fn needs_stamp(&self, commands: &[Command]) -> bool {
+        self.next_deadline().is_some()
+            || commands.iter().any(|c| {
+                (self.all.iter()).any(|m| m.machine() == c.machine && m.needs_time(c))
+            })
+    }
+
+    /// The earliest deadline of any machine (see [`StateMachine::next_deadline`]).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.all.iter().filter_map(|m| m.next_deadline()).min()
     }
 
     /// Records the membership decided at `index` (a stop sign): secondaries first.

@@ -23,11 +23,11 @@
 
 use crate::auth::UserChange;
 use crate::command::{
-    Expect, KeyValue, KvCommand, Limits, ScanRange, SetCond, Txn, TxnOpResult, Versioned, WriteOp,
-    WriteResult,
+    Deadline, Expect, ExpireCond, Expiry, KeyValue, KvCommand, Limits, ScanRange, SetCond, Txn,
+    TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::error::{Error, Result};
-use crate::kv::KvStore;
+use crate::kv::{KvStore, Timed};
 use crate::node::{Consistency, NodeHandle, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 
 /// Who a write runs as and which exactly-once session slot it takes: the user whose
@@ -264,6 +264,56 @@ impl KvHandle {
         }
     }
 
+    /// Stores `value` under `key` if `cond` holds, setting or keeping its deadline;
+    /// reports the value before either way.
+    pub async fn set_expiring(
+        &self,
+        by: &Writer,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: SetCond,
+        expiry: Expiry,
+    ) -> Result<CondStored> {
+        let op = WriteOp::SetExpiring {
+            key,
+            value,
+            cond,
+            expiry,
+        };
+        match self.apply(by, op).await? {
+            WriteResult::Set {
+                applied,
+                version,
+                prev,
+            } => Ok(CondStored {
+                applied,
+                version,
+                prev,
+            }),
+            r => Err(mismatch("set with expiry", r)),
+        }
+    }
+
+    /// Sets (`None`: removes) the deadline of an existing key if `when` holds; whether it
+    /// did, and the key's version after (0: absent, or deleted by a passed deadline).
+    pub async fn expire(
+        &self,
+        by: &Writer,
+        key: Vec<u8>,
+        deadline: Option<Deadline>,
+        when: ExpireCond,
+    ) -> Result<(bool, u64)> {
+        let op = WriteOp::Expire {
+            key,
+            deadline,
+            when,
+        };
+        match self.apply(by, op).await? {
+            WriteResult::Expire { applied, version } => Ok((applied, version)),
+            r => Err(mismatch("expire", r)),
+        }
+    }
+
     /// Adds `delta` to the key's value read as a decimal i64 (absent = 0).
     pub async fn incr(&self, by: &Writer, key: Vec<u8>, delta: i64) -> Result<Counter> {
         match self.apply(by, WriteOp::Incr { key, delta }).await? {
@@ -346,6 +396,19 @@ impl KvHandle {
         self.limits().check_key(key)?;
         self.node.prepare_read(consistency).await?;
         self.store.get(key)
+    }
+
+    /// Reads one key with its deadline; returns it with the applied index and the log's
+    /// time it reflects (read only for a key that has a deadline, else 0): a remaining
+    /// time to live is the deadline minus that time.
+    pub async fn get_timed(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<(Option<Timed>, u64, u64)> {
+        self.limits().check_key(key)?;
+        self.node.prepare_read(consistency).await?;
+        self.store.get_timed(key)
     }
 
     /// Scans a range: at most `limit` rows (0 = the default, capped at the maximum).

@@ -1079,7 +1079,7 @@ impl Overlay<'_> {
                 let version = if applies {
                     let deadline = match expiry {
                         Expiry::Keep => self.deadline(key)?,
-                        Expiry::At(d) => Some(*d),
+                        Expiry::Set(d) => Some(d.resolve(self.time)),
                     };
                     self.set_until(key, Some(value.clone()), deadline)
                 } else {
@@ -1103,6 +1103,7 @@ impl Overlay<'_> {
                     });
                 };
                 let now = self.deadline(key)?;
+                let deadline = &deadline.map(|d| d.resolve(self.time));
                 // No deadline counts as never: later than any.
                 let later = |a: Option<u64>, b: Option<u64>| match (a, b) {
                     (None, _) => false,
@@ -1382,9 +1383,18 @@ impl StateMachine for KvStore {
     /// Decodes the commands and applies them ([`KvStore::apply_kv`]); a payload that is
     /// not a key-value write is rejected (and touches no session).
     fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
+        self.apply_at(index, None, commands)
+    }
+
+    fn apply_at(
+        &mut self,
+        index: u64,
+        stamp: Option<u64>,
+        commands: &[&Command],
+    ) -> Result<Vec<Outcome>> {
         let decoded = commands.iter().map(|c| KvCommand::decode(c)).collect();
         crate::machine::apply_decoded(decoded, |valid| {
-            (self.apply_kv(index, &valid)?.into_iter())
+            (self.apply_kv_at(index, stamp, &valid)?.into_iter())
                 .map(|r| {
                     Ok(match r {
                         WriteResult::Rejected(why) => Outcome::Rejected(why),
@@ -1396,6 +1406,39 @@ impl StateMachine for KvStore {
                 })
                 .collect()
         })
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        // A read error here only delays a stamp; apply would report it.
+        KvStore::next_deadline(self).ok().flatten()
+    }
+
+    fn needs_time(&self, cmd: &Command) -> bool {
+        // bincode writes an enum's variant index first, as a little-endian u32: a write
+        // that sets a deadline, or a transaction (which may), reads the time.
+        static TAGS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        let tags = TAGS.get_or_init(|| {
+            let ops = [
+                WriteOp::Txn(Txn::default()),
+                WriteOp::Expire {
+                    key: vec![],
+                    deadline: None,
+                    when: ExpireCond::Always,
+                },
+                WriteOp::SetExpiring {
+                    key: vec![],
+                    value: vec![],
+                    cond: SetCond::Always,
+                    expiry: Expiry::Keep,
+                },
+            ];
+            (ops.iter())
+                .map(|op| bincode::serialize(op).expect("an op encodes")[..4].to_vec())
+                .collect()
+        });
+        cmd.payload
+            .get(..4)
+            .is_some_and(|p| tags.iter().any(|t| t == p))
     }
 
     fn membership(&self) -> Result<Option<Membership>> {

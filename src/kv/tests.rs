@@ -16,7 +16,7 @@
 
 use super::{KvStore, StateMachine};
 use crate::command::{
-    Compare, CompareOp, CompareTarget, Expect, ExpireCond, Expiry, KeyValue, KvCommand, ScanRange,
+    Compare, CompareOp, CompareTarget, Deadline, Expect, ExpireCond, Expiry, KeyValue, KvCommand, ScanRange,
     SetCond, Txn, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::storage::db::open_db;
@@ -281,13 +281,18 @@ impl Model {
                 value: VALUES[*value].to_vec(),
                 cond: CONDS[*cond],
                 expiry: match delta {
-                    Some(d) => Expiry::At(self.time + d),
+                    // Relative and absolute deadlines, the same time.
+                    Some(d) if d % 2 == 0 => Expiry::Set(Deadline::In(*d)),
+                    Some(d) => Expiry::Set(Deadline::At(self.time + d)),
                     None => Expiry::Keep,
                 },
             },
             OpSpec::Expire { key, delta, when } => WriteOp::Expire {
                 key: KEYS[*key].to_vec(),
-                deadline: delta.map(|d| self.time.saturating_add_signed(d)),
+                deadline: delta.map(|d| match d {
+                    0.. if d % 2 == 0 => Deadline::In(d as u64),
+                    _ => Deadline::At(self.time.saturating_add_signed(d)),
+                }),
                 when: WHENS[*when],
             },
             OpSpec::Txn {
@@ -494,7 +499,7 @@ impl Model {
                 let version = if applied {
                     let d = match expiry {
                         Expiry::Keep => self.deadline(key),
-                        Expiry::At(d) => Some(*d),
+                        Expiry::Set(d) => Some(d.resolve(self.time)),
                     };
                     self.set_until(key, Some(value.clone()), d)
                 } else {
@@ -518,6 +523,7 @@ impl Model {
                     };
                 };
                 let now = self.deadline(key);
+                let deadline = &deadline.map(|d| d.resolve(self.time));
                 // Never expiring is later than any deadline.
                 let rank = |d: Option<u64>| d.unwrap_or(u64::MAX) as u128 + u128::from(d.is_none());
                 let applied = match when {
@@ -1631,4 +1637,35 @@ fn cmd(client_id: u64, seq: u64, op: WriteOp) -> KvCommand {
         op,
         user: None,
     }
+}
+
+/// The node stamps an entry with its clock only when a command reads the time: a write
+/// that sets a deadline, or a transaction; other writes leave the log's time alone.
+#[test]
+fn only_writes_that_read_the_time_ask_for_a_stamp() {
+    use crate::machine::StateMachine;
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open_store(&dir.path().join("db"));
+    let asks = |op: WriteOp| kv.needs_time(&cmd(1, 1, op).encode());
+    assert!(asks(WriteOp::SetExpiring {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        cond: SetCond::Always,
+        expiry: Expiry::Set(Deadline::In(5)),
+    }));
+    assert!(asks(WriteOp::Expire {
+        key: b"k".to_vec(),
+        deadline: Some(Deadline::In(5)),
+        when: ExpireCond::Always,
+    }));
+    assert!(asks(WriteOp::Txn(Txn::default())));
+    assert!(!asks(WriteOp::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        return_prev: false,
+    }));
+    assert!(!asks(WriteOp::Incr {
+        key: b"k".to_vec(),
+        delta: 1,
+    }));
 }

@@ -260,11 +260,35 @@ pub struct Core<S: LogStorage> {
     lost_epoch: u64,
     /// The leader last seen, to notice a change.
     last_leader: Option<NodeId>,
+    /// The wall clock a leader stamps the entries it appends with (see
+    /// [`crate::machine::Machine::Clock`]): the system clock, or a simulation's.
+    wall: WallClock,
+    /// When this node, as leader, last appended an entry holding only a clock stamp (to
+    /// let the log's time pass a deadline while no writes come).
+    last_tick_stamp: Option<Instant>,
     /// Bug injection: appends stay unsynced after they were sent (the simulation's
     /// `Bug::SkipLogSync`).
     #[cfg(test)]
     skip_log_sync: bool,
 }
+
+/// A wall clock: milliseconds since the Unix epoch at a given instant of the node's
+/// monotonic time.
+pub type WallClock = Arc<dyn Fn(Instant) -> u64 + Send + Sync>;
+
+/// The system's wall clock.
+pub fn system_clock() -> WallClock {
+    Arc::new(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    })
+}
+
+/// While something expires, the leader stamps the log at least this often, so that the
+/// log's time (and a remaining time to live read from it) stays this fresh on an idle
+/// cluster.
+const STAMP_EVERY: Duration = Duration::from_secs(1);
 
 /// How many re-propose periods a write proposed in the current epoch waits before it is
 /// proposed again anyway (a loss this node could not see).
@@ -313,9 +337,17 @@ impl<S: LogStorage> Core<S> {
             change: None,
             lost_epoch: 0,
             last_leader: None,
+            wall: system_clock(),
+            last_tick_stamp: None,
             #[cfg(test)]
             skip_log_sync: false,
         })
+    }
+
+    /// Replaces the wall clock the core stamps entries with (a simulation's virtual
+    /// clock, possibly skewed).
+    pub fn set_wall_clock(&mut self, wall: WallClock) {
+        self.wall = wall;
     }
 
     /// Bug injection: this node never syncs its deferred appends (they become durable
@@ -613,6 +645,7 @@ impl<S: LogStorage> Core<S> {
 
     /// Appends the waiting writes as as few entries as the limits allow.
     fn propose(&mut self, now: Instant) {
+        self.stamp_if_due(now);
         if self.to_propose.is_empty() && self.forwarded.is_empty() {
             return;
         }
@@ -623,7 +656,7 @@ impl<S: LogStorage> Core<S> {
         // As OmniPaxos handles a forward: appended by a leader, buffered in its prepare
         // phase, forwarded again by a node that is not the leader.
         for entry in std::mem::take(&mut self.forwarded) {
-            self.append(entry);
+            self.append(entry, now);
         }
         if self.to_propose.is_empty() {
             return;
@@ -660,11 +693,14 @@ impl<S: LogStorage> Core<S> {
             }
             first = false;
             round_bytes += bytes;
-            self.append(LogEntry {
-                proposer: self.cfg.id,
-                batch_id,
-                commands,
-            });
+            self.append(
+                LogEntry {
+                    proposer: self.cfg.id,
+                    batch_id,
+                    commands,
+                },
+                now,
+            );
         }
         self.to_propose.extend(keys);
     }
@@ -685,7 +721,50 @@ impl<S: LogStorage> Core<S> {
         }
     }
 
-    fn append(&mut self, entry: LogEntry) {
+    /// Whether this node is the leader OmniPaxos knows.
+    fn leads(&self) -> bool {
+        self.paxos.get_current_leader().map(|(l, _)| l) == Some(self.cfg.id)
+    }
+
+    /// While something expires, a leader with no write to stamp appends an entry holding
+    /// only a clock stamp once its clock passed the earliest deadline, and at least every
+    /// [`STAMP_EVERY`] (at most one per tick: a stamp is in flight for a round trip).
+    fn stamp_if_due(&mut self, now: Instant) {
+        if !self.to_propose.is_empty() || !self.forwarded.is_empty() || !self.leads() {
+            return;
+        }
+        let Some(deadline) = self.sm.next_deadline() else {
+            return;
+        };
+        let wall = (self.wall)(now);
+        let since = self.last_tick_stamp.map(|t| now.saturating_duration_since(t));
+        let due = match since {
+            Some(s) if s < self.cfg.tick => false,
+            _ => wall >= deadline || since.is_none_or(|s| s >= STAMP_EVERY),
+        };
+        if due {
+            self.last_tick_stamp = Some(now);
+            let batch_id = self.next_batch_id;
+            self.next_batch_id = self.next_batch_id.wrapping_add(1);
+            if let Some(s) = &self.log_sync {
+                s.defer();
+            }
+            self.append(
+                LogEntry {
+                    proposer: self.cfg.id,
+                    batch_id,
+                    commands: vec![],
+                },
+                now,
+            );
+        }
+    }
+
+    /// Appends `entry` (a leader stamps it with its clock first, if it needs a stamp).
+    fn append(&mut self, mut entry: LogEntry, now: Instant) {
+        if self.leads() && (entry.commands.is_empty() || self.sm.needs_stamp(&entry.commands)) {
+            entry.commands.push(Command::clock((self.wall)(now)));
+        }
         let commands = entry.commands.len();
         if self.paxos.append(entry).is_err() {
             // Only a pending reconfiguration refuses appends: what waits is proposed again

@@ -72,6 +72,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// One simulated node: its current life (`core`, `kv`) and what survives it (`durable`).
+/// The wall-clock time at the start of every simulation (2026-01-01, in ms since the
+/// Unix epoch): what the leaders stamp the log with, plus the virtual time.
+pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
+
 pub struct Node {
     pub core: Option<Core<SimStorage>>,
     /// A reader over the node's state machine (what the node's API serves gets from).
@@ -183,8 +187,19 @@ impl StateMachine for SimSm {
         self.kv.applied_index()
     }
     fn apply(&mut self, index: u64, commands: &[&Command]) -> DbResult<Vec<Outcome>> {
+        self.apply_at(index, None, commands)
+    }
+    fn next_deadline(&self) -> Option<u64> {
+        StateMachine::next_deadline(&self.kv)
+    }
+    fn apply_at(
+        &mut self,
+        index: u64,
+        stamp: Option<u64>,
+        commands: &[&Command],
+    ) -> DbResult<Vec<Outcome>> {
         let skip = self.skip_apply && index % 3 == 2 && !commands.is_empty();
-        let results = self.kv.apply(index, &commands[skip as usize..])?;
+        let results = self.kv.apply_at(index, stamp, &commands[skip as usize..])?;
         if self.diverge && index % 50 == 25 {
             let spaces = self.durable.lock().unwrap().kv.clone();
             let mut spaces = spaces.write().unwrap();
@@ -543,6 +558,11 @@ impl World {
         node.joining = None;
         node.joined = true;
         core.set_reopen(Box::new(move || Ok(SimStorage(durable.clone()))));
+        // The node's wall clock: virtual time from a fixed epoch.
+        let base = self.base;
+        core.set_wall_clock(Arc::new(move |at: Instant| {
+            SIM_EPOCH_MS + at.saturating_duration_since(base).as_millis() as u64
+        }));
         #[cfg(test)]
         if self.cfg.bug == Some(Bug::UnconfirmedReads) {
             core.inject_unconfirmed_reads();
