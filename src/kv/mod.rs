@@ -413,6 +413,19 @@ impl KvStore {
         self.time
     }
 
+    /// The applied index, the revision and the log's time as the store holds them now,
+    /// from one view (what a clone that does not apply reads; its own fields are not kept
+    /// current).
+    pub fn counters(&self) -> Result<(u64, u64, u64)> {
+        self.backend.view(|v| {
+            Ok((
+                read_counter(v.get(Space::Sm, K_APPLIED)?)?,
+                read_counter(v.get(Space::Sm, K_REVISION)?)?,
+                read_counter(v.get(Space::Sm, K_TIME)?)?,
+            ))
+        })
+    }
+
     /// The earliest deadline of a key, if any key expires (what the leader watches to
     /// stamp the log's time when it passes; see [`StateMachine::next_deadline`]).
     pub fn next_deadline(&self) -> Result<Option<u64>> {

@@ -1102,11 +1102,25 @@ fn three_cores(
     Vec<crate::node::Core<crate::storage::memory::MemStorage>>,
     Vec<net::Outbox>,
 ) {
+    let (cores, outboxes, _) = three_cores_and_stores(cfg);
+    (cores, outboxes)
+}
+
+/// [`three_cores`], with a clone of each core's key-value store (reads its state).
+#[allow(clippy::type_complexity)]
+fn three_cores_and_stores(
+    cfg: impl Fn(u64) -> crate::node::CoreConfig,
+) -> (
+    Vec<crate::node::Core<crate::storage::memory::MemStorage>>,
+    Vec<net::Outbox>,
+    Vec<crate::kv::KvStore>,
+) {
     use crate::kv::KvStore;
     use std::sync::{Arc, RwLock};
-    let (mut cores, mut outboxes) = (Vec::new(), Vec::new());
+    let (mut cores, mut outboxes, mut stores) = (Vec::new(), Vec::new(), Vec::new());
     for id in [1u64, 2, 3] {
         let kv = KvStore::open_memory(Arc::new(RwLock::new(MemSpaces::default()))).unwrap();
+        stores.push(kv.clone());
         let outbox = net::Outbox::default();
         let cfg = crate::node::CoreConfig {
             first_batch_id: id << 32,
@@ -1117,7 +1131,7 @@ fn three_cores(
         cores.push(core.unwrap());
         outboxes.push(outbox);
     }
-    (cores, outboxes)
+    (cores, outboxes, stores)
 }
 
 fn one_core_config(id: crate::command::NodeId) -> crate::node::CoreConfig {
@@ -1282,5 +1296,222 @@ fn a_transaction_applied_in_part_is_caught_by_the_bank() {
     assert_eq!(
         f.reason,
         "bank: 3 accounts total 86, not 5 opened with 500 (read on node 1 called at event 8)"
+    );
+}
+
+/// Hands every message and note the cores sent to their receivers (those in `down` get
+/// nothing, and what they sent is dropped), `rounds` times, stepping every live core.
+fn pump(
+    cores: &mut [crate::node::Core<crate::storage::memory::MemStorage>],
+    outboxes: &[net::Outbox],
+    down: &[usize],
+    now: std::time::Instant,
+    rounds: usize,
+) {
+    use crate::node::Event;
+    for _ in 0..rounds {
+        for (i, c) in cores.iter_mut().enumerate() {
+            if !down.contains(&i) {
+                c.step(now);
+            }
+        }
+        for (i, ob) in outboxes.iter().enumerate() {
+            let sent = ob.take_all();
+            if down.contains(&i) {
+                continue;
+            }
+            for (config, m) in sent.msgs {
+                let to = (m.get_receiver() - 1) as usize;
+                if !down.contains(&to) {
+                    cores[to].handle(Event::Peer { config, msg: m }, now);
+                }
+            }
+            for (to, note) in sent.notes {
+                let from = (i + 1) as u64;
+                if !down.contains(&((to - 1) as usize)) {
+                    cores[(to - 1) as usize].handle(Event::Note { from, note }, now);
+                }
+            }
+        }
+    }
+}
+
+/// Expiry follows the log's time, which only leaders' clocks set: on three cores whose
+/// wall clocks disagree by 5 s, a key written through a follower with a relative
+/// deadline gets the leader's time plus its TTL on every replica; it disappears on all
+/// of them at the same point of the log once the leader's clock passes the deadline (the
+/// leader stamps the log by itself, no write needed); and after the leader dies, a new
+/// leader whose clock is 5 s behind never moves the log's time back: a key it wrote
+/// under the old leader's time expires when the new leader's clock passes its deadline,
+/// not earlier.
+#[test]
+fn keys_expire_by_the_leaders_clock_at_the_same_point_of_the_log_everywhere() {
+    use crate::command::{Deadline, Expiry, KvCommand, SetCond, WriteOp};
+    use crate::node::{CoreConfig, Event};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::sync::oneshot;
+
+    const EPOCH: u64 = 1_767_225_600_000;
+    let start = Instant::now();
+    let (mut cores, outboxes, stores) = three_cores_and_stores(|id| CoreConfig {
+        request_timeout: Duration::from_secs(3600),
+        repropose_after: Duration::from_secs(3600),
+        ..one_core_config(id)
+    });
+    let mut now = start;
+    let mut leader = None;
+    for _ in 0..500 {
+        now += Duration::from_millis(10);
+        for c in cores.iter_mut() {
+            c.tick(now);
+        }
+        pump(&mut cores, &outboxes, &[], now, 5);
+        leader = cores[0].status().leader;
+        if leader.is_some() && cores.iter().all(|c| c.status().leader == leader) {
+            break;
+        }
+    }
+    let leader = (leader.expect("a leader is elected") - 1) as usize;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    // The leader's clock is right; the two others are 5 s behind.
+    let skew: Vec<i64> = (0..3)
+        .map(|i| if i == leader { 0 } else { -5000 })
+        .collect();
+    for (i, c) in cores.iter_mut().enumerate() {
+        let s = skew[i];
+        c.set_wall_clock(Arc::new(move |at: Instant| {
+            (EPOCH + at.saturating_duration_since(start).as_millis() as u64)
+                .saturating_add_signed(s)
+        }));
+    }
+    let wall = |i: usize, at: Instant| {
+        (EPOCH + at.saturating_duration_since(start).as_millis() as u64)
+            .saturating_add_signed(skew[i])
+    };
+    let set_px = |key: &[u8], ms: u64, seq: u64| {
+        KvCommand {
+            client_id: 7,
+            seq,
+            op: WriteOp::SetExpiring {
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+                cond: SetCond::Always,
+                expiry: Expiry::Set(Deadline::In(ms)),
+            },
+            user: None,
+        }
+        .encode()
+    };
+    // Through the follower: the deadline is the leader's time plus 200 ms.
+    let (reply, _answer) = oneshot::channel();
+    let appended_at = now;
+    cores[follower].handle(
+        Event::Write {
+            cmd: set_px(b"a", 200, 1),
+            reply,
+        },
+        now,
+    );
+    pump(&mut cores, &outboxes, &[], now, 6);
+    let expected = wall(leader, appended_at) + 200;
+    for s in &stores {
+        let (timed, _, _) = s.get_timed(b"a").unwrap();
+        assert_eq!(timed.expect("written").deadline, Some(expected));
+    }
+    // Time passes with no write: the leader stamps the log when its clock passes the
+    // deadline, and every replica drops the key at the same index.
+    let mut gone_at = None;
+    for _ in 0..40 {
+        now += Duration::from_millis(10);
+        for c in cores.iter_mut() {
+            c.tick(now);
+        }
+        pump(&mut cores, &outboxes, &[], now, 4);
+        let seen: Vec<_> = stores.iter().map(|s| s.get(b"a").unwrap()).collect();
+        if seen.iter().all(|(v, _)| v.is_none()) {
+            gone_at = Some(now);
+            break;
+        }
+    }
+    let gone_at = gone_at.expect("the key expired within 400 ms");
+    assert!(
+        wall(leader, gone_at) >= expected,
+        "not before the leader's clock passed it"
+    );
+    // Once every replica applied the same entries, they agree on the log's time.
+    pump(&mut cores, &outboxes, &[], now, 4);
+    let counters: Vec<(u64, u64, u64)> = stores.iter().map(|s| s.counters().unwrap()).collect();
+    assert!(counters.iter().all(|c| *c == counters[0]), "{counters:?}");
+    assert!(counters[0].2 >= expected, "{counters:?}");
+
+    // A key with 10 s to live under this leader; then the leader dies, and a node whose
+    // clock is 5 s behind takes over.
+    let (reply, _answer) = oneshot::channel();
+    cores[leader].handle(
+        Event::Write {
+            cmd: set_px(b"b", 10_000, 2),
+            reply,
+        },
+        now,
+    );
+    pump(&mut cores, &outboxes, &[], now, 6);
+    let deadline_b = stores[leader]
+        .get_timed(b"b")
+        .unwrap()
+        .0
+        .unwrap()
+        .deadline
+        .unwrap();
+    let before = stores[leader].counters().unwrap().2;
+    let down = [leader];
+    let mut new_leader = None;
+    for _ in 0..300 {
+        now += Duration::from_millis(10);
+        for (i, c) in cores.iter_mut().enumerate() {
+            if i != leader {
+                c.tick(now);
+            }
+        }
+        pump(&mut cores, &outboxes, &down, now, 4);
+        let l = cores[follower].status().leader.map(|l| (l - 1) as usize);
+        if l.is_some_and(|l| l != leader) {
+            new_leader = l;
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("a new leader is elected");
+    // Its stamps do not move the log's time back, and the key lives until the new
+    // leader's clock passes its deadline.
+    let mut expired = None;
+    for _ in 0..1600 {
+        now += Duration::from_millis(10);
+        for (i, c) in cores.iter_mut().enumerate() {
+            if i != leader {
+                c.tick(now);
+            }
+        }
+        pump(&mut cores, &outboxes, &down, now, 3);
+        let s = &stores[new_leader];
+        assert!(
+            s.counters().unwrap().2 >= before,
+            "the log's time went back"
+        );
+        if s.get(b"b").unwrap().0.is_none() {
+            expired = Some(now);
+            break;
+        }
+    }
+    let expired = expired.expect("the key expired under the new leader");
+    assert!(
+        wall(new_leader, expired) >= deadline_b,
+        "expired before the new leader's clock passed the deadline"
+    );
+    let other = (0..3).find(|&i| i != leader && i != new_leader).unwrap();
+    pump(&mut cores, &outboxes, &down, now, 4);
+    assert_eq!(stores[other].get(b"b").unwrap().0, None);
+    assert_eq!(
+        stores[other].counters().unwrap(),
+        stores[new_leader].counters().unwrap()
     );
 }
