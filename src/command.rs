@@ -189,6 +189,8 @@ pub enum ExpireCond {
     Later,
     /// Only if the new deadline is earlier than the current one.
     Earlier,
+    /// Only if the key has a deadline and the new one is earlier (Redis `XX LT`).
+    EarlierIfSome,
 }
 
 /// The most comparisons plus operations one [`Txn`] may hold.

@@ -614,6 +614,13 @@ impl Kv {
         .await
     }
 
+    /// Runs `txn` atomically in one log entry: its comparisons, then its success or its
+    /// failure operations (see [`crate::command::Txn`]).
+    pub async fn txn(&self, txn: &crate::command::Txn) -> Result<crate::kv::handle::TxnResult> {
+        self.write(|kv, by| async move { kv.txn(&by, txn.clone()).await })
+            .await
+    }
+
     /// Reads `key` linearizably: the value every acknowledged write left.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>> {
         Ok(self.get_with(key, Consistency::Linearizable).await?.0)

@@ -259,3 +259,27 @@ async fn a_single_node_decides_on_one_fsync_trims_its_log_and_restarts() {
     );
     node.shutdown().await;
 }
+
+/// A transaction through the embedded API: conditional, atomic over several keys, and
+/// answered per operation; its failure branch runs when the comparison fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_node_runs_transactions() {
+    use paxosdb::client::{Compare, CompareOp, Txn, TxnOp, TxnOpResult};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path()).await.unwrap();
+    let kv = node.kv();
+    let take = Txn {
+        compare: vec![Compare::version(b"lock", CompareOp::Equal, 0)],
+        success: vec![TxnOp::put(b"lock", b"a"), TxnOp::put(b"owner", b"a")],
+        failure: vec![TxnOp::get(b"lock")],
+    };
+    assert!(kv.txn(&take).await.unwrap().succeeded);
+    let again = kv.txn(&take).await.unwrap();
+    assert!(!again.succeeded);
+    match &again.results[..] {
+        [TxnOpResult::Get(Some(v))] => assert_eq!(v.value, b"a"),
+        other => panic!("the failure branch's get: {other:?}"),
+    }
+    assert_eq!(kv.get(b"owner").await.unwrap().unwrap().value, b"a");
+    node.shutdown().await;
+}

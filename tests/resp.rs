@@ -130,8 +130,8 @@ async fn redis_cli_commands_error_shapes_and_reads_across_nodes() {
     );
     assert_eq!(cli(&n1, &["SET", "k", "v", "NX", "XX"]), "ERR syntax error");
     assert_eq!(
-        cli(&n1, &["SET", "k", "v", "EX", "10"]),
-        "ERR paxosdb has no TTLs yet"
+        cli(&n1, &["SET", "k", "v", "EX", "0"]),
+        "ERR invalid expire time in 'set' command"
     );
     assert_eq!(
         cli(&n1, &["INCR", "k"]),
@@ -749,6 +749,279 @@ async fn ioredis_transactions() {
         "ioredis script failed: {}",
         text(&out)
     );
+}
+
+fn int(f: Frame) -> i64 {
+    match f {
+        Frame::Integer(n) => n,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+/// The expiry commands against a 3-node cluster, in raw RESP: a key set with `PX 200`
+/// is visible, then gone on another node once the log's time passes its deadline; TTL
+/// and its family; EXPIRE's NX/XX/GT/LT; PERSIST; KEEPTTL, INCR keeping a deadline and
+/// a plain SET clearing it; a deadline already passed deleting at once; GETEX; SETEX's
+/// errors; expiry inside MULTI/EXEC; and every node agreeing on a key's deadline (it is
+/// resolved once, in the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_commands_across_nodes() {
+    let c = Cluster::start(3).await;
+    let (n1, n2, n3) = (
+        c.nodes[0].resp_addr.clone(),
+        c.nodes[1].resp_addr.clone(),
+        c.nodes[2].resp_addr.clone(),
+    );
+    let mut a = Conn::open(&n1).await;
+    let mut b = Conn::open(&n2).await;
+    let mut d = Conn::open(&n3).await;
+    let ok = Frame::ok;
+
+    // SET PX 200: visible with a PTTL in (0, 200] (tried on a few keys, in case a slow
+    // machine lets 200 ms pass before the read), then absent through another node.
+    let mut seen = None;
+    for i in 0..5 {
+        let key = format!("short{i}");
+        a.send(&["SET", &key, "v", "PX", "200"]).await;
+        a.send(&["GET", &key]).await;
+        a.send(&["PTTL", &key]).await;
+        assert_eq!(a.reply().await, ok());
+        let (got, pttl) = (a.reply().await, int(a.reply().await));
+        if got == Frame::bulk("v") && pttl > 0 {
+            assert!(pttl <= 200, "PTTL {pttl} after PX 200");
+            seen = Some(key);
+            break;
+        }
+        assert!(
+            got == Frame::Null && pttl == -2,
+            "{got:?} {pttl}: half expired"
+        );
+    }
+    let short = seen.expect("a key set with PX 200 was visible at least once");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while b.call(&["GET", &short]).await != Frame::Null {
+        assert!(
+            std::time::Instant::now() < until,
+            "a key set with PX 200 still visible on another node after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(int(d.call(&["PTTL", &short]).await), -2);
+    assert_eq!(int(d.call(&["EXISTS", &short]).await), 0);
+    assert_eq!(int(a.call(&["TTL", &short]).await), -2);
+
+    // TTL and its family: -2 absent, -1 no deadline.
+    assert_eq!(a.call(&["SET", "plain", "v"]).await, ok());
+    for cmd in ["TTL", "PTTL", "EXPIRETIME", "PEXPIRETIME"] {
+        assert_eq!(int(b.call(&[cmd, "plain"]).await), -1, "{cmd}");
+        assert_eq!(int(b.call(&[cmd, "nosuch"]).await), -2, "{cmd}");
+    }
+
+    // EXPIRE's conditions. No deadline counts as never: GT fails, LT applies.
+    let ttl = |t: i64, around: i64| (around - 5..=around).contains(&t);
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "100", "XX"]).await), 0);
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "100", "GT"]).await), 0);
+    assert_eq!(
+        int(a.call(&["EXPIRE", "plain", "100", "XX", "LT"]).await),
+        0
+    );
+    assert_eq!(int(b.call(&["TTL", "plain"]).await), -1, "nothing applied");
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "100", "NX"]).await), 1);
+    let t = int(b.call(&["TTL", "plain"]).await);
+    assert!(ttl(t, 100), "TTL {t} after EXPIRE 100");
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "200", "NX"]).await), 0);
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "50", "GT"]).await), 0);
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "300", "GT"]).await), 1);
+    assert!(ttl(int(b.call(&["TTL", "plain"]).await), 300));
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "400", "LT"]).await), 0);
+    assert_eq!(int(a.call(&["EXPIRE", "plain", "150", "LT"]).await), 1);
+    assert!(ttl(int(b.call(&["TTL", "plain"]).await), 150));
+    assert_eq!(
+        int(a.call(&["EXPIRE", "plain", "120", "XX", "LT"]).await),
+        1
+    );
+    assert_eq!(
+        int(a.call(&["EXPIRE", "plain", "130", "LT", "XX"]).await),
+        0
+    );
+    assert_eq!(int(a.call(&["PEXPIRE", "plain", "110000", "XX"]).await), 1);
+    let pttl = int(d.call(&["PTTL", "plain"]).await);
+    assert!((105_000..=110_000).contains(&pttl), "PTTL {pttl}");
+    assert_eq!(int(a.call(&["EXPIRE", "nosuch", "10"]).await), 0);
+    // Every node has the same deadline: resolved once, with the log's time.
+    let at = int(a.call(&["PEXPIRETIME", "plain"]).await);
+    assert_eq!(int(b.call(&["PEXPIRETIME", "plain"]).await), at);
+    assert_eq!(int(d.call(&["PEXPIRETIME", "plain"]).await), at);
+    assert_eq!(
+        int(d.call(&["EXPIRETIME", "plain"]).await),
+        (at + 500) / 1000
+    );
+    // PERSIST removes a deadline, once.
+    assert_eq!(int(a.call(&["PERSIST", "plain"]).await), 1);
+    assert_eq!(int(b.call(&["TTL", "plain"]).await), -1);
+    assert_eq!(int(a.call(&["PERSIST", "plain"]).await), 0);
+    assert_eq!(int(a.call(&["PERSIST", "nosuch"]).await), 0);
+
+    // KEEPTTL keeps the deadline, INCR keeps it, a plain SET clears it.
+    assert_eq!(a.call(&["SET", "kept", "1", "EX", "100"]).await, ok());
+    assert_eq!(a.call(&["SET", "kept", "2", "KEEPTTL"]).await, ok());
+    assert!(ttl(int(b.call(&["TTL", "kept"]).await), 100));
+    assert_eq!(int(a.call(&["INCR", "kept"]).await), 3);
+    assert!(ttl(int(b.call(&["TTL", "kept"]).await), 100));
+    assert_eq!(b.call(&["GET", "kept"]).await, Frame::bulk("3"));
+    assert_eq!(
+        a.call(&["SET", "kept", "4", "EX", "50", "GET"]).await,
+        Frame::bulk("3")
+    );
+    assert!(ttl(int(b.call(&["TTL", "kept"]).await), 50));
+    assert_eq!(a.call(&["SET", "kept", "5"]).await, ok());
+    assert_eq!(int(b.call(&["TTL", "kept"]).await), -1);
+    assert_eq!(
+        a.call(&["SET", "kept", "6", "NX", "EX", "9"]).await,
+        Frame::Null
+    );
+    assert_eq!(
+        int(b.call(&["TTL", "kept"]).await),
+        -1,
+        "NX refused: no deadline"
+    );
+
+    // Absolute deadlines: EXPIRETIME is the time given; one already passed deletes the
+    // key at once (a linearizable read anywhere sees it gone).
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let at = (now_s + 1000).to_string();
+    assert_eq!(a.call(&["SET", "abs", "v", "EXAT", &at]).await, ok());
+    assert_eq!(int(b.call(&["EXPIRETIME", "abs"]).await), now_s + 1000);
+    assert_eq!(
+        int(d.call(&["PEXPIRETIME", "abs"]).await),
+        (now_s + 1000) * 1000
+    );
+    assert_eq!(int(a.call(&["EXPIREAT", "abs", "1"]).await), 1);
+    assert_eq!(b.call(&["GET", "abs"]).await, Frame::Null);
+    assert_eq!(int(d.call(&["EXISTS", "abs"]).await), 0);
+    assert_eq!(a.call(&["SET", "neg", "v"]).await, ok());
+    assert_eq!(int(a.call(&["PEXPIRE", "neg", "-1"]).await), 1);
+    assert_eq!(int(b.call(&["EXISTS", "neg"]).await), 0);
+
+    // GETEX: the value, and the change to its deadline with it.
+    assert_eq!(a.call(&["SET", "g", "v", "EX", "100"]).await, ok());
+    assert_eq!(a.call(&["GETEX", "g", "PERSIST"]).await, Frame::bulk("v"));
+    assert_eq!(int(b.call(&["TTL", "g"]).await), -1);
+    assert_eq!(a.call(&["GETEX", "g", "EX", "50"]).await, Frame::bulk("v"));
+    assert!(ttl(int(b.call(&["TTL", "g"]).await), 50));
+    assert_eq!(a.call(&["GETEX", "g"]).await, Frame::bulk("v"));
+    assert!(
+        ttl(int(b.call(&["TTL", "g"]).await), 50),
+        "no option: no change"
+    );
+    assert_eq!(a.call(&["GETEX", "nosuch", "EX", "5"]).await, Frame::Null);
+    assert_eq!(int(b.call(&["EXISTS", "nosuch"]).await), 0);
+    assert_eq!(a.call(&["GETEX", "g", "PXAT", "1"]).await, Frame::bulk("v"));
+    assert_eq!(b.call(&["GET", "g"]).await, Frame::Null);
+
+    // SETEX / PSETEX, and Redis' errors.
+    assert_eq!(a.call(&["SETEX", "s", "100", "v"]).await, ok());
+    assert!(ttl(int(b.call(&["TTL", "s"]).await), 100));
+    assert_eq!(a.call(&["PSETEX", "s", "100000", "w"]).await, ok());
+    assert_eq!(b.call(&["GET", "s"]).await, Frame::bulk("w"));
+    for (words, want) in [
+        (
+            &["SETEX", "s", "0", "v"][..],
+            "ERR invalid expire time in 'setex' command",
+        ),
+        (
+            &["SETEX", "s", "-1", "v"],
+            "ERR invalid expire time in 'setex' command",
+        ),
+        (
+            &["PSETEX", "s", "0", "v"],
+            "ERR invalid expire time in 'psetex' command",
+        ),
+        (
+            &["SETEX", "s", "x", "v"],
+            "ERR value is not an integer or out of range",
+        ),
+        (
+            &["SETEX", "s", "1"],
+            "ERR wrong number of arguments for 'setex' command",
+        ),
+        (
+            &["SET", "s", "v", "PX", "-3"],
+            "ERR invalid expire time in 'set' command",
+        ),
+        (&["SET", "s", "v", "EX", "1", "KEEPTTL"], "ERR syntax error"),
+        (
+            &["EXPIRE", "s", "10", "NX", "XX"],
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ),
+        (
+            &["EXPIRE", "s", "10", "GT", "LT"],
+            "ERR GT and LT options at the same time are not compatible",
+        ),
+        (
+            &["GETEX", "s", "EX", "0"],
+            "ERR invalid expire time in 'getex' command",
+        ),
+    ] {
+        assert_eq!(a.call(words).await, err(want), "{words:?}");
+    }
+    assert_eq!(b.call(&["GET", "s"]).await, Frame::bulk("w"), "unchanged");
+
+    // Inside MULTI: each answers as alone, all in one transaction.
+    assert_eq!(a.call(&["MULTI"]).await, ok());
+    for words in [
+        &["SET", "m", "v", "PX", "100000"][..],
+        &["EXPIRE", "m", "200", "GT"],
+        &["PERSIST", "m"],
+        &["EXPIRE", "m", "50", "NX"],
+        &["GETEX", "m", "EX", "70"],
+        &["SETEX", "m2", "30", "x"],
+        &["EXPIRE", "nosuch", "5"],
+    ] {
+        assert_eq!(a.call(words).await, queued(), "{words:?}");
+    }
+    assert_eq!(
+        a.call(&["EXEC"]).await,
+        Frame::Array(vec![
+            ok(),
+            Frame::Integer(1),
+            Frame::Integer(1),
+            Frame::Integer(1),
+            Frame::bulk("v"),
+            ok(),
+            Frame::Integer(0),
+        ])
+    );
+    assert!(ttl(int(b.call(&["TTL", "m"]).await), 70));
+    assert!(ttl(int(b.call(&["TTL", "m2"]).await), 30));
+    // TTL reads a deadline, which a transaction's reads do not carry: refused while
+    // queueing, so the block aborts and nothing of it applies.
+    assert_eq!(a.call(&["MULTI"]).await, ok());
+    assert_eq!(a.call(&["PERSIST", "m"]).await, queued());
+    match a.call(&["TTL", "m"]).await {
+        Frame::Error(m) => assert!(
+            m.starts_with("ERR Command not allowed inside a transaction") && m.contains("'ttl'"),
+            "{m}"
+        ),
+        other => panic!("TTL inside MULTI answered {other:?}"),
+    }
+    assert_eq!(
+        a.call(&["EXEC"]).await,
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert!(
+        ttl(int(b.call(&["TTL", "m"]).await), 70),
+        "PERSIST not applied"
+    );
+
+    // The commands are listed.
+    let listed = cli(&n1, &["COMMAND", "INFO", "expire", "getex", "pexpiretime"]);
+    for name in ["expire", "getex", "pexpiretime"] {
+        assert!(listed.contains(name), "{listed}");
+    }
 }
 
 /// The peak resident memory of a process, in bytes (Linux `VmHWM`).

@@ -4,7 +4,8 @@
 Usage: resp_client.py HOST PORT [OTHER_PORT]
 
 Uses RESP2 and RESP3 (HELLO 3) connections, plain commands, a pipeline, the paxosdb CAS
-commands through execute_command, scan_iter, and transactions: pipeline() (MULTI/EXEC),
+commands through execute_command, scan_iter, expiry (set ex=, ttl, setex, expire nx=,
+getex persist=, Lock() taking and timing out), and transactions: pipeline() (MULTI/EXEC),
 a per-command error inside EXEC, EXECABORT, and transaction() with WATCH retried under a
 concurrent write (forced once, then two threads through two nodes racing on a counter).
 OTHER_PORT (another node) checks that a write through one node is read through the other.
@@ -81,7 +82,49 @@ def run(r, prefix, other=None):
     if other is not None:
         r.set(k("across"), "seen")
         check("read through another node", other.get(k("across")), b"seen")
+    expiry(r, other, k)
     transactions(r, other, k)
+
+
+def expiry(r, other, k):
+    """Expiry through redis-py's own methods; deadlines read through another node."""
+    reader = other if other is not None else r
+    check("set ex", r.set(k("e"), "v", ex=60), True)
+    ttl = reader.ttl(k("e"))
+    check("ttl after ex=60", 55 <= ttl <= 60, True)
+    check("ttl of a key without deadline", (r.set(k("np"), "v"), r.ttl(k("np"))), (True, -1))
+    check("ttl of an absent key", r.ttl(k("nosuch")), -2)
+    check("setex", r.setex(k("se"), 30, "w"), True)
+    check("setex value and ttl", (reader.get(k("se")), 25 <= reader.ttl(k("se")) <= 30), (b"w", True))
+    check("expire nx on a key with a deadline", r.expire(k("e"), 100, nx=True), False)
+    check("expire nx on a key without", r.expire(k("np"), 100, nx=True), True)
+    check("pttl after expire nx", 95_000 <= reader.pttl(k("np")) <= 100_000, True)
+    check("expire gt", r.expire(k("np"), 200, gt=True), True)
+    check("getex persist", r.getex(k("e"), persist=True), b"v")
+    check("ttl after getex persist", reader.ttl(k("e")), -1)
+    check("getex ex", r.getex(k("e"), ex=40), b"v")
+    check("ttl after getex ex", 35 <= reader.ttl(k("e")) <= 40, True)
+    check("persist", (r.persist(k("e")), r.persist(k("e"))), (True, False))
+    try:
+        r.setex(k("se"), 0, "x")
+        print("MISMATCH setex with 0 seconds did not fail", file=sys.stderr)
+        sys.exit(1)
+    except redis.ResponseError as e:
+        check("setex error", str(e), "invalid expire time in 'setex' command")
+
+    # Lock(): acquire is SET NX PX (a timeout), so taking it and its timing out work;
+    # release() and extend() run Lua scripts (EVALSHA), which paxosdb does not have, so
+    # they are not used: the lock is left to expire.
+    name = k("lock")
+    first = r.lock(name, timeout=2)
+    check("lock acquired", first.acquire(blocking=False), True)
+    check("lock held", reader.lock(name).locked(), True)
+    check("second lock refused while held", reader.lock(name, timeout=5).acquire(blocking=False), False)
+    check("lock key has the timeout", 0 < r.pttl(name) <= 2000, True)
+    second = reader.lock(name, timeout=5)
+    check("second lock taken once the first timed out", second.acquire(blocking_timeout=20), True)
+    check("second lock owns it", second.owned(), True)
+    check("first lock no longer owns it", first.owned(), False)
 
 
 def transactions(r, other, k):
@@ -174,10 +217,6 @@ def transactions(r, other, k):
     check("contending workers", failures, [])
     check("counter under contention", r.get(key), b"42")
     print(f"watch retries under contention: {sum(retries)}", file=sys.stderr)
-
-    # redis-py's Lock() is not checked: it releases through a Lua script (EVALSHA) and,
-    # with a timeout, takes the lock with SET ... PX; paxosdb has no scripting and no
-    # expiry yet.
 
 
 def main():

@@ -1129,6 +1129,7 @@ impl Overlay<'_> {
                     ExpireCond::IfSome => now.is_some(),
                     ExpireCond::Later => later(now, *deadline),
                     ExpireCond::Earlier => later(*deadline, now),
+                    ExpireCond::EarlierIfSome => now.is_some() && later(*deadline, now),
                 };
                 if !applies {
                     WriteResult::Expire {

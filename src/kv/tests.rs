@@ -16,8 +16,8 @@
 
 use super::{KvStore, StateMachine};
 use crate::command::{
-    Compare, CompareOp, CompareTarget, Deadline, Expect, ExpireCond, Expiry, KeyValue, KvCommand, ScanRange,
-    SetCond, Txn, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult,
+    Compare, CompareOp, CompareTarget, Deadline, Expect, ExpireCond, Expiry, KeyValue, KvCommand,
+    ScanRange, SetCond, Txn, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::storage::db::open_db;
 use proptest::prelude::*;
@@ -132,6 +132,7 @@ const WHENS: &[ExpireCond] = &[
     ExpireCond::IfSome,
     ExpireCond::Later,
     ExpireCond::Earlier,
+    ExpireCond::EarlierIfSome,
 ];
 
 #[derive(Clone, Debug)]
@@ -532,6 +533,7 @@ impl Model {
                     ExpireCond::IfSome => now.is_some(),
                     ExpireCond::Later => rank(*deadline) > rank(now),
                     ExpireCond::Earlier => rank(*deadline) < rank(now),
+                    ExpireCond::EarlierIfSome => now.is_some() && rank(*deadline) < rank(now),
                 };
                 if !applied {
                     WriteResult::Expire {

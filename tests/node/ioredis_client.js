@@ -3,7 +3,8 @@
 // multi().set().incr().get().exec() (one transaction, each reply in order), a runtime
 // error in its slot, EXECABORT after a queue-time error, and WATCH: a write through
 // another node between WATCH and EXEC makes exec() resolve to null with nothing applied,
-// while an untouched watched key lets it apply.
+// while an untouched watched key lets it apply. Then expiry: set(k, v, "EX", 60), ttl,
+// expire NX and persist.
 //
 // Usage: node ioredis_client.js HOST PORT OTHER_PORT
 // Prints "ok" and exits 0, or prints the first mismatch and exits 1.
@@ -62,6 +63,15 @@ async function main() {
       [null, 2],
     ]);
     assert.equal(await other.get(k("w")), "mine");
+
+    // Expiry: SET ... EX, and TTL through another node (-1 without, -2 absent).
+    assert.equal(await r.set(k("e"), "v", "EX", 60), "OK");
+    const ttl = await other.ttl(k("e"));
+    assert.ok(ttl > 55 && ttl <= 60, `TTL ${ttl} after EX 60`);
+    assert.equal(await other.ttl(k("w")), -1);
+    assert.equal(await other.ttl(k("nosuch")), -2);
+    assert.equal(await r.expire(k("w"), 30, "NX"), 1);
+    assert.equal(await r.persist(k("w")), 1);
     console.log("ok");
   } finally {
     r.disconnect();

@@ -7,7 +7,7 @@
 
 use super::frame::Frame;
 use super::parse::{not_integer, syntax_error, wrong_arity, Args, Reply};
-use crate::command::SetCond;
+use crate::command::{Deadline, ExpireCond, Expiry, SetCond};
 
 /// One entry of the command table.
 pub struct Spec {
@@ -90,6 +90,17 @@ pub const COMMANDS: &[Spec] = &[
     spec("type", 2, R, ONEKEY),
     spec("ttl", 2, R, ONEKEY),
     spec("pttl", 2, R, ONEKEY),
+    // Expiry (the log's time; see `Deadline`).
+    spec("setex", 4, &["write", "denyoom"], ONEKEY),
+    spec("psetex", 4, &["write", "denyoom"], ONEKEY),
+    spec("getex", -2, &["write", "fast"], ONEKEY),
+    spec("expire", -3, &["write", "fast"], ONEKEY),
+    spec("pexpire", -3, &["write", "fast"], ONEKEY),
+    spec("expireat", -3, &["write", "fast"], ONEKEY),
+    spec("pexpireat", -3, &["write", "fast"], ONEKEY),
+    spec("persist", 2, &["write", "fast"], ONEKEY),
+    spec("expiretime", 2, R, ONEKEY),
+    spec("pexpiretime", 2, R, ONEKEY),
     // Transactions: the block becomes one key-value transaction (txn.rs).
     spec("multi", 1, TX, NOKEYS),
     spec(
@@ -142,12 +153,30 @@ pub enum RespCommand {
     ReadOnly,
     ReadWrite,
     Get(Vec<u8>),
+    /// `SET` (and `SETEX`, `PSETEX`): `expiry` None clears the key's deadline, as a
+    /// plain `SET` does in Redis.
     Set {
         key: Vec<u8>,
         value: Vec<u8>,
         cond: SetCond,
         get: bool,
+        expiry: Option<Expiry>,
     },
+    /// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`: `change` None is a plain read;
+    /// `Some(None)` removes the deadline (`PERSIST`), `Some(Some(d))` sets it.
+    GetEx {
+        key: Vec<u8>,
+        change: Option<Option<Deadline>>,
+    },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT key time [NX|XX|GT|LT]` (`XX GT` is
+    /// `GT`: a key without a deadline never passes GT).
+    Expire {
+        key: Vec<u8>,
+        deadline: Deadline,
+        when: ExpireCond,
+    },
+    /// `PERSIST key`: 1 if a deadline was removed.
+    Persist(Vec<u8>),
     SetNx(Vec<u8>, Vec<u8>),
     GetDel(Vec<u8>),
     Del(Vec<Vec<u8>>),
@@ -174,8 +203,13 @@ pub enum RespCommand {
     GetVer(Vec<u8>),
     /// `TYPE key`: `string` or `none`.
     Type(Vec<u8>),
-    /// `TTL key` / `PTTL key`: -1 (no expiry) or -2 (absent).
-    Ttl(Vec<u8>),
+    /// `TTL`, `PTTL` (remaining time), `EXPIRETIME`, `PEXPIRETIME` (`absolute`: the
+    /// deadline itself): -2 if absent, -1 if the key never expires.
+    Ttl {
+        key: Vec<u8>,
+        ms: bool,
+        absolute: bool,
+    },
     /// `MULTI`: the commands that follow, up to `EXEC` or `DISCARD`, are queued.
     Multi,
     /// `EXEC`: runs the queued commands as one transaction.
@@ -386,7 +420,27 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<RespCommand, Reply> {
         }
         "getver" => RespCommand::GetVer(a.bytes()?),
         "type" => RespCommand::Type(a.bytes()?),
-        "ttl" | "pttl" => RespCommand::Ttl(a.bytes()?),
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => RespCommand::Ttl {
+            key: a.bytes()?,
+            ms: spec.name.starts_with('p'),
+            absolute: spec.name.ends_with("time"),
+        },
+        "setex" | "psetex" => {
+            let key = a.bytes()?;
+            let n = a.int()?;
+            let ms = spec.name == "psetex";
+            let deadline = set_deadline(spec.name, n, ms, true)?;
+            RespCommand::Set {
+                key,
+                value: a.bytes()?,
+                cond: SetCond::Always,
+                get: false,
+                expiry: Some(Expiry::Set(deadline)),
+            }
+        }
+        "getex" => parse_getex(&mut a)?,
+        "expire" | "pexpire" | "expireat" | "pexpireat" => parse_expire(spec.name, &mut a)?,
+        "persist" => RespCommand::Persist(a.bytes()?),
         "multi" => RespCommand::Multi,
         "exec" => RespCommand::Exec,
         "discard" => RespCommand::Discard,
@@ -429,9 +483,45 @@ fn parse_hello(a: &mut Args) -> Result<RespCommand, Reply> {
     })
 }
 
-/// The refusal of expiry options.
-pub fn no_ttl() -> Reply {
-    Frame::error("ERR paxosdb has no TTLs yet")
+/// Redis' refusal of an expiry time out of range, for command `name`.
+pub fn invalid_expire(name: &str) -> Reply {
+    Frame::error(format!("ERR invalid expire time in '{name}' command"))
+}
+
+/// Milliseconds since the Unix epoch by this node's clock: only to refuse a relative
+/// time that would overflow once added to the time (as Redis does); the deadline itself
+/// is resolved with the log's time where it is applied.
+fn local_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The deadline of `SET`'s, `SETEX`'s or `GETEX`'s expiry option: `n` seconds (`ms`:
+/// milliseconds) from now (`relative`) or since the epoch. As Redis: `n` must be
+/// positive and the result must fit in 64 bits, else `invalid expire time`.
+fn set_deadline(name: &str, n: i64, ms: bool, relative: bool) -> Result<Deadline, Reply> {
+    let n = if ms { Some(n) } else { n.checked_mul(1000) };
+    let n = n
+        .filter(|&n| n > 0)
+        .filter(|&n| !relative || n <= i64::MAX - local_now_ms())
+        .ok_or_else(|| invalid_expire(name))?;
+    Ok(if relative {
+        Deadline::In(n as u64)
+    } else {
+        Deadline::At(n as u64)
+    })
+}
+
+/// The expiry option of `SET` or `GETEX`: EX s, PX ms, EXAT s, PXAT ms, and KEEPTTL
+/// (SET) or PERSIST (GETEX). As in Redis, options that conflict are a syntax error, the
+/// same option twice is not (the last counts), and the time is checked only after every
+/// option was parsed.
+enum TimeOpt {
+    None,
+    Keep,
+    Persist,
+    Time { kw: String, n: Vec<u8> },
 }
 
 fn parse_set(a: &mut Args) -> Result<RespCommand, Reply> {
@@ -439,20 +529,141 @@ fn parse_set(a: &mut Args) -> Result<RespCommand, Reply> {
     let value = a.bytes()?;
     let mut cond = SetCond::Always;
     let mut get = false;
+    let mut time = TimeOpt::None;
     while a.remaining() > 0 {
-        match a.keyword()?.as_str() {
-            "NX" if cond == SetCond::Always => cond = SetCond::IfAbsent,
-            "XX" if cond == SetCond::Always => cond = SetCond::IfPresent,
+        let kw = a.keyword()?;
+        match kw.as_str() {
+            "NX" if cond != SetCond::IfPresent => cond = SetCond::IfAbsent,
+            "XX" if cond != SetCond::IfAbsent => cond = SetCond::IfPresent,
             "GET" => get = true,
-            "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => return Err(no_ttl()),
-            _ => return Err(syntax_error()),
+            "KEEPTTL" if matches!(time, TimeOpt::None | TimeOpt::Keep) => time = TimeOpt::Keep,
+            _ => parse_time_opt(a, kw, &mut time)?,
         }
     }
+    let expiry = match time {
+        TimeOpt::None => None,
+        TimeOpt::Keep => Some(Expiry::Keep),
+        TimeOpt::Persist => return Err(syntax_error()),
+        TimeOpt::Time { kw, n } => Some(Expiry::Set(time_deadline("set", &kw, &n)?)),
+    };
     Ok(RespCommand::Set {
         key,
         value,
         cond,
         get,
+        expiry,
+    })
+}
+
+/// One of EX, PX, EXAT, PXAT (with its argument) into `time`, unless another kind of
+/// expiry option came before (the same one again replaces it).
+fn parse_time_opt(a: &mut Args, kw: String, time: &mut TimeOpt) -> Result<(), Reply> {
+    if !matches!(kw.as_str(), "EX" | "PX" | "EXAT" | "PXAT") || a.remaining() == 0 {
+        return Err(syntax_error());
+    }
+    match time {
+        TimeOpt::None => {}
+        TimeOpt::Time { kw: before, .. } if *before == kw => {}
+        _ => return Err(syntax_error()),
+    }
+    *time = TimeOpt::Time { kw, n: a.bytes()? };
+    Ok(())
+}
+
+/// The deadline of an `EX`/`PX`/`EXAT`/`PXAT` option of command `name`.
+fn time_deadline(name: &str, kw: &str, n: &[u8]) -> Result<Deadline, Reply> {
+    let mut args = Args::new(name, vec![n.to_vec()]);
+    let n = args.int()?;
+    set_deadline(name, n, kw.starts_with('P'), !kw.ends_with("AT"))
+}
+
+fn parse_getex(a: &mut Args) -> Result<RespCommand, Reply> {
+    let key = a.bytes()?;
+    let mut time = TimeOpt::None;
+    while a.remaining() > 0 {
+        let kw = a.keyword()?;
+        match kw.as_str() {
+            "PERSIST" if matches!(time, TimeOpt::None | TimeOpt::Persist) => {
+                time = TimeOpt::Persist
+            }
+            _ => parse_time_opt(a, kw, &mut time)?,
+        }
+    }
+    let change = match time {
+        TimeOpt::None => None,
+        TimeOpt::Persist => Some(None),
+        TimeOpt::Keep => return Err(syntax_error()),
+        TimeOpt::Time { kw, n } => Some(Some(time_deadline("getex", &kw, &n)?)),
+    };
+    Ok(RespCommand::GetEx { key, change })
+}
+
+/// `EXPIRE` and its family. As Redis: the options first (an unknown one is `Unsupported
+/// option`, NX with another or GT with LT are refused), then the time, which may be
+/// negative or zero (the key is then deleted) but must not overflow 64 bits.
+fn parse_expire(name: &str, a: &mut Args) -> Result<RespCommand, Reply> {
+    let key = a.bytes()?;
+    let time = a.bytes()?;
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in a.rest() {
+        match String::from_utf8_lossy(&opt).to_ascii_uppercase().as_str() {
+            "NX" => nx = true,
+            "XX" => xx = true,
+            "GT" => gt = true,
+            "LT" => lt = true,
+            _ => {
+                return Err(Frame::error(format!(
+                    "ERR Unsupported option {}",
+                    clip(&opt)
+                )))
+            }
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Frame::error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(Frame::error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    let n = Args::new(name, vec![time]).int()?;
+    let ms = if name.starts_with('p') {
+        Some(n)
+    } else {
+        n.checked_mul(1000)
+    };
+    let relative = !name.ends_with("at");
+    let ms = ms
+        .filter(|&ms| !relative || ms <= i64::MAX - local_now_ms())
+        .ok_or_else(|| invalid_expire(name))?;
+    // A time already passed (or now) deletes the key: any such deadline does that alike.
+    let ms = ms.max(0) as u64;
+    let deadline = if relative {
+        Deadline::In(ms)
+    } else {
+        Deadline::At(ms)
+    };
+    let when = if nx {
+        ExpireCond::IfNone
+    } else if gt {
+        // `XX GT` is `GT`: a key without a deadline never passes GT.
+        ExpireCond::Later
+    } else if lt && xx {
+        ExpireCond::EarlierIfSome
+    } else if lt {
+        ExpireCond::Earlier
+    } else if xx {
+        ExpireCond::IfSome
+    } else {
+        ExpireCond::Always
+    };
+    Ok(RespCommand::Expire {
+        key,
+        deadline,
+        when,
     })
 }
 
@@ -532,13 +743,63 @@ mod tests {
         );
         assert_eq!(err(&["set", "k", "v", "NX", "XX"]), "ERR syntax error");
         assert_eq!(err(&["set", "k", "v", "bogus"]), "ERR syntax error");
+        // Expiry options, with Redis' words for each refusal.
+        let invalid = |c: &str| format!("ERR invalid expire time in '{c}' command");
+        for bad in ["0", "-5"] {
+            for opt in ["EX", "PX", "EXAT", "PXAT"] {
+                assert_eq!(err(&["set", "k", "v", opt, bad]), invalid("set"));
+                assert_eq!(err(&["getex", "k", opt, bad]), invalid("getex"));
+            }
+            assert_eq!(err(&["setex", "k", bad, "v"]), invalid("setex"));
+            assert_eq!(err(&["psetex", "k", bad, "v"]), invalid("psetex"));
+        }
+        let huge = (i64::MAX / 1000 + 1).to_string();
+        assert_eq!(err(&["set", "k", "v", "EX", &huge]), invalid("set"));
+        assert_eq!(err(&["set", "k", "v", "EXAT", &huge]), invalid("set"));
+        let max = i64::MAX.to_string();
+        assert_eq!(err(&["set", "k", "v", "PX", &max]), invalid("set"));
+        assert_eq!(err(&["expire", "k", &huge]), invalid("expire"));
+        assert_eq!(err(&["pexpire", "k", &max]), invalid("pexpire"));
+        assert_eq!(err(&["expireat", "k", &huge]), invalid("expireat"));
         assert_eq!(
-            err(&["set", "k", "v", "EX", "10"]),
-            "ERR paxosdb has no TTLs yet"
+            err(&["set", "k", "v", "EX", "x"]),
+            "ERR value is not an integer or out of range"
+        );
+        for conflict in [
+            &["EX", "1", "PX", "1"][..],
+            &["EX", "1", "KEEPTTL"],
+            &["KEEPTTL", "PXAT", "1"],
+            &["EX"],
+            &["PERSIST"],
+        ] {
+            let mut w = vec!["set", "k", "v"];
+            w.extend_from_slice(conflict);
+            assert_eq!(err(&w), "ERR syntax error", "{w:?}");
+        }
+        for bad in [&["EX", "1", "PERSIST"][..], &["KEEPTTL"], &["NX"], &["PX"]] {
+            let mut w = vec!["getex", "k"];
+            w.extend_from_slice(bad);
+            assert_eq!(err(&w), "ERR syntax error", "{w:?}");
+        }
+        for nx in [&["NX", "XX"][..], &["gt", "nx"], &["NX", "LT"]] {
+            let mut w = vec!["expire", "k", "10"];
+            w.extend_from_slice(nx);
+            assert_eq!(
+                err(&w),
+                "ERR NX and XX, GT or LT options at the same time are not compatible"
+            );
+        }
+        assert_eq!(
+            err(&["pexpire", "k", "10", "GT", "LT"]),
+            "ERR GT and LT options at the same time are not compatible"
         );
         assert_eq!(
-            err(&["set", "k", "v", "keepttl"]),
-            "ERR paxosdb has no TTLs yet"
+            err(&["expire", "k", "10", "sometimes"]),
+            "ERR Unsupported option sometimes"
+        );
+        assert_eq!(
+            err(&["expire", "k", "soon"]),
+            "ERR value is not an integer or out of range"
         );
         assert_eq!(
             err(&["incrby", "k", "x"]),
@@ -559,7 +820,101 @@ mod tests {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 cond: SetCond::IfAbsent,
-                get: true
+                get: true,
+                expiry: None,
+            }
+        );
+        // Relative times are `In` (resolved with the log's time), absolute ones `At`;
+        // the same option twice is allowed (the last counts), as in Redis.
+        let set = |w: &[&str]| match p(w).unwrap() {
+            RespCommand::Set {
+                cond, get, expiry, ..
+            } => (cond, get, expiry),
+            other => panic!("{other:?}"),
+        };
+        let at = |d| Some(Expiry::Set(d));
+        assert_eq!(
+            set(&["set", "k", "v", "ex", "10", "nx", "get"]),
+            (SetCond::IfAbsent, true, at(Deadline::In(10_000)))
+        );
+        assert_eq!(
+            set(&["set", "k", "v", "PX", "5", "PX", "7"]),
+            (SetCond::Always, false, at(Deadline::In(7)))
+        );
+        assert_eq!(
+            set(&["set", "k", "v", "exat", "2", "xx"]),
+            (SetCond::IfPresent, false, at(Deadline::At(2000)))
+        );
+        assert_eq!(set(&["set", "k", "v", "pxat", "3"]).2, at(Deadline::At(3)));
+        assert_eq!(
+            set(&["set", "k", "v", "keepttl", "keepttl"]).2,
+            Some(Expiry::Keep)
+        );
+        assert_eq!(set(&["setex", "k", "3", "v"]).2, at(Deadline::In(3000)));
+        assert_eq!(set(&["psetex", "k", "3", "v"]).2, at(Deadline::In(3)));
+        assert_eq!(
+            p(&["getex", "k"]).unwrap(),
+            RespCommand::GetEx {
+                key: b"k".to_vec(),
+                change: None
+            }
+        );
+        assert_eq!(
+            p(&["getex", "k", "persist"]).unwrap(),
+            RespCommand::GetEx {
+                key: b"k".to_vec(),
+                change: Some(None)
+            }
+        );
+        assert_eq!(
+            p(&["getex", "k", "EX", "2"]).unwrap(),
+            RespCommand::GetEx {
+                key: b"k".to_vec(),
+                change: Some(Some(Deadline::In(2000)))
+            }
+        );
+        let expire = |w: &[&str]| match p(w).unwrap() {
+            RespCommand::Expire { deadline, when, .. } => (deadline, when),
+            other => panic!("{other:?}"),
+        };
+        use ExpireCond as E;
+        assert_eq!(
+            expire(&["expire", "k", "5"]),
+            (Deadline::In(5000), E::Always)
+        );
+        assert_eq!(
+            expire(&["pexpire", "k", "5", "nx"]),
+            (Deadline::In(5), E::IfNone)
+        );
+        assert_eq!(
+            expire(&["expireat", "k", "5", "xx"]),
+            (Deadline::At(5000), E::IfSome)
+        );
+        assert_eq!(
+            expire(&["pexpireat", "k", "5", "xx", "gt"]),
+            (Deadline::At(5), E::Later)
+        );
+        assert_eq!(
+            expire(&["expire", "k", "5", "lt", "xx"]),
+            (Deadline::In(5000), E::EarlierIfSome)
+        );
+        // A time already passed deletes the key: no overflow, no refusal.
+        assert_eq!(expire(&["expire", "k", "-5"]).0, Deadline::In(0));
+        assert_eq!(expire(&["pexpireat", "k", "-5"]).0, Deadline::At(0));
+        assert_eq!(
+            p(&["pexpiretime", "k"]).unwrap(),
+            RespCommand::Ttl {
+                key: b"k".to_vec(),
+                ms: true,
+                absolute: true
+            }
+        );
+        assert_eq!(
+            p(&["ttl", "k"]).unwrap(),
+            RespCommand::Ttl {
+                key: b"k".to_vec(),
+                ms: false,
+                absolute: false
             }
         );
         assert_eq!(

@@ -25,7 +25,10 @@
 //! makes and how it answers from their results; alone it runs here ([`ConnState`]'s
 //! `run_plan`: one read barrier then local reads, or each write proposed in the
 //! connection's session), queued after `MULTI` it becomes part of `EXEC`'s one
-//! transaction ([`super::txn`]), and either way the same shapes build its reply.
+//! transaction ([`super::txn`]), and either way the same shapes build its reply. The
+//! exceptions read a key's deadline, which a transaction's reads do not carry, so they
+//! run only alone (refused inside `MULTI`): `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME`
+//! (one [`crate::kv::KvHandle::get_timed`], with the connection's consistency).
 //!
 //! Transactions (see [`super::txn`]): after `MULTI` each data command is checked as it
 //! would be alone and queued (`+QUEUED`); `EXEC` proposes them all as one
@@ -499,6 +502,9 @@ impl ConnState {
         let plan = match c {
             // EXEC forgets the watches anyway: UNWATCH inside the block answers OK.
             RespCommand::Unwatch => Plan::Known(Frame::ok()),
+            RespCommand::Ttl { .. } => {
+                return Err(TxnRefusal::ReadsDeadline { command: name }.reply())
+            }
             c => Plan::of(c, &limits)
                 .map_err(|_| TxnRefusal::NotTransactional { command: name }.reply())?,
         };
@@ -610,7 +616,45 @@ impl ConnState {
                 }
                 Ok(shape.reply(results))
             }
+            plan @ Plan::GetAndWrite { .. } => {
+                // The read and the write in one transaction: nothing comes between them.
+                let limits = shared.node.limits();
+                let by = self.next_writer();
+                let txn = shared.kv.txn(&by, plan.own_txn(&limits));
+                let result = txn.await.map_err(error_reply)?;
+                let mut results = result.results.into_iter();
+                Ok(plan.reply_in_txn(&limits, &mut results, shared.max_reply_bytes, self.resp3))
+            }
         }
+    }
+
+    /// `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME`: -2 if the key is absent, -1 if it
+    /// never expires, else its remaining time (the deadline minus the log's time the read
+    /// reflects) or its deadline, in ms or in seconds rounded as Redis does.
+    async fn ttl(&self, shared: &Shared, key: Vec<u8>, ms: bool, absolute: bool) -> Reply {
+        self.current.check_read(&key).map_err(error_reply)?;
+        if shared.node.limits().check_key(&key).is_err() {
+            return Ok(Frame::Integer(-2));
+        }
+        let read = shared.kv.get_timed(&key, self.consistency);
+        let (timed, _, log_time) = read.await.map_err(error_reply)?;
+        let Some(timed) = timed else {
+            return Ok(Frame::Integer(-2));
+        };
+        let Some(deadline) = timed.deadline else {
+            return Ok(Frame::Integer(-1));
+        };
+        let t = if absolute {
+            deadline
+        } else {
+            deadline.saturating_sub(log_time)
+        };
+        let t = i64::try_from(t).unwrap_or(i64::MAX);
+        Ok(Frame::Integer(if ms {
+            t
+        } else {
+            t.saturating_add(500) / 1000
+        }))
     }
 
     /// Checks that the current user is an administrator and names the write.
@@ -745,6 +789,7 @@ impl ConnState {
                 out.finish()
             }
             RespCommand::DbSize => Frame::Integer(self.count_keys(shared, b"").await? as i64),
+            RespCommand::Ttl { key, ms, absolute } => self.ttl(shared, key, ms, absolute).await?,
             RespCommand::Multi => {
                 self.multi = Some(Queue::default());
                 Frame::ok()
@@ -772,11 +817,13 @@ impl ConnState {
             | RespCommand::Get(_)
             | RespCommand::GetVer(_)
             | RespCommand::Type(_)
-            | RespCommand::Ttl(_)
             | RespCommand::Strlen(_)
             | RespCommand::Exists(_)
             | RespCommand::MGet(_)
             | RespCommand::Set { .. }
+            | RespCommand::GetEx { .. }
+            | RespCommand::Expire { .. }
+            | RespCommand::Persist(_)
             | RespCommand::SetNx(..)
             | RespCommand::GetDel(_)
             | RespCommand::Del(_)

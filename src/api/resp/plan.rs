@@ -10,15 +10,27 @@
 //! [`WriteShape::reply`]), so a command answers the same inside `EXEC` as it does alone.
 //!
 //! No data command paxosdb has needs a read of its own before it writes: the ones that
-//! look like read-then-write (`GETDEL`, `SETNX`, `SET ... GET`, `INCR`, `APPEND`, `CAS`)
-//! are each one [`WriteOp`] that reads and writes where it is applied, and `MSET` is one
-//! `MultiPut`. So inside a transaction, where each op sees the ones before it, each means
-//! what it means alone, and none has to be refused for needing two round trips.
+//! look like read-then-write (`GETDEL`, `SETNX`, `SET ... GET`, `INCR`, `APPEND`, `CAS`,
+//! `SET ... KEEPTTL`, `EXPIRE ... NX|XX|GT|LT`, `PERSIST`) are each one [`WriteOp`] that
+//! reads and writes where it is applied, and `MSET` is one `MultiPut`. `GETEX` with an
+//! option is a read and a write ([`Plan::GetAndWrite`]) that are one transaction even
+//! alone, so nothing comes between them. So inside a transaction, where each op sees the
+//! ones before it, each means what it means alone, and none has to be refused for
+//! needing two round trips.
+//!
+//! Expiry: a relative time (`EX`, `PX`, `EXPIRE`, `SETEX`, ...) is a
+//! [`Deadline::In`], resolved with the log's time where the op is applied, never with
+//! this node's clock; an absolute one (`EXAT`, `EXPIREAT`, ...) a [`Deadline::At`].
+//! A plain `SET` / `MSET` clears a key's deadline, `SET ... KEEPTTL`, `INCR` and
+//! `APPEND` keep it (as Redis). Two commands have no plan and run only alone, because a
+//! transaction's reads carry no deadlines: `TTL` and its family (`PTTL`, `EXPIRETIME`,
+//! `PEXPIRETIME`, a read of the deadline with [`KvHandle::get_timed`]).
 //!
 //! Invariants:
 //! - a key that could never be stored (empty, longer than the key limit) is absent: its
 //!   read becomes no op at all and reads as nil, its `DEL` deletes nothing, its `GETDEL`
-//!   answers nil; so a plan's ops always pass the node's limits on keys;
+//!   and `GETEX` answer nil, its `EXPIRE` and `PERSIST` 0; so a plan's ops always pass
+//!   the node's limits on keys;
 //! - a plan's ops are exactly what the command proposes alone; only how many log entries
 //!   carry them differs (`DEL k1 k2` alone is one write per key, as before; in `EXEC`
 //!   both are in the transaction's one entry);
@@ -29,8 +41,10 @@ use super::cmd::RespCommand;
 use super::exec::{error_reply, too_big};
 use super::frame::{ArrayEncoder, Frame};
 use crate::auth::Identity;
+#[cfg(doc)]
+use crate::command::Deadline;
 use crate::command::{
-    Expect, Limits, SetCond, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult,
+    Expect, ExpireCond, Limits, SetCond, Txn, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::error::Error;
 use crate::kv::handle::Writer;
@@ -52,6 +66,9 @@ pub enum Plan {
         ops: Vec<WriteOp>,
         shape: WriteShape,
     },
+    /// A read of `key` and then a write (`GETEX` with an option: [`TxnOp::Get`] then
+    /// [`TxnOp::Write`]), one transaction even alone; answers the value read, or nil.
+    GetAndWrite { key: Vec<u8>, op: WriteOp },
 }
 
 /// How a read command answers from its keys' values.
@@ -63,8 +80,6 @@ pub enum ReadShape {
     ValueAndVersion,
     /// `TYPE`: `string` or `none`.
     Type,
-    /// `TTL` / `PTTL`: -1 (no expiry) or -2 (absent).
-    Ttl,
     /// `STRLEN`: the value's length (0 when absent).
     Strlen,
     /// `EXISTS`: how many of the keys are present.
@@ -92,6 +107,9 @@ pub enum WriteShape {
     Length,
     /// `CAS`, `CASVER`: 1 if it swapped, else 0.
     Swapped,
+    /// `EXPIRE` and its family, `PERSIST`: 1 if the deadline changed (or the key was
+    /// deleted, its new deadline passed), else 0.
+    Expired,
 }
 
 impl Plan {
@@ -112,7 +130,6 @@ impl Plan {
             C::Get(k) => read(vec![k], ReadShape::Value),
             C::GetVer(k) => read(vec![k], ReadShape::ValueAndVersion),
             C::Type(k) => read(vec![k], ReadShape::Type),
-            C::Ttl(k) => read(vec![k], ReadShape::Ttl),
             C::Strlen(k) => read(vec![k], ReadShape::Strlen),
             C::Exists(keys) => read(keys, ReadShape::Exists),
             C::MGet(keys) => read(keys, ReadShape::Values),
@@ -121,6 +138,7 @@ impl Plan {
                 value,
                 cond: SetCond::Always,
                 get: false,
+                expiry: None,
             } => write(
                 WriteOp::Put {
                     key,
@@ -134,7 +152,63 @@ impl Plan {
                 value,
                 cond,
                 get,
+                expiry: None,
             } => write(WriteOp::Set { key, value, cond }, WriteShape::Set { get }),
+            C::Set {
+                key,
+                value,
+                cond,
+                get,
+                expiry: Some(expiry),
+            } => write(
+                WriteOp::SetExpiring {
+                    key,
+                    value,
+                    cond,
+                    expiry,
+                },
+                WriteShape::Set { get },
+            ),
+            C::GetEx { key, change: None } => read(vec![key], ReadShape::Value),
+            C::GetEx { key, .. } if limits.check_key(&key).is_err() => Plan::Known(Frame::Null),
+            C::GetEx {
+                key,
+                change: Some(deadline),
+            } => Plan::GetAndWrite {
+                op: WriteOp::Expire {
+                    key: key.clone(),
+                    deadline,
+                    // PERSIST changes only a key that has a deadline.
+                    when: match deadline {
+                        None => ExpireCond::IfSome,
+                        Some(_) => ExpireCond::Always,
+                    },
+                },
+                key,
+            },
+            C::Expire { key, .. } | C::Persist(key) if limits.check_key(&key).is_err() => {
+                Plan::Known(Frame::Integer(0))
+            }
+            C::Expire {
+                key,
+                deadline,
+                when,
+            } => write(
+                WriteOp::Expire {
+                    key,
+                    deadline: Some(deadline),
+                    when,
+                },
+                WriteShape::Expired,
+            ),
+            C::Persist(key) => write(
+                WriteOp::Expire {
+                    key,
+                    deadline: None,
+                    when: ExpireCond::IfSome,
+                },
+                WriteShape::Expired,
+            ),
             C::SetNx(key, value) => write(
                 WriteOp::Set {
                     key,
@@ -199,6 +273,10 @@ impl Plan {
             Plan::Known(_) => Ok(()),
             Plan::Read { keys, .. } => keys.iter().try_for_each(|k| id.check_read(k)),
             Plan::Write { ops, .. } => id.check_write(ops.iter().flat_map(WriteOp::keys)),
+            Plan::GetAndWrite { key, op } => {
+                id.check_read(key)?;
+                id.check_write(op.keys())
+            }
         }
     }
 
@@ -212,6 +290,19 @@ impl Plan {
                 .map(|k| TxnOp::Get { key: k.clone() })
                 .collect(),
             Plan::Write { ops, .. } => ops.iter().cloned().map(TxnOp::Write).collect(),
+            Plan::GetAndWrite { key, op } => {
+                vec![TxnOp::Get { key: key.clone() }, TxnOp::Write(op.clone())]
+            }
+        }
+    }
+
+    /// The transaction a plan that reads and writes ([`Plan::GetAndWrite`]) is alone:
+    /// its ops, unconditionally, so that nothing comes between the read and the write.
+    pub fn own_txn(&self, limits: &Limits) -> Txn {
+        Txn {
+            compare: vec![],
+            success: self.txn_ops(limits),
+            failure: vec![],
         }
     }
 
@@ -221,6 +312,7 @@ impl Plan {
             Plan::Known(_) => 0,
             Plan::Read { keys, .. } => keys.iter().filter(|k| limits.check_key(k).is_ok()).count(),
             Plan::Write { ops, .. } => ops.len(),
+            Plan::GetAndWrite { .. } => 2,
         }
     }
 
@@ -234,6 +326,7 @@ impl Plan {
             },
             Plan::Read { keys, .. } => keys.iter().map(|k| k.len() + 8).sum::<usize>() + 16,
             Plan::Write { ops, .. } => ops.iter().map(WriteOp::size).sum::<usize>() + 16,
+            Plan::GetAndWrite { key, op } => key.len() + op.size() + 24,
         }
     }
 
@@ -291,6 +384,19 @@ impl Plan {
                 match refused {
                     Some(e) => error_reply(e),
                     None => shape.reply(done),
+                }
+            }
+            Plan::GetAndWrite { .. } => {
+                let value = match results.next() {
+                    Some(TxnOpResult::Get(v)) => v,
+                    r => return unexpected(r),
+                };
+                match results.next() {
+                    Some(TxnOpResult::Write(r)) => match written(r) {
+                        Ok(_) => bulk_or_null(value.map(|v| v.value)),
+                        Err(e) => error_reply(e),
+                    },
+                    r => unexpected(r),
                 }
             }
         }
@@ -371,6 +477,27 @@ pub async fn write_one(kv: &KvHandle, by: &Writer, op: WriteOp) -> Result<WriteR
                 current: r.current,
             }
         }
+        WriteOp::SetExpiring {
+            key,
+            value,
+            cond,
+            expiry,
+        } => {
+            let r = kv.set_expiring(by, key, value, cond, expiry).await?;
+            WriteResult::Set {
+                applied: r.applied,
+                version: r.version,
+                prev: r.prev,
+            }
+        }
+        WriteOp::Expire {
+            key,
+            deadline,
+            when,
+        } => {
+            let (applied, version) = kv.expire(by, key, deadline, when).await?;
+            WriteResult::Expire { applied, version }
+        }
         other => {
             return Err(Error::Internal(format!(
                 "a Redis command planned a write it never makes: {other:?}"
@@ -417,7 +544,6 @@ impl ReadReply {
                 None => Frame::Null,
             },
             ReadShape::Type => Frame::Simple(if present { "string" } else { "none" }.into()),
-            ReadShape::Ttl => Frame::Integer(if present { -1 } else { -2 }),
             ReadShape::Strlen => Frame::Integer(v.map_or(0, |v| v.value.len() as i64)),
             ReadShape::Exists => {
                 self.present += present as i64;
@@ -490,6 +616,9 @@ impl WriteShape {
             (WriteShape::Swapped, WriteResult::Cas { succeeded, .. }) => {
                 Frame::Integer(succeeded as i64)
             }
+            (WriteShape::Expired, WriteResult::Expire { applied, .. }) => {
+                Frame::Integer(applied as i64)
+            }
             (_, r) => mismatch(&r),
         }
     }
@@ -510,6 +639,100 @@ mod tests {
             value: value.into(),
             version,
         })
+    }
+
+    /// The expiry commands' ops and replies: SET with an expiry is `SetExpiring`, EXPIRE
+    /// and PERSIST are `Expire` answering 1/0, GETEX with an option is a read then an
+    /// `Expire`, answering the value read.
+    #[test]
+    fn expiry_commands_become_ops_and_replies() {
+        use crate::command::{Deadline, Expiry};
+        let limits = Limits::default();
+        let k = || b"k".to_vec();
+        assert_eq!(
+            plan(&["SET", "k", "v", "PX", "200"]).txn_ops(&limits),
+            vec![TxnOp::Write(WriteOp::SetExpiring {
+                key: k(),
+                value: b"v".to_vec(),
+                cond: SetCond::Always,
+                expiry: Expiry::Set(Deadline::In(200)),
+            })]
+        );
+        let set = plan(&["SETEX", "k", "1", "v"]);
+        let stored = WriteResult::Set {
+            applied: true,
+            version: 4,
+            prev: None,
+        };
+        let mut results = vec![TxnOpResult::Write(stored)].into_iter();
+        assert_eq!(
+            set.reply_in_txn(&limits, &mut results, 1 << 20, false),
+            Frame::ok()
+        );
+        let expire = |w: &[&str], deadline, when| {
+            assert_eq!(
+                plan(w).txn_ops(&limits),
+                vec![TxnOp::Write(WriteOp::Expire {
+                    key: k(),
+                    deadline,
+                    when
+                })],
+                "{w:?}"
+            );
+        };
+        expire(
+            &["PEXPIRE", "k", "9", "GT"],
+            Some(Deadline::In(9)),
+            ExpireCond::Later,
+        );
+        expire(
+            &["EXPIREAT", "k", "9"],
+            Some(Deadline::At(9000)),
+            ExpireCond::Always,
+        );
+        expire(&["PERSIST", "k"], None, ExpireCond::IfSome);
+        for (applied, want) in [(true, 1), (false, 0)] {
+            let r = WriteResult::Expire {
+                applied,
+                version: 1,
+            };
+            let mut results = vec![TxnOpResult::Write(r)].into_iter();
+            let reply = plan(&["PERSIST", "k"]).reply_in_txn(&limits, &mut results, 1 << 20, false);
+            assert_eq!(reply, Frame::Integer(want));
+        }
+        let getex = plan(&["GETEX", "k", "EXAT", "7"]);
+        assert_eq!(
+            getex.txn_ops(&limits),
+            vec![
+                TxnOp::Get { key: k() },
+                TxnOp::Write(WriteOp::Expire {
+                    key: k(),
+                    deadline: Some(Deadline::At(7000)),
+                    when: ExpireCond::Always
+                })
+            ]
+        );
+        assert_eq!(getex.txn_op_count(&limits), 2);
+        assert_eq!(getex.own_txn(&limits).success, getex.txn_ops(&limits));
+        let mut results = vec![
+            TxnOpResult::Get(v("val", 2)),
+            TxnOpResult::Write(WriteResult::Expire {
+                applied: true,
+                version: 0,
+            }),
+        ]
+        .into_iter();
+        assert_eq!(
+            getex.reply_in_txn(&limits, &mut results, 1 << 20, false),
+            Frame::bulk("val")
+        );
+        assert_eq!(
+            plan(&["GETEX", "k"]),
+            Plan::Read {
+                keys: vec![k()],
+                shape: ReadShape::Value
+            }
+        );
     }
 
     /// Each command's ops are what it proposes alone, and its reply in a transaction is
@@ -574,13 +797,18 @@ mod tests {
             Frame::Integer(1)
         );
         assert_eq!(plan(&["GETDEL", ""]), Plan::Known(Frame::Null));
+        assert_eq!(plan(&["GETEX", "", "PERSIST"]), Plan::Known(Frame::Null));
+        assert_eq!(plan(&["EXPIRE", "", "1"]), Plan::Known(Frame::Integer(0)));
+        assert_eq!(plan(&["PERSIST", ""]), Plan::Known(Frame::Integer(0)));
         assert_eq!(plan(&["PING"]), Plan::Known(Frame::Simple("PONG".into())));
-        // Not data commands: no plan.
+        // Not data commands, or commands that read a deadline: no plan.
         for w in [
             &["KEYS", "*"][..],
             &["SCAN", "0"],
             &["INFO"],
             &["HELLO", "3"],
+            &["TTL", "k"],
+            &["PEXPIRETIME", "k"],
         ] {
             let c = cmd::parse(w.iter().map(|s| s.as_bytes().to_vec()).collect()).unwrap();
             assert!(Plan::of(c, &limits).is_err(), "{w:?}");

@@ -66,6 +66,9 @@ pub enum TxnRefusal {
     TooLarge { bytes: usize, limit: usize },
     /// The keys to watch would pass [`MAX_WATCHED_KEYS`].
     TooManyWatched { watched: usize },
+    /// The command reads a key's deadline (`TTL` and its family), which a transaction's
+    /// reads do not carry.
+    ReadsDeadline { command: &'static str },
 }
 
 impl TxnRefusal {
@@ -89,6 +92,11 @@ impl TxnRefusal {
             TxnRefusal::TooLarge { bytes, limit } => format!(
                 "ERR transaction too large: {bytes} bytes queued; the limit is {limit} \
                  bytes, 4 × the value limit (EXEC will abort; DISCARD and send less)"
+            ),
+            TxnRefusal::ReadsDeadline { command } => format!(
+                "ERR Command not allowed inside a transaction: '{command}' reads a key's \
+                 deadline, and paxosdb's transactions read values only (send it before \
+                 MULTI or after EXEC)"
             ),
             TxnRefusal::TooManyWatched { watched } => format!(
                 "ERR too many watched keys: {watched}; the limit is {MAX_WATCHED_KEYS} per \
