@@ -250,7 +250,13 @@ impl KvHandle {
         value: Vec<u8>,
         cond: SetCond,
     ) -> Result<CondStored> {
-        match self.apply(by, WriteOp::Set { key, value, cond }).await? {
+        self.cond_store(by, WriteOp::Set { key, value, cond }).await
+    }
+
+    /// Applies a conditional store (`Set` or `SetExpiring`) and decodes its result.
+    async fn cond_store(&self, by: &Writer, op: WriteOp) -> Result<CondStored> {
+        let name = op.name();
+        match self.apply(by, op).await? {
             WriteResult::Set {
                 applied,
                 version,
@@ -260,7 +266,7 @@ impl KvHandle {
                 version,
                 prev,
             }),
-            r => Err(mismatch("conditional set", r)),
+            r => Err(mismatch(name, r)),
         }
     }
 
@@ -280,18 +286,7 @@ impl KvHandle {
             cond,
             expiry,
         };
-        match self.apply(by, op).await? {
-            WriteResult::Set {
-                applied,
-                version,
-                prev,
-            } => Ok(CondStored {
-                applied,
-                version,
-                prev,
-            }),
-            r => Err(mismatch("set with expiry", r)),
-        }
+        self.cond_store(by, op).await
     }
 
     /// Sets (`None`: removes) the deadline of an existing key if `when` holds; whether it
