@@ -67,6 +67,44 @@ impl Default for Session {
 pub use crate::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
 pub use crate::kv::handle::{CasResult, DeleteResult, PutResult, ScanResult, TxnResult};
 
+/// Options of [`Client::put_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Also answer the previous value.
+    pub return_prev: bool,
+    /// The key expires this long after the write is applied (the log's time, which the
+    /// leader's clock stamps), and is then absent for every read on every node. At least
+    /// 1 ms (a fraction of a ms counts as a whole one), at most 100 years. `None`: never
+    /// expires, and a deadline the key had is cleared.
+    pub ttl: Option<Duration>,
+}
+
+/// A value read with its deadline ([`Client::get_timed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedValue {
+    pub value: Versioned,
+    /// When the key expires, in the log's time (ms since the Unix epoch, the leader's
+    /// clock); `None`: never.
+    pub expires_at_ms: Option<u64>,
+    /// The time it had left when read: the deadline minus the log's time the read
+    /// reflects (which may trail the leader's clock by up to about a second, so this is at
+    /// least the time truly left). `None`: never expires.
+    pub ttl: Option<Duration>,
+}
+
+/// A time to live as the wire's ms: a fraction of a ms counts as a whole one; zero, which
+/// the wire reads as "no time to live", is refused.
+fn ttl_ms(ttl: Duration) -> Result<u64> {
+    if ttl.is_zero() {
+        return Err(Error::invalid(
+            "a time to live must be positive (give none for a key that never expires)",
+        ));
+    }
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    // Too long for the wire: the server refuses anything over 100 years anyway.
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
 /// What a compare-and-swap compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CasExpect {
@@ -336,14 +374,37 @@ impl Client {
     }
 
     /// Stores `value` under `key`; returns the new version (and the previous value if
-    /// `return_prev`).
+    /// `return_prev`). The key never expires (a deadline it had is cleared).
     pub async fn put(&self, key: &[u8], value: &[u8], return_prev: bool) -> Result<PutResult> {
+        let opts = PutOptions {
+            return_prev,
+            ttl: None,
+        };
+        self.put_with(key, value, opts).await
+    }
+
+    /// Stores `value` under `key` for `ttl`: the key expires that long after the write is
+    /// applied, by the log's time (the leader's clock), on every node at once. `ttl`
+    /// must be positive and at most 100 years (else [`Error::InvalidInput`]).
+    pub async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<PutResult> {
+        let opts = PutOptions {
+            return_prev: false,
+            ttl: Some(ttl),
+        };
+        self.put_with(key, value, opts).await
+    }
+
+    /// Stores `value` under `key` with options (previous value, time to live).
+    pub async fn put_with(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResult> {
+        let ttl_ms = opts.ttl.map(ttl_ms).transpose()?.unwrap_or(0);
+        let return_prev = opts.return_prev;
         self.write(|ch, session| {
             let req = pb::PutRequest {
                 session: Some(session),
                 key: key.to_vec(),
                 value: value.to_vec(),
                 return_prev,
+                ttl_ms,
             };
             let req = self.request(req);
             async move { kv_client(ch).put(req).await }
@@ -452,6 +513,29 @@ impl Client {
         .map(|r| {
             let r = r.into_inner();
             (r.kv.map(from_pb), r.applied_index)
+        })
+    }
+
+    /// Reads `key` like [`Client::get`], with its deadline and the time it had left.
+    pub async fn get_timed(&self, key: &[u8], stale: bool) -> Result<(Option<TimedValue>, u64)> {
+        self.call(false, |ch| {
+            let req = pb::GetRequest {
+                key: key.to_vec(),
+                stale,
+            };
+            let req = self.request(req);
+            async move { kv_client(ch).get(req).await }
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            let expires = (r.expires_at_ms != 0).then_some(r.expires_at_ms);
+            let timed = r.kv.map(|kv| TimedValue {
+                value: from_pb(kv),
+                expires_at_ms: expires,
+                ttl: expires.map(|_| Duration::from_millis(r.ttl_ms)),
+            });
+            (timed, r.applied_index)
         })
     }
 

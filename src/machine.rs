@@ -294,9 +294,9 @@ impl Machines {
     /// Otherwise entries go unstamped and the log's time does not move.
     pub fn needs_stamp(&self, commands: &[Command]) -> bool {
         self.next_deadline().is_some()
-            || commands.iter().any(|c| {
-                (self.all.iter()).any(|m| m.machine() == c.machine && m.needs_time(c))
-            })
+            || commands
+                .iter()
+                .any(|c| (self.all.iter()).any(|m| m.machine() == c.machine && m.needs_time(c)))
     }
 
     /// The earliest deadline of any machine (see [`StateMachine::next_deadline`]).

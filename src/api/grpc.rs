@@ -14,7 +14,7 @@
 
 use super::{pb, txn_pb};
 use crate::auth::{Authenticator, Identity, Role, UserChange};
-use crate::command::{Expect, ScanRange, Versioned, WriteOp};
+use crate::command::{Deadline, Expect, Expiry, ScanRange, SetCond, Versioned, WriteOp};
 use crate::error::Error;
 use crate::kv::handle::{KvHandle, Writer};
 use crate::metrics::Metrics;
@@ -97,6 +97,22 @@ pub async fn identity(
     auth.authenticate(cred, "grpc").await.map_err(to_status)
 }
 
+/// The longest time to live a write may give a key on the gRPC and HTTP APIs: 100 years,
+/// in ms (Redis takes larger ones; nothing useful does).
+pub const MAX_TTL_MS: u64 = 36_525 * 24 * 3_600 * 1_000;
+
+/// The expiry of a write with a time to live of `ttl_ms` ms, counted from when it is
+/// applied (the log's time); 0 is no time to live. Over [`MAX_TTL_MS`]: invalid input.
+pub fn ttl_expiry(ttl_ms: u64) -> Result<Option<Expiry>, Error> {
+    match ttl_ms {
+        0 => Ok(None),
+        1..=MAX_TTL_MS => Ok(Some(Expiry::Set(Deadline::In(ttl_ms)))),
+        _ => Err(Error::invalid(format!(
+            "a time to live of {ttl_ms} ms is too long: at most {MAX_TTL_MS} ms (100 years)"
+        ))),
+    }
+}
+
 fn pb_versioned(v: Option<Versioned>) -> Option<pb::Versioned> {
     v.map(|v| pb::Versioned {
         value: v.value,
@@ -134,11 +150,26 @@ impl pb::kv_server::Kv for KvService {
                 let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
                 let by = writer(&id, r.session, &r.key)?;
-                let done =
-                    (self.kv.put(&by, r.key, r.value, r.return_prev).await).map_err(to_status)?;
+                let expiry = ttl_expiry(r.ttl_ms).map_err(to_status)?;
+                let (version, prev) = match expiry {
+                    None => {
+                        let done = (self.kv.put(&by, r.key, r.value, r.return_prev).await)
+                            .map_err(to_status)?;
+                        (done.version, done.prev)
+                    }
+                    // Unconditional, so always applied; it reports the value before
+                    // whether asked or not.
+                    Some(expiry) => {
+                        let done = (self.kv)
+                            .set_expiring(&by, r.key, r.value, SetCond::Always, expiry)
+                            .await
+                            .map_err(to_status)?;
+                        (done.version, done.prev.filter(|_| r.return_prev))
+                    }
+                };
                 Ok(Response::new(pb::PutResponse {
-                    version: done.version,
-                    prev: pb_versioned(done.prev),
+                    version,
+                    prev: pb_versioned(prev),
                 }))
             })
             .await
@@ -155,10 +186,16 @@ impl pb::kv_server::Kv for KvService {
                     Consistency::Linearizable
                 };
                 id.check_read(&r.key).map_err(to_status)?;
-                let (kv, applied_index) = self.kv.get(&r.key, c).await.map_err(to_status)?;
+                // The log's time is read only for a key that has a deadline.
+                let (found, applied_index, now) =
+                    self.kv.get_timed(&r.key, c).await.map_err(to_status)?;
+                let deadline = found.as_ref().and_then(|t| t.deadline);
                 Ok(Response::new(pb::GetResponse {
-                    kv: pb_versioned(kv),
+                    kv: pb_versioned(found.map(|t| t.value)),
                     applied_index,
+                    expires_at_ms: deadline.unwrap_or(0),
+                    // A key read is live: its deadline is after the time read.
+                    ttl_ms: deadline.map_or(0, |d| d.saturating_sub(now).max(1)),
                 }))
             })
             .await

@@ -204,6 +204,8 @@ pub fn results_to_pb(done: TxnResult) -> Result<pb::TxnResponse> {
                 TxnOpResult::Get(v) => pb::txn_result::Result::Get(pb::GetResponse {
                     kv: versioned_to_pb(v),
                     applied_index: 0,
+                    expires_at_ms: 0,
+                    ttl_ms: 0,
                 }),
                 TxnOpResult::Range { items, more } => {
                     pb::txn_result::Result::Range(pb::ScanResponse {

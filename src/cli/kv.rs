@@ -2,7 +2,7 @@
 //! scripts. Keys and values are taken and printed as UTF-8 text (lossy on output).
 
 use super::{client, Cli};
-use crate::client::CasExpect;
+use crate::client::{CasExpect, PutOptions};
 use crate::command::{ScanRange, Versioned};
 use crate::error::{Error, Result};
 use clap::Args;
@@ -18,9 +18,39 @@ pub struct PutArgs {
     /// Also print the previous value and version.
     #[arg(long)]
     pub prev: bool,
+    /// Time to live: the key expires this long after the write is applied, by the
+    /// leader's clock (500ms, 30s, 5m, 2h; a plain number is seconds). Without it the
+    /// key never expires, and a time to live it had is cleared.
+    #[arg(long, value_parser = parse_ttl)]
+    pub ttl: Option<std::time::Duration>,
     /// Print the answer as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
+}
+
+/// A time to live: what [`super::parse_duration`] takes (`500ms`, `30s`, `5m`, a plain
+/// number of seconds), or hours (`2h`); positive.
+fn parse_ttl(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = s.trim();
+    // A number of more than 12 whole digits is over any ttl the server takes (and might
+    // not fit a `Duration`).
+    let whole = t.split(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
+    if whole.len() > 12 {
+        return Err(format!("ttl {s:?} is too long (at most 100 years)"));
+    }
+    let d = match t.strip_suffix('h') {
+        Some(hours) if !hours.is_empty() && !hours.ends_with(|c: char| c.is_alphabetic()) => {
+            super::parse_duration(&format!("{hours}m"))?
+                .checked_mul(60)
+                .ok_or_else(|| format!("ttl {s:?} is too long"))?
+        }
+        _ => super::parse_duration(t)
+            .map_err(|e| format!("{e} (a ttl is such as 500ms, 30s, 5m or 2h)"))?,
+    };
+    if d.is_zero() {
+        return Err("a ttl must be positive".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug)]
@@ -115,7 +145,13 @@ pub async fn put(cli: &Cli, a: &PutArgs) -> Result<ExitCode> {
     } else {
         a.value.as_bytes().to_vec()
     };
-    let r = client(cli)?.put(a.key.as_bytes(), &value, a.prev).await?;
+    let opts = PutOptions {
+        return_prev: a.prev,
+        ttl: a.ttl,
+    };
+    let r = client(cli)?
+        .put_with(a.key.as_bytes(), &value, opts)
+        .await?;
     if a.json {
         print_json(json!({"version": r.version, "prev": vjson(&r.prev)}));
     } else {
@@ -128,23 +164,33 @@ pub async fn put(cli: &Cli, a: &PutArgs) -> Result<ExitCode> {
 }
 
 pub async fn get(cli: &Cli, a: &GetArgs) -> Result<ExitCode> {
-    let (v, applied) = client(cli)?.get(a.key.as_bytes(), a.stale).await?;
+    let (timed, applied) = client(cli)?.get_timed(a.key.as_bytes(), a.stale).await?;
+    let ttl_ms = |t: &crate::client::TimedValue| t.ttl.map(|d| d.as_millis() as u64);
     if a.json {
-        let mut out = json!({"key": a.key, "found": v.is_some(), "applied_index": applied});
-        if let Some(v) = &v {
-            out["value"] = json!(text(&v.value));
-            out["version"] = json!(v.version);
+        let mut out = json!({"key": a.key, "found": timed.is_some(), "applied_index": applied});
+        if let Some(t) = &timed {
+            out["value"] = json!(text(&t.value.value));
+            out["version"] = json!(t.value.version);
+            // Only for a key that expires.
+            if let (Some(at), Some(ms)) = (t.expires_at_ms, ttl_ms(t)) {
+                out["expires_at_ms"] = json!(at);
+                out["ttl_ms"] = json!(ms);
+            }
         }
         print_json(out);
-        return Ok(if v.is_some() {
+        return Ok(if timed.is_some() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         });
     }
-    match v {
-        Some(v) => {
+    match timed {
+        Some(t) => {
+            let v = &t.value;
             println!("{}", text(&v.value));
+            if let Some(ms) = ttl_ms(&t) {
+                eprintln!("(expires in {} s)", ms as f64 / 1000.0);
+            }
             if a.stale {
                 eprintln!(
                     "(stale read: version {}, node applied index {applied})",
@@ -246,4 +292,33 @@ pub async fn scan(cli: &Cli, a: &ScanArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+    use std::time::Duration;
+
+    #[test]
+    fn a_ttl_takes_the_cli_durations_and_hours() {
+        assert_eq!(parse_ttl("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_ttl("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_ttl("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_ttl("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_ttl("1.5h").unwrap(), Duration::from_secs(5400));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "h",
+            "mh",
+            "-5s",
+            "10d",
+            "soon",
+            "9999999999999h",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -151,13 +151,15 @@ pub enum CliCommand {
     #[command(after_help = "Examples:
   paxosdb put user/1 ada                    store a value
   paxosdb put --prev user/1 bob             and print the value it replaced
-  paxosdb put photo - < photo.jpg           the value from standard input")]
+  paxosdb put photo - < photo.jpg           the value from standard input
+  paxosdb put --ttl 30s session/9 token     expires 30 s after the write is applied")]
     Put(WithClient<kv::PutArgs>),
     /// Print the value of a key (exit 1 if the key is missing).
     #[command(after_help = "Examples:
   paxosdb get user/1                        linearizable: every acknowledged write is seen
   paxosdb get --stale user/1                the contacted node's own copy, without a round trip
-  paxosdb get --json user/1                 value, version and applied index as JSON")]
+  paxosdb get --json user/1                 value, version and applied index as JSON
+                                            (and expires_at_ms, ttl_ms if the key expires)")]
     Get(WithClient<kv::GetArgs>),
     /// Delete a key.
     Delete(WithClient<kv::DeleteArgs>),
@@ -359,7 +361,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "m" => n * 60.0,
         _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
     };
-    Ok(std::time::Duration::from_secs_f64(secs))
+    // A negative, infinite or absurdly large number is an error, never a panic.
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("bad duration {s:?}"))
 }
 
 /// The client config file of `cli` (`--client-config`, `PAXOSDB_CLIENT_CONFIG`, or the
@@ -629,6 +632,22 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_and_nonsense_is_an_error_not_a_panic() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["99999999999999999999999s", "1e400", "x", "5h", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

@@ -737,7 +737,9 @@ impl<S: LogStorage> Core<S> {
             return;
         };
         let wall = (self.wall)(now);
-        let since = self.last_tick_stamp.map(|t| now.saturating_duration_since(t));
+        let since = self
+            .last_tick_stamp
+            .map(|t| now.saturating_duration_since(t));
         let due = match since {
             Some(s) if s < self.cfg.tick => false,
             _ => wall >= deadline || since.is_none_or(|s| s >= STAMP_EVERY),

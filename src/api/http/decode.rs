@@ -139,10 +139,58 @@ pub fn get_params(q: Option<&str>) -> Result<Consistency, ApiError> {
 
 /// `PUT /v1/kv/{key}` parameters: the `cas` version, if any.
 pub fn put_params(q: Option<&str>) -> Result<Option<u64>, ApiError> {
-    let pairs = parse_query(q, &["cas"])?;
-    param(&pairs, "cas")
-        .map(|v| parse_u64("cas", v))
-        .transpose()
+    put_query(q).map(|p| p.cas)
+}
+
+/// A parsed `PUT /v1/kv/{key}` query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutParams {
+    /// Store only if the key's version is this.
+    pub cas: Option<u64>,
+    /// The time to live in ms (positive, at most [`crate::api::grpc::MAX_TTL_MS`]).
+    pub ttl_ms: Option<u64>,
+}
+
+/// `PUT /v1/kv/{key}` parameters: `cas` (a version) and `ttl` (a duration).
+pub fn put_query(q: Option<&str>) -> Result<PutParams, ApiError> {
+    let pairs = parse_query(q, &["cas", "ttl"])?;
+    Ok(PutParams {
+        cas: param(&pairs, "cas")
+            .map(|v| parse_u64("cas", v))
+            .transpose()?,
+        ttl_ms: param(&pairs, "ttl").map(parse_ttl).transpose()?,
+    })
+}
+
+/// A time to live: 1 to 15 digits and a unit, `ms`, `s`, `m` or `h` (`500ms`, `30s`),
+/// positive and at most [`crate::api::grpc::MAX_TTL_MS`]; in ms.
+pub fn parse_ttl(v: &[u8]) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::bad("ttl must be a whole number and a unit, ms, s, m or h (such as 500ms or 30s)")
+    };
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (num, unit) = v.split_at(digits);
+    let per_unit: u64 = match unit {
+        b"ms" => 1,
+        b"s" => 1_000,
+        b"m" => 60_000,
+        b"h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    if !(1..=15).contains(&digits) {
+        return Err(bad());
+    }
+    let max = crate::api::grpc::MAX_TTL_MS;
+    let ms = parse_u64("ttl", num)?
+        .checked_mul(per_unit)
+        .filter(|ms| *ms <= max)
+        .ok_or_else(|| ApiError::bad(format!("ttl is too long: at most {max}ms (100 years)")))?;
+    if ms == 0 {
+        return Err(ApiError::bad(
+            "ttl must be positive (leave it out for a key that never expires)",
+        ));
+    }
+    Ok(ms)
 }
 
 /// `DELETE /v1/kv/{key}` takes no parameters.
@@ -359,5 +407,44 @@ pub fn get_bytes(
         (Some(_), Some(_)) => {
             Err(ApiError::bad(format!("give {name} or {b64}, not both")).at(&field(name)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_is_a_whole_number_and_a_unit_within_bounds() {
+        assert_eq!(parse_ttl(b"500ms").unwrap(), 500);
+        assert_eq!(parse_ttl(b"30s").unwrap(), 30_000);
+        assert_eq!(parse_ttl(b"5m").unwrap(), 300_000);
+        assert_eq!(parse_ttl(b"2h").unwrap(), 7_200_000);
+        let max = crate::api::grpc::MAX_TTL_MS;
+        assert_eq!(parse_ttl(format!("{max}ms").as_bytes()).unwrap(), max);
+        let over = format!("{}ms", max + 1);
+        for bad in [
+            "",
+            "0s",
+            "0ms",
+            "30",
+            "s",
+            "1.5s",
+            "-1s",
+            "+1s",
+            "1 s",
+            "10d",
+            "1S",
+            "30s ",
+            "1000000h",
+            "9999999999999999ms",
+            &over,
+        ] {
+            assert!(parse_ttl(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        let p = put_query(Some("ttl=30s&cas=4")).unwrap();
+        assert_eq!((p.cas, p.ttl_ms), (Some(4), Some(30_000)));
+        assert_eq!(put_query(None).unwrap(), PutParams::default());
+        assert!(put_query(Some("ttl=1s&ttl=2s")).is_err());
     }
 }

@@ -9,7 +9,10 @@
 use super::decode::{self, Precondition};
 use super::error::ApiError;
 use super::AppState;
-use crate::command::{Expect, SetCond};
+use crate::command::{
+    Compare, CompareOp, Deadline, Expect, Expiry, SetCond, Txn, TxnOp, TxnOpResult, WriteOp,
+    WriteResult,
+};
 use crate::kv::handle::Writer;
 use crate::node::Consistency;
 use axum::body::Body;
@@ -32,7 +35,9 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, v: u64) {
     resp.headers_mut().insert(name, HeaderValue::from(v));
 }
 
-/// `GET /v1/kv/{key}`: the value, its version and the applied index it reflects.
+/// `GET /v1/kv/{key}`: the value, its version and the applied index it reflects; for a
+/// key that expires, its deadline (`expires_at_ms`, the log's time) and the time it had
+/// left (`ttl_ms`: the deadline minus the log's time the answer reflects).
 pub async fn get_key(
     State(s): State<AppState>,
     uri: Uri,
@@ -42,12 +47,20 @@ pub async fn get_key(
     let key = decode::key_from_path(uri.path(), &s.node.limits())?;
     id.check_read(&key)?;
     let consistency = decode::get_params(uri.query())?;
-    let (found, applied) = s.kv.get(&key, consistency).await?;
-    let Some(v) = found else {
+    // The log's time is read only for a key that has a deadline.
+    let (found, applied, now) = s.kv.get_timed(&key, consistency).await?;
+    let Some(timed) = found else {
         return Err(ApiError::not_found("no such key").with("applied_index", applied));
     };
+    let v = timed.value;
     let mut obj = decode::entry_json(Some(&key), &v.value, v.version);
     obj.insert("applied_index".into(), applied.into());
+    if let Some(deadline) = timed.deadline {
+        obj.insert("expires_at_ms".into(), deadline.into());
+        // A key read is live: its deadline is after the time read.
+        let left = deadline.saturating_sub(now).max(1);
+        obj.insert("ttl_ms".into(), left.into());
+    }
     let mut resp = json_ok(obj);
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", v.version)) {
         resp.headers_mut().insert(header::ETAG, etag);
@@ -131,7 +144,43 @@ fn compare_failed(version: u64, current: Option<crate::command::Versioned>) -> A
     .with("current", current)
 }
 
-/// `PUT /v1/kv/{key}`: stores the body, unconditionally or under a precondition.
+/// Stores `value` under `key` if its version is `version` (> 0), with a deadline: one
+/// transaction, whose failure branch reads the key for the 409.
+async fn cas_expiring(
+    s: &AppState,
+    by: &Writer,
+    key: Vec<u8>,
+    version: u64,
+    value: Vec<u8>,
+    expiry: Expiry,
+) -> Result<Response, ApiError> {
+    let txn = Txn {
+        compare: vec![Compare::version(&key, CompareOp::Equal, version)],
+        success: vec![TxnOp::Write(WriteOp::SetExpiring {
+            key: key.clone(),
+            value,
+            cond: SetCond::Always,
+            expiry,
+        })],
+        failure: vec![TxnOp::Get { key }],
+    };
+    let done = s.kv.txn(by, txn).await?;
+    match (done.succeeded, done.results.as_slice()) {
+        (true, [TxnOpResult::Write(WriteResult::Set { version, .. })]) => Ok(written(*version)),
+        (false, [TxnOpResult::Get(cur)]) => {
+            let version = cur.as_ref().map_or(0, |c| c.version);
+            Err(compare_failed(version, cur.clone()))
+        }
+        (_, [TxnOpResult::Write(WriteResult::Rejected(why))]) => Err(ApiError::bad(why.clone())),
+        _ => Err(crate::error::Error::Internal(format!(
+            "a conditional put with a ttl was answered with {done:?}"
+        ))
+        .into()),
+    }
+}
+
+/// `PUT /v1/kv/{key}`: stores the body, unconditionally or under a precondition; with
+/// `?ttl=`, the key expires that long after the write is applied (the log's time).
 pub async fn put_key(
     State(s): State<AppState>,
     uri: Uri,
@@ -142,8 +191,10 @@ pub async fn put_key(
     let limits = s.node.limits();
     let key = decode::key_from_path(uri.path(), &limits)?;
     id.check_write([key.as_slice()])?;
+    let params = decode::put_query(uri.query())?;
+    let expiry = params.ttl_ms.map(|ms| Expiry::Set(Deadline::In(ms)));
     let cond = decode::precondition(
-        decode::put_params(uri.query())?,
+        params.cas,
         header_bytes(&headers, "if-match"),
         header_bytes(&headers, "if-none-match"),
     )?;
@@ -157,6 +208,22 @@ pub async fn put_key(
         return Ok(in_session(&by, async { Err(compare_failed(version, cur)) }).await);
     }
     let answer = async {
+        if let Some(expiry) = expiry {
+            let cond = match cond {
+                None => SetCond::Always,
+                Some(Precondition::Version(0)) => SetCond::IfAbsent,
+                Some(Precondition::Exists) => SetCond::IfPresent,
+                Some(Precondition::Version(v)) => {
+                    return cas_expiring(&s, &by, key, v, value, expiry).await
+                }
+                Some(Precondition::Never) => unreachable!("answered without a write"),
+            };
+            let r = s.kv.set_expiring(&by, key, value, cond, expiry).await?;
+            return match r.applied {
+                true => Ok(written(r.version)),
+                false => Err(compare_failed(r.version, r.prev)),
+            };
+        }
         match cond {
             None => Ok(written(s.kv.put(&by, key, value, false).await?.version)),
             Some(Precondition::Version(v)) => {
