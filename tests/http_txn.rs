@@ -439,14 +439,20 @@ async fn a_prefix_user_is_kept_inside_its_prefix() {
             r.text()
         );
     }
-    // A read-only user may not run a transaction (it is a write), even of reads only.
+    // A read-only user may run a transaction that only reads, and no other.
     let reader = basic("reader", "rpw");
     let r = txn_with(
         &addr,
         &[("Authorization", reader.as_str())],
-        &json!({"success": [{"get": {"key": "other"}}]}),
+        &json!({"success": [{"put": {"key": "other", "value": "x"}}]}),
     );
     assert_eq!((r.status, r.code()), (403, "permission_denied".into()));
+    let r = ok_json(&txn_with(
+        &addr,
+        &[("Authorization", reader.as_str())],
+        &json!({"success": [{"get": {"key": "other"}}]}),
+    ));
+    assert_eq!(r["results"][0]["get"]["value"], "admin's");
     // No credentials: 401.
     let r = txn(&addr, &json!({"success": [{"get": {"key": "app/x"}}]}));
     assert_eq!((r.status, r.code()), (401, "unauthenticated".into()));

@@ -555,6 +555,51 @@ async fn transfer_faults_need_the_tiny_log_budget() {
     assert!(err.to_string().contains("need --log-budget tiny"), "{err}");
 }
 
+/// The key-value bank (`nemesis::kv_bank`) under kill -9 of random nodes, of the leader
+/// and of a majority, and (as root) every partition shape, each until injected once:
+/// transfers committed by optimistic gRPC transactions (some meeting each other on an
+/// account and failing their version comparison), total reads by scans and by range
+/// transactions, and no violation: every read and every final member holds the total,
+/// balances that follow the ledger, every committed transfer and no failed one. Three
+/// key-value workers (one per protocol) and no SQL workers keep the machine's share for
+/// the four bank workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_bank_transfers_under_kills_and_partitions_keep_the_total() {
+    let test = "kv_bank_transfers_under_kills_and_partitions_keep_the_total";
+    let mut o = short("kill,partition", 41);
+    o.clients = 3;
+    o.sql_clients = 0;
+    o.kv_bank_clients = 4;
+    let s = run(&o).await.expect("run");
+    partly_skipped(test, &s.skipped);
+    let text = s.render();
+    assert!(s.is_valid(), "verdict invalid:\n{text}");
+    assert!(s.is_complete(), "nemesis incomplete:\n{text}");
+    assert!(s.injected_of(Family::Kill) >= 3, "{text}");
+    if s.skipped.is_empty() {
+        assert!(s.injected_of(Family::Partition) >= 5, "{text}");
+    }
+    let b = s.kv_bank.as_ref().expect("the key-value bank report");
+    assert!(b.is_valid(), "{text}");
+    assert!(text.contains("kv bank: "), "{text}");
+    assert!(
+        b.books.committed >= 50,
+        "too few transfers committed:\n{text}"
+    );
+    assert!(b.conflicts >= 1, "no transfers met on an account:\n{text}");
+    assert!(
+        b.reads_scan >= 10 && b.reads_txn >= 3,
+        "too few total reads checked:\n{text}"
+    );
+    assert!(b.books.ledger_rows >= b.books.committed, "{text}");
+    assert_eq!(
+        b.books.nodes_compared,
+        s.membership.final_members.len(),
+        "not every final member's books were compared:\n{text}"
+    );
+    assert!(s.bank.is_none(), "{text}");
+}
+
 #[test]
 fn nemesis_names_parse() {
     // `all` leaves out the transfer family, which needs the tiny log budget.

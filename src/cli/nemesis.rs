@@ -78,6 +78,13 @@ pub struct NemesisArgs {
     /// turn) and check that no read and no replica ever shows another total (0: none).
     #[arg(long, default_value_t = 2)]
     pub sql_clients: usize,
+    /// Workers of the key-value bank workload, beside the others: they move money between
+    /// accounts kept in keys by gRPC key-value transactions (read both balances, then
+    /// write both and a ledger row if both versions still hold) and check that no read and
+    /// no replica ever shows another total or a balance the ledger does not explain (0:
+    /// none).
+    #[arg(long, default_value_t = 0)]
+    pub kv_bank_clients: usize,
     /// Also print the summary as JSON on stdout (after the text).
     #[arg(long)]
     pub json: bool,
@@ -119,6 +126,7 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
     opts.min_each = a.min_faults_each;
     opts.protocols = protocols;
     opts.sql_clients = a.sql_clients;
+    opts.kv_bank_clients = a.kv_bank_clients;
     eprintln!(
         "nemesis: seed {seed}, {} nodes, {} clients + {} SQL clients, {:?}, faults {}, {} log budget",
         a.nodes,

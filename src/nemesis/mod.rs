@@ -26,6 +26,13 @@
 //! lands during SQL writes, a replaced or new member catches up the SQL state with the
 //! key-value state by a state transfer).
 //!
+//! Beside them, [`Options::kv_bank_clients`] workers (none by default) run the same bank
+//! on the key-value store ([`kv_bank`]): accounts and ledger rows are keys, each transfer
+//! an optimistic pair of gRPC transactions (read both balances; then, if both versions
+//! still hold, put both balances and the ledger row), each total read one linearizable
+//! scan of the books (or one read-only transaction of ranges), checked by the SQL bank's
+//! checker.
+//!
 //! At the end all faults are healed, the cluster must become healthy, and then:
 //! - the history is checked for linearizability per key ([`crate::check::check`]);
 //! - the set workload's final linearizable reads must hold every acknowledged element
@@ -34,7 +41,8 @@
 //!   same value and the same version for every key the run touched;
 //! - the SQL bank must hold its total in every read, and every final member the same
 //!   accounts and ledger, with each committed transfer exactly once, each unknown one at
-//!   most once, and balances that follow the ledger ([`bank::check`]);
+//!   most once, and balances that follow the ledger ([`bank::check`]); the key-value bank
+//!   the same, in every read and on every final member ([`kv_bank::check`]);
 //! - every membership change must be resolved (applied or not), and none answered with
 //!   an error may have happened;
 //! - no node process may have exited by itself (a panic, an abort) at any time: such a
@@ -60,14 +68,15 @@
 //! the command like a violation, because it did not test what it says it did.
 //!
 //! A violation keeps the run directory (node logs and data) and writes `violation.json`
-//! there with the offending per-key histories (and the SQL bank's transfers and reads
-//! when its checks failed).
+//! there with the offending per-key histories (and either bank's transfers and reads when
+//! its checks failed).
 
 pub mod bank;
 pub mod clients;
 pub mod cluster;
 pub mod faults;
 pub mod firewall;
+pub mod kv_bank;
 pub mod membership;
 pub mod transfer_faults;
 pub mod workload;
@@ -80,6 +89,7 @@ use clients::{Protocol, Timeouts};
 use cluster::ProcCluster;
 use faults::{Family, Fault};
 use firewall::Firewall;
+use kv_bank::{KvBankLog, KvBankReport};
 use membership::MembershipStats;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -243,6 +253,8 @@ pub struct Options {
     /// Test-only: after the final convergence, change one node's SQL database behind its
     /// back, so that the bank's final checks must fail ([`bank::Tamper`]).
     pub sql_tamper: Option<bank::Tamper>,
+    /// Workers of the key-value bank workload ([`kv_bank`]), beside the others (0: none).
+    pub kv_bank_clients: usize,
 }
 
 impl Options {
@@ -268,6 +280,7 @@ impl Options {
             protocols: Protocol::ALL.to_vec(),
             sql_clients: 2,
             sql_tamper: None,
+            kv_bank_clients: 0,
         }
     }
 }
@@ -316,6 +329,9 @@ pub struct Summary {
     /// The SQL bank workload's verdict (None: it did not run).
     #[serde(default)]
     pub bank: Option<BankReport>,
+    /// The key-value bank workload's verdict (None: it did not run).
+    #[serde(default)]
+    pub kv_bank: Option<KvBankReport>,
     /// Replicas that disagree after healing (empty = converged).
     pub divergence: Vec<String>,
     /// Nodes whose process exited by itself during the run (a panic, an abort), with the
@@ -349,8 +365,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// True when the history is linearizable, the set is intact, the SQL bank passed its
-    /// checks, the replicas agree, no node crashed, and every membership change was
+    /// True when the history is linearizable, the set is intact, the SQL bank and the
+    /// key-value bank passed their checks, the replicas agree, no node crashed, and every membership change was
     /// answered truthfully and resolved.
     pub fn is_valid(&self) -> bool {
         self.linearizability
@@ -358,6 +374,7 @@ impl Summary {
             .is_some_and(|r| r.is_linearizable())
             && self.set.as_ref().is_none_or(|s| s.is_valid())
             && self.bank.as_ref().is_none_or(|b| b.is_valid())
+            && self.kv_bank.as_ref().is_none_or(|b| b.is_valid())
             && self.divergence.is_empty()
             && self.crashes.is_empty()
             && self.membership.failed_but_applied == 0
@@ -471,6 +488,9 @@ impl Summary {
             );
         }
         if let Some(bank) = &self.bank {
+            s += &bank.render();
+        }
+        if let Some(bank) = &self.kv_bank {
             s += &bank.render();
         }
         for c in &self.crashes {
@@ -711,6 +731,21 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             ),
         );
     }
+    let kv_bank_log = Arc::new(KvBankLog::default());
+    if opts.kv_bank_clients > 0 {
+        let (_, client) = shared.endpoints.client(0)?;
+        kv_bank::create(&client).await?;
+        events.log(
+            "setup",
+            format!(
+                "created the key-value bank: {} accounts of {} (total {}) under {}",
+                bank::ACCOUNTS,
+                bank::INITIAL_BALANCE,
+                bank::TOTAL,
+                kv_bank::PREFIX
+            ),
+        );
+    }
     if faults.iter().any(|f| f.family() == Family::Transfer) {
         let (_, client) = shared.endpoints.client(0)?;
         let t = Instant::now();
@@ -753,6 +788,15 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         let (shared, log) = (shared.clone(), bank_log.clone());
         workers.push(tokio::spawn(async move {
             bank::worker(shared, log, protocol, id, worker_rng).await
+        }));
+    }
+    for w in 0..opts.kv_bank_clients {
+        let id = (opts.clients + opts.sql_clients + w) as u64 + 1;
+        kv_bank_log.sent.lock().unwrap().insert(id, 0);
+        let worker_rng = StdRng::seed_from_u64(opts.seed.wrapping_add(id));
+        let (shared, log) = (shared.clone(), kv_bank_log.clone());
+        workers.push(tokio::spawn(async move {
+            kv_bank::worker(shared, log, id, worker_rng).await
         }));
     }
 
@@ -848,6 +892,21 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     } else {
         None
     };
+    let mut kv_bank = if opts.kv_bank_clients > 0 {
+        kv_bank::final_read(&shared, &kv_bank_log, &final_client).await;
+        let finals = kv_bank::final_states(&*cluster.lock().await).await;
+        let transfers = kv_bank_log.transfers.lock().unwrap().clone();
+        let reads = kv_bank_log.reads.lock().unwrap().clone();
+        let mut report = kv_bank::check(&transfers, &reads, &finals);
+        report.conflicts = kv_bank_log.conflicts.load(Ordering::Relaxed) as usize;
+        report.scans_too_long = kv_bank_log.scans_too_long.load(Ordering::Relaxed) as usize;
+        report.reads_before_transfer_lost = kv_bank_log
+            .reads_before_transfer_lost
+            .load(Ordering::Relaxed) as usize;
+        Some(report)
+    } else {
+        None
+    };
     drop(cluster);
     drop(firewall);
     // Every node is gone: its log is complete.
@@ -879,13 +938,17 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             *injected.entry(e.kind.clone()).or_insert(0) += 1;
         }
     }
+    let fault_times: Vec<(String, f64)> = events
+        .iter()
+        .filter(|e| Fault::ALL.iter().any(|f| f.name() == e.kind))
+        .map(|e| (e.kind.clone(), e.at))
+        .collect();
     if let Some(b) = bank.as_mut() {
-        let at: Vec<(String, f64)> = events
-            .iter()
-            .filter(|e| Fault::ALL.iter().any(|f| f.name() == e.kind))
-            .map(|e| (e.kind.clone(), e.at))
-            .collect();
-        bank::count_in_flight(b, &bank_log.transfers.lock().unwrap(), &at);
+        bank::count_in_flight(b, &bank_log.transfers.lock().unwrap(), &fault_times);
+    }
+    if let Some(b) = kv_bank.as_mut() {
+        let transfers = kv_bank_log.transfers.lock().unwrap();
+        bank::count_in_flight(&mut b.books, &transfers, &fault_times);
     }
     let short_of_target: Vec<String> = if opts.min_each == 0 {
         Vec::new()
@@ -913,6 +976,9 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     if let Some(b) = &bank {
         protocols_unexercised.extend(b.unexercised());
     }
+    if let Some(b) = &kv_bank {
+        protocols_unexercised.extend(b.unexercised());
+    }
     let mut summary = Summary {
         seed: opts.seed,
         nodes: opts.nodes,
@@ -933,6 +999,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         check_error,
         set,
         bank,
+        kv_bank,
         divergence,
         crashes,
         state_transfers,
@@ -960,6 +1027,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             }
         };
         let sql_bank_invalid = summary.bank.as_ref().is_some_and(|b| !b.is_valid());
+        let kv_bank_invalid = summary.kv_bank.as_ref().is_some_and(|b| !b.is_valid());
         let doc = serde_json::json!({
             "summary": &summary,
             "histories": offending,
@@ -967,6 +1035,8 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             // The bank's own records, when its checks failed.
             "sql_transfers": sql_bank_invalid.then(|| bank_log.transfers.lock().unwrap().clone()),
             "sql_reads": sql_bank_invalid.then(|| bank_log.reads.lock().unwrap().clone()),
+            "kv_bank_transfers": kv_bank_invalid.then(|| kv_bank_log.transfers.lock().unwrap().clone()),
+            "kv_bank_reads": kv_bank_invalid.then(|| kv_bank_log.reads.lock().unwrap().clone()),
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
         summary.violation_file = Some(path);

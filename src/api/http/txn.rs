@@ -32,7 +32,8 @@
 //! The request is a write of [`super::kv`]'s kind: it runs in the session of the
 //! `X-Paxosdb-Client-Id` / `X-Paxosdb-Seq` headers (or a fresh random one), echoed in
 //! every answer, so a retry with the same pair is applied at most once and gets the first
-//! answer. The user needs the readwrite role, and with a key prefix every key and every
+//! answer. The user needs the readwrite role (any role for a transaction that only
+//! compares and reads), and with a key prefix every key and every
 //! range must lie inside it (403), checked here and again where the entry is applied.
 //!
 //! # Invariants
