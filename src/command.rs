@@ -196,9 +196,9 @@ pub enum ExpireCond {
 /// The most comparisons plus operations one [`Txn`] may hold.
 pub const MAX_TXN_OPS: usize = 1024;
 
-/// The most keys one [`TxnOp::DeleteRange`] may delete: a transaction that would delete
-/// more is refused as a whole (nothing changes), so that no single entry makes apply
-/// write an unbounded batch.
+/// The most keys the [`TxnOp::DeleteRange`]s of one transaction may delete in all: a
+/// transaction that would delete more is refused as a whole (nothing changes), so that
+/// no single entry makes apply write an unbounded batch.
 pub const MAX_TXN_DELETE_RANGE: usize = 10_000;
 
 /// An atomic multi-key transaction, etcd's model: every comparison is evaluated against

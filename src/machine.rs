@@ -173,6 +173,10 @@ pub trait StateMachine: Send + 'static {
     fn next_deadline(&self) -> Option<u64> {
         None
     }
+    /// The log's time as of this machine's applied index (0: it keeps none).
+    fn log_time(&self) -> u64 {
+        0
+    }
     /// Whether applying `cmd` (one of this machine's) reads the log's time, so that its
     /// entry must carry a fresh stamp (a deadline relative to now).
     fn needs_time(&self, cmd: &Command) -> bool {
@@ -297,6 +301,11 @@ impl Machines {
             || commands
                 .iter()
                 .any(|c| (self.all.iter()).any(|m| m.machine() == c.machine && m.needs_time(c)))
+    }
+
+    /// The log's time as the machines applied it (the largest any keeps).
+    pub fn log_time(&self) -> u64 {
+        self.all.iter().map(|m| m.log_time()).max().unwrap_or(0)
     }
 
     /// The earliest deadline of any machine (see [`StateMachine::next_deadline`]).

@@ -606,7 +606,9 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         .register_encoded_file_descriptor_set(crate::api::health::proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-    let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
+    // A put carries a key and a value (a compare-and-swap two values); a transaction up
+    // to 4 × the value limit in all (`Limits::check_txn`), plus its framing.
+    let max_msg = info.config.max_value_size * 5 + info.config.max_key_size + 64 * 1024;
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
         kv: kv_handle.clone(),
         metrics: info.metrics.clone(),

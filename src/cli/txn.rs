@@ -18,7 +18,8 @@
 //! one of `=`, `!=`, `<`, `>`. An operation is `put KEY VALUE`, `get KEY [END] [--prefix]
 //! [--limit N]` or `del KEY [END] [--prefix]`: with `END` (exclusive) or `--prefix`, a get
 //! reads and a del deletes the whole range. A word is bare or in double quotes (with `\"`
-//! and `\\` inside); `#` starts a comment line.
+//! and `\\` inside); `#` starts a comment line. Each blank line ends a section,
+//! so two in a row leave the success operations empty.
 //!
 //! # Invariants
 //!
@@ -91,7 +92,22 @@ fn compare_op(w: &str) -> std::result::Result<CompareOp, String> {
 fn comparison(line: &str) -> std::result::Result<Compare, String> {
     let usage = r#"a comparison is version("KEY") OP N or value("KEY") OP VALUE"#;
     let (what, rest) = line.split_once('(').ok_or(usage)?;
-    let close = rest.rfind(')').ok_or(usage)?;
+    // The key: quoted (it may hold a parenthesis) or bare, then the closing parenthesis.
+    let rest = rest.trim_start();
+    let close = if rest.starts_with('"') {
+        let mut escaped = false;
+        let end = (rest.char_indices().skip(1))
+            .find(|&(_, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            })
+            .map(|(i, _)| i)
+            .ok_or("a quoted word is not closed")?;
+        end + 1 + rest[end + 1..].find(')').ok_or(usage)?
+    } else {
+        rest.find(')').ok_or(usage)?
+    };
     let key = match words(&rest[..close])?.as_slice() {
         [k] => k.clone().into_bytes(),
         _ => return Err(usage.into()),
@@ -115,15 +131,20 @@ fn comparison(line: &str) -> std::result::Result<Compare, String> {
 }
 
 /// The range of `get`/`del` arguments, if they name one.
-fn range_of(key: &str, end: Option<&String>, prefix: bool) -> Option<ScanRange> {
-    match (end, prefix) {
-        (_, true) => Some(ScanRange::Prefix(key.as_bytes().to_vec())),
+fn range_of(
+    key: &str,
+    end: Option<&String>,
+    prefix: bool,
+) -> std::result::Result<Option<ScanRange>, String> {
+    Ok(match (end, prefix) {
+        (Some(_), true) => return Err("give END or --prefix, not both".into()),
+        (None, true) => Some(ScanRange::Prefix(key.as_bytes().to_vec())),
         (Some(end), false) => Some(ScanRange::Range {
             from: key.as_bytes().to_vec(),
             to: Some(end.as_bytes().to_vec()),
         }),
         (None, false) => None,
-    }
+    })
 }
 
 fn operation(line: &str) -> std::result::Result<TxnOp, String> {
@@ -146,7 +167,7 @@ fn operation(line: &str) -> std::result::Result<TxnOp, String> {
         ("put", ..) => Err("put takes KEY VALUE".into()),
         ("get", [k], None) if !prefix => Ok(TxnOp::get(k.as_bytes())),
         ("get", [k, end @ ..], limit) if end.len() <= 1 => {
-            let range = range_of(k, end.first().copied(), prefix)
+            let range = range_of(k, end.first().copied(), prefix)?
                 .ok_or("--limit is for ranges (give END or --prefix)")?;
             Ok(TxnOp::Range {
                 range,
@@ -155,7 +176,7 @@ fn operation(line: &str) -> std::result::Result<TxnOp, String> {
         }
         ("get", ..) => Err("get takes KEY [END] [--prefix] [--limit N]".into()),
         ("del", [k, end @ ..], None) if end.len() <= 1 => {
-            Ok(match range_of(k, end.first().copied(), prefix) {
+            Ok(match range_of(k, end.first().copied(), prefix)? {
                 Some(range) => TxnOp::DeleteRange { range },
                 None => TxnOp::delete(k.as_bytes()),
             })
@@ -169,20 +190,19 @@ fn operation(line: &str) -> std::result::Result<TxnOp, String> {
 pub fn parse_script(script: &str) -> Result<Txn> {
     let mut txn = Txn::default();
     let mut section = 0;
-    let mut in_section = false;
+    let mut started = false;
     for (n, line) in script.lines().enumerate() {
         let line = line.trim();
         if line.starts_with('#') {
             continue;
         }
+        // Every blank line after the first content ends a section (two in a row leave
+        // one empty, as with etcdctl); blank lines before it are nothing.
         if line.is_empty() {
-            if in_section {
-                section += 1;
-                in_section = false;
-            }
+            section += usize::from(started);
             continue;
         }
-        in_section = true;
+        started = true;
         let at = |e: String| Error::invalid(format!("line {}: {e}", n + 1));
         match section {
             0 if line.starts_with("version") || line.starts_with("value") => {
@@ -341,6 +361,17 @@ mod tests {
     }
 
     #[test]
+    fn two_blank_lines_leave_success_empty_and_keys_may_hold_parentheses() {
+        let txn = parse_script("value(\"a(b)\") = \")\"\n\n\nget a\n").unwrap();
+        assert_eq!(
+            txn.compare,
+            vec![Compare::value(b"a(b)", CompareOp::Equal, b")")]
+        );
+        assert!(txn.success.is_empty());
+        assert_eq!(txn.failure, vec![TxnOp::get(b"a")]);
+    }
+
+    #[test]
     fn errors_name_the_line() {
         for (script, line, says) in [
             ("version(\"k\") ~ 1\n", "line 1", "unknown comparison"),
@@ -350,6 +381,7 @@ mod tests {
             ("put k v\n\nget k\n\nget j\n", "line 5", "three sections"),
             ("frob k\n", "line 1", "unknown operation"),
             ("get k --limit 3\n", "line 1", "for ranges"),
+            ("get a z --prefix\n", "line 1", "not both"),
             ("put \"k v\n", "line 1", "not closed"),
         ] {
             match parse_script(script) {

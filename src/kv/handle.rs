@@ -393,9 +393,12 @@ impl KvHandle {
         self.store.get(key)
     }
 
-    /// Reads one key with its deadline; returns it with the applied index and the log's
-    /// time it reflects (read only for a key that has a deadline, else 0): a remaining
-    /// time to live is the deadline minus that time.
+    /// Reads one key with its deadline; returns it with the applied index it reflects and
+    /// the time to count a remaining time to live from (deadline minus it; 0 for a key
+    /// without a deadline): the log's time the read reflects, or this node's clock if it
+    /// is later. The log's time moves only with stamped entries (writes that need it, and
+    /// expiries), so between them a time to live counts down by this node's clock; whether
+    /// the key is visible depends on the log's time alone.
     pub async fn get_timed(
         &self,
         key: &[u8],
@@ -403,7 +406,14 @@ impl KvHandle {
     ) -> Result<(Option<Timed>, u64, u64)> {
         self.limits().check_key(key)?;
         self.node.prepare_read(consistency).await?;
-        self.store.get_timed(key)
+        let (timed, applied, log_time) = self.store.get_timed(key)?;
+        let now = match &timed {
+            Some(t) if t.deadline.is_some() => {
+                log_time.max((crate::node::system_clock())(std::time::Instant::now()))
+            }
+            _ => 0,
+        };
+        Ok((timed, applied, now))
     }
 
     /// Scans a range: at most `limit` rows (0 = the default, capped at the maximum).

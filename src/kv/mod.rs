@@ -74,6 +74,13 @@ const K_TIME: &[u8] = b"time";
 /// `Space::Sm`. Lazy: a key whose deadline changed leaves its old index key behind, which
 /// the expiry sweep drops once its deadline passed.
 const DEADLINE_PREFIX: u8 = b'x';
+/// The most stored rows one transaction's range reads and deletes may step over, hidden
+/// ones included: a transaction that needs more is refused as a whole.
+pub const MAX_TXN_SCAN_STEPS: usize = 100_000;
+
+/// What a row costs a transaction's answer beyond its key and value bytes (its framing).
+const ROW_OVERHEAD: usize = 32;
+
 /// The most keys one entry's expiry sweep deletes (the rest go with the next entries).
 pub const EXPIRE_SWEEP_MAX: usize = 1000;
 const K_MEMBERSHIP: &[u8] = b"membership";
@@ -341,6 +348,9 @@ pub struct KvStore {
     revision: u64,
     /// The log's time as of `applied` (see [`K_TIME`]).
     time: u64,
+    /// The first deadline of the deadline index, kept current by the owner's applies and
+    /// installs (what [`StateMachine::next_deadline`] answers without a seek per round).
+    next_deadline: Option<u64>,
     /// Bug injection for the simulation's checker tests (`sim::Bug::NoDedup`): apply
     /// every command as new, as if its session were unknown, so that a retried or
     /// re-proposed command applies twice. Exists only in test builds.
@@ -387,19 +397,22 @@ impl KvStore {
         let applied = read_counter(backend.get(Space::Sm, K_APPLIED)?)?;
         let revision = read_counter(backend.get(Space::Sm, K_REVISION)?)?;
         let time = read_counter(backend.get(Space::Sm, K_TIME)?)?;
-        Ok(KvStore {
+        let mut store = KvStore {
             backend,
             users_seen: Arc::default(),
             applied,
             revision,
             time,
+            next_deadline: None,
             #[cfg(test)]
             no_dedup: false,
             #[cfg(test)]
             split_multi_put: false,
             #[cfg(test)]
             txn_first_only: false,
-        })
+        };
+        store.next_deadline = store.seek_next_deadline()?;
+        Ok(store)
     }
 
     /// The last revision handed out.
@@ -427,8 +440,10 @@ impl KvStore {
     }
 
     /// The earliest deadline of a key, if any key expires (what the leader watches to
-    /// stamp the log's time when it passes; see [`StateMachine::next_deadline`]).
-    pub fn next_deadline(&self) -> Result<Option<u64>> {
+    /// stamp the log's time when it passes; see [`StateMachine::next_deadline`]), as the
+    /// deadline index says now (it may name a key whose deadline changed since: the sweep
+    /// drops such index keys when their time comes).
+    pub fn seek_next_deadline(&self) -> Result<Option<u64>> {
         let mut first = None;
         self.backend.view(|v| {
             v.scan_from(Space::Sm, &[DEADLINE_PREFIX], &mut |k, _| {
@@ -635,6 +650,9 @@ struct Slot {
     value: Option<Versioned>,
     deadline: Option<u64>,
     dirty: bool,
+    /// The deadline the store holds for the key (`None`: none, or not read: a blind
+    /// write), whose index key goes when the key's deadline changes.
+    stored_deadline: Option<u64>,
 }
 
 /// The writes of one entry, staged in memory so later commands see earlier ones.
@@ -705,6 +723,7 @@ impl Overlay<'_> {
                         value: Some(value),
                         deadline,
                         dirty: false,
+                        stored_deadline: deadline,
                     }
                 }
                 None => Slot::default(),
@@ -786,10 +805,12 @@ impl Overlay<'_> {
     /// Records `value` as this entry's write of `key` (remembering what it replaces while
     /// a transaction runs).
     fn write(&mut self, key: Vec<u8>, value: Option<Versioned>, deadline: Option<u64>) {
+        let stored_deadline = self.keys.get(&key).and_then(|s| s.stored_deadline);
         let slot = Slot {
             deadline: deadline.filter(|_| value.is_some()),
             value,
             dirty: true,
+            stored_deadline,
         };
         let before = self.keys.insert(key.clone(), slot);
         if let Some(undo) = &mut self.undo {
@@ -825,10 +846,13 @@ impl Overlay<'_> {
     }
 
     /// Visits the rows of `range` in key order as this entry sees them (the store with
-    /// the entry's own writes over it) until `f` returns false.
+    /// the entry's own writes over it) until `f` returns false. Every stored row read
+    /// counts in `steps` (hidden ones too), and the visit stops once it passes
+    /// [`MAX_TXN_SCAN_STEPS`].
     fn visit_range(
         &self,
         range: &ScanRange,
+        steps: &mut usize,
         f: &mut dyn FnMut(&[u8], Row<'_>) -> Result<bool>,
     ) -> Result<()> {
         let start = range.start();
@@ -846,6 +870,11 @@ impl Overlay<'_> {
         self.store.backend.view(|view| {
             view.scan_from(Space::Kv, start, &mut |k, v| {
                 if !range.contains_from_start(k) {
+                    return Ok(false);
+                }
+                *steps += 1;
+                if *steps > MAX_TXN_SCAN_STEPS {
+                    stopped = true;
                     return Ok(false);
                 }
                 // This entry's writes before `k`, then `k` itself as written or stored.
@@ -929,11 +958,23 @@ impl Overlay<'_> {
     /// The operations of a transaction's branch: their results, or why a bound refuses
     /// the transaction (the inner `Err`).
     fn txn_ops(&mut self, ops: &[TxnOp]) -> Result<std::result::Result<Vec<TxnOpResult>, String>> {
-        // What the answer may carry in values, like one scan's.
-        let mut budget = MAX_SCAN_BYTES;
+        // For the whole transaction: what its answer may carry (like one scan's bytes and
+        // rows), how many keys its range deletes may delete, how many stored rows its
+        // ranges may step over.
+        let mut bytes = MAX_SCAN_BYTES;
+        let mut rows = crate::node::MAX_SCAN_LIMIT;
+        let mut deletes = MAX_TXN_DELETE_RANGE;
+        let mut steps = 0;
         let over = || {
             format!(
-                "the transaction would return more than {MAX_SCAN_BYTES} bytes of values;                  nothing was changed (read less per transaction)"
+                "the transaction would return more than {MAX_SCAN_BYTES} bytes of values; \
+                 nothing was changed (read less per transaction)"
+            )
+        };
+        let too_long = || {
+            format!(
+                "the transaction's ranges would step over more than {MAX_TXN_SCAN_STEPS} \
+                 rows; nothing was changed (use smaller ranges or several transactions)"
             )
         };
         let mut results = Vec::with_capacity(ops.len());
@@ -941,26 +982,27 @@ impl Overlay<'_> {
             let result = match op {
                 TxnOp::Get { key } => {
                     let v = self.get(key)?;
-                    let n = v.as_ref().map_or(0, |v| v.value.len() + key.len());
-                    if n > budget {
+                    let n = v.as_ref().map_or(0, |v| v.value.len() + key.len()) + ROW_OVERHEAD;
+                    if n > bytes {
                         return Ok(Err(over()));
                     }
-                    budget -= n;
+                    bytes -= n;
                     TxnOpResult::Get(v)
                 }
                 TxnOp::Range { range, limit } => {
                     let limit = match *limit as usize {
                         0 => crate::node::DEFAULT_SCAN_LIMIT,
                         n => n.min(crate::node::MAX_SCAN_LIMIT),
-                    };
+                    }
+                    .min(rows);
                     let (mut items, mut more) = (Vec::new(), false);
-                    self.visit_range(range, &mut |k, row| {
-                        if items.len() >= limit || budget == 0 {
+                    self.visit_range(range, &mut steps, &mut |k, row| {
+                        if items.len() >= limit || bytes == 0 {
                             more = true;
                             return Ok(false);
                         }
                         let v = row.versioned();
-                        budget = budget.saturating_sub(k.len() + v.value.len());
+                        bytes = bytes.saturating_sub(k.len() + v.value.len() + ROW_OVERHEAD);
                         items.push(KeyValue {
                             key: k.to_vec(),
                             value: v.value,
@@ -968,21 +1010,29 @@ impl Overlay<'_> {
                         });
                         Ok(true)
                     })?;
+                    if steps > MAX_TXN_SCAN_STEPS {
+                        return Ok(Err(too_long()));
+                    }
+                    rows -= items.len();
                     TxnOpResult::Range { items, more }
                 }
                 TxnOp::DeleteRange { range } => {
                     let mut keys = Vec::new();
-                    self.visit_range(range, &mut |k, _| {
+                    self.visit_range(range, &mut steps, &mut |k, _| {
                         keys.push(k.to_vec());
-                        Ok(keys.len() <= MAX_TXN_DELETE_RANGE)
+                        Ok(keys.len() <= deletes)
                     })?;
-                    if keys.len() > MAX_TXN_DELETE_RANGE {
+                    if keys.len() > deletes {
                         return Ok(Err(format!(
-                            "a delete range of a transaction may delete at most \
-                             {MAX_TXN_DELETE_RANGE} keys, and this one has more; nothing was \
-                             changed (delete in smaller ranges)"
+                            "the range deletes of a transaction may delete at most \
+                             {MAX_TXN_DELETE_RANGE} keys in all, and these have more; nothing \
+                             was changed (delete in smaller ranges)"
                         )));
                     }
+                    if steps > MAX_TXN_SCAN_STEPS {
+                        return Ok(Err(too_long()));
+                    }
+                    deletes -= keys.len();
                     for k in &keys {
                         self.set(k, None);
                     }
@@ -997,17 +1047,49 @@ impl Overlay<'_> {
                 }
                 TxnOp::Write(w) => {
                     let mut r = self.execute(w)?;
-                    let n = result_value(&mut r).map_or(0, |v| v.value.len());
-                    if n > budget {
+                    let n = result_value(&mut r).map_or(0, |v| v.value.len()) + ROW_OVERHEAD;
+                    if n > bytes {
                         return Ok(Err(over()));
                     }
-                    budget -= n;
+                    bytes -= n;
                     TxnOpResult::Write(r)
                 }
             };
             results.push(result);
         }
         Ok(Ok(results))
+    }
+
+    /// Stores `value` if `cond` holds, with the deadline `expiry` says (`None`: none, as a
+    /// plain set clears it); reports the value before either way.
+    fn cond_set(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        cond: SetCond,
+        expiry: Option<Expiry>,
+    ) -> Result<WriteResult> {
+        let prev = self.get(key)?;
+        let applies = match cond {
+            SetCond::Always => true,
+            SetCond::IfAbsent => prev.is_none(),
+            SetCond::IfPresent => prev.is_some(),
+        };
+        let version = if applies {
+            let deadline = match expiry {
+                None => None,
+                Some(Expiry::Keep) => self.deadline(key)?,
+                Some(Expiry::Set(d)) => Some(d.resolve(self.time)),
+            };
+            self.set_until(key, Some(value.to_vec()), deadline)
+        } else {
+            prev.as_ref().map_or(0, |p| p.version)
+        };
+        Ok(WriteResult::Set {
+            applied: applies,
+            version,
+            prev,
+        })
     }
 
     fn execute(&mut self, op: &WriteOp) -> Result<WriteResult> {
@@ -1059,51 +1141,13 @@ impl Overlay<'_> {
                     }
                 }
             }
-            WriteOp::Set { key, value, cond } => {
-                let prev = self.get(key)?;
-                let applies = match cond {
-                    SetCond::Always => true,
-                    SetCond::IfAbsent => prev.is_none(),
-                    SetCond::IfPresent => prev.is_some(),
-                };
-                let version = if applies {
-                    self.set(key, Some(value.clone()))
-                } else {
-                    prev.as_ref().map_or(0, |p| p.version)
-                };
-                WriteResult::Set {
-                    applied: applies,
-                    version,
-                    prev,
-                }
-            }
+            WriteOp::Set { key, value, cond } => self.cond_set(key, value, *cond, None)?,
             WriteOp::SetExpiring {
                 key,
                 value,
                 cond,
                 expiry,
-            } => {
-                let prev = self.get(key)?;
-                let applies = match cond {
-                    SetCond::Always => true,
-                    SetCond::IfAbsent => prev.is_none(),
-                    SetCond::IfPresent => prev.is_some(),
-                };
-                let version = if applies {
-                    let deadline = match expiry {
-                        Expiry::Keep => self.deadline(key)?,
-                        Expiry::Set(d) => Some(d.resolve(self.time)),
-                    };
-                    self.set_until(key, Some(value.clone()), deadline)
-                } else {
-                    prev.as_ref().map_or(0, |p| p.version)
-                };
-                WriteResult::Set {
-                    applied: applies,
-                    version,
-                    prev,
-                }
-            }
+            } => self.cond_set(key, value, *cond, Some(*expiry))?,
             WriteOp::Expire {
                 key,
                 deadline,
@@ -1309,20 +1353,29 @@ impl KvStore {
             results.push(result);
         }
         sessions.finish(&mut records)?;
+        // The index keys this entry drops (swept, or of a deadline that changed) go
+        // before those it adds, which are never the same keys.
         let mut index_writes = Vec::new();
-        if time > 0 {
+        if self.next_deadline.is_some_and(|d| d <= time) {
             overlay.expire(&mut index_writes)?;
         }
         let (keys, revision) = (overlay.keys, overlay.revision);
         let mut writes: Vec<RawWrite> = Vec::with_capacity(keys.len() + 4);
+        let mut index_adds = Vec::new();
         for (k, slot) in keys.into_iter().filter(|(_, slot)| slot.dirty) {
-            if let (Some(d), Some(_)) = (slot.deadline, &slot.value) {
-                writes.push((Space::Sm, deadline_key(d, &k), Some(Vec::new())));
+            let live_deadline = slot.deadline.filter(|_| slot.value.is_some());
+            if let Some(old) = slot.stored_deadline.filter(|d| Some(*d) != live_deadline) {
+                index_writes.push((Space::Sm, deadline_key(old, &k), None));
+            }
+            if let Some(d) = live_deadline {
+                index_adds.push((Space::Sm, deadline_key(d, &k), Some(Vec::new())));
             }
             let value = slot.value.as_ref().map(|v| encode_value(v, slot.deadline));
             writes.push((Space::Kv, k, value));
         }
+        let index_changed = !index_writes.is_empty() || !index_adds.is_empty();
         writes.extend(index_writes);
+        writes.extend(index_adds);
         if time != self.time {
             writes.push((Space::Sm, K_TIME.to_vec(), Some(u64_key(time).to_vec())));
         }
@@ -1365,6 +1418,9 @@ impl KvStore {
         self.applied = index + 1;
         self.revision = revision;
         self.time = time;
+        if index_changed {
+            self.next_deadline = self.seek_next_deadline()?;
+        }
         Ok(results)
     }
 }
@@ -1423,8 +1479,11 @@ impl StateMachine for KvStore {
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        // A read error here only delays a stamp; apply would report it.
-        KvStore::next_deadline(self).ok().flatten()
+        self.next_deadline
+    }
+
+    fn log_time(&self) -> u64 {
+        self.time
     }
 
     fn needs_time(&self, cmd: &Command) -> bool {
@@ -1496,6 +1555,7 @@ impl StateMachine for KvStore {
         self.applied = read_counter(self.backend.get(Space::Sm, K_APPLIED)?)?;
         self.revision = read_counter(self.backend.get(Space::Sm, K_REVISION)?)?;
         self.time = read_counter(self.backend.get(Space::Sm, K_TIME)?)?;
+        self.next_deadline = self.seek_next_deadline()?;
         Ok(self.applied)
     }
 }

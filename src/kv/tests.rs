@@ -1671,3 +1671,91 @@ fn only_writes_that_read_the_time_ask_for_a_stamp() {
         delta: 1,
     }));
 }
+
+/// A transaction's bounds hold for the whole transaction, not per operation: range
+/// deletes that together pass [`crate::command::MAX_TXN_DELETE_RANGE`], or ranges that
+/// together step over more than [`super::MAX_TXN_SCAN_STEPS`] rows, refuse it whole.
+#[test]
+fn a_transactions_bounds_count_all_its_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = open_store(&dir.path().join("db"));
+    let pairs = |p: &str, n: usize| {
+        (0..n)
+            .map(|i| (format!("{p}/{i:06}").into_bytes(), b"v".to_vec()))
+            .collect()
+    };
+    kv.apply_kv(
+        0,
+        &[
+            cmd(
+                1,
+                1,
+                WriteOp::MultiPut {
+                    pairs: pairs("a", 6000),
+                },
+            ),
+            cmd(
+                1,
+                2,
+                WriteOp::MultiPut {
+                    pairs: pairs("b", 6000),
+                },
+            ),
+        ],
+    )
+    .unwrap();
+    let delete = |p: &[u8]| TxnOp::DeleteRange {
+        range: ScanRange::Prefix(p.to_vec()),
+    };
+    let both = Txn {
+        success: vec![delete(b"a/"), delete(b"b/")],
+        ..Txn::default()
+    };
+    let got = kv.apply_kv(1, &[cmd(2, 1, WriteOp::Txn(both))]).unwrap();
+    assert!(
+        matches!(&got[0], WriteResult::Rejected(m) if m.contains("in all")),
+        "{got:?}"
+    );
+    let range = || TxnOp::Range {
+        range: ScanRange::Prefix(b"a/".to_vec()),
+        limit: 1,
+    };
+    // Each range reads one row but steps over the 6,000 keys the first op deleted.
+    let mut ops = vec![delete(b"a/")];
+    ops.extend((0..20).map(|_| range()));
+    let long = Txn {
+        success: ops,
+        ..Txn::default()
+    };
+    let got = kv.apply_kv(2, &[cmd(2, 2, WriteOp::Txn(long))]).unwrap();
+    assert!(
+        matches!(&got[0], WriteResult::Rejected(m) if m.contains("step over")),
+        "{got:?}"
+    );
+    let (rows, _, _) = kv.scan(&ScanRange::Prefix(b"a/".to_vec()), 10).unwrap();
+    assert_eq!(rows.len(), 10, "nothing was deleted");
+}
+
+/// A write that reads its key drops the key's old deadline index key, so a deleted or
+/// persisted key leaves nothing for the leader to stamp the log for.
+#[test]
+fn a_changed_deadline_leaves_no_index_key_behind() {
+    use crate::machine::StateMachine;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = open_store(&dir.path().join("db"));
+    let set = WriteOp::SetExpiring {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        cond: SetCond::Always,
+        expiry: Expiry::Set(Deadline::At(u64::MAX / 2)),
+    };
+    kv.apply_kv_at(0, Some(1000), &[cmd(1, 1, set)]).unwrap();
+    assert_eq!(kv.next_deadline(), Some(u64::MAX / 2));
+    let delete = WriteOp::Delete {
+        key: b"k".to_vec(),
+        return_prev: false,
+    };
+    kv.apply_kv(1, &[cmd(1, 2, delete)]).unwrap();
+    assert_eq!(kv.next_deadline(), None);
+    assert_eq!(kv.seek_next_deadline().unwrap(), None);
+}

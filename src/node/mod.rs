@@ -264,8 +264,8 @@ pub struct Core<S: LogStorage> {
     /// [`crate::machine::Machine::Clock`]): the system clock, or a simulation's.
     wall: WallClock,
     /// When this node, as leader, last appended an entry holding only a clock stamp (to
-    /// let the log's time pass a deadline while no writes come).
-    last_tick_stamp: Option<Instant>,
+    /// let the log's time pass a deadline while no writes come), and the time it stamped.
+    last_tick_stamp: Option<(Instant, u64)>,
     /// Bug injection: appends stay unsynced after they were sent (the simulation's
     /// `Bug::SkipLogSync`).
     #[cfg(test)]
@@ -284,11 +284,6 @@ pub fn system_clock() -> WallClock {
             .map_or(0, |d| d.as_millis() as u64)
     })
 }
-
-/// While something expires, the leader stamps the log at least this often, so that the
-/// log's time (and a remaining time to live read from it) stays this fresh on an idle
-/// cluster.
-const STAMP_EVERY: Duration = Duration::from_secs(1);
 
 /// How many re-propose periods a write proposed in the current epoch waits before it is
 /// proposed again anyway (a loss this node could not see).
@@ -656,7 +651,7 @@ impl<S: LogStorage> Core<S> {
         // As OmniPaxos handles a forward: appended by a leader, buffered in its prepare
         // phase, forwarded again by a node that is not the leader.
         for entry in std::mem::take(&mut self.forwarded) {
-            self.append(entry, now);
+            self.append(entry, now, true);
         }
         if self.to_propose.is_empty() {
             return;
@@ -700,6 +695,7 @@ impl<S: LogStorage> Core<S> {
                     commands,
                 },
                 now,
+                false,
             );
         }
         self.to_propose.extend(keys);
@@ -721,14 +717,15 @@ impl<S: LogStorage> Core<S> {
         }
     }
 
-    /// Whether this node is the leader OmniPaxos knows.
+    /// Whether this node leads, in its accept phase (a leader still preparing, or one
+    /// recovering its old promise after a restart, does not stamp entries by itself).
     fn leads(&self) -> bool {
-        self.paxos.get_current_leader().map(|(l, _)| l) == Some(self.cfg.id)
+        self.paxos.get_current_leader() == Some((self.cfg.id, true))
     }
 
-    /// While something expires, a leader with no write to stamp appends an entry holding
-    /// only a clock stamp once its clock passed the earliest deadline, and at least every
-    /// [`STAMP_EVERY`] (at most one per tick: a stamp is in flight for a round trip).
+    /// A leader with no write to stamp appends an entry holding only a clock stamp once
+    /// its clock passed the earliest deadline of the state machines, so that the expiry
+    /// is applied without waiting for a write.
     fn stamp_if_due(&mut self, now: Instant) {
         if !self.to_propose.is_empty() || !self.forwarded.is_empty() || !self.leads() {
             return;
@@ -737,15 +734,15 @@ impl<S: LogStorage> Core<S> {
             return;
         };
         let wall = (self.wall)(now);
-        let since = self
-            .last_tick_stamp
-            .map(|t| now.saturating_duration_since(t));
-        let due = match since {
-            Some(s) if s < self.cfg.tick => false,
-            _ => wall >= deadline || since.is_none_or(|s| s >= STAMP_EVERY),
-        };
-        if due {
-            self.last_tick_stamp = Some(now);
+        // One stamp in flight at a time: until it is applied here (the log's time reached
+        // it), or for a re-propose period (a leader cut off from its majority appends one
+        // stamp a period, not one a tick).
+        let in_flight = self.last_tick_stamp.is_some_and(|(at, stamped)| {
+            self.sm.log_time() < stamped
+                && now.saturating_duration_since(at) < self.cfg.repropose_after
+        });
+        if !in_flight && wall >= deadline {
+            self.last_tick_stamp = Some((now, wall));
             let batch_id = self.next_batch_id;
             self.next_batch_id = self.next_batch_id.wrapping_add(1);
             if let Some(s) = &self.log_sync {
@@ -758,13 +755,22 @@ impl<S: LogStorage> Core<S> {
                     commands: vec![],
                 },
                 now,
+                false,
             );
         }
     }
 
-    /// Appends `entry` (a leader stamps it with its clock first, if it needs a stamp).
-    fn append(&mut self, mut entry: LogEntry, now: Instant) {
-        if self.leads() && (entry.commands.is_empty() || self.sm.needs_stamp(&entry.commands)) {
+    /// Appends `entry`, stamped with this node's clock if it needs a stamp. A batch
+    /// another node forwarded here loses its stamps first: the leader's clock is the one
+    /// that counts, and an entry reaches the log through the leader's `append` (a node
+    /// that appends while it does not lead forwards the entry, and the leader's core takes
+    /// the forward here; a node that wins an election with entries still buffered stamped
+    /// them itself, as the leader it became).
+    fn append(&mut self, mut entry: LogEntry, now: Instant, forwarded: bool) {
+        if forwarded {
+            entry.commands.retain(|c| c.machine != Machine::Clock);
+        }
+        if entry.commands.is_empty() || self.sm.needs_stamp(&entry.commands) {
             entry.commands.push(Command::clock((self.wall)(now)));
         }
         let commands = entry.commands.len();

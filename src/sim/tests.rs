@@ -1374,21 +1374,20 @@ fn keys_expire_by_the_leaders_clock_at_the_same_point_of_the_log_everywhere() {
     }
     let leader = (leader.expect("a leader is elected") - 1) as usize;
     let follower = (0..3).find(|&i| i != leader).unwrap();
-    // The leader's clock is right; the two others are 5 s behind.
-    let skew: Vec<i64> = (0..3)
-        .map(|i| if i == leader { 0 } else { -5000 })
-        .collect();
-    for (i, c) in cores.iter_mut().enumerate() {
-        let s = skew[i];
-        c.set_wall_clock(Arc::new(move |at: Instant| {
-            (EPOCH + at.saturating_duration_since(start).as_millis() as u64)
-                .saturating_add_signed(s)
-        }));
-    }
-    let wall = |i: usize, at: Instant| {
-        (EPOCH + at.saturating_duration_since(start).as_millis() as u64)
-            .saturating_add_signed(skew[i])
+    // The leader's clock is right; the follower the first write goes through is 3 s
+    // ahead (its own stamp must not count), the other one 5 s behind.
+    let wall = move |skew: i64, at: Instant| {
+        (EPOCH + at.saturating_duration_since(start).as_millis() as u64).saturating_add_signed(skew)
     };
+    let clock = |skew: i64| -> crate::node::WallClock { Arc::new(move |at| wall(skew, at)) };
+    for (i, c) in cores.iter_mut().enumerate() {
+        let skew = match i {
+            i if i == leader => 0,
+            i if i == follower => 3000,
+            _ => -5000,
+        };
+        c.set_wall_clock(clock(skew));
+    }
     let set_px = |key: &[u8], ms: u64, seq: u64| {
         KvCommand {
             client_id: 7,
@@ -1414,7 +1413,7 @@ fn keys_expire_by_the_leaders_clock_at_the_same_point_of_the_log_everywhere() {
         now,
     );
     pump(&mut cores, &outboxes, &[], now, 6);
-    let expected = wall(leader, appended_at) + 200;
+    let expected = wall(0, appended_at) + 200;
     for s in &stores {
         let (timed, _, _) = s.get_timed(b"a").unwrap();
         assert_eq!(timed.expect("written").deadline, Some(expected));
@@ -1436,7 +1435,7 @@ fn keys_expire_by_the_leaders_clock_at_the_same_point_of_the_log_everywhere() {
     }
     let gone_at = gone_at.expect("the key expired within 400 ms");
     assert!(
-        wall(leader, gone_at) >= expected,
+        wall(0, gone_at) >= expected,
         "not before the leader's clock passed it"
     );
     // Once every replica applied the same entries, they agree on the log's time.
@@ -1447,6 +1446,8 @@ fn keys_expire_by_the_leaders_clock_at_the_same_point_of_the_log_everywhere() {
 
     // A key with 10 s to live under this leader; then the leader dies, and a node whose
     // clock is 5 s behind takes over.
+    // Both others are 5 s behind from here on.
+    cores[follower].set_wall_clock(clock(-5000));
     let (reply, _answer) = oneshot::channel();
     cores[leader].handle(
         Event::Write {
@@ -1504,7 +1505,7 @@ fn keys_expire_by_the_leaders_clock_at_the_same_point_of_the_log_everywhere() {
     }
     let expired = expired.expect("the key expired under the new leader");
     assert!(
-        wall(new_leader, expired) >= deadline_b,
+        wall(-5000, expired) >= deadline_b,
         "expired before the new leader's clock passed the deadline"
     );
     let other = (0..3).find(|&i| i != leader && i != new_leader).unwrap();

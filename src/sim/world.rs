@@ -192,6 +192,9 @@ impl StateMachine for SimSm {
     fn next_deadline(&self) -> Option<u64> {
         StateMachine::next_deadline(&self.kv)
     }
+    fn log_time(&self) -> u64 {
+        self.kv.log_time()
+    }
     fn apply_at(
         &mut self,
         index: u64,
