@@ -145,10 +145,14 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>> {
 ///   (`crate::session::bucket`), not the exact last index. This build reads format 2
 ///   (its exact indexes are valid, unaligned bucket starts) and upgrades a format 2
 ///   directory in place at open; a release reading format 2 only refuses a format 3 one,
-///   since it would misread the bucketed keys.
-pub const FORMAT: u64 = 3;
+///   since it would misread the bucketed keys;
+/// - 4: a stored value may carry a deadline (a flag bit in its version, see `kv`), and
+///   the log may hold clock stamps and transactions. Formats 2 and 3 hold neither and
+///   are upgraded in place; a release reading format 3 only refuses a format 4 one,
+///   since it would misread an expiring value as a huge version.
+pub const FORMAT: u64 = 4;
 /// Formats this build opens, upgrading them to [`FORMAT`].
-const UPGRADES_FROM: &[u64] = &[2];
+const UPGRADES_FROM: &[u64] = &[2, 3];
 
 /// Records [`FORMAT`] in a new database; upgrades one of a format in [`UPGRADES_FROM`];
 /// refuses one written in another format (a database without the key but with data is
