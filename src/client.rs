@@ -501,19 +501,8 @@ impl Client {
     /// Reads `key`; `stale` reads the contacted node's local copy. Returns the value and
     /// the applied index it reflects.
     pub async fn get(&self, key: &[u8], stale: bool) -> Result<(Option<Versioned>, u64)> {
-        self.call(false, |ch| {
-            let req = pb::GetRequest {
-                key: key.to_vec(),
-                stale,
-            };
-            let req = self.request(req);
-            async move { kv_client(ch).get(req).await }
-        })
-        .await
-        .map(|r| {
-            let r = r.into_inner();
-            (r.kv.map(from_pb), r.applied_index)
-        })
+        let (timed, applied_index) = self.get_timed(key, stale).await?;
+        Ok((timed.map(|t| t.value), applied_index))
     }
 
     /// Reads `key` like [`Client::get`], with its deadline and the time it had left.

@@ -606,15 +606,17 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         .register_encoded_file_descriptor_set(crate::api::health::proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-    // A put carries a key and a value (a compare-and-swap two values); a transaction up
-    // to 4 × the value limit in all (`Limits::check_txn`), plus its framing.
-    let max_msg = info.config.max_value_size * 5 + info.config.max_key_size + 64 * 1024;
+    // A request carries a key and a value (a compare-and-swap two values), and a SQL
+    // request as much; a key-value transaction up to 4 × the value limit in all
+    // (`Limits::check_txn`), plus its framing.
+    let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
+    let max_kv_msg = info.config.max_value_size * 4 + info.config.max_key_size + 64 * 1024;
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
         kv: kv_handle.clone(),
         metrics: info.metrics.clone(),
         auth: info.auth.clone(),
     })
-    .max_decoding_message_size(max_msg)
+    .max_decoding_message_size(max_kv_msg)
     .max_encoding_message_size(64 * 1024 * 1024);
     let sql_service = info.sql.clone().expect("every node serves SQL");
     let max_response = 64 * 1024 * 1024;

@@ -80,6 +80,17 @@ async fn a_transaction_is_conditional_atomic_and_answers_every_operation() {
     let (lock, _) = c.get(b"lock", false).await.unwrap();
     assert_eq!(lock, None, "the lock was deleted, read through a follower");
 
+    // A transaction may carry up to 4 × the value limit, over gRPC too (more than one
+    // plain request's message bound).
+    let value = vec![b'v'; 900 * 1024];
+    let large = Txn {
+        success: (0..3)
+            .map(|i| TxnOp::put(format!("large/{i}").as_bytes(), &value))
+            .collect(),
+        ..Txn::default()
+    };
+    assert!(c.txn(&large).await.unwrap().succeeded);
+
     // Bad input is refused before anything is proposed, and changes nothing.
     let bad = Txn {
         compare: vec![],
