@@ -131,6 +131,19 @@ pub struct KvHandle {
     store: KvStore,
 }
 
+/// A result as an error when it says the write was not applied (a data refusal is
+/// invalid input, a superseded session an unknown outcome, ...), else the result: the
+/// typing every write through this handle gets, alone or inside a transaction.
+pub fn not_applied(r: WriteResult) -> Result<WriteResult> {
+    match r {
+        WriteResult::Rejected(why) => Err(Error::InvalidInput(why)),
+        WriteResult::Superseded(why) => Err(Error::OutcomeUnknown(why)),
+        WriteResult::Denied(why) => Err(Error::PermissionDenied(why)),
+        WriteResult::SessionReused(why) => Err(Error::SessionReused(why)),
+        r => Ok(r),
+    }
+}
+
 /// A decoded result of another kind than the command proposed (see the module docs).
 fn mismatch(want: &str, got: WriteResult) -> Error {
     Error::Internal(format!("a {want} was answered with {got:?}"))
@@ -174,13 +187,17 @@ impl KvHandle {
             .map_err(|e| Error::Internal(format!("undecodable key-value result: {e}")))?;
         // Not-applied outcomes travel as `Outcome`s, never as a done result; kept typed
         // should an old entry still carry one.
-        match result {
-            WriteResult::Rejected(why) => Err(Error::InvalidInput(why)),
-            WriteResult::Superseded(why) => Err(Error::OutcomeUnknown(why)),
-            WriteResult::Denied(why) => Err(Error::PermissionDenied(why)),
-            WriteResult::SessionReused(why) => Err(Error::SessionReused(why)),
-            r => Ok(r),
+        not_applied(result)
+    }
+
+    /// Replicates any key write (no user management: see [`KvHandle::user_change`]) and
+    /// returns its result undecoded, for callers that decode results themselves (the
+    /// Redis protocol's reply shapes).
+    pub async fn write(&self, by: &Writer, op: WriteOp) -> Result<WriteResult> {
+        if op.is_user_op() {
+            return Err(Error::invalid("a user-table command is not a key write"));
         }
+        self.apply(by, op).await
     }
 
     /// Stores `value` under `key`.

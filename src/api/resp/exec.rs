@@ -53,7 +53,7 @@
 use super::cmd::{self, Acl, RespCommand, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
-use super::plan::{write_one, Plan, ReadReply};
+use super::plan::{bulk_or_null, Plan, ReadReply};
 use super::txn::{Queue, TxnRefusal, Watches};
 use super::Shared;
 use crate::auth::{Credential, Identity, Role, TokenRevocation, UserChange};
@@ -215,10 +215,6 @@ pub fn error_reply(e: Error) -> Frame {
             Frame::error(format!("ERR internal: {e}"))
         }
     }
-}
-
-fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
-    v.map(Frame::Bulk).unwrap_or(Frame::Null)
 }
 
 /// The name of the command `words` asks for, as the command table spells it.
@@ -612,7 +608,7 @@ impl ConnState {
                 let mut results = Vec::with_capacity(ops.len());
                 for op in ops {
                     let by = self.next_writer();
-                    results.push(write_one(&shared.kv, &by, op).await.map_err(error_reply)?);
+                    results.push(shared.kv.write(&by, op).await.map_err(error_reply)?);
                 }
                 Ok(shape.reply(results))
             }

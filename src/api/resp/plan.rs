@@ -4,7 +4,7 @@
 //! [`Plan::of`] turns a [`RespCommand`] into the single-key reads and the [`WriteOp`]s it
 //! needs (the same ops whether it runs alone or in a transaction), plus the shape of its
 //! reply. Alone, `exec.rs` runs the reads after one read barrier and proposes each write
-//! through [`write_one`]; in `EXEC`, `txn.rs` puts every queued plan's reads
+//! through [`crate::kv::KvHandle::write`]; in `EXEC`, `txn.rs` puts every queued plan's reads
 //! ([`TxnOp::Get`]) and writes ([`TxnOp::Write`]) into one transaction. Either way the
 //! reply is built from the results by the same code ([`ReadReply`],
 //! [`WriteShape::reply`]), so a command answers the same inside `EXEC` as it does alone.
@@ -24,7 +24,7 @@
 //! A plain `SET` / `MSET` clears a key's deadline, `SET ... KEEPTTL`, `INCR` and
 //! `APPEND` keep it (as Redis). Two commands have no plan and run only alone, because a
 //! transaction's reads carry no deadlines: `TTL` and its family (`PTTL`, `EXPIRETIME`,
-//! `PEXPIRETIME`, a read of the deadline with [`KvHandle::get_timed`]).
+//! `PEXPIRETIME`, a read of the deadline with [`crate::kv::KvHandle::get_timed`]).
 //!
 //! Invariants:
 //! - a key that could never be stored (empty, longer than the key limit) is absent: its
@@ -47,8 +47,6 @@ use crate::command::{
     Expect, ExpireCond, Limits, SetCond, Txn, TxnOp, TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::error::Error;
-use crate::kv::handle::Writer;
-use crate::kv::KvHandle;
 
 /// A data command as reads and writes of the store, with the shape of its reply.
 #[derive(Clone, Debug, PartialEq)]
@@ -403,110 +401,9 @@ impl Plan {
     }
 }
 
-/// A write's result as an error when it was not applied: the same typing
-/// [`KvHandle`]'s methods give a write proposed alone (a data refusal is invalid input,
-/// and so on), so that the error reply is the same in a transaction.
-pub fn written(r: WriteResult) -> Result<WriteResult, Error> {
-    match r {
-        WriteResult::Rejected(why) => Err(Error::InvalidInput(why)),
-        WriteResult::Superseded(why) => Err(Error::OutcomeUnknown(why)),
-        WriteResult::Denied(why) => Err(Error::PermissionDenied(why)),
-        WriteResult::SessionReused(why) => Err(Error::SessionReused(why)),
-        r => Ok(r),
-    }
-}
+pub use crate::kv::handle::not_applied as written;
 
-/// Proposes one write of a plan on its own (the command is not in a transaction),
-/// through the [`KvHandle`] method for it, and gives its result back as the
-/// [`WriteResult`] the reply shapes read.
-pub async fn write_one(kv: &KvHandle, by: &Writer, op: WriteOp) -> Result<WriteResult, Error> {
-    Ok(match op {
-        WriteOp::Put {
-            key,
-            value,
-            return_prev,
-        } => {
-            let r = kv.put(by, key, value, return_prev).await?;
-            WriteResult::Put {
-                version: r.version,
-                prev: r.prev,
-            }
-        }
-        WriteOp::Delete { key, return_prev } => {
-            let r = kv.delete(by, key, return_prev).await?;
-            WriteResult::Delete {
-                deleted: r.deleted,
-                prev: r.prev,
-            }
-        }
-        WriteOp::Set { key, value, cond } => {
-            let r = kv.set(by, key, value, cond).await?;
-            WriteResult::Set {
-                applied: r.applied,
-                version: r.version,
-                prev: r.prev,
-            }
-        }
-        WriteOp::Incr { key, delta } => {
-            let r = kv.incr(by, key, delta).await?;
-            WriteResult::Incr {
-                value: r.value,
-                version: r.version,
-            }
-        }
-        // `KvHandle::append` carries the node's value limit itself, as the plan did.
-        WriteOp::AppendUpTo { key, suffix, .. } => {
-            let r = kv.append(by, key, suffix).await?;
-            WriteResult::Append {
-                len: r.len,
-                version: r.version,
-            }
-        }
-        WriteOp::MultiPut { pairs } => WriteResult::MultiPut {
-            version: kv.multi_put(by, pairs).await?,
-        },
-        WriteOp::Cas {
-            key,
-            expect,
-            new_value,
-        } => {
-            let r = kv.cas(by, key, expect, new_value).await?;
-            WriteResult::Cas {
-                succeeded: r.succeeded,
-                version: r.version,
-                current: r.current,
-            }
-        }
-        WriteOp::SetExpiring {
-            key,
-            value,
-            cond,
-            expiry,
-        } => {
-            let r = kv.set_expiring(by, key, value, cond, expiry).await?;
-            WriteResult::Set {
-                applied: r.applied,
-                version: r.version,
-                prev: r.prev,
-            }
-        }
-        WriteOp::Expire {
-            key,
-            deadline,
-            when,
-        } => {
-            let (applied, version) = kv.expire(by, key, deadline, when).await?;
-            WriteResult::Expire { applied, version }
-        }
-        other => {
-            return Err(Error::Internal(format!(
-                "a Redis command planned a write it never makes: {other:?}"
-            )))
-        }
-    })
-}
-
-fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
+pub(super) fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
     v.map(Frame::Bulk).unwrap_or(Frame::Null)
 }
 
