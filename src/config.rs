@@ -84,6 +84,17 @@ pub struct Config {
     /// (down for long) catches up by receiving the whole state instead of entries.
     #[serde(default = "default_log_keep_entries")]
     pub log_keep_entries: u64,
+    /// Most revisions of key-value changes kept for watchers (a watcher can start or
+    /// resume this far back); the history also stays within `watch_history_bytes`.
+    #[serde(default = "default_watch_history_revisions")]
+    pub watch_history_revisions: u64,
+    /// Most bytes (keys and values) of changes kept for watchers.
+    #[serde(default = "default_watch_history_bytes")]
+    pub watch_history_bytes: u64,
+    /// Most watchers this node serves at once (gRPC streams, server-sent events,
+    /// blocking queries); one more is refused as overload.
+    #[serde(default = "default_max_watchers")]
+    pub max_watchers: usize,
     /// The same limit in bytes of commands (approximate). Unset: 32 MiB, or a quarter of
     /// `max_frame_bytes` if that is less (a peer that is behind is sent the kept log in one
     /// message, which must fit in a frame).
@@ -197,6 +208,15 @@ fn default_max_frame() -> usize {
 fn default_compact_every() -> u64 {
     1_000
 }
+fn default_watch_history_revisions() -> u64 {
+    crate::kv::HistoryLimits::default().revisions
+}
+fn default_watch_history_bytes() -> u64 {
+    crate::kv::HistoryLimits::default().bytes
+}
+fn default_max_watchers() -> usize {
+    crate::kv::watch::DEFAULT_MAX_WATCHERS
+}
 fn default_log_keep_entries() -> u64 {
     100_000
 }
@@ -243,6 +263,9 @@ impl Config {
             max_frame_bytes: default_max_frame(),
             compact_every_entries: default_compact_every(),
             log_keep_entries: default_log_keep_entries(),
+            watch_history_revisions: default_watch_history_revisions(),
+            watch_history_bytes: default_watch_history_bytes(),
+            max_watchers: default_max_watchers(),
             log_keep_bytes: None,
             join: None,
             max_connections: default_max_connections(),
@@ -334,6 +357,13 @@ impl Config {
         let bad = |m: String| Err(Error::Config(m));
         if self.id == 0 {
             return bad("node id must be a positive integer (--id)".into());
+        }
+        if self.watch_history_revisions == 0 || self.watch_history_bytes == 0 {
+            return bad(
+                "--watch-history-revisions and --watch-history-bytes must be at least 1 \
+                 (watchers resume from the history)"
+                    .into(),
+            );
         }
         if let Err(e) = crate::auth::check_name(&self.admin_user) {
             return bad(format!("--admin-user: {e}"));

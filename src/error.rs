@@ -57,6 +57,14 @@ pub enum Error {
     /// changed.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A watch asked for changes from a revision the node's watch history no longer holds
+    /// (it keeps a bounded window): nothing before `oldest` can be replayed. Start again
+    /// from `oldest` (after reading the current state) or from now.
+    #[error(
+        "compacted: the watch history no longer holds revision {requested}; the oldest \
+         revision it holds is {oldest}"
+    )]
+    Compacted { requested: u64, oldest: u64 },
     /// The configuration is wrong or the data directory cannot be used.
     #[error("configuration error: {0}")]
     Config(String),

@@ -385,6 +385,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         mut sql,
         states,
     } = open_stores(&cfg.data_dir, cfg.sql_dir.as_deref())?;
+    kv.set_history_limits(crate::kv::HistoryLimits {
+        revisions: cfg.watch_history_revisions,
+        bytes: cfg.watch_history_bytes,
+    });
     let sql_reader = sql.reader();
     let incarnation = check_identity(&db, &cfg, kv.membership()?.is_some())?;
     let metrics = Metrics::new();
@@ -543,7 +547,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         limits: cfg.limits(),
         admission: admission.clone(),
     };
-    let kv_handle = crate::kv::KvHandle::new(handle.clone(), kv);
+    let kv_handle =
+        crate::kv::KvHandle::new(handle.clone(), kv).with_max_watchers(cfg.max_watchers);
     let idle = (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms));
     let conns = ConnLimiter::new(cfg.max_connections, idle, client_tls, metrics.clone());
     let admin_password = match &cfg.admin_password_file {

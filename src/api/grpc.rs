@@ -27,6 +27,11 @@ use tonic::{Request, Response, Status};
 /// library: a size limit says `too-large`.
 const ERROR_KIND: &str = "x-paxosdb-error";
 
+/// With `x-paxosdb-error: compacted`: the oldest revision the watch history holds.
+const OLDEST_REVISION: &str = "x-paxosdb-oldest-revision";
+/// With `x-paxosdb-error: compacted`: the revision the watch asked for.
+const REQUESTED_REVISION: &str = "x-paxosdb-requested-revision";
+
 /// Converts an [`Error`] into a gRPC status.
 pub fn to_status(e: Error) -> Status {
     match e {
@@ -46,6 +51,17 @@ pub fn to_status(e: Error) -> Status {
         Error::Unauthenticated(m) => Status::unauthenticated(m),
         Error::PermissionDenied(m) => Status::permission_denied(m),
         Error::OutcomeUnknown(m) => Status::deadline_exceeded(format!("outcome unknown: {m}")),
+        e @ Error::Compacted { requested, oldest } => {
+            let mut s = Status::out_of_range(e.to_string());
+            let md = s.metadata_mut();
+            md.insert(
+                ERROR_KIND,
+                tonic::metadata::MetadataValue::from_static("compacted"),
+            );
+            md.insert(REQUESTED_REVISION, requested.into());
+            md.insert(OLDEST_REVISION, oldest.into());
+            s
+        }
         e @ (Error::Config(_) | Error::Storage(_) | Error::Internal(_)) => {
             Status::internal(e.to_string())
         }
@@ -66,6 +82,14 @@ pub fn from_status(s: &Status) -> Error {
     let kind = s.metadata().get(ERROR_KIND).and_then(|v| v.to_str().ok());
     match s.code() {
         Code::InvalidArgument if kind == Some("too-large") => Error::TooLarge(m),
+        Code::OutOfRange if kind == Some("compacted") => {
+            let number =
+                |key: &str| -> Option<u64> { s.metadata().get(key)?.to_str().ok()?.parse().ok() };
+            match (number(REQUESTED_REVISION), number(OLDEST_REVISION)) {
+                (Some(requested), Some(oldest)) => Error::Compacted { requested, oldest },
+                _ => Error::InvalidInput(m),
+            }
+        }
         Code::FailedPrecondition => Error::SessionReused(m),
         Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(m),
         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Error::OutcomeUnknown(m),

@@ -56,6 +56,15 @@ pub struct ServerArgs {
     /// Largest value accepted, in bytes (default 1 MiB).
     #[arg(long, env = "PAXOSDB_MAX_VALUE_SIZE")]
     pub max_value_size: Option<usize>,
+    /// Most revisions of changes kept for watchers to start or resume from (default 100000).
+    #[arg(long, env = "PAXOSDB_WATCH_HISTORY_REVISIONS")]
+    pub watch_history_revisions: Option<u64>,
+    /// Most bytes of changes kept for watchers (default 64 MiB).
+    #[arg(long, env = "PAXOSDB_WATCH_HISTORY_BYTES")]
+    pub watch_history_bytes: Option<u64>,
+    /// Most watchers served at once (default 10000); one more is refused as overload.
+    #[arg(long, env = "PAXOSDB_MAX_WATCHERS")]
+    pub max_watchers: Option<usize>,
     /// Trim the log in steps of at least this many applied entries (default 1000; 0 = never).
     #[arg(long, env = "PAXOSDB_COMPACT_EVERY_ENTRIES")]
     pub compact_every_entries: Option<u64>,
@@ -234,6 +243,15 @@ pub fn build_config(a: &ServerArgs) -> Result<Config> {
     }
     if let Some(v) = a.compact_every_entries {
         cfg.compact_every_entries = v;
+    }
+    if let Some(v) = a.watch_history_revisions {
+        cfg.watch_history_revisions = v;
+    }
+    if let Some(v) = a.watch_history_bytes {
+        cfg.watch_history_bytes = v;
+    }
+    if let Some(v) = a.max_watchers {
+        cfg.max_watchers = v;
     }
     if let Some(v) = a.log_keep_entries {
         cfg.log_keep_entries = v;

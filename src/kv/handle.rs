@@ -27,8 +27,10 @@ use crate::command::{
     TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::error::{Error, Result};
-use crate::kv::{KvStore, Timed};
+use crate::kv::watch::{Watcher, Watchers, DEFAULT_MAX_WATCHERS};
+use crate::kv::{KvStore, Timed, WatchFilter};
 use crate::node::{Consistency, NodeHandle, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+use std::sync::Arc;
 
 /// Who a write runs as and which exactly-once session slot it takes: the user whose
 /// rights the state machine checks again where it applies the write (`None`: the node
@@ -129,6 +131,8 @@ pub struct ScanResult {
 pub struct KvHandle {
     node: NodeHandle,
     store: KvStore,
+    /// The live watchers of this handle and its clones, against their bound.
+    watchers: Arc<Watchers>,
 }
 
 /// A result as an error when it says the write was not applied (a data refusal is
@@ -151,7 +155,37 @@ fn mismatch(want: &str, got: WriteResult) -> Error {
 
 impl KvHandle {
     pub fn new(node: NodeHandle, store: KvStore) -> KvHandle {
-        KvHandle { node, store }
+        KvHandle {
+            node,
+            store,
+            watchers: Watchers::new(DEFAULT_MAX_WATCHERS),
+        }
+    }
+
+    /// The same handle with at most `max` live watchers (for it and its clones).
+    pub fn with_max_watchers(mut self, max: usize) -> KvHandle {
+        self.watchers = Watchers::new(max);
+        self
+    }
+
+    /// The live watchers against their bound.
+    pub fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
+    }
+
+    /// Watches the keys `filter` matches from revision `from` on, or, with `None`, from
+    /// now: after a read barrier, so that no write acknowledged before the call is
+    /// missed and none is replayed. [`Error::Compacted`] when the history no longer holds
+    /// `from`; [`Error::Overloaded`] when this node serves its most watchers.
+    pub async fn watch(&self, filter: WatchFilter, from: Option<u64>) -> Result<Watcher> {
+        let from = match from {
+            Some(from) => from,
+            None => {
+                self.node.read_barrier().await?;
+                self.store.counters()?.1 + 1
+            }
+        };
+        Watcher::start(self.store.clone(), &self.watchers, filter, from)
     }
 
     /// The node below (status, membership, admission).

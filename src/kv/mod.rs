@@ -57,11 +57,15 @@ use std::sync::{Arc, RwLock};
 
 pub mod backend;
 pub mod handle;
+mod history;
 mod staging;
 pub mod transfer;
+pub mod watch;
 
 pub use handle::KvHandle;
+pub use history::{Change, ChangeKind, HistoryLimits, HistoryRead, WatchFilter};
 pub use transfer::{Importer, StateChunk, StateEnd, StatePart, CHUNK_BYTES};
+pub use watch::Watcher;
 
 /// A scan stops (reporting `more`) once its rows hold this many bytes.
 pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
@@ -351,6 +355,11 @@ pub struct KvStore {
     /// The first deadline of the deadline index, kept current by the owner's applies and
     /// installs (what [`StateMachine::next_deadline`] answers without a seek per round).
     next_deadline: Option<u64>,
+    /// The watch history's bounds, kept current by the owner (see [`history`]).
+    window: history::Window,
+    /// Shared by every clone: the revision as of the last applied entry, for watchers to
+    /// wait on ([`KvStore::subscribe`]).
+    revisions: Arc<tokio::sync::watch::Sender<u64>>,
     /// Bug injection for the simulation's checker tests (`sim::Bug::NoDedup`): apply
     /// every command as new, as if its session were unknown, so that a retried or
     /// re-proposed command applies twice. Exists only in test builds.
@@ -397,6 +406,8 @@ impl KvStore {
         let applied = read_counter(backend.get(Space::Sm, K_APPLIED)?)?;
         let revision = read_counter(backend.get(Space::Sm, K_REVISION)?)?;
         let time = read_counter(backend.get(Space::Sm, K_TIME)?)?;
+        let window =
+            backend.view(|v| history::Window::open(v, revision, HistoryLimits::default()))?;
         let mut store = KvStore {
             backend,
             users_seen: Arc::default(),
@@ -404,6 +415,8 @@ impl KvStore {
             revision,
             time,
             next_deadline: None,
+            window,
+            revisions: Arc::new(tokio::sync::watch::Sender::new(revision)),
             #[cfg(test)]
             no_dedup: false,
             #[cfg(test)]
@@ -413,6 +426,39 @@ impl KvStore {
         };
         store.next_deadline = store.seek_next_deadline()?;
         Ok(store)
+    }
+
+    /// Sets how much watch history this store keeps (from its next applied entry on).
+    pub fn set_history_limits(&mut self, limits: HistoryLimits) {
+        self.window.limits = limits;
+    }
+
+    /// The changes from revision `from` on that `filter` matches, whole revisions in
+    /// order, about `max_changes` changes or `max_bytes` of keys and values at most, from
+    /// a consistent view. [`Error::Compacted`] when the history no longer holds `from`.
+    pub fn history(
+        &self,
+        from: u64,
+        filter: &WatchFilter,
+        max_changes: usize,
+        max_bytes: usize,
+    ) -> Result<HistoryRead> {
+        self.backend.view(|v| {
+            history::read(
+                v,
+                from,
+                filter,
+                max_changes,
+                max_bytes,
+                history::MAX_READ_STEPS,
+            )
+        })
+    }
+
+    /// The revision as of the last applied entry, changing with every entry that takes
+    /// one (and with an installed state): what a watcher waits on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revisions.subscribe()
     }
 
     /// The last revision handed out.
@@ -667,6 +713,8 @@ struct Overlay<'a> {
     /// While a transaction runs: every key it wrote with what `keys` held for it before
     /// (`None`: nothing), so that a transaction refused as a whole can be undone.
     undo: Option<Vec<(Vec<u8>, Option<Slot>)>>,
+    /// Every change this entry made, in order, for the watch history.
+    changes: Vec<history::Pending>,
 }
 
 /// A row an [`Overlay`] range visit passes on: as stored, or as this entry wrote it.
@@ -812,6 +860,19 @@ impl Overlay<'_> {
             dirty: true,
             stored_deadline,
         };
+        self.changes.push(history::Pending {
+            revision: slot.value.as_ref().map_or(self.revision, |v| v.version),
+            kind: match slot.value {
+                Some(_) => ChangeKind::Put,
+                None => ChangeKind::Delete,
+            },
+            key: key.clone(),
+            value: slot
+                .value
+                .as_ref()
+                .map(|v| v.value.clone())
+                .unwrap_or_default(),
+        });
         let before = self.keys.insert(key.clone(), slot);
         if let Some(undo) = &mut self.undo {
             undo.push((key, before));
@@ -839,6 +900,9 @@ impl Overlay<'_> {
             let slot = self.load(key)?;
             if slot.value.is_some() && slot.deadline == Some(deadline) {
                 self.set(key, None);
+                if let Some(c) = self.changes.last_mut() {
+                    c.kind = ChangeKind::Expire;
+                }
             }
             index_writes.push((Space::Sm, k, None));
         }
@@ -936,7 +1000,7 @@ impl Overlay<'_> {
             true => &ops[..ops.len().min(1)],
             false => ops,
         };
-        let revision = self.revision;
+        let (revision, changes) = (self.revision, self.changes.len());
         self.undo = Some(Vec::new());
         let ran = self.txn_ops(ops);
         let undo = self.undo.take().unwrap_or_default();
@@ -950,6 +1014,7 @@ impl Overlay<'_> {
                     };
                 }
                 self.revision = revision;
+                self.changes.truncate(changes);
                 Ok(WriteResult::Rejected(why))
             }
         }
@@ -1313,6 +1378,7 @@ impl KvStore {
             time,
             users: HashMap::new(),
             undo: None,
+            changes: Vec::new(),
         };
         let mut records = KvRecords {
             backend: &self.backend,
@@ -1360,6 +1426,14 @@ impl KvStore {
             overlay.expire(&mut index_writes)?;
         }
         let (keys, revision) = (overlay.keys, overlay.revision);
+        let mut window = self.window;
+        let mut history_writes = Vec::new();
+        window.record(
+            &self.backend,
+            &overlay.changes,
+            revision,
+            &mut history_writes,
+        )?;
         let mut writes: Vec<RawWrite> = Vec::with_capacity(keys.len() + 4);
         let mut index_adds = Vec::new();
         for (k, slot) in keys.into_iter().filter(|(_, slot)| slot.dirty) {
@@ -1399,6 +1473,7 @@ impl KvStore {
             writes.push((Space::Sm, user_key(&name), value));
         }
         writes.extend(records.writes);
+        writes.extend(history_writes);
         writes.push((
             Space::Sm,
             K_APPLIED.to_vec(),
@@ -1416,6 +1491,10 @@ impl KvStore {
             self.users_seen.changed();
         }
         self.applied = index + 1;
+        self.window = window;
+        if revision != self.revision {
+            self.revisions.send_replace(revision);
+        }
         self.revision = revision;
         self.time = time;
         if index_changed {
@@ -1556,6 +1635,9 @@ impl StateMachine for KvStore {
         self.revision = read_counter(self.backend.get(Space::Sm, K_REVISION)?)?;
         self.time = read_counter(self.backend.get(Space::Sm, K_TIME)?)?;
         self.next_deadline = self.seek_next_deadline()?;
+        let limits = self.window.limits;
+        self.window = (self.backend).view(|v| history::Window::open(v, self.revision, limits))?;
+        self.revisions.send_replace(self.revision);
         Ok(self.applied)
     }
 }

@@ -168,6 +168,8 @@ struct Model {
     sessions: HashMap<u64, (KvCommand, WriteResult)>,
     /// Deadlines written by the entry being applied.
     written: Vec<(u64, Vec<u8>)>,
+    /// Every change, in order: what the watch history must hold.
+    changes: Vec<crate::kv::Change>,
 }
 
 impl Model {
@@ -206,6 +208,9 @@ impl Model {
         for (d, k) in due {
             if self.data.contains_key(&k) && self.deadlines.get(&k) == Some(&d) {
                 self.set(&k, None);
+                if let Some(c) = self.changes.last_mut() {
+                    c.kind = crate::kv::ChangeKind::Expire;
+                }
             }
             self.indexed.remove(&(d, k));
         }
@@ -375,6 +380,15 @@ impl Model {
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
         self.revision += 1;
         self.deadlines.remove(key);
+        self.changes.push(crate::kv::Change {
+            revision: self.revision,
+            kind: match value {
+                Some(_) => crate::kv::ChangeKind::Put,
+                None => crate::kv::ChangeKind::Delete,
+            },
+            key: key.to_vec(),
+            value: value.clone().unwrap_or_default(),
+        });
         match value {
             Some(v) => self.data.insert(key.to_vec(), (v, self.revision)),
             None => self.data.remove(key),
@@ -480,6 +494,12 @@ impl Model {
                 for (k, v) in pairs {
                     self.data.insert(k.clone(), (v.clone(), self.revision));
                     self.deadlines.remove(k);
+                    self.changes.push(crate::kv::Change {
+                        revision: self.revision,
+                        kind: crate::kv::ChangeKind::Put,
+                        key: k.clone(),
+                        value: v.clone(),
+                    });
                 }
                 WriteResult::MultiPut {
                     version: self.revision,
@@ -646,6 +666,41 @@ fn check_state(kv: &KvStore, model: &Model, what: &str) -> Result<(), TestCaseEr
     prop_assert_eq!(rows, model.scan(&everything, 1000).0, "data {}", what);
     prop_assert!(!more);
     prop_assert_eq!(applied, model.applied);
+    // The watch history holds every change, in order; a read from any revision returns
+    // whole revisions from there on, and resuming after them misses nothing.
+    // Within a revision (a multi-put) changes come in key order, a key once, as written
+    // last.
+    let mut expected: Vec<crate::kv::Change> = Vec::new();
+    for c in &model.changes {
+        match expected
+            .iter()
+            .rposition(|e| e.revision == c.revision && e.key == c.key)
+        {
+            Some(i) => expected[i] = c.clone(),
+            None => expected.push(c.clone()),
+        }
+    }
+    expected.sort_by(|a, b| (a.revision, &a.key).cmp(&(b.revision, &b.key)));
+    let all = crate::kv::WatchFilter::Range(everything);
+    let history = kv.history(1, &all, 100_000, usize::MAX).unwrap();
+    prop_assert_eq!(&history.changes, &expected, "history {}", what);
+    prop_assert_eq!(history.next, model.revision + 1);
+    let mut resumed = Vec::new();
+    let mut from = 1 + model.revision / 3;
+    loop {
+        let r = kv.history(from, &all, 2, usize::MAX).unwrap();
+        resumed.extend(r.changes);
+        if r.next > model.revision {
+            break;
+        }
+        prop_assert!(r.next > from, "a read moves on");
+        from = r.next;
+    }
+    let tail: Vec<_> = (expected.iter())
+        .filter(|c| c.revision > model.revision / 3)
+        .cloned()
+        .collect();
+    prop_assert_eq!(resumed, tail, "resumed history {}", what);
     Ok(())
 }
 
@@ -1758,4 +1813,176 @@ fn a_changed_deadline_leaves_no_index_key_behind() {
     kv.apply_kv(1, &[cmd(1, 2, delete)]).unwrap();
     assert_eq!(kv.next_deadline(), None);
     assert_eq!(kv.seek_next_deadline().unwrap(), None);
+}
+
+/// The watch history keeps a window of revisions and of bytes: older revisions are
+/// pruned whole (a multi-put's keys go together), a read below the window is refused
+/// with the oldest revision held, and the window survives a restart.
+#[test]
+fn watch_history_is_a_bounded_window_of_whole_revisions() {
+    use crate::error::Error;
+    use crate::kv::{ChangeKind, HistoryLimits, WatchFilter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut kv = open_store(&path);
+    kv.set_history_limits(HistoryLimits {
+        revisions: 10,
+        bytes: 1 << 20,
+    });
+    let all = WatchFilter::Range(ScanRange::Prefix(vec![]));
+    for i in 0..30u64 {
+        kv.apply_kv(i, &[put(1, i + 1, b"k", format!("{i}").as_bytes())])
+            .unwrap();
+    }
+    assert_eq!(kv.revision(), 30);
+    match kv.history(1, &all, 100, usize::MAX) {
+        Err(Error::Compacted { requested, oldest }) => assert_eq!((requested, oldest), (1, 21)),
+        other => panic!("{other:?}"),
+    }
+    let r = kv.history(21, &all, 100, usize::MAX).unwrap();
+    assert_eq!(r.changes.len(), 10);
+    assert_eq!((r.changes[0].revision, r.next, r.revision), (21, 31, 30));
+    // Reading from the future waits there: nothing, and the next revision is `from`.
+    let r = kv.history(40, &all, 100, usize::MAX).unwrap();
+    assert!(r.changes.is_empty());
+    assert_eq!(r.next, 40);
+    // A key filter sees only its key; deletes are changes too.
+    kv.apply_kv(
+        30,
+        &[cmd(
+            2,
+            1,
+            WriteOp::Delete {
+                key: b"k".to_vec(),
+                return_prev: false,
+            },
+        )],
+    )
+    .unwrap();
+    let r = kv
+        .history(31, &WatchFilter::Key(b"k".to_vec()), 100, usize::MAX)
+        .unwrap();
+    assert_eq!(r.changes.len(), 1);
+    assert_eq!(r.changes[0].kind, ChangeKind::Delete);
+    assert!(kv
+        .history(22, &WatchFilter::Key(b"other".to_vec()), 100, usize::MAX)
+        .unwrap()
+        .changes
+        .is_empty());
+
+    // Bytes: 100-byte values, a 1,000-byte window; a multi-put of three keys is one
+    // revision, kept or pruned whole.
+    kv.set_history_limits(HistoryLimits {
+        revisions: 1000,
+        bytes: 1000,
+    });
+    let big = vec![b'x'; 100];
+    let mut index = 31;
+    for i in 0..20u64 {
+        let pairs = (0..3)
+            .map(|j| (format!("m{j}").into_bytes(), big.clone()))
+            .collect();
+        kv.apply_kv(index, &[cmd(3, i + 1, WriteOp::MultiPut { pairs })])
+            .unwrap();
+        index += 1;
+    }
+    let oldest = match kv.history(0, &all, 1000, usize::MAX) {
+        Err(Error::Compacted { oldest, .. }) => oldest,
+        other => panic!("{other:?}"),
+    };
+    let r = kv.history(oldest, &all, 1000, usize::MAX).unwrap();
+    let bytes: usize = r
+        .changes
+        .iter()
+        .map(|c| 9 + c.key.len() + 1 + c.value.len())
+        .sum();
+    assert!(
+        bytes <= 1000 && bytes > 1000 - 3 * 113,
+        "{bytes} bytes held"
+    );
+    assert_eq!(r.changes.len() % 3, 0, "whole multi-puts");
+    assert_eq!(r.changes[0].revision, oldest);
+    // A small read still returns whole revisions.
+    let r = kv.history(oldest, &all, 1, usize::MAX).unwrap();
+    assert_eq!(r.changes.len(), 3);
+    assert_eq!(r.next, oldest + 1);
+
+    drop(kv);
+    let kv = open_store(&path);
+    assert!(matches!(
+        kv.history(oldest - 1, &all, 1, usize::MAX),
+        Err(Error::Compacted { oldest: o, .. }) if o == oldest
+    ));
+    assert_eq!(
+        kv.history(oldest, &all, 1, usize::MAX)
+            .unwrap()
+            .changes
+            .len(),
+        3
+    );
+}
+
+/// A watcher waits for the next matching revision, returns whole revisions in order,
+/// skips changes that do not match, fails with the oldest revision held once the window
+/// passed it, and counts against the bound of live watchers until dropped.
+#[tokio::test]
+async fn a_watcher_follows_the_history_and_is_bounded() {
+    use crate::error::Error;
+    use crate::kv::watch::{Watcher, Watchers};
+    use crate::kv::{HistoryLimits, WatchFilter};
+    let mut kv = KvStore::open_memory(Default::default()).unwrap();
+    let watchers = Watchers::new(2);
+    let prefix = WatchFilter::Range(ScanRange::Prefix(b"app/".to_vec()));
+    let mut w = Watcher::start(kv.clone(), &watchers, prefix.clone(), 1).unwrap();
+    let other = Watcher::start(kv.clone(), &watchers, WatchFilter::Key(b"x".to_vec()), 1).unwrap();
+    assert!(matches!(
+        Watcher::start(kv.clone(), &watchers, prefix.clone(), 1),
+        Err(Error::Overloaded(_))
+    ));
+    drop(other);
+    assert_eq!(watchers.live(), 1);
+
+    // Nothing yet: the watcher waits.
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), w.next()).await;
+    assert!(waiting.is_err(), "no change, no answer");
+    kv.apply_kv(0, &[put(1, 1, b"other", b"1")]).unwrap();
+    kv.apply_kv(1, &[put(1, 2, b"app/a", b"2")]).unwrap();
+    let got = w.next().await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].revision, &got[0].key[..]), (2, &b"app/a"[..]));
+    assert_eq!(w.next_revision(), 3);
+
+    // Woken by an entry applied while it waits.
+    let mut applier = kv.clone();
+    let task = tokio::spawn(async move { w.next().await.map(|c| (c, w)) });
+    tokio::task::yield_now().await;
+    let pairs = vec![
+        (b"app/b".to_vec(), b"3".to_vec()),
+        (b"app/c".to_vec(), b"3".to_vec()),
+    ];
+    applier
+        .apply_kv(2, &[cmd(2, 1, WriteOp::MultiPut { pairs })])
+        .unwrap();
+    let (got, mut w) = task.await.unwrap().unwrap();
+    assert_eq!(got.len(), 2, "the multi-put's revision whole");
+    assert!(got.iter().all(|c| c.revision == 3));
+
+    // Left behind: the window moves past it while it is not reading.
+    kv = applier;
+    kv.set_history_limits(HistoryLimits {
+        revisions: 2,
+        bytes: 1 << 20,
+    });
+    for i in 0..5 {
+        kv.apply_kv(3 + i, &[put(3, i + 1, b"app/d", b"4")])
+            .unwrap();
+    }
+    match w.next().await {
+        Err(Error::Compacted { requested, oldest }) => assert_eq!((requested, oldest), (4, 7)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Watcher::start(kv.clone(), &watchers, prefix, 2),
+        Err(Error::Compacted { oldest: 7, .. })
+    ));
 }

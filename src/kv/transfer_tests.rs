@@ -574,3 +574,41 @@ fn staged_memory_state_does_not_affect_equality() {
     b.install_staged().unwrap();
     assert!(*pc.mem.read().unwrap() == *pb.mem.read().unwrap());
 }
+
+/// The watch history travels with the state: a watcher on the receiver resumes from a
+/// revision it saw before the install and gets the source's changes, with the window's
+/// bounds; a revision the source pruned is refused on the receiver too. The receiver's
+/// subscribers hear of the install.
+fn watch_history_travels_with_the_state(kind: Kind) {
+    let (_pa, mut a, _pb, mut b) = pair(kind);
+    a.set_history_limits(super::HistoryLimits {
+        revisions: 4,
+        bytes: 1 << 20,
+    });
+    for i in 0..6 {
+        apply(&mut a, &[cmd(20 + i, 1, put("w", &format!("v{i}")))]);
+    }
+    let mut revisions = b.subscribe();
+    stage(&a, &b);
+    b.install_staged().unwrap();
+    assert!(revisions.has_changed().unwrap(), "the install is announced");
+    assert_eq!(*revisions.borrow_and_update(), a.revision());
+    let all = super::WatchFilter::Range(ScanRange::Prefix(vec![]));
+    let (ha, hb) = (
+        a.history(0, &all, 100, usize::MAX),
+        b.history(0, &all, 100, usize::MAX),
+    );
+    assert_eq!(format!("{ha:?}"), format!("{hb:?}"));
+    let Err(Error::Compacted { oldest, .. }) = hb else {
+        panic!("{hb:?}")
+    };
+    assert_eq!(oldest, a.revision() - 3, "four revisions are kept");
+    let got = b.history(oldest, &all, 100, usize::MAX).unwrap();
+    assert_eq!(
+        got.changes,
+        a.history(oldest, &all, 100, usize::MAX).unwrap().changes
+    );
+    assert_eq!(got.changes.len(), 4);
+    assert_eq!(got.changes.last().unwrap().value, b"v5");
+}
+both!(watch_history_travels_with_the_state);

@@ -93,6 +93,10 @@ impl ApiError {
                      to learn its outcome"
                 ),
             ),
+            e @ Error::Compacted { oldest, .. } => {
+                ApiError::new(StatusCode::GONE, "compacted", e.to_string())
+                    .with("oldest_revision", oldest)
+            }
             e @ (Error::Config(_) | Error::Storage(_) | Error::Internal(_)) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }

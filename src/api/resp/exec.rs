@@ -211,6 +211,7 @@ pub fn error_reply(e: Error) -> Frame {
         Error::OutcomeUnknown(m) => Frame::error(format!(
             "ERR outcome unknown: {m}; the command may or may not have been applied"
         )),
+        e @ Error::Compacted { .. } => Frame::error(format!("ERR {e}")),
         e @ (Error::Config(_) | Error::Storage(_) | Error::Internal(_)) => {
             Frame::error(format!("ERR internal: {e}"))
         }
