@@ -1877,14 +1877,12 @@ fn watch_history_is_a_bounded_window_of_whole_revisions() {
         bytes: 1000,
     });
     let big = vec![b'x'; 100];
-    let mut index = 31;
     for i in 0..20u64 {
         let pairs = (0..3)
             .map(|j| (format!("m{j}").into_bytes(), big.clone()))
             .collect();
-        kv.apply_kv(index, &[cmd(3, i + 1, WriteOp::MultiPut { pairs })])
+        kv.apply_kv(31 + i, &[cmd(3, i + 1, WriteOp::MultiPut { pairs })])
             .unwrap();
-        index += 1;
     }
     let oldest = match kv.history(0, &all, 1000, usize::MAX) {
         Err(Error::Compacted { oldest, .. }) => oldest,
