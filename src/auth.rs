@@ -511,6 +511,13 @@ impl Identity {
             crate::command::WriteOp::Txn(t) if !t.writes() => {
                 t.keys().into_iter().try_for_each(|k| self.check_read(k))?
             }
+            // Leases name no key: the readwrite role; revoking one deletes the keys
+            // attached to it, whoever attached them, so a user held to a key prefix may
+            // not (its leases end by expiring).
+            crate::command::WriteOp::LeaseRevoke { .. } if !self.prefix.is_empty() => {
+                return Err(self.denied("revoke leases (keys outside its prefix may be attached)"));
+            }
+            op if op.is_lease_op() => self.check_write(std::iter::empty())?,
             _ => self.check_write(op.keys())?,
         }
         if let crate::command::WriteOp::Txn(t) = op {

@@ -144,6 +144,40 @@ pub enum WriteOp {
         deadline: Option<Deadline>,
         when: ExpireCond,
     },
+    /// Grants a lease (etcd's `LeaseGrant`) that ends `ttl_ms` after the entry's time
+    /// unless kept alive; `id` 0: the store picks the next free id. See `kv::lease`.
+    LeaseGrant { id: u64, ttl_ms: u64 },
+    /// Renews a live lease for its whole time to live (etcd's `LeaseKeepAlive`).
+    LeaseKeepAlive { id: u64 },
+    /// Ends a lease now: every key attached to it is deleted.
+    LeaseRevoke { id: u64 },
+    /// A put that attaches the key to a live lease (etcd's `put --lease`): the key is
+    /// deleted when the lease ends. Any other write of the key detaches it.
+    PutLeased {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: u64,
+        return_prev: bool,
+    },
+}
+
+/// The shortest time to live a lease may be granted (shorter would end within an
+/// election).
+pub const MIN_LEASE_TTL_MS: u64 = 1000;
+/// The longest time to live a lease may be granted (a year).
+pub const MAX_LEASE_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// A lease as a grant or keep-alive leaves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: u64,
+    /// The time to live it was granted, renewed by each keep-alive.
+    pub ttl_ms: u64,
+    /// When it ends unless kept alive, in log time (ms since the Unix epoch); a later
+    /// leader change may move it later, never earlier.
+    pub deadline: u64,
 }
 
 /// When a key expires, in the log's time (milliseconds since the Unix epoch, as the
@@ -409,9 +443,14 @@ impl WriteOp {
             | WriteOp::Append { key, .. }
             | WriteOp::AppendUpTo { key, .. }
             | WriteOp::SetExpiring { key, .. }
+            | WriteOp::PutLeased { key, .. }
             | WriteOp::Expire { key, .. } => vec![key],
             WriteOp::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
-            WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => vec![],
+            WriteOp::SetUser { .. }
+            | WriteOp::DeleteUser { .. }
+            | WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseKeepAlive { .. }
+            | WriteOp::LeaseRevoke { .. } => vec![],
             WriteOp::Txn(t) => t.keys(),
         }
     }
@@ -431,12 +470,26 @@ impl WriteOp {
             WriteOp::Txn(_) => "transaction",
             WriteOp::SetExpiring { .. } => "set with expiry",
             WriteOp::Expire { .. } => "expire",
+            WriteOp::LeaseGrant { .. } => "lease grant",
+            WriteOp::LeaseKeepAlive { .. } => "lease keep-alive",
+            WriteOp::LeaseRevoke { .. } => "lease revoke",
+            WriteOp::PutLeased { .. } => "put with a lease",
         }
     }
 
     /// True for user management (which names no key and needs the admin role).
     pub fn is_user_op(&self) -> bool {
         matches!(self, WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. })
+    }
+
+    /// True for a lease's own operations (which name no key).
+    pub fn is_lease_op(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::LeaseGrant { .. }
+                | WriteOp::LeaseKeepAlive { .. }
+                | WriteOp::LeaseRevoke { .. }
+        )
     }
 
     /// Approximate encoded size, used to bound batch sizes.
@@ -475,6 +528,10 @@ impl WriteOp {
             WriteOp::Txn(t) => t.size(),
             WriteOp::SetExpiring { key, value, .. } => key.len() + value.len() + 32,
             WriteOp::Expire { key, .. } => key.len() + 24,
+            WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseKeepAlive { .. }
+            | WriteOp::LeaseRevoke { .. } => 24,
+            WriteOp::PutLeased { key, value, .. } => key.len() + value.len() + 24,
         }
     }
 }
@@ -564,6 +621,13 @@ pub enum WriteResult {
     Expire {
         applied: bool,
         version: u64,
+    },
+    /// A lease granted or kept alive; `None`: no such live lease (never granted,
+    /// expired or revoked).
+    Lease(Option<LeaseInfo>),
+    /// A [`WriteOp::LeaseRevoke`]: whether the lease was live.
+    LeaseRevoked {
+        existed: bool,
     },
 }
 
@@ -667,6 +731,26 @@ impl Limits {
             }
             WriteOp::DeleteUser { name } => return crate::auth::check_name(name),
             WriteOp::Txn(t) => return self.check_txn(t),
+            WriteOp::LeaseGrant { ttl_ms, .. } => {
+                if !(MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(ttl_ms) {
+                    return Err(crate::Error::invalid(format!(
+                        "a lease's time to live must be between {} s and {} days; {ttl_ms} ms \
+                         was asked",
+                        MIN_LEASE_TTL_MS / 1000,
+                        MAX_LEASE_TTL_MS / 86_400_000
+                    )));
+                }
+                return Ok(());
+            }
+            WriteOp::LeaseKeepAlive { id } | WriteOp::LeaseRevoke { id } => {
+                if *id == 0 {
+                    return Err(crate::Error::invalid("lease id 0 names no lease"));
+                }
+                return Ok(());
+            }
+            WriteOp::PutLeased { lease: 0, .. } => {
+                return Err(crate::Error::invalid("lease id 0 names no lease"));
+            }
             _ => {}
         }
         let keys = op.keys();
@@ -679,6 +763,7 @@ impl Limits {
         match op {
             WriteOp::Put { value, .. }
             | WriteOp::Set { value, .. }
+            | WriteOp::PutLeased { value, .. }
             | WriteOp::SetExpiring { value, .. } => self.check_value(value),
             WriteOp::Append { suffix, .. } => self.check_value(suffix),
             WriteOp::AppendUpTo {
@@ -706,6 +791,9 @@ impl Limits {
             | WriteOp::SetUser { .. }
             | WriteOp::DeleteUser { .. }
             | WriteOp::Txn(_)
+            | WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseKeepAlive { .. }
+            | WriteOp::LeaseRevoke { .. }
             | WriteOp::Expire { .. } => Ok(()),
             WriteOp::Cas {
                 expect, new_value, ..

@@ -42,7 +42,8 @@ pub enum Machine {
     Sql,
     /// Not a state machine: the log's clock. A command for it is a stamp, the wall-clock
     /// time (ms since the Unix epoch, 8 bytes big-endian) of the leader that appended the
-    /// entry ([`Command::clock`]). [`Machines::apply`] gives every machine the entry's
+    /// entry, then (since protocol 8) the leader's reign, 16 bytes ([`Command::clock`],
+    /// [`Stamp`]). [`Machines::apply`] gives every machine the entry's
     /// stamp; the log's time is the largest stamp applied so far, so it never goes back,
     /// and it is the only time a machine may use (apply stays deterministic). A new variant
     /// at the end, so that entries written before it decode unchanged.
@@ -74,24 +75,57 @@ pub struct Command {
     pub payload: Vec<u8>,
 }
 
+/// What a clock stamp carries: the stamping leader's time and which reign of leadership
+/// it stamped in, so that apply can tell a leader change (leases do not count the time
+/// without a leader; see `kv::lease`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Milliseconds since the Unix epoch, by the leader's clock.
+    pub time: u64,
+    /// The leader's ballot (configuration, round, node) packed into 128 bits; 0 in stamps
+    /// written before reigns were recorded.
+    pub reign: u128,
+}
+
+impl Stamp {
+    /// A stamp of a leader whose ballot is `(config, n, pid)`.
+    pub fn new(time: u64, config: u32, n: u32, pid: u64) -> Stamp {
+        Stamp {
+            time,
+            reign: (u128::from(config) << 96) | (u128::from(n) << 64) | u128::from(pid),
+        }
+    }
+}
+
 impl Command {
-    /// A clock stamp: `time_ms` as the leader appending the entry reads its clock.
-    pub fn clock(time_ms: u64) -> Command {
+    /// A clock stamp, as the leader appending the entry reads its clock.
+    pub fn clock(stamp: Stamp) -> Command {
+        let mut payload = Vec::with_capacity(24);
+        payload.extend_from_slice(&stamp.time.to_be_bytes());
+        payload.extend_from_slice(&stamp.reign.to_be_bytes());
         Command {
             client_id: 0,
             seq: 0,
             user: None,
             machine: Machine::Clock,
-            payload: time_ms.to_be_bytes().to_vec(),
+            payload,
         }
     }
 
-    /// The time a clock stamp carries (`None`: not a stamp, or a malformed one).
-    pub fn stamp(&self) -> Option<u64> {
-        match self.machine {
-            Machine::Clock => Some(u64::from_be_bytes(self.payload.as_slice().try_into().ok()?)),
-            _ => None,
+    /// The stamp a clock command carries (`None`: not a stamp, or a malformed one). A
+    /// stamp of 8 bytes (written before reigns) has reign 0.
+    pub fn stamp(&self) -> Option<Stamp> {
+        if self.machine != Machine::Clock {
+            return None;
         }
+        let p = self.payload.as_slice();
+        let time = u64::from_be_bytes(p.get(..8)?.try_into().ok()?);
+        let reign = match p.len() {
+            8 => 0,
+            24 => u128::from_be_bytes(p[8..].try_into().ok()?),
+            _ => return None,
+        };
+        Some(Stamp { time, reign })
     }
 
     /// Bytes the command takes in a log entry, roughly (bounds batches).
@@ -162,7 +196,7 @@ pub trait StateMachine: Send + 'static {
     fn apply_at(
         &mut self,
         index: u64,
-        stamp: Option<u64>,
+        stamp: Option<Stamp>,
         commands: &[&Command],
     ) -> Result<Vec<Outcome>> {
         let _ = stamp;
@@ -247,7 +281,8 @@ impl Machines {
     /// returns one outcome per command, in order.
     pub fn apply(&mut self, index: u64, commands: &[&Command]) -> Result<Vec<Outcome>> {
         let mut out: Vec<Option<Outcome>> = vec![None; commands.len()];
-        let stamp = commands.iter().filter_map(|c| c.stamp()).max();
+        // Every stamp of an entry is its appending leader's: the latest counts.
+        let stamp = (commands.iter().filter_map(|c| c.stamp())).max_by_key(|s| s.time);
         for (i, c) in commands.iter().enumerate() {
             if c.machine == Machine::Clock {
                 out[i] = Some(Outcome::Done(Vec::new()));

@@ -22,13 +22,14 @@
 //!   before the read started; a stale one reports the applied index it reflects.
 
 use crate::auth::UserChange;
+use crate::command::LeaseInfo;
 use crate::command::{
     Deadline, Expect, ExpireCond, Expiry, KeyValue, KvCommand, Limits, ScanRange, SetCond, Txn,
     TxnOpResult, Versioned, WriteOp, WriteResult,
 };
 use crate::error::{Error, Result};
 use crate::kv::watch::{Watcher, Watchers, DEFAULT_MAX_WATCHERS};
-use crate::kv::{KvStore, Timed, WatchFilter};
+use crate::kv::{KvStore, LeaseStatus, Timed, WatchFilter};
 use crate::node::{Consistency, NodeHandle, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 use std::sync::Arc;
 
@@ -251,6 +252,82 @@ impl KvHandle {
             WriteResult::Put { version, prev } => Ok(PutResult { version, prev }),
             r => Err(mismatch("put", r)),
         }
+    }
+
+    /// Stores `value` under `key` attached to the live lease `lease` (the key is deleted
+    /// when the lease ends); invalid input when the lease does not exist.
+    pub async fn put_leased(
+        &self,
+        by: &Writer,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: u64,
+        return_prev: bool,
+    ) -> Result<PutResult> {
+        let op = WriteOp::PutLeased {
+            key,
+            value,
+            lease,
+            return_prev,
+        };
+        match self.apply(by, op).await? {
+            WriteResult::Put { version, prev } => Ok(PutResult { version, prev }),
+            r => Err(mismatch("put with a lease", r)),
+        }
+    }
+
+    /// Grants a lease of `ttl_ms` (`id` 0: the cluster picks the id).
+    pub async fn lease_grant(&self, by: &Writer, id: u64, ttl_ms: u64) -> Result<LeaseInfo> {
+        match self.apply(by, WriteOp::LeaseGrant { id, ttl_ms }).await? {
+            WriteResult::Lease(Some(info)) => Ok(info),
+            r => Err(mismatch("lease grant", r)),
+        }
+    }
+
+    /// Renews lease `id` for its whole time to live; `None` when it no longer exists
+    /// (expired or revoked: its keys are gone or going).
+    pub async fn lease_keep_alive(&self, by: &Writer, id: u64) -> Result<Option<LeaseInfo>> {
+        match self.apply(by, WriteOp::LeaseKeepAlive { id }).await? {
+            WriteResult::Lease(info) => Ok(info),
+            r => Err(mismatch("lease keep-alive", r)),
+        }
+    }
+
+    /// Ends lease `id` now, deleting its keys; whether it was live.
+    pub async fn lease_revoke(&self, by: &Writer, id: u64) -> Result<bool> {
+        match self.apply(by, WriteOp::LeaseRevoke { id }).await? {
+            WriteResult::LeaseRevoked { existed } => Ok(existed),
+            r => Err(mismatch("lease revoke", r)),
+        }
+    }
+
+    /// The live lease `id` with up to `max_keys` of its keys (`None`: never granted,
+    /// expired or revoked), and the milliseconds it has left, counted as a key's time to
+    /// live is (see [`KvHandle::get_timed`]).
+    pub async fn lease_time_to_live(
+        &self,
+        id: u64,
+        max_keys: usize,
+        consistency: Consistency,
+    ) -> Result<Option<(LeaseStatus, u64)>> {
+        self.node.prepare_read(consistency).await?;
+        let (status, log_time) = self.store.lease(id, max_keys)?;
+        let now = log_time.max((crate::node::system_clock())(std::time::Instant::now()));
+        Ok(status.map(|s| {
+            let left = s.info.deadline.saturating_sub(now);
+            (s, left)
+        }))
+    }
+
+    /// The live leases from id `from` on, at most `limit`, and whether more exist.
+    pub async fn leases(
+        &self,
+        from: u64,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<LeaseInfo>, bool)> {
+        self.node.prepare_read(consistency).await?;
+        self.store.leases(from, limit.clamp(1, MAX_SCAN_LIMIT))
     }
 
     /// Deletes `key` (not an error when it is absent).

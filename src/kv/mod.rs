@@ -45,7 +45,7 @@ use crate::command::{
     MAX_TXN_DELETE_RANGE,
 };
 use crate::error::{Error, Result};
-use crate::machine::{Machine, Outcome, StateMachine};
+use crate::machine::{Machine, Outcome, Stamp, StateMachine};
 use crate::membership::Membership;
 use crate::session::{self, Decision, EntrySessions, Kept, Record, SessionOutcome, SessionStore};
 use crate::storage::db::{read_u64, u64_key};
@@ -58,12 +58,14 @@ use std::sync::{Arc, RwLock};
 pub mod backend;
 pub mod handle;
 mod history;
+pub mod lease;
 mod staging;
 pub mod transfer;
 pub mod watch;
 
 pub use handle::KvHandle;
 pub use history::{Change, ChangeKind, HistoryLimits, HistoryRead, WatchFilter};
+pub use lease::LeaseStatus;
 pub use transfer::{Importer, StateChunk, StateEnd, StatePart, CHUNK_BYTES};
 pub use watch::Watcher;
 
@@ -280,42 +282,62 @@ impl SessionStore<WriteResult> for KvRecords<'_> {
 /// changes and never come near 2^63; values written before expiry existed never have it,
 /// so they read unchanged.)
 const HAS_DEADLINE: u64 = 1 << 63;
+/// The next bit says a lease id follows (after the deadline, if any): the key is
+/// attached to that lease ([`lease`]). Format 5 on.
+const HAS_LEASE: u64 = 1 << 62;
 
-/// A stored value: the version (with [`HAS_DEADLINE`] when it expires), the deadline if
-/// any (log time in ms), then the bytes.
-fn encode_value(v: &Versioned, deadline: Option<u64>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + v.value.len());
-    match deadline {
-        None => out.extend_from_slice(&v.version.to_be_bytes()),
-        Some(d) => {
-            out.extend_from_slice(&(v.version | HAS_DEADLINE).to_be_bytes());
-            out.extend_from_slice(&d.to_be_bytes());
-        }
+/// A stored value: the version (with [`HAS_DEADLINE`] when it expires, [`HAS_LEASE`]
+/// when it is attached to a lease), the deadline if any (log time in ms), the lease id if
+/// any, then the bytes.
+fn encode_value(v: &Versioned, deadline: Option<u64>, lease: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + v.value.len());
+    let mut version = v.version;
+    if deadline.is_some() {
+        version |= HAS_DEADLINE;
+    }
+    if lease.is_some() {
+        version |= HAS_LEASE;
+    }
+    out.extend_from_slice(&version.to_be_bytes());
+    for x in [deadline, lease].into_iter().flatten() {
+        out.extend_from_slice(&x.to_be_bytes());
     }
     out.extend_from_slice(&v.value);
     out
 }
 
-fn decode_value(bytes: &[u8]) -> Result<(Versioned, Option<u64>)> {
+/// A stored value, its deadline and its lease.
+fn decode_value(bytes: &[u8]) -> Result<(Versioned, Option<u64>, Option<u64>)> {
     let corrupt = || Error::Storage("corrupt value record".into());
     let version = read_u64(bytes.get(..8).ok_or_else(corrupt)?)?;
-    if version & HAS_DEADLINE == 0 {
-        return Ok((
-            Versioned {
-                version,
-                value: bytes[8..].to_vec(),
-            },
-            None,
-        ));
-    }
-    let deadline = read_u64(bytes.get(8..16).ok_or_else(corrupt)?)?;
+    let mut at = 8;
+    let mut field = |flag: u64| -> Result<Option<u64>> {
+        if version & flag == 0 {
+            return Ok(None);
+        }
+        let x = read_u64(bytes.get(at..at + 8).ok_or_else(corrupt)?)?;
+        at += 8;
+        Ok(Some(x))
+    };
+    let deadline = field(HAS_DEADLINE)?;
+    let lease = field(HAS_LEASE)?;
     Ok((
         Versioned {
-            version: version & !HAS_DEADLINE,
-            value: bytes[16..].to_vec(),
+            version: version & !(HAS_DEADLINE | HAS_LEASE),
+            value: bytes[at..].to_vec(),
         },
-        Some(deadline),
+        deadline,
+        lease,
     ))
+}
+
+/// When a stored value stops being visible, in log time, as `view` holds its lease:
+/// its deadline, or its lease's end (0 once the lease is gone).
+fn ends(view: &dyn ReadView, deadline: Option<u64>, lease: Option<u64>) -> Result<Option<u64>> {
+    match lease {
+        Some(id) => Ok(Some(lease::end_in_log_time(view, id)?)),
+        None => Ok(deadline),
+    }
 }
 
 /// Whether a value with `deadline` is visible at log time `time` (it expires at the
@@ -497,9 +519,35 @@ impl KvStore {
                     first = Some(read_u64(&k[1..9])?);
                 }
                 Ok(false)
-            })
+            })?;
+            // A lease's end counts too.
+            if let Some(end) = lease::first_end(v)? {
+                first = Some(first.map_or(end, |f: u64| f.min(end)));
+            }
+            Ok(())
         })?;
         Ok(first)
+    }
+
+    /// The live lease `id` with up to `max_keys` of its keys, as this node's state has it
+    /// (`None`: never granted, expired or revoked), with the log's time of that state.
+    pub fn lease(&self, id: u64, max_keys: usize) -> Result<(Option<LeaseStatus>, u64)> {
+        self.backend.view(|v| {
+            let time = read_counter(v.get(Space::Sm, K_TIME)?)?;
+            Ok((lease::read(v, id, time, max_keys)?, time))
+        })
+    }
+
+    /// The live leases from id `from` on, at most `limit`, and whether more exist.
+    pub fn leases(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<crate::command::LeaseInfo>, bool)> {
+        self.backend.view(|v| {
+            let time = read_counter(v.get(Space::Sm, K_TIME)?)?;
+            lease::list(v, from, time, limit)
+        })
     }
 
     /// Reads one key from a consistent view; returns it with the applied index the view
@@ -517,10 +565,11 @@ impl KvStore {
             let Some(bytes) = v.get(Space::Kv, key)? else {
                 return Ok((None, applied, 0));
             };
-            let (value, deadline) = decode_value(&bytes)?;
-            if deadline.is_none() {
+            let (value, deadline, lease) = decode_value(&bytes)?;
+            if deadline.is_none() && lease.is_none() {
                 return Ok((Some(Timed { value, deadline }), applied, 0));
             }
+            let deadline = ends(v, deadline, lease)?;
             let time = read_counter(v.get(Space::Sm, K_TIME)?)?;
             let timed = live(deadline, time).then_some(Timed { value, deadline });
             Ok((timed, applied, time))
@@ -542,7 +591,11 @@ impl KvStore {
                 if !range.contains_from_start(k) {
                     return Ok(false);
                 }
-                let (val, deadline) = decode_value(val)?;
+                let (val, deadline, lease) = decode_value(val)?;
+                let deadline = match lease {
+                    Some(_) => ends(v, deadline, lease)?,
+                    None => deadline,
+                };
                 if deadline.is_some() {
                     let now = match time {
                         Some(t) => t,
@@ -699,6 +752,11 @@ struct Slot {
     /// The deadline the store holds for the key (`None`: none, or not read: a blind
     /// write), whose index key goes when the key's deadline changes.
     stored_deadline: Option<u64>,
+    /// The lease the key is attached to.
+    lease: Option<u64>,
+    /// The lease the store holds for the key (`None`: none, or not read), whose
+    /// attachment key goes when it changes.
+    stored_lease: Option<u64>,
 }
 
 /// The writes of one entry, staged in memory so later commands see earlier ones.
@@ -715,6 +773,8 @@ struct Overlay<'a> {
     undo: Option<Vec<(Vec<u8>, Option<Slot>)>>,
     /// Every change this entry made, in order, for the watch history.
     changes: Vec<history::Pending>,
+    /// The leases this entry changed.
+    leases: lease::LeaseChanges,
 }
 
 /// A row an [`Overlay`] range visit passes on: as stored, or as this entry wrote it.
@@ -766,12 +826,14 @@ impl Overlay<'_> {
         if !self.keys.contains_key(key) {
             let slot = match self.store.backend.get(Space::Kv, key)? {
                 Some(b) => {
-                    let (value, deadline) = decode_value(&b)?;
+                    let (value, deadline, lease) = decode_value(&b)?;
                     Slot {
                         value: Some(value),
                         deadline,
                         dirty: false,
                         stored_deadline: deadline,
+                        lease,
+                        stored_lease: lease,
                     }
                 }
                 None => Slot::default(),
@@ -781,18 +843,36 @@ impl Overlay<'_> {
         Ok(&self.keys[key])
     }
 
-    /// The key's value as this entry sees it: absent once its deadline passed.
+    /// Whether `slot`'s value is visible at this entry: present, its deadline not
+    /// reached, its lease (if any) live.
+    fn visible(&self, slot: &Slot) -> Result<bool> {
+        if slot.value.is_none() || !live(slot.deadline, self.time) {
+            return Ok(false);
+        }
+        match slot.lease {
+            Some(id) => Ok(self.lease_end(id)? > self.time),
+            None => Ok(true),
+        }
+    }
+
+    /// The key's value as this entry sees it: absent once its deadline passed or its
+    /// lease ended.
     fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>> {
-        let time = self.time;
-        let slot = self.load(key)?;
-        Ok(slot.value.clone().filter(|_| live(slot.deadline, time)))
+        self.load(key)?;
+        let slot = &self.keys[key];
+        Ok(match self.visible(slot)? {
+            true => slot.value.clone(),
+            false => None,
+        })
     }
 
     /// The deadline of the key's live value (`None`: absent or never expires).
     fn deadline(&mut self, key: &[u8]) -> Result<Option<u64>> {
-        let time = self.time;
-        let slot = self.load(key)?;
-        Ok(slot.deadline.filter(|d| slot.value.is_some() && time < *d))
+        self.load(key)?;
+        let slot = &self.keys[key];
+        Ok(slot
+            .deadline
+            .filter(|_| self.visible(slot).unwrap_or(false)))
     }
 
     /// The remembered result of a retried command. A value the record did not keep is
@@ -853,12 +933,15 @@ impl Overlay<'_> {
     /// Records `value` as this entry's write of `key` (remembering what it replaces while
     /// a transaction runs).
     fn write(&mut self, key: Vec<u8>, value: Option<Versioned>, deadline: Option<u64>) {
-        let stored_deadline = self.keys.get(&key).and_then(|s| s.stored_deadline);
+        let (stored_deadline, stored_lease) =
+            (self.keys.get(&key)).map_or((None, None), |s| (s.stored_deadline, s.stored_lease));
         let slot = Slot {
             deadline: deadline.filter(|_| value.is_some()),
             value,
             dirty: true,
             stored_deadline,
+            lease: None,
+            stored_lease,
         };
         self.changes.push(history::Pending {
             revision: slot.value.as_ref().map_or(self.revision, |v| v.version),
@@ -906,7 +989,7 @@ impl Overlay<'_> {
             }
             index_writes.push((Space::Sm, k, None));
         }
-        Ok(())
+        self.sweep_leases(index_writes)
     }
 
     /// Visits the rows of `range` in key order as this entry sees them (the store with
@@ -924,7 +1007,10 @@ impl Overlay<'_> {
         let mut written: Vec<(&[u8], Option<&Versioned>)> = (self.keys.iter())
             .filter(|(k, slot)| slot.dirty && k.as_slice() >= start && range.contains_from_start(k))
             .map(|(k, slot)| {
-                let v = slot.value.as_ref().filter(|_| live(slot.deadline, time));
+                let v = slot
+                    .value
+                    .as_ref()
+                    .filter(|_| self.visible(slot).unwrap_or(false));
                 (k.as_slice(), v)
             })
             .collect();
@@ -954,7 +1040,11 @@ impl Overlay<'_> {
                         return Ok(true);
                     }
                 }
-                let (v, deadline) = decode_value(v)?;
+                let (v, deadline, lease) = decode_value(v)?;
+                let deadline = match lease {
+                    Some(id) => Some(self.lease_end(id)?),
+                    None => deadline,
+                };
                 if live(deadline, time) && !f(k, Row::Stored(v))? {
                     stopped = true;
                     return Ok(false);
@@ -1343,6 +1433,33 @@ impl Overlay<'_> {
                 WriteResult::User { changed }
             }
             WriteOp::Txn(t) => self.txn(t)?,
+            WriteOp::LeaseGrant { id, ttl_ms } => match self.lease_grant(*id, *ttl_ms)? {
+                Ok(info) => WriteResult::Lease(Some(info)),
+                Err(why) => WriteResult::Rejected(why),
+            },
+            WriteOp::LeaseKeepAlive { id } => WriteResult::Lease(self.lease_keep_alive(*id)?),
+            WriteOp::LeaseRevoke { id } => WriteResult::LeaseRevoked {
+                existed: self.lease_revoke(*id)?,
+            },
+            WriteOp::PutLeased {
+                key,
+                value,
+                lease,
+                return_prev,
+            } => {
+                if self.live_lease(*lease)?.is_none() {
+                    return Ok(WriteResult::Rejected(format!(
+                        "lease {lease} not found: never granted, expired or revoked; nothing \
+                         was written"
+                    )));
+                }
+                let prev = if *return_prev { self.get(key)? } else { None };
+                let version = self.set(key, Some(value.clone()));
+                if let Some(slot) = self.keys.get_mut(key.as_slice()) {
+                    slot.lease = Some(*lease);
+                }
+                WriteResult::Put { version, prev }
+            }
         })
     }
 }
@@ -1364,13 +1481,29 @@ impl KvStore {
         stamp: Option<u64>,
         commands: &[KvCommand],
     ) -> Result<Vec<WriteResult>> {
+        let stamp = stamp.map(|time| Stamp { time, reign: 0 });
+        self.apply_kv_stamped(index, stamp, commands)
+    }
+
+    /// [`KvStore::apply_kv_at`] with the whole stamp: a stamp of another reign than the
+    /// last one's does not count the time between them against leases ([`lease`]).
+    pub fn apply_kv_stamped(
+        &mut self,
+        index: u64,
+        stamp: Option<Stamp>,
+        commands: &[KvCommand],
+    ) -> Result<Vec<WriteResult>> {
         if index != self.applied {
             return Err(Error::Internal(format!(
                 "apply of entry {index} but {} entries are applied",
                 self.applied
             )));
         }
-        let time = self.time.max(stamp.unwrap_or(0));
+        let time = self.time.max(stamp.map_or(0, |s| s.time));
+        let mut lease_writes = Vec::new();
+        let leases = (self.backend)
+            .view(|v| lease::LeaseChanges::begin(v, stamp, self.time, &mut lease_writes))?;
+        let offset_moved = !lease_writes.is_empty();
         let mut overlay = Overlay {
             store: self,
             keys: HashMap::new(),
@@ -1379,6 +1512,7 @@ impl KvStore {
             users: HashMap::new(),
             undo: None,
             changes: Vec::new(),
+            leases,
         };
         let mut records = KvRecords {
             backend: &self.backend,
@@ -1422,9 +1556,11 @@ impl KvStore {
         // The index keys this entry drops (swept, or of a deadline that changed) go
         // before those it adds, which are never the same keys.
         let mut index_writes = Vec::new();
-        if self.next_deadline.is_some_and(|d| d <= time) {
+        if self.next_deadline.is_some_and(|d| d <= time) || overlay.leases.revoked || offset_moved {
             overlay.expire(&mut index_writes)?;
         }
+        let leases_changed = overlay.leases.changed();
+        (self.backend).view(|v| overlay.leases.finish(v, &mut lease_writes))?;
         let (keys, revision) = (overlay.keys, overlay.revision);
         let mut window = self.window;
         let mut history_writes = Vec::new();
@@ -1444,12 +1580,23 @@ impl KvStore {
             if let Some(d) = live_deadline {
                 index_adds.push((Space::Sm, deadline_key(d, &k), Some(Vec::new())));
             }
-            let value = slot.value.as_ref().map(|v| encode_value(v, slot.deadline));
+            let lease = slot.lease.filter(|_| slot.value.is_some());
+            if slot.stored_lease != lease {
+                if let Some(old) = slot.stored_lease {
+                    index_writes.push((Space::Sm, lease::attached_key(old, &k), None));
+                }
+                if let Some(new) = lease {
+                    index_adds.push((Space::Sm, lease::attached_key(new, &k), Some(Vec::new())));
+                }
+            }
+            let value = (slot.value.as_ref()).map(|v| encode_value(v, slot.deadline, lease));
             writes.push((Space::Kv, k, value));
         }
-        let index_changed = !index_writes.is_empty() || !index_adds.is_empty();
+        let index_changed =
+            !index_writes.is_empty() || !index_adds.is_empty() || leases_changed || offset_moved;
         writes.extend(index_writes);
         writes.extend(index_adds);
+        writes.extend(lease_writes);
         if time != self.time {
             writes.push((Space::Sm, K_TIME.to_vec(), Some(u64_key(time).to_vec())));
         }
@@ -1538,12 +1685,12 @@ impl StateMachine for KvStore {
     fn apply_at(
         &mut self,
         index: u64,
-        stamp: Option<u64>,
+        stamp: Option<Stamp>,
         commands: &[&Command],
     ) -> Result<Vec<Outcome>> {
         let decoded = commands.iter().map(|c| KvCommand::decode(c)).collect();
         crate::machine::apply_decoded(decoded, |valid| {
-            (self.apply_kv_at(index, stamp, &valid)?.into_iter())
+            (self.apply_kv_stamped(index, stamp, &valid)?.into_iter())
                 .map(|r| {
                     Ok(match r {
                         WriteResult::Rejected(why) => Outcome::Rejected(why),
@@ -1572,6 +1719,8 @@ impl StateMachine for KvStore {
         let tags = TAGS.get_or_init(|| {
             let ops = [
                 WriteOp::Txn(Txn::default()),
+                WriteOp::LeaseGrant { id: 0, ttl_ms: 0 },
+                WriteOp::LeaseKeepAlive { id: 0 },
                 WriteOp::Expire {
                     key: vec![],
                     deadline: None,

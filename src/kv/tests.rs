@@ -574,8 +574,13 @@ impl Model {
                 }
             }
             // The model covers the data space; users have their own test below.
-            WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => {
-                unreachable!("the property test generates no user commands")
+            WriteOp::SetUser { .. }
+            | WriteOp::DeleteUser { .. }
+            | WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseKeepAlive { .. }
+            | WriteOp::LeaseRevoke { .. }
+            | WriteOp::PutLeased { .. } => {
+                unreachable!("the property test generates no user or lease commands")
             }
             WriteOp::Txn(t) => {
                 let succeeded = t.compare.iter().all(|c| {
@@ -1983,4 +1988,174 @@ async fn a_watcher_follows_the_history_and_is_bounded() {
         Watcher::start(kv.clone(), &watchers, prefix, 2),
         Err(Error::Compacted { oldest: 7, .. })
     ));
+}
+
+/// Leases: a granted lease ends its time to live after the entry's time unless kept
+/// alive; its keys are invisible from the entry whose log time reaches its end and are
+/// deleted by the sweep under revisions (watchers see `expire`; `delete` for a revoke);
+/// a plain write detaches a key; a put on a lease that ended is refused; a leader
+/// change (a stamp of another reign) does not count the time since the last stamp.
+#[test]
+fn leases_end_by_the_log_clock_and_take_their_keys() {
+    use crate::command::LeaseInfo;
+    use crate::kv::{ChangeKind, WatchFilter};
+    use crate::machine::Stamp;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut kv = open_store(&path);
+    let t0 = 1_000_000;
+    let reign_a = Stamp::new(0, 1, 1, 1).reign;
+    let reign_b = Stamp::new(0, 1, 2, 2).reign;
+    let at = |time, reign| Some(Stamp { time, reign });
+    let mut seq = 0;
+    let mut entry = |kv: &mut KvStore, stamp: Option<Stamp>, ops: Vec<WriteOp>| {
+        let cmds: Vec<KvCommand> = (ops.into_iter())
+            .map(|op| {
+                seq += 1;
+                cmd(1, seq, op)
+            })
+            .collect();
+        let index = kv.applied_index();
+        kv.apply_kv_stamped(index, stamp, &cmds).unwrap()
+    };
+    let leased = |key: &str, lease| WriteOp::PutLeased {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        lease,
+        return_prev: false,
+    };
+    let r = entry(
+        &mut kv,
+        at(t0, reign_a),
+        vec![WriteOp::LeaseGrant {
+            id: 0,
+            ttl_ms: 10_000,
+        }],
+    );
+    let WriteResult::Lease(Some(LeaseInfo {
+        id,
+        ttl_ms,
+        deadline,
+    })) = r[0]
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((id, ttl_ms, deadline), (1, 10_000, t0 + 10_000));
+    let r = entry(
+        &mut kv,
+        at(t0 + 1000, reign_a),
+        vec![
+            leased("svc/a", id),
+            leased("svc/b", id),
+            leased("svc/c", 99),
+        ],
+    );
+    assert!(matches!(r[2], WriteResult::Rejected(_)), "{r:?}");
+    assert_eq!(StateMachine::next_deadline(&kv), Some(t0 + 10_000));
+    // A plain put detaches svc/b: it outlives the lease.
+    entry(
+        &mut kv,
+        None,
+        vec![WriteOp::Put {
+            key: b"svc/b".to_vec(),
+            value: b"w".to_vec(),
+            return_prev: false,
+        }],
+    );
+    let (status, _) = kv.lease(id, 10).unwrap();
+    assert_eq!(status.unwrap().keys, vec![b"svc/a".to_vec()]);
+    // Kept alive at t0 + 9 s: now ends at t0 + 19 s.
+    let r = entry(
+        &mut kv,
+        at(t0 + 9000, reign_a),
+        vec![WriteOp::LeaseKeepAlive { id }],
+    );
+    assert!(
+        matches!(r[0], WriteResult::Lease(Some(i)) if i.deadline == t0 + 19_000),
+        "{r:?}"
+    );
+    // Leader change: the next stamp is 20 s later, from another reign. The time between
+    // the two stamps does not count: the lease now ends at t0 + 39 s.
+    entry(&mut kv, at(t0 + 29_000, reign_b), vec![]);
+    assert!(
+        kv.get(b"svc/a").unwrap().0.is_some(),
+        "the lease survives the change"
+    );
+    assert_eq!(StateMachine::next_deadline(&kv), Some(t0 + 39_000));
+    let revision = kv.revision();
+    // Within the same reign, time counts: at t0 + 39 s the lease ends.
+    entry(&mut kv, at(t0 + 38_999, reign_b), vec![]);
+    assert!(kv.get(b"svc/a").unwrap().0.is_some());
+    entry(&mut kv, at(t0 + 39_000, reign_b), vec![]);
+    assert!(kv.get(b"svc/a").unwrap().0.is_none(), "gone with its lease");
+    assert_eq!(kv.get(b"svc/b").unwrap().0.unwrap().value, b"w");
+    assert!(kv.lease(id, 10).unwrap().0.is_none());
+    let all = WatchFilter::Range(ScanRange::Prefix(b"svc/".to_vec()));
+    let changes = kv
+        .history(revision + 1, &all, 10, usize::MAX)
+        .unwrap()
+        .changes;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0].kind, &changes[0].key[..]),
+        (ChangeKind::Expire, &b"svc/a"[..])
+    );
+    let r = entry(
+        &mut kv,
+        None,
+        vec![WriteOp::LeaseKeepAlive { id }, leased("svc/d", id)],
+    );
+    assert!(matches!(r[0], WriteResult::Lease(None)), "{r:?}");
+    assert!(matches!(r[1], WriteResult::Rejected(_)), "{r:?}");
+
+    // Revoke: the keys go in the revoking entry, as deletes; a lease id given is kept.
+    let r = entry(
+        &mut kv,
+        at(t0 + 40_000, reign_b),
+        vec![WriteOp::LeaseGrant {
+            id: 7,
+            ttl_ms: 5000,
+        }],
+    );
+    assert!(
+        matches!(r[0], WriteResult::Lease(Some(i)) if i.id == 7),
+        "{r:?}"
+    );
+    entry(&mut kv, None, vec![leased("svc/e", 7), leased("svc/f", 7)]);
+    let revision = kv.revision();
+    drop(kv);
+    let mut kv = open_store(&path);
+    assert_eq!(
+        kv.leases(0, 10).unwrap().0.len(),
+        1,
+        "leases survive a restart"
+    );
+    let r = entry(
+        &mut kv,
+        None,
+        vec![
+            WriteOp::LeaseRevoke { id: 7 },
+            WriteOp::LeaseRevoke { id: 7 },
+        ],
+    );
+    assert_eq!(
+        r,
+        vec![
+            WriteResult::LeaseRevoked { existed: true },
+            WriteResult::LeaseRevoked { existed: false }
+        ]
+    );
+    assert!(kv.get(b"svc/e").unwrap().0.is_none());
+    let changes = kv
+        .history(revision + 1, &all, 10, usize::MAX)
+        .unwrap()
+        .changes;
+    assert_eq!(changes.len(), 2);
+    assert!(changes.iter().all(|c| c.kind == ChangeKind::Delete));
+    assert!(kv.leases(0, 10).unwrap().0.is_empty());
+    assert_eq!(
+        StateMachine::next_deadline(&kv),
+        None,
+        "nothing left to stamp for"
+    );
 }

@@ -82,7 +82,7 @@ pub use reconfig::removed_message;
 use crate::config::Member;
 use crate::error::{Error, Result};
 use crate::machine::Machines;
-use crate::machine::{Command, LogEntry, Machine, NodeId, Outcome};
+use crate::machine::{Command, LogEntry, Machine, NodeId, Outcome, Stamp};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::storage::{LogStorage, SyncControl};
@@ -771,7 +771,9 @@ impl<S: LogStorage> Core<S> {
             entry.commands.retain(|c| c.machine != Machine::Clock);
         }
         if entry.commands.is_empty() || self.sm.needs_stamp(&entry.commands) {
-            entry.commands.push(Command::clock((self.wall)(now)));
+            let ballot = self.paxos.get_promise();
+            let stamp = Stamp::new((self.wall)(now), ballot.config_id, ballot.n, ballot.pid);
+            entry.commands.push(Command::clock(stamp));
         }
         let commands = entry.commands.len();
         if self.paxos.append(entry).is_err() {

@@ -198,7 +198,7 @@ impl StateMachine for SimSm {
     fn apply_at(
         &mut self,
         index: u64,
-        stamp: Option<u64>,
+        stamp: Option<crate::machine::Stamp>,
         commands: &[&Command],
     ) -> DbResult<Vec<Outcome>> {
         let skip = self.skip_apply && index % 3 == 2 && !commands.is_empty();

@@ -149,10 +149,14 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>> {
 /// - 4: a stored value may carry a deadline (a flag bit in its version, see `kv`), and
 ///   the log may hold clock stamps and transactions. Formats 2 and 3 hold neither and
 ///   are upgraded in place; a release reading format 3 only refuses a format 4 one,
-///   since it would misread an expiring value as a huge version.
-pub const FORMAT: u64 = 4;
+///   since it would misread an expiring value as a huge version;
+/// - 5: a stored value may name the lease it is attached to (another flag bit of its
+///   version), the state machine space holds leases and the watch history, and clock
+///   stamps name the leader's reign. Formats 2 to 4 hold none of these and are upgraded in
+///   place; a release reading format 4 only refuses a format 5 one.
+pub const FORMAT: u64 = 5;
 /// Formats this build opens, upgrading them to [`FORMAT`].
-const UPGRADES_FROM: &[u64] = &[2, 3];
+const UPGRADES_FROM: &[u64] = &[2, 3, 4];
 
 /// Records [`FORMAT`] in a new database; upgrades one of a format in [`UPGRADES_FROM`];
 /// refuses one written in another format (a database without the key but with data is
