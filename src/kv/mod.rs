@@ -395,6 +395,10 @@ pub struct KvStore {
     /// first operation of its branch (no longer all of it, atomically).
     #[cfg(test)]
     pub(crate) txn_first_only: bool,
+    /// Test builds only, for the simulation's bug injection: the watch history leaves out
+    /// the changes of every revision divisible by 7 (a watcher misses them).
+    #[cfg(test)]
+    pub(crate) history_gap: bool,
 }
 
 pub(super) fn read_counter(v: Option<Vec<u8>>) -> Result<u64> {
@@ -445,6 +449,8 @@ impl KvStore {
             split_multi_put: false,
             #[cfg(test)]
             txn_first_only: false,
+            #[cfg(test)]
+            history_gap: false,
         };
         store.next_deadline = store.seek_next_deadline()?;
         Ok(store)
@@ -1564,6 +1570,10 @@ impl KvStore {
         let (keys, revision) = (overlay.keys, overlay.revision);
         let mut window = self.window;
         let mut history_writes = Vec::new();
+        #[cfg(test)]
+        if self.history_gap {
+            overlay.changes.retain(|c| c.revision % 7 != 0);
+        }
         window.record(
             &self.backend,
             &overlay.changes,

@@ -1516,3 +1516,181 @@ fn keys_expire_by_the_leaders_clock_at_the_same_point_of_the_log_everywhere() {
         stores[new_leader].counters().unwrap()
     );
 }
+
+/// A lease survives a leader change: its holder keeps it alive through the leader, the
+/// leader dies, and the election takes longer than the lease has left by the clock. The
+/// new leader's first stamp (its clock passes the lease's end as the old reign counted
+/// it) comes from another reign, so the time without a leader does not count: the key
+/// stays, with the time it had left when the old leader last stamped, a keep-alive
+/// through the new leader renews it, and without more keep-alives it ends on every
+/// replica at the same index, not before its time to live passed on the new leader's
+/// clock.
+#[test]
+fn a_lease_survives_a_leader_change_and_ends_after_its_time_without_keep_alives() {
+    use crate::command::{KvCommand, WriteOp, WriteResult};
+    use crate::machine::Outcome;
+    use crate::node::{CoreConfig, Event};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::sync::oneshot;
+
+    const EPOCH: u64 = 1_767_225_600_000;
+    const TTL: u64 = 2000;
+    let start = Instant::now();
+    let (mut cores, outboxes, stores) = three_cores_and_stores(|id| CoreConfig {
+        request_timeout: Duration::from_secs(3600),
+        repropose_after: Duration::from_secs(3600),
+        ..one_core_config(id)
+    });
+    let wall = move |at: Instant| EPOCH + at.saturating_duration_since(start).as_millis() as u64;
+    for c in cores.iter_mut() {
+        c.set_wall_clock(Arc::new(wall));
+    }
+    let mut now = start;
+    let tick = |cores: &mut Vec<crate::node::Core<_>>, now: Instant, down: &[usize]| {
+        for (i, c) in cores.iter_mut().enumerate() {
+            if !down.contains(&i) {
+                c.tick(now);
+            }
+        }
+    };
+    let mut leader = None;
+    for _ in 0..500 {
+        now += Duration::from_millis(10);
+        tick(&mut cores, now, &[]);
+        pump(&mut cores, &outboxes, &[], now, 5);
+        leader = cores[0].status().leader;
+        if leader.is_some() && cores.iter().all(|c| c.status().leader == leader) {
+            break;
+        }
+    }
+    let leader = (leader.expect("a leader is elected") - 1) as usize;
+    let mut seq = 0;
+    // Proposes `op` through node `at` and runs the cluster until it is applied there.
+    let mut write = |cores: &mut Vec<crate::node::Core<_>>,
+                     now: Instant,
+                     at: usize,
+                     down: &[usize],
+                     op: WriteOp|
+     -> WriteResult {
+        seq += 1;
+        let cmd = KvCommand {
+            client_id: 9,
+            seq,
+            op,
+            user: None,
+        };
+        let (reply, mut answer) = oneshot::channel();
+        cores[at].handle(
+            Event::Write {
+                cmd: cmd.encode(),
+                reply,
+            },
+            now,
+        );
+        for _ in 0..20 {
+            pump(cores, &outboxes, down, now, 2);
+            if let Ok(r) = answer.try_recv() {
+                let Ok(Outcome::Done(bytes)) = r else {
+                    panic!("{r:?}")
+                };
+                return bincode::deserialize(&bytes).unwrap();
+            }
+        }
+        panic!("no answer");
+    };
+    let r = write(
+        &mut cores,
+        now,
+        leader,
+        &[],
+        WriteOp::LeaseGrant { id: 0, ttl_ms: TTL },
+    );
+    let WriteResult::Lease(Some(lease)) = r else {
+        panic!("{r:?}")
+    };
+    let put = WriteOp::PutLeased {
+        key: b"leader".to_vec(),
+        value: b"node-a".to_vec(),
+        lease: lease.id,
+        return_prev: false,
+    };
+    write(&mut cores, now, leader, &[], put);
+    // Kept alive 500 ms later; it then ends at that time + TTL by this leader's reign.
+    now += Duration::from_millis(500);
+    let r = write(
+        &mut cores,
+        now,
+        leader,
+        &[],
+        WriteOp::LeaseKeepAlive { id: lease.id },
+    );
+    let WriteResult::Lease(Some(kept)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(kept.deadline, wall(now) + TTL);
+    pump(&mut cores, &outboxes, &[], now, 4);
+
+    // The leader dies; the others are cut off from it for longer than the lease has left.
+    let down = [leader];
+    let died = now;
+    now += Duration::from_millis(TTL + 500);
+    let mut new_leader = None;
+    for _ in 0..600 {
+        now += Duration::from_millis(10);
+        tick(&mut cores, now, &down);
+        pump(&mut cores, &outboxes, &down, now, 4);
+        let survivor = (0..3).find(|&i| i != leader).unwrap();
+        let l = cores[survivor].status().leader.map(|l| (l - 1) as usize);
+        if l.is_some_and(|l| l != leader) && stores[l.unwrap()].counters().unwrap().2 > wall(died) {
+            new_leader = l;
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("a new leader is elected and stamps the log");
+    let other = (0..3).find(|&i| i != leader && i != new_leader).unwrap();
+    pump(&mut cores, &outboxes, &down, now, 4);
+    for s in [new_leader, other] {
+        let (v, _) = stores[s].get(b"leader").unwrap();
+        assert_eq!(v.expect("the lease survived the change").value, b"node-a");
+    }
+    // Renewed through the new leader.
+    now += Duration::from_millis(100);
+    let r = write(
+        &mut cores,
+        now,
+        new_leader,
+        &down,
+        WriteOp::LeaseKeepAlive { id: lease.id },
+    );
+    let WriteResult::Lease(Some(renewed)) = r else {
+        panic!("{r:?}")
+    };
+    let renewed_at = now;
+    // Now no keep-alive: the key ends with the lease, not before TTL on this clock.
+    let mut gone = None;
+    for _ in 0..600 {
+        now += Duration::from_millis(10);
+        tick(&mut cores, now, &down);
+        pump(&mut cores, &outboxes, &down, now, 4);
+        if [new_leader, other]
+            .iter()
+            .all(|&s| stores[s].get(b"leader").unwrap().0.is_none())
+        {
+            gone = Some(now);
+            break;
+        }
+    }
+    let gone = gone.expect("the key ends with its lease");
+    assert!(
+        wall(gone) >= wall(renewed_at) + TTL,
+        "not before its time to live passed"
+    );
+    assert!(renewed.deadline >= wall(renewed_at) + TTL);
+    assert!(stores[new_leader].lease(lease.id, 1).unwrap().0.is_none());
+    pump(&mut cores, &outboxes, &down, now, 4);
+    assert_eq!(
+        stores[other].counters().unwrap(),
+        stores[new_leader].counters().unwrap()
+    );
+}
