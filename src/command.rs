@@ -482,6 +482,13 @@ impl WriteOp {
         matches!(self, WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. })
     }
 
+    /// Whether a transaction may hold the operation: not user management, not a lease's
+    /// own operations (a refused transaction undoes its key writes only), not another
+    /// transaction.
+    pub fn in_txn(&self) -> bool {
+        !(self.is_user_op() || self.is_lease_op() || matches!(self, WriteOp::Txn(_)))
+    }
+
     /// True for a lease's own operations (which name no key).
     pub fn is_lease_op(&self) -> bool {
         matches!(
@@ -839,9 +846,11 @@ impl Limits {
                         }
                     }
                 }
-                TxnOp::Write(w) if w.is_user_op() || matches!(w, WriteOp::Txn(_)) => {
+                TxnOp::Write(w) if !w.in_txn() => {
                     return Err(crate::Error::invalid(
-                        "a transaction may not hold user management or another transaction",
+                        "a transaction may not hold user management, a lease's grant, \
+                         keep-alive or revoke, or another transaction (a put with a lease \
+                         is fine)",
                     ))
                 }
                 TxnOp::Write(w) => self.check_write(w)?,

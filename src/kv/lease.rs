@@ -441,28 +441,31 @@ impl Overlay<'_> {
     /// each lease with no key left; drops attachment keys that no longer attach.
     pub(super) fn sweep_leases(&mut self, index_writes: &mut Vec<RawWrite>) -> Result<()> {
         let now = self.lease_time();
-        // Ended leases: from the store's index, and those this entry ended.
-        let mut due: Vec<(u64, u64)> = Vec::new();
+        // Ended leases: from the store's index, and those this entry changed; in the
+        // order of their ends as this entry sees them, then of ids.
+        let mut candidates: Vec<u64> = Vec::new();
         self.store.backend.view(|v| {
             v.scan_from(Space::Sm, &[LEASE_INDEX_PREFIX], &mut |k, _| {
                 if k.len() != 17 || k[0] != LEASE_INDEX_PREFIX {
                     return Ok(false);
                 }
                 let end = read_u64(&k[1..9])?;
-                if end > now || due.len() >= EXPIRE_SWEEP_MAX {
+                if end > now || candidates.len() >= EXPIRE_SWEEP_MAX {
                     return Ok(false);
                 }
-                due.push((end, read_u64(&k[9..])?));
+                candidates.push(read_u64(&k[9..])?);
                 Ok(true)
             })
         })?;
-        for (id, (_, after)) in &self.leases.written {
-            if let Some(a) = after.filter(|a| a.end <= now) {
-                due.push((a.end, *id));
+        candidates.extend(self.leases.written.keys());
+        let mut due: Vec<(u64, u64)> = Vec::new();
+        for id in candidates {
+            if let Some(rec) = self.lease(id)?.filter(|r| r.end <= now) {
+                due.push((rec.end, id));
             }
         }
         due.sort_unstable();
-        due.dedup_by_key(|(_, id)| *id);
+        due.dedup();
         let mut budget = EXPIRE_SWEEP_MAX;
         for (_, id) in due {
             let Some(rec) = self.lease(id)?.filter(|r| r.end <= now) else {

@@ -1201,9 +1201,11 @@ impl Overlay<'_> {
                         deleted: keys.len() as u64,
                     }
                 }
-                TxnOp::Write(w) if w.is_user_op() || matches!(w, WriteOp::Txn(_)) => {
+                TxnOp::Write(w) if !w.in_txn() => {
                     return Ok(Err(
-                        "a transaction may not hold user management or another transaction".into(),
+                        "a transaction may not hold user management, a lease's \
+                         grant, keep-alive or revoke, or another transaction"
+                            .into(),
                     ));
                 }
                 TxnOp::Write(w) => {

@@ -91,6 +91,18 @@ enum OpSpec {
         success: Vec<TxnOpSpec>,
         failure: Vec<TxnOpSpec>,
     },
+    /// A grant of lease `id` (0: the store picks) for `ttl` ms.
+    LeaseGrant {
+        id: u64,
+        ttl: u64,
+    },
+    LeaseKeepAlive(u64),
+    LeaseRevoke(u64),
+    PutLeased {
+        key: usize,
+        value: usize,
+        lease: u64,
+    },
 }
 
 /// What a transaction's comparison compares with, resolved when the command is built.
@@ -137,9 +149,9 @@ const WHENS: &[ExpireCond] = &[
 
 #[derive(Clone, Debug)]
 enum Action {
-    /// An entry: its commands, and how far its clock stamp moves the log's time (0: no
-    /// stamp).
-    Entry(Vec<CmdSpec>, u64),
+    /// An entry: its commands, how far its clock stamp moves the log's time (0: no
+    /// stamp), and the reign of the leader that stamped it.
+    Entry(Vec<CmdSpec>, u64, u8),
     Get(usize),
     ScanPrefix {
         prefix: usize,
@@ -170,12 +182,55 @@ struct Model {
     written: Vec<(u64, Vec<u8>)>,
     /// Every change, in order: what the watch history must hold.
     changes: Vec<crate::kv::Change>,
+    /// Leases: id → (time to live, end in lease time; 0: revoked).
+    leases: BTreeMap<u64, (u64, u64)>,
+    /// The lease each attached key is attached to.
+    lease_of: HashMap<Vec<u8>, u64>,
+    /// Log time minus lease time; the reign of the last stamp; the next id picked.
+    offset: u64,
+    reign: Option<u128>,
+    next_lease: u64,
 }
 
 impl Model {
+    fn lease_time(&self) -> u64 {
+        self.time.saturating_sub(self.offset)
+    }
+
+    fn live_lease(&self, id: u64) -> Option<(u64, u64)> {
+        let lt = self.lease_time();
+        self.leases.get(&id).copied().filter(|(_, end)| *end > lt)
+    }
+
+    fn lease_info(&self, id: u64) -> crate::command::LeaseInfo {
+        let (ttl_ms, end) = self.leases[&id];
+        crate::command::LeaseInfo {
+            id,
+            ttl_ms,
+            deadline: end + self.offset,
+        }
+    }
+
+    /// The start of an entry stamped at `stamp` by reign `reign`: another reign than the
+    /// last stamp's does not count the time since it against leases.
+    fn begin_entry(&mut self, stamp: Option<u64>, reign: u128) {
+        if let Some(t) = stamp {
+            if self.reign != Some(reign) {
+                if self.reign.is_some() && !self.leases.is_empty() {
+                    self.offset += t.saturating_sub(self.time);
+                }
+                self.reign = Some(reign);
+            }
+            self.time = self.time.max(t);
+        }
+    }
+
     fn current(&self, key: &[u8]) -> Option<Versioned> {
         if self.deadlines.get(key).is_some_and(|d| *d <= self.time) {
             return None;
+        }
+        if let Some(id) = self.lease_of.get(key) {
+            self.live_lease(*id)?;
         }
         self.data.get(key).map(|(value, version)| Versioned {
             value: value.clone(),
@@ -213,6 +268,31 @@ impl Model {
                 }
             }
             self.indexed.remove(&(d, k));
+        }
+        // Then leases that ended, by end then id: their keys in key order, then the lease.
+        let lt = self.lease_time();
+        let mut due: Vec<(u64, u64)> = (self.leases.iter())
+            .filter(|(_, (_, end))| *end <= lt)
+            .map(|(id, (_, end))| (*end, *id))
+            .collect();
+        due.sort_unstable();
+        for (end, id) in due {
+            let kind = match end {
+                0 => crate::kv::ChangeKind::Delete,
+                _ => crate::kv::ChangeKind::Expire,
+            };
+            let mut keys: Vec<Vec<u8>> = (self.lease_of.iter())
+                .filter(|(_, l)| **l == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.sort();
+            for k in keys {
+                self.set(&k, None);
+                if let Some(c) = self.changes.last_mut() {
+                    c.kind = kind;
+                }
+            }
+            self.leases.remove(&id);
         }
         for w in std::mem::take(&mut self.written) {
             // Only a value still holding that deadline writes its index key.
@@ -301,6 +381,18 @@ impl Model {
                 }),
                 when: WHENS[*when],
             },
+            OpSpec::LeaseGrant { id, ttl } => WriteOp::LeaseGrant {
+                id: *id,
+                ttl_ms: *ttl,
+            },
+            OpSpec::LeaseKeepAlive(id) => WriteOp::LeaseKeepAlive { id: *id },
+            OpSpec::LeaseRevoke(id) => WriteOp::LeaseRevoke { id: *id },
+            OpSpec::PutLeased { key, value, lease } => WriteOp::PutLeased {
+                key: KEYS[*key].to_vec(),
+                value: VALUES[*value].to_vec(),
+                lease: *lease,
+                return_prev: *value % 2 == 0,
+            },
             OpSpec::Txn {
                 compare,
                 success,
@@ -380,6 +472,7 @@ impl Model {
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
         self.revision += 1;
         self.deadlines.remove(key);
+        self.lease_of.remove(key);
         self.changes.push(crate::kv::Change {
             revision: self.revision,
             kind: match value {
@@ -494,6 +587,7 @@ impl Model {
                 for (k, v) in pairs {
                     self.data.insert(k.clone(), (v.clone(), self.revision));
                     self.deadlines.remove(k);
+                    self.lease_of.remove(k);
                     self.changes.push(crate::kv::Change {
                         revision: self.revision,
                         kind: crate::kv::ChangeKind::Put,
@@ -574,13 +668,59 @@ impl Model {
                 }
             }
             // The model covers the data space; users have their own test below.
-            WriteOp::SetUser { .. }
-            | WriteOp::DeleteUser { .. }
-            | WriteOp::LeaseGrant { .. }
-            | WriteOp::LeaseKeepAlive { .. }
-            | WriteOp::LeaseRevoke { .. }
-            | WriteOp::PutLeased { .. } => {
-                unreachable!("the property test generates no user or lease commands")
+            WriteOp::LeaseGrant { id, ttl_ms } => {
+                let id = match *id {
+                    0 => {
+                        let mut next = self.next_lease.max(1);
+                        while self.leases.contains_key(&next) {
+                            next += 1;
+                        }
+                        self.next_lease = next + 1;
+                        next
+                    }
+                    id if self.leases.contains_key(&id) => {
+                        return WriteResult::Rejected(String::new())
+                    }
+                    id => id,
+                };
+                let end = self.lease_time() + ttl_ms;
+                self.leases.insert(id, (*ttl_ms, end));
+                WriteResult::Lease(Some(self.lease_info(id)))
+            }
+            WriteOp::LeaseKeepAlive { id } => match self.live_lease(*id) {
+                Some((ttl, _)) => {
+                    let end = self.lease_time() + ttl;
+                    self.leases.insert(*id, (ttl, end));
+                    WriteResult::Lease(Some(self.lease_info(*id)))
+                }
+                None => WriteResult::Lease(None),
+            },
+            WriteOp::LeaseRevoke { id } => {
+                let existed = self.live_lease(*id).is_some();
+                if let Some((ttl, _)) = self.live_lease(*id) {
+                    self.leases.insert(*id, (ttl, 0));
+                }
+                WriteResult::LeaseRevoked { existed }
+            }
+            WriteOp::PutLeased {
+                key,
+                value,
+                lease,
+                return_prev,
+            } => {
+                if self.live_lease(*lease).is_none() {
+                    return WriteResult::Rejected(format!(
+                        "lease {lease} not found: never granted, expired or revoked; nothing \
+                         was written"
+                    ));
+                }
+                let prev = self.current(key).filter(|_| *return_prev);
+                let version = self.set(key, Some(value.clone()));
+                self.lease_of.insert(key.clone(), *lease);
+                WriteResult::Put { version, prev }
+            }
+            WriteOp::SetUser { .. } | WriteOp::DeleteUser { .. } => {
+                unreachable!("the property test generates no user commands")
             }
             WriteOp::Txn(t) => {
                 let succeeded = t.compare.iter().all(|c| {
@@ -706,6 +846,27 @@ fn check_state(kv: &KvStore, model: &Model, what: &str) -> Result<(), TestCaseEr
         .cloned()
         .collect();
     prop_assert_eq!(resumed, tail, "resumed history {}", what);
+    // The live leases, and the keys attached to each.
+    let live: Vec<_> = (model.leases.keys())
+        .filter(|id| model.live_lease(**id).is_some())
+        .map(|id| model.lease_info(*id))
+        .collect();
+    prop_assert_eq!(&kv.leases(0, 100).unwrap().0, &live, "leases {}", what);
+    for info in &live {
+        let mut keys: Vec<Vec<u8>> = (model.lease_of.iter())
+            .filter(|(_, l)| **l == info.id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        let (status, _) = kv.lease(info.id, 100).unwrap();
+        prop_assert_eq!(
+            status.map(|s| s.keys),
+            Some(keys),
+            "lease {} {}",
+            info.id,
+            what
+        );
+    }
     Ok(())
 }
 
@@ -717,9 +878,15 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
     for (step, action) in actions.into_iter().enumerate() {
         let what = format!("at step {step}: {action:?}");
         match &action {
-            Action::Entry(specs, advance) => {
+            Action::Entry(specs, advance, reign) => {
                 let stamp = (*advance > 0).then(|| model.time + advance);
-                model.time = model.time.max(stamp.unwrap_or(0));
+                // Reign 0: a stamp written before reigns (never a leader change).
+                let reign = u128::from(*reign);
+                if reign != 0 {
+                    model.begin_entry(stamp, reign);
+                } else {
+                    model.time = model.time.max(stamp.unwrap_or(0));
+                }
                 let mut cmds = Vec::new();
                 let mut expected = Vec::new();
                 for spec in specs {
@@ -736,7 +903,8 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                         cmds.push(cmd);
                     }
                 }
-                let got = kv.apply_kv_at(model.applied, stamp, &cmds).unwrap();
+                let stamp = stamp.map(|time| crate::machine::Stamp { time, reign });
+                let got = kv.apply_kv_stamped(model.applied, stamp, &cmds).unwrap();
                 model.applied += 1;
                 model.end_entry();
                 prop_assert_eq!(got.len(), expected.len(), "{}", what);
@@ -807,8 +975,12 @@ fn op_spec() -> impl Strategy<Value = OpSpec> {
             4 => write_op_spec().prop_map(TxnOpSpec::Write),
         ]
     };
+    let lease_id = || prop_oneof![Just(0u64), 1u64..4];
     prop_oneof![
         8 => write_op_spec(),
+        1 => (lease_id(), 1u64..6).prop_map(|(id, ttl)| OpSpec::LeaseGrant { id, ttl }),
+        1 => (1u64..4).prop_map(OpSpec::LeaseKeepAlive),
+        1 => (1u64..4).prop_map(OpSpec::LeaseRevoke),
         2 => (
             proptest::collection::vec((0..READ_KEYS.len(), 0..CMP_OPS.len(), cmp), 0..3),
             proptest::collection::vec(txn_op(), 0..4),
@@ -845,6 +1017,8 @@ fn write_op_spec() -> impl Strategy<Value = OpSpec> {
             .prop_map(|(key, value, cond, delta)| OpSpec::SetEx { key, value, cond, delta }),
         2 => (0..KEYS.len(), proptest::option::of(-1i64..6), 0..WHENS.len())
             .prop_map(|(key, delta, when)| OpSpec::Expire { key, delta, when }),
+        2 => (0..KEYS.len(), 0..VALUES.len(), 1u64..4)
+            .prop_map(|(key, value, lease)| OpSpec::PutLeased { key, value, lease }),
     ]
 }
 
@@ -860,8 +1034,12 @@ fn cmd_spec() -> impl Strategy<Value = CmdSpec> {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        10 => (proptest::collection::vec(cmd_spec(), 1..=4), prop_oneof![Just(0u64), 1u64..4])
-            .prop_map(|(specs, advance)| Action::Entry(specs, advance)),
+        10 => (
+            proptest::collection::vec(cmd_spec(), 1..=4),
+            prop_oneof![Just(0u64), 1u64..4],
+            prop_oneof![4 => Just(1u8), 1 => 0u8..3],
+        )
+            .prop_map(|(specs, advance, reign)| Action::Entry(specs, advance, reign)),
         2 => (0..READ_KEYS.len()).prop_map(Action::Get),
         2 => (0..PREFIXES.len(), 0usize..5)
             .prop_map(|(prefix, limit)| Action::ScanPrefix { prefix, limit }),
