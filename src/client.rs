@@ -12,6 +12,9 @@
 //! connection was refused or had no route): then nothing was sent, and the error is
 //! [`Error::Unavailable`].
 //!
+//! Watches: [`Client::watch`] streams the changes of a key or a key range and resumes by
+//! itself when its node fails ([`WatchStream`], in `client/watch.rs`).
+//!
 //! SQL: [`Client::sql_execute`] runs statements through the log in a session, exactly like
 //! a key-value write (at most once, `OutcomeUnknown` when unsure); [`Client::sql_query`]
 //! runs read-only statements at a read level and is retried freely, like a read.
@@ -21,6 +24,10 @@
 //! a client certificate. A TLS setup problem (untrusted certificate, a plaintext port, a
 //! TLS-only port reached without TLS, a refused client certificate) is an
 //! [`Error::Config`] saying what to fix, returned at once rather than retried.
+
+mod watch;
+
+pub use watch::{WatchStream, IDLE_LIMIT as WATCH_IDLE_LIMIT};
 
 use crate::api::grpc::from_status;
 use crate::api::{grpc_sql, pb};
@@ -66,6 +73,7 @@ impl Default for Session {
 
 pub use crate::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
 pub use crate::kv::handle::{CasResult, DeleteResult, PutResult, ScanResult, TxnResult};
+pub use crate::kv::{Change, ChangeKind, WatchFilter};
 
 /// Options of [`Client::put_with`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,6 +159,8 @@ struct Inner {
     preferred: AtomicUsize,
     sessions: Mutex<Vec<Session>>,
     timeout: Duration,
+    /// Time one attempt on one node may take.
+    attempt_timeout: Duration,
     /// The CA file trusted, for error messages ("" without TLS).
     ca: String,
     tls: Option<ClientTls>,
@@ -219,6 +229,7 @@ impl Client {
                 preferred: AtomicUsize::new(0),
                 sessions: Mutex::new(Vec::new()),
                 timeout: opts.timeout,
+                attempt_timeout: opts.attempt_timeout,
                 ca: opts
                     .tls
                     .as_ref()
@@ -253,6 +264,7 @@ impl Client {
                 preferred: AtomicUsize::new(i.preferred.load(Ordering::Relaxed)),
                 sessions: Mutex::new(Vec::new()),
                 timeout: i.timeout,
+                attempt_timeout: i.attempt_timeout,
                 ca: i.ca.clone(),
                 tls: i.tls.clone(),
             }),

@@ -87,6 +87,12 @@
 //! ([`Consistency::Stale`], [`ReadLevel::Stale`]) read this node's copy at once and report
 //! the applied index they reflect.
 //!
+//! Watches: [`Kv::watch`] streams the changes of a key or a key range from a revision
+//! on ([`Watch`]), read from the node's watch history as the gRPC `Watch` is. A watch is
+//! served by a task of its own that feeds a small queue, so that [`Node::shutdown`] can
+//! end it (the watch then answers `Unavailable`) and release the database even while the
+//! caller holds it.
+//!
 //! A SQL statement that fails (a syntax error, a constraint) is [`Error::InvalidInput`]
 //! with SQLite's message, and changed nothing; for several statements in one request,
 //! [`Sql::execute_request`] returns each statement's result or error, as the HTTP API does.
@@ -102,15 +108,18 @@
 //!   takes the next sequence number.
 //! - Nothing here is a special single-node path: one member is an ordinary configuration.
 //! - [`Node::shutdown`] returns after the node thread has stopped and the data directory
-//!   is released: handles still held answer `Unavailable` from then on and hold nothing
-//!   of the node, so the same directory can be opened again at once. Dropping a [`Node`]
-//!   without it asks the node to stop but does not wait.
+//!   is released: handles still held (watches too) answer `Unavailable` from then on and
+//!   hold nothing of the node, so the same directory can be opened again at once.
+//!   Dropping a [`Node`] without it asks the node to stop but does not wait.
+//! - A [`Watch`] holds at most [`WATCH_QUEUE`] batches it has not handed out; its task
+//!   ends, freeing the watcher's place, when the watch is dropped or the node shuts down.
 
 use crate::client::{CasExpect, CasResult, DeleteResult, PutResult, ScanResult};
 use crate::command::{Expect, ScanRange, Versioned};
 use crate::config::{parse_peers, Config, Member};
 use crate::error::{Error, Result};
 use crate::kv::handle::{KvHandle, Writer};
+use crate::kv::{Change, WatchFilter, Watcher};
 use crate::machine::NodeId;
 use crate::membership::Membership;
 use crate::node::{NodeHandle, NodeStatus};
@@ -307,6 +316,7 @@ impl Node {
         let live = Arc::new(Live {
             kv: Some(server.kv.clone()).into(),
             sql: server.info.sql.clone().into(),
+            stop: tokio::sync::watch::Sender::new(false),
         });
         Node {
             kv: Kv {
@@ -440,6 +450,9 @@ impl Node {
     /// once all of that is done. Handles still held then answer `Unavailable`.
     pub async fn shutdown(mut self) {
         self.live.close();
+        // Every watch's task has ended (and dropped its watcher) once no receiver of the
+        // stop signal is left.
+        self.live.stop.closed().await;
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
@@ -458,10 +471,12 @@ impl Drop for Node {
 
 /// What the handles reach the node through, until [`Node::shutdown`] takes it away (so
 /// that handles still held then release the database and answer `Unavailable`).
-#[derive(Default)]
 struct Live {
     kv: std::sync::RwLock<Option<KvHandle>>,
     sql: std::sync::RwLock<Option<Arc<dyn SqlService>>>,
+    /// True once the node is shutting down: every watch's task holds a receiver, and ends
+    /// when this turns true (see [`Watch`]).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 fn shut_down() -> Error {
@@ -480,6 +495,7 @@ impl Live {
     fn close(&self) {
         self.kv.write().expect("live").take();
         self.sql.write().expect("live").take();
+        self.stop.send_replace(true);
     }
 }
 
@@ -648,6 +664,125 @@ impl Kv {
         self.retry
             .run(false, || kv.scan(range, limit, consistency))
             .await
+    }
+
+    /// Watches the keys `filter` matches from revision `from` on (`None`: from now, after
+    /// every write acknowledged before the call): every change once, in revision order,
+    /// whole revisions at a time (see [`Watch`]). [`Error::Compacted`] when the node's
+    /// watch history no longer holds `from`; [`Error::Overloaded`] when the node serves
+    /// its most watchers (`max_watchers`; not retried: a place frees only when a watch
+    /// ends). No leader yet is retried until the timeout, as a read is.
+    pub async fn watch(&self, filter: WatchFilter, from: Option<u64>) -> Result<Watch> {
+        let kv = self.live.kv()?;
+        let watcher = self
+            .retry
+            .run(false, || {
+                let (kv, filter) = (&kv, filter.clone());
+                async move {
+                    match kv.watch(filter, from).await {
+                        // Passed through, not retried.
+                        Err(e @ Error::Overloaded(_)) => Ok(Err(e)),
+                        r => r.map(Ok),
+                    }
+                }
+            })
+            .await??;
+        drop(kv);
+        let next = watcher.next_revision();
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
+        tokio::spawn(pump_watch(watcher, tx, self.live.stop.subscribe()));
+        Ok(Watch {
+            rx,
+            next,
+            done: false,
+        })
+    }
+}
+
+/// Batches a [`Watch`] holds ready at most.
+pub const WATCH_QUEUE: usize = 4;
+
+/// A batch of a watch's task: the changes and where the watcher is after them.
+type Batch = Result<(Vec<Change>, u64)>;
+
+/// A watch's task: reads `watcher` into `tx` until the watch is dropped, the watcher
+/// fails (its error is the last item) or the node shuts down.
+async fn pump_watch(
+    mut watcher: Watcher,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        // `Watcher::next` is cancel-safe.
+        let item = tokio::select! {
+            r = watcher.next() => r.map(|changes| (changes, watcher.next_revision())),
+            _ = stop.wait_for(|stop| *stop) => return,
+            () = tx.closed() => return,
+        };
+        let last = item.is_err();
+        tokio::select! {
+            sent = tx.send(item) => if sent.is_err() || last {
+                return;
+            },
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// The changes of a watch on this node ([`Kv::watch`]), batch by batch: each batch is one
+/// or more whole revisions, in order. A [`futures::Stream`] too. After an error (or once
+/// the node shut down: `Unavailable`) it ends; [`Watch::next_revision`] says where to
+/// watch again from to miss nothing.
+#[derive(Debug)]
+pub struct Watch {
+    rx: tokio::sync::mpsc::Receiver<Batch>,
+    next: u64,
+    done: bool,
+}
+
+impl Watch {
+    /// The next changes, waiting until there are some; `None` after an error ended the
+    /// watch.
+    pub async fn next(&mut self) -> Option<Result<Vec<Change>>> {
+        std::future::poll_fn(|cx| self.poll_batch(cx)).await
+    }
+
+    /// The revision to watch again from to miss nothing: past every change handed out.
+    pub fn next_revision(&self) -> u64 {
+        self.next
+    }
+
+    fn poll_batch(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Vec<Change>>>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok((changes, next)))) => {
+                self.next = next;
+                return Poll::Ready(Some(Ok(changes)));
+            }
+            Poll::Ready(Some(Err(e))) => Err(e),
+            // The task ended without an error: the node shut down.
+            Poll::Ready(None) => Err(shut_down()),
+        };
+        self.done = true;
+        Poll::Ready(Some(item))
+    }
+}
+
+impl futures::Stream for Watch {
+    type Item = Result<Vec<Change>>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().poll_batch(cx)
     }
 }
 

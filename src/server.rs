@@ -616,10 +616,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     // (`Limits::check_txn`), plus its framing.
     let max_msg = info.config.max_value_size * 2 + info.config.max_key_size + 64 * 1024;
     let max_kv_msg = info.config.max_value_size * 4 + info.config.max_key_size + 64 * 1024;
+    // Stops the listeners' long-lived work (watch streams, blocking queries) at shutdown.
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let kv_svc = pb::kv_server::KvServer::new(grpc::KvService {
         kv: kv_handle.clone(),
         metrics: info.metrics.clone(),
         auth: info.auth.clone(),
+        stop: stopping.clone(),
     })
     .max_decoding_message_size(max_kv_msg)
     .max_encoding_message_size(64 * 1024 * 1024);
@@ -667,14 +670,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             tracing::error!("gRPC server failed: {e}");
         }
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut protocol_tasks = Vec::new();
     if let Some(l) = http_listener {
         protocol_tasks.push(tokio::spawn(crate::api::http::serve(
             l,
             kv_handle.clone(),
             info.clone(),
-            stop_rx.clone(),
+            stopping.clone(),
         )));
     }
     if let Some(l) = resp_listener {
@@ -682,7 +684,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             l,
             kv_handle.clone(),
             info.clone(),
-            stop_rx,
+            stopping,
         )));
     }
     let shown: Vec<String> = info

@@ -10,13 +10,33 @@
 //! `UNAUTHENTICATED`, a role or key prefix that forbids the call `PERMISSION_DENIED`.
 //! Status needs none; membership changes and user management need the admin role.
 //!
-//! Every call is timed into [`Metrics`] as protocol `grpc`.
+//! Every call is timed into [`Metrics`] as protocol `grpc` (a `Watch` until its stream
+//! starts).
+//!
+//! `Kv.Watch` streams a [`Watcher`] ([`crate::kv::watch`]): the watcher is started
+//! before the call answers, so a refusal (a compacted revision, too many watchers, no
+//! rights) is the call's status; then one task per stream reads the watcher and feeds a
+//! small bounded queue that tonic sends from. A queue that is full (a client that reads
+//! slowly) makes the task wait, holding nothing more: the history is on disk, and a
+//! client that falls behind its window gets `OUT_OF_RANGE` as the stream's final status.
+//! The task ends, dropping the watcher and freeing its place, when the client goes away,
+//! even while nothing is changing. It also sends a progress note (no events, the next
+//! revision) after [`WATCH_PROGRESS_EVERY`] without a message, which keeps an idle
+//! stream's connection from looking idle and lets clients resume from close by. The
+//! user's rights are checked again, at most once a second, before anything is sent: a
+//! user deleted, disabled or narrowed stops receiving changes.
+//!
+//! Invariants:
+//! - a watch stream sends whole revisions in increasing order, each change once, and
+//!   every `next_revision` it sends is past every event sent before it;
+//! - each stream holds one watcher and at most [`WATCH_QUEUE`] responses in memory.
 
 use super::{pb, txn_pb};
 use crate::auth::{Authenticator, Identity, Role, UserChange};
 use crate::command::{Deadline, Expect, Expiry, ScanRange, SetCond, Versioned, WriteOp};
 use crate::error::Error;
 use crate::kv::handle::{KvHandle, Writer};
+use crate::kv::{Change, ChangeKind, WatchFilter, Watcher};
 use crate::metrics::Metrics;
 use crate::node::Consistency;
 use crate::server::ServerInfo;
@@ -31,6 +51,12 @@ const ERROR_KIND: &str = "x-paxosdb-error";
 const OLDEST_REVISION: &str = "x-paxosdb-oldest-revision";
 /// With `x-paxosdb-error: compacted`: the revision the watch asked for.
 const REQUESTED_REVISION: &str = "x-paxosdb-requested-revision";
+
+/// After this long without sending anything, a watch stream sends a progress note.
+pub const WATCH_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Responses a watch stream holds ready to send at most.
+pub const WATCH_QUEUE: usize = 4;
 
 /// Converts an [`Error`] into a gRPC status.
 pub fn to_status(e: Error) -> Status {
@@ -155,6 +181,9 @@ pub struct KvService {
     pub kv: KvHandle,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// Becomes true when the node shuts down: open watch streams end (`UNAVAILABLE`, so
+    /// clients resume on another node) instead of holding the shutdown up.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Checks that the caller may write `key` and names the write: the caller's user and the
@@ -168,6 +197,41 @@ fn writer(id: &Identity, session_field: Option<pb::Session>, key: &[u8]) -> Resu
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
+    type WatchStream = WatchResponses;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.metrics
+            .timed("grpc", "watch", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
+                let r = req.into_inner();
+                let limits = self.kv.node().limits();
+                let filter = watch_filter(&id, limits, r.target.clone())?;
+                let from = (r.from_revision != 0).then_some(r.from_revision);
+                // Started here, so that a refusal is the call's status.
+                let watcher = (self.kv.watch(filter.clone(), from).await).map_err(to_status)?;
+                let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
+                let pump = WatchPump {
+                    watcher,
+                    tx,
+                    auth: self.auth.clone(),
+                    id,
+                    limits,
+                    target: r.target,
+                    filter,
+                    checked: std::time::Instant::now(),
+                    stop: self.stop.clone(),
+                };
+                tokio::spawn(pump.run());
+                let stream: WatchResponses =
+                    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+                Ok(Response::new(stream))
+            })
+            .await
+    }
+
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.metrics
             .timed("grpc", "put", async move {
@@ -335,6 +399,160 @@ impl pb::kv_server::Kv for KvService {
                 }))
             })
             .await
+    }
+}
+
+/// What a watch request watches, checked against the caller's rights: a key must be
+/// inside the caller's prefix; a range is narrowed to it (as a scan is), and one wholly
+/// outside it is refused.
+#[allow(clippy::result_large_err)] // tonic handlers return Status by value
+fn watch_filter(
+    id: &Identity,
+    limits: crate::command::Limits,
+    target: Option<pb::watch_request::Target>,
+) -> Result<WatchFilter, Status> {
+    use pb::watch_request::Target;
+    let range = match target {
+        Some(Target::Key(key)) => {
+            limits.check_key(&key).map_err(to_status)?;
+            id.check_read(&key).map_err(to_status)?;
+            return Ok(WatchFilter::Key(key));
+        }
+        Some(Target::Prefix(p)) => ScanRange::Prefix(p),
+        Some(Target::KeyRange(kr)) => ScanRange::Range {
+            from: kr.from,
+            to: if kr.to.is_empty() { None } else { Some(kr.to) },
+        },
+        None => {
+            return Err(Status::invalid_argument(
+                "a watch needs a key, a prefix or a key_range (an empty prefix: every key)",
+            ))
+        }
+    };
+    let longest = match &range {
+        ScanRange::Prefix(p) => p.len(),
+        ScanRange::Range { from, to } => from.len().max(to.as_ref().map_or(0, Vec::len)),
+    };
+    if longest > limits.max_key {
+        return Err(to_status(Error::too_large(format!(
+            "a watched range's bound is {longest} bytes; the key limit is {} bytes",
+            limits.max_key
+        ))));
+    }
+    match id.narrow(&range) {
+        Some(range) => Ok(WatchFilter::Range(range)),
+        None => Err(to_status(Error::PermissionDenied(format!(
+            "user {} may not watch keys outside its prefix",
+            id.user.as_deref().unwrap_or("default")
+        )))),
+    }
+}
+
+fn watch_event(c: Change) -> pb::WatchEvent {
+    let kind = match c.kind {
+        ChangeKind::Put => pb::watch_event::Kind::Put,
+        ChangeKind::Delete => pb::watch_event::Kind::Delete,
+        ChangeKind::Expire => pb::watch_event::Kind::Expire,
+    };
+    pb::WatchEvent {
+        revision: c.revision,
+        kind: kind as i32,
+        key: c.key,
+        value: c.value,
+    }
+}
+
+/// A watch stream's responses, as tonic sends them.
+pub type WatchResponses =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+/// How often a watch stream checks again that its user may still watch what it watches
+/// (before sending changes, and with each progress note).
+const WATCH_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One watch stream being served: its watcher, where its responses go, and what it
+/// needs to check its user's rights again.
+struct WatchPump {
+    watcher: Watcher,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    auth: Arc<Authenticator>,
+    id: Identity,
+    limits: crate::command::Limits,
+    target: Option<pb::watch_request::Target>,
+    filter: WatchFilter,
+    checked: std::time::Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl WatchPump {
+    /// Serves the stream: sends what the watcher returns until the client goes away or
+    /// the watcher fails (its error is the stream's last item).
+    async fn run(mut self) {
+        let note = |next_revision| pb::WatchResponse {
+            events: vec![],
+            next_revision,
+        };
+        // The start, before anything else: where a client resumes if the stream breaks
+        // before the first change.
+        if self
+            .tx
+            .send(Ok(note(self.watcher.next_revision())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let every = WATCH_PROGRESS_EVERY;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // `Watcher::next` is cancel-safe: a progress note or a client gone in between
+            // loses nothing.
+            let msg = tokio::select! {
+                r = self.watcher.next() => r.map_err(to_status).map(|changes| {
+                    pb::WatchResponse {
+                        events: changes.into_iter().map(watch_event).collect(),
+                        next_revision: self.watcher.next_revision(),
+                    }
+                }),
+                _ = beat.tick() => Ok(note(self.watcher.next_revision())),
+                () = self.tx.closed() => return,
+                _ = self.stop.wait_for(|stopping| *stopping) => {
+                    Err(Status::unavailable("the node is shutting down; watch another node"))
+                }
+            };
+            beat.reset();
+            let msg = match (msg, self.recheck()) {
+                (Ok(_), Err(refused)) => Err(refused),
+                (msg, _) => msg,
+            };
+            let last = msg.is_err();
+            if self.tx.send(msg).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
+    /// Whether the user may still watch what this stream watches (checked again at most
+    /// every [`WATCH_RECHECK_EVERY`]): a user deleted, disabled or with another password
+    /// must authenticate again; one whose prefix no longer allows the watch is refused;
+    /// one whose rights changed the range is asked to watch again (`UNAVAILABLE`: a
+    /// client resumes, and gets the range its rights now allow).
+    #[allow(clippy::result_large_err)] // tonic handlers return Status by value
+    fn recheck(&mut self) -> Result<(), Status> {
+        if self.checked.elapsed() < WATCH_RECHECK_EVERY {
+            return Ok(());
+        }
+        self.checked = std::time::Instant::now();
+        let id = self.auth.refresh(&self.id).map_err(to_status)?;
+        let filter = watch_filter(&id, self.limits, self.target.clone())?;
+        if filter != self.filter {
+            return Err(Status::unavailable(
+                "the user's key prefix changed; watch again",
+            ));
+        }
+        self.id = id;
+        Ok(())
     }
 }
 

@@ -18,6 +18,7 @@ mod sql;
 mod status;
 mod txn;
 mod user;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -173,6 +174,19 @@ pub enum CliCommand {
   paxosdb scan --prefix user/               every key under user/ (at most --limit)
   paxosdb scan --from a --to m --limit 10   a range, B exclusive")]
     Scan(WithClient<kv::ScanArgs>),
+    /// Print the changes of a key or a prefix as they happen, until Ctrl-C (or --count).
+    #[command(
+        after_help = "Prints one line per change: `rev 12 put KEY VALUE`, `rev 13 delete KEY`,
+`rev 14 expire KEY` (--json: one JSON object per line). Resumes by itself on another node
+when its node fails, printing every change once, in revision order.
+
+Examples:
+  paxosdb watch config/app                  a key, from now on
+  paxosdb watch --prefix user/              every key under user/
+  paxosdb watch --prefix user/ --from-revision 6 --count 3
+                                            replay from revision 6; exit after 3 changes"
+    )]
+    Watch(WithClient<watch::WatchArgs>),
     /// Run an atomic transaction: comparisons, then operations if they hold, else others
     /// (a script from a file or standard input; exit 1 if a comparison failed).
     #[command(
@@ -504,6 +518,7 @@ impl CliCommand {
             CliCommand::Delete(a) => Some(&a.client),
             CliCommand::Cas(a) => Some(&a.client),
             CliCommand::Scan(a) => Some(&a.client),
+            CliCommand::Watch(a) => Some(&a.client),
             CliCommand::Txn(a) => Some(&a.client),
             CliCommand::Status(a) => Some(&a.client),
             CliCommand::Bench(a) => Some(&a.client),
@@ -608,6 +623,7 @@ pub fn main() -> ExitCode {
             CliCommand::Delete(a) => kv::delete(&cli, &a.args).await,
             CliCommand::Cas(a) => kv::cas(&cli, &a.args).await,
             CliCommand::Scan(a) => kv::scan(&cli, &a.args).await,
+            CliCommand::Watch(a) => watch::run(&cli, &a.args).await,
             CliCommand::Txn(a) => txn::run(&cli, &a.args).await,
             CliCommand::Status(a) => status::run(&cli, &a.args).await,
             CliCommand::Cluster(c) => cluster::run(&cli, c).await,

@@ -85,6 +85,13 @@ pub struct NemesisArgs {
     /// none).
     #[arg(long, default_value_t = 0)]
     pub kv_bank_clients: usize,
+    /// Watchers of the key-value workload's keys, beside the workers: each follows the
+    /// changes from revision 1 through the faults (raw gRPC watch streams resumed on the
+    /// next node, and the client's resuming watch, in turn), and at the end its stream
+    /// must be exactly the cluster's history of those keys, which must hold every
+    /// acknowledged write (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
     /// Also print the summary as JSON on stdout (after the text).
     #[arg(long)]
     pub json: bool,
@@ -127,6 +134,7 @@ pub async fn run(a: &NemesisArgs) -> Result<ExitCode> {
     opts.protocols = protocols;
     opts.sql_clients = a.sql_clients;
     opts.kv_bank_clients = a.kv_bank_clients;
+    opts.watchers = a.watchers;
     eprintln!(
         "nemesis: seed {seed}, {} nodes, {} clients + {} SQL clients, {:?}, faults {}, {} log budget",
         a.nodes,

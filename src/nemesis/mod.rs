@@ -33,6 +33,10 @@
 //! scan of the books (or one read-only transaction of ranges), checked by the SQL bank's
 //! checker.
 //!
+//! With [`Options::watchers`] (none by default), watchers follow the key-value
+//! workload's keys through the faults ([`watch`]): raw gRPC watch streams resumed on the
+//! next member when they break, and the Rust client's resuming watch.
+//!
 //! At the end all faults are healed, the cluster must become healthy, and then:
 //! - the history is checked for linearizability per key ([`crate::check::check`]);
 //! - the set workload's final linearizable reads must hold every acknowledged element
@@ -43,6 +47,9 @@
 //!   accounts and ledger, with each committed transfer exactly once, each unknown one at
 //!   most once, and balances that follow the ledger ([`bank::check`]); the key-value bank
 //!   the same, in every read and on every final member ([`kv_bank::check`]);
+//! - with watchers, one final member's whole watch history must hold every revision and
+//!   replay to its data, hold every acknowledged key-value write, and be, for the watched
+//!   keys, exactly every watcher's stream over the revisions it covered ([`watch`]);
 //! - every membership change must be resolved (applied or not), and none answered with
 //!   an error may have happened;
 //! - no node process may have exited by itself (a panic, an abort) at any time: such a
@@ -79,6 +86,7 @@ pub mod firewall;
 pub mod kv_bank;
 pub mod membership;
 pub mod transfer_faults;
+pub mod watch;
 pub mod workload;
 
 use crate::check::{self, Input, Operation, Outcome, Output, Report};
@@ -255,6 +263,9 @@ pub struct Options {
     pub sql_tamper: Option<bank::Tamper>,
     /// Workers of the key-value bank workload ([`kv_bank`]), beside the others (0: none).
     pub kv_bank_clients: usize,
+    /// Watchers of the key-value workload's keys through the faults ([`watch`]), checked
+    /// at the end against the cluster's history (0: none).
+    pub watchers: usize,
 }
 
 impl Options {
@@ -281,6 +292,7 @@ impl Options {
             sql_clients: 2,
             sql_tamper: None,
             kv_bank_clients: 0,
+            watchers: 0,
         }
     }
 }
@@ -332,6 +344,9 @@ pub struct Summary {
     /// The key-value bank workload's verdict (None: it did not run).
     #[serde(default)]
     pub kv_bank: Option<KvBankReport>,
+    /// The watchers' verdict (None: none ran).
+    #[serde(default)]
+    pub watch: Option<watch::WatchReport>,
     /// Replicas that disagree after healing (empty = converged).
     pub divergence: Vec<String>,
     /// Nodes whose process exited by itself during the run (a panic, an abort), with the
@@ -366,7 +381,8 @@ pub struct Summary {
 
 impl Summary {
     /// True when the history is linearizable, the set is intact, the SQL bank and the
-    /// key-value bank passed their checks, the replicas agree, no node crashed, and every membership change was
+    /// key-value bank passed their checks, the watchers' streams are the history, the
+    /// replicas agree, no node crashed, and every membership change was
     /// answered truthfully and resolved.
     pub fn is_valid(&self) -> bool {
         self.linearizability
@@ -375,6 +391,7 @@ impl Summary {
             && self.set.as_ref().is_none_or(|s| s.is_valid())
             && self.bank.as_ref().is_none_or(|b| b.is_valid())
             && self.kv_bank.as_ref().is_none_or(|b| b.is_valid())
+            && self.watch.as_ref().is_none_or(|w| w.is_valid())
             && self.divergence.is_empty()
             && self.crashes.is_empty()
             && self.membership.failed_but_applied == 0
@@ -492,6 +509,9 @@ impl Summary {
         }
         if let Some(bank) = &self.kv_bank {
             s += &bank.render();
+        }
+        if let Some(watch) = &self.watch {
+            s += &watch.render();
         }
         for c in &self.crashes {
             s += &format!("CRASH: {c}\n");
@@ -799,6 +819,12 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             kv_bank::worker(shared, log, id, worker_rng).await
         }));
     }
+    // The watchers run on through the end of the workload, until `watch::finish`.
+    let watch_log = Arc::new(watch::WatchLog::new(
+        opts.watchers,
+        watch::prefix(opts.workload),
+    ));
+    let watchers = watch::start(&shared, &watch_log);
 
     let deadline = start + opts.time_limit;
     let nemesis = nemesis_loop(
@@ -907,6 +933,19 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     } else {
         None
     };
+    let watch = if opts.watchers > 0 {
+        // The cluster is healed, its replicas agree and nothing writes any more: the
+        // history is complete.
+        let (node, endpoint, client) = {
+            let c = cluster.lock().await;
+            let node = c.members().first().copied().unwrap_or(1);
+            let endpoint = c.node(node).client_addr.clone();
+            (node, endpoint, c.client_for(node, Duration::from_secs(10)))
+        };
+        Some(watch::finish(&watch_log, watchers, node, &client, &endpoint, &history).await)
+    } else {
+        None
+    };
     drop(cluster);
     drop(firewall);
     // Every node is gone: its log is complete.
@@ -979,6 +1018,9 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
     if let Some(b) = &kv_bank {
         protocols_unexercised.extend(b.unexercised());
     }
+    if let Some(w) = &watch {
+        protocols_unexercised.extend(w.unexercised());
+    }
     let mut summary = Summary {
         seed: opts.seed,
         nodes: opts.nodes,
@@ -1000,6 +1042,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         set,
         bank,
         kv_bank,
+        watch,
         divergence,
         crashes,
         state_transfers,
@@ -1028,6 +1071,7 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         };
         let sql_bank_invalid = summary.bank.as_ref().is_some_and(|b| !b.is_valid());
         let kv_bank_invalid = summary.kv_bank.as_ref().is_some_and(|b| !b.is_valid());
+        let watch_invalid = summary.watch.as_ref().is_some_and(|w| !w.is_valid());
         let doc = serde_json::json!({
             "summary": &summary,
             "histories": offending,
@@ -1037,6 +1081,12 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
             "sql_reads": sql_bank_invalid.then(|| bank_log.reads.lock().unwrap().clone()),
             "kv_bank_transfers": kv_bank_invalid.then(|| kv_bank_log.transfers.lock().unwrap().clone()),
             "kv_bank_reads": kv_bank_invalid.then(|| kv_bank_log.reads.lock().unwrap().clone()),
+            // What every watcher received, when the watch checks failed.
+            "watchers": watch_invalid.then(|| {
+                (watch_log.watchers.iter())
+                    .map(|r| r.lock().unwrap().clone())
+                    .collect::<Vec<_>>()
+            }),
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
         summary.violation_file = Some(path);

@@ -34,6 +34,8 @@
 //!   register model cannot see: a duplicate suppression (session table) that lets a
 //!   retried or re-proposed append apply twice.
 //! - [`linearizable`]: the client history, through [`crate::check::check`].
+//! - The watch checker ([`super::watch_check`], over histories read from the nodes and
+//!   the watchers' streams) fails with [`Kind::Watch`].
 //!
 //! Every checker fails with a [`Violation`]: a [`Kind`] (which invariant) and a message
 //! naming the evidence; the bug-injection tests assert the kind, and the message where it
@@ -97,6 +99,10 @@ pub enum Kind {
     TransferDuplicated,
     /// The bank: an acknowledged transfer is missing, or a refused one applied.
     TransferLost,
+    /// The watch checker (`watch::check`): a watch history with a gap, one that does not
+    /// replay to the data, an acknowledged write missing from it, or a watcher's stream
+    /// that is not exactly the history's changes over the revisions it covered.
+    Watch,
 }
 
 /// What a checker found.

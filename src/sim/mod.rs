@@ -63,9 +63,19 @@
 //! refused, and no ledger row twice (an unknown transfer applied at most once); the final
 //! members' SQL states are equal (a digest of schema and rows); no node restarts with a
 //! state machine behind the start of its log ([`Kind::StateBehindLog`]).
+//! For watches (`watch`): two simulated watchers (every key; the register keys' prefix)
+//! read a node's watch history every 50 ms of virtual time, as a gRPC watcher streams it,
+//! and move to the next serving node, resuming from their next revision, when theirs is
+//! down, paused or stopped (no events, no randomness: the schedule is unchanged). At the
+//! end a final member's whole history is the reference: it has every revision from 1 to
+//! the store's, replays to the store's data with versions, and holds every acknowledged
+//! write (a put that reported its version at that revision); each watcher's stream is
+//! exactly its filtered changes over the revisions it covered, in order, none missing,
+//! none twice ([`Kind::Watch`]).
 //! A campaign ([`Totals::report`], `paxosdb sim --seeds N`) counts every fault path:
 //! crashes by kind (process; machine with nothing lost, all unsynced writes lost, or a
-//! prefix kept), pauses, partitions per shape, dropped messages, state transfers.
+//! prefix kept), pauses, partitions per shape, dropped messages, state transfers, and the
+//! changes the watchers received and their moves between nodes.
 //! Each checker fails with its own [`Kind`] of [`Violation`].
 //!
 //! A failure reads `sim seed=<N> failed: <reason>`; `PAXOSDB_SIM_SEED=<N> cargo test
@@ -92,18 +102,23 @@ mod driver;
 mod net;
 mod sql;
 mod storage;
+mod watch;
+pub mod watch_check;
 mod world;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod transfer_loop;
+#[cfg(test)]
+mod watch_tests;
 
 pub use checks::{
     common_prefix, decided_durable, linearizable, replicas_equal, set_valid, DecidedMonotonic,
     Kind, LogOracle, Violation,
 };
 pub use net::{Shape, Weather};
+pub use watch::WatchStats;
 pub use world::ChangeCounts;
 
 use crate::node::CompactionPolicy;
@@ -178,6 +193,11 @@ pub enum Bug {
     /// Every node's SQL state machine gets commands without their session (the store's
     /// at-most-once check skipped): a retried or re-proposed transfer applies again.
     SqlNoDedup,
+    /// Every node's watch history leaves out the changes of every revision divisible by
+    /// 7 (`KvStore::history_gap`): watchers miss them. Test builds only: the switch
+    /// exists only there.
+    #[cfg(test)]
+    HistoryGap,
 }
 
 /// How much log the simulated nodes keep, chosen per seed of a campaign (`--log-budget
@@ -379,6 +399,8 @@ pub struct RunStats {
     pub fault_log: Vec<String>,
     /// The SQL figures of the run.
     pub sql: SqlStats,
+    /// The watchers' figures of the run.
+    pub watch: WatchStats,
 }
 
 /// The SQL figures of a run (or, added up, of a campaign).
@@ -489,6 +511,8 @@ pub struct Totals {
     pub duplicated: u64,
     /// The SQL figures.
     pub sql: SqlStats,
+    /// The watchers' figures.
+    pub watch: WatchStats,
 }
 
 impl Totals {
@@ -584,6 +608,7 @@ impl Totals {
             ]
             .into_iter()
             .chain(self.sql.report())
+            .chain(self.watch.report())
             .map(|(k, v)| (k.to_string(), v)),
         );
         lines
@@ -618,6 +643,7 @@ impl Totals {
         self.dropped += s.dropped;
         self.duplicated += s.duplicated;
         self.sql.add(&s.sql);
+        self.watch.add(&s.watch);
     }
 }
 
@@ -666,7 +692,7 @@ impl std::fmt::Display for Totals {
             m.during_partition,
             m.during_pause
         )?;
-        write!(f, ", SQL: {}", self.sql)
+        write!(f, ", SQL: {}, watchers: {}", self.sql, self.watch)
     }
 }
 
@@ -815,6 +841,8 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
     } else {
         0
     };
+    // Last, so that a bug another checker is there for is reported by that checker.
+    let watch = watch::check(&mut w.watchers, w.now, &w.nodes, members[0], history)?;
     let mut h = std::mem::take(&mut w.trace);
     for op in history {
         (op.client, &op.key, op.call, op.ret).hash(&mut h);
@@ -866,6 +894,7 @@ fn final_checks(w: &mut World) -> Result<RunStats, Violation> {
         trace_hash: h.finish(),
         fault_log: w.fault_log.clone(),
         sql,
+        watch,
     })
 }
 

@@ -30,7 +30,7 @@ pub fn config_for(seed: u64) -> SimConfig {
     SimConfig::for_seed(seed, budget())
 }
 
-fn fail(f: Failure) -> ! {
+pub(super) fn fail(f: Failure) -> ! {
     for line in &f.faults {
         eprintln!("  {line}");
     }
@@ -108,6 +108,12 @@ const COVERAGE: &[Covered] = &[
         "membership changes proposed through a follower (51)",
         |t| t.membership.via_follower,
         25,
+    ),
+    // The watchers (`watch`) resume on another node when theirs goes down.
+    (
+        "watchers moved to another node (257)",
+        |t| t.watch.switches,
+        128,
     ),
 ];
 
@@ -245,7 +251,11 @@ fn caught(bug: Bug, seeds: u64) -> Failure {
 }
 
 /// Runs `seeds` with `bug` and configuration `cfg` until one fails; returns the failure.
-fn caught_in(bug: Bug, seeds: std::ops::Range<u64>, cfg: fn(u64) -> SimConfig) -> Failure {
+pub(super) fn caught_in(
+    bug: Bug,
+    seeds: std::ops::Range<u64>,
+    cfg: fn(u64) -> SimConfig,
+) -> Failure {
     for seed in seeds.clone() {
         // The seeds and messages pinned by the bug-injection tests were found without
         // power cuts (they test the checkers, not that fault; a cut changes a schedule).

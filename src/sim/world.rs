@@ -3,8 +3,8 @@
 //! Time is virtual: `base + now`, where `base` is read once and `now` only moves forward
 //! to the next thing that happens (a message arrives, a node's 10 ms tick, a client acts,
 //! a fault is due). Nothing sleeps and nothing reads the clock to decide. Each round:
-//! deliver due messages, tick due nodes, let clients act, `step` every live core and route
-//! what it sent, check the log invariants, and maybe inject a fault. All randomness comes
+//! deliver due messages, tick due nodes, let clients act (and, every 50 ms, the
+//! watchers read: see `watch`), `step` every live core and route what it sent, check the log invariants, and maybe inject a fault. All randomness comes
 //! from one `StdRng` seeded with the run's seed, so a seed replays exactly.
 //!
 //! State transfer ([`Network::fetch_state`](crate::node::Network)) is a simulated transfer
@@ -51,6 +51,7 @@ use super::clients::{self, Clients};
 use super::net::{idx, Outbox, Packet, Shape, SimNet, Weather};
 use super::sql::{RunDir, SimSql, SqlDisk};
 use super::storage::{Durable, SimStorage};
+use super::watch::Watchers;
 use super::{Bug, SimConfig};
 use crate::command::NodeId;
 use crate::error::{Error, Result as DbResult};
@@ -384,8 +385,11 @@ pub struct World {
     pub sql_behind_kv: u64,
     /// Machine crashes that lost SQL commits not yet synced.
     pub sql_lossy_crashes: u64,
-    /// A violation found outside `observe` (at a node's start).
+    /// A violation found outside `observe` (at a node's start, or by a watcher).
     violation: Option<Violation>,
+    /// The simulated watchers (see `watch`): they read the nodes' watch histories every
+    /// `watch::POLL`, after the clients act, without events or randomness of their own.
+    pub watchers: Watchers,
     /// The run's SQL directories (removed with the world).
     pub run_dir: RunDir,
 }
@@ -442,6 +446,7 @@ impl World {
             sql_behind_kv: 0,
             sql_lossy_crashes: 0,
             violation: None,
+            watchers: Watchers::new(n),
             run_dir: RunDir::new(seed),
             rng,
             cfg,
@@ -510,6 +515,7 @@ impl World {
             kv.no_dedup = self.cfg.bug == Some(Bug::NoDedup);
             kv.split_multi_put = self.cfg.bug == Some(Bug::SplitMultiPut);
             kv.txn_first_only = self.cfg.bug == Some(Bug::TxnFirstOpOnly);
+            kv.history_gap = self.cfg.bug == Some(Bug::HistoryGap);
         }
         let sql = node.sql_disk.lock().unwrap().open();
         let (kv_applied, sql_applied) = (kv.applied_index(), sql.applied_index());
@@ -1589,6 +1595,9 @@ impl World {
                 .act(now, base, &mut self.rng, &mut self.nodes, issuing);
             self.bank
                 .act(now, base, &mut self.rng, &mut self.nodes, issuing);
+            if let Err(v) = self.watchers.poll(now, &self.nodes) {
+                self.violation.get_or_insert(v);
+            }
             for i in 0..self.nodes.len() {
                 if self.nodes[i].paused {
                     continue;
@@ -1664,6 +1673,7 @@ impl World {
                 None => format!("node {}: down", i + 1),
             });
         }
+        out.extend(self.watchers.describe());
         out
     }
 

@@ -204,6 +204,12 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             "1 while the data directory's file system is below min_free_disk_bytes free.",
             u64::from(s.node.admission().disk_low()),
         ),
+        (
+            "paxosdb_watchers",
+            "Watchers this node serves now: watch streams, server-sent events, blocking \
+             queries (max_watchers).",
+            s.kv.watchers().live() as u64,
+        ),
     ]) + &crate::metrics::render_process();
     (
         [(

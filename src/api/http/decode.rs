@@ -1,5 +1,6 @@
-//! Decoding what an HTTP client sends: the key in the path, query parameters, the session
-//! and precondition headers; and encoding bytes into JSON.
+//! Decoding what an HTTP client sends: the key in the path, query parameters (blocking
+//! queries' `index` and `wait`, watches' ranges and `from_revision` included), the
+//! session, precondition and `Last-Event-ID` headers; and encoding bytes into JSON.
 //!
 //! Everything here is a pure function over strings and bytes, so that the fuzz test
 //! (`fuzz.rs`) can throw arbitrary input at it. Decoding is strict: a malformed escape, an
@@ -11,13 +12,22 @@
 //! `value_base64`. Exactly one of each pair is present.
 
 use super::error::ApiError;
-use crate::command::{Limits, ScanRange};
+use crate::command::{Limits, ScanRange, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS};
 use crate::node::Consistency;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
 /// The path prefix of single-key operations.
 pub const KV_PREFIX: &str = "/v1/kv/";
+
+/// The path prefix of single-key watches (`/v1/watch/{key}`).
+pub const WATCH_PREFIX: &str = "/v1/watch/";
+
+/// The longest a blocking query waits (`?wait=` beyond it is cut to it), as Consul's.
+pub const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
+
+/// How long a blocking query waits without `?wait=`, as Consul's.
+pub const DEFAULT_WAIT_MS: u64 = 5 * 60 * 1000;
 
 fn hex(b: u8) -> Option<u8> {
     match b {
@@ -60,9 +70,15 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<Vec<u8>, ApiError>
 /// The key of a `/v1/kv/{key}` path: everything after the prefix, %-decoded (so a key may
 /// hold `/` and, escaped, any byte), checked against the limits (empty: 400; long: 413).
 pub fn key_from_path(path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
+    key_under(KV_PREFIX, path, limits)
+}
+
+/// The key of a path `{prefix}{key}` (such as [`WATCH_PREFIX`]), decoded and checked as
+/// [`key_from_path`] does.
+pub fn key_under(prefix: &str, path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
     let raw = path
-        .strip_prefix(KV_PREFIX)
-        .ok_or_else(|| ApiError::bad("expected a path /v1/kv/{key}"))?;
+        .strip_prefix(prefix)
+        .ok_or_else(|| ApiError::bad(format!("expected a path {prefix}{{key}}")))?;
     let key = percent_decode(raw, false)?;
     check_key(&key, limits)?;
     Ok(key)
@@ -132,9 +148,80 @@ fn consistency(pairs: &[(String, Vec<u8>)]) -> Result<Consistency, ApiError> {
     }
 }
 
-/// `GET /v1/kv/{key}` parameters.
+/// `GET /v1/kv/{key}` parameters: the consistency only (see [`get_query`]).
 pub fn get_params(q: Option<&str>) -> Result<Consistency, ApiError> {
-    consistency(&parse_query(q, &["consistency"])?)
+    get_query(q).map(|p| p.consistency)
+}
+
+/// A blocking query (`?index=N&wait=30s`): answer once a change after revision `index`
+/// matches, or once `wait_ms` passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub index: u64,
+    /// At most [`MAX_WAIT_MS`]; [`DEFAULT_WAIT_MS`] when not given.
+    pub wait_ms: u64,
+}
+
+/// A parsed `GET /v1/kv/{key}` query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetParams {
+    pub consistency: Consistency,
+    pub block: Option<Block>,
+}
+
+/// `GET /v1/kv/{key}` parameters: `consistency`, and `index` / `wait` of a blocking query.
+pub fn get_query(q: Option<&str>) -> Result<GetParams, ApiError> {
+    let pairs = parse_query(q, &["consistency", "index", "wait"])?;
+    Ok(GetParams {
+        consistency: consistency(&pairs)?,
+        block: block(&pairs)?,
+    })
+}
+
+/// `index` and `wait`: a blocking query when `index` is given (without `wait`: the
+/// default wait). A `wait` without `index` is checked and otherwise ignored, as Consul
+/// does: its clients send their wait time with the first request too, which has no index
+/// yet.
+fn block(pairs: &[(String, Vec<u8>)]) -> Result<Option<Block>, ApiError> {
+    let wait = param(pairs, "wait").map(parse_wait).transpose()?;
+    let Some(index) = param(pairs, "index") else {
+        return Ok(None);
+    };
+    Ok(Some(Block {
+        index: parse_u64("index", index)?,
+        wait_ms: wait.unwrap_or(DEFAULT_WAIT_MS),
+    }))
+}
+
+/// The `wait` of a blocking query: 1 to 15 digits and a unit, `ms`, `s`, `m` or `h`
+/// (`300ms`, `30s`, `5m`), 0 included (answer at once); longer than [`MAX_WAIT_MS`] is
+/// cut to it, as Consul does. In ms.
+pub fn parse_wait(v: &[u8]) -> Result<u64, ApiError> {
+    let (n, per_unit) = duration_parts(v).ok_or_else(|| {
+        ApiError::bad(
+            "wait must be a whole number and a unit, ms, s, m or h (such as 300ms or 30s)",
+        )
+    })?;
+    Ok(n.saturating_mul(per_unit).min(MAX_WAIT_MS))
+}
+
+/// A duration as `ttl` and `wait` take it: 1 to 15 digits and a unit, `ms`, `s`, `m` or
+/// `h`. The number and the milliseconds per unit; `None` when malformed.
+fn duration_parts(v: &[u8]) -> Option<(u64, u64)> {
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (num, unit) = v.split_at(digits);
+    let per_unit: u64 = match unit {
+        b"ms" => 1,
+        b"s" => 1_000,
+        b"m" => 60_000,
+        b"h" => 3_600_000,
+        _ => return None,
+    };
+    if !(1..=15).contains(&digits) {
+        return None;
+    }
+    // At most 15 digits: always fits in a u64.
+    Some((std::str::from_utf8(num).ok()?.parse().ok()?, per_unit))
 }
 
 /// `PUT /v1/kv/{key}` parameters: the `cas` version, if any.
@@ -149,39 +236,145 @@ pub struct PutParams {
     pub cas: Option<u64>,
     /// The time to live in ms (positive, at most [`crate::api::grpc::MAX_TTL_MS`]).
     pub ttl_ms: Option<u64>,
+    /// The lease to attach the key to (non-zero); never together with `ttl_ms`.
+    pub lease: Option<u64>,
 }
 
-/// `PUT /v1/kv/{key}` parameters: `cas` (a version) and `ttl` (a duration).
+/// `PUT /v1/kv/{key}` parameters: `cas` (a version), `ttl` (a duration) and `lease` (a
+/// lease id; not with `ttl`: a key attached to a lease ends with it).
 pub fn put_query(q: Option<&str>) -> Result<PutParams, ApiError> {
-    let pairs = parse_query(q, &["cas", "ttl"])?;
-    Ok(PutParams {
+    let pairs = parse_query(q, &["cas", "ttl", "lease"])?;
+    let p = PutParams {
         cas: param(&pairs, "cas")
             .map(|v| parse_u64("cas", v))
             .transpose()?,
         ttl_ms: param(&pairs, "ttl").map(parse_ttl).transpose()?,
+        lease: param(&pairs, "lease").map(lease_id).transpose()?,
+    };
+    if p.ttl_ms.is_some() && p.lease.is_some() {
+        return Err(ApiError::bad(
+            "give ttl or lease, not both: a key attached to a lease lives as long as the lease \
+             (grant the lease with the time to live you want)",
+        ));
+    }
+    Ok(p)
+}
+
+/// A lease id as the path or a query parameter gives it: a non-zero unsigned decimal.
+pub fn lease_id(v: &[u8]) -> Result<u64, ApiError> {
+    match parse_u64("the lease id", v)? {
+        0 => Err(ApiError::bad(
+            "the lease id must be at least 1 (0 names no lease)",
+        )),
+        id => Ok(id),
+    }
+}
+
+/// The path prefix of one lease's endpoints (`/v1/lease/{id}`, `/v1/lease/{id}/keep-alive`).
+pub const LEASE_PREFIX: &str = "/v1/lease/";
+
+/// The id of a `/v1/lease/{id}` path, or of `/v1/lease/{id}{suffix}` (such as
+/// `/keep-alive`).
+pub fn lease_from_path(path: &str, suffix: &str) -> Result<u64, ApiError> {
+    let raw = path
+        .strip_prefix(LEASE_PREFIX)
+        .and_then(|p| p.strip_suffix(suffix))
+        .ok_or_else(|| ApiError::bad(format!("expected a path {LEASE_PREFIX}{{id}}{suffix}")))?;
+    lease_id(&percent_decode(raw, false)?)
+}
+
+/// A lease's time to live: a duration as `ttl` takes it (`30s`, `2m`), or a number of
+/// ms, within [`MIN_LEASE_TTL_MS`]..=[`MAX_LEASE_TTL_MS`].
+pub fn parse_lease_ttl(v: &[u8]) -> Result<u64, ApiError> {
+    let (n, per_unit) = duration_parts(v).ok_or_else(|| {
+        ApiError::bad("must be a whole number and a unit, ms, s, m or h (such as 30s or 2m)")
+    })?;
+    check_lease_ttl(n.saturating_mul(per_unit))
+}
+
+/// `ttl_ms` if a lease may be granted for that long (1 s to a year), else a 400 saying
+/// the bounds.
+pub fn check_lease_ttl(ttl_ms: u64) -> Result<u64, ApiError> {
+    if (MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(&ttl_ms) {
+        return Ok(ttl_ms);
+    }
+    Err(ApiError::bad(format!(
+        "a lease's time to live must be from {}s to {}h (a year); {ttl_ms}ms was asked",
+        MIN_LEASE_TTL_MS / 1000,
+        MAX_LEASE_TTL_MS / 3_600_000
+    )))
+}
+
+/// A parsed `GET /v1/lease/{id}` query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGetParams {
+    /// List the keys attached to the lease (at most [`MAX_LEASE_KEYS`]).
+    pub keys: bool,
+    pub consistency: Consistency,
+}
+
+/// The most keys `GET /v1/lease/{id}?keys=true` lists.
+pub const MAX_LEASE_KEYS: usize = 1000;
+
+/// `GET /v1/lease/{id}` parameters: `keys` (`true` or `false`) and `consistency`.
+pub fn lease_get_params(q: Option<&str>) -> Result<LeaseGetParams, ApiError> {
+    let pairs = parse_query(q, &["keys", "consistency"])?;
+    let keys = match param(&pairs, "keys") {
+        None | Some(b"false") => false,
+        Some(b"true") => true,
+        Some(_) => return Err(ApiError::bad("keys must be true or false")),
+    };
+    Ok(LeaseGetParams {
+        keys,
+        consistency: consistency(&pairs)?,
     })
+}
+
+/// A parsed `GET /v1/lease` (list) query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseListParams {
+    /// The first lease id to list.
+    pub from: u64,
+    /// 1 to [`MAX_LIMIT`].
+    pub limit: usize,
+    pub consistency: Consistency,
+}
+
+/// `GET /v1/lease` parameters: `from` (a lease id, default 1), `limit` (1 to
+/// [`MAX_LIMIT`], default 1,000) and `consistency`.
+pub fn lease_list_params(q: Option<&str>) -> Result<LeaseListParams, ApiError> {
+    let pairs = parse_query(q, &["from", "limit", "consistency"])?;
+    let from = param(&pairs, "from")
+        .map(|v| parse_u64("from", v))
+        .transpose()?
+        .unwrap_or(1);
+    let limit = match param(&pairs, "limit") {
+        None => crate::node::DEFAULT_SCAN_LIMIT,
+        Some(v) => match parse_u64("limit", v)? {
+            n @ 1..=MAX_LIMIT => n as usize,
+            _ => return Err(ApiError::bad(format!("limit must be 1 to {MAX_LIMIT}"))),
+        },
+    };
+    Ok(LeaseListParams {
+        from,
+        limit,
+        consistency: consistency(&pairs)?,
+    })
+}
+
+/// `POST /v1/lease/{id}/keep-alive` and `DELETE /v1/lease/{id}` take no parameters.
+pub fn no_params(q: Option<&str>) -> Result<(), ApiError> {
+    parse_query(q, &[]).map(|_| ())
 }
 
 /// A time to live: 1 to 15 digits and a unit, `ms`, `s`, `m` or `h` (`500ms`, `30s`),
 /// positive and at most [`crate::api::grpc::MAX_TTL_MS`]; in ms.
 pub fn parse_ttl(v: &[u8]) -> Result<u64, ApiError> {
-    let bad = || {
+    let (n, per_unit) = duration_parts(v).ok_or_else(|| {
         ApiError::bad("ttl must be a whole number and a unit, ms, s, m or h (such as 500ms or 30s)")
-    };
-    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
-    let (num, unit) = v.split_at(digits);
-    let per_unit: u64 = match unit {
-        b"ms" => 1,
-        b"s" => 1_000,
-        b"m" => 60_000,
-        b"h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    if !(1..=15).contains(&digits) {
-        return Err(bad());
-    }
+    })?;
     let max = crate::api::grpc::MAX_TTL_MS;
-    let ms = parse_u64("ttl", num)?
+    let ms = n
         .checked_mul(per_unit)
         .filter(|ms| *ms <= max)
         .ok_or_else(|| ApiError::bad(format!("ttl is too long: at most {max}ms (100 years)")))?;
@@ -205,6 +398,8 @@ pub struct ScanParams {
     /// 0 = the default page size.
     pub limit: usize,
     pub consistency: Consistency,
+    /// `?index=&wait=`: a blocking query.
+    pub block: Option<Block>,
 }
 
 /// Largest `limit` a scan accepts.
@@ -212,12 +407,104 @@ pub const MAX_LIMIT: u64 = crate::node::MAX_SCAN_LIMIT as u64;
 
 use crate::command::prefix_end;
 
-/// `GET /v1/kv` parameters: `prefix`, or `from`/`to` (end exclusive), `limit`, `consistency`.
+/// `GET /v1/kv` parameters: `prefix`, or `from`/`to` (end exclusive), `limit`,
+/// `consistency`, and `index` / `wait` of a blocking query.
 pub fn scan_params(q: Option<&str>, limits: &Limits) -> Result<ScanParams, ApiError> {
-    let pairs = parse_query(q, &["prefix", "from", "to", "limit", "consistency"])?;
-    let prefix = param(&pairs, "prefix");
-    let from = param(&pairs, "from");
-    let to = param(&pairs, "to");
+    let names = [
+        "prefix",
+        "from",
+        "to",
+        "limit",
+        "consistency",
+        "index",
+        "wait",
+    ];
+    let pairs = parse_query(q, &names)?;
+    let range = range(&pairs, limits)?;
+    let limit = match param(&pairs, "limit") {
+        None => 0,
+        Some(v) => match parse_u64("limit", v)? {
+            n @ 1..=MAX_LIMIT => n as usize,
+            _ => return Err(ApiError::bad(format!("limit must be 1 to {MAX_LIMIT}"))),
+        },
+    };
+    Ok(ScanParams {
+        range,
+        limit,
+        consistency: consistency(&pairs)?,
+        block: block(&pairs)?,
+    })
+}
+
+/// `GET /v1/watch/{key}` parameters: `from_revision`, the first revision to send (at
+/// least 1; `None`: from now).
+pub fn watch_key_params(q: Option<&str>) -> Result<Option<u64>, ApiError> {
+    from_revision(&parse_query(q, &["from_revision"])?)
+}
+
+/// `GET /v1/watch` parameters: the keys watched, as a scan takes them (`prefix`, or
+/// `from`/`to`, or both, or nothing: every key), and `from_revision`.
+pub fn watch_range_params(
+    q: Option<&str>,
+    limits: &Limits,
+) -> Result<(ScanRange, Option<u64>), ApiError> {
+    let pairs = parse_query(q, &["prefix", "from", "to", "from_revision"])?;
+    Ok((range(&pairs, limits)?, from_revision(&pairs)?))
+}
+
+fn from_revision(pairs: &[(String, Vec<u8>)]) -> Result<Option<u64>, ApiError> {
+    match param(pairs, "from_revision") {
+        None => Ok(None),
+        Some(v) => match parse_u64("from_revision", v)? {
+            0 => Err(ApiError::bad(
+                "from_revision must be at least 1 (revisions start at 1)",
+            )),
+            r => Ok(Some(r)),
+        },
+    }
+}
+
+/// Where a server-sent event stream resumes: the `Last-Event-ID` a client sends back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The revision to read from.
+    pub revision: u64,
+    /// How many of that revision's changes the client already has (they are skipped).
+    pub skip: u64,
+}
+
+/// The `Last-Event-ID` header of a resumed watch: `R` (every change up to revision `R`
+/// was received: resume at `R + 1`) or `R.k` (the first `k` changes of revision `R`
+/// were: resume inside `R`). Empty: none (an event stream whose id was reset).
+pub fn last_event_id(h: Option<&[u8]>) -> Result<Option<Resume>, ApiError> {
+    let Some(h) = h.filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let what = "Last-Event-ID (an event id this stream sent: R or R.k)";
+    let (r, k) = match h.iter().position(|b| *b == b'.') {
+        Some(dot) => (&h[..dot], Some(&h[dot + 1..])),
+        None => (h, None),
+    };
+    let revision = parse_u64(what, r)?;
+    let resume = match k.map(|k| parse_u64(what, k)).transpose()? {
+        None => Resume {
+            revision: revision
+                .checked_add(1)
+                .ok_or_else(|| ApiError::bad(format!("{what} is out of range")))?,
+            skip: 0,
+        },
+        Some(0) => return Err(ApiError::bad(format!("{what}: k is at least 1"))),
+        Some(k) => Resume { revision, skip: k },
+    };
+    Ok(Some(resume))
+}
+
+/// The range of a scan or a watch: `prefix`, `from`, `to` (end exclusive), or both forms
+/// (their intersection), or nothing (every key).
+fn range(pairs: &[(String, Vec<u8>)], limits: &Limits) -> Result<ScanRange, ApiError> {
+    let prefix = param(pairs, "prefix");
+    let from = param(pairs, "from");
+    let to = param(pairs, "to");
     for k in [prefix, from, to].into_iter().flatten() {
         check_bound(k, limits)?;
     }
@@ -241,18 +528,7 @@ pub fn scan_params(q: Option<&str>, limits: &Limits) -> Result<ScanParams, ApiEr
             ScanRange::Range { from: lo, to: hi }
         }
     };
-    let limit = match param(&pairs, "limit") {
-        None => 0,
-        Some(v) => match parse_u64("limit", v)? {
-            n @ 1..=MAX_LIMIT => n as usize,
-            _ => return Err(ApiError::bad(format!("limit must be 1 to {MAX_LIMIT}"))),
-        },
-    };
-    Ok(ScanParams {
-        range,
-        limit,
-        consistency: consistency(&pairs)?,
-    })
+    Ok(range)
 }
 
 /// A range bound (a prefix, `from` or `to`) may be empty, but no longer than a key (413).

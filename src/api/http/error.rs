@@ -3,11 +3,12 @@
 //!
 //! | status | code | meaning |
 //! |---|---|---|
-//! | 400 | `invalid_input` | fix the request; nothing changed (`POST /v1/txn`: `field` names the body's field at fault) |
+//! | 400 | `invalid_input` | fix the request; nothing changed (`POST /v1/txn`, `POST /v1/lease`: `field` names the body's field at fault) |
 //! | 401 | `unauthenticated` | no credentials where they are required, or wrong ones (`WWW-Authenticate` says how) |
 //! | 403 | `permission_denied` | the user's role or key prefix does not allow it; nothing changed |
-//! | 404 | `not_found` | no such key (or no such route) |
+//! | 404 | `not_found` | no such key, no such lease (expired or revoked), or no such route |
 //! | 409 | `compare_failed` | a conditional write's condition did not hold; `current` shows the key |
+//! | 410 | `compacted` | a watch from a revision the history no longer holds; `oldest_revision` is the oldest it does |
 //! | 413 | `too_large` | key, value or body over the limit; nothing changed |
 //! | 429 | `overloaded` | a bound on the node's work was reached: nothing happened, retry later (`Retry-After`) |
 //! | 503 | `unavailable` | no leader or quorum, shutting down: nothing happened, retry (`Retry-After`) |
@@ -104,13 +105,21 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body: `{"error": {"code", "message", ...}}` (what a server-sent event
+    /// stream's final `error` event carries too).
+    pub fn body(&self) -> Value {
         let mut err = Map::new();
         err.insert("code".into(), self.code.into());
-        err.insert("message".into(), self.message.into());
-        err.extend(self.extra);
-        let mut resp = (self.status, axum::Json(json!({ "error": err }))).into_response();
+        err.insert("message".into(), self.message.clone().into());
+        err.extend(self.extra.clone());
+        json!({ "error": err })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 "www-authenticate",

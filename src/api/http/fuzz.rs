@@ -51,6 +51,23 @@ const PIECES: &[&str] = &[
     "/v1/kv",
     "10000",
     "10001",
+    "index",
+    "wait",
+    "from_revision",
+    "ms",
+    "s",
+    "m",
+    "h",
+    ".",
+    "/v1/watch/",
+    "/v1/watch",
+    "lease",
+    "keys",
+    "true",
+    "ttl",
+    "ttl_ms",
+    "/v1/lease/",
+    "/keep-alive",
 ];
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -113,6 +130,32 @@ fn one_input(rng: &mut StdRng, limits: &Limits) {
             assert!(to >= from, "{q:?}");
         }
     }
+    for block in [
+        decode::get_query(query).ok().and_then(|p| p.block),
+        (decode::scan_params(query, limits).ok()).and_then(|p| p.block),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(block.wait_ms <= decode::MAX_WAIT_MS, "{q:?}");
+        assert!(q.contains("index"), "{q:?}");
+    }
+    if let Ok(Some(r)) = decode::watch_key_params(query) {
+        assert!(r >= 1, "{q:?}");
+    }
+    if let Ok((ScanRange::Range { from, to: Some(to) }, _)) =
+        decode::watch_range_params(query, limits)
+    {
+        assert!(to >= from, "{q:?}");
+    }
+    if let Ok(Some(r)) = decode::last_event_id(Some(q.as_bytes())) {
+        assert!(r.skip > 0 || (r.revision >= 1 && !q.contains('.')), "{q:?}");
+    }
+    let _ = decode::parse_wait(q.as_bytes());
+    let path = format!("{}{}", decode::WATCH_PREFIX, random_string(rng));
+    if let Ok(k) = decode::key_under(decode::WATCH_PREFIX, &path, limits) {
+        assert!(!k.is_empty() && k.len() <= limits.max_key);
+    }
     let path = format!("{}{}", decode::KV_PREFIX, random_string(rng));
     if let Ok(k) = decode::key_from_path(&path, limits) {
         assert!(!k.is_empty() && k.len() <= limits.max_key);
@@ -149,9 +192,38 @@ fn one_input(rng: &mut StdRng, limits: &Limits) {
             );
         }
     }
+    // Leases: what decodes is what the store accepts.
+    if let Ok(p) = decode::put_query(query) {
+        assert!(p.lease != Some(0) && !(p.lease.is_some() && p.ttl_ms.is_some()));
+    }
+    if let Ok(p) = decode::lease_list_params(query) {
+        assert!((1..=decode::MAX_LIMIT as usize).contains(&p.limit), "{q:?}");
+    }
+    let _ = decode::lease_get_params(query);
+    let lease_path = format!("{}{}", decode::LEASE_PREFIX, random_string(rng));
+    for suffix in ["", "/keep-alive"] {
+        if let Ok(id) = decode::lease_from_path(&lease_path, suffix) {
+            assert!(id >= 1, "{lease_path:?}");
+        }
+    }
+    for body in [
+        q.clone(),
+        format!(r#"{{"ttl": {quoted}}}"#),
+        format!(r#"{{"ttl": {quoted}, "id": 3}}"#),
+        format!(r#"{{"ttl_ms": {q}}}"#),
+    ] {
+        if let Ok(g) = super::lease::decode_grant(body.as_bytes()) {
+            let op = crate::command::WriteOp::LeaseGrant {
+                id: g.id,
+                ttl_ms: g.ttl_ms,
+            };
+            assert!(limits.check_write(&op).is_ok(), "{body}");
+        }
+    }
     let methods = [Method::GET, Method::PUT, Method::DELETE, Method::POST];
     let m = &methods[rng.gen_range(0..methods.len())];
     let _ = super::op_name(m, &path, query, rng.gen_bool(0.5));
+    let _ = super::op_name(m, &lease_path, query, rng.gen_bool(0.5));
 }
 
 #[test]
@@ -234,6 +306,61 @@ fn decoding_examples() {
         decode::precondition(None, Some(b"*"), Some(b"*")).unwrap(),
         never
     );
+    // Blocking queries and watches.
+    let blocking = |q| decode::get_query(Some(q)).unwrap().block.unwrap();
+    let b = blocking("index=7&wait=300ms");
+    assert_eq!((b.index, b.wait_ms), (7, 300));
+    assert_eq!(blocking("index=0").wait_ms, decode::DEFAULT_WAIT_MS);
+    assert_eq!(blocking("index=1&wait=1h").wait_ms, decode::MAX_WAIT_MS);
+    assert_eq!(blocking("index=1&wait=0s").wait_ms, 0);
+    assert_eq!(decode::get_query(None).unwrap().block, None);
+    assert_eq!(decode::get_query(Some("wait=1s")).unwrap().block, None);
+    for bad in [
+        "wait=1",
+        "index=-1",
+        "index=1&wait=1",
+        "index=1&wait=1.5s",
+        "index=",
+    ] {
+        assert_eq!(
+            decode::get_query(Some(bad)).unwrap_err().status,
+            400,
+            "{bad}"
+        );
+    }
+    let p = decode::scan_params(Some("prefix=a&index=3&wait=2s"), &l).unwrap();
+    assert_eq!(p.block.map(|b| (b.index, b.wait_ms)), Some((3, 2_000)));
+    assert_eq!(
+        decode::watch_key_params(Some("from_revision=5")).unwrap(),
+        Some(5)
+    );
+    assert!(decode::watch_key_params(Some("from_revision=0")).is_err());
+    assert!(decode::watch_key_params(Some("prefix=a")).is_err());
+    assert_eq!(
+        decode::watch_range_params(Some("prefix=a%00"), &l).unwrap(),
+        (ScanRange::Prefix(b"a\0".to_vec()), None)
+    );
+    assert_eq!(
+        decode::key_under(decode::WATCH_PREFIX, "/v1/watch/a%2Fb", &l).unwrap(),
+        b"a/b"
+    );
+    let resume = |h: &str| decode::last_event_id(Some(h.as_bytes()));
+    let r = resume("41").unwrap().unwrap();
+    assert_eq!((r.revision, r.skip), (42, 0));
+    let r = resume("41.2").unwrap().unwrap();
+    assert_eq!((r.revision, r.skip), (41, 2));
+    assert_eq!(resume("").unwrap(), None);
+    for bad in [
+        "x",
+        "41.",
+        ".2",
+        "41.0",
+        "41.2.3",
+        "-1",
+        "18446744073709551615",
+    ] {
+        assert!(resume(bad).is_err(), "{bad}");
+    }
     assert!(decode::session(Some(b"1"), None).is_err());
     assert_eq!(
         decode::session(Some(b"5"), Some(b"2")).unwrap(),

@@ -8,12 +8,13 @@
 
 use super::decode::{self, Precondition};
 use super::error::ApiError;
-use super::AppState;
+use super::{watch, AppState};
 use crate::command::{
     Compare, CompareOp, Deadline, Expect, Expiry, SetCond, Txn, TxnOp, TxnOpResult, WriteOp,
     WriteResult,
 };
 use crate::kv::handle::Writer;
+use crate::kv::WatchFilter;
 use crate::node::Consistency;
 use axum::body::Body;
 use axum::extract::State;
@@ -37,7 +38,10 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, v: u64) {
 
 /// `GET /v1/kv/{key}`: the value, its version and the applied index it reflects; for a
 /// key that expires, its deadline (`expires_at_ms`, the log's time) and the time it had
-/// left (`ttl_ms`: the deadline minus the log's time the answer reflects).
+/// left (`ttl_ms`: the deadline minus the log's time the answer reflects). With
+/// `?index=N` a blocking query: answers once the key changed after revision `N`, or once
+/// `wait` passed (see [`super::watch`]). Found or not, the answer carries the index to
+/// block from next (`X-Paxosdb-Index`, `X-Consul-Index`).
 pub async fn get_key(
     State(s): State<AppState>,
     uri: Uri,
@@ -46,26 +50,37 @@ pub async fn get_key(
     let id = super::auth::identity(&s, &headers).await?;
     let key = decode::key_from_path(uri.path(), &s.node.limits())?;
     id.check_read(&key)?;
-    let consistency = decode::get_params(uri.query())?;
+    let params = decode::get_query(uri.query())?;
+    if let Some(b) = params.block {
+        watch::block(&s, Some(WatchFilter::Key(key.clone())), b).await?;
+    }
+    let before = watch::revision_now(&s)?;
     // The log's time is read only for a key that has a deadline.
-    let (found, applied, now) = s.kv.get_timed(&key, consistency).await?;
-    let Some(timed) = found else {
-        return Err(ApiError::not_found("no such key").with("applied_index", applied));
+    let (found, applied, now) = s.kv.get_timed(&key, params.consistency).await?;
+    let index = watch::index_of_read(&s, before, applied)?;
+    let mut resp = match found {
+        None => ApiError::not_found("no such key")
+            .with("applied_index", applied)
+            .into_response(),
+        Some(timed) => {
+            let v = timed.value;
+            let mut obj = decode::entry_json(Some(&key), &v.value, v.version);
+            obj.insert("applied_index".into(), applied.into());
+            if let Some(deadline) = timed.deadline {
+                obj.insert("expires_at_ms".into(), deadline.into());
+                // A key read is live: its deadline is after the time read.
+                let left = deadline.saturating_sub(now).max(1);
+                obj.insert("ttl_ms".into(), left.into());
+            }
+            let mut resp = json_ok(obj);
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", v.version)) {
+                resp.headers_mut().insert(header::ETAG, etag);
+            }
+            set_header(&mut resp, APPLIED_HEADER, applied);
+            resp
+        }
     };
-    let v = timed.value;
-    let mut obj = decode::entry_json(Some(&key), &v.value, v.version);
-    obj.insert("applied_index".into(), applied.into());
-    if let Some(deadline) = timed.deadline {
-        obj.insert("expires_at_ms".into(), deadline.into());
-        // A key read is live: its deadline is after the time read.
-        let left = deadline.saturating_sub(now).max(1);
-        obj.insert("ttl_ms".into(), left.into());
-    }
-    let mut resp = json_ok(obj);
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", v.version)) {
-        resp.headers_mut().insert(header::ETAG, etag);
-    }
-    set_header(&mut resp, APPLIED_HEADER, applied);
+    watch::set_index(&mut resp, index);
     Ok(resp)
 }
 
@@ -144,43 +159,76 @@ fn compare_failed(version: u64, current: Option<crate::command::Versioned>) -> A
     .with("current", current)
 }
 
-/// Stores `value` under `key` if its version is `version` (> 0), with a deadline: one
-/// transaction, whose failure branch reads the key for the 409.
-async fn cas_expiring(
+/// Writes `write` (a put of `key`) if `compare` holds: one transaction, whose failure
+/// branch reads the key for the 409. A write the store refuses (an unknown lease) is a 400.
+async fn conditional_write(
     s: &AppState,
     by: &Writer,
     key: Vec<u8>,
-    version: u64,
-    value: Vec<u8>,
-    expiry: Expiry,
+    compare: Compare,
+    write: WriteOp,
 ) -> Result<Response, ApiError> {
     let txn = Txn {
-        compare: vec![Compare::version(&key, CompareOp::Equal, version)],
-        success: vec![TxnOp::Write(WriteOp::SetExpiring {
-            key: key.clone(),
-            value,
-            cond: SetCond::Always,
-            expiry,
-        })],
+        compare: vec![compare],
+        success: vec![TxnOp::Write(write)],
         failure: vec![TxnOp::Get { key }],
     };
     let done = s.kv.txn(by, txn).await?;
     match (done.succeeded, done.results.as_slice()) {
-        (true, [TxnOpResult::Write(WriteResult::Set { version, .. })]) => Ok(written(*version)),
+        (true, [TxnOpResult::Write(WriteResult::Set { version, .. })])
+        | (true, [TxnOpResult::Write(WriteResult::Put { version, .. })]) => Ok(written(*version)),
         (false, [TxnOpResult::Get(cur)]) => {
             let version = cur.as_ref().map_or(0, |c| c.version);
             Err(compare_failed(version, cur.clone()))
         }
         (_, [TxnOpResult::Write(WriteResult::Rejected(why))]) => Err(ApiError::bad(why.clone())),
         _ => Err(crate::error::Error::Internal(format!(
-            "a conditional put with a ttl was answered with {done:?}"
+            "a conditional put with a ttl or a lease was answered with {done:?}"
         ))
         .into()),
     }
 }
 
+/// The comparison a precondition other than [`Precondition::Never`] stands for.
+fn compare_of(key: &[u8], cond: Precondition) -> Compare {
+    match cond {
+        Precondition::Version(v) => Compare::version(key, CompareOp::Equal, v),
+        Precondition::Exists => Compare::version(key, CompareOp::Greater, 0),
+        Precondition::Never => unreachable!("answered without a write"),
+    }
+}
+
+/// `PUT /v1/kv/{key}?lease=ID`: stores `value` attached to lease `lease`, under `cond` (a
+/// transaction, as a conditional put with a ttl).
+async fn put_leased(
+    s: &AppState,
+    by: &Writer,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    lease: u64,
+    cond: Option<Precondition>,
+) -> Result<Response, ApiError> {
+    match cond {
+        None => Ok(written(
+            s.kv.put_leased(by, key, value, lease, false).await?.version,
+        )),
+        Some(cond) => {
+            let compare = compare_of(&key, cond);
+            let write = WriteOp::PutLeased {
+                key: key.clone(),
+                value,
+                lease,
+                return_prev: false,
+            };
+            conditional_write(s, by, key, compare, write).await
+        }
+    }
+}
+
 /// `PUT /v1/kv/{key}`: stores the body, unconditionally or under a precondition; with
-/// `?ttl=`, the key expires that long after the write is applied (the log's time).
+/// `?ttl=`, the key expires that long after the write is applied (the log's time); with
+/// `?lease=ID`, the key is attached to that lease and deleted when it ends (an unknown
+/// lease is a 400 and nothing is written).
 pub async fn put_key(
     State(s): State<AppState>,
     uri: Uri,
@@ -208,13 +256,23 @@ pub async fn put_key(
         return Ok(in_session(&by, async { Err(compare_failed(version, cur)) }).await);
     }
     let answer = async {
+        if let Some(lease) = params.lease {
+            return put_leased(&s, &by, key, value, lease, cond).await;
+        }
         if let Some(expiry) = expiry {
             let cond = match cond {
                 None => SetCond::Always,
                 Some(Precondition::Version(0)) => SetCond::IfAbsent,
                 Some(Precondition::Exists) => SetCond::IfPresent,
-                Some(Precondition::Version(v)) => {
-                    return cas_expiring(&s, &by, key, v, value, expiry).await
+                Some(c @ Precondition::Version(_)) => {
+                    let compare = compare_of(&key, c);
+                    let write = WriteOp::SetExpiring {
+                        key: key.clone(),
+                        value,
+                        cond: SetCond::Always,
+                        expiry,
+                    };
+                    return conditional_write(&s, &by, key, compare, write).await;
                 }
                 Some(Precondition::Never) => unreachable!("answered without a write"),
             };
@@ -273,7 +331,9 @@ pub async fn delete_key(
 
 /// `GET /v1/kv?prefix=…` or `?from=…&to=…`: rows in key order, `more` when the limit cut
 /// the answer short (continue with `from` = last key + a zero byte, `%00`).
-/// A user with a key prefix sees only the keys inside it (the range is narrowed).
+/// A user with a key prefix sees only the keys inside it (the range is narrowed). With
+/// `?index=N` a blocking query (see [`super::watch`]); the answer carries the index to
+/// block from next.
 pub async fn scan(
     State(s): State<AppState>,
     uri: Uri,
@@ -281,7 +341,12 @@ pub async fn scan(
 ) -> Result<Response, ApiError> {
     let id = super::auth::identity(&s, &headers).await?;
     let p = decode::scan_params(uri.query(), &s.node.limits())?;
-    let (rows, more, applied) = match id.narrow(&p.range) {
+    let seen = id.narrow(&p.range);
+    if let Some(b) = p.block {
+        watch::block(&s, seen.clone().map(WatchFilter::Range), b).await?;
+    }
+    let before = watch::revision_now(&s)?;
+    let (rows, more, applied) = match seen {
         Some(range) => {
             let page = s.kv.scan(&range, p.limit, p.consistency).await?;
             (page.items, page.more, page.applied_index)
@@ -292,8 +357,10 @@ pub async fn scan(
         .iter()
         .map(|kv| Value::Object(decode::entry_json(Some(&kv.key), &kv.value, kv.version)))
         .collect();
+    let index = watch::index_of_read(&s, before, applied)?;
     let mut resp =
         Json(json!({ "items": items, "more": more, "applied_index": applied })).into_response();
     set_header(&mut resp, APPLIED_HEADER, applied);
+    watch::set_index(&mut resp, index);
     Ok(resp)
 }

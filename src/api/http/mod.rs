@@ -6,9 +6,15 @@
 //! the leader, batching, retries inside the cluster and linearizable reads all happen
 //! below it.
 //!
-//! - [`kv`]: `GET/PUT/DELETE /v1/kv/{key}`, `GET /v1/kv` (scan);
+//! - [`kv`]: `GET/PUT/DELETE /v1/kv/{key}`, `GET /v1/kv` (scan), both reads also as
+//!   blocking queries (`?index=N&wait=30s`);
+//! - [`watch`]: `GET /v1/watch/{key}` and `GET /v1/watch?prefix=…`, the changes of a key
+//!   or a range as server-sent events, and the blocking queries' wait;
 //! - [`txn`]: `POST /v1/txn`, an atomic multi-key transaction (compare, then success or
 //!   failure operations) in one log entry;
+//! - [`lease`]: `POST /v1/lease` (grant), `POST /v1/lease/{id}/keep-alive`,
+//!   `DELETE /v1/lease/{id}` (revoke), `GET /v1/lease/{id}` and `GET /v1/lease` (etcd's
+//!   leases; `PUT /v1/kv/{key}?lease=ID` attaches a key);
 //! - [`sql`]: the rqlite-compatible SQL endpoints `POST /db/execute`, `GET|POST
 //!   /db/query`, `POST /db/request`, with rqlite's JSON shapes in [`rqlite`];
 //! - [`cluster`]: `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
@@ -28,9 +34,11 @@ pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod kv;
+pub mod lease;
 pub mod rqlite;
 pub mod sql;
 pub mod txn;
+pub mod watch;
 
 use crate::api::tls::Protocol;
 use crate::kv::KvHandle;
@@ -48,7 +56,6 @@ use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// What every handler gets.
@@ -58,6 +65,9 @@ pub struct AppState {
     /// The typed key-value API over the same node.
     pub kv: KvHandle,
     pub info: Arc<ServerInfo>,
+    /// Turns true when the server shuts down: what ends event streams and blocking
+    /// queries at once instead of holding the shutdown up.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The router with every endpoint, the metrics layer and JSON fallbacks.
@@ -68,7 +78,17 @@ pub fn router(state: AppState) -> Router {
         // `/v1/kv/` (empty key) gets the same handlers, which answer 400.
         .route("/v1/kv/", key_routes.clone())
         .route("/v1/kv/*key", key_routes)
+        .route("/v1/watch", get(watch::watch_range))
+        // `/v1/watch/` (empty key) answers 400, as `/v1/kv/` does.
+        .route("/v1/watch/", get(watch::watch_key))
+        .route("/v1/watch/*key", get(watch::watch_key))
         .route("/v1/txn", axum::routing::post(txn::txn))
+        .route("/v1/lease", get(lease::list).post(lease::grant))
+        .route("/v1/lease/:id", get(lease::get_lease).delete(lease::revoke))
+        .route(
+            "/v1/lease/:id/keep-alive",
+            axum::routing::post(lease::keep_alive),
+        )
         .route("/v1/users", get(auth::list))
         .route(
             "/v1/users/:name",
@@ -117,9 +137,23 @@ pub fn op_name(
     conditional: bool,
 ) -> &'static str {
     let q = query.unwrap_or("");
+    // A blocking query's time is mostly its wait: counted apart from plain reads.
+    let blocking = q
+        .split('&')
+        .any(|p| p == "index" || p.starts_with("index="));
     match path {
+        "/v1/watch" => "watch",
+        p if p.starts_with(decode::WATCH_PREFIX) => "watch",
+        "/v1/kv" if blocking => "watch",
         "/v1/kv" => "scan",
         "/v1/txn" => "txn",
+        "/v1/lease" if *method == Method::POST => "lease_grant",
+        "/v1/lease" => "lease_list",
+        p if p.starts_with(decode::LEASE_PREFIX) => match *method {
+            Method::POST => "lease_keep_alive",
+            Method::DELETE => "lease_revoke",
+            _ => "lease_get",
+        },
         "/v1/status" => "status",
         "/v1/backup" => "backup",
         "/v1/events" => "events",
@@ -134,6 +168,7 @@ pub fn op_name(
         "/db/query" => "sql_query",
         "/db/request" => "sql_request",
         p if p.starts_with(decode::KV_PREFIX) => match *method {
+            Method::GET | Method::HEAD if blocking => "watch",
             Method::GET | Method::HEAD => "get",
             Method::PUT if conditional || q.split('&').any(|p| p.starts_with("cas=")) => "cas",
             Method::PUT => "put",
@@ -181,12 +216,17 @@ pub async fn serve(
     listener: TcpListener,
     kv: KvHandle,
     info: Arc<ServerInfo>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let conns = info.conns.clone();
     let header_timeout = Duration::from_millis(info.config.header_timeout_ms.max(1));
     let node = kv.node().clone();
-    let app = router(AppState { node, kv, info });
+    let app = router(AppState {
+        node,
+        kv,
+        info,
+        shutdown: shutdown.clone(),
+    });
     let mut tasks = JoinSet::new();
     loop {
         if *shutdown.borrow() {
