@@ -12,6 +12,11 @@
 //! connection was refused or had no route): then nothing was sent, and the error is
 //! [`Error::Unavailable`].
 //!
+//! Leases (etcd's model, `client/lease.rs`): [`Client::lease_grant`], keep-alives, revokes,
+//! [`Client::put_with_lease`], and [`Client::keep_alive_forever`], which keeps a lease alive
+//! from a task until its [`KeepAliveHandle`] is dropped. Grants, keep-alives and revokes are
+//! writes, retried in their session like a put.
+//!
 //! Watches: [`Client::watch`] streams the changes of a key or a key range and resumes by
 //! itself when its node fails ([`WatchStream`], in `client/watch.rs`).
 //!
@@ -25,8 +30,11 @@
 //! TLS-only port reached without TLS, a refused client certificate) is an
 //! [`Error::Config`] saying what to fix, returned at once rather than retried.
 
+pub(crate) mod lease;
 mod watch;
 
+pub use crate::command::LeaseInfo;
+pub use lease::{KeepAliveHandle, KeepAliveStatus, LeaseTimeToLive};
 pub use watch::{WatchStream, IDLE_LIMIT as WATCH_IDLE_LIMIT};
 
 use crate::api::grpc::from_status;
@@ -409,7 +417,18 @@ impl Client {
     /// Stores `value` under `key` with options (previous value, time to live).
     pub async fn put_with(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResult> {
         let ttl_ms = opts.ttl.map(ttl_ms).transpose()?.unwrap_or(0);
-        let return_prev = opts.return_prev;
+        self.put_raw(key, value, opts.return_prev, ttl_ms, 0).await
+    }
+
+    /// A `Kv.Put` as the wire has it (`ttl_ms` 0: none; `lease` 0: none).
+    async fn put_raw(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        return_prev: bool,
+        ttl_ms: u64,
+        lease: u64,
+    ) -> Result<PutResult> {
         self.write(|ch, session| {
             let req = pb::PutRequest {
                 session: Some(session),
@@ -417,6 +436,7 @@ impl Client {
                 value: value.to_vec(),
                 return_prev,
                 ttl_ms,
+                lease,
             };
             let req = self.request(req);
             async move { kv_client(ch).put(req).await }

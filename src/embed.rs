@@ -93,6 +93,12 @@
 //! end it (the watch then answers `Unavailable`) and release the database even while the
 //! caller holds it.
 //!
+//! Leases (etcd's model, as over gRPC): [`Kv::lease_grant`], [`Kv::lease_keep_alive`],
+//! [`Kv::lease_revoke`], [`Kv::lease_time_to_live`], [`Kv::leases`], [`Kv::put_with_lease`]
+//! and [`Kv::keep_alive_forever`] (a task that renews a lease until its
+//! [`KeepAliveHandle`] is dropped). Grants, keep-alives and revokes are writes, retried in
+//! their session like a put.
+//!
 //! A SQL statement that fails (a syntax error, a constraint) is [`Error::InvalidInput`]
 //! with SQLite's message, and changed nothing; for several statements in one request,
 //! [`Sql::execute_request`] returns each statement's result or error, as the HTTP API does.
@@ -114,7 +120,11 @@
 //! - A [`Watch`] holds at most [`WATCH_QUEUE`] batches it has not handed out; its task
 //!   ends, freeing the watcher's place, when the watch is dropped or the node shuts down.
 
-use crate::client::{CasExpect, CasResult, DeleteResult, PutResult, ScanResult};
+use crate::client::lease::{lease_id, lease_ttl_ms};
+use crate::client::{
+    CasExpect, CasResult, DeleteResult, KeepAliveHandle, LeaseInfo, LeaseTimeToLive, PutResult,
+    ScanResult,
+};
 use crate::command::{Expect, ScanRange, Versioned};
 use crate::config::{parse_peers, Config, Member};
 use crate::error::{Error, Result};
@@ -635,6 +645,117 @@ impl Kv {
     pub async fn txn(&self, txn: &crate::command::Txn) -> Result<crate::kv::handle::TxnResult> {
         self.write(|kv, by| async move { kv.txn(&by, txn.clone()).await })
             .await
+    }
+
+    /// Grants a lease of `ttl` (1 s to a year, else [`Error::InvalidInput`]); the cluster
+    /// picks its id. Keys put with it ([`Kv::put_with_lease`]) are deleted when it ends:
+    /// when it is revoked, or `ttl` after its last grant or keep-alive, by the log's time.
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<LeaseInfo> {
+        self.lease_grant_with_id(0, ttl).await
+    }
+
+    /// [`Kv::lease_grant`] with the id chosen (0: the cluster picks it); an id that is
+    /// live already is [`Error::InvalidInput`].
+    pub async fn lease_grant_with_id(&self, id: u64, ttl: Duration) -> Result<LeaseInfo> {
+        let ttl_ms = lease_ttl_ms(ttl)?;
+        self.write(|kv, by| async move { kv.lease_grant(&by, id, ttl_ms).await })
+            .await
+    }
+
+    /// Renews lease `id` for its whole time to live; `None` when it no longer exists
+    /// (expired or revoked).
+    pub async fn lease_keep_alive(&self, id: u64) -> Result<Option<LeaseInfo>> {
+        let id = lease_id(id)?;
+        self.write(|kv, by| async move { kv.lease_keep_alive(&by, id).await })
+            .await
+    }
+
+    /// Ends lease `id` now, deleting its keys; whether it was live.
+    pub async fn lease_revoke(&self, id: u64) -> Result<bool> {
+        let id = lease_id(id)?;
+        self.write(|kv, by| async move { kv.lease_revoke(&by, id).await })
+            .await
+    }
+
+    /// Reads lease `id` linearizably (with `keys`, the keys attached to it, at most
+    /// 1000); `None` when it does not exist.
+    pub async fn lease_time_to_live(&self, id: u64, keys: bool) -> Result<Option<LeaseTimeToLive>> {
+        self.lease_time_to_live_with(id, keys, Consistency::Linearizable)
+            .await
+    }
+
+    /// [`Kv::lease_time_to_live`] at `consistency`.
+    pub async fn lease_time_to_live_with(
+        &self,
+        id: u64,
+        keys: bool,
+        consistency: Consistency,
+    ) -> Result<Option<LeaseTimeToLive>> {
+        let id = lease_id(id)?;
+        let kv = self.live.kv()?;
+        let max_keys = if keys {
+            crate::api::grpc::LEASE_KEYS_MAX
+        } else {
+            0
+        };
+        let found = self
+            .retry
+            .run(false, || kv.lease_time_to_live(id, max_keys, consistency))
+            .await?;
+        Ok(found.map(|(s, remaining_ms)| LeaseTimeToLive {
+            info: s.info,
+            remaining: Duration::from_millis(remaining_ms),
+            keys: s.keys,
+            more_keys: s.more_keys,
+        }))
+    }
+
+    /// Every live lease, in id order (read page by page, each page linearizable).
+    pub async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        let kv = self.live.kv()?;
+        let mut all = Vec::new();
+        let mut from = 1;
+        loop {
+            let (page, more) = self
+                .retry
+                .run(false, || {
+                    kv.leases(
+                        from,
+                        crate::node::DEFAULT_SCAN_LIMIT,
+                        Consistency::Linearizable,
+                    )
+                })
+                .await?;
+            let next = page.last().and_then(|l| l.id.checked_add(1));
+            all.extend(page);
+            match next {
+                Some(n) if more => from = n,
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Stores `value` under `key` attached to lease `lease` (deleted when the lease ends);
+    /// a lease that does not exist is [`Error::InvalidInput`], and nothing is written.
+    pub async fn put_with_lease(&self, key: &[u8], value: &[u8], lease: u64) -> Result<PutResult> {
+        let lease = lease_id(lease)?;
+        self.write(|kv, by| async move {
+            kv.put_leased(&by, key.to_vec(), value.to_vec(), lease, false)
+                .await
+        })
+        .await
+    }
+
+    /// Keeps lease `id` alive from a task, renewing it at once and then every third of its
+    /// time to live, until the returned handle is dropped or the lease is gone (see
+    /// [`KeepAliveHandle`]). After [`Node::shutdown`] the renewals fail as unavailable and
+    /// are retried until the handle is dropped.
+    pub fn keep_alive_forever(&self, id: u64) -> KeepAliveHandle {
+        let kv = self.clone();
+        KeepAliveHandle::spawn(id, move || {
+            let kv = kv.clone();
+            async move { kv.lease_keep_alive(id).await }
+        })
     }
 
     /// Reads `key` linearizably: the value every acknowledged write left.

@@ -626,6 +626,15 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     })
     .max_decoding_message_size(max_kv_msg)
     .max_encoding_message_size(64 * 1024 * 1024);
+    // Lease requests are small (ids, a time to live); a time-to-live answer lists at
+    // most 1000 keys.
+    let lease_svc = pb::lease_server::LeaseServer::new(grpc::LeaseService {
+        kv: kv_handle.clone(),
+        metrics: info.metrics.clone(),
+        auth: info.auth.clone(),
+    })
+    .max_decoding_message_size(max_kv_msg)
+    .max_encoding_message_size(64 * 1024 * 1024);
     let sql_service = info.sql.clone().expect("every node serves SQL");
     let max_response = 64 * 1024 * 1024;
     let sql_svc = pb::sql_server::SqlServer::new(crate::api::grpc_sql::SqlGrpc {
@@ -659,6 +668,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(kv_svc)
+            .add_service(lease_svc)
             .add_service(cluster_svc)
             .add_service(sql_svc)
             .add_service(health_svc)

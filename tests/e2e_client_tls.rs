@@ -400,6 +400,7 @@ async fn every_client_over_tls_with_credentials() {
             value: b"yes".to_vec(),
             return_prev: false,
             ttl_ms: 0,
+            lease: 0,
         });
         if let Some(a) = auth {
             r.metadata_mut().insert("authorization", a.parse().unwrap());

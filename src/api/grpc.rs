@@ -1,5 +1,12 @@
-//! The gRPC service (`paxosdb.v1.Kv` and `paxosdb.v1.Cluster`), with server reflection so
-//! that `grpcurl` can list and call it.
+//! The gRPC service (`paxosdb.v1.Kv`, `paxosdb.v1.Lease` and `paxosdb.v1.Cluster`), with
+//! server reflection so that `grpcurl` can list and call it.
+//!
+//! `Lease` ([`LeaseService`]): etcd's leases over [`KvHandle`]'s lease operations. Grant,
+//! keep-alive and revoke are writes in the request's session, checked with
+//! [`Identity::check_op`] on the very operation proposed (the readwrite role; a user held
+//! to a key prefix may not revoke). A lease that does not exist is an answer, not an
+//! error: `found: false` (keep-alive, time to live) or `revoked: false`, so that a retry
+//! in the same session, or a call racing the expiry, is never mistaken for a failure.
 //!
 //! Error mapping, by how the caller reacts: `INVALID_ARGUMENT` (fix the request),
 //! `UNAVAILABLE` (nothing happened, retry), `DEADLINE_EXCEEDED` (a write's outcome is
@@ -29,7 +36,10 @@
 //! Invariants:
 //! - a watch stream sends whole revisions in increasing order, each change once, and
 //!   every `next_revision` it sends is past every event sent before it;
-//! - each stream holds one watcher and at most [`WATCH_QUEUE`] responses in memory.
+//! - each stream holds one watcher and at most [`WATCH_QUEUE`] responses in memory;
+//! - a lease write (and a put with a lease) is proposed only after the caller's rights
+//!   were checked on that very operation and its input passed, so a refused call changes
+//!   nothing; a put with both a lease and a time to live is refused before anything.
 
 use super::{pb, txn_pb};
 use crate::auth::{Authenticator, Identity, Role, UserChange};
@@ -237,7 +247,23 @@ impl pb::kv_server::Kv for KvService {
             .timed("grpc", "put", async move {
                 let id = identity(&self.auth, req.metadata()).await?;
                 let r = req.into_inner();
+                if r.lease != 0 && r.ttl_ms != 0 {
+                    return Err(Status::invalid_argument(
+                        "a put takes a ttl_ms or a lease, not both (a key attached to a \
+                         lease lives as long as the lease)",
+                    ));
+                }
                 let by = writer(&id, r.session, &r.key)?;
+                if r.lease != 0 {
+                    let done = (self.kv)
+                        .put_leased(&by, r.key, r.value, r.lease, r.return_prev)
+                        .await
+                        .map_err(to_status)?;
+                    return Ok(Response::new(pb::PutResponse {
+                        version: done.version,
+                        prev: pb_versioned(done.prev),
+                    }));
+                }
                 let expiry = ttl_expiry(r.ttl_ms).map_err(to_status)?;
                 let (version, prev) = match expiry {
                     None => {
@@ -396,6 +422,177 @@ impl pb::kv_server::Kv for KvService {
                         .collect(),
                     more,
                     applied_index,
+                }))
+            })
+            .await
+    }
+}
+
+/// The most keys `Lease.TimeToLive` lists (`keys: true`); `more_keys` says when more are
+/// attached.
+pub const LEASE_KEYS_MAX: usize = 1000;
+
+/// Serves `paxosdb.v1.Lease` over a node (see the proto file for the contract).
+pub struct LeaseService {
+    pub kv: KvHandle,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl LeaseService {
+    /// Who runs lease write `op`: checked against the caller's rights (the readwrite
+    /// role; no revoke for a user held to a prefix) before anything is proposed, in the
+    /// request's session.
+    #[allow(clippy::result_large_err)] // tonic handlers return Status by value
+    async fn lease_writer(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        session_field: Option<pb::Session>,
+        op: &WriteOp,
+    ) -> Result<Writer, Status> {
+        let id = identity(&self.auth, meta).await?;
+        id.check_op(op).map_err(to_status)?;
+        let (client_id, seq) = session(session_field)?;
+        Ok(Writer::new(id.user.clone(), client_id, seq))
+    }
+}
+
+fn consistency(stale: bool) -> Consistency {
+    if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.metrics
+            .timed("grpc", "lease_grant", async move {
+                let r = req.get_ref();
+                let (lease, ttl_ms) = (r.id, r.ttl_ms);
+                let op = WriteOp::LeaseGrant { id: lease, ttl_ms };
+                let by = self.lease_writer(req.metadata(), r.session, &op).await?;
+                let info = (self.kv.lease_grant(&by, lease, ttl_ms).await).map_err(to_status)?;
+                Ok(Response::new(pb::LeaseGrantResponse {
+                    id: info.id,
+                    ttl_ms: info.ttl_ms,
+                    deadline_ms: info.deadline,
+                }))
+            })
+            .await
+    }
+
+    async fn keep_alive(
+        &self,
+        req: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        self.metrics
+            .timed("grpc", "lease_keep_alive", async move {
+                let r = req.get_ref();
+                let lease = r.id;
+                let op = WriteOp::LeaseKeepAlive { id: lease };
+                let by = self.lease_writer(req.metadata(), r.session, &op).await?;
+                let info = (self.kv.lease_keep_alive(&by, lease).await).map_err(to_status)?;
+                Ok(Response::new(match info {
+                    Some(info) => pb::LeaseKeepAliveResponse {
+                        found: true,
+                        id: info.id,
+                        ttl_ms: info.ttl_ms,
+                        deadline_ms: info.deadline,
+                    },
+                    None => pb::LeaseKeepAliveResponse {
+                        found: false,
+                        id: lease,
+                        ..Default::default()
+                    },
+                }))
+            })
+            .await
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        self.metrics
+            .timed("grpc", "lease_revoke", async move {
+                let r = req.get_ref();
+                let lease = r.id;
+                let op = WriteOp::LeaseRevoke { id: lease };
+                let by = self.lease_writer(req.metadata(), r.session, &op).await?;
+                let revoked = (self.kv.lease_revoke(&by, lease).await).map_err(to_status)?;
+                Ok(Response::new(pb::LeaseRevokeResponse { revoked }))
+            })
+            .await
+    }
+
+    async fn time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.metrics
+            .timed("grpc", "lease_ttl", async move {
+                let id = identity(&self.auth, req.metadata()).await?;
+                let r = req.into_inner();
+                if r.id == 0 {
+                    return Err(Status::invalid_argument("lease id 0 names no lease"));
+                }
+                let max_keys = if r.keys { LEASE_KEYS_MAX } else { 0 };
+                let found = (self.kv)
+                    .lease_time_to_live(r.id, max_keys, consistency(r.stale))
+                    .await
+                    .map_err(to_status)?;
+                let Some((status, remaining_ms)) = found else {
+                    return Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                        found: false,
+                        id: r.id,
+                        ..Default::default()
+                    }));
+                };
+                Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                    found: true,
+                    id: status.info.id,
+                    ttl_ms: status.info.ttl_ms,
+                    deadline_ms: status.info.deadline,
+                    remaining_ms,
+                    // A reader held to a prefix sees only the keys inside it.
+                    keys: (status.keys.into_iter())
+                        .filter(|k| id.check_read(k).is_ok())
+                        .collect(),
+                    more_keys: status.more_keys,
+                }))
+            })
+            .await
+    }
+
+    async fn leases(
+        &self,
+        req: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.metrics
+            .timed("grpc", "lease_list", async move {
+                identity(&self.auth, req.metadata()).await?;
+                let r = req.into_inner();
+                let limit = match r.limit as usize {
+                    0 => crate::node::DEFAULT_SCAN_LIMIT,
+                    n => n.min(crate::node::MAX_SCAN_LIMIT),
+                };
+                let (leases, more) = (self.kv.leases(r.from, limit, consistency(r.stale)).await)
+                    .map_err(to_status)?;
+                Ok(Response::new(pb::LeaseLeasesResponse {
+                    leases: (leases.into_iter())
+                        .map(|l| pb::LeaseStatus {
+                            id: l.id,
+                            ttl_ms: l.ttl_ms,
+                            deadline_ms: l.deadline,
+                        })
+                        .collect(),
+                    more,
                 }))
             })
             .await

@@ -5,7 +5,7 @@
 //! test as HTTP's `/readyz`: a read round confirmed by a majority and applied here), and
 //! `NOT_SERVING` otherwise (no leader, no quorum, catching up, removed). The server as a
 //! whole (`""`) and each of its services (`paxosdb.v1.Kv`, `paxosdb.v1.Sql`,
-//! `paxosdb.v1.Cluster`) have that one status; another name is `NOT_FOUND` for `Check`
+//! `paxosdb.v1.Cluster`, `paxosdb.v1.Lease`) have that one status; another name is `NOT_FOUND` for `Check`
 //! and `SERVICE_UNKNOWN` for `Watch`, as the protocol says. `Watch` sends the status at
 //! once and then each change, checked every second. Neither needs credentials.
 //!
@@ -33,7 +33,13 @@ use proto::health_server::Health;
 use proto::{HealthCheckRequest, HealthCheckResponse};
 
 /// The names a status is kept for.
-pub const SERVICES: &[&str] = &["", "paxosdb.v1.Kv", "paxosdb.v1.Sql", "paxosdb.v1.Cluster"];
+pub const SERVICES: &[&str] = &[
+    "",
+    "paxosdb.v1.Kv",
+    "paxosdb.v1.Sql",
+    "paxosdb.v1.Cluster",
+    "paxosdb.v1.Lease",
+];
 /// How long a check waits for a linearizable read before saying `NOT_SERVING`.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a watch checks.

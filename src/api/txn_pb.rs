@@ -2,9 +2,10 @@
 //! ways: the server decodes requests and encodes results, the client library encodes
 //! requests and decodes results, with the same four functions.
 //!
-//! gRPC carries etcd's operations: get, range, put, delete and delete range. The other
-//! key writes a [`Txn`] may hold (increment, append, conditional set: what a Redis `MULTI`
-//! block queues) have no protobuf form; encoding one is refused as invalid input.
+//! gRPC carries etcd's operations: get, range, put (attached to a lease or not), delete
+//! and delete range. The other key writes a [`Txn`] may hold (increment, append,
+//! conditional set: what a Redis `MULTI` block queues) have no protobuf form; encoding
+//! one is refused as invalid input.
 //!
 //! # Invariants
 //!
@@ -117,6 +118,14 @@ pub fn txn_from_pb(req: pb::TxnRequest) -> Result<Txn> {
                     Some(pb::txn_op::Op::DeleteRange(r)) => TxnOp::DeleteRange {
                         range: range_from_pb(r, &what)?.0,
                     },
+                    Some(pb::txn_op::Op::Put(p)) if p.lease != 0 => {
+                        TxnOp::Write(WriteOp::PutLeased {
+                            key: p.key,
+                            value: p.value,
+                            lease: p.lease,
+                            return_prev: p.return_prev,
+                        })
+                    }
                     Some(pb::txn_op::Op::Put(p)) => TxnOp::Write(WriteOp::Put {
                         key: p.key,
                         value: p.value,
@@ -169,6 +178,19 @@ pub fn txn_to_pb(txn: &Txn, session: pb::Session) -> Result<pb::TxnRequest> {
                         key: key.clone(),
                         value: value.clone(),
                         return_prev: *return_prev,
+                        lease: 0,
+                    }),
+                    // Lease 0 would read back as a plain put: the store refuses it anyway.
+                    TxnOp::Write(WriteOp::PutLeased {
+                        key,
+                        value,
+                        lease,
+                        return_prev,
+                    }) if *lease != 0 => pb::txn_op::Op::Put(pb::TxnPut {
+                        key: key.clone(),
+                        value: value.clone(),
+                        return_prev: *return_prev,
+                        lease: *lease,
                     }),
                     TxnOp::Write(WriteOp::Delete { key, return_prev }) => {
                         pb::txn_op::Op::Delete(pb::TxnDelete {
@@ -235,6 +257,10 @@ pub fn results_to_pb(done: TxnResult) -> Result<pb::TxnResponse> {
                         prev: versioned_to_pb(prev),
                     })
                 }
+                // A put whose lease was gone: it wrote nothing, the rest ran.
+                TxnOpResult::Write(WriteResult::Rejected(why)) => {
+                    pb::txn_result::Result::Rejected(why)
+                }
                 TxnOpResult::Write(other) => {
                     return Err(Error::Internal(format!(
                         "a gRPC transaction's operation was answered with {other:?}"
@@ -276,6 +302,9 @@ pub fn results_from_pb(resp: pb::TxnResponse) -> Result<TxnResult> {
                         prev: versioned_from_pb(d.prev),
                     })
                 }
+                Some(pb::txn_result::Result::Rejected(why)) => {
+                    TxnOpResult::Write(WriteResult::Rejected(why))
+                }
                 Some(pb::txn_result::Result::DeleteRange(d)) => {
                     TxnOpResult::DeleteRange { deleted: d.deleted }
                 }
@@ -306,6 +335,12 @@ mod tests {
             ],
             success: vec![
                 TxnOp::put(b"a", b"1"),
+                TxnOp::Write(WriteOp::PutLeased {
+                    key: b"l".to_vec(),
+                    value: b"2".to_vec(),
+                    lease: 7,
+                    return_prev: true,
+                }),
                 TxnOp::Get { key: b"b".to_vec() },
                 TxnOp::Range {
                     range: ScanRange::Range {
@@ -350,6 +385,7 @@ mod tests {
                     more: true,
                 },
                 TxnOpResult::DeleteRange { deleted: 4 },
+                TxnOpResult::Write(WriteResult::Rejected("lease 7 not found".into())),
             ],
         };
         assert_eq!(

@@ -1,4 +1,4 @@
-//! Client commands: put, get, delete, cas, scan. Plain output by default, `--json` for
+//! Client commands: put (with a time to live or a lease), get, delete, cas, scan. Plain output by default, `--json` for
 //! scripts. Keys and values are taken and printed as UTF-8 text (lossy on output).
 
 use super::{client, Cli};
@@ -23,6 +23,11 @@ pub struct PutArgs {
     /// key never expires, and a time to live it had is cleared.
     #[arg(long, value_parser = parse_ttl)]
     pub ttl: Option<std::time::Duration>,
+    /// Attach the key to this lease (`paxosdb lease grant`): it is deleted when the lease
+    /// ends. Not with --ttl. A lease that does not exist is refused and nothing is
+    /// written.
+    #[arg(long, conflicts_with = "ttl", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease: Option<u64>,
     /// Print the answer as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
@@ -30,7 +35,7 @@ pub struct PutArgs {
 
 /// A time to live: what [`super::parse_duration`] takes (`500ms`, `30s`, `5m`, a plain
 /// number of seconds), or hours (`2h`); positive.
-fn parse_ttl(s: &str) -> std::result::Result<std::time::Duration, String> {
+pub(super) fn parse_ttl(s: &str) -> std::result::Result<std::time::Duration, String> {
     let t = s.trim();
     // A number of more than 12 whole digits is over any ttl the server takes (and might
     // not fit a `Duration`).
@@ -145,13 +150,17 @@ pub async fn put(cli: &Cli, a: &PutArgs) -> Result<ExitCode> {
     } else {
         a.value.as_bytes().to_vec()
     };
-    let opts = PutOptions {
-        return_prev: a.prev,
-        ttl: a.ttl,
+    let c = client(cli)?;
+    let r = match a.lease {
+        Some(lease) => (c.put_leased(a.key.as_bytes(), &value, lease, a.prev)).await?,
+        None => {
+            let opts = PutOptions {
+                return_prev: a.prev,
+                ttl: a.ttl,
+            };
+            c.put_with(a.key.as_bytes(), &value, opts).await?
+        }
     };
-    let r = client(cli)?
-        .put_with(a.key.as_bytes(), &value, opts)
-        .await?;
     if a.json {
         print_json(json!({"version": r.version, "prev": vjson(&r.prev)}));
     } else {

@@ -8,6 +8,7 @@ mod backup;
 mod bench;
 mod cluster;
 mod kv;
+mod lease;
 mod members;
 #[cfg(feature = "test-machinery")]
 mod nemesis;
@@ -153,7 +154,8 @@ pub enum CliCommand {
   paxosdb put user/1 ada                    store a value
   paxosdb put --prev user/1 bob             and print the value it replaced
   paxosdb put photo - < photo.jpg           the value from standard input
-  paxosdb put --ttl 30s session/9 token     expires 30 s after the write is applied")]
+  paxosdb put --ttl 30s session/9 token     expires 30 s after the write is applied
+  paxosdb put --lease 7 svc/web-1 10.0.0.5  deleted when lease 7 ends (`paxosdb lease`)")]
     Put(WithClient<kv::PutArgs>),
     /// Print the value of a key (exit 1 if the key is missing).
     #[command(after_help = "Examples:
@@ -202,6 +204,18 @@ Examples:
   paxosdb txn transfer.txt --json           a script from a file; results as JSON"
     )]
     Txn(WithClient<txn::TxnArgs>),
+    /// Leases (etcd's model): grant, keep-alive, revoke, ttl, list. Keys put with
+    /// `--lease ID` are deleted when the lease ends.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  LEASE=$(paxosdb lease grant 10s)          a lease of 10 s; prints its id
+  paxosdb put --lease $LEASE svc/web-1 up   a key that lives as long as the lease
+  paxosdb lease keep-alive $LEASE           renew it every ~3 s until Ctrl-C
+  paxosdb lease ttl $LEASE --keys           its time left and its keys
+  paxosdb lease revoke $LEASE               end it now: its keys are deleted"
+    )]
+    Lease(lease::LeaseCommand),
     /// Show every node: id, addresses, role, indexes, pid.
     Status(WithClient<status::StatusArgs>),
     /// Local cluster management.
@@ -526,6 +540,7 @@ impl CliCommand {
             CliCommand::Sql(a) => Some(&a.client),
             CliCommand::Cluster(c) => c.client_args(),
             CliCommand::User(u) => Some(u.client_args()),
+            CliCommand::Lease(l) => Some(l.client_args()),
             _ => None,
         }
     }
@@ -625,6 +640,7 @@ pub fn main() -> ExitCode {
             CliCommand::Scan(a) => kv::scan(&cli, &a.args).await,
             CliCommand::Watch(a) => watch::run(&cli, &a.args).await,
             CliCommand::Txn(a) => txn::run(&cli, &a.args).await,
+            CliCommand::Lease(l) => lease::run(&cli, l).await,
             CliCommand::Status(a) => status::run(&cli, &a.args).await,
             CliCommand::Cluster(c) => cluster::run(&cli, c).await,
             CliCommand::Bench(a) => bench::run(&cli, &a.args).await,

@@ -1208,6 +1208,16 @@ impl Overlay<'_> {
                             .into(),
                     ));
                 }
+                // As etcd: a put on a lease that is gone refuses the whole transaction (a
+                // leader election's put-if-absent must not half succeed).
+                TxnOp::Write(WriteOp::PutLeased { lease, .. })
+                    if self.live_lease(*lease)?.is_none() =>
+                {
+                    return Ok(Err(format!(
+                        "lease {lease} not found: never granted, expired or revoked; the \
+                         transaction changed nothing"
+                    )));
+                }
                 TxnOp::Write(w) => {
                     let mut r = self.execute(w)?;
                     let n = result_value(&mut r).map_or(0, |v| v.value.len()) + ROW_OVERHEAD;

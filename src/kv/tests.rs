@@ -736,6 +736,15 @@ impl Model {
                     }
                 });
                 let ops = if succeeded { &t.success } else { &t.failure };
+                // A put on a lease that is gone refuses the whole transaction (no lease
+                // changes inside one, so checking first is the same as at its place).
+                let dead_lease = ops.iter().any(|op| {
+                    matches!(op, TxnOp::Write(WriteOp::PutLeased { lease, .. })
+                        if self.live_lease(*lease).is_none())
+                });
+                if dead_lease {
+                    return WriteResult::Rejected(String::new());
+                }
                 let results = (ops.iter())
                     .map(|op| match op {
                         TxnOp::Get { key } => TxnOpResult::Get(self.current(key)),
