@@ -53,6 +53,25 @@ const K_LEASE_COUNT: &[u8] = b"count-leases";
 /// The most leases a store holds; a grant beyond is refused.
 pub const MAX_LEASES: u64 = 100_000;
 
+/// What the store keeps in memory of lease time (as in `sm`): the offset and the reign
+/// of the last stamp applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct LeaseClock {
+    pub(super) offset: u64,
+    pub(super) reign: Option<u128>,
+}
+
+impl LeaseClock {
+    pub(super) fn read(view: &dyn ReadView) -> Result<LeaseClock> {
+        let reign = view.get(Space::Sm, K_REIGN)?;
+        let reign = reign.and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok());
+        Ok(LeaseClock {
+            offset: offset(view)?,
+            reign: reign.map(u128::from_be_bytes),
+        })
+    }
+}
+
 /// A lease as stored: its time to live and its end in lease time (0: revoked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct LeaseRec {
@@ -238,38 +257,36 @@ impl LeaseChanges {
     /// The changes of an entry at log time `time` whose stamp (if any) came from reign
     /// `reign`: a reign other than the last stamp's moves every lease's end later by the
     /// time since that stamp (`last_time`, the log's time before the entry).
+    /// `clock` is the store's as of the last entry (updated here for this one); only a
+    /// change of reign reads the store (whether any lease exists).
     pub(super) fn begin(
-        view: &dyn ReadView,
+        backend: &super::backend::Backend,
+        clock: &mut LeaseClock,
         stamp: Option<crate::machine::Stamp>,
         last_time: u64,
         writes: &mut Vec<RawWrite>,
     ) -> Result<LeaseChanges> {
-        let mut offset = offset(view)?;
-        if let Some(stamp) = stamp.filter(|s| s.reign != 0) {
-            let last = view.get(Space::Sm, K_REIGN)?;
-            let last = last.and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok());
-            let last = last.map(u128::from_be_bytes);
-            if last != Some(stamp.reign) {
-                if last.is_some() {
-                    let gap = stamp.time.saturating_sub(last_time);
-                    if gap > 0 && read_counter(view.get(Space::Sm, K_LEASE_COUNT)?)? > 0 {
-                        offset = offset.saturating_add(gap);
-                        writes.push((
-                            Space::Sm,
-                            K_LEASE_OFFSET.to_vec(),
-                            Some(u64_key(offset).to_vec()),
-                        ));
-                    }
+        if let Some(stamp) = stamp.filter(|s| s.reign != 0 && clock.reign != Some(s.reign)) {
+            if clock.reign.is_some() {
+                let gap = stamp.time.saturating_sub(last_time);
+                if gap > 0 && read_counter(backend.get(Space::Sm, K_LEASE_COUNT)?)? > 0 {
+                    clock.offset = clock.offset.saturating_add(gap);
+                    writes.push((
+                        Space::Sm,
+                        K_LEASE_OFFSET.to_vec(),
+                        Some(u64_key(clock.offset).to_vec()),
+                    ));
                 }
-                writes.push((
-                    Space::Sm,
-                    K_REIGN.to_vec(),
-                    Some(stamp.reign.to_be_bytes().to_vec()),
-                ));
             }
+            clock.reign = Some(stamp.reign);
+            writes.push((
+                Space::Sm,
+                K_REIGN.to_vec(),
+                Some(stamp.reign.to_be_bytes().to_vec()),
+            ));
         }
         Ok(LeaseChanges {
-            offset,
+            offset: clock.offset,
             ..Default::default()
         })
     }
@@ -282,6 +299,9 @@ impl LeaseChanges {
     /// The writes of the leases this entry changed: records, the index by end, the
     /// count and the next id.
     pub(super) fn finish(self, view: &dyn ReadView, writes: &mut Vec<RawWrite>) -> Result<()> {
+        if self.written.is_empty() && self.next_id.is_none() {
+            return Ok(());
+        }
         let mut ids: Vec<_> = self.written.into_iter().collect();
         ids.sort_unstable_by_key(|(id, _)| *id);
         for (id, (before, after)) in ids {

@@ -379,6 +379,8 @@ pub struct KvStore {
     next_deadline: Option<u64>,
     /// The watch history's bounds, kept current by the owner (see [`history`]).
     window: history::Window,
+    /// Lease time's offset and the last stamp's reign, kept current by the owner.
+    lease_clock: lease::LeaseClock,
     /// Shared by every clone: the revision as of the last applied entry, for watchers to
     /// wait on ([`KvStore::subscribe`]).
     revisions: Arc<tokio::sync::watch::Sender<u64>>,
@@ -434,6 +436,7 @@ impl KvStore {
         let time = read_counter(backend.get(Space::Sm, K_TIME)?)?;
         let window =
             backend.view(|v| history::Window::open(v, revision, HistoryLimits::default()))?;
+        let lease_clock = backend.view(lease::LeaseClock::read)?;
         let mut store = KvStore {
             backend,
             users_seen: Arc::default(),
@@ -442,6 +445,7 @@ impl KvStore {
             time,
             next_deadline: None,
             window,
+            lease_clock,
             revisions: Arc::new(tokio::sync::watch::Sender::new(revision)),
             #[cfg(test)]
             no_dedup: false,
@@ -1519,9 +1523,15 @@ impl KvStore {
         }
         let time = self.time.max(stamp.map_or(0, |s| s.time));
         let mut lease_writes = Vec::new();
-        let leases = (self.backend)
-            .view(|v| lease::LeaseChanges::begin(v, stamp, self.time, &mut lease_writes))?;
-        let offset_moved = !lease_writes.is_empty();
+        let mut lease_clock = self.lease_clock;
+        let leases = lease::LeaseChanges::begin(
+            &self.backend,
+            &mut lease_clock,
+            stamp,
+            self.time,
+            &mut lease_writes,
+        )?;
+        let offset_moved = lease_clock.offset != self.lease_clock.offset;
         let mut overlay = Overlay {
             store: self,
             keys: HashMap::new(),
@@ -1578,7 +1588,9 @@ impl KvStore {
             overlay.expire(&mut index_writes)?;
         }
         let leases_changed = overlay.leases.changed();
-        (self.backend).view(|v| overlay.leases.finish(v, &mut lease_writes))?;
+        if leases_changed {
+            (self.backend).view(|v| overlay.leases.finish(v, &mut lease_writes))?;
+        }
         let (keys, revision) = (overlay.keys, overlay.revision);
         let mut window = self.window;
         let mut history_writes = Vec::new();
@@ -1661,6 +1673,7 @@ impl KvStore {
         }
         self.applied = index + 1;
         self.window = window;
+        self.lease_clock = lease_clock;
         if revision != self.revision {
             self.revisions.send_replace(revision);
         }
@@ -1808,6 +1821,7 @@ impl StateMachine for KvStore {
         self.next_deadline = self.seek_next_deadline()?;
         let limits = self.window.limits;
         self.window = (self.backend).view(|v| history::Window::open(v, self.revision, limits))?;
+        self.lease_clock = self.backend.view(lease::LeaseClock::read)?;
         self.revisions.send_replace(self.revision);
         Ok(self.applied)
     }
