@@ -106,6 +106,9 @@ pub struct TimedValue {
     /// reflects (which may trail the leader's clock by up to about a second, so this is at
     /// least the time truly left). `None`: never expires.
     pub ttl: Option<Duration>,
+    /// The revision at which the key was created (etcd's create revision): of the write
+    /// that made it exist after it was absent.
+    pub create_revision: u64,
 }
 
 /// A time to live as the wire's ms: a fraction of a ms counts as a whole one; zero, which
@@ -555,6 +558,7 @@ impl Client {
                 value: from_pb(kv),
                 expires_at_ms: expires,
                 ttl: expires.map(|_| Duration::from_millis(r.ttl_ms)),
+                create_revision: r.create_revision,
             });
             (timed, r.applied_index)
         })

@@ -291,6 +291,10 @@ pub enum CompareTarget {
     /// The key's version (the revision of its last write; 0 = absent): `Version(0)`
     /// `Equal` means "absent", `Greater` means "present".
     Version(u64),
+    /// The key's create revision: the revision of the write that made it exist after it
+    /// was absent (0 = absent). A key deleted and written again has a new one; a value
+    /// last written before data format 6 reads its last write's revision.
+    Create(u64),
 }
 
 /// One operation of a [`Txn`] branch.
@@ -326,6 +330,15 @@ impl Compare {
             key: key.to_vec(),
             op,
             target: CompareTarget::Version(version),
+        }
+    }
+
+    /// `key`'s create revision `op` `revision` (0 = absent).
+    pub fn create(key: &[u8], op: CompareOp, revision: u64) -> Compare {
+        Compare {
+            key: key.to_vec(),
+            op,
+            target: CompareTarget::Create(revision),
         }
     }
 
@@ -398,7 +411,7 @@ impl Txn {
         let compares: usize = (self.compare.iter())
             .map(|c| match &c.target {
                 CompareTarget::Value(v) => c.key.len() + v.len() + 8,
-                CompareTarget::Version(_) => c.key.len() + 16,
+                CompareTarget::Version(_) | CompareTarget::Create(_) => c.key.len() + 16,
             })
             .sum();
         let ops: usize = (self.success.iter().chain(&self.failure))

@@ -58,7 +58,7 @@ use tokio::sync::mpsc as tmpsc;
 use tokio::sync::Semaphore;
 
 const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
-const PROTOCOL_VERSION: u32 = 8;
+const PROTOCOL_VERSION: u32 = 9;
 const QUEUE_PER_PEER: usize = 16 * 1024;
 /// How long a peer may take for the TLS handshake, and again for its hello.
 const HANDSHAKE: Duration = Duration::from_secs(5);

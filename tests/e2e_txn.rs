@@ -14,6 +14,7 @@ use paxosdb::client::{Compare, CompareOp, Txn, TxnOp, TxnOpResult};
 use paxosdb::command::{ScanRange, WriteResult};
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const ACCOUNTS: usize = 5;
 const START: i64 = 100;
@@ -242,4 +243,68 @@ async fn the_txn_command_reads_a_script_and_exits_by_branch() {
         cluster.client_for(1).get(b"early", false).await.unwrap().0,
         None
     );
+}
+
+/// etcd's create revision through the real binary: a key keeps the revision it was
+/// created at through overwrites (read back by the client), a transaction compares it
+/// (through a follower, the gRPC client and the CLI's `create(...)`), and a key deleted and
+/// written again has a new one, so a comparison on the old one no longer holds. A CLI
+/// script puts with a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_keeps_its_create_revision_and_transactions_compare_it() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let c = cluster.client_for(follower);
+    let created = c.put(b"term", b"1", false).await.unwrap().version;
+    let last = c.put(b"term", b"2", false).await.unwrap().version;
+    assert!(last > created);
+    let read = |c: paxosdb::client::Client| async move {
+        let (t, _) = c.get_timed(b"term", false).await.unwrap();
+        let t = t.expect("the key");
+        (t.create_revision, t.value.version)
+    };
+    assert_eq!(read(c.clone()).await, (created, last));
+
+    let compare_created = |rev: u64| Txn {
+        compare: vec![Compare::create(b"term", CompareOp::Equal, rev)],
+        success: vec![TxnOp::put(b"term", b"mine")],
+        failure: vec![TxnOp::get(b"term")],
+    };
+    assert!(!c.txn(&compare_created(last)).await.unwrap().succeeded);
+    assert!(c.txn(&compare_created(created)).await.unwrap().succeeded);
+    let (still, _) = read(c.clone()).await;
+    assert_eq!(still, created, "an overwrite in a transaction keeps it");
+
+    // The CLI compares it too, and exits by branch.
+    let script = |rev: u64| format!("create(\"term\") = {rev}\n\nput term cli\n\nget term\n");
+    let o = txn_cli(&cluster, &[], &script(created));
+    assert!(o.status.success(), "{o:?}");
+
+    // Deleted and written again: a new create revision; the old one no longer holds.
+    c.delete(b"term", false).await.unwrap();
+    let again = c.put(b"term", b"3", false).await.unwrap().version;
+    assert_eq!(read(c.clone()).await, (again, again));
+    assert!(!c.txn(&compare_created(created)).await.unwrap().succeeded);
+    let o = txn_cli(&cluster, &[], &script(created));
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    // Absent: 0.
+    let absent = Txn {
+        compare: vec![Compare::create(b"nothing", CompareOp::Equal, 0)],
+        ..Txn::default()
+    };
+    assert!(c.txn(&absent).await.unwrap().succeeded);
+
+    // A script puts with a lease: the key is attached to it and goes with it.
+    let lease = c.lease_grant(Duration::from_secs(60)).await.unwrap();
+    let o = txn_cli(
+        &cluster,
+        &[],
+        &format!("put leader me --lease {}\n", lease.id),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let ttl = c.lease_time_to_live(lease.id, true).await.unwrap().unwrap();
+    assert_eq!(ttl.keys, vec![b"leader".to_vec()]);
+    c.lease_revoke(lease.id).await.unwrap();
+    assert_eq!(c.get(b"leader", false).await.unwrap().0, None);
 }

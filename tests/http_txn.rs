@@ -128,6 +128,12 @@ async fn transactions_compare_then_run_one_branch_atomically() {
         cond(json!([{"key": "acct", "version": v3, "op": "greater"}])),
         false
     );
+    // The create revision stays through the overwrites: the GET shows it, and a
+    // comparison holds on it and not on the last write's revision.
+    assert_eq!(value_of(&leader, "acct").unwrap()["create_revision"], v1);
+    assert_eq!(cond(json!([{"key": "acct", "create_revision": v1}])), true);
+    assert_eq!(cond(json!([{"key": "acct", "create_revision": v3}])), false);
+    assert_eq!(cond(json!([{"key": "nope", "create_revision": 0}])), true);
     assert_eq!(
         cond(json!([{"key": "acct", "exists": true}, {"key": "nope", "exists": false}])),
         true

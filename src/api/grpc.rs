@@ -304,7 +304,9 @@ impl pb::kv_server::Kv for KvService {
                 let (found, applied_index, now) =
                     self.kv.get_timed(&r.key, c).await.map_err(to_status)?;
                 let deadline = found.as_ref().and_then(|t| t.deadline);
+                let create_revision = found.as_ref().map_or(0, |t| t.created);
                 Ok(Response::new(pb::GetResponse {
+                    create_revision,
                     kv: pb_versioned(found.map(|t| t.value)),
                     applied_index,
                     expires_at_ms: deadline.unwrap_or(0),

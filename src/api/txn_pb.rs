@@ -92,9 +92,10 @@ pub fn txn_from_pb(req: pb::TxnRequest) -> Result<Txn> {
             let target = match c.target {
                 Some(pb::compare::Target::Value(v)) => CompareTarget::Value(v),
                 Some(pb::compare::Target::Version(v)) => CompareTarget::Version(v),
+                Some(pb::compare::Target::CreateRevision(v)) => CompareTarget::Create(v),
                 None => {
                     return Err(Error::invalid(format!(
-                        "compare[{i}] needs a value or a version"
+                        "compare[{i}] needs a value, a version or a create_revision"
                     )))
                 }
             };
@@ -156,6 +157,7 @@ pub fn txn_to_pb(txn: &Txn, session: pb::Session) -> Result<pb::TxnRequest> {
             target: Some(match &c.target {
                 CompareTarget::Value(v) => pb::compare::Target::Value(v.clone()),
                 CompareTarget::Version(v) => pb::compare::Target::Version(*v),
+                CompareTarget::Create(v) => pb::compare::Target::CreateRevision(*v),
             }),
         })
         .collect();
@@ -228,6 +230,7 @@ pub fn results_to_pb(done: TxnResult) -> Result<pb::TxnResponse> {
                     applied_index: 0,
                     expires_at_ms: 0,
                     ttl_ms: 0,
+                    create_revision: 0,
                 }),
                 TxnOpResult::Range { items, more } => {
                     pb::txn_result::Result::Range(pb::ScanResponse {

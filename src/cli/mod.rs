@@ -194,9 +194,10 @@ Examples:
     #[command(
         after_help = "The script: comparisons, a blank line, the operations to run if all hold,
 a blank line, the operations to run otherwise.
-  version(\"KEY\") = 0            (=, !=, <, >; version 0 = absent)
+  version(\"KEY\") = 0            (=, !=, <, >; the last write's revision, 0 = absent)
+  create(\"KEY\") = 12           (the revision that created the key, 0 = absent)
   value(\"KEY\") != \"VALUE\"
-  put KEY VALUE | get KEY [END] [--prefix] [--limit N] | del KEY [END] [--prefix]
+  put KEY VALUE [--lease ID] | get KEY [END] [--prefix] [--limit N] | del KEY [END] [--prefix]
 
 Examples:
   printf 'version(\"lock\") = 0\n\nput lock me\n\nget lock\n' | paxosdb txn

@@ -14,10 +14,12 @@
 //! get lock
 //! ```
 //!
-//! A comparison is `version(KEY) OP N` (0 = absent) or `value(KEY) OP VALUE`, with `OP`
-//! one of `=`, `!=`, `<`, `>`. An operation is `put KEY VALUE`, `get KEY [END] [--prefix]
-//! [--limit N]` or `del KEY [END] [--prefix]`: with `END` (exclusive) or `--prefix`, a get
-//! reads and a del deletes the whole range. A word is bare or in double quotes (with `\"`
+//! A comparison is `version(KEY) OP N` (the revision of the key's last write, 0 =
+//! absent; `mod(KEY)` is the same), `create(KEY) OP N` (the key's create revision, 0 =
+//! absent) or `value(KEY) OP VALUE`, with `OP` one of `=`, `!=`, `<`, `>`. An operation is
+//! `put KEY VALUE [--lease ID]`, `get KEY [END] [--prefix] [--limit N]` or `del KEY [END]
+//! [--prefix]`: with `END` (exclusive) or `--prefix`, a get reads and a del deletes the
+//! whole range. A word is bare or in double quotes (with `\"`
 //! and `\\` inside); `#` starts a comment line. Each blank line ends a section,
 //! so two in a row leave the success operations empty.
 //!
@@ -30,7 +32,7 @@
 
 use super::{client, Cli};
 use crate::command::{Compare, CompareOp, CompareTarget, ScanRange, Txn, TxnOp, WriteResult};
-use crate::command::{TxnOpResult, Versioned};
+use crate::command::{TxnOpResult, Versioned, WriteOp};
 use crate::error::{Error, Result};
 use clap::Args;
 use serde_json::json;
@@ -87,10 +89,11 @@ fn compare_op(w: &str) -> std::result::Result<CompareOp, String> {
     })
 }
 
-/// `version(KEY) OP N` or `value(KEY) OP VALUE`. The key may be quoted inside the
-/// parentheses, so the line is split around them first.
+/// `version(KEY) OP N`, `create(KEY) OP N` or `value(KEY) OP VALUE`. The key may be
+/// quoted inside the parentheses, so the line is split around them first.
 fn comparison(line: &str) -> std::result::Result<Compare, String> {
-    let usage = r#"a comparison is version("KEY") OP N or value("KEY") OP VALUE"#;
+    let usage =
+        r#"a comparison is version("KEY") OP N, create("KEY") OP N or value("KEY") OP VALUE"#;
     let (what, rest) = line.split_once('(').ok_or(usage)?;
     // The key: quoted (it may hold a parenthesis) or bare, then the closing parenthesis.
     let rest = rest.trim_start();
@@ -116,10 +119,12 @@ fn comparison(line: &str) -> std::result::Result<Compare, String> {
     let [op, target] = tail.as_slice() else {
         return Err(usage.into());
     };
+    let revision = |what: &str| {
+        (target.parse::<u64>()).map_err(|_| format!("{what} {target:?} is not a number"))
+    };
     let target = match what.trim() {
-        "version" => CompareTarget::Version(
-            (target.parse()).map_err(|_| format!("version {target:?} is not a number"))?,
-        ),
+        "version" | "mod" => CompareTarget::Version(revision("version")?),
+        "create" => CompareTarget::Create(revision("create revision")?),
         "value" => CompareTarget::Value(target.clone().into_bytes()),
         other => return Err(format!("cannot compare {other:?}; {usage}")),
     };
@@ -149,11 +154,16 @@ fn range_of(
 
 fn operation(line: &str) -> std::result::Result<TxnOp, String> {
     let w = words(line)?;
-    let (mut plain, mut prefix, mut limit) = (Vec::new(), false, None);
+    let (mut plain, mut prefix, mut limit, mut lease) = (Vec::new(), false, None, None);
     let mut it = w.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--prefix" => prefix = true,
+            "--lease" => {
+                let n = it.next().ok_or("--lease needs a lease id")?;
+                let id = n.parse::<u64>().ok().filter(|id| *id != 0);
+                lease = Some(id.ok_or_else(|| format!("bad --lease {n:?} (a lease id)"))?);
+            }
             "--limit" => {
                 let n = it.next().ok_or("--limit needs a number")?;
                 limit = Some(n.parse::<u32>().map_err(|_| format!("bad --limit {n:?}"))?);
@@ -162,9 +172,20 @@ fn operation(line: &str) -> std::result::Result<TxnOp, String> {
         }
     }
     let verb = w.first().map(String::as_str).unwrap_or_default();
+    if lease.is_some() && verb != "put" {
+        return Err("--lease is for put".into());
+    }
     match (verb, plain.as_slice(), limit) {
-        ("put", [k, v], None) if !prefix => Ok(TxnOp::put(k.as_bytes(), v.as_bytes())),
-        ("put", ..) => Err("put takes KEY VALUE".into()),
+        ("put", [k, v], None) if !prefix => Ok(match lease {
+            None => TxnOp::put(k.as_bytes(), v.as_bytes()),
+            Some(lease) => TxnOp::Write(WriteOp::PutLeased {
+                key: k.as_bytes().to_vec(),
+                value: v.as_bytes().to_vec(),
+                lease,
+                return_prev: false,
+            }),
+        }),
+        ("put", ..) => Err("put takes KEY VALUE [--lease ID]".into()),
         ("get", [k], None) if !prefix => Ok(TxnOp::get(k.as_bytes())),
         ("get", [k, end @ ..], limit) if end.len() <= 1 => {
             let range = range_of(k, end.first().copied(), prefix)?
@@ -205,7 +226,10 @@ pub fn parse_script(script: &str) -> Result<Txn> {
         started = true;
         let at = |e: String| Error::invalid(format!("line {}: {e}", n + 1));
         match section {
-            0 if line.starts_with("version") || line.starts_with("value") => {
+            0 if ["version", "mod", "create", "value"]
+                .iter()
+                .any(|w| line.starts_with(&format!("{w}("))) =>
+            {
                 txn.compare.push(comparison(line).map_err(at)?)
             }
             // A script without comparisons starts with its operations.
@@ -316,8 +340,11 @@ mod tests {
             "# take the lock\n\
              version(\"lock\") = 0\n\
              value(\"owner\") != \"me too\"\n\
+             create(\"term\") < 12\n\
+             mod(term) > 3\n\
              \n\
              put lock me\n\
+             put owner me --lease 7\n\
              get config/ --prefix --limit 5\n\
              del tmp/a tmp/z\n\
              \n\
@@ -329,12 +356,20 @@ mod tests {
             vec![
                 Compare::version(b"lock", CompareOp::Equal, 0),
                 Compare::value(b"owner", CompareOp::NotEqual, b"me too"),
+                Compare::create(b"term", CompareOp::Less, 12),
+                Compare::version(b"term", CompareOp::Greater, 3),
             ]
         );
         assert_eq!(
             txn.success,
             vec![
                 TxnOp::put(b"lock", b"me"),
+                TxnOp::Write(WriteOp::PutLeased {
+                    key: b"owner".to_vec(),
+                    value: b"me".to_vec(),
+                    lease: 7,
+                    return_prev: false,
+                }),
                 TxnOp::Range {
                     range: ScanRange::Prefix(b"config/".to_vec()),
                     limit: 5
@@ -376,6 +411,10 @@ mod tests {
         for (script, line, says) in [
             ("version(\"k\") ~ 1\n", "line 1", "unknown comparison"),
             ("version(\"k\") = x\n", "line 1", "not a number"),
+            ("create(\"k\") = -1\n", "line 1", "not a number"),
+            ("put k v --lease x\n", "line 1", "bad --lease"),
+            ("put k v --lease 0\n", "line 1", "bad --lease"),
+            ("get k --lease 3\n", "line 1", "--lease is for put"),
             ("\nput k\n", "line 2", "put takes"),
             // Without comparisons the operations come first: success, then failure.
             ("put k v\n\nget k\n\nget j\n", "line 5", "three sections"),

@@ -183,7 +183,7 @@ pub(super) fn read(
         let key = &k[9..];
         // The index may name keys a blind write detached since.
         let attached = match view.get(Space::Kv, key)? {
-            Some(v) => super::decode_value(&v)?.2 == Some(id),
+            Some(v) => super::decode_value(&v)?.lease == Some(id),
             None => false,
         };
         if attached {
@@ -523,7 +523,7 @@ impl Overlay<'_> {
                 let slot = self.load(&key)?;
                 if slot.value.is_some() && slot.lease == Some(id) {
                     // Its attachment key goes with the write (the slot's stored lease).
-                    self.set(&key, None);
+                    self.set(&key, None)?;
                     if let Some(c) = self.changes.last_mut() {
                         c.kind = kind;
                     }

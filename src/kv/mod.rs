@@ -285,29 +285,52 @@ const HAS_DEADLINE: u64 = 1 << 63;
 /// The next bit says a lease id follows (after the deadline, if any): the key is
 /// attached to that lease ([`lease`]). Format 5 on.
 const HAS_LEASE: u64 = 1 << 62;
+/// The next bit says the key's create revision follows (after the lease, if any): the
+/// revision at which it last came into being, when that is not the revision of its
+/// last write (a write that creates a key stores no such field). Format 6 on; a value
+/// written before keeps reading its last write's revision as its create revision.
+const HAS_CREATE: u64 = 1 << 61;
+const FLAGS: u64 = HAS_DEADLINE | HAS_LEASE | HAS_CREATE;
+
+/// A value record as stored under its key in [`Space::Kv`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stored {
+    value: Versioned,
+    /// When it expires, in log time; `None`: never (or when its lease ends).
+    deadline: Option<u64>,
+    /// The lease it is attached to.
+    lease: Option<u64>,
+    /// The revision at which the key was created (≤ `value.version`).
+    created: u64,
+}
 
 /// A stored value: the version (with [`HAS_DEADLINE`] when it expires, [`HAS_LEASE`]
-/// when it is attached to a lease), the deadline if any (log time in ms), the lease id if
-/// any, then the bytes.
-fn encode_value(v: &Versioned, deadline: Option<u64>, lease: Option<u64>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24 + v.value.len());
+/// when it is attached to a lease, [`HAS_CREATE`] when it was created before this
+/// write), the deadline if any (log time in ms), the lease id if any, the create
+/// revision if flagged, then the bytes.
+fn encode_value(v: &Versioned, deadline: Option<u64>, lease: Option<u64>, created: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + v.value.len());
+    let created = Some(created).filter(|c| *c != v.version);
     let mut version = v.version;
-    if deadline.is_some() {
-        version |= HAS_DEADLINE;
-    }
-    if lease.is_some() {
-        version |= HAS_LEASE;
+    for (flag, field) in [
+        (HAS_DEADLINE, deadline),
+        (HAS_LEASE, lease),
+        (HAS_CREATE, created),
+    ] {
+        if field.is_some() {
+            version |= flag;
+        }
     }
     out.extend_from_slice(&version.to_be_bytes());
-    for x in [deadline, lease].into_iter().flatten() {
+    for x in [deadline, lease, created].into_iter().flatten() {
         out.extend_from_slice(&x.to_be_bytes());
     }
     out.extend_from_slice(&v.value);
     out
 }
 
-/// A stored value, its deadline and its lease.
-fn decode_value(bytes: &[u8]) -> Result<(Versioned, Option<u64>, Option<u64>)> {
+/// A value record, as [`encode_value`] wrote it.
+fn decode_value(bytes: &[u8]) -> Result<Stored> {
     let corrupt = || Error::Storage("corrupt value record".into());
     let version = read_u64(bytes.get(..8).ok_or_else(corrupt)?)?;
     let mut at = 8;
@@ -321,14 +344,17 @@ fn decode_value(bytes: &[u8]) -> Result<(Versioned, Option<u64>, Option<u64>)> {
     };
     let deadline = field(HAS_DEADLINE)?;
     let lease = field(HAS_LEASE)?;
-    Ok((
-        Versioned {
-            version: version & !(HAS_DEADLINE | HAS_LEASE),
+    let created = field(HAS_CREATE)?;
+    let version = version & !FLAGS;
+    Ok(Stored {
+        value: Versioned {
+            version,
             value: bytes[at..].to_vec(),
         },
         deadline,
         lease,
-    ))
+        created: created.unwrap_or(version),
+    })
 }
 
 /// When a stored value stops being visible, in log time, as `view` holds its lease:
@@ -360,6 +386,10 @@ pub struct Timed {
     pub value: Versioned,
     /// When it expires, in log time (ms since the Unix epoch); `None`: never.
     pub deadline: Option<u64>,
+    /// The revision at which the key was created: of the write that made it exist after
+    /// it was absent (deleted, expired or never written). Equal to `value.version` for a
+    /// key written once since.
+    pub created: u64,
 }
 
 /// The versioned key-value store. Cheap to clone; reads may run on any thread while one
@@ -575,13 +605,27 @@ impl KvStore {
             let Some(bytes) = v.get(Space::Kv, key)? else {
                 return Ok((None, applied, 0));
             };
-            let (value, deadline, lease) = decode_value(&bytes)?;
+            let Stored {
+                value,
+                deadline,
+                lease,
+                created,
+            } = decode_value(&bytes)?;
             if deadline.is_none() && lease.is_none() {
-                return Ok((Some(Timed { value, deadline }), applied, 0));
+                let timed = Timed {
+                    value,
+                    deadline,
+                    created,
+                };
+                return Ok((Some(timed), applied, 0));
             }
             let deadline = ends(v, deadline, lease)?;
             let time = read_counter(v.get(Space::Sm, K_TIME)?)?;
-            let timed = live(deadline, time).then_some(Timed { value, deadline });
+            let timed = live(deadline, time).then_some(Timed {
+                value,
+                deadline,
+                created,
+            });
             Ok((timed, applied, time))
         })
     }
@@ -601,7 +645,12 @@ impl KvStore {
                 if !range.contains_from_start(k) {
                     return Ok(false);
                 }
-                let (val, deadline, lease) = decode_value(val)?;
+                let Stored {
+                    value: val,
+                    deadline,
+                    lease,
+                    ..
+                } = decode_value(val)?;
                 let deadline = match lease {
                     Some(_) => ends(v, deadline, lease)?,
                     None => deadline,
@@ -759,14 +808,16 @@ struct Slot {
     value: Option<Versioned>,
     deadline: Option<u64>,
     dirty: bool,
-    /// The deadline the store holds for the key (`None`: none, or not read: a blind
-    /// write), whose index key goes when the key's deadline changes.
+    /// The deadline the store holds for the key (`None`: none), whose index key goes
+    /// when the key's deadline changes.
     stored_deadline: Option<u64>,
     /// The lease the key is attached to.
     lease: Option<u64>,
-    /// The lease the store holds for the key (`None`: none, or not read), whose
-    /// attachment key goes when it changes.
+    /// The lease the store holds for the key (`None`: none), whose attachment key goes
+    /// when it changes.
     stored_lease: Option<u64>,
+    /// The revision at which `value`'s key was created (0 without a value).
+    created: u64,
 }
 
 /// The writes of one entry, staged in memory so later commands see earlier ones.
@@ -836,7 +887,12 @@ impl Overlay<'_> {
         if !self.keys.contains_key(key) {
             let slot = match self.store.backend.get(Space::Kv, key)? {
                 Some(b) => {
-                    let (value, deadline, lease) = decode_value(&b)?;
+                    let Stored {
+                        value,
+                        deadline,
+                        lease,
+                        created,
+                    } = decode_value(&b)?;
                     Slot {
                         value: Some(value),
                         deadline,
@@ -844,6 +900,7 @@ impl Overlay<'_> {
                         stored_deadline: deadline,
                         lease,
                         stored_lease: lease,
+                        created,
                     }
                 }
                 None => Slot::default(),
@@ -922,29 +979,47 @@ impl Overlay<'_> {
         let len = value.len() as u64;
         // An append keeps the key's deadline, as in Redis.
         let deadline = self.deadline(key)?;
-        let version = self.set_until(key, Some(value), deadline);
+        let version = self.set_until(key, Some(value), deadline)?;
         Ok(WriteResult::Append { len, version })
     }
 
     /// Writes `value` (`None`: deletes) under the next revision, without a deadline.
-    fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
+    fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<u64> {
         self.set_until(key, value, None)
     }
 
     /// Writes `value` under the next revision, expiring at `deadline`.
-    fn set_until(&mut self, key: &[u8], value: Option<Vec<u8>>, deadline: Option<u64>) -> u64 {
+    fn set_until(
+        &mut self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        deadline: Option<u64>,
+    ) -> Result<u64> {
         self.revision += 1;
         let version = self.revision;
         let value = value.map(|value| Versioned { value, version });
-        self.write(key.to_vec(), value, deadline);
-        version
+        self.write(key.to_vec(), value, deadline)?;
+        Ok(version)
     }
 
     /// Records `value` as this entry's write of `key` (remembering what it replaces while
-    /// a transaction runs).
-    fn write(&mut self, key: Vec<u8>, value: Option<Versioned>, deadline: Option<u64>) {
-        let (stored_deadline, stored_lease) =
-            (self.keys.get(&key)).map_or((None, None), |s| (s.stored_deadline, s.stored_lease));
+    /// a transaction runs). The key is read first, even by a blind write: a value that
+    /// replaces a visible one keeps its create revision, any other starts a new one; and
+    /// the deadline and lease index keys of the stored value are known, to go with it.
+    fn write(
+        &mut self,
+        key: Vec<u8>,
+        value: Option<Versioned>,
+        deadline: Option<u64>,
+    ) -> Result<()> {
+        self.load(&key)?;
+        let before = &self.keys[&key];
+        let (stored_deadline, stored_lease) = (before.stored_deadline, before.stored_lease);
+        let created = match &value {
+            None => 0,
+            Some(_) if self.visible(before)? => before.created,
+            Some(v) => v.version,
+        };
         let slot = Slot {
             deadline: deadline.filter(|_| value.is_some()),
             value,
@@ -952,6 +1027,7 @@ impl Overlay<'_> {
             stored_deadline,
             lease: None,
             stored_lease,
+            created,
         };
         self.changes.push(history::Pending {
             revision: slot.value.as_ref().map_or(self.revision, |v| v.version),
@@ -970,6 +1046,7 @@ impl Overlay<'_> {
         if let Some(undo) = &mut self.undo {
             undo.push((key, before));
         }
+        Ok(())
     }
 
     /// Deletes every key whose deadline the entry's time reached, at most
@@ -992,7 +1069,7 @@ impl Overlay<'_> {
             let key = &k[9..];
             let slot = self.load(key)?;
             if slot.value.is_some() && slot.deadline == Some(deadline) {
-                self.set(key, None);
+                self.set(key, None)?;
                 if let Some(c) = self.changes.last_mut() {
                     c.kind = ChangeKind::Expire;
                 }
@@ -1050,7 +1127,12 @@ impl Overlay<'_> {
                         return Ok(true);
                     }
                 }
-                let (v, deadline, lease) = decode_value(v)?;
+                let Stored {
+                    value: v,
+                    deadline,
+                    lease,
+                    ..
+                } = decode_value(v)?;
                 let deadline = match lease {
                     Some(id) => Some(self.lease_end(id)?),
                     None => deadline,
@@ -1080,6 +1162,10 @@ impl Overlay<'_> {
         let mut succeeded = true;
         for c in &t.compare {
             let cur = self.get(&c.key)?;
+            let created = match cur {
+                Some(_) => self.keys[c.key.as_slice()].created,
+                None => 0,
+            };
             let holds = match (&c.target, &cur) {
                 (CompareTarget::Value(_), None) => false,
                 (CompareTarget::Value(want), Some(cur)) => {
@@ -1088,6 +1174,7 @@ impl Overlay<'_> {
                 (CompareTarget::Version(want), cur) => {
                     c.op.holds(&cur.as_ref().map_or(0, |c| c.version), want)
                 }
+                (CompareTarget::Create(want), _) => c.op.holds(&created, want),
             };
             if !holds {
                 succeeded = false;
@@ -1199,7 +1286,7 @@ impl Overlay<'_> {
                     }
                     deletes -= keys.len();
                     for k in &keys {
-                        self.set(k, None);
+                        self.set(k, None)?;
                     }
                     TxnOpResult::DeleteRange {
                         deleted: keys.len() as u64,
@@ -1258,7 +1345,7 @@ impl Overlay<'_> {
                 Some(Expiry::Keep) => self.deadline(key)?,
                 Some(Expiry::Set(d)) => Some(d.resolve(self.time)),
             };
-            self.set_until(key, Some(value.to_vec()), deadline)
+            self.set_until(key, Some(value.to_vec()), deadline)?
         } else {
             prev.as_ref().map_or(0, |p| p.version)
         };
@@ -1277,14 +1364,14 @@ impl Overlay<'_> {
                 return_prev,
             } => {
                 let prev = if *return_prev { self.get(key)? } else { None };
-                let version = self.set(key, Some(value.clone()));
+                let version = self.set(key, Some(value.clone()))?;
                 WriteResult::Put { version, prev }
             }
             WriteOp::Delete { key, return_prev } => {
                 let cur = self.get(key)?;
                 let deleted = cur.is_some();
                 if deleted {
-                    self.set(key, None);
+                    self.set(key, None)?;
                 }
                 WriteResult::Delete {
                     deleted,
@@ -1304,7 +1391,7 @@ impl Overlay<'_> {
                     (Expect::Version(v), None) => *v == 0,
                 };
                 if matches {
-                    let version = self.set(key, Some(new_value.clone()));
+                    let version = self.set(key, Some(new_value.clone()))?;
                     WriteResult::Cas {
                         succeeded: true,
                         version,
@@ -1358,13 +1445,13 @@ impl Overlay<'_> {
                         version: cur.version,
                     }
                 } else if deadline.is_some_and(|d| d <= self.time) {
-                    self.set(key, None);
+                    self.set(key, None)?;
                     WriteResult::Expire {
                         applied: true,
                         version: 0,
                     }
                 } else {
-                    let version = self.set_until(key, Some(cur.value), *deadline);
+                    let version = self.set_until(key, Some(cur.value), *deadline)?;
                     WriteResult::Expire {
                         applied: true,
                         version,
@@ -1383,7 +1470,7 @@ impl Overlay<'_> {
                         // An increment keeps the key's deadline, as in Redis.
                         let deadline = self.deadline(key)?;
                         let version =
-                            self.set_until(key, Some(value.to_string().into_bytes()), deadline);
+                            self.set_until(key, Some(value.to_string().into_bytes()), deadline)?;
                         WriteResult::Incr { value, version }
                     }
                     None => {
@@ -1414,7 +1501,7 @@ impl Overlay<'_> {
                         value: v.clone(),
                         version,
                     });
-                    self.write(k.clone(), value, None);
+                    self.write(k.clone(), value, None)?;
                 }
                 WriteResult::MultiPut { version }
             }
@@ -1476,7 +1563,7 @@ impl Overlay<'_> {
                     )));
                 }
                 let prev = if *return_prev { self.get(key)? } else { None };
-                let version = self.set(key, Some(value.clone()));
+                let version = self.set(key, Some(value.clone()))?;
                 if let Some(slot) = self.keys.get_mut(key.as_slice()) {
                     slot.lease = Some(*lease);
                 }
@@ -1623,7 +1710,8 @@ impl KvStore {
                     index_adds.push((Space::Sm, lease::attached_key(new, &k), Some(Vec::new())));
                 }
             }
-            let value = (slot.value.as_ref()).map(|v| encode_value(v, slot.deadline, lease));
+            let value =
+                (slot.value.as_ref()).map(|v| encode_value(v, slot.deadline, lease, slot.created));
             writes.push((Space::Kv, k, value));
         }
         let index_changed =

@@ -111,6 +111,9 @@ enum CmpSpec {
     Value(usize),
     Version(u64),
     CurrentVersion,
+    Create(u64),
+    /// The key's create revision as the model has it.
+    CurrentCreate,
 }
 
 const CMP_OPS: &[CompareOp] = &[
@@ -169,6 +172,8 @@ enum Action {
 #[derive(Default)]
 struct Model {
     data: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+    /// Each present key's create revision.
+    created: HashMap<Vec<u8>, u64>,
     revision: u64,
     applied: u64,
     /// The log's time, and each key's deadline.
@@ -236,6 +241,11 @@ impl Model {
             value: value.clone(),
             version: *version,
         })
+    }
+
+    /// The create revision of a live key; 0: absent.
+    fn created(&self, key: &[u8]) -> u64 {
+        self.current(key).map_or(0, |_| self.created[key])
     }
 
     /// The deadline of a live key.
@@ -407,6 +417,8 @@ impl Model {
                             CmpSpec::CurrentVersion => {
                                 CompareTarget::Version(self.current(&key).map_or(0, |c| c.version))
                             }
+                            CmpSpec::Create(v) => CompareTarget::Create(*v),
+                            CmpSpec::CurrentCreate => CompareTarget::Create(self.created(&key)),
                         };
                         Compare {
                             key,
@@ -470,6 +482,15 @@ impl Model {
     }
 
     fn set(&mut self, key: &[u8], value: Option<Vec<u8>>) -> u64 {
+        // A value over a live one keeps its create revision; any other starts one.
+        let created = match self.current(key) {
+            Some(_) => self.created[key],
+            None => self.revision + 1,
+        };
+        match value {
+            Some(_) => self.created.insert(key.to_vec(), created),
+            None => self.created.remove(key),
+        };
         self.revision += 1;
         self.deadlines.remove(key);
         self.lease_of.remove(key);
@@ -585,6 +606,9 @@ impl Model {
             WriteOp::MultiPut { pairs } => {
                 self.revision += 1;
                 for (k, v) in pairs {
+                    if self.current(k).is_none() {
+                        self.created.insert(k.clone(), self.revision);
+                    }
                     self.data.insert(k.clone(), (v.clone(), self.revision));
                     self.deadlines.remove(k);
                     self.lease_of.remove(k);
@@ -733,6 +757,7 @@ impl Model {
                         (CompareTarget::Version(v), cur) => {
                             c.op.holds(&cur.map_or(0, |c| c.version), v)
                         }
+                        (CompareTarget::Create(v), _) => c.op.holds(&self.created(&c.key), v),
                     }
                 });
                 let ops = if succeeded { &t.success } else { &t.failure };
@@ -939,8 +964,10 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                 check_state(&kv, &model, &what)?;
             }
             Action::Get(k) => {
-                let (v, applied) = kv.get(READ_KEYS[*k]).unwrap();
+                let (timed, applied, _) = kv.get_timed(READ_KEYS[*k]).unwrap();
+                let (v, created) = timed.map_or((None, 0), |t| (Some(t.value), t.created));
                 prop_assert_eq!(v, model.current(READ_KEYS[*k]), "{}", what);
+                prop_assert_eq!(created, model.created(READ_KEYS[*k]), "{}", what);
                 prop_assert_eq!(applied, model.applied);
             }
             Action::ScanPrefix { prefix, limit } => {
@@ -973,6 +1000,8 @@ fn op_spec() -> impl Strategy<Value = OpSpec> {
         (0..VALUES.len()).prop_map(CmpSpec::Value),
         (0u64..6).prop_map(CmpSpec::Version),
         Just(CmpSpec::CurrentVersion),
+        (0u64..6).prop_map(CmpSpec::Create),
+        Just(CmpSpec::CurrentCreate),
     ];
     let txn_op = || {
         prop_oneof![
@@ -2345,4 +2374,89 @@ fn leases_end_by_the_log_clock_and_take_their_keys() {
         None,
         "nothing left to stamp for"
     );
+}
+
+/// A key keeps the revision it was created at through every later write, and starts a
+/// new one once it was absent: deleted, or expired (even before the sweep deleted it).
+/// Transactions compare it; it survives reopening the store.
+#[test]
+fn a_key_keeps_its_create_revision_until_it_is_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut kv = open_store(&path);
+    let created = |kv: &KvStore| {
+        let (t, _, _) = kv.get_timed(b"k").unwrap();
+        t.map(|t| (t.created, t.value.version))
+    };
+    let put = |seq: u64| {
+        let op = WriteOp::Put {
+            key: b"k".to_vec(),
+            value: format!("{seq}").into_bytes(),
+            return_prev: false,
+        };
+        cmd(1, seq, op)
+    };
+    kv.apply_kv_at(0, Some(1000), &[put(1)]).unwrap();
+    assert_eq!(created(&kv), Some((1, 1)));
+    kv.apply_kv(1, &[put(2)]).unwrap();
+    assert_eq!(created(&kv), Some((1, 2)), "an overwrite keeps it");
+    let multi = WriteOp::MultiPut {
+        pairs: vec![(b"k".to_vec(), b"m".to_vec())],
+    };
+    kv.apply_kv(2, &[cmd(1, 3, multi)]).unwrap();
+    assert_eq!(created(&kv), Some((1, 3)), "a multi-put keeps it");
+    drop(kv);
+    let mut kv = open_store(&path);
+    assert_eq!(created(&kv), Some((1, 3)), "kept across reopening");
+
+    // Comparisons: equal to 1 holds, equal to the version does not, greater than 0 holds.
+    let txn = |cmp: Compare| {
+        WriteOp::Txn(Txn {
+            compare: vec![cmp],
+            success: vec![],
+            failure: vec![],
+        })
+    };
+    let succeeded = |r: &WriteResult| match r {
+        WriteResult::Txn { succeeded, .. } => *succeeded,
+        other => panic!("{other:?}"),
+    };
+    let rs = kv
+        .apply_kv(
+            3,
+            &[
+                cmd(1, 4, txn(Compare::create(b"k", CompareOp::Equal, 1))),
+                cmd(1, 5, txn(Compare::create(b"k", CompareOp::Equal, 3))),
+                cmd(1, 6, txn(Compare::create(b"k", CompareOp::Greater, 0))),
+                cmd(1, 7, txn(Compare::create(b"absent", CompareOp::Equal, 0))),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        rs.iter().map(succeeded).collect::<Vec<_>>(),
+        [true, false, true, true]
+    );
+
+    // Deleted, then written: a new create revision.
+    let delete = WriteOp::Delete {
+        key: b"k".to_vec(),
+        return_prev: false,
+    };
+    kv.apply_kv(4, &[cmd(1, 8, delete), put(9)]).unwrap();
+    assert_eq!(created(&kv), Some((5, 5)));
+
+    // Expiring keeps it while live; once the log's time passes the deadline the key is
+    // absent, and a write creates it again.
+    let expiring = WriteOp::SetExpiring {
+        key: b"k".to_vec(),
+        value: b"e".to_vec(),
+        cond: SetCond::Always,
+        expiry: Expiry::Set(Deadline::At(1500)),
+    };
+    kv.apply_kv(5, &[cmd(1, 10, expiring)]).unwrap();
+    assert_eq!(created(&kv), Some((5, 6)));
+    kv.apply_kv_at(6, Some(2000), &[put(11)]).unwrap();
+    let (c, v) = created(&kv).unwrap();
+    assert_eq!(c, v, "written after it expired: created anew");
+    assert!(c > 6);
 }

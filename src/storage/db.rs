@@ -153,10 +153,14 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>> {
 /// - 5: a stored value may name the lease it is attached to (another flag bit of its
 ///   version), the state machine space holds leases and the watch history, and clock
 ///   stamps name the leader's reign. Formats 2 to 4 hold none of these and are upgraded in
-///   place; a release reading format 4 only refuses a format 5 one.
-pub const FORMAT: u64 = 5;
+///   place; a release reading format 4 only refuses a format 5 one;
+/// - 6: a stored value may carry its key's create revision (a third flag bit of its
+///   version). Formats 2 to 5 hold none (their values read their last write's revision
+///   as their create revision) and are upgraded in place; a release reading format 5 only
+///   refuses a format 6 one.
+pub const FORMAT: u64 = 6;
 /// Formats this build opens, upgrading them to [`FORMAT`].
-const UPGRADES_FROM: &[u64] = &[2, 3, 4];
+const UPGRADES_FROM: &[u64] = &[2, 3, 4, 5];
 
 /// Records [`FORMAT`] in a new database; upgrades one of a format in [`UPGRADES_FROM`];
 /// refuses one written in another format (a database without the key but with data is

@@ -66,6 +66,7 @@ pub async fn get_key(
             let v = timed.value;
             let mut obj = decode::entry_json(Some(&key), &v.value, v.version);
             obj.insert("applied_index".into(), applied.into());
+            obj.insert("create_revision".into(), timed.created.into());
             if let Some(deadline) = timed.deadline {
                 obj.insert("expires_at_ms".into(), deadline.into());
                 // A key read is live: its deadline is after the time read.

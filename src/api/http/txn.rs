@@ -276,6 +276,7 @@ fn comparison(v: &Value, at: String, limits: &Limits) -> Result<Compare, ApiErro
             "key_base64",
             "op",
             "version",
+            "create_revision",
             "value",
             "value_base64",
             "exists",
@@ -293,9 +294,15 @@ fn comparison(v: &Value, at: String, limits: &Limits) -> Result<Compare, ApiErro
         }),
         Some(_) => return Err(bad_op(&o)),
     };
-    let targets = (o.u64("version")?, o.value(limits)?, o.bool("exists")?);
+    let revisions = match (o.u64("version")?, o.u64("create_revision")?) {
+        (Some(v), None) => Some(CompareTarget::Version(v)),
+        (None, Some(c)) => Some(CompareTarget::Create(c)),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(one_target(&o)),
+    };
+    let targets = (revisions, o.value(limits)?, o.bool("exists")?);
     let (op, target) = match targets {
-        (Some(v), None, None) => (op, CompareTarget::Version(v)),
+        (Some(t), None, None) => (op, t),
         (None, Some(v), None) => (op, CompareTarget::Value(v)),
         (None, None, Some(exists)) => {
             if op.is_some() {
@@ -311,18 +318,20 @@ fn comparison(v: &Value, at: String, limits: &Limits) -> Result<Compare, ApiErro
             };
             (Some(op), CompareTarget::Version(0))
         }
-        _ => {
-            return Err(bad_at(
-                "compare exactly one of version, value (or value_base64) and exists",
-                &o.at,
-            ))
-        }
+        _ => return Err(one_target(&o)),
     };
     Ok(Compare {
         key,
         op: op.unwrap_or(CompareOp::Equal),
         target,
     })
+}
+
+fn one_target(o: &Obj) -> ApiError {
+    bad_at(
+        "compare exactly one of version, create_revision, value (or value_base64) and exists",
+        &o.at,
+    )
 }
 
 fn bad_op(o: &Obj) -> ApiError {
@@ -495,7 +504,8 @@ mod tests {
         let t = dec(r#"{
             "compare": [{"key": "a", "version": 0}, {"key_base64": "/w==", "value": "x",
                 "op": "not_equal"}, {"key": "c", "exists": true}, {"key": "d", "exists": false},
-                {"key": "e", "version": 3, "op": "less"}],
+                {"key": "e", "version": 3, "op": "less"},
+                {"key": "f", "create_revision": 2, "op": "greater"}],
             "success": [{"put": {"key": "a", "value_base64": "AP8=", "prev": true}},
                 {"get": {"key": "b"}}, {"range": {"prefix": "p/", "limit": 10}},
                 {"delete": {"key": "c"}}, {"delete_range": {"from": "t/", "to": "u"}},
@@ -520,6 +530,7 @@ mod tests {
                 cmp(b"c", CompareOp::Greater, CompareTarget::Version(0)),
                 cmp(b"d", CompareOp::Equal, CompareTarget::Version(0)),
                 cmp(b"e", CompareOp::Less, CompareTarget::Version(3)),
+                cmp(b"f", CompareOp::Greater, CompareTarget::Create(2)),
             ]
         );
         assert_eq!(
@@ -640,6 +651,14 @@ mod tests {
             (
                 r#"{"compare": [{"key": "a", "version": 1, "value": "x"}]}"#,
                 (400, "compare[0]"),
+            ),
+            (
+                r#"{"compare": [{"key": "a", "version": 1, "create_revision": 1}]}"#,
+                (400, "compare[0]"),
+            ),
+            (
+                r#"{"compare": [{"key": "a", "create_revision": "1"}]}"#,
+                (400, "compare[0].create_revision"),
             ),
             (
                 r#"{"compare": [{"key": "a", "version": -1}]}"#,
