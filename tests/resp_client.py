@@ -5,7 +5,9 @@ Usage: resp_client.py HOST PORT [OTHER_PORT]
 
 Uses RESP2 and RESP3 (HELLO 3) connections, plain commands, a pipeline, the paxosdb CAS
 commands through execute_command, scan_iter, expiry (set ex=, ttl, setex, expire nx=,
-getex persist=, Lock() taking and timing out), and transactions: pipeline() (MULTI/EXEC),
+getex persist=, Lock() taking, extending, releasing and timing out), scripts (eval,
+register_script, a read-modify-write script racing from two nodes), and transactions:
+pipeline() (MULTI/EXEC),
 a per-command error inside EXEC, EXECABORT, and transaction() with WATCH retried under a
 concurrent write (forced once, then two threads through two nodes racing on a counter).
 OTHER_PORT (another node) checks that a write through one node is read through the other.
@@ -84,6 +86,93 @@ def run(r, prefix, other=None):
         check("read through another node", other.get(k("across")), b"seen")
     expiry(r, other, k)
     transactions(r, other, k)
+    scripts(r, other, k)
+
+
+def scripts(r, other, k):
+    """EVAL / EVALSHA through redis-py: replies converted as Redis converts them, errors,
+    and read-modify-write scripts from two nodes at once losing no update."""
+    reader = other if other is not None else r
+    check("eval integer", r.eval("return 1 + 2", 0), 3)
+    check("eval keys and argv", r.eval("return {KEYS[1], ARGV[1], ARGV[2]}", 1, "a", "b", "c"),
+          [b"a", b"b", b"c"])
+    check("eval nil in array ends it", r.eval("return {1, 2, nil, 4}", 0), [1, 2])
+    check("eval status", r.eval("return redis.status_reply('FINE')", 0) in (b"FINE", "FINE"), True)
+    check("eval float truncates", r.eval("return 3.99", 0), 3)
+    check("eval boolean", (r.eval("return true", 0), r.eval("return false", 0)), (1, None))
+    r.set(k("s1"), "v1")
+    check("call get", r.eval("return redis.call('get', KEYS[1])", 1, k("s1")), b"v1")
+    check("call get missing is false",
+          r.eval("return redis.call('get', KEYS[1]) == false", 1, k("nope")), 1)
+    try:
+        r.eval("return redis.error_reply('MYERR went wrong')", 0)
+        print("MISMATCH error_reply did not fail", file=sys.stderr)
+        sys.exit(1)
+    except redis.ResponseError as e:
+        check("error_reply", str(e), "MYERR went wrong")
+    try:
+        r.eval("return redis.call('incr', KEYS[1])", 1, k("s1"))
+        print("MISMATCH incr of a string did not fail", file=sys.stderr)
+        sys.exit(1)
+    except redis.ResponseError as e:
+        check("call error", "not an integer" in str(e), True)
+    check("pcall error is a table",
+          r.eval("local e = redis.pcall('incr', KEYS[1]); return e.err ~= nil", 1, k("s1")), 1)
+    try:
+        r.eval("return redis.call('keys', '*')", 0)
+        print("MISMATCH keys from a script did not fail", file=sys.stderr)
+        sys.exit(1)
+    except redis.ResponseError as e:
+        check("not allowed", "not allowed from script" in str(e), True)
+    try:
+        r.eval_ro("return redis.call('set', KEYS[1], 'x')", 1, k("ro"))
+        print("MISMATCH a write from eval_ro did not fail", file=sys.stderr)
+        sys.exit(1)
+    except redis.ResponseError as e:
+        check("eval_ro write", "read-only" in str(e), True)
+    check("nothing written by eval_ro", reader.get(k("ro")), None)
+
+    # Writes, with expiry, seen through the other node.
+    n = r.eval("redis.call('set', KEYS[1], ARGV[1], 'PX', 60000); "
+               "return redis.call('pttl', KEYS[1])", 1, k("w"), "x")
+    check("set px then pttl in a script", 55_000 <= n <= 60_000, True)
+    check("script write read elsewhere", reader.get(k("w")), b"x")
+
+    # register_script: EVALSHA, NOSCRIPT, SCRIPT LOAD behind the scenes; SCRIPT EXISTS.
+    bump = r.register_script(
+        "local v = tonumber(redis.call('get', KEYS[1]) or '0') "
+        "redis.call('set', KEYS[1], v + tonumber(ARGV[1])) return v + tonumber(ARGV[1])")
+    check("registered script", bump(keys=[k("ctr")], args=[5]), 5)
+    check("script exists", r.script_exists(bump.sha), [True])
+    check("script flush", r.script_flush(), True)
+    check("script gone", r.script_exists(bump.sha), [False])
+    check("registered script reloads itself", bump(keys=[k("ctr")], args=[1]), 6)
+
+    # Two clients, one per node, each adding 1 thirty times with that read-modify-write
+    # script: with no atomicity some additions would be lost.
+    import threading
+
+    kwargs = r.connection_pool.connection_kwargs
+    ports = [kwargs["port"], (other or r).connection_pool.connection_kwargs["port"]]
+    failures = []
+
+    def worker(port):
+        try:
+            c = redis.Redis(host=kwargs["host"], port=port,
+                            protocol=kwargs.get("protocol", 2), socket_timeout=20)
+            s = c.register_script(bump.script)
+            for _ in range(30):
+                s(keys=[k("ctr")], args=[1])
+        except Exception as e:  # reported below: a thread's exception is not ours
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check("scripting workers", failures, [])
+    check("counter after scripts under contention", r.get(k("ctr")), b"66")
 
 
 def expiry(r, other, k):
@@ -112,10 +201,30 @@ def expiry(r, other, k):
     except redis.ResponseError as e:
         check("setex error", str(e), "invalid expire time in 'setex' command")
 
-    # Lock(): acquire is SET NX PX (a timeout), so taking it and its timing out work;
-    # release() and extend() run Lua scripts (EVALSHA), which paxosdb does not have, so
-    # they are not used: the lock is left to expire.
+    # Lock(): acquire is SET NX PX (a timeout); release(), extend() and reacquire() run
+    # Lua scripts (EVALSHA, loaded on NOSCRIPT) that compare the token first.
     name = k("lock")
+    lock = r.lock(name, timeout=10)
+    check("lock taken", lock.acquire(blocking=False), True)
+    check("lock extended", lock.extend(20), True)
+    check("extended ttl", 25_000 <= reader.pttl(name) <= 30_000, True)
+    check("lock reacquired", lock.reacquire(), True)
+    check("reacquired ttl", 5_000 <= reader.pttl(name) <= 10_000, True)
+    other_lock = reader.lock(name, timeout=10)
+    other_lock.local.token = b"not-the-owner"
+    try:
+        other_lock.release()
+        print("MISMATCH a lock released by a non-owner", file=sys.stderr)
+        sys.exit(1)
+    except redis.exceptions.LockNotOwnedError:
+        pass
+    check("still held after a stranger's release", reader.get(name), lock.local.token)
+    lock.release()
+    check("released", reader.get(name), None)
+    check("taken again at once", reader.lock(name, timeout=10).acquire(blocking=False), True)
+    r.delete(name)
+
+    # And timing out: a lock not released is free once its timeout passed.
     first = r.lock(name, timeout=2)
     check("lock acquired", first.acquire(blocking=False), True)
     check("lock held", reader.lock(name).locked(), True)

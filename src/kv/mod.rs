@@ -59,6 +59,7 @@ pub mod backend;
 pub mod handle;
 mod history;
 pub mod lease;
+pub mod rehearsal;
 mod staging;
 pub mod transfer;
 pub mod watch;

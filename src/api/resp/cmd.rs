@@ -41,6 +41,14 @@ const R: &[&str] = &["readonly", "fast"];
 const W: &[&str] = &["write", "denyoom", "fast"];
 const C: &[&str] = &["fast", "loading", "stale"];
 const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
+const SCRIPT: &[&str] = &["noscript", "stale", "skip_monitor", "movablekeys"];
+const SCRIPT_RO: &[&str] = &[
+    "noscript",
+    "stale",
+    "skip_monitor",
+    "readonly",
+    "movablekeys",
+];
 
 /// Every command, in the order `COMMAND` lists them.
 pub const COMMANDS: &[Spec] = &[
@@ -112,6 +120,12 @@ pub const COMMANDS: &[Spec] = &[
     spec("discard", 1, TX, NOKEYS),
     spec("watch", -2, TX, ALLKEYS),
     spec("unwatch", 1, TX, NOKEYS),
+    // Scripts: run against a rehearsal, applied as one transaction (script.rs).
+    spec("eval", -3, SCRIPT, NOKEYS),
+    spec("evalsha", -3, SCRIPT, NOKEYS),
+    spec("eval_ro", -3, SCRIPT_RO, NOKEYS),
+    spec("evalsha_ro", -3, SCRIPT_RO, NOKEYS),
+    spec("script", -2, &["noscript"], NOKEYS),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {
@@ -220,6 +234,29 @@ pub enum RespCommand {
     Watch(Vec<Vec<u8>>),
     /// `UNWATCH`: forgets the watched keys.
     Unwatch,
+    /// `EVAL`, `EVALSHA` (and their `_RO` forms): runs a Lua script with its keys and
+    /// arguments.
+    Eval {
+        script: ScriptRef,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+        read_only: bool,
+    },
+    /// `SCRIPT LOAD script`: caches it and answers its SHA1.
+    ScriptLoad(Vec<u8>),
+    /// `SCRIPT EXISTS sha1...`: 1 or 0 for each.
+    ScriptExists(Vec<Vec<u8>>),
+    /// `SCRIPT FLUSH [ASYNC|SYNC]`: forgets every cached script.
+    ScriptFlush,
+    /// `SCRIPT KILL`: no script runs long enough to be killed (each has a time bound).
+    ScriptKill,
+}
+
+/// The script an `EVAL` (its text) or `EVALSHA` (its SHA1, of a cached one) names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScriptRef {
+    Body(Vec<u8>),
+    Sha(Vec<u8>),
 }
 
 /// The `ACL` subcommands paxosdb implements.
@@ -446,6 +483,51 @@ pub fn parse(mut words: Vec<Vec<u8>>) -> Result<RespCommand, Reply> {
         "discard" => RespCommand::Discard,
         "watch" => RespCommand::Watch(a.rest()),
         "unwatch" => RespCommand::Unwatch,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" => {
+            let text = a.bytes()?;
+            let script = match spec.name.starts_with("evalsha") {
+                true => ScriptRef::Sha(text),
+                false => ScriptRef::Body(text),
+            };
+            let n = a.int()?;
+            let n = usize::try_from(n)
+                .map_err(|_| Frame::error("ERR Number of keys can't be negative"))?;
+            if n > a.remaining() {
+                return Err(Frame::error(
+                    "ERR Number of keys can't be greater than number of args",
+                ));
+            }
+            let mut rest = a.rest();
+            let args = rest.split_off(n);
+            RespCommand::Eval {
+                script,
+                keys: rest,
+                args,
+                read_only: spec.name.ends_with("_ro"),
+            }
+        }
+        "script" => {
+            let sub = a.bytes()?;
+            let c = match String::from_utf8_lossy(&sub).to_ascii_uppercase().as_str() {
+                "LOAD" => RespCommand::ScriptLoad(a.bytes()?),
+                "EXISTS" if a.remaining() > 0 => RespCommand::ScriptExists(a.rest()),
+                "EXISTS" => return Err(wrong_arity("script|exists")),
+                "FLUSH" => {
+                    if let Some(mode) = a.rest().first() {
+                        let mode = String::from_utf8_lossy(mode).to_ascii_uppercase();
+                        if mode != "ASYNC" && mode != "SYNC" {
+                            return Err(syntax_error());
+                        }
+                    }
+                    RespCommand::ScriptFlush
+                }
+                "KILL" => RespCommand::ScriptKill,
+                _ => return Err(unknown_subcommand("script", &sub)),
+            };
+            a.finish()
+                .map_err(|_| wrong_arity(&format!("script|{}", clip(&sub).to_lowercase())))?;
+            return Ok(c);
+        }
         other => {
             return Err(Frame::error(format!(
                 "ERR command '{other}' is listed but not implemented"

@@ -50,10 +50,11 @@
 //!   is disabled.`; a role or key prefix that forbids the command → `-NOPERM ...`. In all
 //!   three nothing ran and nothing changed.
 
-use super::cmd::{self, Acl, RespCommand, Spec, COMMANDS};
+use super::cmd::{self, Acl, RespCommand, ScriptRef, Spec, COMMANDS};
 use super::frame::{ArrayEncoder, Frame, OverBudget};
 use super::glob::{self, Glob};
 use super::plan::{bulk_or_null, Plan, ReadReply};
+use super::script;
 use super::txn::{Queue, TxnRefusal, Watches};
 use super::Shared;
 use crate::auth::{Credential, Identity, Role, TokenRevocation, UserChange};
@@ -216,6 +217,30 @@ pub fn error_reply(e: Error) -> Frame {
             Frame::error(format!("ERR internal: {e}"))
         }
     }
+}
+
+/// The reply of `TTL` (`ms` false), `PTTL` (`ms`), `EXPIRETIME` and `PEXPIRETIME`
+/// (`absolute`) for a key whose deadline is `deadline` (`None`: absent, `Some(None)`:
+/// never expires) read at log time `now`: -2, -1, or the remaining time or the deadline,
+/// in ms or in seconds rounded as Redis does.
+pub fn ttl_reply(deadline: Option<Option<u64>>, now: u64, ms: bool, absolute: bool) -> Frame {
+    let deadline = match deadline {
+        None => return Frame::Integer(-2),
+        Some(None) => return Frame::Integer(-1),
+        Some(Some(d)) => d,
+    };
+    let t = if absolute {
+        deadline
+    } else {
+        deadline.saturating_sub(now)
+    };
+    let t = i64::try_from(t).unwrap_or(i64::MAX);
+    Frame::Integer(if ms { t } else { t.saturating_add(500) / 1000 })
+}
+
+/// The script cache, even if a thread panicked holding it.
+fn lock(scripts: &std::sync::Mutex<script::Scripts>) -> std::sync::MutexGuard<'_, script::Scripts> {
+    scripts.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The name of the command `words` asks for, as the command table spells it.
@@ -635,23 +660,79 @@ impl ConnState {
         }
         let read = shared.kv.get_timed(&key, self.consistency);
         let (timed, _, log_time) = read.await.map_err(error_reply)?;
-        let Some(timed) = timed else {
-            return Ok(Frame::Integer(-2));
+        let deadline = timed.map(|t| t.deadline);
+        Ok(ttl_reply(deadline, log_time, ms, absolute))
+    }
+
+    /// `EVAL`, `EVALSHA` and their `_RO` forms (see [`super::script`]): the script runs
+    /// against a rehearsal of this node's copy (after one read barrier, unless
+    /// `READONLY`), and what it read and wrote is proposed as one transaction in this
+    /// session, guarded by the versions it read; if one changed, it runs again.
+    async fn eval(
+        &mut self,
+        shared: &Shared,
+        script: ScriptRef,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+        read_only: bool,
+    ) -> Reply {
+        let body = match script {
+            ScriptRef::Body(b) => lock(&shared.scripts).insert(b).1,
+            ScriptRef::Sha(sha) => lock(&shared.scripts)
+                .get(&sha)
+                .ok_or_else(|| Frame::error("NOSCRIPT No matching script. Please use EVAL."))?,
         };
-        let Some(deadline) = timed.deadline else {
-            return Ok(Frame::Integer(-1));
-        };
-        let t = if absolute {
-            deadline
-        } else {
-            deadline.saturating_sub(log_time)
-        };
-        let t = i64::try_from(t).unwrap_or(i64::MAX);
-        Ok(Frame::Integer(if ms {
-            t
-        } else {
-            t.saturating_add(500) / 1000
-        }))
+        let linearizable = self.consistency == Consistency::Linearizable;
+        if linearizable {
+            shared.node.read_barrier().await.map_err(error_reply)?;
+        }
+        let ctx = Arc::new(script::Context {
+            identity: self.current.clone(),
+            limits: shared.node.limits(),
+            read_only,
+            max_reply_bytes: shared.max_reply_bytes,
+            time_limit: script::TIME_LIMIT,
+        });
+        let (keys, args) = (Arc::new(keys), Arc::new(args));
+        for _ in 0..script::MAX_ATTEMPTS {
+            let slot = (shared.script_slots.acquire().await)
+                .map_err(|_| Frame::error("ERR internal: the script slots are closed"))?;
+            let (store, body, keys, args, ctx) = (
+                shared.kv.store().clone(),
+                body.clone(),
+                keys.clone(),
+                args.clone(),
+                ctx.clone(),
+            );
+            let run =
+                tokio::task::spawn_blocking(move || script::run(&store, &body, &keys, &args, &ctx));
+            let run = (run.await)
+                .map_err(|e| Frame::error(format!("ERR internal: the script's thread: {e}")))?;
+            drop(slot);
+            // A script that wrote nothing needs no transaction when its reads were one
+            // key's (a linearizable read) or allowed to be stale.
+            let Some(txn) = run
+                .txn
+                .filter(|t| !t.success.is_empty() || (linearizable && t.compare.len() > 1))
+            else {
+                return Ok(run.reply);
+            };
+            let op = crate::command::WriteOp::Txn(txn);
+            self.current.check_op(&op).map_err(error_reply)?;
+            let crate::command::WriteOp::Txn(txn) = op else {
+                unreachable!("built just above")
+            };
+            let by = self.next_writer();
+            let done = shared.kv.txn(&by, txn).await.map_err(error_reply)?;
+            if done.succeeded {
+                return Ok(run.reply);
+            }
+        }
+        Err(Frame::error(format!(
+            "TRYAGAIN the script's keys kept changing while it ran ({} runs); nothing was \
+             applied",
+            script::MAX_ATTEMPTS
+        )))
     }
 
     /// Checks that the current user is an administrator and names the write.
@@ -797,6 +878,27 @@ impl ConnState {
             RespCommand::Unwatch => {
                 self.watches = Watches::default();
                 Frame::ok()
+            }
+            RespCommand::Eval {
+                script,
+                keys,
+                args,
+                read_only,
+            } => self.eval(shared, script, keys, args, read_only).await?,
+            RespCommand::ScriptLoad(body) => {
+                Frame::Bulk(lock(&shared.scripts).insert(body).0.into_bytes())
+            }
+            RespCommand::ScriptExists(shas) => {
+                let scripts = lock(&shared.scripts);
+                let known = |sha: &Vec<u8>| Frame::Integer(i64::from(scripts.get(sha).is_some()));
+                Frame::Array(shas.iter().map(known).collect())
+            }
+            RespCommand::ScriptFlush => {
+                lock(&shared.scripts).flush();
+                Frame::ok()
+            }
+            RespCommand::ScriptKill => {
+                return Err(Frame::error("NOTBUSY No scripts in execution right now."))
             }
             RespCommand::Scan {
                 cursor,

@@ -43,6 +43,7 @@ pub mod frame;
 pub mod glob;
 pub mod parse;
 pub mod plan;
+pub mod script;
 pub mod txn;
 
 use crate::kv::KvHandle;
@@ -111,6 +112,10 @@ pub struct Shared {
     pub connections_received: AtomicU64,
     pub port: u16,
     pub started: Instant,
+    /// Scripts cached by `EVAL` and `SCRIPT LOAD`, for `EVALSHA`.
+    pub scripts: Mutex<script::Scripts>,
+    /// Places for scripts running at once ([`script::MAX_RUNNING`]).
+    pub script_slots: tokio::sync::Semaphore,
 }
 
 /// Serves RESP on `listener` until `shutdown` turns true.
@@ -135,6 +140,8 @@ pub async fn serve(
         connections_received: AtomicU64::new(0),
         port,
         started: Instant::now(),
+        scripts: Mutex::new(script::Scripts::default()),
+        script_slots: tokio::sync::Semaphore::new(script::MAX_RUNNING),
     });
     let mut conns = JoinSet::new();
     loop {

@@ -1,0 +1,550 @@
+//! Lua scripts: `EVAL`, `EVALSHA`, `EVAL_RO`, `EVALSHA_RO` and `SCRIPT LOAD | EXISTS |
+//! FLUSH | KILL`, as Redis clients use them (redis-py's `Lock.release` and `extend`,
+//! rate limiters, compare-and-delete).
+//!
+//! Redis runs a script inside its single thread: nothing interleaves with it. paxosdb
+//! runs it on the node that received it, against a [`Rehearsal`] of the store (the code
+//! that applies entries, writing nothing), and then proposes what it wrote as **one
+//! transaction** guarded by the version of every key it read. Where that transaction is
+//! applied, either none of those keys changed since — then every write meets the state
+//! the script saw and does what it did in the rehearsal, and the script's reply stands —
+//! or one did, nothing is applied, and the script runs again (at most
+//! [`MAX_ATTEMPTS`] times; then `-TRYAGAIN`, nothing applied). So a script is atomic and
+//! linearizable like a `MULTI`/`EXEC` block with `WATCH` on every key it touched, whatever
+//! it computes in between.
+//!
+//! Inside a script, `redis.call` and `redis.pcall` run the same commands with the same
+//! replies as a `MULTI` block can hold (the key reads and writes of [`Plan::of`]), plus
+//! `TTL` and its family; anything else (key walks, connection and server commands,
+//! another script) is refused as Redis refuses commands not allowed from scripts.
+//! Conversions between Lua and replies are Redis's: integers to numbers, bulk strings to
+//! strings, nil to `false`, arrays to tables, status and error replies to `{ok=...}` and
+//! `{err=...}`; a script's number is returned as an integer (truncated), `true` as 1,
+//! `false` and `nil` as nil. As in Redis, a script that fails after writing keeps its
+//! writes before the failure, and answers the error.
+//!
+//! # Invariants
+//!
+//! - Nothing a script does reaches the store except through its one transaction, and that
+//!   transaction applies only if every key the script read still has the version the
+//!   script saw (its [`Rehearsal::compares`]).
+//! - Bounded: a script runs at most [`TIME_LIMIT`] and [`MEMORY_LIMIT`] (past either it is
+//!   stopped with an error and applies nothing), makes at most [`MAX_TXN_OPS`] writes,
+//!   answers within the reply limit, and at most [`MAX_RUNNING`] run at once per node
+//!   (the others wait their turn). Only text chunks load (no Lua bytecode), and the
+//!   libraries that reach files, processes or the loader (`io`, `os`, `package`,
+//!   `debug`, `load`, `dofile`, `loadfile`, `require`, `print`) are not there.
+//! - The script cache is per node and bounded ([`MAX_CACHED`] scripts, [`MAX_CACHED_BYTES`]
+//!   in all; the oldest go first): `EVALSHA` of a script this node forgot or never saw
+//!   answers `-NOSCRIPT`, on which clients send the script again.
+
+use super::cmd::{self, RespCommand};
+use super::exec::{error_reply, ttl_reply};
+use super::frame::Frame;
+use super::plan::Plan;
+use crate::auth::Identity;
+use crate::command::{Limits, Txn, TxnOp, WriteOp, MAX_TXN_OPS};
+use crate::kv::rehearsal::Rehearsal;
+use crate::kv::KvStore;
+use mlua::{HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value, VmState};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one run of a script may take.
+pub const TIME_LIMIT: Duration = Duration::from_secs(5);
+/// The memory one script's Lua state may use.
+pub const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
+/// Scripts running at once on one node.
+pub const MAX_RUNNING: usize = 8;
+/// Runs of one script before it gives up because its keys kept changing.
+pub const MAX_ATTEMPTS: usize = 16;
+/// Scripts a node's cache holds, and their bytes in all.
+pub const MAX_CACHED: usize = 4096;
+pub const MAX_CACHED_BYTES: usize = 64 * 1024 * 1024;
+/// How deep a table a script returns may nest.
+const MAX_REPLY_DEPTH: usize = 64;
+
+/// A node's cached scripts, by SHA1 (lower-case hex).
+#[derive(Default)]
+pub struct Scripts {
+    bodies: HashMap<String, Arc<Vec<u8>>>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// The SHA1 of `body` in lower-case hex, as Redis names scripts.
+pub fn sha1_hex(body: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Scripts {
+    /// Caches `body` (forgetting the oldest scripts beyond the bounds); its SHA1.
+    pub fn insert(&mut self, body: Vec<u8>) -> (String, Arc<Vec<u8>>) {
+        let sha = sha1_hex(&body);
+        if let Some(b) = self.bodies.get(&sha) {
+            return (sha, b.clone());
+        }
+        let body = Arc::new(body);
+        self.bytes += body.len();
+        self.bodies.insert(sha.clone(), body.clone());
+        self.order.push_back(sha.clone());
+        while self.order.len() > MAX_CACHED || self.bytes > MAX_CACHED_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.bodies.remove(&old) {
+                self.bytes -= b.len();
+            }
+        }
+        (sha, body)
+    }
+
+    /// The script named by `sha` (any case), if cached.
+    pub fn get(&self, sha: &[u8]) -> Option<Arc<Vec<u8>>> {
+        let sha = String::from_utf8_lossy(sha).to_ascii_lowercase();
+        self.bodies.get(&sha).cloned()
+    }
+
+    pub fn flush(&mut self) {
+        *self = Scripts::default();
+    }
+}
+
+/// What a script runs as and within.
+#[derive(Clone)]
+pub struct Context {
+    pub identity: Identity,
+    pub limits: Limits,
+    /// `EVAL_RO`: writes are refused.
+    pub read_only: bool,
+    pub max_reply_bytes: usize,
+    /// How long one run may take ([`TIME_LIMIT`]).
+    pub time_limit: Duration,
+}
+
+/// One run of a script: its reply, and the transaction that makes its writes happen
+/// (`None`: it read and wrote no key).
+pub struct Run {
+    pub reply: Frame,
+    pub txn: Option<Txn>,
+}
+
+/// The state `redis.call` works on during one run.
+struct Calls<'a> {
+    rehearsal: Rehearsal<'a>,
+    writes: Vec<WriteOp>,
+    ctx: &'a Context,
+    /// The error reply `redis.call` last raised, to answer it as it was.
+    raised: Option<String>,
+}
+
+impl Calls<'_> {
+    /// One command, as `redis.call` runs it: its reply (maybe an error reply).
+    fn call(&mut self, words: Vec<Vec<u8>>) -> Frame {
+        let c = match cmd::parse(words) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let limits = &self.ctx.limits;
+        let plan = match c {
+            RespCommand::Ttl { key, ms, absolute } => return self.ttl(key, ms, absolute),
+            c => match Plan::of(c, limits) {
+                Ok(p) => p,
+                Err(_) => return Frame::error("ERR This Redis command is not allowed from script"),
+            },
+        };
+        if let Err(e) = plan.check(&self.ctx.identity) {
+            return error_reply(e);
+        }
+        let ops = plan.txn_ops(limits);
+        let writes = ops
+            .iter()
+            .filter(|op| matches!(op, TxnOp::Write(_)))
+            .count();
+        if writes > 0 && self.ctx.read_only {
+            return Frame::error("ERR Write commands are not allowed from read-only scripts.");
+        }
+        if self.writes.len() + writes > MAX_TXN_OPS {
+            return Frame::error(format!(
+                "ERR a script may make at most {MAX_TXN_OPS} writes (they are one transaction)"
+            ));
+        }
+        let results = match self.rehearsal.run(&ops) {
+            Ok(Ok(results)) => results,
+            Ok(Err(why)) => return Frame::error(format!("ERR {why}")),
+            Err(e) => return error_reply(e),
+        };
+        self.writes
+            .extend(ops.into_iter().filter_map(|op| match op {
+                TxnOp::Write(w) => Some(w),
+                _ => None,
+            }));
+        plan.reply_in_txn(
+            limits,
+            &mut results.into_iter(),
+            self.ctx.max_reply_bytes,
+            false,
+        )
+    }
+
+    /// `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME` against the rehearsal.
+    fn ttl(&mut self, key: Vec<u8>, ms: bool, absolute: bool) -> Frame {
+        if let Err(e) = self.ctx.identity.check_read(&key) {
+            return error_reply(e);
+        }
+        if self.ctx.limits.check_key(&key).is_err() {
+            return Frame::Integer(-2);
+        }
+        match self.rehearsal.deadline(&key) {
+            Ok((deadline, now)) => ttl_reply(deadline, now, ms, absolute),
+            Err(e) => error_reply(e),
+        }
+    }
+}
+
+/// Runs `body` once with `keys` and `args` against the store as it is now (see the module
+/// docs). Synchronous: called on the blocking pool.
+pub fn run(store: &KvStore, body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], ctx: &Context) -> Run {
+    let rehearsal = match store.rehearse() {
+        Ok(r) => r,
+        Err(e) => {
+            return Run {
+                reply: error_reply(e),
+                txn: None,
+            }
+        }
+    };
+    let calls = RefCell::new(Calls {
+        rehearsal,
+        writes: Vec::new(),
+        ctx,
+        raised: None,
+    });
+    let stop = Rc::new(Cell::new(false));
+    let (reply, stopped) = match lua_run(&calls, &stop, body, keys, args, ctx) {
+        Ok(f) => (f, false),
+        Err(e) => {
+            let calls = calls.borrow();
+            failed(&e, stop.get(), ctx.time_limit, calls.raised.as_deref())
+        }
+    };
+    let calls = calls.into_inner();
+    // A script stopped by a limit applies nothing; one that failed otherwise keeps the
+    // writes it made before failing, as in Redis.
+    let txn = (!stopped && (calls.rehearsal.read_any() || !calls.writes.is_empty())).then(|| Txn {
+        compare: calls.rehearsal.compares(),
+        success: calls.writes.into_iter().map(TxnOp::Write).collect(),
+        failure: vec![],
+    });
+    Run { reply, txn }
+}
+
+/// The error a script stopped by its time limit raises (and raises again past every
+/// `pcall`).
+fn stopped_error(limit: Duration) -> mlua::Error {
+    mlua::Error::RuntimeError(stopped_message(limit))
+}
+
+fn stopped_message(limit: Duration) -> String {
+    format!("BUSY the script ran longer than {limit:?} and was stopped; nothing was applied")
+}
+
+/// The error reply of a script that failed with `e`, and whether a limit stopped it
+/// (`timed_out`, or out of memory): an error reply `redis.call` raised as it was, anything
+/// else as `ERR` and Lua's message (its first line).
+fn failed(
+    e: &mlua::Error,
+    timed_out: bool,
+    limit: Duration,
+    raised: Option<&str>,
+) -> (Frame, bool) {
+    let mut root = e;
+    while let mlua::Error::CallbackError { cause, .. } = root {
+        root = cause;
+    }
+    if timed_out {
+        return (Frame::Error(stopped_message(limit)), true);
+    }
+    let message = match root {
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::MemoryError(_) => {
+            let m = format!(
+                "BUSY the script used more than {} MiB of memory and was stopped; nothing \
+                 was applied",
+                MEMORY_LIMIT >> 20
+            );
+            return (Frame::Error(m), true);
+        }
+        mlua::Error::SyntaxError { message, .. } => {
+            let first = message.lines().next().unwrap_or_default();
+            return (
+                Frame::error(format!("ERR Error compiling script: {first}")),
+                false,
+            );
+        }
+        other => other.to_string(),
+    };
+    if raised == Some(message.as_str()) {
+        return (Frame::Error(message), false);
+    }
+    let first = message.lines().next().unwrap_or_default();
+    (Frame::error(format!("ERR {first}")), false)
+}
+
+/// Runs the script in a fresh, limited Lua state with `redis` bound to `calls`.
+fn lua_run(
+    calls: &RefCell<Calls<'_>>,
+    stop: &Rc<Cell<bool>>,
+    body: &[u8],
+    keys: &[Vec<u8>],
+    args: &[Vec<u8>],
+    ctx: &Context,
+) -> mlua::Result<Frame> {
+    let limit = ctx.time_limit;
+    let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8;
+    let lua = Lua::new_with(libs, LuaOptions::new())?;
+    lua.set_memory_limit(MEMORY_LIMIT)?;
+    let deadline = Instant::now() + limit;
+    let flag = stop.clone();
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(1000),
+        move |_, _| {
+            if flag.get() || Instant::now() > deadline {
+                flag.set(true);
+                return Err(stopped_error(limit));
+            }
+            Ok(VmState::Continue)
+        },
+    );
+    let globals = lua.globals();
+    for name in [
+        "dofile",
+        "loadfile",
+        "load",
+        "loadstring",
+        "require",
+        "print",
+    ] {
+        globals.set(name, Value::Nil)?;
+    }
+    // `pcall` and `xpcall` may not swallow the time limit: past it, they raise it again.
+    for name in ["pcall", "xpcall"] {
+        let raw: mlua::Function = globals.get(name)?;
+        let flag = stop.clone();
+        let wrapped = lua.create_function(move |_, args: MultiValue| {
+            let r: MultiValue = raw.call(args)?;
+            match flag.get() {
+                true => Err(stopped_error(limit)),
+                false => Ok(r),
+            }
+        })?;
+        globals.set(name, wrapped)?;
+    }
+    let strings = |list: &[Vec<u8>]| -> mlua::Result<mlua::Table> {
+        let t = lua.create_table_with_capacity(list.len(), 0)?;
+        for (i, w) in list.iter().enumerate() {
+            t.raw_set(i + 1, lua.create_string(w)?)?;
+        }
+        Ok(t)
+    };
+    globals.set("KEYS", strings(keys)?)?;
+    globals.set("ARGV", strings(args)?)?;
+    let redis = lua.create_table()?;
+    redis.set(
+        "sha1hex",
+        lua.create_function(|_, s: mlua::String| Ok(sha1_hex(&s.as_bytes())))?,
+    )?;
+    let reply_table = |field: &'static str| {
+        lua.create_function(move |lua, msg: mlua::String| {
+            let t = lua.create_table()?;
+            t.set(field, msg)?;
+            Ok(t)
+        })
+    };
+    redis.set("error_reply", reply_table("err")?)?;
+    redis.set("status_reply", reply_table("ok")?)?;
+    redis.set("log", lua.create_function(|_, _: MultiValue| Ok(()))?)?;
+    redis.set(
+        "setresp",
+        lua.create_function(|_, v: i64| match v {
+            2 => Ok(()),
+            _ => Err(mlua::Error::RuntimeError(
+                "ERR paxosdb scripts speak RESP2 only".into(),
+            )),
+        })?,
+    )?;
+    redis.set("set_repl", lua.create_function(|_, _: MultiValue| Ok(()))?)?;
+    redis.set("replicate_commands", lua.create_function(|_, ()| Ok(true))?)?;
+    for (name, v) in [
+        ("LOG_DEBUG", 0),
+        ("LOG_VERBOSE", 1),
+        ("LOG_NOTICE", 2),
+        ("LOG_WARNING", 3),
+        ("REPL_NONE", 0),
+        ("REPL_AOF", 1),
+        ("REPL_SLAVE", 2),
+        ("REPL_REPLICA", 2),
+        ("REPL_ALL", 3),
+    ] {
+        redis.set(name, v)?;
+    }
+    lua.scope(|scope| {
+        let call = |protected: bool| {
+            scope.create_function(move |lua, args: MultiValue| {
+                let words = words(args)?;
+                let reply = calls.borrow_mut().call(words);
+                match reply {
+                    Frame::Error(m) if !protected => {
+                        calls.borrow_mut().raised = Some(m.clone());
+                        Err(mlua::Error::RuntimeError(m))
+                    }
+                    f => to_lua(lua, f),
+                }
+            })
+        };
+        redis.set("call", call(false)?)?;
+        redis.set("pcall", call(true)?)?;
+        globals.set("redis", redis.clone())?;
+        let value = (lua.load(body))
+            .set_name("@user_script")
+            .set_mode(mlua::ChunkMode::Text)
+            .eval::<Value>()?;
+        let mut budget = ctx.max_reply_bytes;
+        Ok(from_lua(&value, 0, &mut budget))
+    })
+}
+
+/// The arguments of `redis.call`: strings and numbers, as Redis takes them.
+fn words(args: MultiValue) -> mlua::Result<Vec<Vec<u8>>> {
+    let bad = || {
+        mlua::Error::RuntimeError(
+            "ERR Lua redis lib command arguments must be strings or integers".into(),
+        )
+    };
+    if args.is_empty() {
+        return Err(mlua::Error::RuntimeError(
+            "ERR Please specify at least one argument for this redis lib call".into(),
+        ));
+    }
+    args.into_iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(s.as_bytes().to_vec()),
+            Value::Integer(i) => Ok(i.to_string().into_bytes()),
+            Value::Number(n) if n.fract() == 0.0 && n.abs() < 1e17 => {
+                Ok((n as i64).to_string().into_bytes())
+            }
+            Value::Number(n) => Ok(format!("{n}").into_bytes()),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// A reply as Redis gives it to Lua.
+fn to_lua(lua: &Lua, f: Frame) -> mlua::Result<Value> {
+    Ok(match f {
+        Frame::Integer(i) => Value::Integer(i),
+        Frame::Bulk(b) => Value::String(lua.create_string(&b)?),
+        Frame::Null => Value::Boolean(false),
+        Frame::Boolean(b) => Value::Integer(i64::from(b)),
+        Frame::Double(d) => Value::String(lua.create_string(d.to_string())?),
+        Frame::Simple(s) => {
+            let t = lua.create_table()?;
+            t.set("ok", s)?;
+            Value::Table(t)
+        }
+        Frame::Error(s) => {
+            let t = lua.create_table()?;
+            t.set("err", s)?;
+            Value::Table(t)
+        }
+        Frame::Array(items) => {
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.into_iter().enumerate() {
+                t.raw_set(i + 1, to_lua(lua, item)?)?;
+            }
+            Value::Table(t)
+        }
+        Frame::Map(pairs) => {
+            let t = lua.create_table_with_capacity(pairs.len() * 2, 0)?;
+            for (i, (k, v)) in pairs.into_iter().enumerate() {
+                t.raw_set(2 * i + 1, to_lua(lua, k)?)?;
+                t.raw_set(2 * i + 2, to_lua(lua, v)?)?;
+            }
+            Value::Table(t)
+        }
+        Frame::Encoded(_) => {
+            return Err(mlua::Error::RuntimeError(
+                "ERR internal: an encoded reply inside a script".into(),
+            ))
+        }
+    })
+}
+
+/// A script's return value as Redis answers it, within `budget` bytes.
+fn from_lua(v: &Value, depth: usize, budget: &mut usize) -> Frame {
+    let over = || Frame::error("ERR the script's reply would exceed max_reply_bytes");
+    match v {
+        Value::Nil | Value::Boolean(false) => Frame::Null,
+        Value::Boolean(true) => Frame::Integer(1),
+        Value::Integer(i) => Frame::Integer(*i),
+        Value::Number(n) => Frame::Integer(*n as i64),
+        Value::String(s) => {
+            let b = s.as_bytes().to_vec();
+            match spend(budget, b.len() + 16) {
+                true => Frame::Bulk(b),
+                false => over(),
+            }
+        }
+        Value::Table(t) => {
+            let text = |field: &str| match t.raw_get::<Value>(field) {
+                Ok(Value::String(s)) => Some(s.to_string_lossy()),
+                _ => None,
+            };
+            if let Some(e) = text("err") {
+                return Frame::Error(e);
+            }
+            if let Some(ok) = text("ok") {
+                return Frame::Simple(ok);
+            }
+            if depth >= MAX_REPLY_DEPTH {
+                return Frame::error("ERR reached lua stack limit");
+            }
+            let mut items = Vec::new();
+            for i in 1.. {
+                let item = match t.raw_get::<Value>(i) {
+                    Ok(Value::Nil) | Err(_) => break,
+                    Ok(item) => item,
+                };
+                if !spend(budget, 16) {
+                    return over();
+                }
+                let f = from_lua(&item, depth + 1, budget);
+                if matches!(&f, Frame::Error(m) if m.contains("max_reply_bytes")) {
+                    return f;
+                }
+                items.push(f);
+            }
+            Frame::Array(items)
+        }
+        _ => Frame::Null,
+    }
+}
+
+/// Takes `n` bytes from `budget`, if it has them.
+fn spend(budget: &mut usize, n: usize) -> bool {
+    match budget.checked_sub(n) {
+        Some(left) => {
+            *budget = left;
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+#[path = "script_tests.rs"]
+mod tests;

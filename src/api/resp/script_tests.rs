@@ -1,0 +1,285 @@
+//! Scripts run against a real store (the in-memory backend of the same `KvStore`), and
+//! their transactions applied to it as the log would apply them.
+
+use super::*;
+use crate::command::{Compare, CompareOp, KvCommand, WriteResult};
+
+fn store() -> KvStore {
+    KvStore::open_memory(Default::default()).unwrap()
+}
+
+fn ctx() -> Context {
+    Context {
+        identity: Identity::open(),
+        limits: Limits::default(),
+        read_only: false,
+        max_reply_bytes: 1 << 20,
+        time_limit: Duration::from_millis(300),
+    }
+}
+
+/// Applies `op` as the next log entry.
+fn apply(kv: &mut KvStore, op: WriteOp) -> WriteResult {
+    let index = crate::machine::StateMachine::applied_index(kv);
+    let cmd = KvCommand {
+        client_id: 1,
+        seq: index + 1,
+        op,
+        user: None,
+    };
+    kv.apply_kv(index, &[cmd]).unwrap().remove(0)
+}
+
+fn set(kv: &mut KvStore, key: &str, value: &str) -> u64 {
+    let op = WriteOp::Put {
+        key: key.into(),
+        value: value.into(),
+        return_prev: false,
+    };
+    match apply(kv, op) {
+        WriteResult::Put { version, .. } => version,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn eval(kv: &KvStore, body: &str, keys: &[&str], args: &[&str]) -> Run {
+    let words = |w: &[&str]| w.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+    run(kv, body.as_bytes(), &words(keys), &words(args), &ctx())
+}
+
+/// A lock's release: delete the key only if it holds the caller's token.
+const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
+                         return redis.call('del', KEYS[1]) \
+                       end \
+                       return 0";
+
+#[test]
+fn a_release_reads_compares_and_deletes_in_one_guarded_transaction() {
+    let mut kv = store();
+    let v = set(&mut kv, "lock", "token-a");
+
+    // Someone else's token: answers 0, writes nothing, guarded by what it read.
+    let r = eval(&kv, RELEASE, &["lock"], &["token-b"]);
+    assert_eq!(r.reply, Frame::Integer(0));
+    let t = r.txn.expect("it read a key");
+    assert_eq!(
+        t.compare,
+        vec![Compare::version(b"lock", CompareOp::Equal, v)]
+    );
+    assert!(t.success.is_empty());
+
+    // The owner's: answers 1, and its transaction deletes the key when applied.
+    let r = eval(&kv, RELEASE, &["lock"], &["token-a"]);
+    assert_eq!(r.reply, Frame::Integer(1));
+    let t = r.txn.unwrap();
+    assert_eq!(t.success.len(), 1);
+    match apply(&mut kv, WriteOp::Txn(t)) {
+        WriteResult::Txn {
+            succeeded: true, ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(kv.get(b"lock").unwrap().0, None);
+}
+
+#[test]
+fn a_key_changed_between_the_run_and_its_transaction_applies_nothing() {
+    let mut kv = store();
+    set(&mut kv, "n", "1");
+    let bump = "local v = tonumber(redis.call('get', KEYS[1])) \
+                redis.call('set', KEYS[1], v + 1) return v + 1";
+    let r = eval(&kv, bump, &["n"], &[]);
+    assert_eq!(r.reply, Frame::Integer(2));
+    // A write lands first: the script's transaction must not apply over it.
+    set(&mut kv, "n", "10");
+    match apply(&mut kv, WriteOp::Txn(r.txn.unwrap())) {
+        WriteResult::Txn {
+            succeeded: false, ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(kv.get(b"n").unwrap().0.unwrap().value, b"10");
+    // Run again, it sees 10.
+    let r = eval(&kv, bump, &["n"], &[]);
+    assert_eq!(r.reply, Frame::Integer(11));
+}
+
+#[test]
+fn replies_convert_as_in_redis() {
+    let kv = store();
+    let cases: &[(&str, Frame)] = &[
+        ("return 42", Frame::Integer(42)),
+        ("return 3.7", Frame::Integer(3)),
+        ("return 'x'", Frame::Bulk(b"x".to_vec())),
+        ("return nil", Frame::Null),
+        ("return false", Frame::Null),
+        ("return true", Frame::Integer(1)),
+        (
+            "return {1, 'a', {2}, nil, 5}",
+            Frame::Array(vec![
+                Frame::Integer(1),
+                Frame::Bulk(b"a".to_vec()),
+                Frame::Array(vec![Frame::Integer(2)]),
+            ]),
+        ),
+        (
+            "return redis.status_reply('OK')",
+            Frame::Simple("OK".into()),
+        ),
+        ("return {err='NOPE no'}", Frame::Error("NOPE no".into())),
+        (
+            "return redis.call('get', 'absent')",
+            Frame::Null, // false back to nil
+        ),
+        (
+            "return type(redis.call('get', 'absent'))",
+            Frame::Bulk(b"boolean".to_vec()),
+        ),
+        (
+            "return redis.call('ping')['ok']",
+            Frame::Bulk(b"PONG".to_vec()),
+        ),
+        (
+            "return redis.sha1hex('')",
+            Frame::Bulk(b"da39a3ee5e6b4b0d3255bfef95601890afd80709".to_vec()),
+        ),
+        (
+            "return {io == nil, os == nil, load == nil, dofile == nil, require == nil}",
+            Frame::Array(vec![Frame::Integer(1); 5]),
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(&eval(&kv, body, &[], &[]).reply, want, "{body}");
+    }
+    // A table that holds itself ends at the depth limit instead of overflowing.
+    let r = eval(&kv, "local t = {} t[1] = t return t", &[], &[]);
+    let mut f = &r.reply;
+    let mut depth = 0;
+    while let Frame::Array(items) = f {
+        f = &items[0];
+        depth += 1;
+    }
+    assert!(
+        matches!(f, Frame::Error(_)) && depth == MAX_REPLY_DEPTH,
+        "{f:?}"
+    );
+}
+
+#[test]
+fn errors_are_redis_errors_and_writes_before_one_stay() {
+    let mut kv = store();
+    set(&mut kv, "s", "text");
+    // redis.call raises the command's own error; pcall returns it as a table.
+    let r = eval(&kv, "return redis.call('incr', 's')", &[], &[]);
+    assert_eq!(
+        r.reply,
+        Frame::Error("ERR value is not an integer or out of range".into())
+    );
+    let r = eval(&kv, "return redis.pcall('incr', 's')['err']", &[], &[]);
+    assert_eq!(
+        r.reply,
+        Frame::Bulk(b"ERR value is not an integer or out of range".to_vec())
+    );
+    // Refused commands, arguments and syntax.
+    for (body, says) in [
+        ("return redis.call('keys', '*')", "not allowed from script"),
+        (
+            "return redis.call('eval', 'return 1', '0')",
+            "not allowed from script",
+        ),
+        (
+            "return redis.call('get', {})",
+            "must be strings or integers",
+        ),
+        ("return redis.call()", "at least one argument"),
+        ("return nosuch.thing", "attempt to index"),
+        ("return (", "Error compiling script"),
+    ] {
+        match eval(&kv, body, &[], &[]).reply {
+            Frame::Error(m) => assert!(m.contains(says), "{body}: {m}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // As in Redis: a write before the failure stays.
+    let r = eval(&kv, "redis.call('set', 'w', '1') error('boom')", &[], &[]);
+    match &r.reply {
+        Frame::Error(m) => assert!(m.starts_with("ERR") && m.contains("boom"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let t = r.txn.expect("the write before the error");
+    assert_eq!(t.success.len(), 1);
+    apply(&mut kv, WriteOp::Txn(t));
+    assert_eq!(kv.get(b"w").unwrap().0.unwrap().value, b"1");
+}
+
+#[test]
+fn read_only_scripts_refuse_writes() {
+    let kv = store();
+    let mut c = ctx();
+    c.read_only = true;
+    let r = run(&kv, b"return redis.call('set', 'k', 'v')", &[], &[], &c);
+    assert!(
+        matches!(&r.reply, Frame::Error(m) if m.contains("read-only")),
+        "{:?}",
+        r.reply
+    );
+    assert!(r.txn.is_none_or(|t| t.success.is_empty()));
+}
+
+#[test]
+fn a_script_past_its_time_or_memory_is_stopped_and_applies_nothing() {
+    let kv = store();
+    for body in [
+        "redis.call('set', 'k', 'v') while true do end",
+        // pcall cannot swallow the stop.
+        "redis.call('set', 'k', 'v') while true do pcall(function() while true do end end) end",
+        "redis.call('set', 'k', 'v') local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 100) .. i end",
+    ] {
+        let started = Instant::now();
+        let r = eval(&kv, body, &[], &[]);
+        assert!(
+            matches!(&r.reply, Frame::Error(m) if m.starts_with("BUSY the script")),
+            "{body}: {:?}",
+            r.reply
+        );
+        assert!(r.txn.is_none(), "{body}: a stopped script applies nothing");
+        assert!(started.elapsed() < Duration::from_secs(5), "{body}");
+    }
+}
+
+#[test]
+fn ttl_and_expiry_inside_a_script_use_the_rehearsals_clock() {
+    let mut kv = store();
+    set(&mut kv, "k", "v");
+    let r = eval(
+        &kv,
+        "local before = redis.call('pttl', KEYS[1]) \
+         redis.call('pexpire', KEYS[1], 5000) \
+         return {before, redis.call('pttl', KEYS[1]), redis.call('ttl', 'absent')}",
+        &["k"],
+        &[],
+    );
+    assert_eq!(
+        r.reply,
+        Frame::Array(vec![
+            Frame::Integer(-1),
+            Frame::Integer(5000),
+            Frame::Integer(-2)
+        ])
+    );
+}
+
+#[test]
+fn the_cache_is_bounded_and_names_scripts_by_sha1() {
+    let mut s = Scripts::default();
+    let (sha, _) = s.insert(b"return 1".to_vec());
+    assert_eq!(sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+    assert!(s.get(sha.to_uppercase().as_bytes()).is_some());
+    for i in 0..MAX_CACHED + 10 {
+        s.insert(format!("return {i}").into_bytes());
+    }
+    assert!(s.get(sha.as_bytes()).is_none(), "the oldest went first");
+    assert_eq!(s.order.len(), MAX_CACHED);
+    s.flush();
+    assert_eq!(s.bytes, 0);
+}
