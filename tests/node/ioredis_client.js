@@ -4,7 +4,8 @@
 // error in its slot, EXECABORT after a queue-time error, and WATCH: a write through
 // another node between WATCH and EXEC makes exec() resolve to null with nothing applied,
 // while an untouched watched key lets it apply. Then expiry: set(k, v, "EX", 60), ttl,
-// expire NX and persist.
+// expire NX and persist. Scripts: defineCommand (EVALSHA, EVAL on NOSCRIPT) on two
+// nodes, and eval.
 //
 // Usage: node ioredis_client.js HOST PORT OTHER_PORT
 // Prints "ok" and exits 0, or prints the first mismatch and exits 1.
@@ -72,6 +73,21 @@ async function main() {
     assert.equal(await other.ttl(k("nosuch")), -2);
     assert.equal(await r.expire(k("w"), 30, "NX"), 1);
     assert.equal(await r.persist(k("w")), 1);
+
+    // Scripts: defineCommand sends EVALSHA and falls back to EVAL on NOSCRIPT (the
+    // other node has not seen the script); eval with keys and arguments.
+    const swap = {
+      numberOfKeys: 1,
+      lua:
+        "local old = redis.call('get', KEYS[1]) " +
+        "redis.call('set', KEYS[1], ARGV[1]) return old",
+    };
+    r.defineCommand("swap", swap);
+    other.defineCommand("swap", swap);
+    assert.equal(await r.swap(k("sw"), "one"), null);
+    assert.equal(await other.swap(k("sw"), "two"), "one");
+    assert.equal(await r.get(k("sw")), "two");
+    assert.deepEqual(await r.eval("return {KEYS[1], ARGV[1]}", 1, "key", "arg"), ["key", "arg"]);
     console.log("ok");
   } finally {
     r.disconnect();
