@@ -150,6 +150,18 @@ def scripts(r, other, k):
 
     # Two clients, one per node, each adding 1 thirty times with that read-modify-write
     # script: with no atomicity some additions would be lost.
+    def job(c):
+        s = c.register_script(bump.script)
+        for _ in range(30):
+            s(keys=[k("ctr")], args=[1])
+
+    check("scripting workers", race(r, other, job), [])
+    check("counter after scripts under contention", r.get(k("ctr")), b"66")
+
+
+def race(r, other, job):
+    """Runs job(client) in two threads at once, one with a client of r's node and one of
+    other's (r's again without it); the exceptions they raised."""
     import threading
 
     kwargs = r.connection_pool.connection_kwargs
@@ -158,12 +170,9 @@ def scripts(r, other, k):
 
     def worker(port):
         try:
-            c = redis.Redis(host=kwargs["host"], port=port,
-                            protocol=kwargs.get("protocol", 2), socket_timeout=20)
-            s = c.register_script(bump.script)
-            for _ in range(30):
-                s(keys=[k("ctr")], args=[1])
-        except Exception as e:  # reported below: a thread's exception is not ours
+            job(redis.Redis(host=kwargs["host"], port=port,
+                            protocol=kwargs.get("protocol", 2), socket_timeout=20))
+        except Exception as e:  # reported by the caller: a thread's exception is not ours
             failures.append(repr(e))
 
     threads = [threading.Thread(target=worker, args=(p,)) for p in ports]
@@ -171,8 +180,7 @@ def scripts(r, other, k):
         t.start()
     for t in threads:
         t.join()
-    check("scripting workers", failures, [])
-    check("counter after scripts under contention", r.get(k("ctr")), b"66")
+    return failures
 
 
 def expiry(r, other, k):
@@ -288,42 +296,23 @@ def transactions(r, other, k):
 
     # Two clients, one per node, each incrementing the counter 20 times with the
     # optimistic-lock pattern: every increment lands exactly once.
-    import threading
-
-    kwargs = r.connection_pool.connection_kwargs
-    ports = [kwargs["port"]]
-    if other is not None:
-        ports.append(other.connection_pool.connection_kwargs["port"])
-    else:
-        ports.append(kwargs["port"])
-    failures = []
     retries = []
 
-    def worker(port):
-        try:
-            proto = kwargs.get("protocol", 2)
-            c = redis.Redis(host=kwargs["host"], port=port, protocol=proto, socket_timeout=20)
-            tries = 0
+    def job(c):
+        tries = 0
 
-            def step(pipe):
-                nonlocal tries
-                tries += 1
-                seen = int(pipe.get(key) or 0)
-                pipe.multi()
-                pipe.set(key, seen + 1)
+        def step(pipe):
+            nonlocal tries
+            tries += 1
+            seen = int(pipe.get(key) or 0)
+            pipe.multi()
+            pipe.set(key, seen + 1)
 
-            for _ in range(20):
-                c.transaction(step, key)
-            retries.append(tries - 20)
-        except Exception as e:  # reported below: a thread's exception is not ours
-            failures.append(repr(e))
+        for _ in range(20):
+            c.transaction(step, key)
+        retries.append(tries - 20)
 
-    threads = [threading.Thread(target=worker, args=(p,)) for p in ports]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    check("contending workers", failures, [])
+    check("contending workers", race(r, other, job), [])
     check("counter under contention", r.get(key), b"42")
     print(f"watch retries under contention: {sum(retries)}", file=sys.stderr)
 
