@@ -227,8 +227,7 @@ pub fn parse_script(script: &str) -> Result<Txn> {
         let at = |e: String| Error::invalid(format!("line {}: {e}", n + 1));
         match section {
             0 if ["version", "mod", "create", "value"]
-                .iter()
-                .any(|w| line.starts_with(&format!("{w}("))) =>
+                .contains(&line.split('(').next().unwrap_or_default().trim()) =>
             {
                 txn.compare.push(comparison(line).map_err(at)?)
             }

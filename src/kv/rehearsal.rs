@@ -37,14 +37,18 @@ pub struct Rehearsal<'a> {
 }
 
 impl super::KvStore {
-    /// A rehearsal over the store's current state, at its current log time.
-    pub fn rehearse(&self) -> Result<Rehearsal<'_>> {
+    /// A rehearsal over the store's current state, at the log's time or `clock` (ms
+    /// since the Unix epoch: the caller's clock), whichever is later — the time the
+    /// entry carrying its writes will be stamped with, about, if the caller's clock is
+    /// the leader's.
+    pub fn rehearse(&self, clock: u64) -> Result<Rehearsal<'_>> {
         let (time, revision) = self.backend.view(|v| {
             Ok((
                 read_counter(v.get(Space::Sm, K_TIME)?)?,
                 read_counter(v.get(Space::Sm, K_REVISION)?)?,
             ))
         })?;
+        let time = time.max(clock);
         let mut clock = self.backend.view(lease::LeaseClock::read)?;
         // Without a stamp nothing is written: the leases as they are.
         let leases =
@@ -122,5 +126,16 @@ impl Rehearsal<'_> {
     /// Whether the rehearsal read any key.
     pub fn read_any(&self) -> bool {
         !self.seen.is_empty()
+    }
+
+    /// How many keys it read, and the bytes of their comparisons in a transaction.
+    pub fn seen(&self) -> (usize, usize) {
+        let bytes = self.seen.iter().map(|(k, _)| k.len() + 16).sum();
+        (self.seen.len(), bytes)
+    }
+
+    /// The log time it runs at.
+    pub fn time(&self) -> u64 {
+        self.overlay.time
     }
 }

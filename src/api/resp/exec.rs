@@ -694,7 +694,13 @@ impl ConnState {
             time_limit: script::TIME_LIMIT,
         });
         let (keys, args) = (Arc::new(keys), Arc::new(args));
-        for _ in 0..script::MAX_ATTEMPTS {
+        for attempt in 0..script::MAX_ATTEMPTS {
+            if attempt > 1 {
+                // Contention (or a key expiring by this node's clock before the leader's):
+                // back off a little, more each time, at most 100 ms.
+                let ms = (1u64 << attempt.min(7)).min(100);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             let slot = (shared.script_slots.acquire().await)
                 .map_err(|_| Frame::error("ERR internal: the script slots are closed"))?;
             let (store, body, keys, args, ctx) = (

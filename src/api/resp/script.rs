@@ -43,7 +43,7 @@ use super::exec::{error_reply, ttl_reply};
 use super::frame::Frame;
 use super::plan::Plan;
 use crate::auth::Identity;
-use crate::command::{Limits, Txn, TxnOp, WriteOp, MAX_TXN_OPS};
+use crate::command::{Deadline, Expiry, Limits, Txn, TxnOp, WriteOp, MAX_TXN_OPS};
 use crate::kv::rehearsal::Rehearsal;
 use crate::kv::KvStore;
 use mlua::{HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value, VmState};
@@ -137,6 +137,10 @@ pub struct Run {
 struct Calls<'a> {
     rehearsal: Rehearsal<'a>,
     writes: Vec<WriteOp>,
+    /// The bytes of `writes` in a transaction.
+    write_bytes: usize,
+    /// Set once the script touched more than one transaction holds: it applies nothing.
+    over: bool,
     ctx: &'a Context,
     /// The error reply `redis.call` last raised, to answer it as it was.
     raised: Option<String>,
@@ -152,6 +156,14 @@ impl Calls<'_> {
         let limits = &self.ctx.limits;
         let plan = match c {
             RespCommand::Ttl { key, ms, absolute } => return self.ttl(key, ms, absolute),
+            // The version of a key the script wrote is the revision its write gets where
+            // the transaction applies, unknown while the script runs.
+            RespCommand::GetVer(_) | RespCommand::CasVer(..) => {
+                return Frame::error(
+                    "ERR GETVER and CASVER are not allowed from scripts (a script's writes \
+                     get their versions where they apply, after it ran)",
+                )
+            }
             c => match Plan::of(c, limits) {
                 Ok(p) => p,
                 Err(_) => return Frame::error("ERR This Redis command is not allowed from script"),
@@ -160,7 +172,12 @@ impl Calls<'_> {
         if let Err(e) = plan.check(&self.ctx.identity) {
             return error_reply(e);
         }
-        let ops = plan.txn_ops(limits);
+        // The script's time stands still while it runs (as in Redis): a relative deadline
+        // counts from the rehearsal's time, here and where the writes apply alike.
+        let time = self.rehearsal.time();
+        let ops: Vec<TxnOp> = (plan.txn_ops(limits).into_iter())
+            .map(|op| freeze_deadline(op, time))
+            .collect();
         let writes = ops
             .iter()
             .filter(|op| matches!(op, TxnOp::Write(_)))
@@ -168,21 +185,29 @@ impl Calls<'_> {
         if writes > 0 && self.ctx.read_only {
             return Frame::error("ERR Write commands are not allowed from read-only scripts.");
         }
-        if self.writes.len() + writes > MAX_TXN_OPS {
-            return Frame::error(format!(
-                "ERR a script may make at most {MAX_TXN_OPS} writes (they are one transaction)"
-            ));
-        }
         let results = match self.rehearsal.run(&ops) {
             Ok(Ok(results)) => results,
             Ok(Err(why)) => return Frame::error(format!("ERR {why}")),
             Err(e) => return error_reply(e),
         };
-        self.writes
-            .extend(ops.into_iter().filter_map(|op| match op {
-                TxnOp::Write(w) => Some(w),
-                _ => None,
-            }));
+        for op in ops {
+            if let TxnOp::Write(w) = op {
+                self.write_bytes += w.size();
+                self.writes.push(w);
+            }
+        }
+        // What the script touched must fit one transaction, and is all it may hold.
+        let (keys, key_bytes) = self.rehearsal.seen();
+        let (n, bytes) = (keys + self.writes.len(), key_bytes + self.write_bytes);
+        if n > MAX_TXN_OPS || bytes > 4 * limits.max_value {
+            self.over = true;
+            return Frame::error(format!(
+                "ERR the script's keys and writes do not fit one transaction ({n} keys and \
+                 writes, at most {MAX_TXN_OPS}; {bytes} bytes, at most {}); nothing was \
+                 applied",
+                4 * limits.max_value
+            ));
+        }
         plan.reply_in_txn(
             limits,
             &mut results.into_iter(),
@@ -209,7 +234,10 @@ impl Calls<'_> {
 /// Runs `body` once with `keys` and `args` against the store as it is now (see the module
 /// docs). Synchronous: called on the blocking pool.
 pub fn run(store: &KvStore, body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], ctx: &Context) -> Run {
-    let rehearsal = match store.rehearse() {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let rehearsal = match store.rehearse(clock) {
         Ok(r) => r,
         Err(e) => {
             return Run {
@@ -221,10 +249,12 @@ pub fn run(store: &KvStore, body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], ctx
     let calls = RefCell::new(Calls {
         rehearsal,
         writes: Vec::new(),
+        write_bytes: 0,
+        over: false,
         ctx,
         raised: None,
     });
-    let stop = Rc::new(Cell::new(false));
+    let stop = Rc::new(Cell::new(None));
     let (reply, stopped) = match lua_run(&calls, &stop, body, keys, args, ctx) {
         Ok(f) => (f, false),
         Err(e) => {
@@ -235,7 +265,8 @@ pub fn run(store: &KvStore, body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], ctx
     let calls = calls.into_inner();
     // A script stopped by a limit applies nothing; one that failed otherwise keeps the
     // writes it made before failing, as in Redis.
-    let txn = (!stopped && (calls.rehearsal.read_any() || !calls.writes.is_empty())).then(|| Txn {
+    let applies = !stopped && !calls.over;
+    let txn = (applies && (calls.rehearsal.read_any() || !calls.writes.is_empty())).then(|| Txn {
         compare: calls.rehearsal.compares(),
         success: calls.writes.into_iter().map(TxnOp::Write).collect(),
         failure: vec![],
@@ -243,22 +274,37 @@ pub fn run(store: &KvStore, body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], ctx
     Run { reply, txn }
 }
 
-/// The error a script stopped by its time limit raises (and raises again past every
-/// `pcall`).
-fn stopped_error(limit: Duration) -> mlua::Error {
-    mlua::Error::RuntimeError(stopped_message(limit))
+/// Why a limit stopped a script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Time,
+    Memory,
 }
 
-fn stopped_message(limit: Duration) -> String {
-    format!("BUSY the script ran longer than {limit:?} and was stopped; nothing was applied")
+/// The error a script stopped by a limit raises (and raises again past every `pcall`).
+fn stopped_error(stop: Stop, limit: Duration) -> mlua::Error {
+    mlua::Error::RuntimeError(stopped_message(stop, limit))
+}
+
+fn stopped_message(stop: Stop, limit: Duration) -> String {
+    match stop {
+        Stop::Time => format!(
+            "BUSY the script ran longer than {limit:?} and was stopped; nothing was applied"
+        ),
+        Stop::Memory => format!(
+            "BUSY the script used more than {} MiB of memory and was stopped; nothing was \
+             applied",
+            MEMORY_LIMIT >> 20
+        ),
+    }
 }
 
 /// The error reply of a script that failed with `e`, and whether a limit stopped it
-/// (`timed_out`, or out of memory): an error reply `redis.call` raised as it was, anything
+/// (`stopped`, or out of memory): an error reply `redis.call` raised as it was, anything
 /// else as `ERR` and Lua's message (its first line).
 fn failed(
     e: &mlua::Error,
-    timed_out: bool,
+    stopped: Option<Stop>,
     limit: Duration,
     raised: Option<&str>,
 ) -> (Frame, bool) {
@@ -266,18 +312,13 @@ fn failed(
     while let mlua::Error::CallbackError { cause, .. } = root {
         root = cause;
     }
-    if timed_out {
-        return (Frame::Error(stopped_message(limit)), true);
+    if let Some(stop) = stopped {
+        return (Frame::Error(stopped_message(stop, limit)), true);
     }
     let message = match root {
         mlua::Error::RuntimeError(m) => m.clone(),
         mlua::Error::MemoryError(_) => {
-            let m = format!(
-                "BUSY the script used more than {} MiB of memory and was stopped; nothing \
-                 was applied",
-                MEMORY_LIMIT >> 20
-            );
-            return (Frame::Error(m), true);
+            return (Frame::Error(stopped_message(Stop::Memory, limit)), true);
         }
         mlua::Error::SyntaxError { message, .. } => {
             let first = message.lines().next().unwrap_or_default();
@@ -298,7 +339,7 @@ fn failed(
 /// Runs the script in a fresh, limited Lua state with `redis` bound to `calls`.
 fn lua_run(
     calls: &RefCell<Calls<'_>>,
-    stop: &Rc<Cell<bool>>,
+    stop: &Rc<Cell<Option<Stop>>>,
     body: &[u8],
     keys: &[Vec<u8>],
     args: &[Vec<u8>],
@@ -313,11 +354,13 @@ fn lua_run(
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(1000),
         move |_, _| {
-            if flag.get() || Instant::now() > deadline {
-                flag.set(true);
-                return Err(stopped_error(limit));
+            if flag.get().is_none() && Instant::now() > deadline {
+                flag.set(Some(Stop::Time));
             }
-            Ok(VmState::Continue)
+            match flag.get() {
+                Some(stop) => Err(stopped_error(stop, limit)),
+                None => Ok(VmState::Continue),
+            }
         },
     );
     let globals = lua.globals();
@@ -331,19 +374,32 @@ fn lua_run(
     ] {
         globals.set(name, Value::Nil)?;
     }
-    // `pcall` and `xpcall` may not swallow the time limit: past it, they raise it again.
+    // `pcall` and `xpcall` may not swallow a limit: past it, they raise it again.
     for name in ["pcall", "xpcall"] {
         let raw: mlua::Function = globals.get(name)?;
         let flag = stop.clone();
         let wrapped = lua.create_function(move |_, args: MultiValue| {
             let r: MultiValue = raw.call(args)?;
+            let out_of_memory = match (r.front(), r.get(1)) {
+                (Some(Value::Boolean(false)), Some(Value::String(e))) => {
+                    e.as_bytes().starts_with(b"not enough memory")
+                }
+                (Some(Value::Boolean(false)), Some(Value::Error(e))) => {
+                    matches!(**e, mlua::Error::MemoryError(_))
+                }
+                _ => false,
+            };
+            if out_of_memory && flag.get().is_none() {
+                flag.set(Some(Stop::Memory));
+            }
             match flag.get() {
-                true => Err(stopped_error(limit)),
-                false => Ok(r),
+                Some(stop) => Err(stopped_error(stop, limit)),
+                None => Ok(r),
             }
         })?;
         globals.set(name, wrapped)?;
     }
+    guard_patterns(&lua)?;
     let strings = |list: &[Vec<u8>]| -> mlua::Result<mlua::Table> {
         let t = lua.create_table_with_capacity(list.len(), 0)?;
         for (i, w) in list.iter().enumerate() {
@@ -414,7 +470,7 @@ fn lua_run(
             .set_mode(mlua::ChunkMode::Text)
             .eval::<Value>()?;
         let mut budget = ctx.max_reply_bytes;
-        Ok(from_lua(&value, 0, &mut budget))
+        Ok(from_lua(&value, 0, &mut budget).unwrap_or_else(|over| over))
     })
 }
 
@@ -484,20 +540,25 @@ fn to_lua(lua: &Lua, f: Frame) -> mlua::Result<Value> {
     })
 }
 
-/// A script's return value as Redis answers it, within `budget` bytes.
-fn from_lua(v: &Value, depth: usize, budget: &mut usize) -> Frame {
-    let over = || Frame::error("ERR the script's reply would exceed max_reply_bytes");
-    match v {
+/// A script's return value as Redis answers it, within `budget` bytes: every element
+/// is charged its own size and its bytes (a table holding one big string a million times
+/// costs a million copies), so the reply built is never much larger than the budget.
+fn from_lua(v: &Value, depth: usize, budget: &mut usize) -> Result<Frame, Frame> {
+    let mut take = |n: usize| match spend(budget, n + std::mem::size_of::<Frame>()) {
+        true => Ok(()),
+        false => Err(Frame::error(
+            "ERR the script's reply would exceed max_reply_bytes",
+        )),
+    };
+    Ok(match v {
         Value::Nil | Value::Boolean(false) => Frame::Null,
         Value::Boolean(true) => Frame::Integer(1),
         Value::Integer(i) => Frame::Integer(*i),
         Value::Number(n) => Frame::Integer(*n as i64),
         Value::String(s) => {
-            let b = s.as_bytes().to_vec();
-            match spend(budget, b.len() + 16) {
-                true => Frame::Bulk(b),
-                false => over(),
-            }
+            let b = s.as_bytes();
+            take(b.len())?;
+            Frame::Bulk(b.to_vec())
         }
         Value::Table(t) => {
             let text = |field: &str| match t.raw_get::<Value>(field) {
@@ -505,13 +566,16 @@ fn from_lua(v: &Value, depth: usize, budget: &mut usize) -> Frame {
                 _ => None,
             };
             if let Some(e) = text("err") {
-                return Frame::Error(e);
+                take(e.len())?;
+                return Ok(Frame::Error(e));
             }
             if let Some(ok) = text("ok") {
-                return Frame::Simple(ok);
+                take(ok.len())?;
+                return Ok(Frame::Simple(ok));
             }
+            take(0)?;
             if depth >= MAX_REPLY_DEPTH {
-                return Frame::error("ERR reached lua stack limit");
+                return Ok(Frame::error("ERR reached lua stack limit"));
             }
             let mut items = Vec::new();
             for i in 1.. {
@@ -519,19 +583,12 @@ fn from_lua(v: &Value, depth: usize, budget: &mut usize) -> Frame {
                     Ok(Value::Nil) | Err(_) => break,
                     Ok(item) => item,
                 };
-                if !spend(budget, 16) {
-                    return over();
-                }
-                let f = from_lua(&item, depth + 1, budget);
-                if matches!(&f, Frame::Error(m) if m.contains("max_reply_bytes")) {
-                    return f;
-                }
-                items.push(f);
+                items.push(from_lua(&item, depth + 1, budget)?);
             }
             Frame::Array(items)
         }
         _ => Frame::Null,
-    }
+    })
 }
 
 /// Takes `n` bytes from `budget`, if it has them.
@@ -548,3 +605,98 @@ fn spend(budget: &mut usize, n: usize) -> bool {
 #[cfg(test)]
 #[path = "script_tests.rs"]
 mod tests;
+
+/// `op` with a relative deadline made absolute at `time` (what it resolves to when
+/// applied at that time).
+fn freeze_deadline(op: TxnOp, time: u64) -> TxnOp {
+    let fix = |d: Deadline| Deadline::At(d.resolve(time));
+    match op {
+        TxnOp::Write(WriteOp::SetExpiring {
+            key,
+            value,
+            cond,
+            expiry: Expiry::Set(d),
+        }) => TxnOp::Write(WriteOp::SetExpiring {
+            key,
+            value,
+            cond,
+            expiry: Expiry::Set(fix(d)),
+        }),
+        TxnOp::Write(WriteOp::Expire {
+            key,
+            deadline: Some(d),
+            when,
+        }) => TxnOp::Write(WriteOp::Expire {
+            key,
+            deadline: Some(fix(d)),
+            when,
+        }),
+        op => op,
+    }
+}
+
+/// Lua's pattern matching backtracks inside C, where the time limit's hook never runs:
+/// `string.find(("a"):rep(50), ("a*"):rep(20) .. "b")` would run for ages. The matching
+/// functions are wrapped to refuse a match whose worst case, about (n + 1) ^ (q + 1)
+/// steps for a subject of n bytes and a pattern of q repetitions, passes
+/// [`MAX_MATCH_STEPS`]. Plain finds, and patterns without repetitions, always run.
+fn guard_patterns(lua: &Lua) -> mlua::Result<()> {
+    let string: mlua::Table = lua.globals().get("string")?;
+    for name in ["find", "match", "gmatch", "gsub"] {
+        let raw: mlua::Function = string.get(name)?;
+        let wrapped = lua.create_function(move |_, args: MultiValue| {
+            let plain = name == "find"
+                && matches!(args.get(3), Some(v) if !matches!(v, Value::Nil | Value::Boolean(false)));
+            if let (Some(Value::String(s)), Some(Value::String(p)), false) =
+                (args.front(), args.get(1), plain)
+            {
+                let n = s.as_bytes().len();
+                if match_steps(n, &p.as_bytes()) > MAX_MATCH_STEPS {
+                    return Err(mlua::Error::RuntimeError(format!(
+                        "ERR string.{name}: a pattern with this many repetitions over {n} \
+                         bytes could take too long in a script (paxosdb bounds the work of \
+                         a match); match smaller strings or simpler patterns"
+                    )));
+                }
+            }
+            raw.call::<MultiValue>(args)
+        })?;
+        string.set(name, wrapped)?;
+    }
+    Ok(())
+}
+
+/// The most steps a script's pattern match may take in the worst case.
+const MAX_MATCH_STEPS: f64 = 1e9;
+
+/// About the worst-case steps of matching `pattern` anywhere in `n` bytes: (n + 1) ^
+/// (q + 1), q the pattern's repetitions (`*`, `+`, `-`, `?` outside sets and escapes).
+fn match_steps(n: usize, pattern: &[u8]) -> f64 {
+    let mut q = 0;
+    let mut i = 0;
+    while i < pattern.len() {
+        match pattern[i] {
+            b'%' => i += 1,
+            b'[' => {
+                // A set, up to its closing bracket (one right after `[` or `[^` is in it).
+                i += 1;
+                if pattern.get(i) == Some(&b'^') {
+                    i += 1;
+                }
+                if pattern.get(i) == Some(&b']') {
+                    i += 1;
+                }
+                while i < pattern.len() && pattern[i] != b']' {
+                    if pattern[i] == b'%' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'*' | b'+' | b'-' | b'?' => q += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    (n as f64 + 1.0).powi(q + 1)
+}

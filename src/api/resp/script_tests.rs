@@ -2,7 +2,7 @@
 //! their transactions applied to it as the log would apply them.
 
 use super::*;
-use crate::command::{Compare, CompareOp, KvCommand, WriteResult};
+use crate::command::{Compare, CompareOp, Deadline, Expiry, KvCommand, WriteResult};
 
 fn store() -> KvStore {
     KvStore::open_memory(Default::default()).unwrap()
@@ -282,4 +282,135 @@ fn the_cache_is_bounded_and_names_scripts_by_sha1() {
     assert_eq!(s.order.len(), MAX_CACHED);
     s.flush();
     assert_eq!(s.bytes, 0);
+}
+
+#[test]
+fn versions_cannot_be_read_or_compared_in_a_script() {
+    let kv = store();
+    for body in [
+        "return redis.call('getver', 'k')",
+        "return redis.call('casver', 'k', '0', 'v')",
+    ] {
+        let r = eval(&kv, body, &[], &[]);
+        assert!(
+            matches!(&r.reply, Frame::Error(m) if m.contains("not allowed from scripts")),
+            "{body}: {:?}",
+            r.reply
+        );
+    }
+}
+
+#[test]
+fn relative_deadlines_count_from_the_scripts_frozen_time() {
+    let kv = store();
+    let r = eval(
+        &kv,
+        "redis.call('set', KEYS[1], 'v', 'PX', 5000) return redis.call('pttl', KEYS[1])",
+        &["k"],
+        &[],
+    );
+    assert_eq!(r.reply, Frame::Integer(5000));
+    let t = r.txn.unwrap();
+    match &t.success[..] {
+        [TxnOp::Write(WriteOp::SetExpiring {
+            expiry: Expiry::Set(Deadline::At(at)),
+            ..
+        })] => {
+            // The rehearsal ran at this node's clock (the log's time is older here).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            assert!(*at > now && *at <= now + 5000, "{at} against {now}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn pattern_matching_and_replies_are_bounded() {
+    let kv = store();
+    // A backtracking match that would run for ages is refused at once.
+    let started = Instant::now();
+    let r = eval(
+        &kv,
+        "return string.find(string.rep('a', 50), string.rep('a*', 20) .. 'b')",
+        &[],
+        &[],
+    );
+    assert!(
+        matches!(&r.reply, Frame::Error(m) if m.contains("could take too long")),
+        "{:?}",
+        r.reply
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Ordinary matches run, in every form.
+    let r = eval(
+        &kv,
+        "local a, b = string.match('lock:42', '^(%a+):(%d+)$') \
+         local n = 0 for w in ('a b c'):gmatch('%a') do n = n + 1 end \
+         return {a, b, n, (string.gsub('x-y', '%-', '+')), string.find('a.b', '.', 1, true)}",
+        &[],
+        &[],
+    );
+    assert_eq!(
+        r.reply,
+        Frame::Array(vec![
+            Frame::Bulk(b"lock".to_vec()),
+            Frame::Bulk(b"42".to_vec()),
+            Frame::Integer(3),
+            Frame::Bulk(b"x+y".to_vec()),
+            Frame::Integer(2),
+            Frame::Integer(2),
+        ])
+    );
+    // One big error string returned a million times is charged a million times.
+    let r = eval(
+        &kv,
+        "local e = {err = string.rep('x', 1000000)} local t = {} \
+         for i = 1, 1000 do t[i] = e end return t",
+        &[],
+        &[],
+    );
+    assert!(
+        matches!(&r.reply, Frame::Error(m) if m.contains("max_reply_bytes")),
+        "{:?}",
+        r.reply
+    );
+}
+
+#[test]
+fn pcall_cannot_swallow_running_out_of_memory() {
+    let kv = store();
+    let r = eval(
+        &kv,
+        "redis.call('set', 'k', 'v') \
+         pcall(function() local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1e6) .. i end end) \
+         return 1",
+        &[],
+        &[],
+    );
+    assert!(
+        matches!(&r.reply, Frame::Error(m) if m.contains("memory")),
+        "{:?}",
+        r.reply
+    );
+    assert!(r.txn.is_none());
+}
+
+#[test]
+fn a_script_touching_more_than_one_transaction_holds_applies_nothing() {
+    let kv = store();
+    let r = eval(
+        &kv,
+        "for i = 1, 2000 do redis.call('set', 'k' .. i, 'v') end return 1",
+        &[],
+        &[],
+    );
+    assert!(
+        matches!(&r.reply, Frame::Error(m) if m.contains("do not fit one transaction")),
+        "{:?}",
+        r.reply
+    );
+    assert!(r.txn.is_none());
 }
