@@ -395,6 +395,16 @@ mod tests {
     }
 
     #[test]
+    fn a_comparison_may_have_a_space_before_its_parenthesis() {
+        let txn = parse_script("create (\"k\") > 0\nput k v\n").unwrap();
+        assert_eq!(
+            txn.compare,
+            vec![Compare::create(b"k", CompareOp::Greater, 0)]
+        );
+        assert_eq!(txn.success, vec![TxnOp::put(b"k", b"v")]);
+    }
+
+    #[test]
     fn two_blank_lines_leave_success_empty_and_keys_may_hold_parentheses() {
         let txn = parse_script("value(\"a(b)\") = \")\"\n\n\nget a\n").unwrap();
         assert_eq!(
