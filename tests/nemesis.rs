@@ -563,7 +563,7 @@ async fn transfer_faults_need_the_tiny_log_budget() {
 /// transactions, and no violation: every read and every final member holds the total,
 /// balances that follow the ledger, every committed transfer and no failed one. Three
 /// key-value workers (one per protocol) and no SQL workers keep the machine's share for
-/// the four bank workers.
+/// the four bank workers, a third of whose transfers are Redis scripts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_bank_transfers_under_kills_and_partitions_keep_the_total() {
     let test = "kv_bank_transfers_under_kills_and_partitions_keep_the_total";
@@ -588,6 +588,12 @@ async fn kv_bank_transfers_under_kills_and_partitions_keep_the_total() {
         "too few transfers committed:\n{text}"
     );
     assert!(b.conflicts >= 1, "no transfers met on an account:\n{text}");
+    // A third of the transfers are Redis scripts (optimistic transactions of their own).
+    let scripted = b.books.per_protocol.get("resp script");
+    assert!(
+        scripted.is_some_and(|c| c.committed >= 10),
+        "too few script transfers committed:\n{text}"
+    );
     assert!(
         b.reads_scan >= 10 && b.reads_txn >= 3,
         "too few total reads checked:\n{text}"

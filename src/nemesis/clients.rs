@@ -715,7 +715,7 @@ fn resp_error(m: &str) -> OpError {
 }
 
 impl RespClient {
-    fn new(addrs: Vec<String>, timeouts: Timeouts, stale: bool) -> RespClient {
+    pub fn new(addrs: Vec<String>, timeouts: Timeouts, stale: bool) -> RespClient {
         RespClient {
             addrs,
             conn: None,
@@ -832,6 +832,20 @@ impl RespClient {
                 backoff = (backoff * 2).min(Duration::from_millis(300));
             }
         }
+    }
+
+    /// `EVAL script numkeys keys... args...`: a write (its reply, or how it failed).
+    pub async fn eval(
+        &mut self,
+        script: &[u8],
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<Frame, OpError> {
+        let n = keys.len().to_string();
+        let mut words: Vec<&[u8]> = vec![b"EVAL", script, n.as_bytes()];
+        words.extend_from_slice(keys);
+        words.extend_from_slice(args);
+        self.call(&words, true).await
     }
 
     async fn get(&mut self, key: &[u8]) -> Result<Option<Read>, OpError> {

@@ -14,7 +14,8 @@
 //! **Workers.** `--kv-bank-clients` workers (0 by default), each with one operation in
 //! flight, beside the key-value and SQL workers:
 //!
-//! - a *transfer* (7 in 10) is optimistic, since gRPC transactions have no increment: one
+//! - a *transfer* (7 in 10), two in three of them over gRPC and one in three as a Redis
+//!   script. Over gRPC it is optimistic, since gRPC transactions have no increment: one
 //!   transaction reads both balances (two gets, one snapshot), then one transaction
 //!   compares both accounts' versions with what it read and, if they still hold, puts both
 //!   new balances and the ledger row. It ends *committed* (`succeeded` true), *failed*
@@ -22,7 +23,12 @@
 //!   attempt could reach a node) — then the worker reads again and tries a new transfer
 //!   with a new tid — or *unknown* ([`crate::Error::OutcomeUnknown`]: it may have applied,
 //!   once), and the worker moves on to a new transfer. The amount never exceeds what the
-//!   source held in the read, so a correct run never overdraws.
+//!   source held in the read, so a correct run never overdraws. As a script
+//!   ([`TRANSFER_SCRIPT`], `EVAL` through the RESP listener), one command reads both
+//!   balances, refuses (answers 0) if the source holds less than the amount, and writes
+//!   both balances and the ledger row: *committed* on 1, *failed* on 0 or a refusal that
+//!   applied nothing (`TRYAGAIN`, an input error), *unknown* otherwise. This checks the
+//!   scripts' optimistic transactions (see `crate::api::resp::script`) under the faults.
 //! - a *total read* (3 in 10): one linearizable `Scan` of the prefix `bank/` (accounts
 //!   and ledger in one snapshot), or, one read in three and whenever the scan would be cut
 //!   by the scan limit, one read-only transaction of `Range` operations over the accounts
@@ -47,9 +53,10 @@ use super::bank::{
     check_finals, check_state, note, BankReport, BankState, LedgerRow, SqlProtocol, Transfer,
     TransferSpec, TransferStatus, ACCOUNTS, INITIAL_BALANCE, MAX_AMOUNT,
 };
-use super::clients::{grpc_error, OpError};
+use super::clients::{grpc_error, OpError, RespClient};
 use super::cluster::ProcCluster;
 use super::workload::Shared;
+use crate::api::resp::frame::Frame;
 use crate::client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResult};
 use crate::command::{prefix_end, KeyValue, ScanRange, WriteResult};
 use rand::rngs::StdRng;
@@ -120,7 +127,27 @@ pub struct KvBankLog {
     pub reads_before_transfer_lost: AtomicU64,
     /// Scan reads cut by the scan limit, made again as transactions.
     pub scans_too_long: AtomicU64,
+    /// The ids of the transfers made by a script.
+    pub scripted: Mutex<BTreeSet<String>>,
 }
+
+/// A transfer as a Redis script: `KEYS` source, destination, ledger row; `ARGV` amount,
+/// ledger value. 1 when done, 0 when the source holds less than the amount.
+pub const TRANSFER_SCRIPT: &str = "\
+local from = tonumber(redis.call('GET', KEYS[1]))
+local to = tonumber(redis.call('GET', KEYS[2]))
+local amount = tonumber(ARGV[1])
+if from == nil or to == nil then
+  return redis.error_reply('ERR an account is missing')
+end
+if from < amount then
+  return 0
+end
+redis.call('SET', KEYS[1], tostring(from - amount))
+redis.call('SET', KEYS[2], tostring(to + amount))
+redis.call('SET', KEYS[3], ARGV[2])
+return 1
+";
 
 /// The books from the rows of `bank/` (accounts by id, ledger rows in key order with
 /// their key's version as rowid).
@@ -199,23 +226,60 @@ pub async fn create(client: &Client) -> crate::error::Result<()> {
     }
 }
 
-/// A worker's client, rebuilt for the new members after a membership change.
+/// A worker's clients (gRPC, and RESP for scripts), rebuilt for the new members after a
+/// membership change.
 struct BankClient {
     rotate: usize,
     version: u64,
     client: Option<Client>,
+    resp: Option<RespClient>,
 }
 
 impl BankClient {
     fn get(&mut self, shared: &Shared) -> Option<&Client> {
-        let (version, _) = shared.endpoints.current();
+        let (version, nodes) = shared.endpoints.current();
         if self.client.is_none() || version != self.version {
             if let Ok((version, client)) = shared.endpoints.client(self.rotate) {
                 self.version = version;
                 self.client = Some(client);
+                let mut addrs: Vec<String> = nodes.iter().map(|n| n.resp.clone()).collect();
+                let first = self.rotate % addrs.len().max(1);
+                addrs.rotate_left(first);
+                self.resp = Some(RespClient::new(addrs, shared.endpoints.timeouts(), false));
             }
         }
         self.client.as_ref()
+    }
+}
+
+/// One transfer as a Redis script: its status and why.
+async fn script_transfer(
+    resp: &mut RespClient,
+    spec: &TransferSpec,
+    keys: [&str; 3],
+) -> (TransferStatus, Option<String>) {
+    let amount = spec.amount.to_string();
+    let row = format!("{},{},{}", spec.src, spec.dst, spec.amount);
+    let keys = keys.map(str::as_bytes);
+    match resp
+        .eval(
+            TRANSFER_SCRIPT.as_bytes(),
+            &keys,
+            &[amount.as_bytes(), row.as_bytes()],
+        )
+        .await
+    {
+        Ok(Frame::Integer(1)) => (TransferStatus::Committed, None),
+        Ok(Frame::Integer(0)) => (
+            TransferStatus::Failed,
+            Some("the source held less than the amount: nothing applied".into()),
+        ),
+        Ok(other) => (
+            TransferStatus::Unknown,
+            Some(format!("the script answered {other:?}")),
+        ),
+        Err(OpError::Refused(e)) => (TransferStatus::Failed, Some(e)),
+        Err(OpError::Unknown(e)) => (TransferStatus::Unknown, Some(e)),
     }
 }
 
@@ -239,6 +303,7 @@ pub async fn worker(shared: Arc<Shared>, log: Arc<KvBankLog>, worker: u64, mut r
         rotate: worker as usize,
         version: u64::MAX,
         client: None,
+        resp: None,
     };
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -263,6 +328,35 @@ pub async fn worker(shared: Arc<Shared>, log: Arc<KvBankLog>, worker: u64, mut r
             dst += 1;
         }
         let (a, b) = (account_key(src), account_key(dst));
+        if rng.gen_range(0..3) == 0 {
+            let Some(resp) = bc.resp.as_mut() else {
+                continue;
+            };
+            n += 1;
+            log.sent.lock().unwrap().insert(worker, n);
+            let key = ledger_key(worker, n);
+            let spec = TransferSpec {
+                id: key.trim_start_matches("bank/l/").to_string(),
+                src,
+                dst,
+                amount: rng.gen_range(1..=MAX_AMOUNT),
+            };
+            let call = shared.now();
+            let (status, why) = script_transfer(resp, &spec, [&a, &b, &key]).await;
+            let ret = (status != TransferStatus::Unknown).then(|| shared.now());
+            log.scripted.lock().unwrap().insert(spec.id.clone());
+            log.transfers.lock().unwrap().push(Transfer {
+                spec,
+                protocol: SqlProtocol::Grpc,
+                overdraft: false,
+                call,
+                ret,
+                status,
+                resolved_by_retry: false,
+                why,
+            });
+            continue;
+        }
         let read = Txn {
             compare: vec![],
             success: vec![TxnOp::get(a.as_bytes()), TxnOp::get(b.as_bytes())],
@@ -565,6 +659,16 @@ impl KvBankReport {
             self.reads_txn,
             b.reads_unanswered,
         );
+        let by: Vec<String> = (b.per_protocol.iter())
+            .map(|(p, c)| {
+                format!(
+                    "{p} {} committed of {}",
+                    c.committed,
+                    c.committed + c.failed + c.unknown
+                )
+            })
+            .collect();
+        s += &format!("kv bank: transfers by way: {}\n", by.join(", "));
         let hit: Vec<String> = b
             .in_flight_at_faults
             .iter()
@@ -608,13 +712,18 @@ impl KvBankReport {
 /// against every transfer (see the module docs).
 pub fn check(
     transfers: &[Transfer],
+    scripted: &BTreeSet<String>,
     reads: &[KvRead],
     finals: &[(u64, Result<BankState, String>)],
 ) -> KvBankReport {
     let mut r = KvBankReport::default();
     let b = &mut r.books;
     for t in transfers {
-        let c = b.per_protocol.entry("grpc".into()).or_default();
+        let how = match scripted.contains(&t.spec.id) {
+            true => "resp script",
+            false => "grpc",
+        };
+        let c = b.per_protocol.entry(how.into()).or_default();
         b.transfers += 1;
         match t.status {
             TransferStatus::Committed => {
@@ -775,7 +884,7 @@ mod tests {
         let both = rows(&[("1.00000001", 1, 2, 10), ("1.00000002", 2, 3, 5)]);
         // Before the committed one returned (at 20), a read may miss it.
         let reads = [read(15, &rows(&[])), read(30, &one), read(40, &both)];
-        let r = check(&ts, &reads, &finals(&both));
+        let r = check(&ts, &BTreeSet::new(), &reads, &finals(&both));
         assert!(r.is_valid(), "{}", r.render());
         assert_eq!(
             (r.books.committed, r.books.unknown, r.books.failed),
@@ -790,11 +899,17 @@ mod tests {
         let ts = transfers();
         let good = rows(&[("1.00000001", 1, 2, 10)]);
         // The committed transfer returned at 20, before the read was called at 30.
-        let r = check(&ts, &[read(30, &rows(&[]))], &finals(&good));
+        let r = check(
+            &ts,
+            &BTreeSet::new(),
+            &[read(30, &rows(&[]))],
+            &finals(&good),
+        );
         assert_eq!(r.books.bad_reads.len(), 1, "{}", r.render());
         // A failed one present; a row of a transfer nobody sent.
         let r = check(
             &ts,
+            &BTreeSet::new(),
             &[read(
                 30,
                 &rows(&[("1.00000001", 1, 2, 10), ("1.00000003", 3, 4, 7)]),
@@ -802,7 +917,12 @@ mod tests {
             &finals(&good),
         );
         assert_eq!(r.books.bad_reads.len(), 1, "{}", r.render());
-        let r = check(&ts, &[], &finals(&rows(&[("9.00000009", 1, 2, 1)])));
+        let r = check(
+            &ts,
+            &BTreeSet::new(),
+            &[],
+            &finals(&rows(&[("9.00000009", 1, 2, 1)])),
+        );
         assert!(!r.books.unexpected.is_empty(), "{}", r.render());
         // Money lost: the balances do not follow the ledger (a lost update), in a read
         // and at the end.
@@ -812,15 +932,16 @@ mod tests {
             .find(|kv| kv.key == account_key(2).as_bytes())
             .unwrap();
         a2.value = INITIAL_BALANCE.to_string().into_bytes();
-        let r = check(&ts, &[read(30, &lost)], &finals(&lost));
+        let r = check(&ts, &BTreeSet::new(), &[read(30, &lost)], &finals(&lost));
         assert!(!r.books.bad_reads.is_empty(), "{}", r.render());
         assert!(r.books.balances.len() >= 2, "{}", r.render());
         assert!(r.render().contains("KV BANK BALANCES"), "{}", r.render());
         // A committed transfer missing at the end; a member that differs.
-        let r = check(&ts, &[], &finals(&rows(&[])));
+        let r = check(&ts, &BTreeSet::new(), &[], &finals(&rows(&[])));
         assert_eq!(r.books.lost.len(), 1, "{}", r.render());
         let r = check(
             &ts,
+            &BTreeSet::new(),
             &[],
             &[
                 (1, Ok(books_from(&good, 9).unwrap())),
@@ -831,6 +952,7 @@ mod tests {
         // A malformed read.
         let r = check(
             &ts,
+            &BTreeSet::new(),
             &[KvRead {
                 how: ReadHow::Txn,
                 call: 30,

@@ -923,7 +923,8 @@ async fn run_in(opts: &Options, run_dir: PathBuf) -> Result<Summary> {
         let finals = kv_bank::final_states(&*cluster.lock().await).await;
         let transfers = kv_bank_log.transfers.lock().unwrap().clone();
         let reads = kv_bank_log.reads.lock().unwrap().clone();
-        let mut report = kv_bank::check(&transfers, &reads, &finals);
+        let scripted = kv_bank_log.scripted.lock().unwrap().clone();
+        let mut report = kv_bank::check(&transfers, &scripted, &reads, &finals);
         report.conflicts = kv_bank_log.conflicts.load(Ordering::Relaxed) as usize;
         report.scans_too_long = kv_bank_log.scans_too_long.load(Ordering::Relaxed) as usize;
         report.reads_before_transfer_lost = kv_bank_log
