@@ -104,32 +104,19 @@ def scripts(r, other, k):
     check("call get", r.eval("return redis.call('get', KEYS[1])", 1, k("s1")), b"v1")
     check("call get missing is false",
           r.eval("return redis.call('get', KEYS[1]) == false", 1, k("nope")), 1)
-    try:
-        r.eval("return redis.error_reply('MYERR went wrong')", 0)
-        print("MISMATCH error_reply did not fail", file=sys.stderr)
-        sys.exit(1)
-    except redis.ResponseError as e:
-        check("error_reply", str(e), "MYERR went wrong")
-    try:
-        r.eval("return redis.call('incr', KEYS[1])", 1, k("s1"))
-        print("MISMATCH incr of a string did not fail", file=sys.stderr)
-        sys.exit(1)
-    except redis.ResponseError as e:
-        check("call error", "not an integer" in str(e), True)
+    check("error_reply", refusal(lambda: r.eval("return redis.error_reply('MYERR went wrong')", 0)),
+          "MYERR went wrong")
+    check("call error",
+          "not an integer" in refusal(lambda: r.eval("return redis.call('incr', KEYS[1])", 1, k("s1"))),
+          True)
     check("pcall error is a table",
           r.eval("local e = redis.pcall('incr', KEYS[1]); return e.err ~= nil", 1, k("s1")), 1)
-    try:
-        r.eval("return redis.call('keys', '*')", 0)
-        print("MISMATCH keys from a script did not fail", file=sys.stderr)
-        sys.exit(1)
-    except redis.ResponseError as e:
-        check("not allowed", "not allowed from script" in str(e), True)
-    try:
-        r.eval_ro("return redis.call('set', KEYS[1], 'x')", 1, k("ro"))
-        print("MISMATCH a write from eval_ro did not fail", file=sys.stderr)
-        sys.exit(1)
-    except redis.ResponseError as e:
-        check("eval_ro write", "read-only" in str(e), True)
+    check("not allowed",
+          "not allowed from script" in refusal(lambda: r.eval("return redis.call('keys', '*')", 0)),
+          True)
+    check("eval_ro write",
+          "read-only" in refusal(lambda: r.eval_ro("return redis.call('set', KEYS[1], 'x')", 1, k("ro"))),
+          True)
     check("nothing written by eval_ro", reader.get(k("ro")), None)
 
     # Writes, with expiry, seen through the other node.
@@ -157,6 +144,16 @@ def scripts(r, other, k):
 
     check("scripting workers", race(r, other, job), [])
     check("counter after scripts under contention", r.get(k("ctr")), b"66")
+
+
+def refusal(call):
+    """The message of the error reply call() must get (exits if it gets none)."""
+    try:
+        got = call()
+    except redis.ResponseError as e:
+        return str(e)
+    print(f"MISMATCH expected an error reply, got {got!r}", file=sys.stderr)
+    sys.exit(1)
 
 
 def race(r, other, job):

@@ -332,29 +332,18 @@ pub async fn worker(shared: Arc<Shared>, log: Arc<KvBankLog>, worker: u64, mut r
             let Some(resp) = bc.resp.as_mut() else {
                 continue;
             };
-            n += 1;
-            log.sent.lock().unwrap().insert(worker, n);
-            let key = ledger_key(worker, n);
-            let spec = TransferSpec {
-                id: key.trim_start_matches("bank/l/").to_string(),
+            let (key, spec) = next_transfer(
+                &log,
+                worker,
+                &mut n,
                 src,
                 dst,
-                amount: rng.gen_range(1..=MAX_AMOUNT),
-            };
+                rng.gen_range(1..=MAX_AMOUNT),
+            );
             let call = shared.now();
             let (status, why) = script_transfer(resp, &spec, [&a, &b, &key]).await;
-            let ret = (status != TransferStatus::Unknown).then(|| shared.now());
             log.scripted.lock().unwrap().insert(spec.id.clone());
-            log.transfers.lock().unwrap().push(Transfer {
-                spec,
-                protocol: SqlProtocol::Grpc,
-                overdraft: false,
-                call,
-                ret,
-                status,
-                resolved_by_retry: false,
-                why,
-            });
+            record(&log, &shared, spec, call, status, why);
             continue;
         }
         let read = Txn {
@@ -392,15 +381,7 @@ pub async fn worker(shared: Arc<Shared>, log: Arc<KvBankLog>, worker: u64, mut r
         if amount <= 0 {
             continue;
         }
-        n += 1;
-        log.sent.lock().unwrap().insert(worker, n);
-        let key = ledger_key(worker, n);
-        let spec = TransferSpec {
-            id: key.trim_start_matches("bank/l/").to_string(),
-            src,
-            dst,
-            amount,
-        };
+        let (key, spec) = next_transfer(&log, worker, &mut n, src, dst, amount);
         let commit = Txn {
             compare: vec![
                 Compare::version(a.as_bytes(), CompareOp::Equal, from.1),
@@ -437,18 +418,51 @@ pub async fn worker(shared: Arc<Shared>, log: Arc<KvBankLog>, worker: u64, mut r
                 OpError::Unknown(e) => (TransferStatus::Unknown, Some(e)),
             },
         };
-        let ret = (status != TransferStatus::Unknown).then(|| shared.now());
-        log.transfers.lock().unwrap().push(Transfer {
-            spec,
-            protocol: SqlProtocol::Grpc,
-            overdraft: false,
-            call,
-            ret,
-            status,
-            resolved_by_retry: false,
-            why,
-        });
+        record(&log, &shared, spec, call, status, why);
     }
+}
+
+/// The next transfer of `worker` (its ledger row's key and its spec), counted as sent.
+fn next_transfer(
+    log: &KvBankLog,
+    worker: u64,
+    n: &mut u64,
+    src: i64,
+    dst: i64,
+    amount: i64,
+) -> (String, TransferSpec) {
+    *n += 1;
+    log.sent.lock().unwrap().insert(worker, *n);
+    let key = ledger_key(worker, *n);
+    let spec = TransferSpec {
+        id: key.trim_start_matches("bank/l/").to_string(),
+        src,
+        dst,
+        amount,
+    };
+    (key, spec)
+}
+
+/// Records how a transfer called at `call` ended (answered now unless unknown).
+fn record(
+    log: &KvBankLog,
+    shared: &Shared,
+    spec: TransferSpec,
+    call: u64,
+    status: TransferStatus,
+    why: Option<String>,
+) {
+    let ret = (status != TransferStatus::Unknown).then(|| shared.now());
+    log.transfers.lock().unwrap().push(Transfer {
+        spec,
+        protocol: SqlProtocol::Grpc,
+        overdraft: false,
+        call,
+        ret,
+        status,
+        resolved_by_retry: false,
+        why,
+    });
 }
 
 /// One total read (see the module docs).
