@@ -34,6 +34,8 @@ pub struct Rehearsal<'a> {
     /// Each key read, in first-read order, with the version it had (0: absent).
     seen: Vec<(Vec<u8>, u64)>,
     seen_at: HashMap<Vec<u8>, usize>,
+    /// The bytes of the keys and values read from the store (the overlay keeps them).
+    loaded: usize,
 }
 
 impl super::KvStore {
@@ -66,6 +68,7 @@ impl super::KvStore {
             },
             seen: Vec::new(),
             seen_at: HashMap::new(),
+            loaded: 0,
         })
     }
 }
@@ -98,7 +101,9 @@ impl Rehearsal<'_> {
     /// Records `key`'s visible version the first time it is read.
     fn see(&mut self, key: &[u8]) -> Result<()> {
         if !self.seen_at.contains_key(key) {
-            let version = self.overlay.get(key)?.map_or(0, |v| v.version);
+            let value = self.overlay.get(key)?;
+            let version = value.as_ref().map_or(0, |v| v.version);
+            self.loaded += key.len() + value.map_or(0, |v| v.value.len());
             self.seen_at.insert(key.to_vec(), self.seen.len());
             self.seen.push((key.to_vec(), version));
         }
@@ -128,10 +133,11 @@ impl Rehearsal<'_> {
         !self.seen.is_empty()
     }
 
-    /// How many keys it read, and the bytes of their comparisons in a transaction.
-    pub fn seen(&self) -> (usize, usize) {
+    /// How many keys it read, the bytes of their comparisons in a transaction, and the
+    /// bytes of the keys and values it holds for them.
+    pub fn seen(&self) -> (usize, usize, usize) {
         let bytes = self.seen.iter().map(|(k, _)| k.len() + 16).sum();
-        (self.seen.len(), bytes)
+        (self.seen.len(), bytes, self.loaded)
     }
 
     /// The log time it runs at.

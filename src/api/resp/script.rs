@@ -139,8 +139,9 @@ struct Calls<'a> {
     writes: Vec<WriteOp>,
     /// The bytes of `writes` in a transaction.
     write_bytes: usize,
-    /// Set once the script touched more than one transaction holds: it applies nothing.
-    over: bool,
+    /// Set once the script touched more than one transaction holds (or read more than
+    /// its memory): why. It then runs no more commands, applies nothing, and answers that.
+    over: Option<String>,
     ctx: &'a Context,
     /// The error reply `redis.call` last raised, to answer it as it was.
     raised: Option<String>,
@@ -149,6 +150,10 @@ struct Calls<'a> {
 impl Calls<'_> {
     /// One command, as `redis.call` runs it: its reply (maybe an error reply).
     fn call(&mut self, words: Vec<Vec<u8>>) -> Frame {
+        // Past its bounds a script runs no more commands (and applies nothing).
+        if let Some(over) = &self.over {
+            return Frame::Error(over.clone());
+        }
         let c = match cmd::parse(words) {
             Ok(c) => c,
             Err(e) => return e,
@@ -197,16 +202,26 @@ impl Calls<'_> {
             }
         }
         // What the script touched must fit one transaction, and is all it may hold.
-        let (keys, key_bytes) = self.rehearsal.seen();
-        let (n, bytes) = (keys + self.writes.len(), key_bytes + self.write_bytes);
-        if n > MAX_TXN_OPS || bytes > 4 * limits.max_value {
-            self.over = true;
-            return Frame::error(format!(
+        let (keys, key_bytes, loaded) = self.rehearsal.seen();
+        let (n, bytes) = (keys + self.writes.len(), key_bytes + self.write_bytes + 16);
+        let over = if n > MAX_TXN_OPS || bytes > 4 * limits.max_value {
+            Some(format!(
                 "ERR the script's keys and writes do not fit one transaction ({n} keys and \
                  writes, at most {MAX_TXN_OPS}; {bytes} bytes, at most {}); nothing was \
                  applied",
                 4 * limits.max_value
-            ));
+            ))
+        } else if loaded > MEMORY_LIMIT {
+            Some(format!(
+                "ERR the script read more than {} MiB of keys and values; nothing was applied",
+                MEMORY_LIMIT >> 20
+            ))
+        } else {
+            None
+        };
+        if let Some(over) = over {
+            self.over = Some(over.clone());
+            return Frame::Error(over);
         }
         plan.reply_in_txn(
             limits,
@@ -250,7 +265,7 @@ pub fn run(store: &KvStore, body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], ctx
         rehearsal,
         writes: Vec::new(),
         write_bytes: 0,
-        over: false,
+        over: None,
         ctx,
         raised: None,
     });
@@ -265,7 +280,12 @@ pub fn run(store: &KvStore, body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], ctx
     let calls = calls.into_inner();
     // A script stopped by a limit applies nothing; one that failed otherwise keeps the
     // writes it made before failing, as in Redis.
-    let applies = !stopped && !calls.over;
+    // Past its bounds, that is the answer, even if the script caught the error.
+    let reply = match &calls.over {
+        Some(over) => Frame::Error(over.clone()),
+        None => reply,
+    };
+    let applies = !stopped && calls.over.is_none();
     let txn = (applies && (calls.rehearsal.read_any() || !calls.writes.is_empty())).then(|| Txn {
         compare: calls.rehearsal.compares(),
         success: calls.writes.into_iter().map(TxnOp::Write).collect(),
@@ -384,9 +404,7 @@ fn lua_run(
                 (Some(Value::Boolean(false)), Some(Value::String(e))) => {
                     e.as_bytes().starts_with(b"not enough memory")
                 }
-                (Some(Value::Boolean(false)), Some(Value::Error(e))) => {
-                    matches!(**e, mlua::Error::MemoryError(_))
-                }
+                (Some(Value::Boolean(false)), Some(Value::Error(e))) => is_memory(e),
                 _ => false,
             };
             if out_of_memory && flag.get().is_none() {
@@ -400,6 +418,7 @@ fn lua_run(
         globals.set(name, wrapped)?;
     }
     guard_patterns(&lua)?;
+    guard_finalizers_and_moves(&lua)?;
     let strings = |list: &[Vec<u8>]| -> mlua::Result<mlua::Table> {
         let t = lua.create_table_with_capacity(list.len(), 0)?;
         for (i, w) in list.iter().enumerate() {
@@ -635,6 +654,57 @@ fn freeze_deadline(op: TxnOp, time: u64) -> TxnOp {
     }
 }
 
+/// Two more ways to run where the time limit's hook does not: a finalizer (`__gc`; Lua
+/// turns hooks off while one runs, and runs the rest when the state closes) and
+/// `table.move`, a C loop over any range of indexes. `setmetatable` refuses a metatable
+/// with a `__gc` field (one added later marks nothing), and `table.move` a range of more
+/// than [`MAX_MOVE`] elements.
+fn guard_finalizers_and_moves(lua: &Lua) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let raw: mlua::Function = globals.get("setmetatable")?;
+    let wrapped = lua.create_function(move |_, args: MultiValue| {
+        if let Some(Value::Table(mt)) = args.get(1) {
+            if !matches!(mt.raw_get::<Value>("__gc")?, Value::Nil) {
+                return Err(mlua::Error::RuntimeError(
+                    "ERR scripts cannot set finalizers (__gc)".into(),
+                ));
+            }
+        }
+        raw.call::<MultiValue>(args)
+    })?;
+    globals.set("setmetatable", wrapped)?;
+    let table: mlua::Table = globals.get("table")?;
+    let raw: mlua::Function = table.get("move")?;
+    let wrapped = lua.create_function(move |_, args: MultiValue| {
+        let int = |i: usize| match args.get(i) {
+            Some(Value::Integer(x)) => Some(*x),
+            Some(Value::Number(x)) => Some(*x as i64),
+            _ => None,
+        };
+        if let (Some(f), Some(e)) = (int(1), int(2)) {
+            if e.saturating_sub(f) >= MAX_MOVE {
+                return Err(mlua::Error::RuntimeError(format!(
+                    "ERR table.move of more than {MAX_MOVE} elements in a script"
+                )));
+            }
+        }
+        raw.call::<MultiValue>(args)
+    })?;
+    table.set("move", wrapped)?;
+    Ok(())
+}
+
+/// The most elements one `table.move` of a script may move.
+const MAX_MOVE: i64 = 10_000_000;
+
+/// Whether `e` is running out of memory (maybe raised inside a callback).
+fn is_memory(mut e: &mlua::Error) -> bool {
+    while let mlua::Error::CallbackError { cause, .. } = e {
+        e = cause;
+    }
+    matches!(e, mlua::Error::MemoryError(_))
+}
+
 /// Lua's pattern matching backtracks inside C, where the time limit's hook never runs:
 /// `string.find(("a"):rep(50), ("a*"):rep(20) .. "b")` would run for ages. The matching
 /// functions are wrapped to refuse a match whose worst case, about (n + 1) ^ (q + 1)
@@ -647,11 +717,20 @@ fn guard_patterns(lua: &Lua) -> mlua::Result<()> {
         let wrapped = lua.create_function(move |_, args: MultiValue| {
             let plain = name == "find"
                 && matches!(args.get(3), Some(v) if !matches!(v, Value::Nil | Value::Boolean(false)));
-            if let (Some(Value::String(s)), Some(Value::String(p)), false) =
-                (args.front(), args.get(1), plain)
-            {
-                let n = s.as_bytes().len();
-                if match_steps(n, &p.as_bytes()) > MAX_MATCH_STEPS {
+            // Numbers are matched as their text: at most a few dozen bytes.
+            let text = |v: Option<&Value>| match v {
+                Some(Value::String(s)) => Some(s.as_bytes().to_vec()),
+                Some(Value::Integer(_) | Value::Number(_)) => Some(vec![b'9'; 48]),
+                _ => None,
+            };
+            if let (Some(s), Some(p)) = (text(args.front()), text(args.get(1))) {
+                let n = s.len();
+                let steps = match plain {
+                    // A plain find compares the pattern at every place.
+                    true => (n as f64 + 1.0) * (p.len() as f64 + 1.0),
+                    false => match_steps(n, &p),
+                };
+                if steps > MAX_MATCH_STEPS {
                     return Err(mlua::Error::RuntimeError(format!(
                         "ERR string.{name}: a pattern with this many repetitions over {n} \
                          bytes could take too long in a script (paxosdb bounds the work of \
@@ -669,13 +748,19 @@ fn guard_patterns(lua: &Lua) -> mlua::Result<()> {
 /// The most steps a script's pattern match may take in the worst case.
 const MAX_MATCH_STEPS: f64 = 1e9;
 
-/// About the worst-case steps of matching `pattern` anywhere in `n` bytes: (n + 1) ^
-/// (q + 1), q the pattern's repetitions (`*`, `+`, `-`, `?` outside sets and escapes).
+/// About the worst-case steps of matching `pattern` (m bytes) anywhere in `n` bytes:
+/// (n + 1) ^ (q + 1) × (m + 1), q the pattern's repetitions (`*`, `+`, `-`, `?` outside
+/// sets and escapes, and each balance `%bxy`, which may scan the rest of the subject).
 fn match_steps(n: usize, pattern: &[u8]) -> f64 {
     let mut q = 0;
     let mut i = 0;
     while i < pattern.len() {
         match pattern[i] {
+            // `%bxy`: two delimiters follow, whatever they are.
+            b'%' if pattern.get(i + 1) == Some(&b'b') => {
+                q += 1;
+                i += 3;
+            }
             b'%' => i += 1,
             b'[' => {
                 // A set, up to its closing bracket (one right after `[` or `[^` is in it).
@@ -698,5 +783,5 @@ fn match_steps(n: usize, pattern: &[u8]) -> f64 {
         }
         i += 1;
     }
-    (n as f64 + 1.0).powi(q + 1)
+    (n as f64 + 1.0).powi(q + 1) * (pattern.len() as f64 + 1.0)
 }

@@ -414,3 +414,63 @@ fn a_script_touching_more_than_one_transaction_holds_applies_nothing() {
     );
     assert!(r.txn.is_none());
 }
+
+#[test]
+fn finalizers_long_moves_and_guard_bypasses_are_refused() {
+    let kv = store();
+    for (body, says) in [
+        (
+            "setmetatable({}, {__gc = function() while true do end end}) return 1",
+            "finalizers",
+        ),
+        (
+            "table.move({}, 1, math.maxinteger - 1, 2) return 1",
+            "table.move",
+        ),
+        (
+            "return string.match(1111111111111111111, ('1*'):rep(25) .. '2')",
+            "could take too long",
+        ),
+        (
+            "return string.find('[]' .. ('a'):rep(40), '%b[]' .. ('a*'):rep(20) .. 'b')",
+            "could take too long",
+        ),
+        (
+            "return string.find(('a'):rep(3e6), ('a'):rep(1e6), 1, true)",
+            "could take too long",
+        ),
+    ] {
+        let started = Instant::now();
+        match eval(&kv, body, &[], &[]).reply {
+            Frame::Error(m) => assert!(m.contains(says), "{body}: {m}"),
+            other => panic!("{body}: {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{body}");
+    }
+    // A metatable without a finalizer is fine.
+    let r = eval(
+        &kv,
+        "local t = setmetatable({}, {__index = function() return 7 end}) return t.x",
+        &[],
+        &[],
+    );
+    assert_eq!(r.reply, Frame::Integer(7));
+}
+
+#[test]
+fn a_script_past_its_bounds_answers_that_even_if_it_caught_the_error() {
+    let kv = store();
+    let r = eval(
+        &kv,
+        "for i = 1, 2000 do redis.pcall('set', 'k' .. i, 'v') end \
+         return redis.pcall('get', 'k1')['err'] ~= nil and 1 or 0",
+        &[],
+        &[],
+    );
+    assert!(
+        matches!(&r.reply, Frame::Error(m) if m.contains("do not fit one transaction")),
+        "{:?}",
+        r.reply
+    );
+    assert!(r.txn.is_none());
+}
