@@ -40,7 +40,7 @@
 
 use super::cmd::{self, RespCommand};
 use super::exec::{error_reply, ttl_reply};
-use super::frame::Frame;
+use super::frame::{Frame, FrameLimits};
 use super::plan::Plan;
 use crate::auth::Identity;
 use crate::command::{Deadline, Expiry, Limits, Txn, TxnOp, WriteOp, MAX_TXN_OPS};
@@ -64,6 +64,10 @@ pub const MAX_ATTEMPTS: usize = 16;
 /// Scripts a node's cache holds, and their bytes in all.
 pub const MAX_CACHED: usize = 4096;
 pub const MAX_CACHED_BYTES: usize = 64 * 1024 * 1024;
+/// Lua instructions between two checks of a script's time. Small, since a loop of a few
+/// instructions around a costly C call (a large string operation, a full collection)
+/// makes one call per few instructions.
+const HOOK_EVERY: u32 = 100;
 /// How deep a table a script returns may nest.
 const MAX_REPLY_DEPTH: usize = 64;
 
@@ -341,7 +345,7 @@ fn failed(
             return (Frame::Error(stopped_message(Stop::Memory, limit)), true);
         }
         mlua::Error::SyntaxError { message, .. } => {
-            let first = message.lines().next().unwrap_or_default();
+            let first = clip(message.lines().next().unwrap_or_default());
             return (
                 Frame::error(format!("ERR Error compiling script: {first}")),
                 false,
@@ -352,8 +356,21 @@ fn failed(
     if raised == Some(message.as_str()) {
         return (Frame::Error(message), false);
     }
-    let first = message.lines().next().unwrap_or_default();
-    (Frame::error(format!("ERR {first}")), false)
+    let first = clip(message.lines().next().unwrap_or_default());
+    // paxosdb's own refusals (the library's guards) carry their kind already.
+    match first.starts_with("ERR ") {
+        true => (Frame::Error(first), false),
+        false => (Frame::error(format!("ERR {first}")), false),
+    }
+}
+
+/// At most the first 4 KiB of a script's error message (`error(("x"):rep(3e7))` is
+/// allowed, its 30 MB reply is not).
+fn clip(message: &str) -> String {
+    match message.char_indices().nth(4096) {
+        Some((i, _)) => format!("{}...", &message[..i]),
+        None => message.to_string(),
+    }
 }
 
 /// Runs the script in a fresh, limited Lua state with `redis` bound to `calls`.
@@ -369,19 +386,15 @@ fn lua_run(
     let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8;
     let lua = Lua::new_with(libs, LuaOptions::new())?;
     lua.set_memory_limit(MEMORY_LIMIT)?;
-    let deadline = Instant::now() + limit;
-    let flag = stop.clone();
+    let clock = Clock {
+        deadline: Instant::now() + limit,
+        stop: stop.clone(),
+        limit,
+    };
+    let hook = clock.clone();
     lua.set_hook(
-        HookTriggers::new().every_nth_instruction(1000),
-        move |_, _| {
-            if flag.get().is_none() && Instant::now() > deadline {
-                flag.set(Some(Stop::Time));
-            }
-            match flag.get() {
-                Some(stop) => Err(stopped_error(stop, limit)),
-                None => Ok(VmState::Continue),
-            }
-        },
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |_, _| hook.check().map(|()| VmState::Continue),
     );
     let globals = lua.globals();
     for name in [
@@ -398,7 +411,9 @@ fn lua_run(
     for name in ["pcall", "xpcall"] {
         let raw: mlua::Function = globals.get(name)?;
         let flag = stop.clone();
+        let clock = clock.clone();
         let wrapped = lua.create_function(move |_, args: MultiValue| {
+            clock.check()?;
             let r: MultiValue = raw.call(args)?;
             let out_of_memory = match (r.front(), r.get(1)) {
                 (Some(Value::Boolean(false)), Some(Value::String(e))) => {
@@ -417,8 +432,7 @@ fn lua_run(
         })?;
         globals.set(name, wrapped)?;
     }
-    guard_patterns(&lua)?;
-    guard_finalizers_and_moves(&lua)?;
+    guard_library(&lua, &clock)?;
     let strings = |list: &[Vec<u8>]| -> mlua::Result<mlua::Table> {
         let t = lua.create_table_with_capacity(list.len(), 0)?;
         for (i, w) in list.iter().enumerate() {
@@ -467,10 +481,11 @@ fn lua_run(
     ] {
         redis.set(name, v)?;
     }
+    let max_args = FrameLimits::for_max_value(ctx.limits.max_value).max_frame;
     lua.scope(|scope| {
         let call = |protected: bool| {
             scope.create_function(move |lua, args: MultiValue| {
-                let words = words(args)?;
+                let words = words(args, max_args)?;
                 let reply = calls.borrow_mut().call(words);
                 match reply {
                     Frame::Error(m) if !protected => {
@@ -494,7 +509,7 @@ fn lua_run(
 }
 
 /// The arguments of `redis.call`: strings and numbers, as Redis takes them.
-fn words(args: MultiValue) -> mlua::Result<Vec<Vec<u8>>> {
+fn words(args: MultiValue, max_bytes: usize) -> mlua::Result<Vec<Vec<u8>>> {
     let bad = || {
         mlua::Error::RuntimeError(
             "ERR Lua redis lib command arguments must be strings or integers".into(),
@@ -504,6 +519,18 @@ fn words(args: MultiValue) -> mlua::Result<Vec<Vec<u8>>> {
         return Err(mlua::Error::RuntimeError(
             "ERR Please specify at least one argument for this redis lib call".into(),
         ));
+    }
+    // Counted before anything is copied: as much as one request may carry.
+    let len = |v: &Value| match v {
+        Value::String(s) => s.as_bytes().len(),
+        _ => 24,
+    };
+    let total: usize = args.iter().map(len).sum();
+    if total > max_bytes {
+        return Err(mlua::Error::RuntimeError(format!(
+            "ERR the arguments of one redis.call may hold at most {max_bytes} bytes, as one \
+             request may"
+        )));
     }
     args.into_iter()
         .map(|v| match v {
@@ -580,16 +607,18 @@ fn from_lua(v: &Value, depth: usize, budget: &mut usize) -> Result<Frame, Frame>
             Frame::Bulk(b.to_vec())
         }
         Value::Table(t) => {
-            let text = |field: &str| match t.raw_get::<Value>(field) {
-                Ok(Value::String(s)) => Some(s.to_string_lossy()),
-                _ => None,
+            // Charged before it is copied.
+            let mut text = |field: &str| match t.raw_get::<Value>(field) {
+                Ok(Value::String(s)) => match take(s.as_bytes().len()) {
+                    Ok(()) => Ok(Some(s.to_string_lossy())),
+                    Err(over) => Err(over),
+                },
+                _ => Ok(None),
             };
-            if let Some(e) = text("err") {
-                take(e.len())?;
+            if let Some(e) = text("err")? {
                 return Ok(Frame::Error(e));
             }
-            if let Some(ok) = text("ok") {
-                take(ok.len())?;
+            if let Some(ok) = text("ok")? {
                 return Ok(Frame::Simple(ok));
             }
             take(0)?;
@@ -654,49 +683,6 @@ fn freeze_deadline(op: TxnOp, time: u64) -> TxnOp {
     }
 }
 
-/// Two more ways to run where the time limit's hook does not: a finalizer (`__gc`; Lua
-/// turns hooks off while one runs, and runs the rest when the state closes) and
-/// `table.move`, a C loop over any range of indexes. `setmetatable` refuses a metatable
-/// with a `__gc` field (one added later marks nothing), and `table.move` a range of more
-/// than [`MAX_MOVE`] elements.
-fn guard_finalizers_and_moves(lua: &Lua) -> mlua::Result<()> {
-    let globals = lua.globals();
-    let raw: mlua::Function = globals.get("setmetatable")?;
-    let wrapped = lua.create_function(move |_, args: MultiValue| {
-        if let Some(Value::Table(mt)) = args.get(1) {
-            if !matches!(mt.raw_get::<Value>("__gc")?, Value::Nil) {
-                return Err(mlua::Error::RuntimeError(
-                    "ERR scripts cannot set finalizers (__gc)".into(),
-                ));
-            }
-        }
-        raw.call::<MultiValue>(args)
-    })?;
-    globals.set("setmetatable", wrapped)?;
-    let table: mlua::Table = globals.get("table")?;
-    let raw: mlua::Function = table.get("move")?;
-    let wrapped = lua.create_function(move |_, args: MultiValue| {
-        let int = |i: usize| match args.get(i) {
-            Some(Value::Integer(x)) => Some(*x),
-            Some(Value::Number(x)) => Some(*x as i64),
-            _ => None,
-        };
-        if let (Some(f), Some(e)) = (int(1), int(2)) {
-            if e.saturating_sub(f) >= MAX_MOVE {
-                return Err(mlua::Error::RuntimeError(format!(
-                    "ERR table.move of more than {MAX_MOVE} elements in a script"
-                )));
-            }
-        }
-        raw.call::<MultiValue>(args)
-    })?;
-    table.set("move", wrapped)?;
-    Ok(())
-}
-
-/// The most elements one `table.move` of a script may move.
-const MAX_MOVE: i64 = 10_000_000;
-
 /// Whether `e` is running out of memory (maybe raised inside a callback).
 fn is_memory(mut e: &mlua::Error) -> bool {
     while let mlua::Error::CallbackError { cause, .. } = e {
@@ -705,52 +691,10 @@ fn is_memory(mut e: &mlua::Error) -> bool {
     matches!(e, mlua::Error::MemoryError(_))
 }
 
-/// Lua's pattern matching backtracks inside C, where the time limit's hook never runs:
-/// `string.find(("a"):rep(50), ("a*"):rep(20) .. "b")` would run for ages. The matching
-/// functions are wrapped to refuse a match whose worst case, about (n + 1) ^ (q + 1)
-/// steps for a subject of n bytes and a pattern of q repetitions, passes
-/// [`MAX_MATCH_STEPS`]. Plain finds, and patterns without repetitions, always run.
-fn guard_patterns(lua: &Lua) -> mlua::Result<()> {
-    let string: mlua::Table = lua.globals().get("string")?;
-    for name in ["find", "match", "gmatch", "gsub"] {
-        let raw: mlua::Function = string.get(name)?;
-        let wrapped = lua.create_function(move |_, args: MultiValue| {
-            let plain = name == "find"
-                && matches!(args.get(3), Some(v) if !matches!(v, Value::Nil | Value::Boolean(false)));
-            // Numbers are matched as their text: at most a few dozen bytes.
-            let text = |v: Option<&Value>| match v {
-                Some(Value::String(s)) => Some(s.as_bytes().to_vec()),
-                Some(Value::Integer(_) | Value::Number(_)) => Some(vec![b'9'; 48]),
-                _ => None,
-            };
-            if let (Some(s), Some(p)) = (text(args.front()), text(args.get(1))) {
-                let n = s.len();
-                let steps = match plain {
-                    // A plain find compares the pattern at every place.
-                    true => (n as f64 + 1.0) * (p.len() as f64 + 1.0),
-                    false => match_steps(n, &p),
-                };
-                if steps > MAX_MATCH_STEPS {
-                    return Err(mlua::Error::RuntimeError(format!(
-                        "ERR string.{name}: a pattern with this many repetitions over {n} \
-                         bytes could take too long in a script (paxosdb bounds the work of \
-                         a match); match smaller strings or simpler patterns"
-                    )));
-                }
-            }
-            raw.call::<MultiValue>(args)
-        })?;
-        string.set(name, wrapped)?;
-    }
-    Ok(())
-}
-
-/// The most steps a script's pattern match may take in the worst case.
-const MAX_MATCH_STEPS: f64 = 1e9;
-
 /// About the worst-case steps of matching `pattern` (m bytes) anywhere in `n` bytes:
 /// (n + 1) ^ (q + 1) × (m + 1), q the pattern's repetitions (`*`, `+`, `-`, `?` outside
-/// sets and escapes, and each balance `%bxy`, which may scan the rest of the subject).
+/// sets and escapes, each balance `%bxy` and each back-reference `%1`..`%9`, which may
+/// scan the rest of the subject).
 fn match_steps(n: usize, pattern: &[u8]) -> f64 {
     let mut q = 0;
     let mut i = 0;
@@ -760,6 +704,11 @@ fn match_steps(n: usize, pattern: &[u8]) -> f64 {
             b'%' if pattern.get(i + 1) == Some(&b'b') => {
                 q += 1;
                 i += 3;
+            }
+            // A back-reference compares up to the rest of the subject at every try.
+            b'%' if pattern.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                q += 1;
+                i += 1;
             }
             b'%' => i += 1,
             b'[' => {
@@ -784,4 +733,162 @@ fn match_steps(n: usize, pattern: &[u8]) -> f64 {
         i += 1;
     }
     (n as f64 + 1.0).powi(q + 1) * (pattern.len() as f64 + 1.0)
+}
+
+/// A run's time limit, as the hook and the library's guards check it.
+#[derive(Clone)]
+struct Clock {
+    deadline: Instant,
+    stop: Rc<Cell<Option<Stop>>>,
+    limit: Duration,
+}
+
+impl Clock {
+    /// An error once the run is past its time (or stopped otherwise), from then on.
+    fn check(&self) -> mlua::Result<()> {
+        if self.stop.get().is_none() && Instant::now() > self.deadline {
+            self.stop.set(Some(Stop::Time));
+        }
+        match self.stop.get() {
+            Some(stop) => Err(stopped_error(stop, self.limit)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The most steps a script's pattern match or sort may take in the worst case.
+const MAX_C_STEPS: f64 = 1e8;
+/// The most elements one `table.move` of a script may move.
+const MAX_MOVE: i64 = 10_000_000;
+
+/// A refusal of a library call whose work would be unbounded by the time limit.
+fn too_long(what: &str) -> mlua::Error {
+    mlua::Error::RuntimeError(format!(
+        "ERR {what} could take too long in a script (paxosdb bounds the work of one call of \
+         Lua's C library); use smaller strings or tables, or simpler patterns"
+    ))
+}
+
+/// Lua's library runs in C, where the time limit's hook never runs, and some of it can
+/// work for hours on inputs that fit in memory. Every guarded function checks the time
+/// first (a loop of a few instructions around a costly call), then refuses a call whose
+/// worst case is out of bounds:
+/// - `string.find`, `match`, `gmatch`, `gsub`: pattern matching backtracks (see
+///   [`match_steps`]; `gsub` also copies its replacement per match);
+/// - `string.rep` of empty strings loops without allocating: answered at once;
+/// - `table.sort` compares strings byte by byte: n log n × the longest string;
+/// - `table.move` loops over any range of indexes (numeric strings included);
+/// - `setmetatable` refuses `__gc` (Lua turns hooks off in finalizers, and runs the
+///   rest when the state closes) and `__len` (`table.insert`, `remove`, `concat`,
+///   `unpack` loop up to the length it makes up);
+/// - `collectgarbage` only checks the time.
+fn guard_library(lua: &Lua, clock: &Clock) -> mlua::Result<()> {
+    type Check = fn(&Lua, &MultiValue) -> mlua::Result<Option<MultiValue>>;
+    let globals = lua.globals();
+    let string: mlua::Table = globals.get("string")?;
+    let table: mlua::Table = globals.get("table")?;
+    let guards: [(&mlua::Table, &str, Check); 10] = [
+        (&string, "find", |_, a| match_guard("string.find", a, false)),
+        (&string, "match", |_, a| {
+            match_guard("string.match", a, false)
+        }),
+        (&string, "gmatch", |_, a| {
+            match_guard("string.gmatch", a, false)
+        }),
+        (&string, "gsub", |_, a| match_guard("string.gsub", a, true)),
+        (&string, "rep", |lua, a| {
+            let empty = |v: Option<&Value>| match v {
+                Some(Value::String(s)) => s.as_bytes().is_empty(),
+                None | Some(Value::Nil) => true,
+                _ => false,
+            };
+            if !(empty(a.front()) && empty(a.get(2))) {
+                return Ok(None);
+            }
+            let empty = Value::String(lua.create_string("")?);
+            Ok(Some(MultiValue::from_iter([empty])))
+        }),
+        (&table, "sort", |_, a| {
+            if let (Some(Value::Table(t)), None | Some(Value::Nil)) = (a.front(), a.get(1)) {
+                let n = t.raw_len();
+                let mut longest = 0;
+                for i in 1..=n {
+                    if let Ok(Value::String(s)) = t.raw_get::<Value>(i) {
+                        longest = longest.max(s.as_bytes().len());
+                    }
+                }
+                let n = n as f64 + 1.0;
+                if n * n.log2().max(1.0) * (longest as f64 + 1.0) > MAX_C_STEPS {
+                    return Err(too_long("table.sort of these strings"));
+                }
+            }
+            Ok(None)
+        }),
+        (&table, "move", |lua, a| {
+            let int =
+                |i: usize| (a.get(i).cloned()).and_then(|v| lua.coerce_integer(v).ok().flatten());
+            if let (Some(f), Some(e)) = (int(1), int(2)) {
+                if e.saturating_sub(f) >= MAX_MOVE {
+                    return Err(too_long("table.move of that many elements"));
+                }
+            }
+            Ok(None)
+        }),
+        (&globals, "setmetatable", |_, a| {
+            if let Some(Value::Table(mt)) = a.get(1) {
+                for field in ["__gc", "__len"] {
+                    if !matches!(mt.raw_get::<Value>(field)?, Value::Nil) {
+                        return Err(mlua::Error::RuntimeError(format!(
+                            "ERR scripts cannot set {field} metamethods"
+                        )));
+                    }
+                }
+            }
+            Ok(None)
+        }),
+        (&globals, "collectgarbage", |_, _| Ok(None)),
+        (&string, "format", |_, _| Ok(None)),
+    ];
+    for (t, name, check) in guards {
+        let raw: mlua::Function = t.get(name)?;
+        let clock = clock.clone();
+        let wrapped = lua.create_function(move |lua, args: MultiValue| {
+            clock.check()?;
+            match check(lua, &args)? {
+                Some(answer) => Ok(answer),
+                None => raw.call::<MultiValue>(args),
+            }
+        })?;
+        t.set(name, wrapped)?;
+    }
+    Ok(())
+}
+
+/// Refuses a pattern match whose worst case passes [`MAX_C_STEPS`] (see [`match_steps`];
+/// a plain `find` compares the pattern at every place; `gsub`'s replacement string is
+/// copied at every match). Numbers are matched as their text, a few dozen bytes.
+fn match_guard(what: &str, args: &MultiValue, replaces: bool) -> mlua::Result<Option<MultiValue>> {
+    let len = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.as_bytes().len()),
+        Some(Value::Integer(_) | Value::Number(_)) => Some(48),
+        _ => None,
+    };
+    let plain = what == "string.find"
+        && matches!(args.get(3), Some(v) if !matches!(v, Value::Nil | Value::Boolean(false)));
+    let (Some(n), Some(m)) = (len(args.front()), len(args.get(1))) else {
+        return Ok(None);
+    };
+    let mut steps = match (plain, args.get(1)) {
+        (false, Some(Value::String(p))) => match_steps(n, &p.as_bytes()),
+        _ => (n as f64 + 1.0) * (m as f64 + 1.0),
+    };
+    if replaces {
+        steps *= len(args.get(2)).map_or(1.0, |r| r as f64 + 1.0);
+    }
+    match steps > MAX_C_STEPS {
+        true => Err(too_long(&format!(
+            "{what} over {n} bytes with this pattern"
+        ))),
+        false => Ok(None),
+    }
 }
