@@ -165,6 +165,12 @@ impl<S: LogStorage> Core<S> {
             || "this node stopped serving".to_string(),
             |e| e.to_string(),
         );
+        self.give_up_waiters(&why);
+    }
+
+    /// Answers every waiting write "outcome unknown" and every waiting read
+    /// "unavailable", saying `why`: this node cannot serve them.
+    pub(super) fn give_up_waiters(&mut self, why: &str) {
         for (_, w) in std::mem::take(&mut self.writes) {
             for (reply, _) in w.replies {
                 let _ = reply.send(Err(Error::OutcomeUnknown(format!(
@@ -174,7 +180,7 @@ impl<S: LogStorage> Core<S> {
             }
         }
         self.to_propose.clear();
-        self.fail_reads(&why);
+        self.fail_reads(why);
     }
 
     /// The state fetch ended: install the staged state and restart OmniPaxos on a log that

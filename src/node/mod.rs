@@ -66,6 +66,7 @@ pub mod admission;
 mod apply;
 mod catchup;
 mod compaction;
+mod contact;
 mod handle;
 mod paxos;
 mod quirks;
@@ -260,6 +261,9 @@ pub struct Core<S: LogStorage> {
     lost_epoch: u64,
     /// The leader last seen, to notice a change.
     last_leader: Option<NodeId>,
+    /// When each member was last heard from: a node cut off from the majority refuses
+    /// requests at once (see [`contact`]).
+    contact: contact::Contact,
     /// The wall clock a leader stamps the entries it appends with (see
     /// [`crate::machine::Machine::Clock`]): the system clock, or a simulation's.
     wall: WallClock,
@@ -270,6 +274,10 @@ pub struct Core<S: LogStorage> {
     /// `Bug::SkipLogSync`).
     #[cfg(test)]
     skip_log_sync: bool,
+    /// Bug injection: a node cut off from the majority answers its waiting writes
+    /// "unavailable" (the simulation's `Bug::GiveUpAsRefused`).
+    #[cfg(test)]
+    give_up_as_refused: bool,
 }
 
 /// A wall clock: milliseconds since the Unix epoch at a given instant of the node's
@@ -308,6 +316,7 @@ impl<S: LogStorage> Core<S> {
         let paxos = paxos::build(&cfg, &membership, storage, sm.applied_index())?;
         let witness = solo::Witness::for_membership(&cfg, &membership, paxos.get_decided_idx())?;
         net.set_membership(&membership);
+        let contact = contact::Contact::new(cfg.tick * cfg.election_ticks as u32);
         Ok(Core {
             next_batch_id: cfg.first_batch_id,
             reads: reads::Reads::new(cfg.first_batch_id.rotate_left(32)),
@@ -332,10 +341,13 @@ impl<S: LogStorage> Core<S> {
             change: None,
             lost_epoch: 0,
             last_leader: None,
+            contact,
             wall: system_clock(),
             last_tick_stamp: None,
             #[cfg(test)]
             skip_log_sync: false,
+            #[cfg(test)]
+            give_up_as_refused: false,
         })
     }
 
@@ -350,6 +362,13 @@ impl<S: LogStorage> Core<S> {
     #[cfg(all(test, feature = "test-machinery"))]
     pub(crate) fn inject_skip_log_sync(&mut self) {
         self.skip_log_sync = true;
+    }
+
+    /// Bug injection: a node cut off from the majority answers the writes waiting on it
+    /// as refused (certainly not done) rather than of unknown outcome.
+    #[cfg(all(test, feature = "test-machinery"))]
+    pub(crate) fn inject_give_up_as_refused(&mut self) {
+        self.give_up_as_refused = true;
     }
 
     /// Lets the core reopen its log storage, which a state transfer needs (without it, a
@@ -438,12 +457,18 @@ impl<S: LogStorage> Core<S> {
             self.announce_fetch();
         }
         self.on_tick(now);
+        self.tend_contact(now);
         self.tend_change(now);
         self.maybe_trim(now);
     }
 
     /// Handles one event received at `now`; false means stop.
     pub fn handle(&mut self, ev: Event, now: Instant) -> bool {
+        match &ev {
+            Event::Peer { msg, .. } => self.contact.heard(msg.get_sender(), now),
+            Event::Note { from, .. } => self.contact.heard(*from, now),
+            _ => {}
+        }
         match ev {
             Event::Held(ev, ticket) => match *ev {
                 Event::Write { cmd, reply } if self.silenced().is_none() => {
@@ -513,7 +538,12 @@ impl<S: LogStorage> Core<S> {
                 self.propose_change(add, remove, reply, now)
             }
             Event::Write { cmd, reply } => self.write(cmd, reply, None, now),
-            Event::ReadBarrier { reply } => self.read_arrived(reply, now),
+            Event::ReadBarrier { reply } => match self.cut_off(now) {
+                Some(why) => {
+                    let _ = reply.send(Err(Error::Unavailable(why)));
+                }
+                None => self.read_arrived(reply, now),
+            },
             Event::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -531,6 +561,11 @@ impl<S: LogStorage> Core<S> {
         ticket: Option<admission::Ticket>,
         now: Instant,
     ) {
+        if let Some(why) = self.cut_off(now) {
+            // Not proposed: this request did nothing (its ticket goes back with it).
+            let _ = reply.send(Err(Error::Unavailable(why)));
+            return;
+        }
         let deadline = now + self.cfg.request_timeout;
         let key = (cmd.machine, cmd.client_id, cmd.seq);
         if let Some(w) = self.writes.get(&key) {
@@ -811,6 +846,63 @@ impl<S: LogStorage> Core<S> {
         if leader != self.last_leader || self.net.take_forward_lost() {
             self.last_leader = leader;
             self.lost_epoch += 1;
+            if leader.is_some() {
+                self.repropose_lost();
+            }
         }
+    }
+
+    /// Proposes again, in the next round, every waiting write proposed before something
+    /// that can lose a proposal happened (a new leader, a dropped forward): a forward to a
+    /// leader that is gone is lost, and waiting `repropose_after` for it is the pause a
+    /// client would see. A write that was not lost is in the log twice; its session makes
+    /// the second a no-op.
+    fn repropose_lost(&mut self) {
+        let epoch = self.lost_epoch;
+        for (key, w) in &mut self.writes {
+            if w.proposed_at.is_some() && w.epoch < epoch && !w.replies.is_empty() {
+                w.proposed_at = None;
+                self.to_propose.push(*key);
+            }
+        }
+    }
+
+    /// Why this node cannot serve requests now: it is cut off from the majority.
+    fn cut_off(&mut self, now: Instant) -> Option<String> {
+        if self.silenced().is_some() || self.witness.is_some() {
+            return None;
+        }
+        self.contact.cut_off(&self.membership, self.cfg.id, now)
+    }
+
+    /// Notices this node losing (or regaining) contact with a majority; while it is cut
+    /// off, the writes and reads waiting here are given up on at once, so that their
+    /// clients move on to a node that can serve them.
+    fn tend_contact(&mut self, now: Instant) {
+        let why = self.cut_off(now);
+        if self.contact.changed(why.is_some()) {
+            let what = why
+                .clone()
+                .unwrap_or_else(|| "this node reaches a majority of the cluster again".to_string());
+            match &why {
+                Some(_) => tracing::warn!("{what}"),
+                None => tracing::info!("{what}"),
+            }
+            if let Some(m) = &self.metrics {
+                m.event("quorum", what);
+            }
+        }
+        let Some(why) = why else {
+            return;
+        };
+        #[cfg(test)]
+        if self.give_up_as_refused {
+            for (_, w) in std::mem::take(&mut self.writes) {
+                for (reply, _) in w.replies {
+                    let _ = reply.send(Err(Error::Unavailable(why.clone())));
+                }
+            }
+        }
+        self.give_up_waiters(&why);
     }
 }

@@ -130,6 +130,7 @@ impl<S: LogStorage> Core<S> {
         }
         self.membership = next.clone();
         self.net.set_membership(&next);
+        self.contact.restart();
         if let Some(c) = self.change.take() {
             if c.target <= next.config_id {
                 let _ = c.reply.send(Ok(next.clone()));

@@ -240,6 +240,11 @@ impl Workload for Kv {
         Some(Outcome::Ok(read(kv, op)))
     }
 
+    fn refused(&self, _op: &KvOp) -> Option<Outcome> {
+        // A write refused on every attempt certainly failed (a read is not recorded).
+        Some(Outcome::Fail)
+    }
+
     fn finish(&mut self, client: usize, end: End<KvOp>, answer: Option<Outcome>) {
         let p = end.op;
         // Given up: a write's outcome is unknown, a read had no effect.

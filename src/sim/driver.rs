@@ -1,6 +1,6 @@
 //! The one client loop of the simulation, shared by every workload: sessions, one
 //! operation in flight per client, sending to a random live node, taking answers,
-//! retrying lost attempts, giving up, and the liveness bound after healing.
+//! retrying lost and refused attempts, giving up, and the liveness bound after healing.
 //!
 //! A [`Driver`] runs `n` clients of one [`Workload`]. Each client has a session
 //! (`client_id`, and a `seq` the workload raises for every new write; a retry keeps it,
@@ -31,6 +31,7 @@
 //!   liveness complaint.
 
 use super::world::Node;
+use crate::error::Error;
 use crate::machine::{Command, Outcome as Applied};
 use crate::node::Event;
 use crate::Result;
@@ -65,6 +66,11 @@ pub trait Workload {
     /// A read after its barrier on `nodes[node]`; `None`: no answer (the node crashed
     /// after the barrier, or the read failed: the workload records why).
     fn read(&mut self, op: &Self::Op, node: usize, nodes: &[Node]) -> Option<Self::Answer>;
+    /// What `op` ending with every attempt refused means (it certainly did not happen);
+    /// `None`: the same as given up.
+    fn refused(&self, _op: &Self::Op) -> Option<Self::Answer> {
+        None
+    }
     /// `op` ended: answered, or (`None`) given up or unfinished at the end.
     fn finish(&mut self, client: usize, end: End<Self::Op>, answer: Option<Self::Answer>);
     /// `op`, in a complaint about an operation that took too long.
@@ -281,12 +287,14 @@ impl<W: Workload> Driver<W> {
             Rx::Write(rx) => match rx.try_recv() {
                 Err(TryRecvError::Empty) => return,
                 Ok(Ok(r)) => Some(self.workload.written(&p.op, r, p.lost)),
+                Ok(Err(Error::Unavailable(_))) => return self.refused(i, now, rng),
                 // A timeout (outcome unknown) or a crashed node.
                 Ok(Err(_)) | Err(TryRecvError::Closed) => None,
             },
             Rx::Read(rx) => match rx.try_recv() {
                 Err(TryRecvError::Empty) => return,
                 Ok(Ok(())) => self.workload.read(&p.op, p.node, nodes),
+                Ok(Err(Error::Unavailable(_))) => return self.refused(i, now, rng),
                 Ok(Err(_)) | Err(TryRecvError::Closed) => None,
             },
         };
@@ -305,6 +313,26 @@ impl<W: Workload> Driver<W> {
                     p.rx = Rx::RetryAt(now + Duration::from_millis(rng.gen_range(10..200)));
                 }
             }
+        }
+    }
+
+    /// Client `i`'s attempt was refused by a node that cannot serve it now (cut off from
+    /// the majority, catching up, removed): that attempt did nothing. The client tries
+    /// again, as the real one moves on to the next node; once out of attempts, an
+    /// operation none of whose attempts was lost certainly did not happen (the real
+    /// client then reports the refusal, not an unknown outcome).
+    fn refused(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
+        let p = self.clients[i].pending.as_mut().unwrap();
+        let live = self.live_from.is_some_and(|t| p.call >= t);
+        if p.attempts >= p.max_attempts && !live {
+            let answer = if p.lost {
+                None
+            } else {
+                self.workload.refused(&p.op)
+            };
+            self.finish(i, answer, now, 0);
+        } else {
+            p.rx = Rx::RetryAt(now + Duration::from_millis(rng.gen_range(10..200)));
         }
     }
 

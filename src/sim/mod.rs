@@ -198,6 +198,12 @@ pub enum Bug {
     /// exists only there.
     #[cfg(test)]
     HistoryGap,
+    /// A node cut off from the majority answers the writes waiting on it "unavailable"
+    /// (this attempt did nothing) instead of "outcome unknown", though they were proposed
+    /// and may be decided by the majority: a client told its write certainly failed can
+    /// see it applied. Test builds only: the switch exists only there.
+    #[cfg(test)]
+    GiveUpAsRefused,
 }
 
 /// How much log the simulated nodes keep, chosen per seed of a campaign (`--log-budget

@@ -580,6 +580,10 @@ impl World {
         if self.cfg.bug == Some(Bug::SkipLogSync) {
             core.inject_skip_log_sync();
         }
+        #[cfg(test)]
+        if self.cfg.bug == Some(Bug::GiveUpAsRefused) {
+            core.inject_give_up_as_refused();
+        }
         node.core = Some(core);
         node.kv = Some(kv);
         node.sql = Some(sql_reader);
@@ -1411,6 +1415,11 @@ impl World {
             let node = &self.nodes[i];
             if node.retired {
                 continue;
+            }
+            // A power cut still due lands now, and the node restarts below: after healing
+            // nothing goes down any more.
+            if node.power_cut.is_some() {
+                self.crash(i, true);
             }
             // A node that is no longer a member is not restarted (nor left running), as
             // by the membership nemesis; a fresh node that a change may add goes on.

@@ -1,0 +1,152 @@
+//! Whether this node can reach a majority of its configuration, judged by what it hears.
+//!
+//! A node cut off from the majority cannot decide a write or confirm a read, yet without
+//! this it would keep taking requests and answer them only at the request timeout (5 s by
+//! default): an old leader behind a partition keeps calling itself leader, and a client
+//! waits there instead of moving on to a node that can serve it. So the core keeps, for
+//! every other member, the last time something arrived from it — any peer message or
+//! note — and when fewer than a majority (this node included) were heard within the
+//! **contact window**, it refuses new writes and reads with `UNAVAILABLE` at once and
+//! answers the writes waiting on it "outcome unknown" (they may still be decided, by
+//! the majority, if they reached it), so that their clients retry elsewhere with the same
+//! session.
+//!
+//! No message is sent for this: OmniPaxos' leader election already has every member ask
+//! every other once per election round, and each answers at once, so a reachable member is
+//! heard at least twice a round (its own heartbeat, its answer to ours), plus the progress
+//! notes. The window is one and a half rounds: a live link is never that quiet, and a cut
+//! link is noticed at most that long after its last message.
+//!
+//! Invariants:
+//! - this only refuses and gives up waiting: it never sends, proposes or applies anything,
+//!   so it cannot make a write happen twice or a read stale; a refused write was not
+//!   proposed by this request, and a write given up on is reported as unknown, never as
+//!   failed;
+//! - a member not yet heard counts as heard when the node started or entered the
+//!   configuration (a node that just started is given one window to find its peers);
+//! - a configuration with one member (the single-node database, with its witness) is never
+//!   cut off.
+
+use crate::machine::NodeId;
+use crate::membership::Membership;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The last time each member was heard from.
+pub(super) struct Contact {
+    heard: BTreeMap<NodeId, Instant>,
+    /// When this node started counting (its start, or its entry into the configuration);
+    /// set at the first look, since the core is given its times from outside.
+    since: Option<Instant>,
+    window: Duration,
+    /// What the last look found, to report changes once.
+    cut_off: bool,
+}
+
+impl Contact {
+    /// A contact window of one and a half election rounds of `round`.
+    pub(super) fn new(round: Duration) -> Self {
+        Contact {
+            heard: BTreeMap::new(),
+            since: None,
+            window: round + round / 2,
+            cut_off: false,
+        }
+    }
+
+    pub(super) fn heard(&mut self, from: NodeId, now: Instant) {
+        self.heard.insert(from, now);
+    }
+
+    /// A new configuration: its members are given a window from now.
+    pub(super) fn restart(&mut self) {
+        self.heard.clear();
+        self.since = None;
+    }
+
+    /// How many members of `m` (this node `me` included) were heard within the window.
+    fn reachable(&mut self, m: &Membership, me: NodeId, now: Instant) -> usize {
+        let since = *self.since.get_or_insert(now);
+        m.members
+            .iter()
+            .filter(|p| {
+                p.id == me || {
+                    let last = self.heard.get(&p.id).copied().unwrap_or(since).max(since);
+                    now.saturating_duration_since(last) < self.window
+                }
+            })
+            .count()
+    }
+
+    /// Why this node cannot serve now, if it heard from fewer than a majority of `m`.
+    pub(super) fn cut_off(&mut self, m: &Membership, me: NodeId, now: Instant) -> Option<String> {
+        if m.members.len() < 2 {
+            return None;
+        }
+        let reachable = self.reachable(m, me, now);
+        (reachable < m.majority()).then(|| {
+            format!(
+                "this node cannot reach a majority of the cluster (it heard from {reachable} of \
+                 {} members within the last {} ms); another node can serve this",
+                m.members.len(),
+                self.window.as_millis()
+            )
+        })
+    }
+
+    /// Records the latest look; true when it differs from the one before.
+    pub(super) fn changed(&mut self, cut_off: bool) -> bool {
+        std::mem::replace(&mut self.cut_off, cut_off) != cut_off
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Member;
+
+    fn three() -> Membership {
+        Membership::initial(
+            &(1..=3)
+                .map(|id| Member {
+                    id,
+                    addr: format!("127.0.0.1:{}", 9000 + id),
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn a_node_is_cut_off_once_a_majority_was_silent_for_the_window() {
+        let m = three();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut c = Contact::new(Duration::from_millis(100));
+        // At start every member counts as heard.
+        assert_eq!(c.cut_off(&m, 1, t0), None);
+        assert_eq!(c.cut_off(&m, 1, ms(149)), None);
+        // One peer is enough for a majority of three.
+        c.heard(2, ms(140));
+        assert_eq!(c.cut_off(&m, 1, ms(289)), None);
+        let why = c.cut_off(&m, 1, ms(290)).expect("silent for 150 ms");
+        assert!(why.contains("heard from 1 of 3 members"), "{why}");
+        c.heard(3, ms(300));
+        assert_eq!(c.cut_off(&m, 1, ms(300)), None);
+        // A new configuration starts counting again.
+        c.restart();
+        assert_eq!(c.cut_off(&m, 1, ms(1000)), None);
+        assert!(c.cut_off(&m, 1, ms(1150)).is_some());
+    }
+
+    #[test]
+    fn one_member_is_never_cut_off() {
+        let m = Membership::initial(&[Member {
+            id: 1,
+            addr: "127.0.0.1:9001".into(),
+        }]);
+        let t0 = Instant::now();
+        let mut c = Contact::new(Duration::from_millis(100));
+        assert_eq!(c.cut_off(&m, 1, t0), None);
+        assert_eq!(c.cut_off(&m, 1, t0 + Duration::from_secs(60)), None);
+    }
+}
