@@ -991,6 +991,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                     compacted_index: st.compacted_index,
                     catching_up_from: st.catching_up_from.unwrap_or(0),
                     config_id: st.membership.config_id,
+                    cut_off: st.cut_off,
                 }))
             })
             .await

@@ -29,6 +29,7 @@ struct Row {
     applied: Option<u64>,
     compacted: Option<u64>,
     catching_up_from: Option<u64>,
+    cut_off: bool,
     pid: Option<u32>,
     listeners: BTreeMap<String, String>,
 }
@@ -112,6 +113,11 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
         if let Some(p) = row.catching_up_from {
             row.role = format!("catch-up<-{p}");
         }
+        row.cut_off = st.cut_off;
+        if st.cut_off {
+            // Whatever OmniPaxos believes, the node serves nothing now.
+            row.role = "cut-off".into();
+        }
         row.pid = Some(st.pid);
         for l in &st.listeners {
             row.listeners.insert(l.name.clone(), l.addr.clone());
@@ -136,7 +142,7 @@ pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
             .map(|r| {
                 json!({"id": r.id, "role": r.role, "decided_index": r.decided,
                        "applied_index": r.applied, "compacted_index": r.compacted,
-                       "catching_up_from": r.catching_up_from,
+                       "catching_up_from": r.catching_up_from, "cut_off": r.cut_off,
                        "pid": r.pid, "listeners": r.listeners})
             })
             .collect();

@@ -94,6 +94,11 @@ impl Contact {
         })
     }
 
+    /// What the latest look (at the last tick) found.
+    pub(super) fn is_cut_off(&self) -> bool {
+        self.cut_off
+    }
+
     /// Records the latest look; true when it differs from the one before.
     pub(super) fn changed(&mut self, cut_off: bool) -> bool {
         std::mem::replace(&mut self.cut_off, cut_off) != cut_off

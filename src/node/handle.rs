@@ -70,6 +70,9 @@ pub struct NodeStatus {
     /// When this node last received a message from the leader it knows (`None`: on the
     /// leader itself, with no leader known, or never since it started).
     pub leader_contact: Option<std::time::Instant>,
+    /// True while this node has heard from fewer than a majority of the members for one
+    /// and a half election rounds: it refuses requests until it hears from them again.
+    pub cut_off: bool,
 }
 
 /// A cloneable handle to a running node.

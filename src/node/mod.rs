@@ -616,6 +616,7 @@ impl<S: LogStorage> Core<S> {
                 NodeRole::Follower => self.leader_contact,
                 _ => None,
             },
+            cut_off: self.contact.is_cut_off(),
         }
     }
 

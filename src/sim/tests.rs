@@ -1740,3 +1740,158 @@ fn writes_given_up_as_refused_by_a_cut_off_node_are_caught() {
         "{f}"
     );
 }
+
+/// Steps every core and delivers what they sent, `rounds` times, except between a node
+/// in `apart` and one outside it (a partition: both keep running).
+fn pump_apart(
+    cores: &mut [crate::node::Core<crate::storage::memory::MemStorage>],
+    outboxes: &[net::Outbox],
+    apart: &[usize],
+    now: std::time::Instant,
+    rounds: usize,
+) {
+    use crate::node::Event;
+    let linked = |a: usize, b: usize| apart.contains(&a) == apart.contains(&b);
+    for _ in 0..rounds {
+        for c in cores.iter_mut() {
+            c.step(now);
+        }
+        for (i, ob) in outboxes.iter().enumerate() {
+            let sent = ob.take_all();
+            for (config, m) in sent.msgs {
+                let to = (m.get_receiver() - 1) as usize;
+                if linked(i, to) {
+                    cores[to].handle(Event::Peer { config, msg: m }, now);
+                }
+            }
+            for (to, note) in sent.notes {
+                let from = (i + 1) as u64;
+                if linked(i, (to - 1) as usize) {
+                    cores[(to - 1) as usize].handle(Event::Note { from, note }, now);
+                }
+            }
+        }
+    }
+}
+
+/// A leader cut off from both followers says so within one and a half election rounds:
+/// the write waiting on it is answered "outcome unknown" and a new one is refused, long
+/// before the request timeout. A write a follower forwarded to it as the partition began
+/// is lost with the forward; the follower proposes it again as soon as the majority has a
+/// new leader, not after `repropose_after` (an hour here). After the heal the old leader
+/// serves again.
+#[test]
+fn a_cut_off_leader_refuses_and_a_lost_forward_goes_to_the_next_leader() {
+    use crate::command::{KvCommand, WriteOp};
+    use crate::error::Error;
+    use crate::node::{CoreConfig, Event};
+    use std::time::{Duration, Instant};
+    use tokio::sync::oneshot;
+
+    let (mut cores, outboxes, _stores) = three_cores_and_stores(|id| CoreConfig {
+        request_timeout: Duration::from_secs(3600),
+        repropose_after: Duration::from_secs(3600),
+        ..one_core_config(id)
+    });
+    let tick = Duration::from_millis(10);
+    let mut now = Instant::now();
+    let step = |cores: &mut Vec<crate::node::Core<_>>, now: &mut Instant, apart: &[usize]| {
+        *now += tick;
+        for c in cores.iter_mut() {
+            c.tick(*now);
+        }
+        pump_apart(cores, &outboxes, apart, *now, 3);
+    };
+    let mut leader = None;
+    for _ in 0..500 {
+        step(&mut cores, &mut now, &[]);
+        leader = cores[0].status().leader;
+        if leader.is_some() && cores.iter().all(|c| c.status().leader == leader) {
+            break;
+        }
+    }
+    let old = (leader.expect("a leader is elected") - 1) as usize;
+    let follower = (old + 1) % 3;
+    let put = |seq: u64, key: &str| {
+        let cmd = KvCommand {
+            client_id: 7,
+            seq,
+            op: WriteOp::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                return_prev: false,
+            },
+            user: None,
+        };
+        let (reply, answer) = oneshot::channel();
+        (
+            Event::Write {
+                cmd: cmd.encode(),
+                reply,
+            },
+            answer,
+        )
+    };
+
+    // The partition begins; a write arrives at the old leader, another at a follower,
+    // which forwards it to the old leader (the forward is lost).
+    let cut = now;
+    let (ev, mut at_leader) = put(1, "a");
+    cores[old].handle(ev, now);
+    let (ev, mut forwarded) = put(2, "b");
+    cores[follower].handle(ev, now);
+    let (mut gave_up, mut elected, mut answered) = (None, None, None);
+    while now < cut + Duration::from_secs(10) && (gave_up.is_none() || answered.is_none()) {
+        step(&mut cores, &mut now, &[old]);
+        if gave_up.is_none() {
+            if let Ok(r) = at_leader.try_recv() {
+                let Err(Error::OutcomeUnknown(why)) = r else {
+                    panic!("the waiting write: {r:?}")
+                };
+                assert!(why.contains("cannot reach a majority"), "{why}");
+                gave_up = Some(now - cut);
+            }
+        }
+        let l = cores[follower].status().leader;
+        if elected.is_none() && l.is_some_and(|l| l != old as u64 + 1) {
+            elected = Some(now - cut);
+        }
+        if answered.is_none() {
+            if let Ok(r) = forwarded.try_recv() {
+                assert!(r.is_ok(), "the forwarded write: {r:?}");
+                answered = Some(now - cut);
+            }
+        }
+    }
+    let round = tick * 10;
+    let gave_up = gave_up.expect("the cut-off leader gives up the waiting write");
+    assert!(gave_up <= round * 3 / 2 + tick, "gave up after {gave_up:?}");
+    let elected = elected.expect("the majority elects a new leader");
+    let answered = answered.expect("the lost forward is proposed again");
+    assert!(
+        answered <= elected + round,
+        "answered {answered:?} after the cut, the new leader came at {elected:?}"
+    );
+    // A new request at the old leader is refused at once, with the reason.
+    let (ev, mut refused) = put(3, "c");
+    cores[old].handle(ev, now);
+    let Ok(Err(Error::Unavailable(why))) = refused.try_recv() else {
+        panic!("not refused at once")
+    };
+    assert!(why.contains("cannot reach a majority"), "{why}");
+
+    // Healed: the old leader hears the others again and serves.
+    for _ in 0..20 {
+        step(&mut cores, &mut now, &[]);
+    }
+    let (ev, mut after) = put(4, "d");
+    cores[old].handle(ev, now);
+    for _ in 0..100 {
+        step(&mut cores, &mut now, &[]);
+        if let Ok(r) = after.try_recv() {
+            assert!(r.is_ok(), "after the heal: {r:?}");
+            return;
+        }
+    }
+    panic!("no answer at the old leader after the heal");
+}

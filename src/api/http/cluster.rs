@@ -52,6 +52,7 @@ pub async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
         "applied_index": st.applied_index,
         "compacted_index": st.compacted_index,
         "catching_up_from": st.catching_up_from,
+        "cut_off": st.cut_off,
         "config_id": st.membership.config_id,
         "pid": std::process::id(),
         "data_dir": s.info.config.data_dir.display().to_string(),
