@@ -38,7 +38,12 @@
 //!   memory;
 //! - links stay FIFO (OmniPaxos relies on it): messages may be lost, never reordered —
 //!   a sender uses one connection at a time, and once a peer has reconnected, the reader
-//!   of its older connection delivers nothing more.
+//!   of its older connection delivers nothing more;
+//! - a connected link is never quiet for long: a sender with nothing to send for
+//!   [`ALIVE_EVERY`] sends an `Alive` frame, and a reader notes the time of every frame it
+//!   reads ([`Network::last_heard`]), before it waits for room in the inbox and while it
+//!   waits. So a node knows whom it can reach even while its own thread, or its peer's,
+//!   is busy with a long fsync (see `node::contact`); `Alive` frames never reach the node.
 
 use crate::machine::{LogEntry, NodeId};
 use crate::membership::Membership;
@@ -58,7 +63,9 @@ use tokio::sync::mpsc as tmpsc;
 use tokio::sync::Semaphore;
 
 const MAGIC: u64 = 0x7061_786f_7364_6231; // "paxosdb1"
-const PROTOCOL_VERSION: u32 = 9;
+const PROTOCOL_VERSION: u32 = 10;
+/// A sender with nothing to send for this long sends an `Alive` frame.
+pub const ALIVE_EVERY: Duration = Duration::from_millis(20);
 const QUEUE_PER_PEER: usize = 16 * 1024;
 /// How long a peer may take for the TLS handshake, and again for its hello.
 const HANDSHAKE: Duration = Duration::from_secs(5);
@@ -111,6 +118,8 @@ pub enum PeerMsg {
         msg: Message<LogEntry>,
     },
     Note(Note),
+    /// Nothing to say: the link and the sender's transport are up (see [`ALIVE_EVERY`]).
+    Alive,
 }
 
 /// The answer to a membership query.
@@ -138,6 +147,42 @@ pub struct PeerInfo {
     /// longer the newest stops delivering: OmniPaxos assumes FIFO links, and messages
     /// still buffered on an old connection must not arrive after newer ones.
     pub inbound_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// When a frame last arrived from it, on any of its connections.
+    pub heard: Arc<Heard>,
+}
+
+/// When a peer was last heard from: stamped by its readers, read by the node at its ticks.
+#[derive(Debug, Default)]
+pub struct Heard {
+    /// Nanoseconds after [`epoch`] of the last frame read; 0: never.
+    last: AtomicU64,
+    /// Readers of this peer waiting for room in the inbox: the peer has more to say, and
+    /// only this node's backlog holds it up.
+    waiting: AtomicU64,
+}
+
+/// The origin of [`Heard`] stamps (the first time anyone asks).
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Heard {
+    fn stamp(&self) {
+        let nanos = epoch().elapsed().as_nanos().max(1) as u64;
+        self.last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// The last time the peer was heard from, as of `now`.
+    fn at(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            return Some(now);
+        }
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(epoch() + Duration::from_nanos(n)),
+        }
+    }
 }
 
 /// Shared view of the peers, updated by the transport tasks.
@@ -242,6 +287,8 @@ pub struct PeerSender {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Starts the sender task of a new peer.
     start: Box<dyn Fn(NodeId, String) -> PeerQueue + Send>,
+    /// When each peer was last heard from.
+    table: PeerTable,
 }
 
 impl PeerSender {
@@ -318,6 +365,11 @@ impl Network for PeerSender {
     fn send(&self, msg: Message<LogEntry>) {
         let config = self.membership.read().unwrap().config_id;
         self.enqueue(msg.get_receiver(), PeerMsg::Paxos { config, msg });
+    }
+
+    fn last_heard(&self, peer: NodeId, now: std::time::Instant) -> Option<std::time::Instant> {
+        let heard = self.table.lock().unwrap().get(&peer)?.heard.clone();
+        heard.at(now)
     }
 
     fn set_membership(&self, m: &Membership) {
@@ -404,6 +456,7 @@ pub fn start_senders(
 ) -> PeerSender {
     let rt = tokio::runtime::Handle::current();
     let tcfg = cfg.clone();
+    let heard = table.clone();
     let start = move |pid: NodeId, addr: String| {
         let (tx, rx) = tmpsc::channel(QUEUE_PER_PEER);
         let bytes = Arc::new(AtomicU64::new(0));
@@ -439,6 +492,7 @@ pub fn start_senders(
         forward_lost: std::sync::atomic::AtomicBool::new(false),
         metrics: None,
         start: Box::new(start),
+        table: heard,
     }
 }
 
@@ -549,7 +603,11 @@ async fn sender_task(
         }
         ever_connected = true;
         loop {
-            let Some(msg) = rx.recv().await else { return };
+            let msg = match tokio::time::timeout(ALIVE_EVERY, rx.recv()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return,
+                Err(_) => PeerMsg::Alive,
+            };
             let mut res = write_frame(&mut w, &msg, max_frame).await;
             while res.is_ok() {
                 match rx.try_recv() {
@@ -799,14 +857,14 @@ async fn serve_peer(
             .await
             .map_err(|e| format!("state transfer to node {from}: {e}"));
     }
-    let (generation, mine) = {
+    let (generation, mine, heard) = {
         let mut t = table.lock().unwrap();
         let info = t.entry(from).or_default();
         info.listeners = hello.listeners;
         info.pid = hello.pid;
         let g = info.inbound_generation.clone();
         let mine = g.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        (g, mine)
+        (g, mine, info.heard.clone())
     };
     loop {
         let (msg, len): (PeerMsg, usize) = match read_frame_sized(&mut r, cfg.max_frame).await {
@@ -814,7 +872,9 @@ async fn serve_peer(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(format!("from node {from}: {e}")),
         };
+        heard.stamp();
         let event = match msg {
+            PeerMsg::Alive => continue,
             PeerMsg::Paxos { config, msg } => {
                 if msg.get_sender() != from || msg.get_receiver() != cfg.id {
                     return Err(format!(
@@ -836,7 +896,11 @@ async fn serve_peer(
             .max(64)
             .min(cfg.max_queue_bytes.min(Semaphore::MAX_PERMITS as u64) as usize)
             .min(u32::MAX as usize) as u32;
-        let Ok(permit) = inbox.clone().acquire_many_owned(cost).await else {
+        heard.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = inbox.clone().acquire_many_owned(cost).await;
+        heard.stamp();
+        heard.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(permit) = permit else {
             return Ok(());
         };
         if events

@@ -162,3 +162,89 @@ async fn a_leader_cut_off_from_the_majority_refuses_at_once_and_clients_move_on(
         .expect("the status after the heal");
     assert!(!st.cut_off, "{st:?}");
 }
+
+/// The failover the OmniPaxos paper measures, as a client sees it (a measurement, not a
+/// check; run with `--ignored --nocapture`): one writer puts every 50 ms with a 1 s
+/// timeout through a client that knows every node, the leader first; the leader is cut
+/// off from the others for 10 s (election round 1 s, as in the paper). Prints how long
+/// no write succeeded and how many failed. `PAXOSDB_FAILOVER_BIN` runs another build of
+/// the server (to compare two versions on the same machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints figures, checks nothing (run with --ignored --nocapture)"]
+async fn measure_writes_while_the_leader_is_cut_off() {
+    if let Some(why) = Firewall::unavailable() {
+        panic!("partitions need root and iptables: {why}");
+    }
+    let bin = std::env::var("PAXOSDB_FAILOVER_BIN").unwrap_or_else(|_| BIN.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ProcCluster::start(
+        bin.as_ref(),
+        dir.path(),
+        3,
+        &[("PAXOSDB_ELECTION_MS", "1000")],
+    )
+    .expect("start");
+    let old = cluster
+        .wait_for_leader(Duration::from_secs(60))
+        .await
+        .expect("a leader");
+    let mut eps: Vec<String> = vec![cluster.node(old).client_addr.clone()];
+    eps.extend(
+        [1, 2, 3]
+            .into_iter()
+            .filter(|&i| i != old)
+            .map(|i| cluster.node(i).client_addr.clone()),
+    );
+    let writer = Client::with_options(
+        &eps,
+        ClientOptions {
+            timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(1),
+            tls: None,
+        },
+    )
+    .unwrap();
+    writer.put(b"w", b"0", false).await.expect("a first write");
+    let fw = Firewall::create().expect("firewall");
+    let start = Instant::now();
+    let (mut cut, mut healed) = (None, None);
+    let (mut ok, mut failed, mut last_ok, mut longest) = (0, 0, start, Duration::ZERO);
+    let mut n = 0u64;
+    let mut first_after_cut = None;
+    while start.elapsed() < Duration::from_secs(16) {
+        let t = start.elapsed();
+        if cut.is_none() && t >= Duration::from_secs(2) {
+            for o in [1, 2, 3].into_iter().filter(|&i| i != old) {
+                fw.cut(peer(&cluster, old), peer(&cluster, o)).expect("cut");
+            }
+            cut = Some(Instant::now());
+        }
+        if healed.is_none() && t >= Duration::from_secs(12) {
+            fw.heal().expect("heal");
+            healed = Some(Instant::now());
+        }
+        n += 1;
+        let began = Instant::now();
+        match writer.put(b"w", n.to_string().as_bytes(), false).await {
+            Ok(_) => {
+                ok += 1;
+                let done = Instant::now();
+                longest = longest.max(done - last_ok);
+                last_ok = done;
+                if let (Some(c), None) = (cut, first_after_cut) {
+                    first_after_cut = Some(done - c);
+                }
+            }
+            Err(_) => failed += 1,
+        }
+        let next = began + Duration::from_millis(50);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    println!(
+        "failover ({bin}): {ok} writes succeeded, {failed} failed; the first success came \
+         {:.2} s after the cut; longest time without a successful write: {:.2} s (leader cut \
+         off for 10 s, election round 1 s, 1 s client timeout)",
+        first_after_cut.map_or(f64::NAN, |d: Duration| d.as_secs_f64()),
+        longest.as_secs_f64()
+    );
+}

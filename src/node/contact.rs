@@ -11,11 +11,22 @@
 //! the majority, if they reached it), so that their clients retry elsewhere with the same
 //! session.
 //!
-//! No message is sent for this: OmniPaxos' leader election already has every member ask
-//! every other once per election round, and each answers at once, so a reachable member is
-//! heard at least twice a round (its own heartbeat, its answer to ours), plus the progress
-//! notes. The window is one and a half rounds: a live link is never that quiet, and a cut
-//! link is noticed at most that long after its last message.
+//! What is heard comes from two places. The messages the core handles: OmniPaxos' leader
+//! election has every member ask every other once per election round, and each answers
+//! at once, so a reachable member is heard at least twice a round, plus the progress
+//! notes. And the transport ([`super::Network::last_heard`]), which notes every frame as it
+//! arrives and keeps an idle link busy with small `Alive` frames: a peer whose own thread
+//! is stuck in a long fsync (a burst of big writes on a slow disk) still has a transport
+//! that answers, and is reachable — it is slow, not gone. The window is one and a half
+//! rounds: a live link is never that quiet, and a cut link is noticed at most that long
+//! (and one tick) after its last frame.
+//!
+//! The verdict is reached only at a tick, and requests are judged by the last verdict.
+//! The core's loop handles every message already queued before it ticks, and the
+//! transport's stamps do not wait for the core at all, so a node slowed by its own work
+//! (thousands of requests queued ahead of its peers' heartbeats) is not mistaken for one
+//! cut off either: what counts is whether its peers' frames arrived, not whether it had
+//! got round to reading them.
 //!
 //! Invariants:
 //! - this only refuses and gives up waiting: it never sends, proposes or applies anything,
@@ -39,8 +50,8 @@ pub(super) struct Contact {
     /// set at the first look, since the core is given its times from outside.
     since: Option<Instant>,
     window: Duration,
-    /// What the last look found, to report changes once.
-    cut_off: bool,
+    /// The last verdict: why this node cannot serve, if it is cut off.
+    verdict: Option<String>,
 }
 
 impl Contact {
@@ -50,12 +61,14 @@ impl Contact {
             heard: BTreeMap::new(),
             since: None,
             window: round + round / 2,
-            cut_off: false,
+            verdict: None,
         }
     }
 
-    pub(super) fn heard(&mut self, from: NodeId, now: Instant) {
-        self.heard.insert(from, now);
+    /// `from` was heard at `at` (a later time than any before counts).
+    pub(super) fn heard(&mut self, from: NodeId, at: Instant) {
+        let last = self.heard.entry(from).or_insert(at);
+        *last = (*last).max(at);
     }
 
     /// A new configuration: its members are given a window from now.
@@ -79,7 +92,7 @@ impl Contact {
     }
 
     /// Why this node cannot serve now, if it heard from fewer than a majority of `m`.
-    pub(super) fn cut_off(&mut self, m: &Membership, me: NodeId, now: Instant) -> Option<String> {
+    fn judge(&mut self, m: &Membership, me: NodeId, now: Instant) -> Option<String> {
         if m.members.len() < 2 {
             return None;
         }
@@ -94,14 +107,19 @@ impl Contact {
         })
     }
 
-    /// What the latest look (at the last tick) found.
-    pub(super) fn is_cut_off(&self) -> bool {
-        self.cut_off
+    /// Looks again (at a tick): judges contact with `m` now, or, when `exempt` (a node
+    /// that serves nothing by itself), finds it never cut off. True when the verdict
+    /// changed between serving and refusing.
+    pub(super) fn look(&mut self, m: &Membership, me: NodeId, now: Instant, exempt: bool) -> bool {
+        let verdict = if exempt { None } else { self.judge(m, me, now) };
+        let was = self.verdict.is_some();
+        self.verdict = verdict;
+        was != self.verdict.is_some()
     }
 
-    /// Records the latest look; true when it differs from the one before.
-    pub(super) fn changed(&mut self, cut_off: bool) -> bool {
-        std::mem::replace(&mut self.cut_off, cut_off) != cut_off
+    /// Why this node cannot serve, by the last look; `None` while it can.
+    pub(super) fn refusal(&self) -> Option<&str> {
+        self.verdict.as_deref()
     }
 }
 
@@ -121,6 +139,12 @@ mod tests {
         )
     }
 
+    /// Looks at `now` and returns the verdict.
+    fn at(c: &mut Contact, m: &Membership, now: Instant) -> Option<String> {
+        c.look(m, 1, now, false);
+        c.refusal().map(str::to_owned)
+    }
+
     #[test]
     fn a_node_is_cut_off_once_a_majority_was_silent_for_the_window() {
         let m = three();
@@ -128,19 +152,34 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut c = Contact::new(Duration::from_millis(100));
         // At start every member counts as heard.
-        assert_eq!(c.cut_off(&m, 1, t0), None);
-        assert_eq!(c.cut_off(&m, 1, ms(149)), None);
+        assert_eq!(at(&mut c, &m, t0), None);
+        assert_eq!(at(&mut c, &m, ms(149)), None);
         // One peer is enough for a majority of three.
         c.heard(2, ms(140));
-        assert_eq!(c.cut_off(&m, 1, ms(289)), None);
-        let why = c.cut_off(&m, 1, ms(290)).expect("silent for 150 ms");
+        assert_eq!(at(&mut c, &m, ms(289)), None);
+        let why = at(&mut c, &m, ms(290)).expect("silent for 150 ms");
         assert!(why.contains("heard from 1 of 3 members"), "{why}");
+        // Hearing again is not enough: the verdict stands until the next look.
         c.heard(3, ms(300));
-        assert_eq!(c.cut_off(&m, 1, ms(300)), None);
+        assert!(c.refusal().is_some());
+        assert_eq!(at(&mut c, &m, ms(300)), None);
         // A new configuration starts counting again.
         c.restart();
-        assert_eq!(c.cut_off(&m, 1, ms(1000)), None);
-        assert!(c.cut_off(&m, 1, ms(1150)).is_some());
+        assert_eq!(at(&mut c, &m, ms(1000)), None);
+        assert!(at(&mut c, &m, ms(1150)).is_some());
+    }
+
+    #[test]
+    fn a_look_reports_changes_and_an_exempt_node_is_never_cut_off() {
+        let m = three();
+        let t0 = Instant::now();
+        let mut c = Contact::new(Duration::from_millis(100));
+        assert!(!c.look(&m, 1, t0, false));
+        let late = t0 + Duration::from_secs(1);
+        assert!(c.look(&m, 1, late, false), "serving -> refusing");
+        assert!(!c.look(&m, 1, late, false), "no change");
+        assert!(c.look(&m, 1, late, true), "exempt: serving again");
+        assert_eq!(c.refusal(), None);
     }
 
     #[test]
@@ -151,7 +190,7 @@ mod tests {
         }]);
         let t0 = Instant::now();
         let mut c = Contact::new(Duration::from_millis(100));
-        assert_eq!(c.cut_off(&m, 1, t0), None);
-        assert_eq!(c.cut_off(&m, 1, t0 + Duration::from_secs(60)), None);
+        assert_eq!(at(&mut c, &m, t0), None);
+        assert_eq!(at(&mut c, &m, t0 + Duration::from_secs(60)), None);
     }
 }

@@ -120,6 +120,12 @@ pub trait Network: Send + 'static {
     fn take_forward_lost(&self) -> bool {
         false
     }
+    /// When a frame last arrived from `peer` (`now` if more are waiting for this node to
+    /// take them), as the transport saw it — independent of how far behind this node's
+    /// thread is. `None`: the network does not know, messages handled are all there is.
+    fn last_heard(&self, _peer: NodeId, _now: Instant) -> Option<Instant> {
+        None
+    }
 }
 
 /// Everything the node thread reacts to.
@@ -538,7 +544,7 @@ impl<S: LogStorage> Core<S> {
                 self.propose_change(add, remove, reply, now)
             }
             Event::Write { cmd, reply } => self.write(cmd, reply, None, now),
-            Event::ReadBarrier { reply } => match self.cut_off(now) {
+            Event::ReadBarrier { reply } => match self.cut_off() {
                 Some(why) => {
                     let _ = reply.send(Err(Error::Unavailable(why)));
                 }
@@ -561,7 +567,7 @@ impl<S: LogStorage> Core<S> {
         ticket: Option<admission::Ticket>,
         now: Instant,
     ) {
-        if let Some(why) = self.cut_off(now) {
+        if let Some(why) = self.cut_off() {
             // Not proposed: this request did nothing (its ticket goes back with it).
             let _ = reply.send(Err(Error::Unavailable(why)));
             return;
@@ -616,7 +622,7 @@ impl<S: LogStorage> Core<S> {
                 NodeRole::Follower => self.leader_contact,
                 _ => None,
             },
-            cut_off: self.contact.is_cut_off(),
+            cut_off: self.cut_off().is_some(),
         }
     }
 
@@ -868,20 +874,36 @@ impl<S: LogStorage> Core<S> {
         }
     }
 
-    /// Why this node cannot serve requests now: it is cut off from the majority.
-    fn cut_off(&mut self, now: Instant) -> Option<String> {
-        if self.silenced().is_some() || self.witness.is_some() {
+    /// Why this node cannot serve requests now: it was cut off from the majority at the
+    /// last tick (see [`contact`] for why only a tick judges).
+    fn cut_off(&self) -> Option<String> {
+        if self.exempt_from_contact() {
             return None;
         }
-        self.contact.cut_off(&self.membership, self.cfg.id, now)
+        self.contact.refusal().map(str::to_owned)
+    }
+
+    /// A node that serves nothing by itself (silenced, or the single node's witness) is
+    /// never cut off.
+    fn exempt_from_contact(&self) -> bool {
+        self.silenced().is_some() || self.witness.is_some()
     }
 
     /// Notices this node losing (or regaining) contact with a majority; while it is cut
     /// off, the writes and reads waiting here are given up on at once, so that their
     /// clients move on to a node that can serve them.
     fn tend_contact(&mut self, now: Instant) {
-        let why = self.cut_off(now);
-        if self.contact.changed(why.is_some()) {
+        for p in self.membership.ids() {
+            if let Some(at) = self.net.last_heard(p, now) {
+                self.contact.heard(p, at);
+            }
+        }
+        let exempt = self.exempt_from_contact();
+        let changed = self
+            .contact
+            .look(&self.membership, self.cfg.id, now, exempt);
+        let why = self.cut_off();
+        if changed {
             let what = why
                 .clone()
                 .unwrap_or_else(|| "this node reaches a majority of the cluster again".to_string());
