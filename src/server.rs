@@ -5,17 +5,6 @@
 //! checked to belong to this node id, and every listener bound *before* anything runs, so a
 //! misconfigured node fails at once with one clear line. Every listener is described the
 //! same way (name, address) and reported by `status` and to peers.
-//!
-//! The peer transport runs on its own small runtime ([`PeerRuntime`]), not on the one
-//! that serves clients: a flood of client connections must not delay the peers'
-//! messages, or a node busy parsing requests would stop hearing its peers and think
-//! itself cut off from the majority (and its leader election would see it as silent).
-//!
-//! Invariants:
-//! - peer connections (accepting, reading, sending, serving a state) are driven only by
-//!   the peer runtime's threads, so no amount of client work starves them;
-//! - the peer runtime outlives every task on it and is stopped without blocking (it may be
-//!   dropped inside the client runtime).
 
 use crate::api::conn::{ConnLimiter, Guarded};
 use crate::api::tls::{ClientStream, ListenerTls, Protocol};
@@ -157,36 +146,7 @@ pub struct RunningServer {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The peer TLS material every peer connection uses (reloadable).
     peer_tls: Option<Arc<crate::tls::PeerTls>>,
-    peer_rt: PeerRuntime,
     _dir: DataDir,
-}
-
-/// The runtime the peer transport runs on (see the module doc).
-struct PeerRuntime(Option<tokio::runtime::Runtime>);
-
-impl PeerRuntime {
-    /// Two threads: a sender and a reader can make progress at once.
-    fn start() -> Result<Self> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("paxosdb-peers")
-            .enable_all()
-            .build()
-            .map(|rt| PeerRuntime(Some(rt)))
-            .map_err(|e| Error::Internal(format!("cannot start the peer runtime: {e}")))
-    }
-
-    fn handle(&self) -> &tokio::runtime::Handle {
-        self.0.as_ref().expect("running until dropped").handle()
-    }
-}
-
-impl Drop for PeerRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
@@ -527,11 +487,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         );
     }
     let shared: SharedMembership = Arc::new(std::sync::RwLock::new(membership));
-    let peer_rt = PeerRuntime::start()?;
-    let mut net = {
-        let _in = peer_rt.handle().enter();
-        transport::start_senders(&tcfg, tx.clone(), table.clone(), shared.clone())
-    };
+    let mut net = transport::start_senders(&tcfg, tx.clone(), table.clone(), shared.clone());
     net.set_metrics(metrics.clone());
     net.set_fetcher(crate::transfer::fetcher(
         tokio::runtime::Handle::current(),
@@ -566,6 +522,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         Box::new(net),
     )?;
     core.set_metrics(metrics.clone());
+    core.set_contact_floor(crate::node::contact::MIN_WINDOW);
     let (reopen_db, reopen_metrics) = (db.clone(), metrics.clone());
     let no_fsync = cfg.unsafe_no_fsync;
     core.set_reopen(Box::new(move || {
@@ -634,14 +591,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         info.config.min_free_disk_bytes,
         admission,
     ));
-    let peer_listener = {
-        let _in = peer_rt.handle().enter();
-        peer_listener
-            .into_std()
-            .and_then(TcpListener::from_std)
-            .map_err(|e| Error::Internal(format!("moving the peer listener: {e}")))?
-    };
-    let accept = peer_rt.handle().spawn(transport::accept_loop(
+    let accept = tokio::spawn(transport::accept_loop(
         peer_listener,
         tcfg,
         handle.tx.clone(),
@@ -771,7 +721,6 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
         grpc_task,
         tasks,
         peer_tls,
-        peer_rt,
         _dir: dir,
     })
 }
@@ -904,8 +853,6 @@ impl RunningServer {
         if let Some(t) = self.node_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        // The senders end with the node's network; whatever else is left stops here.
-        drop(std::mem::replace(&mut self.peer_rt, PeerRuntime(None)));
         tracing::info!(id = self.info.config.id, "node stopped");
     }
 }

@@ -40,9 +40,9 @@
 //!   a sender uses one connection at a time, and once a peer has reconnected, the reader
 //!   of its older connection delivers nothing more;
 //! - a connected link is never quiet for long: a sender with nothing to send for
-//!   [`ALIVE_EVERY`] sends an `Alive` frame, and a reader notes the time of every frame it
-//!   reads ([`Network::last_heard`]), before it waits for room in the inbox and while it
-//!   waits. So a node knows whom it can reach even while its own thread, or its peer's,
+//!   [`ALIVE_EVERY`] sends an `Alive` frame, and a reader notes the time whenever bytes
+//!   arrive ([`Network::last_heard`]), even in the middle of a long frame, and counts its
+//!   peer as heard while it waits for room in the inbox. So a node knows whom it can reach even while its own thread, or its peer's,
 //!   is busy with a long fsync (see `node::contact`); `Alive` frames never reach the node.
 
 use crate::machine::{LogEntry, NodeId};
@@ -170,18 +170,54 @@ fn epoch() -> std::time::Instant {
 impl Heard {
     fn stamp(&self) {
         let nanos = epoch().elapsed().as_nanos().max(1) as u64;
-        self.last.fetch_max(nanos, Ordering::Relaxed);
+        self.last.fetch_max(nanos, Ordering::Release);
+    }
+
+    /// Counts a reader waiting for inbox room until the guard is dropped (also when the
+    /// reader's task is cancelled mid-wait); stamps on the way out.
+    fn while_waiting(&self) -> impl Drop + '_ {
+        struct Waiting<'a>(&'a Heard);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.stamp();
+                self.0.waiting.fetch_sub(1, Ordering::Release);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(self)
     }
 
     /// The last time the peer was heard from, as of `now`.
     fn at(&self, now: std::time::Instant) -> Option<std::time::Instant> {
-        if self.waiting.load(Ordering::Relaxed) > 0 {
+        if self.waiting.load(Ordering::Acquire) > 0 {
             return Some(now);
         }
-        match self.last.load(Ordering::Relaxed) {
+        match self.last.load(Ordering::Acquire) {
             0 => None,
             n => Some(epoch() + Duration::from_nanos(n)),
         }
+    }
+}
+
+/// A reader that stamps its peer as heard whenever bytes arrive, so that a frame still
+/// arriving (a catch-up of many megabytes) does not look like silence.
+struct Stamping<'a, R> {
+    inner: &'a mut R,
+    heard: &'a Heard,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Stamping<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.stamp();
+        }
+        polled
     }
 }
 
@@ -867,12 +903,16 @@ async fn serve_peer(
         (g, mine, info.heard.clone())
     };
     loop {
-        let (msg, len): (PeerMsg, usize) = match read_frame_sized(&mut r, cfg.max_frame).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(format!("from node {from}: {e}")),
+        let mut stamping = Stamping {
+            inner: &mut r,
+            heard: &heard,
         };
-        heard.stamp();
+        let (msg, len): (PeerMsg, usize) =
+            match read_frame_sized(&mut stamping, cfg.max_frame).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(format!("from node {from}: {e}")),
+            };
         let event = match msg {
             PeerMsg::Alive => continue,
             PeerMsg::Paxos { config, msg } => {
@@ -896,10 +936,10 @@ async fn serve_peer(
             .max(64)
             .min(cfg.max_queue_bytes.min(Semaphore::MAX_PERMITS as u64) as usize)
             .min(u32::MAX as usize) as u32;
-        heard.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = inbox.clone().acquire_many_owned(cost).await;
-        heard.stamp();
-        heard.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = {
+            let _waiting = heard.while_waiting();
+            inbox.clone().acquire_many_owned(cost).await
+        };
         let Ok(permit) = permit else {
             return Ok(());
         };

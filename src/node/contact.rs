@@ -18,11 +18,12 @@
 //! arrives and keeps an idle link busy with small `Alive` frames: a peer whose own thread
 //! is stuck in a long fsync (a burst of big writes on a slow disk) still has a transport
 //! that answers, and is reachable — it is slow, not gone. The window is one and a half
-//! rounds: a live link is never that quiet, and a cut link is noticed at most that long
-//! (and one tick) after its last frame.
+//! rounds, but never less than a second in a server ([`MIN_WINDOW`]): a live link is never
+//! that quiet, and a cut link is noticed at most that long (and one tick) after its last
+//! frame.
 //!
 //! The verdict is reached only at a tick, and requests are judged by the last verdict.
-//! The core's loop handles every message already queued before it ticks, and the
+//! The core's loop handles the messages already queued (up to 100,000) before it ticks, and the
 //! transport's stamps do not wait for the core at all, so a node slowed by its own work
 //! (thousands of requests queued ahead of its peers' heartbeats) is not mistaken for one
 //! cut off either: what counts is whether its peers' frames arrived, not whether it had
@@ -33,8 +34,9 @@
 //!   so it cannot make a write happen twice or a read stale; a refused write was not
 //!   proposed by this request, and a write given up on is reported as unknown, never as
 //!   failed;
-//! - a member not yet heard counts as heard when the node started or entered the
-//!   configuration (a node that just started is given one window to find its peers);
+//! - a member not yet heard counts as heard at the first look after the node started or
+//!   entered the configuration, or stopped being exempt (a node is given one window to
+//!   find its peers);
 //! - a configuration with one member (the single-node database, with its witness) is never
 //!   cut off.
 
@@ -42,6 +44,14 @@ use crate::machine::NodeId;
 use crate::membership::Membership;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// The shortest contact window a server uses, whatever its election round: a node judged
+/// on a window of a few short rounds refused requests as cut off when it was only
+/// starved of CPU (thousands of connections flooding two cores, its transport thread
+/// unscheduled for hundreds of milliseconds). Like etcd's leader, which steps down after
+/// an election timeout (1 s by default) without a quorum, a second is the floor. The
+/// simulation, whose threads are never starved, judges on the rounds alone.
+pub const MIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// The last time each member was heard from.
 pub(super) struct Contact {
@@ -66,6 +76,11 @@ impl Contact {
     }
 
     /// `from` was heard at `at` (a later time than any before counts).
+    /// Makes the window at least `floor` (see [`MIN_WINDOW`]).
+    pub(super) fn set_floor(&mut self, floor: Duration) {
+        self.window = self.window.max(floor);
+    }
+
     pub(super) fn heard(&mut self, from: NodeId, at: Instant) {
         let last = self.heard.entry(from).or_insert(at);
         *last = (*last).max(at);
@@ -111,7 +126,13 @@ impl Contact {
     /// that serves nothing by itself), finds it never cut off. True when the verdict
     /// changed between serving and refusing.
     pub(super) fn look(&mut self, m: &Membership, me: NodeId, now: Instant, exempt: bool) -> bool {
-        let verdict = if exempt { None } else { self.judge(m, me, now) };
+        let verdict = if exempt {
+            // Counting starts again when it ends.
+            self.since = None;
+            None
+        } else {
+            self.judge(m, me, now)
+        };
         let was = self.verdict.is_some();
         self.verdict = verdict;
         was != self.verdict.is_some()

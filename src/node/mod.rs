@@ -66,7 +66,7 @@ pub mod admission;
 mod apply;
 mod catchup;
 mod compaction;
-mod contact;
+pub mod contact;
 mod handle;
 mod paxos;
 mod quirks;
@@ -381,6 +381,12 @@ impl<S: LogStorage> Core<S> {
     /// node told to fetch a peer's state only logs that it cannot).
     pub fn set_reopen(&mut self, reopen: Reopen<S>) {
         self.reopen = Some(reopen);
+    }
+
+    /// Judges contact with the majority on a window of at least `floor` (servers use
+    /// [`contact::MIN_WINDOW`]; see there).
+    pub fn set_contact_floor(&mut self, floor: Duration) {
+        self.contact.set_floor(floor);
     }
 
     /// Reports decided/applied index and leader changes to `metrics` from now on.
@@ -850,20 +856,25 @@ impl<S: LogStorage> Core<S> {
             self.too_far_behind(peer);
         }
         let leader = self.paxos.get_current_leader().map(|(l, _)| l);
-        if leader != self.last_leader || self.net.take_forward_lost() {
+        if leader != self.last_leader {
             self.last_leader = leader;
             self.lost_epoch += 1;
             if leader.is_some() {
                 self.repropose_lost();
             }
+        } else if self.net.take_forward_lost() {
+            // A full queue to the leader: re-proposed after `repropose_after` (see
+            // `on_tick`), not at once — at once would re-forward every waiting write on
+            // every step for as long as the queue stays full, turning overload into
+            // collapse.
+            self.lost_epoch += 1;
         }
     }
 
-    /// Proposes again, in the next round, every waiting write proposed before something
-    /// that can lose a proposal happened (a new leader, a dropped forward): a forward to a
-    /// leader that is gone is lost, and waiting `repropose_after` for it is the pause a
-    /// client would see. A write that was not lost is in the log twice; its session makes
-    /// the second a no-op.
+    /// Proposes again, in the next round, every waiting write proposed before the leader
+    /// changed: a forward to a leader that is gone is lost, and waiting `repropose_after`
+    /// for it is the pause a client would see. A write that was not lost is in the log
+    /// twice; its session makes the second a no-op.
     fn repropose_lost(&mut self) {
         let epoch = self.lost_epoch;
         for (key, w) in &mut self.writes {

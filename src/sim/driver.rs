@@ -320,7 +320,8 @@ impl<W: Workload> Driver<W> {
     /// the majority, catching up, removed): that attempt did nothing. The client tries
     /// again, as the real one moves on to the next node; once out of attempts, an
     /// operation none of whose attempts was lost certainly did not happen (the real
-    /// client then reports the refusal, not an unknown outcome).
+    /// client library is more cautious and reports it as unknown; the simulation sees
+    /// every answer, so it checks the server's promise itself).
     fn refused(&mut self, i: usize, now: Duration, rng: &mut StdRng) {
         let p = self.clients[i].pending.as_mut().unwrap();
         let live = self.live_from.is_some_and(|t| p.call >= t);
