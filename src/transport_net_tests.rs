@@ -276,3 +276,86 @@ async fn an_oversized_or_undecodable_frame_closes_only_its_connection() {
     assert_eq!(next_note(&rx, SOON).await, Some((1, 4)));
     assert_eq!(next_note(&rx, QUIET).await, None);
 }
+
+/// Node 2's peer listener, like [`node2`], noting whom it heard in `table`.
+async fn node2_noting(table: PeerTable) -> (SocketAddr, mpsc::Receiver<Event>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events, rx) = mpsc::channel();
+    let members = membership(&[
+        (1, "127.0.0.1:1".into()),
+        (2, addr.to_string()),
+        (3, "127.0.0.1:3".into()),
+    ]);
+    let source = crate::transfer::States::new(vec![Arc::new(
+        crate::kv::KvStore::open_memory(Default::default()).unwrap(),
+    )]);
+    tokio::spawn(accept_loop(
+        listener,
+        cfg(2),
+        events,
+        table,
+        Arc::new(|_, _| Ok(())),
+        source,
+        members,
+    ));
+    (addr, rx)
+}
+
+/// When node 2 last heard from `peer`, by its transport.
+fn heard(table: &PeerTable, peer: NodeId) -> Option<Instant> {
+    let h = table.lock().unwrap().get(&peer)?.heard.clone();
+    h.at(Instant::now())
+}
+
+/// Waits (up to [`SOON`]) until node 2 heard from `peer` after `after`.
+async fn heard_after(table: &PeerTable, peer: NodeId, after: Option<Instant>) -> Instant {
+    let deadline = Instant::now() + SOON;
+    loop {
+        if let Some(t) = heard(table, peer).filter(|t| after.is_none_or(|a| *t > a)) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "node {peer} not heard again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The contact invariant: a connected link is never quiet. Node 1's real sender, with
+/// nothing to send, keeps sending `Alive` frames, which node 2 notes and never hands to
+/// its node thread; and bytes of a frame still arriving count as heard.
+#[tokio::test]
+async fn an_idle_link_is_heard_and_alive_frames_stop_at_the_reader() {
+    let table = PeerTable::default();
+    let (addr, rx) = node2_noting(table.clone()).await;
+    let (events1, _rx1) = mpsc::channel();
+    let net = start_senders(
+        &cfg(1),
+        events1,
+        PeerTable::default(),
+        membership(&[(1, "127.0.0.1:1".into()), (2, addr.to_string())]),
+    );
+    let first = heard_after(&table, 1, None).await;
+    let later = heard_after(&table, 1, Some(first + 2 * ALIVE_EVERY)).await;
+    assert!(later > first);
+    assert!(
+        next_note(&rx, QUIET).await.is_none(),
+        "Alive reached the node"
+    );
+    // Still heard, with nothing queued all along.
+    heard_after(&table, 1, Some(later + 2 * ALIVE_EVERY)).await;
+    drop(net);
+
+    // Node 3 says hello, then sends only the start of a frame: heard all the same.
+    let mut s = dial(addr, 3).await;
+    s.flush().await.unwrap();
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        heard(&table, 3),
+        None,
+        "a hello alone is not the link speaking"
+    );
+    s.write_all(&1000u32.to_be_bytes()).await.unwrap();
+    s.write_all(&[0u8; 10]).await.unwrap();
+    s.flush().await.unwrap();
+    heard_after(&table, 3, None).await;
+}
