@@ -36,27 +36,7 @@ fn membership(addrs: &[(NodeId, String)]) -> SharedMembership {
 
 /// Runs node 2's peer listener (members 1, 2 and 3); returns its address and its events.
 async fn node2() -> (SocketAddr, mpsc::Receiver<Event>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (events, rx) = mpsc::channel();
-    let members = membership(&[
-        (1, "127.0.0.1:1".into()),
-        (2, addr.to_string()),
-        (3, "127.0.0.1:3".into()),
-    ]);
-    let source = crate::transfer::States::new(vec![Arc::new(
-        crate::kv::KvStore::open_memory(Default::default()).unwrap(),
-    )]);
-    tokio::spawn(accept_loop(
-        listener,
-        cfg(2),
-        events,
-        PeerTable::default(),
-        Arc::new(|_, _| Ok(())),
-        source,
-        members,
-    ));
-    (addr, rx)
+    node2_noting(PeerTable::default()).await
 }
 
 fn note(n: u64) -> PeerMsg {
@@ -277,7 +257,8 @@ async fn an_oversized_or_undecodable_frame_closes_only_its_connection() {
     assert_eq!(next_note(&rx, QUIET).await, None);
 }
 
-/// Node 2's peer listener, like [`node2`], noting whom it heard in `table`.
+/// Node 2's peer listener, noting whom it heard (and the rest it learns of its peers) in
+/// `table`.
 async fn node2_noting(table: PeerTable) -> (SocketAddr, mpsc::Receiver<Event>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
