@@ -54,8 +54,8 @@ pub struct NemesisArgs {
     /// Keep the run directory even when the run passes.
     #[arg(long)]
     pub keep: bool,
-    /// Deliberately unsafe: the workload reads nodes' local copies (stale reads), to see
-    /// the checker report a violation.
+    /// Deliberately unsafe: the workload reads nodes' local copies (stale reads), each
+    /// worker on one node only, to see the checker report a violation.
     #[arg(long)]
     pub stale_reads: bool,
     /// Log compaction of the servers: default (their defaults) or tiny (trim every 10
