@@ -243,7 +243,7 @@ impl Backend {
     }
 
     /// Applies `writes` atomically (not synced: see the state machine docs).
-    pub fn write(&self, writes: Vec<RawWrite>) -> Result<()> {
+    pub fn write(&self, writes: &[RawWrite]) -> Result<()> {
         match self {
             Backend::Rocks(r) => {
                 // Holding the slot keeps a switch from slipping between resolving the
@@ -252,8 +252,8 @@ impl Backend {
                 let mut batch = WriteBatch::default();
                 for (space, k, v) in writes {
                     match v {
-                        Some(v) => batch.put_cf(r.cf(*slot, space), k, v),
-                        None => batch.delete_cf(r.cf(*slot, space), k),
+                        Some(v) => batch.put_cf(r.cf(*slot, *space), k, v),
+                        None => batch.delete_cf(r.cf(*slot, *space), k),
                     }
                 }
                 Ok(r.db.write(batch)?)
@@ -261,9 +261,9 @@ impl Backend {
             Backend::Memory(m) => {
                 let mut m = m.write().unwrap();
                 if let Some(wal) = m.wal.as_mut() {
-                    wal.push(writes.clone());
+                    wal.push(writes.to_vec());
                 }
-                m.apply_writes(writes);
+                m.apply_writes(writes.to_vec());
                 Ok(())
             }
         }

@@ -14,6 +14,7 @@
 //! hides a key from its deadline on and deletes it at the end of the entry, in deadline
 //! order, as the store's sweep does. After every step the store must equal the model.
 
+use super::backend::Space;
 use super::{KvStore, StateMachine};
 use crate::command::{
     Compare, CompareOp, CompareTarget, Deadline, Expect, ExpireCond, Expiry, KeyValue, KvCommand,
@@ -1762,7 +1763,7 @@ fn format_2_expiry_keys_are_swept_without_losing_live_records() {
     let legacy = expiry_key(legacy_at, 5).to_vec();
     assert_eq!(expiry_keys(&kv), vec![bucketed.clone()]);
     kv.backend
-        .write(vec![
+        .write(&[
             (Space::Sm, bucketed, None),
             (Space::Sm, legacy.clone(), Some(vec![])),
         ])
@@ -2459,4 +2460,46 @@ fn a_key_keeps_its_create_revision_until_it_is_absent() {
     let (c, v) = created(&kv).unwrap();
     assert_eq!(c, v, "written after it expired: created anew");
     assert!(c > 6);
+}
+
+/// The applier's write cache stays within its bounds, keeps only the keys an apply reads
+/// back (values and session records, not history or index keys), and knows a delete.
+#[test]
+fn the_write_cache_is_bounded_and_keeps_what_applies_read() {
+    let mut cache = super::WriteCache::default();
+    let value = vec![7u8; 64 * 1024];
+    for i in 0..2 * (super::WRITE_CACHE_BYTES / value.len()) {
+        cache.wrote(vec![(
+            Space::Kv,
+            format!("k{i}").into_bytes(),
+            Some(value.clone()),
+        )]);
+        assert!(
+            cache.bytes <= super::WRITE_CACHE_BYTES,
+            "{} bytes",
+            cache.bytes
+        );
+    }
+    for i in 0..2 * super::WRITE_CACHE_KEYS {
+        cache.wrote(vec![(Space::Kv, format!("s{i}").into_bytes(), None)]);
+        assert!(cache.kv.len() + cache.sm.len() <= super::WRITE_CACHE_KEYS);
+    }
+    cache.clear();
+    let session = super::session_key(42).to_vec();
+    cache.wrote(vec![
+        (Space::Kv, b"a".to_vec(), Some(b"1".to_vec())),
+        (Space::Sm, session.clone(), Some(b"rec".to_vec())),
+        (Space::Sm, b"h-history".to_vec(), Some(b"x".to_vec())),
+    ]);
+    assert_eq!(cache.get(Space::Kv, b"a"), Some(&Some(b"1".to_vec())));
+    assert_eq!(cache.get(Space::Sm, &session), Some(&Some(b"rec".to_vec())));
+    assert_eq!(
+        cache.get(Space::Sm, b"h-history"),
+        None,
+        "only session records of Sm"
+    );
+    assert_eq!(cache.get(Space::Kv, b"b"), None, "never written: unknown");
+    cache.wrote(vec![(Space::Kv, b"a".to_vec(), None)]);
+    assert_eq!(cache.get(Space::Kv, b"a"), Some(&None), "a delete is known");
+    assert_eq!(cache.bytes, 2 * super::WRITE_CACHE_OVERHEAD + 1 + 9 + 3);
 }

@@ -231,6 +231,33 @@ fn copies_state(kind: Kind) {
 }
 both!(copies_state);
 
+/// The applier remembers what it wrote last (its write cache); an installed state
+/// replaces all of it. Node B wrote key `a` and client 1's record itself, then installs
+/// A's state, in which both differ: client 1's retry of A's seq 2 must get A's answer,
+/// and the next put of `a` must return A's value, exactly as on A.
+fn an_install_replaces_what_the_applier_wrote(kind: Kind) {
+    let (pa, pb) = (Place::new(kind), Place::new(kind));
+    let (mut a, mut b) = (pa.open(), pb.open());
+    populate(&mut a, "A");
+    apply(&mut b, &[cmd(1, 1, put("a", "B-only"))]);
+    apply(&mut b, &[cmd(8, 1, put("z", "B"))]);
+    stage(&a, &b);
+    b.install_staged().unwrap();
+    let next = [
+        cmd(1, 2, put("a", "A-2")),
+        cmd(6, 1, put("a", "after")),
+        cmd(8, 1, put("z", "again")),
+    ];
+    let on_a = apply(&mut a, &next);
+    assert_eq!(apply(&mut b, &next), on_a);
+    assert!(
+        matches!(&on_a[1], WriteResult::Put { prev: Some(v), .. } if v.value == b"A-2"),
+        "{on_a:?}"
+    );
+    assert_same(&a, &b);
+}
+both!(an_install_replaces_what_the_applier_wrote);
+
 /// Creates user alice, enabled, with one password hash.
 fn set_alice() -> WriteOp {
     let change = crate::auth::UserChange {
