@@ -513,9 +513,9 @@ fn a_machine_crash_keeps_a_prefix_of_the_unsynced_writes() {
     log.append_entries(vec![entry(1, "a"), entry(2, "b")])
         .unwrap();
     log.set_decided_idx(1).unwrap();
-    kv.write(put("x")).unwrap();
+    kv.write(&put("x")).unwrap();
     log.set_decided_idx(2).unwrap();
-    kv.write(put("y")).unwrap();
+    kv.write(&put("y")).unwrap();
     let loss = d.lock().unwrap().machine_crash(|n| {
         assert_eq!(n, 4);
         2
