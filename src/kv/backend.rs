@@ -209,7 +209,12 @@ impl Backend {
     /// A point read outside any view (the applier's own reads).
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self {
-            Backend::Rocks(r) => Ok(r.db.get_cf(r.cf(r.live(), space), key)?),
+            Backend::Rocks(r) => {
+                // Holding the slot keeps a switch, and the clearing of the old slot after
+                // it, from slipping between resolving the column family and reading.
+                let slot = r.slot.read().unwrap();
+                Ok(r.db.get_cf(r.cf(*slot, space), key)?)
+            }
             Backend::Memory(m) => m.read().unwrap().get(space, key),
         }
     }

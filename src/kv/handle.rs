@@ -521,6 +521,17 @@ impl KvHandle {
         self.store.get(key)
     }
 
+    /// Reads one key's value, without the applied index (see [`KvStore::get_value`]).
+    pub async fn get_value(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<Versioned>> {
+        self.limits().check_key(key)?;
+        self.node.prepare_read(consistency).await?;
+        self.store.get_value(key)
+    }
+
     /// Reads one key with its deadline; returns it with the applied index it reflects and
     /// the time to count a remaining time to live from (deadline minus it; 0 for a key
     /// without a deadline): the log's time the read reflects, or this node's clock if it

@@ -675,6 +675,23 @@ impl KvStore {
         Ok((timed.map(|t| t.value), applied))
     }
 
+    /// Reads one key's value as this node holds it now, for a caller that does not
+    /// report the applied index: one point read (consistent by itself) when the value
+    /// has no deadline and no lease, else as [`KvStore::get`] reads it. Spares the
+    /// snapshot and the applied index's lookup of [`KvStore::get`].
+    pub fn get_value(&self, key: &[u8]) -> Result<Option<Versioned>> {
+        let Some(bytes) = self.backend.get(Space::Kv, key)? else {
+            return Ok(None);
+        };
+        let stored = decode_value(&bytes)?;
+        if stored.deadline.is_none() && stored.lease.is_none() {
+            return Ok(Some(stored.value));
+        }
+        // Whether it is visible depends on the log's time or the lease, read in one view
+        // with the value (which may be newer than the one just read: either is current).
+        Ok(self.get(key)?.0)
+    }
+
     /// Reads one key with its deadline from a consistent view; returns it with the
     /// applied index and the log's time the view reflects.
     pub fn get_timed(&self, key: &[u8]) -> Result<(Option<Timed>, u64, u64)> {

@@ -2503,3 +2503,55 @@ fn the_write_cache_is_bounded_and_keeps_what_applies_read() {
     assert_eq!(cache.get(Space::Kv, b"a"), Some(&None), "a delete is known");
     assert_eq!(cache.bytes, 2 * super::WRITE_CACHE_OVERHEAD + 1 + 9 + 3);
 }
+
+/// `get_value` (one point read where it can) answers what `get` (a consistent view with
+/// the applied index) answers: for a plain value, a value with a deadline (which takes
+/// the view), a leased value, a deleted and an absent key.
+#[test]
+fn get_value_answers_as_get_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = open_store(&dir.path().join("db"));
+    let t0 = 1_000_000;
+    let expiring = WriteOp::SetExpiring {
+        key: b"expiring".to_vec(),
+        value: b"e".to_vec(),
+        cond: SetCond::Always,
+        expiry: Expiry::Set(Deadline::At(t0 + 60_000)),
+    };
+    let grant = WriteOp::LeaseGrant {
+        id: 7,
+        ttl_ms: 60_000,
+    };
+    kv.apply_kv_at(0, Some(t0), &[cmd(1, 1, expiring), cmd(1, 2, grant)])
+        .unwrap();
+    let leased = WriteOp::PutLeased {
+        key: b"leased".to_vec(),
+        value: b"l".to_vec(),
+        lease: 7,
+        return_prev: false,
+    };
+    kv.apply_kv_at(
+        1,
+        Some(t0 + 1),
+        &[
+            cmd(1, 3, leased),
+            put(2, 1, b"plain", b"p"),
+            put(2, 2, b"gone", b"g"),
+        ],
+    )
+    .unwrap();
+    let delete = WriteOp::Delete {
+        key: b"gone".to_vec(),
+        return_prev: false,
+    };
+    kv.apply_kv(2, &[cmd(2, 3, delete)]).unwrap();
+    for key in [&b"plain"[..], b"expiring", b"leased", b"gone", b"absent"] {
+        let expected = kv.get(key).unwrap().0;
+        assert_eq!(kv.get_value(key).unwrap(), expected, "{key:?}");
+    }
+    let value = |key: &[u8]| kv.get_value(key).unwrap().map(|v| v.value);
+    assert_eq!(value(b"plain"), Some(b"p".to_vec()));
+    assert_eq!(value(b"expiring"), Some(b"e".to_vec()));
+    assert_eq!(value(b"leased"), Some(b"l".to_vec()));
+    assert_eq!(value(b"gone"), None);
+}

@@ -761,8 +761,8 @@ impl ConnState {
         if shared.node.limits().check_key(key).is_err() {
             return Ok(None);
         }
-        let (v, _) = (shared.kv.get(key, Consistency::Stale).await).map_err(error_reply)?;
-        Ok(v)
+        let read = shared.kv.get_value(key, Consistency::Stale);
+        read.await.map_err(error_reply)
     }
 
     /// Prepares a multi-read: one barrier if linearizable; the reads that follow are local.
