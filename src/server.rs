@@ -259,9 +259,6 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// The exit code of a node that stopped because its data directory could not be written.
-pub const EXIT_STORAGE: u8 = 3;
-
 /// How the server process ends after the node thread stopped on `why`: the line for the
 /// operator and the exit code (3: the data directory could not be written, 1: anything
 /// else). The reason arrives as text because a failed write inside OmniPaxos is a panic
@@ -275,7 +272,7 @@ pub fn fatal_exit(why: &str) -> (String, u8) {
                  acknowledged write is on a majority). Free space and restart it: it catches \
                  up from its peers. Cause: {why}"
             ),
-            EXIT_STORAGE,
+            3,
         )
     } else if why.contains("storage error") || why.contains("IO error") {
         (
@@ -283,7 +280,7 @@ pub fn fatal_exit(why: &str) -> (String, u8) {
                 "a write to the data directory failed; the node stopped rather than run on \
                  a log it cannot write. Fix the disk and restart it. Cause: {why}"
             ),
-            EXIT_STORAGE,
+            3,
         )
     } else {
         (format!("the node stopped on an internal error: {why}"), 1)

@@ -378,14 +378,6 @@ pub async fn run(a: &ServerArgs) -> Result<ExitCode> {
                     let (line, code) = crate::server::fatal_exit(&why);
                     tracing::error!("{line}");
                     eprintln!("paxosdb: {line}");
-                    if code == crate::server::EXIT_STORAGE {
-                        // RocksDB failed a write: closing it makes it flush and sync what
-                        // it holds, which after a failed write can abort the process in
-                        // RocksDB's own checks (seen with a full disk and a memtable
-                        // being flushed). Its files are consistent as after a power
-                        // loss, so the process ends here without closing it.
-                        std::process::exit(i32::from(code));
-                    }
                     break ExitCode::from(code);
                 }
             }
