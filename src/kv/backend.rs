@@ -206,7 +206,8 @@ impl ReadView for MemSpaces {
 }
 
 impl Backend {
-    /// A point read outside any view (the applier's own reads).
+    /// A point read outside any view (the applier's own reads, and a single key's read
+    /// that needs nothing else to agree with it: `KvStore::get_value`).
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self {
             Backend::Rocks(r) => {

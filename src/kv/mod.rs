@@ -237,6 +237,15 @@ impl WriteCache {
         }
     }
 
+    /// What the live store holds under `key`: from the cache when it knows, else read
+    /// from `backend`.
+    fn read(&self, backend: &Backend, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.get(space, key) {
+            Some(cached) => Ok(cached.clone()),
+            None => backend.get(space, key),
+        }
+    }
+
     /// Remembers what a written batch left under the keys the cache keeps.
     fn wrote(&mut self, writes: Vec<RawWrite>) {
         for (space, key, value) in writes {
@@ -245,11 +254,14 @@ impl WriteCache {
                 Space::Sm if is_session_key(&key) => &mut self.sm,
                 Space::Sm => continue,
             };
-            self.bytes += WRITE_CACHE_OVERHEAD + key.len() + value.as_ref().map_or(0, Vec::len);
-            if let Some((old_key, old)) = map.remove_entry(&key) {
-                self.bytes -= WRITE_CACHE_OVERHEAD + old_key.len() + old.map_or(0, |v| v.len());
+            let len = key.len();
+            let cost =
+                |v: &Option<Vec<u8>>| WRITE_CACHE_OVERHEAD + len + v.as_ref().map_or(0, Vec::len);
+            self.bytes += cost(&value);
+            // An equal key replaces only the value: the key's length is the same.
+            if let Some(old) = map.insert(key, value) {
+                self.bytes -= cost(&old);
             }
-            map.insert(key, value);
         }
         if self.bytes > WRITE_CACHE_BYTES || self.kv.len() + self.sm.len() > WRITE_CACHE_KEYS {
             self.clear();
@@ -285,11 +297,9 @@ struct KvRecords<'a> {
 
 impl SessionStore<WriteResult> for KvRecords<'_> {
     fn load(&mut self, client_id: u64) -> Result<Option<Record<WriteResult>>> {
-        let key = session_key(client_id);
-        let stored = match self.cache.get(Space::Sm, &key) {
-            Some(cached) => cached.clone(),
-            None => self.backend.get(Space::Sm, &key)?,
-        };
+        let stored = self
+            .cache
+            .read(self.backend, Space::Sm, &session_key(client_id))?;
         stored.map(|b| session::decode_record(&b)).transpose()
     }
 
@@ -980,10 +990,7 @@ impl Overlay<'_> {
     /// The key as stored or as this entry wrote it, expired or not.
     fn load(&mut self, key: &[u8]) -> Result<&Slot> {
         if !self.keys.contains_key(key) {
-            let stored = match self.store.written.get(Space::Kv, key) {
-                Some(cached) => cached.clone(),
-                None => self.store.backend.get(Space::Kv, key)?,
-            };
+            let stored = (self.store.written).read(&self.store.backend, Space::Kv, key)?;
             let slot = match stored {
                 Some(b) => {
                     let Stored {
