@@ -225,6 +225,9 @@ pub trait StateMachine: Send + 'static {
     }
     /// Atomically replaces the live state by the completely staged one and returns the
     /// new applied index. Fails, changing nothing, if no complete staged state exists.
+    /// An error always means the old state is still live and loaded: a failure after the
+    /// switch (loading the installed state) panics, which stops the node; its restart
+    /// opens the installed state.
     fn install_staged(&mut self) -> Result<u64> {
         Err(Error::Internal(
             "state transfer is not supported by this state machine".into(),
@@ -363,11 +366,23 @@ impl Machines {
         self.all[0].membership()
     }
 
-    /// Installs every machine's staged state; returns the new applied index.
+    /// Installs every machine's staged state; returns the new applied index. An error
+    /// means nothing changed. Once one machine has installed, a failure of the next
+    /// cannot be reported so (the node would go on as if none had): it stops the node,
+    /// like a crash between two installs, which a restart handles (every machine resumes
+    /// from its own applied index and skips what it already holds).
     pub fn install_staged(&mut self) -> Result<u64> {
         let mut applied = Vec::with_capacity(self.all.len());
         for m in self.all.iter_mut().rev() {
-            applied.push(m.install_staged()?);
+            match m.install_staged() {
+                Ok(a) => applied.push(a),
+                Err(e) if applied.is_empty() => return Err(e),
+                Err(e) => panic!(
+                    "installing the fetched {:?} state failed after another state machine \
+                     installed its part: {e}; restart the node",
+                    m.machine()
+                ),
+            }
         }
         Ok(applied.into_iter().min().expect("at least one machine"))
     }
@@ -388,6 +403,8 @@ mod tests {
         which: Machine,
         applied: u64,
         membership: Option<Membership>,
+        /// The applied index of a completely staged state, if any.
+        staged: Option<u64>,
         seen: Arc<Mutex<Vec<String>>>,
     }
 
@@ -418,6 +435,14 @@ mod tests {
             seen.push(format!("{:?}@{index}:membership", self.which));
             Ok(())
         }
+        fn install_staged(&mut self) -> Result<u64> {
+            let staged =
+                (self.staged.take()).ok_or_else(|| Error::Storage("nothing staged".into()))?;
+            self.applied = staged;
+            let mut seen = self.seen.lock().unwrap();
+            seen.push(format!("{:?}:installed@{staged}", self.which));
+            Ok(staged)
+        }
     }
 
     fn journal(which: Machine, applied: u64, seen: &Arc<Mutex<Vec<String>>>) -> Journal {
@@ -425,6 +450,7 @@ mod tests {
             which,
             applied,
             membership: None,
+            staged: None,
             seen: seen.clone(),
         }
     }
@@ -475,6 +501,45 @@ mod tests {
         assert!(matches!(out[0], Outcome::Superseded(_)), "{out:?}");
         assert_eq!(ms.applied_index(), 8);
         assert_eq!(*seen.lock().unwrap(), ["Sql@7:1"]);
+    }
+
+    /// The first machine to install (the last one) failing changes nothing: the error
+    /// goes to the caller, which keeps following its old log.
+    #[test]
+    fn a_failed_install_before_any_machine_installed_is_an_error() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut kv = journal(Machine::Kv, 3, &seen);
+        kv.staged = Some(9);
+        let mut ms = Machines::from(Box::new(kv)).with(Box::new(journal(Machine::Sql, 3, &seen)));
+        assert!(ms.install_staged().is_err());
+        assert_eq!(ms.applied_index(), 3);
+        assert!(seen.lock().unwrap().is_empty(), "nothing installed");
+    }
+
+    /// Once a machine has installed, a failure of the next cannot be reported as
+    /// "nothing changed": it stops the node (a restart resumes every machine from its own
+    /// applied index).
+    #[test]
+    #[should_panic(expected = "after another state machine installed its part")]
+    fn a_failed_install_after_another_machine_installed_stops_the_node() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut sql = journal(Machine::Sql, 3, &seen);
+        sql.staged = Some(9);
+        let mut ms = Machines::from(Box::new(journal(Machine::Kv, 3, &seen))).with(Box::new(sql));
+        let _ = ms.install_staged();
+    }
+
+    #[test]
+    fn both_machines_install_and_the_node_resumes_at_the_smaller_index() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (mut kv, mut sql) = (
+            journal(Machine::Kv, 3, &seen),
+            journal(Machine::Sql, 3, &seen),
+        );
+        (kv.staged, sql.staged) = (Some(9), Some(8));
+        let mut ms = Machines::from(Box::new(kv)).with(Box::new(sql));
+        assert_eq!(ms.install_staged().unwrap(), 8);
+        assert_eq!(*seen.lock().unwrap(), ["Sql:installed@8", "Kv:installed@9"]);
     }
 
     #[test]

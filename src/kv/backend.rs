@@ -115,6 +115,9 @@ pub struct RocksSpaces {
     pub(super) import: Mutex<u64>,
     /// The background compaction of a cleared slot, joined on drop.
     pub(super) cleanup: Mutex<Option<JoinHandle<()>>>,
+    /// Test builds only: make clearing the old slot after a switch fail.
+    #[cfg(test)]
+    pub(crate) fail_cleanup: std::sync::atomic::AtomicBool,
 }
 
 impl RocksSpaces {
@@ -126,6 +129,8 @@ impl RocksSpaces {
             slot: RwLock::new(slot),
             import: Mutex::new(0),
             cleanup: Mutex::new(None),
+            #[cfg(test)]
+            fail_cleanup: Default::default(),
         })
     }
 

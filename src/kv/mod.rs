@@ -2012,6 +2012,19 @@ impl StateMachine for KvStore {
         self.users_seen.changed();
         self.written.clear();
         installed?;
+        // The installed state is live now: a failure to load it cannot be reported as
+        // "nothing changed" (the node would go on applying onto a state it has not
+        // loaded). The node stops instead; opening the store on restart loads it.
+        if let Err(e) = self.load_installed() {
+            panic!("the installed key-value state could not be loaded: {e}; restart the node");
+        }
+        Ok(self.applied)
+    }
+}
+
+impl KvStore {
+    /// Reloads what the applier keeps in memory from the (just installed) live state.
+    fn load_installed(&mut self) -> Result<()> {
         self.applied = read_counter(self.backend.get(Space::Sm, K_APPLIED)?)?;
         self.revision = read_counter(self.backend.get(Space::Sm, K_REVISION)?)?;
         self.time = read_counter(self.backend.get(Space::Sm, K_TIME)?)?;
@@ -2020,7 +2033,7 @@ impl StateMachine for KvStore {
         self.window = (self.backend).view(|v| history::Window::open(v, self.revision, limits))?;
         self.lease_clock = self.backend.view(lease::LeaseClock::read)?;
         self.revisions.send_replace(self.revision);
-        Ok(self.applied)
+        Ok(())
     }
 }
 

@@ -13,7 +13,9 @@
 //!   slot that has become live or belongs to a newer import.
 //! - After a switch the old slot is cleared by range tombstones (cheap) and compacted in
 //!   the background (a view opened before the switch keeps reading it: both respect
-//!   snapshots).
+//!   snapshots). That clean-up is best effort: once the live slot has flipped, an install
+//!   never reports failure (the caller would carry on as if the old state were live); a
+//!   slot left uncleared is cleared by the next import or the next open.
 
 use super::backend::{cf_name, Backend, RocksSpaces, Space};
 use crate::error::{Error, Result};
@@ -66,6 +68,23 @@ impl RocksSpaces {
             }
         }
         Ok(any)
+    }
+
+    /// After a switch: clears the slot that was live (not synced: if lost, opening the
+    /// store finds the inactive slot non-empty without a marker and clears it again).
+    fn clear_old_slot(&self, slot: u8) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_cleanup.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Storage(
+                "injected: clearing the old slot failed".into(),
+            ));
+        }
+        let mut batch = WriteBatch::default();
+        if self.clear_slot(slot, &mut batch)? {
+            self.db.write(batch)?;
+            self.compact_later(slot);
+        }
+        Ok(())
     }
 
     /// Compacts `slot`'s (cleared) column families in the background.
@@ -229,12 +248,16 @@ impl Backend {
                     *live = slot;
                 }
                 *generation += 1;
-                // Not synced: if lost, opening the store finds the inactive slot
-                // non-empty without a marker and clears it again.
-                let mut batch = WriteBatch::default();
-                if r.clear_slot(old, &mut batch)? {
-                    r.db.write(batch)?;
-                    r.compact_later(old);
+                // The switch is done: from here nothing may be reported as a failed
+                // install (the caller would go on as if the old state were live). Clearing
+                // the old slot is best effort: the next import and the next open clear
+                // it again.
+                if let Err(e) = r.clear_old_slot(old) {
+                    tracing::warn!(
+                        slot = old,
+                        "clearing the replaced state failed: {e}; the next state transfer \
+                         or restart clears it"
+                    );
                 }
                 Ok(())
             }

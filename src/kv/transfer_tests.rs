@@ -258,6 +258,55 @@ fn an_install_replaces_what_the_applier_wrote(kind: Kind) {
 }
 both!(an_install_replaces_what_the_applier_wrote);
 
+/// Keys left in the slot that is not live (RocksDB only).
+fn keys_in_inactive_slot(kv: &KvStore) -> usize {
+    let Backend::Rocks(r) = &kv.backend else {
+        unreachable!("RocksDB only")
+    };
+    let slot = 1 - r.live();
+    [Space::Kv, Space::Sm]
+        .into_iter()
+        .map(|space| {
+            let it =
+                r.db.iterator_cf(r.cf(slot, space), rocksdb::IteratorMode::Start);
+            it.count()
+        })
+        .sum()
+}
+
+/// Once the live slot has flipped, the install has happened: a failure clearing the old
+/// slot must not be reported as a failed install (the node would go on applying onto a
+/// state it believes is not live) and must not leave the store half loaded. The old slot
+/// is cleared at the next open instead.
+#[test]
+fn an_install_whose_cleanup_fails_is_still_an_install() {
+    let (pa, pb) = (Place::new(Kind::Rocks), Place::new(Kind::Rocks));
+    let (mut a, mut b) = (pa.open(), pb.open());
+    populate(&mut a, "A");
+    apply(&mut b, &[cmd(1, 1, put("a", "B-only"))]);
+    apply(&mut b, &[cmd(8, 1, put("z", "B"))]);
+    let staged = stage(&a, &b);
+    let Backend::Rocks(r) = &b.backend else {
+        unreachable!()
+    };
+    r.fail_cleanup
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        b.install_staged().unwrap(),
+        staged,
+        "installed despite the failure"
+    );
+    assert_eq!(b.applied_index(), a.applied_index(), "counters reloaded");
+    assert!(keys_in_inactive_slot(&b) > 0, "the clean-up really failed");
+    let next = [cmd(1, 2, put("a", "A-2")), cmd(8, 1, put("z", "again"))];
+    assert_eq!(apply(&mut b, &next), apply(&mut a, &next));
+    assert_same(&a, &b);
+    drop(b);
+    let b = pb.open();
+    assert_eq!(keys_in_inactive_slot(&b), 0, "opening clears the old slot");
+    assert_same(&a, &b);
+}
+
 /// Creates user alice, enabled, with one password hash.
 fn set_alice() -> WriteOp {
     let change = crate::auth::UserChange {

@@ -269,8 +269,26 @@ impl SqlStore {
         std::fs::rename(&tmp, dir.join(super::store::CURRENT))?;
         sync_dir(&dir)?;
         self.crash_point(InstallStep::Switched)?;
-        let (conn, guard) = open_apply(&db_path(&dir, next), &self.shared.limits)?;
         let old = self.gen;
+        // CURRENT names the installed database now: a failure from here on cannot be
+        // reported as "nothing changed" (the node would go on applying onto the old
+        // connection while a restart opens the new database). Loading it either works or
+        // stops the node; the restart loads it.
+        let applied = match self.open_installed(next) {
+            Ok(applied) => applied,
+            Err(e) => panic!("the installed SQL state could not be opened: {e}; restart the node"),
+        };
+        self.crash_point(InstallStep::Reopened)?;
+        // Best effort: a leftover generation is removed at the next open.
+        if let Err(e) = remove_with_sidecars(&db_path(&dir, old)) {
+            tracing::warn!("removing the replaced SQL database failed: {e}");
+        }
+        Ok(applied)
+    }
+
+    /// Switches the apply connection to generation `next` and reads its applied index.
+    fn open_installed(&mut self, next: u64) -> Result<u64> {
+        let (conn, guard) = open_apply(&db_path(&self.shared.dir, next), &self.shared.limits)?;
         self.conn = conn;
         self.guard = guard;
         self.gen = next;
@@ -284,8 +302,6 @@ impl SqlStore {
             })
             .map_err(sql_err)? as u64;
         self.install_done(applied);
-        self.crash_point(InstallStep::Reopened)?;
-        remove_with_sidecars(&db_path(&dir, old))?;
         Ok(applied)
     }
 
