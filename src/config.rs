@@ -135,6 +135,8 @@ pub struct Config {
     pub max_reply_bytes: usize,
     /// Below this many free bytes on the data directory's file system the node refuses
     /// new client writes (retryable), keeps serving reads, and resumes once space returns.
+    /// Below half of it (replication goes on) the node stops with exit code 3 before its
+    /// disk is full; freed space and a restart bring it back.
     #[serde(default = "default_min_free_disk_bytes")]
     pub min_free_disk_bytes: u64,
     /// Acknowledge writes without waiting for fsync. UNSAFE: a power loss can lose

@@ -18,12 +18,13 @@ use crate::machine::Machines;
 use crate::machine::StateMachine;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::node::admission::{free_bytes, Admission};
+use crate::node::admission::Admission;
 use crate::node::{Core, CoreConfig, NodeHandle};
 use crate::sql::machine::SqlMachine;
 use crate::sql::SqlStore;
 use crate::storage::db::DataDir;
 use crate::storage::meta::{Meta, MetaKey};
+use crate::storage::reserve::{free_bytes, RESERVE_REACHED};
 use crate::storage::rocks::RocksStorage;
 use crate::transfer::States;
 use crate::transport::{self, PeerTable, SharedMembership, TransportConfig};
@@ -264,7 +265,8 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 /// else). The reason arrives as text because a failed write inside OmniPaxos is a panic
 /// carrying the storage error's message.
 pub fn fatal_exit(why: &str) -> (String, u8) {
-    if why.contains("No space left on device") || why.contains("ENOSPC") {
+    let full = ["No space left on device", "ENOSPC", RESERVE_REACHED];
+    if full.iter().any(|s| why.contains(s)) {
         (
             format!(
                 "the disk holding the data directory is full; the node stopped rather than \
@@ -293,6 +295,13 @@ pub fn fatal_exit(why: &str) -> (String, u8) {
 fn max_batch_bytes(cfg: &Config) -> usize {
     let largest = 2 * cfg.max_value_size + cfg.max_key_size + 4096;
     (cfg.max_frame_bytes / 4).min(largest.max(8 << 20))
+}
+
+/// The free space the log keeps (see [`crate::storage::reserve`]): half the floor under
+/// which client writes are refused, so a follower that replication keeps filling stops
+/// cleanly before its disk is full.
+fn log_reserve(cfg: &Config) -> u64 {
+    cfg.min_free_disk_bytes / 2
 }
 
 /// Every second, closes the door to client writes while the data directory's file system
@@ -396,6 +405,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     let mut storage = RocksStorage::open(db.clone())?;
     storage.set_metrics(metrics.clone());
     storage.set_unsafe_no_fsync(cfg.unsafe_no_fsync);
+    storage.set_reserve(log_reserve(&cfg));
     if cfg.unsafe_no_fsync {
         tracing::warn!("UNSAFE: --unsafe-no-fsync: the replicated log is written WITHOUT fsync; a power loss or OS crash can LOSE ACKNOWLEDGED WRITES. Never use this for data you keep.");
     }
@@ -524,11 +534,12 @@ pub async fn start(cfg: Config) -> Result<RunningServer> {
     core.set_metrics(metrics.clone());
     core.set_contact_floor(crate::node::contact::MIN_WINDOW);
     let (reopen_db, reopen_metrics) = (db.clone(), metrics.clone());
-    let no_fsync = cfg.unsafe_no_fsync;
+    let (no_fsync, reserve) = (cfg.unsafe_no_fsync, log_reserve(&cfg));
     core.set_reopen(Box::new(move || {
         let mut s = RocksStorage::open(reopen_db.clone())?;
         s.set_metrics(reopen_metrics.clone());
         s.set_unsafe_no_fsync(no_fsync);
+        s.set_reserve(reserve);
         Ok(s)
     }));
     let node_thread = std::thread::Builder::new()

@@ -110,12 +110,6 @@ impl Admission {
     }
 }
 
-/// Free bytes on the file system holding `path` (for an unprivileged process).
-pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
-    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,11 +146,5 @@ mod tests {
         a.read().unwrap();
         a.set_disk_low(false);
         a.write(10).unwrap();
-    }
-
-    #[test]
-    fn free_bytes_reads_the_file_system() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(free_bytes(dir.path()).unwrap() > 0);
     }
 }

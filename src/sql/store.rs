@@ -741,7 +741,7 @@ fn permitted(
 
 /// True when the file system holding `dir` has at least 64 MiB free for SQLite.
 fn disk_has_room(dir: &Path) -> bool {
-    crate::node::admission::free_bytes(dir).is_ok_and(|free| free >= 64 << 20)
+    crate::storage::reserve::free_bytes(dir).is_ok_and(|free| free >= 64 << 20)
 }
 
 /// FNV-1a (64 bit) over tagged values.

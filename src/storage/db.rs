@@ -119,6 +119,13 @@ unsafe fn libc_flock(fd: i32) -> i32 {
 /// Most bytes of write-ahead log kept before RocksDB flushes memtables to free it.
 pub const MAX_TOTAL_WAL_BYTES: u64 = 128 * 1024 * 1024;
 
+/// Memtable size of the state machine's column families (RocksDB's default is 64 MiB).
+/// Applying a write inserts into them and reads them back, and a skiplist walk's cost
+/// grows with the memtable, in cache misses more than in steps: with 8 MiB, the node
+/// threads of a 3-node cluster took about a sixth less CPU per write (64 clients, 10,000
+/// keys, with [`crate::kv`]'s write cache), for more, smaller flushes.
+pub const STATE_MEMTABLE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Opens the RocksDB at `path` with all paxosdb column families.
 pub fn open_db(path: &Path) -> Result<Arc<DB>> {
     let mut opts = Options::default();
@@ -132,7 +139,13 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>> {
     opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
     let cfs = [CF_LOG, CF_META, CF_KV, CF_SM, CF_KV_B, CF_SM_B]
         .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        .map(|name| {
+            let mut o = Options::default();
+            if name != CF_LOG && name != CF_META {
+                o.set_write_buffer_size(STATE_MEMTABLE_BYTES);
+            }
+            ColumnFamilyDescriptor::new(name, o)
+        });
     let db = DB::open_cf_descriptors(&opts, path, cfs)
         .map_err(|e| Error::Storage(format!("opening RocksDB at {}: {e}", path.display())))?;
     check_format(&db, path)?;

@@ -89,6 +89,7 @@ pub mod db;
 /// (`node::solo`).
 pub mod memory;
 pub mod meta;
+pub mod reserve;
 pub mod rocks;
 
 #[cfg(test)]

@@ -16,6 +16,10 @@
 //!   syncs"). Any other batch is synced as always, and with it the appends before it (one
 //!   ordered WAL).
 //!
+//! - no batch is written into the file system's reserve ([`super::reserve`]): under it the
+//!   write is refused (changing nothing) and the node stops before RocksDB meets a full
+//!   disk.
+//!
 //! `--unsafe-no-fsync` ([`RocksStorage::set_unsafe_no_fsync`]) breaks the first invariant
 //! on purpose: every batch is written unsynced, so an OS crash or power loss can lose
 //! acknowledged writes. It exists for benchmarks and to show that the power-loss test
@@ -23,6 +27,7 @@
 
 use super::db::{u64_key, CF_LOG};
 use super::meta::{Meta, MetaKey};
+use super::reserve::Reserve;
 use super::{interval_present, storage_err, Res};
 use crate::command::LogEntry;
 use crate::error::Result;
@@ -58,6 +63,8 @@ pub struct RocksStorage {
     unsafe_no_fsync: bool,
     /// The deferral of append fsyncs, shared with the core.
     deferral: Arc<Deferral>,
+    /// The free space kept under the log (off until set).
+    reserve: Reserve,
 }
 
 /// Whether appends are deferred now, and whether one was written unsynced since the last
@@ -128,6 +135,7 @@ impl RocksStorage {
             metrics: None,
             unsafe_no_fsync: false,
             deferral: Arc::default(),
+            reserve: Reserve::off(),
         })
     }
 
@@ -153,6 +161,12 @@ impl RocksStorage {
     /// loss can lose acknowledged writes (`--unsafe-no-fsync`).
     pub fn set_unsafe_no_fsync(&mut self, on: bool) {
         self.unsafe_no_fsync = on;
+    }
+
+    /// Refuses every batch from now on that would leave less than `bytes` free on the
+    /// file system holding the database (see [`super::reserve`]; 0: off).
+    pub fn set_reserve(&mut self, bytes: u64) {
+        self.reserve = Reserve::new(self.db.path(), bytes);
     }
 
     /// Records each synced write's latency and the log length in `metrics` from now on.
@@ -258,6 +272,7 @@ impl RocksStorage {
             meta.put_u64(&mut batch, MetaKey::LogNext, staged.next as u64);
         }
         let opts = if sync { &self.sync } else { &self.nosync };
+        (self.reserve.admit(batch.size_in_bytes() as u64)).map_err(storage_err)?;
         let started = std::time::Instant::now();
         self.db.write_opt(batch, opts).map_err(storage_err)?;
         if deferred {
